@@ -1,0 +1,238 @@
+package keys
+
+import (
+	"context"
+	"crypto"
+	"fmt"
+	"time"
+)
+
+// Type is a key type. The set is closed; Valid reports membership.
+type Type string
+
+const (
+	AES256GCM  Type = "aes-256-gcm"  // wrap, unwrap, rewrap, datakey
+	HMACSHA256 Type = "hmac-sha256"  // mac, verify-mac
+	ECDSAP256  Type = "ecdsa-p256"   // sign, verify, public-key (ASN.1 DER signatures over SHA-256)
+	RSA3072PSS Type = "rsa-3072-pss" // sign, verify, public-key (PSS, SHA-256, MGF1-SHA-256, salt 32)
+	Ed25519    Type = "ed25519"      // sign, verify, public-key (pure Ed25519 over the message)
+)
+
+// Types lists every key type in a stable order.
+var Types = []Type{AES256GCM, HMACSHA256, ECDSAP256, RSA3072PSS, Ed25519}
+
+// ParseType returns the Type named s or an error wrapping ErrInvalidArgument.
+func ParseType(s string) (Type, error) {
+	for _, t := range Types {
+		if string(t) == s {
+			return t, nil
+		}
+	}
+	return "", fmt.Errorf("key type %q (want one of aes-256-gcm, hmac-sha256, ecdsa-p256, rsa-3072-pss, ed25519): %w", s, ErrInvalidArgument)
+}
+
+// Valid reports whether t is one of Types.
+func (t Type) Valid() bool { _, err := ParseType(string(t)); return err == nil }
+
+// Asymmetric reports whether the type has a public key.
+func (t Type) Asymmetric() bool { return t == ECDSAP256 || t == RSA3072PSS || t == Ed25519 }
+
+// State is the state of one key version.
+type State string
+
+const (
+	Enabled   State = "enabled"   // usable
+	Disabled  State = "disabled"  // refused, reversible
+	Destroyed State = "destroyed" // device object deleted, irreversible
+)
+
+// Limits of the key-name grammar.
+const (
+	MaxNameLen = 128
+	// MaxVersion bounds versions so that they fit the envelope's u32 with room.
+	MaxVersion = 1<<31 - 1
+)
+
+// ValidateName checks a key name: segments of [a-z0-9][a-z0-9._-]* joined by
+// '/', at most MaxNameLen bytes. Names are used in device labels, file names
+// and policy globs, so nothing else is accepted ("..", empty segments, upper
+// case, leading dots and any non-ASCII byte are all refused).
+func ValidateName(name string) error {
+	if name == "" {
+		return fmt.Errorf("empty key name: %w", ErrInvalidName)
+	}
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("key name is %d bytes, at most %d: %w", len(name), MaxNameLen, ErrInvalidName)
+	}
+	segStart := true
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c == '/':
+			if segStart {
+				return fmt.Errorf("key name %q: empty segment: %w", name, ErrInvalidName)
+			}
+			segStart = true
+			continue
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c == '.' || c == '_' || c == '-':
+			if segStart {
+				return fmt.Errorf("key name %q: a segment must start with [a-z0-9]: %w", name, ErrInvalidName)
+			}
+		default:
+			return fmt.Errorf("key name %q: byte %d is not in [a-z0-9._-/]: %w", printable(name), i, ErrInvalidName)
+		}
+		segStart = false
+	}
+	if segStart {
+		return fmt.Errorf("key name %q: ends with '/': %w", name, ErrInvalidName)
+	}
+	return nil
+}
+
+// printable keeps error strings free of control bytes from untrusted names.
+func printable(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c < 0x20 || c >= 0x7f {
+			b[i] = '?'
+		}
+	}
+	return string(b)
+}
+
+// VersionInfo describes one version of a key.
+type VersionInfo struct {
+	Version uint32    `json:"version"`
+	State   State     `json:"state"`
+	Created time.Time `json:"created"`
+}
+
+// KeyInfo describes a key and its versions (no key material).
+type KeyInfo struct {
+	Name              string        `json:"name"`
+	Type              Type          `json:"type"`
+	Created           time.Time     `json:"created"`
+	MinDecryptVersion uint32        `json:"min_decrypt_version"`
+	Versions          []VersionInfo `json:"versions"` // ascending, 1..N, destroyed ones included
+	Adopted           bool          `json:"adopted,omitempty"`
+}
+
+// Latest returns the newest enabled version: the one encrypt, sign and mac use.
+func (k *KeyInfo) Latest() (uint32, error) {
+	for i := len(k.Versions) - 1; i >= 0; i-- {
+		if k.Versions[i].State == Enabled {
+			return k.Versions[i].Version, nil
+		}
+	}
+	return 0, fmt.Errorf("key %s: %w", k.Name, ErrNoEnabledVersion)
+}
+
+// Version returns version v or an error wrapping ErrKeyNotFound.
+func (k *KeyInfo) Version(v uint32) (VersionInfo, error) {
+	if v == 0 || int(v) > len(k.Versions) {
+		return VersionInfo{}, fmt.Errorf("key %s v%d: %w", k.Name, v, ErrKeyNotFound)
+	}
+	return k.Versions[v-1], nil
+}
+
+// CheckDecrypt reports whether version v may be used to decrypt or verify:
+// it must exist, be enabled and be at least MinDecryptVersion.
+func (k *KeyInfo) CheckDecrypt(v uint32) error {
+	vi, err := k.Version(v)
+	if err != nil {
+		return err
+	}
+	switch vi.State {
+	case Disabled:
+		return fmt.Errorf("key %s v%d: %w", k.Name, v, ErrVersionDisabled)
+	case Destroyed:
+		return fmt.Errorf("key %s v%d: %w", k.Name, v, ErrVersionDestroyed)
+	}
+	if v < k.MinDecryptVersion {
+		return fmt.Errorf("key %s v%d (minimum %d): %w", k.Name, v, k.MinDecryptVersion, ErrBelowMinVersion)
+	}
+	return nil
+}
+
+// Context is the caller's encryption context: pairs bound into a wrapped blob
+// as additional authenticated data. Values are never logged.
+type Context map[string]string
+
+// Unwrapped is the result of Unwrap. Plaintext belongs to the caller, who
+// should zero it when done.
+type Unwrapped struct {
+	Plaintext []byte
+	Name      string
+	Version   uint32
+}
+
+// Signature is a signature or MAC and the key version that made it.
+type Signature struct {
+	Name    string
+	Version uint32
+	Bytes   []byte
+}
+
+// Backend is a key device: a PKCS#11 token or a TPM. Every method is safe for
+// concurrent use, takes a context first and returns errors wrapping the
+// sentinels of this package. Versions are 1-based; 0 passed to PublicKey
+// means the newest enabled version.
+type Backend interface {
+	// Lifecycle.
+	CreateKey(ctx context.Context, name string, t Type) (KeyInfo, error)
+	RotateKey(ctx context.Context, name string) (KeyInfo, error)
+	DescribeKey(ctx context.Context, name string) (KeyInfo, error)
+	ListKeys(ctx context.Context) ([]KeyInfo, error)
+	SetVersionState(ctx context.Context, name string, version uint32, s State) (KeyInfo, error)
+	DestroyVersion(ctx context.Context, name string, version uint32) (KeyInfo, error)
+	SetMinDecryptVersion(ctx context.Context, name string, version uint32) (KeyInfo, error)
+
+	// Data operations.
+	Wrap(ctx context.Context, name string, plaintext []byte, c Context) ([]byte, error)
+	Unwrap(ctx context.Context, blob []byte, c Context) (Unwrapped, error)
+	Sign(ctx context.Context, name string, message []byte) (Signature, error)
+	Verify(ctx context.Context, name string, version uint32, message, sig []byte) error
+	MAC(ctx context.Context, name string, message []byte) (Signature, error)
+	VerifyMAC(ctx context.Context, name string, version uint32, message, mac []byte) error
+	PublicKey(ctx context.Context, name string, version uint32) (crypto.PublicKey, uint32, error)
+	// Random returns n bytes from the device's generator (data keys).
+	Random(ctx context.Context, n int) ([]byte, error)
+
+	// Health probes the device cheaply (for watchdogs and readiness).
+	Health(ctx context.Context) error
+	Close() error
+}
+
+// Adopter is an optional ability: take over a key object that a security
+// team provisioned in the device as version 1 of a named key. Implementations
+// refuse objects that are extractable, not sensitive or not private with
+// ErrWeakKey.
+type Adopter interface {
+	AdoptKey(ctx context.Context, name string, t Type, ref string) (KeyInfo, error)
+}
+
+// Limits every backend enforces on untrusted input.
+const (
+	MaxPlaintext = 64 << 10 // bytes wrapped or signed in one call
+	MaxBlob      = MaxPlaintext + 1024
+	MaxContext   = 64   // pairs in one context
+	MaxContextKV = 1024 // bytes in one context key or value
+	MaxRandom    = 1024 // bytes from Random
+)
+
+// CheckContext validates a context against the limits; keys must be non-empty.
+func CheckContext(c Context) error {
+	if len(c) > MaxContext {
+		return fmt.Errorf("context has %d pairs, at most %d: %w", len(c), MaxContext, ErrInvalidArgument)
+	}
+	for k, v := range c {
+		if k == "" {
+			return fmt.Errorf("context has an empty key: %w", ErrInvalidArgument)
+		}
+		if len(k) > MaxContextKV || len(v) > MaxContextKV {
+			return fmt.Errorf("context key or value over %d bytes: %w", MaxContextKV, ErrInvalidArgument)
+		}
+	}
+	return nil
+}
