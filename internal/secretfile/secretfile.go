@@ -1,0 +1,83 @@
+// Package secretfile reads small secrets (PINs, auth values) from files that
+// only their owner can read: a 0600/0400 file, or a systemd credential in
+// $CREDENTIALS_DIRECTORY. Secrets never come from argv, the environment or a
+// config file's text.
+package secretfile
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// MaxSize bounds a secret file: a PIN is short, a larger file is a mistake.
+const MaxSize = 4096
+
+var (
+	// ErrTooOpen: the file can be read by its group or others.
+	ErrTooOpen = errors.New("secret file is readable by group or others (want mode 0600 or 0400)")
+	// ErrEmpty: the file holds nothing but white space.
+	ErrEmpty = errors.New("secret file is empty")
+	// ErrNoSource: no path was given and $CREDENTIALS_DIRECTORY is not set.
+	ErrNoSource = errors.New("no secret file given and $CREDENTIALS_DIRECTORY is not set")
+)
+
+// Resolve returns path, or $CREDENTIALS_DIRECTORY/name when path is empty.
+func Resolve(path, name string) (string, error) {
+	if path != "" {
+		return path, nil
+	}
+	if dir := os.Getenv("CREDENTIALS_DIRECTORY"); dir != "" {
+		return filepath.Join(dir, name), nil
+	}
+	return "", fmt.Errorf("%s: %w", name, ErrNoSource)
+}
+
+// Read returns the secret in path with one trailing newline (and CR) removed.
+// It refuses a file that group or others may read, that is not a regular
+// file, or that is larger than MaxSize. The caller zeroes the result when
+// done. Errors name the path, never the content.
+func Read(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|ostNoFollow(), 0)
+	if err != nil {
+		return nil, fmt.Errorf("secret file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("secret file %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("secret file %s is not a regular file", path)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s has mode %04o: %w", path, st.Mode().Perm(), ErrTooOpen)
+	}
+	buf := make([]byte, MaxSize+1)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		Zero(buf)
+		return nil, fmt.Errorf("secret file %s: %w", path, err)
+	}
+	if n > MaxSize {
+		Zero(buf)
+		return nil, fmt.Errorf("secret file %s is larger than %d bytes", path, MaxSize)
+	}
+	s := buf[:n]
+	s = bytes.TrimSuffix(s, []byte("\n"))
+	s = bytes.TrimSuffix(s, []byte("\r"))
+	if len(bytes.TrimSpace(s)) == 0 {
+		Zero(buf)
+		return nil, fmt.Errorf("%s: %w", path, ErrEmpty)
+	}
+	out := make([]byte, len(s))
+	copy(out, s)
+	Zero(buf)
+	return out, nil
+}
+
+// Zero overwrites b with zeros.
+func Zero(b []byte) { clear(b) }

@@ -1,0 +1,81 @@
+package secretfile
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestRead(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	big := make([]byte, MaxSize+1)
+	for i := range big {
+		big[i] = 'x'
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(write("target", "1234", 0o600), link); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		path    string
+		want    string
+		wantErr error
+		anyErr  bool
+	}{
+		{name: "0600 with newline", path: write("a", "1234\n", 0o600), want: "1234"},
+		{name: "0400 crlf", path: write("b", "abcd\r\n", 0o400), want: "abcd"},
+		{name: "keeps inner spaces", path: write("c", " a b ", 0o600), want: " a b "},
+		{name: "group readable", path: write("d", "1234", 0o640), wantErr: ErrTooOpen},
+		{name: "world readable", path: write("e", "1234", 0o604), wantErr: ErrTooOpen},
+		{name: "empty", path: write("f", "\n", 0o600), wantErr: ErrEmpty},
+		{name: "too large", path: write("g", string(big), 0o600), anyErr: true},
+		{name: "missing", path: filepath.Join(dir, "nope"), wantErr: os.ErrNotExist},
+		{name: "symlink refused", path: link, anyErr: true},
+		{name: "directory", path: dir, anyErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Read(tt.path)
+			switch {
+			case tt.wantErr != nil:
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+			case tt.anyErr:
+				if err == nil {
+					t.Fatal("want an error")
+				}
+			default:
+				if err != nil || string(got) != tt.want {
+					t.Fatalf("got %q, %v; want %q", got, err, tt.want)
+				}
+			}
+		})
+	}
+}
+
+func TestResolve(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	if _, err := Resolve("", "pin"); !errors.Is(err, ErrNoSource) {
+		t.Fatalf("err = %v", err)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", "/run/credentials/keyward.service")
+	if p, _ := Resolve("", "pin"); p != "/run/credentials/keyward.service/pin" {
+		t.Fatalf("p = %s", p)
+	}
+	if p, _ := Resolve("/etc/keyward/pin", "pin"); p != "/etc/keyward/pin" {
+		t.Fatalf("p = %s", p)
+	}
+}
