@@ -1,0 +1,274 @@
+package hsm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/keyward/keyward/keys"
+)
+
+// maxAdminRetries bounds retries after a concurrent change by another process.
+const maxAdminRetries = 5
+
+// CreateKey generates version 1 of a new key inside the token.
+func (t *Token) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.KeyInfo, error) {
+	if err := keys.ValidateName(name); err != nil {
+		return keys.KeyInfo{}, err
+	}
+	if !ty.Valid() {
+		return keys.KeyInfo{}, fmt.Errorf("create %s: key type %q: %w", name, ty, keys.ErrInvalidArgument)
+	}
+	t.adminMu.Lock()
+	defer t.adminMu.Unlock()
+	var out keys.KeyInfo
+	err := t.withSession(ctx, func(s *sess) error {
+		if !t.supports(ty) {
+			return fmt.Errorf("create %s: token lacks the mechanisms for %s: %w", name, ty, keys.ErrUnsupported)
+		}
+		if _, err := s.loadMeta(name, true); err == nil {
+			return fmt.Errorf("create %s: %w", name, keys.ErrKeyExists)
+		} else if !errors.Is(err, keys.ErrKeyNotFound) {
+			return err
+		}
+		now := time.Now().UTC().Truncate(time.Second)
+		mv, err := s.newVersion(name, ty, 1, now)
+		if err != nil {
+			return err
+		}
+		rec := &metaRecord{Format: 1, Name: name, Type: ty, Created: now, Vers: []metaVersion{mv}}
+		// Another process may create the same name at the same moment:
+		// whoever sees two records withdraws its own before anyone uses it.
+		if err := s.storeMeta(rec, 0); err != nil {
+			s.withdraw(ty, mv)
+			return err
+		}
+		out = rec.info()
+		return nil
+	})
+	if err == nil {
+		t.log.Info("key created", "key", name, "type", string(ty))
+	}
+	return out, err
+}
+
+// newVersion generates the object(s) of version v. If another process made
+// the same version at the same moment, this one withdraws its objects.
+func (s *sess) newVersion(name string, ty keys.Type, v uint32, now time.Time) (metaVersion, error) {
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return metaVersion{}, err
+	}
+	label := versionLabel(name, v)
+	if err := s.generate(ty, label, id); err != nil {
+		return metaVersion{}, fmt.Errorf("generate %s v%d in token: %w", name, v, err)
+	}
+	mv := metaVersion{Version: v, State: keys.Enabled, Created: now, Label: label, ID: hex.EncodeToString(id)}
+	hs, err := s.find(objRef{Class: keyClass(ty), Label: label}.template())
+	if err != nil {
+		return metaVersion{}, err
+	}
+	if len(hs) != 1 {
+		s.withdraw(ty, mv)
+		return metaVersion{}, errConcurrent
+	}
+	return mv, nil
+}
+
+// withdraw destroys the objects of a version that was never published.
+func (s *sess) withdraw(ty keys.Type, mv metaVersion) {
+	id, _ := hex.DecodeString(mv.ID)
+	classes := []uint{keyClass(ty)}
+	if ty.Asymmetric() {
+		classes = append(classes, pkcs11.CKO_PUBLIC_KEY)
+	}
+	for _, c := range classes {
+		r := objRef{Class: c, Label: mv.Label, ID: id}
+		if h, err := s.handle(r); err == nil {
+			s.p.DestroyObject(s.sh, h)
+		}
+		s.forget(r)
+	}
+}
+
+// update applies change to a fresh copy of name's record and stores it,
+// retrying from a fresh read when another process changed it meanwhile.
+func (t *Token) update(ctx context.Context, op, name string, change func(s *sess, rec *metaRecord) error) (keys.KeyInfo, error) {
+	if err := keys.ValidateName(name); err != nil {
+		return keys.KeyInfo{}, err
+	}
+	t.adminMu.Lock()
+	defer t.adminMu.Unlock()
+	var out keys.KeyInfo
+	var err error
+	for range maxAdminRetries {
+		err = t.withSession(ctx, func(s *sess) error {
+			cur, err := s.loadMeta(name, true)
+			if err != nil {
+				return err
+			}
+			rec := cloneRecord(cur)
+			if err := change(s, rec); err != nil {
+				return err
+			}
+			if err := s.storeMeta(rec, cur.Gen); err != nil {
+				return err
+			}
+			out = rec.info()
+			return nil
+		})
+		if !errors.Is(err, errConcurrent) {
+			break
+		}
+	}
+	if errors.Is(err, errConcurrent) {
+		return keys.KeyInfo{}, fmt.Errorf("%s %s: %w: %w", op, name, err, keys.ErrUnavailable)
+	}
+	if err != nil {
+		return keys.KeyInfo{}, fmt.Errorf("%s %s: %w", op, name, err)
+	}
+	t.log.Info("key changed", "op", op, "key", name)
+	return out, nil
+}
+
+// RotateKey adds a new version, which becomes the one wrap, sign and mac use.
+func (t *Token) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error) {
+	var made *metaVersion
+	var ty keys.Type
+	info, err := t.update(ctx, "rotate", name, func(s *sess, rec *metaRecord) error {
+		if made != nil { // a previous attempt lost a race: its objects were never published
+			s.withdraw(ty, *made)
+			made = nil
+		}
+		ty = rec.Type
+		if rec.Adopted && len(rec.Vers) == 0 {
+			return fmt.Errorf("adopted key without versions: %w", keys.ErrIntegrity)
+		}
+		if len(rec.Vers) >= keys.MaxVersion {
+			return fmt.Errorf("version limit reached: %w", keys.ErrInvalidArgument)
+		}
+		if !t.supports(rec.Type) {
+			return fmt.Errorf("token lacks the mechanisms for %s: %w", rec.Type, keys.ErrUnsupported)
+		}
+		mv, err := s.newVersion(name, rec.Type, uint32(len(rec.Vers)+1), time.Now().UTC().Truncate(time.Second))
+		if err != nil {
+			return err
+		}
+		made = &mv
+		rec.Vers = append(rec.Vers, mv)
+		return nil
+	})
+	if err != nil && made != nil {
+		// The record was not stored: the new objects are unpublished.
+		t.withSession(context.WithoutCancel(ctx), func(s *sess) error {
+			if r, lerr := s.loadMeta(name, true); lerr == nil && int(made.Version) <= len(r.Vers) && r.Vers[made.Version-1].ID == made.ID {
+				return nil // it was stored after all
+			}
+			s.withdraw(ty, *made)
+			return nil
+		})
+	}
+	return info, err
+}
+
+// DescribeKey returns the key's record.
+func (t *Token) DescribeKey(ctx context.Context, name string) (keys.KeyInfo, error) {
+	if err := keys.ValidateName(name); err != nil {
+		return keys.KeyInfo{}, err
+	}
+	var out keys.KeyInfo
+	err := t.withSession(ctx, func(s *sess) error {
+		rec, err := s.loadMeta(name, true)
+		if err != nil {
+			return err
+		}
+		out = rec.info()
+		return nil
+	})
+	return out, err
+}
+
+// ListKeys returns every key's record, sorted by name. A record that fails
+// its integrity check fails the whole listing: it is never silently skipped.
+func (t *Token) ListKeys(ctx context.Context) ([]keys.KeyInfo, error) {
+	var out []keys.KeyInfo
+	err := t.withSession(ctx, func(s *sess) error {
+		out = out[:0]
+		names, err := s.listMeta()
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			if keys.ValidateName(n) != nil {
+				continue
+			}
+			rec, err := s.loadMeta(n, true)
+			if err != nil {
+				return err
+			}
+			out = append(out, rec.info())
+		}
+		return nil
+	})
+	return out, err
+}
+
+// SetVersionState enables or disables a version. Destroyed versions stay destroyed.
+func (t *Token) SetVersionState(ctx context.Context, name string, v uint32, st keys.State) (keys.KeyInfo, error) {
+	if st != keys.Enabled && st != keys.Disabled {
+		return keys.KeyInfo{}, fmt.Errorf("state %q: use enabled or disabled (DestroyVersion destroys): %w", st, keys.ErrInvalidArgument)
+	}
+	return t.update(ctx, "set-state", name, func(s *sess, rec *metaRecord) error {
+		if v == 0 || int(v) > len(rec.Vers) {
+			return fmt.Errorf("v%d: %w", v, keys.ErrKeyNotFound)
+		}
+		if rec.Vers[v-1].State == keys.Destroyed {
+			return fmt.Errorf("v%d: %w", v, keys.ErrVersionDestroyed)
+		}
+		rec.Vers[v-1].State = st
+		return nil
+	})
+}
+
+// DestroyVersion marks a version destroyed in the record, then deletes its
+// objects. A crash between the two leaves an unreferenced object that
+// Doctor reports; the version is never usable again either way.
+func (t *Token) DestroyVersion(ctx context.Context, name string, v uint32) (keys.KeyInfo, error) {
+	var victim metaVersion
+	var ty keys.Type
+	info, err := t.update(ctx, "destroy", name, func(s *sess, rec *metaRecord) error {
+		if v == 0 || int(v) > len(rec.Vers) {
+			return fmt.Errorf("v%d: %w", v, keys.ErrKeyNotFound)
+		}
+		if rec.Vers[v-1].State == keys.Destroyed {
+			return fmt.Errorf("v%d: %w", v, keys.ErrVersionDestroyed)
+		}
+		victim, ty = rec.Vers[v-1], rec.Type
+		rec.Vers[v-1].State = keys.Destroyed
+		return nil
+	})
+	if err != nil {
+		return info, err
+	}
+	err = t.withSession(ctx, func(s *sess) error {
+		s.withdraw(ty, victim)
+		return nil
+	})
+	return info, err
+}
+
+// SetMinDecryptVersion refuses decryption and verification below v.
+func (t *Token) SetMinDecryptVersion(ctx context.Context, name string, v uint32) (keys.KeyInfo, error) {
+	return t.update(ctx, "set-min-version", name, func(s *sess, rec *metaRecord) error {
+		if int(v) > len(rec.Vers) {
+			return fmt.Errorf("minimum decrypt version %d is beyond the newest version %d: %w", v, len(rec.Vers), keys.ErrInvalidArgument)
+		}
+		rec.Min = v
+		return nil
+	})
+}

@@ -1,0 +1,199 @@
+package hsm
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"sort"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/keyward/keyward/keys"
+)
+
+// Finding is one problem Doctor found with a token object.
+type Finding struct {
+	Label   string `json:"label"`
+	ID      string `json:"id"` // hex CKA_ID
+	Class   string `json:"class"`
+	Key     string `json:"key,omitempty"` // keyward key name, when referenced by a record
+	Version uint32 `json:"version,omitempty"`
+	Problem string `json:"problem"`
+	// Weak is true for a protection problem (the object could leak or be
+	// misused); false for housekeeping (an unreferenced object).
+	Weak bool `json:"weak"`
+}
+
+// Report is Doctor's result.
+type Report struct {
+	Token    string    `json:"token"`
+	Keys     int       `json:"keys"`
+	Objects  int       `json:"objects_checked"`
+	Findings []Finding `json:"findings"`
+}
+
+// Weak reports whether any finding is a protection problem.
+func (r *Report) Weak() bool {
+	for _, f := range r.Findings {
+		if f.Weak {
+			return true
+		}
+	}
+	return false
+}
+
+var className = map[uint]string{
+	pkcs11.CKO_SECRET_KEY: "secret-key", pkcs11.CKO_PRIVATE_KEY: "private-key",
+	pkcs11.CKO_PUBLIC_KEY: "public-key", pkcs11.CKO_DATA: "data",
+}
+
+// Doctor inspects every keyward object in the token (generated versions,
+// adopted objects, the metadata key and the key records) and reports any
+// that is extractable, not sensitive, not private, modifiable, has a usage
+// attribute beyond its type, or fails its integrity check, and any
+// keyward-labelled key object no record references.
+func (t *Token) Doctor(ctx context.Context) (Report, error) {
+	rep := Report{Token: t.tokenName()}
+	err := t.withSession(ctx, func(s *sess) error {
+		rep.Findings, rep.Objects, rep.Keys = nil, 0, 0
+		type want struct {
+			ty  keys.Type
+			key string
+			v   uint32
+		}
+		refs := map[string]want{} // class|label|id -> expectation
+		names, err := s.listMeta()
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			rep.Keys++
+			rec, err := s.loadMeta(n, true)
+			if err != nil {
+				rep.Findings = append(rep.Findings, Finding{Label: metaLabelPrefix + n, Class: "data", Key: n, Problem: err.Error(), Weak: true})
+				continue
+			}
+			stored, err := s.findMeta(n)
+			if err != nil {
+				return err
+			}
+			for _, r := range stored {
+				if a, err := s.attrs(r.h, pkcs11.CKA_PRIVATE); err == nil && !boolAttr(a[pkcs11.CKA_PRIVATE]) {
+					rep.Findings = append(rep.Findings, Finding{Label: metaLabelPrefix + n, Class: "data", Key: n, Problem: "key record is not private", Weak: true})
+				}
+				if other, err := s.parseMeta(n, r.raw); err == nil && other.Gen < rec.Gen {
+					rep.Findings = append(rep.Findings, Finding{Label: metaLabelPrefix + n, Class: "data", Key: n,
+						Problem: fmt.Sprintf("stale record generation %d (left by a crash during a change); the next change removes it", other.Gen)})
+				}
+			}
+			for _, mv := range rec.Vers {
+				if mv.State == keys.Destroyed {
+					continue
+				}
+				classes := []uint{keyClass(rec.Type)}
+				if rec.Type.Asymmetric() {
+					classes = append(classes, pkcs11.CKO_PUBLIC_KEY)
+				}
+				for _, c := range classes {
+					refs[fmt.Sprintf("%d|%s|%s", c, mv.Label, mv.ID)] = want{rec.Type, n, mv.Version}
+				}
+			}
+		}
+		refs[fmt.Sprintf("%d|%s|%x", uint(pkcs11.CKO_SECRET_KEY), metaKeyLabel, s.t.metaKey.ID)] = want{ty: keys.HMACSHA256}
+		seen := map[string]bool{}
+		for _, class := range []uint{pkcs11.CKO_SECRET_KEY, pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
+			hs, err := s.find([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)})
+			if err != nil {
+				return err
+			}
+			for _, h := range hs {
+				a, err := s.attrs(h, pkcs11.CKA_LABEL, pkcs11.CKA_ID)
+				if err != nil {
+					return err
+				}
+				label, id := string(a[pkcs11.CKA_LABEL]), hex.EncodeToString(a[pkcs11.CKA_ID])
+				k := fmt.Sprintf("%d|%s|%s", class, label, id)
+				w, referenced := refs[k]
+				if !referenced && !bytes.HasPrefix(a[pkcs11.CKA_LABEL], []byte(labelPrefix)) {
+					continue // not keyward's
+				}
+				rep.Objects++
+				seen[k] = true
+				f := Finding{Label: label, ID: id, Class: className[class], Key: w.key, Version: w.v}
+				if !referenced {
+					f.Problem = "keyward object that no key record references (left by a crash or a lost race); safe to destroy after review"
+					rep.Findings = append(rep.Findings, f)
+					continue
+				}
+				for _, p := range s.inspect(h, w.ty, class) {
+					f.Problem, f.Weak = p, true
+					rep.Findings = append(rep.Findings, f)
+				}
+			}
+		}
+		for k, w := range refs {
+			if !seen[k] && w.key != "" {
+				rep.Findings = append(rep.Findings, Finding{Key: w.key, Version: w.v, Problem: "object listed in the key record is missing from the token", Weak: true})
+			}
+		}
+		sort.SliceStable(rep.Findings, func(i, j int) bool {
+			a, b := rep.Findings[i], rep.Findings[j]
+			if a.Key != b.Key {
+				return a.Key < b.Key
+			}
+			if a.Version != b.Version {
+				return a.Version < b.Version
+			}
+			return a.Problem < b.Problem
+		})
+		return nil
+	})
+	return rep, err
+}
+
+// inspect lists the protection problems of one object.
+func (s *sess) inspect(h pkcs11.ObjectHandle, ty keys.Type, class uint) []string {
+	var probs []string
+	types := append([]uint{pkcs11.CKA_MODIFIABLE}, usageAttrs...)
+	if class != pkcs11.CKO_PUBLIC_KEY {
+		types = append(types, pkcs11.CKA_PRIVATE, pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE,
+			pkcs11.CKA_ALWAYS_SENSITIVE, pkcs11.CKA_NEVER_EXTRACTABLE)
+	}
+	got := map[uint][]byte{}
+	for _, ty := range types { // one by one: a token may refuse an attribute that does not apply
+		if a, err := s.attrs(h, ty); err == nil {
+			got[ty] = a[ty]
+		}
+	}
+	if class != pkcs11.CKO_PUBLIC_KEY {
+		if !boolAttr(got[pkcs11.CKA_PRIVATE]) {
+			probs = append(probs, "not private (CKA_PRIVATE=false)")
+		}
+		if !boolAttr(got[pkcs11.CKA_SENSITIVE]) {
+			probs = append(probs, "not sensitive (CKA_SENSITIVE=false)")
+		}
+		if boolAttr(got[pkcs11.CKA_EXTRACTABLE]) {
+			probs = append(probs, "extractable (CKA_EXTRACTABLE=true)")
+		}
+		if !boolAttr(got[pkcs11.CKA_ALWAYS_SENSITIVE]) || !boolAttr(got[pkcs11.CKA_NEVER_EXTRACTABLE]) {
+			probs = append(probs, "was not always sensitive or was once extractable")
+		}
+	}
+	if boolAttr(got[pkcs11.CKA_MODIFIABLE]) {
+		probs = append(probs, "modifiable (CKA_MODIFIABLE=true: usage attributes can be changed later)")
+	}
+	allowed := allowedUsage(ty, class)
+	for _, u := range usageAttrs {
+		if boolAttr(got[u]) && !allowed[u] {
+			probs = append(probs, fmt.Sprintf("usage %s beyond what a %s key needs", attrName[u], ty))
+		}
+	}
+	return probs
+}
+
+var attrName = map[uint]string{
+	pkcs11.CKA_ENCRYPT: "CKA_ENCRYPT", pkcs11.CKA_DECRYPT: "CKA_DECRYPT", pkcs11.CKA_SIGN: "CKA_SIGN",
+	pkcs11.CKA_VERIFY: "CKA_VERIFY", pkcs11.CKA_WRAP: "CKA_WRAP", pkcs11.CKA_UNWRAP: "CKA_UNWRAP",
+	pkcs11.CKA_DERIVE: "CKA_DERIVE", pkcs11.CKA_SIGN_RECOVER: "CKA_SIGN_RECOVER", pkcs11.CKA_VERIFY_RECOVER: "CKA_VERIFY_RECOVER",
+}

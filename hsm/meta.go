@@ -1,0 +1,368 @@
+package hsm
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/keyward/keyward/keys"
+)
+
+// A key's record, stored as the CKA_VALUE of a private CKO_DATA object
+// labelled "keyward:meta:NAME": magic | HMAC-SHA256 (by the token's
+// metadata key) | JSON. The MAC covers a domain tag and the JSON, which
+// names the key, so a record copied onto another key is refused.
+const (
+	metaMagic  = "KWM1"
+	metaDomain = "keyward/v1/meta\x00"
+	maxMeta    = 1 << 20
+)
+
+type metaRecord struct {
+	Format  int           `json:"format"`
+	Name    string        `json:"name"`
+	Type    keys.Type     `json:"type"`
+	Created time.Time     `json:"created"`
+	Gen     uint64        `json:"gen"`
+	Min     uint32        `json:"min_decrypt_version"`
+	Adopted bool          `json:"adopted,omitempty"`
+	Vers    []metaVersion `json:"versions"`
+}
+
+type metaVersion struct {
+	Version uint32     `json:"version"`
+	State   keys.State `json:"state"`
+	Created time.Time  `json:"created"`
+	Label   string     `json:"label"`
+	ID      string     `json:"id"` // hex CKA_ID
+}
+
+func (r *metaRecord) info() keys.KeyInfo {
+	ki := keys.KeyInfo{Name: r.Name, Type: r.Type, Created: r.Created, MinDecryptVersion: r.Min, Adopted: r.Adopted}
+	ki.Versions = make([]keys.VersionInfo, len(r.Vers))
+	for i, v := range r.Vers {
+		ki.Versions[i] = keys.VersionInfo{Version: v.Version, State: v.State, Created: v.Created}
+	}
+	return ki
+}
+
+// ref returns the reference of the object doing the private work for v.
+func (r *metaRecord) ref(v uint32) (objRef, error) {
+	mv := r.Vers[v-1]
+	id, err := hex.DecodeString(mv.ID)
+	if err != nil {
+		return objRef{}, fmt.Errorf("key %s v%d: bad object id in record: %w", r.Name, v, keys.ErrIntegrity)
+	}
+	return objRef{Class: keyClass(r.Type), Label: mv.Label, ID: id}, nil
+}
+
+// pubRef returns the public key object of an asymmetric version.
+func (r *metaRecord) pubRef(v uint32) (objRef, error) {
+	ref, err := r.ref(v)
+	ref.Class = pkcs11.CKO_PUBLIC_KEY
+	return ref, err
+}
+
+// validate checks the record's own consistency after its MAC verified.
+func (r *metaRecord) validate(name string) error {
+	if r.Format != 1 || r.Name != name || !r.Type.Valid() {
+		return fmt.Errorf("record of %s: format, name or type wrong: %w", name, keys.ErrIntegrity)
+	}
+	for i, v := range r.Vers {
+		if v.Version != uint32(i+1) {
+			return fmt.Errorf("record of %s: versions out of order: %w", name, keys.ErrIntegrity)
+		}
+		switch v.State {
+		case keys.Enabled, keys.Disabled, keys.Destroyed:
+		default:
+			return fmt.Errorf("record of %s: bad state %q: %w", name, v.State, keys.ErrIntegrity)
+		}
+	}
+	if int(r.Min) > len(r.Vers) {
+		return fmt.Errorf("record of %s: minimum version beyond the last: %w", name, keys.ErrIntegrity)
+	}
+	return nil
+}
+
+func metaRef(name string) objRef {
+	return objRef{Class: pkcs11.CKO_DATA, Label: metaLabelPrefix + name}
+}
+
+type cachedMeta struct {
+	raw []byte
+	rec *metaRecord
+	at  time.Time
+}
+
+// ensureMetaKey finds the metadata MAC key or creates it. If two daemons
+// created one at the same moment, both settle on the lowest CKA_ID.
+func (t *Token) ensureMetaKey(sh pkcs11.SessionHandle) (objRef, error) {
+	s := &sess{t: t, p: t.p, sh: sh}
+	tmpl := objRef{Class: pkcs11.CKO_SECRET_KEY, Label: metaKeyLabel}.template()
+	hs, err := s.find(tmpl)
+	if err != nil {
+		return objRef{}, fmt.Errorf("find metadata key: %w", err)
+	}
+	if len(hs) == 0 {
+		id := make([]byte, 16)
+		rand.Read(id)
+		if err := s.generate(keys.HMACSHA256, metaKeyLabel, id); err != nil {
+			return objRef{}, fmt.Errorf("create metadata key: %w", err)
+		}
+		t.log.Info("created keyring metadata key", "token", t.tokenName())
+		if hs, err = s.find(tmpl); err != nil {
+			return objRef{}, fmt.Errorf("find metadata key: %w", err)
+		}
+	}
+	var ids [][]byte
+	for _, h := range hs {
+		a, err := s.attrs(h, pkcs11.CKA_ID)
+		if err != nil {
+			return objRef{}, fmt.Errorf("read metadata key id: %w", err)
+		}
+		ids = append(ids, a[pkcs11.CKA_ID])
+	}
+	if len(ids) == 0 {
+		return objRef{}, fmt.Errorf("metadata key vanished: %w", keys.ErrUnavailable)
+	}
+	sort.Slice(ids, func(i, j int) bool { return bytes.Compare(ids[i], ids[j]) < 0 })
+	return objRef{Class: pkcs11.CKO_SECRET_KEY, Label: metaKeyLabel, ID: ids[0]}, nil
+}
+
+func (s *sess) metaMAC(body []byte, mac []byte) ([]byte, error) {
+	h, err := s.handle(s.t.metaKey)
+	if err != nil {
+		return nil, fmt.Errorf("metadata key: %w", err)
+	}
+	msg := append([]byte(metaDomain), body...)
+	m := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}
+	if mac == nil {
+		if err := s.p.SignInit(s.sh, m, h); err != nil {
+			return nil, err
+		}
+		return s.p.Sign(s.sh, msg)
+	}
+	if err := s.p.VerifyInit(s.sh, m, h); err != nil {
+		return nil, err
+	}
+	return nil, s.p.Verify(s.sh, msg, mac)
+}
+
+// loadMeta returns name's record. Records are never modified in place
+// (tokens refuse to change a data object's CKA_VALUE): each change creates a
+// record with the next generation in CKA_ID and then destroys the older
+// ones, so the newest generation is the record. It reads the token unless
+// fresh is false and a cached copy is younger than MetadataMaxAge. A record
+// whose bytes equal the cached ones is not verified again.
+// Errors: keys.ErrKeyNotFound, keys.ErrIntegrity, keys.ErrUnavailable while
+// two writers race.
+func (s *sess) loadMeta(name string, fresh bool) (*metaRecord, error) {
+	t := s.t
+	if !fresh && t.cfg.MetadataMaxAge > 0 {
+		t.cacheMu.Lock()
+		c := t.cache[name]
+		t.cacheMu.Unlock()
+		if c != nil && time.Since(c.at) < t.cfg.MetadataMaxAge {
+			return c.rec, nil
+		}
+	}
+	recs, err := s.findMeta(name)
+	if err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("key %s: %w", name, keys.ErrKeyNotFound)
+	}
+	t.cacheMu.Lock()
+	c := t.cache[name]
+	t.cacheMu.Unlock()
+	if len(recs) == 1 && c != nil && bytes.Equal(c.raw, recs[0].raw) {
+		if t.cfg.MetadataMaxAge > 0 {
+			s.remember(name, c.raw, c.rec)
+		}
+		return c.rec, nil
+	}
+	var top *metaRecord
+	var topRaw []byte
+	tie := false
+	for _, r := range recs {
+		rec, err := s.parseMeta(name, r.raw)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case top == nil || rec.Gen > top.Gen:
+			top, topRaw, tie = rec, r.raw, false
+		case rec.Gen == top.Gen:
+			tie = true
+		}
+	}
+	if tie {
+		return nil, fmt.Errorf("key %s: two records of generation %d (concurrent change); retry: %w", name, top.Gen, keys.ErrUnavailable)
+	}
+	s.remember(name, topRaw, top)
+	return top, nil
+}
+
+type storedMeta struct {
+	h   pkcs11.ObjectHandle
+	raw []byte
+}
+
+// findMeta returns name's record objects, unverified.
+func (s *sess) findMeta(name string) ([]storedMeta, error) {
+	hs, err := s.find(metaRef(name).template())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]storedMeta, 0, len(hs))
+	for _, h := range hs {
+		a, err := s.attrs(h, pkcs11.CKA_VALUE)
+		if err != nil {
+			if errors.Is(err, pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID)) {
+				continue // destroyed by a writer between find and read
+			}
+			return nil, err
+		}
+		out = append(out, storedMeta{h: h, raw: a[pkcs11.CKA_VALUE]})
+	}
+	return out, nil
+}
+
+func (s *sess) parseMeta(name string, raw []byte) (*metaRecord, error) {
+	if len(raw) < len(metaMagic)+32 || string(raw[:len(metaMagic)]) != metaMagic || len(raw) > maxMeta {
+		return nil, fmt.Errorf("record of %s is not a keyward record: %w", name, keys.ErrIntegrity)
+	}
+	mac, body := raw[len(metaMagic):len(metaMagic)+32], raw[len(metaMagic)+32:]
+	if _, err := s.metaMAC(body, mac); err != nil {
+		if errors.Is(err, pkcs11.Error(pkcs11.CKR_SIGNATURE_INVALID)) || errors.Is(err, pkcs11.Error(pkcs11.CKR_SIGNATURE_LEN_RANGE)) {
+			return nil, fmt.Errorf("record of %s fails its MAC (edited or from another token): %w", name, keys.ErrIntegrity)
+		}
+		return nil, err
+	}
+	var rec metaRecord
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rec); err != nil {
+		return nil, fmt.Errorf("record of %s: %v: %w", name, err, keys.ErrIntegrity)
+	}
+	if err := rec.validate(name); err != nil {
+		return nil, err
+	}
+	return &rec, nil
+}
+
+func (s *sess) encodeMeta(rec *metaRecord) ([]byte, error) {
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	mac, err := s.metaMAC(body, nil)
+	if err != nil {
+		return nil, fmt.Errorf("mac record: %w", err)
+	}
+	return append(append([]byte(metaMagic), mac...), body...), nil
+}
+
+// storeMeta publishes rec as generation prevGen+1 (prevGen 0: a new key).
+// It creates the new record object, then checks that no other record of
+// that generation or newer exists (another process writing at the same
+// moment); if one does, it withdraws its own and returns errConcurrent (or
+// keys.ErrKeyExists for a new key). Otherwise it destroys the older
+// generations. A crash in between leaves an older record that the next
+// change removes; readers always take the newest.
+func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
+	rec.Gen = prevGen + 1
+	raw, err := s.encodeMeta(rec)
+	if err != nil {
+		return err
+	}
+	ref := metaRef(rec.Name)
+	mine, err := s.p.CreateObject(s.sh, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, ref.Label),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, metaApplication),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, raw),
+	})
+	if err != nil {
+		return fmt.Errorf("write record of %s: %w", rec.Name, err)
+	}
+	recs, err := s.findMeta(rec.Name)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.h == mine {
+			continue
+		}
+		other, err := s.parseMeta(rec.Name, r.raw)
+		if err != nil || other.Gen >= rec.Gen || prevGen == 0 {
+			s.p.DestroyObject(s.sh, mine)
+			if prevGen == 0 {
+				return fmt.Errorf("create %s: created concurrently elsewhere: %w", rec.Name, keys.ErrKeyExists)
+			}
+			return errConcurrent
+		}
+	}
+	for _, r := range recs {
+		if r.h != mine {
+			s.p.DestroyObject(s.sh, r.h)
+		}
+	}
+	s.remember(rec.Name, raw, rec)
+	return nil
+}
+
+func (s *sess) remember(name string, raw []byte, rec *metaRecord) {
+	s.t.cacheMu.Lock()
+	s.t.cache[name] = &cachedMeta{raw: raw, rec: rec, at: time.Now()}
+	s.t.cacheMu.Unlock()
+}
+
+// errConcurrent: another process changed the record while this one was
+// changing it. The admin operation is retried from a fresh read.
+var errConcurrent = errors.New("key record changed concurrently")
+
+// listMeta returns the names of every key record in the token.
+func (s *sess) listMeta() ([]string, error) {
+	hs, err := s.find([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, metaApplication),
+	})
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var names []string
+	for _, h := range hs {
+		a, err := s.attrs(h, pkcs11.CKA_LABEL)
+		if err != nil {
+			return nil, err
+		}
+		name, ok := bytes.CutPrefix(a[pkcs11.CKA_LABEL], []byte(metaLabelPrefix))
+		if !ok || seen[string(name)] {
+			continue
+		}
+		seen[string(name)] = true
+		names = append(names, string(name))
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// cloneRecord copies a record so a cached one is never mutated.
+func cloneRecord(r *metaRecord) *metaRecord {
+	c := *r
+	c.Vers = append([]metaVersion(nil), r.Vers...)
+	return &c
+}
