@@ -28,7 +28,7 @@ func (t *Token) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.
 	defer t.adminMu.Unlock()
 	var out keys.KeyInfo
 	err := t.withSession(ctx, func(s *sess) error {
-		if !t.supports(ty) {
+		if !s.supports(ty) {
 			return fmt.Errorf("create %s: token lacks the mechanisms for %s: %w", name, ty, keys.ErrUnsupported)
 		}
 		if _, err := s.loadMeta(name, true); err == nil {
@@ -152,7 +152,7 @@ func (t *Token) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error
 		if len(rec.Vers) >= keys.MaxVersion {
 			return fmt.Errorf("version limit reached: %w", keys.ErrInvalidArgument)
 		}
-		if !t.supports(rec.Type) {
+		if !s.supports(rec.Type) {
 			return fmt.Errorf("token lacks the mechanisms for %s: %w", rec.Type, keys.ErrUnsupported)
 		}
 		mv, err := s.newVersion(name, rec.Type, uint32(len(rec.Vers)+1), time.Now().UTC().Truncate(time.Second))

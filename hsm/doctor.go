@@ -100,7 +100,7 @@ func (t *Token) Doctor(ctx context.Context) (Report, error) {
 				}
 			}
 		}
-		refs[fmt.Sprintf("%d|%s|%x", uint(pkcs11.CKO_SECRET_KEY), metaKeyLabel, s.t.metaKey.ID)] = want{ty: keys.HMACSHA256}
+		refs[fmt.Sprintf("%d|%s|%x", uint(pkcs11.CKO_SECRET_KEY), metaKeyLabel, s.st.metaKey.ID)] = want{ty: keys.HMACSHA256}
 		seen := map[string]bool{}
 		for _, class := range []uint{pkcs11.CKO_SECRET_KEY, pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
 			hs, err := s.find([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)})

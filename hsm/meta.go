@@ -103,8 +103,8 @@ type cachedMeta struct {
 
 // ensureMetaKey finds the metadata MAC key or creates it. If two daemons
 // created one at the same moment, both settle on the lowest CKA_ID.
-func (t *Token) ensureMetaKey(sh pkcs11.SessionHandle) (objRef, error) {
-	s := &sess{t: t, p: t.p, sh: sh}
+func (s *sess) ensureMetaKey() (objRef, error) {
+	t := s.t
 	tmpl := objRef{Class: pkcs11.CKO_SECRET_KEY, Label: metaKeyLabel}.template()
 	hs, err := s.find(tmpl)
 	if err != nil {
@@ -137,7 +137,7 @@ func (t *Token) ensureMetaKey(sh pkcs11.SessionHandle) (objRef, error) {
 }
 
 func (s *sess) metaMAC(body []byte, mac []byte) ([]byte, error) {
-	h, err := s.handle(s.t.metaKey)
+	h, err := s.handle(s.st.metaKey)
 	if err != nil {
 		return nil, fmt.Errorf("metadata key: %w", err)
 	}

@@ -82,7 +82,7 @@ func (s *sess) find(tmpl []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
 // or by a find that must match exactly one object.
 func (s *sess) handle(r objRef) (pkcs11.ObjectHandle, error) {
 	k := r.key()
-	if h, ok := s.t.handles.Load(k); ok {
+	if h, ok := s.st.handles.Load(k); ok {
 		return h.(pkcs11.ObjectHandle), nil
 	}
 	hs, err := s.find(r.template())
@@ -96,12 +96,12 @@ func (s *sess) handle(r objRef) (pkcs11.ObjectHandle, error) {
 	default:
 		return 0, fmt.Errorf("%s: %d objects: %w", r.Label, len(hs), errObjectAmbiguous)
 	}
-	s.t.handles.Store(k, hs[0])
+	s.st.handles.Store(k, hs[0])
 	return hs[0], nil
 }
 
 // forget drops a cached handle (after the object was destroyed).
-func (s *sess) forget(r objRef) { s.t.handles.Delete(r.key()) }
+func (s *sess) forget(r objRef) { s.st.handles.Delete(r.key()) }
 
 // attrs reads attributes of h.
 func (s *sess) attrs(h pkcs11.ObjectHandle, types ...uint) (map[uint][]byte, error) {
@@ -131,11 +131,10 @@ var typeMechs = map[keys.Type][]uint{
 	keys.Ed25519:    {ckmECEdwardsKeyPairGen, ckmEdDSA},
 }
 
-// supports reports whether the token offers every mechanism type t needs.
-// Caller holds mu for reading.
-func (t *Token) supports(ty keys.Type) bool {
+// supports reports whether the token offers every mechanism type ty needs.
+func (s *sess) supports(ty keys.Type) bool {
 	for _, m := range typeMechs[ty] {
-		if !t.mechs[m] {
+		if !s.st.mechs[m] {
 			return false
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -65,30 +66,37 @@ type Token struct {
 	log  *slog.Logger
 	pin  []byte
 	size int
+	mod  *module
 
-	// mu: every PKCS#11 call holds it for reading; (re)initialising the
-	// module holds it for writing.
-	mu      sync.RWMutex
-	p       *pkcs11.Ctx
-	slot    uint
-	ready   bool   // module initialised, logged in, metadata key found
-	gen     uint64 // incremented at every (re)initialisation
-	pool    chan pkcs11.SessionHandle
-	open    int // sessions opened in this generation (guarded by poolMu)
-	poolMu  sync.Mutex
-	mechs   map[uint]bool
-	metaKey objRef
-	lastTry time.Time // last failed re-initialisation, to rate-limit retries
-	lastErr error
+	state     atomic.Pointer[tokenState] // valid while state.modGen == mod.gen
+	refreshMu sync.Mutex                 // one refresh at a time
+	lastTry   time.Time                  // last failed refresh (guarded by refreshMu)
+	lastErr   error                      // (guarded by refreshMu)
+	failedGen uint64                     // module generation of the last failed refresh
 
-	handles sync.Map // objKey -> pkcs11.ObjectHandle, valid for one generation
-	pubs    sync.Map // hex CKA_ID -> crypto.PublicKey; an object's public key never changes
+	pubs sync.Map // hex CKA_ID -> crypto.PublicKey; an object's public key never changes
 
 	adminMu sync.Mutex // serialises admin operations in this process
 	cacheMu sync.Mutex
 	cache   map[string]*cachedMeta
 
-	closed bool
+	closed atomic.Bool
+}
+
+// tokenState is what a Token knows about its token within one module
+// generation: slot, logged-in sessions, mechanisms, object handles. A new
+// module generation (after C_Finalize/C_Initialize) makes all of it stale:
+// handles are reassigned then, and an old one may name another key.
+type tokenState struct {
+	modGen  uint64
+	p       *pkcs11.Ctx
+	slot    uint
+	mechs   map[uint]bool
+	metaKey objRef
+	pool    chan pkcs11.SessionHandle
+	openMu  sync.Mutex
+	open    int
+	handles sync.Map // objRef.key() -> pkcs11.ObjectHandle
 }
 
 var _ keys.Backend = (*Token)(nil)
@@ -123,73 +131,64 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	t := &Token{cfg: cfg, sel: sel, log: log, pin: pin, size: size, cache: map[string]*cachedMeta{}}
-	t.mu.Lock()
-	err = t.initLocked()
-	t.mu.Unlock()
+	mod, err := acquireModule(cfg.Module)
+	if err != nil {
+		secretfile.Zero(pin)
+		return nil, err
+	}
+	t := &Token{cfg: cfg, sel: sel, log: log, pin: pin, size: size, mod: mod, cache: map[string]*cachedMeta{}}
+	mod.mu.RLock()
+	st, err := t.newState()
+	mod.mu.RUnlock()
 	if err != nil {
 		t.Close()
 		return nil, err
 	}
+	t.state.Store(st)
+	log.Info("pkcs11 token ready", "token", t.tokenName(), "slot", st.slot, "sessions", size)
 	return t, nil
 }
 
-// initLocked (re)loads the module state: initialise, find the slot, log in,
-// find the metadata key. The caller holds mu for writing.
-func (t *Token) initLocked() error {
-	t.teardownLocked()
-	t.gen++
-	t.handles.Clear()
-	t.cacheMu.Lock()
-	clear(t.cache)
-	t.cacheMu.Unlock()
-
-	p := pkcs11.New(t.cfg.Module)
-	if p == nil {
-		return fmt.Errorf("load %s: %w", t.cfg.Module, ErrModule)
+// newState finds the slot, logs in and finds the metadata key. The caller
+// holds mod.mu for reading.
+func (t *Token) newState() (*tokenState, error) {
+	m := t.mod
+	if m.p == nil {
+		return nil, fmt.Errorf("module %s not initialised: %w", m.path, keys.ErrUnavailable)
 	}
-	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
-		p.Destroy()
-		return fmt.Errorf("C_Initialize %s: %w: %w", t.cfg.Module, err, ErrModule)
-	}
-	t.p = p
-	slot, err := t.findSlot()
+	st := &tokenState{modGen: m.gen, p: m.p, mechs: map[uint]bool{}, pool: make(chan pkcs11.SessionHandle, t.size)}
+	slot, err := t.findSlot(m.p)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	t.slot = slot
-	t.mechs = map[uint]bool{}
-	if ms, err := p.GetMechanismList(slot); err == nil {
-		for _, m := range ms {
-			t.mechs[m.Mechanism] = true
+	st.slot = slot
+	if ms, err := m.p.GetMechanismList(slot); err == nil {
+		for _, mech := range ms {
+			st.mechs[mech.Mechanism] = true
 		}
 	}
-	t.pool = make(chan pkcs11.SessionHandle, t.size)
-	t.poolMu.Lock()
-	t.open = 0
-	t.poolMu.Unlock()
-	sh, err := t.newSession()
+	sh, err := st.newSession()
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("%w: %w", err, keys.ErrUnavailable)
 	}
-	pin := string(t.pin) // miekg takes a string; it is freed with the call
-	err = p.Login(sh, pkcs11.CKU_USER, pin)
+	pin := string(t.pin) // miekg takes a string
+	err = m.p.Login(sh, pkcs11.CKU_USER, pin)
 	if err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
-		p.CloseSession(sh)
+		st.closeSessions(sh)
 		if isPINError(err) {
-			return fmt.Errorf("token %q: %v: %w", t.tokenName(), err, ErrLogin)
+			return nil, fmt.Errorf("token %q: %v: %w", t.tokenName(), err, ErrLogin)
 		}
-		return fmt.Errorf("token %q login: %w: %w", t.tokenName(), err, keys.ErrUnavailable)
+		return nil, fmt.Errorf("token %q login: %w: %w", t.tokenName(), err, keys.ErrUnavailable)
 	}
-	t.pool <- sh
-	mk, err := t.ensureMetaKey(sh)
+	s := &sess{t: t, st: st, p: m.p, sh: sh}
+	mk, err := s.ensureMetaKey()
 	if err != nil {
-		return err
+		st.closeSessions(sh)
+		return nil, err
 	}
-	t.metaKey = mk
-	t.ready = true
-	t.log.Info("pkcs11 token ready", "token", t.tokenName(), "slot", slot, "sessions", t.size, "generation", t.gen)
-	return nil
+	st.metaKey = mk
+	st.pool <- sh
+	return st, nil
 }
 
 func (t *Token) tokenName() string {
@@ -211,8 +210,8 @@ func isPINError(err error) bool {
 	return false
 }
 
-func (t *Token) findSlot() (uint, error) {
-	slots, err := t.p.GetSlotList(true)
+func (t *Token) findSlot(p *pkcs11.Ctx) (uint, error) {
+	slots, err := p.GetSlotList(true)
 	if err != nil {
 		return 0, fmt.Errorf("C_GetSlotList: %w: %w", err, keys.ErrUnavailable)
 	}
@@ -221,7 +220,7 @@ func (t *Token) findSlot() (uint, error) {
 		if t.sel.SlotID != nil && *t.sel.SlotID != s {
 			continue
 		}
-		ti, err := t.p.GetTokenInfo(s)
+		ti, err := p.GetTokenInfo(s)
 		if err != nil {
 			continue
 		}
@@ -238,46 +237,50 @@ func (t *Token) findSlot() (uint, error) {
 	return 0, fmt.Errorf("token %q matches %d tokens; select by serial or URI: %w", t.tokenName(), len(found), ErrConfig)
 }
 
-// teardownLocked closes sessions and finalises the module. The caller holds
-// mu for writing, so no PKCS#11 call is in flight (C_Finalize during a call
-// crashes SoftHSM2).
-func (t *Token) teardownLocked() {
-	t.ready = false
-	if t.p == nil {
-		return
+// closeSessions closes the state's own sessions (never C_CloseAllSessions:
+// other Tokens of the process may use the same slot).
+func (st *tokenState) closeSessions(extra ...pkcs11.SessionHandle) {
+	for _, sh := range extra {
+		st.p.CloseSession(sh)
 	}
-	t.p.CloseAllSessions(t.slot)
-	t.p.Finalize()
-	t.p.Destroy()
-	t.p = nil
-	t.pool = nil
+	for {
+		select {
+		case sh := <-st.pool:
+			st.p.CloseSession(sh)
+		default:
+			return
+		}
+	}
 }
 
-// Close logs out, finalises the module and zeroes the PIN.
+// Close closes this Token's sessions, releases the module (finalising it
+// when no other Token uses it) and zeroes the PIN.
 func (t *Token) Close() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
+	if t.closed.Swap(true) {
 		return nil
 	}
-	t.closed = true
-	t.teardownLocked()
+	t.mod.mu.RLock()
+	if st := t.state.Load(); st != nil && st.modGen == t.mod.gen && t.mod.p != nil {
+		st.closeSessions()
+	}
+	t.mod.mu.RUnlock()
+	t.mod.release()
 	secretfile.Zero(t.pin)
 	return nil
 }
 
-// newSession opens one more session if the pool is not full. Caller holds mu.
-func (t *Token) newSession() (pkcs11.SessionHandle, error) {
-	t.poolMu.Lock()
-	defer t.poolMu.Unlock()
-	if t.open >= t.size {
+// newSession opens one more session if the pool is not full. Caller holds mod.mu.
+func (st *tokenState) newSession() (pkcs11.SessionHandle, error) {
+	st.openMu.Lock()
+	defer st.openMu.Unlock()
+	if st.open >= cap(st.pool) {
 		return 0, errPoolFull
 	}
-	sh, err := t.p.OpenSession(t.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	sh, err := st.p.OpenSession(st.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		return 0, fmt.Errorf("C_OpenSession: %w", err)
 	}
-	t.open++
+	st.open++
 	return sh, nil
 }
 
@@ -319,22 +322,24 @@ func sessionBroken(err error) bool {
 // only inside the callback.
 type sess struct {
 	t  *Token
+	st *tokenState
 	p  *pkcs11.Ctx
 	sh pkcs11.SessionHandle
 }
 
-// withSession lends a session to fn under the read lock. If fn fails with a
-// recoverable PKCS#11 error, the module is re-initialised (once for all
-// goroutines that saw the same generation fail) and fn runs once more. fn
-// must look objects up through the sess it is given, never keep handles.
+// withSession lends a logged-in session to fn under the module's read
+// lock. If fn fails with a recoverable PKCS#11 error, the module is
+// re-initialised (once for all goroutines that saw the same generation
+// fail), objects are found anew, and fn runs once more. fn must look
+// objects up through the sess it is given and never keep handles.
 func (t *Token) withSession(ctx context.Context, fn func(s *sess) error) error {
 	gen, err := t.attempt(ctx, fn)
 	if err == nil || !recoverable(err) {
 		return err
 	}
-	t.log.Warn("pkcs11 call failed; re-initialising token", "err", err, "generation", gen)
-	if rerr := t.reinit(gen); rerr != nil {
-		return rerr
+	t.log.Warn("pkcs11 call failed; re-initialising module", "err", err, "generation", gen)
+	if err := t.mod.reinit(gen); err != nil {
+		return fmt.Errorf("%w: %w", err, keys.ErrUnavailable)
 	}
 	_, err = t.attempt(ctx, fn)
 	if recoverable(err) {
@@ -343,56 +348,88 @@ func (t *Token) withSession(ctx context.Context, fn func(s *sess) error) error {
 	return err
 }
 
-// attempt runs fn once with a pooled session.
+// attempt runs fn once with a pooled session of a current state. It
+// returns the module generation it ran under.
 func (t *Token) attempt(ctx context.Context, fn func(s *sess) error) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	t.mu.RLock()
-	if !t.ready {
-		gen := t.gen
-		t.mu.RUnlock()
-		if t.closed {
-			return gen, fmt.Errorf("token closed: %w", keys.ErrUnavailable)
-		}
-		if err := t.reinit(gen); err != nil {
-			return gen, err
-		}
-		t.mu.RLock()
-		if !t.ready {
-			gen := t.gen
-			t.mu.RUnlock()
-			return gen, fmt.Errorf("token %q not ready: %w", t.tokenName(), keys.ErrUnavailable)
+	if t.closed.Load() {
+		return 0, fmt.Errorf("token closed: %w", keys.ErrUnavailable)
+	}
+	m := t.mod
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	st := t.state.Load()
+	if st == nil || st.modGen != m.gen || m.p == nil {
+		var err error
+		if st, err = t.refresh(); err != nil {
+			return m.gen, err
 		}
 	}
-	defer t.mu.RUnlock()
-	gen := t.gen
-	sh, err := t.getSession(ctx)
+	sh, err := st.getSession(ctx)
 	if err != nil {
-		return gen, err
+		return st.modGen, err
 	}
-	s := &sess{t: t, p: t.p, sh: sh}
-	ferr := fn(s)
+	ferr := fn(&sess{t: t, st: st, p: st.p, sh: sh})
 	if sessionBroken(ferr) {
-		t.p.CloseSession(sh)
-		t.poolMu.Lock()
-		t.open--
-		t.poolMu.Unlock()
+		st.p.CloseSession(sh)
+		st.openMu.Lock()
+		st.open--
+		st.openMu.Unlock()
 	} else {
-		t.pool <- sh
+		st.pool <- sh
 	}
-	return gen, ferr
+	return st.modGen, ferr
+}
+
+// refresh builds a state for the current module generation. A failure
+// (token absent, module not initialised) is remembered so that concurrent
+// and rapid retries do not hammer the module; after retryGap the next
+// attempt re-initialises the module, because a token that reappeared
+// (a restored or re-created token directory) is only seen after
+// C_Finalize + C_Initialize. Caller holds mod.mu for reading.
+func (t *Token) refresh() (*tokenState, error) {
+	m := t.mod
+	t.refreshMu.Lock()
+	defer t.refreshMu.Unlock()
+	if st := t.state.Load(); st != nil && st.modGen == m.gen && m.p != nil {
+		return st, nil
+	}
+	if t.lastErr != nil && t.failedGen == m.gen {
+		if time.Since(t.lastTry) < retryGap {
+			return nil, fmt.Errorf("token %q unavailable: %w", t.tokenName(), t.lastErr)
+		}
+		// Ask for a new module generation; the caller retries under it.
+		gen := m.gen
+		t.lastTry = time.Now()
+		go func() { m.reinit(gen) }() // needs the write lock: not from under our read lock
+		return nil, fmt.Errorf("token %q unavailable, re-initialising: %w", t.tokenName(), keys.ErrUnavailable)
+	}
+	st, err := t.newState()
+	if err != nil {
+		t.lastTry, t.lastErr, t.failedGen = time.Now(), err, m.gen
+		t.log.Error("pkcs11 token not usable", "err", err)
+		if errors.Is(err, keys.ErrUnavailable) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", err, keys.ErrUnavailable)
+	}
+	t.lastErr = nil
+	t.state.Store(st)
+	t.log.Info("pkcs11 token recovered", "token", t.tokenName(), "generation", st.modGen)
+	return st, nil
 }
 
 // getSession takes an idle session, opens a new one while under the bound,
-// or waits. The caller holds mu for reading.
-func (t *Token) getSession(ctx context.Context) (pkcs11.SessionHandle, error) {
+// or waits. The caller holds mod.mu for reading.
+func (st *tokenState) getSession(ctx context.Context) (pkcs11.SessionHandle, error) {
 	select {
-	case sh := <-t.pool:
+	case sh := <-st.pool:
 		return sh, nil
 	default:
 	}
-	sh, err := t.newSession()
+	sh, err := st.newSession()
 	if err == nil {
 		return sh, nil
 	}
@@ -400,40 +437,11 @@ func (t *Token) getSession(ctx context.Context) (pkcs11.SessionHandle, error) {
 		return 0, err
 	}
 	select {
-	case sh := <-t.pool:
+	case sh := <-st.pool:
 		return sh, nil
 	case <-ctx.Done():
 		return 0, fmt.Errorf("waiting for a pkcs11 session: %w", ctx.Err())
 	}
-}
-
-// reinit re-initialises the module if no other goroutine has done so since
-// generation gen was observed. Failed attempts are rate-limited.
-func (t *Token) reinit(gen uint64) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return fmt.Errorf("token closed: %w", keys.ErrUnavailable)
-	}
-	if t.gen != gen && t.ready {
-		return nil // someone else recovered already
-	}
-	if !t.ready && time.Since(t.lastTry) < retryGap {
-		return fmt.Errorf("token %q unavailable (%v): %w", t.tokenName(), t.lastErr, keys.ErrUnavailable)
-	}
-	start := time.Now()
-	err := t.initLocked()
-	if err != nil {
-		t.lastTry, t.lastErr = time.Now(), err
-		t.teardownLocked()
-		t.log.Error("pkcs11 re-initialisation failed", "err", err)
-		if errors.Is(err, keys.ErrUnavailable) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", err, keys.ErrUnavailable)
-	}
-	t.log.Info("pkcs11 token recovered", "generation", t.gen, "took", time.Since(start))
-	return nil
 }
 
 // Health checks that the token answers and the session is logged in.
