@@ -124,7 +124,6 @@ func (t *Token) Doctor(ctx context.Context) (Report, error) {
 				if !referenced {
 					f.Problem = "keyward object that no key record references (left by a crash or a lost race); safe to destroy after review"
 					rep.Findings = append(rep.Findings, f)
-					continue
 				}
 				for _, p := range s.inspect(h, w.ty, class) {
 					f.Problem, f.Weak = p, true
@@ -182,6 +181,9 @@ func (s *sess) inspect(h pkcs11.ObjectHandle, ty keys.Type, class uint) []string
 	}
 	if boolAttr(got[pkcs11.CKA_MODIFIABLE]) {
 		probs = append(probs, "modifiable (CKA_MODIFIABLE=true: usage attributes can be changed later)")
+	}
+	if ty == "" {
+		return probs // unreferenced object: its type is unknown
 	}
 	allowed := allowedUsage(ty, class)
 	for _, u := range usageAttrs {

@@ -1,0 +1,390 @@
+package hsm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/keys"
+)
+
+// TestNonExportable proves, from outside the backend, that every key type's
+// objects cannot leave the token: CKA_VALUE is refused, C_WrapKey is
+// refused, the token vouches they were never extractable and always
+// sensitive, and none of the protecting attributes can be changed.
+func TestNonExportable(t *testing.T) {
+	b := open(t, nil)
+	ctx := context.Background()
+	p, sh := rawSession(t)
+	// A wrapping key an attacker with the PIN could make.
+	wrapper, err := p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, true), pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapMech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}
+	// Control: the same C_WrapKey on an extractable key works, so a refusal
+	// below is the token protecting keyward's keys, not a bad mechanism.
+	control, err := p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.WrapKey(sh, wrapMech, wrapper, control); err != nil {
+		t.Fatalf("control C_WrapKey of an extractable key: %v", err)
+	}
+	for _, ty := range keys.Types {
+		t.Run(string(ty), func(t *testing.T) {
+			name := "protect/" + strings.ReplaceAll(string(ty), "-", "")
+			if _, err := b.CreateKey(ctx, name, ty); err != nil {
+				t.Fatal(err)
+			}
+			class := uint(pkcs11.CKO_SECRET_KEY)
+			if ty.Asymmetric() {
+				class = pkcs11.CKO_PRIVATE_KEY
+			}
+			hs := rawFind(t, p, sh, pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_LABEL, "keyward:"+name+":v1"))
+			if len(hs) != 1 {
+				t.Fatalf("found %d objects for %s v1", len(hs), name)
+			}
+			h := hs[0]
+			valueAttr := uint(pkcs11.CKA_VALUE)
+			if ty == keys.RSA3072PSS {
+				valueAttr = pkcs11.CKA_PRIVATE_EXPONENT
+			}
+			_, err := p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(valueAttr, nil)})
+			wantCKR(t, "read key value", err, pkcs11.CKR_ATTRIBUTE_SENSITIVE)
+
+			_, err = p.WrapKey(sh, wrapMech, wrapper, h)
+			wantCKR(t, "C_WrapKey", err, pkcs11.CKR_KEY_UNEXTRACTABLE, pkcs11.CKR_KEY_NOT_WRAPPABLE)
+
+			got, err := p.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_NEVER_EXTRACTABLE, nil), pkcs11.NewAttribute(pkcs11.CKA_ALWAYS_SENSITIVE, nil),
+				pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
+				pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, nil), pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, nil),
+				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil), pkcs11.NewAttribute(pkcs11.CKA_LOCAL, nil),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[uint]bool{pkcs11.CKA_NEVER_EXTRACTABLE: true, pkcs11.CKA_ALWAYS_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: false,
+				pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_PRIVATE: true, pkcs11.CKA_MODIFIABLE: false, pkcs11.CKA_TOKEN: true, pkcs11.CKA_LOCAL: true}
+			for _, a := range got {
+				if v := len(a.Value) > 0 && a.Value[0] != 0; v != want[a.Type] {
+					t.Errorf("attribute 0x%x = %v, want %v", a.Type, v, want[a.Type])
+				}
+			}
+			for _, change := range []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
+				pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false),
+				pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+				pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
+				pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+				pkcs11.NewAttribute(pkcs11.CKA_LABEL, "stolen"),
+			} {
+				err := p.SetAttributeValue(sh, h, []*pkcs11.Attribute{change})
+				if err == nil {
+					t.Errorf("changing attribute 0x%x succeeded", change.Type)
+				}
+			}
+			// The key still works after all of that.
+			if ty == keys.AES256GCM {
+				blob, err := b.Wrap(ctx, name, []byte("x"), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := b.Unwrap(ctx, blob, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+	rep, err := b.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range rep.Findings {
+		if strings.HasPrefix(f.Key, "protect/") {
+			t.Errorf("doctor finding on a generated key: %+v", f)
+		}
+	}
+}
+
+// pkcs11Tool runs OpenSC's pkcs11-tool against the test token; the PIN goes
+// through the environment, not argv.
+func pkcs11Tool(t *testing.T, args ...string) string {
+	t.Helper()
+	if _, err := exec.LookPath("pkcs11-tool"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("pkcs11-tool (opensc) is not installed: make test installs it")
+		}
+		t.Skip("pkcs11-tool (opensc) is not installed: run make test")
+	}
+	cmd := exec.Command("pkcs11-tool", append([]string{"--module", tok.Module, "--token-label", tok.Label, "--login", "--pin", "env:KW_TEST_PIN"}, args...)...)
+	cmd.Env = append(os.Environ(), "KW_TEST_PIN="+tok.PIN)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("pkcs11-tool %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// TestAdopt: a key a security team made with pkcs11-tool is adopted only
+// when the token protects it.
+func TestAdopt(t *testing.T) {
+	b := open(t, nil)
+	ctx := context.Background()
+	pkcs11Tool(t, "--keygen", "--key-type", "AES:32", "--label", "team-public-aes", "--sensitive", "--id", "a1")
+	pkcs11Tool(t, "--keygen", "--key-type", "AES:32", "--label", "team-private-aes", "--sensitive", "--private", "--id", "a2")
+	pkcs11Tool(t, "--keygen", "--key-type", "AES:16", "--label", "team-short-aes", "--sensitive", "--private", "--id", "a3")
+	pkcs11Tool(t, "--keygen", "--key-type", "AES:32", "--label", "team-extractable", "--private", "--extractable", "--id", "a4")
+	pkcs11Tool(t, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "team-ec", "--private", "--sensitive", "--id", "a5", "--usage-sign")
+
+	tests := []struct {
+		name, key, ref string
+		ty             keys.Type
+		wantErr        error
+	}{
+		{name: "not private", key: "team/a", ref: "team-public-aes", ty: keys.AES256GCM, wantErr: keys.ErrWeakKey},
+		{name: "extractable", key: "team/b", ref: "pkcs11:object=team-extractable", ty: keys.AES256GCM, wantErr: keys.ErrWeakKey},
+		{name: "wrong size", key: "team/c", ref: "team-short-aes", ty: keys.AES256GCM, wantErr: keys.ErrInvalidArgument},
+		{name: "wrong type", key: "team/d", ref: "team-private-aes", ty: keys.HMACSHA256, wantErr: keys.ErrInvalidArgument},
+		{name: "missing", key: "team/e", ref: "pkcs11:object=nope", ty: keys.AES256GCM, wantErr: keys.ErrKeyNotFound},
+		{name: "keyward object", key: "team/f", ref: "keyward:meta-mac-key", ty: keys.HMACSHA256, wantErr: keys.ErrInvalidArgument},
+		{name: "private sensitive aes", key: "team/aes", ref: "pkcs11:object=team-private-aes;id=%a2;type=secret-key", ty: keys.AES256GCM},
+		{name: "private sensitive ec", key: "team/ec", ref: "team-ec", ty: keys.ECDSAP256},
+		{name: "twice", key: "team/aes", ref: "team-private-aes", ty: keys.AES256GCM, wantErr: keys.ErrKeyExists},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			info, err := b.AdoptKey(ctx, tt.key, tt.ty, tt.ref)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !info.Adopted || len(info.Versions) != 1 {
+				t.Fatalf("info = %+v", info)
+			}
+		})
+	}
+	blob, err := b.Wrap(ctx, "team/aes", []byte("adopted"), keys.Context{"a": "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, err := b.Unwrap(ctx, blob, keys.Context{"a": "b"}); err != nil || string(u.Plaintext) != "adopted" {
+		t.Fatalf("unwrap with adopted key: %v", err)
+	}
+	sig, err := b.Sign(ctx, "team/ec", []byte("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Verify(ctx, "team/ec", sig.Version, []byte("m"), sig.Bytes); err != nil {
+		t.Fatal(err)
+	}
+	// Rotation generates a keyward version beside the adopted one.
+	if info, err := b.RotateKey(ctx, "team/aes"); err != nil || len(info.Versions) != 2 {
+		t.Fatalf("rotate adopted: %+v %v", info, err)
+	}
+	if _, err := b.Unwrap(ctx, blob, keys.Context{"a": "b"}); err != nil {
+		t.Fatal(err)
+	}
+	// pkcs11-tool keys carry usage beyond what wrap needs, and are modifiable:
+	// the doctor says so.
+	rep, err := b.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var problems []string
+	for _, f := range rep.Findings {
+		if f.Key == "team/aes" && f.Version == 1 {
+			problems = append(problems, f.Problem)
+		}
+	}
+	joined := strings.Join(problems, "; ")
+	for _, want := range []string{"CKA_WRAP", "CKA_UNWRAP", "modifiable"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("doctor on adopted pkcs11-tool key: %q lacks %q", joined, want)
+		}
+	}
+	if !rep.Weak() {
+		t.Error("report not weak")
+	}
+}
+
+// TestDoctorFindsPlantedObjects: an object carrying keyward's label prefix
+// that no record references, and a weak one, are reported.
+func TestDoctorFindsPlantedObjects(t *testing.T) {
+	b := open(t, nil)
+	ctx := context.Background()
+	p, sh := rawSession(t)
+	_, err := p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, "keyward:planted:v1"), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte{9}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := b.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, f := range rep.Findings {
+		if f.Label == "keyward:planted:v1" {
+			got = append(got, fmt.Sprintf("%v %s", f.Weak, f.Problem))
+		}
+	}
+	joined := strings.Join(got, "\n")
+	for _, want := range []string{"no key record references", "true extractable", "true not private"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("findings for planted object:\n%s\nlack %q", joined, want)
+		}
+	}
+}
+
+// TestRecordIntegrity: a record edited, or copied from another key, is
+// refused; nobody without the token's metadata key can forge one.
+func TestRecordIntegrity(t *testing.T) {
+	b := open(t, nil)
+	ctx := context.Background()
+	for _, n := range []string{"integrity/a", "integrity/b"} {
+		if _, err := b.CreateKey(ctx, n, keys.AES256GCM); err != nil {
+			t.Fatal(err)
+		}
+	}
+	blob, err := b.Wrap(ctx, "integrity/b", []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, sh := rawSession(t)
+	record := func(name string) (pkcs11.ObjectHandle, []byte) {
+		hs := rawFind(t, p, sh, pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), pkcs11.NewAttribute(pkcs11.CKA_LABEL, "keyward:meta:"+name))
+		if len(hs) != 1 {
+			t.Fatalf("%d records for %s", len(hs), name)
+		}
+		a, err := p.GetAttributeValue(sh, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hs[0], a[0].Value
+	}
+	replace := func(name string, value []byte) {
+		h, _ := record(name)
+		if err := p.DestroyObject(sh, h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.CreateObject(sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true), pkcs11.NewAttribute(pkcs11.CKA_LABEL, "keyward:meta:"+name),
+			pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, "keyward"), pkcs11.NewAttribute(pkcs11.CKA_VALUE, value),
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, rawB := record("integrity/b")
+	_, rawA := record("integrity/a")
+
+	// Edit b's record: set the version's state by hand (JSON is after magic+MAC).
+	edited := []byte(strings.Replace(string(rawB), `"state":"enabled"`, `"state":"disabled"`, 1))
+	replace("integrity/b", edited)
+	if _, err := b.DescribeKey(ctx, "integrity/b"); !errors.Is(err, keys.ErrIntegrity) {
+		t.Fatalf("edited record: err = %v, want ErrIntegrity", err)
+	}
+	if _, err := b.Unwrap(ctx, blob, nil); !errors.Is(err, keys.ErrIntegrity) {
+		t.Fatalf("unwrap under edited record: err = %v, want ErrIntegrity", err)
+	}
+	if _, err := b.ListKeys(ctx); !errors.Is(err, keys.ErrIntegrity) {
+		t.Fatalf("list with an edited record: err = %v, want ErrIntegrity", err)
+	}
+	// a's genuine record copied onto b: MAC verifies, name does not.
+	replace("integrity/b", rawA)
+	if _, err := b.DescribeKey(ctx, "integrity/b"); !errors.Is(err, keys.ErrIntegrity) {
+		t.Fatalf("copied record: err = %v, want ErrIntegrity", err)
+	}
+	// Restoring the genuine record restores service.
+	replace("integrity/b", rawB)
+	if _, err := b.Unwrap(ctx, blob, nil); err != nil {
+		t.Fatalf("after restoring the record: %v", err)
+	}
+	rep, err := b.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range rep.Findings {
+		if f.Key == "integrity/b" {
+			t.Errorf("finding after restore: %+v", f)
+		}
+	}
+}
+
+// TestOpenErrors: the PIN file must be private, a wrong PIN and an absent
+// token each fail with their own error.
+func TestOpenErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		p := dir + "/" + name
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, mode)
+		return p
+	}
+	tests := []struct {
+		name    string
+		cfg     hsm.Config
+		wantErr error
+	}{
+		{name: "world-readable pin", cfg: hsm.Config{Module: tok.Module, TokenLabel: tok.Label, PINFile: write("open", tok.PIN, 0o644)}, wantErr: errAny},
+		{name: "wrong pin", cfg: hsm.Config{Module: tok.Module, TokenLabel: tok.Label, PINFile: write("wrong", "not-the-pin", 0o600)}, wantErr: hsm.ErrLogin},
+		{name: "no token", cfg: hsm.Config{Module: tok.Module, TokenLabel: "absent", PINFile: tok.PINFile}, wantErr: hsm.ErrTokenNotFound},
+		{name: "no module", cfg: hsm.Config{Module: "/nonexistent/lib.so", TokenLabel: tok.Label, PINFile: tok.PINFile}, wantErr: hsm.ErrModule},
+		{name: "label and uri", cfg: hsm.Config{Module: tok.Module, TokenLabel: tok.Label, URI: "pkcs11:token=x", PINFile: tok.PINFile}, wantErr: hsm.ErrConfig},
+		{name: "uri with pin", cfg: hsm.Config{Module: tok.Module, URI: "pkcs11:token=x?pin-value=1", PINFile: tok.PINFile}, wantErr: hsm.ErrConfig},
+		{name: "by uri", cfg: hsm.Config{Module: tok.Module, URI: "pkcs11:token=" + tok.Label, PINFile: tok.PINFile}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := hsm.Open(context.Background(), tt.cfg)
+			if b != nil {
+				defer b.Close()
+			}
+			switch {
+			case tt.wantErr == errAny:
+				if err == nil {
+					t.Fatal("want an error")
+				}
+			case tt.wantErr != nil:
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+			case err != nil:
+				t.Fatal(err)
+			}
+			if err != nil && strings.Contains(err.Error(), tok.PIN) {
+				t.Fatal("error text contains the PIN")
+			}
+		})
+	}
+}
+
+var errAny = errors.New("any error")
