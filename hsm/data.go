@@ -53,7 +53,11 @@ func (s *sess) objectFor(rec *metaRecord, v uint32, class uint) (pkcs11.ObjectHa
 	h, err := s.handle(ref)
 	switch {
 	case errors.Is(err, errObjectMissing):
-		return 0, fmt.Errorf("key %s v%d: object missing from the token: %w", rec.Name, v, keys.ErrIntegrity)
+		// Published versions are only deleted after being marked destroyed,
+		// so this is a token in trouble (being restored, or edited outside
+		// keyward): re-initialise and retry, then report it unavailable.
+		// Never fall back to another object.
+		return 0, &missingError{fmt.Sprintf("key %s v%d: object missing from the token", rec.Name, v)}
 	case errors.Is(err, errObjectAmbiguous):
 		return 0, fmt.Errorf("key %s v%d: %w: %w", rec.Name, v, err, keys.ErrIntegrity)
 	}

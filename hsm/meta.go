@@ -96,9 +96,25 @@ func metaRef(name string) objRef {
 }
 
 type cachedMeta struct {
-	raw []byte
-	rec *metaRecord
-	at  time.Time
+	raw   []byte
+	rec   *metaRecord
+	at    time.Time           // when raw was last confirmed
+	st    *tokenState         // h is valid only within this state
+	h     pkcs11.ObjectHandle // the record object raw was read from
+	found time.Time           // when h was found
+}
+
+// refindEvery bounds how long a record object's handle is trusted without
+// a new search. A newer record normally makes its writer destroy the old
+// object, which makes the old handle fail; the search catches the case of
+// a writer that crashed between creating the new record and destroying the
+// old one.
+const refindEvery = time.Second
+
+func (t *Token) cached(name string) *cachedMeta {
+	t.cacheMu.Lock()
+	defer t.cacheMu.Unlock()
+	return t.cache[name]
 }
 
 // ensureMetaKey finds the metadata MAC key or creates it. If two daemons
@@ -157,40 +173,54 @@ func (s *sess) metaMAC(body []byte, mac []byte) ([]byte, error) {
 
 // loadMeta returns name's record. Records are never modified in place
 // (tokens refuse to change a data object's CKA_VALUE): each change creates a
-// record with the next generation in CKA_ID and then destroys the older
-// ones, so the newest generation is the record. It reads the token unless
-// fresh is false and a cached copy is younger than MetadataMaxAge. A record
-// whose bytes equal the cached ones is not verified again.
+// record object with the next generation and then destroys the older ones,
+// so the newest generation is the record. Unless MetadataMaxAge allows a
+// cached copy (and fresh is false), it reads the record object again: by
+// its recently found handle (one C_GetAttributeValue; a search costs time
+// linear in the token's objects), else by a search. Bytes equal to the
+// cached ones are not verified again.
 // Errors: keys.ErrKeyNotFound, keys.ErrIntegrity, keys.ErrUnavailable while
 // two writers race.
 func (s *sess) loadMeta(name string, fresh bool) (*metaRecord, error) {
 	t := s.t
-	if !fresh && t.cfg.MetadataMaxAge > 0 {
-		t.cacheMu.Lock()
-		c := t.cache[name]
-		t.cacheMu.Unlock()
-		if c != nil && time.Since(c.at) < t.cfg.MetadataMaxAge {
+	c := t.cached(name)
+	if c != nil && !fresh && t.cfg.MetadataMaxAge > 0 && time.Since(c.at) < t.cfg.MetadataMaxAge {
+		return c.rec, nil
+	}
+	if c != nil && c.st == s.st && time.Since(c.found) < refindEvery {
+		a, err := s.attrs(c.h, pkcs11.CKA_VALUE)
+		if err == nil && bytes.Equal(a[pkcs11.CKA_VALUE], c.raw) {
+			if t.cfg.MetadataMaxAge > 0 {
+				s.remember(name, c.raw, c.rec, c.h, c.found)
+			}
 			return c.rec, nil
 		}
+		// Destroyed by a writer (a newer record exists) or gone: search.
 	}
 	recs, err := s.findMeta(name)
 	if err != nil {
 		return nil, err
 	}
 	if len(recs) == 0 {
+		// A keyward token always holds its metadata key. If that is gone too,
+		// the token itself went away (a deleted or replaced token directory
+		// shows as an empty token): that is an outage, not a missing key.
+		// Records are never deleted once published either, so a key this
+		// process has seen that vanished means the same.
+		if c != nil {
+			return nil, pkcs11.Error(pkcs11.CKR_TOKEN_NOT_PRESENT)
+		}
+		if mk, err := s.find(s.st.metaKey.template()); err == nil && len(mk) == 0 {
+			return nil, pkcs11.Error(pkcs11.CKR_TOKEN_NOT_PRESENT)
+		}
 		return nil, fmt.Errorf("key %s: %w", name, keys.ErrKeyNotFound)
 	}
-	t.cacheMu.Lock()
-	c := t.cache[name]
-	t.cacheMu.Unlock()
 	if len(recs) == 1 && c != nil && bytes.Equal(c.raw, recs[0].raw) {
-		if t.cfg.MetadataMaxAge > 0 {
-			s.remember(name, c.raw, c.rec)
-		}
+		s.remember(name, c.raw, c.rec, recs[0].h, time.Now())
 		return c.rec, nil
 	}
 	var top *metaRecord
-	var topRaw []byte
+	var topStored storedMeta
 	tie := false
 	for _, r := range recs {
 		rec, err := s.parseMeta(name, r.raw)
@@ -199,7 +229,7 @@ func (s *sess) loadMeta(name string, fresh bool) (*metaRecord, error) {
 		}
 		switch {
 		case top == nil || rec.Gen > top.Gen:
-			top, topRaw, tie = rec, r.raw, false
+			top, topStored, tie = rec, r, false
 		case rec.Gen == top.Gen:
 			tie = true
 		}
@@ -207,7 +237,7 @@ func (s *sess) loadMeta(name string, fresh bool) (*metaRecord, error) {
 	if tie {
 		return nil, fmt.Errorf("key %s: two records of generation %d (concurrent change); retry: %w", name, top.Gen, keys.ErrUnavailable)
 	}
-	s.remember(name, topRaw, top)
+	s.remember(name, topStored.raw, top, topStored.h, time.Now())
 	return top, nil
 }
 
@@ -319,13 +349,14 @@ func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 			s.p.DestroyObject(s.sh, r.h)
 		}
 	}
-	s.remember(rec.Name, raw, rec)
+	s.remember(rec.Name, raw, rec, mine, time.Now())
 	return nil
 }
 
-func (s *sess) remember(name string, raw []byte, rec *metaRecord) {
+func (s *sess) remember(name string, raw []byte, rec *metaRecord, h pkcs11.ObjectHandle, found time.Time) {
+	c := &cachedMeta{raw: raw, rec: rec, at: time.Now(), st: s.st, h: h, found: found}
 	s.t.cacheMu.Lock()
-	s.t.cache[name] = &cachedMeta{raw: raw, rec: rec, at: time.Now()}
+	s.t.cache[name] = c
 	s.t.cacheMu.Unlock()
 }
 

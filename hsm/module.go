@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -18,6 +19,7 @@ type module struct {
 	mu   sync.RWMutex
 	p    *pkcs11.Ctx // nil after a failed re-initialisation
 	gen  uint64      // incremented at every successful C_Initialize
+	last time.Time   // time of the last C_Initialize
 	refs int         // guarded by modulesMu
 }
 
@@ -71,6 +73,7 @@ func (m *module) initLocked() error {
 	}
 	m.p = p
 	m.gen++
+	m.last = time.Now()
 	return nil
 }
 
@@ -91,6 +94,11 @@ func (m *module) reinit(gen uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.gen != gen && m.p != nil {
+		return nil
+	}
+	// A fault that persists (an object deleted outside keyward) must not
+	// finalise the module for every request: at most once per retryGap.
+	if m.p != nil && time.Since(m.last) < retryGap {
 		return nil
 	}
 	m.finalizeLocked()

@@ -290,6 +290,10 @@ var errPoolFull = errors.New("session pool full")
 // and retrying may succeed: lost sessions, a removed or re-created token, a
 // finalised module, handles that no longer exist.
 func recoverable(err error) bool {
+	var missing *missingError
+	if errors.As(err, &missing) {
+		return true
+	}
 	var e pkcs11.Error
 	if !errors.As(err, &e) {
 		return false
@@ -298,11 +302,20 @@ func recoverable(err error) bool {
 	case pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED, pkcs11.CKR_DEVICE_REMOVED,
 		pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_USER_NOT_LOGGED_IN, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED,
 		pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_TOKEN_NOT_RECOGNIZED, pkcs11.CKR_SLOT_ID_INVALID,
-		pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID:
+		pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID,
+		// CKR_GENERAL_ERROR: "the token is in an unrecoverable state" per the
+		// standard; SoftHSM2 also says it for calls on a deleted token. (Its
+		// use for GCM tag failures is mapped to ErrDecrypt before this.)
+		pkcs11.CKR_GENERAL_ERROR:
 		return true
 	}
 	return false
 }
+
+// missingError: a key object that a record lists is not in the token.
+type missingError struct{ msg string }
+
+func (e *missingError) Error() string { return e.msg }
 
 // sessionBroken reports errors after which the session must not be reused.
 func sessionBroken(err error) bool {
@@ -372,6 +385,9 @@ func (t *Token) attempt(ctx context.Context, fn func(s *sess) error) (uint64, er
 		return st.modGen, err
 	}
 	ferr := fn(&sess{t: t, st: st, p: st.p, sh: sh})
+	if recoverable(ferr) {
+		st.handles.Clear() // found again on the retry, whether or not the module is re-initialised
+	}
 	if sessionBroken(ferr) {
 		st.p.CloseSession(sh)
 		st.openMu.Lock()
