@@ -1,0 +1,326 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/keyward/keyward/envelope"
+	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/keys"
+)
+
+const demoUsage = `Usage:
+  keyward demo --dev-dir DIR [--key NAME] [--token LABEL] [--context k=v ...]
+
+Walks through keyward's operations on a development SoftHSM2 token: creates
+the key if it is missing (aes-256-gcm), wraps a sample secret, prints the blob
+and its header, unwraps it, shows that another context is refused, rotates the
+key, shows that the older blob still unwraps, runs the token doctor and lists
+the keys. Every run rotates once more: the token keeps its keys between runs.
+
+DIR is a directory made by softhsm-test/provision-token.sh: it holds
+softhsm2.conf, pin and tokens/. SOFTHSM2_CONF is set to DIR/softhsm2.conf for
+this process. The module is $KEYWARD_PKCS11_MODULE, else the first existing
+libsofthsm2.so in the usual Debian/Ubuntu places.
+
+Flags:
+  --dev-dir DIR      provisioned SoftHSM2 directory (required)
+  --key NAME         key to use (default demo/app-secret)
+  --token LABEL      token label (default keyward)
+  --context k=v      encryption context pair; repeat for more
+                     (default app=demo)
+
+Example:
+  softhsm-test/provision-token.sh --dir .dev/softhsm --label keyward
+  keyward demo --dev-dir .dev/softhsm
+  (make run does both)
+
+` + exitStatusText + "\n"
+
+// demoPlaintext is what the demo wraps. It is a constant, the only
+// plaintext keyward ever prints.
+const demoPlaintext = "s3cr3t-api-token (demo value)"
+
+// softhsmModules are the SoftHSM2 module paths tried in order (Debian and
+// Ubuntu; the same list as softhsm-test/provision-token.sh).
+var softhsmModules = []string{
+	"/usr/lib/softhsm/libsofthsm2.so",
+	"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+}
+
+// envModule overrides the PKCS#11 module path.
+const envModule = "KEYWARD_PKCS11_MODULE"
+
+type demoOptions struct {
+	DevDir  string
+	Key     string
+	Token   string
+	Context keys.Context
+}
+
+// contextFlag collects repeated --context k=v flags.
+type contextFlag struct{ c keys.Context }
+
+func (f *contextFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	return formatContext(f.c)
+}
+
+func (f *contextFlag) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want key=value, got %q", s)
+	}
+	if f.c == nil {
+		f.c = keys.Context{}
+	}
+	if _, dup := f.c[k]; dup {
+		return fmt.Errorf("context key %q given twice", k)
+	}
+	f.c[k] = v
+	return nil
+}
+
+func parseDemo(args []string) (demoOptions, error) {
+	var o demoOptions
+	var ctxFlag contextFlag
+	fs := newFlagSet("demo")
+	fs.StringVar(&o.DevDir, "dev-dir", "", "")
+	fs.StringVar(&o.Key, "key", "demo/app-secret", "")
+	fs.StringVar(&o.Token, "token", "keyward", "")
+	fs.Var(&ctxFlag, "context", "")
+	if err := parseFlags("demo", fs, args); err != nil {
+		return o, err
+	}
+	if o.DevDir == "" {
+		return o, usagef("demo", "--dev-dir is required")
+	}
+	if o.Token == "" {
+		return o, usagef("demo", "--token is empty")
+	}
+	if err := keys.ValidateName(o.Key); err != nil {
+		return o, usagef("demo", "--key: %v", err)
+	}
+	o.Context = ctxFlag.c
+	if o.Context == nil {
+		o.Context = keys.Context{"app": "demo"}
+	}
+	if err := keys.CheckContext(o.Context); err != nil {
+		return o, usagef("demo", "--context: %v", err)
+	}
+	return o, nil
+}
+
+// softhsmModule returns $KEYWARD_PKCS11_MODULE or the first existing default.
+func softhsmModule() (string, error) {
+	if m := os.Getenv(envModule); m != "" {
+		return m, nil
+	}
+	for _, m := range softhsmModules {
+		if _, err := os.Stat(m); err == nil {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("no SoftHSM2 module in %s (install softhsm2, or set $%s): %w",
+		strings.Join(softhsmModules, ", "), envModule, hsm.ErrModule)
+}
+
+// formatContext renders a context as sorted k=v pairs. Only the demo prints
+// context values: they are the demo's own constants or the user's flags.
+func formatContext(c keys.Context) string {
+	if len(c) == 0 {
+		return "(none)"
+	}
+	var b strings.Builder
+	for i, k := range slices.Sorted(maps.Keys(c)) {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%s=%s", k, c[k])
+	}
+	return b.String()
+}
+
+// otherContext returns a context that differs from c in the value of "app".
+func otherContext(c keys.Context) keys.Context {
+	o := maps.Clone(c)
+	o["app"] = "other"
+	if c["app"] == "other" {
+		o["app"] = "other-app"
+	}
+	return o
+}
+
+// stepf prints one demo step: a fixed-width step name and a message.
+func stepf(w io.Writer, step, format string, a ...any) {
+	fmt.Fprintf(w, "%-8s %s\n", step+":", fmt.Sprintf(format, a...))
+}
+
+// demo runs the walk-through described in demoUsage.
+func demo(ctx context.Context, w io.Writer, o demoOptions) error {
+	start := time.Now()
+	conf := filepath.Join(o.DevDir, "softhsm2.conf")
+	if _, err := os.Stat(conf); err != nil {
+		return fmt.Errorf("demo: %s is not a provisioned token directory (make one with softhsm-test/provision-token.sh --dir %s): %w",
+			o.DevDir, o.DevDir, err)
+	}
+	abs, err := filepath.Abs(conf)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	if err := os.Setenv("SOFTHSM2_CONF", abs); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	module, err := softhsmModule()
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	pinFile := filepath.Join(o.DevDir, "pin")
+	tok, err := hsm.Open(ctx, hsm.Config{Module: module, TokenLabel: o.Token, PINFile: pinFile})
+	if err != nil {
+		return fmt.Errorf("demo: open token %q: %w", o.Token, err)
+	}
+	defer tok.Close()
+	stepf(w, "token", "logged in to SoftHSM2 token %q (config %s, PIN from %s, module %s)", o.Token, conf, pinFile, module)
+
+	name := o.Key
+	info, err := tok.DescribeKey(ctx, name)
+	switch {
+	case errors.Is(err, keys.ErrKeyNotFound):
+		if info, err = tok.CreateKey(ctx, name, keys.AES256GCM); err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		stepf(w, "key", "created %s (%s, v1), generated inside the token, not extractable", name, info.Type)
+	case err != nil:
+		return fmt.Errorf("demo: %w", err)
+	default:
+		if info.Type != keys.AES256GCM {
+			return fmt.Errorf("demo: key %s is %s; the demo wraps, so it needs an %s key: %w", name, info.Type, keys.AES256GCM, keys.ErrWrongKeyType)
+		}
+		stepf(w, "key", "reusing %s (%s, %s)", name, info.Type, versionSummary(info))
+	}
+
+	c := o.Context
+	blob, err := tok.Wrap(ctx, name, []byte(demoPlaintext), c)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	hdr, ct, err := envelope.Decode(blob)
+	if err != nil {
+		return fmt.Errorf("demo: decode own blob: %w", err)
+	}
+	stepf(w, "wrap", "%q under context %s with %s v%d", demoPlaintext, formatContext(c), name, hdr.Version)
+	stepf(w, "blob", "%s", envelope.EncodeText(blob))
+	stepf(w, "header", "name=%s version=%d alg=%d nonce=%d bytes, blob %d bytes (ciphertext+tag %d)",
+		hdr.Name, hdr.Version, hdr.Alg, len(hdr.Nonce), len(blob), len(ct))
+
+	if err := unwrapCheck(ctx, tok, blob, c); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	stepf(w, "unwrap", "context %s: round-trip ok, got %q back", formatContext(c), demoPlaintext)
+
+	other := otherContext(c)
+	_, err = tok.Unwrap(ctx, blob, other)
+	switch {
+	case err == nil:
+		return fmt.Errorf("demo: unwrap under context %s succeeded; it must fail", formatContext(other))
+	case !errors.Is(err, keys.ErrDecrypt):
+		return fmt.Errorf("demo: unwrap under another context: want %v, got: %w", keys.ErrDecrypt, err)
+	}
+	stepf(w, "unwrap", "context %s: refused as expected (%v)", formatContext(other), keys.ErrDecrypt)
+
+	info, err = tok.RotateKey(ctx, name)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	latest, err := info.Latest()
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	stepf(w, "rotate", "%s now at v%d; new wraps use v%d", name, latest, latest)
+
+	blob2, err := tok.Wrap(ctx, name, []byte(demoPlaintext), c)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	hdr2, _, err := envelope.Decode(blob2)
+	if err != nil {
+		return fmt.Errorf("demo: decode own blob: %w", err)
+	}
+	if hdr2.Version != latest {
+		return fmt.Errorf("demo: wrap after rotation used v%d, want v%d", hdr2.Version, latest)
+	}
+	stepf(w, "wrap", "same secret again: v%d blob, %d bytes", hdr2.Version, len(blob2))
+	if err := unwrapCheck(ctx, tok, blob2, c); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	if err := unwrapCheck(ctx, tok, blob, c); err != nil {
+		return fmt.Errorf("demo: v%d blob after rotation: %w", hdr.Version, err)
+	}
+	stepf(w, "unwrap", "v%d blob ok, and the v%d blob from before the rotation still unwraps", hdr2.Version, hdr.Version)
+
+	rep, err := tok.Doctor(ctx)
+	if err != nil {
+		return fmt.Errorf("demo: doctor: %w", err)
+	}
+	stepf(w, "doctor", "%s", doctorSummary(rep))
+	for _, f := range rep.Findings {
+		stepf(w, "doctor", "%s: %s", findingSubject(f), f.Problem)
+	}
+
+	list, err := tok.ListKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("demo: list keys: %w", err)
+	}
+	for _, ki := range list {
+		stepf(w, "list", "%s %s: %s", ki.Name, ki.Type, versionSummary(ki))
+	}
+	if rep.Weak() {
+		return fmt.Errorf("demo: token doctor: %w", errWeak)
+	}
+	stepf(w, "done", "in %v; the token keeps its keys in %s, so the next run rotates again",
+		time.Since(start).Round(time.Millisecond), o.DevDir)
+	return nil
+}
+
+// unwrapCheck unwraps blob and checks that it gives back the demo plaintext.
+func unwrapCheck(ctx context.Context, tok *hsm.Token, blob []byte, c keys.Context) error {
+	u, err := tok.Unwrap(ctx, blob, c)
+	if err != nil {
+		return err
+	}
+	defer clear(u.Plaintext)
+	if !bytes.Equal(u.Plaintext, []byte(demoPlaintext)) {
+		return fmt.Errorf("unwrap %s v%d returned other bytes than were wrapped", u.Name, u.Version)
+	}
+	return nil
+}
+
+// versionSummary renders "v1 enabled, v2 disabled" (and the minimum decrypt
+// version when one is set).
+func versionSummary(ki keys.KeyInfo) string {
+	parts := make([]string, 0, len(ki.Versions))
+	for _, v := range ki.Versions {
+		parts = append(parts, fmt.Sprintf("v%d %s", v.Version, v.State))
+	}
+	s := strings.Join(parts, ", ")
+	if ki.MinDecryptVersion > 0 {
+		s += fmt.Sprintf(" (minimum decrypt version %d)", ki.MinDecryptVersion)
+	}
+	if ki.Adopted {
+		s += " (v1 adopted)"
+	}
+	return s
+}

@@ -1,0 +1,158 @@
+package hsm_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"testing"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/keyward/keyward/keys"
+)
+
+// BenchmarkOps runs each operation through the backend ("keyward") and as
+// the bare PKCS#11 calls it rests on ("raw": miekg/pkcs11, handle found
+// once, one session per goroutine), on the same token in the same run, so
+// the backend's own cost (record read, envelope, pool) shows as a ratio.
+// Serial and parallel (GOMAXPROCS goroutines x 4).
+func BenchmarkOps(b *testing.B) {
+	be := open(b, nil)
+	ctx := context.Background()
+	for _, k := range []struct {
+		name string
+		ty   keys.Type
+	}{{"bench/aes", keys.AES256GCM}, {"bench/hmac", keys.HMACSHA256}, {"bench/ec", keys.ECDSAP256}} {
+		if _, err := be.CreateKey(ctx, k.name, k.ty); err != nil {
+			b.Fatal(err)
+		}
+	}
+	payload := make([]byte, 32)
+	rand.Read(payload)
+	c := keys.Context{"app": "bench"}
+	blob, err := be.Wrap(ctx, "bench/aes", payload, c)
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	p, sh := rawSession(b)
+	handle := func(class uint, label string) pkcs11.ObjectHandle {
+		hs := rawFind(b, p, sh, pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
+		if len(hs) != 1 {
+			b.Fatalf("%d objects for %s", len(hs), label)
+		}
+		return hs[0]
+	}
+	aesH := handle(pkcs11.CKO_SECRET_KEY, "keyward:bench/aes:v1")
+	hmacH := handle(pkcs11.CKO_SECRET_KEY, "keyward:bench/hmac:v1")
+	ecH := handle(pkcs11.CKO_PRIVATE_KEY, "keyward:bench/ec:v1")
+	aad := make([]byte, 40)
+	iv := make([]byte, 12)
+	rawCT := func(s pkcs11.SessionHandle) []byte {
+		gp := pkcs11.NewGCMParams(iv, aad, 128)
+		defer gp.Free()
+		p.EncryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, gp)}, aesH)
+		ct, _ := p.Encrypt(s, payload)
+		return ct
+	}
+	ct := rawCT(sh)
+
+	type op struct {
+		name    string
+		keyward func() error
+		raw     func(s pkcs11.SessionHandle) error
+	}
+	ops := []op{
+		{"wrap", func() error { _, err := be.Wrap(ctx, "bench/aes", payload, c); return err },
+			func(s pkcs11.SessionHandle) error {
+				rand.Read(iv[:0])
+				gp := pkcs11.NewGCMParams(iv, aad, 128)
+				defer gp.Free()
+				if err := p.EncryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, gp)}, aesH); err != nil {
+					return err
+				}
+				_, err := p.Encrypt(s, payload)
+				return err
+			}},
+		{"unwrap", func() error { _, err := be.Unwrap(ctx, blob, c); return err },
+			func(s pkcs11.SessionHandle) error {
+				gp := pkcs11.NewGCMParams(iv, aad, 128)
+				defer gp.Free()
+				if err := p.DecryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, gp)}, aesH); err != nil {
+					return err
+				}
+				_, err := p.Decrypt(s, ct)
+				return err
+			}},
+		{"mac", func() error { _, err := be.MAC(ctx, "bench/hmac", payload); return err },
+			func(s pkcs11.SessionHandle) error {
+				if err := p.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, hmacH); err != nil {
+					return err
+				}
+				_, err := p.Sign(s, payload)
+				return err
+			}},
+		{"sign-ecdsa", func() error { _, err := be.Sign(ctx, "bench/ec", payload); return err },
+			func(s pkcs11.SessionHandle) error {
+				d := sha256.Sum256(payload)
+				if err := p.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, ecH); err != nil {
+					return err
+				}
+				_, err := p.Sign(s, d[:])
+				return err
+			}},
+	}
+	openSession := func(b *testing.B) pkcs11.SessionHandle {
+		info, err := p.GetSessionInfo(sh)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := p.OpenSession(info.SlotID, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
+	}
+	for _, o := range ops {
+		b.Run(o.name+"/keyward", func(b *testing.B) {
+			for b.Loop() {
+				if err := o.keyward(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(o.name+"/raw", func(b *testing.B) {
+			s := openSession(b)
+			defer p.CloseSession(s)
+			for b.Loop() {
+				if err := o.raw(s); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(o.name+"/keyward-parallel", func(b *testing.B) {
+			b.SetParallelism(4)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := o.keyward(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+		b.Run(o.name+"/raw-parallel", func(b *testing.B) {
+			b.SetParallelism(4)
+			b.RunParallel(func(pb *testing.PB) {
+				s := openSession(b)
+				defer p.CloseSession(s)
+				for pb.Next() {
+					if err := o.raw(s); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
