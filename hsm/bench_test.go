@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"os"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
+	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/keys"
 )
 
@@ -17,7 +20,15 @@ import (
 // the backend's own cost (record read, envelope, pool) shows as a ratio.
 // Serial and parallel (GOMAXPROCS goroutines x 4).
 func BenchmarkOps(b *testing.B) {
-	be := open(b, nil)
+	var mod func(*hsm.Config)
+	if age := os.Getenv("KEYWARD_BENCH_METADATA_MAX_AGE"); age != "" {
+		d, err := time.ParseDuration(age)
+		if err != nil {
+			b.Fatal(err)
+		}
+		mod = func(c *hsm.Config) { c.MetadataMaxAge = d }
+	}
+	be := open(b, mod)
 	ctx := context.Background()
 	for _, k := range []struct {
 		name string

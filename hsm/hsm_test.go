@@ -38,11 +38,13 @@ func TestConformance(t *testing.T) {
 	keystest.Run(t, func(t *testing.T) keys.Backend { return open(t, nil) })
 }
 
-func TestConformanceCachedMetadata(t *testing.T) {
+// TestConformanceFreshMetadata runs the suite reading every record on
+// every operation (MetadataMaxAge < 0) with a minimal session pool.
+func TestConformanceFreshMetadata(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
 	}
 	keystest.Run(t, func(t *testing.T) keys.Backend {
-		return open(t, func(c *hsm.Config) { c.MetadataMaxAge = time.Minute; c.Sessions = 2 })
+		return open(t, func(c *hsm.Config) { c.MetadataMaxAge = -1; c.Sessions = 2 })
 	})
 }

@@ -184,13 +184,13 @@ func (s *sess) metaMAC(body []byte, mac []byte) ([]byte, error) {
 func (s *sess) loadMeta(name string, fresh bool) (*metaRecord, error) {
 	t := s.t
 	c := t.cached(name)
-	if c != nil && !fresh && t.cfg.MetadataMaxAge > 0 && time.Since(c.at) < t.cfg.MetadataMaxAge {
+	if c != nil && !fresh && t.age > 0 && time.Since(c.at) < t.age {
 		return c.rec, nil
 	}
 	if c != nil && c.st == s.st && time.Since(c.found) < refindEvery {
 		a, err := s.attrs(c.h, pkcs11.CKA_VALUE)
 		if err == nil && bytes.Equal(a[pkcs11.CKA_VALUE], c.raw) {
-			if t.cfg.MetadataMaxAge > 0 {
+			if t.age > 0 {
 				s.remember(name, c.raw, c.rec, c.h, c.found)
 			}
 			return c.rec, nil

@@ -46,7 +46,8 @@ func init() {
 }
 
 func childConfig() hsm.Config {
-	return hsm.Config{Module: os.Getenv("KW_MODULE"), TokenLabel: os.Getenv("KW_TOKEN"), PINFile: os.Getenv("KW_PIN_FILE")}
+	age, _ := time.ParseDuration(os.Getenv("KW_MAX_AGE"))
+	return hsm.Config{Module: os.Getenv("KW_MODULE"), TokenLabel: os.Getenv("KW_TOKEN"), PINFile: os.Getenv("KW_PIN_FILE"), MetadataMaxAge: age}
 }
 
 func startChild(t *testing.T, mode string, token, pinFile string) *exec.Cmd {
@@ -126,11 +127,22 @@ func (c *child) do(cmd string) string {
 // TestTwoProcessesOneToken: the token is the single source of truth. A key
 // created and rotated by one process is used at its new version by a
 // second, long-running one, without restart; a disable in one applies in
-// the other at once.
+// the other. With records read on every operation that is immediate; with
+// the default MetadataMaxAge it happens within that age.
 func TestTwoProcessesOneToken(t *testing.T) {
-	b := open(t, nil)
+	for _, tc := range []struct {
+		name string
+		age  time.Duration
+	}{{"fresh", -1}, {"default-max-age", 0}} {
+		t.Run(tc.name, func(t *testing.T) { testFleet(t, tc.name, tc.age) })
+	}
+}
+
+func testFleet(t *testing.T, suffix string, age time.Duration) {
+	b := open(t, func(c *hsm.Config) { c.MetadataMaxAge = age })
 	ctx := context.Background()
 	cmd := startChild(t, "server", tok.Label, tok.PINFile)
+	cmd.Env = append(cmd.Env, "KW_MAX_AGE="+age.String())
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -139,65 +151,86 @@ func TestTwoProcessesOneToken(t *testing.T) {
 	}
 	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
 	c := &child{t: t, in: stdin, out: bufio.NewScanner(stdout)}
+	key := "fleet/" + suffix
+	// eventually retries cond until the other process's change is visible:
+	// at once when records are read every time, else within the max age.
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		limit := time.Duration(0)
+		if age >= 0 {
+			limit = hsm.DefaultMetadataMaxAge + 500*time.Millisecond
+		}
+		start := time.Now()
+		for !cond() {
+			if time.Since(start) > limit {
+				t.Fatalf("%s: not seen after %v", what, time.Since(start))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("%s: seen after %v", what, time.Since(start).Round(time.Millisecond))
+	}
 
-	// Other process creates; this one uses it at once.
-	if got := c.do("create fleet/a aes-256-gcm"); got != "ok " {
+	// Other process creates; this one uses it at once (nothing cached yet).
+	if got := c.do("create " + key + " aes-256-gcm"); got != "ok " {
 		t.Fatalf("child create: %s", got)
 	}
-	blob1, err := b.Wrap(ctx, "fleet/a", []byte("v1 data"), nil)
+	blob1, err := b.Wrap(ctx, key, []byte("v1 data"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Other process rotates; this one wraps at v2 with no restart.
-	if got := c.do("rotate fleet/a"); got != "ok 2" {
+	if got := c.do("rotate " + key); got != "ok 2" {
 		t.Fatalf("child rotate: %s", got)
 	}
-	blob2, err := b.Wrap(ctx, "fleet/a", []byte("v2 data"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if h, _, _ := envelope.Decode(blob2); h.Version != 2 {
-		t.Fatalf("wrap after the other process rotated used v%d, want v2", h.Version)
-	}
+	var blob2 []byte
+	eventually("rotation by the other process", func() bool {
+		blob2, err = b.Wrap(ctx, key, []byte("v2 data"), nil)
+		h, _, _ := envelope.Decode(blob2)
+		return err == nil && h.Version == 2
+	})
 	// Each process unwraps what the other wrapped.
 	for blob, want := range map[string]string{hex.EncodeToString(blob1): "v1 data", hex.EncodeToString(blob2): "v2 data"} {
 		if got := c.do("unwrap " + blob); got != "ok "+hex.EncodeToString([]byte(want)) {
 			t.Fatalf("child unwrap: %s", got)
 		}
 	}
-	got := c.do("wrap fleet/a " + hex.EncodeToString([]byte("from child")))
+	got := c.do("wrap " + key + " " + hex.EncodeToString([]byte("from child")))
 	childBlob, _ := hex.DecodeString(strings.TrimPrefix(got, "ok "))
 	if u, err := b.Unwrap(ctx, childBlob, nil); err != nil || string(u.Plaintext) != "from child" || u.Version != 2 {
 		t.Fatalf("unwrap child's blob: %+v %v", u, err)
 	}
-	// This process disables v1; the other refuses v1 blobs at once.
-	if _, err := b.SetVersionState(ctx, "fleet/a", 1, keys.Disabled); err != nil {
+	// This process disables v1; the other refuses v1 blobs.
+	if _, err := b.SetVersionState(ctx, key, 1, keys.Disabled); err != nil {
 		t.Fatal(err)
 	}
-	if got := c.do("unwrap " + hex.EncodeToString(blob1)); got != "err disabled" {
-		t.Fatalf("child unwrap of a v1 blob after disable: %s", got)
+	if _, err := b.Unwrap(ctx, blob1, nil); !errors.Is(err, keys.ErrVersionDisabled) {
+		t.Fatalf("this process after its own disable: %v", err)
 	}
+	eventually("disable by the other process", func() bool {
+		return c.do("unwrap "+hex.EncodeToString(blob1)) == "err disabled"
+	})
 	// And the reverse direction for a rotation this process makes.
-	if _, err := b.RotateKey(ctx, "fleet/a"); err != nil {
+	if _, err := b.RotateKey(ctx, key); err != nil {
 		t.Fatal(err)
 	}
-	got = c.do("wrap fleet/a 00")
-	cb, _ := hex.DecodeString(strings.TrimPrefix(got, "ok "))
-	if h, _, err := envelope.Decode(cb); err != nil || h.Version != 3 {
-		t.Fatalf("child wrap after this process rotated: %s", got)
-	}
+	eventually("rotation by this process, in the other", func() bool {
+		cb, _ := hex.DecodeString(strings.TrimPrefix(c.do("wrap "+key+" 00"), "ok "))
+		h, _, err := envelope.Decode(cb)
+		return err == nil && h.Version == 3
+	})
 }
 
 // TestConcurrentRotationAcrossProcesses: two processes rotating the same
 // key at once never publish two different objects under one version: every
 // blob either process wrapped still unwraps afterwards.
 func TestConcurrentRotationAcrossProcesses(t *testing.T) {
-	b := open(t, nil)
+	b := open(t, func(c *hsm.Config) { c.MetadataMaxAge = -1 })
 	ctx := context.Background()
 	if _, err := b.CreateKey(ctx, "fleet/race", keys.AES256GCM); err != nil {
 		t.Fatal(err)
 	}
 	cmd := startChild(t, "server", tok.Label, tok.PINFile)
+	cmd.Env = append(cmd.Env, "KW_MAX_AGE=-1ns")
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {

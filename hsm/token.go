@@ -29,9 +29,13 @@ type Config struct {
 	PINFile string
 	// Sessions bounds the session pool. 0 means 2 x GOMAXPROCS, at least 4.
 	Sessions int
-	// MetadataMaxAge is how long a verified key record is used before it is
-	// read from the token again. 0 (the default) reads it on every operation,
-	// so a rotation or disable by another process applies at once.
+	// MetadataMaxAge is how long data operations use a verified key record
+	// before reading it from the token again. 0 means DefaultMetadataMaxAge;
+	// a negative value reads it on every operation. Changes made through this
+	// Token apply to it at once; changes made by another process on the same
+	// token (a second daemon, the CLI) apply here within this time. Reading
+	// the record costs one C_GetAttributeValue, which on SoftHSM2 is more than
+	// the cryptographic operation itself (see the README's performance table).
 	MetadataMaxAge time.Duration
 	// Logger receives operational events; never secrets. nil discards.
 	Logger *slog.Logger
@@ -53,8 +57,8 @@ func (c *Config) Validate() error {
 	if c.Sessions < 0 || c.Sessions > 1024 {
 		return fmt.Errorf("sessions = %d, want 0..1024: %w", c.Sessions, ErrConfig)
 	}
-	if c.MetadataMaxAge < 0 {
-		return fmt.Errorf("metadata max age is negative: %w", ErrConfig)
+	if c.MetadataMaxAge > time.Hour {
+		return fmt.Errorf("metadata max age %v is over an hour: %w", c.MetadataMaxAge, ErrConfig)
 	}
 	return nil
 }
@@ -67,6 +71,7 @@ type Token struct {
 	pin  []byte
 	size int
 	mod  *module
+	age  time.Duration // effective MetadataMaxAge; 0: read every time
 
 	state     atomic.Pointer[tokenState] // valid while state.modGen == mod.gen
 	refreshMu sync.Mutex                 // one refresh at a time
@@ -102,6 +107,9 @@ type tokenState struct {
 var _ keys.Backend = (*Token)(nil)
 var _ keys.Adopter = (*Token)(nil)
 
+// DefaultMetadataMaxAge is the MetadataMaxAge used when none is set.
+const DefaultMetadataMaxAge = time.Second
+
 // retryGap bounds how often a broken token is re-initialised.
 const retryGap = 200 * time.Millisecond
 
@@ -136,7 +144,14 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 		secretfile.Zero(pin)
 		return nil, err
 	}
-	t := &Token{cfg: cfg, sel: sel, log: log, pin: pin, size: size, mod: mod, cache: map[string]*cachedMeta{}}
+	age := cfg.MetadataMaxAge
+	switch {
+	case age == 0:
+		age = DefaultMetadataMaxAge
+	case age < 0:
+		age = 0
+	}
+	t := &Token{cfg: cfg, sel: sel, log: log, pin: pin, size: size, mod: mod, age: age, cache: map[string]*cachedMeta{}}
 	mod.mu.RLock()
 	st, err := t.newState()
 	mod.mu.RUnlock()
