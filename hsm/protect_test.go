@@ -265,7 +265,9 @@ func TestDoctorFindsPlantedObjects(t *testing.T) {
 // TestRecordIntegrity: a record edited, or copied from another key, is
 // refused; nobody without the token's metadata key can forge one.
 func TestRecordIntegrity(t *testing.T) {
-	b := open(t, nil)
+	// Records read on every operation, so the data path sees the edit at once
+	// (with a max age it would within that age; DescribeKey always reads).
+	b := open(t, func(c *hsm.Config) { c.MetadataMaxAge = -1 })
 	ctx := context.Background()
 	for _, n := range []string{"integrity/a", "integrity/b"} {
 		if _, err := b.CreateKey(ctx, n, keys.AES256GCM); err != nil {
