@@ -13,6 +13,14 @@ import (
 	"github.com/keyward/keyward/keys"
 )
 
+// writable refuses changes through a read-only Token.
+func (t *Token) writable() error {
+	if t.cfg.ReadOnly {
+		return fmt.Errorf("token opened read-only: %w", keys.ErrUnsupported)
+	}
+	return nil
+}
+
 // maxAdminRetries bounds retries after a concurrent change by another process.
 const maxAdminRetries = 5
 
@@ -23,6 +31,9 @@ func (t *Token) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.
 	}
 	if !ty.Valid() {
 		return keys.KeyInfo{}, fmt.Errorf("create %s: key type %q: %w", name, ty, keys.ErrInvalidArgument)
+	}
+	if err := t.writable(); err != nil {
+		return keys.KeyInfo{}, err
 	}
 	t.adminMu.Lock()
 	defer t.adminMu.Unlock()
@@ -100,6 +111,9 @@ func (s *sess) withdraw(ty keys.Type, mv metaVersion) {
 // retrying from a fresh read when another process changed it meanwhile.
 func (t *Token) update(ctx context.Context, op, name string, change func(s *sess, rec *metaRecord) error) (keys.KeyInfo, error) {
 	if err := keys.ValidateName(name); err != nil {
+		return keys.KeyInfo{}, err
+	}
+	if err := t.writable(); err != nil {
 		return keys.KeyInfo{}, err
 	}
 	t.adminMu.Lock()

@@ -45,6 +45,9 @@ func (t *Token) AdoptKey(ctx context.Context, name string, ty keys.Type, ref str
 	if obj.Label == "" && len(obj.ID) == 0 {
 		return keys.KeyInfo{}, fmt.Errorf("adopt %s: name the object by label or id: %w", name, keys.ErrInvalidArgument)
 	}
+	if err := t.writable(); err != nil {
+		return keys.KeyInfo{}, err
+	}
 	if strings.HasPrefix(obj.Label, labelPrefix) {
 		return keys.KeyInfo{}, fmt.Errorf("adopt %s: %q is already a keyward object: %w", name, obj.Label, keys.ErrInvalidArgument)
 	}

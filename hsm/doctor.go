@@ -56,11 +56,14 @@ var className = map[uint]string{
 func (t *Token) Doctor(ctx context.Context) (Report, error) {
 	rep := Report{Token: t.tokenName()}
 	err := t.withSession(ctx, func(s *sess) error {
-		rep.Findings, rep.Objects, rep.Keys = nil, 0, 0
+		rep.Findings, rep.Objects, rep.Keys = []Finding{}, 0, 0
 		type want struct {
-			ty  keys.Type
-			key string
-			v   uint32
+			ty    keys.Type
+			key   string
+			v     uint32
+			label string
+			id    string
+			class uint
 		}
 		refs := map[string]want{} // class|label|id -> expectation
 		names, err := s.listMeta()
@@ -96,11 +99,17 @@ func (t *Token) Doctor(ctx context.Context) (Report, error) {
 					classes = append(classes, pkcs11.CKO_PUBLIC_KEY)
 				}
 				for _, c := range classes {
-					refs[fmt.Sprintf("%d|%s|%s", c, mv.Label, mv.ID)] = want{rec.Type, n, mv.Version}
+					refs[fmt.Sprintf("%d|%s|%s", c, mv.Label, mv.ID)] = want{rec.Type, n, mv.Version, mv.Label, mv.ID, c}
 				}
 			}
 		}
-		refs[fmt.Sprintf("%d|%s|%x", uint(pkcs11.CKO_SECRET_KEY), metaKeyLabel, s.st.metaKey.ID)] = want{ty: keys.HMACSHA256}
+		if s.st.metaKey.Label == "" {
+			if rep.Keys > 0 {
+				rep.Findings = append(rep.Findings, Finding{Label: metaKeyLabel, Class: "secret-key", Problem: "key records exist but the keyring metadata key is missing: no record can be verified", Weak: true})
+			}
+		} else {
+			refs[fmt.Sprintf("%d|%s|%x", uint(pkcs11.CKO_SECRET_KEY), metaKeyLabel, s.st.metaKey.ID)] = want{ty: keys.HMACSHA256}
+		}
 		seen := map[string]bool{}
 		for _, class := range []uint{pkcs11.CKO_SECRET_KEY, pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
 			hs, err := s.find([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)})
@@ -133,7 +142,8 @@ func (t *Token) Doctor(ctx context.Context) (Report, error) {
 		}
 		for k, w := range refs {
 			if !seen[k] && w.key != "" {
-				rep.Findings = append(rep.Findings, Finding{Key: w.key, Version: w.v, Problem: "object listed in the key record is missing from the token", Weak: true})
+				rep.Findings = append(rep.Findings, Finding{Key: w.key, Version: w.v, Label: w.label, ID: w.id, Class: className[w.class],
+					Problem: "object listed in the key record is missing from the token", Weak: true})
 			}
 		}
 		sort.SliceStable(rep.Findings, func(i, j int) bool {

@@ -126,6 +126,9 @@ func (s *sess) ensureMetaKey() (objRef, error) {
 	if err != nil {
 		return objRef{}, fmt.Errorf("find metadata key: %w", err)
 	}
+	if len(hs) == 0 && t.cfg.ReadOnly {
+		return objRef{}, nil // a token keyward has not used yet; records cannot exist
+	}
 	if len(hs) == 0 {
 		id := make([]byte, 16)
 		rand.Read(id)
@@ -153,6 +156,9 @@ func (s *sess) ensureMetaKey() (objRef, error) {
 }
 
 func (s *sess) metaMAC(body []byte, mac []byte) ([]byte, error) {
+	if s.st.metaKey.Label == "" {
+		return nil, fmt.Errorf("token has no keyring metadata key: %w", keys.ErrIntegrity)
+	}
 	h, err := s.handle(s.st.metaKey)
 	if err != nil {
 		return nil, fmt.Errorf("metadata key: %w", err)

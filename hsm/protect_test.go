@@ -390,3 +390,37 @@ func TestOpenErrors(t *testing.T) {
 }
 
 var errAny = errors.New("any error")
+
+// TestReadOnly: a read-only Token serves data operations and refuses every
+// change with ErrUnsupported.
+func TestReadOnly(t *testing.T) {
+	rw := open(t, nil)
+	ctx := context.Background()
+	if _, err := rw.CreateKey(ctx, "readonly/k", keys.AES256GCM); err != nil {
+		t.Fatal(err)
+	}
+	ro := open(t, func(c *hsm.Config) { c.ReadOnly = true })
+	blob, err := ro.Wrap(ctx, "readonly/k", []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ro.Unwrap(ctx, blob, nil); err != nil {
+		t.Fatal(err)
+	}
+	changes := map[string]func() error{
+		"create":  func() error { _, err := ro.CreateKey(ctx, "readonly/new", keys.AES256GCM); return err },
+		"rotate":  func() error { _, err := ro.RotateKey(ctx, "readonly/k"); return err },
+		"disable": func() error { _, err := ro.SetVersionState(ctx, "readonly/k", 1, keys.Disabled); return err },
+		"destroy": func() error { _, err := ro.DestroyVersion(ctx, "readonly/k", 1); return err },
+		"min":     func() error { _, err := ro.SetMinDecryptVersion(ctx, "readonly/k", 1); return err },
+		"adopt":   func() error { _, err := ro.AdoptKey(ctx, "readonly/a", keys.AES256GCM, "x"); return err },
+	}
+	for name, f := range changes {
+		if err := f(); !errors.Is(err, keys.ErrUnsupported) {
+			t.Errorf("%s through a read-only token: err = %v, want ErrUnsupported", name, err)
+		}
+	}
+	if info, err := rw.DescribeKey(ctx, "readonly/k"); err != nil || len(info.Versions) != 1 || info.Versions[0].State != keys.Enabled {
+		t.Fatalf("key changed: %+v %v", info, err)
+	}
+}

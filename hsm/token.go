@@ -39,6 +39,10 @@ type Config struct {
 	MetadataMaxAge time.Duration
 	// Logger receives operational events; never secrets. nil discards.
 	Logger *slog.Logger
+	// ReadOnly opens read-only sessions and changes nothing in the token
+	// (not even the metadata key a first start creates): for inspection
+	// (the doctor). Lifecycle operations fail with keys.ErrUnsupported.
+	ReadOnly bool
 }
 
 // Validate reports a missing or contradictory setting.
@@ -93,15 +97,16 @@ type Token struct {
 // module generation (after C_Finalize/C_Initialize) makes all of it stale:
 // handles are reassigned then, and an old one may name another key.
 type tokenState struct {
-	modGen  uint64
-	p       *pkcs11.Ctx
-	slot    uint
-	mechs   map[uint]bool
-	metaKey objRef
-	pool    chan pkcs11.SessionHandle
-	openMu  sync.Mutex
-	open    int
-	handles sync.Map // objRef.key() -> pkcs11.ObjectHandle
+	modGen   uint64
+	readOnly bool
+	p        *pkcs11.Ctx
+	slot     uint
+	mechs    map[uint]bool
+	metaKey  objRef
+	pool     chan pkcs11.SessionHandle
+	openMu   sync.Mutex
+	open     int
+	handles  sync.Map // objRef.key() -> pkcs11.ObjectHandle
 }
 
 var _ keys.Backend = (*Token)(nil)
@@ -125,7 +130,7 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	}
 	pinPath, err := secretfile.Resolve(cfg.PINFile, "pin")
 	if err != nil {
-		return nil, fmt.Errorf("pin: %w", err)
+		return nil, err
 	}
 	pin, err := secretfile.Read(pinPath)
 	if err != nil {
@@ -171,7 +176,7 @@ func (t *Token) newState() (*tokenState, error) {
 	if m.p == nil {
 		return nil, fmt.Errorf("module %s not initialised: %w", m.path, keys.ErrUnavailable)
 	}
-	st := &tokenState{modGen: m.gen, p: m.p, mechs: map[uint]bool{}, pool: make(chan pkcs11.SessionHandle, t.size)}
+	st := &tokenState{modGen: m.gen, p: m.p, mechs: map[uint]bool{}, pool: make(chan pkcs11.SessionHandle, t.size), readOnly: t.cfg.ReadOnly}
 	slot, err := t.findSlot(m.p)
 	if err != nil {
 		return nil, err
@@ -291,7 +296,11 @@ func (st *tokenState) newSession() (pkcs11.SessionHandle, error) {
 	if st.open >= cap(st.pool) {
 		return 0, errPoolFull
 	}
-	sh, err := st.p.OpenSession(st.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	flags := uint(pkcs11.CKF_SERIAL_SESSION | pkcs11.CKF_RW_SESSION)
+	if st.readOnly {
+		flags = pkcs11.CKF_SERIAL_SESSION
+	}
+	sh, err := st.p.OpenSession(st.slot, flags)
 	if err != nil {
 		return 0, fmt.Errorf("C_OpenSession: %w", err)
 	}

@@ -21,9 +21,8 @@ object that is extractable, not sensitive, not private, modifiable, allows a
 usage beyond its key type, is missing, or whose record fails its integrity
 check ("weak"), and a keyward object that no record references
 ("housekeeping": left by a crash; review, then destroy). Findings are printed
-as a table, or as JSON with --json. Doctor changes nothing, except that on a
-token keyward has never used, logging in creates the keyring's metadata MAC key
-(as any keyward start does).
+as a table, or as JSON with --json. Doctor opens read-only sessions and
+changes nothing in the token, not even on a token keyward has never used.
 
 The token is found in the module's slots by label (--token) or by an RFC 7512
 URI (--uri "pkcs11:token=keyward;serial=..."). SoftHSM2 reads its
@@ -87,7 +86,7 @@ func parseDoctor(args []string) (doctorOptions, error) {
 // tokenDoctor opens the token, runs Doctor and prints the report. It
 // returns an error wrapping errWeak when any finding is weak.
 func tokenDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
-	tok, err := hsm.Open(ctx, hsm.Config{Module: o.Module, TokenLabel: o.Token, URI: o.URI, PINFile: o.PINFile})
+	tok, err := hsm.Open(ctx, hsm.Config{Module: o.Module, TokenLabel: o.Token, URI: o.URI, PINFile: o.PINFile, ReadOnly: true})
 	if err != nil {
 		return fmt.Errorf("token doctor: open token: %w", err)
 	}

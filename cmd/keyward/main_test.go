@@ -636,3 +636,46 @@ func TestOneLine(t *testing.T) {
 		t.Errorf("oneLine = %q", got)
 	}
 }
+
+// TestTokenDoctorReadOnly: the doctor on a token keyward never used reports
+// nothing and writes nothing: the token's files are byte for byte the same
+// afterwards, but for SoftHSM2's own login bookkeeping (a first daemon start
+// would create the metadata key).
+func TestTokenDoctorReadOnly(t *testing.T) {
+	dir := provision(t)
+	module, err := softhsmModule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapshot := func() map[string]string {
+		files := map[string]string{}
+		filepath.WalkDir(filepath.Join(dir, "tokens"), func(p string, d os.DirEntry, err error) error {
+			// token.object (login state) and generation change on any login;
+			// every key or data object is a file of its own.
+			if err == nil && !d.IsDir() && !slices.Contains([]string{"token.lock", "token.object", "generation"}, filepath.Base(p)) {
+				b, _ := os.ReadFile(p)
+				files[p] = string(b)
+			}
+			return nil
+		})
+		return files
+	}
+	before := snapshot()
+	env := map[string]string{"SOFTHSM2_CONF": filepath.Join(dir, "softhsm2.conf")}
+	r := keyward(t, env, "token", "doctor", "--module", module, "--token", "keyward", "--pin-file", filepath.Join(dir, "pin"))
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if want := "token keyward: 0 keys, 0 objects checked, no findings\n"; r.stdout != want {
+		t.Errorf("stdout %q, want %q", r.stdout, want)
+	}
+	after := snapshot()
+	if len(after) != len(before) {
+		t.Fatalf("doctor changed the token: %d files before, %d after", len(before), len(after))
+	}
+	for p, b := range before {
+		if after[p] != b {
+			t.Errorf("doctor changed %s", p)
+		}
+	}
+}
