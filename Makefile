@@ -11,7 +11,7 @@ DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config
 
 DEV_DIR := .dev/softhsm
 
-.PHONY: all deps build test lint fmt run dev-token clean
+.PHONY: all deps build test lint fmt run dev-token clean proto
 
 all: build
 
@@ -48,3 +48,20 @@ dev-token:
 
 clean:
 	rm -rf bin .dev
+
+# Regenerate the API's Go code. Pinned generators: protoc from Debian's
+# protobuf-compiler (3.21.12 on Debian 12), protoc-gen-go and
+# protoc-gen-go-grpc from the Go module proxy. The output is committed.
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+PROTO_BIN := $(CURDIR)/bin/proto-tools
+
+.PHONY: proto
+proto:
+	@scripts/ensure-packages.sh protobuf-compiler
+	@GOBIN=$(PROTO_BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	@GOBIN=$(PROTO_BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH=$(PROTO_BIN):$$PATH protoc -I api -I /usr/include \
+		--go_out=api --go_opt=paths=source_relative \
+		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
+		api/keyward/v1/keyward.proto
