@@ -3,6 +3,7 @@ package hsm
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/miekg/pkcs11"
@@ -84,4 +85,26 @@ func InitToken(module, label string, soPIN, userPIN []byte) error {
 		return nil
 	}
 	return fmt.Errorf("token %q not found after initialisation: %w", label, ErrTokenNotFound)
+}
+
+// SoftHSMModules lists where Debian and others install SoftHSM2's module.
+var SoftHSMModules = []string{
+	"/usr/lib/softhsm/libsofthsm2.so",
+	"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+	"/usr/local/lib/softhsm/libsofthsm2.so",
+}
+
+// SoftHSMModule returns $KEYWARD_PKCS11_MODULE if set, else the first
+// SoftHSM2 module that exists (for dev mode and tests).
+func SoftHSMModule() (string, error) {
+	if m := os.Getenv("KEYWARD_PKCS11_MODULE"); m != "" {
+		return m, nil
+	}
+	for _, m := range SoftHSMModules {
+		if _, err := os.Stat(m); err == nil {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("SoftHSM2 is not installed (apt-get install softhsm2): %w", ErrModule)
 }

@@ -1,0 +1,152 @@
+// Command keywardd is the keyward daemon: it serves the keyward.v1 API on a
+// Unix socket, with master keys held in a PKCS#11 token.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/keyward/keyward/daemon"
+)
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFail   = 1
+	exitUsage  = 2
+	exitConfig = 3
+)
+
+const usage = `keywardd: the keyward key daemon
+
+Usage:
+  keywardd [--config FILE]          serve (default config %s)
+  keywardd --check-config [--config FILE]
+                                    validate the config and its policy, then exit
+  keywardd --dev [--socket PATH]    development mode: a private SoftHSM2 token in a
+                                    temporary directory, the invoking user allowed
+                                    everything, socket ./keyward-dev.sock; removed on exit
+
+Flags:
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("keywardd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, usage, daemon.DefaultConfigPath)
+		fs.PrintDefaults()
+	}
+	configPath := fs.String("config", daemon.DefaultConfigPath, "configuration file (TOML)")
+	check := fs.Bool("check-config", false, "validate the configuration and its policy, then exit")
+	dev := fs.Bool("dev", false, "development mode on a private SoftHSM2 token")
+	sock := fs.String("socket", "", "socket path (dev mode; default ./keyward-dev.sock)")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides the config)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "keywardd: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	if *check {
+		_, pol, err := daemon.CheckConfig(*configPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "keywardd: %v\n", err)
+			return exitConfig
+		}
+		fmt.Fprintf(stdout, "%s: ok (%d rules)\n", *configPath, pol.Rules())
+		return exitOK
+	}
+	if err := daemon.HardenProcess(); err != nil {
+		fmt.Fprintf(stderr, "keywardd: %v\n", err)
+		return exitFail
+	}
+	if *dev {
+		return runDev(ctx, *sock, *logLevel, stdout, stderr)
+	}
+	if *sock != "" {
+		fmt.Fprintln(stderr, "keywardd: --socket is for --dev; set socket in the config file")
+		return exitUsage
+	}
+	cfg, pol, err := daemon.CheckConfig(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "keywardd: %v\n", err)
+		return exitConfig
+	}
+	if *logLevel != "" {
+		cfg.LogLevel = *logLevel
+	}
+	log := daemon.NewLogger(cfg.LogLevel)
+	be, err := daemon.OpenBackend(ctx, cfg, log)
+	if err != nil {
+		log.Error("cannot open the key backend", "err", err)
+		return exitFail
+	}
+	defer be.Close()
+	if err := daemon.Run(ctx, cfg, pol, be, daemon.Options{ConfigPath: *configPath, Logger: log}); err != nil {
+		log.Error("daemon stopped", "err", err)
+		return exitFail
+	}
+	return exitOK
+}
+
+func runDev(ctx context.Context, sock, logLevel string, stdout, stderr io.Writer) int {
+	if sock == "" {
+		sock = "./keyward-dev.sock"
+	}
+	if logLevel == "" {
+		logLevel = "info"
+	}
+	d, err := daemon.NewDev(sock, logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "keywardd: %v\n", err)
+		return exitFail
+	}
+	defer d.Close()
+	log := daemon.NewLogger(logLevel)
+	be, err := daemon.OpenBackend(ctx, d.Config, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "keywardd: dev token: %v\n", err)
+		return exitFail
+	}
+	defer be.Close()
+	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Ready: func(path string) {
+		fmt.Fprintf(stdout, banner, path, d.Dir, os.Getuid(), path)
+	}})
+	if err != nil {
+		fmt.Fprintf(stderr, "keywardd: %v\n", err)
+		return exitFail
+	}
+	return exitOK
+}
+
+const banner = `keywardd: serving on %s
+keywardd: development mode: SoftHSM2 token in %s (removed on exit); uid %d may do everything
+Try, in another shell:
+  export KEYWARD_SOCKET=%s
+  keyward key create demo/app --type aes-256-gcm
+  printf 's3cr3t' | keyward wrap --key demo/app --context app=demo > blob.txt
+  keyward unwrap --context app=demo < blob.txt
+  keyward key rotate demo/app && keyward rewrap --context app=demo < blob.txt
+  keyward key create demo/sig --type ecdsa-p256
+  printf 'hello' | keyward sign --key demo/sig
+  keyward status
+Stop with Ctrl-C.
+`

@@ -1,0 +1,193 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/keyward/keyward/keys"
+	"github.com/keyward/keyward/policy"
+)
+
+// DefaultConfigPath is where keywardd reads its configuration.
+const DefaultConfigPath = "/etc/keyward/keyward.toml"
+
+// Config is keywardd's configuration file. Every key is documented in the
+// README's configuration table; defaults live in Defaults.
+type Config struct {
+	// Socket is the path keywardd binds when not socket-activated.
+	Socket string `toml:"socket"`
+	// SocketGroup may connect (mode 0660). Empty keeps the daemon's group.
+	SocketGroup string `toml:"socket_group"`
+	// SystemdSocketName is the FileDescriptorName= of the activated socket.
+	SystemdSocketName string   `toml:"systemd_socket_name"`
+	LogLevel          string   `toml:"log_level"`
+	Backend           Backend  `toml:"backend"`
+	Limits            Limits   `toml:"limits"`
+	Rules             []policy.Rule `toml:"rule"`
+}
+
+// Backend selects the key device.
+type Backend struct {
+	Kind           string   `toml:"kind"` // "pkcs11" (the TPM backend comes later)
+	Module         string   `toml:"module"`
+	Token          string   `toml:"token"`
+	URI            string   `toml:"uri"`
+	PINFile        string   `toml:"pin_file"`
+	Sessions       int      `toml:"sessions"`
+	MetadataMaxAge Duration `toml:"metadata_max_age"`
+}
+
+// Limits bound what one caller can make the daemon do.
+type Limits struct {
+	MaxPlaintext        int      `toml:"max_plaintext"`
+	MaxMessage          int      `toml:"max_message"`
+	MaxBatch            int      `toml:"max_batch"`
+	MaxConnections      int      `toml:"max_connections"`
+	MaxConcurrentPerUID int      `toml:"max_concurrent_per_uid"`
+	HandshakeTimeout    Duration `toml:"handshake_timeout"`
+	IdleTimeout         Duration `toml:"idle_timeout"`
+	ShutdownGrace       Duration `toml:"shutdown_grace"`
+}
+
+// Duration is a time.Duration written as "1s", "250ms" in the config.
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", b, err)
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Defaults returns the configuration an empty file means.
+func Defaults() Config {
+	return Config{
+		Socket:            "/run/keyward/keyward.sock",
+		SystemdSocketName: "keyward",
+		LogLevel:          "info",
+		Backend: Backend{
+			Kind:   "pkcs11",
+			Module: "/usr/lib/softhsm/libsofthsm2.so",
+			Token:  "",
+		},
+		Limits: Limits{
+			MaxPlaintext:        keys.MaxPlaintext,
+			MaxMessage:          4 << 20,
+			MaxBatch:            1000,
+			MaxConnections:      1024,
+			MaxConcurrentPerUID: 64,
+			HandshakeTimeout:    Duration{5 * time.Second},
+			IdleTimeout:         Duration{5 * time.Minute},
+			ShutdownGrace:       Duration{10 * time.Second},
+		},
+	}
+}
+
+// ErrConfig wraps every configuration error.
+var ErrConfig = errors.New("invalid configuration")
+
+// LoadConfig reads path strictly: an unknown key, a wrong type or a bad
+// value is an error naming its line.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return ParseConfig(path, b)
+}
+
+// ParseConfig decodes b (named name in errors) over Defaults and validates it.
+func ParseConfig(name string, b []byte) (Config, error) {
+	cfg := Defaults()
+	dec := toml.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		var strict *toml.StrictMissingError
+		var derr *toml.DecodeError
+		switch {
+		case errors.As(err, &strict):
+			var msgs []string
+			for _, e := range strict.Errors {
+				row, _ := e.Position()
+				msgs = append(msgs, fmt.Sprintf("%s:%d: unknown key %q", name, row, strings.Join(e.Key(), ".")))
+			}
+			return Config{}, fmt.Errorf("%s: %w", strings.Join(msgs, "; "), ErrConfig)
+		case errors.As(err, &derr):
+			row, _ := derr.Position()
+			return Config{}, fmt.Errorf("%s:%d: %s: %w", name, row, derr.Error(), ErrConfig)
+		}
+		return Config{}, fmt.Errorf("%s: %v: %w", name, err, ErrConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("%s: %w", name, err)
+	}
+	return cfg, nil
+}
+
+// Validate checks values (not the rules' names, which Compile resolves).
+func (c *Config) Validate() error {
+	var errs []string
+	if c.Socket == "" {
+		errs = append(errs, "socket is empty")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Sprintf("log_level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	b := c.Backend
+	switch b.Kind {
+	case "pkcs11":
+		if b.Module == "" {
+			errs = append(errs, "backend.module is empty")
+		}
+		if (b.Token == "") == (b.URI == "") {
+			errs = append(errs, "backend: set exactly one of token and uri")
+		}
+		if b.Sessions < 0 || b.Sessions > 1024 {
+			errs = append(errs, "backend.sessions: want 0..1024")
+		}
+		if b.MetadataMaxAge.Duration > time.Hour {
+			errs = append(errs, "backend.metadata_max_age: at most 1h")
+		}
+	case "tpm":
+		errs = append(errs, `backend.kind "tpm" is not available in this build yet`)
+	default:
+		errs = append(errs, fmt.Sprintf("backend.kind %q: want pkcs11", b.Kind))
+	}
+	l := c.Limits
+	checks := []struct {
+		name     string
+		v, lo, hi int
+	}{
+		{"limits.max_plaintext", l.MaxPlaintext, 1, keys.MaxPlaintext},
+		{"limits.max_message", l.MaxMessage, 1024, 64 << 20},
+		{"limits.max_batch", l.MaxBatch, 1, 1000},
+		{"limits.max_connections", l.MaxConnections, 1, 1 << 16},
+		{"limits.max_concurrent_per_uid", l.MaxConcurrentPerUID, 1, 1 << 16},
+	}
+	for _, ch := range checks {
+		if ch.v < ch.lo || ch.v > ch.hi {
+			errs = append(errs, fmt.Sprintf("%s = %d: want %d..%d", ch.name, ch.v, ch.lo, ch.hi))
+		}
+	}
+	for name, d := range map[string]time.Duration{"limits.handshake_timeout": l.HandshakeTimeout.Duration, "limits.idle_timeout": l.IdleTimeout.Duration, "limits.shutdown_grace": l.ShutdownGrace.Duration} {
+		if d <= 0 {
+			errs = append(errs, name+" must be positive")
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s: %w", strings.Join(errs, "; "), ErrConfig)
+	}
+	return nil
+}

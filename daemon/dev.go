@@ -1,0 +1,101 @@
+package daemon
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/internal/secretfile"
+	"github.com/keyward/keyward/policy"
+)
+
+// DevTokenLabel is the label of the token --dev makes.
+const DevTokenLabel = "keyward-dev"
+
+// Dev is what keywardd --dev runs on: a private SoftHSM2 token in a fresh
+// temporary directory (random PINs, the user PIN in a 0600 file there),
+// and a policy that allows the invoking uid every operation on every key.
+// Close removes the directory and with it the token.
+type Dev struct {
+	Dir    string
+	Config Config
+	Policy *policy.Policy
+}
+
+// NewDev prepares the dev token and configuration. It sets SOFTHSM2_CONF
+// for this process, so it must run before any PKCS#11 module is loaded.
+func NewDev(socketPath, logLevel string) (*Dev, error) {
+	module, err := hsm.SoftHSMModule()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "keyward-dev-")
+	if err != nil {
+		return nil, err
+	}
+	d := &Dev{Dir: dir}
+	ok := false
+	defer func() {
+		if !ok {
+			d.Close()
+		}
+	}()
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.Mkdir(tokens, 0o700); err != nil {
+		return nil, err
+	}
+	conf := filepath.Join(dir, "softhsm2.conf")
+	body := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.mechanisms = ALL\n", tokens)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
+		return nil, err
+	}
+	soPIN, userPIN := randomPIN(), randomPIN()
+	defer secretfile.Zero(soPIN)
+	defer secretfile.Zero(userPIN)
+	pinFile := filepath.Join(dir, "pin")
+	if err := os.WriteFile(pinFile, userPIN, 0o600); err != nil {
+		return nil, err
+	}
+	if err := hsm.InitToken(module, DevTokenLabel, soPIN, userPIN); err != nil {
+		return nil, fmt.Errorf("dev token: %w", err)
+	}
+	cfg := Defaults()
+	cfg.Socket = socketPath
+	cfg.LogLevel = logLevel
+	cfg.Backend.Module = module
+	cfg.Backend.Token = DevTokenLabel
+	cfg.Backend.PINFile = pinFile
+	var ops []string
+	for _, o := range append(append([]policy.Operation{}, policy.DataOperations...), policy.AdminOperations...) {
+		ops = append(ops, string(o))
+	}
+	cfg.Rules = []policy.Rule{{Name: "dev: the invoking user may do everything", UIDs: []uint32{uint32(os.Getuid())}, Keys: []string{"**"}, Operations: ops}}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	pol, err := policy.Compile(cfg.Rules, policy.SystemResolver())
+	if err != nil {
+		return nil, err
+	}
+	d.Config, d.Policy = cfg, pol
+	ok = true
+	return d, nil
+}
+
+func randomPIN() []byte {
+	b := make([]byte, 16)
+	rand.Read(b)
+	out := make([]byte, hex.EncodedLen(len(b)))
+	hex.Encode(out, b)
+	secretfile.Zero(b)
+	return out
+}
+
+// Close removes the dev token and its directory.
+func (d *Dev) Close() error { return os.RemoveAll(d.Dir) }

@@ -1,0 +1,233 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/keys"
+	"github.com/keyward/keyward/policy"
+	"github.com/keyward/keyward/socket"
+)
+
+// Version is the daemon's build version (set with -ldflags -X).
+var Version = "dev"
+
+// identityFrom returns the caller's kernel identity, read at accept time.
+func identityFrom(ctx context.Context) (policy.Identity, bool) {
+	p, ok := socket.PeerFromContext(ctx)
+	if !ok {
+		return policy.Identity{}, false
+	}
+	return policy.Identity{UID: p.UID, GID: p.GID, Groups: p.Groups, PID: p.PID, Unit: p.Unit}, true
+}
+
+// perUID bounds concurrent requests per caller uid, so one caller cannot
+// take every session of the device.
+type perUID struct {
+	mu    sync.Mutex
+	inUse map[uint32]int
+}
+
+func (p *perUID) acquire(uid uint32, limit int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inUse[uid] >= limit {
+		return false
+	}
+	p.inUse[uid]++
+	return true
+}
+
+func (p *perUID) release(uid uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inUse[uid]--; p.inUse[uid] <= 0 {
+		delete(p.inUse, uid)
+	}
+}
+
+// interceptor refuses calls without a kernel identity, applies the per-uid
+// concurrency limit, and refuses new calls while shutting down.
+func (s *Service) interceptor(stopping *atomicBool) grpc.UnaryServerInterceptor {
+	lim := &perUID{inUse: map[uint32]int{}}
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if stopping.Load() {
+			return nil, statusFor(ErrShuttingDown)
+		}
+		id, ok := identityFrom(ctx)
+		if !ok {
+			s.log.Error("call without a peer identity", "method", info.FullMethod)
+			return nil, statusFor(ErrDenied)
+		}
+		if !lim.acquire(id.UID, s.lim.Load().MaxConcurrentPerUID) {
+			s.log.Warn("per-uid concurrency limit", "uid", id.UID, "method", info.FullMethod)
+			return nil, statusFor(ErrTooMany)
+		}
+		defer lim.release(id.UID)
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		s.log.Debug("call", "method", info.FullMethod, "uid", id.UID, "pid", id.PID, "took", time.Since(start), "failed", err != nil)
+		return resp, err
+	}
+}
+
+type atomicBool struct {
+	mu sync.Mutex
+	v  bool
+}
+
+func (b *atomicBool) Load() bool   { b.mu.Lock(); defer b.mu.Unlock(); return b.v }
+func (b *atomicBool) Store(v bool) { b.mu.Lock(); b.v = v; b.mu.Unlock() }
+
+// NewLogger returns the daemon's logger at level on w (text to stderr; the
+// systemd issue adds journald).
+func NewLogger(level string) *slog.Logger {
+	var l slog.Level
+	l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// HardenProcess refuses core dumps and ptrace by other processes of the
+// same uid: a dump would hold plaintexts and the PIN.
+func HardenProcess() error {
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_DUMPABLE): %w", err)
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}); err != nil {
+		return fmt.Errorf("setrlimit(RLIMIT_CORE): %w", err)
+	}
+	return nil
+}
+
+// OpenBackend opens the configured key device.
+func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backend, error) {
+	b := cfg.Backend
+	switch b.Kind {
+	case "pkcs11":
+		return hsm.Open(ctx, hsm.Config{Module: b.Module, TokenLabel: b.Token, URI: b.URI, PINFile: b.PINFile,
+			Sessions: b.Sessions, MetadataMaxAge: b.MetadataMaxAge.Duration, Logger: log})
+	}
+	return nil, fmt.Errorf("backend.kind %q: %w", b.Kind, ErrConfig)
+}
+
+// CheckConfig loads and validates path fully: syntax, values, and the
+// policy (names resolved), without touching the device.
+func CheckConfig(path string) (Config, *policy.Policy, error) {
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		return Config{}, nil, err
+	}
+	pol, err := policy.Compile(cfg.Rules, policy.SystemResolver())
+	if err != nil {
+		return Config{}, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, pol, nil
+}
+
+// Options are what Run needs beyond the config file.
+type Options struct {
+	ConfigPath string // re-read on SIGHUP; "" for none (dev mode)
+	Logger     *slog.Logger
+	// Ready is called once the socket is serving (sd_notify comes with the systemd issue).
+	Ready func(socketPath string)
+}
+
+// Run serves until ctx ends: opens the backend, compiles the policy, takes
+// the socket (systemd's or its own), serves, reloads the policy and limits
+// on SIGHUP (keeping the old ones if the new file is bad), and drains
+// in-flight calls on shutdown.
+func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, opts Options) error {
+	log := opts.Logger
+	svc := NewService(be, cfg.Backend.Kind, Version, pol, cfg.Limits, log)
+
+	l, ok, err := socket.Systemd(cfg.SystemdSocketName)
+	if err != nil {
+		return fmt.Errorf("socket activation: %w", err)
+	}
+	path := cfg.Socket
+	if ok {
+		log.Info("using the socket passed by systemd", "name", cfg.SystemdSocketName)
+		path = l.Addr().String()
+	} else if l, err = socket.Listen(socket.Config{Path: cfg.Socket, Group: cfg.SocketGroup, Mode: 0o660}); err != nil {
+		return err
+	}
+	l = socket.LimitListener(l, cfg.Limits.MaxConnections)
+
+	stopping := &atomicBool{}
+	srv := grpc.NewServer(
+		grpc.Creds(socket.Credentials()),
+		grpc.MaxRecvMsgSize(cfg.Limits.MaxMessage),
+		grpc.MaxSendMsgSize(cfg.Limits.MaxMessage),
+		grpc.ConnectionTimeout(cfg.Limits.HandshakeTimeout.Duration),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.Limits.IdleTimeout.Duration}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second}),
+		grpc.MaxConcurrentStreams(256),
+		grpc.UnaryInterceptor(svc.interceptor(stopping)),
+	)
+	pb.RegisterKeywardServer(srv, svc)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if opts.ConfigPath == "" {
+					log.Info("SIGHUP: no config file to reload")
+					continue
+				}
+				ncfg, npol, err := CheckConfig(opts.ConfigPath)
+				if err != nil {
+					log.Error("reload failed; keeping the running policy and limits", "err", err)
+					continue
+				}
+				svc.SetPolicy(npol)
+				svc.SetLimits(ncfg.Limits)
+				log.Info("reloaded policy and limits", "rules", npol.Rules())
+			}
+		}
+	}()
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	log.Info("serving", "socket", path, "backend", cfg.Backend.Kind, "rules", pol.Rules())
+	if opts.Ready != nil {
+		opts.Ready(path)
+	}
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: draining in-flight calls", "grace", cfg.Limits.ShutdownGrace.Duration)
+	stopping.Store(true)
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(cfg.Limits.ShutdownGrace.Duration):
+		log.Warn("grace period over: closing remaining connections")
+		srv.Stop()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	return nil
+}
+

@@ -1,0 +1,105 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Operation is something a caller asks the daemon to do with a key. The set is
+// closed; rules name operations exactly, without wildcards.
+type Operation string
+
+// Data operations: using a key.
+const (
+	OpWrap      Operation = "wrap"
+	OpUnwrap    Operation = "unwrap"
+	OpRewrap    Operation = "rewrap"
+	OpDataKey   Operation = "datakey"
+	OpSign      Operation = "sign"
+	OpVerify    Operation = "verify"
+	OpMAC       Operation = "mac"
+	OpVerifyMAC Operation = "verify-mac"
+	OpPublicKey Operation = "public-key"
+)
+
+// Admin operations: managing a key. None of them implies any data operation.
+const (
+	OpKeyCreate  Operation = "key.create"
+	OpKeyRotate  Operation = "key.rotate"
+	OpKeyDisable Operation = "key.disable"
+	OpKeyEnable  Operation = "key.enable"
+	OpKeyDestroy Operation = "key.destroy"
+	OpKeyRead    Operation = "key.read" // list and describe
+	OpKeySetMin  Operation = "key.set-min-version"
+	OpKeyAdopt   Operation = "key.adopt"
+)
+
+// DataOperations and AdminOperations list every operation in a stable order.
+// They are for display and iteration; changing them changes nothing in the
+// package, which keeps its own copy.
+var (
+	DataOperations  = []Operation{OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey}
+	AdminOperations = []Operation{OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt}
+)
+
+// allOps is the package's own order: an operation's index is its bit in an
+// opSet, and the order Report lists operations in.
+var allOps = [...]Operation{
+	OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey,
+	OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt,
+}
+
+const firstAdmin = 9 // index of OpKeyCreate in allOps
+
+type opSet uint32
+
+func opIndex(o Operation) (int, bool) {
+	for i, a := range allOps {
+		if a == o {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// ParseOperation returns the Operation named exactly s, or an error wrapping
+// ErrUnknownOperation.
+func ParseOperation(s string) (Operation, error) {
+	if i, ok := opIndex(Operation(s)); ok {
+		return allOps[i], nil
+	}
+	if strings.ContainsAny(s, "*?") {
+		return "", fmt.Errorf("operation %s: there are no wildcards, list each operation: %w", quote(s), ErrUnknownOperation)
+	}
+	return "", fmt.Errorf("operation %s (want one of %s): %w", quote(s), joinOps(allOps[:], ", "), ErrUnknownOperation)
+}
+
+// Admin reports whether o manages keys rather than uses them.
+func (o Operation) Admin() bool {
+	i, ok := opIndex(o)
+	return ok && i >= firstAdmin
+}
+
+func (s opSet) has(i int) bool { return s&(1<<uint(i)) != 0 }
+
+// list returns the operations in s in allOps order.
+func (s opSet) list() []Operation {
+	var out []Operation
+	for i, o := range allOps {
+		if s.has(i) {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func joinOps(ops []Operation, sep string) string {
+	var b strings.Builder
+	for i, o := range ops {
+		if i > 0 {
+			b.WriteString(sep)
+		}
+		b.WriteString(string(o))
+	}
+	return b.String()
+}

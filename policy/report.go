@@ -1,0 +1,81 @@
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+)
+
+// Grant is one subject's access under one rule.
+type Grant struct {
+	// Subject: "user payments (uid 1000)", "uid 1002", "group keyward-ops
+	// (gid 990)", "gid 991" or "unit payments.service".
+	Subject    string
+	Operations []Operation // in the order of DataOperations, then AdminOperations
+	Keys       []string    // key patterns as written
+	Context    map[string]string
+	Rule       string
+}
+
+// Report lists every subject and what it may do: one Grant per (rule,
+// subject), sorted by subject (users by uid, then groups by gid, then units
+// by name) and, for one subject, by rule order. It is the access review a
+// security team runs; the slices and maps returned are the caller's.
+func (p *Policy) Report() []Grant {
+	if p == nil {
+		return nil
+	}
+	type entry struct {
+		g    Grant
+		kind int // 0 user, 1 group, 2 unit
+		id   uint32
+		rule int
+	}
+	var es []entry
+	for ri := range p.rules {
+		r := &p.rules[ri]
+		base := func(subject string) Grant {
+			g := Grant{Subject: subject, Operations: r.ops.list(), Rule: r.name}
+			for _, gl := range r.globs {
+				g.Keys = append(g.Keys, gl.src)
+			}
+			if len(r.context) > 0 {
+				g.Context = make(map[string]string, len(r.context))
+				for _, pr := range r.context {
+					g.Context[pr.k] = pr.v
+				}
+			}
+			return g
+		}
+		for _, s := range r.users {
+			sub := fmt.Sprintf("uid %d", s.id)
+			if s.name != "" {
+				sub = fmt.Sprintf("user %s (uid %d)", plain(s.name), s.id)
+			}
+			es = append(es, entry{base(sub), 0, s.id, ri})
+		}
+		for _, s := range r.groups {
+			sub := fmt.Sprintf("gid %d", s.id)
+			if s.name != "" {
+				sub = fmt.Sprintf("group %s (gid %d)", plain(s.name), s.id)
+			}
+			es = append(es, entry{base(sub), 1, s.id, ri})
+		}
+		for _, u := range r.units {
+			es = append(es, entry{base("unit " + plain(u)), 2, 0, ri})
+		}
+	}
+	slices.SortStableFunc(es, func(a, b entry) int {
+		return cmp.Or(
+			cmp.Compare(a.kind, b.kind),
+			cmp.Compare(a.id, b.id),
+			cmp.Compare(a.g.Subject, b.g.Subject),
+			cmp.Compare(a.rule, b.rule),
+		)
+	})
+	out := make([]Grant, len(es))
+	for i, e := range es {
+		out[i] = e.g
+	}
+	return out
+}

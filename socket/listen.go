@@ -1,0 +1,228 @@
+package socket
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Config describes a socket that keyward binds itself (not socket-activated).
+type Config struct {
+	// Path is the socket path, e.g. /run/keyward/keyward.sock.
+	Path string
+	// Group is the group name or numeric GID whose members may connect. ""
+	// keeps the daemon's GID.
+	Group string
+	// Mode is the socket's permission bits, 0660 when zero. Connecting needs
+	// write permission, so 0640 would lock the group out.
+	Mode os.FileMode
+}
+
+// umaskMu serialises Listen's umask change within the process. The umask is
+// process-wide, so other goroutines creating files during a bind get 0777&^Mode
+// as their umask too: call Listen at start-up, before such work begins.
+var umaskMu sync.Mutex
+
+// staleDialTimeout bounds the probe of an existing socket file.
+const staleDialTimeout = 2 * time.Second
+
+// Listen binds a socket that this process owns, in this order:
+//
+//  1. The directory: created with MkdirAll, then mode 0750 and, with Group,
+//     owned by that group (members must be able to traverse it). An existing
+//     directory is left alone: it belongs to RuntimeDirectory= or tmpfiles.d.
+//  2. flock(Path+".lock", LOCK_EX|LOCK_NB): a second daemon fails with ErrInUse
+//     here. The lock file is never removed; deleting it would let two
+//     processes lock different inodes.
+//  3. A leftover socket file is removed only if nothing accepts on it (dialing
+//     is refused). A live socket gives ErrInUse; a file that is not a socket is
+//     an error and is left in place.
+//  4. bind with umask 0777&^Mode (0117 by default), so the socket never exists
+//     with wider permissions, then chown to Group and chmod to Mode.
+//
+// Closing the listener removes the socket file, then releases the lock.
+func Listen(cfg Config) (net.Listener, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("socket: listen: empty path")
+	}
+	path := filepath.Clean(cfg.Path)
+	mode := cfg.Mode
+	if mode == 0 {
+		mode = 0o660
+	}
+	if mode&^os.ModePerm != 0 {
+		return nil, fmt.Errorf("socket: listen %s: mode %v has bits other than permissions", path, mode)
+	}
+	gid := -1
+	if cfg.Group != "" {
+		g, err := lookupGroup(cfg.Group)
+		if err != nil {
+			return nil, fmt.Errorf("socket: listen %s: %w", path, err)
+		}
+		gid = g
+	}
+	if err := ensureDir(filepath.Dir(path), gid); err != nil {
+		return nil, fmt.Errorf("socket: listen %s: %w", path, err)
+	}
+	lock, err := lockPath(path)
+	if err != nil {
+		return nil, err
+	}
+	ul, err := bindLocked(path, gid, mode)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return &ownedListener{UnixListener: ul, lock: lock}, nil
+}
+
+func bindLocked(path string, gid int, mode os.FileMode) (*net.UnixListener, error) {
+	if err := removeStale(path); err != nil {
+		return nil, err
+	}
+	umaskMu.Lock()
+	old := unix.Umask(int(0o777 &^ mode))
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	unix.Umask(old)
+	umaskMu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("socket: listen %s: %w", path, err)
+	}
+	// The directory is ours (step 1 or the service manager's), so nobody can
+	// swap the socket for a symlink here; Lchown costs nothing to be sure.
+	if gid >= 0 {
+		if err := os.Lchown(path, -1, gid); err != nil {
+			ul.Close()
+			return nil, fmt.Errorf("socket: listen %s: set group: %w", path, err)
+		}
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		ul.Close()
+		return nil, fmt.Errorf("socket: listen %s: %w", path, err)
+	}
+	return ul, nil
+}
+
+func lookupGroup(s string) (int, error) {
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return int(n), nil
+	}
+	g, err := user.LookupGroup(s)
+	if err != nil {
+		return 0, fmt.Errorf("group %q: %w", s, err)
+	}
+	n, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("group %q has gid %q: %w", s, g.Gid, err)
+	}
+	return int(n), nil
+}
+
+func ensureDir(dir string, gid int) error {
+	fi, err := os.Stat(dir)
+	if err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
+		return nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	// MkdirAll's mode is filtered by the umask; say what we mean.
+	if err := os.Chmod(dir, 0o750); err != nil {
+		return err
+	}
+	if gid >= 0 {
+		if err := os.Lchown(dir, -1, gid); err != nil {
+			return fmt.Errorf("set group of %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+func lockPath(path string) (*os.File, error) {
+	name := path + ".lock"
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("socket: listen %s: lock: %w", path, err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("socket: %s: %w: %s is locked by another process", path, ErrInUse, name)
+		}
+		return nil, fmt.Errorf("socket: listen %s: lock %s: %w", path, name, err)
+	}
+	return f, nil
+}
+
+// removeStale removes path only if it is a socket nobody accepts on.
+func removeStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("socket: listen %s: %w", path, err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("socket: listen %s: exists and is not a socket (%v); not removing it", path, fi.Mode().Type())
+	}
+	c, err := net.DialTimeout("unix", path, staleDialTimeout)
+	switch {
+	case err == nil:
+		c.Close()
+		return fmt.Errorf("socket: %s: %w: another process accepts connections on it", path, ErrInUse)
+	case errors.Is(err, syscall.ENOENT):
+		return nil
+	case errors.Is(err, syscall.EAGAIN):
+		// A full backlog: someone listens but is not keeping up.
+		return fmt.Errorf("socket: %s: %w: another process listens on it", path, ErrInUse)
+	case !errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("socket: listen %s: cannot tell whether the existing socket is in use: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("socket: listen %s: remove stale socket: %w", path, err)
+	}
+	return nil
+}
+
+// ownedListener is a socket bound by Listen. Accept returns *net.UnixConn.
+type ownedListener struct {
+	*net.UnixListener
+	lock *os.File
+
+	once sync.Once
+	err  error
+}
+
+// Close unlinks the socket file while still holding the lock, so it can never
+// delete the socket of a successor, then releases the lock.
+func (l *ownedListener) Close() error {
+	l.once.Do(func() {
+		l.err = l.UnixListener.Close()
+		if err := l.lock.Close(); l.err == nil {
+			l.err = err
+		}
+	})
+	return l.err
+}
