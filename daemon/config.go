@@ -25,10 +25,10 @@ type Config struct {
 	// SocketGroup may connect (mode 0660). Empty keeps the daemon's group.
 	SocketGroup string `toml:"socket_group"`
 	// SystemdSocketName is the FileDescriptorName= of the activated socket.
-	SystemdSocketName string   `toml:"systemd_socket_name"`
-	LogLevel          string   `toml:"log_level"`
-	Backend           Backend  `toml:"backend"`
-	Limits            Limits   `toml:"limits"`
+	SystemdSocketName string        `toml:"systemd_socket_name"`
+	LogLevel          string        `toml:"log_level"`
+	Backend           Backend       `toml:"backend"`
+	Limits            Limits        `toml:"limits"`
 	Rules             []policy.Rule `toml:"rule"`
 }
 
@@ -167,7 +167,7 @@ func (c *Config) Validate() error {
 	}
 	l := c.Limits
 	checks := []struct {
-		name     string
+		name      string
 		v, lo, hi int
 	}{
 		{"limits.max_plaintext", l.MaxPlaintext, 1, keys.MaxPlaintext},

@@ -45,7 +45,7 @@ context = { app = "payments" }
 		{name: "defaults", in: "[backend]\ntoken = \"k\"\n", check: func(c Config) bool {
 			return c.Socket == "/run/keyward/keyward.sock" && c.Limits.MaxPlaintext == 64<<10 && c.Limits.MaxBatch == 1000
 		}},
-		{name: "unknown top-level key with line", in: "[backend]\ntoken = \"k\"\n\nsokcet = \"/x\"\n", wantErr: `test.toml:4: unknown key "sokcet"`},
+		{name: "unknown top-level key with line", in: "\n\nsokcet = \"/x\"\n[backend]\ntoken = \"k\"\n", wantErr: `test.toml:3: unknown key "sokcet"`},
 		{name: "unknown nested key", in: "[backend]\ntoken = \"k\"\npin = \"1234\"\n", wantErr: `test.toml:3: unknown key "backend.pin"`},
 		{name: "unknown rule key", in: "[backend]\ntoken = \"k\"\n[[rule]]\nname = \"x\"\nuser = [\"a\"]\n", wantErr: `test.toml:5: unknown key "rule.user"`},
 		{name: "wrong type", in: "[backend]\ntoken = 5\n", wantErr: "test.toml:2:"},

@@ -230,4 +230,3 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 	}
 	return nil
 }
-
