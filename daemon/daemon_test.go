@@ -1,0 +1,572 @@
+package daemon_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/policy"
+	softhsmtest "github.com/keyward/keyward/softhsm-test"
+)
+
+var tok *softhsmtest.Token
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(childClient())
+	}
+	os.Exit(softhsmtest.Main(m, &tok))
+}
+
+// Test identities. Child clients run as these uids (CI runs as root, so
+// SysProcAttr.Credential works); the socket's group is socketGID.
+const (
+	socketGID  = 4242
+	appUID     = 12001 // the application: wrap/unwrap on app/* with context app=web
+	opsUID     = 12002 // key administrator: may manage keys, not use them
+	outsideUID = 12003 // named by no rule
+	groupUID   = 12004 // allowed through supplementary group appGroupGID
+	appGroup   = 4343
+)
+
+var allData = []string{"wrap", "unwrap", "rewrap", "datakey", "sign", "verify", "mac", "verify-mac", "public-key"}
+var allAdmin = []string{"key.create", "key.rotate", "key.disable", "key.enable", "key.destroy", "key.read", "key.set-min-version", "key.adopt"}
+
+func testRules() []policy.Rule {
+	return []policy.Rule{
+		{Name: "root for test set-up", UIDs: []uint32{0}, Keys: []string{"**"}, Operations: append(append([]string{}, allData...), allAdmin...)},
+		{Name: "app", UIDs: []uint32{appUID}, Keys: []string{"app/*"}, Operations: []string{"wrap", "unwrap", "datakey"}, Context: map[string]string{"app": "web"}},
+		{Name: "ops", UIDs: []uint32{opsUID}, Keys: []string{"**"}, Operations: allAdmin},
+		{Name: "group", GIDs: []uint32{appGroup}, Keys: []string{"app/*"}, Operations: []string{"wrap"}},
+	}
+}
+
+type running struct {
+	sock    string
+	cancel  context.CancelFunc
+	done    chan error
+	cfgPath string
+}
+
+// start runs the daemon in this process on the test token with rules
+// (written to a config file so SIGHUP can reload it).
+func start(t *testing.T, rules []policy.Rule, mod func(*daemon.Config)) *running {
+	t.Helper()
+	softhsmtest.Need(t, tok)
+	// Not t.TempDir(): its parent is 0700, and clients run as other uids.
+	dir, err := os.MkdirTemp("", "keyward-daemon-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	cfg := daemon.Defaults()
+	cfg.Socket = filepath.Join(dir, "run", "keyward.sock")
+	cfg.SocketGroup = fmt.Sprint(socketGID)
+	cfg.Backend.Module, cfg.Backend.Token, cfg.Backend.PINFile = tok.Module, tok.Label, tok.PINFile
+	cfg.Backend.MetadataMaxAge = daemon.Duration{Duration: -1}
+	cfg.Rules = rules
+	if mod != nil {
+		mod(&cfg)
+	}
+	cfgPath := filepath.Join(dir, "keyward.toml")
+	writeConfig(t, cfgPath, cfg)
+	var pol *policy.Policy
+	pol, err = policy.Compile(cfg.Rules, policy.SystemResolver())
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	be, err := daemon.OpenBackend(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &running{sock: cfg.Socket, cancel: cancel, done: make(chan error, 1), cfgPath: cfgPath}
+	ready := make(chan struct{})
+	go func() {
+		r.done <- daemon.Run(ctx, cfg, pol, be, daemon.Options{ConfigPath: cfgPath, Logger: log, Ready: func(string) { close(ready) }})
+		be.Close()
+	}()
+	select {
+	case <-ready:
+	case err := <-r.done:
+		t.Fatalf("daemon: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon not ready")
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-r.done; err != nil {
+			t.Errorf("daemon: %v", err)
+		}
+	})
+	return r
+}
+
+func writeConfig(t *testing.T, path string, cfg daemon.Config) {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "socket = %q\nsocket_group = %q\n[backend]\nmodule = %q\ntoken = %q\npin_file = %q\nmetadata_max_age = \"-1ns\"\n",
+		cfg.Socket, cfg.SocketGroup, cfg.Backend.Module, cfg.Backend.Token, cfg.Backend.PINFile)
+	fmt.Fprintf(&b, "[limits]\nmax_batch = %d\nmax_concurrent_per_uid = %d\nmax_connections = %d\nmax_plaintext = %d\n",
+		cfg.Limits.MaxBatch, cfg.Limits.MaxConcurrentPerUID, cfg.Limits.MaxConnections, cfg.Limits.MaxPlaintext)
+	for _, r := range cfg.Rules {
+		fmt.Fprintf(&b, "[[rule]]\nname = %q\nkeys = %s\noperations = %s\n", r.Name, tomlList(r.Keys), tomlList(r.Operations))
+		if len(r.UIDs) > 0 {
+			fmt.Fprintf(&b, "uids = %s\n", strings.ReplaceAll(fmt.Sprint(r.UIDs), " ", ", "))
+		}
+		if len(r.GIDs) > 0 {
+			fmt.Fprintf(&b, "gids = %s\n", strings.ReplaceAll(fmt.Sprint(r.GIDs), " ", ", "))
+		}
+		for k, v := range r.Context {
+			fmt.Fprintf(&b, "context.%s = %q\n", k, v)
+		}
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := daemon.ParseConfig(path, []byte(b.String())); err != nil {
+		t.Fatalf("test config: %v\n%s", err, b.String())
+	}
+}
+
+func tomlList(s []string) string {
+	q := make([]string, len(s))
+	for i, v := range s {
+		q[i] = fmt.Sprintf("%q", v)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+func dial(t *testing.T, sock string) pb.KeywardClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewKeywardClient(conn)
+}
+
+// reason returns "CODE REASON" of a call's error, or "OK".
+func reason(err error) string {
+	if err == nil {
+		return "OK"
+	}
+	st, _ := status.FromError(err)
+	for _, d := range st.Details() {
+		if info, ok := d.(interface{ GetReason() string }); ok {
+			return st.Code().String() + " " + info.GetReason()
+		}
+	}
+	return st.Code().String() + " (" + st.Message() + ")"
+}
+
+// ---- child clients under other uids ----
+
+const childEnv = "KEYWARD_DAEMON_CHILD"
+
+// childClient runs one request per stdin line against $KW_SOCK and prints
+// "CODE REASON [hex result]": "wrap KEY k=v,..", "unwrap HEX k=v,..",
+// "create KEY TYPE", "rotate KEY", "status".
+func childClient() int {
+	conn, err := grpc.NewClient("unix://"+os.Getenv("KW_SOCK"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Println("dial", err)
+		return 1
+	}
+	c := pb.NewKeywardClient(conn)
+	ctx := context.Background()
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 1<<20), 1<<20)
+	for in.Scan() {
+		f := strings.Fields(in.Text())
+		ctxMap := func(i int) map[string]string {
+			m := map[string]string{}
+			if len(f) > i {
+				for _, kv := range strings.Split(f[i], ",") {
+					k, v, _ := strings.Cut(kv, "=")
+					m[k] = v
+				}
+			}
+			return m
+		}
+		var out string
+		var err error
+		switch f[0] {
+		case "wrap":
+			var r *pb.WrapResponse
+			r, err = c.Wrap(ctx, &pb.WrapRequest{Key: f[1], Plaintext: []byte("child secret"), Context: ctxMap(2)})
+			if err == nil {
+				out = hex.EncodeToString(r.Ciphertext)
+			}
+		case "unwrap":
+			blob, _ := hex.DecodeString(f[1])
+			var r *pb.UnwrapResponse
+			r, err = c.Unwrap(ctx, &pb.UnwrapRequest{Ciphertext: blob, Context: ctxMap(2)})
+			if err == nil {
+				out = string(r.Plaintext)
+			}
+		case "create":
+			_, err = c.CreateKey(ctx, &pb.CreateKeyRequest{Key: f[1], KeyType: f[2]})
+		case "rotate":
+			_, err = c.RotateKey(ctx, &pb.RotateKeyRequest{Key: f[1]})
+		case "status":
+			var r *pb.StatusResponse
+			r, err = c.Status(ctx, &pb.StatusRequest{})
+			if err == nil {
+				out = fmt.Sprintf("uid=%d gid=%d groups=%v", r.You.Uid, r.You.Gid, r.You.Groups)
+			}
+		}
+		fmt.Println(strings.TrimSpace(reason(err) + " " + out))
+	}
+	return 0
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+)
+
+// childBinary copies the test binary to a directory other uids can read
+// (go test's build directory is 0700).
+func childBinary(t *testing.T) string {
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "keyward-daemon-test-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(dir, 0o755)
+		b, err := os.ReadFile(os.Args[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		binPath = filepath.Join(dir, "client")
+		if err := os.WriteFile(binPath, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	})
+	return binPath
+}
+
+type client struct {
+	t   *testing.T
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+// as starts a client process with uid, primary gid socketGID (so it may
+// connect) and extra supplementary groups.
+func as(t *testing.T, sock string, uid uint32, groups ...uint32) *client {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("peer-credential tests need root to run clients as other uids")
+	}
+	cmd := exec.Command(childBinary(t))
+	cmd.Env = append(os.Environ(), childEnv+"=1", "KW_SOCK="+sock)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: socketGID, Groups: groups}}
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	return &client{t: t, in: stdin, out: sc}
+}
+
+func (c *client) do(line string) string {
+	c.t.Helper()
+	fmt.Fprintln(c.in, line)
+	if !c.out.Scan() {
+		c.t.Fatalf("client died after %q", line)
+	}
+	return c.out.Text()
+}
+
+// TestPeerCredentials: who may do what is decided by the kernel's view of
+// the caller: uid, primary and supplementary groups. Key administrators
+// cannot use keys; context conditions are enforced.
+func TestPeerCredentials(t *testing.T) {
+	r := start(t, testRules(), nil)
+	root := dial(t, r.sock)
+	ctx := context.Background()
+	for _, k := range []string{"app/db", "other/db"} {
+		if _, err := root.CreateKey(ctx, &pb.CreateKeyRequest{Key: k, KeyType: "aes-256-gcm"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rootBlob, err := root.Wrap(ctx, &pb.WrapRequest{Key: "app/db", Plaintext: []byte("root secret"), Context: map[string]string{"app": "web"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobHex := hex.EncodeToString(rootBlob.Ciphertext)
+
+	app := as(t, r.sock, appUID)
+	ops := as(t, r.sock, opsUID)
+	outsider := as(t, r.sock, outsideUID)
+	grouped := as(t, r.sock, groupUID, appGroup)
+
+	if got := app.do("status"); got != fmt.Sprintf("OK uid=%d gid=%d groups=[%d]", appUID, socketGID, socketGID) && got != fmt.Sprintf("OK uid=%d gid=%d groups=[]", appUID, socketGID) {
+		t.Errorf("status as app: %q", got)
+	}
+	tests := []struct {
+		name string
+		c    *client
+		req  string
+		want string // prefix
+	}{
+		{"app wraps with its context", app, "wrap app/db app=web", "OK "},
+		{"app unwraps root's blob with the context", app, "unwrap " + blobHex + " app=web", "OK root secret"},
+		{"app without the context condition", app, "wrap app/db", "PermissionDenied PERMISSION_DENIED"},
+		{"app with another context value", app, "unwrap " + blobHex + " app=batch", "PermissionDenied PERMISSION_DENIED"},
+		{"app on a key outside its glob", app, "wrap other/db app=web", "PermissionDenied PERMISSION_DENIED"},
+		{"app may not create keys", app, "create app/new aes-256-gcm", "PermissionDenied PERMISSION_DENIED"},
+		{"ops may create", ops, "create app/ops-made aes-256-gcm", "OK"},
+		{"ops may rotate", ops, "rotate app/db", "OK"},
+		{"ops may not wrap", ops, "wrap app/db app=web", "PermissionDenied PERMISSION_DENIED"},
+		{"ops may not unwrap", ops, "unwrap " + blobHex + " app=web", "PermissionDenied PERMISSION_DENIED"},
+		{"outsider denied", outsider, "unwrap " + blobHex + " app=web", "PermissionDenied PERMISSION_DENIED"},
+		{"outsider may ask status", outsider, "status", "OK uid=12003"},
+		{"supplementary group allows wrap", grouped, "wrap app/db", "OK "},
+		{"supplementary group does not allow unwrap", grouped, "unwrap " + blobHex + " app=web", "PermissionDenied PERMISSION_DENIED"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.c.do(tt.req); !strings.HasPrefix(got, tt.want) {
+				t.Errorf("%s: got %q, want %q...", tt.req, got, tt.want)
+			}
+		})
+	}
+	// A denial says nothing of the rules.
+	_, err = dial(t, r.sock).Wrap(ctx, &pb.WrapRequest{Key: "nope/x", Plaintext: []byte("x")})
+	if err == nil {
+		t.Fatal("root wrap on a missing key succeeded")
+	}
+}
+
+// TestSocketGroup: a uid that is not in the socket's group cannot even
+// connect (the file is 0660).
+func TestSocketGroup(t *testing.T) {
+	r := start(t, testRules(), nil)
+	if os.Getuid() != 0 {
+		t.Skip("needs root")
+	}
+	cmd := exec.Command(childBinary(t))
+	cmd.Env = append(os.Environ(), childEnv+"=1", "KW_SOCK="+r.sock)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: outsideUID, Gid: 9999}}
+	cmd.Stdin = strings.NewReader("status\n")
+	out, _ := cmd.CombinedOutput()
+	if !strings.Contains(string(out), "Unavailable") && !strings.Contains(string(out), "permission denied") {
+		t.Fatalf("a uid outside the socket group got: %q", out)
+	}
+}
+
+// TestReload: SIGHUP swaps the policy; a broken file keeps the old one.
+func TestReload(t *testing.T) {
+	r := start(t, testRules(), nil)
+	ctx := context.Background()
+	root := dial(t, r.sock)
+	if _, err := root.CreateKey(ctx, &pb.CreateKeyRequest{Key: "app/reload", KeyType: "aes-256-gcm"}); err != nil {
+		t.Fatal(err)
+	}
+	outsider := as(t, r.sock, outsideUID)
+	if got := outsider.do("wrap app/reload"); !strings.HasPrefix(got, "PermissionDenied") {
+		t.Fatalf("before reload: %q", got)
+	}
+	hup := func() {
+		syscall.Kill(os.Getpid(), syscall.SIGHUP)
+		time.Sleep(300 * time.Millisecond)
+	}
+	// A broken file: the old policy stays.
+	if err := os.WriteFile(r.cfgPath, []byte("[backend]\ntoken = \"x\"\n[[rule]]\nname = \"bad\"\nuids = [1]\nkeys = [\"**\"]\noperations = [\"everything\"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hup()
+	if got := outsider.do("wrap app/reload"); !strings.HasPrefix(got, "PermissionDenied") {
+		t.Fatalf("after a broken reload: %q", got)
+	}
+	root2 := dial(t, r.sock)
+	if _, err := root2.Wrap(ctx, &pb.WrapRequest{Key: "app/reload", Plaintext: []byte("x")}); err != nil {
+		t.Fatalf("root after a broken reload: %v", err)
+	}
+	// A good file that grants the outsider wrap.
+	cfg := daemon.Defaults()
+	cfg.Socket = r.sock
+	cfg.SocketGroup = fmt.Sprint(socketGID)
+	cfg.Backend.Module, cfg.Backend.Token, cfg.Backend.PINFile = tok.Module, tok.Label, tok.PINFile
+	cfg.Rules = append(testRules(), policy.Rule{Name: "outsider now", UIDs: []uint32{outsideUID}, Keys: []string{"app/reload"}, Operations: []string{"wrap"}})
+	writeConfig(t, r.cfgPath, cfg)
+	hup()
+	if got := outsider.do("wrap app/reload"); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("after a good reload: %q", got)
+	}
+}
+
+// TestLimits: every limit answers with its own clear error while the
+// daemon keeps serving.
+func TestLimits(t *testing.T) {
+	r := start(t, testRules(), func(c *daemon.Config) {
+		c.Limits.MaxBatch = 10
+		c.Limits.MaxConcurrentPerUID = 2
+	})
+	ctx := context.Background()
+	c := dial(t, r.sock)
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "limits/k", KeyType: "aes-256-gcm"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "limits/m", KeyType: "hmac-sha256"}); err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 64<<10+1)
+	many := map[string]string{}
+	for i := range 65 {
+		many[fmt.Sprint("k", i)] = "v"
+	}
+	items := func(n int) []*pb.WrapRequest {
+		out := make([]*pb.WrapRequest, n)
+		for i := range out {
+			out[i] = &pb.WrapRequest{Key: "limits/k", Plaintext: []byte("x")}
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		call func() error
+		want string
+	}{
+		{"plaintext over 64 KiB", func() error {
+			_, err := c.Wrap(ctx, &pb.WrapRequest{Key: "limits/k", Plaintext: big})
+			return err
+		}, "InvalidArgument INVALID_REQUEST"},
+		{"message over 4 MiB", func() error {
+			_, err := c.Unwrap(ctx, &pb.UnwrapRequest{Ciphertext: make([]byte, 5<<20)})
+			return err
+		}, "ResourceExhausted"},
+		{"batch over the limit", func() error {
+			_, err := c.BatchWrap(ctx, &pb.BatchWrapRequest{Items: items(11)})
+			return err
+		}, "InvalidArgument INVALID_REQUEST"},
+		{"empty batch", func() error {
+			_, err := c.BatchWrap(ctx, &pb.BatchWrapRequest{})
+			return err
+		}, "InvalidArgument INVALID_REQUEST"},
+		{"context with too many pairs", func() error {
+			_, err := c.Wrap(ctx, &pb.WrapRequest{Key: "limits/k", Plaintext: []byte("x"), Context: many})
+			return err
+		}, "InvalidArgument INVALID_REQUEST"},
+		{"invalid key name", func() error {
+			_, err := c.Wrap(ctx, &pb.WrapRequest{Key: "../etc/passwd", Plaintext: []byte("x")})
+			return err
+		}, "InvalidArgument INVALID_KEY_NAME"},
+		{"not a blob", func() error {
+			_, err := c.Unwrap(ctx, &pb.UnwrapRequest{Ciphertext: []byte("hello")})
+			return err
+		}, "InvalidArgument MALFORMED_CIPHERTEXT"},
+		{"datakey length", func() error {
+			_, err := c.GenerateDataKey(ctx, &pb.GenerateDataKeyRequest{Key: "limits/k", Length: 5000})
+			return err
+		}, "InvalidArgument INVALID_REQUEST"},
+		{"mac too long to verify", func() error {
+			_, err := c.VerifyMac(ctx, &pb.VerifyMacRequest{Key: "limits/m", Message: []byte("x"), Mac: make([]byte, 65)})
+			return err
+		}, "InvalidArgument INVALID_REQUEST"},
+		{"bad state", func() error {
+			_, err := c.SetVersionState(ctx, &pb.SetVersionStateRequest{Key: "limits/k", Version: 1})
+			return err
+		}, "InvalidArgument INVALID_REQUEST"},
+		{"unknown key type", func() error {
+			_, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "limits/x", KeyType: "des"})
+			return err
+		}, "InvalidArgument INVALID_REQUEST"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := reason(tt.call()); !strings.HasPrefix(got, tt.want) {
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+			// Still serving.
+			if _, err := c.Wrap(ctx, &pb.WrapRequest{Key: "limits/k", Plaintext: []byte("ok")}); err != nil {
+				t.Fatalf("daemon stopped serving: %v", err)
+			}
+		})
+	}
+	// A batch at the limit works item by item, with per-item errors.
+	b := items(10)
+	b[3] = &pb.WrapRequest{Key: "limits/absent", Plaintext: []byte("x")}
+	resp, err := c.BatchWrap(ctx, &pb.BatchWrapRequest{Items: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, res := range resp.Results {
+		if (i == 3) != (res.GetError() != nil) {
+			t.Errorf("item %d: %+v", i, res)
+		}
+	}
+	if e := resp.Results[3].GetError(); e.Reason != pb.ErrorReason_KEY_NOT_FOUND || codes.Code(e.Code) != codes.NotFound {
+		t.Errorf("item 3 error %+v", e)
+	}
+}
+
+// TestPerUIDConcurrency: with 2 slots per uid, parallel calls beyond them
+// are refused with RESOURCE_EXHAUSTED, the rest served, and the daemon
+// keeps serving.
+func TestPerUIDConcurrency(t *testing.T) {
+	r := start(t, testRules(), func(c *daemon.Config) { c.Limits.MaxConcurrentPerUID = 2 })
+	ctx := context.Background()
+	c := dial(t, r.sock)
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "limits/conc", KeyType: "aes-256-gcm"}); err != nil {
+		t.Fatal(err)
+	}
+	items := make([]*pb.WrapRequest, 200)
+	for i := range items {
+		items[i] = &pb.WrapRequest{Key: "limits/conc", Plaintext: []byte("x")}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	counts := map[string]int{}
+	start := make(chan struct{})
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, err := c.BatchWrap(ctx, &pb.BatchWrapRequest{Items: items})
+			mu.Lock()
+			counts[reason(err)]++
+			mu.Unlock()
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if counts["OK"] == 0 || counts["ResourceExhausted TOO_MANY_REQUESTS"] == 0 || len(counts) != 2 {
+		t.Errorf("16 parallel batches with 2 slots per uid: %v", counts)
+	}
+	if _, err := c.Wrap(ctx, &pb.WrapRequest{Key: "limits/conc", Plaintext: []byte("ok")}); err != nil {
+		t.Fatalf("daemon stopped serving: %v", err)
+	}
+}
