@@ -29,9 +29,11 @@ Usage:
   keywardd [--config FILE]          serve (default config %s)
   keywardd --check-config [--config FILE]
                                     validate the config and its policy, then exit
-  keywardd --dev [--socket PATH]    development mode: a private SoftHSM2 token in a
-                                    temporary directory, the invoking user allowed
-                                    everything, socket ./keyward-dev.sock; removed on exit
+  keywardd --dev [--socket PATH] [--dev-dir DIR]
+                                    development mode: a private SoftHSM2 token in a
+                                    temporary directory (removed on exit) or in DIR
+                                    (kept), the invoking user allowed everything,
+                                    socket ./keyward-dev.sock
 
 Flags:
 `
@@ -54,6 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	check := fs.Bool("check-config", false, "validate the configuration and its policy, then exit")
 	dev := fs.Bool("dev", false, "development mode on a private SoftHSM2 token")
 	sock := fs.String("socket", "", "socket path (dev mode; default ./keyward-dev.sock)")
+	devDir := fs.String("dev-dir", "", "dev mode: keep the token in this directory (created, reused on the next start) instead of a temporary one")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides the config)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -79,10 +82,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	if *dev {
-		return runDev(ctx, *sock, *logLevel, stdout, stderr)
+		return runDev(ctx, *devDir, *sock, *logLevel, stdout, stderr)
 	}
-	if *sock != "" {
-		fmt.Fprintln(stderr, "keywardd: --socket is for --dev; set socket in the config file")
+	if *sock != "" || *devDir != "" {
+		fmt.Fprintln(stderr, "keywardd: --socket and --dev-dir are for --dev; set socket in the config file")
 		return exitUsage
 	}
 	cfg, pol, err := daemon.CheckConfig(*configPath)
@@ -107,14 +110,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func runDev(ctx context.Context, sock, logLevel string, stdout, stderr io.Writer) int {
+func runDev(ctx context.Context, dir, sock, logLevel string, stdout, stderr io.Writer) int {
 	if sock == "" {
 		sock = "./keyward-dev.sock"
 	}
 	if logLevel == "" {
 		logLevel = "info"
 	}
-	d, err := daemon.NewDev(sock, logLevel)
+	d, err := daemon.NewDev(dir, sock, logLevel)
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitFail
@@ -128,7 +131,11 @@ func runDev(ctx context.Context, sock, logLevel string, stdout, stderr io.Writer
 	}
 	defer be.Close()
 	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Ready: func(path string) {
-		fmt.Fprintf(stdout, banner, path, d.Dir, os.Getuid(), path)
+		kept := "removed on exit"
+		if dir != "" {
+			kept = "kept for the next start"
+		}
+		fmt.Fprintf(stdout, banner, path, d.Dir, kept, os.Getuid(), path)
 	}})
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
@@ -138,7 +145,7 @@ func runDev(ctx context.Context, sock, logLevel string, stdout, stderr io.Writer
 }
 
 const banner = `keywardd: serving on %s
-keywardd: development mode: SoftHSM2 token in %s (removed on exit); uid %d may do everything
+keywardd: development mode: SoftHSM2 token in %s (%s); uid %d may do everything
 Try, in another shell:
   export KEYWARD_SOCKET=%s
   keyward key create demo/app --type aes-256-gcm
