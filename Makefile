@@ -11,7 +11,7 @@ DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config
 
 DEV_DIR := .dev/softhsm
 
-.PHONY: all deps build test lint fmt run dev-token clean proto
+.PHONY: all deps build test lint fmt run demo dev-token clean proto
 
 all: build
 
@@ -36,7 +36,13 @@ lint:
 fmt:
 	@gofmt -l -w .
 
+# Starts keywardd --dev (token kept in .dev/keywardd) and shows wrap/unwrap
+# through the socket; on a terminal the daemon stays up until Ctrl-C.
 run: deps build
+	@scripts/run-dev.sh
+
+# The same round trip directly on a token, without the daemon.
+demo: deps build
 	@$(MAKE) -s dev-token
 	./bin/keyward demo --dev-dir $(DEV_DIR)
 

@@ -596,6 +596,17 @@ func (s *Service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.Status
 	}
 	if id, ok := identityFrom(ctx); ok {
 		out.You = &pb.Peer{Uid: id.UID, Gid: id.GID, Groups: id.Groups, Pid: id.PID, Unit: id.Unit}
+		// Count only keys this caller may read: status tells nobody more than that.
+		if out.BackendHealthy {
+			if all, err := s.be.ListKeys(hctx); err == nil {
+				pol := s.pol.Load()
+				for _, k := range all {
+					if pol.Decide(id, policy.Request{Op: policy.OpKeyRead, Key: k.Name}).Allowed {
+						out.Keys++
+					}
+				}
+			}
+		}
 	}
 	return out, nil
 }

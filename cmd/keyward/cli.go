@@ -3,12 +3,17 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"strings"
+	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/keyward/keyward/client"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/internal/secretfile"
 	"github.com/keyward/keyward/keys"
@@ -17,61 +22,37 @@ import (
 // Exit statuses. They are part of the command's interface: scripts and CI
 // branch on them, so they only ever gain meanings, never change them.
 const (
-	exitOK          = 0 // success
-	exitFailed      = 1 // verification failed, weak objects, or any other error
-	exitUsage       = 2 // bad command line
-	exitPermission  = 3 // the token refused the PIN, or the PIN file may not be read
-	exitNotFound    = 4 // a key or file does not exist
-	exitUnavailable = 5 // module cannot be loaded, token absent or not answering
+	exitOK          = 0 // success; verify and verify-mac: valid
+	exitFailed      = 1 // verification failed (invalid signature or MAC, decryption failed), weak objects, or any other error
+	exitUsage       = 2 // bad command line, input over a limit, destroy without --yes
+	exitPermission  = 3 // the daemon's policy or the socket's mode refuses us; the token refused the PIN, or the PIN file may not be read
+	exitNotFound    = 4 // a key, version or file does not exist
+	exitUnavailable = 5 // the daemon or its device is not answering, or a rate limit was hit; module cannot be loaded, token absent
 )
 
 const exitStatusText = `Exit status:
-  0  ok
-  1  verification failed, weak objects found, or any other error
-  2  usage error
-  3  permission denied: the token refused the PIN, or the PIN file cannot be
-     read or is readable by group or others (it must be 0600 or 0400)
-  4  not found: a key, a file or a directory
-  5  unavailable: the PKCS#11 module cannot be loaded, or the token is
-     missing or not answering
+  0  ok; verify and verify-mac: valid
+  1  verify or verify-mac: invalid; decryption failed; weak objects found;
+     any other error
+  2  usage error: bad flags or arguments, input over a limit, key destroy
+     without --yes, a request keywardd rejects as malformed
+  3  permission denied: keywardd's policy refuses the operation, or this user
+     may not open its socket; the token refused the PIN, or the PIN file
+     cannot be read or is readable by group or others (it must be 0600 or 0400)
+  4  not found: a key or version, a file or a directory
+  5  unavailable: keywardd is not running or not answering, its device is
+     unavailable, or a rate limit was hit (retry later); the PKCS#11 module
+     cannot be loaded, or the token is missing or not answering
 
-Errors are one line on stderr, "keyward: ...". PINs are never printed.`
+Errors are one line on stderr, "keyward: ...". Plaintexts, data keys and
+PINs never appear in an error.`
 
-const mainUsage = `keyward: hardware-backed keys (PKCS#11 token today; TPM 2.0 and the daemon come next)
+// envSocket names the daemon's socket when --socket is not given.
+const envSocket = "KEYWARD_SOCKET"
 
-Usage:
-  keyward demo --dev-dir DIR [--key NAME] [--token LABEL] [--context k=v ...]
-  keyward token doctor (--token LABEL | --uri URI) [--module PATH] [--pin-file FILE] [--json]
-  keyward help [COMMAND]
-
-Commands:
-  demo           create, wrap, unwrap, rotate and check a key on a development
-                 SoftHSM2 token (what "make run" shows)
-  token doctor   check every keyward object in a PKCS#11 token for weak
-                 protection and leftovers
-  help           show this text, or a command's ("keyward help token doctor")
-
-Every command takes -h for its own usage.
-
-Examples:
-  make run      # provisions .dev/softhsm once, then runs:
-  keyward demo --dev-dir .dev/softhsm
-  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so \
-      --token keyward --pin-file /etc/keyward/pin
-
-` + exitStatusText + "\n"
-
-const tokenUsage = `Usage:
-  keyward token doctor (--token LABEL | --uri URI) [--module PATH] [--pin-file FILE] [--json]
-
-Subcommands:
-  doctor   check every keyward object in a PKCS#11 token for weak protection
-
-Example:
-  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so --token keyward --pin-file /etc/keyward/pin
-
-Run "keyward token doctor -h" for the flags.
-`
+// localOnly marks commands that do not talk to the daemon: their help does
+// not list --socket and --timeout.
+var localOnly = map[string]string{"local": "true"}
 
 // usageError is a bad command line: exit status 2.
 type usageError struct {
@@ -98,100 +79,323 @@ func usagef(cmd, format string, a ...any) error {
 // errWeak: the token holds objects that are not protected as keyward requires.
 var errWeak = errors.New("weak objects found")
 
+// errInvalid: verify or verify-mac found the signature or MAC invalid. The
+// command has said so on stdout; nothing goes to stderr.
+var errInvalid = errors.New("invalid")
+
+// app is one invocation: its streams and global flags.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+
+	socket  string
+	timeout time.Duration
+
+	// started: cobra accepted the command line and a command's own code
+	// runs. An error before that is a usage error whatever its text.
+	started bool
+}
+
 // run executes one command line and returns the exit status. Normal output
 // goes to stdout; an error is written to stderr as a single line.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	err := dispatch(ctx, args, stdout)
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := a.rootCmd()
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(stderr, "keyward: "+oneLine(err.Error()))
+	var ue *usageError
+	if !a.started && !errors.As(err, &ue) {
+		err = &usageError{cmd: cmdName(cmd), msg: err.Error()}
+	}
+	if !errors.Is(err, errInvalid) {
+		fmt.Fprintln(stderr, "keyward: "+oneLine(err.Error()))
+	}
 	return exitCode(err)
 }
 
-func dispatch(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		return usagef("", "no command given")
+// cmdName is a command's path without "keyward": "key destroy".
+func cmdName(c *cobra.Command) string {
+	if c == nil {
+		return ""
 	}
-	switch cmd, rest := args[0], args[1:]; cmd {
-	case "-h", "-help", "--help":
-		_, err := io.WriteString(stdout, mainUsage)
-		return err
-	case "help":
-		return help(rest, stdout)
-	case "demo":
-		opts, err := parseDemo(rest)
-		if errors.Is(err, flag.ErrHelp) {
-			_, err = io.WriteString(stdout, demoUsage)
-			return err
-		}
-		if err != nil {
-			return err
-		}
-		return demo(ctx, stdout, opts)
-	case "token":
-		if len(rest) == 0 {
-			return usagef("token", "missing subcommand (doctor)")
-		}
-		switch sub := rest[0]; sub {
-		case "-h", "-help", "--help":
-			_, err := io.WriteString(stdout, tokenUsage)
-			return err
-		case "doctor":
-			opts, err := parseDoctor(rest[1:])
-			if errors.Is(err, flag.ErrHelp) {
-				_, err = io.WriteString(stdout, doctorUsage)
-				return err
+	return strings.TrimPrefix(strings.TrimPrefix(c.CommandPath(), "keyward"), " ")
+}
+
+const rootLong = `keyward: use and manage keys that never leave a hardware device (a PKCS#11
+token today, a TPM 2.0 next), through the keyward daemon, keywardd.
+
+Secrets travel only on stdin and stdout, never on the command line:
+plaintexts and messages are read from stdin (at most 64 KiB), plaintexts and
+data keys are written to stdout. Blobs, signatures and MACs are one base64
+line (--binary for raw blobs). The daemon decides from the kernel's view of
+this process (uid, gid, groups, systemd unit) what it may do; "keyward
+status" shows how it sees you.
+
+Commands that talk to the daemon dial --socket (default $KEYWARD_SOCKET, else
+/run/keyward/keyward.sock) and give up after --timeout. Every command takes
+-h for its help, with an example.`
+
+const rootExample = `  keyward key create payments/db-password --type aes-256-gcm
+  printf %s "$DB_PASSWORD" | keyward wrap --key payments/db-password --context app=billing > db-password.kw
+  keyward unwrap --context app=billing < db-password.kw
+  keyward key rotate payments/db-password
+  keyward rewrap --context app=billing < db-password.kw > db-password.kw.new
+  keyward status
+  keyward completion bash > /etc/bash_completion.d/keyward
+  keyward demo --dev-dir .dev/softhsm     # no daemon needed: a SoftHSM2 token directly`
+
+func (a *app) rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "keyward [--socket PATH] [--timeout DURATION] COMMAND",
+		Short:         "use and manage hardware-backed keys through keywardd",
+		Long:          rootLong,
+		Example:       rootExample,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		// Args stays nil: cobra then reports an unknown command.
+		RunE: func(*cobra.Command, []string) error {
+			return usagef("", "no command given")
+		},
+		PersistentPreRunE: func(c *cobra.Command, _ []string) error {
+			if a.timeout < 0 {
+				return usagef(cmdName(c), "--timeout %v is negative", a.timeout)
 			}
+			a.started = true
+			return nil
+		},
+	}
+	socket := os.Getenv(envSocket)
+	if socket == "" {
+		socket = client.DefaultSocket
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.socket, "socket", socket, "keywardd's Unix socket `PATH` ($"+envSocket+" when set)")
+	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "give up on the daemon after `DURATION` (0: never)")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &usageError{cmd: cmdName(c), msg: err.Error()}
+	})
+	root.SetHelpFunc(a.help)
+	root.SetHelpCommand(a.helpCmd())
+
+	// Help lists the commands by group, in this order.
+	cobra.EnableCommandSorting = false
+	for _, g := range []*cobra.Group{
+		{ID: "data", Title: "Data commands (secrets only on stdin and stdout):"},
+		{ID: "keys", Title: "Key commands:"},
+		{ID: "daemon", Title: "The daemon:"},
+		{ID: "local", Title: "Without the daemon:"},
+		{ID: "other", Title: "Other commands:"},
+	} {
+		root.AddGroup(g)
+	}
+	add := func(group string, cmds ...*cobra.Command) {
+		for _, c := range cmds {
+			c.GroupID = group
+			root.AddCommand(c)
+		}
+	}
+	add("data", a.wrapCmd(), a.unwrapCmd(), a.rewrapCmd(), a.datakeyCmd(),
+		a.signCmd(), a.verifyCmd(), a.macCmd(), a.verifyMacCmd(), a.pubkeyCmd())
+	add("keys", a.keyCmd())
+	add("daemon", a.statusCmd())
+	add("local",
+		groupCmd("token", "provision and check PKCS#11 tokens (no daemon needed)",
+			"  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so --token keyward --pin-file /etc/keyward/pin",
+			a.doctorCmd()),
+		a.demoCmd())
+	root.SetHelpCommandGroupID("other")
+	root.SetCompletionCommandGroupID("other")
+	root.InitDefaultCompletionCmd()
+	if comp, _, err := root.Find([]string{"completion"}); err == nil && comp != root {
+		comp.Example = "  keyward completion bash > /etc/bash_completion.d/keyward\n  source <(keyward completion zsh)\n  keyward completion fish > ~/.config/fish/completions/keyward.fish"
+		comp.Annotations = localOnly
+		for _, sh := range comp.Commands() {
+			sh.Annotations = localOnly
+			switch sh.Name() {
+			case "powershell":
+				sh.Example = "  keyward completion powershell | Out-String | Invoke-Expression"
+			default:
+				sh.Example = "  keyward completion " + sh.Name() + " > keyward." + sh.Name()
+			}
+		}
+	}
+	walk(root, func(c *cobra.Command) { c.DisableFlagsInUseLine = true })
+	return root
+}
+
+func walk(c *cobra.Command, fn func(*cobra.Command)) {
+	fn(c)
+	for _, sub := range c.Commands() {
+		walk(sub, fn)
+	}
+}
+
+// groupCmd is a command that only holds subcommands ("key", "token"): run
+// alone or with an unknown subcommand it is a usage error.
+func groupCmd(name, short, example string, subs ...*cobra.Command) *cobra.Command {
+	var names []string
+	for _, s := range subs {
+		names = append(names, s.Name())
+	}
+	c := &cobra.Command{
+		Use:     name + " COMMAND",
+		Short:   short,
+		Example: example,
+		Args:    cobra.ArbitraryArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef(name, "missing subcommand (%s)", strings.Join(names, ", "))
+			}
+			return usagef(name, "unknown subcommand %q (want %s)", args[0], strings.Join(names, ", "))
+		},
+	}
+	if name == "token" {
+		c.Annotations = localOnly
+	}
+	c.AddCommand(subs...)
+	return c
+}
+
+func (a *app) helpCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:                   "help [COMMAND]",
+		DisableFlagsInUseLine: true,
+		Short:                 `show this text, or a command's ("keyward help key destroy")`,
+		Example:               "  keyward help\n  keyward help token doctor",
+		Args:                  cobra.ArbitraryArgs,
+		ValidArgsFunction: func(c *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			target, _, err := c.Root().Find(args)
 			if err != nil {
-				return err
+				return nil, cobra.ShellCompDirectiveNoFileComp
 			}
-			return tokenDoctor(ctx, stdout, opts)
-		default:
-			return usagef("token", "unknown subcommand %q (want doctor)", sub)
+			var out []cobra.Completion
+			for _, sub := range target.Commands() {
+				if sub.IsAvailableCommand() && strings.HasPrefix(sub.Name(), toComplete) {
+					out = append(out, cobra.CompletionWithDesc(sub.Name(), sub.Short))
+				}
+			}
+			return out, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) == 1 && args[0] == "doctor" { // as before cobra
+				args = []string{"token", "doctor"}
+			}
+			target, rest, err := c.Root().Find(args)
+			if err != nil || len(rest) > 0 || target == nil {
+				return usagef("", "no help for %q", strings.Join(args, " "))
+			}
+			return target.Help()
+		},
+	}
+}
+
+// help writes a command's help: what it does, its synopsis (for a group,
+// every command under it), flags, example and the exit statuses.
+func (a *app) help(c *cobra.Command, _ []string) {
+	w := c.OutOrStdout()
+	var b strings.Builder
+	text := c.Long
+	if text == "" {
+		text = c.Short
+	}
+	b.WriteString(strings.TrimSpace(text) + "\n\n")
+
+	fmt.Fprintf(&b, "Usage:\n  %s\n", c.UseLine())
+	switch {
+	case !c.HasParent():
+		for _, g := range c.Groups() {
+			b.WriteString("\n" + g.Title + "\n")
+			for _, sub := range c.Commands() {
+				if sub.GroupID == g.ID && (sub.IsAvailableCommand() || sub.Name() == "help") {
+					writeSynopses(&b, sub)
+				}
+			}
+		}
+	case c.HasAvailableSubCommands():
+		b.WriteString("\nCommands:\n")
+		for _, sub := range c.Commands() {
+			if sub.IsAvailableCommand() {
+				writeSynopses(&b, sub)
+			}
+		}
+	}
+	if fl := flagUsages(c.LocalNonPersistentFlags()); fl != "" {
+		b.WriteString("\nFlags:\n" + fl)
+	}
+	if c.Annotations["local"] == "" {
+		if !c.HasParent() {
+			b.WriteString("\nGlobal flags:\n" + flagUsages(c.PersistentFlags()))
+		} else if fl := flagUsages(c.InheritedFlags()); fl != "" {
+			b.WriteString("\nGlobal flags:\n" + fl)
+		}
+	}
+	if c.Example != "" {
+		heading := "Example:"
+		if !c.HasParent() {
+			heading = "Examples:"
+		}
+		b.WriteString("\n" + heading + "\n" + strings.TrimRight(c.Example, "\n") + "\n")
+	}
+	b.WriteString("\n" + exitStatusText + "\n")
+	io.WriteString(w, b.String())
+}
+
+// writeSynopses writes the usage line and summary of c, or of every
+// command under it.
+func writeSynopses(b *strings.Builder, c *cobra.Command) {
+	switch {
+	case c.Name() == "completion":
+		var shells []string
+		for _, sh := range c.Commands() {
+			shells = append(shells, sh.Name())
+		}
+		fmt.Fprintf(b, "  %s %s\n      %s\n", c.CommandPath(), strings.Join(shells, "|"), "print the shell completion script (cobra's)")
+	case c.HasAvailableSubCommands():
+		for _, sub := range c.Commands() {
+			if sub.IsAvailableCommand() {
+				writeSynopses(b, sub)
+			}
 		}
 	default:
-		return usagef("", "unknown command %q", cmd)
+		fmt.Fprintf(b, "  %s\n      %s\n", c.UseLine(), c.Short)
 	}
 }
 
-func help(topic []string, stdout io.Writer) error {
-	text := mainUsage
-	switch strings.Join(topic, " ") {
-	case "":
-	case "demo":
-		text = demoUsage
-	case "token":
-		text = tokenUsage
-	case "token doctor", "doctor":
-		text = doctorUsage
-	default:
-		return usagef("", "no help for %q", strings.Join(topic, " "))
-	}
-	_, err := io.WriteString(stdout, text)
-	return err
-}
-
-// newFlagSet returns a flag set that reports errors to the caller instead of
-// printing them, so that every error leaves as one stderr line.
-func newFlagSet(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	return fs
-}
-
-// parseFlags parses args into fs; flag.ErrHelp passes through, other errors
-// become usage errors.
-func parseFlags(cmd string, fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+// flagUsages renders a flag set without cobra's -h/--help.
+func flagUsages(fs *pflag.FlagSet) string {
+	out := pflag.NewFlagSet("", pflag.ContinueOnError)
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name != "help" && !f.Hidden {
+			out.AddFlag(f)
 		}
-		return usagef(cmd, "%v", err)
+	})
+	return out.FlagUsagesWrapped(80)
+}
+
+// noArgs refuses positional arguments.
+func noArgs(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef(cmdName(c), "unexpected argument %q", args[0])
 	}
-	if fs.NArg() > 0 {
-		return usagef(cmd, "unexpected argument %q", fs.Arg(0))
+	return nil
+}
+
+// oneName takes exactly one positional argument, a key name.
+func oneName(c *cobra.Command, args []string) error {
+	switch {
+	case len(args) == 0:
+		return usagef(cmdName(c), "missing the key NAME")
+	case len(args) > 1:
+		return usagef(cmdName(c), "unexpected argument %q", args[1])
+	}
+	if err := keys.ValidateName(args[0]); err != nil {
+		return usagef(cmdName(c), "%v", err)
 	}
 	return nil
 }
@@ -204,6 +408,17 @@ func exitCode(err error) int {
 	case err == nil:
 		return exitOK
 	case errors.As(err, &ue):
+		return exitUsage
+	case errors.Is(err, client.ErrPermissionDenied):
+		return exitPermission
+	case errors.Is(err, client.ErrUnavailable), errors.Is(err, client.ErrResourceExhausted):
+		// Before the file checks: a missing socket is an absent daemon.
+		return exitUnavailable
+	case errors.Is(err, client.ErrNotFound):
+		return exitNotFound
+	case errors.Is(err, client.ErrInvalidName), errors.Is(err, client.ErrInvalidArgument):
+		// The daemon refused the request as malformed: what the command
+		// line gave (a name, a type, a length, a context) is wrong.
 		return exitUsage
 	case errors.Is(err, hsm.ErrLogin), errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, fs.ErrPermission):
 		return exitPermission

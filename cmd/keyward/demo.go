@@ -13,38 +13,28 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/keyward/keyward/envelope"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/keys"
 )
 
-const demoUsage = `Usage:
-  keyward demo --dev-dir DIR [--key NAME] [--token LABEL] [--context k=v ...]
-
-Walks through keyward's operations on a development SoftHSM2 token: creates
-the key if it is missing (aes-256-gcm), wraps a sample secret, prints the blob
-and its header, unwraps it, shows that another context is refused, rotates the
-key, shows that the older blob still unwraps, runs the token doctor and lists
-the keys. Every run rotates once more: the token keeps its keys between runs.
+const demoLong = `Walks through keyward's operations on a development SoftHSM2 token, without
+the daemon: creates the key if it is missing (aes-256-gcm), wraps a sample
+secret, prints the blob and its header, unwraps it, shows that another
+context is refused, rotates the key, shows that the older blob still
+unwraps, runs the token doctor and lists the keys. Every run rotates once
+more: the token keeps its keys between runs.
 
 DIR is a directory made by softhsm-test/provision-token.sh: it holds
 softhsm2.conf, pin and tokens/. SOFTHSM2_CONF is set to DIR/softhsm2.conf for
 this process. The module is $KEYWARD_PKCS11_MODULE, else the first existing
-libsofthsm2.so in the usual Debian/Ubuntu places.
+libsofthsm2.so in the usual Debian/Ubuntu places.`
 
-Flags:
-  --dev-dir DIR      provisioned SoftHSM2 directory (required)
-  --key NAME         key to use (default demo/app-secret)
-  --token LABEL      token label (default keyward)
-  --context k=v      encryption context pair; repeat for more
-                     (default app=demo)
-
-Example:
-  softhsm-test/provision-token.sh --dir .dev/softhsm --label keyward
+const demoExample = `  softhsm-test/provision-token.sh --dir .dev/softhsm --label keyward
   keyward demo --dev-dir .dev/softhsm
-  (make run does both)
-
-` + exitStatusText + "\n"
+  (make run does both)`
 
 // demoPlaintext is what the demo wraps. It is a constant, the only
 // plaintext keyward ever prints.
@@ -68,59 +58,50 @@ type demoOptions struct {
 	Context keys.Context
 }
 
-// contextFlag collects repeated --context k=v flags.
-type contextFlag struct{ c keys.Context }
-
-func (f *contextFlag) String() string {
-	if f == nil {
-		return ""
-	}
-	return formatContext(f.c)
-}
-
-func (f *contextFlag) Set(s string) error {
-	k, v, ok := strings.Cut(s, "=")
-	if !ok || k == "" {
-		return fmt.Errorf("want key=value, got %q", s)
-	}
-	if f.c == nil {
-		f.c = keys.Context{}
-	}
-	if _, dup := f.c[k]; dup {
-		return fmt.Errorf("context key %q given twice", k)
-	}
-	f.c[k] = v
-	return nil
-}
-
-func parseDemo(args []string) (demoOptions, error) {
+func (a *app) demoCmd() *cobra.Command {
 	var o demoOptions
 	var ctxFlag contextFlag
-	fs := newFlagSet("demo")
-	fs.StringVar(&o.DevDir, "dev-dir", "", "")
-	fs.StringVar(&o.Key, "key", "demo/app-secret", "")
-	fs.StringVar(&o.Token, "token", "keyward", "")
-	fs.Var(&ctxFlag, "context", "")
-	if err := parseFlags("demo", fs, args); err != nil {
-		return o, err
+	c := &cobra.Command{
+		Use:         "demo --dev-dir DIR [--key NAME] [--token LABEL] [--context k=v]...",
+		Short:       "create, wrap, unwrap, rotate and check a key on a development SoftHSM2 token (what \"make run\" shows)",
+		Long:        demoLong,
+		Example:     demoExample,
+		Annotations: localOnly,
+		Args:        noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := o.check(ctxFlag.c); err != nil {
+				return err
+			}
+			return demo(c.Context(), a.stdout, o)
+		},
 	}
+	f := c.Flags()
+	f.StringVar(&o.DevDir, "dev-dir", "", "provisioned SoftHSM2 directory `DIR` (required)")
+	f.StringVar(&o.Key, "key", "demo/app-secret", "key `NAME` to use")
+	f.StringVar(&o.Token, "token", "keyward", "token `LABEL`")
+	f.Var(&ctxFlag, "context", "encryption context pair; repeat for more (default app=demo)")
+	return c
+}
+
+// check validates the options once the flags are parsed.
+func (o *demoOptions) check(c keys.Context) error {
 	if o.DevDir == "" {
-		return o, usagef("demo", "--dev-dir is required")
+		return usagef("demo", "--dev-dir is required")
 	}
 	if o.Token == "" {
-		return o, usagef("demo", "--token is empty")
+		return usagef("demo", "--token is empty")
 	}
 	if err := keys.ValidateName(o.Key); err != nil {
-		return o, usagef("demo", "--key: %v", err)
+		return usagef("demo", "--key: %v", err)
 	}
-	o.Context = ctxFlag.c
+	o.Context = c
 	if o.Context == nil {
 		o.Context = keys.Context{"app": "demo"}
 	}
 	if err := keys.CheckContext(o.Context); err != nil {
-		return o, usagef("demo", "--context: %v", err)
+		return usagef("demo", "--context: %v", err)
 	}
-	return o, nil
+	return nil
 }
 
 // softhsmModule returns $KEYWARD_PKCS11_MODULE or the first existing default.
@@ -168,7 +149,7 @@ func stepf(w io.Writer, step, format string, a ...any) {
 	fmt.Fprintf(w, "%-8s %s\n", step+":", fmt.Sprintf(format, a...))
 }
 
-// demo runs the walk-through described in demoUsage.
+// demo runs the walk-through described in demoLong.
 func demo(ctx context.Context, w io.Writer, o demoOptions) error {
 	start := time.Now()
 	conf := filepath.Join(o.DevDir, "softhsm2.conf")

@@ -9,42 +9,27 @@ import (
 	"strconv"
 	"text/tabwriter"
 
+	"github.com/spf13/cobra"
+
 	"github.com/keyward/keyward/hsm"
 )
 
-const doctorUsage = `Usage:
-  keyward token doctor (--token LABEL | --uri URI) [--module PATH] [--pin-file FILE] [--json]
-
-Logs in to the token and inspects every keyward object in it: each key
+const doctorLong = `Logs in to the token and inspects every keyward object in it: each key
 version, the keyring's metadata MAC key and every key record. It reports an
 object that is extractable, not sensitive, not private, modifiable, allows a
 usage beyond its key type, is missing, or whose record fails its integrity
 check ("weak"), and a keyward object that no record references
 ("housekeeping": left by a crash; review, then destroy). Findings are printed
 as a table, or as JSON with --json. Doctor opens read-only sessions and
-changes nothing in the token, not even on a token keyward has never used.
+changes nothing in the token, not even on a token keyward has never used. It
+does not need the daemon.
 
 The token is found in the module's slots by label (--token) or by an RFC 7512
 URI (--uri "pkcs11:token=keyward;serial=..."). SoftHSM2 reads its
 configuration from $SOFTHSM2_CONF.
 
-Flags:
-  --module PATH     PKCS#11 module (default $KEYWARD_PKCS11_MODULE; required
-                    when that is unset)
-  --token LABEL     token label
-  --uri URI         RFC 7512 URI selecting the token (instead of --token)
-  --pin-file FILE   user PIN, in a file of mode 0600 or 0400 (default
-                    $CREDENTIALS_DIRECTORY/pin, a systemd credential)
-  --json            print the report as JSON
-
 Exit status 0 means no weak object (housekeeping findings are printed but do
-not fail), 1 means at least one weak object.
-
-Example:
-  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so \
-      --token keyward --pin-file /etc/keyward/pin
-
-` + exitStatusText + "\n"
+not fail), 1 means at least one weak object.`
 
 type doctorOptions struct {
 	Module  string
@@ -54,33 +39,50 @@ type doctorOptions struct {
 	JSON    bool
 }
 
-func parseDoctor(args []string) (doctorOptions, error) {
-	const cmd = "token doctor"
+func (a *app) doctorCmd() *cobra.Command {
 	var o doctorOptions
-	fs := newFlagSet(cmd)
-	fs.StringVar(&o.Module, "module", os.Getenv(envModule), "")
-	fs.StringVar(&o.Token, "token", "", "")
-	fs.StringVar(&o.URI, "uri", "", "")
-	fs.StringVar(&o.PINFile, "pin-file", "", "")
-	fs.BoolVar(&o.JSON, "json", false, "")
-	if err := parseFlags(cmd, fs, args); err != nil {
-		return o, err
+	c := &cobra.Command{
+		Use:   "doctor (--token LABEL | --uri URI) [--module PATH] [--pin-file FILE] [--json]",
+		Short: "check every keyward object in a PKCS#11 token for weak protection and leftovers",
+		Long:  doctorLong,
+		Example: `  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so \
+      --token keyward --pin-file /etc/keyward/pin`,
+		Annotations: localOnly,
+		Args:        noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			return tokenDoctor(c.Context(), a.stdout, o)
+		},
 	}
+	f := c.Flags()
+	f.StringVar(&o.Module, "module", os.Getenv(envModule), "PKCS#11 module `PATH` (default $"+envModule+"; required when that is unset)")
+	f.StringVar(&o.Token, "token", "", "token `LABEL`")
+	f.StringVar(&o.URI, "uri", "", "RFC 7512 `URI` selecting the token (instead of --token)")
+	f.StringVar(&o.PINFile, "pin-file", "", "user PIN, in a `FILE` of mode 0600 or 0400 (default $CREDENTIALS_DIRECTORY/pin, a systemd credential)")
+	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
+	return c
+}
+
+// check validates the options once the flags are parsed.
+func (o *doctorOptions) check() error {
+	const cmd = "token doctor"
 	if o.Module == "" {
-		return o, usagef(cmd, "--module is required ($%s is not set)", envModule)
+		return usagef(cmd, "--module is required ($%s is not set)", envModule)
 	}
 	if (o.Token == "") == (o.URI == "") {
-		return o, usagef(cmd, "give exactly one of --token and --uri")
+		return usagef(cmd, "give exactly one of --token and --uri")
 	}
 	if o.PINFile == "" && os.Getenv("CREDENTIALS_DIRECTORY") == "" {
-		return o, usagef(cmd, "--pin-file is required when $CREDENTIALS_DIRECTORY is not set")
+		return usagef(cmd, "--pin-file is required when $CREDENTIALS_DIRECTORY is not set")
 	}
 	if o.URI != "" {
 		if _, err := hsm.ParseURI(o.URI); err != nil {
-			return o, usagef(cmd, "--uri: %v", err)
+			return usagef(cmd, "--uri: %v", err)
 		}
 	}
-	return o, nil
+	return nil
 }
 
 // tokenDoctor opens the token, runs Doctor and prints the report. It

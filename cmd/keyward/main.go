@@ -1,12 +1,16 @@
-// Command keyward is the keyward command-line tool. Today it has two
-// subcommands: `demo`, which exercises a development SoftHSM2 token (what
-// `make run` shows until the daemon exists), and `token doctor`, which checks
-// every keyward object in a PKCS#11 token for weak protection.
+// Command keyward is the keyward command-line tool: data operations (wrap,
+// unwrap, rewrap, datakey, sign, verify, mac, verify-mac, pubkey) and key
+// administration (key create, rotate, list, show, disable, enable, destroy,
+// set, adopt) through the daemon's socket, its status, and, without the
+// daemon, `token doctor`, which checks every keyward object in a PKCS#11
+// token, and `demo`, which exercises a development SoftHSM2 token.
 //
 // main stays thin: it wires signals and standard streams to run, which the
-// tests call too. Errors go to stderr as one line "keyward: ..."; the exit
-// status says what kind of failure it was (see usage). No PIN, and no
-// plaintext other than the demo's constant, is ever printed.
+// tests call too. Secrets travel only on stdin and stdout, never in argv.
+// Errors go to stderr as one line "keyward: ..."; the exit status says what
+// kind of failure it was (see exitStatusText). No PIN, plaintext or data
+// key is ever in an error; the only plaintext printed unasked is the demo's
+// constant.
 package main
 
 import (
@@ -18,7 +22,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

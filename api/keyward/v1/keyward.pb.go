@@ -2637,7 +2637,7 @@ type StatusResponse struct {
 	Backend        string                 `protobuf:"bytes,2,opt,name=backend,proto3" json:"backend,omitempty"` // "pkcs11" or "tpm"
 	BackendHealthy bool                   `protobuf:"varint,3,opt,name=backend_healthy,json=backendHealthy,proto3" json:"backend_healthy,omitempty"`
 	BackendError   string                 `protobuf:"bytes,4,opt,name=backend_error,json=backendError,proto3" json:"backend_error,omitempty"` // why not healthy (no secrets)
-	Keys           uint32                 `protobuf:"varint,5,opt,name=keys,proto3" json:"keys,omitempty"`
+	Keys           uint32                 `protobuf:"varint,5,opt,name=keys,proto3" json:"keys,omitempty"`                                    // keys the caller may read (key.read)
 	Started        *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started,proto3" json:"started,omitempty"`
 	You            *Peer                  `protobuf:"bytes,7,opt,name=you,proto3" json:"you,omitempty"` // the caller, as the kernel reported it
 	unknownFields  protoimpl.UnknownFields

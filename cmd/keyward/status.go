@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/client"
+)
+
+// statusJSON is status --json's output.
+type statusJSON struct {
+	Version        string     `json:"version"`
+	Backend        string     `json:"backend"`
+	BackendHealthy bool       `json:"backend_healthy"`
+	BackendError   string     `json:"backend_error,omitempty"`
+	Keys           uint32     `json:"keys"`
+	Started        *time.Time `json:"started,omitempty"`
+	You            peerJSON   `json:"you"`
+}
+
+type peerJSON struct {
+	UID    uint32   `json:"uid"`
+	GID    uint32   `json:"gid"`
+	Groups []uint32 `json:"groups"`
+	PID    int32    `json:"pid"`
+	Unit   string   `json:"unit,omitempty"`
+}
+
+func (a *app) statusCmd() *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status [--json]",
+		Short: "show the daemon's health and how it sees you",
+		Long: `Shows the daemon's version, backend and its health, the number of keys, and
+who the daemon thinks you are: the uid, gid, groups, pid and systemd unit
+the kernel reported for this process, which is what the policy decides on.
+Any caller may ask. Exit status 5 when the backend is unhealthy.`,
+		Example: `  keyward status
+  keyward status --json | jq .you`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return a.withClient(c, func(ctx context.Context, kc *client.Client) error {
+				st, err := kc.Status(ctx)
+				if err != nil {
+					return err
+				}
+				out := toStatusJSON(st)
+				if asJSON {
+					err = writeJSON(a.stdout, out)
+				} else {
+					err = printStatus(a, out)
+				}
+				if err == nil && !out.BackendHealthy {
+					return fmt.Errorf("status: backend %s is unhealthy: %s: %w", out.Backend, orText(out.BackendError, "no reason given"), client.ErrUnavailable)
+				}
+				return err
+			})
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	return c
+}
+
+func toStatusJSON(st *keywardv1.StatusResponse) statusJSON {
+	you := st.GetYou()
+	out := statusJSON{
+		Version: st.GetVersion(), Backend: st.GetBackend(), BackendHealthy: st.GetBackendHealthy(),
+		BackendError: st.GetBackendError(), Keys: st.GetKeys(),
+		You: peerJSON{UID: you.GetUid(), GID: you.GetGid(), Groups: you.GetGroups(), PID: you.GetPid(), Unit: you.GetUnit()},
+	}
+	if out.You.Groups == nil {
+		out.You.Groups = []uint32{}
+	}
+	if st.GetStarted() != nil {
+		t := st.GetStarted().AsTime()
+		out.Started = &t
+	}
+	return out
+}
+
+func printStatus(a *app, s statusJSON) error {
+	since := ""
+	if s.Started != nil {
+		since = fmt.Sprintf(", serving since %s (up %s)", timeText(s.Started), time.Since(*s.Started).Round(time.Second))
+	}
+	health := "healthy"
+	if !s.BackendHealthy {
+		health = "UNHEALTHY: " + orText(s.BackendError, "no reason given")
+	}
+	groups := make([]string, len(s.You.Groups))
+	for i, g := range s.You.Groups {
+		groups[i] = strconv.FormatUint(uint64(g), 10)
+	}
+	_, err := fmt.Fprintf(a.stdout, "keywardd %s at %s%s\nbackend %s: %s\nkeys: %d\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\n",
+		orText(s.Version, "(version unknown)"), a.socket, since, orText(s.Backend, "?"), health, s.Keys,
+		s.You.UID, s.You.GID, orText(strings.Join(groups, ","), "-"), s.You.PID, orText(s.You.Unit, "-"))
+	return err
+}
+
+func orText(s, alt string) string {
+	if s == "" {
+		return alt
+	}
+	return s
+}
