@@ -22,7 +22,7 @@ for _ in $(seq 1 100); do
 	sleep 0.05
 done
 grep -q '^keywardd: serving on' "$log" || { echo "keywardd did not start:" >&2; cat "$log" >&2; exit 1; }
-sed -n '1,2p' "$log"
+grep '^keywardd:' "$log"
 
 step() { printf '\n$ %s\n' "$*"; }
 k=./bin/keyward
