@@ -12,7 +12,9 @@
 //     through a pidfd of the connecting process (SO_PEERPIDFD, Linux >= 6.5) and
 //     that process was still alive after /proc/PID/cgroup was read
 //     (Peer.PIDFDVerified). Otherwise it is "". A policy that names units
-//     therefore fails closed on older kernels.
+//     therefore fails closed on older kernels, and wherever the daemon cannot
+//     see its clients in /proc: ProtectProc=invisible (hidepid) hides other
+//     users' processes from a daemon without CAP_SYS_PTRACE.
 //   - Listen never removes a socket someone is serving, nor anything that is not
 //     a socket, and a second daemon on the same path fails with ErrInUse instead
 //     of stealing (and, on exit, deleting) the first one's socket.

@@ -108,6 +108,27 @@ func runHelper(mode, sock string) int {
 			fmt.Println(err)
 			return 1
 		}
+	case "serve":
+		// A non-root daemon: identify one client, print it.
+		l, err := Listen(Config{Path: sock, Mode: 0o666})
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		defer l.Close()
+		c, err := l.Accept()
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		defer c.Close()
+		p, err := PeerOf(c.(*net.UnixConn))
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		fmt.Printf("peer=%s verified=%v groups=%v\n", p, p.PIDFDVerified, p.Groups)
+		return 0
 	case "grpc":
 		return helperGRPC(sock)
 	case "systemd":
@@ -184,7 +205,9 @@ func helperSystemd() int {
 
 func newHelperCmd(mode, sock string) *exec.Cmd {
 	cmd := exec.Command(helperBin)
-	cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperSockEnv+"="+sock)
+	// Under -race a process sleeps 1s at exit by default; clients need not.
+	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperSockEnv+"="+sock, "GORACE="+gorace)
 	return cmd
 }
 

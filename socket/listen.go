@@ -37,9 +37,10 @@ const staleDialTimeout = 2 * time.Second
 
 // Listen binds a socket that this process owns, in this order:
 //
-//  1. The directory: created with MkdirAll, then mode 0750 and, with Group,
-//     owned by that group (members must be able to traverse it). An existing
-//     directory is left alone: it belongs to RuntimeDirectory= or tmpfiles.d.
+//  1. The directory: if missing, created with mode 0750 and, with Group, owned
+//     by that group (members must be able to traverse it); missing parents are
+//     created 0755. An existing directory is left alone: it belongs to
+//     RuntimeDirectory= or tmpfiles.d.
 //  2. flock(Path+".lock", LOCK_EX|LOCK_NB): a second daemon fails with ErrInUse
 //     here. The lock file is never removed; deleting it would let two
 //     processes lock different inodes.
@@ -138,10 +139,20 @@ func ensureDir(dir string, gid int) error {
 	if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	// Missing parents are created 0755 (the group must be able to pass them),
+	// the socket's own directory 0750. Modes are set explicitly: Mkdir's are
+	// filtered by the umask.
+	if parent := filepath.Dir(dir); parent != dir {
+		if err := ensureParent(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o750); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return ensureDir(dir, gid) // created concurrently: not ours
+		}
 		return err
 	}
-	// MkdirAll's mode is filtered by the umask; say what we mean.
 	if err := os.Chmod(dir, 0o750); err != nil {
 		return err
 	}
@@ -151,6 +162,31 @@ func ensureDir(dir string, gid int) error {
 		}
 	}
 	return nil
+}
+
+func ensureParent(dir string) error {
+	fi, err := os.Stat(dir)
+	if err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
+		return nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if parent := filepath.Dir(dir); parent != dir {
+		if err := ensureParent(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil
+		}
+		return err
+	}
+	return os.Chmod(dir, 0o755)
 }
 
 func lockPath(path string) (*os.File, error) {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -61,6 +62,68 @@ func TestPeerOfOtherUID(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("client: %v\n%s", err, out)
 	}
+}
+
+// More supplementary groups than PeerOf's first buffer holds (ERANGE path).
+func TestPeerOfManyGroups(t *testing.T) {
+	requireRoot(t)
+	l, path := anyoneListener(t)
+	var groups []uint32
+	for g := uint32(100000); g < 100300; g++ {
+		groups = append(groups, g)
+	}
+	client(t, "hold", path, &syscall.Credential{Uid: 12345, Gid: 23456, Groups: groups})
+	p, err := PeerOf(acceptOne(t, l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(p.Groups, groups) {
+		t.Errorf("got %d groups, want %d (%v...)", len(p.Groups), len(groups), p.Groups[:min(len(p.Groups), 5)])
+	}
+}
+
+// A daemon that is not root may not signal its clients: pidfd_send_signal
+// answers EPERM, which still proves the client alive.
+func TestPeerOfUnprivilegedServer(t *testing.T) {
+	requireRoot(t)
+	if !pidfdSupported(t) {
+		t.Skip("kernel without SO_PEERPIDFD")
+	}
+	dir := filepath.Join(sharedDir(t), "srv")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 12345, 12345); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "keyward.sock")
+	srv, srvOut := client(t, "serve", path, &syscall.Credential{Uid: 12345, Gid: 12345})
+	waitForSocket(t, path)
+	cl, _ := client(t, "hold", path, &syscall.Credential{Uid: 23456, Gid: 23456, Groups: []uint32{34567}})
+	if err := srv.Wait(); err != nil {
+		t.Fatalf("server: %v\n%s", err, srvOut)
+	}
+	cl.Wait()
+	out := srvOut.String()
+	for _, want := range []string{
+		fmt.Sprintf("peer=uid=23456 gid=23456 pid=%d", cl.Process.Pid),
+		"verified=true",
+		"groups=[34567]",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("server output lacks %q: %s", want, out)
+		}
+	}
+}
+
+func waitForSocket(t *testing.T, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == os.ModeSocket {
+			return
+		}
+	}
+	t.Fatalf("%s did not appear", path)
 }
 
 func TestPeerOfRoot(t *testing.T) {
