@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -569,4 +570,58 @@ func TestPerUIDConcurrency(t *testing.T) {
 	if _, err := c.Wrap(ctx, &pb.WrapRequest{Key: "limits/conc", Plaintext: []byte("ok")}); err != nil {
 		t.Fatalf("daemon stopped serving: %v", err)
 	}
+}
+
+// TestConnectionLimits: a client that connects and says nothing is cut off
+// after the handshake timeout; beyond max_connections new connections wait
+// (they are not accepted) while connected clients keep being served.
+func TestConnectionLimits(t *testing.T) {
+	r := start(t, testRules(), func(c *daemon.Config) {
+		c.Limits.HandshakeTimeout = daemon.Duration{Duration: 300 * time.Millisecond}
+		c.Limits.MaxConnections = 2
+	})
+	ctx := context.Background()
+	c := dial(t, r.sock)
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "conn/k", KeyType: "aes-256-gcm"}); err != nil {
+		t.Fatal(err)
+	}
+	// The gRPC client above holds one connection. A silent one takes the second.
+	silent, err := net.Dial("unix", r.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	// A third connection is not accepted while both are held: it gets no
+	// answer (its dial succeeds in the kernel backlog, but nobody serves it).
+	third := dial(t, r.sock)
+	if _, err := third.Status(ctxTimeout(t, 200*time.Millisecond), &pb.StatusRequest{}); err == nil {
+		t.Fatal("a connection beyond max_connections was served")
+	}
+	// Meanwhile the first client is served.
+	if _, err := c.Wrap(ctx, &pb.WrapRequest{Key: "conn/k", Plaintext: []byte("x")}); err != nil {
+		t.Fatalf("connected client not served: %v", err)
+	}
+	// The silent connection is closed by the daemon after the handshake timeout...
+	silent.SetReadDeadline(time.Now().Add(3 * time.Second))
+	start := time.Now()
+	buf := make([]byte, 4096)
+	for {
+		if _, err := silent.Read(buf); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatalf("silent connection still open after %v", time.Since(start))
+			}
+			break
+		}
+	}
+	t.Logf("silent connection closed by the daemon after %v", time.Since(start).Round(10*time.Millisecond))
+	// ...which frees its slot: the third client is now served.
+	if _, err := third.Status(ctxTimeout(t, 3*time.Second), &pb.StatusRequest{}); err != nil {
+		t.Fatalf("third client after a slot freed: %v", err)
+	}
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
 }
