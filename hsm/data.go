@@ -64,6 +64,36 @@ func (s *sess) objectFor(rec *metaRecord, v uint32, class uint) (pkcs11.ObjectHa
 	return h, err
 }
 
+// current returns name's newest enabled version and the handle of its
+// object of class: what encrypt, sign and mac use.
+func (s *sess) current(name, op string, class uint, types ...keys.Type) (*metaRecord, uint32, pkcs11.ObjectHandle, error) {
+	rec, err := s.keyFor(name, op, types...)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	ki := rec.info()
+	v, err := ki.Latest()
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	h, err := s.objectFor(rec, v, class)
+	return rec, v, h, err
+}
+
+// usable returns the handle of version v's object of class after checking
+// that v may decrypt or verify (enabled, at or above the minimum).
+func (s *sess) usable(name, op string, v uint32, class uint, types ...keys.Type) (pkcs11.ObjectHandle, error) {
+	rec, err := s.keyFor(name, op, types...)
+	if err != nil {
+		return 0, err
+	}
+	ki := rec.info()
+	if err := ki.CheckDecrypt(v); err != nil {
+		return 0, err
+	}
+	return s.objectFor(rec, v, class)
+}
+
 func checkMessage(op string, msg []byte) error {
 	if len(msg) > keys.MaxPlaintext {
 		return fmt.Errorf("%s: input is %d bytes, at most %d: %w", op, len(msg), keys.MaxPlaintext, keys.ErrInvalidArgument)
@@ -86,16 +116,7 @@ func (t *Token) Wrap(ctx context.Context, name string, plaintext []byte, c keys.
 	}
 	var blob []byte
 	err := t.withSession(ctx, func(s *sess) error {
-		rec, err := s.keyFor(name, "wrap", keys.AES256GCM)
-		if err != nil {
-			return err
-		}
-		ki := rec.info()
-		v, err := ki.Latest()
-		if err != nil {
-			return err
-		}
-		h, err := s.objectFor(rec, v, pkcs11.CKO_SECRET_KEY)
+		_, v, h, err := s.current(name, "wrap", pkcs11.CKO_SECRET_KEY, keys.AES256GCM)
 		if err != nil {
 			return err
 		}
@@ -150,15 +171,7 @@ func (t *Token) Unwrap(ctx context.Context, blob []byte, c keys.Context) (keys.U
 	}
 	var pt []byte
 	err = t.withSession(ctx, func(s *sess) error {
-		rec, err := s.keyFor(hdr.Name, "unwrap", keys.AES256GCM)
-		if err != nil {
-			return err
-		}
-		ki := rec.info()
-		if err := ki.CheckDecrypt(hdr.Version); err != nil {
-			return err
-		}
-		h, err := s.objectFor(rec, hdr.Version, pkcs11.CKO_SECRET_KEY)
+		h, err := s.usable(hdr.Name, "unwrap", hdr.Version, pkcs11.CKO_SECRET_KEY, keys.AES256GCM)
 		if err != nil {
 			return err
 		}
@@ -208,16 +221,7 @@ func (t *Token) Sign(ctx context.Context, name string, message []byte) (keys.Sig
 	}
 	var out keys.Signature
 	err := t.withSession(ctx, func(s *sess) error {
-		rec, err := s.keyFor(name, "sign", keys.ECDSAP256, keys.RSA3072PSS, keys.Ed25519)
-		if err != nil {
-			return err
-		}
-		ki := rec.info()
-		v, err := ki.Latest()
-		if err != nil {
-			return err
-		}
-		h, err := s.objectFor(rec, v, pkcs11.CKO_PRIVATE_KEY)
+		rec, v, h, err := s.current(name, "sign", pkcs11.CKO_PRIVATE_KEY, keys.ECDSAP256, keys.RSA3072PSS, keys.Ed25519)
 		if err != nil {
 			return err
 		}
@@ -396,16 +400,7 @@ func (t *Token) MAC(ctx context.Context, name string, message []byte) (keys.Sign
 	}
 	var out keys.Signature
 	err := t.withSession(ctx, func(s *sess) error {
-		rec, err := s.keyFor(name, "mac", keys.HMACSHA256)
-		if err != nil {
-			return err
-		}
-		ki := rec.info()
-		v, err := ki.Latest()
-		if err != nil {
-			return err
-		}
-		h, err := s.objectFor(rec, v, pkcs11.CKO_SECRET_KEY)
+		_, v, h, err := s.current(name, "mac", pkcs11.CKO_SECRET_KEY, keys.HMACSHA256)
 		if err != nil {
 			return err
 		}
@@ -435,20 +430,12 @@ func (t *Token) VerifyMAC(ctx context.Context, name string, v uint32, message, m
 		return err
 	}
 	err := t.withSession(ctx, func(s *sess) error {
-		rec, err := s.keyFor(name, "verify-mac", keys.HMACSHA256)
+		h, err := s.usable(name, "verify-mac", v, pkcs11.CKO_SECRET_KEY, keys.HMACSHA256)
 		if err != nil {
-			return err
-		}
-		ki := rec.info()
-		if err := ki.CheckDecrypt(v); err != nil {
 			return err
 		}
 		if len(mac) != sha256.Size {
 			return keys.ErrInvalidSignature
-		}
-		h, err := s.objectFor(rec, v, pkcs11.CKO_SECRET_KEY)
-		if err != nil {
-			return err
 		}
 		if err := s.p.VerifyInit(s.sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, h); err != nil {
 			return err
