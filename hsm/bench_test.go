@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"os"
 	"testing"
-	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -14,21 +12,15 @@ import (
 	"github.com/keyward/keyward/keys"
 )
 
-// BenchmarkOps runs each operation through the backend ("keyward") and as
-// the bare PKCS#11 calls it rests on ("raw": miekg/pkcs11, handle found
+// BenchmarkOps runs each operation through the backend ("keyward", default
+// MetadataMaxAge; "keyward-fresh", key record read on every operation) and
+// as the bare PKCS#11 calls it rests on ("raw": miekg/pkcs11, handle found
 // once, one session per goroutine), on the same token in the same run, so
 // the backend's own cost (record read, envelope, pool) shows as a ratio.
 // Serial and parallel (GOMAXPROCS goroutines x 4).
 func BenchmarkOps(b *testing.B) {
-	var mod func(*hsm.Config)
-	if age := os.Getenv("KEYWARD_BENCH_METADATA_MAX_AGE"); age != "" {
-		d, err := time.ParseDuration(age)
-		if err != nil {
-			b.Fatal(err)
-		}
-		mod = func(c *hsm.Config) { c.MetadataMaxAge = d }
-	}
-	be := open(b, mod)
+	be := open(b, nil) // default MetadataMaxAge
+	fresh := open(b, func(c *hsm.Config) { c.MetadataMaxAge = -1 })
 	ctx := context.Background()
 	for _, k := range []struct {
 		name string
@@ -70,11 +62,11 @@ func BenchmarkOps(b *testing.B) {
 
 	type op struct {
 		name    string
-		keyward func() error
+		keyward func(be *hsm.Token) error
 		raw     func(s pkcs11.SessionHandle) error
 	}
 	ops := []op{
-		{"wrap", func() error { _, err := be.Wrap(ctx, "bench/aes", payload, c); return err },
+		{"wrap", func(be *hsm.Token) error { _, err := be.Wrap(ctx, "bench/aes", payload, c); return err },
 			func(s pkcs11.SessionHandle) error {
 				rand.Read(iv[:0])
 				gp := pkcs11.NewGCMParams(iv, aad, 128)
@@ -85,7 +77,7 @@ func BenchmarkOps(b *testing.B) {
 				_, err := p.Encrypt(s, payload)
 				return err
 			}},
-		{"unwrap", func() error { _, err := be.Unwrap(ctx, blob, c); return err },
+		{"unwrap", func(be *hsm.Token) error { _, err := be.Unwrap(ctx, blob, c); return err },
 			func(s pkcs11.SessionHandle) error {
 				gp := pkcs11.NewGCMParams(iv, aad, 128)
 				defer gp.Free()
@@ -95,7 +87,7 @@ func BenchmarkOps(b *testing.B) {
 				_, err := p.Decrypt(s, ct)
 				return err
 			}},
-		{"mac", func() error { _, err := be.MAC(ctx, "bench/hmac", payload); return err },
+		{"mac", func(be *hsm.Token) error { _, err := be.MAC(ctx, "bench/hmac", payload); return err },
 			func(s pkcs11.SessionHandle) error {
 				if err := p.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, hmacH); err != nil {
 					return err
@@ -103,7 +95,7 @@ func BenchmarkOps(b *testing.B) {
 				_, err := p.Sign(s, payload)
 				return err
 			}},
-		{"sign-ecdsa", func() error { _, err := be.Sign(ctx, "bench/ec", payload); return err },
+		{"sign-ecdsa", func(be *hsm.Token) error { _, err := be.Sign(ctx, "bench/ec", payload); return err },
 			func(s pkcs11.SessionHandle) error {
 				d := sha256.Sum256(payload)
 				if err := p.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, ecH); err != nil {
@@ -125,13 +117,29 @@ func BenchmarkOps(b *testing.B) {
 		return s
 	}
 	for _, o := range ops {
-		b.Run(o.name+"/keyward", func(b *testing.B) {
-			for b.Loop() {
-				if err := o.keyward(); err != nil {
-					b.Fatal(err)
+		for _, v := range []struct {
+			name string
+			be   *hsm.Token
+		}{{"keyward", be}, {"keyward-fresh", fresh}} {
+			b.Run(o.name+"/"+v.name, func(b *testing.B) {
+				for b.Loop() {
+					if err := o.keyward(v.be); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-		})
+			})
+			b.Run(o.name+"/"+v.name+"-parallel", func(b *testing.B) {
+				b.SetParallelism(4)
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if err := o.keyward(v.be); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+		}
 		b.Run(o.name+"/raw", func(b *testing.B) {
 			s := openSession(b)
 			defer p.CloseSession(s)
@@ -140,17 +148,6 @@ func BenchmarkOps(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-		})
-		b.Run(o.name+"/keyward-parallel", func(b *testing.B) {
-			b.SetParallelism(4)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if err := o.keyward(); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
 		})
 		b.Run(o.name+"/raw-parallel", func(b *testing.B) {
 			b.SetParallelism(4)
