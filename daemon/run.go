@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -130,11 +131,37 @@ func CheckConfig(path string) (Config, *policy.Policy, error) {
 	if err != nil {
 		return Config{}, nil, err
 	}
+	if cfg.SocketGroup != "" {
+		if _, err := socket.LookupGroup(cfg.SocketGroup); err != nil {
+			return Config{}, nil, fmt.Errorf("%s: socket_group: %v: %w", path, err, ErrConfig)
+		}
+	}
 	pol, err := policy.Compile(cfg.Rules, policy.SystemResolver())
 	if err != nil {
 		return Config{}, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return cfg, pol, nil
+}
+
+// restartOnly lists what a reload cannot change in a running daemon, so
+// the log says so instead of pretending the whole file applied.
+func restartOnly(old, cur Config) []string {
+	var out []string
+	if old.Socket != cur.Socket || old.SocketGroup != cur.SocketGroup || old.SystemdSocketName != cur.SystemdSocketName {
+		out = append(out, "socket")
+	}
+	if old.LogLevel != cur.LogLevel {
+		out = append(out, "log_level")
+	}
+	if old.Backend != cur.Backend {
+		out = append(out, "backend")
+	}
+	ol, nl := old.Limits, cur.Limits
+	if ol.MaxMessage != nl.MaxMessage || ol.MaxConnections != nl.MaxConnections || ol.HandshakeTimeout != nl.HandshakeTimeout ||
+		ol.IdleTimeout != nl.IdleTimeout || ol.ShutdownGrace != nl.ShutdownGrace {
+		out = append(out, "limits.max_message, max_connections, handshake_timeout, idle_timeout, shutdown_grace")
+	}
+	return out
 }
 
 // Options are what Run needs beyond the config file.
@@ -199,7 +226,10 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 				}
 				svc.SetPolicy(npol)
 				svc.SetLimits(ncfg.Limits)
-				log.Info("reloaded policy and limits", "rules", npol.Rules())
+				log.Info("reloaded the rules and limits.max_plaintext, max_batch, max_concurrent_per_uid", "rules", npol.Rules())
+				if changed := restartOnly(cfg, ncfg); len(changed) > 0 {
+					log.Warn("changed settings that apply only after a restart", "settings", strings.Join(changed, "; "))
+				}
 			}
 		}
 	}()

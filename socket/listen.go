@@ -262,3 +262,7 @@ func (l *ownedListener) Close() error {
 	})
 	return l.err
 }
+
+// LookupGroup resolves a socket group given by name or number, as Listen
+// does; --check-config uses it so a missing group fails before start.
+func LookupGroup(s string) (int, error) { return lookupGroup(s) }

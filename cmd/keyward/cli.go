@@ -22,20 +22,21 @@ import (
 // Exit statuses. They are part of the command's interface: scripts and CI
 // branch on them, so they only ever gain meanings, never change them.
 const (
-	exitOK          = 0 // success; verify and verify-mac: valid
-	exitFailed      = 1 // verification failed (invalid signature or MAC, decryption failed), weak objects, or any other error
-	exitUsage       = 2 // bad command line, input over a limit, destroy without --yes
+	exitOK          = 0 // success; verify and verify-mac: valid; policy explain: allowed
+	exitFailed      = 1 // verification failed (invalid signature or MAC, decryption failed), policy explain: denied, weak objects, or any other error
+	exitUsage       = 2 // bad command line, input over a limit, destroy without --yes, a config file keywardd would refuse
 	exitPermission  = 3 // the daemon's policy or the socket's mode refuses us; the token refused the PIN, or the PIN file may not be read
 	exitNotFound    = 4 // a key, version or file does not exist
 	exitUnavailable = 5 // the daemon or its device is not answering, or a rate limit was hit; module cannot be loaded, token absent
 )
 
 const exitStatusText = `Exit status:
-  0  ok; verify and verify-mac: valid
-  1  verify or verify-mac: invalid; decryption failed; weak objects found;
-     any other error
+  0  ok; verify and verify-mac: valid; policy explain: allowed
+  1  verify or verify-mac: invalid; policy explain: denied; decryption
+     failed; weak objects found; any other error
   2  usage error: bad flags or arguments, input over a limit, key destroy
-     without --yes, a request keywardd rejects as malformed
+     without --yes, a request keywardd rejects as malformed, a config file
+     keywardd would refuse (policy explain and report)
   3  permission denied: keywardd's policy refuses the operation, or this user
      may not open its socket; the token refused the PIN, or the PIN file
      cannot be read or is readable by group or others (it must be 0600 or 0400)
@@ -147,6 +148,7 @@ const rootExample = `  keyward key create payments/db-password --type aes-256-gc
   keyward key rotate payments/db-password
   keyward rewrap --context app=billing < db-password.kw > db-password.kw.new
   keyward status
+  keyward policy explain --uid 1000 --op unwrap --key payments/db-password --context app=billing
   keyward completion bash > /etc/bash_completion.d/keyward
   keyward demo --dev-dir .dev/softhsm     # no daemon needed: a SoftHSM2 token directly`
 
@@ -208,6 +210,7 @@ func (a *app) rootCmd() *cobra.Command {
 		groupCmd("token", "provision and check PKCS#11 tokens (no daemon needed)",
 			"  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so --token keyward --pin-file /etc/keyward/pin",
 			a.doctorCmd()),
+		a.policyCmd(),
 		a.demoCmd())
 	root.SetHelpCommandGroupID("other")
 	root.SetCompletionCommandGroupID("other")
@@ -407,7 +410,7 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.As(err, &ue):
+	case errors.As(err, &ue), errors.Is(err, errConfigFile):
 		return exitUsage
 	case errors.Is(err, client.ErrPermissionDenied):
 		return exitPermission

@@ -323,7 +323,7 @@ func TestDaemonUsageErrors(t *testing.T) {
 		{name: "wrap argument", args: []string{"wrap", "--key", "a", "now"}, want: `unexpected argument "now"`},
 		{name: "wrap context", args: []string{"wrap", "--key", "a", "--context", "x"}, want: "want key=value"},
 		{name: "unwrap context twice", args: []string{"unwrap", "--context", "a=1", "--context", "a=2"}, want: "given twice"},
-		{name: "datakey length", args: []string{"datakey", "--key", "a", "--length", "2000"}, want: "want 1 to 1024"},
+		{name: "datakey length", args: []string{"datakey", "--key", "a", "--length", "2000"}, want: "want 16 to 1024"},
 		{name: "verify without signature", args: []string{"verify", "--key", "a"}, want: "--signature is required"},
 		{name: "verify bad version", args: []string{"verify", "--key", "a", "--signature", "AA==", "--version", "-1"}, want: "--version"},
 		{name: "pubkey without name", args: []string{"pubkey"}, want: "missing the key NAME"},

@@ -264,8 +264,8 @@ key now and unwrap it later where it is used): use it, never store it.`,
 			if err := checkKey(c, key); err != nil {
 				return err
 			}
-			if length < 1 || length > keys.MaxRandom {
-				return usagef(cmd, "--length %d: want 1 to %d bytes", length, keys.MaxRandom)
+			if length < 16 || length > keys.MaxRandom {
+				return usagef(cmd, "--length %d: want 16 to %d bytes", length, keys.MaxRandom)
 			}
 			pairs, err := ctxFlag.pairs(cmd)
 			if err != nil {
@@ -287,7 +287,7 @@ key now and unwrap it later where it is used): use it, never store it.`,
 	}
 	a.keyFlag(c, &key, "aes-256-gcm key that wraps the data key", keys.AES256GCM)
 	c.Flags().Var(&ctxFlag, "context", "encryption context pair, bound into the ciphertext; repeat for more")
-	c.Flags().IntVar(&length, "length", 32, "data key length in `BYTES`")
+	c.Flags().IntVar(&length, "length", 32, "data key length in `BYTES` (16 to 1024)")
 	c.Flags().BoolVar(&noPlaintext, "no-plaintext", false, "return only the wrapped data key")
 	return c
 }

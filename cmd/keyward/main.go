@@ -3,7 +3,9 @@
 // administration (key create, rotate, list, show, disable, enable, destroy,
 // set, adopt) through the daemon's socket, its status, and, without the
 // daemon, `token doctor`, which checks every keyward object in a PKCS#11
-// token, and `demo`, which exercises a development SoftHSM2 token.
+// token, `policy explain` and `policy report`, which answer from keywardd's
+// config file what its policy allows, and `demo`, which exercises a
+// development SoftHSM2 token.
 //
 // main stays thin: it wires signals and standard streams to run, which the
 // tests call too. Secrets travel only on stdin and stdout, never in argv.

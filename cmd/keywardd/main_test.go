@@ -123,6 +123,8 @@ func TestCheckConfig(t *testing.T) {
 	good := config(t, dir, filepath.Join(dir, "k.sock"), "")
 	bad := filepath.Join(dir, "bad.toml")
 	os.WriteFile(bad, []byte("[backend]\ntoken = \"k\"\n\n[[rule]]\nname = \"r\"\nuids = [1]\nkeys = [\"**\"]\noperations = [\"*\"]\n"), 0o600)
+	nogroup := filepath.Join(dir, "nogroup.toml")
+	os.WriteFile(nogroup, []byte("socket_group = \"no-such-group-kw\"\n[backend]\ntoken = \"k\"\n"), 0o600)
 	unknown := filepath.Join(dir, "unknown.toml")
 	os.WriteFile(unknown, []byte("[backend]\ntoken = \"k\"\npin = \"1234\"\n"), 0o600)
 	tests := []struct {
@@ -134,6 +136,7 @@ func TestCheckConfig(t *testing.T) {
 		{"good", []string{"--check-config", "--config", good}, 0, "ok (1 rules)"},
 		{"wildcard operation", []string{"--check-config", "--config", bad}, 3, "no wildcards"},
 		{"unknown key names its line", []string{"--check-config", "--config", unknown}, 3, "unknown.toml:3: unknown key \"backend.pin\""},
+		{"socket group that does not exist", []string{"--check-config", "--config", nogroup}, 3, "no-such-group-kw"},
 		{"missing file", []string{"--check-config", "--config", filepath.Join(dir, "nope.toml")}, 3, "no such file"},
 		{"usage", []string{"--bogus"}, 2, "flag provided but not defined"},
 		{"socket without dev", []string{"--socket", "x", "--config", good}, 2, "are for --dev"},
