@@ -45,14 +45,21 @@ type Backend struct {
 
 // Limits bound what one caller can make the daemon do.
 type Limits struct {
-	MaxPlaintext        int      `toml:"max_plaintext"`
-	MaxMessage          int      `toml:"max_message"`
-	MaxBatch            int      `toml:"max_batch"`
-	MaxConnections      int      `toml:"max_connections"`
-	MaxConcurrentPerUID int      `toml:"max_concurrent_per_uid"`
-	HandshakeTimeout    Duration `toml:"handshake_timeout"`
-	IdleTimeout         Duration `toml:"idle_timeout"`
-	ShutdownGrace       Duration `toml:"shutdown_grace"`
+	MaxPlaintext        int `toml:"max_plaintext"`
+	MaxMessage          int `toml:"max_message"`
+	MaxBatch            int `toml:"max_batch"`
+	MaxConnections      int `toml:"max_connections"`
+	MaxConcurrentPerUID int `toml:"max_concurrent_per_uid"`
+	// MaxDeniedPerMinute: a uid denied more often than this in one minute is
+	// refused everything (RATE_LIMITED) for the rest of that minute.
+	MaxDeniedPerMinute int `toml:"max_denied_per_minute"`
+	// MaxFailedVerifyMacPerMinute: a uid whose verify-mac fails more often
+	// than this in one minute (API-credential guessing) is refused
+	// verify-mac for the rest of that minute.
+	MaxFailedVerifyMacPerMinute int      `toml:"max_failed_verify_mac_per_minute"`
+	HandshakeTimeout            Duration `toml:"handshake_timeout"`
+	IdleTimeout                 Duration `toml:"idle_timeout"`
+	ShutdownGrace               Duration `toml:"shutdown_grace"`
 }
 
 // Duration is a time.Duration written as "1s", "250ms" in the config.
@@ -81,14 +88,16 @@ func Defaults() Config {
 			Token:  "",
 		},
 		Limits: Limits{
-			MaxPlaintext:        keys.MaxPlaintext,
-			MaxMessage:          4 << 20,
-			MaxBatch:            1000,
-			MaxConnections:      1024,
-			MaxConcurrentPerUID: 64,
-			HandshakeTimeout:    Duration{5 * time.Second},
-			IdleTimeout:         Duration{5 * time.Minute},
-			ShutdownGrace:       Duration{10 * time.Second},
+			MaxPlaintext:                keys.MaxPlaintext,
+			MaxMessage:                  4 << 20,
+			MaxBatch:                    1000,
+			MaxConnections:              1024,
+			MaxConcurrentPerUID:         64,
+			MaxDeniedPerMinute:          60,
+			MaxFailedVerifyMacPerMinute: 60,
+			HandshakeTimeout:            Duration{5 * time.Second},
+			IdleTimeout:                 Duration{5 * time.Minute},
+			ShutdownGrace:               Duration{10 * time.Second},
 		},
 	}
 }
@@ -175,6 +184,8 @@ func (c *Config) Validate() error {
 		{"limits.max_batch", l.MaxBatch, 1, 1000},
 		{"limits.max_connections", l.MaxConnections, 1, 1 << 16},
 		{"limits.max_concurrent_per_uid", l.MaxConcurrentPerUID, 1, 1 << 16},
+		{"limits.max_denied_per_minute", l.MaxDeniedPerMinute, 1, 1 << 20},
+		{"limits.max_failed_verify_mac_per_minute", l.MaxFailedVerifyMacPerMinute, 1, 1 << 20},
 	}
 	for _, ch := range checks {
 		if ch.v < ch.lo || ch.v > ch.hi {

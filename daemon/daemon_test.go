@@ -234,6 +234,13 @@ func childClient() int {
 			_, err = c.CreateKey(ctx, &pb.CreateKeyRequest{Key: f[1], KeyType: f[2]})
 		case "rotate":
 			_, err = c.RotateKey(ctx, &pb.RotateKeyRequest{Key: f[1]})
+		case "verifymac":
+			mac, _ := hex.DecodeString(f[2])
+			var r *pb.VerifyMacResponse
+			r, err = c.VerifyMac(ctx, &pb.VerifyMacRequest{Key: f[1], Message: []byte("api-secret"), Mac: mac})
+			if err == nil {
+				out = map[bool]string{true: "valid", false: "invalid"}[r.Valid]
+			}
 		case "status":
 			var r *pb.StatusResponse
 			r, err = c.Status(ctx, &pb.StatusRequest{})
@@ -624,4 +631,56 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// TestAbuseLimits: a uid that keeps being denied, or keeps failing
+// verify-mac, is refused with RATE_LIMITED while others are served.
+func TestAbuseLimits(t *testing.T) {
+	r := start(t, append(testRules(), policy.Rule{Name: "mac checker", UIDs: []uint32{appUID}, Keys: []string{"abuse/*"}, Operations: []string{"verify-mac"}}),
+		func(c *daemon.Config) {
+			c.Limits.MaxDeniedPerMinute = 3
+			c.Limits.MaxFailedVerifyMacPerMinute = 3
+		})
+	ctx := context.Background()
+	root := dial(t, r.sock)
+	for _, k := range []string{"app/abuse", "abuse/m"} {
+		ty := map[string]string{"app/abuse": "aes-256-gcm", "abuse/m": "hmac-sha256"}[k]
+		if _, err := root.CreateKey(ctx, &pb.CreateKeyRequest{Key: k, KeyType: ty}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outsider := as(t, r.sock, outsideUID)
+	var got []string
+	for range 6 {
+		got = append(got, strings.Fields(outsider.do("wrap app/abuse"))[0])
+	}
+	want := "PermissionDenied PermissionDenied PermissionDenied PermissionDenied ResourceExhausted ResourceExhausted"
+	if strings.Join(got, " ") != want {
+		t.Errorf("outsider's wraps: %v, want %s", got, want)
+	}
+	// Others are unaffected.
+	if _, err := root.Wrap(ctx, &pb.WrapRequest{Key: "app/abuse", Plaintext: []byte("x")}); err != nil {
+		t.Fatalf("root after the outsider's lockout: %v", err)
+	}
+	// verify-mac guessing by the app uid: 3 wrong guesses allowed, then refused,
+	// even for the right MAC, until the window ends.
+	m, err := root.Mac(ctx, &pb.MacRequest{Key: "abuse/m", Message: []byte("api-secret")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := as(t, r.sock, appUID)
+	checker := func(mac []byte) string {
+		f := strings.Fields(app.do("verifymac abuse/m " + hex.EncodeToString(mac)))
+		return f[len(f)-1]
+	}
+	var codes []string
+	for i := range 6 {
+		guess := make([]byte, 32)
+		guess[0] = byte(i)
+		codes = append(codes, checker(guess))
+	}
+	codes = append(codes, checker(m.Mac))
+	if strings.Join(codes, " ") != "invalid invalid invalid invalid RATE_LIMITED RATE_LIMITED RATE_LIMITED" {
+		t.Errorf("verify-mac guesses then the right mac: %v", codes)
+	}
 }

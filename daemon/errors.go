@@ -27,6 +27,8 @@ func reasonOf(err error) pb.ErrorReason {
 		return pb.ErrorReason_PERMISSION_DENIED
 	case errors.Is(err, ErrTooMany):
 		return pb.ErrorReason_TOO_MANY_REQUESTS
+	case errors.Is(err, ErrRateLimited):
+		return pb.ErrorReason_RATE_LIMITED
 	case errors.Is(err, ErrShuttingDown):
 		return pb.ErrorReason_SHUTTING_DOWN
 	case errors.Is(err, keys.ErrMalformed):
@@ -82,7 +84,7 @@ var messages = map[pb.ErrorReason]string{
 	pb.ErrorReason_INTEGRITY:            "keyring integrity check failed",
 	pb.ErrorReason_PERMISSION_DENIED:    "not allowed",
 	pb.ErrorReason_BACKEND_UNAVAILABLE:  "key backend unavailable; retry later",
-	pb.ErrorReason_RATE_LIMITED:         "rate limited",
+	pb.ErrorReason_RATE_LIMITED:         "rate limited: too many denied requests or failed verifications; retry in a minute",
 	pb.ErrorReason_TOO_MANY_REQUESTS:    "too many concurrent requests",
 	pb.ErrorReason_SHUTTING_DOWN:        "daemon is shutting down",
 }

@@ -33,11 +33,12 @@ type Service struct {
 	started time.Time
 	pol     atomic.Pointer[policy.Policy]
 	lim     atomic.Pointer[Limits]
+	abuse   *abuse
 }
 
 // NewService returns a service on be with policy pol and limits lim.
 func NewService(be keys.Backend, kind, version string, pol *policy.Policy, lim Limits, log *slog.Logger) *Service {
-	s := &Service{be: be, kind: kind, version: version, log: log, started: time.Now()}
+	s := &Service{be: be, kind: kind, version: version, log: log, started: time.Now(), abuse: newAbuse(log)}
 	s.pol.Store(pol)
 	s.lim.Store(&lim)
 	return s
@@ -57,9 +58,14 @@ func (s *Service) authorize(ctx context.Context, op policy.Operation, key string
 		s.log.Error("request without a peer identity", "op", string(op))
 		return ErrDenied
 	}
+	lim := s.lim.Load()
+	if s.abuse.over(id.UID, abuseDenied, lim.MaxDeniedPerMinute) {
+		return fmt.Errorf("%s %s: uid %d: %w", op, key, id.UID, ErrRateLimited)
+	}
 	d := s.pol.Load().Decide(id, policy.Request{Op: op, Key: key, Context: c})
 	if !d.Allowed {
 		s.log.Warn("denied", "op", string(op), "key", key, "uid", id.UID, "gid", id.GID, "pid", id.PID, "unit", id.Unit, "reason", d.Reason)
+		s.abuse.note(id.UID, abuseDenied, lim.MaxDeniedPerMinute)
 		return fmt.Errorf("%s %s: %w", op, key, ErrDenied)
 	}
 	s.log.Debug("allowed", "op", string(op), "key", key, "uid", id.UID, "rule", d.Rule)
@@ -352,11 +358,19 @@ func (s *Service) verifyMac(ctx context.Context, req *pb.VerifyMacRequest) (*pb.
 	if err := s.authorize(ctx, policy.OpVerifyMAC, req.GetKey(), nil); err != nil {
 		return nil, err
 	}
+	id, _ := identityFrom(ctx)
+	limit := s.lim.Load().MaxFailedVerifyMacPerMinute
+	if s.abuse.over(id.UID, abuseBadMAC, limit) {
+		return nil, fmt.Errorf("verify-mac: uid %d: %w", id.UID, ErrRateLimited)
+	}
 	ok, v, err := s.verifyAny(ctx, req.GetKey(), req.GetVersion(), func(v uint32) error {
 		return s.be.VerifyMAC(ctx, req.GetKey(), v, req.GetMessage(), req.GetMac())
 	})
 	if err != nil {
 		return nil, err
+	}
+	if !ok {
+		s.abuse.note(id.UID, abuseBadMAC, limit)
 	}
 	return &pb.VerifyMacResponse{Valid: ok, Version: v}, nil
 }

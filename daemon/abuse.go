@@ -1,0 +1,93 @@
+package daemon
+
+import (
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// ErrRateLimited: a caller went over a per-uid abuse limit.
+var ErrRateLimited = errors.New("rate limited")
+
+// abuseWindow is the length of one counting window.
+const abuseWindow = time.Minute
+
+// abuse counts, per uid and per one-minute window, the events that signal
+// probing: denied requests (someone scanning for what they may do) and
+// failed verify-mac calls (someone guessing an API credential against its
+// stored MAC). Over the limit, the uid is refused for the rest of the
+// window; one warning is logged per uid and window.
+type abuse struct {
+	mu     sync.Mutex
+	now    func() time.Time
+	log    *slog.Logger
+	counts map[abuseKey]*abuseCount
+	start  time.Time // start of the current window
+}
+
+type abuseKind int
+
+const (
+	abuseDenied abuseKind = iota
+	abuseBadMAC
+)
+
+func (k abuseKind) String() string {
+	if k == abuseDenied {
+		return "denied requests"
+	}
+	return "failed verify-mac"
+}
+
+type abuseKey struct {
+	uid  uint32
+	kind abuseKind
+}
+
+type abuseCount struct {
+	n      int
+	warned bool
+}
+
+func newAbuse(log *slog.Logger) *abuse {
+	return &abuse{now: time.Now, log: log, counts: map[abuseKey]*abuseCount{}}
+}
+
+// roll starts a new window when the current one is over. Caller holds mu.
+func (a *abuse) roll() {
+	if now := a.now(); now.Sub(a.start) >= abuseWindow {
+		a.start = now
+		clear(a.counts)
+	}
+}
+
+// over reports whether uid is over limit for kind in this window.
+func (a *abuse) over(uid uint32, kind abuseKind, limit int) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.roll()
+	c := a.counts[abuseKey{uid, kind}]
+	return c != nil && c.n > limit
+}
+
+// note counts one event and reports whether uid is now over limit; the
+// first time in a window it logs one warning.
+func (a *abuse) note(uid uint32, kind abuseKind, limit int) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.roll()
+	k := abuseKey{uid, kind}
+	c := a.counts[k]
+	if c == nil {
+		c = &abuseCount{}
+		a.counts[k] = c
+	}
+	c.n++
+	if c.n > limit && !c.warned {
+		c.warned = true
+		a.log.Warn("per-uid abuse limit exceeded; refusing until the window ends",
+			"uid", uid, "what", kind.String(), "limit_per_minute", limit, "window_ends", a.start.Add(abuseWindow).UTC().Format(time.RFC3339))
+	}
+	return c.n > limit
+}
