@@ -226,7 +226,7 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 				}
 				svc.SetPolicy(npol)
 				svc.SetLimits(ncfg.Limits)
-				log.Info("reloaded the rules and limits.max_plaintext, max_batch, max_concurrent_per_uid", "rules", npol.Rules())
+				log.Info("reloaded the rules and limits.max_plaintext, max_batch, max_concurrent_per_uid, max_denied_per_minute, max_failed_verify_mac_per_minute", "rules", npol.Rules())
 				if changed := restartOnly(cfg, ncfg); len(changed) > 0 {
 					log.Warn("changed settings that apply only after a restart", "settings", strings.Join(changed, "; "))
 				}
