@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -25,11 +26,16 @@ type Config struct {
 	// SocketGroup may connect (mode 0660). Empty keeps the daemon's group.
 	SocketGroup string `toml:"socket_group"`
 	// SystemdSocketName is the FileDescriptorName= of the activated socket.
-	SystemdSocketName string        `toml:"systemd_socket_name"`
-	LogLevel          string        `toml:"log_level"`
-	Backend           Backend       `toml:"backend"`
-	Limits            Limits        `toml:"limits"`
-	Rules             []policy.Rule `toml:"rule"`
+	SystemdSocketName string `toml:"systemd_socket_name"`
+	// MetricsSocket serves Prometheus metrics at /metrics on this Unix socket
+	// (mode 0660); MetricsListen on a loopback TCP address instead. Off when
+	// both are empty.
+	MetricsSocket string        `toml:"metrics_socket"`
+	MetricsListen string        `toml:"metrics_listen"`
+	LogLevel      string        `toml:"log_level"`
+	Backend       Backend       `toml:"backend"`
+	Limits        Limits        `toml:"limits"`
+	Rules         []policy.Rule `toml:"rule"`
 }
 
 // Backend selects the key device.
@@ -148,6 +154,16 @@ func (c *Config) Validate() error {
 	var errs []string
 	if c.Socket == "" {
 		errs = append(errs, "socket is empty")
+	}
+	if c.MetricsSocket != "" && c.MetricsListen != "" {
+		errs = append(errs, "set at most one of metrics_socket and metrics_listen")
+	}
+	if c.MetricsListen != "" {
+		host, _, err := net.SplitHostPort(c.MetricsListen)
+		ip := net.ParseIP(host)
+		if err != nil || ip == nil || !ip.IsLoopback() {
+			errs = append(errs, fmt.Sprintf("metrics_listen %q: want a loopback address and port, e.g. 127.0.0.1:9464", c.MetricsListen))
+		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -71,6 +71,12 @@ type running struct {
 // (written to a config file so SIGHUP can reload it).
 func start(t *testing.T, rules []policy.Rule, mod func(*daemon.Config)) *running {
 	t.Helper()
+	return startWith(t, rules, mod, nil)
+}
+
+// startWith is start with the daemon's log (debug level) going to logw.
+func startWith(t *testing.T, rules []policy.Rule, mod func(*daemon.Config), logw io.Writer) *running {
+	t.Helper()
 	softhsmtest.Need(t, tok)
 	// Not t.TempDir(): its parent is 0700, and clients run as other uids.
 	dir, err := os.MkdirTemp("", "keyward-daemon-test-")
@@ -96,7 +102,9 @@ func start(t *testing.T, rules []policy.Rule, mod func(*daemon.Config)) *running
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
+	if logw != nil {
+		log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	} else if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -168,6 +168,8 @@ func restartOnly(old, cur Config) []string {
 type Options struct {
 	ConfigPath string // re-read on SIGHUP; "" for none (dev mode)
 	Logger     *slog.Logger
+	// Metrics, if set, is used instead of a new set (so callers can add theirs).
+	Metrics *Metrics
 	// Ready is called once the socket is serving (sd_notify comes with the systemd issue).
 	Ready func(socketPath string)
 }
@@ -179,6 +181,16 @@ type Options struct {
 func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, opts Options) error {
 	log := opts.Logger
 	svc := NewService(be, cfg.Backend.Kind, Version, pol, cfg.Limits, log)
+	metrics := opts.Metrics
+	if metrics == nil {
+		metrics = NewMetrics(be)
+	}
+	svc.metrics = metrics
+	stopMetrics, err := serveMetrics(ctx, metrics, cfg.MetricsSocket, cfg.MetricsListen, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 
 	l, ok, err := socket.Systemd(cfg.SystemdSocketName)
 	if err != nil {
@@ -202,7 +214,7 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.Limits.IdleTimeout.Duration}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second}),
 		grpc.MaxConcurrentStreams(256),
-		grpc.UnaryInterceptor(svc.interceptor(stopping)),
+		grpc.ChainUnaryInterceptor(metrics.interceptor(), svc.interceptor(stopping)),
 	)
 	pb.RegisterKeywardServer(srv, svc)
 

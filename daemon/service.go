@@ -34,6 +34,7 @@ type Service struct {
 	pol     atomic.Pointer[policy.Policy]
 	lim     atomic.Pointer[Limits]
 	abuse   *abuse
+	metrics *Metrics // nil-safe
 }
 
 // NewService returns a service on be with policy pol and limits lim.
@@ -60,12 +61,14 @@ func (s *Service) authorize(ctx context.Context, op policy.Operation, key string
 	}
 	lim := s.lim.Load()
 	if s.abuse.over(id.UID, abuseDenied, lim.MaxDeniedPerMinute) {
+		s.metrics.rateLimited(abuseDenied)
 		return fmt.Errorf("%s %s: uid %d: %w", op, key, id.UID, ErrRateLimited)
 	}
 	d := s.pol.Load().Decide(id, policy.Request{Op: op, Key: key, Context: c})
 	if !d.Allowed {
 		s.log.Warn("denied", "op", string(op), "key", key, "uid", id.UID, "gid", id.GID, "pid", id.PID, "unit", id.Unit, "reason", d.Reason)
 		s.abuse.note(id.UID, abuseDenied, lim.MaxDeniedPerMinute)
+		s.metrics.deny(op)
 		return fmt.Errorf("%s %s: %w", op, key, ErrDenied)
 	}
 	s.log.Debug("allowed", "op", string(op), "key", key, "uid", id.UID, "rule", d.Rule)
@@ -361,6 +364,7 @@ func (s *Service) verifyMac(ctx context.Context, req *pb.VerifyMacRequest) (*pb.
 	id, _ := identityFrom(ctx)
 	limit := s.lim.Load().MaxFailedVerifyMacPerMinute
 	if s.abuse.over(id.UID, abuseBadMAC, limit) {
+		s.metrics.rateLimited(abuseBadMAC)
 		return nil, fmt.Errorf("verify-mac: uid %d: %w", id.UID, ErrRateLimited)
 	}
 	ok, v, err := s.verifyAny(ctx, req.GetKey(), req.GetVersion(), func(v uint32) error {

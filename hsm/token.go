@@ -90,6 +90,30 @@ type Token struct {
 	cache   map[string]*cachedMeta
 
 	closed atomic.Bool
+
+	recoveries, recoveryFailures atomic.Uint64
+}
+
+// Stats are counters for metrics: re-initialisations after faults and the
+// session pool's state. No secrets.
+type Stats struct {
+	Recoveries       uint64 // the token was usable again after a module re-initialisation
+	RecoveryFailures uint64 // attempts that found the token unusable
+	SessionsOpen     int    // sessions open in the current pool
+	SessionsIdle     int    // of which idle
+	SessionsMax      int
+}
+
+// Stats returns the current counters.
+func (t *Token) Stats() Stats {
+	s := Stats{Recoveries: t.recoveries.Load(), RecoveryFailures: t.recoveryFailures.Load(), SessionsMax: t.size}
+	if st := t.state.Load(); st != nil {
+		st.openMu.Lock()
+		s.SessionsOpen = st.open
+		st.openMu.Unlock()
+		s.SessionsIdle = len(st.pool)
+	}
+	return s
 }
 
 // tokenState is what a Token knows about its token within one module
@@ -448,6 +472,7 @@ func (t *Token) refresh() (*tokenState, error) {
 	}
 	st, err := t.newState()
 	if err != nil {
+		t.recoveryFailures.Add(1)
 		t.lastTry, t.lastErr, t.failedGen = time.Now(), err, m.gen
 		t.log.Error("pkcs11 token not usable", "err", err)
 		if errors.Is(err, keys.ErrUnavailable) {
@@ -457,6 +482,7 @@ func (t *Token) refresh() (*tokenState, error) {
 	}
 	t.lastErr = nil
 	t.state.Store(st)
+	t.recoveries.Add(1)
 	t.log.Info("pkcs11 token recovered", "token", t.tokenName(), "generation", st.modGen)
 	return st, nil
 }

@@ -1,0 +1,158 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/policy"
+)
+
+// Metrics are keywardd's Prometheus metrics. Labels are closed sets (RPC
+// method, result reason, policy operation): never a key name, a context
+// value, a caller-supplied string or anything secret.
+type Metrics struct {
+	reg      *prometheus.Registry
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	denied   *prometheus.CounterVec
+	limited  *prometheus.CounterVec
+}
+
+// NewMetrics registers keywardd's metrics; backend, when it reports Stats,
+// adds recoveries and session-pool gauges.
+func NewMetrics(backend any) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		reg: reg,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyward_requests_total", Help: "Calls answered, by RPC method and result reason (OK or an ErrorReason).",
+		}, []string{"method", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "keyward_request_duration_seconds", Help: "Time to answer a call, by RPC method.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"method"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyward_denied_total", Help: "Requests the policy denied, by operation.",
+		}, []string{"op"}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyward_rate_limited_total", Help: "Calls refused by a per-uid abuse limit, by limit.",
+		}, []string{"limit"}),
+	}
+	reg.MustRegister(m.requests, m.latency, m.denied, m.limited,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if st, ok := backend.(interface{ Stats() hsm.Stats }); ok {
+		reg.MustRegister(backendCollector{st.Stats})
+	}
+	return m
+}
+
+// Registry lets other parts (the audit log) register their metrics.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+func (m *Metrics) deny(op policy.Operation) {
+	if m != nil {
+		m.denied.WithLabelValues(string(op)).Inc()
+	}
+}
+
+func (m *Metrics) rateLimited(kind abuseKind) {
+	if m != nil {
+		m.limited.WithLabelValues(map[abuseKind]string{abuseDenied: "denied", abuseBadMAC: "verify_mac"}[kind]).Inc()
+	}
+}
+
+// interceptor counts every call by method and result and times it.
+func (m *Metrics) interceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		method := path.Base(info.FullMethod)
+		m.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
+		m.requests.WithLabelValues(method, resultOf(err)).Inc()
+		return resp, err
+	}
+}
+
+// resultOf is "OK" or the ErrorReason name a status carries.
+func resultOf(err error) string {
+	if err == nil {
+		return "OK"
+	}
+	st, _ := status.FromError(err)
+	for _, d := range st.Details() {
+		if info, ok := d.(interface{ GetReason() string }); ok {
+			return info.GetReason()
+		}
+	}
+	return st.Code().String()
+}
+
+type backendCollector struct{ stats func() hsm.Stats }
+
+var (
+	descRecoveries = prometheus.NewDesc("keyward_backend_recoveries_total", "Times the device was usable again after a re-initialisation.", nil, nil)
+	descRecFail    = prometheus.NewDesc("keyward_backend_recovery_failures_total", "Re-initialisation attempts that found the device unusable.", nil, nil)
+	descSessions   = prometheus.NewDesc("keyward_backend_sessions", "PKCS#11 sessions in the pool, by state.", []string{"state"}, nil)
+	descSessMax    = prometheus.NewDesc("keyward_backend_sessions_max", "Bound of the PKCS#11 session pool.", nil, nil)
+)
+
+func (c backendCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descRecoveries
+	ch <- descRecFail
+	ch <- descSessions
+	ch <- descSessMax
+}
+
+func (c backendCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	ch <- prometheus.MustNewConstMetric(descRecoveries, prometheus.CounterValue, float64(s.Recoveries))
+	ch <- prometheus.MustNewConstMetric(descRecFail, prometheus.CounterValue, float64(s.RecoveryFailures))
+	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(s.SessionsOpen-s.SessionsIdle), "in_use")
+	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(s.SessionsIdle), "idle")
+	ch <- prometheus.MustNewConstMetric(descSessMax, prometheus.GaugeValue, float64(s.SessionsMax))
+}
+
+// serveMetrics serves /metrics on a Unix socket (mode 0660) or a TCP
+// address until ctx ends. Empty both: no listener.
+func serveMetrics(ctx context.Context, m *Metrics, sockPath, addr string, log *slog.Logger) (func(), error) {
+	var l net.Listener
+	var err error
+	switch {
+	case sockPath != "":
+		os.Remove(sockPath) // only ever our own socket: the path is the operator's
+		if l, err = net.Listen("unix", sockPath); err == nil {
+			err = os.Chmod(sockPath, 0o660)
+		}
+	case addr != "":
+		l, err = net.Listen("tcp", addr)
+	default:
+		return func() {}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics listener stopped", "err", err)
+		}
+	}()
+	log.Info("metrics", "listen", l.Addr().String())
+	return func() { srv.Close() }, nil
+}
