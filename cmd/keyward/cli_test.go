@@ -16,32 +16,27 @@ import (
 
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/client"
+	"github.com/keyward/keyward/envelope"
 )
 
-// TestFakeDaemonFlow runs the end-to-end flow against the in-process fake
-// daemon: the CLI's side of every command, whether or not keywardd exists.
-func TestFakeDaemonFlow(t *testing.T) {
-	_, socket := serveFake(t)
-	daemonFlow(t, socket)
-}
-
 func TestInputLimits(t *testing.T) {
-	_, socket := serveFake(t)
-	ok(t, socket, nil, "key", "create", "lim/aes", "--type", "aes-256-gcm")
-	ok(t, socket, nil, "key", "create", "lim/mac", "--type", "hmac-sha256")
+	socket := startDaemon(t)
+	p := fresh("lim")
+	ok(t, socket, nil, "key", "create", p+"/aes", "--type", "aes-256-gcm")
+	ok(t, socket, nil, "key", "create", p+"/mac", "--type", "hmac-sha256")
 
 	atLimit := bytes.Repeat([]byte{0xa5}, 64<<10)
-	blob := ok(t, socket, atLimit, "wrap", "--key", "lim/aes")
+	blob := ok(t, socket, atLimit, "wrap", "--key", p+"/aes")
 	if got := ok(t, socket, []byte(blob), "unwrap"); got != string(atLimit) {
 		t.Errorf("64 KiB round trip lost bytes (%d back)", len(got))
 	}
 
 	over := append(bytes.Clone(atLimit), 0)
 	for _, args := range [][]string{
-		{"wrap", "--key", "lim/aes"},
-		{"mac", "--key", "lim/mac"},
-		{"sign", "--key", "lim/sig"},
-		{"verify-mac", "--key", "lim/mac", "--mac", "AAAA"},
+		{"wrap", "--key", p + "/aes"},
+		{"mac", "--key", p + "/mac"},
+		{"sign", "--key", p + "/sig"},
+		{"verify-mac", "--key", p + "/mac", "--mac", "AAAA"},
 	} {
 		r := fails(t, socket, over, exitUsage, []string{"over 64 KiB"}, args...)
 		if r.stdout != "" {
@@ -53,9 +48,10 @@ func TestInputLimits(t *testing.T) {
 }
 
 func TestBlobText(t *testing.T) {
-	_, socket := serveFake(t)
-	ok(t, socket, nil, "key", "create", "txt/aes", "--type", "aes-256-gcm")
-	blob := strings.TrimSpace(ok(t, socket, []byte("s3cret"), "wrap", "--key", "txt/aes"))
+	socket := startDaemon(t)
+	key := fresh("txt") + "/aes"
+	ok(t, socket, nil, "key", "create", key, "--type", "aes-256-gcm")
+	blob := strings.TrimSpace(ok(t, socket, []byte("s3cret"), "wrap", "--key", key))
 
 	for name, in := range map[string]string{
 		"no newline":     blob,
@@ -90,9 +86,10 @@ func TestBlobText(t *testing.T) {
 }
 
 func TestVerifyMacFlags(t *testing.T) {
-	_, socket := serveFake(t)
-	ok(t, socket, nil, "key", "create", "m/k", "--type", "hmac-sha256")
-	token := strings.TrimSpace(ok(t, socket, []byte("m"), "mac", "--key", "m/k"))
+	socket := startDaemon(t)
+	key := fresh("m") + "/k"
+	ok(t, socket, nil, "key", "create", key, "--type", "hmac-sha256")
+	token := strings.TrimSpace(ok(t, socket, []byte("m"), "mac", "--key", key))
 	tests := []struct {
 		name string
 		args []string
@@ -107,13 +104,13 @@ func TestVerifyMacFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fails(t, socket, []byte("m"), exitUsage, []string{tt.want}, append([]string{"verify-mac", "--key", "m/k"}, tt.args...)...)
+			fails(t, socket, []byte("m"), exitUsage, []string{tt.want}, append([]string{"verify-mac", "--key", key}, tt.args...)...)
 		})
 	}
 	// A version that does not exist is the daemon's answer: not found.
 	_, mac, _ := parseMac(token)
-	fails(t, socket, []byte("m"), exitNotFound, []string{"KEY_NOT_FOUND"}, "verify-mac", "--key", "m/k", "--mac", base64.StdEncoding.EncodeToString(mac), "--version", "7")
-	fails(t, socket, []byte("m"), exitUsage, []string{"--signature is not standard base64"}, "verify", "--key", "m/k", "--signature", "%%%")
+	fails(t, socket, []byte("m"), exitNotFound, []string{"KEY_NOT_FOUND"}, "verify-mac", "--key", key, "--mac", base64.StdEncoding.EncodeToString(mac), "--version", "7")
+	fails(t, socket, []byte("m"), exitUsage, []string{"--signature is not standard base64"}, "verify", "--key", key, "--signature", "%%%")
 }
 
 func TestMacToken(t *testing.T) {
@@ -149,70 +146,169 @@ func TestMacToken(t *testing.T) {
 	}
 }
 
-// TestDaemonErrors: the daemon's reasons become exit statuses and one
-// stderr line naming the code and reason.
+// TestDaemonErrors: the real daemon's refusals become exit statuses and
+// one stderr line naming the gRPC code and the reason. TestExitCodeReasons
+// covers the reasons the dev daemon cannot be made to send.
 func TestDaemonErrors(t *testing.T) {
-	f, socket := serveFake(t)
-	ok(t, socket, nil, "key", "create", "err/aes", "--type", "aes-256-gcm")
-	fails(t, socket, nil, exitPermission, []string{"not allowed", "PERMISSION_DENIED"},
-		"key", "adopt", "err/adopted", "--type", "aes-256-gcm", "--uri", "pkcs11:object=x")
-	fails(t, socket, nil, exitFailed, []string{"UNSUPPORTED"}, "key", "create", "err/rsa", "--type", "rsa-3072-pss")
-
+	socket := startDaemon(t)
+	p := fresh("err")
+	aesKey, edKey := p+"/aes", p+"/ed"
+	ok(t, socket, nil, "key", "create", aesKey, "--type", "aes-256-gcm")
+	ok(t, socket, nil, "key", "create", edKey, "--type", "ed25519")
+	blob := ok(t, socket, []byte("x"), "wrap", "--key", aesKey, "--context", "app=a")
+	// A blob of the TPM backend's algorithm for a key of this daemon, whose
+	// backend is PKCS#11.
+	tpmBlob, err := envelope.Encode(envelope.Header{Alg: envelope.AlgTPMHMACGCM, Name: aesKey, Version: 1,
+		Nonce: make([]byte, envelope.AlgTPMHMACGCM.NonceSize())}, make([]byte, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		reason keywardv1.ErrorReason
 		code   int
+		stdin  string
+		args   []string
 	}{
-		{keywardv1.ErrorReason_PERMISSION_DENIED, exitPermission},
-		{keywardv1.ErrorReason_BACKEND_UNAVAILABLE, exitUnavailable},
-		{keywardv1.ErrorReason_SHUTTING_DOWN, exitUnavailable},
-		{keywardv1.ErrorReason_RATE_LIMITED, exitUnavailable},
-		{keywardv1.ErrorReason_TOO_MANY_REQUESTS, exitUnavailable},
-		{keywardv1.ErrorReason_KEY_NOT_FOUND, exitNotFound},
-		{keywardv1.ErrorReason_INVALID_REQUEST, exitUsage},
-		{keywardv1.ErrorReason_INVALID_KEY_NAME, exitUsage},
-		{keywardv1.ErrorReason_DECRYPTION_FAILED, exitFailed},
-		{keywardv1.ErrorReason_INTEGRITY, exitFailed},
-		{keywardv1.ErrorReason_WEAK_KEY, exitFailed},
+		{keywardv1.ErrorReason_KEY_NOT_FOUND, exitNotFound, "x", []string{"wrap", "--key", p + "/nope"}},
+		{keywardv1.ErrorReason_INVALID_REQUEST, exitUsage, "m", []string{"verify", "--key", edKey, "--signature", base64.StdEncoding.EncodeToString(make([]byte, 2000))}},
+		{keywardv1.ErrorReason_DECRYPTION_FAILED, exitFailed, blob, []string{"unwrap", "--context", "app=b"}},
+		{keywardv1.ErrorReason_MALFORMED_CIPHERTEXT, exitFailed, base64.StdEncoding.EncodeToString([]byte("garbage")), []string{"unwrap"}},
+		{keywardv1.ErrorReason_WRONG_KEY_TYPE, exitFailed, "m", []string{"sign", "--key", aesKey}},
+		{keywardv1.ErrorReason_KEY_EXISTS, exitFailed, "", []string{"key", "create", aesKey, "--type", "aes-256-gcm"}},
+		{keywardv1.ErrorReason_UNSUPPORTED, exitFailed, envelope.EncodeText(tpmBlob), []string{"unwrap"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.reason.String(), func(t *testing.T) {
-			f.fail(tt.reason)
-			defer f.fail(0)
-			r := fails(t, socket, []byte("x"), tt.code, []string{"reason " + tt.reason.String(), code.Code(tt.reason.Code()).String()}, "wrap", "--key", "err/aes")
+			r := fails(t, socket, []byte(tt.stdin), tt.code, []string{"reason " + tt.reason.String(), code.Code(tt.reason.Code()).String()}, tt.args...)
 			if r.stdout != "" {
 				t.Errorf("stdout %q on an error", r.stdout)
 			}
 		})
 	}
+
+	// A uid the policy does not name connects (it is in the socket's group)
+	// and is refused by the daemon; out of the group, by the kernel.
+	adopt := []string{"key", "adopt", p + "/adopted", "--type", "aes-256-gcm", "--uri", "pkcs11:object=x"}
+	t.Run("PERMISSION_DENIED", func(t *testing.T) {
+		for _, args := range [][]string{adopt, {"wrap", "--key", aesKey}} {
+			r := kwAs(t, outsider(t, true), socket, []byte("x"), args...)
+			if r.code != exitPermission || r.stdout != "" {
+				t.Errorf("%v as uid %d: exit %d, stdout %q; want %d and nothing", args, outsiderUID, r.code, r.stdout, exitPermission)
+			}
+			for _, want := range []string{"not allowed", "(PERMISSION_DENIED, reason PERMISSION_DENIED)"} {
+				checkErrLine(t, r, want)
+			}
+		}
+	})
+	t.Run("socket closed to the uid", func(t *testing.T) {
+		r := kwAs(t, outsider(t, false), socket, []byte("x"), "wrap", "--key", aesKey)
+		if r.code != exitPermission || r.stdout != "" {
+			t.Errorf("exit %d, stdout %q; want %d and nothing", r.code, r.stdout, exitPermission)
+		}
+		for _, want := range []string{"dial " + socket, "may not open the socket", "PERMISSION_DENIED"} {
+			checkErrLine(t, r, want)
+		}
+	})
 }
 
-func TestStatusText(t *testing.T) {
-	_, socket := serveFake(t)
-	out := ok(t, socket, nil, "status")
-	for _, want := range []string{
-		"keywardd fake at " + socket + ", serving since ",
-		"backend pkcs11: healthy",
-		"keys: 0",
-		fmt.Sprintf("you are uid=%d gid=%d groups=%d pid=1 unit=fake.service", os.Getuid(), os.Getgid(), os.Getgid()),
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("status lacks %q:\n%s", want, out)
+// TestExitCodeReasons: every reason of the API, as the client error it
+// becomes, maps to an exit status. The reason to sentinel half is the
+// client's (client/errors.go, checked by its TestErrorEveryReason).
+func TestExitCodeReasons(t *testing.T) {
+	tests := map[keywardv1.ErrorReason]struct {
+		sentinel error
+		code     int
+	}{
+		keywardv1.ErrorReason_PERMISSION_DENIED:    {client.ErrPermissionDenied, exitPermission},
+		keywardv1.ErrorReason_BACKEND_UNAVAILABLE:  {client.ErrUnavailable, exitUnavailable},
+		keywardv1.ErrorReason_SHUTTING_DOWN:        {client.ErrUnavailable, exitUnavailable},
+		keywardv1.ErrorReason_RATE_LIMITED:         {client.ErrResourceExhausted, exitUnavailable},
+		keywardv1.ErrorReason_TOO_MANY_REQUESTS:    {client.ErrResourceExhausted, exitUnavailable},
+		keywardv1.ErrorReason_KEY_NOT_FOUND:        {client.ErrNotFound, exitNotFound},
+		keywardv1.ErrorReason_INVALID_REQUEST:      {client.ErrInvalidArgument, exitUsage},
+		keywardv1.ErrorReason_INVALID_KEY_NAME:     {client.ErrInvalidName, exitUsage},
+		keywardv1.ErrorReason_MALFORMED_CIPHERTEXT: {client.ErrMalformed, exitFailed},
+		keywardv1.ErrorReason_DECRYPTION_FAILED:    {client.ErrDecrypt, exitFailed},
+		keywardv1.ErrorReason_WRONG_KEY_TYPE:       {client.ErrWrongKeyType, exitFailed},
+		keywardv1.ErrorReason_KEY_EXISTS:           {client.ErrKeyExists, exitFailed},
+		keywardv1.ErrorReason_VERSION_DISABLED:     {client.ErrVersionDisabled, exitFailed},
+		keywardv1.ErrorReason_VERSION_DESTROYED:    {client.ErrVersionDestroyed, exitFailed},
+		keywardv1.ErrorReason_BELOW_MIN_VERSION:    {client.ErrBelowMinVersion, exitFailed},
+		keywardv1.ErrorReason_NO_ENABLED_VERSION:   {client.ErrNoEnabledVersion, exitFailed},
+		keywardv1.ErrorReason_UNSUPPORTED:          {client.ErrUnsupported, exitFailed},
+		keywardv1.ErrorReason_WEAK_KEY:             {client.ErrWeakKey, exitFailed},
+		keywardv1.ErrorReason_INTEGRITY:            {client.ErrIntegrity, exitFailed},
+	}
+	for v, name := range keywardv1.ErrorReason_name {
+		if r := keywardv1.ErrorReason(v); r != keywardv1.ErrorReason_ERROR_REASON_UNSPECIFIED {
+			if _, ok := tests[r]; !ok {
+				t.Errorf("reason %s has no exit status in this test", name)
+			}
 		}
 	}
-	var st map[string]any
-	if err := json.Unmarshal([]byte(ok(t, socket, nil, "status", "--json")), &st); err != nil {
+	for r, tt := range tests {
+		if got := exitCode(fmt.Errorf("wrap a/b: %w", tt.sentinel)); got != tt.code {
+			t.Errorf("%s (%v): exit %d, want %d", r, tt.sentinel, got, tt.code)
+		}
+	}
+}
+
+// TestStatusText: status as the invoking uid, and as a uid the policy does
+// not name, which sees no keys at all.
+func TestStatusText(t *testing.T) {
+	socket := startDaemon(t)
+	ok(t, socket, nil, "key", "create", fresh("st")+"/k", "--type", "ed25519")
+	var list struct {
+		Keys []keyJSON `json:"keys"`
+	}
+	if err := json.Unmarshal([]byte(ok(t, socket, nil, "key", "list", "--json")), &list); err != nil {
 		t.Fatal(err)
 	}
-	you, _ := st["you"].(map[string]any)
-	if you["uid"] != float64(os.Getuid()) || you["unit"] != "fake.service" {
-		t.Errorf("status --json you = %v", you)
+	var st statusJSON
+	r := kw(t, socket, nil, "status", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &st); r.code != 0 || err != nil {
+		t.Fatalf("status --json: exit %d, %v\n%s%s", r.code, err, r.stdout, r.stderr)
 	}
-	if out := ok(t, socket, nil, "key", "list"); out != "no keys\n" {
-		t.Errorf("key list of an empty keyring: %q", out)
+	groups, err := os.Getgroups()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if out := ok(t, socket, nil, "key", "list", "--json"); strings.Join(strings.Fields(out), "") != `{"keys":[]}` {
-		t.Errorf("key list --json of an empty keyring: %q", out)
+	if st.You.UID != uint32(os.Getuid()) || st.You.GID != uint32(os.Getgid()) || len(st.You.Groups) != len(groups) ||
+		st.You.PID != int32(r.pid) || st.Keys != uint32(len(list.Keys)) || st.Version == "" {
+		t.Errorf("status --json %+v: want uid %d, gid %d, groups %v, pid %d, %d keys", st, os.Getuid(), os.Getgid(), groups, r.pid, len(list.Keys))
 	}
+	groupText := make([]string, len(groups))
+	for i, g := range groups {
+		groupText[i] = fmt.Sprint(g)
+	}
+	r = kw(t, socket, nil, "status")
+	for _, want := range []string{
+		"keywardd " + st.Version + " at " + socket + ", serving since ",
+		"\nbackend pkcs11: healthy\n",
+		fmt.Sprintf("\nkeys: %d\n", len(list.Keys)),
+		fmt.Sprintf("\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\n", os.Getuid(), os.Getgid(),
+			orText(strings.Join(groupText, ","), "-"), r.pid, orText(st.You.Unit, "-")),
+	} {
+		if r.code != 0 || !strings.Contains(r.stdout, want) {
+			t.Errorf("status: exit %d, lacks %q:\n%s%s", r.code, want, r.stdout, r.stderr)
+		}
+	}
+
+	t.Run("a uid the policy does not name", func(t *testing.T) {
+		cred := outsider(t, true)
+		r := kwAs(t, cred, socket, nil, "status")
+		for _, want := range []string{"\nkeys: 0\n", fmt.Sprintf("\nyou are uid=%d gid=%d groups=- pid=%d unit=", cred.Uid, cred.Gid, r.pid)} {
+			if r.code != 0 || !strings.Contains(r.stdout, want) {
+				t.Errorf("status: exit %d, lacks %q:\n%s%s", r.code, want, r.stdout, r.stderr)
+			}
+		}
+		if r := kwAs(t, cred, socket, nil, "key", "list"); r.code != 0 || r.stdout != "no keys\n" {
+			t.Errorf("key list with no key to see: exit %d, %q %q", r.code, r.stdout, r.stderr)
+		}
+		if r := kwAs(t, cred, socket, nil, "key", "list", "--json"); r.code != 0 || strings.Join(strings.Fields(r.stdout), "") != `{"keys":[]}` {
+			t.Errorf("key list --json with no key to see: exit %d, %q %q", r.code, r.stdout, r.stderr)
+		}
+	})
 }
 
 // TestEveryCommandHasExample walks the command tree: every command a user
@@ -285,28 +381,33 @@ func TestCompletion(t *testing.T) {
 			t.Errorf("completion %s: exit %d, %d bytes, stderr %q", sh, r.code, len(r.stdout), r.stderr)
 		}
 	}
-	_, socket := serveFake(t)
-	ok(t, socket, nil, "key", "create", "comp/aes", "--type", "aes-256-gcm")
-	ok(t, socket, nil, "key", "create", "comp/mac", "--type", "hmac-sha256")
-	// Key names come from the daemon, filtered by the types the command takes.
-	complete := func(args ...string) string {
+	complete := func(t *testing.T, socket string, args ...string) string {
+		t.Helper()
 		r := kw(t, socket, nil, append([]string{"__complete"}, args...)...)
 		if r.code != 0 {
 			t.Fatalf("__complete %v: exit %d, stderr %q", args, r.code, r.stderr)
 		}
 		return r.stdout
 	}
-	out := complete("wrap", "--key", "comp/")
-	if !strings.Contains(out, "comp/aes") || strings.Contains(out, "comp/mac") {
-		t.Errorf("completion of wrap --key:\n%s", out)
-	}
-	out = complete("key", "rotate", "")
-	if !strings.Contains(out, "comp/aes") || !strings.Contains(out, "comp/mac") {
-		t.Errorf("completion of key rotate:\n%s", out)
-	}
-	if out := complete("key", "create", "x", "--type", "ed"); !strings.Contains(out, "ed25519") {
+	// Key types need no daemon.
+	if out := complete(t, "/nonexistent/k.sock", "key", "create", "x", "--type", "ed"); !strings.Contains(out, "ed25519") {
 		t.Errorf("completion of --type:\n%s", out)
 	}
+	// Key names come from the daemon, filtered by the types the command takes.
+	t.Run("key names", func(t *testing.T) {
+		socket := startDaemon(t)
+		p := fresh("comp")
+		ok(t, socket, nil, "key", "create", p+"/aes", "--type", "aes-256-gcm")
+		ok(t, socket, nil, "key", "create", p+"/mac", "--type", "hmac-sha256")
+		out := complete(t, socket, "wrap", "--key", p+"/")
+		if !strings.Contains(out, p+"/aes") || strings.Contains(out, p+"/mac") {
+			t.Errorf("completion of wrap --key:\n%s", out)
+		}
+		out = complete(t, socket, "key", "rotate", "")
+		if !strings.Contains(out, p+"/aes") || !strings.Contains(out, p+"/mac") {
+			t.Errorf("completion of key rotate:\n%s", out)
+		}
+	})
 }
 
 func TestDaemonUsageErrors(t *testing.T) {
@@ -381,14 +482,15 @@ func TestExitCodeClient(t *testing.T) {
 
 // TestRunInProcess drives run directly, as main does.
 func TestRunInProcess(t *testing.T) {
-	_, socket := serveFake(t)
+	socket := startDaemon(t)
+	key := fresh("p") + "/k"
 	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"--socket", socket, "key", "create", "p/k", "--type", "ed25519"}, strings.NewReader(""), &stdout, &stderr)
-	if code != 0 || stdout.String() != "created p/k (ed25519): v1 enabled\n" || stderr.Len() != 0 {
+	code := run(context.Background(), []string{"--socket", socket, "key", "create", key, "--type", "ed25519"}, strings.NewReader(""), &stdout, &stderr)
+	if code != 0 || stdout.String() != "created "+key+" (ed25519): v1 enabled\n" || stderr.Len() != 0 {
 		t.Errorf("run: %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
 	}
 	stdout.Reset()
-	code = run(context.Background(), []string{"--socket", socket, "verify", "--key", "p/k", "--signature", base64.StdEncoding.EncodeToString(make([]byte, 64))},
+	code = run(context.Background(), []string{"--socket", socket, "verify", "--key", key, "--signature", base64.StdEncoding.EncodeToString(make([]byte, 64))},
 		strings.NewReader("m"), &stdout, &stderr)
 	if code != exitFailed || stdout.String() != "invalid\n" || stderr.Len() != 0 {
 		t.Errorf("verify invalid: %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())

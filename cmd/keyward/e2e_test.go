@@ -11,8 +11,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,112 +24,235 @@ import (
 )
 
 // TestE2E runs the CLI end to end against the real daemon: keywardd --dev
-// (a private SoftHSM2 token, the invoking uid allowed everything) on a
-// socket in a temp dir. The same flow runs against the in-process fake in
-// TestFakeDaemonFlow, so a difference between the two shows which side
-// departs from the API.
+// (a private SoftHSM2 token, the invoking uid allowed everything).
 func TestE2E(t *testing.T) {
-	socket := startDaemon(t)
-	daemonFlow(t, socket)
+	daemonFlow(t, startDaemon(t))
 }
 
-// startDaemon builds cmd/keywardd, starts it in dev mode and returns its
-// socket; the daemon gets SIGTERM at cleanup and must exit cleanly.
+// shared is the one keywardd --dev of this test binary: the first test that
+// needs a daemon builds and starts it (startDaemon), TestMain stops it
+// (stopDaemon). Tests share its keyring, so each names its keys under a
+// prefix of its own (fresh): they neither collide nor depend on their order,
+// and -count=N runs them again on the same daemon.
+var shared struct {
+	once   sync.Once
+	err    error // why the daemon did not start
+	socket string
+	cmd    *exec.Cmd
+	done   chan struct{} // closed once the daemon has exited
+	exit   error         // the daemon's exit, once done is closed
+	log    string        // the file of the daemon's stderr
+}
+
+// startDaemon returns the socket of the shared daemon, started on first use.
+// It skips the test when SoftHSM2 is missing (fails it under CI), and fails
+// it when the daemon died or dies during the test.
 func startDaemon(t *testing.T) string {
 	t.Helper()
-	if out, err := exec.Command("go", "list", "../../cmd/keywardd").CombinedOutput(); err != nil {
-		t.Skipf("cmd/keywardd not built yet (go list: %s)", strings.TrimSpace(string(out)))
-	}
 	needSoftHSM(t)
-	dir, err := os.MkdirTemp("", "kw-e2e-") // short: a socket path has at most 108 bytes
-	if err != nil {
-		t.Fatal(err)
+	shared.once.Do(func() { shared.err = launchDaemon() })
+	if shared.err != nil {
+		t.Fatal(shared.err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	daemon := filepath.Join(dir, "keywardd")
+	select {
+	case <-shared.done:
+		t.Fatalf("keywardd exited before this test: %v\nstderr:\n%s", shared.exit, daemonLog(0))
+	default:
+	}
+	mark := daemonLogSize()
+	t.Cleanup(func() {
+		select {
+		case <-shared.done:
+			t.Errorf("keywardd exited during this test: %v", shared.exit)
+		default:
+		}
+		if t.Failed() {
+			t.Logf("keywardd's log during this test:\n%s", daemonLog(mark))
+		}
+	})
+	return shared.socket
+}
+
+// launchDaemon builds cmd/keywardd into binDir and starts it in dev mode on
+// binDir/k.sock (short: a socket path has at most 108 bytes).
+func launchDaemon() error {
+	daemon := filepath.Join(binDir, "keywardd")
 	build := exec.Command("go", "build", "-o", daemon, "../../cmd/keywardd")
 	build.Env = append(os.Environ(), "CGO_ENABLED=1")
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/keywardd: %v\n%s", err, out)
+		return fmt.Errorf("go build ./cmd/keywardd: %v\n%s", err, out)
 	}
-
-	socket := filepath.Join(dir, "k.sock")
+	socket := filepath.Join(binDir, "k.sock")
 	cmd := exec.Command(daemon, "--dev", "--socket", socket)
-	cmd.Dir = dir
+	cmd.Dir = binDir
 	cmd.Env = testEnv(nil)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
+	// Should this process die without stopping the daemon (a panic, the
+	// -timeout), the kernel sends the daemon SIGTERM; its log is a file, not
+	// a pipe, so that its shutdown can log (and finish: a write to a closed
+	// pipe would kill it, leaving its token behind).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	shared.log = filepath.Join(binDir, "keywardd.log")
+	log, err := os.OpenFile(shared.log, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start keywardd: %v", err)
+	defer log.Close()
+	cmd.Stderr = log
+	stdout, w, err := os.Pipe()
+	if err != nil {
+		return err
 	}
-	exited := make(chan error, 1)
+	cmd.Stdout = w
+	shared.done = make(chan struct{})
+	started := make(chan error, 1)
+	go func() {
+		// Pdeathsig follows the thread that started the child, not the
+		// process: keep this goroutine on its thread until the daemon is gone.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		shared.exit = cmd.Wait()
+		close(shared.done)
+	}()
+	err = <-started
+	w.Close()
+	if err != nil {
+		stdout.Close()
+		return fmt.Errorf("start keywardd: %v", err)
+	}
+	shared.cmd = cmd
 	banner := make(chan string, 1)
 	go func() {
+		defer stdout.Close()
 		sc := bufio.NewScanner(stdout)
-		first := true
-		for sc.Scan() {
-			if first {
-				banner <- sc.Text()
-				first = false
-			}
+		if sc.Scan() {
+			banner <- sc.Text()
 		}
-		if first {
-			close(banner)
+		close(banner)
+		for sc.Scan() { // keep reading: a full pipe would block the daemon, a closed one kill it
 		}
 	}()
-	go func() { exited <- cmd.Wait() }()
-
-	t.Cleanup(func() {
-		select {
-		case err := <-exited:
-			t.Errorf("keywardd exited before the end of the test: %v\nstderr:\n%s", err, stderr.String())
-			return
-		default:
-		}
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("keywardd did not exit cleanly on SIGTERM: %v\nstderr:\n%s", err, stderr.String())
-			}
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			t.Errorf("keywardd still running 15s after SIGTERM\nstderr:\n%s", stderr.String())
-		}
-		if _, err := os.Stat(socket); err == nil {
-			t.Logf("note: keywardd left its socket %s behind", socket)
-		}
-	})
-
 	want := "keywardd: serving on " + socket
 	select {
-	case line, ok := <-banner:
-		if !ok || line != want {
-			t.Fatalf("keywardd's first stdout line is %q, want %q\nstderr:\n%s", line, want, stderr.String())
+	case line := <-banner:
+		if line != want {
+			err = fmt.Errorf("keywardd's first stdout line is %q, want %q", line, want)
 		}
-	case err := <-exited:
-		t.Fatalf("keywardd exited before its banner: %v\nstderr:\n%s", err, stderr.String())
+	case <-shared.done:
+		err = fmt.Errorf("keywardd exited before its banner: %v", shared.exit)
 	case <-time.After(60 * time.Second):
-		t.Fatalf("no banner from keywardd within 60s\nstderr:\n%s", stderr.String())
+		err = errors.New("no banner from keywardd within 60s")
 	}
-	return socket
+	if err != nil {
+		stopDaemon()
+		shared.cmd = nil
+		return fmt.Errorf("%v\nstderr:\n%s", err, daemonLog(0))
+	}
+	shared.socket = socket
+	return nil
+}
+
+// stopDaemon stops the shared daemon if a test started it: it must still be
+// running, and exit cleanly on SIGTERM.
+func stopDaemon() error {
+	if shared.cmd == nil {
+		return nil
+	}
+	select {
+	case <-shared.done:
+		return fmt.Errorf("exited before the end of the tests: %v\nstderr:\n%s", shared.exit, daemonLog(0))
+	default:
+	}
+	shared.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-shared.done:
+		if shared.exit != nil {
+			return fmt.Errorf("did not exit cleanly on SIGTERM: %v\nstderr:\n%s", shared.exit, daemonLog(0))
+		}
+	case <-time.After(15 * time.Second):
+		shared.cmd.Process.Kill()
+		<-shared.done
+		return fmt.Errorf("still running 15s after SIGTERM\nstderr:\n%s", daemonLog(0))
+	}
+	if _, err := os.Stat(shared.socket); err == nil && testing.Verbose() {
+		fmt.Fprintf(os.Stderr, "note: keywardd left its socket %s behind\n", shared.socket)
+	}
+	return nil
+}
+
+// daemonLogSize returns the size of the daemon's log.
+func daemonLogSize() int64 {
+	fi, err := os.Stat(shared.log)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// daemonLog returns the daemon's log from byte offset on.
+func daemonLog(offset int64) string {
+	b, err := os.ReadFile(shared.log)
+	if err != nil {
+		return err.Error()
+	}
+	return string(b[min(offset, int64(len(b))):])
+}
+
+var keySeq atomic.Int64
+
+// fresh returns a key name prefix that no other test of this binary uses:
+// "base1", "base2"...
+func fresh(base string) string {
+	return fmt.Sprintf("%s%d", base, keySeq.Add(1))
+}
+
+// outsiderUID is a uid the dev daemon's policy does not name.
+const outsiderUID = 12345
+
+// outsider returns credentials of outsiderUID with the daemon's gid as the
+// primary group (inSocketGroup: it may open the 0660 socket, and the
+// daemon's policy refuses it) or a gid of its own (the kernel refuses it the
+// socket), and no supplementary groups. Running as another uid needs root.
+func outsider(t *testing.T, inSocketGroup bool) *syscall.Credential {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to run keyward as another uid")
+	}
+	gid := uint32(outsiderUID)
+	if inSocketGroup {
+		gid = uint32(os.Getgid())
+	}
+	return &syscall.Credential{Uid: outsiderUID, Gid: gid}
 }
 
 // kw runs keyward against socket with stdin and returns what it did.
 func kw(t *testing.T, socket string, stdin []byte, args ...string) result {
 	t.Helper()
+	return kwAs(t, nil, socket, stdin, args...)
+}
+
+// kwAs is kw with the credentials cred (nil: this process's).
+func kwAs(t *testing.T, cred *syscall.Credential, socket string, stdin []byte, args ...string) result {
+	t.Helper()
 	cmd := exec.Command(bin, append([]string{"--socket", socket}, args...)...)
 	cmd.Env = testEnv(nil)
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		cmd.Dir = "/" // the test's directory may be closed to cred
+	}
 	cmd.Stdin = bytes.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
 	err := cmd.Run()
 	r := result{stdout: stdout.String(), stderr: stderr.String(), took: time.Since(start)}
+	if cmd.Process != nil {
+		r.pid = cmd.Process.Pid
+	}
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
@@ -175,14 +301,14 @@ func blobVersion(t *testing.T, text string) uint32 {
 }
 
 // daemonFlow is the end-to-end walk through every command, against a
-// daemon (real or fake) that allows the caller everything and starts with
-// no keys.
+// daemon that allows the caller everything, on keys of its own.
 func daemonFlow(t *testing.T, socket string) {
-	const (
-		aesKey = "e2e/aes"
-		macKey = "e2e/hmac"
-		ecKey  = "e2e/ecdsa"
-		edKey  = "e2e/ed25519"
+	p := fresh("e2e")
+	var (
+		aesKey = p + "/aes"
+		macKey = p + "/hmac"
+		ecKey  = p + "/ecdsa"
+		edKey  = p + "/ed25519"
 	)
 	secret := []byte("correct horse battery staple \x00\xff binary-safe")
 	ctxFlags := []string{"--context", "app=e2e", "--context", "tenant=acme"}
@@ -457,9 +583,9 @@ func daemonFlow(t *testing.T, socket string) {
 	})
 
 	t.Run("not found", func(t *testing.T) {
-		fails(t, socket, nil, exitNotFound, []string{"KEY_NOT_FOUND"}, "key", "show", "e2e/nope")
-		fails(t, socket, secret, exitNotFound, []string{"KEY_NOT_FOUND"}, "wrap", "--key", "e2e/nope")
-		fails(t, socket, nil, exitNotFound, []string{"KEY_NOT_FOUND"}, "key", "rotate", "e2e/nope")
+		fails(t, socket, nil, exitNotFound, []string{"KEY_NOT_FOUND"}, "key", "show", p+"/nope")
+		fails(t, socket, secret, exitNotFound, []string{"KEY_NOT_FOUND"}, "wrap", "--key", p+"/nope")
+		fails(t, socket, nil, exitNotFound, []string{"KEY_NOT_FOUND"}, "key", "rotate", p+"/nope")
 		fails(t, socket, nil, exitNotFound, nil, "pubkey", edKey, "--version", "9")
 	})
 }

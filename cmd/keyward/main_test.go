@@ -23,8 +23,8 @@ import (
 	"github.com/keyward/keyward/keys"
 )
 
-// bin is the keyward binary built for this test run.
-var bin string
+// bin is the keyward binary built for this test run, in binDir.
+var bin, binDir string
 
 // The CLI is tested end to end: a real binary, real SoftHSM2 tokens made by
 // softhsm-test/provision-token.sh, no mocks.
@@ -39,6 +39,13 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// 0755, not 0700: tests run keyward as another uid, and that uid must
+	// reach the binary and the shared daemon's socket, both kept here.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	binDir = dir
 	bin = filepath.Join(dir, "keyward")
 	build := exec.Command("go", "build", "-o", bin, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=1")
@@ -46,7 +53,12 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "go build keyward: %v\n%s", err, out)
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	if err := stopDaemon(); err != nil {
+		fmt.Fprintf(os.Stderr, "keywardd: %v\n", err)
+		code = max(code, 1)
+	}
+	return code
 }
 
 // needSoftHSM skips the test when SoftHSM2 is not installed, or fails it
@@ -119,6 +131,7 @@ type result struct {
 	stdout, stderr string
 	code           int
 	took           time.Duration
+	pid            int // of the keyward process
 }
 
 // keyward runs the binary with args and returns its output and exit status.
