@@ -212,6 +212,7 @@ func (a *app) rootCmd() *cobra.Command {
 			a.doctorCmd()),
 		a.policyCmd(),
 		a.demoCmd())
+	add("local", a.auditCmd())
 	root.SetHelpCommandGroupID("other")
 	root.SetCompletionCommandGroupID("other")
 	root.InitDefaultCompletionCmd()

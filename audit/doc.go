@@ -1,0 +1,87 @@
+// Package audit is keywardd's tamper-evident, durable audit log: one JSON
+// record per line per operation, allowed or denied, each hash-chained to the
+// one before it, fsynced before the daemon replies.
+//
+// Promises:
+//   - Append returns nil only once the record is written and fsynced. One
+//     writer goroutine group-commits: it writes every queued record, fsyncs
+//     once and releases all their callers.
+//   - Fail closed: when a write or fsync fails (disk full, I/O error) every
+//     Append of that batch, and every Append after it until a retry succeeds,
+//     returns an error matching ErrUnavailable. A failed batch leaves no byte
+//     in the file: the file is truncated back to the end of the last durable
+//     record (and fsynced) before anything else is written.
+//   - The chain, and seq, continue across rotation and restart; a torn tail
+//     found at Open is moved aside and reported, never silently dropped.
+//   - A record holds who (kernel identity), what (operation, key, version),
+//     a digest of the context and the result code: never a context value, a
+//     plaintext or any other secret.
+//
+// Threat model: the chain has no secret in it, so whoever can write the files
+// can rewrite them entirely and re-chain; what it detects is a record changed,
+// inserted, removed or reordered by anyone who did not also rewrite every
+// record after it (and, across rotation, the later files). Keep the directory
+// root-only and ship the files off the host (or add signed checkpoints) for
+// more.
+//
+// # File format
+//
+// Each line is one record, a JSON object with exactly these keys, in this
+// order, and a newline:
+//
+//	{"seq":1,"time":"2025-01-02T03:04:05.123456789Z","prev":"<64 hex>",
+//	 "peer":{"uid":1000,"gid":1000,"pid":4242,"unit":"payments.service"},
+//	 "op":"unwrap","key":"payments/db","version":3,"context_digest":"<64 hex>",
+//	 "result":"OK","reason":"...","duration_us":412,"request_id":"...","hash":"<64 hex>"}
+//
+// (on one line, no spaces). seq starts at 1 and increases by exactly 1 from
+// one record to the next, across files. time is RFC 3339 with nanoseconds, in
+// UTC ("Z"), trailing zeros of the fraction dropped. prev is the hash of the
+// previous record, 64 zeros for seq 1. reason is left out when empty. Hex is
+// lower case. Strings are escaped as Go's encoding/json escapes them.
+//
+// The hash rule, all a verifier needs: for a line L (without its newline),
+// which must end in `,"hash":"` + 64 hex digits + `"}`, the canonical record C
+// is L with that suffix replaced by `}`; that is, the record encoded without
+// its hash key. Then
+//
+//	hash = SHA-256(prev as 32 raw bytes || C)
+//
+// A verifier needs no JSON encoder: it cuts the suffix, hashes, and reads seq
+// and prev from C. This package's verifier is stricter: C must also be
+// exactly what this package would encode for the values it holds (no
+// duplicate or unknown keys, no other spacing or number forms), so a hashed
+// line has one meaning.
+//
+// # Files
+//
+// The log is one file, PATH. After a batch leaves it at MaxFileSize or more
+// it is renamed to PATH.<first seq>-<last seq>, both seqs as 20 zero-padded
+// digits (so a shell glob lists the files in chain order), and a new PATH is
+// started; its first record's prev is the last hash of the renamed file. The
+// directory is fsynced after the rename and the create. Chain lists the files
+// of a log in order.
+//
+// At Open, PATH is read and checked record by record. Bytes after the last
+// good record that hold no complete record (a crash mid-write: no newline,
+// or a damaged line) are a torn tail: they are moved to PATH.torn-<UTC time>,
+// PATH is truncated to the last good record, and the move is logged at ERROR
+// with the byte count and reported by (*Log).OpenReport. A last record that
+// lacks only its newline is complete: it is kept and the newline added. If a
+// complete, self-consistent record follows damaged bytes, this is no torn
+// write (a torn write only ever damages the end of the last, unacknowledged
+// batch) but corruption or tampering: Open fails with ErrCorrupt and leaves
+// the file alone for a human ("keyward audit verify" names the record). When
+// PATH is missing or empty, the chain continues from the newest rotated file
+// (a crash between rename and create).
+//
+// # Failure and retry
+//
+// After a failed batch the log is failing: Appends fail fast with
+// ErrUnavailable, without touching the disk, except that once every
+// RetryInterval one Append is let through as the retry: the writer reopens
+// PATH, truncates it to the last durable record, fsyncs, then writes that
+// batch. Its success ends the outage (logged at INFO with the number of
+// Appends refused); a failure starts a new interval. Status reports the
+// state and the last error for the daemon's status and logs.
+package audit

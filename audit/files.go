@@ -1,0 +1,365 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// RotatedName is the name a full log file is renamed to: path.<first>-<last>,
+// the seqs of its first and last records as 20 zero-padded digits, so that
+// names sort in chain order.
+func RotatedName(path string, first, last uint64) string {
+	return fmt.Sprintf("%s.%020d-%020d", path, first, last)
+}
+
+// tornInfix marks a torn tail moved aside at Open: path.torn-<UTC time>.
+const tornInfix = ".torn-"
+
+// parseRotated reports whether name is a rotated file of base, and its seqs.
+func parseRotated(base, name string) (first, last uint64, ok bool) {
+	rest, found := strings.CutPrefix(name, base+".")
+	if !found || len(rest) != 41 || rest[20] != '-' {
+		return 0, 0, false
+	}
+	a, b := rest[:20], rest[21:]
+	for _, s := range []string{a, b} {
+		for i := 0; i < len(s); i++ {
+			if s[i] < '0' || s[i] > '9' {
+				return 0, 0, false
+			}
+		}
+	}
+	first, err1 := strconv.ParseUint(a, 10, 64)
+	last, err2 := strconv.ParseUint(b, 10, 64)
+	return first, last, err1 == nil && err2 == nil
+}
+
+// Chain lists the files of the log at path in chain order: its rotated files
+// (oldest first), then path itself when it exists. torn lists the torn tails
+// Open moved aside (path.torn-*), which are not part of the chain.
+func Chain(path string) (files, torn []string, err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	type rotated struct {
+		first uint64
+		name  string
+	}
+	var rs []rotated
+	for _, e := range entries {
+		name := e.Name()
+		if first, _, ok := parseRotated(base, name); ok && e.Type().IsRegular() {
+			rs = append(rs, rotated{first, filepath.Join(dir, name)})
+		} else if strings.HasPrefix(name, base+tornInfix) {
+			torn = append(torn, filepath.Join(dir, name))
+		}
+	}
+	slices.SortFunc(rs, func(a, b rotated) int {
+		if a.first != b.first {
+			return compare(a.first, b.first)
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	for _, r := range rs {
+		files = append(files, r.name)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
+		files = append(files, path)
+	}
+	return files, torn, nil
+}
+
+func compare(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Logs returns the current-file paths of the logs in dir: every regular
+// file that is neither a rotated file nor a torn tail, and the base of every
+// rotated file. A directory that holds one log gives one path.
+func Logs(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		name := e.Name()
+		if !e.Type().IsRegular() || strings.HasPrefix(name, ".") || strings.Contains(name, tornInfix) {
+			continue
+		}
+		if i := len(name) - 42; i > 0 {
+			if _, _, ok := parseRotated(name[:i], name); ok {
+				name = name[:i]
+			}
+		}
+		names = append(names, filepath.Join(dir, name))
+	}
+	slices.Sort(names)
+	return slices.Compact(names), nil
+}
+
+// lineScanner reads lines of any length, with their offsets, keeping at
+// most MaxLine bytes of each.
+type lineScanner struct {
+	r        *bufio.Reader
+	off      int64  // bytes consumed
+	start    int64  // offset of the current line
+	line     []byte // the current line, without its newline
+	complete bool   // it ended with a newline
+	long     bool   // it is longer than MaxLine (line holds a prefix)
+	err      error  // a read error other than EOF
+}
+
+func newLineScanner(r io.Reader) *lineScanner {
+	return &lineScanner{r: bufio.NewReaderSize(r, 64<<10)}
+}
+
+func (s *lineScanner) next() bool {
+	s.start, s.line, s.complete, s.long = s.off, s.line[:0], false, false
+	for {
+		chunk, err := s.r.ReadSlice('\n')
+		s.off += int64(len(chunk))
+		if len(s.line)+len(chunk) <= MaxLine {
+			s.line = append(s.line, chunk...)
+		} else {
+			s.long = true
+		}
+		switch {
+		case err == nil:
+			s.complete = true
+			if !s.long {
+				s.line = s.line[:len(s.line)-1]
+			}
+			return true
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF):
+			return s.off > s.start
+		default:
+			s.err = err
+			return false
+		}
+	}
+}
+
+// scan is what recover learned of the current file.
+type scan struct {
+	records        uint64
+	first, seq     uint64
+	hash           [32]byte
+	good           int64 // end of the last good record
+	missingNewline bool  // that record ends the file without its newline
+	size           int64
+}
+
+// scanFile checks path record by record. Damaged bytes after the good
+// records are a tail for recover to move; a self-consistent record after
+// damage, or one that does not continue the chain, is ErrCorrupt.
+func scanFile(path string) (scan, error) {
+	var sc scan
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return sc, nil
+	}
+	if err != nil {
+		return sc, err
+	}
+	defer f.Close()
+	s := newLineScanner(f)
+	damaged := 0 // line number of the first damaged line
+	for n := 1; s.next(); n++ {
+		var rec Record
+		err := errors.New("line too long")
+		if !s.long {
+			rec, err = parseLine(s.line)
+		}
+		switch {
+		case damaged != 0 && err == nil:
+			return sc, fmt.Errorf("audit: %s:%d: a complete record (seq %d) follows damaged bytes at line %d; run keyward audit verify: %w",
+				path, n, rec.Seq, damaged, ErrCorrupt)
+		case damaged != 0:
+		case err != nil:
+			damaged = n
+		case sc.records > 0 && (rec.Seq != sc.seq+1 || rec.Prev != sc.hash):
+			return sc, fmt.Errorf("audit: %s:%d: seq %d does not continue the chain after seq %d; run keyward audit verify: %w",
+				path, n, rec.Seq, sc.seq, ErrCorrupt)
+		default:
+			if sc.records == 0 {
+				sc.first = rec.Seq
+			}
+			sc.records++
+			sc.seq, sc.hash = rec.Seq, rec.Hash
+			sc.good = s.off
+			sc.missingNewline = !s.complete
+		}
+	}
+	if s.err != nil {
+		return sc, fmt.Errorf("audit: read %s: %w", path, s.err)
+	}
+	sc.size = s.off
+	return sc, nil
+}
+
+// recover finds where the chain stands before the writer starts: the last
+// record of path (after moving a torn tail aside), else of the newest
+// rotated file, else a new chain.
+func (l *Log) recover() error {
+	sc, err := scanFile(l.path)
+	if err != nil {
+		return err
+	}
+	if sc.size > sc.good {
+		if err := l.moveTail(sc); err != nil {
+			return err
+		}
+	}
+	if sc.missingNewline {
+		if err := appendNewline(l.path, sc.good); err != nil {
+			return err
+		}
+		sc.good++
+		l.report.NewlineAdded = true
+		l.log.Warn("audit log: last record lacked its newline; kept, newline added", "path", l.path, "seq", sc.seq)
+	}
+	l.size = sc.good
+	if sc.records > 0 {
+		l.first, l.seq, l.prev = sc.first, sc.seq, sc.hash
+		l.report.Seq, l.report.Hash, l.report.From = sc.seq, sc.hash, l.path
+		return nil
+	}
+	files, _, err := Chain(l.path)
+	if err != nil {
+		return err
+	}
+	for i := len(files) - 1; i >= 0; i-- {
+		if files[i] == l.path {
+			continue
+		}
+		rec, err := lastRecord(files[i])
+		if err != nil {
+			return err
+		}
+		l.seq, l.prev = rec.Seq, rec.Hash
+		l.report.Seq, l.report.Hash, l.report.From = rec.Seq, rec.Hash, files[i]
+		return nil
+	}
+	return nil
+}
+
+// moveTail copies the bytes after the last good record to path.torn-<time>,
+// makes that durable, then cuts them from path.
+func (l *Log) moveTail(sc scan) error {
+	n := sc.size - sc.good
+	torn := l.path + tornInfix + time.Now().UTC().Format("20060102T150405.000000000Z")
+	err := func() error {
+		src, err := os.Open(l.path)
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		dst, err := os.OpenFile(torn, os.O_WRONLY|os.O_CREATE|os.O_EXCL, l.opts.FileMode)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(dst, io.NewSectionReader(src, sc.good, n)); err != nil {
+			dst.Close()
+			return err
+		}
+		if err := dst.Sync(); err != nil {
+			dst.Close()
+			return err
+		}
+		if err := dst.Close(); err != nil {
+			return err
+		}
+		if err := syncDir(filepath.Dir(l.path)); err != nil {
+			return err
+		}
+		f, err := os.OpenFile(l.path, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := f.Truncate(sc.good); err != nil {
+			return err
+		}
+		return f.Sync()
+	}()
+	if err != nil {
+		return fmt.Errorf("audit: move the torn tail of %s (%d bytes) to %s: %w", l.path, n, torn, err)
+	}
+	l.report.TornFile, l.report.TornBytes = torn, n
+	l.log.Error("audit log: torn tail moved aside (a crash mid-write?); the chain continues from the last good record",
+		"path", l.path, "torn_file", torn, "bytes", n, "after_seq", sc.seq)
+	return nil
+}
+
+func appendNewline(path string, at int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte{'\n'}, at); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// lastRecord reads the last record of a rotated file, which must be
+// complete and carry the seq its name says.
+func lastRecord(name string) (Record, error) {
+	corrupt := func(why string) (Record, error) {
+		return Record{}, fmt.Errorf("audit: %s: %s; run keyward audit verify: %w", name, why, ErrCorrupt)
+	}
+	base := filepath.Base(name)
+	_, wantLast, _ := parseRotated(base[:len(base)-42], base)
+	f, err := os.Open(name)
+	if err != nil {
+		return Record{}, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return Record{}, err
+	}
+	size := fi.Size()
+	n := min(size, 2*MaxLine)
+	buf := make([]byte, n)
+	if _, err := f.ReadAt(buf, size-n); err != nil {
+		return Record{}, err
+	}
+	if len(buf) == 0 || buf[len(buf)-1] != '\n' {
+		return corrupt("does not end with a complete record")
+	}
+	buf = buf[:len(buf)-1]
+	line := buf[bytes.LastIndexByte(buf, '\n')+1:]
+	rec, err := parseLine(line)
+	if err != nil {
+		return corrupt("last record: " + err.Error())
+	}
+	if rec.Seq != wantLast {
+		return corrupt(fmt.Sprintf("last record is seq %d, its name says %d", rec.Seq, wantLast))
+	}
+	return rec, nil
+}

@@ -1,0 +1,517 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options tunes a Log. The zero value is the default for every field.
+type Options struct {
+	// MaxFileSize: once a batch leaves the file at this size or more, it is
+	// rotated. Default 64 MiB; negative: never rotate.
+	MaxFileSize int64
+	// MaxBatch bounds the records of one write and fsync. Default 4096.
+	MaxBatch int
+	// MaxDelay is the group-commit window: how long the writer waits, after
+	// the first record of a batch arrives, for more (or for MaxBatch). The
+	// default, 0, writes as soon as the writer is free: a batch is whatever
+	// queued while the previous fsync ran, which already groups under load
+	// and adds no latency when idle.
+	MaxDelay time.Duration
+	// RetryInterval: while failing, at most one Append per interval is let
+	// through to retry the disk; the others fail fast. Default 100 ms.
+	RetryInterval time.Duration
+	// FileMode of the files the log creates. Default 0600.
+	FileMode fs.FileMode
+	// Logger receives the log's own events (failing, recovered, rotated,
+	// torn tail). Default: discard.
+	Logger *slog.Logger
+	// OnFsync, when set, is called by the writer with the duration of each
+	// batch's fsync (for a latency histogram). It must not block.
+	OnFsync func(time.Duration)
+
+	// openFile opens the log file for writing; tests swap it to inject
+	// write and fsync failures.
+	openFile func(name string, flag int, perm fs.FileMode) (file, error)
+}
+
+// file is what the writer needs of the open log file.
+type file interface {
+	io.WriterAt
+	Sync() error
+	Truncate(size int64) error
+	Stat() (fs.FileInfo, error)
+	Close() error
+}
+
+func (o Options) withDefaults() (Options, error) {
+	switch {
+	case o.MaxBatch < 0:
+		return o, fmt.Errorf("audit: MaxBatch %d is negative", o.MaxBatch)
+	case o.MaxDelay < 0:
+		return o, fmt.Errorf("audit: MaxDelay %v is negative", o.MaxDelay)
+	case o.RetryInterval < 0:
+		return o, fmt.Errorf("audit: RetryInterval %v is negative", o.RetryInterval)
+	case o.FileMode&^fs.ModePerm != 0:
+		return o, fmt.Errorf("audit: FileMode %v has more than permission bits", o.FileMode)
+	}
+	if o.MaxFileSize == 0 {
+		o.MaxFileSize = 64 << 20
+	}
+	if o.MaxBatch == 0 {
+		o.MaxBatch = 4096
+	}
+	if o.RetryInterval == 0 {
+		o.RetryInterval = 100 * time.Millisecond
+	}
+	if o.FileMode == 0 {
+		o.FileMode = 0o600
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.openFile == nil {
+		o.openFile = func(name string, flag int, perm fs.FileMode) (file, error) {
+			return os.OpenFile(name, flag, perm)
+		}
+	}
+	return o, nil
+}
+
+// OpenReport says where Open found the chain.
+type OpenReport struct {
+	// Seq and Hash are those of the last record found: the next Append is
+	// Seq+1 and links to Hash. Seq 0: a new chain.
+	Seq  uint64
+	Hash [32]byte
+	// From is the file that record is in ("" for a new chain).
+	From string
+	// TornFile and TornBytes: where a torn tail was moved, and its size
+	// ("" and 0: there was none).
+	TornFile  string
+	TornBytes int64
+	// NewlineAdded: the last record lacked only its newline; it was kept.
+	NewlineAdded bool
+}
+
+// Stats are counters since Open, for metrics and tests.
+type Stats struct {
+	Records   uint64 // records made durable
+	Batches   uint64 // batches written (one fsync each)
+	Fsyncs    uint64 // fsyncs of the log file: batches, and truncations on recovery
+	Rotations uint64
+	Refused   uint64   // Appends that returned ErrUnavailable
+	Seq       uint64   // last durable seq (0: none yet)
+	Hash      [32]byte // its hash
+}
+
+// Log is an open audit log. Its methods are safe for concurrent use.
+type Log struct {
+	path string
+	opts Options
+	log  *slog.Logger
+
+	kick   chan struct{} // wakes the writer; capacity 1
+	exited chan struct{} // closed when the writer returns
+
+	mu        sync.Mutex
+	queue     []*pending
+	closed    bool
+	failing   bool
+	retrying  bool // an Append was let through as the retry
+	nextRetry time.Time
+	lastErr   error
+	failedAt  time.Time
+	outage    uint64 // Appends refused in the current outage
+	stats     Stats
+	closeErr  error
+
+	report OpenReport
+
+	// Owned by the writer goroutine (and Open before it starts).
+	f          file
+	dirty      bool  // f must be reopened and truncated to size before a write
+	size       int64 // bytes of durable records in f
+	first      uint64
+	seq        uint64
+	prev       [32]byte
+	buf        []byte
+	rotateNext time.Time // after a failed rotation, when to try again
+
+	fsyncs atomic.Uint64
+}
+
+type pending struct {
+	p    prepared
+	done chan error
+}
+
+// Open opens (or creates) the log at path and starts its writer. It
+// continues the chain from the last record of path, or of the newest rotated
+// file when path is missing or empty; a torn tail is handled as the package
+// doc says. The directory must exist.
+func Open(path string, opts Options) (*Log, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	l := &Log{
+		path:   path,
+		opts:   opts,
+		log:    opts.Logger,
+		kick:   make(chan struct{}, 1),
+		exited: make(chan struct{}),
+	}
+	if err := l.recover(); err != nil {
+		return nil, err
+	}
+	if err := l.reopen(); err != nil {
+		return nil, err
+	}
+	l.stats.Seq, l.stats.Hash = l.seq, l.prev
+	l.log.Info("audit log open", "path", path, "seq", l.seq, "from", l.report.From)
+	go l.run()
+	return l, nil
+}
+
+// OpenReport says where Open found the chain and what it did to the tail.
+func (l *Log) OpenReport() OpenReport { return l.report }
+
+// Append writes r and returns once it is durable, or with an error matching
+// ErrUnavailable when it could not be (the caller must then refuse the
+// operation), ErrInvalidRecord, or ctx's error. With ctx's error the record
+// may still be written: there can be a record without a reply, never a
+// reply after a nil Append without a record.
+func (l *Log) Append(ctx context.Context, r Record) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p, err := prepare(r, time.Now())
+	if err != nil {
+		return err
+	}
+	pd := &pending{p: p, done: make(chan error, 1)}
+	l.mu.Lock()
+	switch {
+	case l.closed:
+		l.mu.Unlock()
+		return ErrClosed
+	case l.failing && (l.retrying || time.Now().Before(l.nextRetry)):
+		l.outage++
+		l.stats.Refused++
+		err := l.lastErr
+		l.mu.Unlock()
+		return fmt.Errorf("%w: failing since the last write: %v", ErrUnavailable, err)
+	case l.failing:
+		l.retrying = true
+	}
+	l.queue = append(l.queue, pd)
+	l.mu.Unlock()
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case err := <-pd.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("audit: record queued, not yet durable: %w", ctx.Err())
+	}
+}
+
+// Status reports whether the log is failing, the error that made it fail
+// (kept after recovery, nil if none yet) and how many records wait.
+func (l *Log) Status() (failing bool, lastErr error, queue int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.failing, l.lastErr, len(l.queue)
+}
+
+// Stats returns the counters.
+func (l *Log) Stats() Stats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.stats
+	s.Fsyncs = l.fsyncs.Load()
+	return s
+}
+
+// Close writes what is queued, stops the writer and closes the file. Appends
+// after Close fail with ErrClosed.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		<-l.exited
+		return nil
+	}
+	l.closed = true
+	l.mu.Unlock()
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+	<-l.exited
+	return l.closeErr
+}
+
+// run is the writer: take a batch, commit it, until closed and drained.
+func (l *Log) run() {
+	defer close(l.exited)
+	for {
+		batch, done := l.take()
+		if done {
+			if l.f != nil {
+				l.closeErr = l.f.Close()
+				l.f = nil
+			}
+			return
+		}
+		l.commit(batch)
+	}
+}
+
+// take waits for records and returns up to MaxBatch of them, after the
+// group-commit window if there is one; done once closed and drained.
+func (l *Log) take() (batch []*pending, done bool) {
+	var window *time.Timer
+	for {
+		l.mu.Lock()
+		n, closed := len(l.queue), l.closed
+		l.mu.Unlock()
+		switch {
+		case n == 0 && closed:
+			return nil, true
+		case n == 0:
+			<-l.kick
+			continue
+		}
+		if l.opts.MaxDelay > 0 && n < l.opts.MaxBatch && !closed {
+			if window == nil {
+				window = time.NewTimer(l.opts.MaxDelay)
+			}
+			select {
+			case <-l.kick:
+				continue
+			case <-window.C:
+			}
+		}
+		if window != nil {
+			window.Stop()
+		}
+		l.mu.Lock()
+		n = min(len(l.queue), l.opts.MaxBatch)
+		batch = make([]*pending, n)
+		copy(batch, l.queue)
+		rest := copy(l.queue, l.queue[n:])
+		clear(l.queue[rest:])
+		l.queue = l.queue[:rest]
+		l.mu.Unlock()
+		return batch, false
+	}
+}
+
+// commit writes a batch with one write and one fsync, then releases its
+// callers; on failure it rolls back and fails them all.
+func (l *Log) commit(batch []*pending) {
+	l.mu.Lock()
+	if l.failing && !l.retrying {
+		// Queued before the failure was known: refuse without a write.
+		err := l.lastErr
+		l.outage += uint64(len(batch))
+		l.stats.Refused += uint64(len(batch))
+		l.mu.Unlock()
+		release(batch, fmt.Errorf("%w: failing since the last write: %v", ErrUnavailable, err))
+		return
+	}
+	l.mu.Unlock()
+
+	var err error
+	if l.dirty || l.f == nil {
+		err = l.reopen()
+	}
+	seq, prev := l.seq, l.prev
+	buf := l.buf[:0]
+	if err == nil {
+		for _, pd := range batch {
+			seq++
+			buf, prev = appendLine(buf, seq, prev, pd.p)
+		}
+		l.buf = buf
+		if _, err = l.f.WriteAt(buf, l.size); err != nil {
+			err = withPath("write", l.path, err)
+		} else {
+			start := time.Now()
+			err = l.f.Sync()
+			l.fsyncs.Add(1)
+			if l.opts.OnFsync != nil {
+				l.opts.OnFsync(time.Since(start))
+			}
+			if err != nil {
+				err = withPath("fsync", l.path, err)
+			}
+		}
+	}
+	if err != nil {
+		l.fail(batch, err)
+		return
+	}
+	first := l.seq + 1
+	l.size += int64(len(buf))
+	l.seq, l.prev = seq, prev
+	if l.first == 0 {
+		l.first = first
+	}
+	l.mu.Lock()
+	l.stats.Records += uint64(len(batch))
+	l.stats.Batches++
+	l.stats.Seq, l.stats.Hash = seq, prev
+	if l.failing {
+		l.failing, l.retrying = false, false
+		l.log.Info("audit log writable again", "path", l.path, "down_for", time.Since(l.failedAt).String(),
+			"appends_refused", l.outage, "seq", first)
+		l.outage = 0
+	}
+	l.mu.Unlock()
+	release(batch, nil)
+	if l.opts.MaxFileSize > 0 && l.size >= l.opts.MaxFileSize && !time.Now().Before(l.rotateNext) {
+		l.rotate()
+	}
+}
+
+// fail rolls the file back to the last durable record and enters (or stays
+// in) the failing state.
+func (l *Log) fail(batch []*pending, err error) {
+	l.dirty = true
+	if l.f != nil {
+		// Best effort now, so that no half line sits in the file during the
+		// outage; the retry does it again on a fresh descriptor before writing.
+		if l.f.Truncate(l.size) == nil && l.f.Sync() == nil {
+			l.fsyncs.Add(1)
+		}
+	}
+	l.mu.Lock()
+	was := l.failing
+	l.failing, l.retrying = true, false
+	l.lastErr = err
+	l.nextRetry = time.Now().Add(l.opts.RetryInterval)
+	l.outage += uint64(len(batch))
+	l.stats.Refused += uint64(len(batch))
+	if !was {
+		l.failedAt = time.Now()
+		l.log.Error("audit log unwritable: refusing operations until it can be written",
+			"path", l.path, "err", err.Error(), "records_refused", len(batch), "seq", l.seq)
+	} else {
+		l.log.Warn("audit log retry failed", "path", l.path, "err", err.Error())
+	}
+	l.mu.Unlock()
+	release(batch, fmt.Errorf("%w: %v", ErrUnavailable, err))
+}
+
+func release(batch []*pending, err error) {
+	for _, pd := range batch {
+		pd.done <- err
+	}
+}
+
+// reopen opens path for writing on a fresh descriptor (a failed fsync's
+// error is reported once per descriptor), cuts anything after the durable
+// records and makes that durable before anything is written.
+func (l *Log) reopen() error {
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+	_, statErr := os.Lstat(l.path)
+	f, err := l.opts.openFile(l.path, os.O_RDWR|os.O_CREATE, l.opts.FileMode)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", l.path, err)
+	}
+	fi, err := f.Stat()
+	if err == nil {
+		switch size := fi.Size(); {
+		case size < l.size:
+			err = fmt.Errorf("%s is %d bytes, shorter than its %d bytes of records: %w", l.path, size, l.size, ErrCorrupt)
+		case size > l.size:
+			err = f.Truncate(l.size)
+		}
+	}
+	if err == nil {
+		err = f.Sync()
+		l.fsyncs.Add(1)
+	}
+	if err == nil && errors.Is(statErr, fs.ErrNotExist) {
+		err = syncDir(filepath.Dir(l.path))
+	}
+	if err != nil {
+		f.Close()
+		return err
+	}
+	if perm := fi.Mode().Perm(); perm&^l.opts.FileMode != 0 {
+		l.log.Warn("audit file is more open than FileMode", "path", l.path, "mode", perm.String(), "want", l.opts.FileMode.String())
+	}
+	l.f, l.dirty = f, false
+	return nil
+}
+
+// rotate renames the full file to its rotated name and starts a new one. A
+// failure is logged, not fatal: the records are durable, the file just
+// grows until a later rotation works.
+func (l *Log) rotate() {
+	name := RotatedName(l.path, l.first, l.seq)
+	err := func() error {
+		if _, err := os.Lstat(name); err == nil {
+			return fmt.Errorf("%s already exists", name)
+		}
+		if err := os.Rename(l.path, name); err != nil {
+			return err
+		}
+		return syncDir(filepath.Dir(l.path))
+	}()
+	if err != nil {
+		l.rotateNext = time.Now().Add(10 * l.opts.RetryInterval)
+		l.log.Error("audit log rotation failed; writing on in the same file", "path", l.path, "err", err.Error())
+		return
+	}
+	l.f.Close()
+	l.f, l.size, l.first = nil, 0, 0
+	l.mu.Lock()
+	l.stats.Rotations++
+	l.mu.Unlock()
+	l.log.Info("audit log rotated", "path", l.path, "to", name)
+	if err := l.reopen(); err != nil {
+		// The next batch retries, and fails closed if it still cannot.
+		l.dirty = true
+		l.log.Error("audit log: cannot start a new file after rotation", "path", l.path, "err", err.Error())
+	}
+}
+
+// withPath names the file in err unless it already does.
+func withPath(op, path string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return err
+	}
+	return &fs.PathError{Op: op, Path: path, Err: err}
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,240 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MaxLine bounds one record's line, newline included. Append refuses a
+// larger record; Verify reports a longer line as broken.
+const MaxLine = 64 << 10
+
+// Record is one audited operation.
+type Record struct {
+	// Seq, Prev and Hash are the chain. Append sets them (whatever the
+	// caller put there is ignored).
+	Seq  uint64
+	Prev [32]byte
+	Hash [32]byte
+
+	// Time is when the operation ended; Append uses its own clock when it
+	// is zero. It is written in UTC.
+	Time time.Time
+	// Peer is the caller as the kernel identified it.
+	Peer Peer
+	// Op is the operation ("unwrap", "key.create"...).
+	Op string
+	// Key and Version name the key used, when there is one (Version 0:
+	// none or unknown).
+	Key     string
+	Version uint32
+	// ContextDigest is envelope.ContextDigest of the request's context
+	// (of the empty context when the operation takes none). Never the
+	// values themselves.
+	ContextDigest [32]byte
+	// Result is the result code: "OK", "PERMISSION_DENIED",
+	// "DECRYPTION_FAILED"...
+	Result string
+	// Reason is an optional short internal reason, e.g. the policy's deny
+	// reason. Omitted from the line when empty. It must hold no secret.
+	Reason string
+	// Duration is how long the operation took; written in whole
+	// microseconds.
+	Duration time.Duration
+	// RequestID ties the record to the daemon's log lines.
+	RequestID string
+}
+
+// Peer is the caller's kernel identity.
+type Peer struct {
+	UID  uint32 `json:"uid"`
+	GID  uint32 `json:"gid"`
+	PID  int32  `json:"pid"`
+	Unit string `json:"unit"`
+}
+
+// wire is a record on disk. The field order is the file format: changing it
+// changes every hash.
+type wire struct {
+	Seq           uint64 `json:"seq"`
+	Time          string `json:"time"`
+	Prev          string `json:"prev"`
+	Peer          Peer   `json:"peer"`
+	Op            string `json:"op"`
+	Key           string `json:"key"`
+	Version       uint32 `json:"version"`
+	ContextDigest string `json:"context_digest"`
+	Result        string `json:"result"`
+	Reason        string `json:"reason,omitempty"`
+	DurationUS    int64  `json:"duration_us"`
+	RequestID     string `json:"request_id"`
+}
+
+// body is the part of a record after prev. Callers encode it in their own
+// goroutine, so the single writer only adds seq, time, prev and the hash.
+type body struct {
+	Peer          Peer   `json:"peer"`
+	Op            string `json:"op"`
+	Key           string `json:"key"`
+	Version       uint32 `json:"version"`
+	ContextDigest string `json:"context_digest"`
+	Result        string `json:"result"`
+	Reason        string `json:"reason,omitempty"`
+	DurationUS    int64  `json:"duration_us"`
+	RequestID     string `json:"request_id"`
+}
+
+// headroom is the most the writer adds to a body: seq, time, prev, hash.
+const headroom = len(`{"seq":18446744073709551615,"time":"2006-01-02T15:04:05.999999999Z","prev":"`) + 64 + len(`",`) +
+	len(`,"hash":"`) + 64 + len(`"}`) + 1
+
+const hashSuffixLen = len(`,"hash":"`) + 64 + len(`"}`)
+
+// prepared is a record ready for the writer: its time text and its body's
+// JSON, which starts with '{'.
+type prepared struct {
+	time string
+	body []byte
+}
+
+// prepare checks r and encodes everything but the chain.
+func prepare(r Record, now time.Time) (prepared, error) {
+	if r.Op == "" || r.Result == "" {
+		return prepared{}, fmt.Errorf("audit: record without op or result: %w", ErrInvalidRecord)
+	}
+	t := r.Time
+	if t.IsZero() {
+		t = now
+	}
+	t = t.UTC()
+	if y := t.Year(); y < 1 || y > 9999 {
+		return prepared{}, fmt.Errorf("audit: record time %v outside years 1..9999: %w", t, ErrInvalidRecord)
+	}
+	// Invalid UTF-8 becomes U+FFFD here rather than in the encoder, which
+	// would write it as "\ufffd" and so not as it reads back.
+	valid := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+	peer := r.Peer
+	peer.Unit = valid(peer.Unit)
+	b, err := json.Marshal(body{
+		Peer:          peer,
+		Op:            valid(r.Op),
+		Key:           valid(r.Key),
+		Version:       r.Version,
+		ContextDigest: hex.EncodeToString(r.ContextDigest[:]),
+		Result:        valid(r.Result),
+		Reason:        valid(r.Reason),
+		DurationUS:    r.Duration.Microseconds(),
+		RequestID:     valid(r.RequestID),
+	})
+	if err != nil {
+		return prepared{}, fmt.Errorf("audit: encode record: %v: %w", err, ErrInvalidRecord)
+	}
+	if len(b)+headroom > MaxLine {
+		return prepared{}, fmt.Errorf("audit: record of %d bytes, at most %d: %w", len(b)+headroom, MaxLine, ErrInvalidRecord)
+	}
+	return prepared{time: t.Format(time.RFC3339Nano), body: b}, nil
+}
+
+// appendLine appends p's line, with seq and prev, to dst and returns it with
+// the record's hash. The canonical record is built in place, hashed, then
+// its closing brace becomes the hash key.
+func appendLine(dst []byte, seq uint64, prev [32]byte, p prepared) ([]byte, [32]byte) {
+	start := len(dst)
+	dst = append(dst, `{"seq":`...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	dst = append(dst, `,"time":"`...)
+	dst = append(dst, p.time...)
+	dst = append(dst, `","prev":"`...)
+	dst = hex.AppendEncode(dst, prev[:])
+	dst = append(dst, `",`...)
+	dst = append(dst, p.body[1:]...)
+	h := chainHash(prev, dst[start:])
+	dst = dst[:len(dst)-1]
+	dst = append(dst, `,"hash":"`...)
+	dst = hex.AppendEncode(dst, h[:])
+	dst = append(dst, "\"}\n"...)
+	return dst, h
+}
+
+// chainHash is SHA-256(prev || canonical).
+func chainHash(prev [32]byte, canonical []byte) [32]byte {
+	h := sha256.New()
+	h.Write(prev[:])
+	h.Write(canonical)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// parseLine reads one line (without its newline) into a record and checks
+// that it is canonical and that its hash matches its own prev. It does not
+// check the chain around it. It never panics, whatever the bytes.
+func parseLine(line []byte) (Record, error) {
+	var r Record
+	if len(line) < hashSuffixLen+2 || line[0] != '{' {
+		return r, errors.New("not a record")
+	}
+	suffix := line[len(line)-hashSuffixLen:]
+	if !bytes.HasPrefix(suffix, []byte(`,"hash":"`)) || !bytes.HasSuffix(suffix, []byte(`"}`)) {
+		return r, errors.New(`not a record: it does not end in ,"hash":"<64 hex>"}`)
+	}
+	if err := decodeHex(r.Hash[:], suffix[len(`,"hash":"`):len(suffix)-2]); err != nil {
+		return r, fmt.Errorf("hash: %v", err)
+	}
+	canonical := make([]byte, 0, len(line)-hashSuffixLen+1)
+	canonical = append(canonical, line[:len(line)-hashSuffixLen]...)
+	canonical = append(canonical, '}')
+
+	var w wire
+	dec := json.NewDecoder(bytes.NewReader(canonical))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return r, fmt.Errorf("not a record: %v", err)
+	}
+	again, err := json.Marshal(w)
+	if err != nil || !bytes.Equal(again, canonical) {
+		return r, errors.New("not in canonical form (keys, order, spacing or escaping differ)")
+	}
+	r.Seq = w.Seq
+	if err := decodeHex(r.Prev[:], []byte(w.Prev)); err != nil {
+		return r, fmt.Errorf("prev: %v", err)
+	}
+	if err := decodeHex(r.ContextDigest[:], []byte(w.ContextDigest)); err != nil {
+		return r, fmt.Errorf("context_digest: %v", err)
+	}
+	t, err := time.Parse(time.RFC3339Nano, w.Time)
+	if err != nil || t.Format(time.RFC3339Nano) != w.Time || t.Location() != time.UTC {
+		return r, fmt.Errorf("time %q: not RFC 3339 in UTC as this package writes it", w.Time)
+	}
+	r.Time = t
+	r.Peer = w.Peer
+	r.Op, r.Key, r.Version = w.Op, w.Key, w.Version
+	r.Result, r.Reason = w.Result, w.Reason
+	r.Duration = time.Duration(w.DurationUS) * time.Microsecond
+	r.RequestID = w.RequestID
+	if chainHash(r.Prev, canonical) != r.Hash {
+		return r, errors.New("hash does not match the record")
+	}
+	return r, nil
+}
+
+// decodeHex decodes exactly len(dst) bytes of lower-case hex.
+func decodeHex(dst, src []byte) error {
+	if len(src) != 2*len(dst) {
+		return fmt.Errorf("want %d hex digits, got %d characters", 2*len(dst), len(src))
+	}
+	for _, c := range src {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return errors.New("not lower-case hex")
+		}
+	}
+	_, err := hex.Decode(dst, src)
+	return err
+}

@@ -1,0 +1,154 @@
+package audit
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+)
+
+// Result is what Verify checked.
+type Result struct {
+	Files    int    // files read
+	Records  uint64 // records that verified (before the break, if any)
+	FirstSeq uint64 // seq of the first record (0: none)
+	LastSeq  uint64 // seq of the last record that verified
+	LastHash [32]byte
+	// Broken names the first broken record; nil when the chain holds.
+	Broken *Break
+}
+
+// Break names the first broken record and why. It is also the error Verify
+// returns; it matches ErrBroken.
+type Break struct {
+	File   string
+	Line   int    // 1-based
+	Seq    uint64 // the seq the line holds; 0 when it cannot be read
+	Reason string
+}
+
+func (b *Break) Error() string {
+	seq := "seq unreadable"
+	if b.Seq != 0 {
+		seq = "seq " + strconv.FormatUint(b.Seq, 10)
+	}
+	return fmt.Sprintf("%s:%d (%s): %s", b.File, b.Line, seq, b.Reason)
+}
+
+func (b *Break) Is(target error) bool { return target == ErrBroken }
+
+// Verify reads files in chain order (oldest first, as Chain lists them) and
+// checks every line: it is a complete, canonical record; its seq is one more
+// than the one before; its prev is the hash of the one before (64 zeros for
+// seq 1); its hash recomputes. The first record checked may start anywhere
+// in the chain (older files may have been archived). Across files, the first
+// record of a file must continue the last of the file before.
+//
+// A broken chain gives a *Break (in Result.Broken and as the error); a file
+// that cannot be read gives its error.
+func Verify(files ...string) (Result, error) {
+	var v verifier
+	for _, name := range files {
+		f, err := os.Open(name)
+		if err != nil {
+			return v.res, fmt.Errorf("audit: %w", err)
+		}
+		brk, err := v.file(name, f)
+		f.Close()
+		v.res.Files++
+		if err != nil {
+			return v.res, fmt.Errorf("audit: read %s: %w", name, err)
+		}
+		if brk != nil {
+			v.res.Broken = brk
+			return v.res, brk
+		}
+	}
+	return v.res, nil
+}
+
+// verifier carries the chain from line to line and file to file.
+type verifier struct {
+	res      Result
+	lastFile string
+	lastLine int
+}
+
+func (v *verifier) file(name string, r io.Reader) (*Break, error) {
+	s := newLineScanner(r)
+	n := 0
+	for s.next() {
+		n++
+		brk := func(seq uint64, format string, a ...any) *Break {
+			return &Break{File: name, Line: n, Seq: seq, Reason: fmt.Sprintf(format, a...)}
+		}
+		switch {
+		case s.long:
+			return brk(seqPrefix(s.line), "line longer than %d bytes", MaxLine), nil
+		case !s.complete:
+			return brk(seqPrefix(s.line), "incomplete last line (%d bytes, no newline): torn write or truncated file", len(s.line)), nil
+		}
+		rec, err := parseLine(s.line)
+		if err != nil {
+			return brk(seqPrefix(s.line), "%v", err), nil
+		}
+		if why := v.link(rec, name); why != "" {
+			return brk(rec.Seq, "%s", why), nil
+		}
+		if v.res.Records == 0 {
+			v.res.FirstSeq = rec.Seq
+		}
+		v.res.Records++
+		v.res.LastSeq, v.res.LastHash = rec.Seq, rec.Hash
+		v.lastFile, v.lastLine = name, n
+	}
+	return nil, s.err
+}
+
+// link says why rec does not continue the chain, or "".
+func (v *verifier) link(rec Record, name string) string {
+	if v.res.Records == 0 {
+		switch {
+		case rec.Seq == 0:
+			return "seq 0: seqs start at 1"
+		case rec.Seq == 1 && rec.Prev != [32]byte{}:
+			return "seq 1 must have a prev of 64 zeros"
+		}
+		return ""
+	}
+	where := fmt.Sprintf("line %d", v.lastLine)
+	if v.lastFile != name {
+		where = fmt.Sprintf("%s:%d, the last record of the file before", v.lastFile, v.lastLine)
+	}
+	want := v.res.LastSeq + 1
+	switch {
+	case rec.Seq > want:
+		return fmt.Sprintf("seq %d follows seq %d (%s): seq %d..%d missing", rec.Seq, v.res.LastSeq, where, want, rec.Seq-1)
+	case rec.Seq < want:
+		return fmt.Sprintf("seq %d follows seq %d (%s): out of order or repeated", rec.Seq, v.res.LastSeq, where)
+	case rec.Prev != v.res.LastHash:
+		return fmt.Sprintf("prev is not the hash of seq %d (%s): a record before it was changed or replaced", v.res.LastSeq, where)
+	}
+	return ""
+}
+
+// seqPrefix reads the seq of a line that does not parse, for the report.
+func seqPrefix(line []byte) uint64 {
+	rest, ok := bytes.CutPrefix(line, []byte(`{"seq":`))
+	if !ok {
+		return 0
+	}
+	i := 0
+	for i < len(rest) && i < 20 && rest[i] >= '0' && rest[i] <= '9' {
+		i++
+	}
+	if i == len(rest) || rest[i] != ',' {
+		return 0
+	}
+	n, err := strconv.ParseUint(string(rest[:i]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
