@@ -204,6 +204,47 @@ func TestAppendConcurrent(t *testing.T) {
 	}
 }
 
+// TestAppendAll: a batch call's records go out together, in order, in one
+// fsync, beside single appends from other goroutines.
+func TestAppendAll(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := open(t, path, Options{})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			batch := make([]Record, 100)
+			for i := range batch {
+				batch[i] = rec(fmt.Sprintf("b%d-%03d", g, i))
+			}
+			if err := l.AppendAll(context.Background(), batch); err != nil {
+				t.Error(err)
+			}
+			if err := l.Append(context.Background(), rec(fmt.Sprintf("s%d", g))); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	st := l.Stats()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st.Records != 404 || st.Fsyncs > 20 {
+		t.Fatalf("stats %+v: want 404 records in few fsyncs", st)
+	}
+	verifyChain(t, path, 404)
+	last := map[byte]string{}
+	for _, r := range records(t, path) {
+		if r.RequestID[0] == 'b' {
+			g := r.RequestID[1]
+			if r.RequestID <= last[g] {
+				t.Fatalf("batch %c out of order: %s after %s", g, r.RequestID, last[g])
+			}
+			last[g] = r.RequestID
+		}
+	}
+}
+
 // TestGroupWindow: with a window, MaxBatch records queued together go out in
 // one batch, long before the window ends.
 func TestGroupWindow(t *testing.T) {

@@ -228,6 +228,60 @@ func (l *Log) Append(ctx context.Context, r Record) error {
 	}
 }
 
+// AppendAll appends rs as Append does, queued together so that they share
+// one write and fsync (the records of one batch call). It returns the first
+// error; on error none, some or all of rs may be durable, never a record
+// out of order.
+func (l *Log) AppendAll(ctx context.Context, rs []Record) error {
+	if len(rs) == 1 {
+		return l.Append(ctx, rs[0])
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := time.Now()
+	pds := make([]*pending, len(rs))
+	for i, r := range rs {
+		p, err := prepare(r, now)
+		if err != nil {
+			return err
+		}
+		pds[i] = &pending{p: p, done: make(chan error, 1)}
+	}
+	l.mu.Lock()
+	switch {
+	case l.closed:
+		l.mu.Unlock()
+		return ErrClosed
+	case l.failing && (l.retrying || time.Now().Before(l.nextRetry)):
+		l.outage += uint64(len(rs))
+		l.stats.Refused += uint64(len(rs))
+		err := l.lastErr
+		l.mu.Unlock()
+		return fmt.Errorf("%w: failing since the last write: %v", ErrUnavailable, err)
+	case l.failing:
+		l.retrying = true
+	}
+	l.queue = append(l.queue, pds...)
+	l.mu.Unlock()
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+	var first error
+	for _, pd := range pds {
+		select {
+		case err := <-pd.done:
+			if err != nil && first == nil {
+				first = err
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("audit: records queued, not yet durable: %w", ctx.Err())
+		}
+	}
+	return first
+}
+
 // Status reports whether the log is failing, the error that made it fail
 // (kept after recovery, nil if none yet) and how many records wait.
 func (l *Log) Status() (failing bool, lastErr error, queue int) {
