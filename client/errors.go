@@ -90,6 +90,7 @@ var reasonErrs = map[keywardv1.ErrorReason]error{
 	keywardv1.ErrorReason_RATE_LIMITED:         ErrResourceExhausted,
 	keywardv1.ErrorReason_TOO_MANY_REQUESTS:    ErrResourceExhausted,
 	keywardv1.ErrorReason_SHUTTING_DOWN:        ErrUnavailable,
+	keywardv1.ErrorReason_AUDIT_UNAVAILABLE:    ErrUnavailable,
 }
 
 // codeErr is the fallback when an error carries no keyward reason.

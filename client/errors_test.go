@@ -64,6 +64,7 @@ func TestErrorEveryReason(t *testing.T) {
 		keywardv1.ErrorReason_RATE_LIMITED:         ErrResourceExhausted,
 		keywardv1.ErrorReason_TOO_MANY_REQUESTS:    ErrResourceExhausted,
 		keywardv1.ErrorReason_SHUTTING_DOWN:        ErrUnavailable,
+		keywardv1.ErrorReason_AUDIT_UNAVAILABLE:    ErrUnavailable,
 	}
 	// A reason added to the API without a sentinel fails here.
 	for v, name := range keywardv1.ErrorReason_name {

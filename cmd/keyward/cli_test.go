@@ -222,6 +222,7 @@ func TestExitCodeReasons(t *testing.T) {
 		keywardv1.ErrorReason_PERMISSION_DENIED:    {client.ErrPermissionDenied, exitPermission},
 		keywardv1.ErrorReason_BACKEND_UNAVAILABLE:  {client.ErrUnavailable, exitUnavailable},
 		keywardv1.ErrorReason_SHUTTING_DOWN:        {client.ErrUnavailable, exitUnavailable},
+		keywardv1.ErrorReason_AUDIT_UNAVAILABLE:    {client.ErrUnavailable, exitUnavailable},
 		keywardv1.ErrorReason_RATE_LIMITED:         {client.ErrResourceExhausted, exitUnavailable},
 		keywardv1.ErrorReason_TOO_MANY_REQUESTS:    {client.ErrResourceExhausted, exitUnavailable},
 		keywardv1.ErrorReason_KEY_NOT_FOUND:        {client.ErrNotFound, exitNotFound},

@@ -56,6 +56,7 @@ const (
 	ErrorReason_RATE_LIMITED             ErrorReason = 17 // RESOURCE_EXHAUSTED: a per-caller limit was hit
 	ErrorReason_TOO_MANY_REQUESTS        ErrorReason = 18 // RESOURCE_EXHAUSTED: connection or concurrency limit
 	ErrorReason_SHUTTING_DOWN            ErrorReason = 19 // UNAVAILABLE
+	ErrorReason_AUDIT_UNAVAILABLE        ErrorReason = 20 // UNAVAILABLE: the audit log cannot be written; operations are refused until it can
 )
 
 // Enum value maps for ErrorReason.
@@ -81,6 +82,7 @@ var (
 		17: "RATE_LIMITED",
 		18: "TOO_MANY_REQUESTS",
 		19: "SHUTTING_DOWN",
+		20: "AUDIT_UNAVAILABLE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -103,6 +105,7 @@ var (
 		"RATE_LIMITED":             17,
 		"TOO_MANY_REQUESTS":        18,
 		"SHUTTING_DOWN":            19,
+		"AUDIT_UNAVAILABLE":        20,
 	}
 )
 
@@ -2986,7 +2989,7 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
 	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x10\n" +
 	"\x03pid\x18\x04 \x01(\x05R\x03pid\x12\x12\n" +
-	"\x04unit\x18\x05 \x01(\tR\x04unit*\xb4\x03\n" +
+	"\x04unit\x18\x05 \x01(\tR\x04unit*\xcb\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x14\n" +
@@ -3009,7 +3012,8 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x13BACKEND_UNAVAILABLE\x10\x10\x12\x10\n" +
 	"\fRATE_LIMITED\x10\x11\x12\x15\n" +
 	"\x11TOO_MANY_REQUESTS\x10\x12\x12\x11\n" +
-	"\rSHUTTING_DOWN\x10\x13*W\n" +
+	"\rSHUTTING_DOWN\x10\x13\x12\x15\n" +
+	"\x11AUDIT_UNAVAILABLE\x10\x14*W\n" +
 	"\fVersionState\x12\x1d\n" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aENABLED\x10\x01\x12\f\n" +

@@ -16,7 +16,7 @@ func (r ErrorReason) Code() codes.Code {
 		return codes.NotFound
 	case ErrorReason_PERMISSION_DENIED:
 		return codes.PermissionDenied
-	case ErrorReason_BACKEND_UNAVAILABLE, ErrorReason_SHUTTING_DOWN:
+	case ErrorReason_BACKEND_UNAVAILABLE, ErrorReason_SHUTTING_DOWN, ErrorReason_AUDIT_UNAVAILABLE:
 		return codes.Unavailable
 	case ErrorReason_RATE_LIMITED, ErrorReason_TOO_MANY_REQUESTS:
 		return codes.ResourceExhausted
