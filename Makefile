@@ -11,7 +11,7 @@ DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd
 
 DEV_DIR := .dev/softhsm
 
-.PHONY: all deps build test lint fmt run demo dev-token clean proto
+.PHONY: all deps build test lint fmt run demo dev-token clean proto deb
 
 all: build
 
@@ -71,3 +71,27 @@ proto:
 		--go_out=api --go_opt=paths=source_relative \
 		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
 		api/keyward/v1/keyward.proto
+
+# The Debian package, bin/keyward_$(DEB_VERSION)_$(DEB_ARCH).deb: both binaries
+# (version stamped), the systemd units, sysusers.d, tmpfiles.d, the conffile
+# /etc/keyward/keyward.toml, the README, the --help texts and the drop-in
+# examples (packaging/nfpm.yaml). nfpm is pinned and installed into bin/
+# (v2.48.0 does not build from the module proxy). Depends: libc6 at the
+# newest symbol version the binaries use.
+NFPM_VERSION := v2.44.0
+NFPM := $(CURDIR)/bin/nfpm
+DEB_VERSION ?= 0.1.0
+DEB_ARCH ?= $(shell $(GO) env GOARCH)
+
+deb:
+	@if [ "$$($(GO) version -m $(NFPM) 2>/dev/null | awk '$$1 == "mod" { print $$3 }')" != "$(NFPM_VERSION)" ]; then \
+		echo "installing nfpm $(NFPM_VERSION) into bin/"; \
+		GOBIN=$(CURDIR)/bin $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION); \
+	fi
+	@rm -rf bin/deb && mkdir -p bin/deb/doc
+	$(GO) build -trimpath -ldflags "-s -w -X github.com/keyward/keyward/daemon.Version=$(DEB_VERSION)" -o bin/deb/ ./cmd/keywardd ./cmd/keyward
+	@bin/deb/keywardd --help > bin/deb/doc/keywardd.txt 2>&1
+	@bin/deb/keyward --help > bin/deb/doc/keyward.txt
+	@libc=$$(objdump -T bin/deb/keywardd bin/deb/keyward | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
+	test -n "$$libc" || { echo "deb: no glibc symbol versions found" >&2; exit 1; }; \
+	DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) DEB_LIBC=$$libc $(NFPM) package --config packaging/nfpm.yaml --packager deb --target bin/

@@ -80,6 +80,7 @@ func (s *Service) interceptor(stopping *atomicBool) grpc.UnaryServerInterceptor 
 		defer lim.release(id.UID)
 		start := time.Now()
 		resp, err := handler(ctx, req)
+		s.served.Add(1)
 		s.log.Debug("call", "method", info.FullMethod, "uid", id.UID, "pid", id.PID, "took", time.Since(start), "failed", err != nil)
 		return resp, err
 	}
@@ -92,14 +93,6 @@ type atomicBool struct {
 
 func (b *atomicBool) Load() bool   { b.mu.Lock(); defer b.mu.Unlock(); return b.v }
 func (b *atomicBool) Store(v bool) { b.mu.Lock(); b.v = v; b.mu.Unlock() }
-
-// NewLogger returns the daemon's logger at level on w (text to stderr; the
-// systemd issue adds journald).
-func NewLogger(level string) *slog.Logger {
-	var l slog.Level
-	l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
-}
 
 // HardenProcess refuses core dumps and ptrace by other processes of the
 // same uid: a dump would hold plaintexts and the PIN.
@@ -170,8 +163,16 @@ type Options struct {
 	Logger     *slog.Logger
 	// Metrics, if set, is used instead of a new set (so callers can add theirs).
 	Metrics *Metrics
-	// Ready is called once the socket is serving (sd_notify comes with the systemd issue).
+	// Ready is called once the socket is serving.
 	Ready func(socketPath string)
+	// Notifier, when set, hears READY=1 once the keyring has been read,
+	// STATUS=, RELOADING=1 and READY=1 around a reload, and STOPPING=1
+	// (SystemdNotifier; see notify.go).
+	Notifier Notifier
+	// Watchdog is the service manager's watchdog timeout (0: none):
+	// WATCHDOG=1 goes to Notifier every Watchdog/2 while the backend answers
+	// its health probe.
+	Watchdog time.Duration
 }
 
 // Run serves until ctx ends: opens the backend, compiles the policy, takes
@@ -181,6 +182,7 @@ type Options struct {
 func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, opts Options) error {
 	log := opts.Logger
 	svc := NewService(be, cfg.Backend.Kind, Version, pol, cfg.Limits, log)
+	sm := newLifecycle(opts, svc, log)
 	metrics := opts.Metrics
 	if metrics == nil {
 		metrics = NewMetrics(be)
@@ -231,9 +233,11 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 					log.Info("SIGHUP: no config file to reload")
 					continue
 				}
+				sm.reloading()
 				ncfg, npol, err := CheckConfig(opts.ConfigPath)
 				if err != nil {
 					log.Error("reload failed; keeping the running policy and limits", "err", err)
+					sm.reloaded(ctx)
 					continue
 				}
 				svc.SetPolicy(npol)
@@ -242,10 +246,15 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 				if changed := restartOnly(cfg, ncfg); len(changed) > 0 {
 					log.Warn("changed settings that apply only after a restart", "settings", strings.Join(changed, "; "))
 				}
+				sm.reloaded(ctx)
 			}
 		}
 	}()
 
+	if err := sm.start(ctx); err != nil {
+		l.Close()
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	log.Info("serving", "socket", path, "backend", cfg.Backend.Kind, "rules", pol.Rules())
@@ -257,6 +266,7 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
+	sm.stopping()
 	log.Info("shutting down: draining in-flight calls", "grace", cfg.Limits.ShutdownGrace.Duration)
 	stopping.Store(true)
 	done := make(chan struct{})

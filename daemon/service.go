@@ -34,7 +34,8 @@ type Service struct {
 	pol     atomic.Pointer[policy.Policy]
 	lim     atomic.Pointer[Limits]
 	abuse   *abuse
-	metrics *Metrics // nil-safe
+	metrics *Metrics      // nil-safe
+	served  atomic.Uint64 // calls that reached their handler (STATUS= under systemd)
 }
 
 // NewService returns a service on be with policy pol and limits lim.
@@ -50,6 +51,9 @@ func (s *Service) SetPolicy(p *policy.Policy) { s.pol.Store(p) }
 
 // SetLimits swaps the request limits.
 func (s *Service) SetLimits(l Limits) { s.lim.Store(&l) }
+
+// Served returns how many calls reached their handler, whatever their result.
+func (s *Service) Served() uint64 { return s.served.Load() }
 
 // authorize checks op on key for the caller. The caller learns only "not
 // allowed"; the log keeps who, what and why.

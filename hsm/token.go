@@ -510,9 +510,17 @@ func (st *tokenState) getSession(ctx context.Context) (pkcs11.SessionHandle, err
 	}
 }
 
-// Health checks that the token answers and the session is logged in.
+// Health checks that the token is present and answers, and that the session
+// is logged in. C_GetTokenInfo is what reaches the token: C_GetSessionInfo
+// alone is answered from the library's memory, and SoftHSM2 kept passing it
+// for a token whose directory had been removed (C_GetTokenInfo fails at once
+// with CKR_GENERAL_ERROR there), so the watchdog would have kept a daemon
+// without a token alive.
 func (t *Token) Health(ctx context.Context) error {
 	return t.withSession(ctx, func(s *sess) error {
+		if _, err := s.p.GetTokenInfo(s.st.slot); err != nil {
+			return err
+		}
 		info, err := s.p.GetSessionInfo(s.sh)
 		if err != nil {
 			return err

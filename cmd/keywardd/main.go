@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/hsm"
 )
 
 // Exit codes.
@@ -21,6 +22,9 @@ const (
 	exitFail   = 1
 	exitUsage  = 2
 	exitConfig = 3
+	// exitLogin: the token refused the PIN. keyward.service does not restart
+	// on it (RestartPreventExitStatus=): retrying may lock a real token.
+	exitLogin = 4
 )
 
 const usage = `keywardd: the keyward key daemon
@@ -38,6 +42,24 @@ Usage:
 Flags:
 `
 
+const usageTail = `
+Signals: SIGTERM and SIGINT drain calls in flight, then stop; SIGHUP re-reads
+the config (rules and per-call limits; a bad file keeps the running one).
+
+Exit codes: 0 stopped cleanly, or the config is valid; 1 could not run;
+2 usage; 3 invalid configuration; 4 the token refused the PIN (not retried:
+a real token may lock).
+
+Under systemd (keyward.socket, keyward.service): serves the passed socket
+named systemd_socket_name; with $NOTIFY_SOCKET, sends READY=1 once the token
+is logged in and the keyring read, STATUS= lines, RELOADING=1 and READY=1 on
+SIGHUP, STOPPING=1, and WATCHDOG=1 every $WATCHDOG_USEC/2 while the token
+answers a health probe; reads the PIN from $CREDENTIALS_DIRECTORY/pin when
+backend.pin_file is not set; logs to the journal when stderr is the journal.
+
+Documentation: README.md (installed in /usr/share/doc/keyward/).
+`
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -51,6 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, usage, daemon.DefaultConfigPath)
 		fs.PrintDefaults()
+		fmt.Fprint(stderr, usageTail)
 	}
 	configPath := fs.String("config", daemon.DefaultConfigPath, "configuration file (TOML)")
 	check := fs.Bool("check-config", false, "validate the configuration and its policy, then exit")
@@ -97,13 +120,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		cfg.LogLevel = *logLevel
 	}
 	log := daemon.NewLogger(cfg.LogLevel)
+	notifier, watchdog, err := daemon.SystemdNotifier()
+	if err != nil {
+		log.Error("systemd notification", "err", err)
+		return exitFail
+	}
 	be, err := daemon.OpenBackend(ctx, cfg, log)
 	if err != nil {
 		log.Error("cannot open the key backend", "err", err)
+		if errors.Is(err, hsm.ErrLogin) {
+			return exitLogin
+		}
 		return exitFail
 	}
 	defer be.Close()
-	if err := daemon.Run(ctx, cfg, pol, be, daemon.Options{ConfigPath: *configPath, Logger: log}); err != nil {
+	opts := daemon.Options{ConfigPath: *configPath, Logger: log, Notifier: notifier, Watchdog: watchdog}
+	if err := daemon.Run(ctx, cfg, pol, be, opts); err != nil {
 		log.Error("daemon stopped", "err", err)
 		return exitFail
 	}

@@ -37,9 +37,10 @@ func Resolve(path, name string) (string, error) {
 }
 
 // Read returns the secret in path with one trailing newline (and CR) removed.
-// It refuses a file that group or others may read, that is not a regular
-// file, or that is larger than MaxSize. The caller zeroes the result when
-// done. Errors name the path, never the content.
+// It refuses a file that group or others may read (a POSIX ACL granting read
+// to this process's user alone, as systemd gives credentials, is accepted),
+// that is not a regular file, or that is larger than MaxSize. The caller
+// zeroes the result when done. Errors name the path, never the content.
 func Read(path string) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|ostNoFollow(), 0)
 	if err != nil {
@@ -53,7 +54,7 @@ func Read(path string) ([]byte, error) {
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("secret file %s is not a regular file", path)
 	}
-	if st.Mode().Perm()&0o077 != 0 {
+	if st.Mode().Perm()&0o077 != 0 && !privateByACL(f, st.Mode().Perm()) {
 		return nil, fmt.Errorf("%s has mode %04o: %w", path, st.Mode().Perm(), ErrTooOpen)
 	}
 	buf := make([]byte, MaxSize+1)
