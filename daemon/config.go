@@ -30,12 +30,18 @@ type Config struct {
 	// MetricsSocket serves Prometheus metrics at /metrics on this Unix socket
 	// (mode 0660); MetricsListen on a loopback TCP address instead. Off when
 	// both are empty.
-	MetricsSocket string        `toml:"metrics_socket"`
-	MetricsListen string        `toml:"metrics_listen"`
-	LogLevel      string        `toml:"log_level"`
-	Backend       Backend       `toml:"backend"`
-	Limits        Limits        `toml:"limits"`
-	Rules         []policy.Rule `toml:"rule"`
+	MetricsSocket string `toml:"metrics_socket"`
+	MetricsListen string `toml:"metrics_listen"`
+	// AuditLog is the hash-chained audit log: one record per operation,
+	// durable before the reply. "off" disables it (not for production: the
+	// daemon then leaves no evidence).
+	AuditLog string `toml:"audit_log"`
+	// AuditMaxFileSize rotates the audit log past this many bytes.
+	AuditMaxFileSize int64         `toml:"audit_max_file_size"`
+	LogLevel         string        `toml:"log_level"`
+	Backend          Backend       `toml:"backend"`
+	Limits           Limits        `toml:"limits"`
+	Rules            []policy.Rule `toml:"rule"`
 }
 
 // Backend selects the key device.
@@ -87,6 +93,8 @@ func Defaults() Config {
 	return Config{
 		Socket:            "/run/keyward/keyward.sock",
 		SystemdSocketName: "keyward",
+		AuditLog:          "/var/log/keyward/audit.log",
+		AuditMaxFileSize:  64 << 20,
 		LogLevel:          "info",
 		Backend: Backend{
 			Kind:   "pkcs11",
@@ -154,6 +162,12 @@ func (c *Config) Validate() error {
 	var errs []string
 	if c.Socket == "" {
 		errs = append(errs, "socket is empty")
+	}
+	if c.AuditLog == "" {
+		errs = append(errs, `audit_log is empty (set a path, or "off" to run without an audit log)`)
+	}
+	if c.AuditMaxFileSize < 4096 {
+		errs = append(errs, "audit_max_file_size: at least 4096 bytes")
 	}
 	if c.MetricsSocket != "" && c.MetricsListen != "" {
 		errs = append(errs, "set at most one of metrics_socket and metrics_listen")

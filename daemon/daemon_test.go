@@ -90,6 +90,7 @@ func startWith(t *testing.T, rules []policy.Rule, mod func(*daemon.Config), logw
 	cfg.SocketGroup = fmt.Sprint(socketGID)
 	cfg.Backend.Module, cfg.Backend.Token, cfg.Backend.PINFile = tok.Module, tok.Label, tok.PINFile
 	cfg.Backend.MetadataMaxAge = daemon.Duration{Duration: -1}
+	cfg.AuditLog = filepath.Join(dir, "audit", "audit.log")
 	cfg.Rules = rules
 	if mod != nil {
 		mod(&cfg)
@@ -137,8 +138,8 @@ func startWith(t *testing.T, rules []policy.Rule, mod func(*daemon.Config), logw
 func writeConfig(t *testing.T, path string, cfg daemon.Config) {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "socket = %q\nsocket_group = %q\n[backend]\nmodule = %q\ntoken = %q\npin_file = %q\nmetadata_max_age = \"-1ns\"\n",
-		cfg.Socket, cfg.SocketGroup, cfg.Backend.Module, cfg.Backend.Token, cfg.Backend.PINFile)
+	fmt.Fprintf(&b, "socket = %q\nsocket_group = %q\naudit_log = %q\n[backend]\nmodule = %q\ntoken = %q\npin_file = %q\nmetadata_max_age = \"-1ns\"\n",
+		cfg.Socket, cfg.SocketGroup, cfg.AuditLog, cfg.Backend.Module, cfg.Backend.Token, cfg.Backend.PINFile)
 	fmt.Fprintf(&b, "[limits]\nmax_batch = %d\nmax_concurrent_per_uid = %d\nmax_connections = %d\nmax_plaintext = %d\n",
 		cfg.Limits.MaxBatch, cfg.Limits.MaxConcurrentPerUID, cfg.Limits.MaxConnections, cfg.Limits.MaxPlaintext)
 	for _, r := range cfg.Rules {
@@ -434,6 +435,7 @@ func TestReload(t *testing.T) {
 	cfg := daemon.Defaults()
 	cfg.Socket = r.sock
 	cfg.SocketGroup = fmt.Sprint(socketGID)
+	cfg.AuditLog = filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")
 	cfg.Backend.Module, cfg.Backend.Token, cfg.Backend.PINFile = tok.Module, tok.Label, tok.PINFile
 	cfg.Rules = append(testRules(), policy.Rule{Name: "outsider now", UIDs: []uint32{outsideUID}, Keys: []string{"app/reload"}, Operations: []string{"wrap"}})
 	writeConfig(t, r.cfgPath, cfg)

@@ -83,6 +83,7 @@ func NewDev(dir, socketPath, logLevel string) (*Dev, error) {
 	cfg.Backend.Module = module
 	cfg.Backend.Token = DevTokenLabel
 	cfg.Backend.PINFile = pinFile
+	cfg.AuditLog = filepath.Join(d.Dir, "audit.log")
 	var ops []string
 	for _, o := range append(append([]policy.Operation{}, policy.DataOperations...), policy.AdminOperations...) {
 		ops = append(ops, string(o))

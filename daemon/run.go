@@ -188,6 +188,14 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 		metrics = NewMetrics(be)
 	}
 	svc.metrics = metrics
+	al, err := openAudit(cfg, metrics, log)
+	if err != nil {
+		return err
+	}
+	if al != nil {
+		defer al.Close() // after the server has drained: every reply's records are written
+		svc.audit = al
+	}
 	stopMetrics, err := serveMetrics(ctx, metrics, cfg.MetricsSocket, cfg.MetricsListen, log)
 	if err != nil {
 		return err
@@ -216,7 +224,7 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.Limits.IdleTimeout.Duration}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second}),
 		grpc.MaxConcurrentStreams(256),
-		grpc.ChainUnaryInterceptor(metrics.interceptor(), svc.interceptor(stopping)),
+		grpc.ChainUnaryInterceptor(metrics.interceptor(), svc.interceptor(stopping), svc.auditInterceptor(al)),
 	)
 	pb.RegisterKeywardServer(srv, svc)
 

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/envelope"
 	"github.com/keyward/keyward/internal/secretfile"
 	"github.com/keyward/keyward/keys"
@@ -35,6 +36,7 @@ type Service struct {
 	lim     atomic.Pointer[Limits]
 	abuse   *abuse
 	metrics *Metrics      // nil-safe
+	audit   *audit.Log    // nil: audit off
 	served  atomic.Uint64 // calls that reached their handler (STATUS= under systemd)
 }
 
@@ -73,7 +75,7 @@ func (s *Service) authorize(ctx context.Context, op policy.Operation, key string
 		s.log.Warn("denied", "op", string(op), "key", key, "uid", id.UID, "gid", id.GID, "pid", id.PID, "unit", id.Unit, "reason", d.Reason)
 		s.abuse.note(id.UID, abuseDenied, lim.MaxDeniedPerMinute)
 		s.metrics.deny(op)
-		return fmt.Errorf("%s %s: %w", op, key, ErrDenied)
+		return &deniedError{reason: d.Reason, err: fmt.Errorf("%s %s: %w", op, key, ErrDenied)}
 	}
 	s.log.Debug("allowed", "op", string(op), "key", key, "uid", id.UID, "rule", d.Rule)
 	return nil
@@ -122,7 +124,10 @@ func blobKey(blob []byte) (envelope.Header, error) {
 	return h, err
 }
 
-func (s *Service) wrap(ctx context.Context, req *pb.WrapRequest) (*pb.WrapResponse, error) {
+func (s *Service) wrap(ctx context.Context, req *pb.WrapRequest) (resp *pb.WrapResponse, err error) {
+	defer func(start time.Time) {
+		auditOp(ctx, "wrap", req.GetKey(), resp.GetVersion(), req.GetContext(), "", start, err)
+	}(time.Now())
 	if err := s.checkKey(req.GetKey()); err != nil {
 		return nil, err
 	}
@@ -154,7 +159,8 @@ func (s *Service) Wrap(ctx context.Context, req *pb.WrapRequest) (*pb.WrapRespon
 	return resp, nil
 }
 
-func (s *Service) unwrap(ctx context.Context, op policy.Operation, blob []byte, c map[string]string) (keys.Unwrapped, error) {
+func (s *Service) unwrap(ctx context.Context, op policy.Operation, blob []byte, c map[string]string) (u keys.Unwrapped, err error) {
+	defer func(start time.Time) { auditBlob(ctx, string(op), blob, c, start, err) }(time.Now())
 	if len(blob) > keys.MaxBlob {
 		return keys.Unwrapped{}, invalid("ciphertext is %d bytes, at most %d", len(blob), keys.MaxBlob)
 	}
@@ -185,8 +191,10 @@ func (s *Service) Rewrap(ctx context.Context, req *pb.RewrapRequest) (*pb.Rewrap
 		return nil, s.fail(ctx, "rewrap", err)
 	}
 	defer secretfile.Zero(u.Plaintext)
+	start := time.Now()
 	blob, err := s.be.Wrap(ctx, u.Name, u.Plaintext, req.GetContext())
 	if err != nil {
+		auditOp(ctx, "rewrap.wrap", u.Name, 0, req.GetContext(), "", start, err)
 		return nil, s.fail(ctx, "rewrap", err)
 	}
 	h, _, _ := envelope.Decode(blob)
@@ -194,6 +202,7 @@ func (s *Service) Rewrap(ctx context.Context, req *pb.RewrapRequest) (*pb.Rewrap
 }
 
 func (s *Service) GenerateDataKey(ctx context.Context, req *pb.GenerateDataKeyRequest) (*pb.GenerateDataKeyResponse, error) {
+	start := time.Now()
 	resp, err := func() (*pb.GenerateDataKeyResponse, error) {
 		if err := s.checkKey(req.GetKey()); err != nil {
 			return nil, err
@@ -229,6 +238,7 @@ func (s *Service) GenerateDataKey(ctx context.Context, req *pb.GenerateDataKeyRe
 		}
 		return out, nil
 	}()
+	auditOp(ctx, "datakey", req.GetKey(), resp.GetVersion(), req.GetContext(), "", start, err)
 	if err != nil {
 		return nil, s.fail(ctx, "datakey", err)
 	}
@@ -236,6 +246,7 @@ func (s *Service) GenerateDataKey(ctx context.Context, req *pb.GenerateDataKeyRe
 }
 
 func (s *Service) Sign(ctx context.Context, req *pb.SignRequest) (*pb.SignResponse, error) {
+	start := time.Now()
 	resp, err := func() (*pb.SignResponse, error) {
 		if err := s.checkKey(req.GetKey()); err != nil {
 			return nil, err
@@ -252,6 +263,7 @@ func (s *Service) Sign(ctx context.Context, req *pb.SignRequest) (*pb.SignRespon
 		}
 		return &pb.SignResponse{Signature: sig.Bytes, Key: sig.Name, Version: sig.Version}, nil
 	}()
+	auditOp(ctx, "sign", req.GetKey(), resp.GetVersion(), nil, "", start, err)
 	if err != nil {
 		return nil, s.fail(ctx, "sign", err)
 	}
@@ -300,6 +312,7 @@ func (s *Service) verifyAny(ctx context.Context, name string, v uint32, check fu
 }
 
 func (s *Service) Verify(ctx context.Context, req *pb.VerifyRequest) (*pb.VerifyResponse, error) {
+	start := time.Now()
 	resp, err := func() (*pb.VerifyResponse, error) {
 		if err := s.checkKey(req.GetKey()); err != nil {
 			return nil, err
@@ -321,13 +334,17 @@ func (s *Service) Verify(ctx context.Context, req *pb.VerifyRequest) (*pb.Verify
 		}
 		return &pb.VerifyResponse{Valid: ok, Version: v}, nil
 	}()
+	auditOp(ctx, "verify", req.GetKey(), max(resp.GetVersion(), req.GetVersion()), nil, validity(resp.GetValid(), err), start, err)
 	if err != nil {
 		return nil, s.fail(ctx, "verify", err)
 	}
 	return resp, nil
 }
 
-func (s *Service) mac(ctx context.Context, req *pb.MacRequest) (*pb.MacResponse, error) {
+func (s *Service) mac(ctx context.Context, req *pb.MacRequest) (resp *pb.MacResponse, err error) {
+	defer func(start time.Time) {
+		auditOp(ctx, "mac", req.GetKey(), resp.GetVersion(), nil, "", start, err)
+	}(time.Now())
 	if err := s.checkKey(req.GetKey()); err != nil {
 		return nil, err
 	}
@@ -352,7 +369,10 @@ func (s *Service) Mac(ctx context.Context, req *pb.MacRequest) (*pb.MacResponse,
 	return resp, nil
 }
 
-func (s *Service) verifyMac(ctx context.Context, req *pb.VerifyMacRequest) (*pb.VerifyMacResponse, error) {
+func (s *Service) verifyMac(ctx context.Context, req *pb.VerifyMacRequest) (resp *pb.VerifyMacResponse, err error) {
+	defer func(start time.Time) {
+		auditOp(ctx, "verify-mac", req.GetKey(), max(resp.GetVersion(), req.GetVersion()), nil, validity(resp.GetValid(), err), start, err)
+	}(time.Now())
 	if err := s.checkKey(req.GetKey()); err != nil {
 		return nil, err
 	}
@@ -392,6 +412,7 @@ func (s *Service) VerifyMac(ctx context.Context, req *pb.VerifyMacRequest) (*pb.
 }
 
 func (s *Service) GetPublicKey(ctx context.Context, req *pb.GetPublicKeyRequest) (*pb.GetPublicKeyResponse, error) {
+	start := time.Now()
 	resp, err := func() (*pb.GetPublicKeyResponse, error) {
 		if err := s.checkKey(req.GetKey()); err != nil {
 			return nil, err
@@ -414,6 +435,7 @@ func (s *Service) GetPublicKey(ctx context.Context, req *pb.GetPublicKeyRequest)
 		return &pb.GetPublicKeyResponse{Key: req.GetKey(), Version: v, KeyType: string(info.Type), PublicKeyDer: der,
 			PublicKeyPem: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}, nil
 	}()
+	auditOp(ctx, "public-key", req.GetKey(), max(resp.GetVersion(), req.GetVersion()), nil, "", start, err)
 	if err != nil {
 		return nil, s.fail(ctx, "public-key", err)
 	}
@@ -504,15 +526,19 @@ func keyInfo(k keys.KeyInfo) *pb.KeyInfo {
 	return out
 }
 
-// admin runs one lifecycle operation after authorising it.
+// admin runs one lifecycle operation after authorising it, and audits it.
 func (s *Service) admin(ctx context.Context, op policy.Operation, key string, fn func() (keys.KeyInfo, error)) (*pb.KeyInfo, error) {
-	if err := s.checkKey(key); err != nil {
-		return nil, s.fail(ctx, string(op), err)
-	}
-	if err := s.authorize(ctx, op, key, nil); err != nil {
-		return nil, s.fail(ctx, string(op), err)
-	}
-	info, err := fn()
+	start := time.Now()
+	info, err := func() (keys.KeyInfo, error) {
+		if err := s.checkKey(key); err != nil {
+			return keys.KeyInfo{}, err
+		}
+		if err := s.authorize(ctx, op, key, nil); err != nil {
+			return keys.KeyInfo{}, err
+		}
+		return fn()
+	}()
+	auditOp(ctx, string(op), key, uint32(len(info.Versions)), nil, "", start, err)
 	if err != nil {
 		return nil, s.fail(ctx, string(op), err)
 	}
@@ -615,6 +641,14 @@ func (s *Service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.Status
 	if err := s.be.Health(hctx); err != nil {
 		out.BackendHealthy = false
 		out.BackendError = messages[reasonOf(err)]
+	}
+	out.Audit = "off"
+	if s.audit != nil {
+		out.Audit = "ok"
+		if failing, lastErr, _ := s.audit.Status(); failing {
+			out.Audit = "failing: the audit log cannot be written; operations are refused (the daemon log says why)"
+			_ = lastErr
+		}
 	}
 	if id, ok := identityFrom(ctx); ok {
 		out.You = &pb.Peer{Uid: id.UID, Gid: id.GID, Groups: id.Groups, Pid: id.PID, Unit: id.Unit}

@@ -20,6 +20,7 @@ type statusJSON struct {
 	BackendHealthy bool       `json:"backend_healthy"`
 	BackendError   string     `json:"backend_error,omitempty"`
 	Keys           uint32     `json:"keys"`
+	Audit          string     `json:"audit"`
 	Started        *time.Time `json:"started,omitempty"`
 	You            peerJSON   `json:"you"`
 }
@@ -71,7 +72,7 @@ func toStatusJSON(st *keywardv1.StatusResponse) statusJSON {
 	you := st.GetYou()
 	out := statusJSON{
 		Version: st.GetVersion(), Backend: st.GetBackend(), BackendHealthy: st.GetBackendHealthy(),
-		BackendError: st.GetBackendError(), Keys: st.GetKeys(),
+		BackendError: st.GetBackendError(), Keys: st.GetKeys(), Audit: st.GetAudit(),
 		You: peerJSON{UID: you.GetUid(), GID: you.GetGid(), Groups: you.GetGroups(), PID: you.GetPid(), Unit: you.GetUnit()},
 	}
 	if out.You.Groups == nil {
@@ -97,8 +98,8 @@ func printStatus(a *app, s statusJSON) error {
 	for i, g := range s.You.Groups {
 		groups[i] = strconv.FormatUint(uint64(g), 10)
 	}
-	_, err := fmt.Fprintf(a.stdout, "keywardd %s at %s%s\nbackend %s: %s\nkeys: %d\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\n",
-		orText(s.Version, "(version unknown)"), a.socket, since, orText(s.Backend, "?"), health, s.Keys,
+	_, err := fmt.Fprintf(a.stdout, "keywardd %s at %s%s\nbackend %s: %s\nkeys: %d\naudit log: %s\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\n",
+		orText(s.Version, "(version unknown)"), a.socket, since, orText(s.Backend, "?"), health, s.Keys, orText(s.Audit, "?"),
 		s.You.UID, s.You.GID, orText(strings.Join(groups, ","), "-"), s.You.PID, orText(s.You.Unit, "-"))
 	return err
 }

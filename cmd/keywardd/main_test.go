@@ -98,6 +98,7 @@ func dial(t *testing.T, sock string) pb.KeywardClient {
 func config(t *testing.T, dir, sock, extra string) string {
 	t.Helper()
 	body := fmt.Sprintf(`socket = %q
+audit_log = %q
 [backend]
 module = %q
 token = %q
@@ -109,7 +110,7 @@ uids = [0]
 keys = ["**"]
 operations = ["wrap", "unwrap", "rewrap", "datakey", "sign", "verify", "mac", "verify-mac", "public-key",
   "key.create", "key.rotate", "key.disable", "key.enable", "key.destroy", "key.read", "key.set-min-version", "key.adopt"]
-`, sock, tok.Module, tok.Label, tok.PINFile, extra)
+`, sock, filepath.Join(dir, "audit.log"), tok.Module, tok.Label, tok.PINFile, extra)
 	p := filepath.Join(dir, "keyward.toml")
 	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 		t.Fatal(err)

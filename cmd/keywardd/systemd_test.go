@@ -172,6 +172,7 @@ func TestSystemdProtocol(t *testing.T) {
 	cfgPath := filepath.Join(dir, "keyward.toml")
 	cfg := fmt.Sprintf(`socket = %q
 systemd_socket_name = "keyward"
+audit_log = %q
 [backend]
 module = %q
 token = %q
@@ -180,7 +181,7 @@ name = "root"
 uids = [0]
 keys = ["**"]
 operations = ["wrap", "unwrap", "key.create", "key.read"]
-`, filepath.Join(dir, "not-this.sock"), tok.Module, label)
+`, filepath.Join(dir, "not-this.sock"), filepath.Join(dir, "audit.log"), tok.Module, label)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -350,8 +351,8 @@ func TestRefusedPINExits4(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfgPath := filepath.Join(dir, "keyward.toml")
-	cfg := fmt.Sprintf("socket = %q\n[backend]\nmodule = %q\ntoken = %q\npin_file = %q\n",
-		filepath.Join(dir, "k.sock"), tok.Module, label, pinFile)
+	cfg := fmt.Sprintf("socket = %q\naudit_log = %q\n[backend]\nmodule = %q\ntoken = %q\npin_file = %q\n",
+		filepath.Join(dir, "k.sock"), filepath.Join(dir, "audit.log"), tok.Module, label, pinFile)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -2642,7 +2642,8 @@ type StatusResponse struct {
 	BackendError   string                 `protobuf:"bytes,4,opt,name=backend_error,json=backendError,proto3" json:"backend_error,omitempty"` // why not healthy (no secrets)
 	Keys           uint32                 `protobuf:"varint,5,opt,name=keys,proto3" json:"keys,omitempty"`                                    // keys the caller may read (key.read)
 	Started        *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started,proto3" json:"started,omitempty"`
-	You            *Peer                  `protobuf:"bytes,7,opt,name=you,proto3" json:"you,omitempty"` // the caller, as the kernel reported it
+	You            *Peer                  `protobuf:"bytes,7,opt,name=you,proto3" json:"you,omitempty"`     // the caller, as the kernel reported it
+	Audit          string                 `protobuf:"bytes,8,opt,name=audit,proto3" json:"audit,omitempty"` // "ok", "off", or why the audit log cannot be written (operations are then refused)
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -2724,6 +2725,13 @@ func (x *StatusResponse) GetYou() *Peer {
 		return x.You
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetAudit() string {
+	if x != nil {
+		return x.Audit
+	}
+	return ""
 }
 
 type Peer struct {
@@ -2975,7 +2983,7 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x19\n" +
 	"\bkey_type\x18\x02 \x01(\tR\akeyType\x12\x10\n" +
 	"\x03uri\x18\x03 \x01(\tR\x03uri\"\x0f\n" +
-	"\rStatusRequest\"\x80\x02\n" +
+	"\rStatusRequest\"\x96\x02\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
 	"\abackend\x18\x02 \x01(\tR\abackend\x12'\n" +
@@ -2983,7 +2991,8 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\rbackend_error\x18\x04 \x01(\tR\fbackendError\x12\x12\n" +
 	"\x04keys\x18\x05 \x01(\rR\x04keys\x124\n" +
 	"\astarted\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12\"\n" +
-	"\x03you\x18\a \x01(\v2\x10.keyward.v1.PeerR\x03you\"h\n" +
+	"\x03you\x18\a \x01(\v2\x10.keyward.v1.PeerR\x03you\x12\x14\n" +
+	"\x05audit\x18\b \x01(\tR\x05audit\"h\n" +
 	"\x04Peer\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +

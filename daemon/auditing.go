@@ -1,0 +1,194 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	"github.com/keyward/keyward/audit"
+	"github.com/keyward/keyward/envelope"
+)
+
+// ErrAuditUnavailable: the audit log cannot be written; keywardd refuses
+// operations rather than perform them unrecorded (fail closed).
+var ErrAuditUnavailable = errors.New("audit log unavailable")
+
+// openAudit opens the configured audit log (nil when it is "off") and
+// registers its metrics. A log that cannot be opened (a corrupt chain, no
+// permission) stops the daemon from starting.
+func openAudit(cfg Config, m *Metrics, log *slog.Logger) (*audit.Log, error) {
+	if cfg.AuditLog == "off" {
+		log.Warn("audit log is off: operations leave no evidence")
+		return nil, nil
+	}
+	fsync := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "keyward_audit_fsync_seconds", Help: "Time of one audit-log write and fsync (one batch of records).",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+	})
+	if err := os.MkdirAll(filepath.Dir(cfg.AuditLog), 0o750); err != nil {
+		return nil, fmt.Errorf("audit log directory: %w", err)
+	}
+	al, err := audit.Open(cfg.AuditLog, audit.Options{MaxFileSize: cfg.AuditMaxFileSize, Logger: log,
+		OnFsync: func(d time.Duration) { fsync.Observe(d.Seconds()) }})
+	if err != nil {
+		return nil, fmt.Errorf("audit log %s: %w", cfg.AuditLog, err)
+	}
+	m.Registry().MustRegister(fsync, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keyward_audit_queue", Help: "Audit records waiting to be written.",
+	}, func() float64 { _, _, q := al.Status(); return float64(q) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keyward_audit_failing", Help: "1 while the audit log cannot be written (operations are refused).",
+	}, func() float64 {
+		if failing, _, _ := al.Status(); failing {
+			return 1
+		}
+		return 0
+	}))
+	log.Info("audit log", "path", cfg.AuditLog)
+	return al, nil
+}
+
+// auditTimeout bounds how long a reply waits for its records to be durable.
+const auditTimeout = 10 * time.Second
+
+// call collects the audit records of one RPC: one per operation, so a batch
+// call has one per item.
+type call struct {
+	id    string
+	peer  audit.Peer
+	start time.Time
+	mu    sync.Mutex
+	recs  []audit.Record
+}
+
+type callKey struct{}
+
+func newRequestID() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// auditOp records one operation of the current call: its key and version, a
+// digest of its context (never the values), and its result: "OK", "INVALID"
+// for a signature or MAC that did not verify, or the error reason. reason is
+// internal detail for the audit trail only (the policy's deny reason).
+func auditOp(ctx context.Context, op, key string, version uint32, c map[string]string, result string, started time.Time, err error) {
+	cl, ok := ctx.Value(callKey{}).(*call)
+	if !ok {
+		return
+	}
+	r := audit.Record{Peer: cl.peer, Op: op, Key: key, Version: version, Result: result,
+		Duration: time.Since(started), RequestID: cl.id}
+	if len(c) > 0 {
+		r.ContextDigest = envelope.ContextDigest(c)
+	}
+	if r.Result == "" {
+		r.Result = resultFor(err)
+	}
+	var d *deniedError
+	if errors.As(err, &d) {
+		r.Reason = d.reason
+	}
+	cl.mu.Lock()
+	cl.recs = append(cl.recs, r)
+	cl.mu.Unlock()
+}
+
+// resultFor is "OK" or the reason name an error maps to on the wire.
+func resultFor(err error) string {
+	if err == nil {
+		return "OK"
+	}
+	return reasonOf(err).String()
+}
+
+// validity is the audit result of a verification: "INVALID" when it ran
+// and the signature or MAC did not verify.
+func validity(valid bool, err error) string {
+	if err == nil && !valid {
+		return "INVALID"
+	}
+	return ""
+}
+
+// auditBlob records an operation on a blob: key and version come from the
+// blob's header (or stay empty for a malformed blob).
+func auditBlob(ctx context.Context, op string, blob []byte, c map[string]string, started time.Time, err error) {
+	h, _, derr := envelope.Decode(blob)
+	if derr != nil {
+		auditOp(ctx, op, "", 0, c, "", started, err)
+		return
+	}
+	auditOp(ctx, op, h.Name, h.Version, c, "", started, err)
+}
+
+// deniedError carries the policy's reason for the audit trail; callers see
+// only "not allowed".
+type deniedError struct {
+	reason string
+	err    error
+}
+
+func (e *deniedError) Error() string { return e.err.Error() }
+func (e *deniedError) Unwrap() error { return e.err }
+
+// auditInterceptor makes every call leave its records in the audit log,
+// durable before the reply is sent. While the log is failing, calls are
+// refused before anything is done; if writing the records fails after the
+// operation, the reply is replaced by AUDIT_UNAVAILABLE (the caller does not
+// get a result that was not recorded).
+func (s *Service) auditInterceptor(al *audit.Log) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		method := path.Base(info.FullMethod)
+		if al == nil || method == "Status" {
+			return handler(ctx, req)
+		}
+		if failing, lastErr, _ := al.Status(); failing {
+			s.log.Error("refusing a call: the audit log cannot be written", "method", method, "err", fmt.Sprint(lastErr))
+			return nil, statusFor(ErrAuditUnavailable)
+		}
+		id, _ := identityFrom(ctx)
+		cl := &call{id: newRequestID(), start: time.Now(),
+			peer: audit.Peer{UID: id.UID, GID: id.GID, PID: id.PID, Unit: id.Unit}}
+		resp, err := handler(context.WithValue(ctx, callKey{}, cl), req)
+		cl.mu.Lock()
+		recs := cl.recs
+		cl.mu.Unlock()
+		if len(recs) == 0 { // refused before any operation began (bad request)
+			recs = []audit.Record{{Peer: cl.peer, Op: methodOp(method), Result: resultOf(err), Duration: time.Since(cl.start), RequestID: cl.id}}
+		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+		defer cancel()
+		if aerr := al.AppendAll(actx, recs); aerr != nil {
+			s.log.Error("audit log write failed: refusing the reply", "method", method, "request_id", cl.id, "err", aerr.Error())
+			return nil, statusFor(ErrAuditUnavailable)
+		}
+		return resp, err
+	}
+}
+
+// methodOp names an RPC as an operation, for calls refused before they
+// reached one.
+func methodOp(method string) string {
+	if op, ok := map[string]string{
+		"Wrap": "wrap", "Unwrap": "unwrap", "Rewrap": "rewrap", "GenerateDataKey": "datakey", "Sign": "sign",
+		"Verify": "verify", "Mac": "mac", "VerifyMac": "verify-mac", "GetPublicKey": "public-key",
+		"BatchWrap": "wrap", "BatchUnwrap": "unwrap", "BatchMac": "mac", "BatchVerifyMac": "verify-mac",
+		"CreateKey": "key.create", "RotateKey": "key.rotate", "ListKeys": "key.read", "DescribeKey": "key.read",
+		"DestroyVersion": "key.destroy", "SetMinDecryptVersion": "key.set-min-version", "AdoptKey": "key.adopt",
+	}[method]; ok {
+		return op
+	}
+	return method
+}
