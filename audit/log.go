@@ -282,6 +282,16 @@ func (l *Log) AppendAll(ctx context.Context, rs []Record) error {
 	return first
 }
 
+// Accepting reports whether an Append now could be written: the log is not
+// failing, or a retry is due. Callers that must not act unrecorded ask
+// before acting (a false answer costs nothing; a true one can still be
+// followed by a failed Append).
+func (l *Log) Accepting() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.closed && (!l.failing || (!l.retrying && !time.Now().Before(l.nextRetry)))
+}
+
 // Status reports whether the log is failing, the error that made it fail
 // (kept after recovery, nil if none yet) and how many records wait.
 func (l *Log) Status() (failing bool, lastErr error, queue int) {

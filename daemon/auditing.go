@@ -154,8 +154,9 @@ func (s *Service) auditInterceptor(al *audit.Log) grpc.UnaryServerInterceptor {
 		if al == nil || method == "Status" {
 			return handler(ctx, req)
 		}
-		if failing, lastErr, _ := al.Status(); failing {
-			s.log.Error("refusing a call: the audit log cannot be written", "method", method, "err", fmt.Sprint(lastErr))
+		if !al.Accepting() { // failing, and no retry due: refuse before acting
+			_, lastErr, _ := al.Status()
+			s.log.Debug("refusing a call: the audit log cannot be written", "method", method, "err", fmt.Sprint(lastErr))
 			return nil, statusFor(ErrAuditUnavailable)
 		}
 		id, _ := identityFrom(ctx)

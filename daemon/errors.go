@@ -29,6 +29,8 @@ func reasonOf(err error) pb.ErrorReason {
 		return pb.ErrorReason_TOO_MANY_REQUESTS
 	case errors.Is(err, ErrRateLimited):
 		return pb.ErrorReason_RATE_LIMITED
+	case errors.Is(err, ErrAuditUnavailable):
+		return pb.ErrorReason_AUDIT_UNAVAILABLE
 	case errors.Is(err, ErrShuttingDown):
 		return pb.ErrorReason_SHUTTING_DOWN
 	case errors.Is(err, keys.ErrMalformed):
@@ -87,6 +89,7 @@ var messages = map[pb.ErrorReason]string{
 	pb.ErrorReason_RATE_LIMITED:         "rate limited: too many denied requests or failed verifications; retry in a minute",
 	pb.ErrorReason_TOO_MANY_REQUESTS:    "too many concurrent requests",
 	pb.ErrorReason_SHUTTING_DOWN:        "daemon is shutting down",
+	pb.ErrorReason_AUDIT_UNAVAILABLE:    "the audit log cannot be written: operations are refused until it can",
 }
 
 // statusFor converts err to the wire status; detail is a safe, caller-

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -45,8 +46,8 @@ func scrape(t *testing.T, sock string) string {
 
 // TestSecretHygiene runs a workload carrying marker secrets (plaintexts,
 // context values, MAC inputs, data keys, the PIN) through success and
-// failure paths, at debug log level, and scans every log line and the
-// metrics page: no marker may appear.
+// failure paths, at debug log level, and scans every log line, the audit
+// log and the metrics page: no marker may appear.
 func TestSecretHygiene(t *testing.T) {
 	var logs syncBuffer
 	metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
@@ -105,6 +106,10 @@ func TestSecretHygiene(t *testing.T) {
 
 	page := scrape(t, metricsSock)
 	text := logs.String()
+	auditRaw, err := os.ReadFile(filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log"))
+	if err != nil || len(auditRaw) == 0 {
+		t.Fatalf("audit log: %v", err)
+	}
 	for _, s := range secrets {
 		if s == "" {
 			continue
@@ -114,6 +119,9 @@ func TestSecretHygiene(t *testing.T) {
 		}
 		if strings.Contains(page, s) {
 			t.Errorf("a secret marker (%d bytes) appears in the metrics page", len(s))
+		}
+		if strings.Contains(string(auditRaw), s) {
+			t.Errorf("a secret marker (%d bytes) appears in the audit log", len(s))
 		}
 	}
 	// The limits were hit: one warning each, and the metrics say so.

@@ -1,0 +1,206 @@
+package daemon_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/audit"
+	"github.com/keyward/keyward/daemon"
+)
+
+type auditLine struct {
+	Seq  uint64 `json:"seq"`
+	Peer struct {
+		UID uint32 `json:"uid"`
+	} `json:"peer"`
+	Op            string `json:"op"`
+	Key           string `json:"key"`
+	Version       uint32 `json:"version"`
+	ContextDigest string `json:"context_digest"`
+	Result        string `json:"result"`
+	Reason        string `json:"reason"`
+	RequestID     string `json:"request_id"`
+}
+
+func readAudit(t *testing.T, path string) []auditLine {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []auditLine
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if l == "" {
+			continue
+		}
+		var a auditLine
+		if err := json.Unmarshal([]byte(l), &a); err != nil {
+			t.Fatalf("audit line %q: %v", l, err)
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// TestAuditTrail: allowed, denied and failed operations, and each item of a
+// batch, leave one record each, with the caller's uid, key, version, a
+// context digest (never the values) and the result; the chain verifies.
+func TestAuditTrail(t *testing.T) {
+	r := start(t, testRules(), nil)
+	ctx := context.Background()
+	c := dial(t, r.sock)
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "app/audited", KeyType: "aes-256-gcm"}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Wrap(ctx, &pb.WrapRequest{Key: "app/audited", Plaintext: []byte("x"), Context: map[string]string{"app": "web"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Unwrap(ctx, &pb.UnwrapRequest{Ciphertext: w.Ciphertext, Context: map[string]string{"app": "other-value"}})
+	c.BatchWrap(ctx, &pb.BatchWrapRequest{Items: []*pb.WrapRequest{{Key: "app/audited", Plaintext: []byte("a")}, {Key: "app/missing", Plaintext: []byte("b")}}})
+	c.Wrap(ctx, &pb.WrapRequest{Key: "Not/Valid", Plaintext: []byte("x")})
+	outsider := as(t, r.sock, outsideUID)
+	outsider.do("unwrap " + strings.Repeat("00", 4) + " app=web")
+	outsider.do("wrap app/audited")
+	c.Status(ctx, &pb.StatusRequest{})
+
+	logPath := filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")
+	recs := readAudit(t, logPath)
+	var got []string
+	for _, a := range recs {
+		got = append(got, strings.Join([]string{a.Op, a.Key, a.Result}, " "))
+	}
+	want := []string{
+		"key.create app/audited OK",
+		"wrap app/audited OK",
+		"unwrap app/audited DECRYPTION_FAILED",
+		"wrap app/audited OK",
+		"wrap app/missing KEY_NOT_FOUND",
+		"wrap Not/Valid INVALID_KEY_NAME",
+		"unwrap  MALFORMED_CIPHERTEXT",
+		"wrap app/audited PERMISSION_DENIED",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("audit records:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if recs[1].Version != 1 || recs[1].ContextDigest == "" || recs[1].Peer.UID != 0 {
+		t.Errorf("wrap record %+v", recs[1])
+	}
+	if recs[3].RequestID != recs[4].RequestID || recs[3].RequestID == recs[1].RequestID {
+		t.Errorf("batch items should share one request id, distinct from other calls")
+	}
+	if den := recs[7]; den.Peer.UID != outsideUID || !strings.Contains(den.Reason, "no rule grants wrap") {
+		t.Errorf("denied record %+v", den)
+	}
+	raw, _ := os.ReadFile(logPath)
+	if strings.Contains(string(raw), "other-value") || strings.Contains(string(raw), `"web"`) {
+		t.Error("a context value appears in the audit log")
+	}
+	if res, err := audit.Verify(logPath); err != nil {
+		t.Fatalf("audit verify: %v (%+v)", err, res)
+	}
+}
+
+// TestAuditFailClosed: the audit log on a full file system (a 64 KiB tmpfs)
+// makes keywardd refuse operations with AUDIT_UNAVAILABLE and say so in
+// status; once space is freed it serves again, and every operation that
+// succeeded is in the log.
+func TestAuditFailClosed(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("mount tmpfs: %v %s", err, out)
+		}
+		t.Skipf("cannot mount a tmpfs here: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+	logPath := filepath.Join(mnt, "audit.log")
+	r := start(t, testRules(), func(c *daemon.Config) { c.AuditLog = logPath })
+	ctx := context.Background()
+	c := dial(t, r.sock)
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "app/full", KeyType: "aes-256-gcm"}); err != nil {
+		t.Fatal(err)
+	}
+	// Fill the file system, leaving almost nothing.
+	filler := filepath.Join(mnt, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1024)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	f.Close()
+	ok, refused := 0, 0
+	wrap := func() string {
+		_, err := c.Wrap(ctx, &pb.WrapRequest{Key: "app/full", Plaintext: []byte("x")})
+		r := reason(err)
+		switch {
+		case r == "OK":
+			ok++
+		case r == "Unavailable AUDIT_UNAVAILABLE":
+			refused++
+		default:
+			t.Fatalf("wrap with a full audit disk: %s", r)
+		}
+		return r
+	}
+	for range 50 {
+		wrap()
+	}
+	if refused == 0 {
+		t.Fatalf("no operation refused with the audit file system full (%d ok)", ok)
+	}
+	st, err := c.Status(ctx, &pb.StatusRequest{})
+	if err != nil || !strings.HasPrefix(st.Audit, "failing") {
+		t.Errorf("status while failing: %q %v", st.GetAudit(), err)
+	}
+	okBefore := ok
+	os.Remove(filler)
+	deadline := time.Now().Add(5 * time.Second)
+	for wrap() != "OK" {
+		if time.Now().After(deadline) {
+			t.Fatal("still refused 5 s after space was freed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for range 20 {
+		if wrap() != "OK" {
+			t.Fatal("refused again after recovery")
+		}
+	}
+	t.Logf("%d wraps succeeded before the disk filled or while it was full, %d refused, then served again", okBefore, refused)
+	n := 0
+	for _, a := range readAudit(t, logPath) {
+		if a.Op == "wrap" && a.Result == "OK" {
+			n++
+		}
+	}
+	if n != ok {
+		t.Errorf("%d successful wraps, %d OK wrap records", ok, n)
+	}
+	if _, err := audit.Verify(logPath); err != nil {
+		t.Fatalf("audit verify after the outage: %v", err)
+	}
+	if st, _ := c.Status(ctx, &pb.StatusRequest{}); st.GetAudit() != "ok" {
+		t.Errorf("status after recovery: %q", st.GetAudit())
+	}
+}
