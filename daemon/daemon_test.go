@@ -69,13 +69,13 @@ type running struct {
 
 // start runs the daemon in this process on the test token with rules
 // (written to a config file so SIGHUP can reload it).
-func start(t *testing.T, rules []policy.Rule, mod func(*daemon.Config)) *running {
+func start(t testing.TB, rules []policy.Rule, mod func(*daemon.Config)) *running {
 	t.Helper()
 	return startWith(t, rules, mod, nil)
 }
 
 // startWith is start with the daemon's log (debug level) going to logw.
-func startWith(t *testing.T, rules []policy.Rule, mod func(*daemon.Config), logw io.Writer) *running {
+func startWith(t testing.TB, rules []policy.Rule, mod func(*daemon.Config), logw io.Writer) *running {
 	t.Helper()
 	softhsmtest.Need(t, tok)
 	// Not t.TempDir(): its parent is 0700, and clients run as other uids.
@@ -135,7 +135,7 @@ func startWith(t *testing.T, rules []policy.Rule, mod func(*daemon.Config), logw
 	return r
 }
 
-func writeConfig(t *testing.T, path string, cfg daemon.Config) {
+func writeConfig(t testing.TB, path string, cfg daemon.Config) {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "socket = %q\nsocket_group = %q\naudit_log = %q\n[backend]\nmodule = %q\ntoken = %q\npin_file = %q\nmetadata_max_age = \"-1ns\"\n",
@@ -170,7 +170,7 @@ func tomlList(s []string) string {
 	return "[" + strings.Join(q, ", ") + "]"
 }
 
-func dial(t *testing.T, sock string) pb.KeywardClient {
+func dial(t testing.TB, sock string) pb.KeywardClient {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -1,0 +1,50 @@
+package daemon_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/daemon"
+)
+
+// BenchmarkWrapAudit: single wraps through the socket with the audit log
+// off and on (group-committed fsync per batch of records), same token,
+// same run; 1, 8 and 64 goroutines on one connection.
+func BenchmarkWrapAudit(b *testing.B) {
+	for _, mode := range []string{"audit-off", "audit-on"} {
+		r := start(b, testRules(), func(c *daemon.Config) {
+			if mode == "audit-off" {
+				c.AuditLog = "off"
+			}
+		})
+		c := dial(b, r.sock)
+		ctx := context.Background()
+		key := "bench/" + mode
+		if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: key, KeyType: "aes-256-gcm"}); err != nil {
+			b.Fatal(err)
+		}
+		req := &pb.WrapRequest{Key: key, Plaintext: make([]byte, 32)}
+		b.Run(mode+"/c1", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := c.Wrap(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		for _, par := range []int{4, 32} { // x GOMAXPROCS(2): 8 and 64 goroutines
+			b.Run(fmt.Sprintf("%s/c%d", mode, 2*par), func(b *testing.B) {
+				b.SetParallelism(par)
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if _, err := c.Wrap(ctx, req); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+		}
+	}
+}
