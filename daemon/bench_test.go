@@ -3,6 +3,8 @@ package daemon_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
@@ -11,12 +13,21 @@ import (
 
 // BenchmarkWrapAudit: single wraps through the socket with the audit log
 // off and on (group-committed fsync per batch of records), same token,
-// same run; 1, 8 and 64 goroutines on one connection.
+// same run; 1, 8 and 64 goroutines on one connection. With
+// KEYWARD_BENCH_AUDIT_DIR set, also with the log in that directory (a
+// tmpfs there shows what is fsync and what is the rest).
 func BenchmarkWrapAudit(b *testing.B) {
-	for _, mode := range []string{"audit-off", "audit-on"} {
+	modes := []string{"audit-off", "audit-on"}
+	if dir := os.Getenv("KEYWARD_BENCH_AUDIT_DIR"); dir != "" {
+		modes = append(modes, "audit-on-dir")
+	}
+	for _, mode := range modes {
 		r := start(b, testRules(), func(c *daemon.Config) {
-			if mode == "audit-off" {
+			switch mode {
+			case "audit-off":
 				c.AuditLog = "off"
+			case "audit-on-dir":
+				c.AuditLog = filepath.Join(os.Getenv("KEYWARD_BENCH_AUDIT_DIR"), "audit.log")
 			}
 		})
 		c := dial(b, r.sock)
