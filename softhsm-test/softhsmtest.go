@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/keyward/keyward/hsm"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,11 +43,8 @@ const initTimeout = 60 * time.Second
 // maxLabelLen is the PKCS#11 token label field size (CK_TOKEN_INFO.label).
 const maxLabelLen = 32
 
-var modulePaths = []string{
-	"/usr/lib/softhsm/libsofthsm2.so",
-	"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-}
+// modulePaths: one list for the project, kept by the PKCS#11 backend.
+var modulePaths = hsm.SoftHSMModules
 
 // ModulePath returns the SoftHSM2 PKCS#11 module: $KEYWARD_PKCS11_MODULE if
 // set (an error if that file does not exist: an explicit setting that is wrong

@@ -40,13 +40,9 @@ const demoExample = `  softhsm-test/provision-token.sh --dir .dev/softhsm --labe
 // plaintext keyward ever prints.
 const demoPlaintext = "s3cr3t-api-token (demo value)"
 
-// softhsmModules are the SoftHSM2 module paths tried in order (Debian and
-// Ubuntu; the same list as softhsm-test/provision-token.sh).
-var softhsmModules = []string{
-	"/usr/lib/softhsm/libsofthsm2.so",
-	"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-}
+// softhsmModules are the SoftHSM2 module paths tried in order (the
+// backend's list; softhsm-test/provision-token.sh has the same).
+var softhsmModules = hsm.SoftHSMModules
 
 // envModule overrides the PKCS#11 module path.
 const envModule = "KEYWARD_PKCS11_MODULE"
