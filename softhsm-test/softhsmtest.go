@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/keyward/keyward/hsm"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keyward/keyward/hsm"
 )
 
 // ErrNotInstalled reports that softhsm2-util or the SoftHSM2 PKCS#11 module
