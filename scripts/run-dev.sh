@@ -45,6 +45,9 @@ step "keyward rewrap --context app=demo < .dev/blob.txt   # re-encrypted under t
 $k rewrap --context app=demo < .dev/blob.txt
 step keyward status
 $k status
+step "keyward audit verify $dev_dir/audit.log   # every call above left a hash-chained record"
+$k audit verify "$dev_dir/audit.log"
+tail -n 1 "$dev_dir/audit.log"
 
 if [ -t 0 ] && [ -t 1 ]; then
 	printf '\nkeywardd is running (pid %s, log %s). Try the commands above with\n  export KEYWARD_SOCKET=%s PATH=%s/bin:$PATH\nPress Ctrl-C to stop it.\n' "$pid" "$log" "$sock" "$PWD"
