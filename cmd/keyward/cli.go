@@ -206,6 +206,7 @@ func (a *app) rootCmd() *cobra.Command {
 		a.signCmd(), a.verifyCmd(), a.macCmd(), a.verifyMacCmd(), a.pubkeyCmd())
 	add("keys", a.keyCmd())
 	add("daemon", a.statusCmd())
+	add("daemon", a.benchCmd())
 	add("local",
 		groupCmd("token", "provision and check PKCS#11 tokens (no daemon needed)",
 			"  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so --token keyward --pin-file /etc/keyward/pin",
