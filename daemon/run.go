@@ -224,7 +224,9 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.Limits.IdleTimeout.Duration}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second}),
 		grpc.MaxConcurrentStreams(256),
-		grpc.ChainUnaryInterceptor(metrics.interceptor(), svc.interceptor(stopping), svc.auditInterceptor(al)),
+		grpc.ForceServerCodecV2(newCodec()),
+		grpc.UnknownServiceHandler(unknownMethod),
+		grpc.ChainUnaryInterceptor(metrics.interceptor(), svc.interceptor(stopping), svc.auditInterceptor(al), checkDecoded),
 	)
 	pb.RegisterKeywardServer(srv, svc)
 
