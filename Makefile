@@ -95,3 +95,44 @@ deb:
 	@libc=$$(objdump -T bin/deb/keywardd bin/deb/keyward | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
 	test -n "$$libc" || { echo "deb: no glibc symbol versions found" >&2; exit 1; }; \
 	DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) DEB_LIBC=$$libc $(NFPM) package --config packaging/nfpm.yaml --packager deb --target bin/
+
+# Fuzzing. Every fuzz target in the repository (`func Fuzz...` in a _test.go
+# file, listed by `go test -list`) runs for FUZZTIME, one at a time, so new
+# targets are picked up without editing this file. A crasher found is kept
+# by go test in that package's testdata/fuzz/<FuzzName>/: commit it, and it
+# is a regression seed that every plain `go test` (and `make test`) runs.
+FUZZTIME ?= 60s
+
+.PHONY: fuzz reliability
+fuzz: deps
+	@failed=0; \
+	for d in $$(grep -rl --include='*_test.go' --exclude-dir=.git --exclude-dir=.dev '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+		targets=$$($(GO) test -list '^Fuzz' "$$d" | grep '^Fuzz') || { echo "fuzz: FAIL $$d (cannot list targets)"; failed=1; continue; }; \
+		for f in $$targets; do \
+			echo "fuzz: $$d $$f for $(FUZZTIME)"; \
+			if $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) "$$d"; then \
+				echo "fuzz: PASS $$d $$f"; \
+			else \
+				echo "fuzz: FAIL $$d $$f (a crasher is in $$d/testdata/fuzz/$$f/: commit it as a regression seed)"; failed=1; \
+			fi; \
+		done; \
+	done; \
+	exit $$failed
+
+# The reliability suite: every fuzz target for FUZZTIME, then the crash,
+# token-disruption, hostile-request, many-connection and recovery tests
+# (100 SIGKILL iterations). The last line counts fuzz targets and tests
+# (subtests included) passed and failed.
+RELIABILITY_TESTS := CrashSafety|TokenDisruption|Hostile|ManyConnections|Recovery
+RELIABILITY_PKGS := ./cmd/keywardd ./daemon ./hsm
+
+reliability: deps
+	@set -o pipefail; log=$$(mktemp -d); trap 'rm -rf "$$log"' EXIT; start=$$(date +%s); \
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME) 2>&1 | tee "$$log/fuzz"; fuzzrc=$$?; \
+	KEYWARD_CRASH_ITERATIONS=100 $(GO) test -count=1 -timeout 30m -v -run '$(RELIABILITY_TESTS)' $(RELIABILITY_PKGS) 2>&1 | tee "$$log/test"; testrc=$$?; \
+	passed=$$(( $$(grep -c '^fuzz: PASS' "$$log/fuzz") + $$(grep -cE '^ *--- PASS:' "$$log/test") )); \
+	failed=$$(( $$(grep -c '^fuzz: FAIL' "$$log/fuzz") + $$(grep -cE '^ *--- FAIL:' "$$log/test") )); \
+	if [ $$failed -eq 0 ] && [ $$fuzzrc -ne 0 -o $$testrc -ne 0 ]; then failed=1; fi; \
+	grep -E '^(crash-safety|reliability):' "$$log/test" || true; \
+	echo "reliability: $$passed passed, $$failed failed ($$(( $$(date +%s) - start ))s)"; \
+	[ $$failed -eq 0 ]
