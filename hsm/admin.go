@@ -212,20 +212,13 @@ func (t *Token) DescribeKey(ctx context.Context, name string) (keys.KeyInfo, err
 func (t *Token) ListKeys(ctx context.Context) ([]keys.KeyInfo, error) {
 	var out []keys.KeyInfo
 	err := t.withSession(ctx, func(s *sess) error {
-		out = out[:0]
-		names, err := s.listMeta()
+		recs, err := s.loadAllMeta()
 		if err != nil {
 			return err
 		}
-		for _, n := range names {
-			if keys.ValidateName(n) != nil {
-				continue
-			}
-			rec, err := s.loadMeta(n, true)
-			if err != nil {
-				return err
-			}
-			out = append(out, rec.info())
+		out = make([]keys.KeyInfo, len(recs))
+		for i, r := range recs {
+			out[i] = r.info()
 		}
 		return nil
 	})

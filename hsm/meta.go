@@ -221,6 +221,12 @@ func (s *sess) loadMeta(name string, fresh bool) (*metaRecord, error) {
 		}
 		return nil, fmt.Errorf("key %s: %w", name, keys.ErrKeyNotFound)
 	}
+	return s.pickMeta(name, recs, c)
+}
+
+// pickMeta chooses name's record among its stored objects (non-empty): the
+// newest generation, verified unless its bytes equal the cached ones.
+func (s *sess) pickMeta(name string, recs []storedMeta, c *cachedMeta) (*metaRecord, error) {
 	if len(recs) == 1 && c != nil && bytes.Equal(c.raw, recs[0].raw) {
 		s.remember(name, c.raw, c.rec, recs[0].h, time.Now())
 		return c.rec, nil
@@ -369,6 +375,48 @@ func (s *sess) remember(name string, raw []byte, rec *metaRecord, h pkcs11.Objec
 // errConcurrent: another process changed the record while this one was
 // changing it. The admin operation is retried from a fresh read.
 var errConcurrent = errors.New("key record changed concurrently")
+
+// loadAllMeta returns every key's record, sorted by name, with one search
+// for all record objects (a search per key costs keys x objects on tokens
+// whose searches are linear, as SoftHSM2's are).
+func (s *sess) loadAllMeta() ([]*metaRecord, error) {
+	hs, err := s.find([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, metaApplication),
+	})
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string][]storedMeta{}
+	for _, h := range hs {
+		a, err := s.attrs(h, pkcs11.CKA_LABEL, pkcs11.CKA_VALUE)
+		if err != nil {
+			if errors.Is(err, pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID)) {
+				continue // destroyed by a writer between find and read
+			}
+			return nil, err
+		}
+		name, ok := bytes.CutPrefix(a[pkcs11.CKA_LABEL], []byte(metaLabelPrefix))
+		if !ok || keys.ValidateName(string(name)) != nil {
+			continue
+		}
+		byName[string(name)] = append(byName[string(name)], storedMeta{h: h, raw: a[pkcs11.CKA_VALUE]})
+	}
+	names := make([]string, 0, len(byName))
+	for n := range byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]*metaRecord, 0, len(names))
+	for _, n := range names {
+		rec, err := s.pickMeta(n, byName[n], s.t.cached(n))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rec)
+	}
+	return out, nil
+}
 
 // listMeta returns the names of every key record in the token.
 func (s *sess) listMeta() ([]string, error) {
