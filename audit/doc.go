@@ -75,6 +75,16 @@
 // PATH is missing or empty, the chain continues from the newest rotated file
 // (a crash between rename and create).
 //
+// Open checks only the end of a large PATH: when it is over 1 MiB, Open
+// reads its first record (whose seq names the file at rotation) and the
+// records that start in its last 1 MiB, and applies the rules above to those
+// (the whole file is read when that window holds no good record, e.g. a torn
+// tail longer than it). A restart so costs the same however full the file is
+// (checking a 64 MiB file whole takes over a second). The trade-off: damage
+// before the window does not stop Open; the chain goes on from the last
+// record. "keyward audit verify" (Verify), which checks every record of every
+// file, is the full check and still reports such damage.
+//
 // # Failure and retry
 //
 // After a failed batch the log is failing: Appends fail fast with

@@ -162,9 +162,17 @@ func (s *lineScanner) next() bool {
 	}
 }
 
+// scanWindow bounds what Open reads of a large current file: one larger
+// than this is checked only in its first line and its last scanWindow bytes
+// (see scanTail). A variable so that tests can shrink it.
+var scanWindow int64 = 1 << 20
+
 // scan is what recover learned of the current file.
 type scan struct {
-	records        uint64
+	// scanned counts the good records read: for a file larger than
+	// scanWindow, those in the window only, not the file's total. Use it
+	// only as "the file has records".
+	scanned        uint64
 	first, seq     uint64
 	hash           [32]byte
 	good           int64 // end of the last good record
@@ -172,21 +180,83 @@ type scan struct {
 	size           int64
 }
 
-// scanFile checks path record by record. Damaged bytes after the good
-// records are a tail for recover to move; a self-consistent record after
-// damage, or one that does not continue the chain, is ErrCorrupt.
+// scanFile checks path record by record: all of it, or for a file larger
+// than scanWindow its first record and its last scanWindow bytes. Damaged
+// bytes after the good records are a tail for recover to move; a
+// self-consistent record after damage, or one that does not continue the
+// chain, is ErrCorrupt.
 func scanFile(path string) (scan, error) {
-	var sc scan
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return sc, nil
+		return scan{}, nil
 	}
 	if err != nil {
-		return sc, err
+		return scan{}, err
 	}
 	defer f.Close()
-	s := newLineScanner(f)
-	damaged := 0 // line number of the first damaged line
+	fi, err := f.Stat()
+	if err != nil {
+		return scan{}, err
+	}
+	if fi.Size() > scanWindow {
+		if sc, ok, err := scanTail(path, f, fi.Size()); ok || err != nil {
+			return sc, err
+		}
+	}
+	return scanLines(path, newLineScanner(f), false)
+}
+
+// scanTail is scanFile for a file of size bytes, larger than scanWindow: it
+// reads the first record (for first, which names the file at rotation), skips
+// to the first line that starts in the last scanWindow bytes, and checks from
+// there as scanLines does. Damage before the window goes unseen here (it is
+// what keyward audit verify is for); a torn write only ever damages the end.
+// ok false: the window does not settle it (no good record in it, the first
+// line damaged or reaching into the window, seqs not increasing from the
+// first record to the window); the caller scans the whole file.
+func scanTail(path string, f *os.File, size int64) (sc scan, ok bool, err error) {
+	start := size - scanWindow
+	head := newLineScanner(io.NewSectionReader(f, 0, size))
+	if !head.next() {
+		if head.err != nil {
+			return sc, false, fmt.Errorf("audit: read %s: %w", path, head.err)
+		}
+		return sc, false, nil
+	}
+	if head.long || !head.complete || head.off > start {
+		return sc, false, nil
+	}
+	first, err := parseLine(head.line)
+	if err != nil {
+		return sc, false, nil
+	}
+	// Start one byte early so that a window starting on a line boundary
+	// keeps that line: the first line read is then just the newline before it.
+	s := newLineScanner(io.NewSectionReader(f, start-1, size-start+1))
+	s.off = start - 1
+	s.next() // the end of the line the window starts in
+	sc, err = scanLines(path, s, true)
+	if err != nil {
+		return sc, true, err
+	}
+	if sc.scanned == 0 || sc.first <= first.Seq {
+		return scan{}, false, nil
+	}
+	sc.first = first.Seq
+	return sc, true, nil
+}
+
+// scanLines checks the lines of s as scanFile says. window: s starts at the
+// window of scanTail, so places are given as byte offsets, not line numbers.
+func scanLines(path string, s *lineScanner, window bool) (scan, error) {
+	var sc scan
+	here := func(n int) string {
+		if window {
+			return fmt.Sprintf("%s (byte %d)", path, s.start)
+		}
+		return fmt.Sprintf("%s:%d", path, n)
+	}
+	damaged := "" // where the first damaged line is
 	for n := 1; s.next(); n++ {
 		var rec Record
 		err := errors.New("line too long")
@@ -194,20 +264,23 @@ func scanFile(path string) (scan, error) {
 			rec, err = parseLine(s.line)
 		}
 		switch {
-		case damaged != 0 && err == nil:
-			return sc, fmt.Errorf("audit: %s:%d: a complete record (seq %d) follows damaged bytes at line %d; run keyward audit verify: %w",
-				path, n, rec.Seq, damaged, ErrCorrupt)
-		case damaged != 0:
+		case damaged != "" && err == nil:
+			return sc, fmt.Errorf("audit: %s: a complete record (seq %d) follows damaged bytes at %s; run keyward audit verify: %w",
+				here(n), rec.Seq, damaged, ErrCorrupt)
+		case damaged != "":
 		case err != nil:
-			damaged = n
-		case sc.records > 0 && (rec.Seq != sc.seq+1 || rec.Prev != sc.hash):
-			return sc, fmt.Errorf("audit: %s:%d: seq %d does not continue the chain after seq %d; run keyward audit verify: %w",
-				path, n, rec.Seq, sc.seq, ErrCorrupt)
+			damaged = fmt.Sprintf("line %d", n)
+			if window {
+				damaged = fmt.Sprintf("byte %d", s.start)
+			}
+		case sc.scanned > 0 && (rec.Seq != sc.seq+1 || rec.Prev != sc.hash):
+			return sc, fmt.Errorf("audit: %s: seq %d does not continue the chain after seq %d; run keyward audit verify: %w",
+				here(n), rec.Seq, sc.seq, ErrCorrupt)
 		default:
-			if sc.records == 0 {
+			if sc.scanned == 0 {
 				sc.first = rec.Seq
 			}
-			sc.records++
+			sc.scanned++
 			sc.seq, sc.hash = rec.Seq, rec.Hash
 			sc.good = s.off
 			sc.missingNewline = !s.complete
@@ -242,7 +315,7 @@ func (l *Log) recover() error {
 		l.log.Warn("audit log: last record lacked its newline; kept, newline added", "path", l.path, "seq", sc.seq)
 	}
 	l.size = sc.good
-	if sc.records > 0 {
+	if sc.scanned > 0 {
 		l.first, l.seq, l.prev = sc.first, sc.seq, sc.hash
 		l.report.Seq, l.report.Hash, l.report.From = sc.seq, sc.hash, l.path
 		return nil

@@ -158,7 +158,8 @@ type pending struct {
 // Open opens (or creates) the log at path and starts its writer. It
 // continues the chain from the last record of path, or of the newest rotated
 // file when path is missing or empty; a torn tail is handled as the package
-// doc says. The directory must exist.
+// doc says. Of a large path it checks only the end (see the package doc);
+// Verify checks all of it. The directory must exist.
 func Open(path string, opts Options) (*Log, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
