@@ -128,7 +128,13 @@ func lookupGroup(s string) (int, error) {
 	return int(n), nil
 }
 
-func ensureDir(dir string, gid int) error {
+func ensureDir(dir string, gid int) error { return makeDir(dir, 0o750, gid) }
+
+// makeDir creates dir with mode (and group gid, when >= 0) if it is
+// missing; an existing directory is never changed. Missing parents are
+// created 0755 (the group must be able to pass them). Modes are set
+// explicitly: Mkdir's are filtered by the umask.
+func makeDir(dir string, mode os.FileMode, gid int) error {
 	fi, err := os.Stat(dir)
 	if err == nil {
 		if !fi.IsDir() {
@@ -139,21 +145,18 @@ func ensureDir(dir string, gid int) error {
 	if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	// Missing parents are created 0755 (the group must be able to pass them),
-	// the socket's own directory 0750. Modes are set explicitly: Mkdir's are
-	// filtered by the umask.
 	if parent := filepath.Dir(dir); parent != dir {
-		if err := ensureParent(parent); err != nil {
+		if err := makeDir(parent, 0o755, -1); err != nil {
 			return err
 		}
 	}
-	if err := os.Mkdir(dir, 0o750); err != nil {
+	if err := os.Mkdir(dir, mode); err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return ensureDir(dir, gid) // created concurrently: not ours
+			return makeDir(dir, mode, gid) // created concurrently: not ours
 		}
 		return err
 	}
-	if err := os.Chmod(dir, 0o750); err != nil {
+	if err := os.Chmod(dir, mode); err != nil {
 		return err
 	}
 	if gid >= 0 {
@@ -162,31 +165,6 @@ func ensureDir(dir string, gid int) error {
 		}
 	}
 	return nil
-}
-
-func ensureParent(dir string) error {
-	fi, err := os.Stat(dir)
-	if err == nil {
-		if !fi.IsDir() {
-			return fmt.Errorf("%s is not a directory", dir)
-		}
-		return nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	if parent := filepath.Dir(dir); parent != dir {
-		if err := ensureParent(parent); err != nil {
-			return err
-		}
-	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return nil
-		}
-		return err
-	}
-	return os.Chmod(dir, 0o755)
 }
 
 func lockPath(path string) (*os.File, error) {
