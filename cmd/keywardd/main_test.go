@@ -51,6 +51,26 @@ func startDaemon(t *testing.T, sock string, env []string, args ...string) *proc 
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
+	return startCmd(t, sock, cmd)
+}
+
+// answers reports whether a daemon serves Status on sock; the probe's
+// connection is closed.
+func answers(sock string) bool {
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err = pb.NewKeywardClient(conn).Status(ctx, &pb.StatusRequest{})
+	return err == nil
+}
+
+// startCmd runs cmd (keywardd) and waits until its socket answers.
+func startCmd(t *testing.T, sock string, cmd *exec.Cmd) *proc {
+	t.Helper()
 	out, _ := cmd.StdoutPipe()
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -64,24 +84,13 @@ func startDaemon(t *testing.T, sock string, env []string, args ...string) *proc 
 	})
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := dialRaw(sock); err == nil {
-			_, err := c.Status(context.Background(), &pb.StatusRequest{})
-			if err == nil {
-				return p
-			}
+		if answers(sock) {
+			return p
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("keywardd did not come up: %s", stderr.String())
 	return nil
-}
-
-func dialRaw(sock string) (pb.KeywardClient, error) {
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	return pb.NewKeywardClient(conn), nil
 }
 
 func dial(t *testing.T, sock string) pb.KeywardClient {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -177,31 +175,4 @@ func TestMemoryDenyWriteExecute(t *testing.T) {
 	if err := p.cmd.Wait(); err != nil {
 		t.Fatalf("keywardd under the filter: %v\n%s", err, p.stderr.String())
 	}
-}
-
-// startCmd is startDaemon for a command built by the caller.
-func startCmd(t *testing.T, sock string, cmd *exec.Cmd) *proc {
-	t.Helper()
-	out, _ := cmd.StdoutPipe()
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, stdout: bufio.NewScanner(out), stderr: &stderr}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := dialRaw(sock); err == nil {
-			if _, err := c.Status(context.Background(), &pb.StatusRequest{}); err == nil {
-				return p
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("keywardd did not come up: %s", stderr.String())
-	return nil
 }
