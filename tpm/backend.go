@@ -1,0 +1,461 @@
+package tpm
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keyward/keyward/internal/secretfile"
+	"github.com/keyward/keyward/keys"
+)
+
+// Labels that separate the uses of TPM2_HMAC (each ends in a 0 byte).
+const (
+	labelWrap    = "keyward/v1/wrap\x00"
+	labelMAC     = "keyward/v1/mac\x00"
+	labelKeyring = "keyward/v1/keyring\x00"
+	labelAuth    = "keyward/v1/tpm-auth\x00"
+)
+
+// MinAuthSecret is the shortest auth secret accepted. Key objects are NoDA
+// (a crash cannot lock the daemon out), so the TPM does not slow down
+// guessing: the secret itself must be unguessable.
+const MinAuthSecret = 16
+
+// Config opens a TPM backend.
+type Config struct {
+	// Device: "/dev/tpmrm0" (default), "swtpm:HOST:PORT", "swtpm+unix:PATH",
+	// or "sim"/"sim:SEED" in builds with the tpmsim tag.
+	Device string
+	// StateDir holds the key blobs, the keyring records and the pinned
+	// parent (created 0700 if missing).
+	StateDir string
+	// AuthFile holds the auth secret (mode 0600/0400, at least MinAuthSecret
+	// bytes). Empty means $CREDENTIALS_DIRECTORY/pin.
+	AuthFile string
+	// Auth, when set, is used instead of AuthFile (dev mode and tests); it is copied.
+	Auth []byte
+	// ParentHandle is a persistent storage key (0x81xxxxxx) to use as the
+	// parent; 0 means the deterministic ECC storage primary under the owner
+	// hierarchy, created at every start.
+	ParentHandle uint32
+	// ReadOnly opens without the state directory's lock and refuses every
+	// change (keyward token doctor next to a running daemon).
+	ReadOnly bool
+	// MaxLoaded bounds cached key objects (default 2: with the parent that
+	// fills the 3 transient slots of a TPM without a resource manager).
+	MaxLoaded int
+	Logger    *slog.Logger
+}
+
+// Backend is a keys.Backend on a TPM 2.0. Master keys are TPM objects
+// (fixedTPM, fixedParent, sensitiveDataOrigin) whose encrypted blobs live in
+// the state directory; only the TPM that made them can load them.
+type Backend struct {
+	mu       sync.Mutex // serialises the device, the records and the store
+	dev      *device
+	st       *store
+	log      *slog.Logger
+	readOnly bool
+	recs     map[string]*record
+	ringKey  *blobPair
+	types    map[keys.Type]bool
+	closed   bool
+}
+
+var (
+	_ keys.Backend = (*Backend)(nil)
+)
+
+// Open connects to the TPM, checks its capabilities, pins (first start) or
+// checks the parent, and loads and verifies every keyring record.
+func Open(ctx context.Context, cfg Config) (*Backend, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Device == "" {
+		cfg.Device = "/dev/tpmrm0"
+	}
+	if cfg.MaxLoaded <= 0 {
+		cfg.MaxLoaded = 2
+	}
+	if cfg.ParentHandle != 0 && cfg.ParentHandle>>24 != 0x81 {
+		return nil, fmt.Errorf("parent handle 0x%08x is not a persistent handle (0x81xxxxxx): %w", cfg.ParentHandle, ErrConfig)
+	}
+	auth, err := objectAuth(cfg)
+	if err != nil {
+		return nil, err
+	}
+	st, err := openStore(cfg.StateDir, cfg.ReadOnly)
+	if err != nil {
+		clear(auth)
+		return nil, err
+	}
+	b := &Backend{st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{}}
+	b.dev = &device{
+		dial:      func() (Conn, error) { return Dial(cfg.Device) },
+		auth:      auth,
+		persist:   tpm2.TPMHandle(cfg.ParentHandle),
+		maxLoaded: cfg.MaxLoaded,
+		log:       log,
+	}
+	if err := b.open(ctx); err != nil {
+		b.dev.close()
+		clear(auth)
+		st.close()
+		return nil, err
+	}
+	log.Info("tpm backend open", "device", cfg.Device, "state_dir", cfg.StateDir, "keys", len(b.recs), "read_only", cfg.ReadOnly)
+	return b, nil
+}
+
+// objectAuth derives the objects' 32-byte auth value from the secret.
+func objectAuth(cfg Config) ([]byte, error) {
+	secret := bytes.Clone(cfg.Auth)
+	if secret == nil {
+		path, err := secretfile.Resolve(cfg.AuthFile, "pin")
+		if err != nil {
+			return nil, fmt.Errorf("tpm auth secret: %w", err)
+		}
+		if secret, err = secretfile.Read(path); err != nil {
+			return nil, fmt.Errorf("tpm auth secret: %w", err)
+		}
+	}
+	defer clear(secret)
+	if len(secret) < MinAuthSecret {
+		return nil, fmt.Errorf("tpm auth secret is %d bytes, at least %d needed (the key objects are NoDA; use e.g. `head -c 32 /dev/urandom | base64`): %w",
+			len(secret), MinAuthSecret, ErrConfig)
+	}
+	h := sha256.New()
+	h.Write([]byte(labelAuth))
+	h.Write(secret)
+	return h.Sum(nil), nil
+}
+
+func (b *Backend) open(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	pinned, err := b.st.read(parentFile)
+	first := errors.Is(err, fs.ErrNotExist)
+	if err != nil && !first {
+		return fmt.Errorf("pinned parent: %w", err)
+	}
+	files, err := b.st.recordFiles()
+	if err != nil {
+		return err
+	}
+	ring, rerr := b.st.read(keyringKeyDir)
+	if first && (len(files) > 0 || rerr == nil) {
+		return fmt.Errorf("state directory %s has keys but no pinned parent (%s): %w", b.st.dir, parentFile, keys.ErrIntegrity)
+	}
+	if first && b.readOnly {
+		return fmt.Errorf("state directory %s is not initialised (no %s): %w", b.st.dir, parentFile, ErrConfig)
+	}
+	if !first {
+		b.dev.pinned = pinned
+	}
+	if err := b.dev.reset(); err != nil {
+		return classify(err)
+	}
+	if err := b.probe(); err != nil {
+		return err
+	}
+	if first {
+		// Pin the parent and make the keyring MAC key.
+		if err := b.st.write(parentFile, b.dev.parentPubBytes); err != nil {
+			return err
+		}
+		b.dev.pinned = bytes.Clone(b.dev.parentPubBytes)
+		bp, err := b.dev.create(keyedHashTemplate())
+		if err != nil {
+			return classify(err)
+		}
+		data, err := json.Marshal(bp)
+		if err != nil {
+			return err
+		}
+		if err := b.st.write(keyringKeyDir, data); err != nil {
+			return err
+		}
+		b.ringKey = bp
+		b.log.Info("tpm state directory initialised: parent pinned, keyring key created", "state_dir", b.st.dir)
+	} else {
+		if rerr != nil {
+			return fmt.Errorf("keyring key (%s): %v: %w", keyringKeyDir, rerr, keys.ErrIntegrity)
+		}
+		var bp blobPair
+		dec := json.NewDecoder(bytes.NewReader(ring))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&bp); err != nil || len(bp.Public) == 0 || len(bp.Private) == 0 {
+			return fmt.Errorf("keyring key (%s) is damaged: %w", keyringKeyDir, keys.ErrIntegrity)
+		}
+		if err := checkObject(&bp, keyedHashTemplate()); err != nil {
+			return fmt.Errorf("keyring key: %w", err)
+		}
+		b.ringKey = &bp
+	}
+	// Prove the auth value opens the keyring key before anything else.
+	if _, err := b.dev.hmac(b.ringKey, []byte(labelKeyring)); err != nil {
+		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
+			return fmt.Errorf("the TPM refuses the auth secret for this state directory's keys: %w", ErrAuth)
+		}
+		return classify(err)
+	}
+	for _, f := range files {
+		data, err := b.st.read(f)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		rec, err := decodeRecord(f, data)
+		if err != nil {
+			return err
+		}
+		if err := b.verifyRecord(rec); err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		b.recs[rec.Name] = rec
+	}
+	return nil
+}
+
+// probe checks that the TPM has what keyward needs, and which key types it
+// can offer. A missing mandatory piece is a clear refusal at start.
+func (b *Backend) probe() error {
+	rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapCommands, Property: tpmCCFirst, PropertyCount: 256}).Execute(b.dev.conn)
+	if err != nil {
+		return classify(fmt.Errorf("reading the TPM's command list: %w", err))
+	}
+	have := map[tpm2.TPMCC]bool{}
+	cmds, err := rsp.CapabilityData.Data.Command()
+	if err != nil {
+		return fmt.Errorf("reading the TPM's command list: %w", err)
+	}
+	for _, a := range cmds.CommandAttributes {
+		have[tpm2.TPMCC(a.CommandIndex)] = true
+	}
+	need := []struct {
+		cc   tpm2.TPMCC
+		name string
+	}{
+		{tpm2.TPMCCCreate, "TPM2_Create"}, {tpm2.TPMCCLoad, "TPM2_Load"}, {tpm2.TPMCCCreatePrimary, "TPM2_CreatePrimary"},
+		{tpm2.TPMCCHMAC, "TPM2_HMAC"}, {tpm2.TPMCCSign, "TPM2_Sign"}, {tpm2.TPMCCStartAuthSession, "TPM2_StartAuthSession"},
+		{tpm2.TPMCCFlushContext, "TPM2_FlushContext"}, {tpm2.TPMCCGetRandom, "TPM2_GetRandom"}, {tpm2.TPMCCReadPublic, "TPM2_ReadPublic"},
+	}
+	var missing []string
+	for _, n := range need {
+		if !have[n.cc] {
+			missing = append(missing, n.name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("the TPM lacks commands keyward needs: %v: %w", missing, ErrCapability)
+	}
+	if !b.testParms(eccTemplate().Parameters, tpm2.TPMAlgECC) {
+		return fmt.Errorf("the TPM does not support ECC P-256 (needed for the parent and sessions): %w", ErrCapability)
+	}
+	if !b.testParms(keyedHashTemplate().Parameters, tpm2.TPMAlgKeyedHash) {
+		return fmt.Errorf("the TPM does not support HMAC-SHA256 keyed-hash objects: %w", ErrCapability)
+	}
+	b.types = map[keys.Type]bool{keys.AES256GCM: true, keys.HMACSHA256: true, keys.ECDSAP256: true}
+	b.types[keys.RSA3072PSS] = b.testParms(rsaTemplate().Parameters, tpm2.TPMAlgRSA)
+	return nil
+}
+
+func (b *Backend) testParms(p tpm2.TPMUPublicParms, alg tpm2.TPMAlgID) bool {
+	_, err := (tpm2.TestParms{Parameters: tpm2.TPMTPublicParms{Type: alg, Parameters: p}}).Execute(b.dev.conn)
+	return err == nil
+}
+
+// verifyRecord checks a record's MAC with the keyring key.
+func (b *Backend) verifyRecord(r *record) error {
+	in, err := r.macInput()
+	if err != nil {
+		return err
+	}
+	mac, err := b.dev.hmac(b.ringKey, in)
+	if err != nil {
+		return classify(err)
+	}
+	if len(r.MAC) != len(mac) || !hmacEqual(mac, r.MAC) {
+		return fmt.Errorf("record for key %q fails its MAC (edited outside keyward, or from another state directory): %w", r.Name, keys.ErrIntegrity)
+	}
+	return nil
+}
+
+// storeRecord MACs and writes a record, then makes it the current one.
+func (b *Backend) storeRecord(r *record) error {
+	if b.readOnly {
+		return fmt.Errorf("opened read-only: %w", ErrReadOnly)
+	}
+	r.MAC = nil
+	in, err := r.macInput()
+	if err != nil {
+		return err
+	}
+	mac, err := b.dev.hmac(b.ringKey, in)
+	if err != nil {
+		return err
+	}
+	r.MAC = mac
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := b.st.write(filepath.Join(keysDir, fileName(r.Name)), append(data, '\n')); err != nil {
+		return err
+	}
+	b.recs[r.Name] = r
+	return nil
+}
+
+// do runs fn with the device ready, resetting it first when a previous call
+// left it broken. If fn fails because the TPM lost its state, the device is
+// reset and, for idempotent work, fn runs once more.
+func (b *Backend) do(ctx context.Context, idempotent bool, fn func(d *device) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return fmt.Errorf("backend closed: %w", keys.ErrUnavailable)
+	}
+	d := b.dev
+	if !d.ready {
+		if time.Since(d.lastReset) < resetGap {
+			return fmt.Errorf("TPM unavailable (reconnecting): %w", keys.ErrUnavailable)
+		}
+		if err := b.recover(); err != nil {
+			return classify(err)
+		}
+	}
+	err := fn(d)
+	if err == nil || !needsReset(err) {
+		return classify(err)
+	}
+	b.log.Warn("tpm lost its state, reconnecting", "err", err)
+	d.ready = false
+	if rerr := b.recover(); rerr != nil {
+		return classify(rerr)
+	}
+	if !idempotent {
+		return fmt.Errorf("TPM restarted during the operation: %w", keys.ErrUnavailable)
+	}
+	return classify(fn(d))
+}
+
+func (b *Backend) recover() error {
+	if err := b.dev.reset(); err != nil {
+		b.log.Warn("tpm reconnect failed", "err", err)
+		return err
+	}
+	b.log.Info("tpm reconnected", "resets", b.dev.resets)
+	return nil
+}
+
+// classify maps TPM and transport errors to the keys sentinels.
+func classify(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, keys.ErrUnavailable), errors.Is(err, keys.ErrIntegrity):
+		return err
+	case needsReset(err), errors.Is(err, tpm2.TPMRCRetry), errors.Is(err, tpm2.TPMRCYielded), errors.Is(err, tpm2.TPMRCTesting):
+		return fmt.Errorf("%w: %w", err, keys.ErrUnavailable)
+	case errors.Is(err, ErrParentMismatch):
+		return fmt.Errorf("%w: %w", err, keys.ErrIntegrity)
+	case errors.Is(err, tpm2.TPMRCLockout):
+		return fmt.Errorf("TPM in dictionary-attack lockout: %w: %w", err, keys.ErrUnavailable)
+	}
+	return err
+}
+
+// rec returns name's record (under b.mu).
+func (b *Backend) rec(name string) (*record, error) {
+	r, ok := b.recs[name]
+	if !ok {
+		return nil, fmt.Errorf("key %s: %w", name, keys.ErrKeyNotFound)
+	}
+	return r, nil
+}
+
+// Health runs a cheap command (reconnecting when needed).
+func (b *Backend) Health(ctx context.Context) error {
+	return b.do(ctx, true, func(d *device) error {
+		_, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTManufacturer), PropertyCount: 1}).Execute(d.conn)
+		return err
+	})
+}
+
+// Close flushes loaded objects and sessions, closes the connection and
+// releases the state directory.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	err := b.dev.close()
+	clear(b.dev.auth)
+	if cerr := b.st.close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Resets reports how often the connection was re-established after the
+// first start (tests and metrics).
+func (b *Backend) Resets() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.dev.resets - 1
+}
+
+// ListKeys returns every key, sorted by name.
+func (b *Backend) ListKeys(ctx context.Context) ([]keys.KeyInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]keys.KeyInfo, 0, len(b.recs))
+	for _, r := range b.recs {
+		out = append(out, r.info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// DescribeKey returns one key.
+func (b *Backend) DescribeKey(ctx context.Context, name string) (keys.KeyInfo, error) {
+	if err := keys.ValidateName(name); err != nil {
+		return keys.KeyInfo{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return keys.KeyInfo{}, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r, err := b.rec(name)
+	if err != nil {
+		return keys.KeyInfo{}, err
+	}
+	return r.info(), nil
+}
+
+// tpmCCFirst is TPM_CC_FIRST, where the command list starts.
+const tpmCCFirst = 0x0000011F

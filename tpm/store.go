@@ -1,0 +1,305 @@
+package tpm
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keyward/keyward/keys"
+)
+
+// State directory layout (all files 0600, the directory 0700):
+//
+//	lock            flock(2) target: one writing process per state directory
+//	parent.pub      the pinned parent's public area (TPM2B_PUBLIC), written at first start
+//	keyring.key     the keyring MAC key's blobs (JSON: public, private)
+//	keys/NAME.json  one record per key (NAME = url.PathEscape(key name)), MAC'd
+//
+// Every write is temp file, fsync, rename, fsync of the directory, so a crash
+// leaves either the old or the new file, never a torn one.
+const (
+	lockFile      = "lock"
+	parentFile    = "parent.pub"
+	keyringKeyDir = "keyring.key"
+	keysDir       = "keys"
+	recordFormat  = 1
+	// maxStateFile bounds what is read from the state directory (a record
+	// holds at most a few hundred versions of a few hundred bytes each).
+	maxStateFile = 16 << 20
+)
+
+// blobPair is a TPM object as stored: its public and private areas, each
+// marshalled as the TPM returned them (TPM2B_PUBLIC, TPM2B_PRIVATE).
+type blobPair struct {
+	Public  []byte `json:"public"`
+	Private []byte `json:"private"`
+}
+
+// record is one key's stored state. Everything but MAC is covered by the MAC.
+type record struct {
+	Format  int         `json:"format"`
+	Name    string      `json:"name"`
+	Type    keys.Type   `json:"type"`
+	Created time.Time   `json:"created"`
+	Min     uint32      `json:"min_decrypt_version,omitempty"`
+	Vers    []recordVer `json:"versions"`
+	MAC     []byte      `json:"mac,omitempty"`
+}
+
+type recordVer struct {
+	Version uint32     `json:"version"`
+	State   keys.State `json:"state"`
+	Created time.Time  `json:"created"`
+	// Blob is empty once the version is destroyed.
+	Blob *blobPair `json:"blob,omitempty"`
+}
+
+func (r *record) info() keys.KeyInfo {
+	ki := keys.KeyInfo{Name: r.Name, Type: r.Type, Created: r.Created, MinDecryptVersion: r.Min,
+		Versions: make([]keys.VersionInfo, len(r.Vers))}
+	for i, v := range r.Vers {
+		ki.Versions[i] = keys.VersionInfo{Version: v.Version, State: v.State, Created: v.Created}
+	}
+	return ki
+}
+
+func (r *record) clone() *record {
+	c := *r
+	c.Vers = append([]recordVer(nil), r.Vers...)
+	c.MAC = nil
+	return &c
+}
+
+// macInput is what the keyring MAC key signs for a record: a label, then the
+// SHA-256 of the record's JSON without its MAC (TPM2_HMAC takes at most
+// 1024 bytes in one command; a digest keeps it to one command per record).
+func (r *record) macInput() ([]byte, error) {
+	c := *r
+	c.MAC = nil
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return nil, err
+	}
+	d := sha256.Sum256(b)
+	return append([]byte(labelKeyring), d[:]...), nil
+}
+
+// check validates a decoded record's shape (the MAC is checked by the caller).
+func (r *record) check(file string) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%s: %s: %w", file, fmt.Sprintf(format, args...), keys.ErrIntegrity)
+	}
+	if r.Format != recordFormat {
+		return bad("format %d, want %d", r.Format, recordFormat)
+	}
+	if err := keys.ValidateName(r.Name); err != nil {
+		return bad("%v", err)
+	}
+	if fileName(r.Name) != filepath.Base(file) {
+		return bad("holds key %q, which belongs in another file", r.Name)
+	}
+	if !r.Type.Valid() {
+		return bad("key type %q", r.Type)
+	}
+	if len(r.Vers) == 0 || len(r.Vers) > keys.MaxVersion {
+		return bad("%d versions", len(r.Vers))
+	}
+	if int(r.Min) > len(r.Vers) {
+		return bad("minimum decrypt version %d beyond %d versions", r.Min, len(r.Vers))
+	}
+	for i, v := range r.Vers {
+		if v.Version != uint32(i+1) {
+			return bad("version %d listed as %d", i+1, v.Version)
+		}
+		switch v.State {
+		case keys.Enabled, keys.Disabled:
+			if v.Blob == nil || len(v.Blob.Public) == 0 || len(v.Blob.Private) == 0 {
+				return bad("v%d has no blob", v.Version)
+			}
+		case keys.Destroyed:
+			if v.Blob != nil {
+				return bad("destroyed v%d still has a blob", v.Version)
+			}
+		default:
+			return bad("v%d state %q", v.Version, v.State)
+		}
+	}
+	return nil
+}
+
+// fileName is the record file of a key: names are [a-z0-9._/-], so escaping
+// turns only '/' into %2F and the mapping is one to one.
+func fileName(name string) string { return url.PathEscape(name) + ".json" }
+
+// store is the state directory.
+type store struct {
+	dir  string
+	lock *os.File // nil when opened read-only
+}
+
+// openStore creates the directory if needed, refuses one that others can
+// write, and takes the lock unless readOnly.
+func openStore(dir string, readOnly bool) (*store, error) {
+	if dir == "" {
+		return nil, fmt.Errorf("state directory not set: %w", ErrConfig)
+	}
+	if !readOnly {
+		if err := os.MkdirAll(filepath.Join(dir, keysDir), 0o700); err != nil {
+			return nil, fmt.Errorf("state directory: %w", err)
+		}
+	}
+	for _, d := range []string{dir, filepath.Join(dir, keysDir)} {
+		st, err := os.Stat(d)
+		if errors.Is(err, fs.ErrNotExist) && readOnly {
+			return nil, fmt.Errorf("state directory %s is not initialised (%v): %w", dir, err, ErrConfig)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("state directory: %w", err)
+		}
+		if !st.IsDir() {
+			return nil, fmt.Errorf("state directory %s is not a directory: %w", d, ErrConfig)
+		}
+		if st.Mode().Perm()&0o022 != 0 {
+			return nil, fmt.Errorf("state directory %s is writable by group or others (mode %o): %w", d, st.Mode().Perm(), ErrConfig)
+		}
+	}
+	s := &store{dir: dir}
+	if readOnly {
+		return s, nil
+	}
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state directory lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("state directory %s is in use by another process: %w", dir, ErrLocked)
+		}
+		return nil, fmt.Errorf("state directory lock: %w", err)
+	}
+	s.lock = f
+	return s, nil
+}
+
+func (s *store) close() error {
+	if s.lock == nil {
+		return nil
+	}
+	err := s.lock.Close() // releases the flock
+	s.lock = nil
+	return err
+}
+
+// read reads a state file, bounded; a missing file is fs.ErrNotExist.
+func (s *store) read(rel string) ([]byte, error) {
+	f, err := os.OpenFile(filepath.Join(s.dir, rel), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxStateFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxStateFile {
+		return nil, fmt.Errorf("%s is over %d bytes: %w", rel, maxStateFile, keys.ErrIntegrity)
+	}
+	return b, nil
+}
+
+// write replaces rel atomically and durably.
+func (s *store) write(rel string, data []byte) error {
+	if s.lock == nil {
+		return fmt.Errorf("state directory opened read-only: %w", ErrReadOnly)
+	}
+	path := filepath.Join(s.dir, rel)
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", rel, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Chmod(0o600); err != nil {
+		return fmt.Errorf("write %s: %w", rel, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", rel, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("write %s: fsync: %w", rel, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", rel, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", rel, err)
+	}
+	ok = true
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// recordFiles lists the record files (sorted), ignoring temp files left by a crash.
+func (s *store) recordFiles() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, keysDir))
+	if err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		n := e.Name()
+		if strings.HasPrefix(n, ".tmp-") || !strings.HasSuffix(n, ".json") {
+			continue
+		}
+		out = append(out, filepath.Join(keysDir, n))
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// decodeRecord parses a record file strictly.
+func decodeRecord(rel string, b []byte) (*record, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var r record
+	if err := dec.Decode(&r); err != nil {
+		return nil, fmt.Errorf("%s: %v: %w", rel, err, keys.ErrIntegrity)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%s: trailing data: %w", rel, keys.ErrIntegrity)
+	}
+	if err := r.check(rel); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}

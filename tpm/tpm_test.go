@@ -1,0 +1,389 @@
+package tpm_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/keys"
+	"github.com/keyward/keyward/keys/keystest"
+	"github.com/keyward/keyward/tpm"
+	"github.com/keyward/keyward/tpm/swtpmtest"
+)
+
+// testAuth is a fixed auth secret for tests (real ones come from a 0600
+// file or a systemd credential).
+var testAuth = []byte("keyward-test-auth-secret-0123456789")
+
+func open(t *testing.T, device, stateDir string) *tpm.Backend {
+	t.Helper()
+	be, err := tpm.Open(t.Context(), tpm.Config{Device: device, StateDir: stateDir, Auth: testAuth})
+	if err != nil {
+		t.Fatalf("tpm.Open(%s): %v", device, err)
+	}
+	t.Cleanup(func() { be.Close() })
+	return be
+}
+
+func TestConformanceSWTPM(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	be := open(t, sw.Device(), t.TempDir())
+	keystest.Run(t, func(t *testing.T) keys.Backend { return be })
+}
+
+func TestConformanceSWTPMUnix(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the TCP run covers the backend; -short skips the second transport")
+	}
+	sw := swtpmtest.StartUnix(t)
+	be := open(t, sw.Device(), t.TempDir())
+	keystest.Run(t, func(t *testing.T) keys.Backend { return be })
+}
+
+// TestReopen: keys, blobs and states survive a restart of the daemon, and of
+// the TPM itself (same state dir, same seeds).
+func TestReopen(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	dir := t.TempDir()
+	ctx := t.Context()
+	be := open(t, sw.Device(), dir)
+	mustCreate(t, be, "app/db", keys.AES256GCM)
+	mustCreate(t, be, "app/sig", keys.ECDSAP256)
+	blob, err := be.Wrap(ctx, "app/db", []byte("secret"), keys.Context{"a": "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := be.RotateKey(ctx, "app/db"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := be.SetVersionState(ctx, "app/sig", 1, keys.Disabled); err != nil {
+		t.Fatal(err)
+	}
+	pub, _, err := be.PublicKey(ctx, "app/db", 0)
+	if err == nil || pub != nil {
+		t.Fatalf("PublicKey of an AES key: %v", err)
+	}
+	be.Close()
+
+	sw.Kill()
+	sw.Restart(t)
+	be2 := open(t, sw.Device(), dir)
+	u, err := be2.Unwrap(ctx, blob, keys.Context{"a": "b"})
+	if err != nil || string(u.Plaintext) != "secret" || u.Version != 1 {
+		t.Fatalf("Unwrap after restart = %+v, %v", u, err)
+	}
+	ki, err := be2.DescribeKey(ctx, "app/sig")
+	if err != nil || ki.Versions[0].State != keys.Disabled {
+		t.Fatalf("DescribeKey after restart = %+v, %v", ki, err)
+	}
+	list, err := be2.ListKeys(ctx)
+	if err != nil || len(list) != 2 || list[0].Name != "app/db" || len(list[0].Versions) != 2 {
+		t.Fatalf("ListKeys after restart = %+v, %v", list, err)
+	}
+}
+
+func mustCreate(t *testing.T, be keys.Backend, name string, ty keys.Type) {
+	t.Helper()
+	if _, err := be.CreateKey(t.Context(), name, ty); err != nil {
+		t.Fatalf("CreateKey(%s, %s): %v", name, ty, err)
+	}
+}
+
+// TestStateTampering: every way of changing the state directory behind
+// keyward's back is refused at start with a clear error.
+func TestStateTampering(t *testing.T) {
+	swA := swtpmtest.Start(t)
+	swB := swtpmtest.Start(t)
+	dirA, dirB := t.TempDir(), t.TempDir()
+	ctx := t.Context()
+	beA := open(t, swA.Device(), dirA)
+	mustCreate(t, beA, "app/db", keys.AES256GCM)
+	mustCreate(t, beA, "app/other", keys.AES256GCM)
+	beA.Close()
+	beB := open(t, swB.Device(), dirB)
+	mustCreate(t, beB, "app/db", keys.AES256GCM)
+	beB.Close()
+
+	recA := filepath.Join(dirA, "keys", "app%2Fdb.json")
+	recB := filepath.Join(dirB, "keys", "app%2Fdb.json")
+	original, err := os.ReadFile(recA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := os.ReadFile(recB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A record whose MAC is right but whose blob came from TPM B.
+	var ra, rb map[string]any
+	json.Unmarshal(original, &ra)
+	json.Unmarshal(foreign, &rb)
+	ra["versions"].([]any)[0].(map[string]any)["blob"] = rb["versions"].([]any)[0].(map[string]any)["blob"]
+	swapped, _ := json.Marshal(ra)
+
+	cases := []struct {
+		name    string
+		edit    func(t *testing.T)
+		device  string
+		wantErr error
+		wantMsg string
+	}{
+		{"state edited", func(t *testing.T) {
+			write(t, recA, bytes.Replace(original, []byte(`"enabled"`), []byte(`"disabled"`), 1))
+		}, swA.Device(), keys.ErrIntegrity, "fails its MAC"},
+		{"record of another key", func(t *testing.T) {
+			other, _ := os.ReadFile(filepath.Join(dirA, "keys", "app%2Fother.json"))
+			write(t, recA, other)
+		}, swA.Device(), keys.ErrIntegrity, "belongs in another file"},
+		{"record from another TPM's state dir", func(t *testing.T) { write(t, recA, foreign) }, swA.Device(), keys.ErrIntegrity, "fails its MAC"},
+		{"blob from another TPM", func(t *testing.T) { write(t, recA, swapped) }, swA.Device(), keys.ErrIntegrity, "fails its MAC"},
+		{"unknown field", func(t *testing.T) {
+			write(t, recA, bytes.Replace(original, []byte(`"format"`), []byte(`"extra": 1, "format"`), 1))
+		}, swA.Device(), keys.ErrIntegrity, "unknown field"},
+		{"truncated", func(t *testing.T) { write(t, recA, original[:len(original)/2]) }, swA.Device(), keys.ErrIntegrity, "app%2Fdb.json"},
+		{"state dir moved to another TPM", func(t *testing.T) {}, swB.Device(), tpm.ErrParentMismatch, "differs from the one pinned"},
+		{"parent pin removed", func(t *testing.T) {
+			os.Rename(filepath.Join(dirA, "parent.pub"), filepath.Join(dirA, "parent.pub.bak"))
+			t.Cleanup(func() { os.Rename(filepath.Join(dirA, "parent.pub.bak"), filepath.Join(dirA, "parent.pub")) })
+		}, swA.Device(), keys.ErrIntegrity, "no pinned parent"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.edit(t)
+			defer write(t, recA, original)
+			be, err := tpm.Open(ctx, tpm.Config{Device: tc.device, StateDir: dirA, Auth: testAuth})
+			if err == nil {
+				be.Close()
+				t.Fatal("Open accepted a tampered state directory")
+			}
+			if !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Fatalf("Open: %v; want %v mentioning %q", err, tc.wantErr, tc.wantMsg)
+			}
+		})
+	}
+	// Untouched again: it opens and the key works.
+	be := open(t, swA.Device(), dirA)
+	if _, err := be.Wrap(ctx, "app/db", []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func write(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	dir := t.TempDir()
+	be := open(t, sw.Device(), dir)
+	mustCreate(t, be, "k", keys.HMACSHA256)
+
+	_, err := tpm.Open(t.Context(), tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
+	if !errors.Is(err, tpm.ErrLocked) {
+		t.Errorf("second Open on a locked state dir: %v, want ErrLocked", err)
+	}
+	be.Close()
+
+	cases := []struct {
+		name    string
+		cfg     tpm.Config
+		wantErr error
+	}{
+		{"short auth", tpm.Config{Device: sw.Device(), StateDir: dir, Auth: []byte("1234")}, tpm.ErrConfig},
+		{"wrong auth", tpm.Config{Device: sw.Device(), StateDir: dir, Auth: []byte("another-secret-of-enough-length")}, tpm.ErrAuth},
+		{"bad device", tpm.Config{Device: "tcp:127.0.0.1:1", StateDir: dir, Auth: testAuth}, tpm.ErrConfig},
+		{"nothing listening", tpm.Config{Device: "swtpm:127.0.0.1:1", StateDir: dir, Auth: testAuth}, keys.ErrUnavailable},
+		{"no state dir", tpm.Config{Device: sw.Device(), Auth: testAuth}, tpm.ErrConfig},
+		{"parent not persistent", tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, ParentHandle: 0x80000001}, tpm.ErrConfig},
+		{"read-only, not initialised", tpm.Config{Device: sw.Device(), StateDir: t.TempDir(), Auth: testAuth, ReadOnly: true}, tpm.ErrConfig},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			be, err := tpm.Open(t.Context(), tc.cfg)
+			if err == nil {
+				be.Close()
+				t.Fatal("Open succeeded")
+			}
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Open: %v, want %v", err, tc.wantErr)
+			}
+			if strings.Contains(err.Error(), string(testAuth)) {
+				t.Fatalf("error shows the auth secret: %v", err)
+			}
+		})
+	}
+	// A group-writable state dir is refused.
+	open := t.TempDir()
+	os.Chmod(open, 0o777)
+	if _, err := tpm.Open(t.Context(), tpm.Config{Device: sw.Device(), StateDir: open, Auth: testAuth}); !errors.Is(err, tpm.ErrConfig) {
+		t.Errorf("world-writable state dir: %v", err)
+	}
+}
+
+// TestStateFilesPrivate: nothing in the state directory is wider than 0600/0700.
+func TestStateFilesPrivate(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	dir := filepath.Join(t.TempDir(), "state")
+	be := open(t, sw.Device(), dir)
+	mustCreate(t, be, "a/b", keys.AES256GCM)
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := os.FileMode(0o600)
+		if fi.IsDir() {
+			want = 0o700
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %o, want %o", p, fi.Mode().Perm(), want)
+		}
+		if !fi.IsDir() && bytes.Contains(mustRead(t, p), testAuth) {
+			t.Errorf("%s holds the auth secret", p)
+		}
+		return nil
+	})
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestRandomIsRandom(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	be := open(t, sw.Device(), t.TempDir())
+	a, err := be.Random(context.Background(), 1024)
+	if err != nil || len(a) != 1024 {
+		t.Fatalf("Random(1024) = %d bytes, %v", len(a), err)
+	}
+	b := make([]byte, 1024)
+	rand.Read(b)
+	if bytes.Equal(a[:32], a[32:64]) || bytes.Equal(a, b) {
+		t.Fatal("Random repeats itself")
+	}
+}
+
+// TestRecoveryUnderLoad: swtpm killed and restarted while 4 goroutines call
+// the backend. Calls fail only with ErrUnavailable while it is away, every
+// call succeeds again after the restart without reopening the backend, and
+// blobs from before still open.
+func TestRecoveryUnderLoad(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	be := open(t, sw.Device(), t.TempDir())
+	ctx := t.Context()
+	mustCreate(t, be, "load/aes", keys.AES256GCM)
+	mustCreate(t, be, "load/mac", keys.HMACSHA256)
+	mustCreate(t, be, "load/sig", keys.ECDSAP256)
+	before, err := be.Wrap(ctx, "load/aes", []byte("kept"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var phase atomic.Int32 // 0 up, 1 down, 2 restarted
+	type tally struct{ ok, unavailable, afterRestartOK int }
+	results := make([]tally, 4)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var bad atomic.Value
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				p := phase.Load()
+				var err error
+				switch (g + i) % 4 {
+				case 0:
+					var blob []byte
+					if blob, err = be.Wrap(ctx, "load/aes", []byte("x"), keys.Context{"g": "1"}); err == nil {
+						_, err = be.Unwrap(ctx, blob, keys.Context{"g": "1"})
+					}
+				case 1:
+					var m keys.Signature
+					if m, err = be.MAC(ctx, "load/mac", []byte("api-secret")); err == nil {
+						err = be.VerifyMAC(ctx, "load/mac", m.Version, []byte("api-secret"), m.Bytes)
+					}
+				case 2:
+					_, err = be.Sign(ctx, "load/sig", []byte("m"))
+				case 3:
+					_, err = be.Unwrap(ctx, before, nil)
+				}
+				switch {
+				case err == nil:
+					results[g].ok++
+					if p == 2 {
+						results[g].afterRestartOK++
+					}
+				case errors.Is(err, keys.ErrUnavailable):
+					results[g].unavailable++
+					time.Sleep(5 * time.Millisecond)
+				default:
+					bad.Store(err)
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	phase.Store(1)
+	sw.Kill()
+	time.Sleep(400 * time.Millisecond)
+	sw.Restart(t)
+	restarted := time.Now()
+	phase.Store(2)
+	// Every goroutine must succeed again soon after the restart.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		done := true
+		for g := range results {
+			if results[g].afterRestartOK < 20 { // racy read, fine for a progress check
+				done = false
+			}
+		}
+		if done || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if err, _ := bad.Load().(error); err != nil {
+		t.Fatalf("a call failed with something other than ErrUnavailable: %v", err)
+	}
+	total := tally{}
+	for g, r := range results {
+		if r.afterRestartOK < 20 {
+			t.Errorf("goroutine %d: %d successes after the restart", g, r.afterRestartOK)
+		}
+		total.ok += r.ok
+		total.unavailable += r.unavailable
+		total.afterRestartOK += r.afterRestartOK
+	}
+	if be.Resets() < 1 {
+		t.Errorf("Resets() = %d, want at least 1", be.Resets())
+	}
+	if u, err := be.Unwrap(ctx, before, nil); err != nil || string(u.Plaintext) != "kept" {
+		t.Fatalf("blob from before the restart: %v", err)
+	}
+	t.Logf("ok %d (after restart %d), unavailable %d, resets %d, restart->all ok %v",
+		total.ok, total.afterRestartOK, total.unavailable, be.Resets(), time.Since(restarted).Round(time.Millisecond))
+}
