@@ -7,7 +7,7 @@ export CGO_ENABLED := 1
 
 # System packages the build and tests need (Debian names). libc6-dev is only a
 # Recommends of gcc, and cgo cannot compile without its headers.
-DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd
+DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd swtpm swtpm-tools tpm2-tools libssl-dev
 
 DEV_DIR := .dev/softhsm
 

@@ -64,6 +64,7 @@ type Config struct {
 // the state directory; only the TPM that made them can load them.
 type Backend struct {
 	mu       sync.Mutex // serialises the device, the records and the store
+	device   string
 	dev      *device
 	st       *store
 	log      *slog.Logger
@@ -103,7 +104,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		clear(auth)
 		return nil, err
 	}
-	b := &Backend{st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{}}
+	b := &Backend{device: cfg.Device, st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{}}
 	b.dev = &device{
 		dial:      func() (Conn, error) { return Dial(cfg.Device) },
 		auth:      auth,
@@ -459,3 +460,7 @@ func (b *Backend) DescribeKey(ctx context.Context, name string) (keys.KeyInfo, e
 
 // tpmCCFirst is TPM_CC_FIRST, where the command list starts.
 const tpmCCFirst = 0x0000011F
+
+// HasSimulator reports whether this build includes the in-process TPM
+// simulator (the tpmsim build tag): device "sim" works only then.
+func HasSimulator() bool { return simDial != nil }

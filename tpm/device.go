@@ -37,7 +37,7 @@ import (
 type device struct {
 	dial      func() (Conn, error)
 	conn      Conn
-	auth      []byte        // the key objects' auth value
+	auth      []byte         // the key objects' auth value
 	persist   tpm2.TPMHandle // a configured persistent parent, or 0: the ECC SRK
 	maxLoaded int
 	log       *slog.Logger

@@ -387,3 +387,35 @@ func TestRecoveryUnderLoad(t *testing.T) {
 	t.Logf("ok %d (after restart %d), unavailable %d, resets %d, restart->all ok %v",
 		total.ok, total.afterRestartOK, total.unavailable, be.Resets(), time.Since(restarted).Round(time.Millisecond))
 }
+
+func TestDoctor(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	be := open(t, sw.Device(), t.TempDir())
+	for _, ty := range []keys.Type{keys.AES256GCM, keys.HMACSHA256, keys.ECDSAP256} {
+		mustCreate(t, be, "doc/"+string(ty), ty)
+	}
+	if _, err := be.RotateKey(t.Context(), "doc/aes-256-gcm"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := be.DestroyVersion(t.Context(), "doc/aes-256-gcm", 1); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := be.Doctor(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Weak() || len(rep.Findings) != 0 {
+		t.Fatalf("findings on a healthy state dir: %+v", rep.Findings)
+	}
+	// keyring key + aes v2 + hmac v1 + ecdsa v1 (aes v1 is destroyed).
+	if len(rep.Objects) != 4 || rep.Keys != 3 {
+		t.Fatalf("objects %d keys %d: %+v", len(rep.Objects), rep.Keys, rep.Objects)
+	}
+	for _, o := range rep.Objects {
+		for _, a := range []string{"fixedtpm", "fixedparent", "sensitivedataorigin", "userwithauth", "noda", "sign"} {
+			if !strings.Contains("|"+o.Attributes+"|", "|"+a+"|") {
+				t.Errorf("%s v%d: attributes %s lack %s", o.Key, o.Version, o.Attributes, a)
+			}
+		}
+	}
+}
