@@ -25,9 +25,13 @@ build:
 		$(GO) build -o bin/ ./cmd/...; \
 	fi
 
+# The tpm package runs twice: on swtpm (default build) and, with the tpmsim
+# tag, also on the in-process simulator (cgo, libssl-dev).
 test: deps
 	$(GO) vet ./...
+	$(GO) vet -tags tpmsim ./tpm/...
 	$(GO) test -count=1 -timeout 15m ./...
+	$(GO) test -count=1 -timeout 5m -tags tpmsim -run 'Simulator|Sim' ./tpm/...
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -13,7 +13,7 @@
 package swtpmtest
 
 import (
-	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -178,12 +178,19 @@ func (s *SWTPM) addr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 }
 
-func (s *SWTPM) start() error {
-	var server, ctrl string
+// ctrlAddr is the control channel: the port after the data port, or the
+// data socket's path with ".ctrl" appended.
+func (s *SWTPM) ctrlAddr() string {
 	if s.network == "unix" {
-		server = "type=unixio,path=" + s.sock
-		ctrl = "type=unixio,path=" + s.sock + ".ctrl"
-	} else {
+		return s.sock + ".ctrl"
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port+1))
+}
+
+func (s *SWTPM) start() error {
+	server := "type=unixio,path=" + s.sock
+	ctrl := "type=unixio,path=" + s.ctrlAddr()
+	if s.network == "tcp" {
 		server = fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", s.port)
 		ctrl = fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", s.port+1)
 	}
@@ -209,10 +216,8 @@ func (s *SWTPM) start() error {
 	}()
 	s.cmd, s.exited = cmd, exited
 
-	addr := s.addr()
-	if s.network == "unix" {
-		addr = s.sock
-	}
+	// Readiness is asked on the control channel: the data channel serves one
+	// client at a time, and after a Restart the code under test may hold it.
 	deadline := time.Now().Add(readyTimeout)
 	for {
 		select {
@@ -221,38 +226,39 @@ func (s *SWTPM) start() error {
 			return fmt.Errorf("swtpm exited (%v); its output:\n%s", cmd.ProcessState, s.log())
 		default:
 		}
-		err := probe(s.network, addr)
+		err := probeCtrl(s.network, s.ctrlAddr())
 		if err == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
 			s.Kill()
-			return fmt.Errorf("swtpm not answering on %s %s after %v (%v); its output:\n%s",
-				s.network, addr, readyTimeout, err, s.log())
+			return fmt.Errorf("swtpm control channel %s %s not answering after %v (%v); its output:\n%s",
+				s.network, s.ctrlAddr(), readyTimeout, err, s.log())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-// probe sends TPM2_GetRandom(8) and reads the answer: a port that merely
-// accepts could be another process that raced swtpm to it.
-func probe(network, addr string) error {
-	c, err := net.DialTimeout(network, addr, 100*time.Millisecond)
+// probeCtrl asks swtpm's control channel for its capabilities
+// (CMD_GET_CAPABILITY). swtpm answers it from its main loop, so both
+// channels are listening by then; and a port that merely accepts could be
+// another process that raced swtpm to it.
+func probeCtrl(network, addr string) error {
+	c, err := net.DialTimeout(network, addr, 250*time.Millisecond)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(250 * time.Millisecond)) // slow: fail, Start tries again
-	getRandom := []byte{0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8}
-	if _, err := c.Write(getRandom); err != nil {
+	c.SetDeadline(time.Now().Add(250 * time.Millisecond)) // slow: fail, start tries again
+	if _, err := c.Write([]byte{0, 0, 0, 1}); err != nil {
 		return err
 	}
-	resp := make([]byte, 10+2+8)
-	if _, err := io.ReadFull(c, resp); err != nil {
-		return fmt.Errorf("probe: %w", err)
+	var resp [8]byte // u32 result, u32 capability bits
+	if _, err := io.ReadFull(c, resp[:]); err != nil {
+		return fmt.Errorf("control channel: %w", err)
 	}
-	if !bytes.Equal(resp[:10], []byte{0x80, 0x01, 0, 0, 0, 20, 0, 0, 0, 0}) {
-		return fmt.Errorf("probe: unexpected answer % x", resp[:10])
+	if res := binary.BigEndian.Uint32(resp[:4]); res != 0 {
+		return fmt.Errorf("control channel: CMD_GET_CAPABILITY result %#x", res)
 	}
 	return nil
 }

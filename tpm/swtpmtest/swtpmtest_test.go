@@ -1,6 +1,9 @@
 package swtpmtest
 
 import (
+	"bytes"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -8,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestHarness(t *testing.T) {
@@ -115,4 +119,26 @@ func TestHarnessBindRace(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "Address already in use") {
 		t.Fatalf("start on a taken port: %v, want swtpm's bind error", err)
 	}
+}
+
+// probe sends TPM2_GetRandom(8) on the data channel and checks the answer.
+func probe(network, addr string) error {
+	c, err := net.DialTimeout(network, addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	getRandom := []byte{0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8}
+	if _, err := c.Write(getRandom); err != nil {
+		return err
+	}
+	resp := make([]byte, 10+2+8)
+	if _, err := io.ReadFull(c, resp); err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	if want := []byte{0x80, 0x01, 0, 0, 0, 20, 0, 0, 0, 0}; !bytes.Equal(resp[:10], want) {
+		return fmt.Errorf("probe: unexpected answer % x", resp[:10])
+	}
+	return nil
 }
