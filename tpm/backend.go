@@ -106,7 +106,13 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 	b := &Backend{device: cfg.Device, st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{}}
 	b.dev = &device{
-		dial:      func() (Conn, error) { return Dial(cfg.Device) },
+		dial: func() (Conn, error) {
+			c, err := Dial(cfg.Device)
+			if err == nil && wireTap != nil {
+				c = wireTap(c)
+			}
+			return c, err
+		},
 		auth:      auth,
 		persist:   tpm2.TPMHandle(cfg.ParentHandle),
 		maxLoaded: cfg.MaxLoaded,
@@ -460,6 +466,10 @@ func (b *Backend) DescribeKey(ctx context.Context, name string) (keys.KeyInfo, e
 
 // tpmCCFirst is TPM_CC_FIRST, where the command list starts.
 const tpmCCFirst = 0x0000011F
+
+// wireTap, set only by tests, wraps every connection (to record the bytes
+// that cross the bus).
+var wireTap func(Conn) Conn
 
 // HasSimulator reports whether this build includes the in-process TPM
 // simulator (the tpmsim build tag): device "sim" works only then.

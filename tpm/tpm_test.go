@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"os"
@@ -415,6 +416,57 @@ func TestDoctor(t *testing.T) {
 		for _, a := range []string{"fixedtpm", "fixedparent", "sensitivedataorigin", "userwithauth", "noda", "sign"} {
 			if !strings.Contains("|"+o.Attributes+"|", "|"+a+"|") {
 				t.Errorf("%s v%d: attributes %s lack %s", o.Key, o.Version, o.Attributes, a)
+			}
+		}
+	}
+}
+
+// TestBusCarriesNoSecrets records every byte exchanged with the TPM during
+// a workload and looks for the secrets parameter encryption must hide: the
+// objects' auth value (in TPM2_Create), MAC inputs and outputs, random bytes
+// handed out as data keys. Plaintexts never go to the TPM at all.
+func TestBusCarriesNoSecrets(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	var wire [][]byte
+	tpm.TapWire(func(cmd, rsp []byte) { wire = append(wire, cmd, rsp) })
+	defer tpm.TapWire(nil)
+	be := open(t, sw.Device(), t.TempDir())
+	ctx := t.Context()
+	mustCreate(t, be, "bus/mac", keys.HMACSHA256)
+	mustCreate(t, be, "bus/aes", keys.AES256GCM)
+	plaintext := []byte("plaintext-marker-7f3a9c")
+	apiSecret := []byte("api-secret-marker-51be")
+	m, err := be.MAC(ctx, "bus/mac", apiSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := be.Wrap(ctx, "bus/aes", plaintext, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := be.Unwrap(ctx, blob, nil); err != nil {
+		t.Fatal(err)
+	}
+	rnd, err := be.Random(ctx, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(wire) < 10 {
+		t.Fatalf("only %d messages recorded", len(wire))
+	}
+	digest := sha256.Sum256(apiSecret)
+	secrets := map[string][]byte{
+		"auth value":        tpm.AuthValue(testAuth),
+		"auth secret":       testAuth,
+		"mac input digest":  digest[:16],
+		"mac":               m.Bytes[:16],
+		"plaintext":         plaintext,
+		"random (data key)": rnd[:16],
+	}
+	for i, msg := range wire {
+		for what, s := range secrets {
+			if bytes.Contains(msg, s) {
+				t.Errorf("message %d on the bus carries the %s", i, what)
 			}
 		}
 	}

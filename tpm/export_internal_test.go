@@ -1,0 +1,37 @@
+package tpm
+
+// Templates for tests outside the package (raw baselines, outside checks).
+var (
+	KeyedHashTemplate = keyedHashTemplate
+	ECCTemplate       = eccTemplate
+)
+
+// TapWire records every command and response of connections opened while
+// set (nil stops it).
+func TapWire(record func(cmd, rsp []byte)) {
+	if record == nil {
+		wireTap = nil
+		return
+	}
+	wireTap = func(c Conn) Conn { return &tapConn{Conn: c, record: record} }
+}
+
+type tapConn struct {
+	Conn
+	record func(cmd, rsp []byte)
+}
+
+func (t *tapConn) Send(cmd []byte) ([]byte, error) {
+	rsp, err := t.Conn.Send(cmd)
+	t.record(append([]byte(nil), cmd...), append([]byte(nil), rsp...))
+	return rsp, err
+}
+
+// AuthValue is the object auth value derived from secret.
+func AuthValue(secret []byte) []byte {
+	v, err := objectAuth(Config{Auth: secret})
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
