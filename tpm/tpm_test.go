@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/keys/keystest"
 	"github.com/keyward/keyward/tpm"
@@ -469,5 +471,66 @@ func TestBusCarriesNoSecrets(t *testing.T) {
 				t.Errorf("message %d on the bus carries the %s", i, what)
 			}
 		}
+	}
+}
+
+// TestPersistentParent: a security team's persistent storage key as the
+// parent (parent_handle); the pin then holds that key, and switching back
+// to the default primary is refused.
+func TestPersistentParent(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	const handle = 0x81000010
+	conn, err := tpm.Dial(sw.Device())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A storage key that is not the default template (other unique value).
+	tmpl := tpm2.ECCSRKTemplate
+	tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+		X: tpm2.TPM2BECCParameter{Buffer: bytes.Repeat([]byte{1}, 32)},
+		Y: tpm2.TPM2BECCParameter{Buffer: bytes.Repeat([]byte{2}, 32)},
+	})
+	p, err := (tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		InPublic:      tpm2.New2B(tmpl),
+	}).Execute(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.EvictControl{
+		Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		ObjectHandle:     &tpm2.NamedHandle{Handle: p.ObjectHandle, Name: p.Name},
+		PersistentHandle: handle,
+	}).Execute(conn); err != nil {
+		t.Fatal(err)
+	}
+	(tpm2.FlushContext{FlushHandle: p.ObjectHandle}).Execute(conn)
+	conn.Close()
+
+	dir := t.TempDir()
+	ctx := t.Context()
+	be, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, ParentHandle: handle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, be, "p/k", keys.AES256GCM)
+	blob, err := be.Wrap(ctx, "p/k", []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be.Close()
+	if _, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth}); !errors.Is(err, tpm.ErrParentMismatch) {
+		t.Fatalf("default parent on a state dir pinned to a persistent one: %v", err)
+	}
+	if _, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, ParentHandle: handle + 1}); err == nil {
+		t.Fatal("a missing persistent parent was accepted")
+	}
+	be, err = tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, ParentHandle: handle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	if u, err := be.Unwrap(ctx, blob, nil); err != nil || string(u.Plaintext) != "x" {
+		t.Fatalf("Unwrap under the persistent parent after reopening: %v", err)
 	}
 }
