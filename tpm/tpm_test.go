@@ -298,7 +298,7 @@ func TestRecoveryUnderLoad(t *testing.T) {
 	}
 
 	var phase atomic.Int32 // 0 up, 1 down, 2 restarted
-	type tally struct{ ok, unavailable, afterRestartOK int }
+	type tally struct{ ok, unavailable, afterRestartOK atomic.Int64 }
 	results := make([]tally, 4)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -333,12 +333,12 @@ func TestRecoveryUnderLoad(t *testing.T) {
 				}
 				switch {
 				case err == nil:
-					results[g].ok++
+					results[g].ok.Add(1)
 					if p == 2 {
-						results[g].afterRestartOK++
+						results[g].afterRestartOK.Add(1)
 					}
 				case errors.Is(err, keys.ErrUnavailable):
-					results[g].unavailable++
+					results[g].unavailable.Add(1)
 					time.Sleep(5 * time.Millisecond)
 				default:
 					bad.Store(err)
@@ -358,7 +358,7 @@ func TestRecoveryUnderLoad(t *testing.T) {
 	for {
 		done := true
 		for g := range results {
-			if results[g].afterRestartOK < 20 { // racy read, fine for a progress check
+			if results[g].afterRestartOK.Load() < 20 {
 				done = false
 			}
 		}
@@ -372,14 +372,15 @@ func TestRecoveryUnderLoad(t *testing.T) {
 	if err, _ := bad.Load().(error); err != nil {
 		t.Fatalf("a call failed with something other than ErrUnavailable: %v", err)
 	}
-	total := tally{}
-	for g, r := range results {
-		if r.afterRestartOK < 20 {
-			t.Errorf("goroutine %d: %d successes after the restart", g, r.afterRestartOK)
+	var ok, unavailable, afterRestartOK int64
+	for g := range results {
+		r := &results[g]
+		if r.afterRestartOK.Load() < 20 {
+			t.Errorf("goroutine %d: %d successes after the restart", g, r.afterRestartOK.Load())
 		}
-		total.ok += r.ok
-		total.unavailable += r.unavailable
-		total.afterRestartOK += r.afterRestartOK
+		ok += r.ok.Load()
+		unavailable += r.unavailable.Load()
+		afterRestartOK += r.afterRestartOK.Load()
 	}
 	if be.Resets() < 1 {
 		t.Errorf("Resets() = %d, want at least 1", be.Resets())
@@ -388,7 +389,7 @@ func TestRecoveryUnderLoad(t *testing.T) {
 		t.Fatalf("blob from before the restart: %v", err)
 	}
 	t.Logf("ok %d (after restart %d), unavailable %d, resets %d, restart->all ok %v",
-		total.ok, total.afterRestartOK, total.unavailable, be.Resets(), time.Since(restarted).Round(time.Millisecond))
+		ok, afterRestartOK, unavailable, be.Resets(), time.Since(restarted).Round(time.Millisecond))
 }
 
 func TestDoctor(t *testing.T) {
