@@ -415,6 +415,8 @@ func TestReport(t *testing.T) {
 			Operations: []string{"unwrap", "wrap", "unwrap"}, Context: map[string]string{"app": "payments"}},
 		{Name: "admins", Groups: []string{"keyward-ops", "1"}, UIDs: []uint32{0}, Keys: []string{"**"}, Operations: []string{"key.read", "key.create"}},
 		{Name: "auditor", GIDs: []uint32{995}, Units: []string{"audit.service"}, Users: []string{"payments"}, Keys: []string{"payments/*", "billing/**", "payments/*"}, Operations: []string{"key.read"}},
+		// Named by number here, by name above: still one subject each.
+		{Name: "numeric", UIDs: []uint32{1000}, Groups: []string{"990"}, Keys: []string{"x"}, Operations: []string{"key.read"}},
 	})
 	appOps := []Operation{OpWrap, OpUnwrap}
 	adminOps := []Operation{OpKeyCreate, OpKeyRead}
@@ -424,9 +426,11 @@ func TestReport(t *testing.T) {
 		{"uid 0", adminOps, []string{"**"}, nil, "admins"},
 		{"user payments (uid 1000)", appOps, []string{"payments/*"}, appCtx, "app"},
 		{"user payments (uid 1000)", readOps, []string{"payments/*", "billing/**"}, nil, "auditor"},
+		{"user payments (uid 1000)", readOps, []string{"x"}, nil, "numeric"},
 		{"uid 1002", appOps, []string{"payments/*"}, appCtx, "app"},
 		{"gid 1", adminOps, []string{"**"}, nil, "admins"},
 		{"group keyward-ops (gid 990)", adminOps, []string{"**"}, nil, "admins"},
+		{"group keyward-ops (gid 990)", readOps, []string{"x"}, nil, "numeric"},
 		{"gid 995", readOps, []string{"payments/*", "billing/**"}, nil, "auditor"},
 		{"unit audit.service", readOps, []string{"payments/*", "billing/**"}, nil, "auditor"},
 		{"unit payments.service", appOps, []string{"payments/*"}, appCtx, "app"},
@@ -448,7 +452,7 @@ func TestReport(t *testing.T) {
 	if !p.Decide(person(1000), Request{Op: OpWrap, Key: "payments/db", Context: appCtx}).Allowed {
 		t.Fatal("policy changed")
 	}
-	if p.Rules() != 3 {
+	if p.Rules() != 4 {
 		t.Fatalf("Rules() = %d", p.Rules())
 	}
 }

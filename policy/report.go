@@ -31,6 +31,21 @@ func (p *Policy) Report() []Grant {
 		id   uint32
 		rule int
 	}
+	// One spelling per id: a uid named by number in one rule and by name in
+	// another is one subject, shown with its name.
+	userNames, groupNames := map[uint32]string{}, map[uint32]string{}
+	for ri := range p.rules {
+		for _, s := range p.rules[ri].users {
+			if s.name != "" && userNames[s.id] == "" {
+				userNames[s.id] = s.name
+			}
+		}
+		for _, s := range p.rules[ri].groups {
+			if s.name != "" && groupNames[s.id] == "" {
+				groupNames[s.id] = s.name
+			}
+		}
+	}
 	var es []entry
 	for ri := range p.rules {
 		r := &p.rules[ri]
@@ -49,15 +64,15 @@ func (p *Policy) Report() []Grant {
 		}
 		for _, s := range r.users {
 			sub := fmt.Sprintf("uid %d", s.id)
-			if s.name != "" {
-				sub = fmt.Sprintf("user %s (uid %d)", plain(s.name), s.id)
+			if n := userNames[s.id]; n != "" {
+				sub = fmt.Sprintf("user %s (uid %d)", plain(n), s.id)
 			}
 			es = append(es, entry{base(sub), 0, s.id, ri})
 		}
 		for _, s := range r.groups {
 			sub := fmt.Sprintf("gid %d", s.id)
-			if s.name != "" {
-				sub = fmt.Sprintf("group %s (gid %d)", plain(s.name), s.id)
+			if n := groupNames[s.id]; n != "" {
+				sub = fmt.Sprintf("group %s (gid %d)", plain(n), s.id)
 			}
 			es = append(es, entry{base(sub), 1, s.id, ri})
 		}
