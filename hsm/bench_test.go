@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"testing"
 
 	"github.com/miekg/pkcs11"
@@ -162,5 +163,23 @@ func BenchmarkOps(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkDoctor: doctor on a token holding 200 keys (one search for all
+// records; a search per key costs keys x objects on SoftHSM2).
+func BenchmarkDoctor(b *testing.B) {
+	be := open(b, nil)
+	ctx := context.Background()
+	for i := range 200 {
+		if _, err := be.CreateKey(ctx, fmt.Sprintf("doctorbench/k%03d", i), keys.AES256GCM); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		rep, err := be.Doctor(ctx)
+		if err != nil || rep.Weak() {
+			b.Fatalf("doctor: %v %+v", err, rep.Findings)
+		}
 	}
 }

@@ -66,20 +66,19 @@ func (t *Token) Doctor(ctx context.Context) (Report, error) {
 			class uint
 		}
 		refs := map[string]want{} // class|label|id -> expectation
-		names, err := s.listMeta()
+		// One search for every record (a search per key costs keys x
+		// objects on SoftHSM2).
+		byName, err := s.allStoredMeta()
 		if err != nil {
 			return err
 		}
-		for _, n := range names {
+		for _, n := range sortedNames(byName) {
 			rep.Keys++
-			rec, err := s.loadMeta(n, true)
+			stored := byName[n]
+			rec, err := s.pickMeta(n, stored, nil)
 			if err != nil {
 				rep.Findings = append(rep.Findings, Finding{Label: metaLabelPrefix + n, Class: "data", Key: n, Problem: err.Error(), Weak: true})
 				continue
-			}
-			stored, err := s.findMeta(n)
-			if err != nil {
-				return err
 			}
 			for _, r := range stored {
 				if a, err := s.attrs(r.h, pkcs11.CKA_PRIVATE); err == nil && !boolAttr(a[pkcs11.CKA_PRIVATE]) {

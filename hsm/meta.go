@@ -380,6 +380,24 @@ var errConcurrent = errors.New("key record changed concurrently")
 // for all record objects (a search per key costs keys x objects on tokens
 // whose searches are linear, as SoftHSM2's are).
 func (s *sess) loadAllMeta() ([]*metaRecord, error) {
+	byName, err := s.allStoredMeta()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*metaRecord, 0, len(byName))
+	for _, n := range sortedNames(byName) {
+		rec, err := s.pickMeta(n, byName[n], s.t.cached(n))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rec)
+	}
+	return out, nil
+}
+
+// allStoredMeta returns every record object, unverified, by key name, from
+// one search.
+func (s *sess) allStoredMeta() (map[string][]storedMeta, error) {
 	hs, err := s.find([]*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
 		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, metaApplication),
@@ -402,47 +420,16 @@ func (s *sess) loadAllMeta() ([]*metaRecord, error) {
 		}
 		byName[string(name)] = append(byName[string(name)], storedMeta{h: h, raw: a[pkcs11.CKA_VALUE]})
 	}
-	names := make([]string, 0, len(byName))
-	for n := range byName {
+	return byName, nil
+}
+
+func sortedNames(m map[string][]storedMeta) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	out := make([]*metaRecord, 0, len(names))
-	for _, n := range names {
-		rec, err := s.pickMeta(n, byName[n], s.t.cached(n))
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, rec)
-	}
-	return out, nil
-}
-
-// listMeta returns the names of every key record in the token.
-func (s *sess) listMeta() ([]string, error) {
-	hs, err := s.find([]*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
-		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, metaApplication),
-	})
-	if err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	var names []string
-	for _, h := range hs {
-		a, err := s.attrs(h, pkcs11.CKA_LABEL)
-		if err != nil {
-			return nil, err
-		}
-		name, ok := bytes.CutPrefix(a[pkcs11.CKA_LABEL], []byte(metaLabelPrefix))
-		if !ok || seen[string(name)] {
-			continue
-		}
-		seen[string(name)] = true
-		names = append(names, string(name))
-	}
-	sort.Strings(names)
-	return names, nil
+	return names
 }
 
 // cloneRecord copies a record so a cached one is never mutated.
