@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,6 +16,7 @@ import (
 
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
+	"github.com/keyward/keyward/tpm"
 )
 
 // DefaultConfigPath is where keywardd reads its configuration.
@@ -44,15 +48,57 @@ type Config struct {
 	Rules            []policy.Rule `toml:"rule"`
 }
 
-// Backend selects the key device.
+// Backend selects the key device: kind "pkcs11" (module, token or uri,
+// sessions, metadata_max_age) or "tpm" (device, state_dir, parent_handle).
+// pin_file is the PKCS#11 user PIN or the TPM auth secret. A key of the
+// other kind is an error naming its line (see otherKindKeys).
 type Backend struct {
-	Kind           string   `toml:"kind"` // "pkcs11" (the TPM backend comes later)
+	Kind           string   `toml:"kind"`
 	Module         string   `toml:"module"`
 	Token          string   `toml:"token"`
 	URI            string   `toml:"uri"`
 	PINFile        string   `toml:"pin_file"`
 	Sessions       int      `toml:"sessions"`
 	MetadataMaxAge Duration `toml:"metadata_max_age"`
+
+	Device       string `toml:"device"`
+	StateDir     string `toml:"state_dir"`
+	ParentHandle Handle `toml:"parent_handle"`
+}
+
+// Handle is a TPM handle. The config writes it as a TOML integer, in hex
+// as TPM tools print it (parent_handle = 0x81000001); the quoted form
+// "0x81000001" is accepted too.
+type Handle uint32
+
+// UnmarshalText takes the quoted form: 0x-prefixed hex or decimal.
+func (h *Handle) UnmarshalText(b []byte) error {
+	v, err := strconv.ParseUint(string(b), 0, 32)
+	if err != nil {
+		return fmt.Errorf("handle %q: want an integer such as 0x81000001", b)
+	}
+	*h = Handle(v)
+	return nil
+}
+
+// pkcs11Keys and tpmKeys mirror Backend with only one kind's keys: a second
+// strict decode through them reports a key of the other kind with its line.
+type pkcs11Keys struct {
+	Kind           string   `toml:"kind"`
+	Module         string   `toml:"module"`
+	Token          string   `toml:"token"`
+	URI            string   `toml:"uri"`
+	PINFile        string   `toml:"pin_file"`
+	Sessions       int      `toml:"sessions"`
+	MetadataMaxAge Duration `toml:"metadata_max_age"`
+}
+
+type tpmKeys struct {
+	Kind         string `toml:"kind"`
+	Device       string `toml:"device"`
+	StateDir     string `toml:"state_dir"`
+	ParentHandle Handle `toml:"parent_handle"`
+	PINFile      string `toml:"pin_file"`
 }
 
 // Limits bound what one caller can make the daemon do.
@@ -97,9 +143,11 @@ func Defaults() Config {
 		AuditMaxFileSize:  64 << 20,
 		LogLevel:          "info",
 		Backend: Backend{
-			Kind:   "pkcs11",
-			Module: "/usr/lib/softhsm/libsofthsm2.so",
-			Token:  "",
+			Kind:     "pkcs11",
+			Module:   "/usr/lib/softhsm/libsofthsm2.so",
+			Token:    "",
+			Device:   "/dev/tpmrm0",
+			StateDir: "/var/lib/keyward/tpm",
 		},
 		Limits: Limits{
 			MaxPlaintext:                keys.MaxPlaintext,
@@ -151,10 +199,61 @@ func ParseConfig(name string, b []byte) (Config, error) {
 		}
 		return Config{}, fmt.Errorf("%s: %v: %w", name, err, ErrConfig)
 	}
+	if err := otherKindKeys(name, b, cfg.Backend.Kind); err != nil {
+		return Config{}, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, fmt.Errorf("%s: %w", name, err)
 	}
 	return cfg, nil
+}
+
+// otherKindKeys decodes b again, strictly, with a [backend] that knows only
+// kind's keys, so that a key of the other kind (module with kind "tpm",
+// device with kind "pkcs11") is an error naming its line rather than a
+// setting silently ignored. An unknown kind is left to Validate.
+func otherKindKeys(name string, b []byte, kind string) error {
+	var target, only any
+	switch kind {
+	case "pkcs11":
+		t := &struct {
+			Config
+			Backend pkcs11Keys `toml:"backend"`
+		}{}
+		target, only = t, t.Backend
+	case "tpm":
+		t := &struct {
+			Config
+			Backend tpmKeys `toml:"backend"`
+		}{}
+		target, only = t, t.Backend
+	default:
+		return nil
+	}
+	dec := toml.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var strict *toml.StrictMissingError
+	if err := dec.Decode(target); !errors.As(err, &strict) {
+		return nil // the first decode succeeded: only strictness can differ
+	}
+	var takes []string
+	rt := reflect.TypeOf(only)
+	for i := range rt.NumField() {
+		if k := rt.Field(i).Tag.Get("toml"); k != "kind" {
+			takes = append(takes, k)
+		}
+	}
+	var msgs []string
+	for _, e := range strict.Errors {
+		row, _ := e.Position()
+		key := e.Key()
+		if len(key) == 0 || key[0] != "backend" { // inside an inline table: the path is relative
+			key = append([]string{"backend"}, key...)
+		}
+		msgs = append(msgs, fmt.Sprintf("%s:%d: %q is not a setting of backend.kind %q (it takes %s)",
+			name, row, strings.Join(key, "."), kind, strings.Join(takes, ", ")))
+	}
+	return fmt.Errorf("%s: %w", strings.Join(msgs, "; "), ErrConfig)
 }
 
 // Validate checks values (not the rules' names, which Compile resolves).
@@ -200,9 +299,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, "backend.metadata_max_age: at most 1h")
 		}
 	case "tpm":
-		errs = append(errs, `backend.kind "tpm" is not available in this build yet`)
+		errs = append(errs, checkTPM(b)...)
 	default:
-		errs = append(errs, fmt.Sprintf("backend.kind %q: want pkcs11", b.Kind))
+		errs = append(errs, fmt.Sprintf("backend.kind %q: want pkcs11 or tpm", b.Kind))
 	}
 	l := c.Limits
 	checks := []struct {
@@ -231,4 +330,41 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%s: %w", strings.Join(errs, "; "), ErrConfig)
 	}
 	return nil
+}
+
+// checkTPM checks the tpm backend's values. The device's form is checked
+// here so that --check-config catches it; tpm.Dial checks it again.
+func checkTPM(b Backend) []string {
+	var errs []string
+	d := b.Device
+	switch {
+	case strings.HasPrefix(d, "/dev/") && len(d) > len("/dev/"):
+	case strings.HasPrefix(d, "swtpm:"):
+		host, port, err := net.SplitHostPort(strings.TrimPrefix(d, "swtpm:"))
+		if p, perr := strconv.ParseUint(port, 10, 16); err != nil || host == "" || perr != nil || p == 0 {
+			errs = append(errs, fmt.Sprintf("backend.device %q: want swtpm:HOST:PORT", d))
+		}
+	case strings.HasPrefix(d, "swtpm+unix:"):
+		if !filepath.IsAbs(strings.TrimPrefix(d, "swtpm+unix:")) {
+			errs = append(errs, fmt.Sprintf("backend.device %q: want swtpm+unix: and an absolute socket path", d))
+		}
+	case d == "sim" || strings.HasPrefix(d, "sim:"):
+		if s, ok := strings.CutPrefix(d, "sim:"); ok {
+			if _, err := strconv.ParseUint(s, 10, 64); err != nil {
+				errs = append(errs, fmt.Sprintf("backend.device %q: SEED must be a decimal uint64", d))
+			}
+		}
+		if !tpm.HasSimulator() {
+			errs = append(errs, fmt.Sprintf("backend.device %q: this build has no TPM simulator (build with -tags tpmsim; tests only)", d))
+		}
+	default:
+		errs = append(errs, fmt.Sprintf(`backend.device %q: want a path under /dev/ (/dev/tpmrm0), "swtpm:HOST:PORT" or "swtpm+unix:/PATH"`, d))
+	}
+	if !filepath.IsAbs(b.StateDir) {
+		errs = append(errs, fmt.Sprintf("backend.state_dir %q: want an absolute path", b.StateDir))
+	}
+	if h := uint32(b.ParentHandle); h != 0 && h>>24 != 0x81 {
+		errs = append(errs, fmt.Sprintf("backend.parent_handle 0x%08x: want a persistent handle, 0x81000000..0x81ffffff", h))
+	}
+	return errs
 }

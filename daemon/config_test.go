@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyward/keyward/tpm"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -52,12 +54,12 @@ context = { app = "payments" }
 		{name: "bad duration", in: "[backend]\ntoken = \"k\"\nmetadata_max_age = \"soon\"\n", wantErr: "test.toml:3:"},
 		{name: "token and uri", in: "[backend]\ntoken = \"k\"\nuri = \"pkcs11:token=k\"\n", wantErr: "exactly one of token and uri"},
 		{name: "no token", in: "", wantErr: "exactly one of token and uri"},
-		{name: "tpm not yet", in: "[backend]\nkind = \"tpm\"\ntoken = \"k\"\n", wantErr: "not available"},
 		{name: "limit over max", in: "[backend]\ntoken = \"k\"\n[limits]\nmax_batch = 5000\n", wantErr: "limits.max_batch = 5000: want 1..1000"},
 		{name: "plaintext limit over 64 KiB", in: "[backend]\ntoken = \"k\"\n[limits]\nmax_plaintext = 100000\n", wantErr: "limits.max_plaintext"},
 		{name: "bad log level", in: "log_level = \"loud\"\n[backend]\ntoken = \"k\"\n", wantErr: "log_level"},
 		{name: "syntax", in: "[backend\n", wantErr: "test.toml:1:"},
 	}
+	tests = append(tests, tpmConfigTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := ParseConfig("test.toml", []byte(tt.in))
@@ -77,9 +79,92 @@ context = { app = "payments" }
 	}
 }
 
+// tpmConfigTests: kind "tpm", its keys, and keys of the other kind.
+var tpmConfigTests = []struct {
+	name    string
+	in      string
+	check   func(Config) bool
+	wantErr string
+}{
+	{name: "tpm full", in: `
+[backend]
+kind = "tpm"
+device = "swtpm+unix:/run/swtpm/tpm.sock"
+state_dir = "/srv/keyward/tpm"
+parent_handle = 0x81000001
+pin_file = "/etc/keyward/pin"
+`, check: func(c Config) bool {
+		b := c.Backend
+		return b.Kind == "tpm" && b.Device == "swtpm+unix:/run/swtpm/tpm.sock" && b.StateDir == "/srv/keyward/tpm" &&
+			b.ParentHandle == 0x81000001 && b.PINFile == "/etc/keyward/pin"
+	}},
+	{name: "tpm defaults", in: "[backend]\nkind = \"tpm\"\n", check: func(c Config) bool {
+		b := c.Backend
+		return b.Device == "/dev/tpmrm0" && b.StateDir == "/var/lib/keyward/tpm" && b.ParentHandle == 0 && b.PINFile == ""
+	}},
+	{name: "tpm over tcp", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm:127.0.0.1:2321\"\n", check: func(c Config) bool {
+		return c.Backend.Device == "swtpm:127.0.0.1:2321"
+	}},
+	{name: "tpm as an inline table", in: "backend = { kind = \"tpm\", device = \"/dev/tpm0\" }\n", check: func(c Config) bool {
+		return c.Backend.Kind == "tpm" && c.Backend.Device == "/dev/tpm0"
+	}},
+	{name: "parent handle quoted", in: "[backend]\nkind = \"tpm\"\nparent_handle = \"0x81000002\"\n", check: func(c Config) bool {
+		return c.Backend.ParentHandle == 0x81000002
+	}},
+	{name: "parent handle decimal", in: "[backend]\nkind = \"tpm\"\nparent_handle = 2164260865\n", check: func(c Config) bool {
+		return c.Backend.ParentHandle == 0x81000001
+	}},
+	{name: "parent handle not persistent", in: "[backend]\nkind = \"tpm\"\nparent_handle = 0x80000001\n", wantErr: "backend.parent_handle 0x80000001: want a persistent handle"},
+	{name: "parent handle over 32 bits", in: "[backend]\nkind = \"tpm\"\nparent_handle = 0x181000001\n", wantErr: "test.toml:3:"},
+	{name: "parent handle negative", in: "[backend]\nkind = \"tpm\"\nparent_handle = -1\n", wantErr: "test.toml:3:"},
+	{name: "parent handle not a number", in: "[backend]\nkind = \"tpm\"\nparent_handle = \"srk\"\n", wantErr: "test.toml:3:"},
+	{name: "tpm unknown device form", in: "[backend]\nkind = \"tpm\"\ndevice = \"tpm0\"\n", wantErr: `backend.device "tpm0"`},
+	{name: "tpm empty device", in: "[backend]\nkind = \"tpm\"\ndevice = \"\"\n", wantErr: `backend.device ""`},
+	{name: "tpm swtpm without port", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm:localhost\"\n", wantErr: "want swtpm:HOST:PORT"},
+	{name: "tpm swtpm port 0", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm:127.0.0.1:0\"\n", wantErr: "want swtpm:HOST:PORT"},
+	{name: "tpm swtpm relative socket", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm+unix:tpm.sock\"\n", wantErr: "absolute socket path"},
+	{name: "tpm sim bad seed", in: "[backend]\nkind = \"tpm\"\ndevice = \"sim:x\"\n", wantErr: "SEED must be a decimal uint64"},
+	{name: "tpm relative state dir", in: "[backend]\nkind = \"tpm\"\nstate_dir = \"tpm\"\n", wantErr: `backend.state_dir "tpm": want an absolute path`},
+	{name: "unknown kind", in: "[backend]\nkind = \"tmp\"\n", wantErr: `backend.kind "tmp": want pkcs11 or tpm`},
+	{name: "module with tpm", in: "[backend]\nkind = \"tpm\"\nmodule = \"/usr/lib/x.so\"\n", wantErr: `test.toml:3: "backend.module" is not a setting of backend.kind "tpm" (it takes device, state_dir, parent_handle, pin_file)`},
+	{name: "token with tpm", in: "[backend]\ntoken = \"k\"\nkind = \"tpm\"\n", wantErr: `test.toml:2: "backend.token" is not a setting of backend.kind "tpm"`},
+	{name: "uri with tpm", in: "[backend]\nkind = \"tpm\"\n\nuri = \"pkcs11:token=k\"\n", wantErr: `test.toml:4: "backend.uri" is not a setting`},
+	{name: "sessions with tpm", in: "[backend]\nkind = \"tpm\"\nsessions = 4\n", wantErr: `test.toml:3: "backend.sessions" is not a setting`},
+	{name: "metadata_max_age with tpm", in: "[backend]\nkind = \"tpm\"\nmetadata_max_age = \"1s\"\n", wantErr: `test.toml:3: "backend.metadata_max_age" is not a setting`},
+	{name: "two pkcs11 keys with tpm", in: "[backend]\nkind = \"tpm\"\nmodule = \"m\"\ntoken = \"k\"\n", wantErr: `test.toml:3: "backend.module" is not a setting of backend.kind "tpm" (it takes device, state_dir, parent_handle, pin_file); test.toml:4: "backend.token"`},
+	{name: "pkcs11 key in an inline tpm table", in: "backend = { kind = \"tpm\", module = \"m\" }\n", wantErr: `test.toml:1: "backend.module" is not a setting`},
+	{name: "pkcs11 key as a dotted key", in: "backend.kind = \"tpm\"\nbackend.module = \"m\"\n", wantErr: `test.toml:2: "backend.module" is not a setting`},
+	{name: "device with pkcs11", in: "[backend]\nkind = \"pkcs11\"\ntoken = \"k\"\ndevice = \"/dev/tpmrm0\"\n", wantErr: `test.toml:4: "backend.device" is not a setting of backend.kind "pkcs11" (it takes module, token, uri, pin_file, sessions, metadata_max_age)`},
+	{name: "state_dir with the default kind", in: "[backend]\ntoken = \"k\"\nstate_dir = \"/x\"\n", wantErr: `test.toml:3: "backend.state_dir" is not a setting of backend.kind "pkcs11"`},
+	{name: "parent_handle with pkcs11", in: "[backend]\ntoken = \"k\"\nparent_handle = 0x81000001\n", wantErr: `test.toml:3: "backend.parent_handle" is not a setting`},
+	simConfigTest(),
+}
+
+// simConfigTest: "sim" is accepted only where the build has the simulator.
+func simConfigTest() struct {
+	name    string
+	in      string
+	check   func(Config) bool
+	wantErr string
+} {
+	tt := struct {
+		name    string
+		in      string
+		check   func(Config) bool
+		wantErr string
+	}{name: "tpm simulator", in: "[backend]\nkind = \"tpm\"\ndevice = \"sim:42\"\n"}
+	if tpm.HasSimulator() {
+		tt.check = func(c Config) bool { return c.Backend.Device == "sim:42" }
+	} else {
+		tt.wantErr = "this build has no TPM simulator"
+	}
+	return tt
+}
+
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("[backend]\ntoken = \"k\"\n[[rule]]\nname = \"x\"\nuids = [1]\nkeys = [\"a/*\"]\noperations = [\"wrap\"]\n"))
 	f.Add([]byte("socket = 1"))
+	f.Add([]byte("[backend]\nkind = \"tpm\"\ndevice = \"swtpm:127.0.0.1:2321\"\nparent_handle = 0x81000001\nmodule = \"m\"\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ParseConfig("fuzz.toml", b) // never panics
 	})

@@ -21,6 +21,7 @@ import (
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/socket"
+	"github.com/keyward/keyward/tpm"
 )
 
 // Version is the daemon's build version (set with -ldflags -X).
@@ -106,15 +107,31 @@ func HardenProcess() error {
 	return nil
 }
 
-// OpenBackend opens the configured key device.
+// OpenBackend opens the configured key device. Its errors wrap the
+// backend's sentinels (hsm.ErrLogin, tpm.ErrAuth, tpm.ErrConfig...), which
+// keywardd turns into exit codes.
 func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backend, error) {
 	b := cfg.Backend
+	var be keys.Backend
+	var err error
 	switch b.Kind {
 	case "pkcs11":
-		return hsm.Open(ctx, hsm.Config{Module: b.Module, TokenLabel: b.Token, URI: b.URI, PINFile: b.PINFile,
+		var t *hsm.Token
+		t, err = hsm.Open(ctx, hsm.Config{Module: b.Module, TokenLabel: b.Token, URI: b.URI, PINFile: b.PINFile,
 			Sessions: b.Sessions, MetadataMaxAge: b.MetadataMaxAge.Duration, Logger: log})
+		be = t
+	case "tpm":
+		var t *tpm.Backend
+		t, err = tpm.Open(ctx, tpm.Config{Device: b.Device, StateDir: b.StateDir, AuthFile: b.PINFile,
+			ParentHandle: uint32(b.ParentHandle), Logger: log})
+		be = t
+	default:
+		err = fmt.Errorf("backend.kind %q: %w", b.Kind, ErrConfig)
 	}
-	return nil, fmt.Errorf("backend.kind %q: %w", b.Kind, ErrConfig)
+	if err != nil {
+		return nil, err // never a nil *Token in a non-nil interface
+	}
+	return be, nil
 }
 
 // CheckConfig loads and validates path fully: syntax, values, and the

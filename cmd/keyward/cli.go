@@ -17,6 +17,7 @@ import (
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/internal/secretfile"
 	"github.com/keyward/keyward/keys"
+	"github.com/keyward/keyward/tpm"
 )
 
 // Exit statuses. They are part of the command's interface: scripts and CI
@@ -25,9 +26,9 @@ const (
 	exitOK          = 0 // success; verify and verify-mac: valid; policy explain: allowed
 	exitFailed      = 1 // verification failed (invalid signature or MAC, decryption failed), policy explain: denied, weak objects, or any other error
 	exitUsage       = 2 // bad command line, input over a limit, destroy without --yes, a config file keywardd would refuse
-	exitPermission  = 3 // the daemon's policy or the socket's mode refuses us; the token refused the PIN, or the PIN file may not be read
+	exitPermission  = 3 // the daemon's policy or the socket's mode refuses us; the token refused the PIN or the TPM the auth secret, or the PIN file may not be read
 	exitNotFound    = 4 // a key, version or file does not exist
-	exitUnavailable = 5 // the daemon or its device is not answering, or a rate limit was hit; module cannot be loaded, token absent
+	exitUnavailable = 5 // the daemon or its device is not answering, or a rate limit was hit; module cannot be loaded, token or TPM absent
 )
 
 const exitStatusText = `Exit status:
@@ -38,12 +39,13 @@ const exitStatusText = `Exit status:
      without --yes, a request keywardd rejects as malformed, a config file
      keywardd would refuse (policy explain and report)
   3  permission denied: keywardd's policy refuses the operation, or this user
-     may not open its socket; the token refused the PIN, or the PIN file
-     cannot be read or is readable by group or others (it must be 0600 or 0400)
+     may not open its socket; the token refused the PIN or the TPM the auth
+     secret, or the PIN file cannot be read or is readable by group or others
+     (it must be 0600 or 0400)
   4  not found: a key or version, a file or a directory
   5  unavailable: keywardd is not running or not answering, its device is
      unavailable, or a rate limit was hit (retry later); the PKCS#11 module
-     cannot be loaded, or the token is missing or not answering
+     cannot be loaded, the token or the TPM is missing or not answering
 
 Errors are one line on stderr, "keyward: ...". Plaintexts, data keys and
 PINs never appear in an error.`
@@ -129,7 +131,7 @@ func cmdName(c *cobra.Command) string {
 }
 
 const rootLong = `keyward: use and manage keys that never leave a hardware device (a PKCS#11
-token today, a TPM 2.0 next), through the keyward daemon, keywardd.
+token or a TPM 2.0), through the keyward daemon, keywardd.
 
 Secrets travel only on stdin and stdout, never on the command line:
 plaintexts and messages are read from stdin (at most 64 KiB), plaintexts and
@@ -208,8 +210,9 @@ func (a *app) rootCmd() *cobra.Command {
 	add("daemon", a.statusCmd())
 	add("daemon", a.benchCmd())
 	add("local",
-		groupCmd("token", "provision and check PKCS#11 tokens (no daemon needed)",
-			"  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so --token keyward --pin-file /etc/keyward/pin",
+		groupCmd("token", "check PKCS#11 tokens and TPM state directories (no daemon needed)",
+			"  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so --token keyward --pin-file /etc/keyward/pin\n"+
+				"  keyward token doctor --tpm-device /dev/tpmrm0 --state-dir /var/lib/keyward/tpm --pin-file /etc/keyward/pin",
 			a.doctorCmd()),
 		a.policyCmd(),
 		a.demoCmd())
@@ -425,15 +428,17 @@ func exitCode(err error) int {
 		// The daemon refused the request as malformed: what the command
 		// line gave (a name, a type, a length, a context) is wrong.
 		return exitUsage
-	case errors.Is(err, hsm.ErrLogin), errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, fs.ErrPermission):
+	case errors.Is(err, hsm.ErrLogin), errors.Is(err, tpm.ErrAuth), errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, fs.ErrPermission):
 		return exitPermission
-	case errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, hsm.ErrModule), errors.Is(err, keys.ErrUnavailable):
+	case errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, hsm.ErrModule), errors.Is(err, tpm.ErrTransport), errors.Is(err, keys.ErrUnavailable):
 		return exitUnavailable
 	case errors.Is(err, keys.ErrKeyNotFound), errors.Is(err, fs.ErrNotExist):
 		return exitNotFound
-	case errors.Is(err, hsm.ErrConfig), errors.Is(err, secretfile.ErrNoSource), errors.Is(err, keys.ErrInvalidName):
+	case errors.Is(err, hsm.ErrConfig), errors.Is(err, tpm.ErrConfig), errors.Is(err, tpm.ErrNoSimulator),
+		errors.Is(err, secretfile.ErrNoSource), errors.Is(err, keys.ErrInvalidName):
 		// A setting the command line got wrong (two tokens match, no PIN
-		// source, a key name outside the grammar).
+		// source, a TPM device string or state directory keyward refuses,
+		// a key name outside the grammar).
 		return exitUsage
 	}
 	return exitFailed

@@ -3,15 +3,18 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/tpm"
 )
 
 const doctorLong = `Logs in to the token and inspects every keyward object in it: each key
@@ -28,30 +31,53 @@ The token is found in the module's slots by label (--token) or by an RFC 7512
 URI (--uri "pkcs11:token=keyward;serial=..."). SoftHSM2 reads its
 configuration from $SOFTHSM2_CONF.
 
+TPM: with --tpm-device (/dev/tpmrm0, swtpm:HOST:PORT or swtpm+unix:PATH) and
+--state-dir (backend.state_dir), and the auth secret from --pin-file, doctor
+checks the TPM backend's state directory instead: the pinned parent, every
+record's MAC, and, loading each stored object (the keyring key and every key
+version) into the TPM, the attributes the TPM itself reports for it
+(fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda, no policy, not
+restricted) and that it is the object the record names. It prints one row
+per object (key, version, TPM object name, attributes) and the findings, or
+the report as JSON with --json. It changes nothing in the state directory
+and takes no lock, so it may run beside keywardd on /dev/tpmrm0. swtpm serves
+one client at a time: against swtpm, stop keywardd first, or doctor waits
+for it (and fails after a minute).
+
 Exit status 0 means no weak object (housekeeping findings are printed but do
 not fail), 1 means at least one weak object.`
 
 type doctorOptions struct {
-	Module  string
-	Token   string
-	URI     string
-	PINFile string
-	JSON    bool
+	Module    string
+	Token     string
+	URI       string
+	PINFile   string
+	TPMDevice string
+	StateDir  string
+	JSON      bool
+
+	moduleSet bool // --module was given (not only $KEYWARD_PKCS11_MODULE)
 }
 
 func (a *app) doctorCmd() *cobra.Command {
 	var o doctorOptions
 	c := &cobra.Command{
-		Use:   "doctor (--token LABEL | --uri URI) [--module PATH] [--pin-file FILE] [--json]",
-		Short: "check every keyward object in a PKCS#11 token for weak protection and leftovers",
+		Use:   "doctor (--token LABEL | --uri URI | --tpm-device DEV --state-dir DIR) [--module PATH] [--pin-file FILE] [--json]",
+		Short: "check every keyward object in a PKCS#11 token or a TPM state directory for weak protection and leftovers",
 		Long:  doctorLong,
 		Example: `  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so \
-      --token keyward --pin-file /etc/keyward/pin`,
+      --token keyward --pin-file /etc/keyward/pin
+  keyward token doctor --tpm-device /dev/tpmrm0 --state-dir /var/lib/keyward/tpm \
+      --pin-file /etc/keyward/pin`,
 		Annotations: localOnly,
 		Args:        noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			o.moduleSet = c.Flags().Changed("module")
 			if err := o.check(); err != nil {
 				return err
+			}
+			if o.TPMDevice != "" {
+				return tpmDoctor(c.Context(), a.stdout, o)
 			}
 			return tokenDoctor(c.Context(), a.stdout, o)
 		},
@@ -60,7 +86,9 @@ func (a *app) doctorCmd() *cobra.Command {
 	f.StringVar(&o.Module, "module", os.Getenv(envModule), "PKCS#11 module `PATH` (default $"+envModule+"; required when that is unset)")
 	f.StringVar(&o.Token, "token", "", "token `LABEL`")
 	f.StringVar(&o.URI, "uri", "", "RFC 7512 `URI` selecting the token (instead of --token)")
-	f.StringVar(&o.PINFile, "pin-file", "", "user PIN, in a `FILE` of mode 0600 or 0400 (default $CREDENTIALS_DIRECTORY/pin, a systemd credential)")
+	f.StringVar(&o.PINFile, "pin-file", "", "user PIN (TPM: the auth secret), in a `FILE` of mode 0600 or 0400 (default $CREDENTIALS_DIRECTORY/pin, a systemd credential)")
+	f.StringVar(&o.TPMDevice, "tpm-device", "", "check a TPM backend instead of a token: the TPM `DEV` (/dev/tpmrm0, swtpm:HOST:PORT, swtpm+unix:PATH)")
+	f.StringVar(&o.StateDir, "state-dir", "", "with --tpm-device: the TPM backend's state `DIR` (backend.state_dir)")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	return c
 }
@@ -68,6 +96,21 @@ func (a *app) doctorCmd() *cobra.Command {
 // check validates the options once the flags are parsed.
 func (o *doctorOptions) check() error {
 	const cmd = "token doctor"
+	if o.TPMDevice != "" {
+		if o.moduleSet || o.Token != "" || o.URI != "" {
+			return usagef(cmd, "--tpm-device checks a TPM: it excludes --module, --token and --uri")
+		}
+		if o.StateDir == "" {
+			return usagef(cmd, "--tpm-device needs --state-dir (backend.state_dir)")
+		}
+		if o.PINFile == "" && os.Getenv("CREDENTIALS_DIRECTORY") == "" {
+			return usagef(cmd, "--pin-file is required when $CREDENTIALS_DIRECTORY is not set")
+		}
+		return nil
+	}
+	if o.StateDir != "" {
+		return usagef(cmd, "--state-dir is for a TPM: give --tpm-device too")
+	}
 	if o.Module == "" {
 		return usagef(cmd, "--module is required ($%s is not set)", envModule)
 	}
@@ -121,6 +164,97 @@ func tokenDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
 	return nil
 }
 
+// tpmDoctor opens the TPM backend read-only, runs Doctor and prints the
+// report. It returns an error wrapping errWeak when any finding is weak.
+func tpmDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
+	be, err := tpm.Open(ctx, tpm.Config{Device: o.TPMDevice, StateDir: o.StateDir, AuthFile: o.PINFile, ReadOnly: true})
+	if err != nil {
+		if strings.HasPrefix(o.TPMDevice, "swtpm") && errors.Is(err, tpm.ErrTransport) {
+			return fmt.Errorf("token doctor: open tpm (swtpm must be running, and serves one client at a time: stop keywardd first): %w", err)
+		}
+		return fmt.Errorf("token doctor: open tpm: %w", err)
+	}
+	defer be.Close()
+	rep, err := be.Doctor(ctx)
+	if err != nil {
+		return fmt.Errorf("token doctor: %w", err)
+	}
+	if o.JSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else if err := printTPMReport(w, rep); err != nil {
+		return err
+	}
+	if rep.Weak() {
+		n := 0
+		for _, f := range rep.Findings {
+			if f.Weak {
+				n++
+			}
+		}
+		return fmt.Errorf("token doctor: %d weak finding(s) in TPM state directory %s: %w", n, rep.StateDir, errWeak)
+	}
+	return nil
+}
+
+// printTPMReport writes the summary line, the pinned parent, one row per
+// object checked and, when there are findings, their table.
+func printTPMReport(w io.Writer, rep tpm.Report) error {
+	weak := 0
+	for _, f := range rep.Findings {
+		if f.Weak {
+			weak++
+		}
+	}
+	s := fmt.Sprintf("tpm %s, state directory %s: %s, %s checked, ", rep.Device, rep.StateDir, plural(rep.Keys, "key"), plural(len(rep.Objects), "object"))
+	switch {
+	case len(rep.Findings) == 0:
+		s += "no findings"
+	case weak == 0:
+		s += fmt.Sprintf("%s (housekeeping only, no weak objects)", plural(len(rep.Findings), "finding"))
+	default:
+		s += fmt.Sprintf("%s: %d weak, %d housekeeping", plural(len(rep.Findings), "finding"), weak, len(rep.Findings)-weak)
+	}
+	if _, err := fmt.Fprintf(w, "%s\npinned parent %s\n", s, dash(rep.Parent)); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if len(rep.Objects) > 0 {
+		fmt.Fprintln(tw, "KEY\tVERSION\tOBJECT NAME\tATTRIBUTES")
+		for _, ob := range rep.Objects {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ob.Key, versionText(ob.Version), ob.Name, dash(ob.Attributes))
+		}
+	}
+	if len(rep.Findings) > 0 {
+		if len(rep.Objects) > 0 {
+			fmt.Fprintln(tw)
+		}
+		fmt.Fprintln(tw, "SEVERITY\tKEY\tVERSION\tOBJECT NAME\tPROBLEM")
+		for _, f := range rep.Findings {
+			sev := "housekeeping"
+			if f.Weak {
+				sev = "weak"
+			}
+			key := f.Key
+			if key == "" {
+				key = "(keyring key)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", sev, key, versionText(f.Version), dash(f.Name), f.Problem)
+		}
+	}
+	return tw.Flush()
+}
+
+func versionText(v uint32) string {
+	if v == 0 {
+		return "-"
+	}
+	return strconv.FormatUint(uint64(v), 10)
+}
+
 // printReport writes the summary line and, when there are findings, a table.
 func printReport(w io.Writer, rep hsm.Report) error {
 	if _, err := fmt.Fprintln(w, doctorSummary(rep)); err != nil {
@@ -132,11 +266,7 @@ func printReport(w io.Writer, rep hsm.Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SEVERITY\tKEY\tVERSION\tCLASS\tLABEL\tID\tPROBLEM")
 	for _, f := range rep.Findings {
-		ver := "-"
-		if f.Version > 0 {
-			ver = strconv.FormatUint(uint64(f.Version), 10)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", severity(f), dash(f.Key), ver, dash(f.Class), dash(f.Label), dash(f.ID), f.Problem)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", severity(f), dash(f.Key), versionText(f.Version), dash(f.Class), dash(f.Label), dash(f.ID), f.Problem)
 	}
 	return tw.Flush()
 }

@@ -3,7 +3,7 @@
 // administration (key create, rotate, list, show, disable, enable, destroy,
 // set, adopt) through the daemon's socket, its status, and, without the
 // daemon, `token doctor`, which checks every keyward object in a PKCS#11
-// token, `policy explain` and `policy report`, which answer from keywardd's
+// token or a TPM backend's state directory, `policy explain` and `policy report`, which answer from keywardd's
 // config file what its policy allows, and `demo`, which exercises a
 // development SoftHSM2 token.
 //

@@ -195,6 +195,12 @@ func TestUsageErrors(t *testing.T) {
 		{name: "doctor without pin source", args: []string{"token", "doctor", "--module", mod, "--token", "a"}, want: "--pin-file is required"},
 		{name: "doctor extra argument", args: []string{"token", "doctor", "--module", mod, "--token", "a", "--pin-file", "p", "now"}, want: `unexpected argument "now"`},
 		{name: "doctor unknown flag", args: []string{"token", "doctor", "--force"}, want: "-force"},
+		{name: "doctor tpm with token", args: []string{"token", "doctor", "--tpm-device", "/dev/tpmrm0", "--state-dir", "/x", "--token", "k", "--pin-file", "p"}, want: "excludes --module, --token and --uri"},
+		{name: "doctor tpm with uri", args: []string{"token", "doctor", "--tpm-device", "/dev/tpmrm0", "--state-dir", "/x", "--uri", "pkcs11:token=k", "--pin-file", "p"}, want: "excludes --module, --token and --uri"},
+		{name: "doctor tpm with module", args: []string{"token", "doctor", "--tpm-device", "/dev/tpmrm0", "--state-dir", "/x", "--module", mod, "--pin-file", "p"}, want: "excludes --module, --token and --uri"},
+		{name: "doctor tpm without state dir", args: []string{"token", "doctor", "--tpm-device", "/dev/tpmrm0", "--pin-file", "p"}, want: "--tpm-device needs --state-dir"},
+		{name: "doctor tpm without secret source", args: []string{"token", "doctor", "--tpm-device", "/dev/tpmrm0", "--state-dir", "/x"}, want: "--pin-file is required"},
+		{name: "doctor state dir without tpm", args: []string{"token", "doctor", "--module", mod, "--token", "a", "--state-dir", "/x", "--pin-file", "p"}, want: "--state-dir is for a TPM"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -223,7 +229,7 @@ func TestHelp(t *testing.T) {
 		{name: "demo -h", args: []string{"demo", "-h"}, want: []string{"--dev-dir DIR", "Example:"}},
 		{name: "token -h", args: []string{"token", "-h"}, want: []string{"doctor", "Example:"}},
 		{name: "help token doctor", args: []string{"help", "token", "doctor"}, want: []string{"--pin-file FILE", "Example:"}},
-		{name: "token doctor -h", args: []string{"token", "doctor", "-h"}, want: []string{"--json", "CREDENTIALS_DIRECTORY", "Example:", "5  unavailable"}},
+		{name: "token doctor -h", args: []string{"token", "doctor", "-h"}, want: []string{"--json", "CREDENTIALS_DIRECTORY", "Example:", "5  unavailable", "--tpm-device DEV", "--state-dir DIR", "stop keywardd first"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,5 +1,5 @@
 // Command keywardd is the keyward daemon: it serves the keyward.v1 API on a
-// Unix socket, with master keys held in a PKCS#11 token.
+// Unix socket, with master keys held in a PKCS#11 token or a TPM 2.0.
 package main
 
 import (
@@ -14,16 +14,21 @@ import (
 
 	"github.com/keyward/keyward/daemon"
 	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/tpm"
 )
 
 // Exit codes.
 const (
-	exitOK     = 0
-	exitFail   = 1
-	exitUsage  = 2
+	exitOK    = 0
+	exitFail  = 1
+	exitUsage = 2
+	// exitConfig: the config is invalid, or the device refused a setting
+	// (tpm.ErrConfig: the device string, the state directory's mode, an
+	// auth secret too short). keyward.service does not restart on it.
 	exitConfig = 3
-	// exitLogin: the token refused the PIN. keyward.service does not restart
-	// on it (RestartPreventExitStatus=): retrying may lock a real token.
+	// exitLogin: the token refused the PIN, or the TPM the auth secret.
+	// keyward.service does not restart on it (RestartPreventExitStatus=):
+	// retrying may lock a real token, and cannot change a TPM's answer.
 	exitLogin = 4
 )
 
@@ -33,11 +38,14 @@ Usage:
   keywardd [--config FILE]          serve (default config %s)
   keywardd --check-config [--config FILE]
                                     validate the config and its policy, then exit
-  keywardd --dev [--socket PATH] [--dev-dir DIR]
-                                    development mode: a private SoftHSM2 token in a
-                                    temporary directory (removed on exit) or in DIR
-                                    (kept), the invoking user allowed everything,
-                                    socket ./keyward-dev.sock
+  keywardd --dev [--backend pkcs11|tpm] [--socket PATH] [--dev-dir DIR]
+                                    development mode: a private device in a temporary
+                                    directory (removed on exit) or in DIR (kept), the
+                                    invoking user allowed everything, socket
+                                    ./keyward-dev.sock. pkcs11 (default): a SoftHSM2
+                                    token. tpm: the in-process TPM simulator in builds
+                                    with -tags tpmsim, else a swtpm child process
+                                    (swtpm must be installed: make deps)
 
 Flags:
 `
@@ -47,8 +55,10 @@ Signals: SIGTERM and SIGINT drain calls in flight, then stop; SIGHUP re-reads
 the config (rules and per-call limits; a bad file keeps the running one).
 
 Exit codes: 0 stopped cleanly, or the config is valid; 1 could not run;
-2 usage; 3 invalid configuration; 4 the token refused the PIN (not retried:
-a real token may lock).
+2 usage; 3 invalid configuration (also one the TPM backend refuses: the
+device string, the state directory's mode, an auth secret under 16 bytes);
+4 the token refused the PIN or the TPM the auth secret (not retried: a real
+token may lock).
 
 Under systemd (keyward.socket, keyward.service): serves the passed socket
 named systemd_socket_name; with $NOTIFY_SOCKET, sends READY=1 once the token
@@ -77,9 +87,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	configPath := fs.String("config", daemon.DefaultConfigPath, "configuration file (TOML)")
 	check := fs.Bool("check-config", false, "validate the configuration and its policy, then exit")
-	dev := fs.Bool("dev", false, "development mode on a private SoftHSM2 token")
+	dev := fs.Bool("dev", false, "development mode on a private SoftHSM2 token or TPM")
+	backend := fs.String("backend", "", "dev mode: pkcs11 (a SoftHSM2 token, the default) or tpm (the TPM simulator or swtpm)")
 	sock := fs.String("socket", "", "socket path (dev mode; default ./keyward-dev.sock)")
-	devDir := fs.String("dev-dir", "", "dev mode: keep the token in this directory (created, reused on the next start) instead of a temporary one")
+	devDir := fs.String("dev-dir", "", "dev mode: keep the token or TPM in this directory (created, reused on the next start) instead of a temporary one")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides the config)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -105,10 +116,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	if *dev {
-		return runDev(ctx, *devDir, *sock, *logLevel, stdout, stderr)
+		switch *backend {
+		case "":
+			*backend = "pkcs11"
+		case "pkcs11", "tpm":
+		default:
+			fmt.Fprintf(stderr, "keywardd: --backend %q: want pkcs11 or tpm\n", *backend)
+			return exitUsage
+		}
+		return runDev(ctx, *devDir, *sock, *logLevel, *backend, stdout, stderr)
 	}
-	if *sock != "" || *devDir != "" {
-		fmt.Fprintln(stderr, "keywardd: --socket and --dev-dir are for --dev; set socket in the config file")
+	if *sock != "" || *devDir != "" || *backend != "" {
+		fmt.Fprintln(stderr, "keywardd: --socket, --dev-dir and --backend are for --dev; set socket and [backend] in the config file")
 		return exitUsage
 	}
 	cfg, pol, err := daemon.CheckConfig(*configPath)
@@ -127,11 +146,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	be, err := daemon.OpenBackend(ctx, cfg, log)
 	if err != nil {
-		log.Error("cannot open the key backend", "err", err)
-		if errors.Is(err, hsm.ErrLogin) {
-			return exitLogin
-		}
-		return exitFail
+		log.Error("cannot open the key backend", "backend", cfg.Backend.Kind, "err", err)
+		return openFailure(err)
 	}
 	defer be.Close()
 	opts := daemon.Options{ConfigPath: *configPath, Logger: log, Notifier: notifier, Watchdog: watchdog}
@@ -142,23 +158,38 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func runDev(ctx context.Context, dir, sock, logLevel string, stdout, stderr io.Writer) int {
+// openFailure is the exit code for a backend that would not open: 4 when
+// the device refused the credential, 3 when it refused a setting (neither
+// is restarted by keyward.service: a restart cannot change the answer), 1
+// otherwise (a TPM or token away, a state directory another keywardd
+// holds, a pinned TPM parent that does not match: the log says which).
+func openFailure(err error) int {
+	switch {
+	case errors.Is(err, hsm.ErrLogin), errors.Is(err, tpm.ErrAuth):
+		return exitLogin
+	case errors.Is(err, tpm.ErrConfig), errors.Is(err, tpm.ErrNoSimulator):
+		return exitConfig
+	}
+	return exitFail
+}
+
+func runDev(ctx context.Context, dir, sock, logLevel, backend string, stdout, stderr io.Writer) int {
 	if sock == "" {
 		sock = "./keyward-dev.sock"
 	}
 	if logLevel == "" {
 		logLevel = "info"
 	}
-	d, err := daemon.NewDev(dir, sock, logLevel)
+	d, err := daemon.NewDev(dir, sock, logLevel, backend)
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitFail
 	}
-	defer d.Close()
+	defer d.Close() // after be.Close: swtpm stops once the backend let go
 	log := daemon.NewLogger(logLevel)
 	be, err := daemon.OpenBackend(ctx, d.Config, log)
 	if err != nil {
-		fmt.Fprintf(stderr, "keywardd: dev token: %v\n", err)
+		fmt.Fprintf(stderr, "keywardd: dev %s: %v\n", d.What, err)
 		return exitFail
 	}
 	defer be.Close()
@@ -167,7 +198,7 @@ func runDev(ctx context.Context, dir, sock, logLevel string, stdout, stderr io.W
 		if dir != "" {
 			kept = "kept for the next start"
 		}
-		fmt.Fprintf(stdout, banner, path, d.Dir, kept, os.Getuid(), path)
+		fmt.Fprintf(stdout, banner, path, d.What, d.Dir, kept, os.Getuid(), d.Device, path)
 	}})
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
@@ -177,7 +208,8 @@ func runDev(ctx context.Context, dir, sock, logLevel string, stdout, stderr io.W
 }
 
 const banner = `keywardd: serving on %s
-keywardd: development mode: SoftHSM2 token in %s (%s); uid %d may do everything
+keywardd: development mode: %s in %s (%s); uid %d may do everything
+keywardd: backend %s
 Try, in another shell:
   export KEYWARD_SOCKET=%s
   keyward key create demo/app --type aes-256-gcm
