@@ -336,29 +336,10 @@ func (c *Config) Validate() error {
 // here so that --check-config catches it; tpm.Dial checks it again.
 func checkTPM(b Backend) []string {
 	var errs []string
-	d := b.Device
-	switch {
-	case strings.HasPrefix(d, "/dev/") && len(d) > len("/dev/"):
-	case strings.HasPrefix(d, "swtpm:"):
-		host, port, err := net.SplitHostPort(strings.TrimPrefix(d, "swtpm:"))
-		if p, perr := strconv.ParseUint(port, 10, 16); err != nil || host == "" || perr != nil || p == 0 {
-			errs = append(errs, fmt.Sprintf("backend.device %q: want swtpm:HOST:PORT", d))
-		}
-	case strings.HasPrefix(d, "swtpm+unix:"):
-		if !filepath.IsAbs(strings.TrimPrefix(d, "swtpm+unix:")) {
-			errs = append(errs, fmt.Sprintf("backend.device %q: want swtpm+unix: and an absolute socket path", d))
-		}
-	case d == "sim" || strings.HasPrefix(d, "sim:"):
-		if s, ok := strings.CutPrefix(d, "sim:"); ok {
-			if _, err := strconv.ParseUint(s, 10, 64); err != nil {
-				errs = append(errs, fmt.Sprintf("backend.device %q: SEED must be a decimal uint64", d))
-			}
-		}
-		if !tpm.HasSimulator() {
-			errs = append(errs, fmt.Sprintf("backend.device %q: this build has no TPM simulator (build with -tags tpmsim; tests only)", d))
-		}
-	default:
-		errs = append(errs, fmt.Sprintf(`backend.device %q: want a path under /dev/ (/dev/tpmrm0), "swtpm:HOST:PORT" or "swtpm+unix:/PATH"`, d))
+	if b.Device == "" {
+		errs = append(errs, `backend.device "": want a path under /dev/ (/dev/tpmrm0), "swtpm:HOST:PORT" or "swtpm+unix:/PATH"`)
+	} else if err := tpm.CheckDevice(b.Device); err != nil {
+		errs = append(errs, fmt.Sprintf("backend.device %q: %v", b.Device, err))
 	}
 	if !filepath.IsAbs(b.StateDir) {
 		errs = append(errs, fmt.Sprintf("backend.state_dir %q: want an absolute path", b.StateDir))

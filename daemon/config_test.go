@@ -121,7 +121,7 @@ pin_file = "/etc/keyward/pin"
 	{name: "tpm unknown device form", in: "[backend]\nkind = \"tpm\"\ndevice = \"tpm0\"\n", wantErr: `backend.device "tpm0"`},
 	{name: "tpm empty device", in: "[backend]\nkind = \"tpm\"\ndevice = \"\"\n", wantErr: `backend.device ""`},
 	{name: "tpm swtpm without port", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm:localhost\"\n", wantErr: "want swtpm:HOST:PORT"},
-	{name: "tpm swtpm port 0", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm:127.0.0.1:0\"\n", wantErr: "want swtpm:HOST:PORT"},
+	{name: "tpm swtpm port 0", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm:127.0.0.1:0\"\n", wantErr: "PORT must be 1-65535"},
 	{name: "tpm swtpm relative socket", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm+unix:tpm.sock\"\n", wantErr: "absolute socket path"},
 	{name: "tpm sim bad seed", in: "[backend]\nkind = \"tpm\"\ndevice = \"sim:x\"\n", wantErr: "SEED must be a decimal uint64"},
 	{name: "tpm relative state dir", in: "[backend]\nkind = \"tpm\"\nstate_dir = \"tpm\"\n", wantErr: `backend.state_dir "tpm": want an absolute path`},

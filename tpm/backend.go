@@ -104,7 +104,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		clear(auth)
 		return nil, err
 	}
-	b := &Backend{device: cfg.Device, st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{}}
+	b := &Backend{device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{}}
 	b.dev = &device{
 		dial: func() (Conn, error) {
 			c, err := Dial(cfg.Device)
@@ -124,11 +124,17 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		st.close()
 		return nil, err
 	}
-	log.Info("tpm backend open", "device", cfg.Device, "state_dir", cfg.StateDir, "keys", len(b.recs), "read_only", cfg.ReadOnly)
+	log.Info("tpm backend open", "device", redactDevice(cfg.Device), "state_dir", cfg.StateDir, "keys", len(b.recs), "read_only", cfg.ReadOnly)
 	return b, nil
 }
 
-// objectAuth derives the objects' 32-byte auth value from the secret.
+// objectAuth derives the objects' 32-byte auth value from the secret:
+// SHA-256(labelAuth || secret), re-hashed with a counter byte while it holds
+// a zero byte. go-tpm v0.9.8 cuts an HMAC session's auth value at its first
+// zero byte (it means to trim trailing zeros only; google/go-tpm#446), so a
+// value with a zero byte anywhere would fail every session (1 secret in 8).
+// The first round is kept as is, so state directories made with a zero-free
+// value keep their auth.
 func objectAuth(cfg Config) ([]byte, error) {
 	secret := bytes.Clone(cfg.Auth)
 	if secret == nil {
@@ -145,10 +151,23 @@ func objectAuth(cfg Config) ([]byte, error) {
 		return nil, fmt.Errorf("tpm auth secret is %d bytes, at least %d needed (the key objects are NoDA; use e.g. `head -c 32 /dev/urandom | base64`): %w",
 			len(secret), MinAuthSecret, ErrConfig)
 	}
-	h := sha256.New()
-	h.Write([]byte(labelAuth))
-	h.Write(secret)
-	return h.Sum(nil), nil
+	return deriveAuth(secret), nil
+}
+
+func deriveAuth(secret []byte) []byte {
+	for round := 0; ; round++ {
+		h := sha256.New()
+		h.Write([]byte(labelAuth))
+		h.Write(secret)
+		if round > 0 {
+			h.Write([]byte{byte(round)})
+		}
+		v := h.Sum(nil)
+		if bytes.IndexByte(v, 0) < 0 || round == 255 {
+			return v // 256 rounds all with a zero byte: probability ~2^-780
+		}
+		clear(v)
+	}
 }
 
 func (b *Backend) open(ctx context.Context) error {

@@ -1,5 +1,10 @@
 package tpm
 
+import (
+	"bytes"
+	"crypto/sha256"
+)
+
 // Templates for tests outside the package (raw baselines, outside checks).
 var (
 	KeyedHashTemplate = keyedHashTemplate
@@ -34,4 +39,11 @@ func AuthValue(secret []byte) []byte {
 		panic(err)
 	}
 	return v
+}
+
+// FirstRoundHasZero reports whether the first derivation round of secret
+// holds a zero byte.
+func FirstRoundHasZero(secret []byte) bool {
+	h := sha256.Sum256(append([]byte(labelAuth), secret...))
+	return bytes.IndexByte(h[:], 0) >= 0
 }

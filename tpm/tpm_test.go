@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -533,5 +534,36 @@ func TestPersistentParent(t *testing.T) {
 	defer be.Close()
 	if u, err := be.Unwrap(ctx, blob, nil); err != nil || string(u.Plaintext) != "x" {
 		t.Fatalf("Unwrap under the persistent parent after reopening: %v", err)
+	}
+}
+
+// TestAuthWithZeroBytes: secrets whose first derivation holds a zero byte
+// (go-tpm cuts a session's auth value there) still work.
+func TestAuthWithZeroBytes(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	n := 0
+	for i := 0; n < 3 && i < 1000; i++ {
+		secret := []byte(fmt.Sprintf("zero-byte-probe-secret-%04d", i))
+		if !tpm.FirstRoundHasZero(secret) {
+			continue
+		}
+		n++
+		be, err := tpm.Open(t.Context(), tpm.Config{Device: sw.Device(), StateDir: t.TempDir(), Auth: secret})
+		if err != nil {
+			t.Fatalf("secret %d: %v", i, err)
+		}
+		if _, err := be.CreateKey(t.Context(), "z/k", keys.HMACSHA256); err != nil {
+			t.Fatalf("secret %d: %v", i, err)
+		}
+		if _, err := be.MAC(t.Context(), "z/k", []byte("m")); err != nil {
+			t.Fatalf("secret %d: %v", i, err)
+		}
+		if v := tpm.AuthValue(secret); bytes.IndexByte(v, 0) >= 0 {
+			t.Fatalf("derived auth value holds a zero byte")
+		}
+		be.Close()
+	}
+	if n < 3 {
+		t.Fatalf("found only %d probe secrets", n)
 	}
 }

@@ -77,50 +77,77 @@ var errClosed = fmt.Errorf("%w: connection closed", ErrTransport)
 // A malformed device wraps ErrConfig; "sim" in a build without the simulator
 // is ErrNoSimulator; a TPM that cannot be reached wraps ErrTransport.
 func Dial(device string) (Conn, error) {
+	if err := CheckDevice(device); err != nil {
+		return nil, err
+	}
+	switch {
+	case device == "":
+		return dialDevice(defaultDevice)
+	case strings.HasPrefix(device, "/dev/"):
+		return dialDevice(device)
+	case strings.HasPrefix(device, "swtpm:"):
+		return dialStream("tcp", strings.TrimPrefix(device, "swtpm:"), defaultIOTimeout)
+	case strings.HasPrefix(device, "swtpm+unix:"):
+		return dialStream("unix", strings.TrimPrefix(device, "swtpm+unix:"), defaultIOTimeout)
+	}
+	// "sim" or "sim:SEED", checked above.
+	s, fixed := strings.CutPrefix(device, "sim:")
+	var seed uint64
+	if fixed {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	return simDial(seed, fixed)
+}
+
+// CheckDevice checks a device string's form without opening it (for config
+// validation): nil, an error wrapping ErrConfig, or ErrNoSimulator for "sim"
+// in a build without the simulator.
+func CheckDevice(device string) error {
 	switch {
 	case device == "" || strings.HasPrefix(device, "/dev/"):
-		if device == "" {
-			device = defaultDevice
+		if device == "/dev/" {
+			return badDevice(device, "want a device path")
 		}
-		return dialDevice(device)
-
+		return nil
 	case strings.HasPrefix(device, "swtpm:"):
-		addr := strings.TrimPrefix(device, "swtpm:")
-		host, port, err := net.SplitHostPort(addr)
+		host, port, err := net.SplitHostPort(strings.TrimPrefix(device, "swtpm:"))
 		if err != nil || host == "" {
-			return nil, badDevice(device, "want swtpm:HOST:PORT")
+			return badDevice(device, "want swtpm:HOST:PORT")
 		}
 		if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-			return nil, badDevice(device, "PORT must be 1-65535")
+			return badDevice(device, "PORT must be 1-65535")
 		}
-		return dialStream("tcp", addr, defaultIOTimeout)
-
+		return nil
 	case strings.HasPrefix(device, "swtpm+unix:"):
-		path := strings.TrimPrefix(device, "swtpm+unix:")
-		if !filepath.IsAbs(path) {
-			return nil, badDevice(device, "want swtpm+unix: and an absolute socket path")
+		if !filepath.IsAbs(strings.TrimPrefix(device, "swtpm+unix:")) {
+			return badDevice(device, "want swtpm+unix: and an absolute socket path")
 		}
-		return dialStream("unix", path, defaultIOTimeout)
-
+		return nil
 	case device == "sim" || strings.HasPrefix(device, "sim:"):
-		var seed uint64
-		fixed := false
 		if s, ok := strings.CutPrefix(device, "sim:"); ok {
-			var err error
-			if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-				return nil, badDevice(device, "SEED must be a decimal uint64")
+			if _, err := strconv.ParseUint(s, 10, 64); err != nil {
+				return badDevice(device, "SEED must be a decimal uint64")
 			}
-			fixed = true
 		}
 		if simDial == nil {
-			return nil, ErrNoSimulator
+			return ErrNoSimulator
 		}
-		return simDial(seed, fixed)
+		return nil
 	}
-	return nil, badDevice(device, "unknown form")
+	return badDevice(device, "unknown form")
+}
+
+// redactDevice hides a simulator's seed (it determines the simulator's
+// keys) in logs and reports.
+func redactDevice(device string) string {
+	if strings.HasPrefix(device, "sim:") {
+		return "sim:(seed)"
+	}
+	return device
 }
 
 func badDevice(device, why string) error {
+	device = redactDevice(device)
 	return fmt.Errorf("%w: tpm device %q: %s; accepted: %s", ErrConfig, device, why, acceptedDevices)
 }
 
