@@ -14,6 +14,7 @@ import (
 
 	"github.com/keyward/keyward/daemon"
 	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/tpm"
 )
 
@@ -30,6 +31,10 @@ const (
 	// keyward.service does not restart on it (RestartPreventExitStatus=):
 	// retrying may lock a real token, and cannot change a TPM's answer.
 	exitLogin = 4
+	// exitIntegrity: the key store failed its integrity check at start (a
+	// TPM whose parent is not the pinned one, an edited keyring record). Not
+	// restarted either: a restart reads the same state; an operator must look.
+	exitIntegrity = 5
 )
 
 const usage = `keywardd: the keyward key daemon
@@ -58,7 +63,8 @@ Exit codes: 0 stopped cleanly, or the config is valid; 1 could not run;
 2 usage; 3 invalid configuration (also one the TPM backend refuses: the
 device string, the state directory's mode, an auth secret under 16 bytes);
 4 the token refused the PIN or the TPM the auth secret (not retried: a real
-token may lock).
+token may lock); 5 the key store failed its integrity check at start (a TPM
+whose parent is not the pinned one, an edited keyring record).
 
 Under systemd (keyward.socket, keyward.service): serves the passed socket
 named systemd_socket_name; with $NOTIFY_SOCKET, sends READY=1 once the token
@@ -169,6 +175,8 @@ func openFailure(err error) int {
 		return exitLogin
 	case errors.Is(err, tpm.ErrConfig), errors.Is(err, tpm.ErrNoSimulator):
 		return exitConfig
+	case errors.Is(err, tpm.ErrParentMismatch), errors.Is(err, keys.ErrIntegrity):
+		return exitIntegrity
 	}
 	return exitFail
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -183,6 +184,19 @@ func TestTPMConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Chmod(open, 0o777)
+	// A copy of the state directory with one record edited.
+	edited := filepath.Join(dir, "edited-state")
+	if out, err := exec.Command("cp", "-a", state, edited).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	rec := filepath.Join(edited, "keys", "tpm%2Fk.json")
+	data, err := os.ReadFile(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(rec, bytes.Replace(data, []byte(`"enabled"`), []byte(`"disabled"`), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	conf := func(name, stateDir, authFile, extra string) string {
 		p := filepath.Join(dir, name+".toml")
@@ -205,6 +219,7 @@ func TestTPMConfig(t *testing.T) {
 		{"wrong auth secret", []string{"--config", conf("wrong", state, wrong, "")}, exitLogin, "wrong auth secret"},
 		{"auth secret too short", []string{"--config", conf("short", state, short, "")}, exitConfig, "at least 16 needed"},
 		{"state dir others may write", []string{"--config", conf("open", open, good, "")}, exitConfig, "writable by group or others"},
+		{"edited keyring record", []string{"--config", conf("edited", edited, good, "")}, exitIntegrity, "fails its MAC"},
 		{"parent handle not there", []string{"--config", conf("handle", filepath.Join(dir, "handle-state"), good, "parent_handle = 0x81000001\n")}, exitFail, "cannot open the key backend"},
 	}
 	for _, tt := range tests {
@@ -237,11 +252,7 @@ func TestTPMConfig(t *testing.T) {
 	}
 }
 
-// testAuth is the TPM auth secret of these tests. Fixed, not random: with
-// go-tpm v0.9.8 an auth value with a zero byte anywhere fails every HMAC
-// session (hmacKeyFromAuthValue cuts it at its first zero byte; go-tpm pull
-// request 446), and tpm derives the auth value from the secret, so about one
-// random secret in eight never works. This one's derived value has no zero byte.
+// testAuth is the TPM auth secret of these tests.
 const testAuth = "keyward-test-tpm-auth-secret-01"
 
 func writeSecret(t *testing.T, dir, name, secret string) string {
@@ -265,7 +276,8 @@ func TestOpenFailure(t *testing.T) {
 		{"tpm setting refused", fmt.Errorf("tpm auth secret is 3 bytes: %w", tpm.ErrConfig), exitConfig},
 		{"tpm simulator missing", tpm.ErrNoSimulator, exitConfig},
 		{"tpm state dir locked", fmt.Errorf("state: %w", tpm.ErrLocked), exitFail},
-		{"tpm parent mismatch", fmt.Errorf("%w: %w", tpm.ErrParentMismatch, keys.ErrIntegrity), exitFail},
+		{"tpm parent mismatch", fmt.Errorf("%w: %w", tpm.ErrParentMismatch, keys.ErrIntegrity), exitIntegrity},
+		{"edited keyring record", fmt.Errorf("keys/a.json: fails its MAC: %w", keys.ErrIntegrity), exitIntegrity},
 		{"tpm away", fmt.Errorf("%w: %w", tpm.ErrTransport, keys.ErrUnavailable), exitFail},
 		{"other", errors.New("boom"), exitFail},
 	}
