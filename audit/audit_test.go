@@ -609,3 +609,33 @@ func TestLogs(t *testing.T) {
 		t.Fatalf("Logs = %v", logs)
 	}
 }
+
+// TestSecondWriterRefused: two Logs (two daemons) on one path would fork the
+// chain; the second Open is refused until the first closes, and the lock
+// outlives a rotation (the lock file is never renamed).
+func TestSecondWriterRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := open(t, path, Options{MaxFileSize: 4096})
+	for i := range 40 { // past one rotation
+		if err := l.Append(t.Context(), Record{Op: "wrap", Key: fmt.Sprintf("k%d", i), Result: "OK"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := l.Stats(); st.Rotations == 0 {
+		t.Fatalf("no rotation happened: %+v", st)
+	}
+	if _, err := Open(path, Options{}); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second Open: %v, want ErrInUse", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := Open(path, Options{})
+	if err != nil {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	l2.Close()
+	if fi, err := os.Stat(path + ".lock"); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("lock file: %v %v", fi, err)
+	}
+}

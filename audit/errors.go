@@ -21,6 +21,10 @@ var (
 	// "keyward audit verify" names the record.
 	ErrCorrupt = errors.New("audit log corrupt")
 
+	// ErrInUse: another process (another keywardd) has the log open. Two
+	// writers would fork the chain.
+	ErrInUse = errors.New("audit log in use by another process")
+
 	// ErrBroken: Verify found the chain broken. The error is a *Break that
 	// names the record.
 	ErrBroken = errors.New("audit chain broken")

@@ -93,9 +93,12 @@ func compare(a, b uint64) int {
 	return 0
 }
 
+// lockSuffix names a log's lock file (path + lockSuffix).
+const lockSuffix = ".lock"
+
 // Logs returns the current-file paths of the logs in dir: every regular
-// file that is neither a rotated file nor a torn tail, and the base of every
-// rotated file. A directory that holds one log gives one path.
+// file that is neither a rotated file, a torn tail nor a lock file, and the
+// base of every rotated file. A directory that holds one log gives one path.
 func Logs(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -104,7 +107,7 @@ func Logs(dir string) ([]string, error) {
 	var names []string
 	for _, e := range entries {
 		name := e.Name()
-		if !e.Type().IsRegular() || strings.HasPrefix(name, ".") || strings.Contains(name, tornInfix) {
+		if !e.Type().IsRegular() || strings.HasPrefix(name, ".") || strings.Contains(name, tornInfix) || strings.HasSuffix(name, lockSuffix) {
 			continue
 		}
 		if i := len(name) - 42; i > 0 {

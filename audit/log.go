@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -116,9 +117,10 @@ type Stats struct {
 
 // Log is an open audit log. Its methods are safe for concurrent use.
 type Log struct {
-	path string
-	opts Options
-	log  *slog.Logger
+	path     string
+	opts     Options
+	log      *slog.Logger
+	lockFile *os.File // flock held while open
 
 	kick   chan struct{} // wakes the writer; capacity 1
 	exited chan struct{} // closed when the writer returns
@@ -172,16 +174,49 @@ func Open(path string, opts Options) (*Log, error) {
 		kick:   make(chan struct{}, 1),
 		exited: make(chan struct{}),
 	}
+	if err := l.lock(); err != nil {
+		return nil, err
+	}
 	if err := l.recover(); err != nil {
+		l.unlock()
 		return nil, err
 	}
 	if err := l.reopen(); err != nil {
+		l.unlock()
 		return nil, err
 	}
 	l.stats.Seq, l.stats.Hash = l.seq, l.prev
 	l.log.Info("audit log open", "path", path, "seq", l.seq, "from", l.report.From)
 	go l.run()
 	return l, nil
+}
+
+// lock takes an exclusive flock on path+".lock" for the life of the Log:
+// the log file itself is renamed by rotation, the lock file never is. Two
+// daemons on one audit log would each continue the chain from the same
+// record and fork it.
+func (l *Log) lock() error {
+	name := l.path + lockSuffix
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, l.opts.FileMode)
+	if err != nil {
+		return fmt.Errorf("audit lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("%s: %w", l.path, ErrInUse)
+		}
+		return fmt.Errorf("audit lock %s: %w", name, err)
+	}
+	l.lockFile = f
+	return nil
+}
+
+func (l *Log) unlock() {
+	if l.lockFile != nil {
+		l.lockFile.Close()
+		l.lockFile = nil
+	}
 }
 
 // OpenReport says where Open found the chain and what it did to the tail.
@@ -326,6 +361,7 @@ func (l *Log) Close() error {
 	default:
 	}
 	<-l.exited
+	l.unlock()
 	return l.closeErr
 }
 
