@@ -36,6 +36,13 @@ type Options struct {
 	// Logger receives the log's own events (failing, recovered, rotated,
 	// torn tail). Default: discard.
 	Logger *slog.Logger
+	// Checkpoint, when set, signs checkpoint records (see Signer): one
+	// after every CheckpointEvery records (default 1000), one when
+	// CheckpointInterval (default 1 min) has passed since the last with
+	// records in between, and one at Close.
+	Checkpoint         Signer
+	CheckpointEvery    int
+	CheckpointInterval time.Duration
 	// OnFsync, when set, is called by the writer with the duration of each
 	// batch's fsync (for a latency histogram). It must not block.
 	OnFsync func(time.Duration)
@@ -62,6 +69,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("audit: MaxDelay %v is negative", o.MaxDelay)
 	case o.RetryInterval < 0:
 		return o, fmt.Errorf("audit: RetryInterval %v is negative", o.RetryInterval)
+	case o.CheckpointEvery < 0 || o.CheckpointInterval < 0:
+		return o, fmt.Errorf("audit: negative checkpoint setting")
 	case o.FileMode&^fs.ModePerm != 0:
 		return o, fmt.Errorf("audit: FileMode %v has more than permission bits", o.FileMode)
 	}
@@ -70,6 +79,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MaxBatch == 0 {
 		o.MaxBatch = 4096
+	}
+	if o.CheckpointEvery == 0 {
+		o.CheckpointEvery = 1000
+	}
+	if o.CheckpointInterval == 0 {
+		o.CheckpointInterval = time.Minute
 	}
 	if o.RetryInterval == 0 {
 		o.RetryInterval = 100 * time.Millisecond
@@ -110,9 +125,14 @@ type Stats struct {
 	Batches   uint64 // batches written (one fsync each)
 	Fsyncs    uint64 // fsyncs of the log file: batches, and truncations on recovery
 	Rotations uint64
-	Refused   uint64   // Appends that returned ErrUnavailable
-	Seq       uint64   // last durable seq (0: none yet)
-	Hash      [32]byte // its hash
+	// Checkpoints written, and checkpoints due but not written because the
+	// signer failed (the records are durable either way; the next attempt
+	// is at the next batch).
+	Checkpoints        uint64
+	CheckpointFailures uint64
+	Refused            uint64   // Appends that returned ErrUnavailable
+	Seq                uint64   // last durable seq (0: none yet)
+	Hash               [32]byte // its hash
 }
 
 // Log is an open audit log. Its methods are safe for concurrent use.
@@ -148,6 +168,14 @@ type Log struct {
 	prev       [32]byte
 	buf        []byte
 	rotateNext time.Time // after a failed rotation, when to try again
+	// Checkpoints: records since the last one, when it was written, and
+	// whether the next commit must write one even without records.
+	sinceCheckpoint int
+	lastCheckpoint  time.Time
+	forceCheckpoint bool
+	checkpointRetry time.Time // after a signer failure, no attempt before this
+
+	checkpointFailing bool // under mu: the last checkpoint attempt failed (warned once per streak)
 
 	fsyncs atomic.Uint64
 }
@@ -186,6 +214,7 @@ func Open(path string, opts Options) (*Log, error) {
 		return nil, err
 	}
 	l.stats.Seq, l.stats.Hash = l.seq, l.prev
+	l.lastCheckpoint = time.Now()
 	l.log.Info("audit log open", "path", path, "seq", l.seq, "from", l.report.From)
 	go l.run()
 	return l, nil
@@ -371,6 +400,10 @@ func (l *Log) run() {
 	for {
 		batch, done := l.take()
 		if done {
+			if l.opts.Checkpoint != nil && l.sinceCheckpoint > 0 && !l.isFailing() {
+				l.forceCheckpoint = true // anchor the tail at a clean stop
+				l.commit(nil)
+			}
 			if l.f != nil {
 				l.closeErr = l.f.Close()
 				l.f = nil
@@ -393,6 +426,17 @@ func (l *Log) take() (batch []*pending, done bool) {
 		case n == 0 && closed:
 			return nil, true
 		case n == 0:
+			if wait, ok := l.checkpointWait(); ok {
+				t := time.NewTimer(wait)
+				select {
+				case <-l.kick:
+					t.Stop()
+					continue
+				case <-t.C:
+					l.forceCheckpoint = true
+					return nil, false
+				}
+			}
 			<-l.kick
 			continue
 		}
@@ -442,13 +486,23 @@ func (l *Log) commit(batch []*pending) {
 	}
 	seq, prev := l.seq, l.prev
 	buf := l.buf[:0]
+	checkpointed := false
 	if err == nil {
 		for _, pd := range batch {
 			seq++
 			buf, prev = appendLine(buf, seq, prev, pd.p)
 		}
+		if l.checkpointDue(len(batch)) {
+			if cp, ok := l.checkpoint(seq+1, prev); ok {
+				seq++
+				buf, prev = appendLine(buf, seq, prev, cp)
+				checkpointed = true
+			}
+		}
 		l.buf = buf
-		if _, err = l.f.WriteAt(buf, l.size); err != nil {
+		if len(buf) == 0 {
+			// A checkpoint alone that could not be signed: nothing to write.
+		} else if _, err = l.f.WriteAt(buf, l.size); err != nil {
 			err = withPath("write", l.path, err)
 		} else {
 			start := time.Now()
@@ -472,7 +526,17 @@ func (l *Log) commit(batch []*pending) {
 	if l.first == 0 {
 		l.first = first
 	}
+	l.forceCheckpoint = false
+	if checkpointed {
+		l.sinceCheckpoint, l.lastCheckpoint = 0, time.Now()
+	} else {
+		l.sinceCheckpoint += len(batch)
+	}
 	l.mu.Lock()
+	if checkpointed {
+		l.stats.Checkpoints++
+		l.stats.Records++
+	}
 	l.stats.Records += uint64(len(batch))
 	l.stats.Batches++
 	l.stats.Seq, l.stats.Hash = seq, prev

@@ -50,6 +50,9 @@ type Record struct {
 	Duration time.Duration
 	// RequestID ties the record to the daemon's log lines.
 	RequestID string
+	// Sig is a checkpoint record's signature (Op == OpCheckpoint) over
+	// CheckpointMessage(Seq, Prev); empty in every other record.
+	Sig []byte
 }
 
 // Peer is the caller's kernel identity.
@@ -75,6 +78,7 @@ type wire struct {
 	Reason        string `json:"reason,omitempty"`
 	DurationUS    int64  `json:"duration_us"`
 	RequestID     string `json:"request_id"`
+	Sig           []byte `json:"sig,omitempty"`
 }
 
 // body is the part of a record after prev. Callers encode it in their own
@@ -89,6 +93,7 @@ type body struct {
 	Reason        string `json:"reason,omitempty"`
 	DurationUS    int64  `json:"duration_us"`
 	RequestID     string `json:"request_id"`
+	Sig           []byte `json:"sig,omitempty"`
 }
 
 // headroom is the most the writer adds to a body: seq, time, prev, hash.
@@ -132,6 +137,7 @@ func prepare(r Record, now time.Time) (prepared, error) {
 		Reason:        valid(r.Reason),
 		DurationUS:    r.Duration.Microseconds(),
 		RequestID:     valid(r.RequestID),
+		Sig:           r.Sig,
 	})
 	if err != nil {
 		return prepared{}, fmt.Errorf("audit: encode record: %v: %w", err, ErrInvalidRecord)
@@ -219,6 +225,7 @@ func parseLine(line []byte) (Record, error) {
 	r.Result, r.Reason = w.Result, w.Reason
 	r.Duration = time.Duration(w.DurationUS) * time.Microsecond
 	r.RequestID = w.RequestID
+	r.Sig = w.Sig
 	if chainHash(r.Prev, canonical) != r.Hash {
 		return r, errors.New("hash does not match the record")
 	}

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"crypto"
 	"fmt"
 	"io"
 	"os"
@@ -15,8 +16,22 @@ type Result struct {
 	FirstSeq uint64 // seq of the first record (0: none)
 	LastSeq  uint64 // seq of the last record that verified
 	LastHash [32]byte
+	// Checkpoints counts checkpoint records: their signatures verified when
+	// VerifyOptions.CheckpointKey was given, only seen otherwise.
+	Checkpoints uint64
+	// LastCheckpointSeq is the seq of the last checkpoint (0: none); the
+	// records after it (LastSeq - LastCheckpointSeq) are not anchored.
+	LastCheckpointSeq uint64
 	// Broken names the first broken record; nil when the chain holds.
 	Broken *Break
+}
+
+// VerifyOptions tunes VerifyWith.
+type VerifyOptions struct {
+	// CheckpointKey, when set, is the public key of the checkpoint signing
+	// key (keyward pubkey NAME): every checkpoint's signature must verify
+	// with it, or the checkpoint is reported as the break.
+	CheckpointKey crypto.PublicKey
 }
 
 // Break names the first broken record and why. It is also the error Verify
@@ -48,7 +63,12 @@ func (b *Break) Is(target error) bool { return target == ErrBroken }
 // A broken chain gives a *Break (in Result.Broken and as the error); a file
 // that cannot be read gives its error.
 func Verify(files ...string) (Result, error) {
-	var v verifier
+	return VerifyWith(VerifyOptions{}, files...)
+}
+
+// VerifyWith is Verify, with checkpoint signatures checked as opts says.
+func VerifyWith(opts VerifyOptions, files ...string) (Result, error) {
+	v := verifier{opts: opts}
 	for _, name := range files {
 		f, err := os.Open(name)
 		if err != nil {
@@ -70,6 +90,7 @@ func Verify(files ...string) (Result, error) {
 
 // verifier carries the chain from line to line and file to file.
 type verifier struct {
+	opts     VerifyOptions
 	res      Result
 	lastFile string
 	lastLine int
@@ -95,6 +116,18 @@ func (v *verifier) file(name string, r io.Reader) (*Break, error) {
 		}
 		if why := v.link(rec, name); why != "" {
 			return brk(rec.Seq, "%s", why), nil
+		}
+		switch {
+		case rec.Op == OpCheckpoint:
+			if v.opts.CheckpointKey != nil {
+				if err := verifyCheckpoint(v.opts.CheckpointKey, rec); err != nil {
+					return brk(rec.Seq, "%v", err), nil
+				}
+			}
+			v.res.Checkpoints++
+			v.res.LastCheckpointSeq = rec.Seq
+		case len(rec.Sig) > 0:
+			return brk(rec.Seq, "a signature on a record that is not a checkpoint"), nil
 		}
 		if v.res.Records == 0 {
 			v.res.FirstSeq = rec.Seq
