@@ -114,23 +114,26 @@ func (l *Log) checkpoint(seq uint64, prev [32]byte) (prepared, bool) {
 	return p, true
 }
 
-// verifyCheckpoint checks a checkpoint record's signature with pub.
-func verifyCheckpoint(pub crypto.PublicKey, r Record) error {
+// verifyCheckpoint checks a checkpoint record's signature against pubs
+// (the versions of the checkpoint key).
+func verifyCheckpoint(pubs []crypto.PublicKey, r Record) error {
 	msg := CheckpointMessage(r.Seq, r.Prev)
 	d := sha256.Sum256(msg)
-	ok := false
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		ok = ecdsa.VerifyASN1(k, d[:], r.Sig)
-	case *rsa.PublicKey:
-		ok = rsa.VerifyPSS(k, crypto.SHA256, d[:], r.Sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: crypto.SHA256}) == nil
-	case ed25519.PublicKey:
-		ok = len(r.Sig) == ed25519.SignatureSize && ed25519.Verify(k, msg, r.Sig)
-	default:
-		return fmt.Errorf("checkpoint key of type %T is not a signing key", pub)
+	for _, pub := range pubs {
+		ok := false
+		switch k := pub.(type) {
+		case *ecdsa.PublicKey:
+			ok = ecdsa.VerifyASN1(k, d[:], r.Sig)
+		case *rsa.PublicKey:
+			ok = rsa.VerifyPSS(k, crypto.SHA256, d[:], r.Sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: crypto.SHA256}) == nil
+		case ed25519.PublicKey:
+			ok = len(r.Sig) == ed25519.SignatureSize && ed25519.Verify(k, msg, r.Sig)
+		default:
+			return fmt.Errorf("checkpoint key of type %T is not a signing key", pub)
+		}
+		if ok {
+			return nil
+		}
 	}
-	if !ok {
-		return fmt.Errorf("checkpoint signature (key %s v%d) does not verify with the given public key", r.Key, r.Version)
-	}
-	return nil
+	return fmt.Errorf("checkpoint signature (key %s v%d) does not verify with the given public key(s)", r.Key, r.Version)
 }

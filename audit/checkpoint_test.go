@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -57,7 +58,7 @@ func TestCheckpoints(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	res, err := VerifyWith(VerifyOptions{CheckpointKey: &sig.key.PublicKey}, path)
+	res, err := VerifyWith(VerifyOptions{CheckpointKeys: []crypto.PublicKey{&sig.key.PublicKey}}, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func TestCheckpoints(t *testing.T) {
 	}
 
 	other := newSigner(t)
-	if _, err := VerifyWith(VerifyOptions{CheckpointKey: &other.key.PublicKey}, path); !errors.Is(err, ErrBroken) ||
+	if _, err := VerifyWith(VerifyOptions{CheckpointKeys: []crypto.PublicKey{&other.key.PublicKey}}, path); !errors.Is(err, ErrBroken) ||
 		!strings.Contains(err.Error(), "does not verify") || !strings.Contains(err.Error(), ":11 ") {
 		t.Fatalf("verify with another key: %v; want a break at line 11, the first checkpoint", err)
 	}
@@ -113,7 +114,7 @@ func TestCheckpointDefeatsRechaining(t *testing.T) {
 	if _, err := Verify(path); err != nil {
 		t.Fatalf("the re-chained file should pass the chain check alone: %v", err)
 	}
-	_, err = VerifyWith(VerifyOptions{CheckpointKey: &sig.key.PublicKey}, path)
+	_, err = VerifyWith(VerifyOptions{CheckpointKeys: []crypto.PublicKey{&sig.key.PublicKey}}, path)
 	var brk *Break
 	if !errors.As(err, &brk) || brk.Seq != 11 {
 		t.Fatalf("verify with the key: %v; want the checkpoint at seq 11 to fail", err)
@@ -166,7 +167,7 @@ func TestCheckpointSignerFailure(t *testing.T) {
 		t.Fatalf("no checkpoint after the signer recovered: %+v", st)
 	}
 	l.Close()
-	if res, err := VerifyWith(VerifyOptions{CheckpointKey: &sig.key.PublicKey}, path); err != nil || res.Checkpoints == 0 {
+	if res, err := VerifyWith(VerifyOptions{CheckpointKeys: []crypto.PublicKey{&sig.key.PublicKey}}, path); err != nil || res.Checkpoints == 0 {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
 }

@@ -17,7 +17,7 @@ type Result struct {
 	LastSeq  uint64 // seq of the last record that verified
 	LastHash [32]byte
 	// Checkpoints counts checkpoint records: their signatures verified when
-	// VerifyOptions.CheckpointKey was given, only seen otherwise.
+	// VerifyOptions.CheckpointKeys were given, only seen otherwise.
 	Checkpoints uint64
 	// LastCheckpointSeq is the seq of the last checkpoint (0: none); the
 	// records after it (LastSeq - LastCheckpointSeq) are not anchored.
@@ -28,10 +28,11 @@ type Result struct {
 
 // VerifyOptions tunes VerifyWith.
 type VerifyOptions struct {
-	// CheckpointKey, when set, is the public key of the checkpoint signing
-	// key (keyward pubkey NAME): every checkpoint's signature must verify
-	// with it, or the checkpoint is reported as the break.
-	CheckpointKey crypto.PublicKey
+	// CheckpointKeys, when set, are the public keys of the checkpoint
+	// signing key's versions (keyward pubkey NAME --version N): every
+	// checkpoint's signature must verify with one of them, or the
+	// checkpoint is reported as the break.
+	CheckpointKeys []crypto.PublicKey
 }
 
 // Break names the first broken record and why. It is also the error Verify
@@ -119,8 +120,8 @@ func (v *verifier) file(name string, r io.Reader) (*Break, error) {
 		}
 		switch {
 		case rec.Op == OpCheckpoint:
-			if v.opts.CheckpointKey != nil {
-				if err := verifyCheckpoint(v.opts.CheckpointKey, rec); err != nil {
+			if len(v.opts.CheckpointKeys) > 0 {
+				if err := verifyCheckpoint(v.opts.CheckpointKeys, rec); err != nil {
 					return brk(rec.Seq, "%v", err), nil
 				}
 			}

@@ -2,6 +2,8 @@ package daemon_test
 
 import (
 	"context"
+	"crypto"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"os"
@@ -202,5 +204,57 @@ func TestAuditFailClosed(t *testing.T) {
 	}
 	if st, _ := c.Status(ctx, &pb.StatusRequest{}); st.GetAudit() != "ok" {
 		t.Errorf("status after recovery: %q", st.GetAudit())
+	}
+}
+
+// TestAuditCheckpoints: with audit_checkpoint_key, keywardd signs checkpoint
+// records with the HSM key; they verify with the key's public half, and no
+// caller may sign with that key, whatever the policy grants.
+func TestAuditCheckpoints(t *testing.T) {
+	r := start(t, testRules(), func(c *daemon.Config) {
+		c.AuditCheckpointKey = "audit/ckpt"
+		c.AuditCheckpointEvery = 5
+	})
+	ctx := context.Background()
+	c := dial(t, r.sock)
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "audit/ckpt", KeyType: "ecdsa-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "app/ck", KeyType: "aes-256-gcm"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 12 {
+		if _, err := c.Wrap(ctx, &pb.WrapRequest{Key: "app/ck", Plaintext: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Root may sign with every key by policy, but not with this one.
+	if _, err := c.Sign(ctx, &pb.SignRequest{Key: "audit/ckpt", Message: []byte("forged checkpoint")}); !strings.HasSuffix(reason(err), " PERMISSION_DENIED") {
+		t.Fatalf("sign with the checkpoint key: %v", err)
+	}
+	pk, err := c.GetPublicKey(ctx, &pb.GetPublicKeyRequest{Key: "audit/ckpt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.ParsePKIXPublicKey(pk.GetPublicKeyDer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")
+	res, err := audit.VerifyWith(audit.VerifyOptions{CheckpointKeys: []crypto.PublicKey{pub}}, logPath)
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	if res.Checkpoints < 2 {
+		t.Fatalf("%d checkpoints in %d records", res.Checkpoints, res.Records)
+	}
+	var denied bool
+	for _, a := range readAudit(t, logPath) {
+		if a.Op == "sign" && a.Key == "audit/ckpt" && a.Result == "PERMISSION_DENIED" && strings.Contains(a.Reason, "reserved") {
+			denied = true
+		}
+	}
+	if !denied {
+		t.Error("the refused sign is not in the audit log with its reason")
 	}
 }

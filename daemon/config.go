@@ -41,11 +41,20 @@ type Config struct {
 	// daemon then leaves no evidence).
 	AuditLog string `toml:"audit_log"`
 	// AuditMaxFileSize rotates the audit log past this many bytes.
-	AuditMaxFileSize int64         `toml:"audit_max_file_size"`
-	LogLevel         string        `toml:"log_level"`
-	Backend          Backend       `toml:"backend"`
-	Limits           Limits        `toml:"limits"`
-	Rules            []policy.Rule `toml:"rule"`
+	AuditMaxFileSize int64 `toml:"audit_max_file_size"`
+	// AuditCheckpointKey names a signing key (ecdsa-p256, rsa-3072-pss or
+	// ed25519) with which keywardd signs checkpoint records into the audit
+	// log; "" (default) writes none. The key is reserved: no caller may
+	// sign with it through the socket, whatever the policy says.
+	AuditCheckpointKey string `toml:"audit_checkpoint_key"`
+	// AuditCheckpointEvery and AuditCheckpointInterval: a checkpoint after
+	// that many records, or after that long with records since the last.
+	AuditCheckpointEvery    int           `toml:"audit_checkpoint_every"`
+	AuditCheckpointInterval Duration      `toml:"audit_checkpoint_interval"`
+	LogLevel                string        `toml:"log_level"`
+	Backend                 Backend       `toml:"backend"`
+	Limits                  Limits        `toml:"limits"`
+	Rules                   []policy.Rule `toml:"rule"`
 }
 
 // Backend selects the key device: kind "pkcs11" (module, token or uri,
@@ -137,11 +146,13 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // Defaults returns the configuration an empty file means.
 func Defaults() Config {
 	return Config{
-		Socket:            "/run/keyward/keyward.sock",
-		SystemdSocketName: "keyward",
-		AuditLog:          "/var/log/keyward/audit.log",
-		AuditMaxFileSize:  64 << 20,
-		LogLevel:          "info",
+		Socket:                  "/run/keyward/keyward.sock",
+		SystemdSocketName:       "keyward",
+		AuditLog:                "/var/log/keyward/audit.log",
+		AuditMaxFileSize:        64 << 20,
+		AuditCheckpointEvery:    1000,
+		AuditCheckpointInterval: Duration{time.Minute},
+		LogLevel:                "info",
 		Backend: Backend{
 			Kind:     "pkcs11",
 			Module:   "/usr/lib/softhsm/libsofthsm2.so",
@@ -267,6 +278,20 @@ func (c *Config) Validate() error {
 	}
 	if c.AuditMaxFileSize < 4096 {
 		errs = append(errs, "audit_max_file_size: at least 4096 bytes")
+	}
+	if c.AuditCheckpointKey != "" {
+		if err := keys.ValidateName(c.AuditCheckpointKey); err != nil {
+			errs = append(errs, fmt.Sprintf("audit_checkpoint_key: %v", err))
+		}
+		if c.AuditLog == "off" {
+			errs = append(errs, `audit_checkpoint_key is set but audit_log is "off"`)
+		}
+	}
+	if c.AuditCheckpointEvery < 1 || c.AuditCheckpointEvery > 1<<24 {
+		errs = append(errs, fmt.Sprintf("audit_checkpoint_every = %d: want 1..%d", c.AuditCheckpointEvery, 1<<24))
+	}
+	if c.AuditCheckpointInterval.Duration < time.Second {
+		errs = append(errs, "audit_checkpoint_interval: at least 1s")
 	}
 	if c.MetricsSocket != "" && c.MetricsListen != "" {
 		errs = append(errs, "set at most one of metrics_socket and metrics_listen")

@@ -166,6 +166,10 @@ func restartOnly(old, cur Config) []string {
 	if old.Backend != cur.Backend {
 		out = append(out, "backend")
 	}
+	if old.AuditLog != cur.AuditLog || old.AuditMaxFileSize != cur.AuditMaxFileSize || old.AuditCheckpointKey != cur.AuditCheckpointKey ||
+		old.AuditCheckpointEvery != cur.AuditCheckpointEvery || old.AuditCheckpointInterval != cur.AuditCheckpointInterval {
+		out = append(out, "audit_log, audit_max_file_size, audit_checkpoint_*")
+	}
 	ol, nl := old.Limits, cur.Limits
 	if ol.MaxMessage != nl.MaxMessage || ol.MaxConnections != nl.MaxConnections || ol.HandshakeTimeout != nl.HandshakeTimeout ||
 		ol.IdleTimeout != nl.IdleTimeout || ol.ShutdownGrace != nl.ShutdownGrace {
@@ -205,13 +209,14 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 		metrics = NewMetrics(be)
 	}
 	svc.metrics = metrics
-	al, err := openAudit(cfg, metrics, log)
+	al, err := openAudit(cfg, be, metrics, log)
 	if err != nil {
 		return err
 	}
 	if al != nil {
 		defer al.Close() // after the server has drained: every reply's records are written
 		svc.audit = al
+		svc.checkpointKey = cfg.AuditCheckpointKey
 	}
 	stopMetrics, err := serveMetrics(ctx, metrics, cfg.MetricsSocket, cfg.MetricsListen, log)
 	if err != nil {

@@ -35,9 +35,11 @@ type Service struct {
 	pol     atomic.Pointer[policy.Policy]
 	lim     atomic.Pointer[Limits]
 	abuse   *abuse
-	metrics *Metrics      // nil-safe
-	audit   *audit.Log    // nil: audit off
-	served  atomic.Uint64 // calls that reached their handler (STATUS= under systemd)
+	metrics *Metrics   // nil-safe
+	audit   *audit.Log // nil: audit off
+	// checkpointKey signs audit checkpoints: no caller may sign with it.
+	checkpointKey string
+	served        atomic.Uint64 // calls that reached their handler (STATUS= under systemd)
 }
 
 // NewService returns a service on be with policy pol and limits lim.
@@ -71,6 +73,10 @@ func (s *Service) authorize(ctx context.Context, op policy.Operation, key string
 		return fmt.Errorf("%s %s: uid %d: %w", op, key, id.UID, ErrRateLimited)
 	}
 	d := s.pol.Load().Decide(id, policy.Request{Op: op, Key: key, Context: c})
+	if op == policy.OpSign && key != "" && key == s.checkpointKey {
+		// A caller who could sign with it could forge audit checkpoints.
+		d.Allowed, d.Reason = false, "the key signs audit checkpoints and is reserved to keywardd"
+	}
 	if !d.Allowed {
 		s.log.Warn("denied", "op", string(op), "key", key, "uid", id.UID, "gid", id.GID, "pid", id.PID, "unit", id.Unit, "reason", d.Reason)
 		s.abuse.note(id.UID, abuseDenied, lim.MaxDeniedPerMinute)

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"crypto"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -37,23 +40,35 @@ oldest first) and then the current file NAME. A torn tail keywardd moved
 aside at restart (NAME.torn-TIME) is not part of the chain; it is named in a
 "note:" line.
 
-Output: "ok: N records, seq A..B, last hash H"; or "broken: FILE:LINE (seq
-S): WHY", the first record that does not verify, and what verified before
-it. Keep the last hash somewhere else: a later run that no longer reaches it
-means the log was cut or rewritten.
+Signed checkpoints (audit_checkpoint_key in keyward.toml): with
+--checkpoint-key FILE (a PEM public key from "keyward pubkey KEY"; repeat it
+for each version of the key that signed), every checkpoint record's
+signature must verify, and at least one checkpoint must be present. Whoever
+can write the log can rewrite a tail and recompute its hashes, but cannot
+sign a checkpoint without the HSM or TPM: the records up to the last
+checkpoint are anchored; the output says how many come after it.
 
-Exit status 0 when the chain holds; 1 when it is broken (nothing on stderr);
+Output: "ok: N records, seq A..B, last hash H" (and "checkpoints: ..."); or
+"broken: FILE:LINE (seq S): WHY", the first record that does not verify, and
+what verified before it. Keep the last hash somewhere else: a later run that
+no longer reaches it means the log was cut or rewritten.
+
+Exit status 0 when the chain holds; 1 when it is broken, or when
+--checkpoint-key was given and no checkpoint was found (nothing on stderr);
 2 for a bad command line, or a DIR holding several logs; 3 when a file may
 not be read; 4 when a FILE or DIR does not exist, or DIR holds no log.`
 
 const auditVerifyExample = `  keyward audit verify --dir /var/log/keyward
   keyward audit verify /var/log/keyward/audit.log
-  keyward audit verify /var/log/keyward/audit.log.0* /var/log/keyward/audit.log   # the glob lists rotated files in order`
+  keyward audit verify /var/log/keyward/audit.log.0* /var/log/keyward/audit.log   # the glob lists rotated files in order
+  keyward pubkey audit/checkpoint > checkpoint.pem
+  keyward audit verify --dir /var/log/keyward --checkpoint-key checkpoint.pem`
 
 func (a *app) auditVerifyCmd() *cobra.Command {
 	var dir string
+	var keyFiles []string
 	c := &cobra.Command{
-		Use:         "verify (FILE... | --dir DIR)",
+		Use:         "verify (FILE... | --dir DIR) [--checkpoint-key PEM]...",
 		Short:       "check the audit log's hash chain and seqs; name the first broken record",
 		Long:        auditVerifyLong,
 		Example:     auditVerifyExample,
@@ -65,7 +80,15 @@ func (a *app) auditVerifyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := audit.Verify(files...)
+			var opts audit.VerifyOptions
+			for _, kf := range keyFiles {
+				pub, err := readPublicKeyPEM(kf)
+				if err != nil {
+					return usagef(cmd, "--checkpoint-key %s: %v", kf, err)
+				}
+				opts.CheckpointKeys = append(opts.CheckpointKeys, pub)
+			}
+			res, err := audit.VerifyWith(opts, files...)
 			var brk *audit.Break
 			if errors.As(err, &brk) {
 				fmt.Fprintf(a.stdout, "broken: %s\n", brk)
@@ -83,6 +106,18 @@ func (a *app) auditVerifyCmd() *cobra.Command {
 				fmt.Fprintf(a.stdout, "ok: %d records, seq %d..%d, last hash %s\n",
 					res.Records, res.FirstSeq, res.LastSeq, hex.EncodeToString(res.LastHash[:]))
 			}
+			switch {
+			case res.Checkpoints == 0 && len(keyFiles) > 0:
+				fmt.Fprintf(a.stdout, "broken: no checkpoint record in the files checked (with --checkpoint-key, at least one must be there)\n")
+				return errBroken
+			case res.Checkpoints > 0:
+				how := "signatures verified"
+				if len(keyFiles) == 0 {
+					how = "signatures NOT checked (give --checkpoint-key)"
+				}
+				fmt.Fprintf(a.stdout, "checkpoints: %d, %s; last at seq %d, %d records after it not anchored\n",
+					res.Checkpoints, how, res.LastCheckpointSeq, res.LastSeq-res.LastCheckpointSeq)
+			}
 			for _, t := range torn {
 				fmt.Fprintf(a.stdout, "note: %s holds a torn tail keywardd moved aside at restart (see its log)\n", t)
 			}
@@ -90,6 +125,7 @@ func (a *app) auditVerifyCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&dir, "dir", "", "find the log's files in `DIR` (instead of naming them)")
+	c.Flags().StringArrayVar(&keyFiles, "checkpoint-key", nil, "check checkpoint signatures with the PEM public key in `FILE` (from keyward pubkey; repeat for each key version)")
 	return c
 }
 
@@ -123,4 +159,17 @@ func auditFiles(cmd, dir string, args []string) (files, torn []string, err error
 		return nil, nil, fmt.Errorf("%s: %w", cmd, err)
 	}
 	return files, torn, nil
+}
+
+// readPublicKeyPEM reads a PKIX "PUBLIC KEY" PEM file.
+func readPublicKeyPEM(path string) (crypto.PublicKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "PUBLIC KEY" {
+		return nil, errors.New(`not a PEM "PUBLIC KEY" (make one with keyward pubkey KEY)`)
+	}
+	return x509.ParsePKIXPublicKey(block.Bytes)
 }
