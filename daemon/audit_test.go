@@ -82,6 +82,7 @@ func TestAuditTrail(t *testing.T) {
 		got = append(got, strings.Join([]string{a.Op, a.Key, a.Result}, " "))
 	}
 	want := []string{
+		"key.create app/audited STARTED",
 		"key.create app/audited OK",
 		"wrap app/audited OK",
 		"unwrap app/audited DECRYPTION_FAILED",
@@ -94,6 +95,10 @@ func TestAuditTrail(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("audit records:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+	if recs[0].RequestID != recs[1].RequestID {
+		t.Errorf("the intent and outcome records of one change should share a request id")
+	}
+	recs = recs[1:]
 	if recs[1].Version != 1 || recs[1].ContextDigest == "" || recs[1].Peer.UID != 0 {
 		t.Errorf("wrap record %+v", recs[1])
 	}

@@ -137,6 +137,31 @@ func auditOp(ctx context.Context, op, key string, version uint32, c map[string]s
 	cl.mu.Unlock()
 }
 
+// ResultStarted is the result of an intent record: written, durably, before
+// a key lifecycle change reaches the device, so a change is never
+// unrecorded even if the log fails between the change and its outcome
+// record (then the caller gets AUDIT_UNAVAILABLE, and the trail shows the
+// change as started, without an outcome: check the key).
+const ResultStarted = "STARTED"
+
+// auditIntent appends an intent record for op on key and waits until it is
+// durable; an error means the change must not be attempted.
+func (s *Service) auditIntent(ctx context.Context, op, key string) error {
+	cl, ok := ctx.Value(callKey{}).(*call)
+	if !ok || s.audit == nil {
+		return nil
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+	defer cancel()
+	err := s.audit.Append(actx, audit.Record{Peer: cl.peer, Op: op, Key: key, Result: ResultStarted,
+		Duration: time.Since(cl.start), RequestID: cl.id})
+	if err != nil {
+		s.log.Error("audit log write failed: refusing a key change before it starts", "op", op, "key", key, "err", err.Error())
+		return fmt.Errorf("%s %s: intent record: %v: %w", op, key, err, ErrAuditUnavailable)
+	}
+	return nil
+}
+
 // resultFor is "OK" or the reason name an error maps to on the wire.
 func resultFor(err error) string {
 	if err == nil {

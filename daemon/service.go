@@ -542,6 +542,11 @@ func (s *Service) admin(ctx context.Context, op policy.Operation, key string, fn
 		if err := s.authorize(ctx, op, key, nil); err != nil {
 			return keys.KeyInfo{}, err
 		}
+		if op != policy.OpKeyRead {
+			if err := s.auditIntent(ctx, string(op), key); err != nil {
+				return keys.KeyInfo{}, err
+			}
+		}
 		return fn()
 	}()
 	auditOp(ctx, string(op), key, uint32(len(info.Versions)), nil, "", start, err)
