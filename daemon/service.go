@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,7 +40,12 @@ type Service struct {
 	audit   *audit.Log // nil: audit off
 	// checkpointKey signs audit checkpoints: no caller may sign with it.
 	checkpointKey string
-	served        atomic.Uint64 // calls that reached their handler (STATUS= under systemd)
+
+	statusMu    sync.Mutex // the shared view Status answers from
+	statusAt    time.Time
+	statusNames []string
+	statusErr   error
+	served      atomic.Uint64 // calls that reached their handler (STATUS= under systemd)
 }
 
 // NewService returns a service on be with policy pol and limits lim.
@@ -647,33 +653,55 @@ func (s *Service) AdoptKey(ctx context.Context, req *pb.AdoptKeyRequest) (*pb.Ke
 // Status answers every caller: health, and who the kernel says they are.
 func (s *Service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusResponse, error) {
 	out := &pb.StatusResponse{Version: s.version, Backend: s.kind, Started: timestamppb.New(s.started), BackendHealthy: true}
-	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if err := s.be.Health(hctx); err != nil {
+	names, herr := s.statusView(ctx)
+	if herr != nil {
 		out.BackendHealthy = false
-		out.BackendError = messages[reasonOf(err)]
+		out.BackendError = messages[reasonOf(herr)]
 	}
 	out.Audit = "off"
 	if s.audit != nil {
 		out.Audit = "ok"
-		if failing, lastErr, _ := s.audit.Status(); failing {
+		if failing, _, _ := s.audit.Status(); failing {
 			out.Audit = "failing: the audit log cannot be written; operations are refused (the daemon log says why)"
-			_ = lastErr
 		}
 	}
 	if id, ok := identityFrom(ctx); ok {
 		out.You = &pb.Peer{Uid: id.UID, Gid: id.GID, Groups: id.Groups, Pid: id.PID, Unit: id.Unit}
 		// Count only keys this caller may read: status tells nobody more than that.
-		if out.BackendHealthy {
-			if all, err := s.be.ListKeys(hctx); err == nil {
-				pol := s.pol.Load()
-				for _, k := range all {
-					if pol.Decide(id, policy.Request{Op: policy.OpKeyRead, Key: k.Name}).Allowed {
-						out.Keys++
-					}
-				}
+		pol := s.pol.Load()
+		for _, n := range names {
+			if pol.Decide(id, policy.Request{Op: policy.OpKeyRead, Key: n}).Allowed {
+				out.Keys++
 			}
 		}
 	}
 	return out, nil
+}
+
+// statusMaxAge bounds how stale a status answer may be. Status answers
+// anyone who may connect, unaudited; one health probe and one key listing
+// per statusMaxAge, shared by every caller, keeps a flood of status calls
+// from becoming a flood of device calls.
+const statusMaxAge = time.Second
+
+// statusView returns the key names and the health probe's error, from a
+// view at most statusMaxAge old.
+func (s *Service) statusView(ctx context.Context) ([]string, error) {
+	s.statusMu.Lock()
+	defer s.statusMu.Unlock()
+	if !s.statusAt.IsZero() && time.Since(s.statusAt) < statusMaxAge {
+		return s.statusNames, s.statusErr
+	}
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	s.statusNames, s.statusErr = nil, s.be.Health(hctx)
+	if s.statusErr == nil {
+		if all, err := s.be.ListKeys(hctx); err == nil {
+			for _, k := range all {
+				s.statusNames = append(s.statusNames, k.Name)
+			}
+		}
+	}
+	s.statusAt = time.Now()
+	return s.statusNames, s.statusErr
 }
