@@ -19,6 +19,7 @@ import (
 
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/policy"
+	"github.com/keyward/keyward/tpm"
 )
 
 // Metrics are keywardd's Prometheus metrics. Labels are closed sets (RPC
@@ -54,8 +55,11 @@ func NewMetrics(backend any) *Metrics {
 	}
 	reg.MustRegister(m.requests, m.latency, m.denied, m.limited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if st, ok := backend.(interface{ Stats() hsm.Stats }); ok {
+	switch st := backend.(type) {
+	case interface{ Stats() hsm.Stats }:
 		reg.MustRegister(backendCollector{st.Stats})
+	case interface{ Stats() tpm.Stats }:
+		reg.MustRegister(tpmCollector{st.Stats})
 	}
 	return m
 }
@@ -124,6 +128,28 @@ func (c backendCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(s.SessionsOpen-s.SessionsIdle), "in_use")
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(s.SessionsIdle), "idle")
 	ch <- prometheus.MustNewConstMetric(descSessMax, prometheus.GaugeValue, float64(s.SessionsMax))
+}
+
+type tpmCollector struct{ stats func() tpm.Stats }
+
+var (
+	descTPMLoads  = prometheus.NewDesc("keyward_tpm_object_loads_total", "TPM2_Load calls: key objects loaded because they were not in the TPM's few slots.", nil, nil)
+	descTPMLoaded = prometheus.NewDesc("keyward_tpm_objects_loaded", "Key objects loaded in the TPM now.", nil, nil)
+)
+
+func (c tpmCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descRecoveries
+	ch <- descRecFail
+	ch <- descTPMLoads
+	ch <- descTPMLoaded
+}
+
+func (c tpmCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	ch <- prometheus.MustNewConstMetric(descRecoveries, prometheus.CounterValue, float64(s.Recoveries))
+	ch <- prometheus.MustNewConstMetric(descRecFail, prometheus.CounterValue, float64(s.RecoveryFailures))
+	ch <- prometheus.MustNewConstMetric(descTPMLoads, prometheus.CounterValue, float64(s.ObjectLoads))
+	ch <- prometheus.MustNewConstMetric(descTPMLoaded, prometheus.GaugeValue, float64(s.ObjectsLoaded))
 }
 
 // serveMetrics serves /metrics on a Unix socket (mode 0660) or a TCP

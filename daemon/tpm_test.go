@@ -53,8 +53,8 @@ func authFile(t *testing.T, secret string) string {
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // TestTPMBackend runs the daemon on kind "tpm" (swtpm): calls through the
-// socket work, and the metrics page has no backend gauges (the TPM backend
-// has no Stats) but everything else.
+// socket work, and the metrics page has the TPM's counters (recoveries,
+// object loads) and no PKCS#11 session gauges.
 func TestTPMBackend(t *testing.T) {
 	sw := swtpmtest.Start(t)
 	dir := t.TempDir()
@@ -102,8 +102,13 @@ func TestTPMBackend(t *testing.T) {
 	if !strings.Contains(page, `keyward_requests_total{method="Wrap",result="OK"} 1`) {
 		t.Errorf("metrics page lacks the wrap:\n%s", grepLines(page, "keyward_"))
 	}
-	if strings.Contains(page, "keyward_backend_") {
-		t.Errorf("metrics page has backend gauges for a backend without Stats:\n%s", grepLines(page, "keyward_backend_"))
+	for _, want := range []string{"keyward_backend_recoveries_total 0", "keyward_tpm_objects_loaded ", "keyward_tpm_object_loads_total "} {
+		if !strings.Contains(page, want) {
+			t.Errorf("metrics page lacks %q:\n%s", want, grepLines(page, "keyward_"))
+		}
+	}
+	if strings.Contains(page, "keyward_backend_sessions") {
+		t.Errorf("metrics page has PKCS#11 session gauges on a TPM:\n%s", grepLines(page, "keyward_backend_"))
 	}
 	cancel()
 	if err := <-done; err != nil {

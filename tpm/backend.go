@@ -385,11 +385,28 @@ func (b *Backend) do(ctx context.Context, idempotent bool, fn func(d *device) er
 
 func (b *Backend) recover() error {
 	if err := b.dev.reset(); err != nil {
+		b.dev.recoveryFailures.Add(1)
 		b.log.Warn("tpm reconnect failed", "err", err)
 		return err
 	}
+	b.dev.recoveries.Add(1)
 	b.log.Info("tpm reconnected", "resets", b.dev.resets)
 	return nil
+}
+
+// Stats are the backend's counters, for metrics.
+type Stats struct {
+	Recoveries       uint64 // the TPM was usable again after a reconnect
+	RecoveryFailures uint64 // reconnect attempts that failed
+	ObjectLoads      uint64 // TPM2_Load calls (misses of the loaded-object cache)
+	ObjectsLoaded    int    // key objects loaded now (at most Config.MaxLoaded)
+}
+
+// Stats returns the current counters without waiting for the TPM.
+func (b *Backend) Stats() Stats {
+	d := b.dev
+	return Stats{Recoveries: d.recoveries.Load(), RecoveryFailures: d.recoveryFailures.Load(),
+		ObjectLoads: d.loads.Load(), ObjectsLoaded: int(d.loadedNow.Load())}
 }
 
 // classify maps TPM and transport errors to the keys sentinels.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -56,6 +57,10 @@ type device struct {
 	ready     bool
 	lastReset time.Time
 	resets    uint64
+
+	// Counters for Stats (read without the backend's mutex).
+	recoveries, recoveryFailures, loads atomic.Uint64
+	loadedNow                           atomic.Int64
 }
 
 type loadedObj struct {
@@ -74,6 +79,7 @@ const resetGap = 200 * time.Millisecond
 func (d *device) reset() error {
 	d.ready = false
 	d.loaded = nil
+	d.loadedNow.Store(0)
 	d.sessKey, d.sessSign, d.sessOwner = nil, nil, nil
 	if d.conn != nil {
 		d.conn.Close()
@@ -218,12 +224,15 @@ func (d *device) load(bp *blobPair) (*loadedObj, error) {
 	}
 	o := &loadedObj{id: id, handle: rsp.ObjectHandle, name: rsp.Name}
 	d.loaded = append(d.loaded, o)
+	d.loads.Add(1)
+	d.loadedNow.Store(int64(len(d.loaded)))
 	return o, nil
 }
 
 func (d *device) evictOldest() {
 	o := d.loaded[0]
 	d.loaded = d.loaded[1:]
+	d.loadedNow.Store(int64(len(d.loaded)))
 	if _, err := (tpm2.FlushContext{FlushHandle: o.handle}).Execute(d.conn); err != nil {
 		d.log.Warn("tpm flush failed", "handle", fmt.Sprintf("0x%08x", uint32(o.handle)), "err", err)
 	}
@@ -235,6 +244,7 @@ func (d *device) forget(bp *blobPair) {
 	for i, o := range d.loaded {
 		if o.id == id {
 			d.loaded = append(d.loaded[:i], d.loaded[i+1:]...)
+			d.loadedNow.Store(int64(len(d.loaded)))
 			if _, err := (tpm2.FlushContext{FlushHandle: o.handle}).Execute(d.conn); err != nil {
 				d.log.Warn("tpm flush failed", "handle", fmt.Sprintf("0x%08x", uint32(o.handle)), "err", err)
 			}

@@ -383,8 +383,8 @@ func TestRecoveryUnderLoad(t *testing.T) {
 		unavailable += r.unavailable.Load()
 		afterRestartOK += r.afterRestartOK.Load()
 	}
-	if be.Resets() < 1 {
-		t.Errorf("Resets() = %d, want at least 1", be.Resets())
+	if be.Resets() < 1 || be.Stats().Recoveries < 1 || be.Stats().RecoveryFailures < 1 {
+		t.Errorf("Resets() = %d, Stats() = %+v: want a failed and a successful reconnect at least", be.Resets(), be.Stats())
 	}
 	if u, err := be.Unwrap(ctx, before, nil); err != nil || string(u.Plaintext) != "kept" {
 		t.Fatalf("blob from before the restart: %v", err)
