@@ -191,7 +191,24 @@ func openStore(dir string, readOnly bool) (*store, error) {
 		return nil, fmt.Errorf("state directory lock: %w", err)
 	}
 	s.lock = f
+	s.removeTemps()
 	return s, nil
+}
+
+// removeTemps deletes temporary files a crash left behind mid-write (the
+// rename never happened, so they hold nothing the state depends on).
+func (s *store) removeTemps() {
+	for _, d := range []string{s.dir, filepath.Join(s.dir, keysDir)} {
+		ents, err := os.ReadDir(d)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".tmp-") {
+				os.Remove(filepath.Join(d, e.Name()))
+			}
+		}
+	}
 }
 
 func (s *store) close() error {
