@@ -127,8 +127,8 @@ fuzz: deps
 # token-disruption, hostile-request, many-connection and recovery tests
 # (100 SIGKILL iterations). The last line counts fuzz targets and tests
 # (subtests included) passed and failed.
-RELIABILITY_TESTS := CrashSafety|TokenDisruption|Hostile|ManyConnections|Recovery
-RELIABILITY_PKGS := ./cmd/keywardd ./daemon ./hsm
+RELIABILITY_TESTS := CrashSafety|CrashDuringChanges|TokenDisruption|Hostile|ManyConnections|Recovery
+RELIABILITY_PKGS := ./cmd/keywardd ./daemon ./hsm ./tpm
 
 reliability: deps
 	@set -o pipefail; log=$$(mktemp -d); trap 'rm -rf "$$log"' EXIT; start=$$(date +%s); \
