@@ -147,7 +147,7 @@ func TestCanonicalIsMarshal(t *testing.T) {
 		if !strings.HasSuffix(string(line), "\"}\n") || bytes.Count(line, []byte("\n")) != 1 {
 			t.Fatalf("%q: line %q", s, line)
 		}
-		w := wire{Seq: 99, Time: p.time, Prev: hex.EncodeToString(prev[:]), Peer: got.Peer, Op: got.Op, Key: got.Key,
+		w := wire{Seq: 99, Time: string(p.time()), Prev: hex.EncodeToString(prev[:]), Peer: got.Peer, Op: got.Op, Key: got.Key,
 			Version: got.Version, ContextDigest: hex.EncodeToString(got.ContextDigest[:]), Result: got.Result, Reason: got.Reason,
 			DurationUS: got.Duration.Microseconds(), RequestID: got.RequestID}
 		m, _ := json.Marshal(w)

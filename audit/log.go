@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -20,7 +21,8 @@ type Options struct {
 	// MaxFileSize: once a batch leaves the file at this size or more, it is
 	// rotated. Default 64 MiB; negative: never rotate.
 	MaxFileSize int64
-	// MaxBatch bounds the records of one write and fsync. Default 4096.
+	// MaxBatch bounds the records of one write and fsync (one AppendAll's
+	// records are never split, so a larger one goes alone). Default 4096.
 	MaxBatch int
 	// MaxDelay is the group-commit window: how long the writer waits, after
 	// the first record of a batch arrives, for more (or for MaxBatch). The
@@ -147,6 +149,7 @@ type Log struct {
 
 	mu        sync.Mutex
 	queue     []*pending
+	queued    int // records in queue
 	closed    bool
 	failing   bool
 	retrying  bool // an Append was let through as the retry
@@ -180,8 +183,12 @@ type Log struct {
 	fsyncs atomic.Uint64
 }
 
+// pending is one caller's records: one Append's, or all of one AppendAll's.
+// They go out in the same batch, in order, and the caller is released once,
+// after that batch's fsync.
 type pending struct {
-	p    prepared
+	recs []prepared
+	one  [1]prepared // recs' storage for a single Append
 	done chan error
 }
 
@@ -264,15 +271,46 @@ func (l *Log) Append(ctx context.Context, r Record) error {
 	if err != nil {
 		return err
 	}
-	pd := &pending{p: p, done: make(chan error, 1)}
+	pd := &pending{done: make(chan error, 1)}
+	pd.one[0] = p
+	pd.recs = pd.one[:]
+	return l.wait(ctx, pd)
+}
+
+// AppendAll appends rs as Append does, queued together so that they share
+// one write and fsync (the records of one batch call), whatever MaxBatch
+// says. It returns nil once all are durable; on error none or all of rs
+// may be durable, never a record out of order.
+func (l *Log) AppendAll(ctx context.Context, rs []Record) error {
+	if len(rs) == 1 {
+		return l.Append(ctx, rs[0])
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := time.Now()
+	pd := &pending{recs: make([]prepared, len(rs)), done: make(chan error, 1)}
+	for i, r := range rs {
+		p, err := prepare(r, now)
+		if err != nil {
+			return err
+		}
+		pd.recs[i] = p
+	}
+	return l.wait(ctx, pd)
+}
+
+// wait queues pd (unless the log refuses it) and waits for its batch.
+func (l *Log) wait(ctx context.Context, pd *pending) error {
+	n := len(pd.recs)
 	l.mu.Lock()
 	switch {
 	case l.closed:
 		l.mu.Unlock()
 		return ErrClosed
 	case l.failing && (l.retrying || time.Now().Before(l.nextRetry)):
-		l.outage++
-		l.stats.Refused++
+		l.outage += uint64(n)
+		l.stats.Refused += uint64(n)
 		err := l.lastErr
 		l.mu.Unlock()
 		return fmt.Errorf("%w: failing since the last write: %v", ErrUnavailable, err)
@@ -280,6 +318,7 @@ func (l *Log) Append(ctx context.Context, r Record) error {
 		l.retrying = true
 	}
 	l.queue = append(l.queue, pd)
+	l.queued += n
 	l.mu.Unlock()
 	select {
 	case l.kick <- struct{}{}:
@@ -289,62 +328,8 @@ func (l *Log) Append(ctx context.Context, r Record) error {
 	case err := <-pd.done:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("audit: record queued, not yet durable: %w", ctx.Err())
+		return fmt.Errorf("audit: %d record(s) queued, not yet durable: %w", n, ctx.Err())
 	}
-}
-
-// AppendAll appends rs as Append does, queued together so that they share
-// one write and fsync (the records of one batch call). It returns the first
-// error; on error none, some or all of rs may be durable, never a record
-// out of order.
-func (l *Log) AppendAll(ctx context.Context, rs []Record) error {
-	if len(rs) == 1 {
-		return l.Append(ctx, rs[0])
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	now := time.Now()
-	pds := make([]*pending, len(rs))
-	for i, r := range rs {
-		p, err := prepare(r, now)
-		if err != nil {
-			return err
-		}
-		pds[i] = &pending{p: p, done: make(chan error, 1)}
-	}
-	l.mu.Lock()
-	switch {
-	case l.closed:
-		l.mu.Unlock()
-		return ErrClosed
-	case l.failing && (l.retrying || time.Now().Before(l.nextRetry)):
-		l.outage += uint64(len(rs))
-		l.stats.Refused += uint64(len(rs))
-		err := l.lastErr
-		l.mu.Unlock()
-		return fmt.Errorf("%w: failing since the last write: %v", ErrUnavailable, err)
-	case l.failing:
-		l.retrying = true
-	}
-	l.queue = append(l.queue, pds...)
-	l.mu.Unlock()
-	select {
-	case l.kick <- struct{}{}:
-	default:
-	}
-	var first error
-	for _, pd := range pds {
-		select {
-		case err := <-pd.done:
-			if err != nil && first == nil {
-				first = err
-			}
-		case <-ctx.Done():
-			return fmt.Errorf("audit: records queued, not yet durable: %w", ctx.Err())
-		}
-	}
-	return first
 }
 
 // Accepting reports whether an Append now could be written: the log is not
@@ -362,7 +347,7 @@ func (l *Log) Accepting() bool {
 func (l *Log) Status() (failing bool, lastErr error, queue int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.failing, l.lastErr, len(l.queue)
+	return l.failing, l.lastErr, l.queued
 }
 
 // Stats returns the counters.
@@ -414,13 +399,14 @@ func (l *Log) run() {
 	}
 }
 
-// take waits for records and returns up to MaxBatch of them, after the
-// group-commit window if there is one; done once closed and drained.
+// take waits for records and returns the callers of up to MaxBatch of them
+// (or of one AppendAll, however large), after the group-commit window if
+// there is one; done once closed and drained.
 func (l *Log) take() (batch []*pending, done bool) {
 	var window *time.Timer
 	for {
 		l.mu.Lock()
-		n, closed := len(l.queue), l.closed
+		n, closed := l.queued, l.closed
 		l.mu.Unlock()
 		switch {
 		case n == 0 && closed:
@@ -454,12 +440,17 @@ func (l *Log) take() (batch []*pending, done bool) {
 			window.Stop()
 		}
 		l.mu.Lock()
-		n = min(len(l.queue), l.opts.MaxBatch)
-		batch = make([]*pending, n)
+		k, recs := 0, 0
+		for k < len(l.queue) && (k == 0 || recs+len(l.queue[k].recs) <= l.opts.MaxBatch) {
+			recs += len(l.queue[k].recs)
+			k++
+		}
+		batch = make([]*pending, k)
 		copy(batch, l.queue)
-		rest := copy(l.queue, l.queue[n:])
+		rest := copy(l.queue, l.queue[k:])
 		clear(l.queue[rest:])
 		l.queue = l.queue[:rest]
+		l.queued -= recs
 		l.mu.Unlock()
 		return batch, false
 	}
@@ -468,12 +459,16 @@ func (l *Log) take() (batch []*pending, done bool) {
 // commit writes a batch with one write and one fsync, then releases its
 // callers; on failure it rolls back and fails them all.
 func (l *Log) commit(batch []*pending) {
+	records := 0
+	for _, pd := range batch {
+		records += len(pd.recs)
+	}
 	l.mu.Lock()
 	if l.failing && !l.retrying {
 		// Queued before the failure was known: refuse without a write.
 		err := l.lastErr
-		l.outage += uint64(len(batch))
-		l.stats.Refused += uint64(len(batch))
+		l.outage += uint64(records)
+		l.stats.Refused += uint64(records)
 		l.mu.Unlock()
 		release(batch, fmt.Errorf("%w: failing since the last write: %v", ErrUnavailable, err))
 		return
@@ -489,10 +484,12 @@ func (l *Log) commit(batch []*pending) {
 	checkpointed := false
 	if err == nil {
 		for _, pd := range batch {
-			seq++
-			buf, prev = appendLine(buf, seq, prev, pd.p)
+			for _, p := range pd.recs {
+				seq++
+				buf, prev = appendLine(buf, seq, prev, p)
+			}
 		}
-		if l.checkpointDue(len(batch)) {
+		if l.checkpointDue(records) {
 			if cp, ok := l.checkpoint(seq+1, prev); ok {
 				seq++
 				buf, prev = appendLine(buf, seq, prev, cp)
@@ -517,7 +514,7 @@ func (l *Log) commit(batch []*pending) {
 		}
 	}
 	if err != nil {
-		l.fail(batch, err)
+		l.fail(batch, records, err)
 		return
 	}
 	first := l.seq + 1
@@ -530,14 +527,14 @@ func (l *Log) commit(batch []*pending) {
 	if checkpointed {
 		l.sinceCheckpoint, l.lastCheckpoint = 0, time.Now()
 	} else {
-		l.sinceCheckpoint += len(batch)
+		l.sinceCheckpoint += records
 	}
 	l.mu.Lock()
 	if checkpointed {
 		l.stats.Checkpoints++
 		l.stats.Records++
 	}
-	l.stats.Records += uint64(len(batch))
+	l.stats.Records += uint64(records)
 	l.stats.Batches++
 	l.stats.Seq, l.stats.Hash = seq, prev
 	if l.failing {
@@ -548,6 +545,12 @@ func (l *Log) commit(batch []*pending) {
 	}
 	l.mu.Unlock()
 	release(batch, nil)
+	// The callers just released are queued on this P; the next batch's
+	// fsync would keep it in a system call until sysmon hands it off (tens
+	// to hundreds of microseconds when the other Ps are busy), and the
+	// replies would wait for that. Let them run first: records that arrive
+	// meanwhile join the next batch.
+	runtime.Gosched()
 	if l.opts.MaxFileSize > 0 && l.size >= l.opts.MaxFileSize && !time.Now().Before(l.rotateNext) {
 		l.rotate()
 	}
@@ -555,7 +558,7 @@ func (l *Log) commit(batch []*pending) {
 
 // fail rolls the file back to the last durable record and enters (or stays
 // in) the failing state.
-func (l *Log) fail(batch []*pending, err error) {
+func (l *Log) fail(batch []*pending, records int, err error) {
 	l.dirty = true
 	if l.f != nil {
 		// Best effort now, so that no half line sits in the file during the
@@ -569,12 +572,12 @@ func (l *Log) fail(batch []*pending, err error) {
 	l.failing, l.retrying = true, false
 	l.lastErr = err
 	l.nextRetry = time.Now().Add(l.opts.RetryInterval)
-	l.outage += uint64(len(batch))
-	l.stats.Refused += uint64(len(batch))
+	l.outage += uint64(records)
+	l.stats.Refused += uint64(records)
 	if !was {
 		l.failedAt = time.Now()
 		l.log.Error("audit log unwritable: refusing operations until it can be written",
-			"path", l.path, "err", err.Error(), "records_refused", len(batch), "seq", l.seq)
+			"path", l.path, "err", err.Error(), "records_refused", records, "seq", l.seq)
 	} else {
 		l.log.Warn("audit log retry failed", "path", l.path, "err", err.Error())
 	}

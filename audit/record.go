@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -81,8 +82,10 @@ type wire struct {
 	Sig           []byte `json:"sig,omitempty"`
 }
 
-// body is the part of a record after prev. Callers encode it in their own
-// goroutine, so the single writer only adds seq, time, prev and the hash.
+// body is the part of a record after prev, as encoding/json writes it.
+// Callers encode it in their own goroutine (appendBody writes the same
+// bytes without reflection), so the single writer only adds seq, time,
+// prev and the hash.
 type body struct {
 	Peer          Peer   `json:"peer"`
 	Op            string `json:"op"`
@@ -102,14 +105,19 @@ const headroom = len(`{"seq":18446744073709551615,"time":"2006-01-02T15:04:05.99
 
 const hashSuffixLen = len(`,"hash":"`) + 64 + len(`"}`)
 
-// prepared is a record ready for the writer: its time text and its body's
-// JSON, which starts with '{'.
+// prepared is a record ready for the writer: its time text, then its
+// body's JSON, which starts with '{', in one buffer.
 type prepared struct {
-	time string
-	body []byte
+	buf  []byte
+	tlen int // buf[:tlen] is the time, buf[tlen:] the body
 }
 
-// prepare checks r and encodes everything but the chain.
+func (p prepared) time() []byte { return p.buf[:p.tlen] }
+func (p prepared) body() []byte { return p.buf[p.tlen:] }
+
+// prepare checks r and encodes everything but the chain. The body is what
+// encoding/json makes of a body value (the verifier checks exactly that),
+// written without reflection: it is on every operation's path.
 func prepare(r Record, now time.Time) (prepared, error) {
 	if r.Op == "" || r.Result == "" {
 		return prepared{}, fmt.Errorf("audit: record without op or result: %w", ErrInvalidRecord)
@@ -122,30 +130,74 @@ func prepare(r Record, now time.Time) (prepared, error) {
 	if y := t.Year(); y < 1 || y > 9999 {
 		return prepared{}, fmt.Errorf("audit: record time %v outside years 1..9999: %w", t, ErrInvalidRecord)
 	}
-	// Invalid UTF-8 becomes U+FFFD here rather than in the encoder, which
-	// would write it as "\ufffd" and so not as it reads back.
-	valid := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
-	peer := r.Peer
-	peer.Unit = valid(peer.Unit)
-	b, err := json.Marshal(body{
-		Peer:          peer,
-		Op:            valid(r.Op),
-		Key:           valid(r.Key),
-		Version:       r.Version,
-		ContextDigest: hex.EncodeToString(r.ContextDigest[:]),
-		Result:        valid(r.Result),
-		Reason:        valid(r.Reason),
-		DurationUS:    r.Duration.Microseconds(),
-		RequestID:     valid(r.RequestID),
-		Sig:           r.Sig,
-	})
-	if err != nil {
-		return prepared{}, fmt.Errorf("audit: encode record: %v: %w", err, ErrInvalidRecord)
+	n := len(r.Peer.Unit) + len(r.Op) + len(r.Key) + len(r.Result) + len(r.Reason) + len(r.RequestID) +
+		base64.StdEncoding.EncodedLen(len(r.Sig))
+	b := make([]byte, 0, len(time.RFC3339Nano)+bodyFixed+n+n/8)
+	b = t.AppendFormat(b, time.RFC3339Nano)
+	tlen := len(b)
+	b = appendBody(b, r)
+	if len(b)-tlen+headroom > MaxLine {
+		return prepared{}, fmt.Errorf("audit: record of %d bytes, at most %d: %w", len(b)-tlen+headroom, MaxLine, ErrInvalidRecord)
 	}
-	if len(b)+headroom > MaxLine {
-		return prepared{}, fmt.Errorf("audit: record of %d bytes, at most %d: %w", len(b)+headroom, MaxLine, ErrInvalidRecord)
+	return prepared{buf: b, tlen: tlen}, nil
+}
+
+// bodyFixed is the length of a body with empty strings and long numbers.
+const bodyFixed = len(`{"peer":{"uid":4294967295,"gid":4294967295,"pid":-2147483648,"unit":""},"op":"","key":"","version":4294967295,`+
+	`"context_digest":"`) + 64 + len(`","result":"","reason":"","duration_us":-9223372036854775808,"request_id":"","sig":""}`)
+
+// appendBody appends the JSON of r's body: json.Marshal(body{...}) of r's
+// fields, invalid UTF-8 in its strings replaced by U+FFFD first (the
+// encoder would write "\ufffd", which does not read back as it was).
+func appendBody(b []byte, r Record) []byte {
+	b = append(b, `{"peer":{"uid":`...)
+	b = strconv.AppendUint(b, uint64(r.Peer.UID), 10)
+	b = append(b, `,"gid":`...)
+	b = strconv.AppendUint(b, uint64(r.Peer.GID), 10)
+	b = append(b, `,"pid":`...)
+	b = strconv.AppendInt(b, int64(r.Peer.PID), 10)
+	b = append(b, `,"unit":`...)
+	b = appendString(b, r.Peer.Unit)
+	b = append(b, `},"op":`...)
+	b = appendString(b, r.Op)
+	b = append(b, `,"key":`...)
+	b = appendString(b, r.Key)
+	b = append(b, `,"version":`...)
+	b = strconv.AppendUint(b, uint64(r.Version), 10)
+	b = append(b, `,"context_digest":"`...)
+	b = hex.AppendEncode(b, r.ContextDigest[:])
+	b = append(b, `","result":`...)
+	b = appendString(b, r.Result)
+	if r.Reason != "" {
+		b = append(b, `,"reason":`...)
+		b = appendString(b, r.Reason)
 	}
-	return prepared{time: t.Format(time.RFC3339Nano), body: b}, nil
+	b = append(b, `,"duration_us":`...)
+	b = strconv.AppendInt(b, r.Duration.Microseconds(), 10)
+	b = append(b, `,"request_id":`...)
+	b = appendString(b, r.RequestID)
+	if len(r.Sig) > 0 {
+		b = append(b, `,"sig":"`...)
+		b = base64.StdEncoding.AppendEncode(b, r.Sig)
+		b = append(b, '"')
+	}
+	return append(b, '}')
+}
+
+// appendString appends s as encoding/json writes it. Printable ASCII that
+// json leaves alone (the common case: key names, ops, results, ids) is
+// copied; anything else goes through json.Marshal, so the output is
+// json's by construction.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(strings.ToValidUTF8(s, "\uFFFD")) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // appendLine appends p's line, with seq and prev, to dst and returns it with
@@ -156,11 +208,11 @@ func appendLine(dst []byte, seq uint64, prev [32]byte, p prepared) ([]byte, [32]
 	dst = append(dst, `{"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
 	dst = append(dst, `,"time":"`...)
-	dst = append(dst, p.time...)
+	dst = append(dst, p.time()...)
 	dst = append(dst, `","prev":"`...)
 	dst = hex.AppendEncode(dst, prev[:])
 	dst = append(dst, `",`...)
-	dst = append(dst, p.body[1:]...)
+	dst = append(dst, p.body()[1:]...)
 	h := chainHash(prev, dst[start:])
 	dst = dst[:len(dst)-1]
 	dst = append(dst, `,"hash":"`...)

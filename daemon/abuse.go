@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,6 +25,9 @@ type abuse struct {
 	log    *slog.Logger
 	counts map[abuseKey]*abuseCount
 	start  time.Time // start of the current window
+	// counted is len(counts), readable without mu: with nobody counted,
+	// which is the normal state, over answers without the lock or clock.
+	counted atomic.Int64
 }
 
 type abuseKind int
@@ -59,11 +63,15 @@ func (a *abuse) roll() {
 	if now := a.now(); now.Sub(a.start) >= abuseWindow {
 		a.start = now
 		clear(a.counts)
+		a.counted.Store(0)
 	}
 }
 
 // over reports whether uid is over limit for kind in this window.
 func (a *abuse) over(uid uint32, kind abuseKind, limit int) bool {
+	if a.counted.Load() == 0 {
+		return false
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.roll()
@@ -82,6 +90,7 @@ func (a *abuse) note(uid uint32, kind abuseKind, limit int) bool {
 	if c == nil {
 		c = &abuseCount{}
 		a.counts[k] = c
+		a.counted.Store(int64(len(a.counts)))
 	}
 	c.n++
 	if c.n > limit && !c.warned {

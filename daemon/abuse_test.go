@@ -17,6 +17,9 @@ func TestAbuseWindow(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	a.now = func() time.Time { return now }
 	const limit = 3
+	if a.over(1000, abuseDenied, limit) {
+		t.Fatal("refused before any event")
+	}
 	for i := 1; i <= 6; i++ {
 		over := a.note(1000, abuseDenied, limit)
 		if over != (i > limit) {
@@ -38,6 +41,9 @@ func TestAbuseWindow(t *testing.T) {
 	now = now.Add(abuseWindow)
 	if a.over(1000, abuseDenied, limit) {
 		t.Fatal("still refused in a new window")
+	}
+	if n := a.counted.Load(); n != 0 {
+		t.Fatalf("a new window starts with %d counted", n)
 	}
 	for range limit + 1 {
 		a.note(1000, abuseDenied, limit)

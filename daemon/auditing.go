@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -101,6 +102,16 @@ type call struct {
 	start time.Time
 	mu    sync.Mutex
 	recs  []audit.Record
+	one   [1]audit.Record // recs' storage for a single operation
+}
+
+// expectOps makes room for the n records of a batch call.
+func expectOps(ctx context.Context, n int) {
+	if cl, ok := ctx.Value(callKey{}).(*call); ok {
+		cl.mu.Lock()
+		cl.recs = slices.Grow(cl.recs, n)
+		cl.mu.Unlock()
+	}
 }
 
 type callKey struct{}
@@ -219,6 +230,7 @@ func (s *Service) auditInterceptor(al *audit.Log) grpc.UnaryServerInterceptor {
 		id, _ := identityFrom(ctx)
 		cl := &call{id: newRequestID(), start: time.Now(),
 			peer: audit.Peer{UID: id.UID, GID: id.GID, PID: id.PID, Unit: id.Unit}}
+		cl.recs = cl.one[:0]
 		resp, err := handler(context.WithValue(ctx, callKey{}, cl), req)
 		cl.mu.Lock()
 		recs := cl.recs

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,14 @@ type Metrics struct {
 	latency  *prometheus.HistogramVec
 	denied   *prometheus.CounterVec
 	limited  *prometheus.CounterVec
+	methods  sync.Map // full RPC method name -> *methodMetrics
+}
+
+// methodMetrics are one RPC method's series that every call of it updates,
+// looked up once rather than by label values on each call.
+type methodMetrics struct {
+	latency prometheus.Observer
+	ok      prometheus.Counter
 }
 
 // NewMetrics registers keywardd's metrics; backend, when it reports Stats,
@@ -79,14 +88,32 @@ func (m *Metrics) rateLimited(kind abuseKind) {
 	}
 }
 
+// forMethod returns the series of an RPC method (a registered one: unary
+// interceptors see no other, so the set stays closed).
+func (m *Metrics) forMethod(fullMethod string) *methodMetrics {
+	if mm, ok := m.methods.Load(fullMethod); ok {
+		return mm.(*methodMetrics)
+	}
+	method := path.Base(fullMethod)
+	mm, _ := m.methods.LoadOrStore(fullMethod, &methodMetrics{
+		latency: m.latency.WithLabelValues(method),
+		ok:      m.requests.WithLabelValues(method, "OK"),
+	})
+	return mm.(*methodMetrics)
+}
+
 // interceptor counts every call by method and result and times it.
 func (m *Metrics) interceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
 		resp, err := handler(ctx, req)
-		method := path.Base(info.FullMethod)
-		m.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
-		m.requests.WithLabelValues(method, resultOf(err)).Inc()
+		mm := m.forMethod(info.FullMethod)
+		mm.latency.Observe(time.Since(start).Seconds())
+		if err == nil {
+			mm.ok.Inc()
+		} else {
+			m.requests.WithLabelValues(path.Base(info.FullMethod), resultOf(err)).Inc()
+		}
 		return resp, err
 	}
 }

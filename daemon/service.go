@@ -89,7 +89,9 @@ func (s *Service) authorize(ctx context.Context, op policy.Operation, key string
 		s.metrics.deny(op)
 		return &deniedError{reason: d.Reason, err: fmt.Errorf("%s %s: %w", op, key, ErrDenied)}
 	}
-	s.log.Debug("allowed", "op", string(op), "key", key, "uid", id.UID, "rule", d.Rule)
+	if s.log.Enabled(ctx, slog.LevelDebug) { // its arguments cost allocations on every call
+		s.log.Debug("allowed", "op", string(op), "key", key, "uid", id.UID, "rule", d.Rule)
+	}
 	return nil
 }
 
@@ -468,6 +470,7 @@ func (s *Service) BatchWrap(ctx context.Context, req *pb.BatchWrapRequest) (*pb.
 	if err := s.checkBatch(len(req.GetItems())); err != nil {
 		return nil, s.fail(ctx, "batch-wrap", err)
 	}
+	expectOps(ctx, len(req.GetItems()))
 	out := &pb.BatchWrapResponse{Results: make([]*pb.BatchWrapResult, len(req.GetItems()))}
 	for i, it := range req.GetItems() {
 		r, err := s.wrap(ctx, it)
@@ -484,6 +487,7 @@ func (s *Service) BatchUnwrap(ctx context.Context, req *pb.BatchUnwrapRequest) (
 	if err := s.checkBatch(len(req.GetItems())); err != nil {
 		return nil, s.fail(ctx, "batch-unwrap", err)
 	}
+	expectOps(ctx, len(req.GetItems()))
 	out := &pb.BatchUnwrapResponse{Results: make([]*pb.BatchUnwrapResult, len(req.GetItems()))}
 	for i, it := range req.GetItems() {
 		u, err := s.unwrap(ctx, policy.OpUnwrap, it.GetCiphertext(), it.GetContext())
@@ -500,6 +504,7 @@ func (s *Service) BatchMac(ctx context.Context, req *pb.BatchMacRequest) (*pb.Ba
 	if err := s.checkBatch(len(req.GetItems())); err != nil {
 		return nil, s.fail(ctx, "batch-mac", err)
 	}
+	expectOps(ctx, len(req.GetItems()))
 	out := &pb.BatchMacResponse{Results: make([]*pb.BatchMacResult, len(req.GetItems()))}
 	for i, it := range req.GetItems() {
 		r, err := s.mac(ctx, it)
@@ -516,6 +521,7 @@ func (s *Service) BatchVerifyMac(ctx context.Context, req *pb.BatchVerifyMacRequ
 	if err := s.checkBatch(len(req.GetItems())); err != nil {
 		return nil, s.fail(ctx, "batch-verify-mac", err)
 	}
+	expectOps(ctx, len(req.GetItems()))
 	out := &pb.BatchVerifyMacResponse{Results: make([]*pb.BatchVerifyMacResult, len(req.GetItems()))}
 	for i, it := range req.GetItems() {
 		r, err := s.verifyMac(ctx, it)
