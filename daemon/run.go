@@ -82,7 +82,9 @@ func (s *Service) interceptor(stopping *atomicBool) grpc.UnaryServerInterceptor 
 		start := time.Now()
 		resp, err := handler(ctx, req)
 		s.served.Add(1)
-		s.log.Debug("call", "method", info.FullMethod, "uid", id.UID, "pid", id.PID, "took", time.Since(start), "failed", err != nil)
+		if s.log.Enabled(ctx, slog.LevelDebug) { // its attributes cost allocations on every call
+			s.log.Debug("call", "method", info.FullMethod, "uid", id.UID, "pid", id.PID, "took", time.Since(start), "failed", err != nil)
+		}
 		return resp, err
 	}
 }
@@ -246,6 +248,9 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.Limits.IdleTimeout.Duration}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second}),
 		grpc.MaxConcurrentStreams(256),
+		// Reuse handler goroutines instead of one new goroutine (and its
+		// stack growth) per call: 3.5-5% of the daemon's CPU in profiles.
+		grpc.NumStreamWorkers(64),
 		grpc.ForceServerCodecV2(newCodec()),
 		grpc.UnknownServiceHandler(unknownMethod),
 		grpc.ChainUnaryInterceptor(metrics.interceptor(), svc.interceptor(stopping), svc.auditInterceptor(al), checkDecoded),
