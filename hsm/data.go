@@ -94,13 +94,6 @@ func (s *sess) usable(name, op string, v uint32, class uint, types ...keys.Type)
 	return s.objectFor(rec, v, class)
 }
 
-func checkMessage(op string, msg []byte) error {
-	if len(msg) > keys.MaxPlaintext {
-		return fmt.Errorf("%s: input is %d bytes, at most %d: %w", op, len(msg), keys.MaxPlaintext, keys.ErrInvalidArgument)
-	}
-	return nil
-}
-
 // Wrap encrypts plaintext with the newest enabled version of an AES key in
 // the token (CKM_AES_GCM, a fresh 96-bit IV from crypto/rand, 128-bit tag)
 // and returns an envelope v1 blob binding name, version and context.
@@ -108,7 +101,7 @@ func (t *Token) Wrap(ctx context.Context, name string, plaintext []byte, c keys.
 	if err := keys.ValidateName(name); err != nil {
 		return nil, err
 	}
-	if err := checkMessage("wrap", plaintext); err != nil {
+	if err := keys.CheckMessage("wrap", plaintext); err != nil {
 		return nil, err
 	}
 	if err := keys.CheckContext(c); err != nil {
@@ -216,7 +209,7 @@ func (t *Token) Sign(ctx context.Context, name string, message []byte) (keys.Sig
 	if err := keys.ValidateName(name); err != nil {
 		return keys.Signature{}, err
 	}
-	if err := checkMessage("sign", message); err != nil {
+	if err := keys.CheckMessage("sign", message); err != nil {
 		return keys.Signature{}, err
 	}
 	var out keys.Signature
@@ -268,24 +261,14 @@ func ecdsaDER(rs []byte) ([]byte, error) {
 // Verify checks a signature made by version v, in software with the
 // version's public key (which the token holds and never changes).
 func (t *Token) Verify(ctx context.Context, name string, v uint32, message, sig []byte) error {
-	if err := checkMessage("verify", message); err != nil {
+	if err := keys.CheckMessage("verify", message); err != nil {
 		return err
 	}
 	pub, _, err := t.publicKey(ctx, "verify", name, v, true)
 	if err != nil {
 		return err
 	}
-	ok := false
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		d := sha256.Sum256(message)
-		ok = ecdsa.VerifyASN1(k, d[:], sig)
-	case *rsa.PublicKey:
-		d := sha256.Sum256(message)
-		ok = rsa.VerifyPSS(k, crypto.SHA256, d[:], sig, &rsa.PSSOptions{SaltLength: pssSalt, Hash: crypto.SHA256}) == nil
-	case ed25519.PublicKey:
-		ok = len(sig) == ed25519.SignatureSize && ed25519.Verify(k, message, sig)
-	}
+	ok := keys.VerifySignature(pub, message, sig)
 	if !ok {
 		return fmt.Errorf("verify %s v%d: %w", name, v, keys.ErrInvalidSignature)
 	}
@@ -308,29 +291,11 @@ func (t *Token) publicKey(ctx context.Context, op, name string, v uint32, forVer
 			return err
 		}
 		ki := rec.info()
-		if v == 0 {
-			if forVerify {
-				return fmt.Errorf("version 0: %w", keys.ErrInvalidArgument)
-			}
-			if v, err = ki.Latest(); err != nil {
-				return err
-			}
-		} else if forVerify {
-			if err := ki.CheckDecrypt(v); err != nil {
-				return err
-			}
-		} else {
-			vi, err := ki.Version(v)
-			if err != nil {
-				return err
-			}
-			switch vi.State {
-			case keys.Disabled:
-				return fmt.Errorf("v%d: %w", v, keys.ErrVersionDisabled)
-			case keys.Destroyed:
-				return fmt.Errorf("v%d: %w", v, keys.ErrVersionDestroyed)
-			}
+		pv, err := ki.PublicVersion(v, forVerify)
+		if err != nil {
+			return err
 		}
+		v = pv
 		id := rec.Vers[v-1].ID
 		if p, ok := t.pubs.Load(id); ok {
 			pub = p
@@ -395,7 +360,7 @@ func (t *Token) MAC(ctx context.Context, name string, message []byte) (keys.Sign
 	if err := keys.ValidateName(name); err != nil {
 		return keys.Signature{}, err
 	}
-	if err := checkMessage("mac", message); err != nil {
+	if err := keys.CheckMessage("mac", message); err != nil {
 		return keys.Signature{}, err
 	}
 	var out keys.Signature
@@ -426,7 +391,7 @@ func (t *Token) VerifyMAC(ctx context.Context, name string, v uint32, message, m
 	if err := keys.ValidateName(name); err != nil {
 		return err
 	}
-	if err := checkMessage("verify-mac", message); err != nil {
+	if err := keys.CheckMessage("verify-mac", message); err != nil {
 		return err
 	}
 	err := t.withSession(ctx, func(s *sess) error {

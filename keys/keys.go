@@ -236,3 +236,37 @@ func CheckContext(c Context) error {
 	}
 	return nil
 }
+
+// PublicVersion resolves the version a public-key or verify request uses,
+// with the same rules on every backend: for verify (forVerify), v must be
+// given and pass CheckDecrypt; for a public key, 0 means the newest enabled
+// version and a given v must exist and be neither disabled nor destroyed.
+func (k *KeyInfo) PublicVersion(v uint32, forVerify bool) (uint32, error) {
+	switch {
+	case v == 0 && forVerify:
+		return 0, fmt.Errorf("version 0: %w", ErrInvalidArgument)
+	case v == 0:
+		return k.Latest()
+	case forVerify:
+		return v, k.CheckDecrypt(v)
+	}
+	vi, err := k.Version(v)
+	if err != nil {
+		return 0, err
+	}
+	switch vi.State {
+	case Disabled:
+		return 0, fmt.Errorf("v%d: %w", v, ErrVersionDisabled)
+	case Destroyed:
+		return 0, fmt.Errorf("v%d: %w", v, ErrVersionDestroyed)
+	}
+	return v, nil
+}
+
+// CheckMessage checks the size of a message to wrap, sign or MAC.
+func CheckMessage(op string, msg []byte) error {
+	if len(msg) > MaxPlaintext {
+		return fmt.Errorf("%s: input is %d bytes, at most %d: %w", op, len(msg), MaxPlaintext, ErrInvalidArgument)
+	}
+	return nil
+}

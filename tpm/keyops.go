@@ -5,10 +5,8 @@ import (
 	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/ecdsa"
 	"crypto/hmac"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/asn1"
 	"fmt"
@@ -207,13 +205,6 @@ func (b *Backend) typed(name, op string, types ...keys.Type) (*record, error) {
 	return nil, fmt.Errorf("%s with %s key %s: %w", op, r.Type, name, keys.ErrWrongKeyType)
 }
 
-func checkMessage(op string, msg []byte) error {
-	if len(msg) > keys.MaxPlaintext {
-		return fmt.Errorf("%s: input is %d bytes, at most %d: %w", op, len(msg), keys.MaxPlaintext, keys.ErrInvalidArgument)
-	}
-	return nil
-}
-
 // derive asks the TPM for a message key: HMAC(master, labelWrap || nonce).
 func (b *Backend) derive(ctx context.Context, op, name string, version uint32, nonce []byte) ([]byte, uint32, error) {
 	in := make([]byte, 0, len(labelWrap)+len(nonce))
@@ -255,7 +246,7 @@ func (b *Backend) Wrap(ctx context.Context, name string, plaintext []byte, c key
 	if err := keys.ValidateName(name); err != nil {
 		return nil, err
 	}
-	if err := checkMessage("wrap", plaintext); err != nil {
+	if err := keys.CheckMessage("wrap", plaintext); err != nil {
 		return nil, err
 	}
 	if err := keys.CheckContext(c); err != nil {
@@ -331,7 +322,7 @@ func (b *Backend) MAC(ctx context.Context, name string, message []byte) (keys.Si
 	if err := keys.ValidateName(name); err != nil {
 		return keys.Signature{}, err
 	}
-	if err := checkMessage("mac", message); err != nil {
+	if err := keys.CheckMessage("mac", message); err != nil {
 		return keys.Signature{}, err
 	}
 	in := macInput(message)
@@ -359,7 +350,7 @@ func (b *Backend) VerifyMAC(ctx context.Context, name string, v uint32, message,
 	if err := keys.ValidateName(name); err != nil {
 		return err
 	}
-	if err := checkMessage("verify-mac", message); err != nil {
+	if err := keys.CheckMessage("verify-mac", message); err != nil {
 		return err
 	}
 	in := macInput(message)
@@ -388,7 +379,7 @@ func (b *Backend) Sign(ctx context.Context, name string, message []byte) (keys.S
 	if err := keys.ValidateName(name); err != nil {
 		return keys.Signature{}, err
 	}
-	if err := checkMessage("sign", message); err != nil {
+	if err := keys.CheckMessage("sign", message); err != nil {
 		return keys.Signature{}, err
 	}
 	digest := sha256.Sum256(message)
@@ -435,21 +426,14 @@ func encodeSignature(t keys.Type, sig *tpm2.TPMTSignature) ([]byte, error) {
 
 // Verify checks a signature in software with version v's public key.
 func (b *Backend) Verify(ctx context.Context, name string, v uint32, message, sig []byte) error {
-	if err := checkMessage("verify", message); err != nil {
+	if err := keys.CheckMessage("verify", message); err != nil {
 		return err
 	}
 	pub, _, err := b.publicKey(ctx, "verify", name, v, true)
 	if err != nil {
 		return err
 	}
-	d := sha256.Sum256(message)
-	ok := false
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		ok = ecdsa.VerifyASN1(k, d[:], sig)
-	case *rsa.PublicKey:
-		ok = rsa.VerifyPSS(k, crypto.SHA256, d[:], sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: crypto.SHA256}) == nil
-	}
+	ok := keys.VerifySignature(pub, message, sig)
 	if !ok {
 		return fmt.Errorf("verify %s v%d: %w", name, v, keys.ErrInvalidSignature)
 	}
@@ -478,28 +462,8 @@ func (b *Backend) publicKey(ctx context.Context, op, name string, v uint32, forV
 		return fail(err)
 	}
 	ki := r.info()
-	switch {
-	case v == 0 && forVerify:
-		return fail(fmt.Errorf("version 0: %w", keys.ErrInvalidArgument))
-	case v == 0:
-		if v, err = ki.Latest(); err != nil {
-			return fail(err)
-		}
-	case forVerify:
-		if err := ki.CheckDecrypt(v); err != nil {
-			return fail(err)
-		}
-	default:
-		vi, err := ki.Version(v)
-		if err != nil {
-			return fail(err)
-		}
-		switch vi.State {
-		case keys.Disabled:
-			return fail(fmt.Errorf("v%d: %w", v, keys.ErrVersionDisabled))
-		case keys.Destroyed:
-			return fail(fmt.Errorf("v%d: %w", v, keys.ErrVersionDestroyed))
-		}
+	if v, err = ki.PublicVersion(v, forVerify); err != nil {
+		return fail(err)
 	}
 	pub, err := publicOf(r.Vers[v-1].Blob)
 	if err != nil {
