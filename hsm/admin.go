@@ -231,11 +231,9 @@ func (t *Token) SetVersionState(ctx context.Context, name string, v uint32, st k
 		return keys.KeyInfo{}, fmt.Errorf("state %q: use enabled or disabled (DestroyVersion destroys): %w", st, keys.ErrInvalidArgument)
 	}
 	return t.update(ctx, "set-state", name, func(s *sess, rec *metaRecord) error {
-		if v == 0 || int(v) > len(rec.Vers) {
-			return fmt.Errorf("v%d: %w", v, keys.ErrKeyNotFound)
-		}
-		if rec.Vers[v-1].State == keys.Destroyed {
-			return fmt.Errorf("v%d: %w", v, keys.ErrVersionDestroyed)
+		ki := rec.info()
+		if err := ki.CheckChangeable(v); err != nil {
+			return err
 		}
 		rec.Vers[v-1].State = st
 		return nil
@@ -249,11 +247,9 @@ func (t *Token) DestroyVersion(ctx context.Context, name string, v uint32) (keys
 	var victim metaVersion
 	var ty keys.Type
 	info, err := t.update(ctx, "destroy", name, func(s *sess, rec *metaRecord) error {
-		if v == 0 || int(v) > len(rec.Vers) {
-			return fmt.Errorf("v%d: %w", v, keys.ErrKeyNotFound)
-		}
-		if rec.Vers[v-1].State == keys.Destroyed {
-			return fmt.Errorf("v%d: %w", v, keys.ErrVersionDestroyed)
+		ki := rec.info()
+		if err := ki.CheckChangeable(v); err != nil {
+			return err
 		}
 		victim, ty = rec.Vers[v-1], rec.Type
 		rec.Vers[v-1].State = keys.Destroyed

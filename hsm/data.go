@@ -268,8 +268,7 @@ func (t *Token) Verify(ctx context.Context, name string, v uint32, message, sig 
 	if err != nil {
 		return err
 	}
-	ok := keys.VerifySignature(pub, message, sig)
-	if !ok {
+	if !keys.VerifySignature(pub, message, sig) {
 		return fmt.Errorf("verify %s v%d: %w", name, v, keys.ErrInvalidSignature)
 	}
 	return nil

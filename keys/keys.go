@@ -237,6 +237,19 @@ func CheckContext(c Context) error {
 	return nil
 }
 
+// CheckChangeable reports whether version v may be enabled, disabled or
+// destroyed: it must exist and not be destroyed already.
+func (k *KeyInfo) CheckChangeable(v uint32) error {
+	vi, err := k.Version(v)
+	if err != nil {
+		return err
+	}
+	if vi.State == Destroyed {
+		return fmt.Errorf("key %s v%d: %w", k.Name, v, ErrVersionDestroyed)
+	}
+	return nil
+}
+
 // PublicVersion resolves the version a public-key or verify request uses,
 // with the same rules on every backend: for verify (forVerify), v must be
 // given and pass CheckDecrypt; for a public key, 0 means the newest enabled

@@ -78,3 +78,15 @@ func TestVerifySignature(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckChangeable(t *testing.T) {
+	k := &keys.KeyInfo{Name: "k", Versions: []keys.VersionInfo{{Version: 1, State: keys.Disabled}, {Version: 2, State: keys.Destroyed}}}
+	for _, tt := range []struct {
+		v       uint32
+		wantErr error
+	}{{0, keys.ErrKeyNotFound}, {1, nil}, {2, keys.ErrVersionDestroyed}, {3, keys.ErrKeyNotFound}} {
+		if err := k.CheckChangeable(tt.v); !errors.Is(err, tt.wantErr) {
+			t.Errorf("CheckChangeable(%d) = %v, want %v", tt.v, err, tt.wantErr)
+		}
+	}
+}

@@ -124,11 +124,9 @@ func (b *Backend) SetVersionState(ctx context.Context, name string, v uint32, st
 		return keys.KeyInfo{}, fmt.Errorf("state %q: use enabled or disabled (DestroyVersion destroys): %w", st, keys.ErrInvalidArgument)
 	}
 	return b.update(ctx, "set-state", name, func(d *device, r *record) error {
-		if v == 0 || int(v) > len(r.Vers) {
-			return fmt.Errorf("v%d: %w", v, keys.ErrKeyNotFound)
-		}
-		if r.Vers[v-1].State == keys.Destroyed {
-			return fmt.Errorf("v%d: %w", v, keys.ErrVersionDestroyed)
+		ki := r.info()
+		if err := ki.CheckChangeable(v); err != nil {
+			return err
 		}
 		r.Vers[v-1].State = st
 		return nil
@@ -140,11 +138,9 @@ func (b *Backend) SetVersionState(ctx context.Context, name string, v uint32, st
 // record file (a backup) still loads on this TPM; the README says so.
 func (b *Backend) DestroyVersion(ctx context.Context, name string, v uint32) (keys.KeyInfo, error) {
 	return b.update(ctx, "destroy", name, func(d *device, r *record) error {
-		if v == 0 || int(v) > len(r.Vers) {
-			return fmt.Errorf("v%d: %w", v, keys.ErrKeyNotFound)
-		}
-		if r.Vers[v-1].State == keys.Destroyed {
-			return fmt.Errorf("v%d: %w", v, keys.ErrVersionDestroyed)
+		ki := r.info()
+		if err := ki.CheckChangeable(v); err != nil {
+			return err
 		}
 		if bp := r.Vers[v-1].Blob; bp != nil {
 			d.forget(bp)
@@ -433,8 +429,7 @@ func (b *Backend) Verify(ctx context.Context, name string, v uint32, message, si
 	if err != nil {
 		return err
 	}
-	ok := keys.VerifySignature(pub, message, sig)
-	if !ok {
+	if !keys.VerifySignature(pub, message, sig) {
 		return fmt.Errorf("verify %s v%d: %w", name, v, keys.ErrInvalidSignature)
 	}
 	return nil
