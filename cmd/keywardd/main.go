@@ -67,7 +67,7 @@ token may lock); 5 the key store failed its integrity check at start (a TPM
 whose parent is not the pinned one, an edited keyring record).
 
 Under systemd (keyward.socket, keyward.service): serves the passed socket
-named systemd_socket_name; with $NOTIFY_SOCKET, sends READY=1 once the token
+named systemd_socket_name; with $NOTIFY_SOCKET (also in --dev), sends READY=1 once the token
 is logged in and the keyring read, STATUS= lines, RELOADING=1 and READY=1 on
 SIGHUP, STOPPING=1, and WATCHDOG=1 every $WATCHDOG_USEC/2 while the token
 answers a health probe; reads the PIN from $CREDENTIALS_DIRECTORY/pin when
@@ -195,13 +195,20 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, stdout, st
 	}
 	defer d.Close() // after be.Close: swtpm stops once the backend let go
 	log := daemon.NewLogger(logLevel)
+	// As in production: READY=1 (and the watchdog) for a dev daemon run by a
+	// service manager or a harness that sets $NOTIFY_SOCKET.
+	notifier, watchdog, err := daemon.SystemdNotifier()
+	if err != nil {
+		fmt.Fprintf(stderr, "keywardd: systemd notification: %v\n", err)
+		return exitFail
+	}
 	be, err := daemon.OpenBackend(ctx, d.Config, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: dev %s: %v\n", d.What, err)
 		return exitFail
 	}
 	defer be.Close()
-	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Ready: func(path string) {
+	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: func(path string) {
 		kept := "removed on exit"
 		if dir != "" {
 			kept = "kept for the next start"
