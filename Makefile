@@ -123,11 +123,11 @@ fuzz: deps
 	done; \
 	exit $$failed
 
-# The reliability suite: every fuzz target for FUZZTIME, then the crash,
-# token-disruption, hostile-request, many-connection, recovery and footprint
-# tests (exec to READY within its 150 ms target, memory under load)
-# (100 SIGKILL iterations). The last line counts fuzz targets and tests
-# (subtests included) passed and failed.
+# The reliability suite: every fuzz target for FUZZTIME, then the crash
+# (100 SIGKILL iterations), token-disruption, hostile-request,
+# many-connection, recovery and footprint tests (exec to READY within its
+# 150 ms target, memory under load). The last line counts fuzz targets and
+# tests (subtests included) passed and failed.
 RELIABILITY_TESTS := CrashSafety|CrashDuringChanges|TokenDisruption|Hostile|ManyConnections|Recovery|Footprint
 RELIABILITY_PKGS := ./cmd/keywardd ./daemon ./hsm ./tpm
 
