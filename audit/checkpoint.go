@@ -64,10 +64,9 @@ func (l *Log) checkpointDue(records int) bool {
 }
 
 // checkpointWait says how long the idle writer may sleep before a
-// time-based checkpoint is due (false: none pending). l.mu is held, and no
-// commit is under way.
+// time-based checkpoint is due (false: none pending).
 func (l *Log) checkpointWait() (time.Duration, bool) {
-	if l.opts.Checkpoint == nil || l.sinceCheckpoint == 0 || l.failing {
+	if l.opts.Checkpoint == nil || l.sinceCheckpoint == 0 || l.isFailing() {
 		return 0, false
 	}
 	due := l.lastCheckpoint.Add(l.opts.CheckpointInterval)
