@@ -4,6 +4,10 @@ SHELL := /bin/bash
 GO ?= go
 # miekg/pkcs11 is cgo: the PKCS#11 backend does not build without it.
 export CGO_ENABLED := 1
+# grpcnotrace leaves out golang.org/x/net/trace (and html/template with it),
+# which keywardd never uses: 4.5 MB less executable and ~2 MiB less resident
+# memory. Exported, so the binaries tests build get it too.
+export GOFLAGS := $(strip $(GOFLAGS) -tags=grpcnotrace)
 
 # System packages the build and tests need (Debian names). libc6-dev is only a
 # Recommends of gcc, and cgo cannot compile without its headers.
