@@ -29,7 +29,15 @@ func newCodec() encoding.CodecV2 { return lenientCodec{inner: encoding.GetCodecV
 
 func (c lenientCodec) Name() string { return c.inner.Name() }
 
-func (c lenientCodec) Marshal(v any) (mem.BufferSlice, error) { return c.inner.Marshal(v) }
+// Marshal encodes a reply so that its secrets are zeroed once sent (see
+// secrets.go).
+func (c lenientCodec) Marshal(v any) (mem.BufferSlice, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return c.inner.Marshal(v)
+	}
+	return marshalReply(m)
+}
 
 func (c lenientCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	err := c.inner.Unmarshal(data, v)

@@ -81,6 +81,7 @@ func (s *Service) interceptor(stopping *atomicBool) grpc.UnaryServerInterceptor 
 		defer lim.release(id.UID)
 		start := time.Now()
 		resp, err := handler(ctx, req)
+		clearSecrets(req) // done with; replies never refer to a request's bytes
 		s.served.Add(1)
 		if s.log.Enabled(ctx, slog.LevelDebug) { // its attributes cost allocations on every call
 			s.log.Debug("call", "method", info.FullMethod, "uid", id.UID, "pid", id.PID, "took", time.Since(start), "failed", err != nil)
