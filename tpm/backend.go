@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -63,7 +62,9 @@ type Config struct {
 // (fixedTPM, fixedParent, sensitiveDataOrigin) whose encrypted blobs live in
 // the state directory; only the TPM that made them can load them.
 type Backend struct {
-	mu       sync.Mutex // serialises the device, the records and the store
+	// sem is one slot that serialises the device, the records and the
+	// store. Waiting for it ends with the caller's ctx (see lock).
+	sem      chan struct{}
 	device   string
 	dev      *device
 	st       *store
@@ -104,7 +105,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		clear(auth)
 		return nil, err
 	}
-	b := &Backend{device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{}}
+	b := &Backend{sem: make(chan struct{}, 1), device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{}}
 	b.dev = &device{
 		dial: func() (Conn, error) {
 			c, err := Dial(cfg.Device)
@@ -351,11 +352,10 @@ func (b *Backend) storeRecord(r *record) error {
 // left it broken. If fn fails because the TPM lost its state, the device is
 // reset and, for idempotent work, fn runs once more.
 func (b *Backend) do(ctx context.Context, idempotent bool, fn func(d *device) error) error {
-	if err := ctx.Err(); err != nil {
+	if err := b.lock(ctx); err != nil {
 		return err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	defer b.unlock()
 	if b.closed {
 		return fmt.Errorf("backend closed: %w", keys.ErrUnavailable)
 	}
@@ -382,6 +382,25 @@ func (b *Backend) do(ctx context.Context, idempotent bool, fn func(d *device) er
 	}
 	return classify(fn(d))
 }
+
+// lock takes the backend's slot, or gives up with ctx's error: a caller
+// queued behind slow TPM commands (a real chip signs in tens to hundreds of
+// milliseconds) stops waiting at its deadline instead of having its command
+// run for nobody. A command under way is not interrupted: the TPM would be
+// left mid-command and need a reset.
+func (b *Backend) lock(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case b.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *Backend) unlock() { <-b.sem }
 
 func (b *Backend) recover() error {
 	if err := b.dev.reset(); err != nil {
@@ -426,7 +445,7 @@ func classify(err error) error {
 	return err
 }
 
-// rec returns name's record (under b.mu).
+// rec returns name's record (holding the slot).
 func (b *Backend) rec(name string) (*record, error) {
 	r, ok := b.recs[name]
 	if !ok {
@@ -446,8 +465,8 @@ func (b *Backend) Health(ctx context.Context) error {
 // Close flushes loaded objects and sessions, closes the connection and
 // releases the state directory.
 func (b *Backend) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.lock(context.Background())
+	defer b.unlock()
 	if b.closed {
 		return nil
 	}
@@ -463,18 +482,17 @@ func (b *Backend) Close() error {
 // Resets reports how often the connection was re-established after the
 // first start (tests and metrics).
 func (b *Backend) Resets() uint64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.lock(context.Background())
+	defer b.unlock()
 	return b.dev.resets - 1
 }
 
 // ListKeys returns every key, sorted by name.
 func (b *Backend) ListKeys(ctx context.Context) ([]keys.KeyInfo, error) {
-	if err := ctx.Err(); err != nil {
+	if err := b.lock(ctx); err != nil {
 		return nil, err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	defer b.unlock()
 	out := make([]keys.KeyInfo, 0, len(b.recs))
 	for _, r := range b.recs {
 		out = append(out, r.info())
@@ -488,11 +506,10 @@ func (b *Backend) DescribeKey(ctx context.Context, name string) (keys.KeyInfo, e
 	if err := keys.ValidateName(name); err != nil {
 		return keys.KeyInfo{}, err
 	}
-	if err := ctx.Err(); err != nil {
+	if err := b.lock(ctx); err != nil {
 		return keys.KeyInfo{}, err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	defer b.unlock()
 	r, err := b.rec(name)
 	if err != nil {
 		return keys.KeyInfo{}, err

@@ -444,11 +444,10 @@ func (b *Backend) publicKey(ctx context.Context, op, name string, v uint32, forV
 	if err := keys.ValidateName(name); err != nil {
 		return nil, 0, err
 	}
-	if err := ctx.Err(); err != nil {
+	if err := b.lock(ctx); err != nil {
 		return nil, 0, err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	defer b.unlock()
 	fail := func(err error) (crypto.PublicKey, uint32, error) {
 		return nil, 0, fmt.Errorf("%s %s: %w", op, name, err)
 	}

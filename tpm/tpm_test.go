@@ -567,3 +567,54 @@ func TestAuthWithZeroBytes(t *testing.T) {
 		t.Fatalf("found only %d probe secrets", n)
 	}
 }
+
+// TestQueuedCallerGivesUp: a caller waiting behind a slow TPM command stops
+// waiting at its deadline (a real chip takes tens to hundreds of
+// milliseconds per signature), and its command is never sent; the slow
+// command itself completes.
+func TestQueuedCallerGivesUp(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	var slow atomic.Bool
+	var sent atomic.Int64
+	tpm.TapWire(func(cmd, rsp []byte) {
+		sent.Add(1)
+		if slow.Load() {
+			time.Sleep(400 * time.Millisecond) // the command holds the TPM this long
+		}
+	})
+	defer tpm.TapWire(nil)
+	be := open(t, sw.Device(), t.TempDir())
+	mustCreate(t, be, "queue/mac", keys.HMACSHA256)
+
+	slow.Store(true)
+	first := make(chan error, 1)
+	go func() {
+		_, err := be.MAC(context.Background(), "queue/mac", []byte("first"))
+		first <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // the first MAC holds the TPM
+	before := sent.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := be.MAC(ctx, "queue/mac", []byte("second"))
+	waited := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued MAC: %v, want context.DeadlineExceeded", err)
+	}
+	if waited > 200*time.Millisecond {
+		t.Errorf("queued MAC gave up after %v, want about its 50 ms deadline", waited)
+	}
+	slow.Store(false)
+	if err := <-first; err != nil {
+		t.Fatalf("the slow MAC: %v", err)
+	}
+	// Every command sent after the second caller gave up was the first's
+	// (one TPM2_HMAC, and its record reads nothing more).
+	if n := sent.Load() - before; n > 1 {
+		t.Errorf("%d commands sent after the queued caller gave up, want at most the slow one's", n)
+	}
+	if _, err := be.MAC(t.Context(), "queue/mac", []byte("third")); err != nil {
+		t.Fatalf("after: %v", err)
+	}
+}
