@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -64,7 +65,13 @@ type Config struct {
 type Backend struct {
 	// sem is one slot that serialises the device, the records and the
 	// store. Waiting for it ends with the caller's ctx (see lock).
-	sem      chan struct{}
+	sem chan struct{}
+	// recMu guards the recs map for readers that do not hold the slot (key
+	// listing, descriptions, public keys, verification: in memory, so they
+	// never wait for the TPM). The map is written only while holding the
+	// slot, so code holding the slot reads it without recMu. Records are
+	// copy-on-write: a published one never changes.
+	recMu    sync.RWMutex
 	device   string
 	dev      *device
 	st       *store
@@ -344,7 +351,9 @@ func (b *Backend) storeRecord(r *record) error {
 	if err := b.st.write(filepath.Join(keysDir, fileName(r.Name)), append(data, '\n')); err != nil {
 		return err
 	}
+	b.recMu.Lock()
 	b.recs[r.Name] = r
+	b.recMu.Unlock()
 	return nil
 }
 
@@ -445,7 +454,7 @@ func classify(err error) error {
 	return err
 }
 
-// rec returns name's record (holding the slot).
+// rec returns name's record (holding the slot or recMu).
 func (b *Backend) rec(name string) (*record, error) {
 	r, ok := b.recs[name]
 	if !ok {
@@ -489,10 +498,11 @@ func (b *Backend) Resets() uint64 {
 
 // ListKeys returns every key, sorted by name.
 func (b *Backend) ListKeys(ctx context.Context) ([]keys.KeyInfo, error) {
-	if err := b.lock(ctx); err != nil {
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	defer b.unlock()
+	b.recMu.RLock()
+	defer b.recMu.RUnlock()
 	out := make([]keys.KeyInfo, 0, len(b.recs))
 	for _, r := range b.recs {
 		out = append(out, r.info())
@@ -506,10 +516,11 @@ func (b *Backend) DescribeKey(ctx context.Context, name string) (keys.KeyInfo, e
 	if err := keys.ValidateName(name); err != nil {
 		return keys.KeyInfo{}, err
 	}
-	if err := b.lock(ctx); err != nil {
+	if err := ctx.Err(); err != nil {
 		return keys.KeyInfo{}, err
 	}
-	defer b.unlock()
+	b.recMu.RLock()
+	defer b.recMu.RUnlock()
 	r, err := b.rec(name)
 	if err != nil {
 		return keys.KeyInfo{}, err

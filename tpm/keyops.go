@@ -444,10 +444,11 @@ func (b *Backend) publicKey(ctx context.Context, op, name string, v uint32, forV
 	if err := keys.ValidateName(name); err != nil {
 		return nil, 0, err
 	}
-	if err := b.lock(ctx); err != nil {
+	if err := ctx.Err(); err != nil {
 		return nil, 0, err
 	}
-	defer b.unlock()
+	b.recMu.RLock()
+	defer b.recMu.RUnlock()
 	fail := func(err error) (crypto.PublicKey, uint32, error) {
 		return nil, 0, fmt.Errorf("%s %s: %w", op, name, err)
 	}

@@ -618,3 +618,55 @@ func TestQueuedCallerGivesUp(t *testing.T) {
 		t.Fatalf("after: %v", err)
 	}
 }
+
+// TestReadsDoNotWaitForTPM: listing, describing, public keys and
+// verification are answered from memory while a slow TPM command holds the
+// device, within a deadline far shorter than that command.
+func TestReadsDoNotWaitForTPM(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	var slow atomic.Bool
+	tpm.TapWire(func(cmd, rsp []byte) {
+		if slow.Load() {
+			time.Sleep(400 * time.Millisecond)
+		}
+	})
+	defer tpm.TapWire(nil)
+	be := open(t, sw.Device(), t.TempDir())
+	mustCreate(t, be, "reads/mac", keys.HMACSHA256)
+	mustCreate(t, be, "reads/sig", keys.ECDSAP256)
+	msg := []byte("signed before the TPM got slow")
+	sig, err := be.Sign(t.Context(), "reads/sig", msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	slow.Store(true)
+	first := make(chan error, 1)
+	go func() {
+		_, err := be.MAC(context.Background(), "reads/mac", []byte("slow"))
+		first <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // the MAC holds the TPM
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if ks, err := be.ListKeys(ctx); err != nil || len(ks) != 2 {
+		t.Errorf("ListKeys: %d keys, %v", len(ks), err)
+	}
+	if _, err := be.DescribeKey(ctx, "reads/sig"); err != nil {
+		t.Errorf("DescribeKey: %v", err)
+	}
+	if _, _, err := be.PublicKey(ctx, "reads/sig", 0); err != nil {
+		t.Errorf("PublicKey: %v", err)
+	}
+	if err := be.Verify(ctx, "reads/sig", sig.Version, msg, sig.Bytes); err != nil {
+		t.Errorf("Verify: %v", err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("reads took %v while the TPM was busy", d)
+	}
+	slow.Store(false)
+	if err := <-first; err != nil {
+		t.Fatalf("the slow MAC: %v", err)
+	}
+}
