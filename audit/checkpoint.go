@@ -64,9 +64,10 @@ func (l *Log) checkpointDue(records int) bool {
 }
 
 // checkpointWait says how long the idle writer may sleep before a
-// time-based checkpoint is due (false: none pending).
+// time-based checkpoint is due (false: none pending). l.mu is held, and no
+// commit is under way.
 func (l *Log) checkpointWait() (time.Duration, bool) {
-	if l.opts.Checkpoint == nil || l.sinceCheckpoint == 0 || l.isFailing() {
+	if l.opts.Checkpoint == nil || l.sinceCheckpoint == 0 || l.failing {
 		return 0, false
 	}
 	due := l.lastCheckpoint.Add(l.opts.CheckpointInterval)

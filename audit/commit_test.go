@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"crypto"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -215,5 +216,78 @@ func FuzzAppendBody(f *testing.F) {
 		if string(got) != string(want) {
 			t.Fatalf("appendBody:\n%q\nencoding/json:\n%q", got, want)
 		}
+	})
+}
+
+// TestInlineCommit: on an idle log the appender writes its own record (no
+// hand-off to the writer), and inline commits mixed with the writer's
+// batches, checkpoints (by count and by time), rotations and Close keep one
+// unbroken chain with every record once.
+func TestInlineCommit(t *testing.T) {
+	t.Run("idle", func(t *testing.T) {
+		l := open(t, filepath.Join(t.TempDir(), "audit.log"), Options{})
+		appendN(t, l, "r", 20)
+		if st := l.Stats(); st.Records != 20 || st.Batches != 20 || st.Inline != 20 {
+			t.Fatalf("stats %+v: want 20 records, each committed inline", st)
+		}
+	})
+	t.Run("mixed", func(t *testing.T) {
+		const goroutines, each = 8, 150
+		path := filepath.Join(t.TempDir(), "audit.log")
+		sig := newSigner(t)
+		l, err := Open(path, Options{Checkpoint: sig, CheckpointEvery: 37, CheckpointInterval: 3 * time.Millisecond, MaxFileSize: 64 << 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for g := range goroutines {
+			wg.Go(func() {
+				for i := range each {
+					if err := l.Append(context.Background(), rec(fmt.Sprintf("g%d-%d", g, i))); err != nil {
+						t.Error(err)
+						return
+					}
+					if i%25 == 0 {
+						time.Sleep(4 * time.Millisecond) // idle gaps: inline commits and timed checkpoints
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		st := l.Stats()
+		const n = goroutines * each
+		if st.Records != n+st.Checkpoints || st.Seq != st.Records {
+			t.Fatalf("stats %+v: want %d records plus checkpoints", st, n)
+		}
+		if st.Inline == 0 || st.Inline == st.Batches || st.Rotations == 0 || st.Checkpoints < n/37 {
+			t.Fatalf("stats %+v: want inline and writer batches, rotations and checkpoints", st)
+		}
+		files, _, err := Chain(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := VerifyWith(VerifyOptions{CheckpointKeys: []crypto.PublicKey{&sig.key.PublicKey}}, files...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Records != st.Records || res.Checkpoints != st.Checkpoints || res.LastCheckpointSeq != res.LastSeq {
+			t.Fatalf("verify %+v, stats %+v", res, st)
+		}
+		seen := map[string]bool{}
+		for _, r := range records(t, files...) {
+			if r.Op != "" && r.RequestID != "" {
+				if seen[r.RequestID] {
+					t.Fatalf("%s twice", r.RequestID)
+				}
+				seen[r.RequestID] = true
+			}
+		}
+		if len(seen) != n {
+			t.Fatalf("%d distinct records, want %d", len(seen), n)
+		}
+		t.Logf("%d records in %d batches (%d inline), %d checkpoints, %d rotations", st.Records, st.Batches, st.Inline, st.Checkpoints, st.Rotations)
 	})
 }

@@ -125,6 +125,7 @@ type OpenReport struct {
 type Stats struct {
 	Records   uint64 // records made durable
 	Batches   uint64 // batches written (one fsync each)
+	Inline    uint64 // of those, batches written by their appender on an idle log
 	Fsyncs    uint64 // fsyncs of the log file: batches, and truncations on recovery
 	Rotations uint64
 	// Checkpoints written, and checkpoints due but not written because the
@@ -147,22 +148,27 @@ type Log struct {
 	kick   chan struct{} // wakes the writer; capacity 1
 	exited chan struct{} // closed when the writer returns
 
-	mu        sync.Mutex
-	queue     []*pending
-	queued    int // records in queue
-	closed    bool
-	failing   bool
-	retrying  bool // an Append was let through as the retry
-	nextRetry time.Time
-	lastErr   error
-	failedAt  time.Time
-	outage    uint64 // Appends refused in the current outage
-	stats     Stats
-	closeErr  error
+	mu     sync.Mutex
+	queue  []*pending
+	queued int // records in queue
+	// committing: a batch is being written, by the writer or, when the log
+	// was idle, by the appender itself (see wait). The fields below "Owned
+	// by the committer" belong to whoever set it.
+	committing bool
+	awaited    bool // the writer waits for an inline commit to end
+	closed     bool
+	failing    bool
+	retrying   bool // an Append was let through as the retry
+	nextRetry  time.Time
+	lastErr    error
+	failedAt   time.Time
+	outage     uint64 // Appends refused in the current outage
+	stats      Stats
+	closeErr   error
 
 	report OpenReport
 
-	// Owned by the writer goroutine (and Open before it starts).
+	// Owned by the committer (and Open before the writer starts).
 	f          file
 	dirty      bool  // f must be reopened and truncated to size before a write
 	size       int64 // bytes of durable records in f
@@ -316,6 +322,15 @@ func (l *Log) wait(ctx context.Context, pd *pending) error {
 		return fmt.Errorf("%w: failing since the last write: %v", ErrUnavailable, err)
 	case l.failing:
 		l.retrying = true
+	case !l.committing && len(l.queue) == 0 && l.opts.MaxDelay == 0:
+		// Idle: commit here rather than hand the record to the writer and
+		// wait to be handed the result (two goroutine wake-ups, which cost
+		// more than the write on an idle machine). Anyone arriving
+		// meanwhile queues for the writer as usual.
+		l.committing = true
+		l.mu.Unlock()
+		l.commitInline(pd)
+		return <-pd.done
 	}
 	l.queue = append(l.queue, pd)
 	l.queued += n
@@ -387,7 +402,7 @@ func (l *Log) run() {
 		if done {
 			if l.opts.Checkpoint != nil && l.sinceCheckpoint > 0 && !l.isFailing() {
 				l.forceCheckpoint = true // anchor the tail at a clean stop
-				l.commit(nil)
+				l.commit(nil, false)
 			}
 			if l.f != nil {
 				l.closeErr = l.f.Close()
@@ -395,7 +410,31 @@ func (l *Log) run() {
 			}
 			return
 		}
-		l.commit(batch)
+		l.commit(batch, false)
+		l.mu.Lock()
+		l.committing = false
+		l.mu.Unlock()
+	}
+}
+
+// commitInline commits pd alone on its appender's goroutine (committing is
+// set), then wakes the writer if it has something to do: records queued
+// meanwhile, a close, a checkpoint timer to start, or it was waiting for
+// this commit to end.
+func (l *Log) commitInline(pd *pending) {
+	idle := l.sinceCheckpoint == 0
+	l.commit([]*pending{pd}, true)
+	kick := l.opts.Checkpoint != nil && idle && l.sinceCheckpoint > 0
+	l.mu.Lock()
+	l.committing = false
+	kick = kick || l.awaited || l.queued > 0 || l.closed
+	l.awaited = false
+	l.mu.Unlock()
+	if kick {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -407,25 +446,41 @@ func (l *Log) take() (batch []*pending, done bool) {
 	for {
 		l.mu.Lock()
 		n, closed := l.queued, l.closed
-		l.mu.Unlock()
+		if l.committing { // an appender's inline commit; it kicks when done
+			l.awaited = true
+			l.mu.Unlock()
+			<-l.kick
+			continue
+		}
 		switch {
 		case n == 0 && closed:
+			l.mu.Unlock()
 			return nil, true
 		case n == 0:
-			if wait, ok := l.checkpointWait(); ok {
+			wait, ok := l.checkpointWait()
+			l.mu.Unlock()
+			if ok {
 				t := time.NewTimer(wait)
 				select {
 				case <-l.kick:
 					t.Stop()
 					continue
 				case <-t.C:
-					l.forceCheckpoint = true
+					// Due unless an inline commit wrote one meanwhile.
+					l.mu.Lock()
+					if l.committing || l.queued > 0 || !l.checkpointDue(0) {
+						l.mu.Unlock()
+						continue
+					}
+					l.committing = true
+					l.mu.Unlock()
 					return nil, false
 				}
 			}
 			<-l.kick
 			continue
 		}
+		l.mu.Unlock()
 		if l.opts.MaxDelay > 0 && n < l.opts.MaxBatch && !closed {
 			if window == nil {
 				window = time.NewTimer(l.opts.MaxDelay)
@@ -440,6 +495,10 @@ func (l *Log) take() (batch []*pending, done bool) {
 			window.Stop()
 		}
 		l.mu.Lock()
+		if l.committing {
+			l.mu.Unlock()
+			continue
+		}
 		k, recs := 0, 0
 		for k < len(l.queue) && (k == 0 || recs+len(l.queue[k].recs) <= l.opts.MaxBatch) {
 			recs += len(l.queue[k].recs)
@@ -451,14 +510,16 @@ func (l *Log) take() (batch []*pending, done bool) {
 		clear(l.queue[rest:])
 		l.queue = l.queue[:rest]
 		l.queued -= recs
+		l.committing = true
 		l.mu.Unlock()
 		return batch, false
 	}
 }
 
 // commit writes a batch with one write and one fsync, then releases its
-// callers; on failure it rolls back and fails them all.
-func (l *Log) commit(batch []*pending) {
+// callers; on failure it rolls back and fails them all. inline: on the
+// appender's goroutine (see wait), not the writer's.
+func (l *Log) commit(batch []*pending, inline bool) {
 	records := 0
 	for _, pd := range batch {
 		records += len(pd.recs)
@@ -536,6 +597,9 @@ func (l *Log) commit(batch []*pending) {
 	}
 	l.stats.Records += uint64(records)
 	l.stats.Batches++
+	if inline {
+		l.stats.Inline++
+	}
 	l.stats.Seq, l.stats.Hash = seq, prev
 	if l.failing {
 		l.failing, l.retrying = false, false
@@ -545,12 +609,14 @@ func (l *Log) commit(batch []*pending) {
 	}
 	l.mu.Unlock()
 	release(batch, nil)
-	// The callers just released are queued on this P; the next batch's
-	// fsync would keep it in a system call until sysmon hands it off (tens
-	// to hundreds of microseconds when the other Ps are busy), and the
-	// replies would wait for that. Let them run first: records that arrive
-	// meanwhile join the next batch.
-	runtime.Gosched()
+	if !inline {
+		// The callers just released are queued on this P; the next batch's
+		// fsync would keep it in a system call until sysmon hands it off
+		// (tens to hundreds of microseconds when the other Ps are busy),
+		// and the replies would wait for that. Let them run first: records
+		// that arrive meanwhile join the next batch.
+		runtime.Gosched()
+	}
 	if l.opts.MaxFileSize > 0 && l.size >= l.opts.MaxFileSize && !time.Now().Before(l.rotateNext) {
 		l.rotate()
 	}
