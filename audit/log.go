@@ -45,13 +45,58 @@ type Options struct {
 	Checkpoint         Signer
 	CheckpointEvery    int
 	CheckpointInterval time.Duration
-	// OnFsync, when set, is called by the writer with the duration of each
-	// batch's fsync (for a latency histogram). It must not block.
+	// OnFsync, when set, is called with the duration of each fsync of the
+	// log file after a write (for a latency histogram). It must not block.
 	OnFsync func(time.Duration)
+	// Sync says when records reach the disk; the default is SyncEach.
+	Sync SyncMode
+	// SyncInterval: with SyncWrite, the longest a written record waits for
+	// its fsync. Default 1 s.
+	SyncInterval time.Duration
 
 	// openFile opens the log file for writing; tests swap it to inject
 	// write and fsync failures.
 	openFile func(name string, flag int, perm fs.FileMode) (file, error)
+}
+
+// SyncMode says when the records of a batch are fsynced.
+type SyncMode int
+
+const (
+	// SyncEach fsyncs every batch before releasing its callers: a record
+	// whose Append returned outlives the daemon, the kernel and a power
+	// failure.
+	SyncEach SyncMode = iota
+	// SyncWrite releases a batch's callers once its write(2) returned: the
+	// record is in the kernel's page cache, so it outlives the daemon
+	// crashing or being killed, but the records of the last SyncInterval
+	// can be lost when the machine crashes or loses power. The file is
+	// fsynced at most SyncInterval after a write, at rotation and at Close.
+	// If that fsync fails, the log fails closed (as a failed write does)
+	// and names the records that were acknowledged but may not be on disk.
+	SyncWrite
+)
+
+// String is the mode's configuration name: "fsync" or "write".
+func (m SyncMode) String() string {
+	switch m {
+	case SyncEach:
+		return "fsync"
+	case SyncWrite:
+		return "write"
+	}
+	return fmt.Sprintf("SyncMode(%d)", int(m))
+}
+
+// ParseSyncMode reads a mode's configuration name.
+func ParseSyncMode(s string) (SyncMode, error) {
+	switch s {
+	case "fsync":
+		return SyncEach, nil
+	case "write":
+		return SyncWrite, nil
+	}
+	return 0, fmt.Errorf("audit: sync mode %q: want \"fsync\" or \"write\"", s)
 }
 
 // file is what the writer needs of the open log file.
@@ -71,6 +116,10 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("audit: MaxDelay %v is negative", o.MaxDelay)
 	case o.RetryInterval < 0:
 		return o, fmt.Errorf("audit: RetryInterval %v is negative", o.RetryInterval)
+	case o.Sync != SyncEach && o.Sync != SyncWrite:
+		return o, fmt.Errorf("audit: unknown %v", o.Sync)
+	case o.SyncInterval < 0:
+		return o, fmt.Errorf("audit: SyncInterval %v is negative", o.SyncInterval)
 	case o.CheckpointEvery < 0 || o.CheckpointInterval < 0:
 		return o, fmt.Errorf("audit: negative checkpoint setting")
 	case o.FileMode&^fs.ModePerm != 0:
@@ -90,6 +139,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.RetryInterval == 0 {
 		o.RetryInterval = 100 * time.Millisecond
+	}
+	if o.SyncInterval == 0 {
+		o.SyncInterval = time.Second
 	}
 	if o.FileMode == 0 {
 		o.FileMode = 0o600
@@ -123,8 +175,8 @@ type OpenReport struct {
 
 // Stats are counters since Open, for metrics and tests.
 type Stats struct {
-	Records   uint64 // records made durable
-	Batches   uint64 // batches written (one fsync each)
+	Records   uint64 // records written (with SyncEach: made durable)
+	Batches   uint64 // batches written (with SyncEach: one fsync each)
 	Inline    uint64 // of those, batches written by their appender on an idle log
 	Fsyncs    uint64 // fsyncs of the log file: batches, and truncations on recovery
 	Rotations uint64
@@ -134,8 +186,11 @@ type Stats struct {
 	Checkpoints        uint64
 	CheckpointFailures uint64
 	Refused            uint64   // Appends that returned ErrUnavailable
-	Seq                uint64   // last durable seq (0: none yet)
+	Seq                uint64   // last written seq (0: none yet)
 	Hash               [32]byte // its hash
+	// Synced is the last seq known to be on disk: Seq with SyncEach; with
+	// SyncWrite it trails Seq by at most SyncInterval.
+	Synced uint64
 }
 
 // Log is an open audit log. Its methods are safe for concurrent use.
@@ -171,7 +226,10 @@ type Log struct {
 	// Owned by the committer (and Open before the writer starts).
 	f          file
 	dirty      bool  // f must be reopened and truncated to size before a write
-	size       int64 // bytes of durable records in f
+	size       int64 // bytes of written records in f
+	unsynced   bool  // SyncWrite: records written since the last fsync
+	lastSync   time.Time
+	syncedSeq  uint64 // the last seq known to be on disk
 	first      uint64
 	seq        uint64
 	prev       [32]byte
@@ -226,7 +284,7 @@ func Open(path string, opts Options) (*Log, error) {
 		l.unlock()
 		return nil, err
 	}
-	l.stats.Seq, l.stats.Hash = l.seq, l.prev
+	l.stats.Seq, l.stats.Hash, l.stats.Synced = l.seq, l.prev, l.syncedSeq
 	l.lastCheckpoint = time.Now()
 	l.log.Info("audit log open", "path", path, "seq", l.seq, "from", l.report.From)
 	go l.run()
@@ -404,8 +462,21 @@ func (l *Log) run() {
 				l.forceCheckpoint = true // anchor the tail at a clean stop
 				l.commit(nil, false)
 			}
+			if l.f != nil && l.unsynced {
+				if err := l.sync(); err != nil {
+					l.fail(nil, 0, err)
+					l.closeErr = err
+				} else {
+					l.syncedSeq = l.seq
+					l.mu.Lock()
+					l.stats.Synced = l.seq
+					l.mu.Unlock()
+				}
+			}
 			if l.f != nil {
-				l.closeErr = l.f.Close()
+				if err := l.f.Close(); l.closeErr == nil {
+					l.closeErr = err
+				}
 				l.f = nil
 			}
 			return
@@ -420,11 +491,11 @@ func (l *Log) run() {
 // commitInline commits pd alone on its appender's goroutine (committing is
 // set), then wakes the writer if it has something to do: records queued
 // meanwhile, a close, a checkpoint timer to start, or it was waiting for
-// this commit to end.
+// this commit to end, or SyncWrite's fsync timer to start.
 func (l *Log) commitInline(pd *pending) {
-	idle := l.sinceCheckpoint == 0
+	idle, synced := l.sinceCheckpoint == 0, !l.unsynced
 	l.commit([]*pending{pd}, true)
-	kick := l.opts.Checkpoint != nil && idle && l.sinceCheckpoint > 0
+	kick := l.opts.Checkpoint != nil && idle && l.sinceCheckpoint > 0 || synced && l.unsynced
 	l.mu.Lock()
 	l.committing = false
 	kick = kick || l.awaited || l.queued > 0 || l.closed
@@ -458,6 +529,12 @@ func (l *Log) take() (batch []*pending, done bool) {
 			return nil, true
 		case n == 0:
 			wait, ok := l.checkpointWait()
+			if l.unsynced && !l.failing { // SyncWrite's fsync of written records
+				if _, swait := l.syncDue(); !ok || swait < wait {
+					wait = swait
+				}
+				ok = true
+			}
 			l.mu.Unlock()
 			if ok {
 				t := time.NewTimer(wait)
@@ -466,9 +543,13 @@ func (l *Log) take() (batch []*pending, done bool) {
 					t.Stop()
 					continue
 				case <-t.C:
-					// Due unless an inline commit wrote one meanwhile.
+					// Due unless an inline commit did it meanwhile.
 					l.mu.Lock()
-					if l.committing || l.queued > 0 || !l.checkpointDue(0) {
+					if l.committing || l.queued > 0 {
+						l.mu.Unlock()
+						continue
+					}
+					if syncDue, _ := l.syncDue(); !syncDue && !l.checkpointDue(0) {
 						l.mu.Unlock()
 						continue
 					}
@@ -558,19 +639,18 @@ func (l *Log) commit(batch []*pending, inline bool) {
 			}
 		}
 		l.buf = buf
-		if len(buf) == 0 {
-			// A checkpoint alone that could not be signed: nothing to write.
-		} else if _, err = l.f.WriteAt(buf, l.size); err != nil {
-			err = withPath("write", l.path, err)
-		} else {
-			start := time.Now()
-			err = l.f.Sync()
-			l.fsyncs.Add(1)
-			if l.opts.OnFsync != nil {
-				l.opts.OnFsync(time.Since(start))
+		// Nothing to write: a sync (SyncWrite's timer) or a checkpoint
+		// alone that could not be signed.
+		if len(buf) > 0 {
+			if _, err = l.f.WriteAt(buf, l.size); err != nil {
+				err = withPath("write", l.path, err)
 			}
-			if err != nil {
-				err = withPath("fsync", l.path, err)
+		}
+		if err == nil && (len(buf) > 0 || l.unsynced) {
+			if l.opts.Sync == SyncEach || !time.Now().Before(l.lastSync.Add(l.opts.SyncInterval)) {
+				err = l.sync()
+			} else {
+				l.unsynced = true
 			}
 		}
 	}
@@ -581,6 +661,9 @@ func (l *Log) commit(batch []*pending, inline bool) {
 	first := l.seq + 1
 	l.size += int64(len(buf))
 	l.seq, l.prev = seq, prev
+	if !l.unsynced {
+		l.syncedSeq = seq
+	}
 	if l.first == 0 {
 		l.first = first
 	}
@@ -596,11 +679,13 @@ func (l *Log) commit(batch []*pending, inline bool) {
 		l.stats.Records++
 	}
 	l.stats.Records += uint64(records)
-	l.stats.Batches++
-	if inline {
-		l.stats.Inline++
+	if len(buf) > 0 {
+		l.stats.Batches++
+		if inline {
+			l.stats.Inline++
+		}
 	}
-	l.stats.Seq, l.stats.Hash = seq, prev
+	l.stats.Seq, l.stats.Hash, l.stats.Synced = seq, prev, l.syncedSeq
 	if l.failing {
 		l.failing, l.retrying = false, false
 		l.log.Info("audit log writable again", "path", l.path, "down_for", time.Since(l.failedAt).String(),
@@ -622,10 +707,41 @@ func (l *Log) commit(batch []*pending, inline bool) {
 	}
 }
 
-// fail rolls the file back to the last durable record and enters (or stays
-// in) the failing state.
+// sync fsyncs the file after a write: everything written so far is then
+// on disk.
+func (l *Log) sync() error {
+	start := time.Now()
+	err := l.f.Sync()
+	l.fsyncs.Add(1)
+	if l.opts.OnFsync != nil {
+		l.opts.OnFsync(time.Since(start))
+	}
+	if err != nil {
+		return withPath("fsync", l.path, err)
+	}
+	l.unsynced, l.lastSync = false, start
+	return nil
+}
+
+// syncDue reports whether SyncWrite's fsync of written records is due, and
+// if not, how long until it is. l.mu is held, and no commit is under way.
+func (l *Log) syncDue() (bool, time.Duration) {
+	if !l.unsynced || l.failing {
+		return false, 0
+	}
+	wait := time.Until(l.lastSync.Add(l.opts.SyncInterval))
+	return wait <= 0, max(wait, 0)
+}
+
+// fail rolls the file back to the last written record and enters (or stays
+// in) the failing state. With SyncWrite, records written and acknowledged
+// since the last fsync may not be on disk: fail names them.
 func (l *Log) fail(batch []*pending, records int, err error) {
 	l.dirty = true
+	var unsyncedAcked string
+	if l.syncedSeq < l.seq {
+		unsyncedAcked = fmt.Sprintf("%d..%d", l.syncedSeq+1, l.seq)
+	}
 	if l.f != nil {
 		// Best effort now, so that no half line sits in the file during the
 		// outage; the retry does it again on a fresh descriptor before writing.
@@ -644,6 +760,10 @@ func (l *Log) fail(batch []*pending, records int, err error) {
 		l.failedAt = time.Now()
 		l.log.Error("audit log unwritable: refusing operations until it can be written",
 			"path", l.path, "err", err.Error(), "records_refused", records, "seq", l.seq)
+		if unsyncedAcked != "" {
+			l.log.Error("audit records acknowledged before this failure were not yet fsynced and may be lost if the machine goes down",
+				"path", l.path, "seqs", unsyncedAcked)
+		}
 	} else {
 		l.log.Warn("audit log retry failed", "path", l.path, "err", err.Error())
 	}
@@ -694,6 +814,7 @@ func (l *Log) reopen() error {
 		l.log.Warn("audit file is more open than FileMode", "path", l.path, "mode", perm.String(), "want", l.opts.FileMode.String())
 	}
 	l.f, l.dirty = f, false
+	l.unsynced, l.lastSync, l.syncedSeq = false, time.Now(), l.seq
 	return nil
 }
 
@@ -701,6 +822,17 @@ func (l *Log) reopen() error {
 // failure is logged, not fatal: the records are durable, the file just
 // grows until a later rotation works.
 func (l *Log) rotate() {
+	if l.unsynced {
+		// A rotated file is complete on disk before it gets its final name.
+		if err := l.sync(); err != nil {
+			l.fail(nil, 0, err)
+			return
+		}
+		l.syncedSeq = l.seq
+		l.mu.Lock()
+		l.stats.Synced = l.seq
+		l.mu.Unlock()
+	}
 	name := RotatedName(l.path, l.first, l.seq)
 	err := func() error {
 		if _, err := os.Lstat(name); err == nil {

@@ -56,23 +56,34 @@ func readAudit(t *testing.T, path string) []auditLine {
 // TestAuditTrail: allowed, denied and failed operations, and each item of a
 // batch, leave one record each, with the caller's uid, key, version, a
 // context digest (never the values) and the result; the chain verifies.
-func TestAuditTrail(t *testing.T) {
-	r := start(t, testRules(), nil)
+// auditSyncModes runs f once per audit_sync mode: records are on file
+// before the reply in both.
+func auditSyncModes(t *testing.T, f func(t *testing.T, mode string)) {
+	for _, mode := range []string{"fsync", "write"} {
+		t.Run(mode, func(t *testing.T) { f(t, mode) })
+	}
+}
+
+func TestAuditTrail(t *testing.T) { auditSyncModes(t, testAuditTrail) }
+
+func testAuditTrail(t *testing.T, mode string) {
+	r := start(t, testRules(), func(c *daemon.Config) { c.AuditSync = mode })
 	ctx := context.Background()
+	key := "app/audited-" + mode
 	c := dial(t, r.sock)
-	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "app/audited", KeyType: "aes-256-gcm"}); err != nil {
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: key, KeyType: "aes-256-gcm"}); err != nil {
 		t.Fatal(err)
 	}
-	w, err := c.Wrap(ctx, &pb.WrapRequest{Key: "app/audited", Plaintext: []byte("x"), Context: map[string]string{"app": "web"}})
+	w, err := c.Wrap(ctx, &pb.WrapRequest{Key: key, Plaintext: []byte("x"), Context: map[string]string{"app": "web"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Unwrap(ctx, &pb.UnwrapRequest{Ciphertext: w.Ciphertext, Context: map[string]string{"app": "other-value"}})
-	c.BatchWrap(ctx, &pb.BatchWrapRequest{Items: []*pb.WrapRequest{{Key: "app/audited", Plaintext: []byte("a")}, {Key: "app/missing", Plaintext: []byte("b")}}})
+	c.BatchWrap(ctx, &pb.BatchWrapRequest{Items: []*pb.WrapRequest{{Key: key, Plaintext: []byte("a")}, {Key: "app/missing", Plaintext: []byte("b")}}})
 	c.Wrap(ctx, &pb.WrapRequest{Key: "Not/Valid", Plaintext: []byte("x")})
 	outsider := as(t, r.sock, outsideUID)
 	outsider.do("unwrap " + strings.Repeat("00", 4) + " app=web")
-	outsider.do("wrap app/audited")
+	outsider.do("wrap " + key)
 	c.Status(ctx, &pb.StatusRequest{})
 
 	logPath := filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")
@@ -82,15 +93,15 @@ func TestAuditTrail(t *testing.T) {
 		got = append(got, strings.Join([]string{a.Op, a.Key, a.Result}, " "))
 	}
 	want := []string{
-		"key.create app/audited STARTED",
-		"key.create app/audited OK",
-		"wrap app/audited OK",
-		"unwrap app/audited DECRYPTION_FAILED",
-		"wrap app/audited OK",
+		"key.create " + key + " STARTED",
+		"key.create " + key + " OK",
+		"wrap " + key + " OK",
+		"unwrap " + key + " DECRYPTION_FAILED",
+		"wrap " + key + " OK",
 		"wrap app/missing KEY_NOT_FOUND",
 		"wrap Not/Valid INVALID_KEY_NAME",
 		"unwrap  MALFORMED_CIPHERTEXT",
-		"wrap app/audited PERMISSION_DENIED",
+		"wrap " + key + " PERMISSION_DENIED",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("audit records:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -121,7 +132,9 @@ func TestAuditTrail(t *testing.T) {
 // makes keywardd refuse operations with AUDIT_UNAVAILABLE and say so in
 // status; once space is freed it serves again, and every operation that
 // succeeded is in the log.
-func TestAuditFailClosed(t *testing.T) {
+func TestAuditFailClosed(t *testing.T) { auditSyncModes(t, testAuditFailClosed) }
+
+func testAuditFailClosed(t *testing.T, mode string) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root to mount a tmpfs")
 	}
@@ -134,10 +147,10 @@ func TestAuditFailClosed(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
 	logPath := filepath.Join(mnt, "audit.log")
-	r := start(t, testRules(), func(c *daemon.Config) { c.AuditLog = logPath })
+	r := start(t, testRules(), func(c *daemon.Config) { c.AuditLog, c.AuditSync = logPath, mode })
 	ctx := context.Background()
 	c := dial(t, r.sock)
-	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "app/full", KeyType: "aes-256-gcm"}); err != nil {
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "app/full-" + mode, KeyType: "aes-256-gcm"}); err != nil {
 		t.Fatal(err)
 	}
 	// Fill the file system, leaving almost nothing.
@@ -158,7 +171,7 @@ func TestAuditFailClosed(t *testing.T) {
 	f.Close()
 	ok, refused := 0, 0
 	wrap := func() string {
-		_, err := c.Wrap(ctx, &pb.WrapRequest{Key: "app/full", Plaintext: []byte("x")})
+		_, err := c.Wrap(ctx, &pb.WrapRequest{Key: "app/full-" + mode, Plaintext: []byte("x")})
 		r := reason(err)
 		switch {
 		case r == "OK":

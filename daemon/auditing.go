@@ -41,7 +41,11 @@ func openAudit(cfg Config, be keys.Backend, m *Metrics, log *slog.Logger) (*audi
 	if err := os.MkdirAll(filepath.Dir(cfg.AuditLog), 0o750); err != nil {
 		return nil, fmt.Errorf("audit log directory: %w", err)
 	}
-	opts := audit.Options{MaxFileSize: cfg.AuditMaxFileSize, Logger: log,
+	mode, err := audit.ParseSyncMode(cfg.AuditSync)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	opts := audit.Options{MaxFileSize: cfg.AuditMaxFileSize, Logger: log, Sync: mode, SyncInterval: cfg.AuditSyncInterval.Duration,
 		OnFsync: func(d time.Duration) { fsync.Observe(d.Seconds()) }}
 	if cfg.AuditCheckpointKey != "" {
 		opts.Checkpoint = checkpointSigner{be: be, key: cfg.AuditCheckpointKey}

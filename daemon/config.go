@@ -14,6 +14,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/tpm"
@@ -42,6 +43,11 @@ type Config struct {
 	AuditLog string `toml:"audit_log"`
 	// AuditMaxFileSize rotates the audit log past this many bytes.
 	AuditMaxFileSize int64 `toml:"audit_max_file_size"`
+	// AuditSync is when a record is on disk: "fsync" (default) before the
+	// reply; "write" in the kernel before the reply (it outlives keywardd,
+	// not a power failure) and fsynced within AuditSyncInterval.
+	AuditSync         string   `toml:"audit_sync"`
+	AuditSyncInterval Duration `toml:"audit_sync_interval"`
 	// AuditCheckpointKey names a signing key (ecdsa-p256, rsa-3072-pss or
 	// ed25519) with which keywardd signs checkpoint records into the audit
 	// log; "" (default) writes none. The key is reserved: no caller may
@@ -150,6 +156,8 @@ func Defaults() Config {
 		SystemdSocketName:       "keyward",
 		AuditLog:                "/var/log/keyward/audit.log",
 		AuditMaxFileSize:        64 << 20,
+		AuditSync:               "fsync",
+		AuditSyncInterval:       Duration{time.Second},
 		AuditCheckpointEvery:    1000,
 		AuditCheckpointInterval: Duration{time.Minute},
 		LogLevel:                "info",
@@ -278,6 +286,12 @@ func (c *Config) Validate() error {
 	}
 	if c.AuditMaxFileSize < 4096 {
 		errs = append(errs, "audit_max_file_size: at least 4096 bytes")
+	}
+	if _, err := audit.ParseSyncMode(c.AuditSync); err != nil {
+		errs = append(errs, fmt.Sprintf(`audit_sync = %q: want "fsync" or "write"`, c.AuditSync))
+	}
+	if d := c.AuditSyncInterval.Duration; d < 10*time.Millisecond || d > time.Hour {
+		errs = append(errs, fmt.Sprintf("audit_sync_interval = %v: want 10ms..1h", d))
 	}
 	if c.AuditCheckpointKey != "" {
 		if err := keys.ValidateName(c.AuditCheckpointKey); err != nil {

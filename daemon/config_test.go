@@ -58,6 +58,15 @@ context = { app = "payments" }
 		{name: "plaintext limit over 64 KiB", in: "[backend]\ntoken = \"k\"\n[limits]\nmax_plaintext = 100000\n", wantErr: "limits.max_plaintext"},
 		{name: "bad log level", in: "log_level = \"loud\"\n[backend]\ntoken = \"k\"\n", wantErr: "log_level"},
 		{name: "syntax", in: "[backend\n", wantErr: "test.toml:1:"},
+		{name: "audit sync default", in: "[backend]\ntoken = \"k\"\n", check: func(c Config) bool {
+			return c.AuditSync == "fsync" && c.AuditSyncInterval.Duration == time.Second
+		}},
+		{name: "audit sync write", in: "audit_sync = \"write\"\naudit_sync_interval = \"250ms\"\n[backend]\ntoken = \"k\"\n", check: func(c Config) bool {
+			return c.AuditSync == "write" && c.AuditSyncInterval.Duration == 250*time.Millisecond
+		}},
+		{name: "audit sync unknown", in: "audit_sync = \"never\"\n[backend]\ntoken = \"k\"\n", wantErr: `audit_sync = "never": want "fsync" or "write"`},
+		{name: "audit sync interval too short", in: "audit_sync_interval = \"1ms\"\n[backend]\ntoken = \"k\"\n", wantErr: "audit_sync_interval = 1ms: want 10ms..1h"},
+		{name: "audit sync interval too long", in: "audit_sync_interval = \"2h\"\n[backend]\ntoken = \"k\"\n", wantErr: "audit_sync_interval = 2h0m0s: want 10ms..1h"},
 	}
 	tests = append(tests, tpmConfigTests...)
 	for _, tt := range tests {
