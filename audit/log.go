@@ -30,6 +30,12 @@ type Options struct {
 	// queued while the previous fsync ran, which already groups under load
 	// and adds no latency when idle.
 	MaxDelay time.Duration
+	// MaxWait, when positive, bounds how long an Append waits for the batch
+	// its records queued for (beyond what its ctx allows): it then returns
+	// context.DeadlineExceeded. The timer starts only when the record
+	// queues; an append to an idle log commits on the caller's goroutine
+	// and needs none.
+	MaxWait time.Duration
 	// RetryInterval: while failing, at most one Append per interval is let
 	// through to retry the disk; the others fail fast. Default 100 ms.
 	RetryInterval time.Duration
@@ -114,6 +120,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("audit: MaxBatch %d is negative", o.MaxBatch)
 	case o.MaxDelay < 0:
 		return o, fmt.Errorf("audit: MaxDelay %v is negative", o.MaxDelay)
+	case o.MaxWait < 0:
+		return o, fmt.Errorf("audit: MaxWait %v is negative", o.MaxWait)
 	case o.RetryInterval < 0:
 		return o, fmt.Errorf("audit: RetryInterval %v is negative", o.RetryInterval)
 	case o.Sync != SyncEach && o.Sync != SyncWrite:
@@ -177,7 +185,7 @@ type OpenReport struct {
 type Stats struct {
 	Records   uint64 // records written (with SyncEach: made durable)
 	Batches   uint64 // batches written (with SyncEach: one fsync each)
-	Inline    uint64 // of those, batches written by their appender on an idle log
+	Inline    uint64 // of those, batches written on an appender's goroutine, not the writer's
 	Fsyncs    uint64 // fsyncs of the log file: batches, and truncations on recovery
 	Rotations uint64
 	// Checkpoints written, and checkpoints due but not written because the
@@ -397,11 +405,19 @@ func (l *Log) wait(ctx context.Context, pd *pending) error {
 	case l.kick <- struct{}{}:
 	default:
 	}
+	var timeout <-chan time.Time
+	if l.opts.MaxWait > 0 {
+		t := time.NewTimer(l.opts.MaxWait)
+		defer t.Stop()
+		timeout = t.C
+	}
 	select {
 	case err := <-pd.done:
 		return err
 	case <-ctx.Done():
 		return fmt.Errorf("audit: %d record(s) queued, not yet durable: %w", n, ctx.Err())
+	case <-timeout:
+		return fmt.Errorf("audit: %d record(s) queued %v, not yet durable: %w", n, l.opts.MaxWait, context.DeadlineExceeded)
 	}
 }
 
@@ -495,6 +511,20 @@ func (l *Log) run() {
 func (l *Log) commitInline(pd *pending) {
 	idle, synced := l.sinceCheckpoint == 0, !l.unsynced
 	l.commit([]*pending{pd}, true)
+	if l.opts.Sync == SyncWrite {
+		// Records queued during that write: write them too rather than
+		// wake the writer to do it (a commit here is a write(2), seldom an
+		// fsync). Once: this caller's reply waits meanwhile.
+		l.mu.Lock()
+		var batch []*pending
+		if l.queued > 0 && !l.closed {
+			batch = l.dequeue()
+		}
+		l.mu.Unlock()
+		if batch != nil {
+			l.commit(batch, true)
+		}
+	}
 	kick := l.opts.Checkpoint != nil && idle && l.sinceCheckpoint > 0 || synced && l.unsynced
 	l.mu.Lock()
 	l.committing = false
@@ -580,21 +610,28 @@ func (l *Log) take() (batch []*pending, done bool) {
 			l.mu.Unlock()
 			continue
 		}
-		k, recs := 0, 0
-		for k < len(l.queue) && (k == 0 || recs+len(l.queue[k].recs) <= l.opts.MaxBatch) {
-			recs += len(l.queue[k].recs)
-			k++
-		}
-		batch = make([]*pending, k)
-		copy(batch, l.queue)
-		rest := copy(l.queue, l.queue[k:])
-		clear(l.queue[rest:])
-		l.queue = l.queue[:rest]
-		l.queued -= recs
+		batch = l.dequeue()
 		l.committing = true
 		l.mu.Unlock()
 		return batch, false
 	}
+}
+
+// dequeue takes the callers of up to MaxBatch queued records (or of one
+// AppendAll, however large) off the queue. l.mu is held.
+func (l *Log) dequeue() []*pending {
+	k, recs := 0, 0
+	for k < len(l.queue) && (k == 0 || recs+len(l.queue[k].recs) <= l.opts.MaxBatch) {
+		recs += len(l.queue[k].recs)
+		k++
+	}
+	batch := make([]*pending, k)
+	copy(batch, l.queue)
+	rest := copy(l.queue, l.queue[k:])
+	clear(l.queue[rest:])
+	l.queue = l.queue[:rest]
+	l.queued -= recs
+	return batch
 }
 
 // commit writes a batch with one write and one fsync, then releases its

@@ -341,3 +341,77 @@ func killChild(dir string) {
 		w.Flush()
 	}
 }
+
+// blockingFile's fsync waits until release is closed.
+type blockingFile struct {
+	*os.File
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (f blockingFile) Sync() error {
+	select {
+	case f.entered <- struct{}{}:
+	default:
+	}
+	<-f.release
+	return f.File.Sync()
+}
+
+// TestMaxWait: an Append queued behind a stuck fsync gives up after MaxWait
+// with context.DeadlineExceeded; the stuck one finishes once the disk does.
+func TestMaxWait(t *testing.T) {
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	var blocking atomic.Bool
+	opener := func(name string, flag int, perm fs.FileMode) (file, error) {
+		f, err := os.OpenFile(name, flag, perm)
+		if err != nil {
+			return nil, err
+		}
+		if !blocking.Load() {
+			return f, nil // Open's own fsync
+		}
+		return blockingFile{File: f, entered: entered, release: release}, nil
+	}
+	blocking.Store(false)
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := Open(path, Options{MaxWait: 50 * time.Millisecond, openFile: opener})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocking.Store(true)
+	l.mu.Lock()
+	l.dirty = true // the next commit reopens through the blocking opener
+	l.mu.Unlock()
+	first := make(chan error, 1)
+	go func() { first <- l.Append(context.Background(), rec("stuck")) }()
+	<-entered // the reopen's fsync is stuck: the log is committing
+	start := time.Now()
+	err = l.Append(context.Background(), rec("queued"))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued Append behind a stuck fsync: %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d < 40*time.Millisecond || d > 2*time.Second {
+		t.Errorf("gave up after %v, MaxWait 50ms", d)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("the stuck Append, once the disk answered: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The queued record may still have been written after its caller gave
+	// up (never the reverse: no reply without a record).
+	res := verifyChainAtLeast(t, path, 1)
+	t.Logf("%d records in the file", res.Records)
+}
+
+func verifyChainAtLeast(t *testing.T, path string, n uint64) Result {
+	t.Helper()
+	res, err := Verify(path)
+	if err != nil || res.Records < n {
+		t.Fatalf("Verify: %+v, %v; want at least %d records", res, err, n)
+	}
+	return res
+}

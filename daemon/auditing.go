@@ -45,7 +45,7 @@ func openAudit(cfg Config, be keys.Backend, m *Metrics, log *slog.Logger) (*audi
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
-	opts := audit.Options{MaxFileSize: cfg.AuditMaxFileSize, Logger: log, Sync: mode, SyncInterval: cfg.AuditSyncInterval.Duration,
+	opts := audit.Options{MaxFileSize: cfg.AuditMaxFileSize, Logger: log, MaxWait: auditTimeout, Sync: mode, SyncInterval: cfg.AuditSyncInterval.Duration,
 		OnFsync: func(d time.Duration) { fsync.Observe(d.Seconds()) }}
 	if cfg.AuditCheckpointKey != "" {
 		opts.Checkpoint = checkpointSigner{be: be, key: cfg.AuditCheckpointKey}
@@ -166,9 +166,7 @@ func (s *Service) auditIntent(ctx context.Context, op, key string) error {
 	if !ok || s.audit == nil {
 		return nil
 	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
-	defer cancel()
-	err := s.audit.Append(actx, audit.Record{Peer: cl.peer, Op: op, Key: key, Result: ResultStarted,
+	err := s.audit.Append(context.WithoutCancel(ctx), audit.Record{Peer: cl.peer, Op: op, Key: key, Result: ResultStarted,
 		Duration: time.Since(cl.start), RequestID: cl.id})
 	if err != nil {
 		s.log.Error("audit log write failed: refusing a key change before it starts", "op", op, "key", key, "err", err.Error())
@@ -242,9 +240,9 @@ func (s *Service) auditInterceptor(al *audit.Log) grpc.UnaryServerInterceptor {
 		if len(recs) == 0 { // refused before any operation began (bad request)
 			recs = []audit.Record{{Peer: cl.peer, Op: methodOp(method), Result: resultOf(err), Duration: time.Since(cl.start), RequestID: cl.id}}
 		}
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
-		defer cancel()
-		if aerr := al.AppendAll(actx, recs); aerr != nil {
+		// Not cancelled with the call: a record may not be abandoned once
+		// its operation ran (the log's MaxWait bounds the wait).
+		if aerr := al.AppendAll(context.WithoutCancel(ctx), recs); aerr != nil {
 			s.log.Error("audit log write failed: refusing the reply", "method", method, "request_id", cl.id, "err", aerr.Error())
 			return nil, statusFor(ErrAuditUnavailable)
 		}

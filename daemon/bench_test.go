@@ -12,12 +12,13 @@ import (
 )
 
 // BenchmarkWrapAudit: single wraps through the socket with the audit log
-// off and on (group-committed fsync per batch of records), same token,
+// off, on (group-committed fsync per batch of records) and on with
+// audit_sync = "write" (no fsync on the reply path), same token,
 // same run; 1, 8 and 64 goroutines on one connection. With
 // KEYWARD_BENCH_AUDIT_DIR set, also with the log in that directory (a
 // tmpfs there shows what is fsync and what is the rest).
 func BenchmarkWrapAudit(b *testing.B) {
-	modes := []string{"audit-off", "audit-on"}
+	modes := []string{"audit-off", "audit-on", "audit-write"}
 	if dir := os.Getenv("KEYWARD_BENCH_AUDIT_DIR"); dir != "" {
 		modes = append(modes, "audit-on-dir")
 	}
@@ -27,6 +28,8 @@ func BenchmarkWrapAudit(b *testing.B) {
 			switch mode {
 			case "audit-off":
 				c.AuditLog = "off"
+			case "audit-write":
+				c.AuditSync = "write"
 			case "audit-on-dir":
 				c.AuditLog = filepath.Join(os.Getenv("KEYWARD_BENCH_AUDIT_DIR"), "audit.log")
 			}
