@@ -15,7 +15,7 @@ DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd swtpm s
 
 DEV_DIR := .dev/softhsm
 
-.PHONY: all deps build test lint fmt run demo dev-token clean proto deb
+.PHONY: all deps build test lint fmt run demo bench-audit dev-token clean proto deb
 
 all: build
 
@@ -53,6 +53,11 @@ run: deps build
 demo: deps build
 	@$(MAKE) -s dev-token
 	./bin/keyward demo --dev-dir $(DEV_DIR)
+
+# What the audit log costs: three keywardd (audit off, audit_sync write and
+# fsync) driven in turns; ROUNDS, DURATION, CONCURRENCY, BATCH, AUDIT_DIR.
+bench-audit: deps build
+	@scripts/bench-audit.sh
 
 # A SoftHSM2 token for `make run`, provisioned once and kept in .dev/ (gitignored).
 dev-token:

@@ -35,7 +35,7 @@ func (b instantBackend) Wrap(context.Context, string, []byte, keys.Context) ([]b
 // limit, audit, decode check) and the Wrap and BatchWrap (100 items)
 // handlers, on a backend that answers at once. With audit on, the log is
 // in $KEYWARD_BENCH_AUDIT_DIR (default: a temporary directory; a tmpfs
-// leaves out the fsync).
+// leaves out the fsync); audit-write is audit_sync = "write".
 func BenchmarkCallPath(b *testing.B) {
 	blob, err := envelope.Encode(envelope.Header{Alg: envelope.AlgPKCS11GCM, Name: "bench/k", Version: 1, Nonce: make([]byte, 12)}, make([]byte, 48))
 	if err != nil {
@@ -50,13 +50,13 @@ func BenchmarkCallPath(b *testing.B) {
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity},
 	}})
 	bctx := map[string]string{"bench": "keyward"}
-	for _, mode := range []string{"audit-off", "audit-on"} {
+	for _, mode := range []string{"audit-off", "audit-on", "audit-write"} {
 		log := slog.New(slog.NewTextHandler(io.Discard, nil))
 		svc := NewService(instantBackend{blob: blob}, "pkcs11", "bench", pol, Defaults().Limits, log)
 		m := NewMetrics(nil)
 		svc.metrics = m
 		var al *audit.Log
-		if mode == "audit-on" {
+		if mode != "audit-off" {
 			dir := os.Getenv("KEYWARD_BENCH_AUDIT_DIR")
 			if dir == "" {
 				dir = b.TempDir()
@@ -64,7 +64,11 @@ func BenchmarkCallPath(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.Cleanup(func() { os.RemoveAll(dir) })
-			if al, err = audit.Open(filepath.Join(dir, "audit.log"), audit.Options{}); err != nil {
+			opts := audit.Options{}
+			if mode == "audit-write" {
+				opts.Sync = audit.SyncWrite
+			}
+			if al, err = audit.Open(filepath.Join(dir, "audit.log"), opts); err != nil {
 				b.Fatal(err)
 			}
 			b.Cleanup(func() { al.Close() })
