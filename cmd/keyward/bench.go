@@ -35,7 +35,9 @@ counted, not retried, and left out of the rate and the latencies.
 
 Ops: wrap, unwrap (of a blob wrapped once before the run), sign, verify (of a
 signature made once before the run), mac, datakey (--payload is the data
-key's length). --batch N sends N items per call (BatchWrap, BatchUnwrap,
+key's length), status (the daemon's Status call: no key, no device work, no
+audit record; what the socket, gRPC and keywardd's interceptors cost alone,
+the floor under every other op; it has no baseline). --batch N sends N items per call (BatchWrap, BatchUnwrap,
 BatchMac: wrap, unwrap and mac only); 0 makes single calls.
 
 Keys: with --key NAME every op uses that key, which must exist and fit the
@@ -91,6 +93,7 @@ var benchOps = []benchOp{
 	{"verify", keys.ECDSAP256, false},
 	{"mac", keys.HMACSHA256, true},
 	{"datakey", keys.AES256GCM, false},
+	{"status", "", false},
 }
 
 type benchOp struct {
@@ -121,7 +124,7 @@ func (a *app) benchCmd() *cobra.Command {
 		},
 	}
 	f := c.Flags()
-	f.StringSliceVar(&o.ops, "op", []string{"wrap"}, "`OP` to measure: wrap, unwrap, sign, verify, mac, datakey (repeat or comma-separate for several)")
+	f.StringSliceVar(&o.ops, "op", []string{"wrap"}, "`OP` to measure: wrap, unwrap, sign, verify, mac, datakey, status (repeat or comma-separate for several)")
 	f.IntSliceVar(&o.concurrency, "concurrency", []int{1, 8, 64}, "numbers of concurrent workers `N,...`, one level after the other")
 	f.DurationVar(&o.duration, "duration", 5*time.Second, "run each level for `D`")
 	f.IntVar(&o.payload, "payload", 32, "plaintext or message size in `BYTES` (datakey: the data key's length, 16 to 1024)")
@@ -144,7 +147,7 @@ func (o *benchOptions) check(c *cobra.Command) error {
 		name = strings.TrimSpace(name)
 		i := slices.IndexFunc(benchOps, func(b benchOp) bool { return b.name == name })
 		if i < 0 {
-			return usagef(cmd, "--op %q: want wrap, unwrap, sign, verify, mac or datakey", name)
+			return usagef(cmd, "--op %q: want wrap, unwrap, sign, verify, mac, datakey or status", name)
 		}
 		if o.batch > 0 && !benchOps[i].batch {
 			return usagef(cmd, "--batch: %s has no batch call (batch works with wrap, unwrap and mac)", name)
@@ -381,6 +384,9 @@ func benchPrepare(ctx context.Context, kc *client.Client, op string, o benchOpti
 	}
 	p := prepared{key: o.key, payload: make([]byte, o.payload)}
 	rand.Read(p.payload)
+	if op == "status" {
+		return prepared{}, nil // no key
+	}
 	if p.key == "" {
 		p.key = "bench/" + op
 		info, err := kc.DescribeKey(ctx, p.key)
@@ -498,6 +504,11 @@ func socketTarget(conns []*client.Client, op string, batch int, p prepared) benc
 			_, err := kc.Mac(ctx, p.key, p.payload)
 			return err
 		}
+	case "status":
+		one = func(ctx context.Context, kc *client.Client) error {
+			_, err := kc.Status(ctx)
+			return err
+		}
 	case "datakey":
 		one = func(ctx context.Context, kc *client.Client) error {
 			_, err := kc.GenerateDataKey(ctx, p.key, benchContext, len(p.payload), false)
@@ -535,6 +546,8 @@ func countErrs(errs []error) (int, error) {
 func baselineTarget(tok *hsm.Token, op string, batch int, p prepared) benchTarget {
 	var one func(ctx context.Context) error
 	switch op {
+	case "status":
+		return nil // nothing in-process to compare with
 	case "wrap":
 		one = func(ctx context.Context) error {
 			_, err := tok.Wrap(ctx, p.key, p.payload, benchContext)

@@ -112,6 +112,7 @@ func TestBenchUsageErrors(t *testing.T) {
 	}{
 		{name: "batch with sign", args: []string{"--op", "sign", "--batch", "10"}, want: "sign has no batch call"},
 		{name: "batch with datakey in a list", args: []string{"--op", "wrap,datakey", "--batch", "10"}, want: "datakey has no batch call"},
+		{name: "batch with status", args: []string{"--op", "status", "--batch", "10"}, want: "status has no batch call"},
 		{name: "concurrency 0", args: []string{"--concurrency", "1,0"}, want: "--concurrency 0"},
 		{name: "concurrency not a number", args: []string{"--concurrency", "many"}, want: "--concurrency"},
 		{name: "bad duration", args: []string{"--duration", "soon"}, want: "--duration"},
@@ -310,6 +311,19 @@ func TestBenchBaseline(t *testing.T) {
 			t.Errorf("%s: ratio %v, want %v", what, *row.Ratio, want)
 		}
 	}
+
+	// status has no key and nothing in-process to compare with: its rows
+	// have no baseline, beside a wrap row that has one.
+	r = bench("--op", "status,wrap", "--concurrency", "2", "--duration", "200ms", "--json")
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("bench --op status,wrap --baseline: exit %d, stderr %q", r.code, r.stderr)
+	}
+	rows = benchJSON(t, r.stdout)
+	if len(rows) != 2 || rows[0].Op != "status" || rows[0].Key != "" || rows[0].Baseline != nil || rows[0].Ratio != nil ||
+		rows[1].Op != "wrap" || rows[1].Baseline == nil {
+		t.Fatalf("rows %+v: want status without a baseline, then wrap with one", rows)
+	}
+	saneStats(t, "status c=2", rows[0].benchStats, 0)
 
 	// Batch, as a table with the ratio column.
 	r = bench("--op", "wrap", "--batch", "10", "--concurrency", "2", "--duration", "200ms")
