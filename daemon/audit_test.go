@@ -276,3 +276,34 @@ func TestAuditCheckpoints(t *testing.T) {
 		t.Error("the refused sign is not in the audit log with its reason")
 	}
 }
+
+// TestAuditUnsyncedMetric: keyward_audit_unsynced_records counts the records
+// acknowledged but not yet fsynced: none with audit_sync "fsync", every one
+// since the last fsync with "write".
+func TestAuditUnsyncedMetric(t *testing.T) {
+	auditSyncModes(t, func(t *testing.T, mode string) {
+		metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
+		r := start(t, testRules(), func(c *daemon.Config) {
+			c.AuditSync, c.AuditSyncInterval = mode, daemon.Duration{Duration: time.Hour}
+			c.MetricsSocket = metricsSock
+		})
+		ctx := context.Background()
+		c := dial(t, r.sock)
+		key := "app/unsynced-" + mode
+		if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: key, KeyType: "aes-256-gcm"}); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			if _, err := c.Wrap(ctx, &pb.WrapRequest{Key: key, Plaintext: []byte("x")}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := "keyward_audit_unsynced_records 0\n"
+		if mode == "write" {
+			want = "keyward_audit_unsynced_records 5\n" // the create's intent and outcome, 3 wraps
+		}
+		if page := scrape(t, metricsSock); !strings.Contains(page, want) {
+			t.Fatalf("metrics: want %q in\n%s", want, grepLines(page, "keyward_audit_"))
+		}
+	})
+}

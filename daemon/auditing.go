@@ -75,8 +75,11 @@ func openAudit(cfg Config, be keys.Backend, m *Metrics, log *slog.Logger) (*audi
 		Name: "keyward_audit_checkpoints_total", Help: "Signed checkpoint records written to the audit log.",
 	}, func() float64 { return float64(al.Stats().Checkpoints) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "keyward_audit_checkpoint_failures_total", Help: "Checkpoints due but not written because signing failed.",
-	}, func() float64 { return float64(al.Stats().CheckpointFailures) }))
-	log.Info("audit log", "path", cfg.AuditLog, "checkpoint_key", cfg.AuditCheckpointKey)
+	}, func() float64 { return float64(al.Stats().CheckpointFailures) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keyward_audit_unsynced_records",
+		Help: "Audit records written and acknowledged but not yet fsynced (audit_sync = \"write\"; always 0 with \"fsync\").",
+	}, func() float64 { st := al.Stats(); return float64(st.Seq - st.Synced) }))
+	log.Info("audit log", "path", cfg.AuditLog, "sync", mode.String(), "checkpoint_key", cfg.AuditCheckpointKey)
 	return al, nil
 }
 
