@@ -38,7 +38,7 @@ func (t *Token) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.
 	t.adminMu.Lock()
 	defer t.adminMu.Unlock()
 	var out keys.KeyInfo
-	err := t.withSession(ctx, func(s *sess) error {
+	err := t.withObjectChanges(ctx, func(s *sess) error {
 		if !s.supports(ty) {
 			return fmt.Errorf("create %s: token lacks the mechanisms for %s: %w", name, ty, keys.ErrUnsupported)
 		}
@@ -121,7 +121,7 @@ func (t *Token) update(ctx context.Context, op, name string, change func(s *sess
 	var out keys.KeyInfo
 	var err error
 	for range maxAdminRetries {
-		err = t.withSession(ctx, func(s *sess) error {
+		err = t.withObjectChanges(ctx, func(s *sess) error {
 			cur, err := s.loadMeta(name, true)
 			if err != nil {
 				return err
@@ -179,7 +179,7 @@ func (t *Token) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error
 	})
 	if err != nil && made != nil {
 		// The record was not stored: the new objects are unpublished.
-		t.withSession(context.WithoutCancel(ctx), func(s *sess) error {
+		t.withObjectChanges(context.WithoutCancel(ctx), func(s *sess) error {
 			if r, lerr := s.loadMeta(name, true); lerr == nil && int(made.Version) <= len(r.Vers) && r.Vers[made.Version-1].ID == made.ID {
 				return nil // it was stored after all
 			}

@@ -54,7 +54,7 @@ func (t *Token) AdoptKey(ctx context.Context, name string, ty keys.Type, ref str
 	t.adminMu.Lock()
 	defer t.adminMu.Unlock()
 	var out keys.KeyInfo
-	err := t.withSession(ctx, func(s *sess) error {
+	err := t.withObjectChanges(ctx, func(s *sess) error {
 		if _, err := s.loadMeta(name, true); err == nil {
 			return keys.ErrKeyExists
 		} else if !errors.Is(err, keys.ErrKeyNotFound) {

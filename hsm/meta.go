@@ -121,6 +121,9 @@ func (t *Token) cached(name string) *cachedMeta {
 // created one at the same moment, both settle on the lowest CKA_ID.
 func (s *sess) ensureMetaKey() (objRef, error) {
 	t := s.t
+	// Called while a state is made (at Open and after a re-initialisation),
+	// before any object lock is held; it may create the key.
+	defer t.mod.lockObjects(true)()
 	tmpl := objRef{Class: pkcs11.CKO_SECRET_KEY, Label: metaKeyLabel}.template()
 	hs, err := s.find(tmpl)
 	if err != nil {

@@ -394,7 +394,18 @@ type sess struct {
 // fail), objects are found anew, and fn runs once more. fn must look
 // objects up through the sess it is given and never keep handles.
 func (t *Token) withSession(ctx context.Context, fn func(s *sess) error) error {
-	gen, err := t.attempt(ctx, fn)
+	return t.withSessionMode(ctx, false, fn)
+}
+
+// withObjectChanges is withSession for fn that create or destroy token
+// objects: on modules that need it (see module.objects) no other session
+// runs meanwhile.
+func (t *Token) withObjectChanges(ctx context.Context, fn func(s *sess) error) error {
+	return t.withSessionMode(ctx, true, fn)
+}
+
+func (t *Token) withSessionMode(ctx context.Context, exclusive bool, fn func(s *sess) error) error {
+	gen, err := t.attempt(ctx, exclusive, fn)
 	if err == nil || !recoverable(err) {
 		return err
 	}
@@ -402,16 +413,17 @@ func (t *Token) withSession(ctx context.Context, fn func(s *sess) error) error {
 	if err := t.mod.reinit(gen); err != nil {
 		return fmt.Errorf("%w: %w", err, keys.ErrUnavailable)
 	}
-	_, err = t.attempt(ctx, fn)
+	_, err = t.attempt(ctx, exclusive, fn)
 	if recoverable(err) {
 		return fmt.Errorf("%w: %w", err, keys.ErrUnavailable)
 	}
 	return err
 }
 
-// attempt runs fn once with a pooled session of a current state. It
+// attempt runs fn once with a pooled session of a current state, holding
+// the module's object lock (exclusive: for writing) while fn runs. It
 // returns the module generation it ran under.
-func (t *Token) attempt(ctx context.Context, fn func(s *sess) error) (uint64, error) {
+func (t *Token) attempt(ctx context.Context, exclusive bool, fn func(s *sess) error) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -432,7 +444,12 @@ func (t *Token) attempt(ctx context.Context, fn func(s *sess) error) (uint64, er
 	if err != nil {
 		return st.modGen, err
 	}
+	// Taken once a session is held, never while waiting for one: an
+	// exclusive holder waiting for a session that a reader waiting for the
+	// lock holds would deadlock.
+	unlock := m.lockObjects(exclusive)
 	ferr := fn(&sess{t: t, st: st, p: st.p, sh: sh})
+	unlock()
 	if recoverable(ferr) {
 		st.handles.Clear() // found again on the retry, whether or not the module is re-initialised
 	}
