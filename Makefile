@@ -137,13 +137,13 @@ fuzz: deps
 # many-connection, recovery and footprint tests (exec to READY within its
 # 150 ms target, memory under load). The last line counts fuzz targets and
 # tests (subtests included) passed and failed.
-RELIABILITY_TESTS := CrashSafety|CrashDuringChanges|TokenDisruption|Hostile|ManyConnections|Recovery|Footprint
+RELIABILITY_TESTS := CrashSafety|CrashDuringChanges|TokenDisruption|Hostile|ManyConnections|Recovery|Footprint|ConcurrentKeyChanges
 RELIABILITY_PKGS := ./cmd/keywardd ./daemon ./hsm ./tpm
 
 reliability: deps
 	@set -o pipefail; log=$$(mktemp -d); trap 'rm -rf "$$log"' EXIT; start=$$(date +%s); \
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME) 2>&1 | tee "$$log/fuzz"; fuzzrc=$$?; \
-	KEYWARD_CRASH_ITERATIONS=100 KEYWARD_PERF_TARGETS=1 $(GO) test -count=1 -timeout 30m -v -run '$(RELIABILITY_TESTS)' $(RELIABILITY_PKGS) 2>&1 | tee "$$log/test"; testrc=$$?; \
+	KEYWARD_CRASH_ITERATIONS=100 KEYWARD_PERF_TARGETS=1 KEYWARD_OBJECT_RACE_DURATION=20s $(GO) test -count=1 -timeout 30m -v -run '$(RELIABILITY_TESTS)' $(RELIABILITY_PKGS) 2>&1 | tee "$$log/test"; testrc=$$?; \
 	passed=$$(( $$(grep -c '^fuzz: PASS' "$$log/fuzz") + $$(grep -cE '^ *--- PASS:' "$$log/test") )); \
 	failed=$$(( $$(grep -c '^fuzz: FAIL' "$$log/fuzz") + $$(grep -cE '^ *--- FAIL:' "$$log/test") )); \
 	if [ $$failed -eq 0 ] && [ $$fuzzrc -ne 0 -o $$testrc -ne 0 ]; then failed=1; fi; \
