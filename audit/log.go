@@ -439,6 +439,9 @@ func (l *Log) Status() (failing bool, lastErr error, queue int) {
 	return l.failing, l.lastErr, l.queued
 }
 
+// SyncMode is the mode the log was opened with.
+func (l *Log) SyncMode() SyncMode { return l.opts.Sync }
+
 // Stats returns the counters.
 func (l *Log) Stats() Stats {
 	l.mu.Lock()

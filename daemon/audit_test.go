@@ -277,9 +277,9 @@ func TestAuditCheckpoints(t *testing.T) {
 	}
 }
 
-// TestAuditUnsyncedMetric: keyward_audit_unsynced_records counts the records
-// acknowledged but not yet fsynced: none with audit_sync "fsync", every one
-// since the last fsync with "write".
+// TestAuditUnsyncedMetric: keyward_audit_unsynced_records (and status's
+// audit_unsynced) counts the records acknowledged but not yet fsynced: none
+// with audit_sync "fsync", every one since the last fsync with "write".
 func TestAuditUnsyncedMetric(t *testing.T) {
 	auditSyncModes(t, func(t *testing.T, mode string) {
 		metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
@@ -304,6 +304,14 @@ func TestAuditUnsyncedMetric(t *testing.T) {
 		}
 		if page := scrape(t, metricsSock); !strings.Contains(page, want) {
 			t.Fatalf("metrics: want %q in\n%s", want, grepLines(page, "keyward_audit_"))
+		}
+		wantUnsynced := uint64(0)
+		if mode == "write" {
+			wantUnsynced = 5
+		}
+		st, err := c.Status(ctx, &pb.StatusRequest{})
+		if err != nil || st.GetAuditSync() != mode || st.GetAuditUnsynced() != wantUnsynced || st.GetAudit() != "ok" {
+			t.Fatalf("status: audit %q sync %q unsynced %d (%v); want ok, %s, %d", st.GetAudit(), st.GetAuditSync(), st.GetAuditUnsynced(), err, mode, wantUnsynced)
 		}
 	})
 }

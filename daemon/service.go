@@ -667,6 +667,8 @@ func (s *Service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.Status
 	out.Audit = "off"
 	if s.audit != nil {
 		out.Audit = "ok"
+		st := s.audit.Stats()
+		out.AuditSync, out.AuditUnsynced = s.audit.SyncMode().String(), st.Seq-st.Synced
 		if failing, _, _ := s.audit.Status(); failing {
 			out.Audit = "failing: the audit log cannot be written; operations are refused (the daemon log says why)"
 		}

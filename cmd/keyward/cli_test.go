@@ -256,6 +256,23 @@ func TestExitCodeReasons(t *testing.T) {
 
 // TestStatusText: status as the invoking uid, and as a uid the policy does
 // not name, which sees no keys at all.
+func TestAuditText(t *testing.T) {
+	for _, tc := range []struct {
+		st   statusJSON
+		want string
+	}{
+		{statusJSON{Audit: "off"}, "off"},
+		{statusJSON{Audit: "ok", AuditSync: "fsync"}, "ok (audit_sync fsync)"},
+		{statusJSON{Audit: "ok", AuditSync: "write", AuditUnsynced: 42}, "ok (audit_sync write: 42 records written, not yet fsynced)"},
+		{statusJSON{Audit: "failing: x", AuditSync: "fsync"}, "failing: x (audit_sync fsync)"},
+		{statusJSON{}, "?"},
+	} {
+		if got := auditText(tc.st); got != tc.want {
+			t.Errorf("auditText(%+v) = %q, want %q", tc.st, got, tc.want)
+		}
+	}
+}
+
 func TestStatusText(t *testing.T) {
 	socket := startDaemon(t)
 	ok(t, socket, nil, "key", "create", fresh("st")+"/k", "--type", "ed25519")
@@ -275,7 +292,8 @@ func TestStatusText(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.You.UID != uint32(os.Getuid()) || st.You.GID != uint32(os.Getgid()) || len(st.You.Groups) != len(groups) ||
-		st.You.PID != int32(r.pid) || st.Keys != uint32(len(list.Keys)) || st.Version == "" {
+		st.You.PID != int32(r.pid) || st.Keys != uint32(len(list.Keys)) || st.Version == "" ||
+		st.Audit != "ok" || st.AuditSync != "fsync" || st.AuditUnsynced != 0 {
 		t.Errorf("status --json %+v: want uid %d, gid %d, groups %v, pid %d, %d keys", st, os.Getuid(), os.Getgid(), groups, r.pid, len(list.Keys))
 	}
 	groupText := make([]string, len(groups))
@@ -287,6 +305,7 @@ func TestStatusText(t *testing.T) {
 		"keywardd " + st.Version + " at " + socket + ", serving since ",
 		"\nbackend pkcs11: healthy\n",
 		fmt.Sprintf("\nkeys: %d\n", len(list.Keys)),
+		"\naudit log: ok (audit_sync fsync)\n",
 		fmt.Sprintf("\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\n", os.Getuid(), os.Getgid(),
 			orText(strings.Join(groupText, ","), "-"), r.pid, orText(st.You.Unit, "-")),
 	} {

@@ -21,6 +21,8 @@ type statusJSON struct {
 	BackendError   string     `json:"backend_error,omitempty"`
 	Keys           uint32     `json:"keys"`
 	Audit          string     `json:"audit"`
+	AuditSync      string     `json:"audit_sync,omitempty"`
+	AuditUnsynced  uint64     `json:"audit_unsynced"`
 	Started        *time.Time `json:"started,omitempty"`
 	You            peerJSON   `json:"you"`
 }
@@ -73,6 +75,7 @@ func toStatusJSON(st *keywardv1.StatusResponse) statusJSON {
 	out := statusJSON{
 		Version: st.GetVersion(), Backend: st.GetBackend(), BackendHealthy: st.GetBackendHealthy(),
 		BackendError: st.GetBackendError(), Keys: st.GetKeys(), Audit: st.GetAudit(),
+		AuditSync: st.GetAuditSync(), AuditUnsynced: st.GetAuditUnsynced(),
 		You: peerJSON{UID: you.GetUid(), GID: you.GetGid(), Groups: you.GetGroups(), PID: you.GetPid(), Unit: you.GetUnit()},
 	}
 	if out.You.Groups == nil {
@@ -99,9 +102,22 @@ func printStatus(a *app, s statusJSON) error {
 		groups[i] = strconv.FormatUint(uint64(g), 10)
 	}
 	_, err := fmt.Fprintf(a.stdout, "keywardd %s at %s%s\nbackend %s: %s\nkeys: %d\naudit log: %s\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\n",
-		orText(s.Version, "(version unknown)"), a.socket, since, orText(s.Backend, "?"), health, s.Keys, orText(s.Audit, "?"),
+		orText(s.Version, "(version unknown)"), a.socket, since, orText(s.Backend, "?"), health, s.Keys, auditText(s),
 		s.You.UID, s.You.GID, orText(strings.Join(groups, ","), "-"), s.You.PID, orText(s.You.Unit, "-"))
 	return err
+}
+
+// auditText is the audit line: its state, and how records reach the disk.
+func auditText(s statusJSON) string {
+	text := orText(s.Audit, "?")
+	switch s.AuditSync {
+	case "":
+	case "write":
+		text += fmt.Sprintf(" (audit_sync write: %d records written, not yet fsynced)", s.AuditUnsynced)
+	default:
+		text += " (audit_sync " + s.AuditSync + ")"
+	}
+	return text
 }
 
 func orText(s, alt string) string {

@@ -2642,8 +2642,10 @@ type StatusResponse struct {
 	BackendError   string                 `protobuf:"bytes,4,opt,name=backend_error,json=backendError,proto3" json:"backend_error,omitempty"` // why not healthy (no secrets)
 	Keys           uint32                 `protobuf:"varint,5,opt,name=keys,proto3" json:"keys,omitempty"`                                    // keys the caller may read (key.read)
 	Started        *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started,proto3" json:"started,omitempty"`
-	You            *Peer                  `protobuf:"bytes,7,opt,name=you,proto3" json:"you,omitempty"`     // the caller, as the kernel reported it
-	Audit          string                 `protobuf:"bytes,8,opt,name=audit,proto3" json:"audit,omitempty"` // "ok", "off", or why the audit log cannot be written (operations are then refused)
+	You            *Peer                  `protobuf:"bytes,7,opt,name=you,proto3" json:"you,omitempty"`                                            // the caller, as the kernel reported it
+	Audit          string                 `protobuf:"bytes,8,opt,name=audit,proto3" json:"audit,omitempty"`                                        // "ok", "off", or why the audit log cannot be written (operations are then refused)
+	AuditSync      string                 `protobuf:"bytes,9,opt,name=audit_sync,json=auditSync,proto3" json:"audit_sync,omitempty"`               // "fsync" or "write" (audit_sync); "" when the audit log is off
+	AuditUnsynced  uint64                 `protobuf:"varint,10,opt,name=audit_unsynced,json=auditUnsynced,proto3" json:"audit_unsynced,omitempty"` // records acknowledged but not yet fsynced (only with "write")
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -2732,6 +2734,20 @@ func (x *StatusResponse) GetAudit() string {
 		return x.Audit
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetAuditSync() string {
+	if x != nil {
+		return x.AuditSync
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetAuditUnsynced() uint64 {
+	if x != nil {
+		return x.AuditUnsynced
+	}
+	return 0
 }
 
 type Peer struct {
@@ -2983,7 +2999,7 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x19\n" +
 	"\bkey_type\x18\x02 \x01(\tR\akeyType\x12\x10\n" +
 	"\x03uri\x18\x03 \x01(\tR\x03uri\"\x0f\n" +
-	"\rStatusRequest\"\x96\x02\n" +
+	"\rStatusRequest\"\xdc\x02\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
 	"\abackend\x18\x02 \x01(\tR\abackend\x12'\n" +
@@ -2992,7 +3008,11 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x04keys\x18\x05 \x01(\rR\x04keys\x124\n" +
 	"\astarted\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12\"\n" +
 	"\x03you\x18\a \x01(\v2\x10.keyward.v1.PeerR\x03you\x12\x14\n" +
-	"\x05audit\x18\b \x01(\tR\x05audit\"h\n" +
+	"\x05audit\x18\b \x01(\tR\x05audit\x12\x1d\n" +
+	"\n" +
+	"audit_sync\x18\t \x01(\tR\tauditSync\x12%\n" +
+	"\x0eaudit_unsynced\x18\n" +
+	" \x01(\x04R\rauditUnsynced\"h\n" +
 	"\x04Peer\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
