@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keyward/keyward/internal/testutil"
 )
 
 // countingFile counts the fsyncs of the log file and fails them on demand.
@@ -213,7 +214,7 @@ func TestSyncWrite(t *testing.T) {
 func TestSyncWriteFailure(t *testing.T) {
 	var syncs atomic.Int64
 	var failSync atomic.Bool
-	var logBuf syncBuffer
+	var logBuf testutil.SyncBuffer
 	path := filepath.Join(t.TempDir(), "audit.log")
 	l := open(t, path, Options{Sync: SyncWrite, SyncInterval: 300 * time.Millisecond, RetryInterval: 10 * time.Millisecond,
 		openFile: countingOpener(&syncs, &failSync), Logger: slog.New(slog.NewTextHandler(&logBuf, nil))})
@@ -254,24 +255,6 @@ func TestSyncWriteFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	verifyChain(t, path, 7) // synced, 5 acked, after
-}
-
-// syncBuffer is a bytes.Buffer safe for the log's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestSyncWriteSurvivesKill: SyncWrite's promise is that a record whose

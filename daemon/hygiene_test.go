@@ -1,7 +1,6 @@
 package daemon_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
@@ -9,26 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/internal/testutil"
 	"github.com/keyward/keyward/policy"
 )
-
-// syncBuffer is a log sink safe for the daemon's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func scrape(t *testing.T, sock string) string {
 	t.Helper()
@@ -49,7 +35,7 @@ func scrape(t *testing.T, sock string) string {
 // failure paths, at debug log level, and scans every log line, the audit
 // log and the metrics page: no marker may appear.
 func TestSecretHygiene(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
 	r := startWith(t, append(testRules(), policy.Rule{Name: "mac", UIDs: []uint32{appUID}, Keys: []string{"hyg/*"}, Operations: []string{"verify-mac"}}),
 		func(c *daemon.Config) {

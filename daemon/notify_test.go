@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/internal/testutil"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 )
@@ -95,26 +95,9 @@ func (m *fakeManager) none(t *testing.T, prefix string, d time.Duration) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func newTestLifecycle(t *testing.T, be *probeBackend, watchdog time.Duration) (*lifecycle, *fakeManager, *syncBuffer) {
+func newTestLifecycle(t *testing.T, be *probeBackend, watchdog time.Duration) (*lifecycle, *fakeManager, *testutil.SyncBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	pol, err := policy.Compile(nil, policy.SystemResolver())
 	if err != nil {

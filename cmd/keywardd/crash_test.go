@@ -23,6 +23,7 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/audit"
+	"github.com/keyward/keyward/internal/testutil"
 	softhsmtest "github.com/keyward/keyward/softhsm-test"
 )
 
@@ -30,30 +31,12 @@ import (
 // default so `make test` stays fast, 100 under `make reliability`.
 const crashIterationsEnv = "KEYWARD_CRASH_ITERATIONS"
 
-// syncBuffer is a bytes.Buffer a child process writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // daemonProc is a keywardd the reliability tests kill and restart: unlike
 // startDaemon it keeps no connection from its readiness probe open (a probe
 // left reconnecting to a stale socket would pile up over 100 restarts).
 type daemonProc struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *testutil.SyncBuffer
 	conn   *grpc.ClientConn
 	c      pb.KeywardClient
 	ready  time.Duration // exec to the first answered Status
@@ -63,7 +46,7 @@ type daemonProc struct {
 
 func launchDaemon(t *testing.T, sock, cfg string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{cmd: exec.Command(bin, "--config", cfg), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	d := &daemonProc{cmd: exec.Command(bin, "--config", cfg), stderr: &testutil.SyncBuffer{}, exited: make(chan struct{})}
 	d.cmd.Stderr = d.stderr
 	start := time.Now()
 	if err := d.cmd.Start(); err != nil {

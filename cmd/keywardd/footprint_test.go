@@ -16,6 +16,7 @@ import (
 	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/internal/testutil"
 	softhsmtest "github.com/keyward/keyward/softhsm-test"
 )
 
@@ -75,7 +76,7 @@ func TestFootprint(t *testing.T) {
 		t.Helper()
 		cmd := exec.Command(bin, "--dev", "--dev-dir", devDir, "--socket", sock)
 		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.path)
-		var stderr syncBuilder
+		var stderr testutil.SyncBuffer
 		cmd.Stderr = &stderr
 		began := time.Now()
 		if err := cmd.Start(); err != nil {

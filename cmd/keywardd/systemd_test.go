@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/internal/testutil"
 	softhsmtest "github.com/keyward/keyward/softhsm-test"
 )
 
@@ -191,7 +191,7 @@ operations = ["wrap", "unwrap", "key.create", "key.read"]
 		"-E", "NOTIFY_SOCKET="+notify.path, "-E", "WATCHDOG_USEC=1000000",
 		"-E", softhsmtest.EnvConf+"="+tok.ConfPath, "-E", "CREDENTIALS_DIRECTORY="+creds,
 		bin, "--config", cfgPath)
-	var stderr syncBuilder
+	var stderr testutil.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -317,24 +317,6 @@ func waitFor(t *testing.T, cond func() bool, within time.Duration, what string) 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// syncBuilder collects a child's output while the test reads it.
-type syncBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuilder) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuilder) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestRefusedPINExits4: a PIN the token refuses ends keywardd with exit 4,
