@@ -56,6 +56,8 @@ kind = "pkcs11"
 module = "$MODULE"
 token = "bench"
 pin_file = "$d/pin"
+[limits]
+max_concurrent_per_uid = 4096
 [[rule]]
 name = "bench"
 uids = [$(id -u)]
@@ -76,9 +78,15 @@ IFS=, read -ra concs <<<"$CONCURRENCY"
 for r in $(seq "$ROUNDS"); do
 	for c in "${concs[@]}"; do
 		for mode in "${MODES[@]}"; do
-			# The table's third column is ops/s (items/s for batches).
-			rate=$("$BIN/keyward" --socket "$WORK/$mode/keyward.sock" bench --op wrap --concurrency "$c" \
-				--duration "$DURATION" "${batch[@]}" | awk '$1 == "wrap" { print $4 }')
+			# The table's fourth column is ops/s (items/s for batches).
+			if ! table=$("$BIN/keyward" --socket "$WORK/$mode/keyward.sock" bench --op wrap --concurrency "$c" \
+				--duration "$DURATION" "${batch[@]}" 2>"$WORK/bench.err"); then
+				echo >&2
+				echo "bench-audit: keyward bench against the $mode keywardd failed:" >&2
+				cat "$WORK/bench.err" >&2
+				exit 1
+			fi
+			rate=$(awk '$1 == "wrap" { print $4 }' <<<"$table")
 			echo "$c $r $mode $rate" >>"$WORK/results"
 		done
 	done
