@@ -123,7 +123,7 @@ func (s *sess) ensureMetaKey() (objRef, error) {
 	t := s.t
 	// Called while a state is made (at Open and after a re-initialisation),
 	// before any object lock is held; it may create the key.
-	defer t.mod.lockObjects(true)()
+	defer t.mod.unlockObjects(true, t.mod.lockObjects(true))
 	tmpl := objRef{Class: pkcs11.CKO_SECRET_KEY, Label: metaKeyLabel}.template()
 	hs, err := s.find(tmpl)
 	if err != nil {

@@ -104,17 +104,27 @@ func needsObjectLock(manufacturer string) bool {
 }
 
 // lockObjects takes module.objects (for writing if exclusive) when the
-// module needs it, and returns its release.
-func (m *module) lockObjects(exclusive bool) func() {
+// module needs it, and reports whether it did; unlockObjects undoes it.
+// (No closure: this is on every call's path.)
+func (m *module) lockObjects(exclusive bool) bool {
 	switch {
 	case !m.serialObjects:
-		return func() {}
+		return false
 	case exclusive:
 		m.objects.Lock()
-		return m.objects.Unlock
 	default:
 		m.objects.RLock()
-		return m.objects.RUnlock
+	}
+	return true
+}
+
+func (m *module) unlockObjects(exclusive, locked bool) {
+	switch {
+	case !locked:
+	case exclusive:
+		m.objects.Unlock()
+	default:
+		m.objects.RUnlock()
 	}
 }
 

@@ -447,9 +447,9 @@ func (t *Token) attempt(ctx context.Context, exclusive bool, fn func(s *sess) er
 	// Taken once a session is held, never while waiting for one: an
 	// exclusive holder waiting for a session that a reader waiting for the
 	// lock holds would deadlock.
-	unlock := m.lockObjects(exclusive)
+	locked := m.lockObjects(exclusive)
 	ferr := fn(&sess{t: t, st: st, p: st.p, sh: sh})
-	unlock()
+	m.unlockObjects(exclusive, locked)
 	if recoverable(ferr) {
 		st.handles.Clear() // found again on the retry, whether or not the module is re-initialised
 	}
