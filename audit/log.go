@@ -486,10 +486,7 @@ func (l *Log) run() {
 					l.fail(nil, 0, err)
 					l.closeErr = err
 				} else {
-					l.syncedSeq = l.seq
-					l.mu.Lock()
-					l.stats.Synced = l.seq
-					l.mu.Unlock()
+					l.markSynced()
 				}
 			}
 			if l.f != nil {
@@ -763,6 +760,15 @@ func (l *Log) sync() error {
 	return nil
 }
 
+// markSynced records, after a sync outside a commit, that every record
+// written so far is on disk.
+func (l *Log) markSynced() {
+	l.syncedSeq = l.seq
+	l.mu.Lock()
+	l.stats.Synced = l.seq
+	l.mu.Unlock()
+}
+
 // syncDue reports whether SyncWrite's fsync of written records is due, and
 // if not, how long until it is. l.mu is held, and no commit is under way.
 func (l *Log) syncDue() (bool, time.Duration) {
@@ -868,10 +874,7 @@ func (l *Log) rotate() {
 			l.fail(nil, 0, err)
 			return
 		}
-		l.syncedSeq = l.seq
-		l.mu.Lock()
-		l.stats.Synced = l.seq
-		l.mu.Unlock()
+		l.markSynced()
 	}
 	name := RotatedName(l.path, l.first, l.seq)
 	err := func() error {
