@@ -201,6 +201,10 @@ type Stats struct {
 	Synced uint64
 }
 
+// Unsynced is the number of records written and acknowledged but not yet
+// known to be on disk (always 0 with SyncEach).
+func (s Stats) Unsynced() uint64 { return s.Seq - s.Synced }
+
 // Log is an open audit log. Its methods are safe for concurrent use.
 type Log struct {
 	path     string

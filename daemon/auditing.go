@@ -78,7 +78,7 @@ func openAudit(cfg Config, be keys.Backend, m *Metrics, log *slog.Logger) (*audi
 	}, func() float64 { return float64(al.Stats().CheckpointFailures) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "keyward_audit_unsynced_records",
 		Help: "Audit records written and acknowledged but not yet fsynced (audit_sync = \"write\"; always 0 with \"fsync\").",
-	}, func() float64 { st := al.Stats(); return float64(st.Seq - st.Synced) }))
+	}, func() float64 { return float64(al.Stats().Unsynced()) }))
 	log.Info("audit log", "path", cfg.AuditLog, "sync", mode.String(), "checkpoint_key", cfg.AuditCheckpointKey)
 	return al, nil
 }

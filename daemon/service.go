@@ -667,8 +667,7 @@ func (s *Service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.Status
 	out.Audit = "off"
 	if s.audit != nil {
 		out.Audit = "ok"
-		st := s.audit.Stats()
-		out.AuditSync, out.AuditUnsynced = s.audit.SyncMode().String(), st.Seq-st.Synced
+		out.AuditSync, out.AuditUnsynced = s.audit.SyncMode().String(), s.audit.Stats().Unsynced()
 		if failing, _, _ := s.audit.Status(); failing {
 			out.Audit = "failing: the audit log cannot be written; operations are refused (the daemon log says why)"
 		}
