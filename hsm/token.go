@@ -86,6 +86,7 @@ type Token struct {
 	pubs sync.Map // hex CKA_ID -> crypto.PublicKey; an object's public key never changes
 
 	adminMu sync.Mutex // serialises admin operations in this process
+	cross   *crossLock // and across processes, on SoftHSM2 (nil: not needed or not available)
 	cacheMu sync.Mutex
 	cache   map[string]*cachedMeta
 
@@ -189,6 +190,13 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 		return nil, err
 	}
 	t.state.Store(st)
+	if mod.serialObjects && !cfg.ReadOnly { // a read-only token changes no key: no lock file either
+		if ti, err := st.p.GetTokenInfo(st.slot); err == nil {
+			if t.cross, err = openCrossLock(ti.SerialNumber); err != nil {
+				log.Warn("key changes are not serialised with other processes using this SoftHSM2 token", "err", err.Error())
+			}
+		}
+	}
 	log.Info("pkcs11 token ready", "token", t.tokenName(), "slot", st.slot, "sessions", size)
 	return t, nil
 }
@@ -309,6 +317,7 @@ func (t *Token) Close() error {
 	}
 	t.mod.mu.RUnlock()
 	t.mod.release()
+	t.cross.close()
 	secretfile.Zero(t.pin)
 	return nil
 }
@@ -405,6 +414,15 @@ func (t *Token) withObjectChanges(ctx context.Context, fn func(s *sess) error) e
 }
 
 func (t *Token) withSessionMode(ctx context.Context, exclusive bool, fn func(s *sess) error) error {
+	if exclusive {
+		// Before the session and the module lock: waiting for another
+		// process must not hold back this one's data operations.
+		unlock, err := t.cross.lock(ctx)
+		if err != nil {
+			return fmt.Errorf("%w: %w", err, keys.ErrUnavailable)
+		}
+		defer unlock()
+	}
 	gen, err := t.attempt(ctx, exclusive, fn)
 	if err == nil || !recoverable(err) {
 		return err
