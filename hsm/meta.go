@@ -344,6 +344,9 @@ func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 	}
 	recs, err := s.findMeta(rec.Name)
 	if err != nil {
+		// Unchecked, so not published: left behind, it could tie with a
+		// concurrent writer's record or name objects the caller withdraws.
+		s.p.DestroyObject(s.sh, mine)
 		return err
 	}
 	for _, r := range recs {
