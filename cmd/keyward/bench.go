@@ -37,8 +37,9 @@ Ops: wrap, unwrap (of a blob wrapped once before the run), sign, verify (of a
 signature made once before the run), mac, datakey (--payload is the data
 key's length), status (the daemon's Status call: no key, no device work, no
 audit record; what the socket, gRPC and keywardd's interceptors cost alone,
-the floor under every other op; it has no baseline). --batch N sends N items per call (BatchWrap, BatchUnwrap,
-BatchMac: wrap, unwrap and mac only); 0 makes single calls.
+the floor under every other op; it has no baseline). --batch N sends N
+items per call (BatchWrap, BatchUnwrap, BatchMac: wrap, unwrap and mac
+only); 0 makes single calls.
 
 Keys: with --key NAME every op uses that key, which must exist and fit the
 op. Without it each op uses bench/<op> (aes-256-gcm for wrap, unwrap and
