@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,8 +80,12 @@ type Backend struct {
 	readOnly bool
 	recs     map[string]*record
 	ringKey  *blobPair
-	types    map[keys.Type]bool
-	closed   bool
+	// noCounter: no rollback counter (the in-process simulator, whose NV
+	// does not outlive the process); ctr: the counter (held with the slot).
+	noCounter bool
+	ctr       counterState
+	types     map[keys.Type]bool
+	closed    bool
 }
 
 var (
@@ -112,7 +117,8 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		clear(auth)
 		return nil, err
 	}
-	b := &Backend{sem: make(chan struct{}, 1), device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{}}
+	b := &Backend{sem: make(chan struct{}, 1), device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{},
+		noCounter: cfg.Device == "sim" || strings.HasPrefix(cfg.Device, "sim:") || testNoCounter}
 	b.dev = &device{
 		dial: func() (Conn, error) {
 			c, err := Dial(cfg.Device)
@@ -126,7 +132,16 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		maxLoaded: cfg.MaxLoaded,
 		log:       log,
 	}
-	if err := b.open(ctx); err != nil {
+	err = b.open(ctx)
+	for try := 1; err != nil && cfg.ReadOnly && errors.Is(err, ErrRollback) && try < 3; try++ {
+		// keywardd may be changing a key while this reads the state
+		// directory without its lock: records, manifest and counter can
+		// be caught between two changes. Read again.
+		time.Sleep(200 * time.Millisecond)
+		b.recs = map[string]*record{}
+		err = b.open(ctx)
+	}
+	if err != nil {
 		b.dev.close()
 		clear(auth)
 		st.close()
@@ -262,7 +277,7 @@ func (b *Backend) open(ctx context.Context) error {
 		}
 		b.recs[rec.Name] = rec
 	}
-	return nil
+	return b.openCounter()
 }
 
 // probe checks that the TPM has what keyward needs, and which key types it
@@ -315,24 +330,24 @@ func (b *Backend) testParms(p tpm2.TPMUPublicParms, alg tpm2.TPMAlgID) bool {
 
 // verifyRecord checks a record's MAC with the keyring key.
 func (b *Backend) verifyRecord(r *record) error {
-	in, err := r.macInput()
-	if err != nil {
-		return err
-	}
-	mac, err := b.dev.hmac(b.ringKey, in)
-	if err != nil {
-		return classify(err)
-	}
-	if len(r.MAC) != len(mac) || !hmacEqual(mac, r.MAC) {
-		return fmt.Errorf("record for key %q fails its MAC (edited outside keyward, or from another state directory): %w", r.Name, keys.ErrIntegrity)
-	}
-	return nil
+	return b.verifyMAC(r.macInput, r.MAC, fmt.Sprintf("record for key %q", r.Name))
 }
 
-// storeRecord MACs and writes a record, then makes it the current one.
-func (b *Backend) storeRecord(r *record) error {
+// storeRecord MACs and writes a record, then makes it the current one and
+// advances the rollback counter. A change left half done by an earlier
+// failure is finished first; if this one's counter step fails, the change
+// stands (its record is written and in use) and the step is retried before
+// the next change, by Health, or at start.
+func (b *Backend) storeRecord(d *device, r *record) error {
 	if b.readOnly {
 		return fmt.Errorf("opened read-only: %w", ErrReadOnly)
+	}
+	if err := b.settle(d); err != nil {
+		return fmt.Errorf("finishing the previous key change (rollback counter): %w", err)
+	}
+	r.Seq = 0
+	if b.ctr.index != 0 {
+		r.Seq = b.ctr.nv + 1
 	}
 	r.MAC = nil
 	in, err := r.macInput()
@@ -354,6 +369,18 @@ func (b *Backend) storeRecord(r *record) error {
 	b.recMu.Lock()
 	b.recs[r.Name] = r
 	b.recMu.Unlock()
+	if b.ctr.index == 0 {
+		return nil
+	}
+	b.ctr.pending = true
+	if err := b.settle(d); err != nil {
+		// Not the caller's error: the change is made. Not retried here
+		// either (do would run the whole change again after a reset).
+		if needsReset(err) {
+			d.ready = false
+		}
+		b.log.Warn("tpm: key changed, but advancing the rollback counter failed; retried before the next change", "key", r.Name, "err", err)
+	}
 	return nil
 }
 
@@ -463,10 +490,18 @@ func (b *Backend) rec(name string) (*record, error) {
 	return r, nil
 }
 
-// Health runs a cheap command (reconnecting when needed).
+// Health runs a cheap command (reconnecting when needed), and finishes a
+// key change whose rollback counter step failed.
 func (b *Backend) Health(ctx context.Context) error {
 	return b.do(ctx, true, func(d *device) error {
 		_, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTManufacturer), PropertyCount: 1}).Execute(d.conn)
+		if err == nil && !b.readOnly && !b.ctr.settled() {
+			if serr := b.settle(d); serr != nil {
+				b.log.Warn("tpm: advancing the rollback counter for the last key change failed again", "err", serr)
+			} else {
+				b.log.Info("tpm: rollback counter caught up with the last key change", "counter", b.ctr.nv)
+			}
+		}
 		return err
 	})
 }

@@ -6,15 +6,18 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/internal/testutil"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/tpm"
 	"github.com/keyward/keyward/tpm/swtpmtest"
@@ -84,7 +87,7 @@ func TestCrashDuringChanges(t *testing.T) {
 	} else if testing.Short() {
 		iterations = 5
 	}
-	checked := 0
+	checked, finished := 0, 0
 	for it := range iterations {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), crashChildEnv+"=1", "TPM_DEVICE="+sw.Device(), "TPM_STATE="+dir, "TPM_BLOBS="+blobs)
@@ -102,9 +105,13 @@ func TestCrashDuringChanges(t *testing.T) {
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 
-		be, err := tpm.Open(t.Context(), tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
+		var logs testutil.SyncBuffer
+		be, err := tpm.Open(t.Context(), tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		if err != nil {
 			t.Fatalf("iteration %d: state directory does not open after the kill: %v", it, err)
+		}
+		if strings.Contains(logs.String(), "finished a key change interrupted by a crash") {
+			finished++
 		}
 		f, err := os.Open(blobs)
 		if err != nil {
@@ -139,5 +146,5 @@ func TestCrashDuringChanges(t *testing.T) {
 		be.Close()
 		checked = n
 	}
-	fmt.Printf("crash-safety: tpm: %d kills, %d blobs unwrap after the last one, 0 lost\n", iterations, checked)
+	fmt.Printf("crash-safety: tpm: %d kills, %d blobs unwrap after the last one, 0 lost; %d kills left a key change half done (finished at the reopen)\n", iterations, checked, finished)
 }

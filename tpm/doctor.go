@@ -29,10 +29,13 @@ type Object struct {
 
 // Report is Doctor's result.
 type Report struct {
-	Device   string    `json:"device"`
-	StateDir string    `json:"state_dir"`
-	Parent   string    `json:"parent"` // hex name of the pinned parent
-	Keys     int       `json:"keys"`
+	Device   string `json:"device"`
+	StateDir string `json:"state_dir"`
+	Parent   string `json:"parent"` // hex name of the pinned parent
+	Keys     int    `json:"keys"`
+	// Rollback is the rollback counter's state as Open found it: the NV
+	// index, its value and the manifest's, or why there is none.
+	Rollback string    `json:"rollback"`
 	Objects  []Object  `json:"objects"`
 	Findings []Finding `json:"findings"`
 }
@@ -55,7 +58,7 @@ func (r *Report) Weak() bool {
 // object's name matches the stored public area. Open already verified the
 // records' MACs and the pinned parent.
 func (b *Backend) Doctor(ctx context.Context) (Report, error) {
-	rep := Report{Device: b.device, StateDir: b.st.dir, Findings: []Finding{}, Objects: []Object{}}
+	rep := Report{Device: b.device, StateDir: b.st.dir, Findings: []Finding{}, Objects: []Object{}, Rollback: b.ctr.status}
 	type item struct {
 		key  string
 		ver  uint32

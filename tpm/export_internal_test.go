@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 )
 
@@ -47,3 +48,29 @@ func FirstRoundHasZero(secret []byte) bool {
 	h := sha256.Sum256(append([]byte(labelAuth), secret...))
 	return bytes.IndexByte(h[:], 0) >= 0
 }
+
+// FailCounterStep makes the rollback counter's step ("manifest" or
+// "increment") fail with err until called with nil.
+func FailCounterStep(step string, err error) {
+	if err == nil {
+		counterFaultHook = nil
+		return
+	}
+	counterFaultHook = func(s string) error {
+		if s == step {
+			return err
+		}
+		return nil
+	}
+}
+
+// Status reports the rollback counter's state as the backend sees it.
+func (b *Backend) CounterStatus() (index uint32, nv, mf uint64, settled bool) {
+	b.lock(context.Background())
+	defer b.unlock()
+	return uint32(b.ctr.index), b.ctr.nv, b.ctr.mf, b.ctr.settled()
+}
+
+// WithoutCounter opens backends without a rollback counter until undone, as
+// keyward did before it had one (state directories to migrate).
+func WithoutCounter(on bool) { testNoCounter = on }

@@ -54,7 +54,7 @@ func (b *Backend) CreateKey(ctx context.Context, name string, ty keys.Type) (key
 		now := time.Now().UTC().Truncate(time.Second)
 		r := &record{Format: recordFormat, Name: name, Type: ty, Created: now,
 			Vers: []recordVer{{Version: 1, State: keys.Enabled, Created: now, Blob: bp}}}
-		if err := b.storeRecord(r); err != nil {
+		if err := b.storeRecord(d, r); err != nil {
 			return err
 		}
 		out = r.info()
@@ -85,7 +85,7 @@ func (b *Backend) update(ctx context.Context, op, name string, change func(d *de
 		if err := change(d, r); err != nil {
 			return err
 		}
-		if err := b.storeRecord(r); err != nil {
+		if err := b.storeRecord(d, r); err != nil {
 			return err
 		}
 		out = r.info()

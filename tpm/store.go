@@ -26,6 +26,7 @@ import (
 //	parent.pub      the pinned parent's public area (TPM2B_PUBLIC), written at first start
 //	keyring.key     the keyring MAC key's blobs (JSON: public, private)
 //	keys/NAME.json  one record per key (NAME = url.PathEscape(key name)), MAC'd
+//	manifest.json   the rollback counter's value and each record's seq, MAC'd (rollback.go)
 //
 // Every write is temp file, fsync, rename, fsync of the directory, so a crash
 // leaves either the old or the new file, never a torn one.
@@ -55,7 +56,11 @@ type record struct {
 	Created time.Time   `json:"created"`
 	Min     uint32      `json:"min_decrypt_version,omitempty"`
 	Vers    []recordVer `json:"versions"`
-	MAC     []byte      `json:"mac,omitempty"`
+	// Seq is the rollback counter's value at this record's change (see
+	// rollback.go); 0 in records written before the counter existed, which
+	// keeps their MAC input unchanged.
+	Seq uint64 `json:"seq,omitempty"`
+	MAC []byte `json:"mac,omitempty"`
 }
 
 type recordVer struct {

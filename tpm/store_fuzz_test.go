@@ -38,3 +38,32 @@ func FuzzDecodeRecord(f *testing.F) {
 		_ = r.info()
 	})
 }
+
+// FuzzDecodeManifest: manifest.json is read at every start; decoding either
+// yields a manifest whose keys are valid names at or below its counter, or
+// fails with ErrIntegrity, and never panics.
+func FuzzDecodeManifest(f *testing.F) {
+	good := &manifest{Format: manifestFormat, Index: "0x01234567", Counter: 7, Keys: map[string]uint64{"app/db": 7, "app/old": 0}, MAC: []byte{1}}
+	b, _ := json.Marshal(good)
+	f.Add(b)
+	f.Add([]byte(`{"format":1,"nv_index":"0x1","counter":1,"keys":{}}`))
+	f.Add([]byte(`{"format":1,"nv_index":"0x01000000","counter":1,"keys":{"a":2}}`))
+	f.Add([]byte(`{"format":1,"nv_index":"0x01000000","counter":1,"keys":{"../x":0}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := decodeManifest(data)
+		if err != nil {
+			if !errors.Is(err, keys.ErrIntegrity) {
+				t.Fatalf("error without ErrIntegrity: %v", err)
+			}
+			return
+		}
+		for name, seq := range m.Keys {
+			if keys.ValidateName(name) != nil || seq > m.Counter {
+				t.Fatalf("accepted key %q at %d in a manifest at %d", name, seq, m.Counter)
+			}
+		}
+		if _, err := m.macInput(); err != nil {
+			t.Fatalf("macInput of an accepted manifest: %v", err)
+		}
+	})
+}

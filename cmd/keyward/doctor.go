@@ -218,7 +218,7 @@ func printTPMReport(w io.Writer, rep tpm.Report) error {
 	default:
 		s += fmt.Sprintf("%s: %d weak, %d housekeeping", plural(len(rep.Findings), "finding"), weak, len(rep.Findings)-weak)
 	}
-	if _, err := fmt.Fprintf(w, "%s\npinned parent %s\n", s, dash(rep.Parent)); err != nil {
+	if _, err := fmt.Fprintf(w, "%s\npinned parent %s\nrollback counter: %s\n", s, dash(rep.Parent), dash(rep.Rollback)); err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -93,12 +93,15 @@ func TestTokenDoctorTPM(t *testing.T) {
 		if !regexp.MustCompile(`^pinned parent [0-9a-f]{68}$`).MatchString(lines[1]) {
 			t.Errorf("parent line %q", lines[1])
 		}
-		if !regexp.MustCompile(`^KEY +VERSION +OBJECT NAME +ATTRIBUTES$`).MatchString(lines[2]) {
-			t.Errorf("header %q", lines[2])
+		if !regexp.MustCompile(`^rollback counter: NV index 0x01[0-3][0-9a-f]{5} at (\d+), manifest.json at \d+: consistent$`).MatchString(lines[2]) {
+			t.Errorf("rollback counter line %q", lines[2])
+		}
+		if !regexp.MustCompile(`^KEY +VERSION +OBJECT NAME +ATTRIBUTES$`).MatchString(lines[3]) {
+			t.Errorf("header %q", lines[3])
 		}
 		const attrs = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|sign"
 		rows := map[string]bool{}
-		for _, l := range lines[3:] {
+		for _, l := range lines[4:] {
 			f := strings.Fields(l)
 			if len(f) < 4 {
 				t.Errorf("row %q", l)
@@ -130,7 +133,8 @@ func TestTokenDoctorTPM(t *testing.T) {
 		if err := dec.Decode(&rep); err != nil {
 			t.Fatalf("json: %v\n%s", err, r.stdout)
 		}
-		if rep.Device != sw.Device() || rep.StateDir != state || rep.Keys != 2 || len(rep.Objects) != 4 || rep.Findings == nil || len(rep.Findings) != 0 || rep.Parent == "" {
+		if rep.Device != sw.Device() || rep.StateDir != state || rep.Keys != 2 || len(rep.Objects) != 4 || rep.Findings == nil || len(rep.Findings) != 0 || rep.Parent == "" ||
+			!strings.HasSuffix(rep.Rollback, ": consistent") {
 			t.Errorf("report %+v, want 2 keys, 4 objects, findings []", rep)
 		}
 		for _, o := range rep.Objects {

@@ -1,0 +1,444 @@
+package tpm
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strconv"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keyward/keyward/keys"
+)
+
+// Rollback protection. A record's MAC proves keyward wrote it, not that it is
+// the latest: an older copy of a record file (a disabled version enabled
+// again, a destroyed one back) would still verify. So every key change also
+// advances a monotonic counter inside the TPM (an NV counter index, which
+// nothing can decrease, and which only the holder of the auth secret can
+// increment), and manifest.json, MAC'd like the records, lists the counter
+// value of the last change and, for every key, the counter value its current
+// record was written at (the record's "seq", also under its MAC). At start
+// the manifest must be at the TPM's counter value, and every record at the
+// manifest's value for its key: an older manifest or record is refused.
+//
+// A change at counter value N+1 writes, in order: the record (seq N+1), the
+// manifest (counter N+1), then increments the counter. A crash in between
+// leaves a state start-up finishes: a record at N+1 the manifest does not
+// have yet (the manifest is written and the counter incremented), or a
+// manifest at N+1 with the counter at N (the counter is incremented). Only
+// one change is ever half done, because the next one first finishes it.
+const (
+	manifestFile   = "manifest.json"
+	manifestFormat = 1
+	labelManifest  = "keyward/v1/manifest\x00"
+	labelCounter   = "keyward/v1/counter\x00"
+	// nvOwnerFirst and nvOwnerMask: the owner's range of NV indices,
+	// 0x01000000..0x013FFFFF in the TCG handle registry.
+	nvOwnerFirst = 0x01000000
+	nvOwnerMask  = 0x003FFFFF
+)
+
+// ErrRollback: the state directory is older than the TPM's counter says it
+// must be (a record or the manifest replaced by an older copy), or its
+// counter is gone. It wraps keys.ErrIntegrity.
+var ErrRollback = fmt.Errorf("tpm: state directory rolled back or its counter lost: %w", keys.ErrIntegrity)
+
+type manifest struct {
+	Format  int               `json:"format"`
+	Index   string            `json:"nv_index"` // "0x01xxxxxx", as tpm2-tools print it
+	Counter uint64            `json:"counter"`
+	Keys    map[string]uint64 `json:"keys"` // key name -> seq of its current record
+	MAC     []byte            `json:"mac,omitempty"`
+}
+
+// macInput is a label and the SHA-256 of the manifest's JSON without its MAC
+// (encoding/json writes map keys sorted, so the encoding is canonical).
+func (m *manifest) macInput() ([]byte, error) {
+	c := *m
+	c.MAC = nil
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return nil, err
+	}
+	d := sha256.Sum256(b)
+	return append([]byte(labelManifest), d[:]...), nil
+}
+
+// counterIndex is the NV index of a state directory's counter, derived from
+// its keyring key: each state directory on a TPM has its own, and a
+// manifest removed from the state directory cannot be passed off as a state
+// directory that never had one (its index still exists).
+func counterIndex(ring *blobPair) tpm2.TPMHandle {
+	h := sha256.Sum256(append([]byte(labelCounter), ring.Public...))
+	return tpm2.TPMHandle(nvOwnerFirst | binary.BigEndian.Uint32(h[:4])&nvOwnerMask)
+}
+
+func hexHandle(h tpm2.TPMHandle) string { return fmt.Sprintf("0x%08x", uint32(h)) }
+
+// counterAttrs are the index's attributes: a counter that only the auth
+// value increments (owner authorisation does not), that the owner may read
+// (tpm2_nvread -C o), outside dictionary-attack protection like the keys.
+func counterAttrs() tpm2.TPMANV {
+	return tpm2.TPMANV{NT: tpm2.TPMNTCounter, AuthWrite: true, AuthRead: true, OwnerRead: true, NoDA: true}
+}
+
+// errNoIndex: the counter index is not defined on the TPM.
+var errNoIndex = errors.New("NV index not defined")
+
+// nvPublic reads the index's public area and name; errNoIndex if undefined.
+func (d *device) nvPublic(idx tpm2.TPMHandle) (*tpm2.TPMSNVPublic, tpm2.TPM2BName, error) {
+	rsp, err := (tpm2.NVReadPublic{NVIndex: idx}).Execute(d.conn)
+	if err != nil {
+		if errors.Is(err, tpm2.TPMRCHandle) {
+			return nil, tpm2.TPM2BName{}, errNoIndex
+		}
+		return nil, tpm2.TPM2BName{}, fmt.Errorf("TPM2_NV_ReadPublic %s: %w", hexHandle(idx), err)
+	}
+	pub, err := rsp.NVPublic.Contents()
+	if err != nil {
+		return nil, tpm2.TPM2BName{}, fmt.Errorf("TPM2_NV_ReadPublic %s: %w", hexHandle(idx), err)
+	}
+	return pub, rsp.NVName, nil
+}
+
+// checkCounterPublic refuses an index at our handle that is not a counter
+// made by keyward (another program's index, or one redefined differently).
+func checkCounterPublic(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error {
+	a := pub.Attributes
+	a.Written = false
+	if a != counterAttrs() || pub.NameAlg != tpm2.TPMAlgSHA256 || pub.DataSize != 8 || len(pub.AuthPolicy.Buffer) != 0 {
+		return fmt.Errorf("NV index %s is not keyward's rollback counter (attributes %s): %w", hexHandle(idx), describeNV(pub), ErrRollback)
+	}
+	return nil
+}
+
+func describeNV(pub *tpm2.TPMSNVPublic) string {
+	return fmt.Sprintf("type %d, nameAlg 0x%04x, size %d, policy %d bytes, bits 0x%08x",
+		pub.Attributes.NT, uint16(pub.NameAlg), pub.DataSize, len(pub.AuthPolicy.Buffer), binary.BigEndian.Uint32(tpm2.Marshal(pub.Attributes)))
+}
+
+// nvDefineCounter defines the counter index under the owner hierarchy (empty
+// owner authorisation, as for the default parent). The auth value travels
+// encrypted (the session encrypts the command's first parameter).
+func (d *device) nvDefineCounter(idx tpm2.TPMHandle) error {
+	d.dropOwnerSession()
+	_, err := (tpm2.NVDefineSpace{
+		AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner,
+			Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Salted(d.parent, d.parentPub), tpm2.AESEncryption(128, tpm2.EncryptIn))},
+		Auth: tpm2.TPM2BAuth{Buffer: d.auth},
+		PublicInfo: tpm2.New2B(tpm2.TPMSNVPublic{NVIndex: idx, NameAlg: tpm2.TPMAlgSHA256,
+			Attributes: counterAttrs(), DataSize: 8}),
+	}).Execute(d.conn)
+	if err != nil {
+		return fmt.Errorf("TPM2_NV_DefineSpace %s (needs the owner hierarchy's authorisation to be empty, and a free NV slot): %w", hexHandle(idx), err)
+	}
+	return nil
+}
+
+// nvIndexAuth authorises a command on the index with its auth value, over a
+// salted HMAC session (the value never crosses the bus).
+func (d *device) nvIndexAuth(idx tpm2.TPMHandle, name tpm2.TPM2BName) tpm2.AuthHandle {
+	return tpm2.AuthHandle{Handle: idx, Name: name,
+		Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(d.auth), tpm2.Salted(d.parent, d.parentPub))}
+}
+
+// nvIncrement adds one to the counter.
+func (d *device) nvIncrement(idx tpm2.TPMHandle) error {
+	_, name, err := d.nvPublic(idx)
+	if err != nil {
+		return err
+	}
+	if _, err := (tpm2.NVIncrement{AuthHandle: d.nvIndexAuth(idx, name), NVIndex: tpm2.NamedHandle{Handle: idx, Name: name}}).Execute(d.conn); err != nil {
+		return fmt.Errorf("TPM2_NV_Increment %s: %w", hexHandle(idx), err)
+	}
+	return nil
+}
+
+// nvRead reads the counter (which must have been incremented once).
+func (d *device) nvRead(idx tpm2.TPMHandle) (uint64, error) {
+	_, name, err := d.nvPublic(idx)
+	if err != nil {
+		return 0, err
+	}
+	rsp, err := (tpm2.NVRead{AuthHandle: d.nvIndexAuth(idx, name), NVIndex: tpm2.NamedHandle{Handle: idx, Name: name}, Size: 8}).Execute(d.conn)
+	if err != nil {
+		return 0, fmt.Errorf("TPM2_NV_Read %s: %w", hexHandle(idx), err)
+	}
+	if len(rsp.Data.Buffer) != 8 {
+		return 0, fmt.Errorf("TPM2_NV_Read %s returned %d bytes", hexHandle(idx), len(rsp.Data.Buffer))
+	}
+	return binary.BigEndian.Uint64(rsp.Data.Buffer), nil
+}
+
+// counterState is the backend's view of the counter. Settled: mf == nv and
+// no record is at nv+1.
+type counterState struct {
+	index   tpm2.TPMHandle // 0: no counter (the in-process simulator)
+	nv      uint64         // the TPM counter's value, as last read or incremented
+	mf      uint64         // the counter value of manifest.json on disk
+	pending bool           // a record at nv+1 may be newer than the manifest
+	status  string         // how start-up found it, for Doctor
+}
+
+func (c *counterState) settled() bool { return c.index == 0 || c.mf == c.nv && !c.pending }
+
+// openCounter checks the loaded records against the manifest and the TPM's
+// counter, finishes a half-done change (unless read-only), and on the first
+// start with this state directory defines the counter and writes the
+// manifest for the records present. Holding the slot (called from open).
+func (b *Backend) openCounter() error {
+	if b.noCounter {
+		b.ctr = counterState{status: "no rollback counter: the in-process simulator's NV does not outlive the process"}
+		return nil
+	}
+	d := b.dev
+	idx := counterIndex(b.ringKey)
+	b.ctr = counterState{index: idx}
+	raw, merr := b.st.read(manifestFile)
+	if merr != nil && !errors.Is(merr, fs.ErrNotExist) {
+		return fmt.Errorf("%s: %w", manifestFile, merr)
+	}
+	pub, _, perr := d.nvPublic(idx)
+	if perr != nil && !errors.Is(perr, errNoIndex) {
+		return classify(perr)
+	}
+	if merr != nil { // no manifest
+		if perr == nil && pub.Attributes.Written {
+			return fmt.Errorf("%s is missing, but this state directory's rollback counter (NV index %s) exists on the TPM: the state directory was tampered with or restored without it. If you know why (a crash during keywardd's very first start), remove the counter with `tpm2_nvundefine -C o %s` and start again: %w",
+				manifestFile, hexHandle(idx), hexHandle(idx), ErrRollback)
+		}
+		if b.readOnly {
+			b.ctr.index = 0
+			b.ctr.status = "no rollback counter yet (keywardd defines it at its next start)"
+			return nil
+		}
+		return b.initCounter(idx, pub)
+	}
+	mf, err := decodeManifest(raw)
+	if err != nil {
+		return err
+	}
+	if err := b.verifyMAC(mf.macInput, mf.MAC, manifestFile); err != nil {
+		return err
+	}
+	if mf.Index != hexHandle(idx) {
+		return fmt.Errorf("%s names NV index %s, but this state directory's counter is %s: %w", manifestFile, mf.Index, hexHandle(idx), ErrRollback)
+	}
+	if perr != nil {
+		return fmt.Errorf("the rollback counter (NV index %s) that %s relies on is gone from the TPM: the owner hierarchy was cleared or the index removed; the state directory's history can no longer be checked: %w",
+			hexHandle(idx), manifestFile, ErrRollback)
+	}
+	if err := checkCounterPublic(idx, pub); err != nil {
+		return err
+	}
+	if !pub.Attributes.Written {
+		return fmt.Errorf("the rollback counter (NV index %s) was never incremented but %s is at %d: the index was redefined: %w", hexHandle(idx), manifestFile, mf.Counter, ErrRollback)
+	}
+	nv, err := d.nvRead(idx)
+	if err != nil {
+		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
+			return fmt.Errorf("the rollback counter (NV index %s) refuses this state directory's auth: it was redefined by someone else: %w", hexHandle(idx), ErrRollback)
+		}
+		return classify(err)
+	}
+	switch {
+	case mf.Counter < nv:
+		return fmt.Errorf("%s is at change %d but the TPM's counter is at %d: the state directory was rolled back (restored from an older copy?): %w", manifestFile, mf.Counter, nv, ErrRollback)
+	case mf.Counter > nv+1:
+		return fmt.Errorf("%s is at change %d but the TPM's counter only at %d: %w", manifestFile, mf.Counter, nv, ErrRollback)
+	}
+	b.ctr.nv, b.ctr.mf = nv, mf.Counter
+	// Every key of the manifest has its record at the manifest's seq; at
+	// most one record is newer, at mf.Counter+1 (a change whose manifest was
+	// not written), and only while the counter has not moved past it.
+	var ahead []string
+	for name, seq := range mf.Keys {
+		r, ok := b.recs[name]
+		switch {
+		case !ok:
+			return fmt.Errorf("key %s is in %s but its record is missing: %w", name, manifestFile, ErrRollback)
+		case r.Seq < seq:
+			return fmt.Errorf("the record of key %s is from change %d, older than change %d that %s lists: it was rolled back (replaced by an older copy): %w", name, r.Seq, seq, manifestFile, ErrRollback)
+		case r.Seq > seq:
+			ahead = append(ahead, name)
+		}
+	}
+	for name := range b.recs {
+		if _, ok := mf.Keys[name]; !ok {
+			ahead = append(ahead, name)
+		}
+	}
+	sort.Strings(ahead)
+	if len(ahead) > 1 || len(ahead) == 1 && (b.recs[ahead[0]].Seq != mf.Counter+1 || mf.Counter != nv) {
+		return fmt.Errorf("records %v are newer than %s (at change %d, the TPM's counter at %d), which no half-done change explains: %w", ahead, manifestFile, mf.Counter, nv, ErrRollback)
+	}
+	b.ctr.pending = len(ahead) == 1
+	switch {
+	case b.ctr.settled():
+		b.ctr.status = fmt.Sprintf("NV index %s at %d, %s at %d: consistent", hexHandle(idx), nv, manifestFile, mf.Counter)
+		return nil
+	case b.readOnly:
+		b.ctr.status = fmt.Sprintf("NV index %s at %d, %s at %d: a key change is half done (keywardd finishes it at its next start)", hexHandle(idx), nv, manifestFile, mf.Counter)
+		return nil
+	}
+	if err := b.settle(d); err != nil {
+		return fmt.Errorf("finishing a key change interrupted by a crash: %w", err)
+	}
+	b.log.Warn("tpm: finished a key change interrupted by a crash", "counter", b.ctr.nv, "keys", ahead)
+	b.ctr.status = fmt.Sprintf("NV index %s at %d, %s at %d: consistent (a half-done change was finished)", hexHandle(idx), b.ctr.nv, manifestFile, b.ctr.mf)
+	return nil
+}
+
+// initCounter defines the counter (unless a crash left it defined and never
+// incremented), increments it once (a counter is readable only then), and
+// writes the first manifest at its value for the records present: those are
+// trusted as they are, once.
+func (b *Backend) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error {
+	d := b.dev
+	if pub == nil {
+		if err := d.nvDefineCounter(idx); err != nil {
+			return classify(err)
+		}
+	} else if err := checkCounterPublic(idx, pub); err != nil {
+		return err
+	}
+	if err := d.nvIncrement(idx); err != nil {
+		return classify(err)
+	}
+	nv, err := d.nvRead(idx)
+	if err != nil {
+		return classify(err)
+	}
+	b.ctr.nv = nv
+	if err := b.writeManifest(nv); err != nil {
+		return err
+	}
+	b.ctr.mf = nv
+	b.ctr.status = fmt.Sprintf("NV index %s at %d, %s at %d: consistent (defined at this start)", hexHandle(idx), nv, manifestFile, nv)
+	if len(b.recs) > 0 {
+		b.log.Warn("tpm rollback counter defined for an existing state directory: its records are trusted as they are now", "nv_index", hexHandle(idx), "keys", len(b.recs))
+	} else {
+		b.log.Info("tpm rollback counter defined", "nv_index", hexHandle(idx), "counter", nv)
+	}
+	return nil
+}
+
+// settle finishes a half-done change: the manifest at nv+1 if a record is
+// there, then the counter. After a failed increment the TPM may or may not
+// have counted (a lost response), so it reads the counter before adding.
+func (b *Backend) settle(d *device) error {
+	c := &b.ctr
+	if c.settled() {
+		return nil
+	}
+	if c.mf == c.nv {
+		if err := counterFault("manifest"); err != nil {
+			return err
+		}
+		if err := b.writeManifest(c.nv + 1); err != nil {
+			return err
+		}
+		c.mf = c.nv + 1
+	}
+	nv, err := d.nvRead(c.index)
+	if err != nil {
+		return err
+	}
+	switch nv {
+	case c.mf - 1:
+		if err := counterFault("increment"); err != nil {
+			return err
+		}
+		if err := d.nvIncrement(c.index); err != nil {
+			return err
+		}
+	case c.mf:
+	default:
+		return fmt.Errorf("the TPM's counter is at %d, %s at %d: %w", nv, manifestFile, c.mf, ErrRollback)
+	}
+	c.nv, c.pending = c.mf, false
+	return nil
+}
+
+// writeManifest MACs and writes the manifest at counter value n, listing
+// every current record.
+func (b *Backend) writeManifest(n uint64) error {
+	m := &manifest{Format: manifestFormat, Index: hexHandle(b.ctr.index), Counter: n, Keys: make(map[string]uint64, len(b.recs))}
+	for name, r := range b.recs {
+		m.Keys[name] = r.Seq
+	}
+	in, err := m.macInput()
+	if err != nil {
+		return err
+	}
+	if m.MAC, err = b.dev.hmac(b.ringKey, in); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return b.st.write(manifestFile, append(data, '\n'))
+}
+
+// verifyMAC checks a MAC made with the keyring key over input().
+func (b *Backend) verifyMAC(input func() ([]byte, error), got []byte, what string) error {
+	in, err := input()
+	if err != nil {
+		return err
+	}
+	mac, err := b.dev.hmac(b.ringKey, in)
+	if err != nil {
+		return classify(err)
+	}
+	if len(got) != len(mac) || !hmacEqual(mac, got) {
+		return fmt.Errorf("%s fails its MAC (edited outside keyward, or from another state directory): %w", what, keys.ErrIntegrity)
+	}
+	return nil
+}
+
+// decodeManifest parses manifest.json strictly.
+func decodeManifest(b []byte) (*manifest, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var m manifest
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("%s: %v: %w", manifestFile, err, keys.ErrIntegrity)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%s: trailing data: %w", manifestFile, keys.ErrIntegrity)
+	}
+	if m.Format != manifestFormat {
+		return nil, fmt.Errorf("%s: format %d, want %d: %w", manifestFile, m.Format, manifestFormat, keys.ErrIntegrity)
+	}
+	if _, err := strconv.ParseUint(m.Index, 0, 32); err != nil || len(m.Index) != 10 {
+		return nil, fmt.Errorf("%s: nv_index %q: %w", manifestFile, m.Index, keys.ErrIntegrity)
+	}
+	for name, seq := range m.Keys {
+		if err := keys.ValidateName(name); err != nil || seq > m.Counter {
+			return nil, fmt.Errorf("%s: key %q at change %d (manifest at %d): %w", manifestFile, name, seq, m.Counter, keys.ErrIntegrity)
+		}
+	}
+	return &m, nil
+}
+
+// counterFaultHook, set only by tests, fails settle's step ("manifest",
+// "increment") as a crash or an I/O error there would.
+var counterFaultHook func(step string) error
+
+func counterFault(step string) error {
+	if counterFaultHook == nil {
+		return nil
+	}
+	return counterFaultHook(step)
+}
+
+// testNoCounter, set only by tests, opens without a counter, as keyward did
+// before it had one.
+var testNoCounter bool

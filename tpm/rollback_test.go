@@ -1,0 +1,299 @@
+package tpm_test
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/keyward/keyward/internal/testutil"
+	"github.com/keyward/keyward/keys"
+	"github.com/keyward/keyward/tpm"
+	"github.com/keyward/keyward/tpm/swtpmtest"
+)
+
+// snapshot copies the state directory's manifest and records.
+func snapshot(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	files, _ := filepath.Glob(filepath.Join(dir, "keys", "*.json"))
+	for _, f := range append(files, filepath.Join(dir, "manifest.json")) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(dir, f)
+		out[rel] = b
+	}
+	return out
+}
+
+func restore(t *testing.T, dir string, snap map[string][]byte, only ...string) {
+	t.Helper()
+	for rel, b := range snap {
+		if len(only) > 0 && !contains(only, rel) {
+			continue
+		}
+		write(t, filepath.Join(dir, rel), b)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func readManifest(t *testing.T, dir string) (index uint32, counter uint64, seqs map[string]uint64) {
+	t.Helper()
+	var m struct {
+		Index   string            `json:"nv_index"`
+		Counter uint64            `json:"counter"`
+		Keys    map[string]uint64 `json:"keys"`
+	}
+	if err := json.Unmarshal(mustRead(t, filepath.Join(dir, "manifest.json")), &m); err != nil {
+		t.Fatal(err)
+	}
+	v, err := strconv.ParseUint(m.Index, 0, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint32(v), m.Counter, m.Keys
+}
+
+// undefine removes an NV index with the (empty) owner authorisation, as
+// `tpm2_nvundefine -C o` would. The backend must be closed (swtpm serves one
+// client).
+func undefine(t *testing.T, device string, index uint32) {
+	t.Helper()
+	c, err := tpm.Dial(device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pub, err := (tpm2.NVReadPublic{NVIndex: tpm2.TPMHandle(index)}).Execute(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.NVUndefineSpace{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		NVIndex: tpm2.NamedHandle{Handle: tpm2.TPMHandle(index), Name: pub.NVName}}).Execute(c); err != nil {
+		t.Fatalf("TPM2_NV_UndefineSpace 0x%08x: %v", index, err)
+	}
+}
+
+// TestRollbackDetected: a state directory put back to an earlier state, in
+// part or whole, is refused at start with ErrRollback, though every file in
+// it carries a valid MAC; untouched, it opens and keeps the later state.
+func TestRollbackDetected(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	dir := t.TempDir()
+	ctx := t.Context()
+	be := open(t, sw.Device(), dir)
+	mustCreate(t, be, "app/db", keys.AES256GCM)
+	mustCreate(t, be, "app/sig", keys.ECDSAP256)
+	before := snapshot(t, dir)
+	if _, err := be.SetVersionState(ctx, "app/db", 1, keys.Disabled); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := be.RotateKey(ctx, "app/sig"); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, be, "app/new", keys.HMACSHA256)
+	index, nv, mf, settled := be.CounterStatus()
+	if index>>22 != 0x01000000>>22 || !settled || nv != mf {
+		t.Fatalf("counter 0x%08x nv %d manifest %d settled %v", index, nv, mf, settled)
+	}
+	be.Close()
+	after := snapshot(t, dir)
+	_, counter, seqs := readManifest(t, dir)
+	if counter != nv || seqs["app/db"] >= seqs["app/sig"] || seqs["app/sig"] >= seqs["app/new"] || seqs["app/new"] != counter {
+		t.Fatalf("manifest at %d lists %v (counter %d)", counter, seqs, nv)
+	}
+
+	cases := []struct {
+		name    string
+		edit    func(t *testing.T)
+		wantErr error
+		wantMsg string
+	}{
+		{"one record rolled back (disabled version enabled again)", func(t *testing.T) {
+			restore(t, dir, before, "keys/app%2Fdb.json")
+		}, tpm.ErrRollback, "rolled back"},
+		{"manifest rolled back", func(t *testing.T) { restore(t, dir, before, "manifest.json") }, tpm.ErrRollback, "was rolled back"},
+		{"manifest and records rolled back together", func(t *testing.T) {
+			restore(t, dir, before)
+			os.Remove(filepath.Join(dir, "keys", "app%2Fnew.json"))
+		}, tpm.ErrRollback, "was rolled back"},
+		{"manifest removed", func(t *testing.T) { os.Remove(filepath.Join(dir, "manifest.json")) }, tpm.ErrRollback, "manifest.json is missing"},
+		{"record removed", func(t *testing.T) { os.Remove(filepath.Join(dir, "keys", "app%2Fnew.json")) }, tpm.ErrRollback, "record is missing"},
+		{"manifest edited", func(t *testing.T) {
+			var m map[string]any
+			if err := json.Unmarshal(after["manifest.json"], &m); err != nil {
+				t.Fatal(err)
+			}
+			m["keys"].(map[string]any)["app/db"] = 1
+			edited, _ := json.Marshal(m)
+			write(t, filepath.Join(dir, "manifest.json"), edited)
+		}, keys.ErrIntegrity, "manifest.json fails its MAC"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.edit(t)
+			defer func() {
+				restore(t, dir, after)
+			}()
+			be, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
+			if err == nil {
+				be.Close()
+				t.Fatal("Open accepted a rolled-back state directory")
+			}
+			if !errors.Is(err, tc.wantErr) || !errors.Is(err, keys.ErrIntegrity) || !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Fatalf("Open: %v; want %v mentioning %q", err, tc.wantErr, tc.wantMsg)
+			}
+		})
+	}
+
+	// Untouched: it opens with the later state.
+	be = open(t, sw.Device(), dir)
+	ki, err := be.DescribeKey(ctx, "app/db")
+	if err != nil || ki.Versions[0].State != keys.Disabled {
+		t.Fatalf("DescribeKey = %+v, %v", ki, err)
+	}
+	be.Close()
+
+	// The counter removed from the TPM: refused, it cannot be checked.
+	undefine(t, sw.Device(), index)
+	_, err = tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
+	if !errors.Is(err, tpm.ErrRollback) || !strings.Contains(err.Error(), "is gone from the TPM") {
+		t.Fatalf("Open without the counter: %v", err)
+	}
+}
+
+// TestRollbackHalfDoneChange: a key change whose manifest or counter step
+// fails (a crash, a full disk, a TPM reset) stands, and the step is
+// finished by the next change, Health, or the next start; no blob wrapped
+// under the new version is lost.
+func TestRollbackHalfDoneChange(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	dir := t.TempDir()
+	ctx := t.Context()
+	var logs testutil.SyncBuffer
+	openLogged := func() *tpm.Backend {
+		t.Helper()
+		be, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth,
+			Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		t.Cleanup(func() { be.Close() })
+		return be
+	}
+	be := openLogged()
+	mustCreate(t, be, "app/db", keys.AES256GCM)
+	fault := errors.New("injected fault")
+	defer tpm.FailCounterStep("", nil)
+
+	for i, step := range []string{"manifest", "increment"} {
+		t.Run(step, func(t *testing.T) {
+			_, nv0, _, _ := be.CounterStatus()
+			tpm.FailCounterStep(step, fault)
+			ki, err := be.RotateKey(ctx, "app/db")
+			if err != nil || len(ki.Versions) != i+2 {
+				t.Fatalf("RotateKey with the %s step failing = %+v, %v (the change stands)", step, ki, err)
+			}
+			if _, _, _, settled := be.CounterStatus(); settled {
+				t.Fatal("counter settled although its step failed")
+			}
+			blob, err := be.Wrap(ctx, "app/db", []byte("kept"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The next change first finishes this one, and cannot while the step fails.
+			if _, err := be.SetVersionState(ctx, "app/db", 1, keys.Disabled); !errors.Is(err, fault) {
+				t.Fatalf("a second change while the first is half done: %v", err)
+			}
+			// A crash now: reopen (the fault gone) finishes the change.
+			be.Close()
+			tpm.FailCounterStep("", nil)
+			be = openLogged()
+			_, nv, mf, settled := be.CounterStatus()
+			if !settled || nv != nv0+1 || mf != nv {
+				t.Fatalf("after reopen: nv %d (was %d), manifest %d, settled %v", nv, nv0, mf, settled)
+			}
+			if !strings.Contains(logs.String(), "finished a key change interrupted by a crash") {
+				t.Fatalf("no log line for the finished change:\n%s", logs.String())
+			}
+			u, err := be.Unwrap(ctx, blob, nil)
+			if err != nil || string(u.Plaintext) != "kept" || u.Version != uint32(i+2) {
+				t.Fatalf("Unwrap after reopen = %+v, %v", u, err)
+			}
+		})
+	}
+
+	// Health finishes a half-done change without a restart.
+	tpm.FailCounterStep("increment", fault)
+	if _, err := be.RotateKey(ctx, "app/db"); err != nil {
+		t.Fatal(err)
+	}
+	tpm.FailCounterStep("", nil)
+	if err := be.Health(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, nv, mf, settled := be.CounterStatus(); !settled || nv != mf {
+		t.Fatalf("after Health: nv %d manifest %d settled %v", nv, mf, settled)
+	}
+	be.Close()
+	if _, counter, seqs := readManifest(t, dir); seqs["app/db"] != counter {
+		t.Fatalf("manifest at %d, app/db at %d", counter, seqs["app/db"])
+	}
+}
+
+// TestRollbackMigration: a state directory made before the counter existed
+// (records without seq, no manifest) gets its counter and manifest at the
+// first start, with a warning, and is protected from then on.
+func TestRollbackMigration(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	dir := t.TempDir()
+	ctx := t.Context()
+	tpm.WithoutCounter(true)
+	be := open(t, sw.Device(), dir)
+	mustCreate(t, be, "app/db", keys.AES256GCM)
+	be.Close()
+	tpm.WithoutCounter(false)
+	if _, err := os.Stat(filepath.Join(dir, "manifest.json")); !os.IsNotExist(err) {
+		t.Fatalf("a manifest without the counter: %v", err)
+	}
+	old := snapshot2(t, dir)
+
+	var logs testutil.SyncBuffer
+	be, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "records are trusted as they are now") {
+		t.Fatalf("no warning for the migration:\n%s", logs.String())
+	}
+	if _, err := be.SetVersionState(ctx, "app/db", 1, keys.Disabled); err != nil {
+		t.Fatal(err)
+	}
+	be.Close()
+	write(t, filepath.Join(dir, "keys", "app%2Fdb.json"), old)
+	_, err = tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
+	if !errors.Is(err, tpm.ErrRollback) {
+		t.Fatalf("Open with the pre-counter record put back: %v", err)
+	}
+}
+
+func snapshot2(t *testing.T, dir string) []byte {
+	t.Helper()
+	return mustRead(t, filepath.Join(dir, "keys", "app%2Fdb.json"))
+}
