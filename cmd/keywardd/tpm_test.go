@@ -278,6 +278,7 @@ func TestOpenFailure(t *testing.T) {
 		{"tpm state dir locked", fmt.Errorf("state: %w", tpm.ErrLocked), exitFail},
 		{"tpm parent mismatch", fmt.Errorf("%w: %w", tpm.ErrParentMismatch, keys.ErrIntegrity), exitIntegrity},
 		{"edited keyring record", fmt.Errorf("keys/a.json: fails its MAC: %w", keys.ErrIntegrity), exitIntegrity},
+		{"state directory rolled back", fmt.Errorf("manifest.json is at change 3 but the TPM's counter is at 5: %w", tpm.ErrRollback), exitIntegrity},
 		{"tpm away", fmt.Errorf("%w: %w", tpm.ErrTransport, keys.ErrUnavailable), exitFail},
 		{"other", errors.New("boom"), exitFail},
 	}
