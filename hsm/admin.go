@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -57,7 +58,7 @@ func (t *Token) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.
 		// whoever sees two records withdraws its own before anyone uses it.
 		if err := s.storeMeta(rec, 0); err != nil {
 			s.withdraw(ty, mv)
-			return err
+			return concurrentErr(name, err)
 		}
 		out = rec.info()
 		return nil
@@ -120,7 +121,7 @@ func (t *Token) update(ctx context.Context, op, name string, change func(s *sess
 	defer t.adminMu.Unlock()
 	var out keys.KeyInfo
 	var err error
-	for range maxAdminRetries {
+	for attempt := range maxAdminRetries {
 		err = t.withObjectChanges(ctx, func(s *sess) error {
 			cur, err := s.loadMeta(name, true)
 			if err != nil {
@@ -139,6 +140,9 @@ func (t *Token) update(ctx context.Context, op, name string, change func(s *sess
 		if !errors.Is(err, errConcurrent) {
 			break
 		}
+		// Two writers that saw each other both back off: let them retry
+		// at different moments.
+		time.Sleep(time.Duration(1+mrand.IntN(10*(attempt+1))) * time.Millisecond)
 	}
 	if errors.Is(err, errConcurrent) {
 		return keys.KeyInfo{}, fmt.Errorf("%s %s: %w: %w", op, name, err, keys.ErrUnavailable)

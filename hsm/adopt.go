@@ -96,7 +96,7 @@ func (t *Token) AdoptKey(ctx context.Context, name string, ty keys.Type, ref str
 			Version: 1, State: keys.Enabled, Created: now, Label: exact.Label, ID: hex.EncodeToString(exact.ID),
 		}}}
 		if err := s.storeMeta(rec, 0); err != nil {
-			return err
+			return concurrentErr(name, err)
 		}
 		out = rec.info()
 		return nil

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -138,6 +140,33 @@ func (t *Token) Doctor(ctx context.Context) (Report, error) {
 					rep.Findings = append(rep.Findings, f)
 				}
 			}
+		}
+		// Claims (see storeMeta) outlive their writer only if it stopped
+		// between its steps.
+		claims, err := s.findStored([]*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+			pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, pendingApplication),
+		})
+		if err != nil {
+			return err
+		}
+		for _, c := range claims {
+			a, err := s.attrs(c.h, pkcs11.CKA_LABEL)
+			if err != nil {
+				continue // removed by a writer meanwhile
+			}
+			label := string(a[pkcs11.CKA_LABEL])
+			name := strings.TrimPrefix(label, pendingLabelPrefix)
+			rep.Objects++
+			f := Finding{Label: label, Class: "data", Key: name}
+			switch other, err := s.parseMeta(name, c.raw); {
+			case err != nil || other.Pending == nil || !strings.HasPrefix(label, pendingLabelPrefix):
+				f.Problem, f.Weak = fmt.Sprintf("claim object that is not a keyward claim (%v); it blocks changes to the key", err), true
+			default:
+				f.Problem = fmt.Sprintf("claim on record generation %d made at %s by a writer that did not finish (or is finishing now); the next change to the key removes it once its generation is published or it is %v old",
+					other.Gen, other.Pending.Format(time.RFC3339), staleClaim)
+			}
+			rep.Findings = append(rep.Findings, f)
 		}
 		for k, w := range refs {
 			if !seen[k] && w.key != "" {

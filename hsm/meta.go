@@ -34,6 +34,8 @@ type metaRecord struct {
 	Min     uint32        `json:"min_decrypt_version"`
 	Adopted bool          `json:"adopted,omitempty"`
 	Vers    []metaVersion `json:"versions"`
+	// Pending is set only in a claim (see storeMeta): when its writer made it.
+	Pending *time.Time `json:"pending,omitempty"`
 }
 
 type metaVersion struct {
@@ -242,6 +244,9 @@ func (s *sess) pickMeta(name string, recs []storedMeta, c *cachedMeta) (*metaRec
 		if err != nil {
 			return nil, err
 		}
+		if rec.Pending != nil {
+			return nil, fmt.Errorf("record of %s is a writer's claim, not a record: %w", name, keys.ErrIntegrity)
+		}
 		switch {
 		case top == nil || rec.Gen > top.Gen:
 			top, topStored, tie = rec, r, false
@@ -263,7 +268,12 @@ type storedMeta struct {
 
 // findMeta returns name's record objects, unverified.
 func (s *sess) findMeta(name string) ([]storedMeta, error) {
-	hs, err := s.find(metaRef(name).template())
+	return s.findStored(metaRef(name).template())
+}
+
+// findStored returns the values of the data objects tmpl matches.
+func (s *sess) findStored(tmpl []*pkcs11.Attribute) ([]storedMeta, error) {
+	hs, err := s.find(tmpl)
 	if err != nil {
 		return nil, err
 	}
@@ -316,60 +326,136 @@ func (s *sess) encodeMeta(rec *metaRecord) ([]byte, error) {
 	return append(append([]byte(metaMagic), mac...), body...), nil
 }
 
-// storeMeta publishes rec as generation prevGen+1 (prevGen 0: a new key).
-// It creates the new record object, then checks that no other record of
-// that generation or newer exists (another process writing at the same
-// moment); if one does, it withdraws its own and returns errConcurrent (or
-// keys.ErrKeyExists for a new key). Otherwise it destroys the older
-// generations. A crash in between leaves an older record that the next
-// change removes; readers always take the newest.
+// storeMeta publishes rec as generation prevGen+1 (prevGen 0: a new key),
+// in two steps so that no reader ever sees a record that may be withdrawn:
+//
+//  1. It creates a claim: the record, marked pending, in an object that
+//     readers never search (label keyward:meta-pending:NAME, application
+//     keyward-pending).
+//  2. It looks for competitors: a record of that generation or newer, or
+//     another writer's claim of it. If there is one it destroys its claim
+//     and returns errConcurrent (keys.ErrKeyExists when the key exists).
+//  3. It creates the record itself, then destroys its claim and the older
+//     generations.
+//
+// Of two writers of one generation, whoever checks second sees the other's
+// claim or record (a claim is destroyed only once its record exists), so at
+// most one publishes; both may back off, and retry. A crash after step 3
+// leaves a claim no newer than the record, which the next writer removes; a
+// crash before it leaves a claim with no record, which blocks changes to
+// that key until it is staleClaim old. Readers always take the newest
+// record, and only ever see checked ones.
 func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 	rec.Gen = prevGen + 1
+	now := time.Now().UTC()
+	rec.Pending = &now
+	claimRaw, err := s.encodeMeta(rec)
+	rec.Pending = nil
+	if err != nil {
+		return err
+	}
 	raw, err := s.encodeMeta(rec)
 	if err != nil {
 		return err
 	}
-	ref := metaRef(rec.Name)
-	mine, err := s.p.CreateObject(s.sh, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, ref.Label),
-		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, metaApplication),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE, raw),
-	})
+	claim, err := s.createMeta(pendingLabelPrefix+rec.Name, pendingApplication, claimRaw)
 	if err != nil {
-		return fmt.Errorf("write record of %s: %w", rec.Name, err)
+		return fmt.Errorf("write the claim for the record of %s: %w", rec.Name, err)
+	}
+	if claimHook != nil {
+		claimHook("claimed", rec.Name)
 	}
 	recs, err := s.findMeta(rec.Name)
+	var claims []storedMeta
+	if err == nil {
+		claims, err = s.findStored(pendingRef(rec.Name).template())
+	}
 	if err != nil {
-		// Unchecked, so not published: left behind, it could tie with a
-		// concurrent writer's record or name objects the caller withdraws.
-		s.p.DestroyObject(s.sh, mine)
+		s.p.DestroyObject(s.sh, claim)
 		return err
 	}
+	if cerr := s.competitor(rec, prevGen, recs, claims, claim, now); cerr != nil {
+		s.p.DestroyObject(s.sh, claim)
+		return cerr
+	}
+	if claimHook != nil {
+		claimHook("checked", rec.Name)
+	}
+	mine, err := s.createMeta(metaRef(rec.Name).Label, metaApplication, raw)
+	if err != nil {
+		s.p.DestroyObject(s.sh, claim)
+		return fmt.Errorf("write record of %s: %w", rec.Name, err)
+	}
+	s.p.DestroyObject(s.sh, claim)
 	for _, r := range recs {
-		if r.h == mine {
-			continue
-		}
+		s.p.DestroyObject(s.sh, r.h)
+	}
+	s.remember(rec.Name, raw, rec, mine, time.Now())
+	return nil
+}
+
+// staleClaim: a claim with no record this old was left by a writer that
+// crashed between its steps 1 and 3 (which take milliseconds); the next
+// writer removes it. Generous, for clocks of hosts sharing an HSM that
+// disagree.
+const staleClaim = 2 * time.Minute
+
+// competitor checks the records and claims of rec.Name (other than own)
+// for one that forbids publishing generation rec.Gen, and removes claims
+// that no longer matter: older than rec.Gen (their record was published and
+// replaced), or stale.
+func (s *sess) competitor(rec *metaRecord, prevGen uint64, recs, claims []storedMeta, own pkcs11.ObjectHandle, now time.Time) error {
+	for _, r := range recs {
 		other, err := s.parseMeta(rec.Name, r.raw)
 		if err != nil || other.Gen >= rec.Gen || prevGen == 0 {
-			s.p.DestroyObject(s.sh, mine)
 			if prevGen == 0 {
 				return fmt.Errorf("create %s: created concurrently elsewhere: %w", rec.Name, keys.ErrKeyExists)
 			}
 			return errConcurrent
 		}
 	}
-	for _, r := range recs {
-		if r.h != mine {
-			s.p.DestroyObject(s.sh, r.h)
+	for _, c := range claims {
+		if c.h == own {
+			continue
+		}
+		other, err := s.parseMeta(rec.Name, c.raw)
+		switch {
+		case err != nil || other.Pending == nil:
+			return fmt.Errorf("key %s: a claim object that is not a keyward claim (%v) blocks changes; keyward token doctor lists it: %w", rec.Name, err, errConcurrent)
+		case other.Gen < rec.Gen:
+			s.p.DestroyObject(s.sh, c.h) // its record was published, and replaced since
+		case now.Sub(*other.Pending) > staleClaim:
+			s.t.log.Warn("removing a stale claim on a key record: a writer stopped between claiming and publishing", "key", rec.Name, "gen", other.Gen, "claimed", other.Pending.Format(time.RFC3339))
+			s.p.DestroyObject(s.sh, c.h)
+		default:
+			return fmt.Errorf("another writer claimed generation %d of the record at %s (a claim older than %v is taken as abandoned): %w",
+				other.Gen, other.Pending.Format(time.RFC3339), staleClaim, errConcurrent)
 		}
 	}
-	s.remember(rec.Name, raw, rec, mine, time.Now())
 	return nil
 }
+
+// createMeta creates a private, unmodifiable data object holding raw.
+func (s *sess) createMeta(label, application string, raw []byte) (pkcs11.ObjectHandle, error) {
+	return s.p.CreateObject(s.sh, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, application),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, raw),
+	})
+}
+
+func pendingRef(name string) objRef {
+	return objRef{Class: pkcs11.CKO_DATA, Label: pendingLabelPrefix + name}
+}
+
+// claimHook, set only by tests, runs at the moments another writer or a
+// reader could act: "claimed" (the claim made, not yet checked) and
+// "checked" (the check passed, the record not yet made).
+var claimHook func(stage, name string)
 
 func (s *sess) remember(name string, raw []byte, rec *metaRecord, h pkcs11.ObjectHandle, found time.Time) {
 	c := &cachedMeta{raw: raw, rec: rec, at: time.Now(), st: s.st, h: h, found: found}
@@ -381,6 +467,16 @@ func (s *sess) remember(name string, raw []byte, rec *metaRecord, h pkcs11.Objec
 // errConcurrent: another process changed the record while this one was
 // changing it. The admin operation is retried from a fresh read.
 var errConcurrent = errors.New("key record changed concurrently")
+
+// concurrentErr is the caller's error for a change that lost a race with
+// another process and was not retried (creates, adopts: retrying would
+// find the key made, or not).
+func concurrentErr(name string, err error) error {
+	if errors.Is(err, errConcurrent) {
+		return fmt.Errorf("another process is changing key %s at this moment; retry: %w: %w", name, err, keys.ErrUnavailable)
+	}
+	return err
+}
 
 // loadAllMeta returns every key's record, sorted by name, with one search
 // for all record objects (a search per key costs keys x objects on tokens

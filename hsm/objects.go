@@ -18,6 +18,8 @@ const (
 	metaApplication        = "keyward"
 	metaKeyLabel           = "keyward:meta-mac-key"
 	metaLabelPrefix        = "keyward:meta:"
+	pendingLabelPrefix     = "keyward:meta-pending:"
+	pendingApplication     = "keyward-pending"
 	findBatch              = 64
 	maxObjectsPerFind      = 4096
 )

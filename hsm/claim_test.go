@@ -1,0 +1,173 @@
+package hsm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/internal/testutil"
+	"github.com/keyward/keyward/keys"
+)
+
+// TestRecordClaims: on an HSM shared by daemons on several hosts, where
+// nothing serialises their key changes, a record being published is seen
+// by no reader and built on by no other writer until its writer's check
+// has passed. Daemon B acts while daemon A is between the steps of a
+// rotation: B's wrap uses the published version, B's changes back off, and
+// A's new version, once published, is the one both use; every blob
+// unwraps. (Before claims, B wrapped under A's unchecked version and B's
+// change built on A's record; had A then lost a race, it withdrew the
+// version those depended on.)
+func TestRecordClaims(t *testing.T) {
+	ctx := context.Background()
+	fresh := func(c *hsm.Config) { c.MetadataMaxAge = -1 }
+	a, b := open(t, fresh), open(t, fresh)
+	a.ActAsSharedHSM(t)
+	b.ActAsSharedHSM(t)
+	name := fmt.Sprintf("claims%d/k", time.Now().UnixNano()%1e9)
+	if _, err := a.CreateKey(ctx, name, keys.AES256GCM); err != nil {
+		t.Fatal(err)
+	}
+	defer hsm.SetClaimHook(nil)
+	var blobs [][]byte
+	for _, stage := range []string{"claimed", "checked"} {
+		t.Run(stage, func(t *testing.T) {
+			ki0, err := a.DescribeKey(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			published := uint32(len(ki0.Versions))
+			fired := false
+			var blob []byte
+			var wrapErr, rotErr, stateErr error
+			hsm.SetClaimHook(func(st, n string) {
+				if st != stage || n != name || fired {
+					return
+				}
+				fired = true // B's own claims pass through here too
+				blob, wrapErr = b.Wrap(ctx, name, []byte("from b"), nil)
+				_, rotErr = b.RotateKey(ctx, name)
+				_, stateErr = b.SetVersionState(ctx, name, 1, keys.Disabled)
+			})
+			ki, err := a.RotateKey(ctx, name)
+			hsm.SetClaimHook(nil)
+			if err != nil || uint32(len(ki.Versions)) != published+1 {
+				t.Fatalf("A's rotation = %+v, %v", ki, err)
+			}
+			if !fired {
+				t.Fatal("the hook never ran")
+			}
+			if wrapErr != nil {
+				t.Fatalf("B's wrap during A's rotation: %v", wrapErr)
+			}
+			if u, err := a.Unwrap(ctx, blob, nil); err != nil || u.Version != published {
+				t.Fatalf("B wrapped under %+v (%v), want the published v%d", u, err, published)
+			}
+			for what, err := range map[string]error{"rotation": rotErr, "state change": stateErr} {
+				if !errors.Is(err, keys.ErrUnavailable) {
+					t.Errorf("B's %s during A's rotation: %v, want ErrUnavailable", what, err)
+				}
+			}
+			blobs = append(blobs, blob)
+			for _, tk := range []*hsm.Token{a, b} {
+				ki, err := tk.DescribeKey(ctx, name)
+				if err != nil || uint32(len(ki.Versions)) != published+1 || ki.Versions[0].State != keys.Enabled {
+					t.Fatalf("after: %+v, %v", ki, err)
+				}
+				bl, err := tk.Wrap(ctx, name, []byte("after"), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if u, err := tk.Unwrap(ctx, bl, nil); err != nil || u.Version != published+1 {
+					t.Fatalf("wrap after A's rotation used %+v, %v", u, err)
+				}
+				blobs = append(blobs, bl)
+			}
+		})
+	}
+	for i, bl := range blobs {
+		for _, tk := range []*hsm.Token{a, b} {
+			if _, err := tk.Unwrap(ctx, bl, nil); err != nil {
+				t.Fatalf("blob %d lost: %v", i, err)
+			}
+		}
+	}
+}
+
+// TestStaleClaim: a claim left by a writer that stopped between claiming
+// and publishing blocks changes to that key (never reads) until it is two
+// minutes old; then the next change removes it, with a warning. Doctor
+// lists claims as housekeeping.
+func TestStaleClaim(t *testing.T) {
+	ctx := context.Background()
+	var logs testutil.SyncBuffer
+	a := open(t, func(c *hsm.Config) {
+		c.MetadataMaxAge = -1
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	prefix := fmt.Sprintf("stale%d", time.Now().UnixNano()%1e9)
+	old, recent := prefix+"/old", prefix+"/recent"
+	for _, n := range []string{old, recent} {
+		if _, err := a.CreateKey(ctx, n, keys.HMACSHA256); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.PlantClaim(ctx, old, time.Now().Add(-3*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.PlantClaim(ctx, recent, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := a.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := 0
+	for _, f := range rep.Findings {
+		if strings.HasPrefix(f.Label, "keyward:meta-pending:"+prefix) {
+			claims++
+			if f.Weak || !strings.Contains(f.Problem, "claim on record generation 2") {
+				t.Errorf("doctor: %+v", f)
+			}
+		}
+	}
+	if claims != 2 {
+		t.Errorf("doctor lists %d claims, want 2: %+v", claims, rep.Findings)
+	}
+
+	// Reads are not affected.
+	mac, err := a.MAC(ctx, recent, []byte("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.VerifyMAC(ctx, recent, mac.Version, []byte("m"), mac.Bytes); err != nil {
+		t.Fatalf("VerifyMAC: %v", err)
+	}
+	// The recent claim blocks the change, and says why.
+	_, err = a.RotateKey(ctx, recent)
+	if !errors.Is(err, keys.ErrUnavailable) || !strings.Contains(err.Error(), "another writer claimed generation 2") {
+		t.Fatalf("RotateKey past a recent claim: %v", err)
+	}
+	// The stale one is removed by the change.
+	ki, err := a.RotateKey(ctx, old)
+	if err != nil || len(ki.Versions) != 2 {
+		t.Fatalf("RotateKey past a stale claim = %+v, %v", ki, err)
+	}
+	if !strings.Contains(logs.String(), "removing a stale claim") {
+		t.Errorf("no warning for the stale claim:\n%s", logs.String())
+	}
+	rep, err = a.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range rep.Findings {
+		if f.Label == "keyward:meta-pending:"+old {
+			t.Errorf("the stale claim is still there: %+v", f)
+		}
+	}
+}

@@ -1,0 +1,43 @@
+package hsm
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// ActAsSharedHSM makes this process's Tokens on t's module behave as on a
+// network HSM shared by several hosts, where nothing serialises key changes
+// between processes: no cross-process flock for t, no object lock for the
+// module (restored when the test ends). Tests using it must not overlap
+// another session's object creation with a search on SoftHSM2 (see
+// module.objects).
+func (t *Token) ActAsSharedHSM(tb testing.TB) {
+	tb.Helper()
+	cross, serial := t.cross, t.mod.serialObjects
+	t.cross, t.mod.serialObjects = nil, false
+	tb.Cleanup(func() { t.cross, t.mod.serialObjects = cross, serial })
+}
+
+// SetClaimHook runs fn at the stages of a record's publication (nil: none).
+func SetClaimHook(fn func(stage, name string)) { claimHook = fn }
+
+// PlantClaim leaves a claim on name's next generation made at the given
+// time, as a writer that stopped after step 1 of storeMeta would.
+func (t *Token) PlantClaim(ctx context.Context, name string, at time.Time) error {
+	return t.withObjectChanges(ctx, func(s *sess) error {
+		cur, err := s.loadMeta(name, true)
+		if err != nil {
+			return err
+		}
+		rec := cloneRecord(cur)
+		rec.Gen++
+		rec.Pending = &at
+		raw, err := s.encodeMeta(rec)
+		if err != nil {
+			return err
+		}
+		_, err = s.createMeta(pendingLabelPrefix+name, pendingApplication, raw)
+		return err
+	})
+}
