@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -117,10 +119,10 @@ func TestStaleClaim(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := a.PlantClaim(ctx, old, time.Now().Add(-3*time.Minute)); err != nil {
+	if err := a.PlantClaim(ctx, old, time.Now().Add(-3*time.Minute), "other-host/1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.PlantClaim(ctx, recent, time.Now()); err != nil {
+	if err := a.PlantClaim(ctx, recent, time.Now(), "other-host/1"); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := a.Doctor(ctx)
@@ -169,5 +171,43 @@ func TestStaleClaim(t *testing.T) {
 		if f.Label == "keyward:meta-pending:"+old {
 			t.Errorf("the stale claim is still there: %+v", f)
 		}
+	}
+}
+
+// TestClaimOfDeadProcess: a fresh claim left by a process of this host that
+// is gone (keywardd killed mid-change) is removed by the next change at
+// once; one of a live process of this host waits like any other.
+func TestClaimOfDeadProcess(t *testing.T) {
+	ctx := context.Background()
+	a := open(t, func(c *hsm.Config) { c.MetadataMaxAge = -1 })
+	name := fmt.Sprintf("dead%d/k", time.Now().UnixNano()%1e9)
+	if _, err := a.CreateKey(ctx, name, keys.AES256GCM); err != nil {
+		t.Fatal(err)
+	}
+	if hsm.BootID() == "" {
+		t.Skip("no /proc/sys/kernel/random/boot_id")
+	}
+	// A live process of this host: the parent of the test (go test).
+	if err := a.PlantClaim(ctx, name, time.Now(), fmt.Sprintf("%s/%d", hsm.BootID(), os.Getppid())); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RotateKey(ctx, name); !errors.Is(err, keys.ErrUnavailable) {
+		t.Fatalf("RotateKey past a live process's claim: %v", err)
+	}
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	// A process of this host that is gone (cmd, waited for), on a second
+	// key: the first stays blocked by the live claim until it is stale.
+	other := name + "2"
+	if _, err := a.CreateKey(ctx, other, keys.AES256GCM); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.PlantClaim(ctx, other, time.Now(), fmt.Sprintf("%s/%d", hsm.BootID(), cmd.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	if ki, err := a.RotateKey(ctx, other); err != nil || len(ki.Versions) != 2 {
+		t.Fatalf("RotateKey past a dead process's claim = %+v, %v", ki, err)
 	}
 }

@@ -23,8 +23,9 @@ func (t *Token) ActAsSharedHSM(tb testing.TB) {
 func SetClaimHook(fn func(stage, name string)) { claimHook = fn }
 
 // PlantClaim leaves a claim on name's next generation made at the given
-// time, as a writer that stopped after step 1 of storeMeta would.
-func (t *Token) PlantClaim(ctx context.Context, name string, at time.Time) error {
+// time by claimant ("BOOTID/PID"; "" for one of another host), as a writer
+// that stopped after step 1 of storeMeta would.
+func (t *Token) PlantClaim(ctx context.Context, name string, at time.Time, claimant string) error {
 	return t.withObjectChanges(ctx, func(s *sess) error {
 		cur, err := s.loadMeta(name, true)
 		if err != nil {
@@ -32,7 +33,7 @@ func (t *Token) PlantClaim(ctx context.Context, name string, at time.Time) error
 		}
 		rec := cloneRecord(cur)
 		rec.Gen++
-		rec.Pending = &at
+		rec.Pending, rec.Claimant = &at, claimant
 		raw, err := s.encodeMeta(rec)
 		if err != nil {
 			return err
@@ -41,3 +42,6 @@ func (t *Token) PlantClaim(ctx context.Context, name string, at time.Time) error
 		return err
 	})
 }
+
+// BootID is this host's boot_id, as claims name it.
+func BootID() string { return bootID() }

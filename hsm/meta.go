@@ -7,7 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -34,8 +39,11 @@ type metaRecord struct {
 	Min     uint32        `json:"min_decrypt_version"`
 	Adopted bool          `json:"adopted,omitempty"`
 	Vers    []metaVersion `json:"versions"`
-	// Pending is set only in a claim (see storeMeta): when its writer made it.
-	Pending *time.Time `json:"pending,omitempty"`
+	// Pending is set only in a claim (see storeMeta): when its writer made
+	// it, and who: "BOOTID/PID" (the host's boot_id, unique per host and
+	// boot, and the process).
+	Pending  *time.Time `json:"pending,omitempty"`
+	Claimant string     `json:"claimant,omitempty"`
 }
 
 type metaVersion struct {
@@ -348,9 +356,9 @@ func (s *sess) encodeMeta(rec *metaRecord) ([]byte, error) {
 func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 	rec.Gen = prevGen + 1
 	now := time.Now().UTC()
-	rec.Pending = &now
+	rec.Pending, rec.Claimant = &now, claimant()
 	claimRaw, err := s.encodeMeta(rec)
-	rec.Pending = nil
+	rec.Pending, rec.Claimant = nil, ""
 	if err != nil {
 		return err
 	}
@@ -427,6 +435,9 @@ func (s *sess) competitor(rec *metaRecord, prevGen uint64, recs, claims []stored
 		case now.Sub(*other.Pending) > staleClaim:
 			s.t.log.Warn("removing a stale claim on a key record: a writer stopped between claiming and publishing", "key", rec.Name, "gen", other.Gen, "claimed", other.Pending.Format(time.RFC3339))
 			s.p.DestroyObject(s.sh, c.h)
+		case claimantGone(other.Claimant):
+			s.t.log.Warn("removing a claim on a key record left by a process of this host that is gone", "key", rec.Name, "gen", other.Gen, "claimant", other.Claimant)
+			s.p.DestroyObject(s.sh, c.h)
 		default:
 			return fmt.Errorf("another writer claimed generation %d of the record at %s (a claim older than %v is taken as abandoned): %w",
 				other.Gen, other.Pending.Format(time.RFC3339), staleClaim, errConcurrent)
@@ -447,6 +458,30 @@ func (s *sess) createMeta(label, application string, raw []byte) (pkcs11.ObjectH
 		pkcs11.NewAttribute(pkcs11.CKA_VALUE, raw),
 	})
 }
+
+// claimant names this process for its claims: "BOOTID/PID".
+func claimant() string { return bootID() + "/" + strconv.Itoa(os.Getpid()) }
+
+// claimantGone reports whether a claim's writer is known to be gone: a
+// process of this host and boot that no longer exists. A process of another
+// host is never known gone (nor one whose pid was reused): its claim waits
+// for staleClaim.
+func claimantGone(c string) bool {
+	boot, pidText, ok := strings.Cut(c, "/")
+	pid, err := strconv.Atoi(pidText)
+	if !ok || err != nil || pid <= 0 || boot == "" || boot != bootID() {
+		return false
+	}
+	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+}
+
+var bootID = sync.OnceValue(func() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+})
 
 func pendingRef(name string) objRef {
 	return objRef{Class: pkcs11.CKO_DATA, Label: pendingLabelPrefix + name}
