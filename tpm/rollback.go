@@ -62,12 +62,7 @@ type manifest struct {
 func (m *manifest) macInput() ([]byte, error) {
 	c := *m
 	c.MAC = nil
-	b, err := json.Marshal(&c)
-	if err != nil {
-		return nil, err
-	}
-	d := sha256.Sum256(b)
-	return append([]byte(labelManifest), d[:]...), nil
+	return labelledDigest(labelManifest, &c)
 }
 
 // counterIndex is the NV index of a state directory's counter, derived from

@@ -93,12 +93,18 @@ func (r *record) clone() *record {
 func (r *record) macInput() ([]byte, error) {
 	c := *r
 	c.MAC = nil
-	b, err := json.Marshal(&c)
+	return labelledDigest(labelKeyring, &c)
+}
+
+// labelledDigest is label || SHA-256(JSON of v): what the keyring key MACs
+// (one TPM2_HMAC command of fixed size, however large v is).
+func labelledDigest(label string, v any) ([]byte, error) {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
 	d := sha256.Sum256(b)
-	return append([]byte(labelKeyring), d[:]...), nil
+	return append([]byte(label), d[:]...), nil
 }
 
 // check validates a decoded record's shape (the MAC is checked by the caller).
