@@ -272,12 +272,31 @@ func (b *Backend) open(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := b.verifyRecord(rec); err != nil {
-			return fmt.Errorf("%s: %w", f, err)
-		}
 		b.recs[rec.Name] = rec
 	}
+	// The records' MACs are checked there: one TPM2_HMAC per record, or
+	// only the manifest's, which lists every record's SHA-256.
 	return b.openCounter()
+}
+
+// verifyRecords checks the MAC of every record (start-up without a
+// manifest to vouch for them).
+func (b *Backend) verifyRecords() error {
+	for _, name := range sortedKeys(b.recs) {
+		if err := b.verifyRecord(b.recs[name]); err != nil {
+			return fmt.Errorf("%s: %w", filepath.Join(keysDir, fileName(name)), err)
+		}
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // probe checks that the TPM has what keyward needs, and which key types it
@@ -363,8 +382,13 @@ func (b *Backend) storeRecord(d *device, r *record) error {
 	if err != nil {
 		return err
 	}
-	if err := b.st.write(filepath.Join(keysDir, fileName(r.Name)), append(data, '\n')); err != nil {
+	data = append(data, '\n')
+	if err := b.st.write(filepath.Join(keysDir, fileName(r.Name)), data); err != nil {
 		return err
+	}
+	r.sum = sha256.Sum256(data)
+	if err := counterFault("record"); err != nil {
+		return err // as if the directory's fsync failed after the rename
 	}
 	b.recMu.Lock()
 	b.recs[r.Name] = r

@@ -49,7 +49,7 @@ func FirstRoundHasZero(secret []byte) bool {
 	return bytes.IndexByte(h[:], 0) >= 0
 }
 
-// FailCounterStep makes the rollback counter's step ("manifest" or
+// FailCounterStep makes a step of key changes ("record", "manifest" or
 // "increment") fail with err until called with nil.
 func FailCounterStep(step string, err error) {
 	if err == nil {

@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"sort"
+	"path/filepath"
 	"strconv"
 
 	"github.com/google/go-tpm/tpm2"
@@ -23,16 +24,21 @@ import (
 // nothing can decrease, and which only the holder of the auth secret can
 // increment), and manifest.json, MAC'd like the records, lists the counter
 // value of the last change and, for every key, the counter value its current
-// record was written at (the record's "seq", also under its MAC). At start
-// the manifest must be at the TPM's counter value, and every record at the
-// manifest's value for its key: an older manifest or record is refused.
+// record was written at (the record's "seq", also under its MAC) and the
+// SHA-256 of its file. At start the manifest must be at the TPM's counter
+// value, and every record the one the manifest lists for its key: an older
+// manifest or record is refused. A record the manifest lists needs no MAC
+// check of its own, so start-up runs one TPM2_HMAC, not one per key.
 //
 // A change at counter value N+1 writes, in order: the record (seq N+1), the
 // manifest (counter N+1), then increments the counter. A crash in between
 // leaves a state start-up finishes: a record at N+1 the manifest does not
 // have yet (the manifest is written and the counter incremented), or a
 // manifest at N+1 with the counter at N (the counter is incremented). Only
-// one change is ever half done, because the next one first finishes it.
+// one change is ever half done, because the next one first finishes it. A
+// record whose write failed may still have reached the disk (a rename
+// whose directory fsync failed): it is newer than the manifest's, never
+// older, and start-up takes it, as it takes a half-done change's.
 const (
 	manifestFile   = "manifest.json"
 	manifestFormat = 1
@@ -50,11 +56,17 @@ const (
 var ErrRollback = fmt.Errorf("tpm: state directory rolled back or its counter lost: %w", keys.ErrIntegrity)
 
 type manifest struct {
-	Format  int               `json:"format"`
-	Index   string            `json:"nv_index"` // "0x01xxxxxx", as tpm2-tools print it
-	Counter uint64            `json:"counter"`
-	Keys    map[string]uint64 `json:"keys"` // key name -> seq of its current record
-	MAC     []byte            `json:"mac,omitempty"`
+	Format  int                    `json:"format"`
+	Index   string                 `json:"nv_index"` // "0x01xxxxxx", as tpm2-tools print it
+	Counter uint64                 `json:"counter"`
+	Keys    map[string]manifestKey `json:"keys"`
+	MAC     []byte                 `json:"mac,omitempty"`
+}
+
+// manifestKey is a key's current record: its seq and its file's SHA-256.
+type manifestKey struct {
+	Seq    uint64 `json:"seq"`
+	SHA256 string `json:"sha256"`
 }
 
 // macInput is a label and the SHA-256 of the manifest's JSON without its MAC
@@ -190,7 +202,7 @@ func (c *counterState) settled() bool { return c.index == 0 || c.mf == c.nv && !
 func (b *Backend) openCounter() error {
 	if b.noCounter {
 		b.ctr = counterState{status: "no rollback counter: the in-process simulator's NV does not outlive the process"}
-		return nil
+		return b.verifyRecords()
 	}
 	d := b.dev
 	idx := counterIndex(b.ringKey)
@@ -207,6 +219,9 @@ func (b *Backend) openCounter() error {
 		if perr == nil && pub.Attributes.Written {
 			return fmt.Errorf("%s is missing, but this state directory's rollback counter (NV index %s) exists on the TPM: the state directory was tampered with or restored without it. If you know why (a crash during keywardd's very first start), remove the counter with `tpm2_nvundefine -C o %s` and start again: %w",
 				manifestFile, hexHandle(idx), hexHandle(idx), ErrRollback)
+		}
+		if err := b.verifyRecords(); err != nil {
+			return err
 		}
 		if b.readOnly {
 			b.ctr.index = 0
@@ -249,31 +264,36 @@ func (b *Backend) openCounter() error {
 		return fmt.Errorf("%s is at change %d but the TPM's counter only at %d: %w", manifestFile, mf.Counter, nv, ErrRollback)
 	}
 	b.ctr.nv, b.ctr.mf = nv, mf.Counter
-	// Every key of the manifest has its record at the manifest's seq; at
-	// most one record is newer, at mf.Counter+1 (a change whose manifest was
-	// not written), and only while the counter has not moved past it.
-	var ahead []string
-	for name, seq := range mf.Keys {
-		r, ok := b.recs[name]
-		switch {
-		case !ok:
+	// Every key of the manifest has its record, as listed (the manifest's MAC
+	// vouches for it), or one of a later change the manifest does not have
+	// yet (its own MAC checked): an interrupted change's at mf.Counter+1,
+	// whose counter step is missing, or a failed write's at an older value.
+	for name := range mf.Keys {
+		if _, ok := b.recs[name]; !ok {
 			return fmt.Errorf("key %s is in %s but its record is missing: %w", name, manifestFile, ErrRollback)
-		case r.Seq < seq:
-			return fmt.Errorf("the record of key %s is from change %d, older than change %d that %s lists: it was rolled back (replaced by an older copy): %w", name, r.Seq, seq, manifestFile, ErrRollback)
-		case r.Seq > seq:
-			ahead = append(ahead, name)
 		}
 	}
-	for name := range b.recs {
-		if _, ok := mf.Keys[name]; !ok {
-			ahead = append(ahead, name)
+	var ahead []string
+	for _, name := range sortedKeys(b.recs) {
+		r := b.recs[name]
+		e, listed := mf.Keys[name]
+		if listed && e.SHA256 == hex.EncodeToString(r.sum[:]) {
+			continue
 		}
+		if err := b.verifyRecord(r); err != nil {
+			return fmt.Errorf("%s: %w", filepath.Join(keysDir, fileName(name)), err)
+		}
+		switch {
+		case listed && r.Seq < e.Seq:
+			return fmt.Errorf("the record of key %s is from change %d, older than change %d that %s lists: it was rolled back (replaced by an older copy): %w", name, r.Seq, e.Seq, manifestFile, ErrRollback)
+		case listed && r.Seq == e.Seq:
+			return fmt.Errorf("the record of key %s is not the one %s lists for change %d (a copy of one that change replaced): %w", name, manifestFile, r.Seq, ErrRollback)
+		case r.Seq > mf.Counter+1, r.Seq == mf.Counter+1 && mf.Counter != nv:
+			return fmt.Errorf("the record of key %s is from change %d, which no half-done change explains (%s at %d, the TPM's counter at %d): %w", name, r.Seq, manifestFile, mf.Counter, nv, ErrRollback)
+		}
+		ahead = append(ahead, name)
 	}
-	sort.Strings(ahead)
-	if len(ahead) > 1 || len(ahead) == 1 && (b.recs[ahead[0]].Seq != mf.Counter+1 || mf.Counter != nv) {
-		return fmt.Errorf("records %v are newer than %s (at change %d, the TPM's counter at %d), which no half-done change explains: %w", ahead, manifestFile, mf.Counter, nv, ErrRollback)
-	}
-	b.ctr.pending = len(ahead) == 1
+	b.ctr.pending = len(ahead) > 0
 	switch {
 	case b.ctr.settled():
 		b.ctr.status = fmt.Sprintf("NV index %s at %d, %s at %d: consistent", hexHandle(idx), nv, manifestFile, mf.Counter)
@@ -281,6 +301,15 @@ func (b *Backend) openCounter() error {
 	case b.readOnly:
 		b.ctr.status = fmt.Sprintf("NV index %s at %d, %s at %d: a key change is half done (keywardd finishes it at its next start)", hexHandle(idx), nv, manifestFile, mf.Counter)
 		return nil
+	}
+	if b.ctr.pending && b.ctr.mf == b.ctr.nv+1 {
+		// First the counter step of the change whose manifest is written,
+		// then a manifest that lists the newer records too.
+		b.ctr.pending = false
+		if err := b.settle(d); err != nil {
+			return fmt.Errorf("finishing a key change interrupted by a crash: %w", err)
+		}
+		b.ctr.pending = true
 	}
 	if err := b.settle(d); err != nil {
 		return fmt.Errorf("finishing a key change interrupted by a crash: %w", err)
@@ -364,9 +393,9 @@ func (b *Backend) settle(d *device) error {
 // writeManifest MACs and writes the manifest at counter value n, listing
 // every current record.
 func (b *Backend) writeManifest(n uint64) error {
-	m := &manifest{Format: manifestFormat, Index: hexHandle(b.ctr.index), Counter: n, Keys: make(map[string]uint64, len(b.recs))}
+	m := &manifest{Format: manifestFormat, Index: hexHandle(b.ctr.index), Counter: n, Keys: make(map[string]manifestKey, len(b.recs))}
 	for name, r := range b.recs {
-		m.Keys[name] = r.Seq
+		m.Keys[name] = manifestKey{Seq: r.Seq, SHA256: hex.EncodeToString(r.sum[:])}
 	}
 	in, err := m.macInput()
 	if err != nil {
@@ -415,16 +444,20 @@ func decodeManifest(b []byte) (*manifest, error) {
 	if _, err := strconv.ParseUint(m.Index, 0, 32); err != nil || len(m.Index) != 10 {
 		return nil, fmt.Errorf("%s: nv_index %q: %w", manifestFile, m.Index, keys.ErrIntegrity)
 	}
-	for name, seq := range m.Keys {
-		if err := keys.ValidateName(name); err != nil || seq > m.Counter {
-			return nil, fmt.Errorf("%s: key %q at change %d (manifest at %d): %w", manifestFile, name, seq, m.Counter, keys.ErrIntegrity)
+	for name, e := range m.Keys {
+		if err := keys.ValidateName(name); err != nil || e.Seq > m.Counter {
+			return nil, fmt.Errorf("%s: key %q at change %d (manifest at %d): %w", manifestFile, name, e.Seq, m.Counter, keys.ErrIntegrity)
+		}
+		if sum, err := hex.DecodeString(e.SHA256); err != nil || len(sum) != sha256.Size {
+			return nil, fmt.Errorf("%s: key %q: sha256 %q: %w", manifestFile, name, e.SHA256, keys.ErrIntegrity)
 		}
 	}
 	return &m, nil
 }
 
-// counterFaultHook, set only by tests, fails settle's step ("manifest",
-// "increment") as a crash or an I/O error there would.
+// counterFaultHook, set only by tests, fails a step of a key change
+// ("record": after the record's rename; "manifest", "increment": settle's)
+// as a crash or an I/O error there would.
 var counterFaultHook func(step string) error
 
 func counterFault(step string) error {

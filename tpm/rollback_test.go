@@ -1,13 +1,16 @@
 package tpm_test
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -56,9 +59,11 @@ func contains(list []string, s string) bool {
 func readManifest(t *testing.T, dir string) (index uint32, counter uint64, seqs map[string]uint64) {
 	t.Helper()
 	var m struct {
-		Index   string            `json:"nv_index"`
-		Counter uint64            `json:"counter"`
-		Keys    map[string]uint64 `json:"keys"`
+		Index   string `json:"nv_index"`
+		Counter uint64 `json:"counter"`
+		Keys    map[string]struct {
+			Seq uint64 `json:"seq"`
+		} `json:"keys"`
 	}
 	if err := json.Unmarshal(mustRead(t, filepath.Join(dir, "manifest.json")), &m); err != nil {
 		t.Fatal(err)
@@ -67,7 +72,11 @@ func readManifest(t *testing.T, dir string) (index uint32, counter uint64, seqs 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return uint32(v), m.Counter, m.Keys
+	seqs = map[string]uint64{}
+	for k, e := range m.Keys {
+		seqs[k] = e.Seq
+	}
+	return uint32(v), m.Counter, seqs
 }
 
 // undefine removes an NV index with the (empty) owner authorisation, as
@@ -140,7 +149,7 @@ func TestRollbackDetected(t *testing.T) {
 			if err := json.Unmarshal(after["manifest.json"], &m); err != nil {
 				t.Fatal(err)
 			}
-			m["keys"].(map[string]any)["app/db"] = 1
+			m["keys"].(map[string]any)["app/db"].(map[string]any)["seq"] = 1
 			edited, _ := json.Marshal(m)
 			write(t, filepath.Join(dir, "manifest.json"), edited)
 		}, keys.ErrIntegrity, "manifest.json fails its MAC"},
@@ -296,4 +305,101 @@ func TestRollbackMigration(t *testing.T) {
 func snapshot2(t *testing.T, dir string) []byte {
 	t.Helper()
 	return mustRead(t, filepath.Join(dir, "keys", "app%2Fdb.json"))
+}
+
+// TestRollbackFailedWrite: a record write reported as failed that reached
+// the disk anyway (its directory fsync failed after the rename) is newer
+// than the manifest's, and start-up takes it even when a later change
+// reused its counter value; a copy of the one it replaced is refused.
+func TestRollbackFailedWrite(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	dir := t.TempDir()
+	ctx := t.Context()
+	be := open(t, sw.Device(), dir)
+	mustCreate(t, be, "app/x", keys.AES256GCM)
+	mustCreate(t, be, "app/y", keys.AES256GCM)
+	fault := errors.New("injected: fsync of the directory failed")
+	defer tpm.FailCounterStep("", nil)
+
+	// x's state change fails after its rename; y's change takes the same
+	// counter value.
+	tpm.FailCounterStep("record", fault)
+	if _, err := be.SetVersionState(ctx, "app/x", 1, keys.Disabled); !errors.Is(err, fault) {
+		t.Fatalf("SetVersionState with the write failing: %v", err)
+	}
+	tpm.FailCounterStep("", nil)
+	landed := mustRead(t, filepath.Join(dir, "keys", "app%2Fx.json"))
+	if _, err := be.RotateKey(ctx, "app/y"); err != nil {
+		t.Fatal(err)
+	}
+	be.Close()
+	be = open(t, sw.Device(), dir)
+	ki, err := be.DescribeKey(ctx, "app/x")
+	if err != nil || ki.Versions[0].State != keys.Disabled {
+		t.Fatalf("after reopen, x = %+v, %v (the landed change is taken)", ki, err)
+	}
+	if _, _, _, settled := be.CounterStatus(); !settled {
+		t.Fatal("not settled after reopen")
+	}
+
+	// x changed again, at a new counter value; the landed copy is now
+	// older and refused.
+	if _, err := be.SetVersionState(ctx, "app/x", 1, keys.Enabled); err != nil {
+		t.Fatal(err)
+	}
+	be.Close()
+	current := mustRead(t, filepath.Join(dir, "keys", "app%2Fx.json"))
+	write(t, filepath.Join(dir, "keys", "app%2Fx.json"), landed)
+	if _, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth}); !errors.Is(err, tpm.ErrRollback) {
+		t.Fatalf("Open with x's superseded record: %v", err)
+	}
+	write(t, filepath.Join(dir, "keys", "app%2Fx.json"), current)
+
+	// The same key written twice at one counter value: the first write
+	// landed and was reported failed, the second took the value. A copy of
+	// the first is refused.
+	be = open(t, sw.Device(), dir)
+	tpm.FailCounterStep("record", fault)
+	if _, err := be.SetVersionState(ctx, "app/x", 1, keys.Disabled); !errors.Is(err, fault) {
+		t.Fatalf("SetVersionState with the write failing: %v", err)
+	}
+	tpm.FailCounterStep("", nil)
+	first := mustRead(t, filepath.Join(dir, "keys", "app%2Fx.json"))
+	if _, err := be.SetMinDecryptVersion(ctx, "app/x", 1); err != nil {
+		t.Fatal(err)
+	}
+	be.Close()
+	write(t, filepath.Join(dir, "keys", "app%2Fx.json"), first)
+	_, err = tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
+	if !errors.Is(err, tpm.ErrRollback) || !strings.Contains(err.Error(), "is not the one manifest.json lists") {
+		t.Fatalf("Open with the first of two records of one change: %v", err)
+	}
+}
+
+// TestOpenVerifiesOneMAC: with a manifest, start-up checks the records
+// against it, in software: two TPM2_HMAC (the auth proof and the
+// manifest's MAC) however many keys there are.
+func TestOpenVerifiesOneMAC(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	dir := t.TempDir()
+	be := open(t, sw.Device(), dir)
+	for i := range 8 {
+		mustCreate(t, be, fmt.Sprintf("app/k%d", i), keys.HMACSHA256)
+	}
+	be.Close()
+	var hmacs atomic.Int64
+	tpm.TapWire(func(cmd, rsp []byte) {
+		if len(cmd) >= 10 && binary.BigEndian.Uint32(cmd[6:10]) == uint32(tpm2.TPMCCHMAC) {
+			hmacs.Add(1)
+		}
+	})
+	defer tpm.TapWire(nil)
+	be = open(t, sw.Device(), dir)
+	if n := hmacs.Load(); n != 2 {
+		t.Fatalf("Open ran %d TPM2_HMAC for 8 keys, want 2", n)
+	}
+	list, err := be.ListKeys(t.Context())
+	if err != nil || len(list) != 8 {
+		t.Fatalf("ListKeys = %d keys, %v", len(list), err)
+	}
 }

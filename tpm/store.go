@@ -61,6 +61,9 @@ type record struct {
 	// keeps their MAC input unchanged.
 	Seq uint64 `json:"seq,omitempty"`
 	MAC []byte `json:"mac,omitempty"`
+	// sum is the SHA-256 of the record's file as read or written, which
+	// manifest.json lists (not stored in the record).
+	sum [32]byte
 }
 
 type recordVer struct {
@@ -329,5 +332,6 @@ func decodeRecord(rel string, b []byte) (*record, error) {
 	if err := r.check(rel); err != nil {
 		return nil, err
 	}
+	r.sum = sha256.Sum256(b)
 	return &r, nil
 }

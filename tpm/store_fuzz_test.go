@@ -3,6 +3,7 @@ package tpm
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,12 +44,12 @@ func FuzzDecodeRecord(f *testing.F) {
 // yields a manifest whose keys are valid names at or below its counter, or
 // fails with ErrIntegrity, and never panics.
 func FuzzDecodeManifest(f *testing.F) {
-	good := &manifest{Format: manifestFormat, Index: "0x01234567", Counter: 7, Keys: map[string]uint64{"app/db": 7, "app/old": 0}, MAC: []byte{1}}
+	good := &manifest{Format: manifestFormat, Index: "0x01234567", Counter: 7, Keys: map[string]manifestKey{"app/db": {Seq: 7, SHA256: strings.Repeat("ab", 32)}, "app/old": {}}, MAC: []byte{1}}
 	b, _ := json.Marshal(good)
 	f.Add(b)
 	f.Add([]byte(`{"format":1,"nv_index":"0x1","counter":1,"keys":{}}`))
-	f.Add([]byte(`{"format":1,"nv_index":"0x01000000","counter":1,"keys":{"a":2}}`))
-	f.Add([]byte(`{"format":1,"nv_index":"0x01000000","counter":1,"keys":{"../x":0}}`))
+	f.Add([]byte(`{"format":1,"nv_index":"0x01000000","counter":1,"keys":{"a":{"seq":2,"sha256":""}}}`))
+	f.Add([]byte(`{"format":1,"nv_index":"0x01000000","counter":1,"keys":{"../x":{"seq":0}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := decodeManifest(data)
 		if err != nil {
@@ -57,9 +58,9 @@ func FuzzDecodeManifest(f *testing.F) {
 			}
 			return
 		}
-		for name, seq := range m.Keys {
-			if keys.ValidateName(name) != nil || seq > m.Counter {
-				t.Fatalf("accepted key %q at %d in a manifest at %d", name, seq, m.Counter)
+		for name, e := range m.Keys {
+			if keys.ValidateName(name) != nil || e.Seq > m.Counter || len(e.SHA256) != 64 {
+				t.Fatalf("accepted key %q at %+v in a manifest at %d", name, e, m.Counter)
 			}
 		}
 		if _, err := m.macInput(); err != nil {
