@@ -79,6 +79,10 @@ type Backend struct {
 	Device       string `toml:"device"`
 	StateDir     string `toml:"state_dir"`
 	ParentHandle Handle `toml:"parent_handle"`
+	// RollbackCounter (tpm; default true): the NV counter that detects an
+	// older copy of the state directory. false only for TPMs where keyward
+	// cannot define it.
+	RollbackCounter *bool `toml:"rollback_counter"`
 }
 
 // Handle is a TPM handle. The config writes it as a TOML integer, in hex
@@ -109,11 +113,12 @@ type pkcs11Keys struct {
 }
 
 type tpmKeys struct {
-	Kind         string `toml:"kind"`
-	Device       string `toml:"device"`
-	StateDir     string `toml:"state_dir"`
-	ParentHandle Handle `toml:"parent_handle"`
-	PINFile      string `toml:"pin_file"`
+	Kind            string `toml:"kind"`
+	Device          string `toml:"device"`
+	StateDir        string `toml:"state_dir"`
+	ParentHandle    Handle `toml:"parent_handle"`
+	PINFile         string `toml:"pin_file"`
+	RollbackCounter *bool  `toml:"rollback_counter"`
 }
 
 // Limits bound what one caller can make the daemon do.

@@ -111,6 +111,14 @@ pin_file = "/etc/keyward/pin"
 		b := c.Backend
 		return b.Device == "/dev/tpmrm0" && b.StateDir == "/var/lib/keyward/tpm" && b.ParentHandle == 0 && b.PINFile == ""
 	}},
+	{name: "tpm rollback counter on by default", in: "[backend]\nkind = \"tpm\"\n", check: func(c Config) bool {
+		return c.Backend.RollbackCounter == nil
+	}},
+	{name: "tpm rollback counter off", in: "[backend]\nkind = \"tpm\"\nrollback_counter = false\n", check: func(c Config) bool {
+		return c.Backend.RollbackCounter != nil && !*c.Backend.RollbackCounter
+	}},
+	{name: "rollback counter is a tpm key", in: "[backend]\nkind = \"pkcs11\"\ntoken = \"t\"\nrollback_counter = false\n", wantErr: "test.toml:4:"},
+	{name: "tpm rollback counter not a bool", in: "[backend]\nkind = \"tpm\"\nrollback_counter = \"off\"\n", wantErr: "test.toml:3:"},
 	{name: "tpm over tcp", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm:127.0.0.1:2321\"\n", check: func(c Config) bool {
 		return c.Backend.Device == "swtpm:127.0.0.1:2321"
 	}},
@@ -135,12 +143,12 @@ pin_file = "/etc/keyward/pin"
 	{name: "tpm sim bad seed", in: "[backend]\nkind = \"tpm\"\ndevice = \"sim:x\"\n", wantErr: "SEED must be a decimal uint64"},
 	{name: "tpm relative state dir", in: "[backend]\nkind = \"tpm\"\nstate_dir = \"tpm\"\n", wantErr: `backend.state_dir "tpm": want an absolute path`},
 	{name: "unknown kind", in: "[backend]\nkind = \"tmp\"\n", wantErr: `backend.kind "tmp": want pkcs11 or tpm`},
-	{name: "module with tpm", in: "[backend]\nkind = \"tpm\"\nmodule = \"/usr/lib/x.so\"\n", wantErr: `test.toml:3: "backend.module" is not a setting of backend.kind "tpm" (it takes device, state_dir, parent_handle, pin_file)`},
+	{name: "module with tpm", in: "[backend]\nkind = \"tpm\"\nmodule = \"/usr/lib/x.so\"\n", wantErr: `test.toml:3: "backend.module" is not a setting of backend.kind "tpm" (it takes device, state_dir, parent_handle, pin_file, rollback_counter)`},
 	{name: "token with tpm", in: "[backend]\ntoken = \"k\"\nkind = \"tpm\"\n", wantErr: `test.toml:2: "backend.token" is not a setting of backend.kind "tpm"`},
 	{name: "uri with tpm", in: "[backend]\nkind = \"tpm\"\n\nuri = \"pkcs11:token=k\"\n", wantErr: `test.toml:4: "backend.uri" is not a setting`},
 	{name: "sessions with tpm", in: "[backend]\nkind = \"tpm\"\nsessions = 4\n", wantErr: `test.toml:3: "backend.sessions" is not a setting`},
 	{name: "metadata_max_age with tpm", in: "[backend]\nkind = \"tpm\"\nmetadata_max_age = \"1s\"\n", wantErr: `test.toml:3: "backend.metadata_max_age" is not a setting`},
-	{name: "two pkcs11 keys with tpm", in: "[backend]\nkind = \"tpm\"\nmodule = \"m\"\ntoken = \"k\"\n", wantErr: `test.toml:3: "backend.module" is not a setting of backend.kind "tpm" (it takes device, state_dir, parent_handle, pin_file); test.toml:4: "backend.token"`},
+	{name: "two pkcs11 keys with tpm", in: "[backend]\nkind = \"tpm\"\nmodule = \"m\"\ntoken = \"k\"\n", wantErr: `test.toml:3: "backend.module" is not a setting of backend.kind "tpm" (it takes device, state_dir, parent_handle, pin_file, rollback_counter); test.toml:4: "backend.token"`},
 	{name: "pkcs11 key in an inline tpm table", in: "backend = { kind = \"tpm\", module = \"m\" }\n", wantErr: `test.toml:1: "backend.module" is not a setting`},
 	{name: "pkcs11 key as a dotted key", in: "backend.kind = \"tpm\"\nbackend.module = \"m\"\n", wantErr: `test.toml:2: "backend.module" is not a setting`},
 	{name: "device with pkcs11", in: "[backend]\nkind = \"pkcs11\"\ntoken = \"k\"\ndevice = \"/dev/tpmrm0\"\n", wantErr: `test.toml:4: "backend.device" is not a setting of backend.kind "pkcs11" (it takes module, token, uri, pin_file, sessions, metadata_max_age)`},

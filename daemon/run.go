@@ -126,7 +126,7 @@ func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backen
 	case "tpm":
 		var t *tpm.Backend
 		t, err = tpm.Open(ctx, tpm.Config{Device: b.Device, StateDir: b.StateDir, AuthFile: b.PINFile,
-			ParentHandle: uint32(b.ParentHandle), Logger: log})
+			ParentHandle: uint32(b.ParentHandle), NoRollbackCounter: b.RollbackCounter != nil && !*b.RollbackCounter, Logger: log})
 		be = t
 	default:
 		err = fmt.Errorf("backend.kind %q: %w", b.Kind, ErrConfig)

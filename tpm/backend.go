@@ -52,8 +52,14 @@ type Config struct {
 	// hierarchy, created at every start.
 	ParentHandle uint32
 	// ReadOnly opens without the state directory's lock and refuses every
-	// change (keyward token doctor next to a running daemon).
+	// change (keyward token doctor next to a running daemon). A state
+	// directory that fails the rollback check still opens read-only: the
+	// failure is in Doctor's report.
 	ReadOnly bool
+	// NoRollbackCounter runs without the NV counter (see rollback.go): an
+	// older copy of a record is then not detected. Only for TPMs on which
+	// keyward cannot define one (owner authorisation set, NV full).
+	NoRollbackCounter bool
 	// MaxLoaded bounds cached key objects (default 2: with the parent that
 	// fills the 3 transient slots of a TPM without a resource manager).
 	MaxLoaded int
@@ -82,10 +88,13 @@ type Backend struct {
 	ringKey  *blobPair
 	// noCounter: no rollback counter (the in-process simulator, whose NV
 	// does not outlive the process); ctr: the counter (held with the slot).
-	noCounter bool
-	ctr       counterState
-	types     map[keys.Type]bool
-	closed    bool
+	noCounter  bool
+	counterOff bool // noCounter by configuration
+	// rollbackErr: read-only, the rollback check failed (for Doctor).
+	rollbackErr error
+	ctr         counterState
+	types       map[keys.Type]bool
+	closed      bool
 }
 
 var (
@@ -118,7 +127,8 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	b := &Backend{sem: make(chan struct{}, 1), device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{},
-		noCounter: cfg.Device == "sim" || strings.HasPrefix(cfg.Device, "sim:") || testNoCounter}
+		noCounter:  cfg.Device == "sim" || strings.HasPrefix(cfg.Device, "sim:") || testNoCounter || cfg.NoRollbackCounter,
+		counterOff: cfg.NoRollbackCounter}
 	b.dev = &device{
 		dial: func() (Conn, error) {
 			c, err := Dial(cfg.Device)
@@ -140,6 +150,11 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		time.Sleep(200 * time.Millisecond)
 		b.recs = map[string]*record{}
 		err = b.open(ctx)
+	}
+	if err != nil && cfg.ReadOnly && errors.Is(err, ErrRollback) {
+		// Reported by Doctor, not refused: the point of reading is to look.
+		b.ctr = counterState{status: "ROLLBACK: " + err.Error()}
+		b.rollbackErr, err = err, nil
 	}
 	if err != nil {
 		b.dev.close()

@@ -60,6 +60,9 @@ func (r *Report) Weak() bool {
 // counter.
 func (b *Backend) Doctor(ctx context.Context) (Report, error) {
 	rep := Report{Device: b.device, StateDir: b.st.dir, Findings: []Finding{}, Objects: []Object{}, Rollback: b.ctr.status}
+	if b.rollbackErr != nil {
+		rep.Findings = append(rep.Findings, Finding{Problem: b.rollbackErr.Error(), Weak: true})
+	}
 	type item struct {
 		key  string
 		ver  uint32

@@ -202,6 +202,12 @@ func (c *counterState) settled() bool { return c.index == 0 || c.mf == c.nv && !
 func (b *Backend) openCounter() error {
 	if b.noCounter {
 		b.ctr = counterState{status: "no rollback counter: the in-process simulator's NV does not outlive the process"}
+		if b.counterOff {
+			b.ctr.status = "rollback counter off (backend.rollback_counter = false): an older copy of a record is not detected"
+			if _, err := b.st.read(manifestFile); err == nil {
+				b.log.Warn("tpm rollback counter off: manifest.json is ignored, and goes stale with the next key change; an older copy of a record is not detected", "state_dir", b.st.dir)
+			}
+		}
 		return b.verifyRecords()
 	}
 	d := b.dev

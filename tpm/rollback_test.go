@@ -403,3 +403,57 @@ func TestOpenVerifiesOneMAC(t *testing.T) {
 		t.Fatalf("ListKeys = %d keys, %v", len(list), err)
 	}
 }
+
+// TestRollbackCounterOff: with NoRollbackCounter the state directory opens
+// without the counter (and says so, once a manifest exists), and an older
+// record is then not detected; with the counter it is. Doctor, reading
+// without the lock, reports a rolled-back directory instead of refusing it.
+func TestRollbackCounterOff(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	dir := t.TempDir()
+	ctx := t.Context()
+	be := open(t, sw.Device(), dir)
+	mustCreate(t, be, "app/db", keys.AES256GCM)
+	before := snapshot(t, dir)
+	if _, err := be.SetVersionState(ctx, "app/db", 1, keys.Disabled); err != nil {
+		t.Fatal(err)
+	}
+	be.Close()
+	after := snapshot(t, dir)
+	restore(t, dir, before, "keys/app%2Fdb.json")
+
+	// Doctor: opens, reports.
+	ro, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, ReadOnly: true})
+	if err != nil {
+		t.Fatalf("read-only Open of a rolled-back directory: %v", err)
+	}
+	rep, err := ro.Doctor(ctx)
+	ro.Close()
+	if err != nil || !rep.Weak() || !strings.HasPrefix(rep.Rollback, "ROLLBACK: ") || !strings.Contains(rep.Findings[0].Problem, "rolled back") {
+		t.Fatalf("Doctor = %+v, %v", rep, err)
+	}
+
+	// Counter off: opens, with a warning, and takes the older record.
+	var logs testutil.SyncBuffer
+	off, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, NoRollbackCounter: true,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatalf("Open with the counter off: %v", err)
+	}
+	ki, err := off.DescribeKey(ctx, "app/db")
+	off.Close()
+	if err != nil || ki.Versions[0].State != keys.Enabled {
+		t.Fatalf("DescribeKey with the counter off = %+v, %v (the older record, undetected)", ki, err)
+	}
+	if !strings.Contains(logs.String(), "rollback counter off") {
+		t.Fatalf("no warning:\n%s", logs.String())
+	}
+	if _, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth}); !errors.Is(err, tpm.ErrRollback) {
+		t.Fatalf("Open with the counter on: %v", err)
+	}
+	restore(t, dir, after)
+	be = open(t, sw.Device(), dir)
+	if rep, err := be.Doctor(ctx); err != nil || rep.Weak() || !strings.HasSuffix(rep.Rollback, ": consistent") {
+		t.Fatalf("Doctor after restore = %+v, %v", rep, err)
+	}
+}
