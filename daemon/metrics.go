@@ -162,6 +162,7 @@ type tpmCollector struct{ stats func() tpm.Stats }
 var (
 	descTPMLoads  = prometheus.NewDesc("keyward_tpm_object_loads_total", "TPM2_Load calls: key objects loaded because they were not in the TPM's few slots.", nil, nil)
 	descTPMLoaded = prometheus.NewDesc("keyward_tpm_objects_loaded", "Key objects loaded in the TPM now.", nil, nil)
+	descTPMBehind = prometheus.NewDesc("keyward_tpm_rollback_counter_behind", "1 while the last key change's rollback counter step has failed and is not yet finished.", nil, nil)
 )
 
 func (c tpmCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -169,6 +170,7 @@ func (c tpmCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRecFail
 	ch <- descTPMLoads
 	ch <- descTPMLoaded
+	ch <- descTPMBehind
 }
 
 func (c tpmCollector) Collect(ch chan<- prometheus.Metric) {
@@ -177,6 +179,11 @@ func (c tpmCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRecFail, prometheus.CounterValue, float64(s.RecoveryFailures))
 	ch <- prometheus.MustNewConstMetric(descTPMLoads, prometheus.CounterValue, float64(s.ObjectLoads))
 	ch <- prometheus.MustNewConstMetric(descTPMLoaded, prometheus.GaugeValue, float64(s.ObjectsLoaded))
+	behind := 0.0
+	if s.CounterBehind {
+		behind = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descTPMBehind, prometheus.GaugeValue, behind)
 }
 
 // serveMetrics serves /metrics on a Unix socket (mode 0660) or a TCP

@@ -102,7 +102,7 @@ func TestTPMBackend(t *testing.T) {
 	if !strings.Contains(page, `keyward_requests_total{method="Wrap",result="OK"} 1`) {
 		t.Errorf("metrics page lacks the wrap:\n%s", grepLines(page, "keyward_"))
 	}
-	for _, want := range []string{"keyward_backend_recoveries_total 0", "keyward_tpm_objects_loaded ", "keyward_tpm_object_loads_total "} {
+	for _, want := range []string{"keyward_backend_recoveries_total 0", "keyward_tpm_objects_loaded ", "keyward_tpm_object_loads_total ", "keyward_tpm_rollback_counter_behind 0"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("metrics page lacks %q:\n%s", want, grepLines(page, "keyward_"))
 		}

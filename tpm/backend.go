@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -92,9 +93,11 @@ type Backend struct {
 	counterOff bool // noCounter by configuration
 	// rollbackErr: read-only, the rollback check failed (for Doctor).
 	rollbackErr error
-	ctr         counterState
-	types       map[keys.Type]bool
-	closed      bool
+	// unsettled mirrors !ctr.settled() for Stats, which takes no slot.
+	unsettled atomic.Bool
+	ctr       counterState
+	types     map[keys.Type]bool
+	closed    bool
 }
 
 var (
@@ -162,6 +165,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		st.close()
 		return nil, err
 	}
+	b.unsettled.Store(!b.ctr.settled())
 	log.Info("tpm backend open", "device", redactDevice(cfg.Device), "state_dir", cfg.StateDir, "keys", len(b.recs), "read_only", cfg.ReadOnly)
 	return b, nil
 }
@@ -420,6 +424,7 @@ func (b *Backend) storeRecord(d *device, r *record) error {
 		}
 		b.log.Warn("tpm: key changed, but advancing the rollback counter failed; retried before the next change", "key", r.Name, "err", err)
 	}
+	b.unsettled.Store(!b.ctr.settled())
 	return nil
 }
 
@@ -492,15 +497,18 @@ func (b *Backend) recover() error {
 type Stats struct {
 	Recoveries       uint64 // the TPM was usable again after a reconnect
 	RecoveryFailures uint64 // reconnect attempts that failed
-	ObjectLoads      uint64 // TPM2_Load calls (misses of the loaded-object cache)
-	ObjectsLoaded    int    // key objects loaded now (at most Config.MaxLoaded)
+	// CounterBehind: the last key change's rollback counter step failed and
+	// is not yet finished (retried before the next change and by Health).
+	CounterBehind bool
+	ObjectLoads   uint64 // TPM2_Load calls (misses of the loaded-object cache)
+	ObjectsLoaded int    // key objects loaded now (at most Config.MaxLoaded)
 }
 
 // Stats returns the current counters without waiting for the TPM.
 func (b *Backend) Stats() Stats {
 	d := b.dev
 	return Stats{Recoveries: d.recoveries.Load(), RecoveryFailures: d.recoveryFailures.Load(),
-		ObjectLoads: d.loads.Load(), ObjectsLoaded: int(d.loadedNow.Load())}
+		ObjectLoads: d.loads.Load(), ObjectsLoaded: int(d.loadedNow.Load()), CounterBehind: b.unsettled.Load()}
 }
 
 // classify maps TPM and transport errors to the keys sentinels.
@@ -540,6 +548,7 @@ func (b *Backend) Health(ctx context.Context) error {
 			} else {
 				b.log.Info("tpm: rollback counter caught up with the last key change", "counter", b.ctr.nv)
 			}
+			b.unsettled.Store(!b.ctr.settled())
 		}
 		return err
 	})

@@ -248,14 +248,21 @@ func TestRollbackHalfDoneChange(t *testing.T) {
 		})
 	}
 
-	// Health finishes a half-done change without a restart.
+	// Health finishes a half-done change without a restart; Stats shows it
+	// meanwhile (the metric keyward_tpm_rollback_counter_behind).
 	tpm.FailCounterStep("increment", fault)
 	if _, err := be.RotateKey(ctx, "app/db"); err != nil {
 		t.Fatal(err)
 	}
+	if !be.Stats().CounterBehind {
+		t.Error("Stats().CounterBehind false after a failed counter step")
+	}
 	tpm.FailCounterStep("", nil)
 	if err := be.Health(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if be.Stats().CounterBehind {
+		t.Error("Stats().CounterBehind still true after Health finished the step")
 	}
 	if _, nv, mf, settled := be.CounterStatus(); !settled || nv != mf {
 		t.Fatalf("after Health: nv %d manifest %d settled %v", nv, mf, settled)
