@@ -264,23 +264,12 @@ func (b *Backend) open(ctx context.Context) error {
 		if rerr != nil {
 			return fmt.Errorf("keyring key (%s): %v: %w", keyringKeyDir, rerr, keys.ErrIntegrity)
 		}
-		var bp blobPair
-		dec := json.NewDecoder(bytes.NewReader(ring))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&bp); err != nil || len(bp.Public) == 0 || len(bp.Private) == 0 {
-			return fmt.Errorf("keyring key (%s) is damaged: %w", keyringKeyDir, keys.ErrIntegrity)
+		if b.ringKey, err = decodeRingKey(ring); err != nil {
+			return err
 		}
-		if err := checkObject(&bp, keyedHashTemplate()); err != nil {
-			return fmt.Errorf("keyring key: %w", err)
-		}
-		b.ringKey = &bp
 	}
-	// Prove the auth value opens the keyring key before anything else.
-	if _, err := b.dev.hmac(b.ringKey, []byte(labelKeyring)); err != nil {
-		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
-			return fmt.Errorf("the TPM refuses the auth secret for this state directory's keys: %w", ErrAuth)
-		}
-		return classify(err)
+	if err := b.dev.proveAuth(b.ringKey); err != nil {
+		return err
 	}
 	for _, f := range files {
 		data, err := b.st.read(f)
@@ -316,6 +305,32 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// decodeRingKey parses keyring.key strictly and checks it is a keyring key.
+func decodeRingKey(raw []byte) (*blobPair, error) {
+	var bp blobPair
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&bp); err != nil || len(bp.Public) == 0 || len(bp.Private) == 0 {
+		return nil, fmt.Errorf("keyring key (%s) is damaged: %w", keyringKeyDir, keys.ErrIntegrity)
+	}
+	if err := checkObject(&bp, keyedHashTemplate()); err != nil {
+		return nil, fmt.Errorf("keyring key: %w", err)
+	}
+	return &bp, nil
+}
+
+// proveAuth checks that the auth value opens the keyring key: before
+// anything else, a wrong secret is said as such.
+func (d *device) proveAuth(ring *blobPair) error {
+	if _, err := d.hmac(ring, []byte(labelKeyring)); err != nil {
+		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
+			return fmt.Errorf("the TPM refuses the auth secret for this state directory's keys: %w", ErrAuth)
+		}
+		return classify(err)
+	}
+	return nil
 }
 
 // probe checks that the TPM has what keyward needs, and which key types it

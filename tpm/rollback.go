@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"path/filepath"
 	"strconv"
 
@@ -130,22 +132,36 @@ func describeNV(pub *tpm2.TPMSNVPublic) string {
 		pub.Attributes.NT, uint16(pub.NameAlg), pub.DataSize, len(pub.AuthPolicy.Buffer), binary.BigEndian.Uint32(tpm2.Marshal(pub.Attributes)))
 }
 
-// nvDefineCounter defines the counter index under the owner hierarchy (empty
-// owner authorisation, as for the default parent). The auth value travels
-// encrypted (the session encrypts the command's first parameter).
-func (d *device) nvDefineCounter(idx tpm2.TPMHandle) error {
+// nvDefineCounter defines the counter index under the owner hierarchy with
+// its authorisation (nil: empty, as for the default parent). The index's
+// auth value travels encrypted (the session encrypts the command's first
+// parameter); the owner's is never sent (an HMAC session).
+func (d *device) nvDefineCounter(idx tpm2.TPMHandle, ownerAuth []byte) error {
 	d.dropOwnerSession()
 	_, err := (tpm2.NVDefineSpace{
 		AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner,
-			Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Salted(d.parent, d.parentPub), tpm2.AESEncryption(128, tpm2.EncryptIn))},
+			Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(ownerAuth), tpm2.Salted(d.parent, d.parentPub), tpm2.AESEncryption(128, tpm2.EncryptIn))},
 		Auth: tpm2.TPM2BAuth{Buffer: d.auth},
 		PublicInfo: tpm2.New2B(tpm2.TPMSNVPublic{NVIndex: idx, NameAlg: tpm2.TPMAlgSHA256,
 			Attributes: counterAttrs(), DataSize: 8}),
 	}).Execute(d.conn)
 	if err != nil {
-		return fmt.Errorf("TPM2_NV_DefineSpace %s (needs the owner hierarchy's authorisation to be empty, and a free NV slot): %w", hexHandle(idx), err)
+		return fmt.Errorf("TPM2_NV_DefineSpace %s: %w", hexHandle(idx), err)
 	}
 	return nil
+}
+
+// ownerAuthSet reports the TPM's TPMA_PERMANENT.ownerAuthSet.
+func (d *device) ownerAuthSet() (bool, error) {
+	rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTPermanent), PropertyCount: 1}).Execute(d.conn)
+	if err != nil {
+		return false, fmt.Errorf("TPM2_GetCapability(TPM_PT_PERMANENT): %w", err)
+	}
+	props, err := rsp.CapabilityData.Data.TPMProperties()
+	if err != nil || len(props.TPMProperty) == 0 || props.TPMProperty[0].Property != tpm2.TPMPTPermanent {
+		return false, fmt.Errorf("TPM2_GetCapability(TPM_PT_PERMANENT): no answer (%v)", err)
+	}
+	return props.TPMProperty[0].Value&1 != 0, nil // bit 0: ownerAuthSet
 }
 
 // nvIndexAuth authorises a command on the index with its auth value, over a
@@ -332,7 +348,14 @@ func (b *Backend) openCounter() error {
 func (b *Backend) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error {
 	d := b.dev
 	if pub == nil {
-		if err := d.nvDefineCounter(idx); err != nil {
+		// Not tried when the owner's authorisation is set: each try would be
+		// a failed authorisation, at every start.
+		if set, err := d.ownerAuthSet(); err != nil {
+			return classify(err)
+		} else if set {
+			return fmt.Errorf("defining the rollback counter (NV index %s) needs the owner hierarchy's authorisation, which is set on this TPM: run `keyward token define-counter --owner-auth-file FILE` once, or set backend.rollback_counter = false: %w", hexHandle(idx), ErrConfig)
+		}
+		if err := d.nvDefineCounter(idx, nil); err != nil {
 			return classify(err)
 		}
 	} else if err := checkCounterPublic(idx, pub); err != nil {
@@ -476,3 +499,78 @@ func counterFault(step string) error {
 // testNoCounter, set only by tests, opens without a counter, as keyward did
 // before it had one.
 var testNoCounter bool
+
+// ErrCounterDefined: DefineCounter found the counter defined already.
+var ErrCounterDefined = errors.New("tpm: the rollback counter is defined already")
+
+// DefineCounter defines the rollback counter of a state directory keywardd
+// has initialised (parent pinned, keyring key made), with the owner
+// hierarchy's authorisation ownerAuth: for TPMs whose owner authorisation
+// is set, where keywardd cannot define it and refuses to start. It proves
+// the auth secret on the keyring key first (the index gets the value
+// derived from it), writes nothing in the state directory and takes no
+// lock; keywardd's next start takes the counter into use. It returns the
+// index ("0x01xxxxxx"), with ErrCounterDefined if it existed already.
+func DefineCounter(ctx context.Context, cfg Config, ownerAuth []byte) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	if cfg.Device == "" {
+		cfg.Device = "/dev/tpmrm0"
+	}
+	auth, err := objectAuth(cfg)
+	if err != nil {
+		return "", err
+	}
+	defer clear(auth)
+	st, err := openStore(cfg.StateDir, true)
+	if err != nil {
+		return "", err
+	}
+	pinned, err := st.read(parentFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("state directory %s is not initialised (no %s): start keywardd once first (it stops at the counter): %w", cfg.StateDir, parentFile, ErrConfig)
+	}
+	if err != nil {
+		return "", fmt.Errorf("pinned parent: %w", err)
+	}
+	raw, err := st.read(keyringKeyDir)
+	if err != nil {
+		return "", fmt.Errorf("keyring key (%s): %w", keyringKeyDir, err)
+	}
+	ring, err := decodeRingKey(raw)
+	if err != nil {
+		return "", err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &device{dial: func() (Conn, error) { return Dial(cfg.Device) }, auth: auth, persist: tpm2.TPMHandle(cfg.ParentHandle),
+		maxLoaded: 1, log: log, pinned: pinned}
+	defer d.close()
+	if err := d.reset(); err != nil {
+		return "", classify(err)
+	}
+	if err := d.proveAuth(ring); err != nil {
+		return "", err
+	}
+	idx := counterIndex(ring)
+	pub, _, err := d.nvPublic(idx)
+	switch {
+	case err == nil:
+		if err := checkCounterPublic(idx, pub); err != nil {
+			return "", err
+		}
+		return hexHandle(idx), ErrCounterDefined
+	case !errors.Is(err, errNoIndex):
+		return "", classify(err)
+	}
+	if err := d.nvDefineCounter(idx, ownerAuth); err != nil {
+		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
+			return "", fmt.Errorf("the TPM refuses the owner authorisation: %w", ErrAuth)
+		}
+		return "", classify(err)
+	}
+	return hexHandle(idx), nil
+}

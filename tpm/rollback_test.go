@@ -464,3 +464,59 @@ func TestRollbackCounterOff(t *testing.T) {
 		t.Fatalf("Doctor after restore = %+v, %v", rep, err)
 	}
 }
+
+// TestDefineCounterWithOwnerAuth: on a TPM whose owner authorisation is
+// set (with a persistent parent, as such TPMs need), keywardd does not try
+// to define its counter and says what to run; DefineCounter, given the
+// owner's authorisation and the right auth secret, defines it, and the
+// next start takes it into use.
+func TestDefineCounterWithOwnerAuth(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	const handle = 0x81000011
+	makePersistentParent(t, sw.Device(), handle)
+	ownerAuth := []byte("owner-authorisation-of-the-it-team")
+	conn, err := tpm.Dial(sw.Device())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.HierarchyChangeAuth{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		NewAuth: tpm2.TPM2BAuth{Buffer: ownerAuth}}).Execute(conn); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	ctx := t.Context()
+	cfg := tpm.Config{Device: sw.Device(), StateDir: t.TempDir(), Auth: testAuth, ParentHandle: handle}
+
+	if _, err := tpm.DefineCounter(ctx, cfg, ownerAuth); !errors.Is(err, tpm.ErrConfig) || !strings.Contains(err.Error(), "not initialised") {
+		t.Fatalf("DefineCounter before keywardd's first start: %v", err)
+	}
+	_, err = tpm.Open(ctx, cfg)
+	if !errors.Is(err, tpm.ErrConfig) || !strings.Contains(err.Error(), "keyward token define-counter") {
+		t.Fatalf("Open with the owner authorisation set: %v", err)
+	}
+	wrongSecret := cfg
+	wrongSecret.Auth = []byte("some-other-auth-secret-0123456789")
+	if _, err := tpm.DefineCounter(ctx, wrongSecret, ownerAuth); !errors.Is(err, tpm.ErrAuth) {
+		t.Fatalf("DefineCounter with another auth secret: %v", err)
+	}
+	if _, err := tpm.DefineCounter(ctx, cfg, []byte("not-the-owner-auth")); !errors.Is(err, tpm.ErrAuth) {
+		t.Fatalf("DefineCounter with a wrong owner authorisation: %v", err)
+	}
+	index, err := tpm.DefineCounter(ctx, cfg, ownerAuth)
+	if err != nil || !strings.HasPrefix(index, "0x01") {
+		t.Fatalf("DefineCounter = %q, %v", index, err)
+	}
+	be, err := tpm.Open(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Open after DefineCounter: %v", err)
+	}
+	mustCreate(t, be, "app/k", keys.AES256GCM)
+	got, nv, mf, settled := be.CounterStatus()
+	be.Close()
+	if fmt.Sprintf("0x%08x", got) != index || !settled || nv != mf || nv < 2 {
+		t.Fatalf("counter 0x%08x (defined %s) at %d, manifest %d, settled %v", got, index, nv, mf, settled)
+	}
+	if again, err := tpm.DefineCounter(ctx, cfg, ownerAuth); !errors.Is(err, tpm.ErrCounterDefined) || again != index {
+		t.Fatalf("DefineCounter again = %q, %v", again, err)
+	}
+}

@@ -482,32 +482,7 @@ func TestBusCarriesNoSecrets(t *testing.T) {
 func TestPersistentParent(t *testing.T) {
 	sw := swtpmtest.Start(t)
 	const handle = 0x81000010
-	conn, err := tpm.Dial(sw.Device())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A storage key that is not the default template (other unique value).
-	tmpl := tpm2.ECCSRKTemplate
-	tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-		X: tpm2.TPM2BECCParameter{Buffer: bytes.Repeat([]byte{1}, 32)},
-		Y: tpm2.TPM2BECCParameter{Buffer: bytes.Repeat([]byte{2}, 32)},
-	})
-	p, err := (tpm2.CreatePrimary{
-		PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
-		InPublic:      tpm2.New2B(tmpl),
-	}).Execute(conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := (tpm2.EvictControl{
-		Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
-		ObjectHandle:     &tpm2.NamedHandle{Handle: p.ObjectHandle, Name: p.Name},
-		PersistentHandle: handle,
-	}).Execute(conn); err != nil {
-		t.Fatal(err)
-	}
-	(tpm2.FlushContext{FlushHandle: p.ObjectHandle}).Execute(conn)
-	conn.Close()
+	makePersistentParent(t, sw.Device(), handle)
 
 	dir := t.TempDir()
 	ctx := t.Context()
@@ -535,6 +510,38 @@ func TestPersistentParent(t *testing.T) {
 	if u, err := be.Unwrap(ctx, blob, nil); err != nil || string(u.Plaintext) != "x" {
 		t.Fatalf("Unwrap under the persistent parent after reopening: %v", err)
 	}
+}
+
+// makePersistentParent makes a storage key (not the default template: other
+// unique value) persistent at handle, as a security team would.
+func makePersistentParent(t *testing.T, device string, handle tpm2.TPMHandle) {
+	t.Helper()
+	conn, err := tpm.Dial(device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// A storage key that is not the default template (other unique value).
+	tmpl := tpm2.ECCSRKTemplate
+	tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+		X: tpm2.TPM2BECCParameter{Buffer: bytes.Repeat([]byte{1}, 32)},
+		Y: tpm2.TPM2BECCParameter{Buffer: bytes.Repeat([]byte{2}, 32)},
+	})
+	p, err := (tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		InPublic:      tpm2.New2B(tmpl),
+	}).Execute(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.EvictControl{
+		Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		ObjectHandle:     &tpm2.NamedHandle{Handle: p.ObjectHandle, Name: p.Name},
+		PersistentHandle: handle,
+	}).Execute(conn); err != nil {
+		t.Fatal(err)
+	}
+	(tpm2.FlushContext{FlushHandle: p.ObjectHandle}).Execute(conn)
 }
 
 // TestAuthWithZeroBytes: secrets whose first derivation holds a zero byte

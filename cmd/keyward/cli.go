@@ -210,10 +210,10 @@ func (a *app) rootCmd() *cobra.Command {
 	add("daemon", a.statusCmd())
 	add("daemon", a.benchCmd())
 	add("local",
-		groupCmd("token", "check PKCS#11 tokens and TPM state directories (no daemon needed)",
+		groupCmd("token", "check PKCS#11 tokens and TPM state directories, define a TPM's rollback counter (no daemon needed)",
 			"  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so --token keyward --pin-file /etc/keyward/pin\n"+
 				"  keyward token doctor --tpm-device /dev/tpmrm0 --state-dir /var/lib/keyward/tpm --pin-file /etc/keyward/pin",
-			a.doctorCmd()),
+			a.doctorCmd(), a.defineCounterCmd()),
 		a.policyCmd(),
 		a.demoCmd())
 	add("local", a.auditCmd())

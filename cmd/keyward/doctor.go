@@ -32,9 +32,12 @@ URI (--uri "pkcs11:token=keyward;serial=..."). SoftHSM2 reads its
 configuration from $SOFTHSM2_CONF.
 
 TPM: with --tpm-device (/dev/tpmrm0, swtpm:HOST:PORT or swtpm+unix:PATH) and
---state-dir (backend.state_dir), and the auth secret from --pin-file, doctor
-checks the TPM backend's state directory instead: the pinned parent, every
-record's MAC, and, loading each stored object (the keyring key and every key
+--state-dir (backend.state_dir), the auth secret from --pin-file, and
+--parent-handle when backend.parent_handle is set, doctor checks the TPM
+backend's state directory instead: the pinned parent, the rollback counter
+(manifest.json against the TPM's NV counter: a state directory keywardd
+would refuse as rolled back is a weak finding), every record's MAC, and,
+loading each stored object (the keyring key and every key
 version) into the TPM, the attributes the TPM itself reports for it
 (fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda, no policy, not
 restricted) and that it is the object the record names. It prints one row
@@ -48,13 +51,14 @@ Exit status 0 means no weak object (housekeeping findings are printed but do
 not fail), 1 means at least one weak object.`
 
 type doctorOptions struct {
-	Module    string
-	Token     string
-	URI       string
-	PINFile   string
-	TPMDevice string
-	StateDir  string
-	JSON      bool
+	Module       string
+	Token        string
+	URI          string
+	PINFile      string
+	TPMDevice    string
+	StateDir     string
+	ParentHandle string
+	JSON         bool
 
 	moduleSet bool // --module was given (not only $KEYWARD_PKCS11_MODULE)
 }
@@ -62,7 +66,7 @@ type doctorOptions struct {
 func (a *app) doctorCmd() *cobra.Command {
 	var o doctorOptions
 	c := &cobra.Command{
-		Use:   "doctor (--token LABEL | --uri URI | --tpm-device DEV --state-dir DIR) [--module PATH] [--pin-file FILE] [--json]",
+		Use:   "doctor (--token LABEL | --uri URI | --tpm-device DEV --state-dir DIR [--parent-handle HANDLE]) [--module PATH] [--pin-file FILE] [--json]",
 		Short: "check every keyward object in a PKCS#11 token or a TPM state directory for weak protection and leftovers",
 		Long:  doctorLong,
 		Example: `  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so \
@@ -89,6 +93,7 @@ func (a *app) doctorCmd() *cobra.Command {
 	f.StringVar(&o.PINFile, "pin-file", "", "user PIN (TPM: the auth secret), in a `FILE` of mode 0600 or 0400 (default $CREDENTIALS_DIRECTORY/pin, a systemd credential)")
 	f.StringVar(&o.TPMDevice, "tpm-device", "", "check a TPM backend instead of a token: the TPM `DEV` (/dev/tpmrm0, swtpm:HOST:PORT, swtpm+unix:PATH)")
 	f.StringVar(&o.StateDir, "state-dir", "", "with --tpm-device: the TPM backend's state `DIR` (backend.state_dir)")
+	f.StringVar(&o.ParentHandle, "parent-handle", "", "with --tpm-device: the persistent parent `HANDLE` of backend.parent_handle (0x81000000..0x81ffffff); unset: the default parent")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	return c
 }
@@ -103,6 +108,9 @@ func (o *doctorOptions) check() error {
 		if o.StateDir == "" {
 			return usagef(cmd, "--tpm-device needs --state-dir (backend.state_dir)")
 		}
+		if _, err := parseParentHandle(o.ParentHandle); err != nil {
+			return usagef(cmd, "--parent-handle: %v", err)
+		}
 		if o.PINFile == "" && os.Getenv("CREDENTIALS_DIRECTORY") == "" {
 			return usagef(cmd, "--pin-file is required when $CREDENTIALS_DIRECTORY is not set")
 		}
@@ -110,6 +118,9 @@ func (o *doctorOptions) check() error {
 	}
 	if o.StateDir != "" {
 		return usagef(cmd, "--state-dir is for a TPM: give --tpm-device too")
+	}
+	if o.ParentHandle != "" {
+		return usagef(cmd, "--parent-handle is for a TPM: give --tpm-device too")
 	}
 	if o.Module == "" {
 		return usagef(cmd, "--module is required ($%s is not set)", envModule)
@@ -167,7 +178,8 @@ func tokenDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
 // tpmDoctor opens the TPM backend read-only, runs Doctor and prints the
 // report. It returns an error wrapping errWeak when any finding is weak.
 func tpmDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
-	be, err := tpm.Open(ctx, tpm.Config{Device: o.TPMDevice, StateDir: o.StateDir, AuthFile: o.PINFile, ReadOnly: true})
+	parent, _ := parseParentHandle(o.ParentHandle) // checked by check
+	be, err := tpm.Open(ctx, tpm.Config{Device: o.TPMDevice, StateDir: o.StateDir, AuthFile: o.PINFile, ParentHandle: parent, ReadOnly: true})
 	if err != nil {
 		if strings.HasPrefix(o.TPMDevice, "swtpm") && errors.Is(err, tpm.ErrTransport) {
 			return fmt.Errorf("token doctor: open tpm (swtpm must be running, and serves one client at a time: stop keywardd first): %w", err)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/tpm"
 	"github.com/keyward/keyward/tpm/swtpmtest"
@@ -231,5 +233,72 @@ func TestExitCodeTPM(t *testing.T) {
 				t.Errorf("exitCode(%v) = %d, want %d", tt.err, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestDefineCounterCommand: a TPM whose owner authorisation is set, with a
+// persistent parent as such a TPM needs: keywardd's first start stops at
+// the rollback counter, `keyward token define-counter` defines it with the
+// owner's authorisation from a file, the backend then opens, and doctor
+// (with --parent-handle) reports the counter consistent.
+func TestDefineCounterCommand(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	const handle = 0x81000012
+	ownerAuth := "owner-authorisation-of-the-it-team"
+	conn, err := tpm.Dial(sw.Device())
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)}
+	p, err := (tpm2.CreatePrimary{PrimaryHandle: owner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}).Execute(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.EvictControl{Auth: owner, ObjectHandle: &tpm2.NamedHandle{Handle: p.ObjectHandle, Name: p.Name}, PersistentHandle: handle}).Execute(conn); err != nil {
+		t.Fatal(err)
+	}
+	(tpm2.FlushContext{FlushHandle: p.ObjectHandle}).Execute(conn)
+	if _, err := (tpm2.HierarchyChangeAuth{AuthHandle: owner, NewAuth: tpm2.TPM2BAuth{Buffer: []byte(ownerAuth)}}).Execute(conn); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	auth := writeFile0600(t, filepath.Join(dir, "auth"), testAuth+"\n")
+	ownerFile := writeFile0600(t, filepath.Join(dir, "owner"), ownerAuth+"\n")
+	cfg := tpm.Config{Device: sw.Device(), StateDir: state, AuthFile: auth, ParentHandle: handle}
+	if _, err := tpm.Open(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "keyward token define-counter") {
+		t.Fatalf("first start with the owner authorisation set: %v", err)
+	}
+	args := []string{"token", "define-counter", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth,
+		"--parent-handle", fmt.Sprintf("0x%08x", handle), "--owner-auth-file", ownerFile}
+	r := keyward(t, nil, args...)
+	if r.code != 0 || !regexp.MustCompile(`^rollback counter of .*: NV index 0x01[0-3][0-9a-f]{5} defined; keywardd's next start takes it into use\n$`).MatchString(r.stdout) {
+		t.Fatalf("define-counter: exit %d\nstdout %q\nstderr %q", r.code, r.stdout, r.stderr)
+	}
+	be, err := tpm.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("start after define-counter: %v", err)
+	}
+	if _, err := be.CreateKey(context.Background(), "app/k", keys.AES256GCM); err != nil {
+		t.Fatal(err)
+	}
+	be.Close()
+	if r := keyward(t, nil, args...); r.code != 0 || !strings.Contains(r.stdout, "defined already") {
+		t.Fatalf("define-counter again: exit %d, %q %q", r.code, r.stdout, r.stderr)
+	}
+	r = keyward(t, nil, "token", "doctor", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth, "--parent-handle", fmt.Sprintf("0x%08x", handle))
+	if r.code != 0 || !regexp.MustCompile(`(?m)^rollback counter: NV index 0x01[0-3][0-9a-f]{5} at \d+, manifest.json at \d+: consistent$`).MatchString(r.stdout) {
+		t.Fatalf("doctor: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	// A wrong owner authorisation: refused, exit as an authorisation failure.
+	writeFile0600(t, ownerFile, "not-the-owner-authorisation\n")
+	os.RemoveAll(state)
+	if _, err := tpm.Open(context.Background(), cfg); err == nil {
+		t.Fatal("a fresh state directory opened with the owner authorisation set")
+	}
+	if r := keyward(t, nil, args...); r.code == 0 || !strings.Contains(r.stderr, "refuses the owner authorisation") {
+		t.Fatalf("define-counter with a wrong owner authorisation: exit %d, %q", r.code, r.stderr)
 	}
 }
