@@ -310,9 +310,7 @@ func sortedKeys[V any](m map[string]V) []string {
 // decodeRingKey parses keyring.key strictly and checks it is a keyring key.
 func decodeRingKey(raw []byte) (*blobPair, error) {
 	var bp blobPair
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&bp); err != nil || len(bp.Public) == 0 || len(bp.Private) == 0 {
+	if err := decodeStrict(keyringKeyDir, raw, &bp); err != nil || len(bp.Public) == 0 || len(bp.Private) == 0 {
 		return nil, fmt.Errorf("keyring key (%s) is damaged: %w", keyringKeyDir, keys.ErrIntegrity)
 	}
 	if err := checkObject(&bp, keyedHashTemplate()); err != nil {

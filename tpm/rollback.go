@@ -1,7 +1,6 @@
 package tpm
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -458,14 +457,9 @@ func (b *Backend) verifyMAC(input func() ([]byte, error), got []byte, what strin
 
 // decodeManifest parses manifest.json strictly.
 func decodeManifest(b []byte) (*manifest, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var m manifest
-	if err := dec.Decode(&m); err != nil {
-		return nil, fmt.Errorf("%s: %v: %w", manifestFile, err, keys.ErrIntegrity)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%s: trailing data: %w", manifestFile, keys.ErrIntegrity)
+	if err := decodeStrict(manifestFile, b, &m); err != nil {
+		return nil, err
 	}
 	if m.Format != manifestFormat {
 		return nil, fmt.Errorf("%s: format %d, want %d: %w", manifestFile, m.Format, manifestFormat, keys.ErrIntegrity)

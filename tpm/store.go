@@ -318,16 +318,25 @@ func (s *store) recordFiles() ([]string, error) {
 	return out, nil
 }
 
-// decodeRecord parses a record file strictly.
-func decodeRecord(rel string, b []byte) (*record, error) {
+// decodeStrict decodes one JSON value of a state file into v: no unknown
+// field, nothing after it; errors name the file and wrap ErrIntegrity.
+func decodeStrict(rel string, b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	var r record
-	if err := dec.Decode(&r); err != nil {
-		return nil, fmt.Errorf("%s: %v: %w", rel, err, keys.ErrIntegrity)
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%s: %v: %w", rel, err, keys.ErrIntegrity)
 	}
 	if dec.More() {
-		return nil, fmt.Errorf("%s: trailing data: %w", rel, keys.ErrIntegrity)
+		return fmt.Errorf("%s: trailing data: %w", rel, keys.ErrIntegrity)
+	}
+	return nil
+}
+
+// decodeRecord parses a record file strictly.
+func decodeRecord(rel string, b []byte) (*record, error) {
+	var r record
+	if err := decodeStrict(rel, b, &r); err != nil {
+		return nil, err
 	}
 	if err := r.check(rel); err != nil {
 		return nil, err
