@@ -386,9 +386,11 @@ func (b *Backend) verifyRecord(r *record) error {
 
 // storeRecord MACs and writes a record, then makes it the current one and
 // advances the rollback counter. A change left half done by an earlier
-// failure is finished first; if this one's counter step fails, the change
+// failure is finished first. If this one's counter step fails, the change
 // stands (its record is written and in use) and the step is retried before
-// the next change, by Health, or at start.
+// the next change, by Health, or at start; but the caller is told
+// (ErrUnavailable): until the step is done, someone who can write the state
+// directory could put the older record back unnoticed.
 func (b *Backend) storeRecord(d *device, r *record) error {
 	if b.readOnly {
 		return fmt.Errorf("opened read-only: %w", ErrReadOnly)
@@ -396,6 +398,38 @@ func (b *Backend) storeRecord(d *device, r *record) error {
 	if err := b.settle(d); err != nil {
 		return fmt.Errorf("finishing the previous key change (rollback counter): %w", err)
 	}
+	err := b.writeRecord(r)
+	if err == nil {
+		err = counterFault("record") // as if the directory's fsync failed after the rename
+	}
+	if err != nil {
+		b.supersede(d, r.Name)
+		return err
+	}
+	b.recMu.Lock()
+	b.recs[r.Name] = r
+	b.recMu.Unlock()
+	if b.ctr.index == 0 {
+		return nil
+	}
+	b.ctr.pending = true
+	err = b.settle(d)
+	b.unsettled.Store(!b.ctr.settled())
+	if err != nil {
+		// Not retried here: do would run the whole change again after a
+		// reset, so the TPM error is not wrapped (%v), only marked.
+		if needsReset(err) {
+			d.ready = false
+		}
+		b.log.Warn("tpm: key changed, but advancing the rollback counter failed; retried before the next change and by the health check", "key", r.Name, "err", err)
+		return fmt.Errorf("the change is made and in use, but recording it against the TPM's rollback counter failed (%v); until that is retried (before the next change, by the health check), an older copy of the record would go unnoticed: %w", err, keys.ErrUnavailable)
+	}
+	return nil
+}
+
+// writeRecord stamps r with the next counter value (0 without a counter),
+// MACs it and writes its file.
+func (b *Backend) writeRecord(r *record) error {
 	r.Seq = 0
 	if b.ctr.index != 0 {
 		r.Seq = b.ctr.nv + 1
@@ -419,26 +453,34 @@ func (b *Backend) storeRecord(d *device, r *record) error {
 		return err
 	}
 	r.sum = sha256.Sum256(data)
-	if err := counterFault("record"); err != nil {
-		return err // as if the directory's fsync failed after the rename
+	return nil
+}
+
+// supersede follows a failed write of name's record: the file may have
+// landed anyway (a rename whose directory fsync failed), and a copy of it,
+// taken now, would pass at start as a newer change until the key changes
+// again. So the current record is written again at the same counter value
+// and made the one the manifest lists: the failed attempt then differs
+// from what the manifest lists for that value, and is refused. Best effort:
+// if the disk refuses this too, a warning says so. Not for a new key.
+func (b *Backend) supersede(d *device, name string) {
+	cur, ok := b.recs[name]
+	if !ok || b.ctr.index == 0 {
+		return
+	}
+	c := cur.clone()
+	if err := b.writeRecord(c); err != nil {
+		b.log.Warn("tpm: a failed write of a key record could not be superseded; a copy of it would pass as a newer change until the key changes again", "key", name, "err", err)
+		return
 	}
 	b.recMu.Lock()
-	b.recs[r.Name] = r
+	b.recs[name] = c
 	b.recMu.Unlock()
-	if b.ctr.index == 0 {
-		return nil
-	}
 	b.ctr.pending = true
 	if err := b.settle(d); err != nil {
-		// Not the caller's error: the change is made. Not retried here
-		// either (do would run the whole change again after a reset).
-		if needsReset(err) {
-			d.ready = false
-		}
-		b.log.Warn("tpm: key changed, but advancing the rollback counter failed; retried before the next change", "key", r.Name, "err", err)
+		b.log.Warn("tpm: advancing the rollback counter failed; retried before the next change and by the health check", "key", name, "err", err)
 	}
 	b.unsettled.Store(!b.ctr.settled())
-	return nil
 }
 
 // do runs fn with the device ready, resetting it first when a previous call

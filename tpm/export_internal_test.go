@@ -56,13 +56,17 @@ func FailCounterStep(step string, err error) {
 		counterFaultHook = nil
 		return
 	}
-	counterFaultHook = func(s string) error {
+	OnCounterStep(func(s string) error {
 		if s == step {
 			return err
 		}
 		return nil
-	}
+	})
 }
+
+// OnCounterStep runs fn at each step of key changes; its error fails the
+// step (nil fn: none).
+func OnCounterStep(fn func(step string) error) { counterFaultHook = fn }
 
 // Status reports the rollback counter's state as the backend sees it.
 func (b *Backend) CounterStatus() (index uint32, nv, mf uint64, settled bool) {

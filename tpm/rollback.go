@@ -323,6 +323,11 @@ func (b *Backend) openCounter() error {
 		b.ctr.status = fmt.Sprintf("NV index %s at %d, %s at %d: a key change is half done (keywardd finishes it at its next start)", hexHandle(idx), nv, manifestFile, mf.Counter)
 		return nil
 	}
+	// The newer records were renamed into place, but their directory's
+	// fsync may have failed: make them durable before a manifest names them.
+	if err := syncDir(filepath.Join(b.st.dir, keysDir)); err != nil {
+		return err
+	}
 	if b.ctr.pending && b.ctr.mf == b.ctr.nv+1 {
 		// First the counter step of the change whose manifest is written,
 		// then a manifest that lists the newer records too.

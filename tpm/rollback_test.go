@@ -1,6 +1,7 @@
 package tpm_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -215,9 +216,12 @@ func TestRollbackHalfDoneChange(t *testing.T) {
 		t.Run(step, func(t *testing.T) {
 			_, nv0, _, _ := be.CounterStatus()
 			tpm.FailCounterStep(step, fault)
-			ki, err := be.RotateKey(ctx, "app/db")
-			if err != nil || len(ki.Versions) != i+2 {
-				t.Fatalf("RotateKey with the %s step failing = %+v, %v (the change stands)", step, ki, err)
+			_, err := be.RotateKey(ctx, "app/db")
+			if !errors.Is(err, keys.ErrUnavailable) || !strings.Contains(err.Error(), "the change is made and in use") {
+				t.Fatalf("RotateKey with the %s step failing: %v, want ErrUnavailable saying the change stands", step, err)
+			}
+			if ki, err := be.DescribeKey(ctx, "app/db"); err != nil || len(ki.Versions) != i+2 {
+				t.Fatalf("after the failed step: %+v, %v (the change stands)", ki, err)
 			}
 			if _, _, _, settled := be.CounterStatus(); settled {
 				t.Fatal("counter settled although its step failed")
@@ -251,8 +255,8 @@ func TestRollbackHalfDoneChange(t *testing.T) {
 	// Health finishes a half-done change without a restart; Stats shows it
 	// meanwhile (the metric keyward_tpm_rollback_counter_behind).
 	tpm.FailCounterStep("increment", fault)
-	if _, err := be.RotateKey(ctx, "app/db"); err != nil {
-		t.Fatal(err)
+	if _, err := be.RotateKey(ctx, "app/db"); !errors.Is(err, keys.ErrUnavailable) {
+		t.Fatalf("RotateKey with the increment failing: %v", err)
 	}
 	if !be.Stats().CounterBehind {
 		t.Error("Stats().CounterBehind false after a failed counter step")
@@ -315,9 +319,10 @@ func snapshot2(t *testing.T, dir string) []byte {
 }
 
 // TestRollbackFailedWrite: a record write reported as failed that reached
-// the disk anyway (its directory fsync failed after the rename) is newer
-// than the manifest's, and start-up takes it even when a later change
-// reused its counter value; a copy of the one it replaced is refused.
+// the disk anyway (its directory fsync failed after the rename) is
+// superseded at once: the key's current record is written again at that
+// counter value, so a copy of the failed attempt, put back later, is
+// refused; the failed change is not in effect, before or after a restart.
 func TestRollbackFailedWrite(t *testing.T) {
 	sw := swtpmtest.Start(t)
 	dir := t.TempDir()
@@ -327,60 +332,48 @@ func TestRollbackFailedWrite(t *testing.T) {
 	mustCreate(t, be, "app/y", keys.AES256GCM)
 	fault := errors.New("injected: fsync of the directory failed")
 	defer tpm.FailCounterStep("", nil)
+	file := filepath.Join(dir, "keys", "app%2Fx.json")
 
-	// x's state change fails after its rename; y's change takes the same
-	// counter value.
-	tpm.FailCounterStep("record", fault)
+	var landed []byte
+	tpm.OnCounterStep(func(step string) error {
+		if step != "record" || landed != nil {
+			return nil
+		}
+		landed = mustRead(t, file) // what an attacker could copy now
+		return fault
+	})
 	if _, err := be.SetVersionState(ctx, "app/x", 1, keys.Disabled); !errors.Is(err, fault) {
 		t.Fatalf("SetVersionState with the write failing: %v", err)
 	}
 	tpm.FailCounterStep("", nil)
-	landed := mustRead(t, filepath.Join(dir, "keys", "app%2Fx.json"))
+	if !bytes.Contains(landed, []byte(`"disabled"`)) {
+		t.Fatalf("the failed attempt did not land:\n%s", landed)
+	}
+	for _, tk := range []string{"running", "reopened"} {
+		if tk == "reopened" {
+			be.Close()
+			be = open(t, sw.Device(), dir)
+		}
+		ki, err := be.DescribeKey(ctx, "app/x")
+		if err != nil || ki.Versions[0].State != keys.Enabled {
+			t.Fatalf("%s: x = %+v, %v (the failed change is not in effect)", tk, ki, err)
+		}
+		if _, _, _, settled := be.CounterStatus(); !settled {
+			t.Fatalf("%s: counter not settled", tk)
+		}
+	}
 	if _, err := be.RotateKey(ctx, "app/y"); err != nil {
 		t.Fatal(err)
 	}
 	be.Close()
-	be = open(t, sw.Device(), dir)
-	ki, err := be.DescribeKey(ctx, "app/x")
-	if err != nil || ki.Versions[0].State != keys.Disabled {
-		t.Fatalf("after reopen, x = %+v, %v (the landed change is taken)", ki, err)
-	}
-	if _, _, _, settled := be.CounterStatus(); !settled {
-		t.Fatal("not settled after reopen")
-	}
-
-	// x changed again, at a new counter value; the landed copy is now
-	// older and refused.
-	if _, err := be.SetVersionState(ctx, "app/x", 1, keys.Enabled); err != nil {
-		t.Fatal(err)
-	}
-	be.Close()
-	current := mustRead(t, filepath.Join(dir, "keys", "app%2Fx.json"))
-	write(t, filepath.Join(dir, "keys", "app%2Fx.json"), landed)
-	if _, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth}); !errors.Is(err, tpm.ErrRollback) {
-		t.Fatalf("Open with x's superseded record: %v", err)
-	}
-	write(t, filepath.Join(dir, "keys", "app%2Fx.json"), current)
-
-	// The same key written twice at one counter value: the first write
-	// landed and was reported failed, the second took the value. A copy of
-	// the first is refused.
-	be = open(t, sw.Device(), dir)
-	tpm.FailCounterStep("record", fault)
-	if _, err := be.SetVersionState(ctx, "app/x", 1, keys.Disabled); !errors.Is(err, fault) {
-		t.Fatalf("SetVersionState with the write failing: %v", err)
-	}
-	tpm.FailCounterStep("", nil)
-	first := mustRead(t, filepath.Join(dir, "keys", "app%2Fx.json"))
-	if _, err := be.SetMinDecryptVersion(ctx, "app/x", 1); err != nil {
-		t.Fatal(err)
-	}
-	be.Close()
-	write(t, filepath.Join(dir, "keys", "app%2Fx.json"), first)
-	_, err = tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
+	current := mustRead(t, file)
+	write(t, file, landed)
+	_, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
 	if !errors.Is(err, tpm.ErrRollback) || !strings.Contains(err.Error(), "is not the one manifest.json lists") {
-		t.Fatalf("Open with the first of two records of one change: %v", err)
+		t.Fatalf("Open with the failed attempt put back: %v", err)
 	}
+	write(t, file, current)
+	open(t, sw.Device(), dir)
 }
 
 // TestOpenVerifiesOneMAC: with a manifest, start-up checks the records
