@@ -39,11 +39,18 @@ func (t *Token) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.
 	t.adminMu.Lock()
 	defer t.adminMu.Unlock()
 	var out keys.KeyInfo
+	var made *metaVersion
 	err := t.withObjectChanges(ctx, func(s *sess) error {
 		if !s.supports(ty) {
 			return fmt.Errorf("create %s: token lacks the mechanisms for %s: %w", name, ty, keys.ErrUnsupported)
 		}
-		if _, err := s.loadMeta(name, true); err == nil {
+		if cur, err := s.searchMeta(name); err == nil {
+			// Run again after a re-initialisation: a record create that
+			// failed may have taken effect (a lost response).
+			if made != nil && len(cur.Vers) > 0 && cur.Vers[0].ID == made.ID {
+				out = cur.info()
+				return nil
+			}
 			return fmt.Errorf("create %s: %w", name, keys.ErrKeyExists)
 		} else if !errors.Is(err, keys.ErrKeyNotFound) {
 			return err
@@ -53,11 +60,14 @@ func (t *Token) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.
 		if err != nil {
 			return err
 		}
+		made = &mv
 		rec := &metaRecord{Format: 1, Name: name, Type: ty, Created: now, Vers: []metaVersion{mv}}
 		// Another process may create the same name at the same moment:
 		// whoever sees two records withdraws its own before anyone uses it.
 		if err := s.storeMeta(rec, 0); err != nil {
-			s.withdraw(ty, mv)
+			if !s.published(name, mv) {
+				s.withdraw(ty, mv)
+			}
 			return concurrentErr(name, err)
 		}
 		out = rec.info()
@@ -123,12 +133,17 @@ func (t *Token) update(ctx context.Context, op, name string, change func(s *sess
 	var err error
 	for attempt := range maxAdminRetries {
 		err = t.withObjectChanges(ctx, func(s *sess) error {
-			cur, err := s.loadMeta(name, true)
+			cur, err := s.searchMeta(name)
 			if err != nil {
 				return err
 			}
 			rec := cloneRecord(cur)
 			if err := change(s, rec); err != nil {
+				if errors.Is(err, errApplied) {
+					s.dropOlder(name, cur.Gen)
+					out = cur.info()
+					return nil
+				}
 				return err
 			}
 			if err := s.storeMeta(rec, cur.Gen); err != nil {
@@ -159,7 +174,14 @@ func (t *Token) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error
 	var made *metaVersion
 	var ty keys.Type
 	info, err := t.update(ctx, "rotate", name, func(s *sess, rec *metaRecord) error {
-		if made != nil { // a previous attempt lost a race: its objects were never published
+		if made != nil {
+			// A previous attempt: it lost a race (its objects were never
+			// published), or its record create took effect though it
+			// failed (a lost response), and this run follows a
+			// re-initialisation: then the rotation is done.
+			if s.published(name, *made) {
+				return errApplied
+			}
 			s.withdraw(ty, *made)
 			made = nil
 		}
@@ -182,12 +204,12 @@ func (t *Token) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error
 		return nil
 	})
 	if err != nil && made != nil {
-		// The record was not stored: the new objects are unpublished.
+		// Unless a record references them after all, the new objects are
+		// unpublished.
 		t.withObjectChanges(context.WithoutCancel(ctx), func(s *sess) error {
-			if r, lerr := s.loadMeta(name, true); lerr == nil && int(made.Version) <= len(r.Vers) && r.Vers[made.Version-1].ID == made.ID {
-				return nil // it was stored after all
+			if !s.published(name, *made) {
+				s.withdraw(ty, *made)
 			}
-			s.withdraw(ty, *made)
 			return nil
 		})
 	}

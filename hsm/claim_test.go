@@ -211,3 +211,42 @@ func TestClaimOfDeadProcess(t *testing.T) {
 		t.Fatalf("RotateKey past a dead process's claim = %+v, %v", ki, err)
 	}
 }
+
+// TestLostRecordResponse: a record create that takes effect but fails (a
+// lost response, a device error) makes the token re-initialise and the
+// change run again; the rerun finds the change published and returns it,
+// instead of withdrawing the version the published record names (whose
+// blobs would be lost) and rotating once more.
+func TestLostRecordResponse(t *testing.T) {
+	ctx := context.Background()
+	a := open(t, func(c *hsm.Config) { c.MetadataMaxAge = -1 })
+	name := fmt.Sprintf("lost%d/k", time.Now().UnixNano()%1e9)
+	hsm.LoseRecordResponse(t, 1)
+	ki, err := a.CreateKey(ctx, name, keys.AES256GCM)
+	if err != nil || len(ki.Versions) != 1 {
+		t.Fatalf("CreateKey with its record's response lost = %+v, %v", ki, err)
+	}
+	hsm.LoseRecordResponse(t, 1)
+	ki, err = a.RotateKey(ctx, name)
+	if err != nil || len(ki.Versions) != 2 {
+		t.Fatalf("RotateKey with its record's response lost = %+v, %v", ki, err)
+	}
+	for v := uint32(1); v <= 2; v++ {
+		blob, err := a.Wrap(ctx, name, []byte("x"), nil)
+		if err != nil {
+			t.Fatalf("wrap: %v", err)
+		}
+		if u, err := a.Unwrap(ctx, blob, nil); err != nil || u.Version != 2 {
+			t.Fatalf("unwrap = %+v, %v", u, err)
+		}
+	}
+	rep, err := a.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range rep.Findings {
+		if f.Key == name {
+			t.Errorf("doctor: %+v", f)
+		}
+	}
+}

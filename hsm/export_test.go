@@ -2,6 +2,8 @@ package hsm
 
 import (
 	"context"
+
+	"github.com/miekg/pkcs11"
 	"testing"
 	"time"
 )
@@ -17,6 +19,19 @@ func (t *Token) ActAsSharedHSM(tb testing.TB) {
 	cross, serial := t.cross, t.mod.serialObjects
 	t.cross, t.mod.serialObjects = nil, false
 	tb.Cleanup(func() { t.cross, t.mod.serialObjects = cross, serial })
+}
+
+// LoseRecordResponse makes the next n record publications fail after the
+// record is made, with a recoverable error, as a lost response would.
+func LoseRecordResponse(tb testing.TB, n int) {
+	tb.Cleanup(func() { publishFault = nil })
+	publishFault = func() error {
+		if n <= 0 {
+			return nil
+		}
+		n--
+		return pkcs11.Error(pkcs11.CKR_DEVICE_ERROR)
+	}
 }
 
 // SetClaimHook runs fn at the stages of a record's publication (nil: none).

@@ -216,6 +216,14 @@ func (s *sess) loadMeta(name string, fresh bool) (*metaRecord, error) {
 		}
 		// Destroyed by a writer (a newer record exists) or gone: search.
 	}
+	return s.searchMeta(name)
+}
+
+// searchMeta is loadMeta by a search, never by a remembered handle: what a
+// writer builds on (an older record a failed change left beside a newer
+// one still answers by its handle).
+func (s *sess) searchMeta(name string) (*metaRecord, error) {
+	c := s.t.cached(name)
 	recs, err := s.findMeta(name)
 	if err != nil {
 		return nil, err
@@ -390,6 +398,9 @@ func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 		claimHook("checked", rec.Name)
 	}
 	mine, err := s.createMeta(metaRef(rec.Name).Label, metaApplication, raw)
+	if err == nil && publishFault != nil {
+		err = publishFault() // the record is made, its response lost
+	}
 	if err != nil {
 		s.p.DestroyObject(s.sh, claim)
 		return fmt.Errorf("write record of %s: %w", rec.Name, err)
@@ -487,6 +498,10 @@ func pendingRef(name string) objRef {
 	return objRef{Class: pkcs11.CKO_DATA, Label: pendingLabelPrefix + name}
 }
 
+// publishFault, set only by tests, fails storeMeta after the record's
+// create took effect, as a lost response would.
+var publishFault func() error
+
 // claimHook, set only by tests, runs at the moments another writer or a
 // reader could act: "claimed" (the claim made, not yet checked) and
 // "checked" (the check passed, the record not yet made).
@@ -502,6 +517,47 @@ func (s *sess) remember(name string, raw []byte, rec *metaRecord, h pkcs11.Objec
 // errConcurrent: another process changed the record while this one was
 // changing it. The admin operation is retried from a fresh read.
 var errConcurrent = errors.New("key record changed concurrently")
+
+// errApplied: a change function found its change already published (by a
+// run whose error hid that it took effect); update returns the record.
+var errApplied = errors.New("change already published")
+
+// dropOlder destroys name's records older than gen (what storeMeta does
+// after publishing, when a failure cut it short).
+func (s *sess) dropOlder(name string, gen uint64) {
+	recs, err := s.findMeta(name)
+	if err != nil {
+		return
+	}
+	for _, r := range recs {
+		if rec, err := s.parseMeta(name, r.raw); err == nil && rec.Gen < gen {
+			s.p.DestroyObject(s.sh, r.h)
+		}
+	}
+}
+
+// published reports whether a record of name, found by a search (not a
+// remembered handle), references version mv's objects. When the search
+// fails it says yes: objects wrongly kept are housekeeping for doctor;
+// objects wrongly withdrawn lose blobs.
+func (s *sess) published(name string, mv metaVersion) bool {
+	recs, err := s.findMeta(name)
+	if err != nil {
+		return true
+	}
+	for _, r := range recs {
+		rec, err := s.parseMeta(name, r.raw)
+		if err != nil {
+			continue
+		}
+		for _, v := range rec.Vers {
+			if v.ID == mv.ID && v.Label == mv.Label {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // concurrentErr is the caller's error for a change that lost a race with
 // another process and was not retried (creates, adopts: retrying would
