@@ -79,8 +79,10 @@ func (t *Token) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.
 	return out, err
 }
 
-// newVersion generates the object(s) of version v. If another process made
-// the same version at the same moment, this one withdraws its objects.
+// newVersion generates the object(s) of version v. Objects are found by
+// label and CKA_ID (random), so another process's objects of the same
+// version, or ones a crash left, do not matter: storeMeta's claim decides
+// which version is published, and the loser withdraws its own.
 func (s *sess) newVersion(name string, ty keys.Type, v uint32, now time.Time) (metaVersion, error) {
 	id := make([]byte, 16)
 	if _, err := rand.Read(id); err != nil {
@@ -90,16 +92,7 @@ func (s *sess) newVersion(name string, ty keys.Type, v uint32, now time.Time) (m
 	if err := s.generate(ty, label, id); err != nil {
 		return metaVersion{}, fmt.Errorf("generate %s v%d in token: %w", name, v, err)
 	}
-	mv := metaVersion{Version: v, State: keys.Enabled, Created: now, Label: label, ID: hex.EncodeToString(id)}
-	hs, err := s.find(objRef{Class: keyClass(ty), Label: label}.template())
-	if err != nil {
-		return metaVersion{}, err
-	}
-	if len(hs) != 1 {
-		s.withdraw(ty, mv)
-		return metaVersion{}, errConcurrent
-	}
-	return mv, nil
+	return metaVersion{Version: v, State: keys.Enabled, Created: now, Label: label, ID: hex.EncodeToString(id)}, nil
 }
 
 // withdraw destroys the objects of a version that was never published.

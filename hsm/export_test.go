@@ -34,6 +34,20 @@ func LoseRecordResponse(tb testing.TB, n int) {
 	}
 }
 
+// PlantVersionObject generates an object of name's version v that no
+// record names, as a writer killed between generating and publishing
+// leaves.
+func (t *Token) PlantVersionObject(ctx context.Context, name string, v uint32) error {
+	return t.withObjectChanges(ctx, func(s *sess) error {
+		cur, err := s.searchMeta(name)
+		if err != nil {
+			return err
+		}
+		_, err = s.newVersion(name, cur.Type, v, time.Now())
+		return err
+	})
+}
+
 // SetClaimHook runs fn at the stages of a record's publication (nil: none).
 func SetClaimHook(fn func(stage, name string)) { claimHook = fn }
 
