@@ -102,9 +102,11 @@ func TestRecordClaims(t *testing.T) {
 }
 
 // TestStaleClaim: a claim left by a writer that stopped between claiming
-// and publishing blocks changes to that key (never reads) until it is two
-// minutes old; then the next change removes it, with a warning. Doctor
-// lists claims as housekeeping.
+// and publishing blocks changes to that key (never reads) until this writer
+// has seen it for staleClaim (2 minutes; shortened here) on its own clock,
+// whatever time the claim says; then the next change removes it, with a
+// warning. A writer that took more than half of that between claiming and
+// publishing does not publish. Doctor lists claims as housekeeping.
 func TestStaleClaim(t *testing.T) {
 	ctx := context.Background()
 	var logs testutil.SyncBuffer
@@ -112,6 +114,7 @@ func TestStaleClaim(t *testing.T) {
 		c.MetadataMaxAge = -1
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	})
+	hsm.SetStaleClaim(t, 300*time.Millisecond)
 	prefix := fmt.Sprintf("stale%d", time.Now().UnixNano()%1e9)
 	old, recent := prefix+"/old", prefix+"/recent"
 	for _, n := range []string{old, recent} {
@@ -119,7 +122,9 @@ func TestStaleClaim(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := a.PlantClaim(ctx, old, time.Now().Add(-3*time.Minute), "other-host/1"); err != nil {
+	// Another host's claims: one that says it is an hour old (its clock
+	// is ahead, or it is), one that says it is new.
+	if err := a.PlantClaim(ctx, old, time.Now().Add(-time.Hour), "other-host/1"); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.PlantClaim(ctx, recent, time.Now(), "other-host/1"); err != nil {
@@ -150,15 +155,17 @@ func TestStaleClaim(t *testing.T) {
 	if err := a.VerifyMAC(ctx, recent, mac.Version, []byte("m"), mac.Bytes); err != nil {
 		t.Fatalf("VerifyMAC: %v", err)
 	}
-	// The recent claim blocks the change, and says why.
-	_, err = a.RotateKey(ctx, recent)
-	if !errors.Is(err, keys.ErrUnavailable) || !strings.Contains(err.Error(), "another writer claimed generation 2") {
-		t.Fatalf("RotateKey past a recent claim: %v", err)
+	// First seen now, whatever time they say: both block, and say why.
+	for _, n := range []string{old, recent} {
+		_, err = a.RotateKey(ctx, n)
+		if !errors.Is(err, keys.ErrUnavailable) || !strings.Contains(err.Error(), "another writer (other-host/1) claimed generation 2") {
+			t.Fatalf("RotateKey(%s) past a claim seen for the first time: %v", n, err)
+		}
 	}
-	// The stale one is removed by the change.
+	time.Sleep(350 * time.Millisecond)
 	ki, err := a.RotateKey(ctx, old)
 	if err != nil || len(ki.Versions) != 2 {
-		t.Fatalf("RotateKey past a stale claim = %+v, %v", ki, err)
+		t.Fatalf("RotateKey past a claim seen for longer than staleClaim = %+v, %v", ki, err)
 	}
 	if !strings.Contains(logs.String(), "removing a stale claim") {
 		t.Errorf("no warning for the stale claim:\n%s", logs.String())
@@ -172,43 +179,65 @@ func TestStaleClaim(t *testing.T) {
 			t.Errorf("the stale claim is still there: %+v", f)
 		}
 	}
+
+	// A writer slower than half of staleClaim between claim and record.
+	defer hsm.SetClaimHook(nil)
+	hsm.SetClaimHook(func(stage, n string) {
+		if stage == "checked" && n == old {
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+	_, err = a.SetVersionState(ctx, old, 1, keys.Disabled)
+	hsm.SetClaimHook(nil)
+	if !errors.Is(err, keys.ErrUnavailable) || !strings.Contains(err.Error(), "passed between claiming and publishing") {
+		t.Fatalf("a change slower than half of staleClaim: %v", err)
+	}
+	if ki, err := a.DescribeKey(ctx, old); err != nil || ki.Versions[0].State != keys.Enabled {
+		t.Fatalf("after the slow change: %+v, %v", ki, err)
+	}
 }
 
-// TestClaimOfDeadProcess: a fresh claim left by a process of this host that
-// is gone (keywardd killed mid-change) is removed by the next change at
-// once; one of a live process of this host waits like any other.
+// TestClaimOfDeadProcess: a claim left by a process of this host (same boot
+// and pid namespace) that is gone, or whose pid now belongs to another
+// process, or by this very Token (a claim whose destroy failed), is removed
+// by the next change at once; a live process's waits like any other.
 func TestClaimOfDeadProcess(t *testing.T) {
 	ctx := context.Background()
 	a := open(t, func(c *hsm.Config) { c.MetadataMaxAge = -1 })
-	name := fmt.Sprintf("dead%d/k", time.Now().UnixNano()%1e9)
-	if _, err := a.CreateKey(ctx, name, keys.AES256GCM); err != nil {
-		t.Fatal(err)
+	if _, err := os.Stat("/proc/self/ns/pid"); err != nil {
+		t.Skip("no /proc")
 	}
-	if hsm.BootID() == "" {
-		t.Skip("no /proc/sys/kernel/random/boot_id")
-	}
-	// A live process of this host: the parent of the test (go test).
-	if err := a.PlantClaim(ctx, name, time.Now(), fmt.Sprintf("%s/%d", hsm.BootID(), os.Getppid())); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.RotateKey(ctx, name); !errors.Is(err, keys.ErrUnavailable) {
-		t.Fatalf("RotateKey past a live process's claim: %v", err)
-	}
+	prefix := fmt.Sprintf("dead%d", time.Now().UnixNano()%1e9)
 	cmd := exec.Command("true")
 	if err := cmd.Run(); err != nil {
 		t.Fatal(err)
 	}
-	// A process of this host that is gone (cmd, waited for), on a second
-	// key: the first stays blocked by the live claim until it is stale.
-	other := name + "2"
-	if _, err := a.CreateKey(ctx, other, keys.AES256GCM); err != nil {
-		t.Fatal(err)
+	cases := []struct {
+		name, claimant string
+		gone           bool
+	}{
+		{"live process of this host", hsm.ClaimantOf(os.Getppid(), ""), false},
+		{"process gone", hsm.ClaimantOf(cmd.Process.Pid, "12345"), true},
+		{"pid reused by another process", hsm.ClaimantOf(os.Getppid(), "1"), true},
+		{"this token", a.Claimant(), true},
 	}
-	if err := a.PlantClaim(ctx, other, time.Now(), fmt.Sprintf("%s/%d", hsm.BootID(), cmd.Process.Pid)); err != nil {
-		t.Fatal(err)
-	}
-	if ki, err := a.RotateKey(ctx, other); err != nil || len(ki.Versions) != 2 {
-		t.Fatalf("RotateKey past a dead process's claim = %+v, %v", ki, err)
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			name := fmt.Sprintf("%s/k%d", prefix, i)
+			if _, err := a.CreateKey(ctx, name, keys.AES256GCM); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.PlantClaim(ctx, name, time.Now(), tc.claimant); err != nil {
+				t.Fatal(err)
+			}
+			ki, err := a.RotateKey(ctx, name)
+			switch {
+			case tc.gone && (err != nil || len(ki.Versions) != 2):
+				t.Fatalf("RotateKey past the claim of a %s = %+v, %v", tc.name, ki, err)
+			case !tc.gone && !errors.Is(err, keys.ErrUnavailable):
+				t.Fatalf("RotateKey past the claim of a %s: %v, want ErrUnavailable", tc.name, err)
+			}
+		})
 	}
 }
 

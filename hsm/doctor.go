@@ -163,8 +163,8 @@ func (t *Token) Doctor(ctx context.Context) (Report, error) {
 			case err != nil || other.Pending == nil || !strings.HasPrefix(label, pendingLabelPrefix):
 				f.Problem, f.Weak = fmt.Sprintf("claim object that is not a keyward claim (%v); it blocks changes to the key", err), true
 			default:
-				f.Problem = fmt.Sprintf("claim on record generation %d made at %s by a writer that did not finish (or is finishing now); the next change to the key removes it once its generation is published or it is %v old",
-					other.Gen, other.Pending.Format(time.RFC3339), staleClaim)
+				f.Problem = fmt.Sprintf("claim on record generation %d made at %s (by its writer's clock) by %s, which did not finish (or is finishing now); it blocks changes to the key until a change finds its generation published, its writer gone (a process of this host), or has seen it for %v",
+					other.Gen, other.Pending.Format(time.RFC3339), other.Claimant, staleClaim)
 			}
 			rep.Findings = append(rep.Findings, f)
 		}

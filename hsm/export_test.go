@@ -2,6 +2,7 @@ package hsm
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/miekg/pkcs11"
 	"testing"
@@ -72,5 +73,22 @@ func (t *Token) PlantClaim(ctx context.Context, name string, at time.Time, claim
 	})
 }
 
-// BootID is this host's boot_id, as claims name it.
-func BootID() string { return bootID() }
+// ClaimantOf names pid's claims as a process of this host would (another
+// Token: another nonce); start "" takes pid's real start time.
+func ClaimantOf(pid int, start string) string {
+	if start == "" {
+		start = startTime(pid)
+	}
+	return fmt.Sprintf("%s/%s/%d/%s/%s", bootID(), pidNS(), pid, start, "other-token")
+}
+
+// Claimant is how t names its own claims.
+func (t *Token) Claimant() string { return t.claimant() }
+
+// SetStaleClaim sets how long a claim is seen before it counts as stale,
+// until the test ends.
+func SetStaleClaim(tb testing.TB, d time.Duration) {
+	old := staleClaim
+	staleClaim = d
+	tb.Cleanup(func() { staleClaim = old })
+}

@@ -3,6 +3,7 @@ package hsm
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -359,12 +359,13 @@ func (s *sess) encodeMeta(rec *metaRecord) ([]byte, error) {
 // most one publishes; both may back off, and retry. A crash after step 3
 // leaves a claim no newer than the record, which the next writer removes; a
 // crash before it leaves a claim with no record, which blocks changes to
-// that key until it is staleClaim old. Readers always take the newest
-// record, and only ever see checked ones.
+// that key until its writer is known gone or it is stale (see competitor).
+// Readers always take the newest record, and only ever see checked ones.
 func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 	rec.Gen = prevGen + 1
-	now := time.Now().UTC()
-	rec.Pending, rec.Claimant = &now, claimant()
+	start := time.Now()
+	now := start.UTC()
+	rec.Pending, rec.Claimant = &now, s.t.claimant()
 	claimRaw, err := s.encodeMeta(rec)
 	rec.Pending, rec.Claimant = nil, ""
 	if err != nil {
@@ -390,12 +391,18 @@ func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 		s.p.DestroyObject(s.sh, claim)
 		return err
 	}
-	if cerr := s.competitor(rec, prevGen, recs, claims, claim, now); cerr != nil {
+	if cerr := s.competitor(rec, prevGen, recs, claims, claim); cerr != nil {
 		s.p.DestroyObject(s.sh, claim)
 		return cerr
 	}
 	if claimHook != nil {
 		claimHook("checked", rec.Name)
+	}
+	// Others may take a claim this old for abandoned: past half of that,
+	// do not publish on it.
+	if time.Since(start) > staleClaim/2 {
+		s.p.DestroyObject(s.sh, claim)
+		return fmt.Errorf("key %s: %v passed between claiming and publishing the record: %w", rec.Name, time.Since(start).Round(time.Millisecond), errConcurrent)
 	}
 	mine, err := s.createMeta(metaRef(rec.Name).Label, metaApplication, raw)
 	if err == nil && publishFault != nil {
@@ -413,17 +420,18 @@ func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 	return nil
 }
 
-// staleClaim: a claim with no record this old was left by a writer that
-// crashed between its steps 1 and 3 (which take milliseconds); the next
-// writer removes it. Generous, for clocks of hosts sharing an HSM that
-// disagree.
-const staleClaim = 2 * time.Minute
+// staleClaim: a claim with no record that a writer has seen for this long
+// (on its own clock: hosts sharing an HSM need not agree on the time) was
+// left by a writer that stopped between its steps 1 and 3, which take
+// milliseconds; the writer removes it. A writer never publishes on a claim
+// older than half of it.
+var staleClaim = 2 * time.Minute
 
 // competitor checks the records and claims of rec.Name (other than own)
 // for one that forbids publishing generation rec.Gen, and removes claims
 // that no longer matter: older than rec.Gen (their record was published and
 // replaced), or stale.
-func (s *sess) competitor(rec *metaRecord, prevGen uint64, recs, claims []storedMeta, own pkcs11.ObjectHandle, now time.Time) error {
+func (s *sess) competitor(rec *metaRecord, prevGen uint64, recs, claims []storedMeta, own pkcs11.ObjectHandle) error {
 	for _, r := range recs {
 		other, err := s.parseMeta(rec.Name, r.raw)
 		if err != nil || other.Gen >= rec.Gen || prevGen == 0 {
@@ -443,15 +451,19 @@ func (s *sess) competitor(rec *metaRecord, prevGen uint64, recs, claims []stored
 			return fmt.Errorf("key %s: a claim object that is not a keyward claim (%v) blocks changes; keyward token doctor lists it: %w", rec.Name, err, errConcurrent)
 		case other.Gen < rec.Gen:
 			s.p.DestroyObject(s.sh, c.h) // its record was published, and replaced since
-		case now.Sub(*other.Pending) > staleClaim:
-			s.t.log.Warn("removing a stale claim on a key record: a writer stopped between claiming and publishing", "key", rec.Name, "gen", other.Gen, "claimed", other.Pending.Format(time.RFC3339))
-			s.p.DestroyObject(s.sh, c.h)
-		case claimantGone(other.Claimant):
+		case s.t.claimantGone(other.Claimant):
 			s.t.log.Warn("removing a claim on a key record left by a process of this host that is gone", "key", rec.Name, "gen", other.Gen, "claimant", other.Claimant)
 			s.p.DestroyObject(s.sh, c.h)
 		default:
-			return fmt.Errorf("another writer claimed generation %d of the record at %s (a claim older than %v is taken as abandoned): %w",
-				other.Gen, other.Pending.Format(time.RFC3339), staleClaim, errConcurrent)
+			seen := s.t.claimSeen(c.raw)
+			if time.Since(seen) >= staleClaim {
+				s.t.log.Warn("removing a stale claim on a key record: a writer stopped between claiming and publishing", "key", rec.Name, "gen", other.Gen,
+					"claimed", other.Pending.Format(time.RFC3339), "claimant", other.Claimant, "seen_since", seen.Format(time.RFC3339))
+				s.p.DestroyObject(s.sh, c.h)
+				continue
+			}
+			return fmt.Errorf("another writer (%s) claimed generation %d of the record at %s by its clock; this process takes the claim for abandoned %v after it first saw it: %w",
+				other.Claimant, other.Gen, other.Pending.Format(time.RFC3339), staleClaim, errConcurrent)
 		}
 	}
 	return nil
@@ -470,20 +482,51 @@ func (s *sess) createMeta(label, application string, raw []byte) (pkcs11.ObjectH
 	})
 }
 
-// claimant names this process for its claims: "BOOTID/PID".
-func claimant() string { return bootID() + "/" + strconv.Itoa(os.Getpid()) }
+// claimant names this Token's claims:
+// "BOOTID/PIDNS/PID/STARTTIME/NONCE": the host's boot, the pid namespace
+// (containers on one host share the boot id, not their pids), the process
+// and its start time (a reused pid is another process), and a nonce of the
+// Token (its own claims; its admin lock serialises them).
+func (t *Token) claimant() string {
+	return fmt.Sprintf("%s/%s/%d/%s/%s", bootID(), pidNS(), os.Getpid(), startTime(os.Getpid()), t.claimNonce)
+}
 
-// claimantGone reports whether a claim's writer is known to be gone: a
-// process of this host and boot that no longer exists. A process of another
-// host is never known gone (nor one whose pid was reused): its claim waits
-// for staleClaim.
-func claimantGone(c string) bool {
-	boot, pidText, ok := strings.Cut(c, "/")
-	pid, err := strconv.Atoi(pidText)
-	if !ok || err != nil || pid <= 0 || boot == "" || boot != bootID() {
+// claimantGone reports whether a claim's writer is known to be gone: this
+// Token itself (a claim it left when its destroy failed), or a process of
+// this host, boot and pid namespace that no longer exists, or whose pid now
+// belongs to a process started at another time. Any other writer is never
+// known gone: its claim waits until stale.
+func (t *Token) claimantGone(c string) bool {
+	f := strings.Split(c, "/")
+	if len(f) != 5 || f[0] == "" || f[0] != bootID() || f[1] == "" || f[1] != pidNS() {
 		return false
 	}
-	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+	if f[4] == t.claimNonce {
+		return true
+	}
+	pid, err := strconv.Atoi(f[2])
+	if err != nil || pid <= 0 {
+		return false
+	}
+	st := startTime(pid)
+	return st == "" || st != f[3]
+}
+
+// claimSeen returns when this Token first saw the claim raw (now, the first
+// time). Forgotten at restart: a claim then waits staleClaim again.
+func (t *Token) claimSeen(raw []byte) time.Time {
+	k := sha256.Sum256(raw)
+	t.cacheMu.Lock()
+	defer t.cacheMu.Unlock()
+	if t.claimsSeen == nil {
+		t.claimsSeen = map[[32]byte]time.Time{}
+	}
+	seen, ok := t.claimsSeen[k]
+	if !ok {
+		seen = time.Now()
+		t.claimsSeen[k] = seen
+	}
+	return seen
 }
 
 var bootID = sync.OnceValue(func() string {
@@ -493,6 +536,35 @@ var bootID = sync.OnceValue(func() string {
 	}
 	return strings.TrimSpace(string(b))
 })
+
+// pidNS is this process's pid namespace ("pid:[4026531836]"), "" if unknown.
+var pidNS = sync.OnceValue(func() string {
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		return ""
+	}
+	return ns
+})
+
+// startTime is field 22 of /proc/PID/stat (clock ticks since boot), "" if
+// the process does not exist.
+func startTime(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return ""
+	}
+	// The command name (field 2) may hold spaces and parentheses: count
+	// the fields after its last closing parenthesis (field 3 first).
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return ""
+	}
+	return f[19]
+}
 
 func pendingRef(name string) objRef {
 	return objRef{Class: pkcs11.CKO_DATA, Label: pendingLabelPrefix + name}

@@ -2,6 +2,7 @@ package hsm
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -89,6 +90,10 @@ type Token struct {
 	cross   *crossLock // and across processes, on SoftHSM2 (nil: not needed or not available)
 	cacheMu sync.Mutex
 	cache   map[string]*cachedMeta
+	// claimsSeen: when this Token first saw another writer's claim (by the
+	// claim's SHA-256), guarded by cacheMu; claimNonce names its own claims.
+	claimsSeen map[[32]byte]time.Time
+	claimNonce string
 
 	closed atomic.Bool
 
@@ -181,7 +186,7 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	case age < 0:
 		age = 0
 	}
-	t := &Token{cfg: cfg, sel: sel, log: log, pin: pin, size: size, mod: mod, age: age, cache: map[string]*cachedMeta{}}
+	t := &Token{cfg: cfg, sel: sel, log: log, pin: pin, size: size, mod: mod, age: age, cache: map[string]*cachedMeta{}, claimNonce: rand.Text()}
 	mod.mu.RLock()
 	st, err := t.newState()
 	mod.mu.RUnlock()
