@@ -78,6 +78,13 @@ func (t *Token) AdoptKey(ctx context.Context, name string, ty keys.Type, ref str
 		if hs, err := s.find(exact.template()); err != nil || len(hs) != 1 {
 			return fmt.Errorf("object's label and id do not single it out in the token: %w", keys.ErrInvalidArgument)
 		}
+		// One object, one key: destroying a version of one would destroy
+		// the other's.
+		if other, err := s.adoptedAs(exact.Label, hex.EncodeToString(exact.ID)); err != nil {
+			return err
+		} else if other != "" {
+			return fmt.Errorf("the object is adopted as key %s already: %w", other, keys.ErrInvalidArgument)
+		}
 		if ty.Asymmetric() {
 			exact.Class = pkcs11.CKO_PUBLIC_KEY
 			pub, err := s.find(exact.template())

@@ -594,6 +594,23 @@ var errConcurrent = errors.New("key record changed concurrently")
 // run whose error hid that it took effect); update returns the record.
 var errApplied = errors.New("change already published")
 
+// adoptedAs returns the key whose record names the object with this label
+// and id, or "" (one search over every record).
+func (s *sess) adoptedAs(label, id string) (string, error) {
+	recs, err := s.loadAllMeta()
+	if err != nil {
+		return "", err
+	}
+	for _, r := range recs {
+		for _, v := range r.Vers {
+			if v.Label == label && v.ID == id {
+				return r.Name, nil
+			}
+		}
+	}
+	return "", nil
+}
+
 // dropOlder destroys name's records older than gen (what storeMeta does
 // after publishing, when a failure cut it short).
 func (s *sess) dropOlder(name string, gen uint64) {

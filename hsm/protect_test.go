@@ -167,6 +167,7 @@ func TestAdopt(t *testing.T) {
 		{name: "private sensitive aes", key: "team/aes", ref: "pkcs11:object=team-private-aes;id=%a2;type=secret-key", ty: keys.AES256GCM},
 		{name: "private sensitive ec", key: "team/ec", ref: "team-ec", ty: keys.ECDSAP256},
 		{name: "twice", key: "team/aes", ref: "team-private-aes", ty: keys.AES256GCM, wantErr: keys.ErrKeyExists},
+		{name: "one object under a second name", key: "team/aes2", ref: "team-private-aes", ty: keys.AES256GCM, wantErr: keys.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
