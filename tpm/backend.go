@@ -57,6 +57,13 @@ type Config struct {
 	// directory that fails the rollback check still opens read-only: the
 	// failure is in Doctor's report.
 	ReadOnly bool
+	// OwnerAuth, when set, is the owner hierarchy's authorisation, used only
+	// to define the rollback counter (keyward token define-counter).
+	OwnerAuth []byte
+	// TrustCurrentState lets the first start with a counter take records
+	// that a removed counter stamped (keyward token define-counter
+	// --trust-current-state: an operator's decision).
+	TrustCurrentState bool
 	// NoRollbackCounter runs without the NV counter (see rollback.go): an
 	// older copy of a record is then not detected. Only for TPMs on which
 	// keyward cannot define one (owner authorisation set, NV full).
@@ -91,6 +98,8 @@ type Backend struct {
 	// does not outlive the process); ctr: the counter (held with the slot).
 	noCounter  bool
 	counterOff bool // noCounter by configuration
+	trustState bool
+	ownerAuth  []byte
 	// rollbackErr: read-only, the rollback check failed (for Doctor).
 	rollbackErr error
 	// unsettled mirrors !ctr.settled() for Stats, which takes no slot.
@@ -131,7 +140,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 	b := &Backend{sem: make(chan struct{}, 1), device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{},
 		noCounter:  cfg.Device == "sim" || strings.HasPrefix(cfg.Device, "sim:") || testNoCounter || cfg.NoRollbackCounter,
-		counterOff: cfg.NoRollbackCounter}
+		counterOff: cfg.NoRollbackCounter, trustState: cfg.TrustCurrentState, ownerAuth: bytes.Clone(cfg.OwnerAuth)}
 	b.dev = &device{
 		dial: func() (Conn, error) {
 			c, err := Dial(cfg.Device)
@@ -159,6 +168,9 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		b.ctr = counterState{status: "ROLLBACK: " + err.Error()}
 		b.rollbackErr, err = err, nil
 	}
+	// Only the first start with a counter needs the owner's authorisation.
+	clear(b.ownerAuth)
+	b.ownerAuth = nil
 	if err != nil {
 		b.dev.close()
 		clear(auth)

@@ -237,9 +237,9 @@ func (b *Backend) openCounter() error {
 		return classify(perr)
 	}
 	if merr != nil { // no manifest
-		if perr == nil && pub.Attributes.Written {
-			return fmt.Errorf("%s is missing, but this state directory's rollback counter (NV index %s) exists on the TPM: the state directory was tampered with or restored without it. If you know why (a crash during keywardd's very first start), remove the counter with `tpm2_nvundefine -C o %s` and start again: %w",
-				manifestFile, hexHandle(idx), hexHandle(idx), ErrRollback)
+		if perr == nil && pub.Attributes.Written && !b.trustState {
+			return fmt.Errorf("%s is missing, but this state directory's rollback counter (NV index %s) exists on the TPM: the state directory was tampered with or restored without it. If you know why (a crash during keywardd's very first start with a counter), accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
+				manifestFile, hexHandle(idx), ErrRollback)
 		}
 		if err := b.verifyRecords(); err != nil {
 			return err
@@ -351,15 +351,30 @@ func (b *Backend) openCounter() error {
 // trusted as they are, once.
 func (b *Backend) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error {
 	d := b.dev
+	// Records stamped by a counter, with neither the manifest nor the
+	// counter left: both were removed (with an empty owner authorisation,
+	// anyone who can open the TPM can remove an index), and starting afresh
+	// would take whatever older records were put back.
+	var stamped uint64
+	for _, r := range b.recs {
+		stamped = max(stamped, r.Seq)
+	}
+	if stamped > 0 && !b.trustState {
+		return fmt.Errorf("records carry rollback counter values (up to %d) but neither %s nor the counter (NV index %s) is there: both were removed, and the state directory's history cannot be checked. If you know why, accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
+			stamped, manifestFile, hexHandle(idx), ErrRollback)
+	}
 	if pub == nil {
-		// Not tried when the owner's authorisation is set: each try would be
-		// a failed authorisation, at every start.
+		// Not tried when the owner's authorisation is set and not given:
+		// each try would be a failed authorisation, at every start.
 		if set, err := d.ownerAuthSet(); err != nil {
 			return classify(err)
-		} else if set {
+		} else if set && len(b.ownerAuth) == 0 {
 			return fmt.Errorf("defining the rollback counter (NV index %s) needs the owner hierarchy's authorisation, which is set on this TPM: run `keyward token define-counter --owner-auth-file FILE` once, or set backend.rollback_counter = false: %w", hexHandle(idx), ErrConfig)
 		}
-		if err := d.nvDefineCounter(idx, nil); err != nil {
+		if err := d.nvDefineCounter(idx, b.ownerAuth); err != nil {
+			if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
+				return fmt.Errorf("the TPM refuses the owner authorisation: %w", ErrAuth)
+			}
 			return classify(err)
 		}
 	} else if err := checkCounterPublic(idx, pub); err != nil {
@@ -498,6 +513,14 @@ func counterFault(step string) error {
 // testNoCounter, set only by tests, opens without a counter, as keyward did
 // before it had one.
 var testNoCounter bool
+
+// RollbackStatus says how Open found the rollback counter: the NV index,
+// its value and the manifest's, or why there is none.
+func (b *Backend) RollbackStatus() string {
+	b.lock(context.Background())
+	defer b.unlock()
+	return b.ctr.status
+}
 
 // ErrCounterDefined: DefineCounter found the counter defined already.
 var ErrCounterDefined = errors.New("tpm: the rollback counter is defined already")

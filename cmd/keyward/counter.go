@@ -31,7 +31,16 @@ takes the counter into use.
 
 --owner-auth-file holds the owner hierarchy's authorisation value as set
 with tpm2_changeauth -c o (the file's bytes, one trailing newline ignored;
-mode 0600 or 0400). Exit status 0: defined, or defined already (said so).`
+mode 0600 or 0400). Exit status 0: defined, or defined already (said so).
+
+--trust-current-state is for a state directory whose records were stamped by
+a counter that is gone together with its manifest.json (keywardd refuses to
+start and says so: someone removed both, and older records may have been put
+back). After finding out why, it accepts the state directory as it is now:
+with keywardd stopped (it takes the state directory's lock), it defines the
+counter if needed (--owner-auth-file when the owner authorisation is set),
+advances it, and writes a manifest for the records present. The protection
+holds again from then on.`
 
 type defineCounterOptions struct {
 	TPMDevice     string
@@ -39,12 +48,13 @@ type defineCounterOptions struct {
 	PINFile       string
 	ParentHandle  string
 	OwnerAuthFile string
+	Trust         bool
 }
 
 func (a *app) defineCounterCmd() *cobra.Command {
 	var o defineCounterOptions
 	c := &cobra.Command{
-		Use:   "define-counter --tpm-device DEV --state-dir DIR --owner-auth-file FILE [--pin-file FILE] [--parent-handle HANDLE]",
+		Use:   "define-counter --tpm-device DEV --state-dir DIR (--owner-auth-file FILE | --trust-current-state [--owner-auth-file FILE]) [--pin-file FILE] [--parent-handle HANDLE]",
 		Short: "define a TPM state directory's rollback counter with the owner's authorisation (TPMs whose owner authorisation is set)",
 		Long:  defineCounterLong,
 		Example: `  keyward token define-counter --tpm-device /dev/tpmrm0 --state-dir /var/lib/keyward/tpm \
@@ -53,8 +63,8 @@ func (a *app) defineCounterCmd() *cobra.Command {
 		Args:        noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			const cmd = "token define-counter"
-			if o.TPMDevice == "" || o.StateDir == "" || o.OwnerAuthFile == "" {
-				return usagef(cmd, "--tpm-device, --state-dir and --owner-auth-file are required")
+			if o.TPMDevice == "" || o.StateDir == "" || o.OwnerAuthFile == "" && !o.Trust {
+				return usagef(cmd, "--tpm-device, --state-dir and --owner-auth-file (or --trust-current-state) are required")
 			}
 			if o.PINFile == "" && os.Getenv("CREDENTIALS_DIRECTORY") == "" {
 				return usagef(cmd, "--pin-file is required when $CREDENTIALS_DIRECTORY is not set")
@@ -63,12 +73,28 @@ func (a *app) defineCounterCmd() *cobra.Command {
 			if err != nil {
 				return usagef(cmd, "--parent-handle: %v", err)
 			}
-			owner, err := secretfile.Read(o.OwnerAuthFile)
-			if err != nil {
-				return fmt.Errorf("token define-counter: owner authorisation: %w", err)
+			var owner []byte
+			if o.OwnerAuthFile != "" {
+				if owner, err = secretfile.Read(o.OwnerAuthFile); err != nil {
+					return fmt.Errorf("token define-counter: owner authorisation: %w", err)
+				}
+				defer secretfile.Zero(owner)
 			}
-			defer secretfile.Zero(owner)
-			index, err := tpm.DefineCounter(c.Context(), tpm.Config{Device: o.TPMDevice, StateDir: o.StateDir, AuthFile: o.PINFile, ParentHandle: parent}, owner)
+			cfg := tpm.Config{Device: o.TPMDevice, StateDir: o.StateDir, AuthFile: o.PINFile, ParentHandle: parent}
+			if o.Trust {
+				cfg.OwnerAuth, cfg.TrustCurrentState = owner, true
+				be, err := tpm.Open(c.Context(), cfg)
+				if err != nil {
+					return fmt.Errorf("token define-counter: %w", err)
+				}
+				status := be.RollbackStatus()
+				if err := be.Close(); err != nil {
+					return fmt.Errorf("token define-counter: %w", err)
+				}
+				fmt.Fprintf(a.stdout, "rollback counter of %s: %s\n", o.StateDir, status)
+				return nil
+			}
+			index, err := tpm.DefineCounter(c.Context(), cfg, owner)
 			switch {
 			case errors.Is(err, tpm.ErrCounterDefined):
 				fmt.Fprintf(a.stdout, "rollback counter of %s: NV index %s, defined already\n", o.StateDir, index)
@@ -86,6 +112,7 @@ func (a *app) defineCounterCmd() *cobra.Command {
 	f.StringVar(&o.PINFile, "pin-file", "", "the auth secret, in a `FILE` of mode 0600 or 0400 (default $CREDENTIALS_DIRECTORY/pin)")
 	f.StringVar(&o.ParentHandle, "parent-handle", "", "the persistent parent `HANDLE` of backend.parent_handle (0x81000000..0x81ffffff); unset: the default parent")
 	f.StringVar(&o.OwnerAuthFile, "owner-auth-file", "", "the owner hierarchy's authorisation, in a `FILE` of mode 0600 or 0400")
+	f.BoolVar(&o.Trust, "trust-current-state", false, "accept the state directory as it is (records stamped by a counter that is gone with its manifest); keywardd stopped")
 	return c
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -292,6 +293,38 @@ func TestDefineCounterCommand(t *testing.T) {
 	if r.code != 0 || !regexp.MustCompile(`(?m)^rollback counter: NV index 0x01[0-3][0-9a-f]{5} at \d+, manifest.json at \d+: consistent$`).MatchString(r.stdout) {
 		t.Fatalf("doctor: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
+	// Counter and manifest removed (with the owner's authorisation): the
+	// next start refuses; --trust-current-state accepts the state as it is.
+	m := regexp.MustCompile(`NV index (0x[0-9a-f]{8})`).FindStringSubmatch(r.stdout)
+	idx, _ := strconv.ParseUint(m[1], 0, 32)
+	conn, err = tpm.Dial(sw.Device())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := (tpm2.NVReadPublic{NVIndex: tpm2.TPMHandle(idx)}).Execute(conn)
+	if err == nil {
+		_, err = (tpm2.NVUndefineSpace{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth([]byte(ownerAuth))},
+			NVIndex: tpm2.NamedHandle{Handle: tpm2.TPMHandle(idx), Name: pub.NVName}}).Execute(conn)
+	}
+	conn.Close()
+	if err != nil {
+		t.Fatalf("undefine %s: %v", m[1], err)
+	}
+	os.Remove(filepath.Join(state, "manifest.json"))
+	if _, err := tpm.Open(context.Background(), cfg); !errors.Is(err, tpm.ErrRollback) || !strings.Contains(err.Error(), "--trust-current-state") {
+		t.Fatalf("start with counter and manifest removed: %v", err)
+	}
+	trust := []string{"token", "define-counter", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth,
+		"--parent-handle", fmt.Sprintf("0x%08x", handle), "--owner-auth-file", ownerFile, "--trust-current-state"}
+	if r := keyward(t, nil, trust...); r.code != 0 || !strings.Contains(r.stdout, "consistent (defined at this start)") {
+		t.Fatalf("define-counter --trust-current-state: exit %d, %q %q", r.code, r.stdout, r.stderr)
+	}
+	if be, err := tpm.Open(context.Background(), cfg); err != nil {
+		t.Fatalf("start after --trust-current-state: %v", err)
+	} else {
+		be.Close()
+	}
+
 	// A wrong owner authorisation: refused, exit as an authorisation failure.
 	writeFile0600(t, ownerFile, "not-the-owner-authorisation\n")
 	os.RemoveAll(state)

@@ -203,7 +203,7 @@ func TestUsageErrors(t *testing.T) {
 		{name: "doctor state dir without tpm", args: []string{"token", "doctor", "--module", mod, "--token", "a", "--state-dir", "/x", "--pin-file", "p"}, want: "--state-dir is for a TPM"},
 		{name: "doctor parent handle without tpm", args: []string{"token", "doctor", "--module", mod, "--token", "a", "--parent-handle", "0x81000001", "--pin-file", "p"}, want: "--parent-handle is for a TPM"},
 		{name: "doctor parent handle not persistent", args: []string{"token", "doctor", "--tpm-device", "/dev/tpmrm0", "--state-dir", "/x", "--pin-file", "p", "--parent-handle", "0x80000001"}, want: "want a persistent handle"},
-		{name: "define-counter without owner auth", args: []string{"token", "define-counter", "--tpm-device", "/dev/tpmrm0", "--state-dir", "/x", "--pin-file", "p"}, want: "--owner-auth-file are required"},
+		{name: "define-counter without owner auth", args: []string{"token", "define-counter", "--tpm-device", "/dev/tpmrm0", "--state-dir", "/x", "--pin-file", "p"}, want: "(or --trust-current-state) are required"},
 		{name: "define-counter without secret source", args: []string{"token", "define-counter", "--tpm-device", "/dev/tpmrm0", "--state-dir", "/x", "--owner-auth-file", "o"}, want: "--pin-file is required"},
 		{name: "define-counter bad parent handle", args: []string{"token", "define-counter", "--tpm-device", "/dev/tpmrm0", "--state-dir", "/x", "--pin-file", "p", "--owner-auth-file", "o", "--parent-handle", "srk"}, want: "want a persistent handle"},
 		{name: "define-counter with an argument", args: []string{"token", "define-counter", "extra"}, want: "unexpected argument"},
