@@ -252,6 +252,9 @@ func startSWTPM(dir string) (*devSWTPM, error) {
 			sock, n, len(unix.RawSockaddrUnix{}.Path)-1)
 	}
 	state := filepath.Join(dir, devSWState)
+	if strings.ContainsRune(dir, ',') {
+		return nil, fmt.Errorf("dev directory %q holds a comma, which swtpm's options cannot carry: use another --dev-dir", dir)
+	}
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, fmt.Errorf("swtpm state: %w", err)
 	}

@@ -514,70 +514,65 @@ func TestDefineCounterWithOwnerAuth(t *testing.T) {
 	}
 }
 
-// TestRollbackCounterAndManifestRemoved: with an empty owner authorisation
-// anyone who can open the TPM can remove the counter; removing it with the
-// manifest, then putting an older record back, must not pass for a state
-// directory that never had a counter. Only an operator's explicit
-// TrustCurrentState (keyward token define-counter --trust-current-state)
-// starts afresh.
-func TestRollbackCounterAndManifestRemoved(t *testing.T) {
-	sw := swtpmtest.Start(t)
-	dir := t.TempDir()
-	ctx := t.Context()
-	be := open(t, sw.Device(), dir)
-	mustCreate(t, be, "app/db", keys.AES256GCM)
-	before := snapshot(t, dir)
-	if _, err := be.SetVersionState(ctx, "app/db", 1, keys.Disabled); err != nil {
-		t.Fatal(err)
+// TestRollbackTrustCurrentState: a state directory whose counter history is
+// gone is not taken for one that never had a counter: records stamped by a
+// counter that was removed with the manifest (with an empty owner
+// authorisation anyone who can open the TPM can remove an index), with an
+// older record put back; or a manifest lost while its counter exists (a
+// crash during the first start with a counter, or tampering). Both are
+// refused; only an operator's TrustCurrentState (keyward token
+// define-counter --trust-current-state) accepts the state as it is, after
+// which it is protected again.
+func TestRollbackTrustCurrentState(t *testing.T) {
+	cases := []struct {
+		name    string
+		remove  func(t *testing.T, sw *swtpmtest.SWTPM, dir string, index uint32, before map[string][]byte)
+		wantMsg string
+		want    keys.State // app/db v1 once trusted
+	}{
+		{"counter and manifest removed and an older record put back", func(t *testing.T, sw *swtpmtest.SWTPM, dir string, index uint32, before map[string][]byte) {
+			undefine(t, sw.Device(), index)
+			os.Remove(filepath.Join(dir, "manifest.json"))
+			restore(t, dir, before, "keys/app%2Fdb.json")
+		}, "both were removed", keys.Enabled},
+		{"manifest lost with its counter there", func(t *testing.T, _ *swtpmtest.SWTPM, dir string, _ uint32, _ map[string][]byte) {
+			os.Remove(filepath.Join(dir, "manifest.json"))
+		}, "is missing, but this state directory's rollback counter", keys.Disabled},
 	}
-	index, _, _, _ := be.CounterStatus()
-	be.Close()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sw := swtpmtest.Start(t)
+			dir := t.TempDir()
+			ctx := t.Context()
+			be := open(t, sw.Device(), dir)
+			mustCreate(t, be, "app/db", keys.AES256GCM)
+			before := snapshot(t, dir)
+			if _, err := be.SetVersionState(ctx, "app/db", 1, keys.Disabled); err != nil {
+				t.Fatal(err)
+			}
+			index, _, _, _ := be.CounterStatus()
+			be.Close()
+			tc.remove(t, sw, dir, index, before)
 
-	undefine(t, sw.Device(), index)
-	os.Remove(filepath.Join(dir, "manifest.json"))
-	restore(t, dir, before, "keys/app%2Fdb.json")
-	_, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
-	if !errors.Is(err, tpm.ErrRollback) || !strings.Contains(err.Error(), "both were removed") {
-		t.Fatalf("Open with counter and manifest removed: %v", err)
+			_, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
+			if !errors.Is(err, tpm.ErrRollback) || !strings.Contains(err.Error(), tc.wantMsg) || !strings.Contains(err.Error(), "--trust-current-state") {
+				t.Fatalf("Open: %v, want ErrRollback saying %q", err, tc.wantMsg)
+			}
+			be, err = tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, TrustCurrentState: true})
+			if err != nil {
+				t.Fatalf("Open trusting the current state: %v", err)
+			}
+			if !strings.HasSuffix(be.RollbackStatus(), "consistent (defined at this start)") {
+				t.Errorf("status %q", be.RollbackStatus())
+			}
+			be.Close()
+			be = open(t, sw.Device(), dir)
+			if ki, err := be.DescribeKey(ctx, "app/db"); err != nil || ki.Versions[0].State != tc.want {
+				t.Fatalf("the trusted state: %+v, %v", ki, err)
+			}
+			if _, _, _, settled := be.CounterStatus(); !settled {
+				t.Fatal("not settled after trusting")
+			}
+		})
 	}
-	be, err = tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, TrustCurrentState: true})
-	if err != nil {
-		t.Fatalf("Open trusting the current state: %v", err)
-	}
-	if !strings.HasSuffix(be.RollbackStatus(), "consistent (defined at this start)") {
-		t.Errorf("status %q", be.RollbackStatus())
-	}
-	be.Close()
-	be = open(t, sw.Device(), dir)
-	if ki, err := be.DescribeKey(ctx, "app/db"); err != nil || ki.Versions[0].State != keys.Enabled {
-		t.Fatalf("the trusted (older) state: %+v, %v", ki, err)
-	}
-}
-
-// TestRollbackManifestLostTrusted: a manifest lost while its counter exists
-// (a crash during the first start with a counter, or tampering) is refused,
-// and accepted only by TrustCurrentState, which carries on with the same
-// counter.
-func TestRollbackManifestLostTrusted(t *testing.T) {
-	sw := swtpmtest.Start(t)
-	dir := t.TempDir()
-	ctx := t.Context()
-	be := open(t, sw.Device(), dir)
-	mustCreate(t, be, "app/db", keys.AES256GCM)
-	index, nv, _, _ := be.CounterStatus()
-	be.Close()
-	os.Remove(filepath.Join(dir, "manifest.json"))
-	if _, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth}); !errors.Is(err, tpm.ErrRollback) || !strings.Contains(err.Error(), "--trust-current-state") {
-		t.Fatalf("Open without the manifest: %v", err)
-	}
-	be, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, TrustCurrentState: true})
-	if err != nil {
-		t.Fatalf("Open trusting the current state: %v", err)
-	}
-	index2, nv2, mf2, settled := be.CounterStatus()
-	be.Close()
-	if index2 != index || nv2 != nv+1 || mf2 != nv2 || !settled {
-		t.Fatalf("counter 0x%08x at %d (manifest %d, settled %v); was 0x%08x at %d", index2, nv2, mf2, settled, index, nv)
-	}
-	open(t, sw.Device(), dir)
 }

@@ -96,9 +96,11 @@ func StartUnix(t testing.TB) *SWTPM {
 
 // socketDir is a directory whose socket paths fit in a sockaddr_un:
 // t.TempDir() if short enough, else a fresh directory in $TMPDIR or /tmp.
+// swtpm's options are comma-separated, with no escape: no comma either
+// (t.TempDir() holds the test's name).
 func socketDir(t testing.TB) string {
 	const longest = "/tpm.ctrl"
-	if dir := t.TempDir(); len(dir)+len(longest) <= maxSocketPath {
+	if dir := t.TempDir(); len(dir)+len(longest) <= maxSocketPath && !strings.Contains(dir, ",") {
 		return dir
 	}
 	for _, base := range []string{os.TempDir(), "/tmp"} {
@@ -106,7 +108,7 @@ func socketDir(t testing.TB) string {
 		if err != nil {
 			continue
 		}
-		if len(dir)+len(longest) > maxSocketPath {
+		if len(dir)+len(longest) > maxSocketPath || strings.Contains(dir, ",") {
 			os.Remove(dir)
 			continue
 		}
@@ -119,6 +121,13 @@ func socketDir(t testing.TB) string {
 
 func newSWTPM(t testing.TB, network string) *SWTPM {
 	dir := t.TempDir()
+	if strings.Contains(dir, ",") { // swtpm's --tpmstate dir= cannot hold one
+		var err error
+		if dir, err = os.MkdirTemp("", "swtpm"); err != nil {
+			t.Fatalf("swtpmtest: %v", err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+	}
 	s := &SWTPM{
 		network:  network,
 		stateDir: filepath.Join(dir, "state"),
