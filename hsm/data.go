@@ -295,7 +295,14 @@ func (t *Token) publicKey(ctx context.Context, op, name string, v uint32, forVer
 			return err
 		}
 		v = pv
-		id := rec.Vers[v-1].ID
+		// By label and id: adopted objects need not have distinct ids
+		// (two made with pkcs11-tool --id 01), and a public key cached by
+		// id alone would answer for the other key.
+		ref, err := rec.pubRef(v)
+		if err != nil {
+			return err
+		}
+		id := ref.key()
 		if p, ok := t.pubs.Load(id); ok {
 			pub = p
 			return nil

@@ -425,3 +425,41 @@ func TestReadOnly(t *testing.T) {
 		t.Fatalf("key changed: %+v %v", info, err)
 	}
 }
+
+// TestAdoptedKeysSharingAnID: two key pairs made with the same CKA_ID (as
+// `pkcs11-tool --id 01` twice makes) and adopted as two keys each answer
+// with their own public key: a signature of one does not verify as the
+// other's.
+func TestAdoptedKeysSharingAnID(t *testing.T) {
+	b := open(t, nil)
+	ctx := context.Background()
+	for _, l := range []string{"shared-id-a", "shared-id-b"} {
+		pkcs11Tool(t, "--keypairgen", "--key-type", "EC:prime256v1", "--label", l, "--private", "--sensitive", "--id", "b7", "--usage-sign")
+	}
+	for _, k := range []struct{ name, ref string }{{"shared/a", "pkcs11:object=shared-id-a;id=%b7"}, {"shared/b", "pkcs11:object=shared-id-b;id=%b7"}} {
+		if _, err := b.AdoptKey(ctx, k.name, keys.ECDSAP256, k.ref); err != nil {
+			t.Fatalf("adopt %s: %v", k.name, err)
+		}
+	}
+	pa, _, err := b.PublicKey(ctx, "shared/a", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, _, err := b.PublicKey(ctx, "shared/b", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(pa) == fmt.Sprint(pb) {
+		t.Fatal("both keys answer with the same public key")
+	}
+	sig, err := b.Sign(ctx, "shared/a", []byte("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Verify(ctx, "shared/a", sig.Version, []byte("m"), sig.Bytes); err != nil {
+		t.Fatalf("verify as a: %v", err)
+	}
+	if err := b.Verify(ctx, "shared/b", sig.Version, []byte("m"), sig.Bytes); err == nil {
+		t.Fatal("a's signature verifies as b's")
+	}
+}

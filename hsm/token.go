@@ -84,7 +84,7 @@ type Token struct {
 	lastErr   error                      // (guarded by refreshMu)
 	failedGen uint64                     // module generation of the last failed refresh
 
-	pubs sync.Map // hex CKA_ID -> crypto.PublicKey; an object's public key never changes
+	pubs sync.Map // objRef.key() -> crypto.PublicKey; an object's public key never changes
 
 	adminMu sync.Mutex // serialises admin operations in this process
 	cross   *crossLock // and across processes, on SoftHSM2 (nil: not needed or not available)
