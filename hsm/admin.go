@@ -172,10 +172,12 @@ func (t *Token) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error
 			// published), or its record create took effect though it
 			// failed (a lost response), and this run follows a
 			// re-initialisation: then the rotation is done.
-			if s.published(name, *made) {
+			if int(made.Version) <= len(rec.Vers) && rec.Vers[made.Version-1].ID == made.ID {
 				return errApplied
 			}
-			s.withdraw(ty, *made)
+			if !s.published(name, *made) {
+				s.withdraw(ty, *made)
+			}
 			made = nil
 		}
 		ty = rec.Type

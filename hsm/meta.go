@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -454,12 +455,14 @@ func (s *sess) competitor(rec *metaRecord, prevGen uint64, recs, claims []stored
 		case s.t.claimantGone(other.Claimant):
 			s.t.log.Warn("removing a claim on a key record left by a process of this host that is gone", "key", rec.Name, "gen", other.Gen, "claimant", other.Claimant)
 			s.p.DestroyObject(s.sh, c.h)
+			s.t.forgetClaim(c.raw)
 		default:
 			seen := s.t.claimSeen(c.raw)
 			if time.Since(seen) >= staleClaim {
 				s.t.log.Warn("removing a stale claim on a key record: a writer stopped between claiming and publishing", "key", rec.Name, "gen", other.Gen,
 					"claimed", other.Pending.Format(time.RFC3339), "claimant", other.Claimant, "seen_since", seen.Format(time.RFC3339))
 				s.p.DestroyObject(s.sh, c.h)
+				s.t.forgetClaim(c.raw)
 				continue
 			}
 			return fmt.Errorf("another writer (%s) claimed generation %d of the record at %s by its clock; this process takes the claim for abandoned %v after it first saw it: %w",
@@ -493,23 +496,32 @@ func (t *Token) claimant() string {
 
 // claimantGone reports whether a claim's writer is known to be gone: this
 // Token itself (a claim it left when its destroy failed), or a process of
-// this host, boot and pid namespace that no longer exists, or whose pid now
-// belongs to a process started at another time. Any other writer is never
-// known gone: its claim waits until stale.
+// this host, boot and pid namespace that no longer exists (kill(pid, 0):
+// ESRCH), or whose pid now belongs to a process started at another time.
+// Any other writer is never known gone: its claim waits until stale. (Under
+// ProcSubset=pid the boot id is hidden: then only the first.)
 func (t *Token) claimantGone(c string) bool {
 	f := strings.Split(c, "/")
-	if len(f) != 5 || f[0] == "" || f[0] != bootID() || f[1] == "" || f[1] != pidNS() {
+	if len(f) != 5 {
 		return false
 	}
 	if f[4] == t.claimNonce {
 		return true
 	}
+	if f[0] == "" || f[0] != bootID() || f[1] == "" || f[1] != pidNS() {
+		return false
+	}
 	pid, err := strconv.Atoi(f[2])
 	if err != nil || pid <= 0 {
 		return false
 	}
+	if errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+		return true
+	}
+	// Alive, or not ours to signal (EPERM): another process only if its
+	// start time can be read and differs (hidepid can hide it).
 	st := startTime(pid)
-	return st == "" || st != f[3]
+	return st != "" && st != f[3]
 }
 
 // claimSeen returns when this Token first saw the claim raw (now, the first
@@ -527,6 +539,14 @@ func (t *Token) claimSeen(raw []byte) time.Time {
 		t.claimsSeen[k] = seen
 	}
 	return seen
+}
+
+// forgetClaim drops a removed claim from claimsSeen.
+func (t *Token) forgetClaim(raw []byte) {
+	k := sha256.Sum256(raw)
+	t.cacheMu.Lock()
+	delete(t.claimsSeen, k)
+	t.cacheMu.Unlock()
 }
 
 var bootID = sync.OnceValue(func() string {
@@ -626,9 +646,10 @@ func (s *sess) dropOlder(name string, gen uint64) {
 }
 
 // published reports whether a record of name, found by a search (not a
-// remembered handle), references version mv's objects. When the search
-// fails it says yes: objects wrongly kept are housekeeping for doctor;
-// objects wrongly withdrawn lose blobs.
+// remembered handle), references version mv's objects. When it cannot tell
+// (the search or a record's check fails, other than as a damaged record) it
+// says yes: objects wrongly kept are housekeeping for doctor; objects
+// wrongly withdrawn lose blobs.
 func (s *sess) published(name string, mv metaVersion) bool {
 	recs, err := s.findMeta(name)
 	if err != nil {
@@ -636,8 +657,11 @@ func (s *sess) published(name string, mv metaVersion) bool {
 	}
 	for _, r := range recs {
 		rec, err := s.parseMeta(name, r.raw)
-		if err != nil {
+		if errors.Is(err, keys.ErrIntegrity) {
 			continue
+		}
+		if err != nil {
+			return true
 		}
 		for _, v := range rec.Vers {
 			if v.ID == mv.ID && v.Label == mv.Label {
