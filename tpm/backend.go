@@ -399,10 +399,12 @@ func (b *Backend) verifyRecord(r *record) error {
 // storeRecord MACs and writes a record, then makes it the current one and
 // advances the rollback counter. A change left half done by an earlier
 // failure is finished first. If this one's counter step fails, the change
-// stands (its record is written and in use) and the step is retried before
-// the next change, by Health, or at start; but the caller is told
-// (ErrUnavailable): until the step is done, someone who can write the state
-// directory could put the older record back unnoticed.
+// stands (its record is written and in use) and is reported done: an error
+// would reach the caller only as "unavailable, retry", and a retried
+// rotation or create would do more than asked. The step is retried before
+// the next change, by Health (the watchdog's probe), and at start; until
+// then a WARN line and keyward_tpm_rollback_counter_behind say that someone
+// who can write the state directory could put the older record back.
 func (b *Backend) storeRecord(d *device, r *record) error {
 	if b.readOnly {
 		return fmt.Errorf("opened read-only: %w", ErrReadOnly)
@@ -429,12 +431,11 @@ func (b *Backend) storeRecord(d *device, r *record) error {
 	b.unsettled.Store(!b.ctr.settled())
 	if err != nil {
 		// Not retried here: do would run the whole change again after a
-		// reset, so the TPM error is not wrapped (%v), only marked.
+		// reset.
 		if needsReset(err) {
 			d.ready = false
 		}
-		b.log.Warn("tpm: key changed, but advancing the rollback counter failed; retried before the next change and by the health check", "key", r.Name, "err", err)
-		return fmt.Errorf("the change is made and in use, but recording it against the TPM's rollback counter failed (%v); until that is retried (before the next change, by the health check), an older copy of the record would go unnoticed: %w", err, keys.ErrUnavailable)
+		b.log.Warn("tpm: key changed, but advancing the rollback counter failed; until it is retried (before the next change, by the health check) an older copy of the record would go unnoticed", "key", r.Name, "err", err)
 	}
 	return nil
 }
@@ -482,7 +483,10 @@ func (b *Backend) supersede(d *device, name string) {
 	}
 	c := cur.clone()
 	if err := b.writeRecord(c); err != nil {
-		b.log.Warn("tpm: a failed write of a key record could not be superseded; a copy of it would pass as a newer change until the key changes again", "key", name, "err", err)
+		if needsReset(err) {
+			d.ready = false
+		}
+		b.log.Warn("tpm: a failed write of a key record could not be superseded; had it reached the disk, a copy of it would pass as a newer change until the key changes again", "key", name, "err", err)
 		return
 	}
 	b.recMu.Lock()
@@ -490,6 +494,9 @@ func (b *Backend) supersede(d *device, name string) {
 	b.recMu.Unlock()
 	b.ctr.pending = true
 	if err := b.settle(d); err != nil {
+		if needsReset(err) {
+			d.ready = false
+		}
 		b.log.Warn("tpm: advancing the rollback counter failed; retried before the next change and by the health check", "key", name, "err", err)
 	}
 	b.unsettled.Store(!b.ctr.settled())

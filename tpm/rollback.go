@@ -236,12 +236,26 @@ func (b *Backend) openCounter() error {
 	if perr != nil && !errors.Is(perr, errNoIndex) {
 		return classify(perr)
 	}
+	if b.trustState {
+		// The operator accepts the records as they are: whatever the
+		// manifest says, start the history again from them.
+		if err := b.verifyRecords(); err != nil {
+			return err
+		}
+		if perr != nil {
+			pub = nil
+		}
+		return b.initCounter(idx, pub)
+	}
 	if merr != nil { // no manifest
 		if perr == nil && pub.Attributes.Written && !b.trustState {
 			return fmt.Errorf("%s is missing, but this state directory's rollback counter (NV index %s) exists on the TPM: the state directory was tampered with or restored without it. If you know why (a crash during keywardd's very first start with a counter), accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
 				manifestFile, hexHandle(idx), ErrRollback)
 		}
 		if err := b.verifyRecords(); err != nil {
+			return err
+		}
+		if err := b.unstamped(idx); err != nil {
 			return err
 		}
 		if b.readOnly {
@@ -262,7 +276,7 @@ func (b *Backend) openCounter() error {
 		return fmt.Errorf("%s names NV index %s, but this state directory's counter is %s: %w", manifestFile, mf.Index, hexHandle(idx), ErrRollback)
 	}
 	if perr != nil {
-		return fmt.Errorf("the rollback counter (NV index %s) that %s relies on is gone from the TPM: the owner hierarchy was cleared or the index removed; the state directory's history can no longer be checked: %w",
+		return fmt.Errorf("the rollback counter (NV index %s) that %s relies on is gone from the TPM: the owner hierarchy was cleared or the index removed; the state directory's history can no longer be checked. If you know why, accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
 			hexHandle(idx), manifestFile, ErrRollback)
 	}
 	if err := checkCounterPublic(idx, pub); err != nil {
@@ -351,17 +365,10 @@ func (b *Backend) openCounter() error {
 // trusted as they are, once.
 func (b *Backend) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error {
 	d := b.dev
-	// Records stamped by a counter, with neither the manifest nor the
-	// counter left: both were removed (with an empty owner authorisation,
-	// anyone who can open the TPM can remove an index), and starting afresh
-	// would take whatever older records were put back.
-	var stamped uint64
-	for _, r := range b.recs {
-		stamped = max(stamped, r.Seq)
-	}
-	if stamped > 0 && !b.trustState {
-		return fmt.Errorf("records carry rollback counter values (up to %d) but neither %s nor the counter (NV index %s) is there: both were removed, and the state directory's history cannot be checked. If you know why, accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
-			stamped, manifestFile, hexHandle(idx), ErrRollback)
+	if !b.trustState {
+		if err := b.unstamped(idx); err != nil {
+			return err
+		}
 	}
 	if pub == nil {
 		// Not tried when the owner's authorisation is set and not given:
@@ -399,6 +406,22 @@ func (b *Backend) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error 
 		b.log.Info("tpm rollback counter defined", "nv_index", hexHandle(idx), "counter", nv)
 	}
 	return nil
+}
+
+// unstamped refuses records stamped by a counter when neither the manifest
+// nor the counter is left: both were removed (with an empty owner
+// authorisation, anyone who can open the TPM can remove an index), and
+// starting afresh would take whatever older records were put back.
+func (b *Backend) unstamped(idx tpm2.TPMHandle) error {
+	var stamped uint64
+	for _, r := range b.recs {
+		stamped = max(stamped, r.Seq)
+	}
+	if stamped == 0 {
+		return nil
+	}
+	return fmt.Errorf("records carry rollback counter values (up to %d) but neither %s nor the counter (NV index %s) is there: both were removed, and the state directory's history cannot be checked. If you know why, accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
+		stamped, manifestFile, hexHandle(idx), ErrRollback)
 }
 
 // settle finishes a half-done change: the manifest at nv+1 if a record is
