@@ -268,21 +268,31 @@ func (t *Token) DestroyVersion(ctx context.Context, name string, v uint32) (keys
 	var victim metaVersion
 	var ty keys.Type
 	info, err := t.update(ctx, "destroy", name, func(s *sess, rec *metaRecord) error {
+		if victim.ID != "" && int(v) <= len(rec.Vers) && rec.Vers[v-1].ID == victim.ID && rec.Vers[v-1].State == keys.Destroyed {
+			return errApplied // run again after a record create whose response was lost
+		}
 		ki := rec.info()
 		if err := ki.CheckChangeable(v); err != nil {
+			if errors.Is(err, keys.ErrVersionDestroyed) {
+				// Destroyed before: its objects too, unless a failure
+				// left them (they go now).
+				victim, ty = rec.Vers[v-1], rec.Type
+			}
 			return err
 		}
 		victim, ty = rec.Vers[v-1], rec.Type
 		rec.Vers[v-1].State = keys.Destroyed
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, keys.ErrVersionDestroyed) || victim.ID == "" {
 		return info, err
 	}
-	err = t.withSession(ctx, func(s *sess) error {
+	if werr := t.withObjectChanges(context.WithoutCancel(ctx), func(s *sess) error {
 		s.withdraw(ty, victim)
 		return nil
-	})
+	}); err == nil {
+		err = werr
+	}
 	return info, err
 }
 

@@ -322,3 +322,36 @@ func TestLeftoverVersionObject(t *testing.T) {
 		t.Errorf("doctor lists %d leftovers, want 1: %+v", leftovers, rep.Findings)
 	}
 }
+
+// TestLostRecordResponseOnDestroy: a destroy whose record create took
+// effect but failed is done once (the rerun finds it published) and its
+// objects go; destroying it again says it is destroyed, and removes
+// objects a failure left.
+func TestLostRecordResponseOnDestroy(t *testing.T) {
+	ctx := context.Background()
+	a := open(t, func(c *hsm.Config) { c.MetadataMaxAge = -1 })
+	name := fmt.Sprintf("lostdestroy%d/k", time.Now().UnixNano()%1e9)
+	if _, err := a.CreateKey(ctx, name, keys.AES256GCM); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RotateKey(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	hsm.LoseRecordResponse(t, 1)
+	ki, err := a.DestroyVersion(ctx, name, 1)
+	if err != nil || ki.Versions[0].State != keys.Destroyed {
+		t.Fatalf("DestroyVersion with its record's response lost = %+v, %v", ki, err)
+	}
+	if _, err := a.DestroyVersion(ctx, name, 1); !errors.Is(err, keys.ErrVersionDestroyed) {
+		t.Fatalf("DestroyVersion again: %v", err)
+	}
+	rep, err := a.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range rep.Findings {
+		if strings.Contains(f.Label, name) {
+			t.Errorf("doctor: %+v (the destroyed version's objects are gone)", f)
+		}
+	}
+}
