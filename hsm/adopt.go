@@ -54,8 +54,15 @@ func (t *Token) AdoptKey(ctx context.Context, name string, ty keys.Type, ref str
 	t.adminMu.Lock()
 	defer t.adminMu.Unlock()
 	var out keys.KeyInfo
+	var adopted *metaVersion
 	err := t.withObjectChanges(ctx, func(s *sess) error {
-		if _, err := s.loadMeta(name, true); err == nil {
+		if cur, err := s.searchMeta(name); err == nil {
+			// Run again after a re-initialisation: a record create that
+			// failed may have taken effect (a lost response).
+			if adopted != nil && len(cur.Vers) == 1 && cur.Vers[0].ID == adopted.ID && cur.Vers[0].Label == adopted.Label {
+				out = cur.info()
+				return nil
+			}
 			return keys.ErrKeyExists
 		} else if !errors.Is(err, keys.ErrKeyNotFound) {
 			return err
@@ -102,6 +109,7 @@ func (t *Token) AdoptKey(ctx context.Context, name string, ty keys.Type, ref str
 		rec := &metaRecord{Format: 1, Name: name, Type: ty, Created: now, Adopted: true, Vers: []metaVersion{{
 			Version: 1, State: keys.Enabled, Created: now, Label: exact.Label, ID: hex.EncodeToString(exact.ID),
 		}}}
+		adopted = &rec.Vers[0]
 		if err := s.storeMeta(rec, 0); err != nil {
 			return concurrentErr(name, err)
 		}

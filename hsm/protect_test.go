@@ -463,3 +463,23 @@ func TestAdoptedKeysSharingAnID(t *testing.T) {
 		t.Fatal("a's signature verifies as b's")
 	}
 }
+
+// TestAdoptLostRecordResponse: an adoption whose record create took effect
+// but failed is reported done (the rerun finds it), not as KEY_EXISTS.
+func TestAdoptLostRecordResponse(t *testing.T) {
+	b := open(t, nil)
+	ctx := context.Background()
+	pkcs11Tool(t, "--keygen", "--key-type", "AES:32", "--label", "lost-adopt", "--sensitive", "--private", "--id", "c1")
+	hsm.LoseRecordResponse(t, 1)
+	ki, err := b.AdoptKey(ctx, "team/lost", keys.AES256GCM, "lost-adopt")
+	if err != nil || len(ki.Versions) != 1 {
+		t.Fatalf("AdoptKey with its record's response lost = %+v, %v", ki, err)
+	}
+	blob, err := b.Wrap(ctx, "team/lost", []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Unwrap(ctx, blob, nil); err != nil {
+		t.Fatal(err)
+	}
+}
