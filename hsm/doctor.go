@@ -100,7 +100,12 @@ func (t *Token) Doctor(ctx context.Context) (Report, error) {
 					classes = append(classes, pkcs11.CKO_PUBLIC_KEY)
 				}
 				for _, c := range classes {
-					refs[fmt.Sprintf("%d|%s|%s", c, mv.Label, mv.ID)] = want{rec.Type, n, mv.Version, mv.Label, mv.ID, c}
+					k := fmt.Sprintf("%d|%s|%s", c, mv.Label, mv.ID)
+					if other, dup := refs[k]; dup && other.key != n && c != pkcs11.CKO_PUBLIC_KEY {
+						rep.Findings = append(rep.Findings, Finding{Key: n, Version: mv.Version, Label: mv.Label, ID: mv.ID, Class: className[c],
+							Problem: fmt.Sprintf("the object is also key %s v%d: destroying either version destroys the other's", other.key, other.v), Weak: true})
+					}
+					refs[k] = want{rec.Type, n, mv.Version, mv.Label, mv.ID, c}
 				}
 			}
 		}

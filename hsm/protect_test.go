@@ -483,3 +483,30 @@ func TestAdoptLostRecordResponse(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDoctorObjectOfTwoKeys: doctor flags, as weak, an object two key
+// records name (adopting one object twice, before that was refused).
+func TestDoctorObjectOfTwoKeys(t *testing.T) {
+	b := open(t, nil)
+	ctx := context.Background()
+	pkcs11Tool(t, "--keygen", "--key-type", "AES:32", "--label", "twice-named", "--sensitive", "--private", "--id", "d1")
+	if _, err := b.AdoptKey(ctx, "twice/a", keys.AES256GCM, "twice-named"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CopyRecordAs(ctx, "twice/a", "twice/b"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := b.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, f := range rep.Findings {
+		if f.Label == "twice-named" && f.Weak && strings.Contains(f.Problem, "destroying either version destroys the other's") {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("doctor does not flag the object of two keys: %+v", rep.Findings)
+	}
+}
