@@ -400,10 +400,11 @@ func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 		claimHook("checked", rec.Name)
 	}
 	// Others may take a claim this old for abandoned: past half of that,
-	// do not publish on it.
-	if time.Since(start) > staleClaim/2 {
+	// do not publish on it. The wall clock too: the monotonic one stops
+	// while the machine is suspended, the others' clocks do not.
+	if took := max(time.Since(start), time.Now().Round(0).Sub(start.Round(0))); took > staleClaim/2 {
 		s.p.DestroyObject(s.sh, claim)
-		return fmt.Errorf("key %s: %v passed between claiming and publishing the record: %w", rec.Name, time.Since(start).Round(time.Millisecond), errConcurrent)
+		return fmt.Errorf("key %s: %v passed between claiming and publishing the record: %w", rec.Name, took.Round(time.Millisecond), errConcurrent)
 	}
 	mine, err := s.createMeta(metaRef(rec.Name).Label, metaApplication, raw)
 	if err == nil && publishFault != nil {
