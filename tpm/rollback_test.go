@@ -289,7 +289,7 @@ func TestRollbackMigration(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "manifest.json")); !os.IsNotExist(err) {
 		t.Fatalf("a manifest without the counter: %v", err)
 	}
-	old := snapshot2(t, dir)
+	old := mustRead(t, filepath.Join(dir, "keys", "app%2Fdb.json"))
 
 	var logs testutil.SyncBuffer
 	be, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -310,9 +310,21 @@ func TestRollbackMigration(t *testing.T) {
 	}
 }
 
-func snapshot2(t *testing.T, dir string) []byte {
+// disabledAfterSnapshot makes key app/db in dir, snapshots the state
+// directory, disables v1 and closes the backend: the snapshot is then an
+// older state, every file of it validly MAC'd. It returns the snapshot and
+// the counter's index.
+func disabledAfterSnapshot(t *testing.T, sw *swtpmtest.SWTPM, dir string) (map[string][]byte, uint32) {
 	t.Helper()
-	return mustRead(t, filepath.Join(dir, "keys", "app%2Fdb.json"))
+	be := open(t, sw.Device(), dir)
+	mustCreate(t, be, "app/db", keys.AES256GCM)
+	before := snapshot(t, dir)
+	if _, err := be.SetVersionState(t.Context(), "app/db", 1, keys.Disabled); err != nil {
+		t.Fatal(err)
+	}
+	index, _, _, _ := be.CounterStatus()
+	be.Close()
+	return before, index
 }
 
 // TestRollbackFailedWrite: a record write reported as failed that reached
@@ -409,13 +421,7 @@ func TestRollbackCounterOff(t *testing.T) {
 	sw := swtpmtest.Start(t)
 	dir := t.TempDir()
 	ctx := t.Context()
-	be := open(t, sw.Device(), dir)
-	mustCreate(t, be, "app/db", keys.AES256GCM)
-	before := snapshot(t, dir)
-	if _, err := be.SetVersionState(ctx, "app/db", 1, keys.Disabled); err != nil {
-		t.Fatal(err)
-	}
-	be.Close()
+	before, _ := disabledAfterSnapshot(t, sw, dir)
 	after := snapshot(t, dir)
 	restore(t, dir, before, "keys/app%2Fdb.json")
 
@@ -450,7 +456,7 @@ func TestRollbackCounterOff(t *testing.T) {
 		t.Fatalf("Open with the counter on: %v", err)
 	}
 	restore(t, dir, after)
-	be = open(t, sw.Device(), dir)
+	be := open(t, sw.Device(), dir)
 	if rep, err := be.Doctor(ctx); err != nil || rep.Weak() || !strings.HasSuffix(rep.Rollback, ": consistent") {
 		t.Fatalf("Doctor after restore = %+v, %v", rep, err)
 	}
@@ -555,14 +561,7 @@ func TestRollbackTrustCurrentState(t *testing.T) {
 			sw := swtpmtest.Start(t)
 			dir := t.TempDir()
 			ctx := t.Context()
-			be := open(t, sw.Device(), dir)
-			mustCreate(t, be, "app/db", keys.AES256GCM)
-			before := snapshot(t, dir)
-			if _, err := be.SetVersionState(ctx, "app/db", 1, keys.Disabled); err != nil {
-				t.Fatal(err)
-			}
-			index, _, _, _ := be.CounterStatus()
-			be.Close()
+			before, index := disabledAfterSnapshot(t, sw, dir)
 			tc.remove(t, sw, dir, index, before)
 
 			_, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
@@ -579,7 +578,7 @@ func TestRollbackTrustCurrentState(t *testing.T) {
 			if err != nil || !rep.Weak() || !strings.HasPrefix(rep.Rollback, "ROLLBACK: ") {
 				t.Fatalf("Doctor = %+v, %v", rep, err)
 			}
-			be, err = tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, TrustCurrentState: true})
+			be, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth, TrustCurrentState: true})
 			if err != nil {
 				t.Fatalf("Open trusting the current state: %v", err)
 			}
