@@ -6,19 +6,23 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/keyward/keyward/policy"
 )
 
-// ErrRateLimited: a caller went over a per-uid abuse limit.
+// ErrRateLimited: a caller went over an abuse limit.
 var ErrRateLimited = errors.New("rate limited")
 
 // abuseWindow is the length of one counting window.
 const abuseWindow = time.Minute
 
-// abuse counts, per uid and per one-minute window, the events that signal
-// probing: denied requests (someone scanning for what they may do) and
-// failed verify-mac calls (someone guessing an API credential against its
-// stored MAC). Over the limit, the uid is refused for the rest of the
-// window; one warning is logged per uid and window.
+// abuse counts, per caller (uid and systemd unit) and per one-minute
+// window, the events that signal probing: denied requests (someone
+// scanning for what they may do) and failed verify-mac calls (someone
+// guessing an API credential against its stored MAC). Over the limit, the
+// caller is refused for the rest of the window; one warning is logged per
+// caller and window. Keyed by unit too, so one service cannot lock out
+// another that runs under the same uid.
 type abuse struct {
 	mu     sync.Mutex
 	now    func() time.Time
@@ -44,8 +48,17 @@ func (k abuseKind) String() string {
 	return "failed verify-mac"
 }
 
-type abuseKey struct {
+// caller is whom the abuse limits count: a uid and its unit ("" outside
+// one).
+type caller struct {
 	uid  uint32
+	unit string
+}
+
+func callerOf(id policy.Identity) caller { return caller{uid: id.UID, unit: id.Unit} }
+
+type abuseKey struct {
+	who  caller
 	kind abuseKind
 }
 
@@ -67,25 +80,25 @@ func (a *abuse) roll() {
 	}
 }
 
-// over reports whether uid is over limit for kind in this window.
-func (a *abuse) over(uid uint32, kind abuseKind, limit int) bool {
+// over reports whether who is over limit for kind in this window.
+func (a *abuse) over(who caller, kind abuseKind, limit int) bool {
 	if a.counted.Load() == 0 {
 		return false
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.roll()
-	c := a.counts[abuseKey{uid, kind}]
+	c := a.counts[abuseKey{who, kind}]
 	return c != nil && c.n > limit
 }
 
-// note counts one event and reports whether uid is now over limit; the
+// note counts one event and reports whether who is now over limit; the
 // first time in a window it logs one warning.
-func (a *abuse) note(uid uint32, kind abuseKind, limit int) bool {
+func (a *abuse) note(who caller, kind abuseKind, limit int) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.roll()
-	k := abuseKey{uid, kind}
+	k := abuseKey{who, kind}
 	c := a.counts[k]
 	if c == nil {
 		c = &abuseCount{}
@@ -95,8 +108,8 @@ func (a *abuse) note(uid uint32, kind abuseKind, limit int) bool {
 	c.n++
 	if c.n > limit && !c.warned {
 		c.warned = true
-		a.log.Warn("per-uid abuse limit exceeded; refusing until the window ends",
-			"uid", uid, "what", kind.String(), "limit_per_minute", limit, "window_ends", a.start.Add(abuseWindow).UTC().Format(time.RFC3339))
+		a.log.Warn("abuse limit exceeded; refusing the caller until the window ends",
+			"uid", who.uid, "unit", who.unit, "what", kind.String(), "limit_per_minute", limit, "window_ends", a.start.Add(abuseWindow).UTC().Format(time.RFC3339))
 	}
 	return c.n > limit
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
+	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/envelope"
 	"github.com/keyward/keyward/keys"
@@ -145,6 +146,9 @@ func auditOp(ctx context.Context, op, key string, version uint32, c map[string]s
 	}
 	if r.Result == "" {
 		r.Result = resultFor(err)
+		if callerGaveUp(ctx, err) {
+			r.Result = ResultCancelled
+		}
 	}
 	var d *deniedError
 	if errors.As(err, &d) {
@@ -178,12 +182,23 @@ func (s *Service) auditIntent(ctx context.Context, op, key string) error {
 	return nil
 }
 
+// ResultCancelled is the result of an operation the caller gave up on
+// (cancelled, or its deadline passed) while it waited: not a device fault.
+const ResultCancelled = "CANCELLED"
+
 // resultFor is "OK" or the reason name an error maps to on the wire.
 func resultFor(err error) string {
 	if err == nil {
 		return "OK"
 	}
 	return reasonOf(err).String()
+}
+
+// callerGaveUp reports whether err is the caller's own cancellation or
+// deadline, seen through ctx (the call's context), rather than a deadline
+// of the daemon's or the device's.
+func callerGaveUp(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
 }
 
 // validity is the audit result of a verification: "INVALID" when it ran
@@ -221,7 +236,12 @@ func (e *deniedError) Unwrap() error { return e.err }
 // refused before anything is done; if writing the records fails after the
 // operation, the reply is replaced by AUDIT_UNAVAILABLE (the caller does not
 // get a result that was not recorded).
-func (s *Service) auditInterceptor(al *audit.Log) grpc.UnaryServerInterceptor {
+//
+// Items refused by a rate or concurrency limit are not recorded one by one:
+// refused counts them into the caller's summary record (OpRefused), so a
+// caller that is being refused cannot grow the log faster than the summary
+// budget (audit_refusal_interval, audit_refusal_max_records).
+func (s *Service) auditInterceptor(al *audit.Log, refused *refusals) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		method := path.Base(info.FullMethod)
 		if al == nil || method == "Status" {
@@ -243,6 +263,9 @@ func (s *Service) auditInterceptor(al *audit.Log) grpc.UnaryServerInterceptor {
 		if len(recs) == 0 { // refused before any operation began (bad request)
 			recs = []audit.Record{{Peer: cl.peer, Op: methodOp(method), Result: resultOf(err), Duration: time.Since(cl.start), RequestID: cl.id}}
 		}
+		if recs = summarised(recs, refused); len(recs) == 0 {
+			return resp, err
+		}
 		// Not cancelled with the call: a record may not be abandoned once
 		// its operation ran (the log's MaxWait bounds the wait).
 		if aerr := al.AppendAll(context.WithoutCancel(ctx), recs); aerr != nil {
@@ -262,8 +285,29 @@ func methodOp(method string) string {
 		"BatchWrap": "wrap", "BatchUnwrap": "unwrap", "BatchMac": "mac", "BatchVerifyMac": "verify-mac",
 		"CreateKey": "key.create", "RotateKey": "key.rotate", "ListKeys": "key.read", "DescribeKey": "key.read",
 		"DestroyVersion": "key.destroy", "SetMinDecryptVersion": "key.set-min-version", "AdoptKey": "key.adopt",
+		"SetVersionState": "key.set-state", "Status": "status",
 	}[method]; ok {
 		return op
 	}
-	return method
+	return "unknown" // the name is the caller's: never written as is
 }
+
+// summarised counts the records of refusals by a limit into refused and
+// returns the others (in place).
+func summarised(recs []audit.Record, refused *refusals) []audit.Record {
+	if refused == nil {
+		return recs
+	}
+	return slices.DeleteFunc(recs, func(r audit.Record) bool {
+		if r.Result != resultRateLimited && r.Result != resultTooMany {
+			return false
+		}
+		refused.note(r.Peer, r.Op, r.Result)
+		return true
+	})
+}
+
+var (
+	resultRateLimited = pb.ErrorReason_RATE_LIMITED.String()
+	resultTooMany     = pb.ErrorReason_TOO_MANY_REQUESTS.String()
+)

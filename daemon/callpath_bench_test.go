@@ -73,7 +73,7 @@ func BenchmarkCallPath(b *testing.B) {
 			}
 			b.Cleanup(func() { al.Close() })
 		}
-		chain := []grpc.UnaryServerInterceptor{m.interceptor(), svc.interceptor(&atomicBool{}), svc.auditInterceptor(al), checkDecoded}
+		chain := []grpc.UnaryServerInterceptor{m.interceptor(), svc.interceptor(&atomicBool{}), svc.auditInterceptor(al, nil), checkDecoded}
 		call := func(ctx context.Context, method string, req any, h grpc.UnaryHandler) (any, error) {
 			info := &grpc.UnaryServerInfo{FullMethod: "/keyward.v1.Keyward/" + method}
 			var next grpc.UnaryHandler = h

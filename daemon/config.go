@@ -55,12 +55,19 @@ type Config struct {
 	AuditCheckpointKey string `toml:"audit_checkpoint_key"`
 	// AuditCheckpointEvery and AuditCheckpointInterval: a checkpoint after
 	// that many records, or after that long with records since the last.
-	AuditCheckpointEvery    int           `toml:"audit_checkpoint_every"`
-	AuditCheckpointInterval Duration      `toml:"audit_checkpoint_interval"`
-	LogLevel                string        `toml:"log_level"`
-	Backend                 Backend       `toml:"backend"`
-	Limits                  Limits        `toml:"limits"`
-	Rules                   []policy.Rule `toml:"rule"`
+	AuditCheckpointEvery    int      `toml:"audit_checkpoint_every"`
+	AuditCheckpointInterval Duration `toml:"audit_checkpoint_interval"`
+	// AuditRefusalInterval and AuditRefusalMaxRecords: calls refused by a
+	// limit (rate, concurrency, connections, no rule naming the caller,
+	// receive timeout) are written as one summary record per caller, result
+	// and interval, at most AuditRefusalMaxRecords per interval plus one
+	// that folds in the rest.
+	AuditRefusalInterval   Duration      `toml:"audit_refusal_interval"`
+	AuditRefusalMaxRecords int           `toml:"audit_refusal_max_records"`
+	LogLevel               string        `toml:"log_level"`
+	Backend                Backend       `toml:"backend"`
+	Limits                 Limits        `toml:"limits"`
+	Rules                  []policy.Rule `toml:"rule"`
 }
 
 // Backend selects the key device: kind "pkcs11" (module, token or uri,
@@ -123,10 +130,18 @@ type tpmKeys struct {
 
 // Limits bound what one caller can make the daemon do.
 type Limits struct {
-	MaxPlaintext        int `toml:"max_plaintext"`
-	MaxMessage          int `toml:"max_message"`
-	MaxBatch            int `toml:"max_batch"`
-	MaxConnections      int `toml:"max_connections"`
+	MaxPlaintext   int `toml:"max_plaintext"`
+	MaxMessage     int `toml:"max_message"`
+	MaxBatch       int `toml:"max_batch"`
+	MaxConnections int `toml:"max_connections"`
+	// MaxConnectionsPerUID: connections one uid may hold (at most
+	// MaxConnections); the last 1/16th of MaxConnections (at most 16) are
+	// kept for uid 0.
+	MaxConnectionsPerUID int `toml:"max_connections_per_uid"`
+	// MaxStreamsPerConnection: calls open at once on one connection.
+	MaxStreamsPerConnection int `toml:"max_streams_per_connection"`
+	// MaxConcurrentPerUID: calls open at once per uid, counted from the
+	// moment a call's stream opens (before its message is read).
 	MaxConcurrentPerUID int `toml:"max_concurrent_per_uid"`
 	// MaxDeniedPerMinute: a uid denied more often than this in one minute is
 	// refused everything (RATE_LIMITED) for the rest of that minute.
@@ -136,8 +151,11 @@ type Limits struct {
 	// verify-mac for the rest of that minute.
 	MaxFailedVerifyMacPerMinute int      `toml:"max_failed_verify_mac_per_minute"`
 	HandshakeTimeout            Duration `toml:"handshake_timeout"`
-	IdleTimeout                 Duration `toml:"idle_timeout"`
-	ShutdownGrace               Duration `toml:"shutdown_grace"`
+	// ReceiveTimeout: a call's whole request must arrive within this long
+	// of its stream opening, or the call is cut.
+	ReceiveTimeout Duration `toml:"receive_timeout"`
+	IdleTimeout    Duration `toml:"idle_timeout"`
+	ShutdownGrace  Duration `toml:"shutdown_grace"`
 }
 
 // Duration is a time.Duration written as "1s", "250ms" in the config.
@@ -165,6 +183,8 @@ func Defaults() Config {
 		AuditSyncInterval:       Duration{time.Second},
 		AuditCheckpointEvery:    1000,
 		AuditCheckpointInterval: Duration{time.Minute},
+		AuditRefusalInterval:    Duration{10 * time.Second},
+		AuditRefusalMaxRecords:  100,
 		LogLevel:                "info",
 		Backend: Backend{
 			Kind:     "pkcs11",
@@ -178,10 +198,13 @@ func Defaults() Config {
 			MaxMessage:                  4 << 20,
 			MaxBatch:                    1000,
 			MaxConnections:              1024,
+			MaxConnectionsPerUID:        64,
+			MaxStreamsPerConnection:     64,
 			MaxConcurrentPerUID:         64,
 			MaxDeniedPerMinute:          60,
 			MaxFailedVerifyMacPerMinute: 60,
 			HandshakeTimeout:            Duration{5 * time.Second},
+			ReceiveTimeout:              Duration{10 * time.Second},
 			IdleTimeout:                 Duration{5 * time.Minute},
 			ShutdownGrace:               Duration{10 * time.Second},
 		},
@@ -312,6 +335,12 @@ func (c *Config) Validate() error {
 	if c.AuditCheckpointInterval.Duration < time.Second {
 		errs = append(errs, "audit_checkpoint_interval: at least 1s")
 	}
+	if d := c.AuditRefusalInterval.Duration; d < time.Second || d > time.Hour {
+		errs = append(errs, fmt.Sprintf("audit_refusal_interval = %v: want 1s..1h", d))
+	}
+	if n := c.AuditRefusalMaxRecords; n < 1 || n > 100000 {
+		errs = append(errs, fmt.Sprintf("audit_refusal_max_records = %d: want 1..100000", n))
+	}
 	if c.MetricsSocket != "" && c.MetricsListen != "" {
 		errs = append(errs, "set at most one of metrics_socket and metrics_listen")
 	}
@@ -356,6 +385,8 @@ func (c *Config) Validate() error {
 		{"limits.max_message", l.MaxMessage, 1024, 64 << 20},
 		{"limits.max_batch", l.MaxBatch, 1, 1000},
 		{"limits.max_connections", l.MaxConnections, 1, 1 << 16},
+		{"limits.max_connections_per_uid", l.MaxConnectionsPerUID, 1, 1 << 16},
+		{"limits.max_streams_per_connection", l.MaxStreamsPerConnection, 1, 1024},
 		{"limits.max_concurrent_per_uid", l.MaxConcurrentPerUID, 1, 1 << 16},
 		{"limits.max_denied_per_minute", l.MaxDeniedPerMinute, 1, 1 << 20},
 		{"limits.max_failed_verify_mac_per_minute", l.MaxFailedVerifyMacPerMinute, 1, 1 << 20},
@@ -365,7 +396,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Sprintf("%s = %d: want %d..%d", ch.name, ch.v, ch.lo, ch.hi))
 		}
 	}
-	for name, d := range map[string]time.Duration{"limits.handshake_timeout": l.HandshakeTimeout.Duration, "limits.idle_timeout": l.IdleTimeout.Duration, "limits.shutdown_grace": l.ShutdownGrace.Duration} {
+	for name, d := range map[string]time.Duration{"limits.handshake_timeout": l.HandshakeTimeout.Duration, "limits.receive_timeout": l.ReceiveTimeout.Duration, "limits.idle_timeout": l.IdleTimeout.Duration, "limits.shutdown_grace": l.ShutdownGrace.Duration} {
 		if d <= 0 {
 			errs = append(errs, name+" must be positive")
 		}

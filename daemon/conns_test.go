@@ -145,7 +145,7 @@ func TestManyConnections(t *testing.T) {
 	const held, slow, normal = 1000, 20, 4
 	// Both ends of every connection live in this process.
 	raiseNoFile(t, 2*(held+slow+normal)+512)
-	r := start(t, testRules(), func(c *daemon.Config) { c.Limits.MaxConnections = 1100 })
+	r := start(t, testRules(), func(c *daemon.Config) { c.Limits.MaxConnections, c.Limits.MaxConnectionsPerUID = 1100, 1100 })
 	ctx := context.Background()
 	if _, err := dial(t, r.sock).CreateKey(ctx, &pb.CreateKeyRequest{Key: "conns/k", KeyType: "aes-256-gcm"}); err != nil {
 		t.Fatal(err)

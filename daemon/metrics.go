@@ -32,6 +32,7 @@ type Metrics struct {
 	latency  *prometheus.HistogramVec
 	denied   *prometheus.CounterVec
 	limited  *prometheus.CounterVec
+	refused  *prometheus.CounterVec
 	methods  sync.Map // full RPC method name -> *methodMetrics
 }
 
@@ -62,7 +63,11 @@ func NewMetrics(backend any) *Metrics {
 			Name: "keyward_rate_limited_total", Help: "Calls refused by a per-uid abuse limit, by limit.",
 		}, []string{"limit"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.denied, m.limited,
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyward_refused_before_call_total",
+		Help: "Calls and connections refused before a handler ran, by result: PERMISSION_DENIED (no rule names the caller), RATE_LIMITED, TOO_MANY_REQUESTS, SHUTTING_DOWN, RECEIVE_TIMEOUT, CONNECTION_LIMIT.",
+	}, []string{"result"})
+	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	switch st := backend.(type) {
 	case interface{ Stats() hsm.Stats }:
@@ -75,6 +80,12 @@ func NewMetrics(backend any) *Metrics {
 
 // Registry lets other parts (the audit log) register their metrics.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+func (m *Metrics) refusedAtOpen(result string) {
+	if m != nil {
+		m.refused.WithLabelValues(result).Inc()
+	}
+}
 
 func (m *Metrics) deny(op policy.Operation) {
 	if m != nil {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
@@ -36,35 +37,10 @@ func identityFrom(ctx context.Context) (policy.Identity, bool) {
 	return policy.Identity{UID: p.UID, GID: p.GID, Groups: p.Groups, PID: p.PID, Unit: p.Unit}, true
 }
 
-// perUID bounds concurrent requests per caller uid, so one caller cannot
-// take every session of the device.
-type perUID struct {
-	mu    sync.Mutex
-	inUse map[uint32]int
-}
-
-func (p *perUID) acquire(uid uint32, limit int) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.inUse[uid] >= limit {
-		return false
-	}
-	p.inUse[uid]++
-	return true
-}
-
-func (p *perUID) release(uid uint32) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.inUse[uid]--; p.inUse[uid] <= 0 {
-		delete(p.inUse, uid)
-	}
-}
-
-// interceptor refuses calls without a kernel identity, applies the per-uid
-// concurrency limit, and refuses new calls while shutting down.
+// interceptor refuses calls without a kernel identity and new calls while
+// shutting down (the gate admitted them at their stream's start), and says
+// when the backend answers again after failing.
 func (s *Service) interceptor(stopping *atomicBool) grpc.UnaryServerInterceptor {
-	lim := &perUID{inUse: map[uint32]int{}}
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if stopping.Load() {
 			return nil, statusFor(ErrShuttingDown)
@@ -74,15 +50,15 @@ func (s *Service) interceptor(stopping *atomicBool) grpc.UnaryServerInterceptor 
 			s.log.Error("call without a peer identity", "method", info.FullMethod)
 			return nil, statusFor(ErrDenied)
 		}
-		if !lim.acquire(id.UID, s.lim.Load().MaxConcurrentPerUID) {
-			s.log.Warn("per-uid concurrency limit", "uid", id.UID, "method", info.FullMethod)
-			return nil, statusFor(ErrTooMany)
-		}
-		defer lim.release(id.UID)
 		start := time.Now()
 		resp, err := handler(ctx, req)
 		clearSecrets(req) // done with; replies never refer to a request's bytes
 		s.served.Add(1)
+		if err == nil && info.FullMethod != pb.Keyward_Status_FullMethodName { // Status answers with the device away
+			if n, since := s.health.ok(); n > 0 {
+				s.log.Info("key backend answers again", "failed_calls", n, "unavailable_for", time.Since(since).Round(time.Millisecond))
+			}
+		}
 		if s.log.Enabled(ctx, slog.LevelDebug) { // its attributes cost allocations on every call
 			s.log.Debug("call", "method", info.FullMethod, "uid", id.UID, "pid", id.PID, "took", time.Since(start), "failed", err != nil)
 		}
@@ -176,11 +152,50 @@ func restartOnly(old, cur Config) []string {
 	}
 	ol, nl := old.Limits, cur.Limits
 	if ol.MaxMessage != nl.MaxMessage || ol.MaxConnections != nl.MaxConnections || ol.HandshakeTimeout != nl.HandshakeTimeout ||
-		ol.IdleTimeout != nl.IdleTimeout || ol.ShutdownGrace != nl.ShutdownGrace {
-		out = append(out, "limits.max_message, max_connections, handshake_timeout, idle_timeout, shutdown_grace")
+		ol.IdleTimeout != nl.IdleTimeout || ol.ShutdownGrace != nl.ShutdownGrace || ol.MaxConnectionsPerUID != nl.MaxConnectionsPerUID ||
+		ol.MaxStreamsPerConnection != nl.MaxStreamsPerConnection {
+		out = append(out, "limits.max_message, max_connections, max_connections_per_uid, max_streams_per_connection, handshake_timeout, idle_timeout, shutdown_grace")
+	}
+	if old.AuditRefusalInterval != cur.AuditRefusalInterval || old.AuditRefusalMaxRecords != cur.AuditRefusalMaxRecords {
+		out = append(out, "audit_refusal_interval, audit_refusal_max_records")
 	}
 	return out
 }
+
+// serverOptions are the gRPC server's settings: what bounds a connection
+// and a call before any handler runs (the gate, header and stream limits,
+// fixed flow-control windows) and the interceptor chain.
+func serverOptions(lim Limits, g *gate, metrics *Metrics, svc *Service, al *audit.Log) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.Creds(socket.LimitedCredentials(socket.ConnLimits{Max: lim.MaxConnections, PerUID: min(lim.MaxConnectionsPerUID, lim.MaxConnections),
+			Reserved: reservedRootConns(lim.MaxConnections), Refused: g.connRefused})),
+		grpc.InTapHandle(g.tap),
+		grpc.MaxRecvMsgSize(lim.MaxMessage),
+		grpc.MaxSendMsgSize(lim.MaxMessage),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
+		// Fixed windows (no BDP growth up to 16 MiB per stream): what a
+		// stream may have buffered beyond what its handler has read.
+		grpc.InitialWindowSize(windowSize),
+		grpc.InitialConnWindowSize(4 * windowSize),
+		grpc.ConnectionTimeout(lim.HandshakeTimeout.Duration),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: lim.IdleTimeout.Duration}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second}),
+		grpc.MaxConcurrentStreams(uint32(lim.MaxStreamsPerConnection)),
+		// Reuse handler goroutines instead of one new goroutine (and its
+		// stack growth) per call: 3.5-5% of the daemon's CPU in profiles.
+		grpc.NumStreamWorkers(64),
+		grpc.ForceServerCodecV2(newCodec()),
+		grpc.UnknownServiceHandler(unknownMethod),
+		grpc.ChainUnaryInterceptor(received, metrics.interceptor(), svc.interceptor(g.stopping), svc.auditInterceptor(al, g.refused), checkDecoded),
+	}
+}
+
+// windowSize is the HTTP/2 flow-control window of a stream.
+const windowSize = 256 << 10
+
+// reservedRootConns is how many of max connections only uid 0 may take:
+// 1/16th, at most 16.
+func reservedRootConns(max int) int { return min(16, max/16) }
 
 // Options are what Run needs beyond the config file.
 type Options struct {
@@ -242,21 +257,13 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 	l = socket.LimitListener(l, cfg.Limits.MaxConnections)
 
 	stopping := &atomicBool{}
-	srv := grpc.NewServer(
-		grpc.Creds(socket.Credentials()),
-		grpc.MaxRecvMsgSize(cfg.Limits.MaxMessage),
-		grpc.MaxSendMsgSize(cfg.Limits.MaxMessage),
-		grpc.ConnectionTimeout(cfg.Limits.HandshakeTimeout.Duration),
-		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.Limits.IdleTimeout.Duration}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second}),
-		grpc.MaxConcurrentStreams(256),
-		// Reuse handler goroutines instead of one new goroutine (and its
-		// stack growth) per call: 3.5-5% of the daemon's CPU in profiles.
-		grpc.NumStreamWorkers(64),
-		grpc.ForceServerCodecV2(newCodec()),
-		grpc.UnknownServiceHandler(unknownMethod),
-		grpc.ChainUnaryInterceptor(metrics.interceptor(), svc.interceptor(stopping), svc.auditInterceptor(al), checkDecoded),
-	)
+	refused := newRefusals(time.Now)
+	flusher := &refusalFlusher{r: refused, al: al, log: log, interval: cfg.AuditRefusalInterval.Duration,
+		maxRecords: cfg.AuditRefusalMaxRecords, stop: make(chan struct{}), done: make(chan struct{})}
+	go flusher.run()
+	defer flusher.Stop() // after the server has drained, before the audit log closes
+	g := newGate(svc, stopping, refused)
+	srv := grpc.NewServer(serverOptions(cfg.Limits, g, metrics, svc, al)...)
 	pb.RegisterKeywardServer(srv, svc)
 
 	hup := make(chan os.Signal, 1)
@@ -281,7 +288,7 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 				}
 				svc.SetPolicy(npol)
 				svc.SetLimits(ncfg.Limits)
-				log.Info("reloaded the rules and limits.max_plaintext, max_batch, max_concurrent_per_uid, max_denied_per_minute, max_failed_verify_mac_per_minute", "rules", npol.Rules())
+				log.Info("reloaded the rules and limits.max_plaintext, max_batch, max_concurrent_per_uid, max_denied_per_minute, max_failed_verify_mac_per_minute, receive_timeout", "rules", npol.Rules())
 				if changed := restartOnly(cfg, ncfg); len(changed) > 0 {
 					log.Warn("changed settings that apply only after a restart", "settings", strings.Join(changed, "; "))
 				}

@@ -36,6 +36,7 @@ type Service struct {
 	pol     atomic.Pointer[policy.Policy]
 	lim     atomic.Pointer[Limits]
 	abuse   *abuse
+	health  backendHealth
 	metrics *Metrics   // nil-safe
 	audit   *audit.Log // nil: audit off
 	// checkpointKey signs audit checkpoints: no caller may sign with it.
@@ -74,7 +75,7 @@ func (s *Service) authorize(ctx context.Context, op policy.Operation, key string
 		return ErrDenied
 	}
 	lim := s.lim.Load()
-	if s.abuse.over(id.UID, abuseDenied, lim.MaxDeniedPerMinute) {
+	if s.abuse.over(callerOf(id), abuseDenied, lim.MaxDeniedPerMinute) {
 		s.metrics.rateLimited(abuseDenied)
 		return fmt.Errorf("%s %s: uid %d: %w", op, key, id.UID, ErrRateLimited)
 	}
@@ -85,7 +86,7 @@ func (s *Service) authorize(ctx context.Context, op policy.Operation, key string
 	}
 	if !d.Allowed {
 		s.log.Warn("denied", "op", string(op), "key", key, "uid", id.UID, "gid", id.GID, "pid", id.PID, "unit", id.Unit, "reason", d.Reason)
-		s.abuse.note(id.UID, abuseDenied, lim.MaxDeniedPerMinute)
+		s.abuse.note(callerOf(id), abuseDenied, lim.MaxDeniedPerMinute)
 		s.metrics.deny(op)
 		return &deniedError{reason: d.Reason, err: fmt.Errorf("%s %s: %w", op, key, ErrDenied)}
 	}
@@ -96,15 +97,62 @@ func (s *Service) authorize(ctx context.Context, op policy.Operation, key string
 }
 
 // fail logs an unexpected error with its detail and returns the wire status.
+// A caller that gave up is not a device fault; a backend that stays
+// unavailable is said once, not once per failed call (backendHealth).
 func (s *Service) fail(ctx context.Context, op string, err error) error {
+	if callerGaveUp(ctx, err) {
+		s.log.Debug("caller gave up", "op", op, "err", err.Error())
+		return statusFor(context.Canceled)
+	}
 	r := reasonOf(err)
 	switch r {
-	case pb.ErrorReason_BACKEND_UNAVAILABLE, pb.ErrorReason_INTEGRITY:
+	case pb.ErrorReason_BACKEND_UNAVAILABLE:
+		if s.health.failed() {
+			s.log.Error("key backend unavailable; further failures are counted, not logged, until a call succeeds", "op", op, "err", err.Error())
+		}
+	case pb.ErrorReason_INTEGRITY:
 		s.log.Error("operation failed", "op", op, "err", err.Error())
 	default:
 		s.log.Debug("operation refused", "op", op, "reason", r.String())
 	}
 	return statusFor(err)
+}
+
+// backendHealth is whether the last device call failed as unavailable, so
+// that the log says so once when it starts and once when it ends.
+type backendHealth struct {
+	down  atomic.Bool
+	mu    sync.Mutex
+	since time.Time
+	count uint64
+}
+
+// failed counts a failure and reports whether it is the first of a run.
+func (h *backendHealth) failed() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.count++
+	if h.down.Load() {
+		return false
+	}
+	h.down.Store(true)
+	h.since, h.count = time.Now(), 1
+	return true
+}
+
+// ok ends a run of failures; it returns how many calls failed and since
+// when, or 0 when none was running.
+func (h *backendHealth) ok() (uint64, time.Time) {
+	if !h.down.Load() { // the common case: one atomic load per call
+		return 0, time.Time{}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.down.Load() {
+		return 0, time.Time{}
+	}
+	h.down.Store(false)
+	return h.count, h.since
 }
 
 func (s *Service) checkKey(name string) error {
@@ -401,7 +449,7 @@ func (s *Service) verifyMac(ctx context.Context, req *pb.VerifyMacRequest) (resp
 	}
 	id, _ := identityFrom(ctx)
 	limit := s.lim.Load().MaxFailedVerifyMacPerMinute
-	if s.abuse.over(id.UID, abuseBadMAC, limit) {
+	if s.abuse.over(callerOf(id), abuseBadMAC, limit) {
 		s.metrics.rateLimited(abuseBadMAC)
 		return nil, fmt.Errorf("verify-mac: uid %d: %w", id.UID, ErrRateLimited)
 	}
@@ -412,7 +460,7 @@ func (s *Service) verifyMac(ctx context.Context, req *pb.VerifyMacRequest) (resp
 		return nil, err
 	}
 	if !ok {
-		s.abuse.note(id.UID, abuseBadMAC, limit)
+		s.abuse.note(callerOf(id), abuseBadMAC, limit)
 	}
 	return &pb.VerifyMacResponse{Valid: ok, Version: v}, nil
 }

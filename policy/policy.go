@@ -354,6 +354,21 @@ func (p *Policy) Rules() int {
 	return len(p.rules)
 }
 
+// Names reports whether any rule names the identity (by uid, group or
+// unit), whatever it grants: a caller no rule names can be refused before
+// its request is read.
+func (p *Policy) Names(id Identity) bool {
+	if p == nil {
+		return false
+	}
+	for i := range p.rules {
+		if p.rules[i].matchIdentity(id) {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *rule) matchIdentity(id Identity) bool {
 	for _, s := range r.users {
 		if s.id == id.UID {

@@ -275,6 +275,9 @@ func TestUnitsMatchTheDaemon(t *testing.T) {
 		{"keyward.service", "RestartPreventExitStatus", []string{"3 4 5"}},
 		{"keyward.service", "ReadWritePaths", []string{"/var/lib/keyward /var/log/keyward"}},
 		{"keyward.service", "LoadCredentialEncrypted", []string{"pin:/etc/keyward/pin.cred"}},
+		{"keyward.service", "MemoryMax", []string{"1G"}},
+		{"keyward.service", "MemoryHigh", []string{"768M"}},
+		{"keyward.service", "Environment", []string{"GOMEMLIMIT=640MiB"}},
 	}
 	for _, c := range checks {
 		if got := unitValues(t, c.file, c.key); strings.Join(got, "|") != strings.Join(c.want, "|") {

@@ -1,0 +1,134 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"path"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
+
+	"github.com/keyward/keyward/audit"
+	"github.com/keyward/keyward/policy"
+	"github.com/keyward/keyward/socket"
+)
+
+// errReceiveTimeout cuts a request whose message did not arrive within
+// limits.receive_timeout.
+var errReceiveTimeout = errors.New("request not received within limits.receive_timeout")
+
+// unnamedStreams is how many calls at a time a caller that no rule names
+// may have open: its calls are read (and denied, each with its audit
+// record, until its denied-request limit refuses it at the door), but it
+// cannot make keywardd buffer more than this many messages.
+const unnamedStreams = 2
+
+// maxHeaderListSize caps a request's HTTP/2 header block (grpc's default is
+// 16 MiB): keyward's requests carry a path and a few short headers.
+const maxHeaderListSize = 16 << 10
+
+// gate admits each call when its stream opens, from its HEADERS frame,
+// before any byte of its message is buffered (grpc's InTapHandle): the
+// caller's kernel identity, its denied-request limit, and its uid's share
+// of concurrent calls (unnamedStreams when no rule names it) decide. The
+// slot is freed when the stream ends, whatever way it ends; an admitted
+// call must have its whole message within limits.receive_timeout.
+type gate struct {
+	svc      *Service
+	stopping *atomicBool
+	refused  *refusals
+
+	mu    sync.Mutex
+	inUse map[uint32]int // open calls per uid
+}
+
+func newGate(svc *Service, stopping *atomicBool, refused *refusals) *gate {
+	return &gate{svc: svc, stopping: stopping, refused: refused, inUse: map[uint32]int{}}
+}
+
+// pending is an admitted call whose message has not arrived yet.
+type pending struct{ timer *time.Timer }
+
+type pendingKey struct{}
+
+// tap runs in the transport's reader with its lock held: it must not block.
+func (g *gate) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if g.stopping.Load() {
+		return nil, statusFor(ErrShuttingDown)
+	}
+	id, ok := identityFrom(ctx)
+	if !ok {
+		return nil, statusFor(ErrDenied)
+	}
+	method := path.Base(info.FullMethodName)
+	lim := g.svc.lim.Load()
+	if method != "Status" && g.svc.abuse.over(callerOf(id), abuseDenied, lim.MaxDeniedPerMinute) {
+		g.svc.metrics.rateLimited(abuseDenied)
+		return nil, g.refuse(id, method, ErrRateLimited)
+	}
+	limit := lim.MaxConcurrentPerUID
+	if !g.svc.pol.Load().Names(id) {
+		limit = min(limit, unnamedStreams)
+	}
+	if !g.acquire(id.UID, limit) {
+		return nil, g.refuse(id, method, ErrTooMany)
+	}
+	context.AfterFunc(ctx, func() { g.release(id.UID) }) // the stream's end, however it ends
+	rctx, cancel := context.WithCancelCause(ctx)
+	p := &pending{}
+	p.timer = time.AfterFunc(lim.ReceiveTimeout.Duration, func() {
+		cancel(errReceiveTimeout)
+		g.refused.note(peerOf(id), methodOp(method), ResultReceiveTimeout)
+		g.svc.metrics.refusedAtOpen(ResultReceiveTimeout)
+	})
+	return context.WithValue(rctx, pendingKey{}, p), nil
+}
+
+// refuse counts a refusal for the summary record and returns its status.
+func (g *gate) refuse(id policy.Identity, method string, err error) error {
+	r := resultFor(err)
+	g.refused.note(peerOf(id), methodOp(method), r)
+	g.svc.metrics.refusedAtOpen(r)
+	return statusFor(err)
+}
+
+func (g *gate) acquire(uid uint32, limit int) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.inUse[uid] >= limit {
+		return false
+	}
+	g.inUse[uid]++
+	return true
+}
+
+func (g *gate) release(uid uint32) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.inUse[uid]--; g.inUse[uid] <= 0 {
+		delete(g.inUse, uid)
+	}
+}
+
+// received is the first interceptor: the call's message has arrived, so its
+// receive deadline no longer applies.
+func received(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if p, ok := ctx.Value(pendingKey{}).(*pending); ok && !p.timer.Stop() {
+		return nil, status.Error(codes.Canceled, errReceiveTimeout.Error())
+	}
+	return handler(ctx, req)
+}
+
+func peerOf(id policy.Identity) audit.Peer {
+	return audit.Peer{UID: id.UID, GID: id.GID, PID: id.PID, Unit: id.Unit}
+}
+
+// connRefused hears of connections refused at their handshake.
+func (g *gate) connRefused(p socket.Peer, why string) {
+	g.refused.note(audit.Peer{UID: p.UID, GID: p.GID, PID: p.PID, Unit: p.Unit}, "connect", ResultConnLimit)
+	g.svc.metrics.refusedAtOpen(ResultConnLimit)
+}

@@ -1,0 +1,110 @@
+package socket
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"google.golang.org/grpc/credentials"
+)
+
+// ErrConnLimit means a connection was refused at its handshake because its
+// uid holds as many connections as it may.
+var ErrConnLimit = errors.New("connection limit reached")
+
+// ConnLimits bound the connections the daemon keeps per peer uid. Max is the
+// listener's own limit (max_connections); PerUID the most one uid may hold;
+// the last Reserved of Max are kept for uid 0, so a flood from other uids
+// never keeps the operator out.
+type ConnLimits struct {
+	Max, PerUID, Reserved int
+	// Refused, if set, hears of each refused connection (outside any lock).
+	Refused func(p Peer, why string)
+}
+
+// connCounter counts the connections each uid holds.
+type connCounter struct {
+	mu      sync.Mutex
+	lim     ConnLimits
+	perUID  map[uint32]int
+	nonRoot int
+}
+
+// admit takes a slot for p, or says why not.
+func (c *connCounter) admit(p Peer) (func(), string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.perUID[p.UID] >= c.lim.PerUID {
+		return nil, fmt.Sprintf("uid %d holds %d connections (limits.max_connections_per_uid)", p.UID, c.perUID[p.UID])
+	}
+	if p.UID != 0 && c.nonRoot >= c.lim.Max-c.lim.Reserved {
+		return nil, fmt.Sprintf("the last %d connections are kept for uid 0", c.lim.Reserved)
+	}
+	c.perUID[p.UID]++
+	if p.UID != 0 {
+		c.nonRoot++
+	}
+	var once sync.Once
+	return func() { once.Do(func() { c.release(p.UID) }) }, ""
+}
+
+func (c *connCounter) release(uid uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.perUID[uid]--; c.perUID[uid] <= 0 {
+		delete(c.perUID, uid)
+	}
+	if uid != 0 {
+		c.nonRoot--
+	}
+}
+
+// LimitedCredentials is Credentials for a server that also applies lim at
+// each handshake: a connection over its uid's share is closed before any
+// byte of HTTP/2 is read from it. Pair it with LimitListener(l, lim.Max).
+func LimitedCredentials(lim ConnLimits) credentials.TransportCredentials {
+	return limitedCreds{c: &connCounter{lim: lim, perUID: map[uint32]int{}}}
+}
+
+type limitedCreds struct {
+	transportCreds
+	c *connCounter
+}
+
+func (l limitedCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	ai, err := handshake(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	release, why := l.c.admit(ai.Peer)
+	if release == nil {
+		if l.c.lim.Refused != nil {
+			l.c.lim.Refused(ai.Peer, why)
+		}
+		return nil, nil, fmt.Errorf("socket: %s: %s: %w", ai.Peer, why, ErrConnLimit)
+	}
+	return &countedConn{Conn: c, release: release}, ai, nil
+}
+
+func (l limitedCreds) ClientHandshake(ctx context.Context, a string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return l.transportCreds.ClientHandshake(ctx, a, c)
+}
+
+func (l limitedCreds) Clone() credentials.TransportCredentials { return l }
+
+// countedConn frees its uid's slot when closed.
+type countedConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.release()
+	return err
+}
+
+// NetConn returns the wrapped connection.
+func (c *countedConn) NetConn() net.Conn { return c.Conn }
