@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(childClient())
 	}
+	if os.Getenv(floodEnv) != "" {
+		os.Exit(h2Flood())
+	}
 	os.Exit(softhsmtest.Main(m, &tok))
 }
 
