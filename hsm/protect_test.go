@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -675,5 +676,33 @@ func TestDoctorRecordNamingKeywardObjects(t *testing.T) {
 	}
 	if _, err := b2.ListKeys(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTokenNotFoundNamesTokens: a token the module does not show is
+// reported with the labels of the tokens it does show and, for SoftHSM2,
+// the $SOFTHSM2_CONF it found them through.
+func TestTokenNotFoundNamesTokens(t *testing.T) {
+	open(t, nil)
+	conf := os.Getenv("SOFTHSM2_CONF")
+	if conf == "" {
+		t.Fatal("the test token's SOFTHSM2_CONF is not set")
+	}
+	for _, cfg := range []hsm.Config{
+		{Module: tok.Module, TokenLabel: "absent", PINFile: tok.PINFile},
+		{Module: tok.Module, URI: "pkcs11:token=" + tok.Label + ";serial=0000", PINFile: tok.PINFile},
+	} {
+		_, err := hsm.Open(context.Background(), cfg)
+		if !errors.Is(err, hsm.ErrTokenNotFound) {
+			t.Fatalf("err = %v, want ErrTokenNotFound", err)
+		}
+		for _, w := range []string{"shows the token(s) " + strconv.Quote(tok.Label), "$SOFTHSM2_CONF, here " + strconv.Quote(conf)} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("err = %q, lacks %q", err, w)
+			}
+		}
+		if strings.Contains(err.Error(), tok.PIN) {
+			t.Fatal("error text contains the PIN")
+		}
 	}
 }
