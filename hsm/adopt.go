@@ -142,7 +142,7 @@ func (s *sess) sameToken(u URI) error {
 	return nil
 }
 
-// unreserved reads the label and ID of the object h (of class) and returns
+// unreserved reads the label and ID of the object h (found as class) and returns
 // its exact reference, refusing with ErrReservedObject an object that
 // keyward uses itself or has labelled, or that a key record names: by the
 // object's own attributes, whichever ones the caller's URI gave. Records
@@ -151,16 +151,13 @@ func (s *sess) sameToken(u URI) error {
 // other object a key uses is named by that key's record (destroyed versions
 // too: a repeated destroy removes what a failed one left).
 func (s *sess) unreserved(h pkcs11.ObjectHandle, class uint) (objRef, error) {
-	a, err := s.attrs(h, pkcs11.CKA_LABEL, pkcs11.CKA_ID, pkcs11.CKA_CLASS)
+	a, err := s.attrs(h, pkcs11.CKA_LABEL, pkcs11.CKA_ID)
 	if err != nil {
 		return objRef{}, err
 	}
-	if c := new(big.Int).SetBytes(reverseIfLE(a[pkcs11.CKA_CLASS])).Uint64(); c != uint64(class) {
-		return objRef{}, fmt.Errorf("object of class 0x%x found for class 0x%x: %w", c, class, keys.ErrInvalidArgument)
-	}
 	exact := objRef{Class: class, Label: string(a[pkcs11.CKA_LABEL]), ID: a[pkcs11.CKA_ID]}
 	if strings.HasPrefix(exact.Label, labelPrefix) {
-		return objRef{}, fmt.Errorf("the object is labelled %s: %w", reservedWhat(exact.Label), ErrReservedObject)
+		return objRef{}, fmt.Errorf("the object is %s: %w", reservedWhat(exact.Label), ErrReservedObject)
 	}
 	if mk := s.st.metaKey; class == mk.Class && exact.Label == mk.Label && bytes.Equal(exact.ID, mk.ID) {
 		return objRef{}, fmt.Errorf("the object is the keyring metadata MAC key: %w", ErrReservedObject)
