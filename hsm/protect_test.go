@@ -696,7 +696,7 @@ func TestTokenNotFoundNamesTokens(t *testing.T) {
 		if !errors.Is(err, hsm.ErrTokenNotFound) {
 			t.Fatalf("err = %v, want ErrTokenNotFound", err)
 		}
-		for _, w := range []string{"shows the token(s) " + strconv.Quote(tok.Label), "$SOFTHSM2_CONF, here " + strconv.Quote(conf)} {
+		for _, w := range []string{"shows the token(s) ", strconv.Quote(tok.Label), "$SOFTHSM2_CONF, here " + strconv.Quote(conf)} {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("err = %q, lacks %q", err, w)
 			}
