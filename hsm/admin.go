@@ -66,7 +66,7 @@ func (t *Token) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.
 		// whoever sees two records withdraws its own before anyone uses it.
 		if err := s.storeMeta(rec, 0); err != nil {
 			if !s.published(name, mv) {
-				s.withdraw(ty, mv)
+				s.withdraw(name, ty, mv)
 			}
 			return concurrentErr(name, err)
 		}
@@ -95,8 +95,14 @@ func (s *sess) newVersion(name string, ty keys.Type, v uint32, now time.Time) (m
 	return metaVersion{Version: v, State: keys.Enabled, Created: now, Label: label, ID: hex.EncodeToString(id)}, nil
 }
 
-// withdraw destroys the objects of a version that was never published.
-func (s *sess) withdraw(ty keys.Type, mv metaVersion) {
+// withdraw destroys the objects of version mv of key name: one never
+// published, or one being destroyed. An object keyward uses for anything
+// else (see reservedLabel) is never destroyed through a key's version.
+func (s *sess) withdraw(name string, ty keys.Type, mv metaVersion) {
+	if reservedLabel(name, mv) {
+		s.t.log.Warn("destroyed version's object kept: it is keyward's own", "key", name, "version", mv.Version, "object", reservedWhat(mv.Label))
+		return
+	}
 	id, _ := hex.DecodeString(mv.ID)
 	classes := []uint{keyClass(ty)}
 	if ty.Asymmetric() {
@@ -176,7 +182,7 @@ func (t *Token) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error
 				return errApplied
 			}
 			if !s.published(name, *made) {
-				s.withdraw(ty, *made)
+				s.withdraw(name, ty, *made)
 			}
 			made = nil
 		}
@@ -203,7 +209,7 @@ func (t *Token) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error
 		// unpublished.
 		t.withObjectChanges(context.WithoutCancel(ctx), func(s *sess) error {
 			if !s.published(name, *made) {
-				s.withdraw(ty, *made)
+				s.withdraw(name, ty, *made)
 			}
 			return nil
 		})
@@ -288,7 +294,15 @@ func (t *Token) DestroyVersion(ctx context.Context, name string, v uint32) (keys
 		return info, err
 	}
 	if werr := t.withObjectChanges(context.WithoutCancel(ctx), func(s *sess) error {
-		s.withdraw(ty, victim)
+		// An object another key's record still names (one adopted twice
+		// before that was refused) stays: it is that key's too.
+		if other, err := s.namedBy(victim.Label, victim.ID, name, false); err != nil {
+			return err
+		} else if other != "" {
+			t.log.Warn("destroyed version's object kept: another key's record names it", "key", name, "version", v, "other_key", other)
+			return nil
+		}
+		s.withdraw(name, ty, victim)
 		return nil
 	}); err == nil {
 		err = werr

@@ -53,7 +53,8 @@ var className = map[uint]string{
 // Doctor inspects every keyward object in the token (generated versions,
 // adopted objects, the metadata key and the key records) and reports any
 // that is extractable, not sensitive, not private, modifiable, has a usage
-// attribute beyond its type, or fails its integrity check, and any
+// attribute beyond its type, or fails its integrity check, any record
+// naming an object keyward uses itself or another record names, and any
 // keyward-labelled key object no record references.
 func (t *Token) Doctor(ctx context.Context) (Report, error) {
 	rep := Report{Token: t.tokenName()}
@@ -95,6 +96,11 @@ func (t *Token) Doctor(ctx context.Context) (Report, error) {
 				if mv.State == keys.Destroyed {
 					continue
 				}
+				if reservedLabel(n, mv) {
+					rep.Findings = append(rep.Findings, Finding{Key: n, Version: mv.Version, Label: mv.Label, ID: mv.ID, Class: className[keyClass(rec.Type)],
+						Problem: fmt.Sprintf("the record names %s, an object keyward uses itself (an adoption before that was refused?): whoever may use or destroy this key could use it; keyward refuses to, and destroying this version keeps the object", reservedWhat(mv.Label)), Weak: true})
+					continue
+				}
 				classes := []uint{keyClass(rec.Type)}
 				if rec.Type.Asymmetric() {
 					classes = append(classes, pkcs11.CKO_PUBLIC_KEY)
@@ -103,7 +109,7 @@ func (t *Token) Doctor(ctx context.Context) (Report, error) {
 					k := fmt.Sprintf("%d|%s|%s", c, mv.Label, mv.ID)
 					if other, dup := refs[k]; dup && other.key != n && c != pkcs11.CKO_PUBLIC_KEY {
 						rep.Findings = append(rep.Findings, Finding{Key: n, Version: mv.Version, Label: mv.Label, ID: mv.ID, Class: className[c],
-							Problem: fmt.Sprintf("the object is also key %s v%d: destroying either version destroys the other's", other.key, other.v), Weak: true})
+							Problem: fmt.Sprintf("the object is also key %s v%d: whoever may use either key uses it (destroying one version keeps the object while the other names it)", other.key, other.v), Weak: true})
 					}
 					refs[k] = want{rec.Type, n, mv.Version, mv.Label, mv.ID, c}
 				}

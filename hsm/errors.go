@@ -1,6 +1,11 @@
 package hsm
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/keyward/keyward/keys"
+)
 
 var (
 	// ErrTokenNotFound: no slot holds a token with the configured label or URI.
@@ -11,4 +16,9 @@ var (
 	ErrModule = errors.New("pkcs11 module cannot be loaded")
 	// ErrConfig: the backend configuration is incomplete or contradictory.
 	ErrConfig = errors.New("invalid pkcs11 backend configuration")
+	// ErrReservedObject: an adoption named an object keyward uses itself
+	// (its metadata MAC key, a key record or claim, a version it generated:
+	// anything labelled "keyward:") or one another key's record names. It
+	// wraps keys.ErrInvalidArgument: the caller sees an invalid request.
+	ErrReservedObject = fmt.Errorf("object is keyward's own or another key's, never adoptable: %w", keys.ErrInvalidArgument)
 )

@@ -2,11 +2,14 @@ package hsm
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
-
-	"github.com/miekg/pkcs11"
 	"testing"
 	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/keyward/keyward/keys"
 )
 
 // ActAsSharedHSM makes this process's Tokens on t's module behave as on a
@@ -103,6 +106,19 @@ func (t *Token) CopyRecordAs(ctx context.Context, from, to string) error {
 		}
 		rec := cloneRecord(cur)
 		rec.Name = to
+		return s.storeMeta(rec, 0)
+	})
+}
+
+// PlantAdoptedRecord publishes a record of key name whose version 1 names
+// the object with this label and id, whatever it is, as AdoptKey did before
+// it refused keyward's own objects.
+func (t *Token) PlantAdoptedRecord(ctx context.Context, name string, ty keys.Type, label string, id []byte) error {
+	return t.withObjectChanges(ctx, func(s *sess) error {
+		now := time.Now().UTC().Truncate(time.Second)
+		rec := &metaRecord{Format: 1, Name: name, Type: ty, Created: now, Adopted: true, Vers: []metaVersion{{
+			Version: 1, State: keys.Enabled, Created: now, Label: label, ID: hex.EncodeToString(id),
+		}}}
 		return s.storeMeta(rec, 0)
 	})
 }

@@ -65,13 +65,39 @@ func (r *metaRecord) info() keys.KeyInfo {
 }
 
 // ref returns the reference of the object doing the private work for v.
+// A version naming an object keyward uses for something else (see
+// reservedLabel) is an integrity failure: never used.
 func (r *metaRecord) ref(v uint32) (objRef, error) {
 	mv := r.Vers[v-1]
 	id, err := hex.DecodeString(mv.ID)
 	if err != nil {
 		return objRef{}, fmt.Errorf("key %s v%d: bad object id in record: %w", r.Name, v, keys.ErrIntegrity)
 	}
+	if reservedLabel(r.Name, mv) {
+		return objRef{}, fmt.Errorf("key %s v%d: the record names %s, an object keyward uses itself (keyward token doctor reports it): %w", r.Name, v, reservedWhat(mv.Label), keys.ErrIntegrity)
+	}
 	return objRef{Class: keyClass(r.Type), Label: mv.Label, ID: id}, nil
+}
+
+// reservedLabel reports whether version mv of key name names an object in
+// keyward's label namespace other than the one keyward generates for that
+// very version: the metadata MAC key, a record, a claim, another key's
+// version. Adopted objects never carry a "keyward:" label (AdoptKey refuses
+// them), so only a record from before that refusal, or one forged with the
+// metadata key, can.
+func reservedLabel(name string, mv metaVersion) bool {
+	return strings.HasPrefix(mv.Label, labelPrefix) && mv.Label != versionLabel(name, mv.Version)
+}
+
+// reservedWhat names the keyward object a reserved label belongs to.
+func reservedWhat(label string) string {
+	switch {
+	case label == metaKeyLabel:
+		return "the keyring metadata MAC key"
+	case strings.HasPrefix(label, pendingLabelPrefix), strings.HasPrefix(label, metaLabelPrefix):
+		return fmt.Sprintf("%q (a key record)", label)
+	}
+	return fmt.Sprintf("%q (labelled by keyward: another key's version, or a leftover)", label)
 }
 
 // pubRef returns the public key object of an asymmetric version.
@@ -615,16 +641,21 @@ var errConcurrent = errors.New("key record changed concurrently")
 // run whose error hid that it took effect); update returns the record.
 var errApplied = errors.New("change already published")
 
-// adoptedAs returns the key whose record names the object with this label
-// and id, or "" (one search over every record).
-func (s *sess) adoptedAs(label, id string) (string, error) {
+// namedBy returns a key other than except whose record names the object
+// with this label and id, or "" (one search over every record). Destroyed
+// versions count only with destroyed set: their objects are gone, unless a
+// failed destroy left them (which a repeated destroy removes).
+func (s *sess) namedBy(label, id, except string, destroyed bool) (string, error) {
 	recs, err := s.loadAllMeta()
 	if err != nil {
 		return "", err
 	}
 	for _, r := range recs {
+		if r.Name == except {
+			continue
+		}
 		for _, v := range r.Vers {
-			if v.Label == label && v.ID == id {
+			if v.Label == label && v.ID == id && (destroyed || v.State != keys.Destroyed) {
 				return r.Name, nil
 			}
 		}

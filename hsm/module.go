@@ -3,6 +3,7 @@ package hsm
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -36,6 +37,10 @@ type module struct {
 	// lock in 15,000). File locks do not help: they are per process.
 	objects       sync.RWMutex
 	serialObjects bool // set from C_GetInfo at load: the module is SoftHSM
+
+	// conf is $SOFTHSM2_CONF at the last C_Initialize (nil: unset), where
+	// SoftHSM2 found its tokens; for error messages.
+	conf *string
 }
 
 var (
@@ -78,6 +83,10 @@ func (m *module) release() {
 }
 
 func (m *module) initLocked() error {
+	m.conf = nil
+	if c, ok := os.LookupEnv("SOFTHSM2_CONF"); ok {
+		m.conf = &c
+	}
 	p := pkcs11.New(m.path)
 	if p == nil {
 		return fmt.Errorf("load %s: %w", m.path, ErrModule)
@@ -99,7 +108,10 @@ func (m *module) initLocked() error {
 // apart from every other session (see module.objects). Hardware modules
 // serialise inside the device; holding every call back for the length of
 // an RSA key generation there would only cost latency.
-func needsObjectLock(manufacturer string) bool {
+func needsObjectLock(manufacturer string) bool { return isSoftHSM(manufacturer) }
+
+// isSoftHSM reports whether a module's manufacturer ID is SoftHSM's.
+func isSoftHSM(manufacturer string) bool {
 	return strings.HasPrefix(strings.TrimSpace(manufacturer), "SoftHSM")
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -485,7 +486,8 @@ func TestAdoptLostRecordResponse(t *testing.T) {
 }
 
 // TestDoctorObjectOfTwoKeys: doctor flags, as weak, an object two key
-// records name (adopting one object twice, before that was refused).
+// records name (adopting one object twice, before that was refused), and
+// destroying one key's version keeps the object the other still names.
 func TestDoctorObjectOfTwoKeys(t *testing.T) {
 	b := open(t, nil)
 	ctx := context.Background()
@@ -502,11 +504,205 @@ func TestDoctorObjectOfTwoKeys(t *testing.T) {
 	}
 	found := false
 	for _, f := range rep.Findings {
-		if f.Label == "twice-named" && f.Weak && strings.Contains(f.Problem, "destroying either version destroys the other's") {
+		if f.Label == "twice-named" && f.Weak && strings.Contains(f.Problem, "the object is also key") {
 			found = true
 		}
 	}
 	if !found {
 		t.Fatalf("doctor does not flag the object of two keys: %+v", rep.Findings)
+	}
+	// Destroying one key's version leaves the object the other names.
+	if _, err := b.DestroyVersion(ctx, "twice/b", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Wrap(ctx, "twice/a", []byte("x"), nil); err != nil {
+		t.Fatalf("wrap with twice/a after destroying twice/b v1: %v", err)
+	}
+}
+
+// objectID returns the CKA_ID of the one key object with this label, read
+// from outside the backend.
+func objectID(t *testing.T, class uint, label string) []byte {
+	t.Helper()
+	p, sh := rawSession(t)
+	hs := rawFind(t, p, sh, pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
+	if len(hs) != 1 {
+		t.Fatalf("%d objects labelled %q", len(hs), label)
+	}
+	a, err := p.GetAttributeValue(sh, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a[0].Value
+}
+
+// pctID percent-encodes every byte of id, as an RFC 7512 id attribute.
+func pctID(id []byte) string {
+	var s strings.Builder
+	for _, c := range id {
+		fmt.Fprintf(&s, "%%%02x", c)
+	}
+	return s.String()
+}
+
+// TestAdoptRefusesKeywardObjects: whatever attributes the URI names, an
+// object keyward uses itself (its metadata MAC key, a version it generated)
+// or one another key's record names is never adopted: adopting the MAC key
+// would let a key admin MAC forged records, and destroying it would make
+// every key of the token unusable.
+func TestAdoptRefusesKeywardObjects(t *testing.T) {
+	b := open(t, nil)
+	ctx := context.Background()
+	if _, err := b.CreateKey(ctx, "reserved/managed", keys.HMACSHA256); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CreateKey(ctx, "reserved/ec", keys.ECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	pkcs11Tool(t, "--keygen", "--key-type", "GENERIC:32", "--label", "reserved-team-mac", "--sensitive", "--private", "--id", "e1")
+	pkcs11Tool(t, "--keygen", "--key-type", "GENERIC:32", "--label", "reserved-team-mac2", "--sensitive", "--private", "--id", "e2")
+	if _, err := b.AdoptKey(ctx, "reserved/adopted", keys.HMACSHA256, "pkcs11:id=%e1"); err != nil {
+		t.Fatal(err)
+	}
+	metaID := pctID(objectID(t, pkcs11.CKO_SECRET_KEY, "keyward:meta-mac-key"))
+	versionID := pctID(objectID(t, pkcs11.CKO_SECRET_KEY, "keyward:reserved/managed:v1"))
+	ecID := pctID(objectID(t, pkcs11.CKO_PRIVATE_KEY, "keyward:reserved/ec:v1"))
+	serial := ""
+	if p, sh := rawSession(t); p != nil {
+		si, err := p.GetSessionInfo(sh)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ti, err := p.GetTokenInfo(si.SlotID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		serial = ti.SerialNumber
+	}
+	tests := []struct {
+		name, key, ref string
+		ty             keys.Type
+		wantErr        error
+	}{
+		{name: "metadata key by id", key: "api/evil", ref: "pkcs11:id=" + metaID, ty: keys.HMACSHA256, wantErr: hsm.ErrReservedObject},
+		{name: "metadata key by label", key: "api/evil", ref: "keyward:meta-mac-key", ty: keys.HMACSHA256, wantErr: hsm.ErrReservedObject},
+		{name: "metadata key by object=", key: "api/evil", ref: "pkcs11:object=keyward:meta-mac-key", ty: keys.HMACSHA256, wantErr: hsm.ErrReservedObject},
+		{name: "metadata key by serial and id", key: "api/evil", ref: "pkcs11:serial=" + serial + ";id=" + metaID + ";type=secret-key", ty: keys.HMACSHA256, wantErr: hsm.ErrReservedObject},
+		{name: "metadata key by token and id", key: "api/evil", ref: "pkcs11:token=" + tok.Label + ";id=" + metaID, ty: keys.HMACSHA256, wantErr: hsm.ErrReservedObject},
+		{name: "managed version by id", key: "api/evil", ref: "pkcs11:id=" + versionID, ty: keys.HMACSHA256, wantErr: hsm.ErrReservedObject},
+		{name: "managed key pair by id", key: "api/evil", ref: "pkcs11:id=" + ecID, ty: keys.ECDSAP256, wantErr: hsm.ErrReservedObject},
+		{name: "adopted object by id", key: "api/evil", ref: "pkcs11:id=%e1", ty: keys.HMACSHA256, wantErr: hsm.ErrReservedObject},
+		{name: "adopted object by label", key: "api/evil", ref: "reserved-team-mac", ty: keys.HMACSHA256, wantErr: hsm.ErrReservedObject},
+		{name: "object of another token's serial", key: "api/evil", ref: "pkcs11:serial=0000;id=%e2", ty: keys.HMACSHA256, wantErr: keys.ErrInvalidArgument},
+		{name: "legitimate by id", key: "api/team", ref: "pkcs11:id=%e2", ty: keys.HMACSHA256},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			info, err := b.AdoptKey(ctx, tt.key, tt.ty, tt.ref)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				// The daemon answers INVALID_REQUEST for it.
+				if !errors.Is(err, keys.ErrInvalidArgument) {
+					t.Fatalf("err = %v does not wrap keys.ErrInvalidArgument", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !info.Adopted || len(info.Versions) != 1 {
+				t.Fatalf("info = %+v", info)
+			}
+		})
+	}
+	if _, err := b.DescribeKey(ctx, "api/evil"); !errors.Is(err, keys.ErrKeyNotFound) {
+		t.Fatalf("a refused adoption left a key: %v", err)
+	}
+	if _, err := b.MAC(ctx, "api/team", []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDoctorRecordNamingKeywardObjects: a key record that names an object
+// keyward uses itself (the metadata MAC key, another key's version), as an
+// adoption before they were refused could leave, is a weak finding; the
+// data path refuses the metadata key, and destroying the version leaves the
+// keyring's own object alone.
+func TestDoctorRecordNamingKeywardObjects(t *testing.T) {
+	b := open(t, nil)
+	ctx := context.Background()
+	if _, err := b.CreateKey(ctx, "planted/victim", keys.HMACSHA256); err != nil {
+		t.Fatal(err)
+	}
+	metaID := objectID(t, pkcs11.CKO_SECRET_KEY, "keyward:meta-mac-key")
+	victimID := objectID(t, pkcs11.CKO_SECRET_KEY, "keyward:planted/victim:v1")
+	if err := b.PlantAdoptedRecord(ctx, "planted/meta", keys.HMACSHA256, "keyward:meta-mac-key", metaID); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.PlantAdoptedRecord(ctx, "planted/other", keys.HMACSHA256, "keyward:planted/victim:v1", victimID); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := b.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"planted/meta", "planted/other"} {
+		found := false
+		for _, f := range rep.Findings {
+			if f.Key == key && f.Version == 1 && f.Weak && strings.Contains(f.Problem, "keyward uses itself") {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("doctor does not flag %s, whose record names a keyward object: %+v", key, rep.Findings)
+		}
+	}
+	if _, err := b.MAC(ctx, "planted/meta", []byte("m")); !errors.Is(err, keys.ErrIntegrity) {
+		t.Fatalf("MAC with the metadata key through a planted record: err = %v, want ErrIntegrity", err)
+	}
+	if _, err := b.DestroyVersion(ctx, "planted/meta", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.DestroyVersion(ctx, "planted/other", 1); err != nil {
+		t.Fatal(err)
+	}
+	// The metadata key and the victim's version survive: records still verify.
+	b.Close()
+	b2 := open(t, nil)
+	if _, err := b2.MAC(ctx, "planted/victim", []byte("m")); err != nil {
+		t.Fatalf("after destroying the planted versions: %v", err)
+	}
+	if _, err := b2.ListKeys(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTokenNotFoundNamesTokens: a token the module does not show is
+// reported with the labels of the tokens it does show and, for SoftHSM2,
+// the $SOFTHSM2_CONF it found them through.
+func TestTokenNotFoundNamesTokens(t *testing.T) {
+	open(t, nil)
+	conf := os.Getenv("SOFTHSM2_CONF")
+	if conf == "" {
+		t.Fatal("the test token's SOFTHSM2_CONF is not set")
+	}
+	for _, cfg := range []hsm.Config{
+		{Module: tok.Module, TokenLabel: "absent", PINFile: tok.PINFile},
+		{Module: tok.Module, URI: "pkcs11:token=" + tok.Label + ";serial=0000", PINFile: tok.PINFile},
+	} {
+		_, err := hsm.Open(context.Background(), cfg)
+		if !errors.Is(err, hsm.ErrTokenNotFound) {
+			t.Fatalf("err = %v, want ErrTokenNotFound", err)
+		}
+		for _, w := range []string{"shows the token(s) ", strconv.Quote(tok.Label), "$SOFTHSM2_CONF, here " + strconv.Quote(conf)} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("err = %q, lacks %q", err, w)
+			}
+		}
+		if strings.Contains(err.Error(), tok.PIN) {
+			t.Fatal("error text contains the PIN")
+		}
 	}
 }

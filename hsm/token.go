@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -287,11 +289,54 @@ func (t *Token) findSlot(p *pkcs11.Ctx) (uint, error) {
 	}
 	switch len(found) {
 	case 0:
-		return 0, fmt.Errorf("token %q: %w: %w", t.tokenName(), ErrTokenNotFound, keys.ErrUnavailable)
+		return 0, fmt.Errorf("token %q: %w; %s: %w", t.tokenName(), ErrTokenNotFound, t.tokensShown(p, slots), keys.ErrUnavailable)
 	case 1:
 		return found[0], nil
 	}
 	return 0, fmt.Errorf("token %q matches %d tokens; select by serial or URI: %w", t.tokenName(), len(found), ErrConfig)
+}
+
+// maxLabelsShown bounds the token labels a not-found error lists.
+const maxLabelsShown = 16
+
+// tokensShown says what the module shows instead of the wanted token: the
+// labels of its initialised tokens (labels are not secret) and, for
+// SoftHSM2, the configuration it found them through ($SOFTHSM2_CONF at
+// C_Initialize: a daemon started with another environment than the shell
+// that made the token sees other tokens, or none). Caller holds mod.mu.
+func (t *Token) tokensShown(p *pkcs11.Ctx, slots []uint) string {
+	var labels []string
+	for _, s := range slots {
+		ti, err := p.GetTokenInfo(s)
+		if err != nil || ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
+			continue
+		}
+		labels = append(labels, ti.Label)
+	}
+	return shownText(labels, t.mod.serialObjects, t.mod.conf)
+}
+
+// shownText words tokensShown's answer; conf is $SOFTHSM2_CONF, nil when unset.
+func shownText(labels []string, softhsm bool, conf *string) string {
+	q := make([]string, 0, min(len(labels), maxLabelsShown))
+	for _, l := range labels[:min(len(labels), maxLabelsShown)] {
+		q = append(q, strconv.Quote(l))
+	}
+	msg := "the module shows no initialised token"
+	switch n := len(labels); {
+	case n > maxLabelsShown:
+		msg = fmt.Sprintf("the module shows the tokens %s and %d more", strings.Join(q, ", "), n-maxLabelsShown)
+	case n > 0:
+		msg = "the module shows the token(s) " + strings.Join(q, ", ")
+	}
+	switch {
+	case !softhsm:
+	case conf != nil:
+		msg += fmt.Sprintf(" (SoftHSM2 finds its tokens through $SOFTHSM2_CONF, here %q)", *conf)
+	default:
+		msg += " (SoftHSM2 finds its tokens through $SOFTHSM2_CONF, which is unset here: it reads its default configuration file)"
+	}
+	return msg
 }
 
 // closeSessions closes the state's own sessions (never C_CloseAllSessions:

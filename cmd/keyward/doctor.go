@@ -20,8 +20,9 @@ import (
 const doctorLong = `Logs in to the token and inspects every keyward object in it: each key
 version, the keyring's metadata MAC key and every key record. It reports an
 object that is extractable, not sensitive, not private, modifiable, allows a
-usage beyond its key type, is missing, or whose record fails its integrity
-check ("weak"), and a keyward object that no record references
+usage beyond its key type, is missing, is named by two keys' records, is
+keyward's own (the metadata MAC key, another key's version) yet named by a
+key's record, or whose record fails its integrity check ("weak"), and a keyward object that no record references
 ("housekeeping": left by a crash; review, then destroy). Findings are printed
 as a table, or as JSON with --json. Doctor opens read-only sessions and
 changes nothing in the token, not even on a token keyward has never used. It

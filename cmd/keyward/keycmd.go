@@ -237,7 +237,9 @@ func (a *app) keyAdoptCmd() *cobra.Command {
 		Long: `Adopts a key object that a security team generated in the device: it becomes
 version 1 of a new key. --uri is an RFC 7512 PKCS#11 URI or the object's
 label. Objects the device does not fully protect (extractable, not
-sensitive, not private, modifiable) are refused. The URI must not carry a PIN.`,
+sensitive, not private, modifiable) are refused, and so is, whatever the URI
+names it by, an object keyward uses itself (labelled "keyward:") or that
+another key already uses. The URI must not carry a PIN.`,
 		Example: `  keyward key adopt payments/legacy --type aes-256-gcm --uri 'pkcs11:object=legacy-master;type=secret-key'`,
 	}, "adopted", func(c *cobra.Command, _ string) error {
 		if err := checkType(c, typ); err != nil {
