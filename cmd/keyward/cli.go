@@ -444,7 +444,7 @@ func exitCode(err error) int {
 		// The daemon refused the request as malformed: what the command
 		// line gave (a name, a type, a length, a context) is wrong.
 		return exitUsage
-	case errors.Is(err, hsm.ErrLogin), errors.Is(err, tpm.ErrAuth), errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, fs.ErrPermission):
+	case errors.Is(err, hsm.ErrLogin), errors.Is(err, tpm.ErrAuth), errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, secretfile.ErrOwner), errors.Is(err, fs.ErrPermission):
 		return exitPermission
 	case errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, hsm.ErrModule), errors.Is(err, tpm.ErrTransport), errors.Is(err, keys.ErrUnavailable):
 		return exitUnavailable
