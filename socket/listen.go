@@ -175,7 +175,8 @@ func ensureDir(dir string, gid int) error { return makeDir(dir, 0o750, gid) }
 // makeDir creates dir with mode (and group gid, when >= 0) if it is
 // missing; an existing directory is never changed. Missing parents are
 // created 0755 (the group must be able to pass them). Modes are set
-// explicitly: Mkdir's are filtered by the umask.
+// explicitly: Mkdir's are filtered by the umask. Listen checks the result
+// with safepath afterwards.
 func makeDir(dir string, mode os.FileMode, gid int) error {
 	fi, err := os.Stat(dir)
 	if err == nil {
@@ -198,11 +199,18 @@ func makeDir(dir string, mode os.FileMode, gid int) error {
 		}
 		return err
 	}
-	if err := os.Chmod(dir, mode); err != nil {
+	// Through a descriptor of the directory just made: had it been swapped
+	// for a symlink, the open fails instead of changing the target.
+	f, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Chmod(mode); err != nil {
 		return err
 	}
 	if gid >= 0 {
-		if err := os.Lchown(dir, -1, gid); err != nil {
+		if err := f.Chown(-1, gid); err != nil {
 			return fmt.Errorf("set group of %s: %w", dir, err)
 		}
 	}
