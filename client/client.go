@@ -6,6 +6,15 @@
 // credentials and the connection has no TLS: whoever may open the socket
 // speaks for the process it runs as. Nothing here logs.
 //
+// Who answers: before anything is sent on a connection (reconnects
+// included), the client asks the kernel which uid listens on the socket
+// (SO_PEERCRED). It must be root, the uid given with WithDaemonUID, or
+// else the socket file's owner when no directory on the socket's path can
+// be changed by anyone but root and that owner. Any other uid fails the
+// call, and every later call of the Client, with ErrUntrustedDaemon, never
+// retried: a local user who put their own socket in the daemon's place gets
+// nothing, and the caller sees it.
+//
 // Errors: every error wraps one sentinel (ErrDecrypt, ErrNotFound,
 // ErrPermissionDenied, ErrUnavailable...), chosen from the keyward reason the
 // daemon attaches, and can be checked with errors.Is; Reason gives the
@@ -55,14 +64,16 @@ type Client struct {
 	api   keywardv1.KeywardClient
 	tries int
 	wait  time.Duration
+	trust *trust
 }
 
 // Option configures Dial.
 type Option func(*options)
 
 type options struct {
-	tries int
-	wait  time.Duration
+	tries     int
+	wait      time.Duration
+	daemonUID *uint32
 }
 
 // WithRetry sets how many times in all (n >= 1; 1 means no retry) an
@@ -80,8 +91,10 @@ func WithRetry(n int, backoff time.Duration) Option {
 // Dial connects to the daemon's socket and returns once the connection is
 // up, so that a missing daemon shows at once: it fails with ErrUnavailable
 // when the socket does not exist or nothing listens on it, and with
-// ErrPermissionDenied when this process may not open it. Dial waits at most
-// until ctx is done.
+// ErrPermissionDenied when this process may not open it, and with
+// ErrUntrustedDaemon when the process listening on it runs as a uid the
+// daemon may not have (see WithDaemonUID). Dial waits at most until ctx is
+// done.
 func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, error) {
 	o := options{tries: 3, wait: 50 * time.Millisecond}
 	for _, opt := range opts {
@@ -94,11 +107,20 @@ func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, erro
 
 	// The dialer ignores the target: it always dials socketPath, whatever
 	// characters it holds, and remembers why a connection attempt failed.
+	// It checks who listens before gRPC may write anything, on every
+	// connection, reconnects included.
 	var mu sync.Mutex
 	var dialErr error
+	tr := &trust{path: socketPath, daemonUID: o.daemonUID}
 	dialer := func(ctx context.Context, _ string) (net.Conn, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "unix", socketPath)
+		if err == nil {
+			if err = tr.check(c); err != nil {
+				c.Close()
+				c = nil
+			}
+		}
 		mu.Lock()
 		dialErr = err
 		mu.Unlock()
@@ -127,6 +149,9 @@ func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, erro
 		}
 		if s == connectivity.TransientFailure || s == connectivity.Shutdown {
 			conn.Close()
+			if err := tr.err(op); err != nil {
+				return nil, err
+			}
 			mu.Lock()
 			err := dialErr
 			mu.Unlock()
@@ -139,7 +164,7 @@ func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, erro
 			return nil, e
 		}
 	}
-	return &Client{conn: conn, api: keywardv1.NewKeywardClient(conn), tries: o.tries, wait: o.wait}, nil
+	return &Client{conn: conn, api: keywardv1.NewKeywardClient(conn), tries: o.tries, wait: o.wait, trust: tr}, nil
 }
 
 // dialError explains a failed connection: no socket, nobody listening, or
@@ -168,23 +193,31 @@ func (c *Client) Close() error {
 	return fromStatus("close", c.conn.Close())
 }
 
-// call makes one RPC, retrying an idempotent one on UNAVAILABLE.
+// call makes one RPC, retrying an idempotent one on UNAVAILABLE. Once a
+// connection reached an untrusted daemon, nothing is sent and nothing is
+// retried: every call fails with ErrUntrustedDaemon.
 func call[Req, Resp any](ctx context.Context, c *Client, op string, idempotent bool,
 	rpc func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
+	var zero Resp
 	tries := 1
 	if idempotent {
 		tries = c.tries
 	}
 	wait := c.wait
 	for try := 1; ; try++ {
+		if err := c.trust.err(op); err != nil {
+			return zero, err
+		}
 		resp, err := rpc(ctx, req)
 		if err == nil {
 			return resp, nil
 		}
+		if err := c.trust.err(op); err != nil {
+			return zero, err
+		}
 		err = fromStatus(op, err)
 		var e *Error
 		if try >= tries || !errors.As(err, &e) || e.Code != codes.Unavailable || !sleep(ctx, wait) {
-			var zero Resp
 			return zero, err
 		}
 		wait *= 2

@@ -64,6 +64,11 @@ var (
 	// ErrResourceExhausted: a per-caller rate limit or a connection or
 	// concurrency limit was hit (RATE_LIMITED, TOO_MANY_REQUESTS).
 	ErrResourceExhausted = errors.New("keyward limit reached")
+	// ErrUntrustedDaemon: the process listening on the socket runs as a uid
+	// keywardd may not have (see WithDaemonUID), so nothing was sent to it.
+	// Someone may be impersonating the daemon; never retried, and the
+	// Client fails every later call with it too.
+	ErrUntrustedDaemon = errors.New("the socket is not served by the expected keywardd")
 	// ErrInternal: anything outside the API's closed set of errors: an
 	// internal error of the daemon, a reply that breaks the protocol.
 	ErrInternal = errors.New("internal error")

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/internal/safepath"
 	"github.com/keyward/keyward/internal/secretfile"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/tpm"
@@ -92,6 +93,9 @@ func NewDev(dir, socketPath, logLevel, backend string) (*Dev, error) {
 			d.Close()
 		}
 	}()
+	if err := checkDevDir(d.Dir); err != nil {
+		return nil, err
+	}
 	cfg := Defaults()
 	cfg.Socket = socketPath
 	cfg.LogLevel = logLevel
@@ -126,16 +130,18 @@ func (d *Dev) softHSM(cfg *Config, module string) error {
 	tokens := filepath.Join(d.Dir, "tokens")
 	conf := filepath.Join(d.Dir, "softhsm2.conf")
 	pinFile := filepath.Join(d.Dir, "pin")
-	_, statErr := os.Stat(pinFile)
-	reuse := d.keep && statErr == nil
+	reuse := d.keep && exists(pinFile)
 	if !reuse {
 		if err := os.MkdirAll(tokens, 0o700); err != nil {
 			return err
 		}
 		body := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.mechanisms = ALL\n", tokens)
-		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
-			return err
+		if err := writeFile(conf, []byte(body), 0); err != nil {
+			return fmt.Errorf("dev softhsm2.conf: %w", err)
 		}
+	}
+	if err := checkDevDir(tokens); err != nil {
+		return err
 	}
 	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
 		return err
@@ -144,8 +150,8 @@ func (d *Dev) softHSM(cfg *Config, module string) error {
 		soPIN, userPIN := randomPIN(), randomPIN()
 		defer secretfile.Zero(soPIN)
 		defer secretfile.Zero(userPIN)
-		if err := os.WriteFile(pinFile, userPIN, 0o600); err != nil {
-			return err
+		if err := writeFile(pinFile, userPIN, os.O_EXCL); err != nil {
+			return fmt.Errorf("dev pin: %w", err)
 		}
 		if err := hsm.InitToken(module, DevTokenLabel, soPIN, userPIN); err != nil {
 			return fmt.Errorf("dev token: %w", err)
@@ -258,8 +264,11 @@ func startSWTPM(dir string) (*devSWTPM, error) {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, fmt.Errorf("swtpm state: %w", err)
 	}
+	if err := checkDevDir(state); err != nil {
+		return nil, err
+	}
 	logPath := filepath.Join(dir, devSWLog)
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC, 0o600)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("swtpm log: %w", err)
 	}
@@ -327,6 +336,38 @@ func tail(path string) string {
 		return "(its log " + path + " is empty)"
 	}
 	return s
+}
+
+// checkDevDir refuses a dev directory (or one of its subdirectories) that
+// is a symlink, or that a user other than root and this process's owns, can
+// write or could move (internal/safepath): its token, PIN and TPM state would
+// be theirs to read or replace.
+func checkDevDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("dev directory: %w", err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("dev directory %s is a symlink: name the directory itself: %w", dir, ErrConfig)
+	}
+	if _, err := safepath.CheckDir(dir, uint32(os.Geteuid())); err != nil {
+		return fmt.Errorf("dev directory %s: %w: %w", dir, ErrConfig, err)
+	}
+	return nil
+}
+
+// writeFile writes b to path, mode 0600, never through a symlink; flag
+// adds os.O_EXCL to refuse an existing file (else it is truncated).
+func writeFile(path string, b []byte, flag int) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // writeNew writes b to a new 0600 file; an existing file is kept as it is.

@@ -18,6 +18,11 @@
 //   - Listen never removes a socket someone is serving, nor anything that is not
 //     a socket, and a second daemon on the same path fails with ErrInUse instead
 //     of stealing (and, on exit, deleting) the first one's socket.
+//   - Listen binds only in a directory that root and the daemon's uid alone can
+//     change (and below directories others can write only if sticky), and
+//     never follows a symlink to create, chown or chmod the socket: a local
+//     user cannot move the socket aside to answer clients in the daemon's place,
+//     nor make the daemon change a file of their choosing (ErrUnsafeDir).
 //   - Credentials identifies every gRPC connection once, at accept; handlers read
 //     the result with PeerFromContext. It authenticates, it never authorises.
 //

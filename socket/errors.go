@@ -7,6 +7,11 @@ var (
 	// path. The error names the path.
 	ErrInUse = errors.New("socket in use")
 
+	// ErrUnsafeDir means the socket's directory, or one above it, can be
+	// changed by a user other than root and the daemon's: Listen refuses to
+	// bind there. The error names the directory and why.
+	ErrUnsafeDir = errors.New("socket directory is not safe")
+
 	// ErrNotUnix means a connection is not a Unix domain socket, so the kernel
 	// cannot say who is at the other end.
 	ErrNotUnix = errors.New("not a unix socket connection")

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/keyward/keyward/internal/safepath"
 )
 
 // Config describes a socket that keyward binds itself (not socket-activated).
@@ -41,14 +43,25 @@ const staleDialTimeout = 2 * time.Second
 //     by that group (members must be able to traverse it); missing parents are
 //     created 0755. An existing directory is left alone: it belongs to
 //     RuntimeDirectory= or tmpfiles.d.
-//  2. flock(Path+".lock", LOCK_EX|LOCK_NB): a second daemon fails with ErrInUse
-//     here. The lock file is never removed; deleting it would let two
-//     processes lock different inodes.
-//  3. A leftover socket file is removed only if nothing accepts on it (dialing
+//  2. The directory and every one above it must be safe (internal/safepath):
+//     owned by root or this process's uid, the directory itself writable by
+//     nobody else, the ones above writable by others only if sticky (/tmp).
+//     Otherwise Listen fails with ErrUnsafeDir: whoever may change a
+//     directory on the path could move the socket aside and answer clients
+//     in the daemon's place, or swap a file for a symlink to one we would
+//     then change.
+//  3. flock(Path+".lock", LOCK_EX|LOCK_NB, opened O_NOFOLLOW): a second
+//     daemon fails with ErrInUse here. The lock file is never removed;
+//     deleting it would let two processes lock different inodes.
+//  4. A leftover socket file is removed only if nothing accepts on it (dialing
 //     is refused). A live socket gives ErrInUse; a file that is not a socket is
 //     an error and is left in place.
-//  4. bind with umask 0777&^Mode (0117 by default), so the socket never exists
-//     with wider permissions, then chown to Group and chmod to Mode.
+//  5. bind in a fresh 0700 directory beside Path, with umask 0777&^Mode
+//     (0117 by default), then chown to Group and chmod to Mode there, where no
+//     other user can swap the socket for a symlink; then link(2) it to Path,
+//     which never replaces nor follows anything already at Path, and remove
+//     the private directory. (On Linux, fchmod on a socket's fd does not
+//     change its file, and fchmodat's AT_SYMLINK_NOFOLLOW needs Linux 6.6.)
 //
 // Closing the listener removes the socket file, then releases the lock.
 func Listen(cfg Config) (net.Listener, error) {
@@ -74,6 +87,9 @@ func Listen(cfg Config) (net.Listener, error) {
 	if err := ensureDir(filepath.Dir(path), gid); err != nil {
 		return nil, fmt.Errorf("socket: listen %s: %w", path, err)
 	}
+	if _, err := safepath.CheckDir(filepath.Dir(path), uint32(os.Geteuid())); err != nil {
+		return nil, fmt.Errorf("socket: listen %s: %w: %w", path, ErrUnsafeDir, err)
+	}
 	lock, err := lockPath(path)
 	if err != nil {
 		return nil, err
@@ -83,34 +99,60 @@ func Listen(cfg Config) (net.Listener, error) {
 		lock.Close()
 		return nil, err
 	}
-	return &ownedListener{UnixListener: ul, lock: lock}, nil
+	return &ownedListener{UnixListener: ul, path: path, lock: lock}, nil
 }
+
+// testHookBound, when set by a test, runs after bind and before the socket's
+// group and mode are set; it gets the path being set up.
+var testHookBound func(path string)
 
 func bindLocked(path string, gid int, mode os.FileMode) (*net.UnixListener, error) {
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
+	private, err := os.MkdirTemp(filepath.Dir(path), ".kwb")
+	if err != nil {
+		return nil, fmt.Errorf("socket: listen %s: %w", path, err)
+	}
+	defer os.RemoveAll(private)
+	tmp := filepath.Join(private, "s")
+	if max := len(unix.RawSockaddrUnix{}.Path) - 1; len(tmp) > max {
+		return nil, fmt.Errorf("socket: listen %s: the path %s used while binding is longer than a socket path's %d bytes: use a shorter path", path, tmp, max)
+	}
 	umaskMu.Lock()
 	old := unix.Umask(int(0o777 &^ mode))
-	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	unix.Umask(old)
 	umaskMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("socket: listen %s: %w", path, err)
 	}
-	// The directory is ours (step 1 or the service manager's), so nobody can
-	// swap the socket for a symlink here; Lchown costs nothing to be sure.
-	if gid >= 0 {
-		if err := os.Lchown(path, -1, gid); err != nil {
-			ul.Close()
-			return nil, fmt.Errorf("socket: listen %s: set group: %w", path, err)
-		}
-	}
-	if err := os.Chmod(path, mode); err != nil {
+	ul.SetUnlinkOnClose(false)
+	if err := placeSocket(tmp, path, gid, mode); err != nil {
 		ul.Close()
 		return nil, fmt.Errorf("socket: listen %s: %w", path, err)
 	}
 	return ul, nil
+}
+
+// placeSocket sets the group and mode of the socket bound at tmp, in a
+// directory only this process's uid may change, and links it to path.
+func placeSocket(tmp, path string, gid int, mode os.FileMode) error {
+	if testHookBound != nil {
+		testHookBound(path)
+	}
+	if gid >= 0 {
+		if err := os.Lchown(tmp, -1, gid); err != nil {
+			return fmt.Errorf("set group: %w", err)
+		}
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return err
+	}
+	if err := os.Link(tmp, path); err != nil {
+		return fmt.Errorf("something appeared at the socket path while binding: %w", err)
+	}
+	return nil
 }
 
 func lookupGroup(s string) (int, error) {
@@ -133,7 +175,8 @@ func ensureDir(dir string, gid int) error { return makeDir(dir, 0o750, gid) }
 // makeDir creates dir with mode (and group gid, when >= 0) if it is
 // missing; an existing directory is never changed. Missing parents are
 // created 0755 (the group must be able to pass them). Modes are set
-// explicitly: Mkdir's are filtered by the umask.
+// explicitly: Mkdir's are filtered by the umask. Listen checks the result
+// with safepath afterwards.
 func makeDir(dir string, mode os.FileMode, gid int) error {
 	fi, err := os.Stat(dir)
 	if err == nil {
@@ -156,11 +199,18 @@ func makeDir(dir string, mode os.FileMode, gid int) error {
 		}
 		return err
 	}
-	if err := os.Chmod(dir, mode); err != nil {
+	// Through a descriptor of the directory just made: had it been swapped
+	// for a symlink, the open fails instead of changing the target.
+	f, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Chmod(mode); err != nil {
 		return err
 	}
 	if gid >= 0 {
-		if err := os.Lchown(dir, -1, gid); err != nil {
+		if err := f.Chown(-1, gid); err != nil {
 			return fmt.Errorf("set group of %s: %w", dir, err)
 		}
 	}
@@ -223,6 +273,7 @@ func removeStale(path string) error {
 // ownedListener is a socket bound by Listen. Accept returns *net.UnixConn.
 type ownedListener struct {
 	*net.UnixListener
+	path string
 	lock *os.File
 
 	once sync.Once
@@ -234,12 +285,19 @@ type ownedListener struct {
 func (l *ownedListener) Close() error {
 	l.once.Do(func() {
 		l.err = l.UnixListener.Close()
+		if err := os.Remove(l.path); err != nil && !errors.Is(err, os.ErrNotExist) && l.err == nil {
+			l.err = err
+		}
 		if err := l.lock.Close(); l.err == nil {
 			l.err = err
 		}
 	})
 	return l.err
 }
+
+// Addr is the socket's path (the kernel still names the private path it was
+// bound at).
+func (l *ownedListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
 
 // LookupGroup resolves a socket group given by name or number, as Listen
 // does; --check-config uses it so a missing group fails before start.

@@ -276,3 +276,133 @@ func TestListenModeAndUmask(t *testing.T) {
 		t.Errorf("umask after Listen = %o, want it restored to 022", got)
 	}
 }
+
+// TestListenRefusesUnsafeDir: a socket directory that someone other than root
+// and the daemon can change, or one above it that they can change without the
+// sticky bit, is refused before anything is created in it.
+func TestListenRefusesUnsafeDir(t *testing.T) {
+	requireRoot(t)
+	const other = 4242
+	tests := []struct {
+		name    string
+		setup   func(t *testing.T, base string) string // returns the socket dir
+		wantErr error
+	}{
+		{"private dir", func(t *testing.T, b string) string { return mkdirT(t, b, "d", 0o750, 0) }, nil},
+		{"world-writable dir", func(t *testing.T, b string) string { return mkdirT(t, b, "d", 0o777, 0) }, ErrUnsafeDir},
+		{"group-writable dir", func(t *testing.T, b string) string { return mkdirT(t, b, "d", 0o770, 0) }, ErrUnsafeDir},
+		{"sticky /tmp-like dir", func(t *testing.T, b string) string { return mkdirT(t, b, "d", os.ModeSticky|0o777, 0) }, ErrUnsafeDir},
+		{"dir owned by another uid", func(t *testing.T, b string) string { return mkdirT(t, b, "d", 0o700, other) }, ErrUnsafeDir},
+		{"private dir in a sticky one", func(t *testing.T, b string) string {
+			mkdirT(t, b, "tmp", os.ModeSticky|0o777, 0)
+			return mkdirT(t, b, "tmp/d", 0o700, 0)
+		}, nil},
+		{"private dir in a world-writable one", func(t *testing.T, b string) string {
+			mkdirT(t, b, "w", 0o777, 0)
+			return mkdirT(t, b, "w/d", 0o700, 0)
+		}, ErrUnsafeDir},
+		{"private dir in another uid's", func(t *testing.T, b string) string {
+			mkdirT(t, b, "home", 0o755, other)
+			return mkdirT(t, b, "home/d", 0o700, 0)
+		}, ErrUnsafeDir},
+		{"missing dir in a world-writable one", func(t *testing.T, b string) string {
+			mkdirT(t, b, "w", 0o777, 0)
+			return filepath.Join(b, "w", "new")
+		}, ErrUnsafeDir},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := tt.setup(t, t.TempDir())
+			path := filepath.Join(dir, "keyward.sock")
+			l, err := Listen(Config{Path: path})
+			if err == nil {
+				l.Close()
+			}
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Listen in %s: %v, want %v", dir, err, tt.wantErr)
+			}
+			if err != nil {
+				if _, err := os.Lstat(path + ".lock"); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("the lock file was created in an unsafe directory: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// TestListenNeverFollowsSymlink: if the socket path becomes a symlink after
+// the bind (an attacker moved the socket aside), Listen neither changes the
+// symlink's target nor serves on it.
+func TestListenNeverFollowsSymlink(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keyward.sock")
+	target := filepath.Join(dir, "victim")
+	if err := os.WriteFile(target, []byte("root's file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testHookBound = func(string) {
+		os.Rename(path, path+".moved") // the bound socket, if it is at path
+		if err := os.Symlink(target, path); err != nil {
+			t.Error(err)
+		}
+	}
+	defer func() { testHookBound = nil }()
+	l, err := Listen(Config{Path: path, Mode: 0o666})
+	if err == nil {
+		l.Close()
+		t.Error("Listen succeeded with a symlink at the socket path")
+	}
+	if st := statT(t, target); st.Mode&0o7777 != 0o644 {
+		t.Errorf("the symlink's target changed mode to %04o", st.Mode&0o7777)
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != os.ModeSymlink {
+		t.Errorf("the symlink was replaced: %v", err)
+	}
+}
+
+// TestListenLeavesNoPrivateDir: the private directory the socket is bound
+// in is gone once Listen returns, and Addr names the socket path.
+func TestListenLeavesNoPrivateDir(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keyward.sock")
+	l, err := Listen(Config{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l.Addr().String(); got != path {
+		t.Errorf("Addr() = %s, want %s", got, path)
+	}
+	ents, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, ",") != "keyward.sock,keyward.sock.lock" {
+		t.Errorf("directory holds %v", names)
+	}
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	mustDial(t, path)
+	l.Close()
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket left after Close: %v", err)
+	}
+}
+
+func mkdirT(t *testing.T, base, rel string, mode os.FileMode, uid int) string {
+	t.Helper()
+	p := filepath.Join(base, rel)
+	if err := os.Mkdir(p, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(p, uid, -1); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

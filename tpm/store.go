@@ -13,10 +13,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keyward/keyward/internal/safepath"
 	"github.com/keyward/keyward/keys"
 )
 
@@ -163,31 +165,36 @@ type store struct {
 	lock *os.File // nil when opened read-only
 }
 
-// openStore creates the directory if needed, refuses one that others can
-// write, and takes the lock unless readOnly.
+// openStore creates the directory if needed, refuses one that is a
+// symlink, that others can write, or, unless readOnly, that a user other
+// than root and this process's owns or could move (internal/safepath), and
+// takes the lock unless readOnly. Doctor's read-only look may be taken by
+// root at the daemon's directory.
 func openStore(dir string, readOnly bool) (*store, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("state directory not set: %w", ErrConfig)
 	}
 	if !readOnly {
-		if err := os.MkdirAll(filepath.Join(dir, keysDir), 0o700); err != nil {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
 	}
-	for _, d := range []string{dir, filepath.Join(dir, keysDir)} {
-		st, err := os.Stat(d)
-		if errors.Is(err, fs.ErrNotExist) && readOnly {
-			return nil, fmt.Errorf("state directory %s is not initialised (%v): %w", dir, err, ErrConfig)
+	if err := checkStateDir(dir, readOnly); err != nil {
+		return nil, err
+	}
+	if !readOnly {
+		if _, err := safepath.CheckDir(dir, uint32(os.Geteuid())); err != nil {
+			return nil, fmt.Errorf("state directory %s: %w: %w", dir, ErrConfig, err)
 		}
-		if err != nil {
+	}
+	keysPath := filepath.Join(dir, keysDir)
+	if !readOnly {
+		if err := os.Mkdir(keysPath, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
-		if !st.IsDir() {
-			return nil, fmt.Errorf("state directory %s is not a directory: %w", d, ErrConfig)
-		}
-		if st.Mode().Perm()&0o022 != 0 {
-			return nil, fmt.Errorf("state directory %s is writable by group or others (mode %o): %w", d, st.Mode().Perm(), ErrConfig)
-		}
+	}
+	if err := checkStateDir(keysPath, readOnly); err != nil {
+		return nil, err
 	}
 	s := &store{dir: dir}
 	if readOnly {
@@ -207,6 +214,31 @@ func openStore(dir string, readOnly bool) (*store, error) {
 	s.lock = f
 	s.removeTemps()
 	return s, nil
+}
+
+// checkStateDir refuses d unless it is a directory itself (not a symlink),
+// not writable by group or others, and, unless readOnly, owned by root or
+// this process's user.
+func checkStateDir(d string, readOnly bool) error {
+	st, err := os.Lstat(d)
+	if errors.Is(err, fs.ErrNotExist) && readOnly {
+		return fmt.Errorf("state directory %s is not initialised (%v): %w", d, err, ErrConfig)
+	}
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	switch {
+	case st.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("state directory %s is a symlink: name the directory itself: %w", d, ErrConfig)
+	case !st.IsDir():
+		return fmt.Errorf("state directory %s is not a directory: %w", d, ErrConfig)
+	case st.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("state directory %s is writable by group or others (mode %o): %w", d, st.Mode().Perm(), ErrConfig)
+	}
+	if uid := st.Sys().(*syscall.Stat_t).Uid; !readOnly && uid != 0 && int(uid) != os.Geteuid() {
+		return fmt.Errorf("state directory %s is owned by uid %d, neither root nor this process's uid %d: %w", d, uid, os.Geteuid(), ErrConfig)
+	}
+	return nil
 }
 
 // removeTemps deletes temporary files a crash left behind mid-write (the

@@ -273,7 +273,7 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 	}()
 	for range o.connections {
 		// No retries: every failure is counted as it happened.
-		kc, err := client.Dial(dialCtx, a.socket, client.WithRetry(1, 0))
+		kc, err := a.dial(dialCtx, client.WithRetry(1, 0))
 		if err != nil {
 			return err
 		}

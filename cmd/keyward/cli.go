@@ -7,6 +7,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/user"
+	"strconv"
 	"strings"
 	"time"
 
@@ -53,6 +55,9 @@ PINs never appear in an error.`
 // envSocket names the daemon's socket when --socket is not given.
 const envSocket = "KEYWARD_SOCKET"
 
+// envDaemonUID names the user keywardd runs as when --daemon-uid is not given.
+const envDaemonUID = "KEYWARD_DAEMON_UID"
+
 // localOnly marks commands that do not talk to the daemon: their help does
 // not list --socket and --timeout.
 var localOnly = map[string]string{"local": "true"}
@@ -91,8 +96,9 @@ type app struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 
-	socket  string
-	timeout time.Duration
+	socket    string
+	timeout   time.Duration
+	daemonUID string // --daemon-uid as given
 
 	// started: cobra accepted the command line and a command's own code
 	// runs. An error before that is a usage error whatever its text.
@@ -141,7 +147,10 @@ this process (uid, gid, groups, systemd unit) what it may do; "keyward
 status" shows how it sees you.
 
 Commands that talk to the daemon dial --socket (default $KEYWARD_SOCKET, else
-/run/keyward/keyward.sock) and give up after --timeout. Every command takes
+/run/keyward/keyward.sock) and give up after --timeout. Before sending
+anything they check that the socket is served by root, by --daemon-uid
+($KEYWARD_DAEMON_UID), or else by the socket file's owner when no one else
+can change its directory. Every command takes
 -h for its help, with an example.`
 
 const rootExample = `  keyward key create payments/db-password --type aes-256-gcm
@@ -170,6 +179,11 @@ func (a *app) rootCmd() *cobra.Command {
 			if a.timeout < 0 {
 				return usagef(cmdName(c), "--timeout %v is negative", a.timeout)
 			}
+			if a.daemonUID != "" {
+				if _, err := lookupUID(a.daemonUID); err != nil {
+					return usagef(cmdName(c), "--daemon-uid: %v", err)
+				}
+			}
 			a.started = true
 			return nil
 		},
@@ -181,6 +195,8 @@ func (a *app) rootCmd() *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.socket, "socket", socket, "keywardd's Unix socket `PATH` ($"+envSocket+" when set)")
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "give up on the daemon after `DURATION` (0: never)")
+	pf.StringVar(&a.daemonUID, "daemon-uid", os.Getenv(envDaemonUID), "the `USER` (name or uid) keywardd runs as: a socket served by another uid, root apart, is refused before anything is sent "+
+		"($"+envDaemonUID+" when set; default: root, or the socket file's owner when no one else can change its directory)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{cmd: cmdName(c), msg: err.Error()}
 	})
@@ -428,7 +444,7 @@ func exitCode(err error) int {
 		// The daemon refused the request as malformed: what the command
 		// line gave (a name, a type, a length, a context) is wrong.
 		return exitUsage
-	case errors.Is(err, hsm.ErrLogin), errors.Is(err, tpm.ErrAuth), errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, fs.ErrPermission):
+	case errors.Is(err, hsm.ErrLogin), errors.Is(err, tpm.ErrAuth), errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, secretfile.ErrOwner), errors.Is(err, fs.ErrPermission):
 		return exitPermission
 	case errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, hsm.ErrModule), errors.Is(err, tpm.ErrTransport), errors.Is(err, keys.ErrUnavailable):
 		return exitUnavailable
@@ -442,6 +458,35 @@ func exitCode(err error) int {
 		return exitUsage
 	}
 	return exitFailed
+}
+
+// dial connects to the daemon with --daemon-uid's check (completion,
+// which runs no hook, reaches here with the flag unchecked).
+func (a *app) dial(ctx context.Context, opts ...client.Option) (*client.Client, error) {
+	if a.daemonUID != "" {
+		uid, err := lookupUID(a.daemonUID)
+		if err != nil {
+			return nil, usagef("", "--daemon-uid: %v", err)
+		}
+		opts = append(opts, client.WithDaemonUID(uid))
+	}
+	return client.Dial(ctx, a.socket, opts...)
+}
+
+// lookupUID resolves a user given by name or number.
+func lookupUID(s string) (uint32, error) {
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return uint32(n), nil
+	}
+	u, err := user.Lookup(s)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("user %q has uid %q: %w", s, u.Uid, err)
+	}
+	return uint32(n), nil
 }
 
 // oneLine keeps an error on one stderr line whatever a module put in it.

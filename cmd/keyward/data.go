@@ -27,7 +27,7 @@ func (a *app) withClient(c *cobra.Command, fn func(context.Context, *client.Clie
 		ctx, cancel = context.WithTimeout(ctx, a.timeout)
 		defer cancel()
 	}
-	kc, err := client.Dial(ctx, a.socket)
+	kc, err := a.dial(ctx)
 	if err != nil {
 		return err
 	}
@@ -59,7 +59,7 @@ func (a *app) completeKeys(types ...keys.Type) cobra.CompletionFunc {
 	return func(c *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
 		ctx, cancel := context.WithTimeout(c.Context(), time.Second)
 		defer cancel()
-		kc, err := client.Dial(ctx, a.socket, client.WithRetry(1, 0))
+		kc, err := a.dial(ctx, client.WithRetry(1, 0))
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}

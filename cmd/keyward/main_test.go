@@ -29,6 +29,9 @@ var bin, binDir string
 // The CLI is tested end to end: a real binary, real SoftHSM2 tokens made by
 // softhsm-test/provision-token.sh, no mocks.
 func TestMain(m *testing.M) {
+	if os.Getenv(impostorEnv) != "" {
+		os.Exit(serveImpostor())
+	}
 	os.Exit(testMain(m))
 }
 

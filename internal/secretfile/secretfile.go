@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // MaxSize bounds a secret file: a PIN is short, a larger file is a mistake.
@@ -19,6 +20,9 @@ const MaxSize = 4096
 var (
 	// ErrTooOpen: the file can be read by its group or others.
 	ErrTooOpen = errors.New("secret file is readable by group or others (want mode 0600 or 0400)")
+	// ErrOwner: the file belongs to a user other than root and this
+	// process's, who could read or change the secret.
+	ErrOwner = errors.New("secret file is owned by another user (want root or this process's user)")
 	// ErrEmpty: the file holds nothing but white space.
 	ErrEmpty = errors.New("secret file is empty")
 	// ErrNoSource: no path was given and $CREDENTIALS_DIRECTORY is not set.
@@ -37,9 +41,11 @@ func Resolve(path, name string) (string, error) {
 }
 
 // Read returns the secret in path with one trailing newline (and CR) removed.
-// It refuses a file that group or others may read (a POSIX ACL granting read
-// to this process's user alone, as systemd gives credentials, is accepted),
-// that is not a regular file, or that is larger than MaxSize. The caller
+// It opens path with O_NOFOLLOW and refuses a file that group or others may
+// read (a POSIX ACL granting read to this process's user alone, as systemd
+// gives credentials, is accepted), that another user than root and this
+// process's owns (ErrOwner), that is not a regular file, or that is larger
+// than MaxSize. The caller
 // zeroes the result when done. Errors name the path, never the content.
 func Read(path string) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|ostNoFollow(), 0)
@@ -53,6 +59,9 @@ func Read(path string) ([]byte, error) {
 	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("secret file %s is not a regular file", path)
+	}
+	if uid, ok := owner(st); !ok || (uid != 0 && uid != uint32(os.Geteuid())) {
+		return nil, fmt.Errorf("%s is owned by uid %d: %w", path, uid, ErrOwner)
 	}
 	if st.Mode().Perm()&0o077 != 0 && !privateByACL(f, st.Mode().Perm()) {
 		return nil, fmt.Errorf("%s has mode %04o: %w", path, st.Mode().Perm(), ErrTooOpen)
@@ -78,6 +87,14 @@ func Read(path string) ([]byte, error) {
 	copy(out, s)
 	Zero(buf)
 	return out, nil
+}
+
+func owner(fi os.FileInfo) (uint32, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return st.Uid, true
 }
 
 // Zero overwrites b with zeros.

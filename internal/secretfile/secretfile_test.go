@@ -27,13 +27,14 @@ func TestRead(t *testing.T) {
 	if err := os.Symlink(write("target", "1234", 0o600), link); err != nil {
 		t.Fatal(err)
 	}
-	tests := []struct {
+	type readCase struct {
 		name    string
 		path    string
 		want    string
 		wantErr error
 		anyErr  bool
-	}{
+	}
+	tests := []readCase{
 		{name: "0600 with newline", path: write("a", "1234\n", 0o600), want: "1234"},
 		{name: "0400 crlf", path: write("b", "abcd\r\n", 0o400), want: "abcd"},
 		{name: "keeps inner spaces", path: write("c", " a b ", 0o600), want: " a b "},
@@ -44,6 +45,15 @@ func TestRead(t *testing.T) {
 		{name: "missing", path: filepath.Join(dir, "nope"), wantErr: os.ErrNotExist},
 		{name: "symlink refused", path: link, anyErr: true},
 		{name: "directory", path: dir, anyErr: true},
+	}
+	if os.Geteuid() == 0 {
+		// Root's and this process's files are accepted; another user's is
+		// not, whatever its mode: that user can read and change it.
+		theirs := write("theirs", "1234", 0o600)
+		if err := os.Chown(theirs, 4242, 4242); err != nil {
+			t.Fatal(err)
+		}
+		tests = append(tests, readCase{name: "another user's file", path: theirs, wantErr: ErrOwner})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

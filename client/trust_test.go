@@ -1,0 +1,316 @@
+//go:build linux
+
+package client_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/client"
+)
+
+// The test binary doubles as a daemon run as another uid: with helperEnv
+// set, TestMain listens on the socket it is given as fd 3 and serves the
+// Keyward API, counting every byte it receives; when its stdin closes it
+// prints the count and exits.
+const helperEnv = "KEYWARD_CLIENT_TEST_HELPER"
+
+// otherUID is the uid the impostor runs as: neither root nor the test's.
+const otherUID = 4242
+
+// helperBin is a copy of the test binary that other uids may run.
+var helperBin string
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(serveCounting())
+	}
+	dir, err := copySelf()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "copy test binary:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func copySelf() (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("", "keyward-client-helper-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return dir, err
+	}
+	src, err := os.Open(self)
+	if err != nil {
+		return dir, err
+	}
+	defer src.Close()
+	helperBin = filepath.Join(dir, "client.test")
+	dst, err := os.OpenFile(helperBin, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
+	if err != nil {
+		return dir, err
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		dst.Close()
+		return dir, err
+	}
+	return dir, dst.Close()
+}
+
+// countingListener counts the bytes read on every connection it accepts.
+type countingListener struct {
+	net.Listener
+	n  *atomic.Int64
+	wg *sync.WaitGroup
+}
+
+type countingConn struct {
+	net.Conn
+	n    *atomic.Int64
+	done func()
+	once sync.Once
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.wg.Add(1)
+	return &countingConn{Conn: c, n: l.n, done: l.wg.Done}, nil
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.n.Add(int64(n))
+	if err != nil {
+		c.once.Do(c.done)
+	}
+	return n, err
+}
+
+// serveCounting is the helper: listen(2) on fd 3 (so SO_PEERCRED names this
+// process's uid), serve, and report the bytes received.
+func serveCounting() int {
+	if err := unix.Listen(3, 16); err != nil {
+		fmt.Println("listen:", err)
+		return 1
+	}
+	l, err := net.FileListener(os.NewFile(3, "socket"))
+	if err != nil {
+		fmt.Println("file listener:", err)
+		return 1
+	}
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	g := grpc.NewServer()
+	keywardv1.RegisterKeywardServer(g, &flaky{})
+	go g.Serve(countingListener{Listener: l, n: &n, wg: &wg})
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+	g.Stop() // closes the connections, so that every reader is done
+	wg.Wait()
+	fmt.Println("read", n.Load())
+	return 0
+}
+
+// impostor binds path as root and starts the helper as uid, which listens
+// on it. stop ends the helper and returns how many bytes it was sent.
+func impostor(t *testing.T, path string, uid int) (stop func() int64) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "socket")
+	defer f.Close()
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(path) })
+	cmd := exec.Command(helperBin)
+	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "ready" {
+		t.Fatalf("helper did not start: %q", lines.Text())
+	}
+	return func() int64 {
+		stdin.Close()
+		if !lines.Scan() {
+			t.Fatal("helper said nothing at exit")
+		}
+		n, err := strconv.ParseInt(strings.TrimPrefix(lines.Text(), "read "), 10, 64)
+		if err != nil {
+			t.Fatalf("helper: %q", lines.Text())
+		}
+		return n
+	}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI runs as root; this test needs it to run a daemon as another uid")
+		}
+		t.Skip("needs root to run a daemon as another uid")
+	}
+}
+
+// TestUntrustedDaemon: a daemon running as a uid the client does not expect
+// gets nothing, not even the HTTP/2 preface, and Dial says why.
+func TestUntrustedDaemon(t *testing.T) {
+	requireRoot(t)
+	tests := []struct {
+		name string
+		// setup returns the socket path to bind in dir and the one to dial.
+		setup   func(t *testing.T, dir string) (bind, dial string)
+		chown   bool // give the socket file to the impostor's uid
+		opts    []client.Option
+		wantErr error
+	}{
+		{"socket owned by root, daemon as another uid", plain, false, nil, client.ErrUntrustedDaemon},
+		{"daemon as the socket file's owner", plain, true, nil, nil},
+		{"socket owner's directory writable by others", func(t *testing.T, dir string) (string, string) {
+			w := filepath.Join(dir, "w")
+			os.Mkdir(w, 0o700)
+			os.Chmod(w, os.ModeSticky|0o777)
+			p := filepath.Join(w, "k.sock")
+			return p, p
+		}, true, nil, client.ErrUntrustedDaemon},
+		{"socket path is a symlink", func(t *testing.T, dir string) (string, string) {
+			p := filepath.Join(dir, "real.sock")
+			l := filepath.Join(dir, "k.sock")
+			if err := os.Symlink(p, l); err != nil {
+				t.Fatal(err)
+			}
+			return p, l
+		}, true, nil, client.ErrUntrustedDaemon},
+		{"configured uid", plain, false, []client.Option{client.WithDaemonUID(otherUID)}, nil},
+		{"configured uid beats the socket's owner", plain, true, []client.Option{client.WithDaemonUID(otherUID + 1)}, client.ErrUntrustedDaemon},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bind, path := tt.setup(t, t.TempDir())
+			stop := impostor(t, bind, otherUID)
+			if tt.chown {
+				if err := os.Lchown(bind, otherUID, -1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := client.Dial(ctx, path, tt.opts...)
+			if err == nil {
+				_, err = c.Wrap(ctx, "k", []byte("plaintext"), nil)
+				c.Close()
+			}
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Dial and Wrap: %v, want %v", err, tt.wantErr)
+			}
+			n := stop()
+			if tt.wantErr != nil {
+				t.Log(err)
+				if n != 0 {
+					t.Errorf("the impostor received %d bytes", n)
+				}
+				if !containsAll(err.Error(), path, strconv.Itoa(otherUID)) || errors.Is(err, client.ErrUnavailable) {
+					t.Errorf("error %q: want one naming the socket and the uid, not ErrUnavailable", err)
+				}
+			}
+		})
+	}
+}
+
+func plain(t *testing.T, dir string) (string, string) {
+	p := filepath.Join(dir, "k.sock")
+	return p, p
+}
+
+// TestUntrustedDaemonNotRetried: the daemon restarts and, meanwhile, another
+// uid answers on its socket. The wrap in flight is not sent to it, and not
+// retried: it fails with ErrUntrustedDaemon, and so does every later call,
+// even once the real daemon is back.
+func TestUntrustedDaemonNotRetried(t *testing.T) {
+	requireRoot(t)
+	path := filepath.Join(t.TempDir(), "k.sock")
+	real := &flaky{}
+	start := func() *grpc.Server {
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := grpc.NewServer()
+		keywardv1.RegisterKeywardServer(g, real)
+		go g.Serve(l)
+		return g
+	}
+	g := start()
+	c := dial(t, path, client.WithRetry(5, time.Millisecond))
+	ctx := context.Background()
+	if _, err := c.Wrap(ctx, "k", []byte("one"), nil); err != nil {
+		t.Fatal(err)
+	}
+	g.Stop()
+
+	stop := impostor(t, path, otherUID)
+	_, err := c.Wrap(ctx, "k", []byte("plaintext"), nil)
+	if !errors.Is(err, client.ErrUntrustedDaemon) {
+		t.Fatalf("Wrap with an impostor on the socket: %v, want ErrUntrustedDaemon", err)
+	}
+	if n := stop(); n != 0 {
+		t.Errorf("the impostor received %d bytes", n)
+	}
+	os.Remove(path)
+	g = start()
+	defer g.Stop()
+	if _, err := c.Wrap(ctx, "k", []byte("plaintext"), nil); !errors.Is(err, client.ErrUntrustedDaemon) {
+		t.Errorf("Wrap after the real daemon is back: %v, want ErrUntrustedDaemon", err)
+	}
+	if got := real.wraps.Load(); got != 1 {
+		t.Errorf("the real daemon got %d wraps, want only the first", got)
+	}
+}

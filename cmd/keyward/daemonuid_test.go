@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
+)
+
+// impostorEnv makes the test binary a daemon stand-in (see serveImpostor).
+const impostorEnv = "KEYWARD_CLI_TEST_IMPOSTOR"
+
+// impostorUID is the uid the stand-in runs as.
+const impostorUID = 4242
+
+// emptyKeyring answers ListKeys with no keys.
+type emptyKeyring struct {
+	keywardv1.UnimplementedKeywardServer
+}
+
+func (emptyKeyring) ListKeys(context.Context, *keywardv1.ListKeysRequest) (*keywardv1.ListKeysResponse, error) {
+	return &keywardv1.ListKeysResponse{}, nil
+}
+
+// countConn counts the bytes read from a connection.
+type countConn struct {
+	net.Conn
+	n    *atomic.Int64
+	wg   *sync.WaitGroup
+	once sync.Once
+}
+
+func (c *countConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.n.Add(int64(n))
+	if err != nil {
+		c.once.Do(c.wg.Done)
+	}
+	return n, err
+}
+
+type countListener struct {
+	net.Listener
+	n  *atomic.Int64
+	wg *sync.WaitGroup
+}
+
+func (l countListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.wg.Add(1)
+	return &countConn{Conn: c, n: l.n, wg: l.wg}, nil
+}
+
+// serveImpostor listens on fd 3 (a bound socket: listen(2) here records
+// this process's uid for SO_PEERCRED), serves an empty keyring, and when
+// stdin closes prints how many bytes it was sent.
+func serveImpostor() int {
+	if err := unix.Listen(3, 16); err != nil {
+		fmt.Println("listen:", err)
+		return 1
+	}
+	l, err := net.FileListener(os.NewFile(3, "socket"))
+	if err != nil {
+		fmt.Println("listener:", err)
+		return 1
+	}
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	g := grpc.NewServer()
+	keywardv1.RegisterKeywardServer(g, emptyKeyring{})
+	go g.Serve(countListener{Listener: l, n: &n, wg: &wg})
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+	g.Stop()
+	wg.Wait()
+	fmt.Println("read", n.Load())
+	return 0
+}
+
+var copyOnce sync.Once
+var impostorBin string
+
+// startImpostor binds a root-owned socket at path and serves it from a
+// copy of the test binary run as impostorUID. stop returns the bytes it got.
+func startImpostor(t *testing.T, path string) (stop func() int64) {
+	t.Helper()
+	copyOnce.Do(func() {
+		self, err := os.Executable()
+		if err != nil {
+			return
+		}
+		b, err := os.ReadFile(self)
+		if err != nil {
+			return
+		}
+		p := filepath.Join(binDir, "impostor")
+		if os.WriteFile(p, b, 0o755) == nil {
+			impostorBin = p
+		}
+	})
+	if impostorBin == "" {
+		t.Fatal("could not copy the test binary")
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "socket")
+	defer f.Close()
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(impostorBin)
+	cmd.Env = append(os.Environ(), impostorEnv+"=1")
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: impostorUID, Gid: impostorUID}}
+	cmd.Stderr = os.Stderr
+	stdin, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "ready" {
+		t.Fatalf("impostor did not start: %q", lines.Text())
+	}
+	return func() int64 {
+		stdin.Close()
+		if !lines.Scan() {
+			t.Fatal("impostor said nothing at exit")
+		}
+		n, err := strconv.ParseInt(strings.TrimPrefix(lines.Text(), "read "), 10, 64)
+		if err != nil {
+			t.Fatalf("impostor: %q", lines.Text())
+		}
+		return n
+	}
+}
+
+// TestDaemonUID: a socket served by a uid that is neither root nor the
+// socket file's owner is refused before anything is sent, unless
+// --daemon-uid or $KEYWARD_DAEMON_UID names that uid.
+func TestDaemonUID(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to run a daemon stand-in as another uid")
+	}
+	uid := strconv.Itoa(impostorUID)
+	tests := []struct {
+		name     string
+		env      string // $KEYWARD_DAEMON_UID
+		args     []string
+		wantCode int
+		want     string // on stderr
+	}{
+		{"default: root or the socket's owner", "", nil, exitFailed, "runs as uid " + uid},
+		{"flag", "", []string{"--daemon-uid", uid}, exitOK, ""},
+		{"environment", uid, nil, exitOK, ""},
+		{"flag beats environment", uid, []string{"--daemon-uid", "0"}, exitFailed, "runs as uid " + uid},
+		{"environment names another uid", "4343", nil, exitFailed, "or uid 4343 (as configured)"},
+		{"unknown user", "", []string{"--daemon-uid", "no-such-user-keyward"}, exitUsage, "--daemon-uid"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "k.sock")
+			stop := startImpostor(t, path)
+			t.Setenv(envDaemonUID, tt.env)
+			var stdout, stderr bytes.Buffer
+			args := append([]string{"--socket", path}, tt.args...)
+			code := run(context.Background(), append(args, "key", "list"), strings.NewReader("secret"), &stdout, &stderr)
+			n := stop()
+			if code != tt.wantCode || !strings.Contains(stderr.String(), tt.want) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, stderr.String(), tt.wantCode, tt.want)
+			}
+			if tt.wantCode != exitOK && n != 0 {
+				t.Errorf("the stand-in received %d bytes", n)
+			}
+		})
+	}
+}
