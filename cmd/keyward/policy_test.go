@@ -44,7 +44,7 @@ keys = ["release/**"]
 operations = ["sign", "verify", "public-key"]
 
 [[rule]]
-units = ["batch-nightly.timer"]
+units = ["batch-nightly.service"]
 keys = ["batch/job-?"]
 operations = ["mac", "verify-mac"]
 `
@@ -91,7 +91,7 @@ func TestPolicyExplain(t *testing.T) {
 				`  rule "payments service": allows`,
 				`  rule "key admins": identity does not match (gid 1000 and groups [] not in groups [root=0 990]); operation unwrap not granted`,
 				`  rule "release signing": identity does not match (uid 1000 not in users [1001]); operation unwrap not granted; key payments/db-password not matched by [release/**]`,
-				`  rule "rule #4": identity does not match (unit "" not in units [batch-nightly.timer]); operation unwrap not granted; key payments/db-password not matched by [batch/job-?]`,
+				`  rule "rule #4": identity does not match (unit "" not in units [batch-nightly.service]); operation unwrap not granted; key payments/db-password not matched by [batch/job-?]`,
 			},
 		},
 		{
@@ -172,18 +172,18 @@ func TestPolicyExplain(t *testing.T) {
 		},
 		{
 			name: "unnamed rule, unit and question mark",
-			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.timer", "--op", "mac", "--key", "batch/job-7"},
+			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.service", "--op", "mac", "--key", "batch/job-7"},
 			want: []string{`allowed by rule "rule #4"`},
 		},
 		{
 			name: "unit names match exactly",
-			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.service", "--op", "mac", "--key", "batch/job-7"},
+			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.scope", "--op", "mac", "--key", "batch/job-7"},
 			code: exitFailed,
-			want: []string{"denied", `  rule "rule #4": identity does not match (unit "batch-nightly.service" not in units [batch-nightly.timer])`},
+			want: []string{"denied", `  rule "rule #4": identity does not match (unit "batch-nightly.scope" not in units [batch-nightly.service])`},
 		},
 		{
 			name: "question mark is one character",
-			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.timer", "--op", "verify-mac", "--key", "batch/job-17"},
+			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.service", "--op", "verify-mac", "--key", "batch/job-17"},
 			code: exitFailed,
 			want: []string{"denied", `  rule "rule #4": key batch/job-17 not matched by [batch/job-?]`},
 		},
@@ -336,7 +336,7 @@ func TestPolicyReport(t *testing.T) {
 		"uid 1001 sign,verify,public-key release/** - release signing",
 		"group root (gid 0) " + admin + " ** - key admins",
 		"gid 990 " + admin + " ** - key admins",
-		"unit batch-nightly.timer mac,verify-mac batch/job-? - rule #4",
+		"unit batch-nightly.service mac,verify-mac batch/job-? - rule #4",
 		"unit payments.service wrap,unwrap,rewrap,datakey payments/* app=billing payments service",
 	}
 	if got := normLines(r.stdout); !slices.Equal(got, want) {
@@ -389,14 +389,14 @@ name = "by name"
 users = ["root"]
 groups = ["root", "0"]
 keys = ["a/b", "c/**"]
-operations = ["verify", "sign"]
+operations = ["unwrap", "wrap"]
 context = { "team" = "blue green", "env" = "prod" }
 `)
 	r := keyward(t, nil, "policy", "report", "--config", cfg)
 	want := []string{
 		"SUBJECT OPERATIONS KEYS CONTEXT RULE",
-		`user root (uid 0) sign,verify a/b,c/** env=prod,team="blue green" by name`,
-		`group root (gid 0) sign,verify a/b,c/** env=prod,team="blue green" by name`,
+		`user root (uid 0) wrap,unwrap a/b,c/** env=prod,team="blue green" by name`,
+		`group root (gid 0) wrap,unwrap a/b,c/** env=prod,team="blue green" by name`,
 	}
 	if got := normLines(r.stdout); r.code != 0 || !slices.Equal(got, want) {
 		t.Errorf("exit %d, stderr %q, report:\n%s\nwant (spaces folded):\n%s", r.code, r.stderr, r.stdout, strings.Join(want, "\n"))
@@ -428,7 +428,7 @@ func TestPolicyExitCodes(t *testing.T) {
 	if err := os.Chmod(path, 0); err != nil {
 		t.Fatal(err)
 	}
-	_, err := loadPolicy("policy report", path)
+	_, _, err := loadPolicy("policy report", path)
 	if got := exitCode(err); got != exitPermission {
 		t.Errorf("unreadable file: exit %d (%v), want %d", got, err, exitPermission)
 	}
