@@ -251,6 +251,7 @@ func TestPolicyUsageErrors(t *testing.T) {
 		{name: "unknown group", args: append(base, "--uid", "0", "--groups", "no-such-group-kw", "--op", "wrap", "--key", "a"), want: `unknown group "no-such-group-kw"`},
 		{name: "group -1", args: append(base, "--uid", "0", "--groups", "4294967295", "--op", "wrap", "--key", "a"), want: "not a valid 32-bit id"},
 		{name: "unit without type", args: append(base, "--uid", "0", "--unit", "payments", "--op", "wrap", "--key", "a"), want: "type suffix"},
+		{name: "unit no caller runs in", args: append(base, "--uid", "0", "--unit", "backup.timer", "--op", "wrap", "--key", "a"), want: "never in a .timer unit"},
 		{name: "bad context", args: append(base, "--uid", "0", "--op", "wrap", "--key", "a", "--context", "app"), want: "want key=value"},
 		{name: "argument", args: append(base, "--uid", "0", "--op", "wrap", "--key", "a", "now"), want: `unexpected argument "now"`},
 		{name: "report argument", args: []string{"policy", "report", "--config", cfg, "now"}, want: `unexpected argument "now"`},
@@ -283,7 +284,7 @@ func TestPolicyConfigErrors(t *testing.T) {
 		code int
 		want []string
 	}{
-		{name: "unknown key", body: "sockett = \"/x\"\n" + backend, code: exitUsage, want: []string{`keyward.toml:1: unknown key "sockett"`, "invalid configuration"}},
+		{name: "unknown key", body: "sockett = \"/x\"\n" + backend, code: exitUsage, want: []string{`keyward.toml:1: unknown key "sockett"`}},
 		{name: "unknown rule key", body: backend + rule + all + "operations = [\"wrap\"]\nuser = [\"root\"]\n", code: exitUsage, want: []string{`unknown key "rule.user"`}},
 		{name: "bad value", body: "log_level = \"loud\"\n" + backend, code: exitUsage, want: []string{"log_level"}},
 		{name: "no backend token", body: "", code: exitUsage, want: []string{"set exactly one of token and uri"}},
@@ -293,6 +294,11 @@ func TestPolicyConfigErrors(t *testing.T) {
 			code: exitUsage, want: []string{`unknown user "no-such-user-kw"`, "no wildcards", "rule #2: no users, groups"}},
 		{name: "bad glob", body: backend + rule + "operations = [\"wrap\"]\nkeys = [\"a/**/b\"]\n", code: exitUsage, want: []string{`key pattern "a/**/b"`, "only as the whole last segment"}},
 		{name: "unit with a wildcard", body: backend + "[[rule]]\nunits = [\"batch-?.timer\"]\nkeys = [\"**\"]\noperations = [\"mac\"]\n", code: exitUsage, want: []string{`rule #1: unit "batch-?.timer"`}},
+		{name: "timer unit", body: backend + "[[rule]]\nunits = [\"backup.timer\"]\nkeys = [\"**\"]\noperations = [\"mac\"]\n", code: exitUsage, want: []string{`rule #1: unit "backup.timer": callers run in service, scope or socket units`}},
+		{name: "context on sign", body: backend + rule + all + "operations = [\"wrap\", \"sign\"]\ncontext = { app = \"x\" }\n", code: exitUsage, want: []string{`rule "r": context pairs, but sign requests carry no context`}},
+		{name: "sign on the checkpoint key", body: "audit_checkpoint_key = \"audit/ckpt\"\n" + backend + rule + "keys = [\"audit/ckpt\"]\noperations = [\"sign\"]\n", code: exitUsage,
+			want: []string{`rule[1].keys: grants sign on "audit/ckpt", which is audit_checkpoint_key`}},
+		{name: "uri with a PIN", body: "[backend]\nuri = \"pkcs11:token=k?pin-value=1234\"\n", code: exitUsage, want: []string{"backend.uri: carries pin-value"}},
 		{name: "no such file", path: "absent.toml", code: exitNotFound, want: []string{"no such file"}},
 		{name: "a directory", path: ".", code: exitUsage, want: []string{"is a directory"}},
 	}
