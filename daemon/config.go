@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +14,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/keyward/keyward/audit"
+	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/tpm"
@@ -164,7 +164,7 @@ type Duration struct{ time.Duration }
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return fmt.Errorf("duration %q: %w", b, err)
+		return fmt.Errorf("%q is not a duration: write a string with a unit, such as \"30s\" or \"250ms\"", b)
 	}
 	d.Duration = v
 	return nil
@@ -215,7 +215,7 @@ func Defaults() Config {
 var ErrConfig = errors.New("invalid configuration")
 
 // LoadConfig reads path strictly: an unknown key, a wrong type or a bad
-// value is an error naming its line.
+// value is an error naming its line (see ParseConfig).
 func LoadConfig(path string) (Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -224,42 +224,38 @@ func LoadConfig(path string) (Config, error) {
 	return ParseConfig(path, b)
 }
 
-// ParseConfig decodes b (named name in errors) over Defaults and validates it.
+// ParseConfig decodes b (named name in errors) over Defaults and validates
+// it. It reports every problem it finds, each a *ConfigError with the line
+// and dotted key at fault, joined one per line; a value the decoder refuses
+// is left out and the rest still checked. On an error the Config returned
+// is what could be read, for further checks only (its rules, say): never
+// run on it.
 func ParseConfig(name string, b []byte) (Config, error) {
-	cfg := Defaults()
-	dec := toml.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&cfg); err != nil {
-		var strict *toml.StrictMissingError
-		var derr *toml.DecodeError
-		switch {
-		case errors.As(err, &strict):
-			var msgs []string
-			for _, e := range strict.Errors {
-				row, _ := e.Position()
-				msgs = append(msgs, fmt.Sprintf("%s:%d: unknown key %q", name, row, strings.Join(e.Key(), ".")))
-			}
-			return Config{}, fmt.Errorf("%s: %w", strings.Join(msgs, "; "), ErrConfig)
-		case errors.As(err, &derr):
-			row, _ := derr.Position()
-			return Config{}, fmt.Errorf("%s:%d: %s: %w", name, row, derr.Error(), ErrConfig)
-		}
-		return Config{}, fmt.Errorf("%s: %v: %w", name, err, ErrConfig)
-	}
-	if err := otherKindKeys(name, b, cfg.Backend.Kind); err != nil {
+	doc, err := scanConfig(name, b)
+	if err != nil {
 		return Config{}, err
 	}
-	if err := cfg.Validate(); err != nil {
-		return Config{}, fmt.Errorf("%s: %w", name, err)
-	}
-	return cfg, nil
+	cfg, kept, refused, errs := decodeAll(name, b, doc)
+	errs = append(errs, otherKindKeys(name, kept, cfg.Backend.Kind)...)
+	errs = append(errs, located(name, doc, cfg.problems(), refused)...)
+	return cfg, errors.Join(errs...)
 }
+
+// backendKeys are the keys of [backend], of either kind.
+var backendKeys = func() map[string]bool {
+	m := map[string]bool{}
+	rt := reflect.TypeOf(Backend{})
+	for i := range rt.NumField() {
+		m[rt.Field(i).Tag.Get("toml")] = true
+	}
+	return m
+}()
 
 // otherKindKeys decodes b again, strictly, with a [backend] that knows only
 // kind's keys, so that a key of the other kind (module with kind "tpm",
 // device with kind "pkcs11") is an error naming its line rather than a
 // setting silently ignored. An unknown kind is left to Validate.
-func otherKindKeys(name string, b []byte, kind string) error {
+func otherKindKeys(name string, b []byte, kind string) []error {
 	var target, only any
 	switch kind {
 	case "pkcs11":
@@ -277,10 +273,8 @@ func otherKindKeys(name string, b []byte, kind string) error {
 	default:
 		return nil
 	}
-	dec := toml.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var strict *toml.StrictMissingError
-	if err := dec.Decode(target); !errors.As(err, &strict) {
+	if err := decodeStrict(b, target); !errors.As(err, &strict) {
 		return nil // the first decode succeeded: only strictness can differ
 	}
 	var takes []string
@@ -290,97 +284,189 @@ func otherKindKeys(name string, b []byte, kind string) error {
 			takes = append(takes, k)
 		}
 	}
-	var msgs []string
+	var errs []error
 	for _, e := range strict.Errors {
 		row, _ := e.Position()
 		key := e.Key()
 		if len(key) == 0 || key[0] != "backend" { // inside an inline table: the path is relative
 			key = append([]string{"backend"}, key...)
 		}
-		msgs = append(msgs, fmt.Sprintf("%s:%d: %q is not a setting of backend.kind %q (it takes %s)",
-			name, row, strings.Join(key, "."), kind, strings.Join(takes, ", ")))
+		if len(key) != 2 || !backendKeys[key[1]] {
+			continue // unknown to every kind: decodeAll reported it
+		}
+		errs = append(errs, &ConfigError{File: name, Line: row, Msg: fmt.Sprintf("%q is not a setting of backend.kind %q (it takes %s)",
+			strings.Join(key, "."), kind, strings.Join(takes, ", "))})
 	}
-	return fmt.Errorf("%s: %w", strings.Join(msgs, "; "), ErrConfig)
+	return errs
 }
 
-// Validate checks values (not the rules' names, which Compile resolves).
+// Validate checks values (not the rules' names, which Compile resolves):
+// every problem, each naming its dotted key.
 func (c *Config) Validate() error {
-	var errs []string
+	var errs []error
+	for _, p := range c.problems() {
+		errs = append(errs, fmt.Errorf("%s%s%s: %w", p.key, keySep(p.msg), p.msg, ErrConfig))
+	}
+	return errors.Join(errs...)
+}
+
+// durationCheck is a duration key and its bounds (hi 0: no upper bound).
+type durationCheck struct {
+	key    string
+	v      time.Duration
+	lo, hi time.Duration
+}
+
+func (d durationCheck) problem() (problem, bool) {
+	switch {
+	case d.hi == 0 && d.v < d.lo:
+		return problem{d.key, fmt.Sprintf("= %s: at least %s", fmtDuration(d.v), fmtDuration(d.lo))}, true
+	case d.hi != 0 && (d.v < d.lo || d.v > d.hi):
+		return problem{d.key, fmt.Sprintf("= %s: want %s..%s", fmtDuration(d.v), fmtDuration(d.lo), fmtDuration(d.hi))}, true
+	}
+	return problem{}, false
+}
+
+// fmtDuration writes d as a config would: "1h", not "1h0m0s".
+func fmtDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// problems is Validate's work: each problem with the key it is about.
+func (c *Config) problems() []problem {
+	var ps []problem
+	add := func(key, format string, args ...any) { ps = append(ps, problem{key, fmt.Sprintf(format, args...)}) }
 	if c.Socket == "" {
-		errs = append(errs, "socket is empty")
+		add("socket", "empty")
 	}
 	if c.AuditLog == "" {
-		errs = append(errs, `audit_log is empty (set a path, or "off" to run without an audit log)`)
+		add("audit_log", `empty (set a path, or "off" to run without an audit log)`)
 	}
 	if c.AuditMaxFileSize < 4096 {
-		errs = append(errs, "audit_max_file_size: at least 4096 bytes")
+		add("audit_max_file_size", "= %d: at least 4096 bytes", c.AuditMaxFileSize)
 	}
 	if _, err := audit.ParseSyncMode(c.AuditSync); err != nil {
-		errs = append(errs, fmt.Sprintf(`audit_sync = %q: want "fsync" or "write"`, c.AuditSync))
-	}
-	if d := c.AuditSyncInterval.Duration; d < 10*time.Millisecond || d > time.Hour {
-		errs = append(errs, fmt.Sprintf("audit_sync_interval = %v: want 10ms..1h", d))
+		add("audit_sync", `= %q: want "fsync" or "write"`, c.AuditSync)
 	}
 	if c.AuditCheckpointKey != "" {
 		if err := keys.ValidateName(c.AuditCheckpointKey); err != nil {
-			errs = append(errs, fmt.Sprintf("audit_checkpoint_key: %v", err))
+			add("audit_checkpoint_key", "%v", err)
 		}
 		if c.AuditLog == "off" {
-			errs = append(errs, `audit_checkpoint_key is set but audit_log is "off"`)
+			add("audit_checkpoint_key", `set, but audit_log is "off"`)
 		}
 	}
 	if c.AuditCheckpointEvery < 1 || c.AuditCheckpointEvery > 1<<24 {
-		errs = append(errs, fmt.Sprintf("audit_checkpoint_every = %d: want 1..%d", c.AuditCheckpointEvery, 1<<24))
-	}
-	if c.AuditCheckpointInterval.Duration < time.Second {
-		errs = append(errs, "audit_checkpoint_interval: at least 1s")
-	}
-	if d := c.AuditRefusalInterval.Duration; d < time.Second || d > time.Hour {
-		errs = append(errs, fmt.Sprintf("audit_refusal_interval = %v: want 1s..1h", d))
+		add("audit_checkpoint_every", "= %d: want 1..%d", c.AuditCheckpointEvery, 1<<24)
 	}
 	if n := c.AuditRefusalMaxRecords; n < 1 || n > 100000 {
-		errs = append(errs, fmt.Sprintf("audit_refusal_max_records = %d: want 1..100000", n))
+		add("audit_refusal_max_records", "= %d: want 1..100000", n)
 	}
 	if c.MetricsSocket != "" && c.MetricsListen != "" {
-		errs = append(errs, "set at most one of metrics_socket and metrics_listen")
+		add("metrics_listen", "set at most one of metrics_socket and metrics_listen")
 	}
 	if c.MetricsListen != "" {
 		host, _, err := net.SplitHostPort(c.MetricsListen)
 		ip := net.ParseIP(host)
 		if err != nil || ip == nil || !ip.IsLoopback() {
-			errs = append(errs, fmt.Sprintf("metrics_listen %q: want a loopback address and port, e.g. 127.0.0.1:9464", c.MetricsListen))
+			add("metrics_listen", "= %q: want a loopback address and port, e.g. 127.0.0.1:9464", c.MetricsListen)
 		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		errs = append(errs, fmt.Sprintf("log_level %q: want debug, info, warn or error", c.LogLevel))
+		add("log_level", "= %q: want debug, info, warn or error", c.LogLevel)
 	}
-	b := c.Backend
+	ps = append(ps, c.Backend.problems()...)
+	ps = append(ps, c.Limits.problems()...)
+	for _, d := range []durationCheck{
+		{"audit_sync_interval", c.AuditSyncInterval.Duration, 10 * time.Millisecond, time.Hour},
+		{"audit_checkpoint_interval", c.AuditCheckpointInterval.Duration, time.Second, 0},
+		{"audit_refusal_interval", c.AuditRefusalInterval.Duration, time.Second, time.Hour},
+	} {
+		if p, bad := d.problem(); bad {
+			ps = append(ps, p)
+		}
+	}
+	res := policy.Reserved{CheckpointKey: c.AuditCheckpointKey}
+	for i := range c.Rules {
+		for _, err := range policy.CheckReserved(c.Rules[i:i+1], res) {
+			_, msg, _ := strings.Cut(err.Error(), ": ") // the rule is named by the key
+			add(fmt.Sprintf("rule[%d].keys", i+1), "%s", strings.TrimSuffix(msg, ": "+policy.ErrInvalidPolicy.Error()))
+		}
+	}
+	return ps
+}
+
+func (b Backend) problems() []problem {
+	var ps []problem
+	add := func(key, format string, args ...any) { ps = append(ps, problem{key, fmt.Sprintf(format, args...)}) }
 	switch b.Kind {
 	case "pkcs11":
 		if b.Module == "" {
-			errs = append(errs, "backend.module is empty")
+			add("backend.module", "empty")
 		}
-		if (b.Token == "") == (b.URI == "") {
-			errs = append(errs, "backend: set exactly one of token and uri")
+		switch {
+		case b.Token == "" && b.URI == "":
+			add("backend.token", "set exactly one of token and uri")
+		case b.Token != "" && b.URI != "":
+			add("backend.uri", "set exactly one of token and uri")
+		}
+		if b.URI != "" {
+			if p, bad := uriProblem(b.URI); bad {
+				ps = append(ps, p)
+			}
 		}
 		if b.Sessions < 0 || b.Sessions > 1024 {
-			errs = append(errs, "backend.sessions: want 0..1024")
+			add("backend.sessions", "= %d: want 0..1024", b.Sessions)
 		}
 		if b.MetadataMaxAge.Duration > time.Hour {
-			errs = append(errs, "backend.metadata_max_age: at most 1h")
+			add("backend.metadata_max_age", "= %s: at most 1h", fmtDuration(b.MetadataMaxAge.Duration))
 		}
 	case "tpm":
-		errs = append(errs, checkTPM(b)...)
+		ps = append(ps, checkTPM(b)...)
 	default:
-		errs = append(errs, fmt.Sprintf("backend.kind %q: want pkcs11 or tpm", b.Kind))
+		add("backend.kind", "= %q: want pkcs11 or tpm", b.Kind)
 	}
-	l := c.Limits
-	checks := []struct {
-		name      string
-		v, lo, hi int
-	}{
+	return ps
+}
+
+// uriProblem checks backend.uri as the pkcs11 backend will when it opens
+// (hsm.ParseURI), so that --check-config refuses what the daemon would. A
+// URI carrying a PIN is refused without being echoed.
+func uriProblem(uri string) (problem, bool) {
+	if strings.Contains(uri, "pin-value") {
+		return problem{"backend.uri", "carries pin-value: PINs come from a 0600 file (backend.pin_file) or a systemd credential, never from config text"}, true
+	}
+	if _, err := hsm.ParseURI(uri); err != nil {
+		return problem{"backend.uri", strings.TrimSuffix(err.Error(), ": "+hsm.ErrConfig.Error())}, true
+	}
+	return problem{}, false
+}
+
+// limitRange is an integer limit and its bounds.
+type limitRange struct {
+	key    string
+	v      int
+	lo, hi int
+}
+
+// durationLimit is a limit that must be positive.
+type durationLimit struct {
+	key string
+	v   time.Duration
+}
+
+func (l Limits) problems() []problem {
+	var ps []problem
+	for _, ch := range []limitRange{
 		{"limits.max_plaintext", l.MaxPlaintext, 1, keys.MaxPlaintext},
 		{"limits.max_message", l.MaxMessage, 1024, 64 << 20},
 		{"limits.max_batch", l.MaxBatch, 1, 1000},
@@ -390,37 +476,38 @@ func (c *Config) Validate() error {
 		{"limits.max_concurrent_per_uid", l.MaxConcurrentPerUID, 1, 1 << 16},
 		{"limits.max_denied_per_minute", l.MaxDeniedPerMinute, 1, 1 << 20},
 		{"limits.max_failed_verify_mac_per_minute", l.MaxFailedVerifyMacPerMinute, 1, 1 << 20},
-	}
-	for _, ch := range checks {
+	} {
 		if ch.v < ch.lo || ch.v > ch.hi {
-			errs = append(errs, fmt.Sprintf("%s = %d: want %d..%d", ch.name, ch.v, ch.lo, ch.hi))
+			ps = append(ps, problem{ch.key, fmt.Sprintf("= %d: want %d..%d", ch.v, ch.lo, ch.hi)})
 		}
 	}
-	for name, d := range map[string]time.Duration{"limits.handshake_timeout": l.HandshakeTimeout.Duration, "limits.receive_timeout": l.ReceiveTimeout.Duration, "limits.idle_timeout": l.IdleTimeout.Duration, "limits.shutdown_grace": l.ShutdownGrace.Duration} {
-		if d <= 0 {
-			errs = append(errs, name+" must be positive")
+	for _, d := range []durationLimit{
+		{"limits.handshake_timeout", l.HandshakeTimeout.Duration},
+		{"limits.receive_timeout", l.ReceiveTimeout.Duration},
+		{"limits.idle_timeout", l.IdleTimeout.Duration},
+		{"limits.shutdown_grace", l.ShutdownGrace.Duration},
+	} {
+		if d.v <= 0 {
+			ps = append(ps, problem{d.key, fmt.Sprintf("= %s: must be positive", fmtDuration(d.v))})
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%s: %w", strings.Join(errs, "; "), ErrConfig)
-	}
-	return nil
+	return ps
 }
 
 // checkTPM checks the tpm backend's values. The device's form is checked
 // here so that --check-config catches it; tpm.Dial checks it again.
-func checkTPM(b Backend) []string {
-	var errs []string
+func checkTPM(b Backend) []problem {
+	var ps []problem
 	if b.Device == "" {
-		errs = append(errs, `backend.device "": want a path under /dev/ (/dev/tpmrm0), "swtpm:HOST:PORT" or "swtpm+unix:/PATH"`)
+		ps = append(ps, problem{"backend.device", `= "": want a path under /dev/ (/dev/tpmrm0), "swtpm:HOST:PORT" or "swtpm+unix:/PATH"`})
 	} else if err := tpm.CheckDevice(b.Device); err != nil {
-		errs = append(errs, fmt.Sprintf("backend.device %q: %v", b.Device, err))
+		ps = append(ps, problem{"backend.device", fmt.Sprintf("= %q: %v", b.Device, err)})
 	}
 	if !filepath.IsAbs(b.StateDir) {
-		errs = append(errs, fmt.Sprintf("backend.state_dir %q: want an absolute path", b.StateDir))
+		ps = append(ps, problem{"backend.state_dir", fmt.Sprintf("= %q: want an absolute path", b.StateDir)})
 	}
 	if h := uint32(b.ParentHandle); h != 0 && h>>24 != 0x81 {
-		errs = append(errs, fmt.Sprintf("backend.parent_handle 0x%08x: want a persistent handle, 0x81000000..0x81ffffff", h))
+		ps = append(ps, problem{"backend.parent_handle", fmt.Sprintf("= 0x%08x: want a persistent handle, 0x81000000..0x81ffffff", h)})
 	}
-	return errs
+	return ps
 }

@@ -2,12 +2,17 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/tpm"
 )
+
+var hsmParse = hsm.ParseURI
 
 func TestParseConfig(t *testing.T) {
 	full := `
@@ -66,7 +71,7 @@ context = { app = "payments" }
 		}},
 		{name: "audit sync unknown", in: "audit_sync = \"never\"\n[backend]\ntoken = \"k\"\n", wantErr: `audit_sync = "never": want "fsync" or "write"`},
 		{name: "audit sync interval too short", in: "audit_sync_interval = \"1ms\"\n[backend]\ntoken = \"k\"\n", wantErr: "audit_sync_interval = 1ms: want 10ms..1h"},
-		{name: "audit sync interval too long", in: "audit_sync_interval = \"2h\"\n[backend]\ntoken = \"k\"\n", wantErr: "audit_sync_interval = 2h0m0s: want 10ms..1h"},
+		{name: "audit sync interval too long", in: "audit_sync_interval = \"2h\"\n[backend]\ntoken = \"k\"\n", wantErr: "audit_sync_interval = 2h: want 10ms..1h"},
 	}
 	tests = append(tests, tpmConfigTests...)
 	for _, tt := range tests {
@@ -131,24 +136,25 @@ pin_file = "/etc/keyward/pin"
 	{name: "parent handle decimal", in: "[backend]\nkind = \"tpm\"\nparent_handle = 2164260865\n", check: func(c Config) bool {
 		return c.Backend.ParentHandle == 0x81000001
 	}},
-	{name: "parent handle not persistent", in: "[backend]\nkind = \"tpm\"\nparent_handle = 0x80000001\n", wantErr: "backend.parent_handle 0x80000001: want a persistent handle"},
+	{name: "parent handle not persistent", in: "[backend]\nkind = \"tpm\"\nparent_handle = 0x80000001\n", wantErr: "backend.parent_handle = 0x80000001: want a persistent handle"},
 	{name: "parent handle over 32 bits", in: "[backend]\nkind = \"tpm\"\nparent_handle = 0x181000001\n", wantErr: "test.toml:3:"},
 	{name: "parent handle negative", in: "[backend]\nkind = \"tpm\"\nparent_handle = -1\n", wantErr: "test.toml:3:"},
 	{name: "parent handle not a number", in: "[backend]\nkind = \"tpm\"\nparent_handle = \"srk\"\n", wantErr: "test.toml:3:"},
-	{name: "tpm unknown device form", in: "[backend]\nkind = \"tpm\"\ndevice = \"tpm0\"\n", wantErr: `backend.device "tpm0"`},
-	{name: "tpm empty device", in: "[backend]\nkind = \"tpm\"\ndevice = \"\"\n", wantErr: `backend.device ""`},
+	{name: "tpm unknown device form", in: "[backend]\nkind = \"tpm\"\ndevice = \"tpm0\"\n", wantErr: `backend.device = "tpm0"`},
+	{name: "tpm empty device", in: "[backend]\nkind = \"tpm\"\ndevice = \"\"\n", wantErr: `backend.device = ""`},
 	{name: "tpm swtpm without port", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm:localhost\"\n", wantErr: "want swtpm:HOST:PORT"},
 	{name: "tpm swtpm port 0", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm:127.0.0.1:0\"\n", wantErr: "PORT must be 1-65535"},
 	{name: "tpm swtpm relative socket", in: "[backend]\nkind = \"tpm\"\ndevice = \"swtpm+unix:tpm.sock\"\n", wantErr: "absolute socket path"},
 	{name: "tpm sim bad seed", in: "[backend]\nkind = \"tpm\"\ndevice = \"sim:x\"\n", wantErr: "SEED must be a decimal uint64"},
-	{name: "tpm relative state dir", in: "[backend]\nkind = \"tpm\"\nstate_dir = \"tpm\"\n", wantErr: `backend.state_dir "tpm": want an absolute path`},
-	{name: "unknown kind", in: "[backend]\nkind = \"tmp\"\n", wantErr: `backend.kind "tmp": want pkcs11 or tpm`},
+	{name: "tpm relative state dir", in: "[backend]\nkind = \"tpm\"\nstate_dir = \"tpm\"\n", wantErr: `backend.state_dir = "tpm": want an absolute path`},
+	{name: "unknown kind", in: "[backend]\nkind = \"tmp\"\n", wantErr: `backend.kind = "tmp": want pkcs11 or tpm`},
 	{name: "module with tpm", in: "[backend]\nkind = \"tpm\"\nmodule = \"/usr/lib/x.so\"\n", wantErr: `test.toml:3: "backend.module" is not a setting of backend.kind "tpm" (it takes device, state_dir, parent_handle, pin_file, rollback_counter)`},
 	{name: "token with tpm", in: "[backend]\ntoken = \"k\"\nkind = \"tpm\"\n", wantErr: `test.toml:2: "backend.token" is not a setting of backend.kind "tpm"`},
 	{name: "uri with tpm", in: "[backend]\nkind = \"tpm\"\n\nuri = \"pkcs11:token=k\"\n", wantErr: `test.toml:4: "backend.uri" is not a setting`},
 	{name: "sessions with tpm", in: "[backend]\nkind = \"tpm\"\nsessions = 4\n", wantErr: `test.toml:3: "backend.sessions" is not a setting`},
 	{name: "metadata_max_age with tpm", in: "[backend]\nkind = \"tpm\"\nmetadata_max_age = \"1s\"\n", wantErr: `test.toml:3: "backend.metadata_max_age" is not a setting`},
-	{name: "two pkcs11 keys with tpm", in: "[backend]\nkind = \"tpm\"\nmodule = \"m\"\ntoken = \"k\"\n", wantErr: `test.toml:3: "backend.module" is not a setting of backend.kind "tpm" (it takes device, state_dir, parent_handle, pin_file, rollback_counter); test.toml:4: "backend.token"`},
+	{name: "two pkcs11 keys with tpm", in: "[backend]\nkind = \"tpm\"\nmodule = \"m\"\ntoken = \"k\"\n", wantErr: `test.toml:3: "backend.module" is not a setting of backend.kind "tpm" (it takes device, state_dir, parent_handle, pin_file, rollback_counter)
+test.toml:4: "backend.token"`},
 	{name: "pkcs11 key in an inline tpm table", in: "backend = { kind = \"tpm\", module = \"m\" }\n", wantErr: `test.toml:1: "backend.module" is not a setting`},
 	{name: "pkcs11 key as a dotted key", in: "backend.kind = \"tpm\"\nbackend.module = \"m\"\n", wantErr: `test.toml:2: "backend.module" is not a setting`},
 	{name: "device with pkcs11", in: "[backend]\nkind = \"pkcs11\"\ntoken = \"k\"\ndevice = \"/dev/tpmrm0\"\n", wantErr: `test.toml:4: "backend.device" is not a setting of backend.kind "pkcs11" (it takes module, token, uri, pin_file, sessions, metadata_max_age)`},
@@ -185,4 +191,92 @@ func FuzzParseConfig(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ParseConfig("fuzz.toml", b) // never panics
 	})
+}
+
+// TestParseConfigEveryProblem: one run reports every problem of a file, one
+// per line, each with its line and dotted key; a value the decoder refuses
+// (an integer for a duration) does not hide the others.
+func TestParseConfigEveryProblem(t *testing.T) {
+	in := `socket = 5
+log_level = "loud"
+audit_checkpoint_key = "audit/ckpt"
+[backend]
+token = "k"
+uri = "pkcs11:token=k?pin-value=12345678"
+[limits]
+idle_timeout = 5
+max_batch = 5000
+handshake_timeout = "0s"
+sokcet = 1
+[[rule]]
+uids = [0]
+keys = ["**"]
+operations = ["wrap"]
+[[rule]]
+name = "forger"
+uids = [0]
+keys = [
+  "audit/ckpt",
+]
+operations = ["sign"]
+`
+	_, err := ParseConfig("test.toml", []byte(in))
+	if err == nil || !errors.Is(err, ErrConfig) {
+		t.Fatalf("err = %v, want ErrConfig", err)
+	}
+	want := []string{
+		`test.toml:1: socket: a TOML integer where a string is wanted`,
+		`test.toml:8: limits.idle_timeout: "5" is not a duration: write a string with a unit, such as "30s" or "250ms"`,
+		`test.toml:11: unknown key "limits.sokcet"`,
+		`test.toml:2: log_level = "loud": want debug, info, warn or error`,
+		`test.toml:6: backend.uri: set exactly one of token and uri`,
+		`test.toml:6: backend.uri: carries pin-value: PINs come from a 0600 file (backend.pin_file) or a systemd credential, never from config text`,
+		`test.toml:9: limits.max_batch = 5000: want 1..1000`,
+		`test.toml:10: limits.handshake_timeout = 0s: must be positive`,
+		`test.toml:19: rule[2].keys: grants sign on "audit/ckpt", which is audit_checkpoint_key: keywardd reserves it, no caller may sign with it`,
+	}
+	if got := strings.Split(err.Error(), "\n"); !slices.Equal(got, want) {
+		t.Fatalf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if strings.Contains(err.Error(), "12345678") {
+		t.Fatal("the PIN is in the error")
+	}
+	var ce *ConfigError
+	if !errors.As(err, &ce) || ce.Line != 1 || ce.Key != "socket" {
+		t.Fatalf("first ConfigError = %+v", ce)
+	}
+}
+
+func TestParseConfigDefaultAtFault(t *testing.T) {
+	_, err := ParseConfig("test.toml", []byte("log_level = \"info\"\n"))
+	if want := "test.toml: backend.token (default): set exactly one of token and uri"; err == nil || err.Error() != want {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+	_, err = ParseConfig("test.toml", []byte("[backend]\ntoken = \"k\"\n[[rule]\n"))
+	if err == nil || !strings.HasPrefix(err.Error(), "test.toml:3: syntax: ") {
+		t.Fatalf("syntax error = %v, want its line", err)
+	}
+}
+
+// TestParseConfigURI: backend.uri is refused at check time exactly as the
+// pkcs11 backend refuses it when it opens.
+func TestParseConfigURI(t *testing.T) {
+	for _, tt := range []struct{ uri, want string }{
+		{"pkcs11:token=k?pin-value=1234", "carries pin-value"},
+		{"pkcs:token=k&pin-value=1234", "carries pin-value"},
+		{"pkcs11:token=k;color=blue", `uri attribute "color" is not supported`},
+		{"pkcs11:token=k?pin-source=/etc/pin", ""},
+	} {
+		_, err := ParseConfig("test.toml", []byte(fmt.Sprintf("[backend]\nuri = %q\n", tt.uri)))
+		_, herr := hsmParse(tt.uri)
+		switch {
+		case tt.want == "" && (err != nil || herr != nil):
+			t.Errorf("%s: %v / %v, want both fine", tt.uri, err, herr)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), "test.toml:2: backend.uri: "+tt.want) || herr == nil):
+			t.Errorf("%s: %v / %v, want both refusing, with %q", tt.uri, err, herr, tt.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "1234") {
+			t.Errorf("%s: the PIN is in %v", tt.uri, err)
+		}
+	}
 }

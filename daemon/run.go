@@ -114,20 +114,23 @@ func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backen
 }
 
 // CheckConfig loads and validates path fully: syntax, values, and the
-// policy (names resolved), without touching the device.
+// policy (names resolved), without touching the device. Every problem is
+// reported, one per line.
 func CheckConfig(path string) (Config, *policy.Policy, error) {
 	cfg, err := LoadConfig(path)
-	if err != nil {
-		return Config{}, nil, err
+	if err != nil && !errors.Is(err, ErrConfig) {
+		return Config{}, nil, err // not read
 	}
+	errs := []error{err}
 	if cfg.SocketGroup != "" {
 		if _, err := socket.LookupGroup(cfg.SocketGroup); err != nil {
-			return Config{}, nil, fmt.Errorf("%s: socket_group: %v: %w", path, err, ErrConfig)
+			errs = append(errs, fmt.Errorf("%s: socket_group: %v: %w", path, err, ErrConfig))
 		}
 	}
 	pol, err := policy.Compile(cfg.Rules, policy.SystemResolver())
-	if err != nil {
-		return Config{}, nil, fmt.Errorf("%s: %w", path, err)
+	errs = append(errs, inFile(path, err)...)
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, nil, err
 	}
 	return cfg, pol, nil
 }

@@ -79,11 +79,7 @@ func (s *Service) authorize(ctx context.Context, op policy.Operation, key string
 		s.metrics.rateLimited(abuseDenied)
 		return fmt.Errorf("%s %s: uid %d: %w", op, key, id.UID, ErrRateLimited)
 	}
-	d := s.pol.Load().Decide(id, policy.Request{Op: op, Key: key, Context: c})
-	if op == policy.OpSign && key != "" && key == s.checkpointKey {
-		// A caller who could sign with it could forge audit checkpoints.
-		d.Allowed, d.Reason = false, "the key signs audit checkpoints and is reserved to keywardd"
-	}
+	d := s.pol.Load().Decide(id, policy.Request{Op: op, Key: key, Context: c}, s.reserved())
 	if !d.Allowed {
 		s.log.Warn("denied", "op", string(op), "key", key, "uid", id.UID, "gid", id.GID, "pid", id.PID, "unit", id.Unit, "reason", d.Reason)
 		s.abuse.note(callerOf(id), abuseDenied, lim.MaxDeniedPerMinute)
@@ -94,6 +90,12 @@ func (s *Service) authorize(ctx context.Context, op policy.Operation, key string
 		s.log.Debug("allowed", "op", string(op), "key", key, "uid", id.UID, "rule", d.Rule)
 	}
 	return nil
+}
+
+// reserved is what no caller gets whatever the policy says: sign with the
+// key that signs audit checkpoints (a caller who could would forge them).
+func (s *Service) reserved() policy.Reserved {
+	return policy.Reserved{CheckpointKey: s.checkpointKey}
 }
 
 // fail logs an unexpected error with its detail and returns the wire status.
@@ -652,7 +654,7 @@ func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.Li
 	pol := s.pol.Load()
 	out := &pb.ListKeysResponse{}
 	for _, k := range all {
-		if pol.Decide(id, policy.Request{Op: policy.OpKeyRead, Key: k.Name}).Allowed {
+		if pol.Decide(id, policy.Request{Op: policy.OpKeyRead, Key: k.Name}, s.reserved()).Allowed {
 			out.Keys = append(out.Keys, keyInfo(k))
 		}
 	}
@@ -725,7 +727,7 @@ func (s *Service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.Status
 		// Count only keys this caller may read: status tells nobody more than that.
 		pol := s.pol.Load()
 		for _, n := range names {
-			if pol.Decide(id, policy.Request{Op: policy.OpKeyRead, Key: n}).Allowed {
+			if pol.Decide(id, policy.Request{Op: policy.OpKeyRead, Key: n}, s.reserved()).Allowed {
 				out.Keys++
 			}
 		}

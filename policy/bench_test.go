@@ -40,12 +40,12 @@ func BenchmarkDecide(b *testing.B) {
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
-			if d := p.Decide(c.id, c.req); d.Allowed != c.want {
+			if d := p.Decide(c.id, c.req, Reserved{}); d.Allowed != c.want {
 				b.Fatalf("Decide = %+v", d)
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				p.Decide(c.id, c.req)
+				p.Decide(c.id, c.req, Reserved{})
 			}
 		})
 	}

@@ -181,12 +181,15 @@ func FuzzCompile(f *testing.F) {
 		ops := append([]Operation{Operation(op)}, allOps[:]...)
 		for _, o := range ops {
 			req := Request{Op: o, Key: key, Context: c}
-			d, vs := p.Explain(id, req)
-			if d != p.Decide(id, req) {
+			d, vs := p.Explain(id, req, Reserved{})
+			if d != p.Decide(id, req, Reserved{}) {
 				t.Fatal("Explain and Decide disagree")
 			}
 			if d.Reason == "" {
 				t.Fatal("empty reason")
+			}
+			if !o.CarriesContext() && d.Allowed != p.Decide(id, Request{Op: o, Key: key}, Reserved{}).Allowed {
+				t.Fatalf("%s: the request's context changes the decision, but the daemon never passes one", o)
 			}
 			first := slices.IndexFunc(vs, func(v RuleVerdict) bool { return v.Matched })
 			if d.Allowed != (first >= 0) || (first >= 0 && vs[first].Rule != d.Rule) {

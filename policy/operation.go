@@ -74,6 +74,18 @@ func ParseOperation(s string) (Operation, error) {
 	return "", fmt.Errorf("operation %s (want one of %s): %w", quote(s), joinOps(allOps[:], ", "), ErrUnknownOperation)
 }
 
+// CarriesContext reports whether requests for o carry the caller's context
+// to the policy: wrap, unwrap, rewrap and datakey bind a blob to it. Every
+// other operation is decided with no context at all, so a rule with context
+// pairs can never grant it, and Compile refuses such a rule.
+func (o Operation) CarriesContext() bool {
+	switch o {
+	case OpWrap, OpUnwrap, OpRewrap, OpDataKey:
+		return true
+	}
+	return false
+}
+
 // Admin reports whether o manages keys rather than uses them.
 func (o Operation) Admin() bool {
 	i, ok := opIndex(o)

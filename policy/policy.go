@@ -98,7 +98,26 @@ type RuleVerdict struct {
 // Policy is a compiled, immutable set of rules, safe for concurrent use. The
 // nil and zero Policy deny everything.
 type Policy struct {
-	rules []rule
+	rules    []rule
+	warnings []string
+}
+
+// Reserved is what keywardd withholds from every caller whatever the rules
+// say. The daemon passes the values it runs with (not a reloaded file's):
+// audit_checkpoint_key is fixed until a restart.
+type Reserved struct {
+	// CheckpointKey signs the audit log's checkpoints; no caller may sign
+	// with it, or it could forge them. "" reserves nothing.
+	CheckpointKey string
+}
+
+// reservedReason is the reason of a denial by Reserved: constant, so that
+// Decide still does not allocate.
+const reservedReason = "the key signs audit checkpoints and is reserved to keywardd (audit_checkpoint_key)"
+
+// reserves reports whether res withholds req whatever the rules say.
+func (res Reserved) reserves(req Request) bool {
+	return req.Op == OpSign && res.CheckpointKey != "" && req.Key == res.CheckpointKey
 }
 
 // noID is (uid_t)-1 / (gid_t)-1: "no id" to the kernel, never a real caller.
@@ -132,7 +151,10 @@ func Compile(rules []Rule, r Resolver) (*Policy, error) {
 	var errs []error
 	names := make(map[string]int, len(rules))
 	for i := range rules {
-		cr, label, rerrs := compileRule(i, &rules[i], r)
+		cr, label, rerrs, warns := compileRule(i, &rules[i], r)
+		for _, w := range warns {
+			p.warnings = append(p.warnings, label+": "+w)
+		}
 		if prev, dup := names[cr.name]; dup {
 			rerrs = append(rerrs, policyErr("name already used by rule #%d", prev+1))
 			label = fmt.Sprintf("%s (#%d)", label, i+1)
@@ -157,9 +179,11 @@ func policyErr(format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, ErrInvalidPolicy)...)
 }
 
-func compileRule(i int, in *Rule, res Resolver) (rule, string, []error) {
+func compileRule(i int, in *Rule, res Resolver) (rule, string, []error, []string) {
 	var errs []error
+	var warns []string
 	fail := func(err error) { errs = append(errs, err) }
+	warn := func(format string, args ...any) { warns = append(warns, fmt.Sprintf(format, args...)) }
 	label := fmt.Sprintf("rule #%d", i+1)
 	r := rule{name: in.Name}
 	switch {
@@ -203,10 +227,16 @@ func compileRule(i int, in *Rule, res Resolver) (rule, string, []error) {
 		r.groups = addSubject(r.groups, subject{id: id})
 	}
 	for _, u := range in.Units {
-		if err := checkUnit(u); err != nil {
+		switch err := checkUnit(u); {
+		case err != nil:
 			fail(err)
-		} else if !slices.Contains(r.units, u) {
+		case slices.Contains(r.units, u):
+			warn("unit %s listed twice", quote(u))
+		default:
 			r.units = append(r.units, u)
+			if strings.HasSuffix(u, ".socket") {
+				warn("unit %s: only the socket unit's own ExecStartPre=/ExecStopPost= commands run in it, not the service it starts", quote(u))
+			}
 		}
 	}
 	if len(in.Users)+len(in.UIDs)+len(in.Groups)+len(in.GIDs)+len(in.Units) == 0 {
@@ -224,7 +254,22 @@ func compileRule(i int, in *Rule, res Resolver) (rule, string, []error) {
 			continue
 		}
 		idx, _ := opIndex(op)
+		if r.ops.has(idx) {
+			warn("operation %s listed twice", op)
+		}
 		r.ops |= 1 << uint(idx)
+	}
+	if len(in.Context) > 0 {
+		var bare []string
+		for _, op := range r.ops.list() {
+			if !op.CarriesContext() {
+				bare = append(bare, string(op))
+			}
+		}
+		if len(bare) > 0 {
+			fail(policyErr("context pairs, but %s requests carry no context, so this rule could never grant them: grant them in a rule without context",
+				strings.Join(bare, ", ")))
+		}
 	}
 
 	// Keys.
@@ -237,7 +282,9 @@ func compileRule(i int, in *Rule, res Resolver) (rule, string, []error) {
 			fail(policyErr("%s", err))
 			continue
 		}
-		if !slices.ContainsFunc(r.globs, func(h glob) bool { return h.src == k }) {
+		if slices.ContainsFunc(r.globs, func(h glob) bool { return h.src == k }) {
+			warn("key pattern %s listed twice", quote(k))
+		} else {
 			r.globs = append(r.globs, g)
 		}
 	}
@@ -259,7 +306,7 @@ func compileRule(i int, in *Rule, res Resolver) (rule, string, []error) {
 	}
 
 	r.allowReason = "allowed by rule " + quote(r.name)
-	return r, label, errs
+	return r, label, errs, warns
 }
 
 // resolveSubject reads a users or groups entry: decimal digits are an id,
@@ -321,6 +368,12 @@ func addSubject(list []subject, s subject) []subject {
 // ("payments" for "payments.service") would never match, so Compile refuses it.
 var unitTypes = []string{"service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer", "slice", "scope"}
 
+// peerUnitTypes are the types a caller's unit can have: the daemon takes the
+// unit from the caller's cgroup, the first service, scope or socket below
+// the slices (socket.Peer.Unit). No process runs in a timer, target, path or
+// slice unit, so a rule naming one would match nobody: Compile refuses it.
+var peerUnitTypes = []string{"service", "scope", "socket"}
+
 // maxUnitLen is systemd's UNIT_NAME_MAX.
 const maxUnitLen = 255
 
@@ -340,10 +393,52 @@ func checkUnit(u string) error {
 		}
 	}
 	dot := strings.LastIndexByte(u, '.')
-	if dot <= 0 || !slices.Contains(unitTypes, u[dot+1:]) {
+	switch {
+	case dot <= 0 || !slices.Contains(unitTypes, u[dot+1:]):
 		return policyErr("unit %s has no unit type suffix (want e.g. %s.service)", quote(u), strings.TrimSuffix(u, "."))
+	case !slices.Contains(peerUnitTypes, u[dot+1:]):
+		return policyErr("unit %s: callers run in service, scope or socket units, never in a .%s unit, so it would match nobody (name the service it starts)", quote(u), u[dot+1:])
+	case strings.HasSuffix(u[:dot], "@"):
+		return policyErr("unit %s is a template: callers run in its instances (%sNAME%s)", quote(u), u[:dot], u[dot:])
 	}
 	return nil
+}
+
+// PeerUnit checks that u is a unit name a caller can have (see Identity.Unit),
+// as Compile checks the units a rule names.
+func PeerUnit(u string) error { return checkUnit(u) }
+
+// Warnings are the problems Compile found that leave the policy valid but
+// say the config is not what its author meant (an entry listed twice, a
+// socket unit), each naming its rule.
+func (p *Policy) Warnings() []string {
+	if p == nil {
+		return nil
+	}
+	return slices.Clone(p.warnings)
+}
+
+// CheckReserved reports every rule that grants what res withholds: sign on
+// the audit checkpoint key, named exactly (a wildcard that also covers it
+// keeps granting every other key). Such a grant would never take effect.
+func CheckReserved(rules []Rule, res Reserved) []error {
+	if res.CheckpointKey == "" {
+		return nil
+	}
+	var errs []error
+	for i := range rules {
+		in := &rules[i]
+		if !slices.Contains(in.Operations, string(OpSign)) || !slices.Contains(in.Keys, res.CheckpointKey) {
+			continue
+		}
+		label := fmt.Sprintf("rule #%d", i+1)
+		if in.Name != "" {
+			label = "rule " + quote(in.Name)
+		}
+		errs = append(errs, fmt.Errorf("%s: grants sign on %s, which is audit_checkpoint_key: keywardd reserves it, no caller may sign with it: %w",
+			label, quote(res.CheckpointKey), ErrInvalidPolicy))
+	}
+	return errs
 }
 
 // Rules returns the number of rules.
@@ -451,10 +546,17 @@ func (r *rule) misses(id Identity, c *checked) miss {
 
 // Decide returns whether the identity may make the request: allowed by the
 // first rule, in config order, that names the identity, lists the operation,
-// matches the key and finds its context in the request. A key that is not a
-// valid key name never matches, not even "**"; listing keys is decided per
-// listed key. Decide does not allocate when it allows.
-func (p *Policy) Decide(id Identity, req Request) Decision {
+// matches the key and finds its context in the request, unless res withholds
+// it. A key that is not a valid key name never matches, not even "**";
+// listing keys is decided per listed key. An operation that carries no
+// context (Operation.CarriesContext) is decided as the daemon decides it,
+// without the request's context. It is the one decision: keywardd and
+// "keyward policy explain" both call it. Decide does not allocate when it
+// allows.
+func (p *Policy) Decide(id Identity, req Request, res Reserved) Decision {
+	if !req.Op.CarriesContext() {
+		req.Context = nil
+	}
 	if p == nil || len(p.rules) == 0 {
 		c := check(req)
 		return Decision{Reason: "no rules: " + denyBase(id, &c)}
@@ -464,6 +566,9 @@ func (p *Policy) Decide(id Identity, req Request) Decision {
 		for i := range p.rules {
 			r := &p.rules[i]
 			if r.ops.has(c.opIdx) && r.matchIdentity(id) && r.matchKey(req.Key) && r.matchContext(req.Context) {
+				if res.reserves(req) {
+					return Decision{Reason: reservedReason}
+				}
 				return Decision{Allowed: true, Rule: r.name, Reason: r.allowReason}
 			}
 		}
@@ -512,20 +617,28 @@ func keyText(c *checked) string {
 }
 
 // Explain is Decide with a verdict for every rule, in config order: the
-// answer to "why was this denied?" (keyward policy explain).
-func (p *Policy) Explain(id Identity, req Request) (Decision, []RuleVerdict) {
-	d := p.Decide(id, req)
+// answer to "why was this denied?" (keyward policy explain). A rule that
+// would allow what res withholds is not Matched, and says so.
+func (p *Policy) Explain(id Identity, req Request, res Reserved) (Decision, []RuleVerdict) {
+	d := p.Decide(id, req, res)
 	if p == nil {
 		return d, nil
+	}
+	if !req.Op.CarriesContext() {
+		req.Context = nil
 	}
 	c := check(req)
 	out := make([]RuleVerdict, len(p.rules))
 	for i := range p.rules {
 		r := &p.rules[i]
 		m := r.misses(id, &c)
-		out[i] = RuleVerdict{Rule: r.name, Matched: m == 0, Why: "allows"}
-		if m != 0 {
-			out[i].Why = r.why(m, id, &c)
+		switch {
+		case m != 0:
+			out[i] = RuleVerdict{Rule: r.name, Why: r.why(m, id, &c)}
+		case res.reserves(req):
+			out[i] = RuleVerdict{Rule: r.name, Why: "would allow, but " + reservedReason}
+		default:
+			out[i] = RuleVerdict{Rule: r.name, Matched: true, Why: "allows"}
 		}
 	}
 	return d, out

@@ -130,7 +130,7 @@ func TestDecide(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := p.Decide(tt.id, tt.req)
+			d := p.Decide(tt.id, tt.req, Reserved{})
 			if d.Allowed != (tt.wantRule != "") || d.Rule != tt.wantRule {
 				t.Fatalf("Decide = %+v, want rule %q", d, tt.wantRule)
 			}
@@ -147,13 +147,13 @@ func TestAdminNeverImpliesData(t *testing.T) {
 	for _, id := range []Identity{{UID: 0}, {UID: 5, GID: 990}, {UID: 5, GID: 5, Groups: []uint32{990}}} {
 		for _, op := range DataOperations {
 			for _, key := range []string{"payments/db", "a", "x/y/z"} {
-				if d := p.Decide(id, Request{Op: op, Key: key}); d.Allowed {
+				if d := p.Decide(id, Request{Op: op, Key: key}, Reserved{}); d.Allowed {
 					t.Errorf("%v %s %s allowed by admin rule: %+v", id, op, key, d)
 				}
 			}
 		}
 		for _, op := range AdminOperations {
-			if d := p.Decide(id, Request{Op: op, Key: "payments/db"}); !d.Allowed {
+			if d := p.Decide(id, Request{Op: op, Key: "payments/db"}, Reserved{}); !d.Allowed {
 				t.Errorf("%v %s denied: %s", id, op, d.Reason)
 			}
 		}
@@ -165,17 +165,17 @@ func TestFirstRuleWins(t *testing.T) {
 		{Name: "narrow", Users: []string{"payments"}, Keys: []string{"payments/db"}, Operations: []string{"unwrap"}},
 		{Name: "broad", Users: []string{"payments"}, Keys: []string{"**"}, Operations: []string{"unwrap", "wrap"}},
 	})
-	if d := p.Decide(person(1000), Request{Op: OpUnwrap, Key: "payments/db"}); d.Rule != "narrow" {
+	if d := p.Decide(person(1000), Request{Op: OpUnwrap, Key: "payments/db"}, Reserved{}); d.Rule != "narrow" {
 		t.Fatalf("got %+v, want narrow", d)
 	}
-	if d := p.Decide(person(1000), Request{Op: OpWrap, Key: "payments/db"}); d.Rule != "broad" {
+	if d := p.Decide(person(1000), Request{Op: OpWrap, Key: "payments/db"}, Reserved{}); d.Rule != "broad" {
 		t.Fatalf("got %+v, want broad", d)
 	}
 }
 
 func TestNoRules(t *testing.T) {
 	for _, p := range []*Policy{nil, {}, mustCompile(t, nil)} {
-		d := p.Decide(Identity{}, Request{Op: OpUnwrap, Key: "a"})
+		d := p.Decide(Identity{}, Request{Op: OpUnwrap, Key: "a"}, Reserved{})
 		if d.Allowed || !strings.HasPrefix(d.Reason, "no rules: ") {
 			t.Fatalf("%+v", d)
 		}
@@ -188,7 +188,7 @@ func TestNoRules(t *testing.T) {
 func TestSubjectsByIDAndName(t *testing.T) {
 	// "payments", "alias" and "1000" are one uid: any spelling matches.
 	p := mustCompile(t, []Rule{{Users: []string{"alias", "payments", "1000"}, UIDs: []uint32{1000}, Keys: []string{"k"}, Operations: []string{"wrap"}}})
-	if d := p.Decide(person(1000), Request{Op: OpWrap, Key: "k"}); !d.Allowed {
+	if d := p.Decide(person(1000), Request{Op: OpWrap, Key: "k"}, Reserved{}); !d.Allowed {
 		t.Fatal(d.Reason)
 	}
 	if g := p.Report(); len(g) != 1 || g[0].Subject != "user alias (uid 1000)" {
@@ -197,7 +197,7 @@ func TestSubjectsByIDAndName(t *testing.T) {
 	// uid 0 by name and by number.
 	for _, u := range []string{"root", "0"} {
 		p := mustCompile(t, []Rule{{Users: []string{u}, Keys: []string{"k"}, Operations: []string{"wrap"}}})
-		if !p.Decide(Identity{}, Request{Op: OpWrap, Key: "k"}).Allowed {
+		if !p.Decide(Identity{}, Request{Op: OpWrap, Key: "k"}, Reserved{}).Allowed {
 			t.Errorf("users [%s] does not match uid 0", u)
 		}
 	}
@@ -232,6 +232,16 @@ func TestCompileErrors(t *testing.T) {
 		{"unit without type", ok(func(r *Rule) { r.Units = []string{"payments"} }), testResolver, []string{`rule "r"`, "want e.g. payments.service"}},
 		{"unit unknown type", ok(func(r *Rule) { r.Units = []string{"payments.servic"} }), testResolver, []string{`rule "r"`, "no unit type suffix"}},
 		{"unit with slash", ok(func(r *Rule) { r.Units = []string{"system.slice/payments.service"} }), testResolver, []string{`rule "r"`, "byte 12"}},
+		{"timer unit", ok(func(r *Rule) { r.Units = []string{"backup.timer"} }), testResolver, []string{`rule "r"`, `unit "backup.timer"`, "never in a .timer unit"}},
+		{"target unit", ok(func(r *Rule) { r.Units = []string{"multi-user.target"} }), testResolver, []string{`rule "r"`, "never in a .target unit"}},
+		{"slice unit", ok(func(r *Rule) { r.Units = []string{"system.slice"} }), testResolver, []string{`rule "r"`, "never in a .slice unit"}},
+		{"template unit", ok(func(r *Rule) { r.Units = []string{"worker@.service"} }), testResolver, []string{`rule "r"`, "is a template", "worker@NAME.service"}},
+		{"context on sign", ok(func(r *Rule) { r.Operations = []string{"sign"}; r.Context = map[string]string{"app": "x"} }), testResolver,
+			[]string{`rule "r"`, "sign requests carry no context", "could never grant"}},
+		{"context on a mix", ok(func(r *Rule) {
+			r.Operations = []string{"wrap", "verify", "unwrap", "key.read", "mac"}
+			r.Context = map[string]string{"app": "x"}
+		}), testResolver, []string{`rule "r"`, "verify, mac, key.read requests carry no context"}},
 		{"no operations", ok(func(r *Rule) { r.Operations = nil }), testResolver, []string{`rule "r"`, "no operations"}},
 		{"unknown operation", ok(func(r *Rule) { r.Operations = []string{"unwrap", "decrypt"} }), testResolver, []string{`rule "r"`, `operation "decrypt"`, "want one of wrap"}},
 		{"wildcard operation", ok(func(r *Rule) { r.Operations = []string{"*"} }), testResolver, []string{`rule "r"`, "no wildcards"}},
@@ -355,14 +365,14 @@ func TestDenyReason(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := p.Decide(tt.id, tt.req)
+			d := p.Decide(tt.id, tt.req, Reserved{})
 			if d.Allowed || d.Reason != tt.want {
 				t.Fatalf("reason\n got %s\nwant %s", d.Reason, tt.want)
 			}
 		})
 	}
 	many := make([]uint32, 40)
-	d := p.Decide(Identity{UID: 9, Groups: many}, Request{Op: OpWrap, Key: "k"})
+	d := p.Decide(Identity{UID: 9, Groups: many}, Request{Op: OpWrap, Key: "k"}, Reserved{})
 	if !strings.Contains(d.Reason, "groups=[0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 ... +24]") {
 		t.Errorf("long group list not cut: %s", d.Reason)
 	}
@@ -370,7 +380,7 @@ func TestDenyReason(t *testing.T) {
 
 func TestExplain(t *testing.T) {
 	p := mustCompile(t, testRules())
-	d, vs := p.Explain(person(1001), Request{Op: OpUnwrap, Key: "x/y", Context: ctx("app", "s3cr3t-value")})
+	d, vs := p.Explain(person(1001), Request{Op: OpUnwrap, Key: "x/y", Context: ctx("app", "s3cr3t-value")}, Reserved{})
 	if d.Allowed {
 		t.Fatalf("allowed: %+v", d)
 	}
@@ -398,7 +408,7 @@ func TestExplain(t *testing.T) {
 		t.Fatalf("reason leaks a request context value: %s", d.Reason)
 	}
 
-	d, vs = p.Explain(person(1000), Request{Op: OpUnwrap, Key: "payments/db", Context: ctx("app", "payments")})
+	d, vs = p.Explain(person(1000), Request{Op: OpUnwrap, Key: "payments/db", Context: ctx("app", "payments")}, Reserved{})
 	if !d.Allowed || !vs[0].Matched || vs[0].Why != "allows" || vs[0].Rule != d.Rule {
 		t.Fatalf("got %+v %+v", d, vs[0])
 	}
@@ -449,7 +459,7 @@ func TestReport(t *testing.T) {
 	if again := p.Report(); !reflect.DeepEqual(again, want) {
 		t.Fatal("changing a report changed the policy")
 	}
-	if !p.Decide(person(1000), Request{Op: OpWrap, Key: "payments/db", Context: appCtx}).Allowed {
+	if !p.Decide(person(1000), Request{Op: OpWrap, Key: "payments/db", Context: appCtx}, Reserved{}).Allowed {
 		t.Fatal("policy changed")
 	}
 	if p.Rules() != 4 {
@@ -488,7 +498,7 @@ func TestDecideAllowDoesNotAllocate(t *testing.T) {
 	p := mustCompile(t, testRules())
 	id := Identity{UID: 5, GID: 5, Groups: []uint32{990}}
 	req := Request{Op: OpKeyRead, Key: "payments/db"}
-	if n := testing.AllocsPerRun(100, func() { p.Decide(id, req) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { p.Decide(id, req, Reserved{}) }); n != 0 {
 		t.Fatalf("Decide allocates %v times when it allows", n)
 	}
 }
@@ -500,11 +510,104 @@ func TestDecideConcurrent(t *testing.T) {
 		wg.Go(func() {
 			for j := range 1000 {
 				uid := uint32(1000 + (i+j)%3)
-				p.Decide(person(uid), Request{Op: OpUnwrap, Key: "payments/db", Context: ctx("app", "payments")})
-				p.Explain(person(uid), Request{Op: OpSign, Key: "billing/x"})
+				p.Decide(person(uid), Request{Op: OpUnwrap, Key: "payments/db", Context: ctx("app", "payments")}, Reserved{})
+				p.Explain(person(uid), Request{Op: OpSign, Key: "billing/x"}, Reserved{})
 				p.Report()
 			}
 		})
 	}
 	wg.Wait()
+}
+
+// TestCompileWarnings: entries listed twice and socket units compile, with a
+// warning naming the rule; a clean policy has none.
+func TestCompileWarnings(t *testing.T) {
+	p := mustCompile(t, []Rule{{Name: "r", UIDs: []uint32{1}, Units: []string{"a.socket", "b.service", "b.service"},
+		Keys: []string{"k", "k"}, Operations: []string{"wrap", "unwrap", "wrap"}}})
+	want := []string{
+		`rule "r": unit "a.socket": only the socket unit's own ExecStartPre=/ExecStopPost= commands run in it, not the service it starts`,
+		`rule "r": unit "b.service" listed twice`,
+		`rule "r": operation wrap listed twice`,
+		`rule "r": key pattern "k" listed twice`,
+	}
+	if got := p.Warnings(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("Warnings() = %q\nwant %q", got, want)
+	}
+	if w := mustCompile(t, testRules()).Warnings(); len(w) != 0 {
+		t.Fatalf("warnings for a clean policy: %q", w)
+	}
+}
+
+// TestContextlessOperations: sign, verify, mac, verify-mac, public-key and
+// the admin operations are decided without the request's context, as the
+// daemon decides them; wrap, unwrap, rewrap and datakey with it.
+func TestContextlessOperations(t *testing.T) {
+	p := mustCompile(t, testRules())
+	for _, op := range allOps {
+		for _, id := range []Identity{person(1000), person(1001), {UID: 5, GID: 990}, {UID: 2000, GID: 3000}, {UID: 7, Unit: "reports.service"}} {
+			for _, key := range []string{"payments/db", "billing/x/y", "reports/db", "shared/a-pub"} {
+				with := p.Decide(id, Request{Op: op, Key: key, Context: ctx("app", "payments")}, Reserved{})
+				without := p.Decide(id, Request{Op: op, Key: key}, Reserved{})
+				if with.Allowed != without.Allowed && !op.CarriesContext() {
+					t.Errorf("%s on %s for %v: context changes the decision", op, key, id)
+				}
+			}
+		}
+	}
+	if !OpWrap.CarriesContext() || OpSign.CarriesContext() || OpKeyRead.CarriesContext() {
+		t.Fatal("CarriesContext is wrong")
+	}
+}
+
+// TestReserved: sign on the audit checkpoint key is denied whatever the
+// rules say, and explained as such; every other request is decided as
+// without the reservation.
+func TestReserved(t *testing.T) {
+	p := mustCompile(t, []Rule{{Name: "all", UIDs: []uint32{0}, Keys: []string{"**"}, Operations: []string{"sign", "verify", "public-key"}}})
+	res := Reserved{CheckpointKey: "audit/checkpoint"}
+	root := Identity{}
+	tests := []struct {
+		op    Operation
+		key   string
+		allow bool
+	}{
+		{OpSign, "audit/checkpoint", false},
+		{OpVerify, "audit/checkpoint", true},
+		{OpPublicKey, "audit/checkpoint", true},
+		{OpSign, "audit/other", true},
+	}
+	for _, tt := range tests {
+		req := Request{Op: tt.op, Key: tt.key}
+		d, vs := p.Explain(root, req, res)
+		if d.Allowed != tt.allow || p.Decide(root, req, res) != d {
+			t.Errorf("%s %s: %+v, want allowed=%v", tt.op, tt.key, d, tt.allow)
+		}
+		if !tt.allow && (d.Reason != reservedReason || vs[0].Matched || !strings.HasPrefix(vs[0].Why, "would allow, but the key signs audit checkpoints")) {
+			t.Errorf("%s %s: reason %q, verdict %+v", tt.op, tt.key, d.Reason, vs[0])
+		}
+		if !p.Decide(root, req, Reserved{}).Allowed {
+			t.Errorf("%s %s denied without a reservation", tt.op, tt.key)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { p.Decide(root, Request{Op: OpSign, Key: "audit/checkpoint"}, res) }); n != 0 {
+		t.Errorf("a reserved denial allocates %v times", n)
+	}
+}
+
+func TestCheckReserved(t *testing.T) {
+	res := Reserved{CheckpointKey: "audit/ckpt"}
+	rules := []Rule{
+		{Name: "exact", Keys: []string{"x", "audit/ckpt"}, Operations: []string{"verify", "sign"}},
+		{Keys: []string{"audit/ckpt"}, Operations: []string{"sign"}}, // rule #2
+		{Name: "wildcard", Keys: []string{"audit/*", "**"}, Operations: []string{"sign"}},
+		{Name: "no sign", Keys: []string{"audit/ckpt"}, Operations: []string{"verify", "public-key"}},
+	}
+	errs := CheckReserved(rules, res)
+	if len(errs) != 2 || !strings.HasPrefix(errs[0].Error(), `rule "exact": grants sign on "audit/ckpt", which is audit_checkpoint_key`) ||
+		!strings.HasPrefix(errs[1].Error(), "rule #2: grants sign") || !errors.Is(errs[0], ErrInvalidPolicy) {
+		t.Fatalf("CheckReserved = %v", errs)
+	}
+	if errs := CheckReserved(rules, Reserved{}); errs != nil {
+		t.Fatalf("nothing reserved: %v", errs)
+	}
 }

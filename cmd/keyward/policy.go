@@ -49,15 +49,16 @@ func (e *configError) Unwrap() []error { return []error{e.err, errConfigFile} }
 // A file that does not exist or may not be read keeps its error (4, 3);
 // anything else, a file keywardd would refuse or a path that is no file, is
 // errConfigFile (2). So policy explain exits 1 for "denied" and nothing else.
-func loadPolicy(cmd, path string) (*policy.Policy, error) {
-	_, pol, err := daemon.CheckConfig(path)
+// The Reserved returned is what the daemon withholds under this config.
+func loadPolicy(cmd, path string) (*policy.Policy, policy.Reserved, error) {
+	cfg, pol, err := daemon.CheckConfig(path)
 	switch {
 	case err == nil:
-		return pol, nil
+		return pol, policy.Reserved{CheckpointKey: cfg.AuditCheckpointKey}, nil
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission):
-		return nil, fmt.Errorf("%s: %w", cmd, err)
+		return nil, policy.Reserved{}, fmt.Errorf("%s: %w", cmd, err)
 	}
-	return nil, &configError{cmd: cmd, err: err}
+	return nil, policy.Reserved{}, &configError{cmd: cmd, err: err}
 }
 
 const policyGroupExample = `  keyward policy explain --config /etc/keyward/keyward.toml --uid 1000 --op unwrap --key payments/db-password --context app=billing
@@ -126,11 +127,11 @@ func (a *app) policyExplainCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			pol, err := loadPolicy(cmd, o.config)
+			pol, res, err := loadPolicy(cmd, o.config)
 			if err != nil {
 				return err
 			}
-			return printExplain(a.stdout, pol, id, req)
+			return printExplain(a.stdout, pol, res, id, req)
 		},
 	}
 	f := c.Flags()
@@ -202,8 +203,8 @@ func (o *explainOptions) request(c *cobra.Command) (policy.Identity, policy.Requ
 		}
 	}
 	if o.unit != "" {
-		if dot := strings.LastIndexByte(o.unit, '.'); dot <= 0 || dot == len(o.unit)-1 {
-			return id, req, usagef(cmd, "--unit %q: a unit name has a type suffix (payments.service)", o.unit)
+		if err := policy.PeerUnit(o.unit); err != nil {
+			return id, req, usagef(cmd, "--unit: %s", strings.TrimSuffix(err.Error(), ": "+policy.ErrInvalidPolicy.Error()))
 		}
 		id.Unit = o.unit
 	}
@@ -249,8 +250,8 @@ func parseGroup(s string) (uint32, error) {
 
 // printExplain prints the decision, the identity and every rule's verdict,
 // and returns errDenied when the request is denied.
-func printExplain(w io.Writer, pol *policy.Policy, id policy.Identity, req policy.Request) error {
-	d, verdicts := pol.Explain(id, req)
+func printExplain(w io.Writer, pol *policy.Policy, res policy.Reserved, id policy.Identity, req policy.Request) error {
+	d, verdicts := pol.Explain(id, req, res)
 	var b strings.Builder
 	if d.Allowed {
 		b.WriteString(d.Reason + "\n")
@@ -312,7 +313,7 @@ func (a *app) policyReportCmd() *cobra.Command {
 		Annotations: localOnly,
 		Args:        noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			pol, err := loadPolicy(cmdName(c), path)
+			pol, _, err := loadPolicy(cmdName(c), path)
 			if err != nil {
 				return err
 			}

@@ -44,7 +44,7 @@ keys = ["release/**"]
 operations = ["sign", "verify", "public-key"]
 
 [[rule]]
-units = ["batch-nightly.timer"]
+units = ["batch-nightly.service"]
 keys = ["batch/job-?"]
 operations = ["mac", "verify-mac"]
 `
@@ -91,7 +91,7 @@ func TestPolicyExplain(t *testing.T) {
 				`  rule "payments service": allows`,
 				`  rule "key admins": identity does not match (gid 1000 and groups [] not in groups [root=0 990]); operation unwrap not granted`,
 				`  rule "release signing": identity does not match (uid 1000 not in users [1001]); operation unwrap not granted; key payments/db-password not matched by [release/**]`,
-				`  rule "rule #4": identity does not match (unit "" not in units [batch-nightly.timer]); operation unwrap not granted; key payments/db-password not matched by [batch/job-?]`,
+				`  rule "rule #4": identity does not match (unit "" not in units [batch-nightly.service]); operation unwrap not granted; key payments/db-password not matched by [batch/job-?]`,
 			},
 		},
 		{
@@ -172,18 +172,18 @@ func TestPolicyExplain(t *testing.T) {
 		},
 		{
 			name: "unnamed rule, unit and question mark",
-			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.timer", "--op", "mac", "--key", "batch/job-7"},
+			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.service", "--op", "mac", "--key", "batch/job-7"},
 			want: []string{`allowed by rule "rule #4"`},
 		},
 		{
 			name: "unit names match exactly",
-			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.service", "--op", "mac", "--key", "batch/job-7"},
+			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.scope", "--op", "mac", "--key", "batch/job-7"},
 			code: exitFailed,
-			want: []string{"denied", `  rule "rule #4": identity does not match (unit "batch-nightly.service" not in units [batch-nightly.timer])`},
+			want: []string{"denied", `  rule "rule #4": identity does not match (unit "batch-nightly.scope" not in units [batch-nightly.service])`},
 		},
 		{
 			name: "question mark is one character",
-			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.timer", "--op", "verify-mac", "--key", "batch/job-17"},
+			args: []string{"--uid", "4242", "--gid", "4242", "--unit", "batch-nightly.service", "--op", "verify-mac", "--key", "batch/job-17"},
 			code: exitFailed,
 			want: []string{"denied", `  rule "rule #4": key batch/job-17 not matched by [batch/job-?]`},
 		},
@@ -251,6 +251,7 @@ func TestPolicyUsageErrors(t *testing.T) {
 		{name: "unknown group", args: append(base, "--uid", "0", "--groups", "no-such-group-kw", "--op", "wrap", "--key", "a"), want: `unknown group "no-such-group-kw"`},
 		{name: "group -1", args: append(base, "--uid", "0", "--groups", "4294967295", "--op", "wrap", "--key", "a"), want: "not a valid 32-bit id"},
 		{name: "unit without type", args: append(base, "--uid", "0", "--unit", "payments", "--op", "wrap", "--key", "a"), want: "type suffix"},
+		{name: "unit no caller runs in", args: append(base, "--uid", "0", "--unit", "backup.timer", "--op", "wrap", "--key", "a"), want: "never in a .timer unit"},
 		{name: "bad context", args: append(base, "--uid", "0", "--op", "wrap", "--key", "a", "--context", "app"), want: "want key=value"},
 		{name: "argument", args: append(base, "--uid", "0", "--op", "wrap", "--key", "a", "now"), want: `unexpected argument "now"`},
 		{name: "report argument", args: []string{"policy", "report", "--config", cfg, "now"}, want: `unexpected argument "now"`},
@@ -283,7 +284,7 @@ func TestPolicyConfigErrors(t *testing.T) {
 		code int
 		want []string
 	}{
-		{name: "unknown key", body: "sockett = \"/x\"\n" + backend, code: exitUsage, want: []string{`keyward.toml:1: unknown key "sockett"`, "invalid configuration"}},
+		{name: "unknown key", body: "sockett = \"/x\"\n" + backend, code: exitUsage, want: []string{`keyward.toml:1: unknown key "sockett"`}},
 		{name: "unknown rule key", body: backend + rule + all + "operations = [\"wrap\"]\nuser = [\"root\"]\n", code: exitUsage, want: []string{`unknown key "rule.user"`}},
 		{name: "bad value", body: "log_level = \"loud\"\n" + backend, code: exitUsage, want: []string{"log_level"}},
 		{name: "no backend token", body: "", code: exitUsage, want: []string{"set exactly one of token and uri"}},
@@ -293,6 +294,11 @@ func TestPolicyConfigErrors(t *testing.T) {
 			code: exitUsage, want: []string{`unknown user "no-such-user-kw"`, "no wildcards", "rule #2: no users, groups"}},
 		{name: "bad glob", body: backend + rule + "operations = [\"wrap\"]\nkeys = [\"a/**/b\"]\n", code: exitUsage, want: []string{`key pattern "a/**/b"`, "only as the whole last segment"}},
 		{name: "unit with a wildcard", body: backend + "[[rule]]\nunits = [\"batch-?.timer\"]\nkeys = [\"**\"]\noperations = [\"mac\"]\n", code: exitUsage, want: []string{`rule #1: unit "batch-?.timer"`}},
+		{name: "timer unit", body: backend + "[[rule]]\nunits = [\"backup.timer\"]\nkeys = [\"**\"]\noperations = [\"mac\"]\n", code: exitUsage, want: []string{`rule #1: unit "backup.timer": callers run in service, scope or socket units`}},
+		{name: "context on sign", body: backend + rule + all + "operations = [\"wrap\", \"sign\"]\ncontext = { app = \"x\" }\n", code: exitUsage, want: []string{`rule "r": context pairs, but sign requests carry no context`}},
+		{name: "sign on the checkpoint key", body: "audit_checkpoint_key = \"audit/ckpt\"\n" + backend + rule + "keys = [\"audit/ckpt\"]\noperations = [\"sign\"]\n", code: exitUsage,
+			want: []string{`rule[1].keys: grants sign on "audit/ckpt", which is audit_checkpoint_key`}},
+		{name: "uri with a PIN", body: "[backend]\nuri = \"pkcs11:token=k?pin-value=1234\"\n", code: exitUsage, want: []string{"backend.uri: carries pin-value"}},
 		{name: "no such file", path: "absent.toml", code: exitNotFound, want: []string{"no such file"}},
 		{name: "a directory", path: ".", code: exitUsage, want: []string{"is a directory"}},
 	}
@@ -336,7 +342,7 @@ func TestPolicyReport(t *testing.T) {
 		"uid 1001 sign,verify,public-key release/** - release signing",
 		"group root (gid 0) " + admin + " ** - key admins",
 		"gid 990 " + admin + " ** - key admins",
-		"unit batch-nightly.timer mac,verify-mac batch/job-? - rule #4",
+		"unit batch-nightly.service mac,verify-mac batch/job-? - rule #4",
 		"unit payments.service wrap,unwrap,rewrap,datakey payments/* app=billing payments service",
 	}
 	if got := normLines(r.stdout); !slices.Equal(got, want) {
@@ -389,14 +395,14 @@ name = "by name"
 users = ["root"]
 groups = ["root", "0"]
 keys = ["a/b", "c/**"]
-operations = ["verify", "sign"]
+operations = ["unwrap", "wrap"]
 context = { "team" = "blue green", "env" = "prod" }
 `)
 	r := keyward(t, nil, "policy", "report", "--config", cfg)
 	want := []string{
 		"SUBJECT OPERATIONS KEYS CONTEXT RULE",
-		`user root (uid 0) sign,verify a/b,c/** env=prod,team="blue green" by name`,
-		`group root (gid 0) sign,verify a/b,c/** env=prod,team="blue green" by name`,
+		`user root (uid 0) wrap,unwrap a/b,c/** env=prod,team="blue green" by name`,
+		`group root (gid 0) wrap,unwrap a/b,c/** env=prod,team="blue green" by name`,
 	}
 	if got := normLines(r.stdout); r.code != 0 || !slices.Equal(got, want) {
 		t.Errorf("exit %d, stderr %q, report:\n%s\nwant (spaces folded):\n%s", r.code, r.stderr, r.stdout, strings.Join(want, "\n"))
@@ -428,7 +434,7 @@ func TestPolicyExitCodes(t *testing.T) {
 	if err := os.Chmod(path, 0); err != nil {
 		t.Fatal(err)
 	}
-	_, err := loadPolicy("policy report", path)
+	_, _, err := loadPolicy("policy report", path)
 	if got := exitCode(err); got != exitPermission {
 		t.Errorf("unreadable file: exit %d (%v), want %d", got, err, exitPermission)
 	}

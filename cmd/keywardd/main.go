@@ -10,10 +10,12 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/keyward/keyward/daemon"
 	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/internal/secretfile"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/tpm"
 )
@@ -23,9 +25,11 @@ const (
 	exitOK    = 0
 	exitFail  = 1
 	exitUsage = 2
-	// exitConfig: the config is invalid, or the device refused a setting
+	// exitConfig: the config is invalid, the device refused a setting
 	// (tpm.ErrConfig: the device string, the state directory's mode, an
-	// auth secret too short). keyward.service does not restart on it.
+	// auth secret too short; hsm.ErrConfig), or the PIN or auth secret
+	// could not be had (secretfile.ErrUnusable). keyward.service does not
+	// restart on it.
 	exitConfig = 3
 	// exitLogin: the token refused the PIN, or the TPM the auth secret.
 	// keyward.service does not restart on it (RestartPreventExitStatus=):
@@ -60,8 +64,9 @@ Signals: SIGTERM and SIGINT drain calls in flight, then stop; SIGHUP re-reads
 the config (rules and per-call limits; a bad file keeps the running one).
 
 Exit codes: 0 stopped cleanly, or the config is valid; 1 could not run;
-2 usage; 3 invalid configuration (also one the TPM backend refuses: the
-device string, the state directory's mode, an auth secret under 16 bytes);
+2 usage; 3 invalid configuration (also one the backend refuses: the TPM
+device string, the state directory's mode, an auth secret under 16 bytes;
+and no PIN source, or a PIN file missing, unreadable or open to others);
 4 the token refused the PIN or the TPM the auth secret (not retried: a real
 token may lock); 5 the key store failed its integrity check at start (a TPM
 whose parent is not the pinned one, an edited keyring record).
@@ -111,8 +116,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *check {
 		_, pol, err := daemon.CheckConfig(*configPath)
 		if err != nil {
-			fmt.Fprintf(stderr, "keywardd: %v\n", err)
+			printLines(stderr, "keywardd: ", err.Error())
 			return exitConfig
+		}
+		for _, w := range pol.Warnings() {
+			printLines(stderr, "keywardd: warning: "+*configPath+": ", w)
 		}
 		fmt.Fprintf(stdout, "%s: ok (%d rules)\n", *configPath, pol.Rules())
 		return exitOK
@@ -138,13 +146,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	cfg, pol, err := daemon.CheckConfig(*configPath)
 	if err != nil {
-		fmt.Fprintf(stderr, "keywardd: %v\n", err)
+		printLines(stderr, "keywardd: ", err.Error())
 		return exitConfig
 	}
 	if *logLevel != "" {
 		cfg.LogLevel = *logLevel
 	}
 	log := daemon.NewLogger(cfg.LogLevel)
+	for _, w := range pol.Warnings() {
+		log.Warn("policy", "warning", w)
+	}
 	notifier, watchdog, err := daemon.SystemdNotifier()
 	if err != nil {
 		log.Error("systemd notification", "err", err)
@@ -164,16 +175,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
+// printLines writes each line of msg (one problem each) with prefix.
+func printLines(w io.Writer, prefix, msg string) {
+	for _, line := range strings.Split(msg, "\n") {
+		fmt.Fprintf(w, "%s%s\n", prefix, line)
+	}
+}
+
 // openFailure is the exit code for a backend that would not open: 4 when
-// the device refused the credential, 3 when it refused a setting (neither
-// is restarted by keyward.service: a restart cannot change the answer), 1
+// the device refused the credential, 3 when it refused a setting or the PIN
+// (auth secret) could not be had: no source, a file missing, unreadable,
+// open to others, empty (none is restarted by keyward.service: a restart
+// cannot change the answer), 1
 // otherwise (a TPM or token away, a state directory another keywardd
 // holds, a pinned TPM parent that does not match: the log says which).
 func openFailure(err error) int {
 	switch {
 	case errors.Is(err, hsm.ErrLogin), errors.Is(err, tpm.ErrAuth):
 		return exitLogin
-	case errors.Is(err, tpm.ErrConfig), errors.Is(err, tpm.ErrNoSimulator):
+	case errors.Is(err, tpm.ErrConfig), errors.Is(err, tpm.ErrNoSimulator), errors.Is(err, hsm.ErrConfig),
+		errors.Is(err, secretfile.ErrUnusable):
 		return exitConfig
 	case errors.Is(err, tpm.ErrParentMismatch), errors.Is(err, keys.ErrIntegrity):
 		return exitIntegrity

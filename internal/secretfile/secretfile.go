@@ -27,7 +27,20 @@ var (
 	ErrEmpty = errors.New("secret file is empty")
 	// ErrNoSource: no path was given and $CREDENTIALS_DIRECTORY is not set.
 	ErrNoSource = errors.New("no secret file given and $CREDENTIALS_DIRECTORY is not set")
+	// ErrUnusable: every error of Resolve and Read matches it, besides its
+	// cause (fs.ErrNotExist, fs.ErrPermission, ErrTooOpen...): the secret
+	// cannot be had from what the configuration names, and trying again
+	// does not change that (keywardd exits with its configuration status).
+	ErrUnusable = errors.New("secret unusable")
 )
+
+// unusable marks err as ErrUnusable without changing its text.
+type unusable struct{ err error }
+
+func (e unusable) Error() string   { return e.err.Error() }
+func (e unusable) Unwrap() []error { return []error{e.err, ErrUnusable} }
+
+func fail(err error) error { return unusable{err} }
 
 // Resolve returns path, or $CREDENTIALS_DIRECTORY/name when path is empty.
 func Resolve(path, name string) (string, error) {
@@ -37,7 +50,7 @@ func Resolve(path, name string) (string, error) {
 	if dir := os.Getenv("CREDENTIALS_DIRECTORY"); dir != "" {
 		return filepath.Join(dir, name), nil
 	}
-	return "", fmt.Errorf("%s: %w", name, ErrNoSource)
+	return "", fail(fmt.Errorf("%s: %w", name, ErrNoSource))
 }
 
 // Read returns the secret in path with one trailing newline (and CR) removed.
@@ -48,6 +61,14 @@ func Resolve(path, name string) (string, error) {
 // than MaxSize. The caller
 // zeroes the result when done. Errors name the path, never the content.
 func Read(path string) ([]byte, error) {
+	b, err := read(path)
+	if err != nil {
+		return nil, fail(err)
+	}
+	return b, nil
+}
+
+func read(path string) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|ostNoFollow(), 0)
 	if err != nil {
 		return nil, fmt.Errorf("secret file: %w", err)
