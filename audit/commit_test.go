@@ -151,9 +151,9 @@ func TestAppendAllOverMaxBatch(t *testing.T) {
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	for end := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+	for end := time.Now().Add(30 * time.Second); !cond(); time.Sleep(time.Millisecond) {
 		if time.Now().After(end) {
-			t.Fatal("condition not reached in 5s")
+			t.Fatal("condition not reached in 30 s")
 		}
 	}
 }

@@ -86,10 +86,9 @@ func outage(t *testing.T, path string, l *Log, fail, heal func()) {
 	}
 	t.Logf("failing: %v", lastErr)
 
-	// Concurrent Appends during the outage all fail, most of them fast.
+	// Concurrent Appends during the outage all fail.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	start := time.Now()
 	for i := range 20 {
 		wg.Go(func() {
 			id := fmt.Sprintf("during-%d", i)
@@ -103,16 +102,13 @@ func outage(t *testing.T, path string, l *Log, fail, heal func()) {
 		})
 	}
 	wg.Wait()
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("refusing 20 Appends took %v", d)
-	}
 	// No half line in the file while failing: it verifies as it stands.
 	if _, err := Verify(path); err != nil {
 		t.Fatalf("during the outage: %v", err)
 	}
 
 	heal()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for i := 0; ; i++ {
 		id := fmt.Sprintf("retry-%d", i)
 		err := l.Append(context.Background(), rec(id))

@@ -129,23 +129,19 @@ func TestSyncWrite(t *testing.T) {
 
 	t.Run("idle log synced by the writer", func(t *testing.T) {
 		var syncs atomic.Int64
-		const interval = 250 * time.Millisecond // long enough that a busy machine does not reach it mid-test
+		const interval = 2 * time.Second // long enough that a busy machine does not reach it mid-test
 		l := open(t, filepath.Join(t.TempDir(), "audit.log"), Options{Sync: SyncWrite, SyncInterval: interval, openFile: countingOpener(&syncs, new(atomic.Bool))})
-		time.Sleep(2 * interval) // the open's fsync is old: the first record is synced at once
+		time.Sleep(interval + 50*time.Millisecond) // the open's fsync is old: the first record is synced at once
 		base := syncs.Load()
 		appendN(t, l, "a", 1)
 		if st := l.Stats(); st.Synced != 1 || syncs.Load()-base != 1 {
 			t.Fatalf("first record after a quiet interval: synced %d, %d fsyncs", st.Synced, syncs.Load()-base)
 		}
-		start := time.Now()
 		appendN(t, l, "b", 5)
 		if st := l.Stats(); st.Synced != 1 {
 			t.Fatalf("records within the interval: synced %d, want 1 (not yet)", st.Synced)
 		}
-		syncedWithin(t, l, 3*time.Second)
-		if d := time.Since(start); d > interval+time.Second {
-			t.Errorf("synced %v after the write, interval %v", d, interval)
-		}
+		syncedWithin(t, l, interval+30*time.Second) // no Append: the writer syncs them
 		if n := syncs.Load() - base; n != 2 {
 			t.Errorf("%d fsyncs for 2 intervals' records, want 2", n)
 		}
@@ -157,7 +153,8 @@ func TestSyncWrite(t *testing.T) {
 		l := open(t, filepath.Join(t.TempDir(), "audit.log"), Options{Sync: SyncWrite, SyncInterval: interval, openFile: countingOpener(&syncs, new(atomic.Bool))})
 		base := syncs.Load()
 		var lag atomic.Int64 // the most records written and not synced seen
-		stop := time.Now().Add(300 * time.Millisecond)
+		start := time.Now()
+		stop := start.Add(300 * time.Millisecond)
 		var wg sync.WaitGroup
 		for g := range 4 {
 			wg.Go(func() {
@@ -179,10 +176,13 @@ func TestSyncWrite(t *testing.T) {
 			}
 		})
 		wg.Wait()
-		st := syncedWithin(t, l, time.Second)
+		st := syncedWithin(t, l, 30*time.Second)
+		// Batched: far fewer fsyncs than records, at most one per interval
+		// of the time this really took (a slow machine takes longer, and
+		// a slow disk syncs less often: neither fails this).
 		n := syncs.Load() - base
-		if n < 5 || n > 40 || uint64(n) >= st.Records/4 {
-			t.Errorf("%d fsyncs for %d records in 300 ms at a 20 ms interval", n, st.Records)
+		if most := int64(time.Since(start)/interval) + 2; n < 1 || n > most || uint64(n) >= st.Records/4 {
+			t.Errorf("%d fsyncs for %d records in %v at a %v interval, want 1..%d", n, st.Records, time.Since(start), interval, most)
 		}
 		t.Logf("%d records, %d batches, %d fsyncs, at most %d records unsynced", st.Records, st.Batches, n, lag.Load())
 	})
@@ -216,14 +216,17 @@ func TestSyncWriteFailure(t *testing.T) {
 	var failSync atomic.Bool
 	var logBuf testutil.SyncBuffer
 	path := filepath.Join(t.TempDir(), "audit.log")
-	l := open(t, path, Options{Sync: SyncWrite, SyncInterval: 300 * time.Millisecond, RetryInterval: 10 * time.Millisecond,
+	// An interval long enough that the 5 appends below are done before it
+	// ends, on any machine.
+	const interval = 2 * time.Second
+	l := open(t, path, Options{Sync: SyncWrite, SyncInterval: interval, RetryInterval: 10 * time.Millisecond,
 		openFile: countingOpener(&syncs, &failSync), Logger: slog.New(slog.NewTextHandler(&logBuf, nil))})
-	time.Sleep(350 * time.Millisecond)
+	time.Sleep(interval + 50*time.Millisecond)
 	appendN(t, l, "synced", 1) // past the interval: synced at once
 	failSync.Store(true)
 	appendN(t, l, "acked", 5) // written and acknowledged, fsync pending
 
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(interval + 30*time.Second)
 	for failing, _, _ := l.Status(); !failing; failing, _, _ = l.Status() {
 		if time.Now().After(deadline) {
 			t.Fatal("the writer's failed fsync did not fail the log")
@@ -239,7 +242,7 @@ func TestSyncWriteFailure(t *testing.T) {
 	}
 
 	failSync.Store(false)
-	deadline = time.Now().Add(2 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		err := l.Append(context.Background(), rec("after"))
 		if err == nil {
@@ -250,7 +253,7 @@ func TestSyncWriteFailure(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	syncedWithin(t, l, 3*time.Second)
+	syncedWithin(t, l, interval+30*time.Second)
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -374,7 +377,8 @@ func TestMaxWait(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("queued Append behind a stuck fsync: %v, want DeadlineExceeded", err)
 	}
-	if d := time.Since(start); d < 40*time.Millisecond || d > 2*time.Second {
+	// It gave up while the fsync is still stuck, and not before MaxWait.
+	if d := time.Since(start); d < 40*time.Millisecond {
 		t.Errorf("gave up after %v, MaxWait 50ms", d)
 	}
 	close(release)

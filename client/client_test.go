@@ -183,16 +183,15 @@ func TestRetry(t *testing.T) {
 
 	t.Run("deadline cuts the backoff short", func(t *testing.T) {
 		srv := &flaky{failures: 10}
-		c := dial(t, serve(t, srv), client.WithRetry(10, time.Second))
-		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		c := dial(t, serve(t, srv), client.WithRetry(10, time.Minute))
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		start := time.Now()
 		_, err := c.Wrap(ctx, "k", []byte("x"), nil)
 		if !errors.Is(err, client.ErrUnavailable) {
 			t.Fatalf("Wrap: %v, want ErrUnavailable", err)
 		}
-		if took := time.Since(start); took > 250*time.Millisecond {
-			t.Errorf("took %v: a wait past the deadline should not start", took)
+		if ctx.Err() != nil {
+			t.Errorf("Wrap returned when its deadline passed: a wait past the deadline should not start")
 		}
 		if n := srv.wraps.Load(); n != 1 {
 			t.Errorf("%d wrap calls, want 1", n)
@@ -282,16 +281,15 @@ func TestDialFailsFast(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			start := time.Now()
 			c, err := client.Dial(ctx, tt.path)
 			if err == nil {
 				c.Close()
 				t.Fatal("Dial succeeded")
 			}
-			if took := time.Since(start); took > 2*time.Second {
-				t.Errorf("Dial took %v to fail", took)
+			if ctx.Err() != nil {
+				t.Errorf("Dial failed only when its context ended: %v", err)
 			}
 			if !errors.Is(err, tt.isErr) {
 				t.Errorf("Dial: %v, want %v", err, tt.isErr)

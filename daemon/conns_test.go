@@ -58,7 +58,8 @@ func slowClients(t *testing.T, sock string, n int) []net.Conn {
 }
 
 // normalLoad runs clients goroutines, each on its own connection doing
-// wrap then unwrap with a 2 s deadline per call, for d after its first
+// wrap then unwrap with a 30 s deadline per call (it ends a starvation;
+// the machine's speed must not fail it), for d after its first
 // success; the first call of each may wait up to first (for a slot).
 // It returns the calls made, the slowest after the first, when each
 // client's first call was answered, and every failure.
@@ -116,7 +117,7 @@ func normalLoad(t *testing.T, sock, key string, clients int, first, d time.Durat
 			firstServed = append(firstServed, time.Since(began).Round(time.Millisecond))
 			mu.Unlock()
 			for end := time.Now().Add(d); time.Now().Before(end); {
-				if err := roundTrip(2*time.Second, true); err != nil {
+				if err := roundTrip(30*time.Second, true); err != nil {
 					mu.Lock()
 					errs = append(errs, err)
 					mu.Unlock()
@@ -140,7 +141,7 @@ func connsStillServe(t *testing.T, sock, key string) {
 
 // TestManyConnections: 1,000 connected clients held open and 20 clients
 // stuck in the handshake do not keep 4 working clients from getting every
-// answer within its 2 s deadline.
+// answer (within a deadline that only ends a starvation).
 func TestManyConnections(t *testing.T) {
 	const held, slow, normal = 1000, 20, 4
 	// Both ends of every connection live in this process.
@@ -191,7 +192,7 @@ func TestManyConnections(t *testing.T) {
 	t.Logf("%d connections open and answered in %v", held, time.Since(began).Round(time.Millisecond))
 
 	slowConns := slowClients(t, r.sock, slow)
-	calls, slowest, _, errs := normalLoad(t, r.sock, "conns/k", normal, 2*time.Second, 3*time.Second)
+	calls, slowest, _, errs := normalLoad(t, r.sock, "conns/k", normal, 30*time.Second, 3*time.Second)
 	for _, err := range errs {
 		t.Error(err)
 	}

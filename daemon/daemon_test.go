@@ -24,6 +24,7 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/internal/testutil"
 	"github.com/keyward/keyward/policy"
 	softhsmtest "github.com/keyward/keyward/softhsm-test"
 )
@@ -408,7 +409,8 @@ func TestSocketGroup(t *testing.T) {
 
 // TestReload: SIGHUP swaps the policy; a broken file keeps the old one.
 func TestReload(t *testing.T) {
-	r := start(t, testRules(), nil)
+	var logs testutil.SyncBuffer
+	r := startWith(t, testRules(), nil, &logs)
 	ctx := context.Background()
 	root := dial(t, r.sock)
 	if _, err := root.CreateKey(ctx, &pb.CreateKeyRequest{Key: "app/reload", KeyType: "aes-256-gcm"}); err != nil {
@@ -418,9 +420,20 @@ func TestReload(t *testing.T) {
 	if got := outsider.do("wrap app/reload"); !strings.HasPrefix(got, "PermissionDenied") {
 		t.Fatalf("before reload: %q", got)
 	}
+	// hup reloads and waits for the daemon to say it did (or failed to).
+	reloads := func() int {
+		l := logs.String()
+		return strings.Count(l, "reload failed") + strings.Count(l, "reloaded the rules")
+	}
 	hup := func() {
+		t.Helper()
+		n := reloads()
 		syscall.Kill(os.Getpid(), syscall.SIGHUP)
-		time.Sleep(300 * time.Millisecond)
+		for deadline := time.Now().Add(30 * time.Second); reloads() == n; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("no reload logged 30 s after SIGHUP")
+			}
+		}
 	}
 	// A broken file: the old policy stays.
 	if err := os.WriteFile(r.cfgPath, []byte("[backend]\ntoken = \"x\"\n[[rule]]\nname = \"bad\"\nuids = [1]\nkeys = [\"**\"]\noperations = [\"everything\"]\n"), 0o600); err != nil {
@@ -622,7 +635,7 @@ func TestConnectionLimits(t *testing.T) {
 		t.Fatalf("connected client not served: %v", err)
 	}
 	// The silent connection is closed by the daemon after the handshake timeout...
-	silent.SetReadDeadline(time.Now().Add(3 * time.Second))
+	silent.SetReadDeadline(time.Now().Add(30 * time.Second)) // ends a hang; the timeout is 300 ms
 	start := time.Now()
 	buf := make([]byte, 4096)
 	for {
@@ -635,7 +648,7 @@ func TestConnectionLimits(t *testing.T) {
 	}
 	t.Logf("silent connection closed by the daemon after %v", time.Since(start).Round(10*time.Millisecond))
 	// ...which frees its slot: the third client is now served.
-	if _, err := third.Status(ctxTimeout(t, 3*time.Second), &pb.StatusRequest{}); err != nil {
+	if _, err := third.Status(ctxTimeout(t, 30*time.Second), &pb.StatusRequest{}); err != nil {
 		t.Fatalf("third client after a slot freed: %v", err)
 	}
 }

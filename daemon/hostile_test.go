@@ -137,15 +137,16 @@ const (
 )
 
 // rawExchange writes payload on a fresh connection (optionally half-closing
-// it) and reports "CLOSED" if the daemon then closes the connection within
-// 2 s, whatever it sent before (a GOAWAY, nothing).
+// it) and reports "CLOSED" if the daemon then closes the connection (within
+// 30 s, a bound that only ends a hang: the handshake timeout is 1 s),
+// whatever it sent before (a GOAWAY, nothing).
 func rawExchange(sock string, payload []byte, halfClose bool) string {
 	c, err := net.Dial("unix", sock)
 	if err != nil {
 		return "dial: " + err.Error()
 	}
 	defer c.Close()
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	c.SetDeadline(deadline)
 	// The daemon may close before reading everything: a failed write is
 	// fine, what counts is that the connection ends.
@@ -157,7 +158,7 @@ func rawExchange(sock string, payload []byte, halfClose bool) string {
 	}()
 	_, err = io.Copy(io.Discard, c)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return "still open after 2s"
+		return "still open after 30s"
 	}
 	return "CLOSED"
 }
@@ -191,7 +192,7 @@ func vmRSS(t *testing.T) (rss, hwm int) {
 // process's RSS must still be bounded.
 func TestHostileRequests(t *testing.T) {
 	r := start(t, testRules(), func(c *daemon.Config) {
-		// Raw-socket cases that stall must be cut within their 2 s.
+		// Raw-socket cases that stall are cut by this, not by the test.
 		c.Limits.HandshakeTimeout = daemon.Duration{Duration: time.Second}
 		// Root is the caller throughout; failed verify-macs must not
 		// turn into RATE_LIMITED halfway through the table.

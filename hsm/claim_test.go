@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -103,10 +104,11 @@ func TestRecordClaims(t *testing.T) {
 
 // TestStaleClaim: a claim left by a writer that stopped between claiming
 // and publishing blocks changes to that key (never reads) until this writer
-// has seen it for staleClaim (2 minutes; shortened here) on its own clock,
-// whatever time the claim says; then the next change removes it, with a
-// warning. A writer that took more than half of that between claiming and
-// publishing does not publish. Doctor lists claims as housekeeping.
+// has seen it for staleClaim (2 minutes) on its own clock, whatever time the
+// claim says; then the next change removes it, with a warning. A writer that
+// took more than half of that between claiming and publishing does not
+// publish. Doctor lists claims as housekeeping. The claim rules read a clock
+// the test moves by hand: how fast the token's disk is does not matter.
 func TestStaleClaim(t *testing.T) {
 	ctx := context.Background()
 	var logs testutil.SyncBuffer
@@ -114,7 +116,9 @@ func TestStaleClaim(t *testing.T) {
 		c.MetadataMaxAge = -1
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	})
-	hsm.SetStaleClaim(t, 300*time.Millisecond)
+	clock := &manualClock{now: time.Now().Round(0)}
+	hsm.SetClaimClock(t, clock.Now)
+	stale := hsm.StaleClaim()
 	prefix := fmt.Sprintf("stale%d", time.Now().UnixNano()%1e9)
 	old, recent := prefix+"/old", prefix+"/recent"
 	for _, n := range []string{old, recent} {
@@ -124,10 +128,10 @@ func TestStaleClaim(t *testing.T) {
 	}
 	// Another host's claims: one that says it is an hour old (its clock
 	// is ahead, or it is), one that says it is new.
-	if err := a.PlantClaim(ctx, old, time.Now().Add(-time.Hour), "other-host/1"); err != nil {
+	if err := a.PlantClaim(ctx, old, clock.Now().Add(-time.Hour), "other-host/1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.PlantClaim(ctx, recent, time.Now(), "other-host/1"); err != nil {
+	if err := a.PlantClaim(ctx, recent, clock.Now(), "other-host/1"); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := a.Doctor(ctx)
@@ -155,17 +159,24 @@ func TestStaleClaim(t *testing.T) {
 	if err := a.VerifyMAC(ctx, recent, mac.Version, []byte("m"), mac.Bytes); err != nil {
 		t.Fatalf("VerifyMAC: %v", err)
 	}
-	// First seen now, whatever time they say: both block, and say why.
-	for _, n := range []string{old, recent} {
-		_, err = a.RotateKey(ctx, n)
-		if !errors.Is(err, keys.ErrUnavailable) || !strings.Contains(err.Error(), "another writer (other-host/1) claimed generation 2") {
-			t.Fatalf("RotateKey(%s) past a claim seen for the first time: %v", n, err)
+	// First seen now, whatever time they say: both block, and say why;
+	// still just before staleClaim has passed.
+	blocked := func(when string) {
+		t.Helper()
+		for _, n := range []string{old, recent} {
+			_, err = a.RotateKey(ctx, n)
+			if !errors.Is(err, keys.ErrUnavailable) || !strings.Contains(err.Error(), "another writer (other-host/1) claimed generation 2") {
+				t.Fatalf("RotateKey(%s) past a claim %s: %v", n, when, err)
+			}
 		}
 	}
-	time.Sleep(350 * time.Millisecond)
+	blocked("seen for the first time")
+	clock.Add(stale - time.Second)
+	blocked("seen for just under staleClaim")
+	clock.Add(time.Second)
 	ki, err := a.RotateKey(ctx, old)
 	if err != nil || len(ki.Versions) != 2 {
-		t.Fatalf("RotateKey past a claim seen for longer than staleClaim = %+v, %v", ki, err)
+		t.Fatalf("RotateKey past a claim seen for staleClaim = %+v, %v", ki, err)
 	}
 	if !strings.Contains(logs.String(), "removing a stale claim") {
 		t.Errorf("no warning for the stale claim:\n%s", logs.String())
@@ -180,21 +191,50 @@ func TestStaleClaim(t *testing.T) {
 		}
 	}
 
-	// A writer slower than half of staleClaim between claim and record.
+	// A writer that takes half of staleClaim between claim and record
+	// publishes; one slower than that does not.
 	defer hsm.SetClaimHook(nil)
-	hsm.SetClaimHook(func(stage, n string) {
-		if stage == "checked" && n == old {
-			time.Sleep(200 * time.Millisecond)
-		}
-	})
-	_, err = a.SetVersionState(ctx, old, 1, keys.Disabled)
-	hsm.SetClaimHook(nil)
+	slowWriter := func(took time.Duration) error {
+		hsm.SetClaimHook(func(stage, n string) {
+			if stage == "checked" && n == old {
+				clock.Add(took)
+			}
+		})
+		defer hsm.SetClaimHook(nil)
+		_, err := a.SetVersionState(ctx, old, 1, keys.Disabled)
+		return err
+	}
+	if err := slowWriter(stale / 2); err != nil {
+		t.Fatalf("a change that took half of staleClaim: %v", err)
+	}
+	if _, err := a.SetVersionState(ctx, old, 1, keys.Enabled); err != nil {
+		t.Fatal(err)
+	}
+	err = slowWriter(stale/2 + time.Millisecond)
 	if !errors.Is(err, keys.ErrUnavailable) || !strings.Contains(err.Error(), "passed between claiming and publishing") {
 		t.Fatalf("a change slower than half of staleClaim: %v", err)
 	}
 	if ki, err := a.DescribeKey(ctx, old); err != nil || ki.Versions[0].State != keys.Enabled {
 		t.Fatalf("after the slow change: %+v, %v", ki, err)
 	}
+}
+
+// manualClock is a clock that moves only when told to.
+type manualClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *manualClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *manualClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
 }
 
 // TestClaimOfDeadProcess: a claim left by a process of this host (same boot

@@ -24,7 +24,6 @@ import (
 const (
 	gcmIVSize  = 12
 	gcmTagBits = 128
-	pssSalt    = 32
 )
 
 // keyFor loads name's record and checks that it is of a type op accepts.
@@ -225,7 +224,7 @@ func (t *Token) Sign(ctx context.Context, name string, message []byte) (keys.Sig
 			d := sha256.Sum256(message)
 			input, mech = d[:], pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)
 		case keys.RSA3072PSS:
-			mech = pkcs11.NewMechanism(pkcs11.CKM_SHA256_RSA_PKCS_PSS, pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, pssSalt))
+			mech = pkcs11.NewMechanism(pkcs11.CKM_SHA256_RSA_PKCS_PSS, pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, keys.PSSSaltLength))
 		case keys.Ed25519:
 			mech = pkcs11.NewMechanism(ckmEdDSA, nil)
 		}
@@ -250,12 +249,13 @@ func (t *Token) Sign(ctx context.Context, name string, message []byte) (keys.Sig
 	return out, nil
 }
 
-// ecdsaDER turns PKCS#11's r||s into the ASN.1 DER form Go and OpenSSL verify.
+// ecdsaDER turns PKCS#11's r||s into the ASN.1 DER form Go and OpenSSL
+// verify, with a low s (tokens return either half).
 func ecdsaDER(rs []byte) ([]byte, error) {
 	if len(rs) != 64 {
 		return nil, fmt.Errorf("token returned a %d-byte ECDSA signature, want 64", len(rs))
 	}
-	return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(rs[:32]), new(big.Int).SetBytes(rs[32:])})
+	return keys.ECDSASignature(new(big.Int).SetBytes(rs[:32]), new(big.Int).SetBytes(rs[32:]))
 }
 
 // Verify checks a signature made by version v, in software with the

@@ -88,12 +88,15 @@ func ClaimantOf(pid int, start string) string {
 // Claimant is how t names its own claims.
 func (t *Token) Claimant() string { return t.claimant() }
 
-// SetStaleClaim sets how long a claim is seen before it counts as stale,
-// until the test ends.
-func SetStaleClaim(tb testing.TB, d time.Duration) {
-	old := staleClaim
-	staleClaim = d
-	tb.Cleanup(func() { staleClaim = old })
+// StaleClaim is how long a claim is seen before it counts as stale.
+func StaleClaim() time.Duration { return staleClaim }
+
+// SetClaimClock makes the claim rules read the time from now, until the
+// test ends.
+func SetClaimClock(tb testing.TB, now func() time.Time) {
+	old := claimClock
+	claimClock = now
+	tb.Cleanup(func() { claimClock = old })
 }
 
 // CopyRecordAs publishes a record for key to naming from's objects, as

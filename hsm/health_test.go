@@ -48,7 +48,7 @@ func TestHealthSeesRemovedToken(t *testing.T) {
 	if err := os.Rename(away, dir); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // ends a hang; measures nothing
 	for {
 		err := b.Health(ctx)
 		if err == nil {

@@ -390,7 +390,7 @@ func (s *sess) encodeMeta(rec *metaRecord) ([]byte, error) {
 // Readers always take the newest record, and only ever see checked ones.
 func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 	rec.Gen = prevGen + 1
-	start := time.Now()
+	start := claimClock()
 	now := start.UTC()
 	rec.Pending, rec.Claimant = &now, s.t.claimant()
 	claimRaw, err := s.encodeMeta(rec)
@@ -428,7 +428,8 @@ func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 	// Others may take a claim this old for abandoned: past half of that,
 	// do not publish on it. The wall clock too: the monotonic one stops
 	// while the machine is suspended, the others' clocks do not.
-	if took := max(time.Since(start), time.Now().Round(0).Sub(start.Round(0))); took > staleClaim/2 {
+	end := claimClock()
+	if took := max(end.Sub(start), end.Round(0).Sub(start.Round(0))); took > staleClaim/2 {
 		s.p.DestroyObject(s.sh, claim)
 		return fmt.Errorf("key %s: %v passed between claiming and publishing the record: %w", rec.Name, took.Round(time.Millisecond), errConcurrent)
 	}
@@ -454,6 +455,10 @@ func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 // milliseconds; the writer removes it. A writer never publishes on a claim
 // older than half of it.
 var staleClaim = 2 * time.Minute
+
+// claimClock reads the time for the claim rules (how long a claim has been
+// seen, how long a writer took); tests replace it to move time by hand.
+var claimClock = time.Now
 
 // competitor checks the records and claims of rec.Name (other than own)
 // for one that forbids publishing generation rec.Gen, and removes claims
@@ -485,7 +490,7 @@ func (s *sess) competitor(rec *metaRecord, prevGen uint64, recs, claims []stored
 			s.t.forgetClaim(c.raw)
 		default:
 			seen := s.t.claimSeen(c.raw)
-			if time.Since(seen) >= staleClaim {
+			if claimClock().Sub(seen) >= staleClaim {
 				s.t.log.Warn("removing a stale claim on a key record: a writer stopped between claiming and publishing", "key", rec.Name, "gen", other.Gen,
 					"claimed", other.Pending.Format(time.RFC3339), "claimant", other.Claimant, "seen_since", seen.Format(time.RFC3339))
 				s.p.DestroyObject(s.sh, c.h)
@@ -562,7 +567,7 @@ func (t *Token) claimSeen(raw []byte) time.Time {
 	}
 	seen, ok := t.claimsSeen[k]
 	if !ok {
-		seen = time.Now()
+		seen = claimClock()
 		t.claimsSeen[k] = seen
 	}
 	return seen

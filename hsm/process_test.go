@@ -158,7 +158,9 @@ func testFleet(t *testing.T, suffix string, age time.Duration) {
 		t.Helper()
 		limit := time.Duration(0)
 		if age >= 0 {
-			limit = hsm.DefaultMetadataMaxAge + 500*time.Millisecond
+			// The max age, plus a margin that only ends a hang: a slow
+			// machine must not fail this.
+			limit = hsm.DefaultMetadataMaxAge + 30*time.Second
 		}
 		start := time.Now()
 		for !cond() {
@@ -390,7 +392,7 @@ func childRecovery() int {
 	}
 	waitOK := func() time.Duration {
 		start := time.Now()
-		for time.Since(start) < 10*time.Second {
+		for time.Since(start) < 30*time.Second {
 			if _, err := b.Wrap(ctx, names[0], []byte("probe"), nil); err == nil {
 				return time.Since(start)
 			}
@@ -398,8 +400,23 @@ func childRecovery() int {
 		}
 		return -1
 	}
+	// moreOK waits until the load has succeeded n more times (a bound far
+	// above that, 30 s, only ends a hang).
+	moreOK := func(n int) {
+		mu.Lock()
+		want := sum.OK + n
+		mu.Unlock()
+		for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			mu.Lock()
+			got := sum.OK
+			mu.Unlock()
+			if got >= want {
+				return
+			}
+		}
+	}
 	tokenDir := os.Getenv("KW_TOKEN_DIR")
-	time.Sleep(300 * time.Millisecond)
+	moreOK(20)
 	// 1. The token directory is deleted under load and re-created from a
 	// copy (what restoring a backup does).
 	// The copy must live outside the tokendir: two token directories with one
@@ -446,7 +463,7 @@ func childRecovery() int {
 	pause.Unlock()
 	sum.RecoveredAfterFinalize = waitOK()
 	sum.Reinits = recoveries.Load()
-	time.Sleep(300 * time.Millisecond)
+	moreOK(20)
 	stop.Store(true)
 	wg.Wait()
 	for _, w := range kept {

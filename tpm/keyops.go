@@ -8,7 +8,6 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/asn1"
 	"fmt"
 	"math/big"
 	"time"
@@ -393,6 +392,14 @@ func (b *Backend) Sign(ctx context.Context, name string, message []byte) (keys.S
 		if err != nil {
 			return err
 		}
+		// The TPM picks the PSS salt length: check it is the one Verify takes.
+		pub, err := publicOf(bp)
+		if err != nil {
+			return err
+		}
+		if err := keys.CheckSigned(pub, message, raw); err != nil {
+			return err
+		}
 		out = keys.Signature{Name: name, Version: v, Bytes: raw}
 		return nil
 	})
@@ -409,7 +416,7 @@ func encodeSignature(t keys.Type, sig *tpm2.TPMTSignature) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("TPM returned a non-ECDSA signature: %w", err)
 		}
-		return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer)})
+		return keys.ECDSASignature(new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer))
 	case keys.RSA3072PSS:
 		r, err := sig.Signature.RSAPSS()
 		if err != nil {

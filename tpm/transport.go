@@ -161,10 +161,12 @@ type retryConn struct {
 
 	firstDelay time.Duration
 	budget     time.Duration
+	now        func() time.Time    // time.Now; tests move time by hand
+	sleep      func(time.Duration) // time.Sleep
 }
 
 func newRetryConn(inner Conn) *retryConn {
-	return &retryConn{inner: inner, firstDelay: retryFirstDelay, budget: retryBudget}
+	return &retryConn{inner: inner, firstDelay: retryFirstDelay, budget: retryBudget, now: time.Now, sleep: time.Sleep}
 }
 
 func (r *retryConn) Send(cmd []byte) ([]byte, error) {
@@ -174,7 +176,7 @@ func (r *retryConn) Send(cmd []byte) ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 
-	deadline := time.Now().Add(r.budget)
+	deadline := r.now().Add(r.budget)
 	delay := r.firstDelay
 	for {
 		if r.closed.Load() {
@@ -194,11 +196,11 @@ func (r *retryConn) Send(cmd []byte) ([]byte, error) {
 		default:
 			return resp, nil
 		}
-		left := time.Until(deadline)
+		left := deadline.Sub(r.now())
 		if left <= 0 {
 			return resp, nil
 		}
-		time.Sleep(min(delay, left))
+		r.sleep(min(delay, left))
 		delay *= 2
 	}
 }

@@ -309,7 +309,8 @@ func (a *app) signCmd() *cobra.Command {
 version of an ecdsa-p256, rsa-3072-pss or ed25519 key, in the device, and
 writes the signature as one base64 line; with --json, {"key", "version",
 "signature"}. ECDSA and RSA-PSS sign the message's SHA-256 digest (ECDSA
-signatures are ASN.1 DER); Ed25519 signs the message itself. Check with
+signatures are ASN.1 DER with a low s; RSA-PSS salts are 32 bytes: keyward
+verify refuses any other form); Ed25519 signs the message itself. Check with
 "keyward verify", or with "keyward pubkey" and any other tool.`,
 		Example: `  keyward sign --key release/signing < release.tar.gz > release.tar.gz.sig
   keyward sign --key release/signing --json < release.tar.gz`,
@@ -532,7 +533,9 @@ func (a *app) pubkeyCmd() *cobra.Command {
 		Short: "print the public key of a signing key as PEM",
 		Long: `Prints the public key (PKIX "PUBLIC KEY" PEM) of an ecdsa-p256, rsa-3072-pss
 or ed25519 key's newest enabled version, or of --version N, so that anyone
-can verify signatures without keyward.`,
+can verify signatures without keyward. A version below the key's minimum
+decrypt version is served (keyward verify refuses it); a disabled or
+destroyed version is not.`,
 		Example: `  keyward pubkey release/signing > signing.pem
   openssl pkeyutl -verify -pubin -inkey signing.pem -rawin -in msg -sigfile msg.sig   # ed25519`,
 		Args:              oneName,

@@ -57,7 +57,7 @@ func launchDaemon(t *testing.T, sock, cfg string) *daemonProc {
 		close(d.exited)
 	}()
 	t.Cleanup(func() { d.stop(syscall.SIGKILL) })
-	deadline := start.Add(10 * time.Second)
+	deadline := start.Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
@@ -80,7 +80,7 @@ func launchDaemon(t *testing.T, sock, cfg string) *daemonProc {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	t.Fatalf("keywardd did not come up within 10 s:\n%s", d.stderr)
+	t.Fatalf("keywardd did not come up within 30 s:\n%s", d.stderr)
 	return nil
 }
 

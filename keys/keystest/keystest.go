@@ -27,7 +27,12 @@
 //     ErrVersionDestroyed;
 //   - limits (keys.MaxContext, keys.MaxPlaintext...) are checked on the way in,
 //     on Unwrap as on Wrap, with ErrInvalidArgument;
-//   - RSA-PSS signatures are verified with rsa.PSSSaltLengthAuto.
+//   - RSA-PSS signatures have a salt of exactly keys.PSSSaltLength bytes, and
+//     ECDSA signatures a low s (at most n/2): the high-S twin (r, n-s) of a
+//     valid signature does not verify;
+//   - the public key of a version below the minimum decrypt version is
+//     served (verify refuses it with ErrBelowMinVersion); that of a disabled
+//     or destroyed version is not.
 package keystest
 
 import (

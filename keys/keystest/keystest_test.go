@@ -13,6 +13,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"fmt"
+	"math/big"
 	"slices"
 	"sync"
 	"testing"
@@ -285,9 +286,12 @@ func (m *mem) Sign(_ context.Context, name string, msg []byte) (keys.Signature, 
 	var sig []byte
 	switch k := s.(type) {
 	case *ecdsa.PrivateKey:
-		sig, err = ecdsa.SignASN1(rand.Reader, k, d[:])
+		var r, s *big.Int
+		if r, s, err = ecdsa.Sign(rand.Reader, k, d[:]); err == nil {
+			sig, err = keys.ECDSASignature(r, s)
+		}
 	case *rsa.PrivateKey:
-		sig, err = rsa.SignPSS(rand.Reader, k, crypto.SHA256, d[:], &rsa.PSSOptions{SaltLength: 32})
+		sig, err = rsa.SignPSS(rand.Reader, k, crypto.SHA256, d[:], &rsa.PSSOptions{SaltLength: keys.PSSSaltLength})
 	case ed25519.PrivateKey:
 		sig = ed25519.Sign(k, msg)
 	}
@@ -295,31 +299,32 @@ func (m *mem) Sign(_ context.Context, name string, msg []byte) (keys.Signature, 
 }
 
 func (m *mem) Verify(_ context.Context, name string, v uint32, msg, sig []byte) error {
-	t, err := m.signType(name)
+	pub, _, err := m.public(name, v, true)
 	if err != nil {
 		return err
 	}
-	if v == 0 {
-		return keys.ErrInvalidArgument
-	}
-	s, _, err := m.use(name, t, v)
-	if err != nil {
-		return err
-	}
-	d := sha256.Sum256(msg)
-	ok := false
-	switch k := s.(type) {
-	case *ecdsa.PrivateKey:
-		ok = ecdsa.VerifyASN1(&k.PublicKey, d[:], sig)
-	case *rsa.PrivateKey:
-		ok = rsa.VerifyPSS(&k.PublicKey, crypto.SHA256, d[:], sig, &rsa.PSSOptions{SaltLength: 32}) == nil
-	case ed25519.PrivateKey:
-		ok = ed25519.Verify(k.Public().(ed25519.PublicKey), msg, sig)
-	}
-	if !ok {
+	if !keys.VerifySignature(pub, msg, sig) {
 		return keys.ErrInvalidSignature
 	}
 	return nil
+}
+
+// public returns version v's public key under the rules of
+// keys.KeyInfo.PublicVersion, as the device backends do.
+func (m *mem) public(name string, v uint32, forVerify bool) (crypto.PublicKey, uint32, error) {
+	if _, err := m.signType(name); err != nil {
+		return nil, 0, err
+	}
+	var pub crypto.PublicKey
+	err := m.key(name, func(k *memKey) error {
+		pv, err := k.info.PublicVersion(v, forVerify)
+		if err != nil {
+			return err
+		}
+		pub, v = k.secrets[pv-1].(crypto.Signer).Public(), pv
+		return nil
+	})
+	return pub, v, err
 }
 
 func (m *mem) MAC(_ context.Context, name string, msg []byte) (keys.Signature, error) {
@@ -352,15 +357,7 @@ func (m *mem) VerifyMAC(_ context.Context, name string, v uint32, msg, mac []byt
 }
 
 func (m *mem) PublicKey(_ context.Context, name string, v uint32) (crypto.PublicKey, uint32, error) {
-	t, err := m.signType(name)
-	if err != nil {
-		return nil, 0, err
-	}
-	s, v, err := m.use(name, t, v)
-	if err != nil {
-		return nil, 0, err
-	}
-	return s.(crypto.Signer).Public(), v, nil
+	return m.public(name, v, false)
 }
 
 func (m *mem) Random(_ context.Context, n int) ([]byte, error) {

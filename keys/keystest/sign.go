@@ -7,8 +7,10 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/sha256"
+	"encoding/asn1"
 	"errors"
 	"fmt"
+	"math/big"
 	"testing"
 
 	"github.com/keyward/keyward/keys"
@@ -59,7 +61,7 @@ var signers = []signer{
 		},
 		verify: func(pub crypto.PublicKey, msg, sig []byte) error {
 			d := sha256.Sum256(msg)
-			opts := &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: crypto.SHA256}
+			opts := &rsa.PSSOptions{SaltLength: keys.PSSSaltLength, Hash: crypto.SHA256}
 			return rsa.VerifyPSS(pub.(*rsa.PublicKey), crypto.SHA256, d[:], sig, opts)
 		},
 	},
@@ -157,6 +159,24 @@ func testSigner(t *testing.T, be keys.Backend, s signer) {
 		}
 	})
 
+	t.Run("one_encoding", func(t *testing.T) {
+		if s.typ != keys.ECDSAP256 {
+			t.Skip("only ECDSA signatures have a second valid form (s and n-s)")
+		}
+		// Devices return s in either half; keyward returns the low one,
+		// and refuses the other (a second valid form of one signature).
+		for i := range 16 {
+			sig := sign(t, msg, 1, pub1)
+			twin, high := ecdsaTwin(t, sig)
+			if high {
+				t.Fatalf("signature %d has s > n/2: keyward's signatures have a low s", i)
+			}
+			wantErr(t, be.Verify(t.Context(), name, 1, msg, twin), "Verify of the high-S twin of a valid signature", keys.ErrInvalidSignature)
+		}
+	})
+
+	t.Run("retired_versions", func(t *testing.T) { testRetiredSigner(t, be, s) })
+
 	t.Run("unknown_version", func(t *testing.T) {
 		_, _, err := be.PublicKey(t.Context(), name, 9)
 		wantErr(t, err, "PublicKey of a version that does not exist", keys.ErrKeyNotFound)
@@ -187,4 +207,55 @@ func testSigner(t *testing.T, be keys.Backend, s signer) {
 		wantErr(t, be.Verify(t.Context(), name, 1, msg, sig1), "Verify with a disabled version", keys.ErrVersionDisabled)
 		setState(t, be, name, 1, keys.Enabled)
 	})
+}
+
+// ecdsaTwin returns the other valid form of an ECDSA signature, (r, n-s),
+// and whether sig's own s is in the high half.
+func ecdsaTwin(t *testing.T, sig []byte) (twin []byte, high bool) {
+	t.Helper()
+	var v struct{ R, S *big.Int }
+	if rest, err := asn1.Unmarshal(sig, &v); err != nil || len(rest) != 0 {
+		t.Fatalf("signature is not one DER ECDSA signature: %v", err)
+	}
+	n := elliptic.P256().Params().N
+	other := new(big.Int).Sub(n, v.S)
+	twin, err := asn1.Marshal(struct{ R, S *big.Int }{v.R, other})
+	must(t, err, "encode the twin")
+	return twin, v.S.Cmp(other) > 0
+}
+
+// testRetiredSigner: the public key of a version below the minimum decrypt
+// version is still served (it is public, and old signatures may be checked
+// without keyward), but Verify refuses it; a disabled version serves
+// neither, a destroyed one neither, for good.
+func testRetiredSigner(t *testing.T, be keys.Backend, s signer) {
+	name := create(t, be, s.typ).Name
+	msg := []byte("retire me")
+	pub1, _, err := be.PublicKey(t.Context(), name, 1)
+	must(t, err, "PublicKey(%s, 1)", name)
+	sig1, err := be.Sign(t.Context(), name, msg)
+	must(t, err, "Sign(%s)", name)
+	rotate(t, be, name)
+	_, err = be.SetMinDecryptVersion(t.Context(), name, 2)
+	must(t, err, "SetMinDecryptVersion(%s, 2)", name)
+
+	got, v, err := be.PublicKey(t.Context(), name, 1)
+	must(t, err, "PublicKey of a version below the minimum decrypt version")
+	if v != 1 || !equalKey(got, pub1) {
+		t.Errorf("PublicKey(%s, 1) below the minimum = v%d, another key: want v1's key", name, v)
+	}
+	if _, v, err := be.PublicKey(t.Context(), name, 0); err != nil || v != 2 {
+		t.Errorf("PublicKey(%s, 0) = v%d, %v; want v2", name, v, err)
+	}
+	wantErr(t, be.Verify(t.Context(), name, 1, msg, sig1.Bytes), "Verify below the minimum decrypt version", keys.ErrBelowMinVersion)
+
+	setState(t, be, name, 1, keys.Disabled)
+	_, _, err = be.PublicKey(t.Context(), name, 1)
+	wantErr(t, err, "PublicKey of a disabled version", keys.ErrVersionDisabled)
+	setState(t, be, name, 1, keys.Enabled)
+
+	destroy(t, be, name, 1)
+	_, _, err = be.PublicKey(t.Context(), name, 1)
+	wantErr(t, err, "PublicKey of a destroyed version", keys.ErrVersionDestroyed)
+	wantErr(t, be.Verify(t.Context(), name, 1, msg, sig1.Bytes), "Verify with a destroyed version", keys.ErrVersionDestroyed, keys.ErrBelowMinVersion)
 }
