@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -254,6 +255,21 @@ func childClient() int {
 			if err == nil {
 				out = map[bool]string{true: "valid", false: "invalid"}[r.Valid]
 			}
+		case "batchflood": // batchflood N KEY: N 1000-item BatchWraps, one after another
+			n, _ := strconv.Atoi(f[1])
+			items := make([]*pb.WrapRequest, 1000)
+			for i := range items {
+				items[i] = &pb.WrapRequest{Key: f[2], Plaintext: []byte("x")}
+			}
+			results := map[string]int{}
+			for range n {
+				_, err := c.BatchWrap(ctx, &pb.BatchWrapRequest{Items: items})
+				results[reason(err)]++
+			}
+			out = fmt.Sprint(results)
+		case "conns": // conns N: N more raw HTTP/2 connections, held open
+			admitted, refused := holdConns(os.Getenv("KW_SOCK"), f[1])
+			out = fmt.Sprintf("admitted=%d refused=%d", admitted, refused)
 		case "status":
 			var r *pb.StatusResponse
 			r, err = c.Status(ctx, &pb.StatusRequest{})

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path"
 	"sync"
 	"time"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/policy"
+	"github.com/keyward/keyward/socket"
 	"github.com/keyward/keyward/tpm"
 )
 
@@ -197,17 +197,19 @@ func (c tpmCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descTPMBehind, prometheus.GaugeValue, behind)
 }
 
-// serveMetrics serves /metrics on a Unix socket (mode 0660) or a TCP
+// maxMetricsConns bounds the metrics listener's open connections (a
+// scraper needs one or two); more wait in the kernel's backlog.
+const maxMetricsConns = 8
+
+// serveMetrics serves /metrics on a Unix socket (mode 0660, bound like the
+// API socket: a safe directory, never through a symlink) or a loopback TCP
 // address until ctx ends. Empty both: no listener.
 func serveMetrics(ctx context.Context, m *Metrics, sockPath, addr string, log *slog.Logger) (func(), error) {
 	var l net.Listener
 	var err error
 	switch {
 	case sockPath != "":
-		os.Remove(sockPath) // only ever our own socket: the path is the operator's
-		if l, err = net.Listen("unix", sockPath); err == nil {
-			err = os.Chmod(sockPath, 0o660)
-		}
+		l, err = socket.Listen(socket.Config{Path: sockPath, Mode: 0o660})
 	case addr != "":
 		l, err = net.Listen("tcp", addr)
 	default:
@@ -216,6 +218,7 @@ func serveMetrics(ctx context.Context, m *Metrics, sockPath, addr string, log *s
 	if err != nil {
 		return nil, fmt.Errorf("metrics listener: %w", err)
 	}
+	l = socket.LimitListener(l, maxMetricsConns)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
