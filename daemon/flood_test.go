@@ -275,7 +275,7 @@ func TestHalfSentFlood(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root to run the attacker as another uid")
 	}
-	const conns, streams, size = 5, 256, 4<<20
+	const conns, streams, size = 5, 256, 4 << 20
 	r := start(t, testRules(), func(c *daemon.Config) {
 		c.Limits.ReceiveTimeout = daemon.Duration{Duration: 3 * time.Second}
 		c.AuditRefusalInterval = daemon.Duration{Duration: time.Second}
