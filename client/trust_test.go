@@ -105,6 +105,14 @@ func (l countingListener) Accept() (net.Conn, error) {
 	return &countingConn{Conn: c, n: l.n, done: l.wg.Done}, nil
 }
 
+// Close counts as done too: a connection accepted as the server stops is
+// closed without ever being read.
+func (c *countingConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.done)
+	return err
+}
+
 func (c *countingConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	c.n.Add(int64(n))

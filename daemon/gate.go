@@ -50,8 +50,11 @@ func newGate(svc *Service, stopping *atomicBool, refused *refusals) *gate {
 	return &gate{svc: svc, stopping: stopping, refused: refused, inUse: map[uint32]int{}}
 }
 
-// pending is an admitted call whose message has not arrived yet.
-type pending struct{ timer *time.Timer }
+// pending is an admitted call: its receive deadline, and its slot.
+type pending struct {
+	timer   *time.Timer
+	release func()
+}
 
 type pendingKey struct{}
 
@@ -77,9 +80,14 @@ func (g *gate) tap(ctx context.Context, info *tap.Info) (context.Context, error)
 	if !g.acquire(id.UID, limit) {
 		return nil, g.refuse(id, method, ErrTooMany)
 	}
-	context.AfterFunc(ctx, func() { g.release(id.UID) }) // the stream's end, however it ends
-	rctx, cancel := context.WithCancelCause(ctx)
 	p := &pending{}
+	p.release = sync.OnceFunc(func() { g.release(id.UID) })
+	// Freed when the handler returns (received), or at the stream's end for
+	// a call that never reached it. AfterFunc alone would free the slot
+	// only some time after the reply, and a caller at its limit that calls
+	// again at once would be refused.
+	context.AfterFunc(ctx, p.release)
+	rctx, cancel := context.WithCancelCause(ctx)
 	p.timer = time.AfterFunc(lim.ReceiveTimeout.Duration, func() {
 		cancel(errReceiveTimeout)
 		g.refused.note(peerOf(id), methodOp(method), ResultReceiveTimeout)
@@ -117,7 +125,12 @@ func (g *gate) release(uid uint32) {
 // received is the first interceptor: the call's message has arrived, so its
 // receive deadline no longer applies.
 func received(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if p, ok := ctx.Value(pendingKey{}).(*pending); ok && !p.timer.Stop() {
+	p, ok := ctx.Value(pendingKey{}).(*pending)
+	if !ok {
+		return handler(ctx, req)
+	}
+	defer p.release()
+	if !p.timer.Stop() {
 		return nil, status.Error(codes.Canceled, errReceiveTimeout.Error())
 	}
 	return handler(ctx, req)
