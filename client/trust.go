@@ -51,8 +51,8 @@ func (t *trust) check(c net.Conn) error {
 		return nil
 	}
 	return t.refuse(fmt.Sprintf("the process listening on the socket runs as uid %d, but keywardd must run as root%s; "+
-		"nothing was sent to it: another user may be impersonating keywardd (if keywardd does run as uid %d, "+
-		"name it: WithDaemonUID, keyward --daemon-uid)", peer, why, peer))
+		"nothing was sent to it: another user may be impersonating keywardd. Check who owns the socket before "+
+		"trusting it; only if keywardd is configured to run as that uid, name it (WithDaemonUID, keyward --daemon-uid)", peer, why))
 }
 
 // expected is the non-root uid the daemon may run as, and how it was chosen.

@@ -18,14 +18,19 @@ type URI struct {
 	Type                               string // secret-key, private-key, public-key, data, cert
 }
 
+var errPINValue = fmt.Errorf("uri carries pin-value: PINs come from a 0600 file or a systemd credential, never from config text: %w", ErrConfig)
+
 // ParseURI parses s strictly: an unknown path attribute, a duplicate
 // attribute, a pin-value query (PINs never live in config text) or bad
 // percent-encoding is an error.
 func ParseURI(s string) (URI, error) {
 	var u URI
+	if strings.Contains(s, "pin-value") { // first, and never echoed: the text may hold a PIN
+		return u, errPINValue
+	}
 	rest, ok := strings.CutPrefix(s, "pkcs11:")
 	if !ok {
-		return u, fmt.Errorf("uri %q: must start with pkcs11: %w", s, ErrConfig)
+		return u, fmt.Errorf("uri: must start with \"pkcs11:\": %w", ErrConfig)
 	}
 	path, query, _ := strings.Cut(rest, "?")
 	seen := map[string]bool{}
@@ -82,7 +87,7 @@ func ParseURI(s string) (URI, error) {
 			k, _, _ := strings.Cut(attr, "=")
 			switch k {
 			case "pin-value":
-				return u, fmt.Errorf("uri carries pin-value: PINs come from a 0600 file or a systemd credential, never from config text: %w", ErrConfig)
+				return u, errPINValue
 			case "pin-source", "module-name", "module-path":
 				// Ignored: the PIN file and module are configured separately.
 			default:
