@@ -3,6 +3,7 @@ package hsm
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -21,6 +22,8 @@ func TestParseURI(t *testing.T) {
 		{name: "ignored query", in: "pkcs11:token=a?module-path=/x.so", check: func(u URI) bool { return u.Token == "a" }},
 		{name: "no scheme", in: "token=a", wantErr: ErrConfig},
 		{name: "pin value refused", in: "pkcs11:token=a?pin-value=1234", wantErr: ErrConfig},
+		{name: "pin value in a malformed uri", in: "pkcs:token=a?pin-value=s3cr3t-pin", wantErr: ErrConfig},
+		{name: "pin value in a bad attribute", in: "pkcs11:token=%zz?pin-value=s3cr3t-pin", wantErr: ErrConfig},
 		{name: "unknown attr", in: "pkcs11:tokn=a", wantErr: ErrConfig},
 		{name: "duplicate", in: "pkcs11:token=a;token=b", wantErr: ErrConfig},
 		{name: "bad escape", in: "pkcs11:token=%zz", wantErr: ErrConfig},
@@ -34,6 +37,9 @@ func TestParseURI(t *testing.T) {
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), "s3cr3t") {
+					t.Fatalf("the error quotes the PIN: %v", err)
 				}
 				return
 			}
