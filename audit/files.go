@@ -124,7 +124,8 @@ func Logs(dir string) ([]string, error) {
 	var names []string
 	for _, e := range entries {
 		name := e.Name()
-		if !e.Type().IsRegular() || strings.HasPrefix(name, ".") || strings.Contains(name, tornInfix) || strings.HasSuffix(name, lockSuffix) {
+		if !e.Type().IsRegular() || strings.HasPrefix(name, ".") || strings.Contains(name, tornInfix) || strings.HasSuffix(name, lockSuffix) ||
+			name == ContextKeyName {
 			continue
 		}
 		if i := len(name) - 42; i > 0 {

@@ -3,9 +3,11 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -21,6 +23,7 @@ func TestOpenRefusesSymlinks(t *testing.T) {
 		{name: "log file", link: func(p string) string { return p }},
 		{name: "lock file", link: func(p string) string { return p + lockSuffix }},
 		{name: "rotated file", link: func(p string) string { return RotatedName(p, 1, 5) }},
+		{name: "context key", link: func(p string) string { return filepath.Join(filepath.Dir(p), ContextKeyName) }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -114,6 +117,10 @@ func TestOpenRefusesUnsafeOwnership(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
+		{name: "context key readable by others", setup: func(t *testing.T, dir, _ string) {
+			writeFile(t, filepath.Join(dir, ContextKeyName), []byte(strings.Repeat("ab", 32)+"\n"))
+			chmod(t, filepath.Join(dir, ContextKeyName), 0o644)
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -156,5 +163,65 @@ func writeFile(t *testing.T, name string, b []byte) {
 	t.Helper()
 	if err := os.WriteFile(name, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestContextDigestKeyed: the digest is an HMAC under a key created once in
+// the directory (0600, a regular file), the same across restarts, not the
+// plain SHA-256 a dictionary could reverse; a record carrying it says so
+// ("hmac-sha256:") and verifies, as does a record with a plain digest.
+func TestContextDigestKeyed(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	canonical := []byte("\x00\x00\x00\x03app\x00\x00\x00\x07billing")
+
+	l := open(t, path, Options{})
+	d1 := l.ContextDigest(canonical)
+	r := rec("keyed")
+	r.ContextDigest, r.ContextKeyed = d1, true
+	if err := l.Append(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append(context.Background(), rec("plain")); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+
+	keyFile := filepath.Join(dir, ContextKeyName)
+	fi, err := os.Lstat(keyFile)
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, %v; want a regular 0600 file", fi, err)
+	}
+	key, err := ReadContextKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d1 == sha256.Sum256(canonical) || d1 != ContextDigest(key, canonical) {
+		t.Fatalf("digest %x: plain SHA-256, or not the HMAC under the key file", d1)
+	}
+	if d := l.ContextDigest(canonical); d == d1 {
+		t.Error("the key survived Close")
+	}
+
+	l = open(t, path, Options{})
+	if d := l.ContextDigest(canonical); d != d1 {
+		t.Errorf("digest after restart %x, want %x", d, d1)
+	}
+	if d := l.ContextDigest([]byte("other")); d == d1 {
+		t.Error("two contexts, one digest")
+	}
+	l.Close()
+
+	rs := records(t, path)
+	if len(rs) != 2 || !rs[0].ContextKeyed || rs[0].ContextDigest != d1 || rs[1].ContextKeyed {
+		t.Fatalf("records read back: %+v", rs)
+	}
+	b, _ := os.ReadFile(path)
+	if !bytes.Contains(b, []byte(`"context_digest":"hmac-sha256:`)) {
+		t.Errorf("no marked keyed digest in %s", b)
+	}
+	verifyChain(t, path, 2)
+	if logs, err := Logs(dir); err != nil || len(logs) != 1 {
+		t.Errorf("Logs(%s) = %v, %v: the key file is no log", dir, logs, err)
 	}
 }

@@ -212,6 +212,9 @@ type Log struct {
 	log      *slog.Logger
 	lockFile *os.File // flock held while open
 
+	keyMu  sync.RWMutex
+	ctxKey [32]byte // the context key (see ContextDigest); zeroed at Close
+
 	kick   chan struct{} // wakes the writer; capacity 1
 	exited chan struct{} // closed when the writer returns
 
@@ -277,7 +280,8 @@ type pending struct {
 // The directory must exist, be owned by this process's user or root and not
 // be writable by its group or others; every file of the log in it must be a
 // regular file owned by this process's user. Open fails with ErrUnsafe
-// otherwise, and never writes through a symlink.
+// otherwise, and never writes through a symlink. It also loads (or, the
+// first time, creates) the directory's context key (see ContextDigest).
 func Open(path string, opts Options) (*Log, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -298,7 +302,10 @@ func Open(path string, opts Options) (*Log, error) {
 		l.dir.Close()
 		return nil, err
 	}
-	err = l.recover()
+	err = l.loadContextKey()
+	if err == nil {
+		err = l.recover()
+	}
 	if err == nil {
 		err = l.reopen()
 	}
@@ -334,7 +341,7 @@ func (l *Log) lock() error {
 	return nil
 }
 
-// unlock releases the lock and the directory.
+// unlock releases the lock and the directory, and zeroes the context key.
 func (l *Log) unlock() {
 	if l.lockFile != nil {
 		l.lockFile.Close()
@@ -344,6 +351,9 @@ func (l *Log) unlock() {
 		l.dir.Close()
 		l.dir = nil
 	}
+	l.keyMu.Lock()
+	clear(l.ctxKey[:])
+	l.keyMu.Unlock()
 }
 
 // OpenReport says where Open found the chain and what it did to the tail.
