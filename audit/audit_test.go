@@ -362,7 +362,8 @@ func TestVerifyTamper(t *testing.T) {
 		{name: "byte flipped in prev", content: flip(4, `"prev":"`), line: 5, seq: 5, reason: "hash does not match", wantRecs: 4},
 		{name: "seq changed", content: edit(4, func(l []byte) []byte { return bytes.Replace(l, []byte(`"seq":5`), []byte(`"seq":6`), 1) }), line: 5, seq: 6, reason: "hash does not match", wantRecs: 4},
 		{name: "record deleted", content: join(append(append([][]byte{}, lines[:4]...), lines[5:]...)...), line: 5, seq: 6, reason: "seq 5..5 missing", wantRecs: 4},
-		{name: "first record deleted", content: join(lines[1:]...), line: 0, wantRecs: 9},
+		{name: "first record deleted", content: join(lines[1:]...), line: 1, seq: 2, reason: "not the genesis record (seq 1): seq 1..1 are missing", wantRecs: 0},
+		{name: "first records deleted", content: join(lines[3:]...), line: 1, seq: 4, reason: "seq 1..3 are missing", wantRecs: 0},
 		{name: "two records swapped", content: join(append(append(append([][]byte{}, lines[:4]...), lines[5], lines[4]), lines[6:]...)...), line: 5, seq: 6, reason: "seq 5..5 missing", wantRecs: 4},
 		{name: "record repeated", content: join(append(append([][]byte{}, lines[:5]...), lines[4:]...)...), line: 6, seq: 5, reason: "out of order or repeated", wantRecs: 5},
 		{name: "tail truncated mid-line", content: join(lines...)[:len(join(lines...))-40], line: 10, seq: 10, reason: "incomplete last line", wantRecs: 9},
@@ -472,7 +473,8 @@ func TestRotation(t *testing.T) {
 		seq   uint64
 	}{
 		{name: "middle file missing", files: append(append([]string{}, files[:1]...), files[2:]...), at: files[2], seq: records(t, files[2])[0].Seq},
-		{name: "files swapped", files: append([]string{files[1], files[0]}, files[2:]...), at: files[0], seq: 1},
+		{name: "files swapped", files: append([]string{files[1], files[0]}, files[2:]...), at: files[1], seq: records(t, files[1])[0].Seq},
+		{name: "oldest file missing", files: files[1:], at: files[1], seq: records(t, files[1])[0].Seq},
 	} {
 		res, err := Verify(tc.files...)
 		var brk *Break

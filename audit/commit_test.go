@@ -164,8 +164,12 @@ func jsonBody(t testing.TB, r Record) []byte {
 	valid := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 	peer := r.Peer
 	peer.Unit = valid(peer.Unit)
+	digest := hex.EncodeToString(r.ContextDigest[:])
+	if r.ContextKeyed {
+		digest = ContextHMACPrefix + digest
+	}
 	b, err := json.Marshal(body{Peer: peer, Op: valid(r.Op), Key: valid(r.Key), Version: r.Version,
-		ContextDigest: hex.EncodeToString(r.ContextDigest[:]), Result: valid(r.Result), Reason: valid(r.Reason),
+		ContextDigest: digest, Result: valid(r.Result), Reason: valid(r.Reason),
 		DurationUS: r.Duration.Microseconds(), RequestID: valid(r.RequestID), Sig: r.Sig})
 	if err != nil {
 		t.Fatal(err)
@@ -180,6 +184,7 @@ func TestAppendBodyIsJSON(t *testing.T) {
 	}{
 		{name: "typical", mod: func(*Record) {}},
 		{name: "reason", mod: func(r *Record) { r.Reason = "no rule grants wrap on app/x" }},
+		{name: "keyed context digest", mod: func(r *Record) { r.ContextKeyed = true }},
 		{name: "extremes", mod: func(r *Record) {
 			r.Peer = Peer{UID: 1<<32 - 1, GID: 0, PID: -1 << 31}
 			r.Version, r.Duration = 1<<32-1, -time.Hour

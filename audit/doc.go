@@ -14,8 +14,12 @@
 //   - The chain, and seq, continue across rotation and restart; a torn tail
 //     found at Open is moved aside and reported, never silently dropped.
 //   - A record holds who (kernel identity), what (operation, key, version),
-//     a digest of the context and the result code: never a context value, a
-//     plaintext or any other secret.
+//     a keyed digest of the context and the result code: never a context
+//     value, a plaintext or any other secret.
+//   - No file of the log is opened, created or renamed through a symlink:
+//     Open checks the directory (owned by this user or root, not writable by
+//     group or others) and works relative to it with O_NOFOLLOW, refusing a
+//     file that is not regular or not this user's (ErrUnsafe).
 //
 // Threat model: the chain has no secret in it, so whoever can write the files
 // can rewrite them entirely and re-chain; what it detects is a record changed,
@@ -34,7 +38,12 @@
 //	 "op":"unwrap","key":"payments/db","version":3,"context_digest":"<64 hex>",
 //	 "result":"OK","reason":"...","duration_us":412,"request_id":"...","hash":"<64 hex>"}
 //
-// (on one line, no spaces). seq starts at 1 and increases by exactly 1 from
+// (on one line, no spaces). context_digest is "hmac-sha256:" and the
+// HMAC-SHA256 of the canonical context under the directory's context key
+// (the file context.key, see ContextDigest), or, in records written before
+// keyed digests, 64 hex digits alone: a plain SHA-256; 64 zeros: no
+// context. The chain hashes the field as it is written, so both verify.
+// seq starts at 1 and increases by exactly 1 from
 // one record to the next, across files. time is RFC 3339 with nanoseconds, in
 // UTC ("Z"), trailing zeros of the fraction dropped. prev is the hash of the
 // previous record, 64 zeros for seq 1. reason is left out when empty. Hex is
@@ -46,6 +55,11 @@
 // its hash key. Then
 //
 //	hash = SHA-256(prev as 32 raw bytes || C)
+//
+// A trail starts at the genesis record, seq 1; Verify reports a trail that
+// starts later as broken unless told the seq and prev it starts from
+// (VerifyOptions.From), for older files removed on purpose. The log never
+// removes a file itself.
 //
 // A verifier needs no JSON encoder: it cuts the suffix, hashes, and reads seq
 // and prev from C. This package's verifier is stricter: C must also be

@@ -28,6 +28,12 @@ var (
 	// ErrBroken: Verify found the chain broken. The error is a *Break that
 	// names the record.
 	ErrBroken = errors.New("audit chain broken")
+
+	// ErrUnsafe: Open refused the log's directory or one of its files: a
+	// symlink, not a regular file, owned by another user, or a directory
+	// its group or others may write (or a context key others may read).
+	// Nothing was written through it.
+	ErrUnsafe = errors.New("audit log path unsafe")
 )
 
 type closedError struct{}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -45,9 +46,11 @@ func parseRotated(base, name string) (first, last uint64, ok bool) {
 
 // Chain lists the files of the log at path in chain order: its rotated files
 // (oldest first), then path itself when it exists. torn lists the torn tails
-// Open moved aside (path.torn-*), which are not part of the chain.
+// Open moved aside (path.torn-*), which are not part of the chain. A name of
+// the chain that is not a regular file (a symlink, a directory) is an error
+// matching ErrUnsafe: the chain is never read or written through a link.
 func Chain(path string) (files, torn []string, err error) {
-	dir, base := filepath.Split(path)
+	dir, _ := filepath.Split(path)
 	if dir == "" {
 		dir = "."
 	}
@@ -55,16 +58,30 @@ func Chain(path string) (files, torn []string, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	return chainOf(dir, path, entries)
+}
+
+// chainOf is Chain of the log at path in dir, whose entries are given.
+func chainOf(dir, path string, entries []os.DirEntry) (files, torn []string, err error) {
+	base := filepath.Base(path)
 	type rotated struct {
 		first uint64
 		name  string
 	}
 	var rs []rotated
+	current := false
 	for _, e := range entries {
 		name := e.Name()
-		if first, _, ok := parseRotated(base, name); ok && e.Type().IsRegular() {
+		first, _, rot := parseRotated(base, name)
+		if (rot || name == base) && !e.Type().IsRegular() {
+			return nil, nil, fmt.Errorf("audit: %s is not a regular file (%v): %w", filepath.Join(dir, name), e.Type(), ErrUnsafe)
+		}
+		switch {
+		case rot:
 			rs = append(rs, rotated{first, filepath.Join(dir, name)})
-		} else if strings.HasPrefix(name, base+tornInfix) {
+		case name == base:
+			current = true
+		case strings.HasPrefix(name, base+tornInfix):
 			torn = append(torn, filepath.Join(dir, name))
 		}
 	}
@@ -77,7 +94,7 @@ func Chain(path string) (files, torn []string, err error) {
 	for _, r := range rs {
 		files = append(files, r.name)
 	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
+	if current {
 		files = append(files, path)
 	}
 	return files, torn, nil
@@ -107,7 +124,8 @@ func Logs(dir string) ([]string, error) {
 	var names []string
 	for _, e := range entries {
 		name := e.Name()
-		if !e.Type().IsRegular() || strings.HasPrefix(name, ".") || strings.Contains(name, tornInfix) || strings.HasSuffix(name, lockSuffix) {
+		if !e.Type().IsRegular() || strings.HasPrefix(name, ".") || strings.Contains(name, tornInfix) || strings.HasSuffix(name, lockSuffix) ||
+			name == ContextKeyName {
 			continue
 		}
 		if i := len(name) - 42; i > 0 {
@@ -187,16 +205,8 @@ type scan struct {
 // than scanWindow its first record and its last scanWindow bytes. Damaged
 // bytes after the good records are a tail for recover to move; a
 // self-consistent record after damage, or one that does not continue the
-// chain, is ErrCorrupt.
-func scanFile(path string) (scan, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return scan{}, nil
-	}
-	if err != nil {
-		return scan{}, err
-	}
-	defer f.Close()
+// chain, is ErrCorrupt. f is path, open for reading.
+func scanFile(f *os.File, path string) (scan, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return scan{}, err
@@ -296,12 +306,25 @@ func scanLines(path string, s *lineScanner, window bool) (scan, error) {
 	return sc, nil
 }
 
+// openAt opens name in the log's directory as openAt does.
+func (l *Log) openAt(name string, flag int, perm fs.FileMode) (*os.File, error) {
+	return openAt(l.dir, filepath.Dir(l.path), name, flag, perm)
+}
+
 // recover finds where the chain stands before the writer starts: the last
 // record of path (after moving a torn tail aside), else of the newest
 // rotated file, else a new chain.
 func (l *Log) recover() error {
-	sc, err := scanFile(l.path)
-	if err != nil {
+	var sc scan
+	f, err := l.openAt(l.base, os.O_RDONLY, 0)
+	switch {
+	case err == nil:
+		sc, err = scanFile(f, l.path)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	case !errors.Is(err, fs.ErrNotExist):
 		return err
 	}
 	if sc.size > sc.good {
@@ -310,7 +333,7 @@ func (l *Log) recover() error {
 		}
 	}
 	if sc.missingNewline {
-		if err := appendNewline(l.path, sc.good); err != nil {
+		if err := l.appendNewline(sc.good); err != nil {
 			return err
 		}
 		sc.good++
@@ -323,7 +346,11 @@ func (l *Log) recover() error {
 		l.report.Seq, l.report.Hash, l.report.From = sc.seq, sc.hash, l.path
 		return nil
 	}
-	files, _, err := Chain(l.path)
+	entries, err := readDirAt(l.dir)
+	if err != nil {
+		return err
+	}
+	files, _, err := chainOf(filepath.Dir(l.path), l.path, entries)
 	if err != nil {
 		return err
 	}
@@ -331,7 +358,7 @@ func (l *Log) recover() error {
 		if files[i] == l.path {
 			continue
 		}
-		rec, err := lastRecord(files[i])
+		rec, err := l.lastRecord(files[i])
 		if err != nil {
 			return err
 		}
@@ -348,12 +375,12 @@ func (l *Log) moveTail(sc scan) error {
 	n := sc.size - sc.good
 	torn := l.path + tornInfix + time.Now().UTC().Format("20060102T150405.000000000Z")
 	err := func() error {
-		src, err := os.Open(l.path)
+		src, err := l.openAt(l.base, os.O_RDONLY, 0)
 		if err != nil {
 			return err
 		}
 		defer src.Close()
-		dst, err := os.OpenFile(torn, os.O_WRONLY|os.O_CREATE|os.O_EXCL, l.opts.FileMode)
+		dst, err := l.openAt(filepath.Base(torn), os.O_WRONLY|os.O_CREATE|os.O_EXCL, l.opts.FileMode)
 		if err != nil {
 			return err
 		}
@@ -368,10 +395,10 @@ func (l *Log) moveTail(sc scan) error {
 		if err := dst.Close(); err != nil {
 			return err
 		}
-		if err := syncDir(filepath.Dir(l.path)); err != nil {
+		if err := l.syncDir(); err != nil {
 			return err
 		}
-		f, err := os.OpenFile(l.path, os.O_RDWR, 0)
+		f, err := l.openAt(l.base, os.O_RDWR, 0)
 		if err != nil {
 			return err
 		}
@@ -390,8 +417,8 @@ func (l *Log) moveTail(sc scan) error {
 	return nil
 }
 
-func appendNewline(path string, at int64) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+func (l *Log) appendNewline(at int64) error {
+	f, err := l.openAt(l.base, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
@@ -404,13 +431,13 @@ func appendNewline(path string, at int64) error {
 
 // lastRecord reads the last record of a rotated file, which must be
 // complete and carry the seq its name says.
-func lastRecord(name string) (Record, error) {
+func (l *Log) lastRecord(name string) (Record, error) {
 	corrupt := func(why string) (Record, error) {
 		return Record{}, fmt.Errorf("audit: %s: %s; run keyward audit verify: %w", name, why, ErrCorrupt)
 	}
 	base := filepath.Base(name)
 	_, wantLast, _ := parseRotated(base[:len(base)-42], base)
-	f, err := os.Open(name)
+	f, err := l.openAt(base, os.O_RDONLY, 0)
 	if err != nil {
 		return Record{}, err
 	}

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Options tunes a Log. The zero value is the default for every field.
@@ -60,8 +62,9 @@ type Options struct {
 	// its fsync. Default 1 s.
 	SyncInterval time.Duration
 
-	// openFile opens the log file for writing; tests swap it to inject
-	// write and fsync failures.
+	// openFile, when set, opens the log file for writing instead of the
+	// default (relative to the directory, never through a symlink); tests
+	// set it to inject write and fsync failures.
 	openFile func(name string, flag int, perm fs.FileMode) (file, error)
 }
 
@@ -157,11 +160,6 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if o.openFile == nil {
-		o.openFile = func(name string, flag int, perm fs.FileMode) (file, error) {
-			return os.OpenFile(name, flag, perm)
-		}
-	}
 	return o, nil
 }
 
@@ -208,9 +206,14 @@ func (s Stats) Unsynced() uint64 { return s.Seq - s.Synced }
 // Log is an open audit log. Its methods are safe for concurrent use.
 type Log struct {
 	path     string
+	base     string   // the file name of path
+	dir      *os.File // path's directory, opened and checked at Open
 	opts     Options
 	log      *slog.Logger
 	lockFile *os.File // flock held while open
+
+	keyMu  sync.RWMutex
+	ctxKey [32]byte // the context key (see ContextDigest); zeroed at Close
 
 	kick   chan struct{} // wakes the writer; capacity 1
 	exited chan struct{} // closed when the writer returns
@@ -272,7 +275,13 @@ type pending struct {
 // continues the chain from the last record of path, or of the newest rotated
 // file when path is missing or empty; a torn tail is handled as the package
 // doc says. Of a large path it checks only the end (see the package doc);
-// Verify checks all of it. The directory must exist.
+// Verify checks all of it.
+//
+// The directory must exist, be owned by this process's user or root and not
+// be writable by its group or others; every file of the log in it must be a
+// regular file owned by this process's user. Open fails with ErrUnsafe
+// otherwise, and never writes through a symlink. It also loads (or, the
+// first time, creates) the directory's context key (see ContextDigest).
 func Open(path string, opts Options) (*Log, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -280,19 +289,27 @@ func Open(path string, opts Options) (*Log, error) {
 	}
 	l := &Log{
 		path:   path,
+		base:   filepath.Base(path),
 		opts:   opts,
 		log:    opts.Logger,
 		kick:   make(chan struct{}, 1),
 		exited: make(chan struct{}),
 	}
+	if l.dir, err = openDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
 	if err := l.lock(); err != nil {
+		l.dir.Close()
 		return nil, err
 	}
-	if err := l.recover(); err != nil {
-		l.unlock()
-		return nil, err
+	err = l.loadContextKey()
+	if err == nil {
+		err = l.recover()
 	}
-	if err := l.reopen(); err != nil {
+	if err == nil {
+		err = l.reopen()
+	}
+	if err != nil {
 		l.unlock()
 		return nil, err
 	}
@@ -309,7 +326,7 @@ func Open(path string, opts Options) (*Log, error) {
 // record and fork it.
 func (l *Log) lock() error {
 	name := l.path + lockSuffix
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, l.opts.FileMode)
+	f, err := openAt(l.dir, filepath.Dir(l.path), l.base+lockSuffix, os.O_RDWR|os.O_CREATE, l.opts.FileMode)
 	if err != nil {
 		return fmt.Errorf("audit lock: %w", err)
 	}
@@ -324,11 +341,19 @@ func (l *Log) lock() error {
 	return nil
 }
 
+// unlock releases the lock and the directory, and zeroes the context key.
 func (l *Log) unlock() {
 	if l.lockFile != nil {
 		l.lockFile.Close()
 		l.lockFile = nil
 	}
+	if l.dir != nil {
+		l.dir.Close()
+		l.dir = nil
+	}
+	l.keyMu.Lock()
+	clear(l.ctxKey[:])
+	l.keyMu.Unlock()
 }
 
 // OpenReport says where Open found the chain and what it did to the tail.
@@ -835,12 +860,22 @@ func (l *Log) reopen() error {
 		l.f.Close()
 		l.f = nil
 	}
-	_, statErr := os.Lstat(l.path)
-	f, err := l.opts.openFile(l.path, os.O_RDWR|os.O_CREATE, l.opts.FileMode)
+	var st unix.Stat_t
+	statErr := unix.Fstatat(int(l.dir.Fd()), l.base, &st, unix.AT_SYMLINK_NOFOLLOW)
+	var f file
+	var err error
+	if l.opts.openFile != nil {
+		f, err = l.opts.openFile(l.path, os.O_RDWR|os.O_CREATE, l.opts.FileMode)
+	} else {
+		f, err = openAt(l.dir, filepath.Dir(l.path), l.base, os.O_RDWR|os.O_CREATE, l.opts.FileMode)
+	}
 	if err != nil {
 		return fmt.Errorf("open %s: %w", l.path, err)
 	}
 	fi, err := f.Stat()
+	if err == nil {
+		err = checkFile(l.path, fi)
+	}
 	if err == nil {
 		switch size := fi.Size(); {
 		case size < l.size:
@@ -853,8 +888,8 @@ func (l *Log) reopen() error {
 		err = f.Sync()
 		l.fsyncs.Add(1)
 	}
-	if err == nil && errors.Is(statErr, fs.ErrNotExist) {
-		err = syncDir(filepath.Dir(l.path))
+	if err == nil && errors.Is(statErr, unix.ENOENT) {
+		err = l.syncDir()
 	}
 	if err != nil {
 		f.Close()
@@ -882,13 +917,11 @@ func (l *Log) rotate() {
 	}
 	name := RotatedName(l.path, l.first, l.seq)
 	err := func() error {
-		if _, err := os.Lstat(name); err == nil {
-			return fmt.Errorf("%s already exists", name)
-		}
-		if err := os.Rename(l.path, name); err != nil {
+		// Never onto an existing name (a symlink planted there included).
+		if err := renameAt(l.dir, l.base, filepath.Base(name)); err != nil {
 			return err
 		}
-		return syncDir(filepath.Dir(l.path))
+		return l.syncDir()
 	}()
 	if err != nil {
 		l.rotateNext = time.Now().Add(10 * l.opts.RetryInterval)
@@ -917,14 +950,11 @@ func withPath(op, path string, err error) error {
 	return &fs.PathError{Op: op, Path: path, Err: err}
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
+// syncDir fsyncs the log's directory: a create, rename or removal in it is
+// then durable.
+func (l *Log) syncDir() error {
+	if err := l.dir.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", filepath.Dir(l.path), err)
 	}
 	return nil
 }

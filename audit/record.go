@@ -36,10 +36,13 @@ type Record struct {
 	// none or unknown).
 	Key     string
 	Version uint32
-	// ContextDigest is envelope.ContextDigest of the request's context
-	// (of the empty context when the operation takes none). Never the
-	// values themselves.
+	// ContextDigest is a digest of the request's context, never the
+	// values themselves: with ContextKeyed, (*Log).ContextDigest of its
+	// canonical encoding, written "hmac-sha256:<hex>"; without, a plain
+	// SHA-256 (records written before keyed digests), written as hex
+	// alone. Zero: the operation took no context.
 	ContextDigest [32]byte
+	ContextKeyed  bool
 	// Result is the result code: "OK", "PERMISSION_DENIED",
 	// "DECRYPTION_FAILED"...
 	Result string
@@ -144,7 +147,7 @@ func prepare(r Record, now time.Time) (prepared, error) {
 
 // bodyFixed is the length of a body with empty strings and long numbers.
 const bodyFixed = len(`{"peer":{"uid":4294967295,"gid":4294967295,"pid":-2147483648,"unit":""},"op":"","key":"","version":4294967295,`+
-	`"context_digest":"`) + 64 + len(`","result":"","reason":"","duration_us":-9223372036854775808,"request_id":"","sig":""}`)
+	`"context_digest":"`+ContextHMACPrefix) + 64 + len(`","result":"","reason":"","duration_us":-9223372036854775808,"request_id":"","sig":""}`)
 
 // appendBody appends the JSON of r's body: json.Marshal(body{...}) of r's
 // fields, invalid UTF-8 in its strings replaced by U+FFFD first (the
@@ -165,6 +168,9 @@ func appendBody(b []byte, r Record) []byte {
 	b = append(b, `,"version":`...)
 	b = strconv.AppendUint(b, uint64(r.Version), 10)
 	b = append(b, `,"context_digest":"`...)
+	if r.ContextKeyed {
+		b = append(b, ContextHMACPrefix...)
+	}
 	b = hex.AppendEncode(b, r.ContextDigest[:])
 	b = append(b, `","result":`...)
 	b = appendString(b, r.Result)
@@ -264,7 +270,9 @@ func parseLine(line []byte) (Record, error) {
 	if err := decodeHex(r.Prev[:], []byte(w.Prev)); err != nil {
 		return r, fmt.Errorf("prev: %v", err)
 	}
-	if err := decodeHex(r.ContextDigest[:], []byte(w.ContextDigest)); err != nil {
+	digest, keyed := strings.CutPrefix(w.ContextDigest, ContextHMACPrefix)
+	r.ContextKeyed = keyed
+	if err := decodeHex(r.ContextDigest[:], []byte(digest)); err != nil {
 		return r, fmt.Errorf("context_digest: %v", err)
 	}
 	t, err := time.Parse(time.RFC3339Nano, w.Time)

@@ -16,6 +16,10 @@ type Result struct {
 	FirstSeq uint64 // seq of the first record (0: none)
 	LastSeq  uint64 // seq of the last record that verified
 	LastHash [32]byte
+	// Spans are the files that held records, in order, each with where it
+	// starts: the Start to give VerifyOptions once the files before it
+	// have been removed.
+	Spans []Span
 	// Checkpoints counts checkpoint records: their signatures verified when
 	// VerifyOptions.CheckpointKeys were given, only seen otherwise.
 	Checkpoints uint64
@@ -33,6 +37,27 @@ type VerifyOptions struct {
 	// checkpoint's signature must verify with one of them, or the
 	// checkpoint is reported as the break.
 	CheckpointKeys []crypto.PublicKey
+	// From, when set, is where a trail that no longer holds the genesis
+	// record (its older files removed on purpose) starts. Unset, the
+	// first record must be the genesis record, seq 1.
+	From *Start
+}
+
+// Start is where a trail starts: the seq of its first record and that
+// record's prev, the hash of the record before it (the last one removed).
+// The genesis start is seq 1, prev 64 zeros.
+type Start struct {
+	Seq  uint64
+	Prev [32]byte
+}
+
+// Span is the part of the chain one file holds.
+type Span struct {
+	File     string
+	Start    Start // its first record's seq and prev
+	LastSeq  uint64
+	LastHash [32]byte
+	Records  uint64
 }
 
 // Break names the first broken record and why. It is also the error Verify
@@ -57,9 +82,11 @@ func (b *Break) Is(target error) bool { return target == ErrBroken }
 // Verify reads files in chain order (oldest first, as Chain lists them) and
 // checks every line: it is a complete, canonical record; its seq is one more
 // than the one before; its prev is the hash of the one before (64 zeros for
-// seq 1); its hash recomputes. The first record checked may start anywhere
-// in the chain (older files may have been archived). Across files, the first
-// record of a file must continue the last of the file before.
+// seq 1); its hash recomputes. The first record must be the genesis record,
+// seq 1, unless VerifyOptions.From says where the trail starts: then it
+// must be that seq, with that prev. Records (or whole files) missing at the
+// start are so a break like any other. Across files, the first record of a
+// file must continue the last of the file before.
 //
 // A broken chain gives a *Break (in Result.Broken and as the error); a file
 // that cannot be read gives its error.
@@ -133,6 +160,12 @@ func (v *verifier) file(name string, r io.Reader) (*Break, error) {
 		if v.res.Records == 0 {
 			v.res.FirstSeq = rec.Seq
 		}
+		if len(v.res.Spans) == 0 || v.res.Spans[len(v.res.Spans)-1].File != name {
+			v.res.Spans = append(v.res.Spans, Span{File: name, Start: Start{Seq: rec.Seq, Prev: rec.Prev}})
+		}
+		sp := &v.res.Spans[len(v.res.Spans)-1]
+		sp.LastSeq, sp.LastHash = rec.Seq, rec.Hash
+		sp.Records++
 		v.res.Records++
 		v.res.LastSeq, v.res.LastHash = rec.Seq, rec.Hash
 		v.lastFile, v.lastLine = name, n
@@ -143,13 +176,7 @@ func (v *verifier) file(name string, r io.Reader) (*Break, error) {
 // link says why rec does not continue the chain, or "".
 func (v *verifier) link(rec Record, name string) string {
 	if v.res.Records == 0 {
-		switch {
-		case rec.Seq == 0:
-			return "seq 0: seqs start at 1"
-		case rec.Seq == 1 && rec.Prev != [32]byte{}:
-			return "seq 1 must have a prev of 64 zeros"
-		}
-		return ""
+		return v.first(rec)
 	}
 	where := fmt.Sprintf("line %d", v.lastLine)
 	if v.lastFile != name {
@@ -163,6 +190,32 @@ func (v *verifier) link(rec Record, name string) string {
 		return fmt.Sprintf("seq %d follows seq %d (%s): out of order or repeated", rec.Seq, v.res.LastSeq, where)
 	case rec.Prev != v.res.LastHash:
 		return fmt.Sprintf("prev is not the hash of seq %d (%s): a record before it was changed or replaced", v.res.LastSeq, where)
+	}
+	return ""
+}
+
+// first says why rec cannot be the first record of the trail, or "".
+func (v *verifier) first(rec Record) string {
+	from := v.opts.From
+	switch {
+	case rec.Seq == 0:
+		return "seq 0: seqs start at 1"
+	case rec.Seq == 1 && rec.Prev != [32]byte{}:
+		return "seq 1 must have a prev of 64 zeros"
+	case from == nil && rec.Seq != 1:
+		return fmt.Sprintf("the first record is seq %d, not the genesis record (seq 1): seq 1..%d are missing "+
+			"(records deleted, or older files removed; a trail that starts later needs the seq and hash it starts from)",
+			rec.Seq, rec.Seq-1)
+	case from == nil:
+		return ""
+	case rec.Seq > from.Seq:
+		return fmt.Sprintf("the first record is seq %d, the trail was to start at seq %d: seq %d..%d are missing",
+			rec.Seq, from.Seq, from.Seq, rec.Seq-1)
+	case rec.Seq < from.Seq:
+		return fmt.Sprintf("the first record is seq %d, the trail was to start at seq %d", rec.Seq, from.Seq)
+	case rec.Prev != from.Prev:
+		return fmt.Sprintf("prev of seq %d is not the hash given to start from (that of seq %d): the record was replaced, or the hash given is wrong",
+			rec.Seq, rec.Seq-1)
 	}
 	return ""
 }

@@ -3,7 +3,9 @@ package daemon_test
 import (
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
@@ -17,6 +19,7 @@ import (
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/envelope"
 )
 
 type auditLine struct {
@@ -112,6 +115,16 @@ func testAuditTrail(t *testing.T, mode string) {
 	recs = recs[1:]
 	if recs[1].Version != 1 || recs[1].ContextDigest == "" || recs[1].Peer.UID != 0 {
 		t.Errorf("wrap record %+v", recs[1])
+	}
+	// The digest is keyed with the log directory's context key, and marked so.
+	ckey, err := audit.ReadContextKey(filepath.Join(filepath.Dir(logPath), audit.ContextKeyName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := envelope.CanonicalContext(map[string]string{"app": "web"})
+	if d := audit.ContextDigest(ckey, web); recs[1].ContextDigest != audit.ContextHMACPrefix+hex.EncodeToString(d[:]) {
+		plain := sha256.Sum256(web)
+		t.Errorf("wrap record's context digest %s: want the HMAC under the context key (plain SHA-256: %x)", recs[1].ContextDigest, plain)
 	}
 	if recs[3].RequestID != recs[4].RequestID || recs[3].RequestID == recs[1].RequestID {
 		t.Errorf("batch items should share one request id, distinct from other calls")

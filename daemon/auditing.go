@@ -105,6 +105,7 @@ const auditTimeout = 10 * time.Second
 // call collects the audit records of one RPC: one per operation, so a batch
 // call has one per item.
 type call struct {
+	log   *audit.Log // keys the context digests
 	id    string
 	peer  audit.Peer
 	start time.Time
@@ -142,7 +143,11 @@ func auditOp(ctx context.Context, op, key string, version uint32, c map[string]s
 	r := audit.Record{Peer: cl.peer, Op: op, Key: key, Version: version, Result: result,
 		Duration: time.Since(started), RequestID: cl.id}
 	if len(c) > 0 {
-		r.ContextDigest = envelope.ContextDigest(c)
+		// Keyed, so that a reader of the log cannot test guesses of the
+		// values against it (see audit.ContextDigest).
+		canonical := envelope.CanonicalContext(c)
+		r.ContextDigest, r.ContextKeyed = cl.log.ContextDigest(canonical), true
+		clear(canonical)
 	}
 	if r.Result == "" {
 		r.Result = resultFor(err)
@@ -253,7 +258,7 @@ func (s *Service) auditInterceptor(al *audit.Log, refused *refusals) grpc.UnaryS
 			return nil, statusFor(ErrAuditUnavailable)
 		}
 		id, _ := identityFrom(ctx)
-		cl := &call{id: newRequestID(), start: time.Now(),
+		cl := &call{log: al, id: newRequestID(), start: time.Now(),
 			peer: audit.Peer{UID: id.UID, GID: id.GID, PID: id.PID, Unit: id.Unit}}
 		cl.recs = cl.one[:0]
 		resp, err := handler(context.WithValue(ctx, callKey{}, cl), req)
