@@ -6,10 +6,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
-	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"time"
+
+	"github.com/keyward/keyward/keys"
 )
 
 // Checkpoints. The hash chain shows that records were changed, but whoever
@@ -119,20 +120,14 @@ func (l *Log) checkpoint(seq uint64, prev [32]byte) (prepared, bool) {
 // (the versions of the checkpoint key).
 func verifyCheckpoint(pubs []crypto.PublicKey, r Record) error {
 	msg := CheckpointMessage(r.Seq, r.Prev)
-	d := sha256.Sum256(msg)
 	for _, pub := range pubs {
-		ok := false
-		switch k := pub.(type) {
-		case *ecdsa.PublicKey:
-			ok = ecdsa.VerifyASN1(k, d[:], r.Sig)
-		case *rsa.PublicKey:
-			ok = rsa.VerifyPSS(k, crypto.SHA256, d[:], r.Sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: crypto.SHA256}) == nil
-		case ed25519.PublicKey:
-			ok = len(r.Sig) == ed25519.SignatureSize && ed25519.Verify(k, msg, r.Sig)
+		switch pub.(type) {
+		case *ecdsa.PublicKey, *rsa.PublicKey, ed25519.PublicKey:
 		default:
 			return fmt.Errorf("checkpoint key of type %T is not a signing key", pub)
 		}
-		if ok {
+		// The one form keyward signs in (low-S ECDSA, PSS salt 32), as verify.
+		if keys.VerifySignature(pub, msg, r.Sig) {
 			return nil
 		}
 	}

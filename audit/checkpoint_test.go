@@ -9,13 +9,17 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/asn1"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/keyward/keyward/keys"
 )
 
 // ecdsaSigner signs as keyward's sign operation does for an ecdsa-p256 key
@@ -32,7 +36,11 @@ func (s *ecdsaSigner) SignCheckpoint(_ context.Context, msg []byte) (string, uin
 		return "", 0, nil, errors.New("device unavailable")
 	}
 	d := sha256.Sum256(msg)
-	sig, err := ecdsa.SignASN1(rand.Reader, s.key, d[:])
+	r, ss, err := ecdsa.Sign(rand.Reader, s.key, d[:])
+	if err != nil {
+		return "", 0, nil, err
+	}
+	sig, err := keys.ECDSASignature(r, ss) // low-S, as both backends sign
 	return "audit/checkpoint", 1, sig, err
 }
 
@@ -187,5 +195,36 @@ func TestSigOnlyOnCheckpoints(t *testing.T) {
 	os.WriteFile(path, out, 0o600)
 	if _, err := Verify(path); !errors.Is(err, ErrBroken) || !strings.Contains(err.Error(), "not a checkpoint") {
 		t.Fatalf("verify: %v", err)
+	}
+}
+
+// TestCheckpointOneEncoding: a checkpoint's signature verifies only in the
+// form keyward signs in: the high-S twin of a valid ECDSA signature, which
+// is as valid to crypto/ecdsa, is refused.
+func TestCheckpointOneEncoding(t *testing.T) {
+	s := newSigner(t)
+	r := Record{Seq: 7, Op: OpCheckpoint, Key: "audit/checkpoint", Version: 1}
+	_, _, sig, err := s.SignCheckpoint(context.Background(), CheckpointMessage(r.Seq, r.Prev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Sig = sig
+	if err := verifyCheckpoint([]crypto.PublicKey{&s.key.PublicKey}, r); err != nil {
+		t.Fatalf("keyward's own signature: %v", err)
+	}
+	var parsed struct{ R, S *big.Int }
+	if _, err := asn1.Unmarshal(sig, &parsed); err != nil {
+		t.Fatal(err)
+	}
+	twin, err := asn1.Marshal(struct{ R, S *big.Int }{parsed.R, new(big.Int).Sub(elliptic.P256().Params().N, parsed.S)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ecdsa.VerifyASN1(&s.key.PublicKey, func() []byte { d := sha256.Sum256(CheckpointMessage(r.Seq, r.Prev)); return d[:] }(), twin) {
+		t.Fatal("the twin should be valid to crypto/ecdsa")
+	}
+	r.Sig = twin
+	if err := verifyCheckpoint([]crypto.PublicKey{&s.key.PublicKey}, r); err == nil {
+		t.Fatal("the high-S twin of a checkpoint signature verified")
 	}
 }

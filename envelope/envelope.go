@@ -237,8 +237,10 @@ func appendContext(b []byte, c keys.Context) []byte {
 	return b
 }
 
-// ContextDigest returns the SHA-256 of CanonicalContext(c). Audit records
-// carry it so that equal contexts can be matched without storing the values.
+// ContextDigest returns the plain SHA-256 of CanonicalContext(c). Audit
+// records no longer carry it (a dictionary of likely values reverses it):
+// they carry an HMAC under the audit directory's context key
+// (audit.ContextDigest); records written before that carry this.
 func ContextDigest(c keys.Context) [32]byte {
 	return sha256.Sum256(CanonicalContext(c))
 }
