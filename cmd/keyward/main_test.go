@@ -194,7 +194,7 @@ func TestUsageErrors(t *testing.T) {
 		{name: "doctor without token", args: []string{"token", "doctor", "--module", mod, "--pin-file", "p"}, want: "exactly one of --token and --uri"},
 		{name: "doctor token and uri", args: []string{"token", "doctor", "--module", mod, "--token", "a", "--uri", "pkcs11:token=a", "--pin-file", "p"}, want: "exactly one of --token and --uri"},
 		{name: "doctor uri with pin-value", args: []string{"token", "doctor", "--module", mod, "--uri", "pkcs11:token=a?pin-value=1234", "--pin-file", "p"}, want: "pin-value"},
-		{name: "doctor bad uri", args: []string{"token", "doctor", "--module", mod, "--uri", "token=a", "--pin-file", "p"}, want: "must start with pkcs11:"},
+		{name: "doctor bad uri", args: []string{"token", "doctor", "--module", mod, "--uri", "token=a", "--pin-file", "p"}, want: "must start with \"pkcs11:\""},
 		{name: "doctor without pin source", args: []string{"token", "doctor", "--module", mod, "--token", "a"}, want: "--pin-file is required"},
 		{name: "doctor extra argument", args: []string{"token", "doctor", "--module", mod, "--token", "a", "--pin-file", "p", "now"}, want: `unexpected argument "now"`},
 		{name: "doctor unknown flag", args: []string{"token", "doctor", "--force"}, want: "-force"},
