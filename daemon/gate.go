@@ -5,6 +5,7 @@ import (
 	"errors"
 	"path"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -50,10 +51,28 @@ func newGate(svc *Service, stopping *atomicBool, refused *refusals) *gate {
 	return &gate{svc: svc, stopping: stopping, refused: refused, inUse: map[uint32]int{}}
 }
 
-// pending is an admitted call: its receive deadline, and its slot.
+// pending is an admitted call: its slot and its receive deadline.
 type pending struct {
-	timer   *time.Timer
-	release func()
+	g        *gate
+	id       policy.Identity
+	method   string
+	cancel   context.CancelCauseFunc
+	timer    *time.Timer
+	released atomic.Bool
+}
+
+// release frees the call's slot, once.
+func (p *pending) release() {
+	if p.released.CompareAndSwap(false, true) {
+		p.g.release(p.id.UID)
+	}
+}
+
+// expire cuts a call whose message has not arrived in time.
+func (p *pending) expire() {
+	p.cancel(errReceiveTimeout)
+	p.g.refused.note(peerOf(p.id), methodOp(p.method), ResultReceiveTimeout)
+	p.g.svc.metrics.refusedAtOpen(ResultReceiveTimeout)
 }
 
 type pendingKey struct{}
@@ -80,19 +99,14 @@ func (g *gate) tap(ctx context.Context, info *tap.Info) (context.Context, error)
 	if !g.acquire(id.UID, limit) {
 		return nil, g.refuse(id, method, ErrTooMany)
 	}
-	p := &pending{}
-	p.release = sync.OnceFunc(func() { g.release(id.UID) })
+	rctx, cancel := context.WithCancelCause(ctx)
+	p := &pending{g: g, id: id, method: method, cancel: cancel}
 	// Freed when the handler returns (received), or at the stream's end for
 	// a call that never reached it. AfterFunc alone would free the slot
 	// only some time after the reply, and a caller at its limit that calls
 	// again at once would be refused.
 	context.AfterFunc(ctx, p.release)
-	rctx, cancel := context.WithCancelCause(ctx)
-	p.timer = time.AfterFunc(lim.ReceiveTimeout.Duration, func() {
-		cancel(errReceiveTimeout)
-		g.refused.note(peerOf(id), methodOp(method), ResultReceiveTimeout)
-		g.svc.metrics.refusedAtOpen(ResultReceiveTimeout)
-	})
+	p.timer = time.AfterFunc(lim.ReceiveTimeout.Duration, p.expire)
 	return context.WithValue(rctx, pendingKey{}, p), nil
 }
 
