@@ -106,12 +106,19 @@ const auditTimeout = 10 * time.Second
 // call has one per item.
 type call struct {
 	log   *audit.Log // keys the context digests
+	// unnamed: no rule names the caller, so its refused operations count
+	// towards its denied-request limit (abuseOf), and past it are
+	// summarised, not recorded one by one.
+	unnamed bool
+	abuse   *abuse
+	limit   int
 	id    string
 	peer  audit.Peer
 	start time.Time
 	mu    sync.Mutex
 	recs  []audit.Record
 	one   [1]audit.Record // recs' storage for a single operation
+	summ  []audit.Record  // refusals past the caller's limit, for the summary
 }
 
 // expectOps makes room for the n records of a batch call.
@@ -140,6 +147,9 @@ func auditOp(ctx context.Context, op, key string, version uint32, c map[string]s
 	if !ok {
 		return
 	}
+	if len(key) > keys.MaxNameLen { // not a key name: never more of it than a name's length
+		key = key[:keys.MaxNameLen] + "..."
+	}
 	r := audit.Record{Peer: cl.peer, Op: op, Key: key, Version: version, Result: result,
 		Duration: time.Since(started), RequestID: cl.id}
 	if len(c) > 0 {
@@ -160,8 +170,31 @@ func auditOp(ctx context.Context, op, key string, version uint32, c map[string]s
 		r.Reason = d.reason
 	}
 	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.overLimit(r.Result) {
+		cl.summ = append(cl.summ, r) // summarised with the caller's other refusals
+		return
+	}
 	cl.recs = append(cl.recs, r)
-	cl.mu.Unlock()
+}
+
+// overLimit reports whether a refused operation of a caller no rule names
+// is past its denied-request limit. Its denials were counted by authorize;
+// its invalid requests (which fail before authorize: a bad key name, a
+// malformed blob) are counted here, so that they cannot be recorded one by
+// one without bound either.
+func (cl *call) overLimit(result string) bool {
+	if !cl.unnamed || cl.abuse == nil {
+		return false
+	}
+	who := caller{uid: cl.peer.UID, unit: cl.peer.Unit}
+	switch result {
+	case resultDenied:
+		return cl.abuse.over(who, abuseDenied, cl.limit)
+	case resultInvalid, resultInvalidName, resultMalformed:
+		return cl.abuse.note(who, abuseDenied, cl.limit)
+	}
+	return false
 }
 
 // ResultStarted is the result of an intent record: written, durably, before
@@ -259,14 +292,20 @@ func (s *Service) auditInterceptor(al *audit.Log, refused *refusals) grpc.UnaryS
 		}
 		id, _ := identityFrom(ctx)
 		cl := &call{log: al, id: newRequestID(), start: time.Now(),
-			peer: audit.Peer{UID: id.UID, GID: id.GID, PID: id.PID, Unit: id.Unit}}
+			peer:    audit.Peer{UID: id.UID, GID: id.GID, PID: id.PID, Unit: id.Unit},
+			unnamed: !s.pol.Load().Names(id), abuse: s.abuse, limit: s.lim.Load().MaxDeniedPerMinute}
 		cl.recs = cl.one[:0]
 		resp, err := handler(context.WithValue(ctx, callKey{}, cl), req)
 		cl.mu.Lock()
-		recs := cl.recs
+		recs, summ := cl.recs, cl.summ
 		cl.mu.Unlock()
-		if len(recs) == 0 { // refused before any operation began (bad request)
+		if len(recs) == 0 && len(summ) == 0 { // refused before any operation began (bad request)
 			recs = []audit.Record{{Peer: cl.peer, Op: methodOp(method), Result: resultOf(err), Duration: time.Since(cl.start), RequestID: cl.id}}
+		}
+		for _, r := range summ {
+			if refused != nil {
+				refused.note(r.Peer, r.Op, r.Result)
+			}
 		}
 		if recs = summarised(recs, refused); len(recs) == 0 {
 			return resp, err
@@ -315,4 +354,8 @@ func summarised(recs []audit.Record, refused *refusals) []audit.Record {
 var (
 	resultRateLimited = pb.ErrorReason_RATE_LIMITED.String()
 	resultTooMany     = pb.ErrorReason_TOO_MANY_REQUESTS.String()
+	resultDenied      = pb.ErrorReason_PERMISSION_DENIED.String()
+	resultInvalid     = pb.ErrorReason_INVALID_REQUEST.String()
+	resultInvalidName = pb.ErrorReason_INVALID_KEY_NAME.String()
+	resultMalformed   = pb.ErrorReason_MALFORMED_CIPHERTEXT.String()
 )

@@ -132,30 +132,55 @@ func TestEmptyRequestCut(t *testing.T) {
 }
 
 // TestRefusalSummaryBudget: a uid that no rule names sends 1000-item
-// BatchWraps: after its denied-request limit every item, then every call,
-// is refused RATE_LIMITED. The audit log grows by a few records and one
+// BatchWraps, on a key it may not use or with an invalid 4000-byte key
+// name: past its denied-request limit every item, then every call, is
+// refused or summarised. The audit log grows by a few records and one
 // summary per interval, not by a record per item.
 func TestRefusalSummaryBudget(t *testing.T) {
 	const calls = 300
-	r := start(t, testRules(), func(c *daemon.Config) { c.AuditRefusalInterval = daemon.Duration{Duration: time.Second} })
-	logPath := filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")
-	before := fileSize(t, logPath)
-	outsider := as(t, r.sock, outsideUID)
-	got := outsider.do(fmt.Sprintf("batchflood %d app/flood", calls))
-	if !strings.Contains(got, "RATE_LIMITED") {
-		t.Fatalf("flood results: %s", got)
+	for _, c := range []struct{ name, key string }{
+		{"denied", "app/flood"},
+		{"invalid key name", strings.Repeat("x", 4000)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := start(t, testRules(), func(c *daemon.Config) { c.AuditRefusalInterval = daemon.Duration{Duration: time.Second} })
+			logPath := filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")
+			before := fileSize(t, logPath)
+			outsider := as(t, r.sock, outsideUID)
+			got := outsider.do(fmt.Sprintf("batchflood %d %s", calls, c.key))
+			if !strings.Contains(got, "RATE_LIMITED") {
+				t.Fatalf("flood results: %s", got)
+			}
+			single, summary, counted := waitSummaries(t, logPath, calls-1)
+			grew := fileSize(t, logPath) - before
+			t.Logf("%d calls of 1000 items: %d single records, %d summaries counting %d refusals; the log grew %d bytes", calls, single, summary, counted, grew)
+			// max_denied_per_minute (60) refusals, each with its record, per window.
+			if limit := 2 * (daemon.Defaults().Limits.MaxDeniedPerMinute + 1); single > limit {
+				t.Errorf("%d single records of the refused caller, want at most %d", single, limit)
+			}
+			if grew > 5<<20 {
+				t.Errorf("the audit log grew %d bytes, want at most 5 MiB", grew)
+			}
+		})
 	}
-	var summary, single int
-	var counted uint64
+}
+
+// waitSummaries waits until the outsider's summary records count at least
+// want refusals, and returns its single records, summaries and that count.
+func waitSummaries(t *testing.T, logPath string, want uint64) (single, summary int, counted uint64) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		summary, single, counted = 0, 0, 0
+		single, summary, counted = 0, 0, 0
 		for _, a := range readAudit(t, logPath) {
 			if a.Peer.UID != outsideUID {
 				continue
 			}
 			if a.Op != daemon.OpRefused {
 				single++
+				if len(a.Key) > 131 {
+					t.Fatalf("a record with a %d-byte key", len(a.Key))
+				}
 				continue
 			}
 			summary++
@@ -163,22 +188,13 @@ func TestRefusalSummaryBudget(t *testing.T) {
 			n, _ := strconv.ParseUint(strings.TrimPrefix(f[0], "count="), 10, 64)
 			counted += n
 		}
-		if counted >= calls-1 {
-			break
+		if counted >= want {
+			return single, summary, counted
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("summaries count %d refusals of at least %d", counted, calls-1)
+			t.Fatalf("summaries count %d refusals of at least %d", counted, want)
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-	grew := fileSize(t, logPath) - before
-	t.Logf("%d calls of 1000 items: %d single records, %d summaries counting %d refusals; the log grew %d bytes", calls, single, summary, counted, grew)
-	// max_denied_per_minute (60) denials, each with its record, per window.
-	if limit := 2 * (daemon.Defaults().Limits.MaxDeniedPerMinute + 1); single > limit {
-		t.Errorf("%d single records of the refused caller, want at most %d", single, limit)
-	}
-	if grew > 5<<20 {
-		t.Errorf("the audit log grew %d bytes, want at most 5 MiB", grew)
 	}
 }
 
