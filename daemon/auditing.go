@@ -105,20 +105,20 @@ const auditTimeout = 10 * time.Second
 // call collects the audit records of one RPC: one per operation, so a batch
 // call has one per item.
 type call struct {
-	log   *audit.Log // keys the context digests
+	log *audit.Log // keys the context digests
 	// unnamed: no rule names the caller, so its refused operations count
 	// towards its denied-request limit (abuseOf), and past it are
 	// summarised, not recorded one by one.
 	unnamed bool
 	abuse   *abuse
 	limit   int
-	id    string
-	peer  audit.Peer
-	start time.Time
-	mu    sync.Mutex
-	recs  []audit.Record
-	one   [1]audit.Record // recs' storage for a single operation
-	summ  []audit.Record  // refusals past the caller's limit, for the summary
+	id      string
+	peer    audit.Peer
+	start   time.Time
+	mu      sync.Mutex
+	recs    []audit.Record
+	one     [1]audit.Record // recs' storage for a single operation
+	summ    []audit.Record  // refusals past the caller's limit, for the summary
 }
 
 // expectOps makes room for the n records of a batch call.

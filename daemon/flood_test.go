@@ -33,11 +33,13 @@ const floodEnv = "KEYWARD_DAEMON_FLOOD"
 // it opened was either refused by the daemon or given all its bytes, and
 // again (final) once every admitted stream was cut.
 type floodReport struct {
-	Opened   int            `json:"opened"`
-	Refused  map[string]int `json:"refused"` // grpc-status or RST code -> streams
-	FullSent int            `json:"full_sent"`
-	Cut      int            `json:"cut"` // full-sent streams the daemon ended
-	Final    bool           `json:"final"`
+	Opened    int            `json:"opened"`
+	Refused   map[string]int `json:"refused"` // grpc-status or RST code -> streams
+	FullSent  int            `json:"full_sent"`
+	Answered  int            `json:"answered"`  // response headers (complete requests)
+	Delivered int            `json:"delivered"` // answered streams that then ended
+	Cut       int            `json:"cut"`       // full-sent streams the daemon ended
+	Final     bool           `json:"final"`
 }
 
 // h2Flood opens $FLOOD_CONNS connections to $KW_SOCK with $FLOOD_STREAMS
@@ -45,7 +47,9 @@ type floodReport struct {
 // sends all but its last byte (honouring flow control) and never finishes.
 // It prints a floodReport when nothing more can be sent, and a final one
 // when the daemon has ended every stream, then holds the connections until
-// stdin closes.
+// stdin closes. With $FLOOD_SIZE 0 each stream is a complete Status call,
+// and the flooder grants no flow-control window: no reply can be sent. It
+// reports when every stream was refused or answered with headers.
 func h2Flood() int {
 	conns, _ := strconv.Atoi(os.Getenv("FLOOD_CONNS"))
 	streams, _ := strconv.Atoi(os.Getenv("FLOOD_STREAMS"))
@@ -65,6 +69,9 @@ func h2Flood() int {
 		go f.run()
 	}
 	settled.Wait()
+	if size == 0 {
+		final.Add(-conns) // the held replies never end: report once
+	}
 	out := func() {
 		mu.Lock()
 		b, _ := json.Marshal(rep)
@@ -72,11 +79,13 @@ func h2Flood() int {
 		fmt.Println(string(b))
 	}
 	out()
-	final.Wait()
-	mu.Lock()
-	rep.Final = true
-	mu.Unlock()
-	out()
+	if size != 0 {
+		final.Wait()
+		mu.Lock()
+		rep.Final = true
+		mu.Unlock()
+		out()
+	}
 	bufio.NewReader(os.Stdin).ReadString('\n')
 	return 0
 }
@@ -90,12 +99,15 @@ type flooder struct {
 	rep            *floodReport
 	settled, final *sync.WaitGroup
 
-	cond       *sync.Cond
-	connWindow int
-	initWindow int
-	windows    map[uint32]int // stream -> send window
-	left       map[uint32]int // stream -> bytes still to send
-	ended      map[uint32]bool
+	cond        *sync.Cond
+	connWindow  int
+	initWindow  int
+	windows     map[uint32]int // stream -> send window
+	left        map[uint32]int // stream -> bytes still to send
+	ended       map[uint32]bool
+	settledDone bool
+	answered    map[uint32]bool // this connection's streams answered with headers
+	delivered   int             // and of those, ended
 }
 
 func (f *flooder) run() {
@@ -103,17 +115,25 @@ func (f *flooder) run() {
 	f.fr = http2.NewFramer(f.c, f.c)
 	f.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	f.connWindow, f.initWindow = 65535, 65535
-	f.windows, f.left, f.ended = map[uint32]int{}, map[uint32]int{}, map[uint32]bool{}
+	f.windows, f.left, f.ended, f.answered = map[uint32]int{}, map[uint32]int{}, map[uint32]bool{}, map[uint32]bool{}
 	f.c.Write([]byte(http2.ClientPreface))
-	f.write(func() error { return f.fr.WriteSettings() })
+	if f.size == 0 { // takes no reply data: a window of 0
+		f.write(func() error { return f.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}) })
+	} else {
+		f.write(func() error { return f.fr.WriteSettings() })
+	}
 	go f.read()
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
 	f.mu.Lock()
+	method := "/keyward.v1.Keyward/Wrap"
+	if f.size == 0 {
+		method = "/keyward.v1.Keyward/Status"
+	}
 	for i := range f.streams {
 		id := uint32(2*i + 1)
 		hb.Reset()
-		for _, kv := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/keyward.v1.Keyward/Wrap"},
+		for _, kv := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", method},
 			{":authority", "keyward"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
 			enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
 		}
@@ -122,8 +142,15 @@ func (f *flooder) run() {
 		f.write(func() error {
 			return f.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true})
 		})
+		if f.size == 0 { // an empty message, and the end of the request
+			f.left[id] = 0
+			f.write(func() error { return f.fr.WriteData(id, true, make([]byte, 5)) })
+		}
 	}
 	f.mu.Unlock()
+	if f.size == 0 {
+		return // settled by the reader once every stream is answered or refused
+	}
 	f.send()
 }
 
@@ -224,6 +251,10 @@ func (f *flooder) read() {
 				f.mu.Lock()
 			}
 		case *http2.MetaHeadersFrame:
+			if !fr.StreamEnded() && !f.answered[fr.StreamID] {
+				f.answered[fr.StreamID] = true
+				f.rep.Answered++
+			}
 			if fr.StreamEnded() {
 				f.end(fr.StreamID, "status "+fr.PseudoValue("status")+" grpc-status "+grpcStatusOf(fr))
 			}
@@ -234,6 +265,10 @@ func (f *flooder) read() {
 			return
 		}
 		done := len(f.ended) == f.streams
+		if f.size == 0 && len(f.ended)+len(f.answered)-f.delivered >= f.streams && !f.settledDone {
+			f.settledDone = true
+			f.settled.Done()
+		}
 		f.cond.Broadcast()
 		f.mu.Unlock()
 		if done {
@@ -258,7 +293,12 @@ func (f *flooder) end(id uint32, how string) {
 		return
 	}
 	f.ended[id] = true
-	if f.left[id] == 0 {
+	if f.answered[id] {
+		f.rep.Delivered++
+		f.delivered++
+		return
+	}
+	if f.left[id] == 0 && f.size != 0 {
 		f.rep.Cut++
 		return
 	}
@@ -368,5 +408,48 @@ func TestHalfSentFlood(t *testing.T) {
 			t.Fatalf("summary records missing: %v", want)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestUnreadReplies: a granted caller that never takes its replies (its
+// HTTP/2 window is 0) cannot make keywardd hold more than twice
+// max_concurrent_per_uid replies (those handled and not taken, and those
+// being handled), over 4 connections of 64 calls each: the rest are
+// refused when they open.
+func TestUnreadReplies(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run the attacker as another uid")
+	}
+	const conns, streams, limit = 4, 64, 16
+	r := start(t, testRules(), func(c *daemon.Config) { c.Limits.MaxConcurrentPerUID = limit })
+	cmd := exec.Command(childBinary(t))
+	cmd.Env = append(os.Environ(), floodEnv+"=1", "KW_SOCK="+r.sock,
+		fmt.Sprintf("FLOOD_CONNS=%d", conns), fmt.Sprintf("FLOOD_STREAMS=%d", streams), "FLOOD_SIZE=0")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: appUID, Gid: socketGID}}
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() }()
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() {
+		t.Fatal("attacker died")
+	}
+	var rep floodReport
+	if err := json.Unmarshal(lines.Bytes(), &rep); err != nil {
+		t.Fatalf("attacker: %s", lines.Text())
+	}
+	t.Logf("%+v", rep)
+	if held := rep.Answered - rep.Delivered; held > 2*limit {
+		t.Errorf("%d calls handled whose replies the caller never took, want at most %d", held, 2*limit)
+	}
+	if rep.Refused["status 200 grpc-status 8"] == 0 {
+		t.Errorf("no call refused: %+v", rep)
+	}
+	c := dial(t, r.sock)
+	if _, err := c.Status(ctxTimeout(t, 30*time.Second), &pb.StatusRequest{}); err != nil {
+		t.Fatalf("another uid meanwhile: %v", err)
 	}
 }

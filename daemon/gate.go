@@ -5,7 +5,6 @@ import (
 	"errors"
 	"path"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -43,28 +42,66 @@ type gate struct {
 	stopping *atomicBool
 	refused  *refusals
 
-	mu    sync.Mutex
-	inUse map[uint32]int // open calls per uid
+	mu     sync.Mutex
+	active map[uint32]int // calls per uid being received or handled
+	held   map[uint32]int // calls per uid handled, whose stream has not ended
 }
 
 func newGate(svc *Service, stopping *atomicBool, refused *refusals) *gate {
-	return &gate{svc: svc, stopping: stopping, refused: refused, inUse: map[uint32]int{}}
+	return &gate{svc: svc, stopping: stopping, refused: refused, active: map[uint32]int{}, held: map[uint32]int{}}
 }
 
-// pending is an admitted call: its slot and its receive deadline.
+// A call's states in the gate.
+const (
+	callAdmitted = iota // counted in active
+	callHandled         // its handler returned: counted in held until its stream ends
+	callEnded
+)
+
+// pending is an admitted call: its state, slot and receive deadline.
 type pending struct {
-	g        *gate
-	id       policy.Identity
-	method   string
-	cancel   context.CancelCauseFunc
-	timer    *time.Timer
-	released atomic.Bool
+	g      *gate
+	id     policy.Identity
+	method string
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+	state  int // guarded by g.mu
 }
 
-// release frees the call's slot, once.
-func (p *pending) release() {
-	if p.released.CompareAndSwap(false, true) {
-		p.g.release(p.id.UID)
+// handled moves the call from active to held: its reply is on its way but
+// the stream lasts until the caller has taken it.
+func (p *pending) handled() {
+	g := p.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if p.state != callAdmitted {
+		return
+	}
+	p.state = callHandled
+	dec(g.active, p.id.UID)
+	g.held[p.id.UID]++
+}
+
+// ended frees whatever the call still counts in, when its stream ends. A
+// call that ended before its handler (the caller reset it) stops its
+// receive deadline: it is not a timeout.
+func (p *pending) ended() {
+	g := p.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch p.state {
+	case callAdmitted:
+		p.timer.Stop()
+		dec(g.active, p.id.UID)
+	case callHandled:
+		dec(g.held, p.id.UID)
+	}
+	p.state = callEnded
+}
+
+func dec(m map[uint32]int, uid uint32) {
+	if m[uid]--; m[uid] <= 0 {
+		delete(m, uid)
 	}
 }
 
@@ -101,12 +138,8 @@ func (g *gate) tap(ctx context.Context, info *tap.Info) (context.Context, error)
 	}
 	rctx, cancel := context.WithCancelCause(ctx)
 	p := &pending{g: g, id: id, method: method, cancel: cancel}
-	// Freed when the handler returns (received), or at the stream's end for
-	// a call that never reached it. AfterFunc alone would free the slot
-	// only some time after the reply, and a caller at its limit that calls
-	// again at once would be refused.
-	context.AfterFunc(ctx, p.release)
 	p.timer = time.AfterFunc(lim.ReceiveTimeout.Duration, p.expire)
+	context.AfterFunc(ctx, p.ended)
 	return context.WithValue(rctx, pendingKey{}, p), nil
 }
 
@@ -118,32 +151,31 @@ func (g *gate) refuse(id policy.Identity, method string, err error) error {
 	return statusFor(err)
 }
 
+// acquire takes a slot for uid: at most limit calls being received or
+// handled, and at most as many again handled but not yet taken by the
+// caller (a client that never reads its replies would otherwise pile them
+// up in keywardd without bound). The two are counted apart because a
+// stream's end is seen a moment after the caller has its reply: a caller
+// at its limit that calls again at once must not be refused for that.
 func (g *gate) acquire(uid uint32, limit int) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.inUse[uid] >= limit {
+	if g.active[uid] >= limit || g.held[uid] >= limit {
 		return false
 	}
-	g.inUse[uid]++
+	g.active[uid]++
 	return true
 }
 
-func (g *gate) release(uid uint32) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.inUse[uid]--; g.inUse[uid] <= 0 {
-		delete(g.inUse, uid)
-	}
-}
-
 // received is the first interceptor: the call's message has arrived, so its
-// receive deadline no longer applies.
+// receive deadline no longer applies; when its handler returns, its slot
+// moves to held until the stream ends.
 func received(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	p, ok := ctx.Value(pendingKey{}).(*pending)
 	if !ok {
 		return handler(ctx, req)
 	}
-	defer p.release()
+	defer p.handled()
 	if !p.timer.Stop() {
 		return nil, status.Error(codes.Canceled, errReceiveTimeout.Error())
 	}
