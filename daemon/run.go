@@ -100,7 +100,7 @@ func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backen
 			Sessions: b.Sessions, MetadataMaxAge: b.MetadataMaxAge.Duration, Logger: log})
 		be = t
 	case "tpm":
-		var t *tpm.Backend
+		var t *tpm.TPM
 		t, err = tpm.Open(ctx, tpm.Config{Device: b.Device, StateDir: b.StateDir, AuthFile: b.PINFile,
 			ParentHandle: uint32(b.ParentHandle), NoRollbackCounter: b.RollbackCounter != nil && !*b.RollbackCounter, Logger: log})
 		be = t

@@ -214,7 +214,7 @@ func (c *counterState) settled() bool { return c.index == 0 || c.mf == c.nv && !
 // counter, finishes a half-done change (unless read-only), and on the first
 // start with this state directory defines the counter and writes the
 // manifest for the records present. Holding the slot (called from open).
-func (b *Backend) openCounter() error {
+func (b *TPM) openCounter() error {
 	if b.noCounter {
 		b.ctr = counterState{status: "no rollback counter: the in-process simulator's NV does not outlive the process"}
 		if b.counterOff {
@@ -363,7 +363,7 @@ func (b *Backend) openCounter() error {
 // incremented), increments it once (a counter is readable only then), and
 // writes the first manifest at its value for the records present: those are
 // trusted as they are, once.
-func (b *Backend) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error {
+func (b *TPM) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error {
 	d := b.dev
 	if !b.trustState {
 		if err := b.unstamped(idx); err != nil {
@@ -412,7 +412,7 @@ func (b *Backend) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error 
 // nor the counter is left: both were removed (with an empty owner
 // authorisation, anyone who can open the TPM can remove an index), and
 // starting afresh would take whatever older records were put back.
-func (b *Backend) unstamped(idx tpm2.TPMHandle) error {
+func (b *TPM) unstamped(idx tpm2.TPMHandle) error {
 	var stamped uint64
 	for _, r := range b.recs {
 		stamped = max(stamped, r.Seq)
@@ -427,7 +427,7 @@ func (b *Backend) unstamped(idx tpm2.TPMHandle) error {
 // settle finishes a half-done change: the manifest at nv+1 if a record is
 // there, then the counter. After a failed increment the TPM may or may not
 // have counted (a lost response), so it reads the counter before adding.
-func (b *Backend) settle(d *device) error {
+func (b *TPM) settle(d *device) error {
 	c := &b.ctr
 	if c.settled() {
 		return nil
@@ -463,7 +463,7 @@ func (b *Backend) settle(d *device) error {
 
 // writeManifest MACs and writes the manifest at counter value n, listing
 // every current record.
-func (b *Backend) writeManifest(n uint64) error {
+func (b *TPM) writeManifest(n uint64) error {
 	m := &manifest{Format: manifestFormat, Index: hexHandle(b.ctr.index), Counter: n, Keys: make(map[string]manifestKey, len(b.recs))}
 	for name, r := range b.recs {
 		m.Keys[name] = manifestKey{Seq: r.Seq, SHA256: hex.EncodeToString(r.sum[:])}
@@ -483,7 +483,7 @@ func (b *Backend) writeManifest(n uint64) error {
 }
 
 // verifyMAC checks a MAC made with the keyring key over input().
-func (b *Backend) verifyMAC(input func() ([]byte, error), got []byte, what string) error {
+func (b *TPM) verifyMAC(input func() ([]byte, error), got []byte, what string) error {
 	in, err := input()
 	if err != nil {
 		return err
@@ -539,7 +539,7 @@ var testNoCounter bool
 
 // RollbackStatus says how Open found the rollback counter: the NV index,
 // its value and the manifest's, or why there is none.
-func (b *Backend) RollbackStatus() string {
+func (b *TPM) RollbackStatus() string {
 	b.lock(context.Background())
 	defer b.unlock()
 	return b.ctr.status

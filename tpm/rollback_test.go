@@ -197,7 +197,7 @@ func TestRollbackHalfDoneChange(t *testing.T) {
 	dir := t.TempDir()
 	ctx := t.Context()
 	var logs testutil.SyncBuffer
-	openLogged := func() *tpm.Backend {
+	openLogged := func() *tpm.TPM {
 		t.Helper()
 		be, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth,
 			Logger: slog.New(slog.NewTextHandler(&logs, nil))})

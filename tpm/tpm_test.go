@@ -28,7 +28,7 @@ import (
 // file or a systemd credential).
 var testAuth = []byte("keyward-test-auth-secret-0123456789")
 
-func open(t *testing.T, device, stateDir string) *tpm.Backend {
+func open(t *testing.T, device, stateDir string) *tpm.TPM {
 	t.Helper()
 	be, err := tpm.Open(t.Context(), tpm.Config{Device: device, StateDir: stateDir, Auth: testAuth})
 	if err != nil {
