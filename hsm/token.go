@@ -239,7 +239,7 @@ func (t *Token) newState() (*tokenState, error) {
 	if err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
 		st.closeSessions(sh)
 		if isPINError(err) {
-			return nil, fmt.Errorf("token %q: %v: %w", t.tokenName(), err, ErrLogin)
+			return nil, fmt.Errorf("token %q: %v: %w", t.tokenName(), err, ErrCredential)
 		}
 		return nil, fmt.Errorf("token %q login: %w: %w", t.tokenName(), err, keys.ErrUnavailable)
 	}

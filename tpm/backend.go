@@ -43,10 +43,12 @@ type Config struct {
 	// StateDir holds the key blobs, the keyring records and the pinned
 	// parent (created 0700 if missing).
 	StateDir string
-	// AuthFile holds the auth secret (mode 0600/0400, at least MinAuthSecret
-	// bytes). Empty means $CREDENTIALS_DIRECTORY/pin.
-	AuthFile string
-	// Auth, when set, is used instead of AuthFile (dev mode and tests); it is copied.
+	// PINFile holds the auth secret (mode 0600/0400, at least MinAuthSecret
+	// bytes). Empty means $CREDENTIALS_DIRECTORY/pin. Named as hsm.Config's
+	// PINFile, the daemon's backend.pin_file and the CLI's --pin-file: one
+	// name for "the secret that opens the device's keys" everywhere.
+	PINFile string
+	// Auth, when set, is used instead of PINFile (dev mode and tests); it is copied.
 	Auth []byte
 	// ParentHandle is a persistent storage key (0x81xxxxxx) to use as the
 	// parent; 0 means the deterministic ECC storage primary under the owner
@@ -197,7 +199,7 @@ func Open(ctx context.Context, cfg Config) (*TPM, error) {
 func objectAuth(cfg Config) ([]byte, error) {
 	secret := bytes.Clone(cfg.Auth)
 	if secret == nil {
-		path, err := secretfile.Resolve(cfg.AuthFile, "pin")
+		path, err := secretfile.Resolve(cfg.PINFile, "pin")
 		if err != nil {
 			return nil, fmt.Errorf("tpm auth secret: %w", err)
 		}
@@ -207,7 +209,7 @@ func objectAuth(cfg Config) ([]byte, error) {
 	}
 	defer clear(secret)
 	if len(secret) < MinAuthSecret {
-		return nil, fmt.Errorf("tpm auth secret is %d bytes, at least %d needed (the key objects are NoDA; use e.g. `head -c 32 /dev/urandom | base64`): %w",
+		return nil, fmt.Errorf("tpm auth secret is %d bytes, at least %d needed (the key objects are NoDA: the secret itself must be unguessable): %w",
 			len(secret), MinAuthSecret, ErrConfig)
 	}
 	return deriveAuth(secret), nil
@@ -341,7 +343,7 @@ func decodeRingKey(raw []byte) (*blobPair, error) {
 func (d *device) proveAuth(ring *blobPair) error {
 	if _, err := d.hmac(ring, []byte(labelKeyring)); err != nil {
 		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
-			return fmt.Errorf("the TPM refuses the auth secret for this state directory's keys: %w", ErrAuth)
+			return fmt.Errorf("the TPM refuses the auth secret for this state directory's keys: %w", ErrCredential)
 		}
 		return classify(err)
 	}
@@ -412,7 +414,7 @@ func (b *TPM) verifyRecord(r *record) error {
 // who can write the state directory could put the older record back.
 func (b *TPM) storeRecord(d *device, r *record) error {
 	if b.readOnly {
-		return fmt.Errorf("opened read-only: %w", ErrReadOnly)
+		return fmt.Errorf("tpm: %w", keys.ErrReadOnly)
 	}
 	if err := b.settle(d); err != nil {
 		return fmt.Errorf("finishing the previous key change (rollback counter): %w", err)

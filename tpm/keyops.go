@@ -20,7 +20,7 @@ import (
 
 func (b *TPM) writable() error {
 	if b.readOnly {
-		return fmt.Errorf("TPM backend opened read-only: %w", keys.ErrUnsupported)
+		return fmt.Errorf("tpm: %w", keys.ErrReadOnly)
 	}
 	return nil
 }

@@ -51,11 +51,6 @@ const (
 	nvOwnerMask  = 0x003FFFFF
 )
 
-// ErrRollback: the state directory is older than the TPM's counter says it
-// must be (a record or the manifest replaced by an older copy), or its
-// counter is gone. It wraps keys.ErrIntegrity.
-var ErrRollback = fmt.Errorf("tpm: state directory rolled back or its counter lost: %w", keys.ErrIntegrity)
-
 type manifest struct {
 	Format  int                    `json:"format"`
 	Index   string                 `json:"nv_index"` // "0x01xxxxxx", as tpm2-tools print it
@@ -249,8 +244,8 @@ func (b *TPM) openCounter() error {
 	}
 	if merr != nil { // no manifest
 		if perr == nil && pub.Attributes.Written && !b.trustState {
-			return fmt.Errorf("%s is missing, but this state directory's rollback counter (NV index %s) exists on the TPM: the state directory was tampered with or restored without it. If you know why (a crash during keywardd's very first start with a counter), accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
-				manifestFile, hexHandle(idx), ErrRollback)
+			return fmt.Errorf("%s is missing, but this state directory's rollback counter (NV index %s) exists on the TPM: the state directory was tampered with or restored without it (or keywardd crashed during its very first start with a counter): %w",
+				manifestFile, hexHandle(idx), ErrHistoryLost)
 		}
 		if err := b.verifyRecords(); err != nil {
 			return err
@@ -276,8 +271,8 @@ func (b *TPM) openCounter() error {
 		return fmt.Errorf("%s names NV index %s, but this state directory's counter is %s: %w", manifestFile, mf.Index, hexHandle(idx), ErrRollback)
 	}
 	if perr != nil {
-		return fmt.Errorf("the rollback counter (NV index %s) that %s relies on is gone from the TPM: the owner hierarchy was cleared or the index removed; the state directory's history can no longer be checked. If you know why, accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
-			hexHandle(idx), manifestFile, ErrRollback)
+		return fmt.Errorf("the rollback counter (NV index %s) that %s relies on is gone from the TPM: the owner hierarchy was cleared or the index removed: %w",
+			hexHandle(idx), manifestFile, ErrHistoryLost)
 	}
 	if err := checkCounterPublic(idx, pub); err != nil {
 		return err
@@ -376,11 +371,11 @@ func (b *TPM) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error {
 		if set, err := d.ownerAuthSet(); err != nil {
 			return classify(err)
 		} else if set && len(b.ownerAuth) == 0 {
-			return fmt.Errorf("defining the rollback counter (NV index %s) needs the owner hierarchy's authorisation, which is set on this TPM: run `keyward token define-counter --owner-auth-file FILE` once, or set backend.rollback_counter = false: %w", hexHandle(idx), ErrConfig)
+			return fmt.Errorf("NV index %s: the owner hierarchy's authorisation is set on this TPM: %w", hexHandle(idx), ErrOwnerAuth)
 		}
 		if err := d.nvDefineCounter(idx, b.ownerAuth); err != nil {
 			if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
-				return fmt.Errorf("the TPM refuses the owner authorisation: %w", ErrAuth)
+				return fmt.Errorf("the TPM refuses the owner authorisation: %w", ErrCredential)
 			}
 			return classify(err)
 		}
@@ -420,8 +415,8 @@ func (b *TPM) unstamped(idx tpm2.TPMHandle) error {
 	if stamped == 0 {
 		return nil
 	}
-	return fmt.Errorf("records carry rollback counter values (up to %d) but neither %s nor the counter (NV index %s) is there: both were removed, and the state directory's history cannot be checked. If you know why, accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
-		stamped, manifestFile, hexHandle(idx), ErrRollback)
+	return fmt.Errorf("records carry rollback counter values (up to %d) but neither %s nor the counter (NV index %s) is there: both were removed: %w",
+		stamped, manifestFile, hexHandle(idx), ErrHistoryLost)
 }
 
 // settle finishes a half-done change: the manifest at nv+1 if a record is
@@ -545,9 +540,6 @@ func (b *TPM) RollbackStatus() string {
 	return b.ctr.status
 }
 
-// ErrCounterDefined: DefineCounter found the counter defined already.
-var ErrCounterDefined = errors.New("tpm: the rollback counter is defined already")
-
 // DefineCounter defines the rollback counter of a state directory keywardd
 // has initialised (parent pinned, keyring key made), with the owner
 // hierarchy's authorisation ownerAuth: for TPMs whose owner authorisation
@@ -613,7 +605,7 @@ func DefineCounter(ctx context.Context, cfg Config, ownerAuth []byte) (string, e
 	}
 	if err := d.nvDefineCounter(idx, ownerAuth); err != nil {
 		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
-			return "", fmt.Errorf("the TPM refuses the owner authorisation: %w", ErrAuth)
+			return "", fmt.Errorf("the TPM refuses the owner authorisation: %w", ErrCredential)
 		}
 		return "", classify(err)
 	}

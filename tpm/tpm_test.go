@@ -206,7 +206,7 @@ func TestOpenErrors(t *testing.T) {
 		wantErr error
 	}{
 		{"short auth", tpm.Config{Device: sw.Device(), StateDir: dir, Auth: []byte("1234")}, tpm.ErrConfig},
-		{"wrong auth", tpm.Config{Device: sw.Device(), StateDir: dir, Auth: []byte("another-secret-of-enough-length")}, tpm.ErrAuth},
+		{"wrong auth", tpm.Config{Device: sw.Device(), StateDir: dir, Auth: []byte("another-secret-of-enough-length")}, tpm.ErrCredential},
 		{"bad device", tpm.Config{Device: "tcp:127.0.0.1:1", StateDir: dir, Auth: testAuth}, tpm.ErrConfig},
 		{"nothing listening", tpm.Config{Device: "swtpm:127.0.0.1:1", StateDir: dir, Auth: testAuth}, keys.ErrUnavailable},
 		{"no state dir", tpm.Config{Device: sw.Device(), Auth: testAuth}, tpm.ErrConfig},
