@@ -242,86 +242,17 @@ func (b *TPM) openCounter() error {
 		}
 		return b.initCounter(idx, pub)
 	}
-	if merr != nil { // no manifest
-		if perr == nil && pub.Attributes.Written && !b.trustState {
-			return fmt.Errorf("%s is missing, but this state directory's rollback counter (NV index %s) exists on the TPM: the state directory was tampered with or restored without it (or keywardd crashed during its very first start with a counter): %w",
-				manifestFile, hexHandle(idx), ErrHistoryLost)
-		}
-		if err := b.verifyRecords(); err != nil {
-			return err
-		}
-		if err := b.unstamped(idx); err != nil {
-			return err
-		}
-		if b.readOnly {
-			b.ctr.index = 0
-			b.ctr.status = "no rollback counter yet (keywardd defines it at its next start)"
-			return nil
-		}
-		return b.initCounter(idx, pub)
+	if merr != nil {
+		return b.noManifest(idx, pub, perr)
 	}
-	mf, err := decodeManifest(raw)
+	mf, nv, err := b.checkManifest(raw, idx, pub, perr)
 	if err != nil {
 		return err
-	}
-	if err := b.verifyMAC(mf.macInput, mf.MAC, manifestFile); err != nil {
-		return err
-	}
-	if mf.Index != hexHandle(idx) {
-		return fmt.Errorf("%s names NV index %s, but this state directory's counter is %s: %w", manifestFile, mf.Index, hexHandle(idx), ErrRollback)
-	}
-	if perr != nil {
-		return fmt.Errorf("the rollback counter (NV index %s) that %s relies on is gone from the TPM: the owner hierarchy was cleared or the index removed: %w",
-			hexHandle(idx), manifestFile, ErrHistoryLost)
-	}
-	if err := checkCounterPublic(idx, pub); err != nil {
-		return err
-	}
-	if !pub.Attributes.Written {
-		return fmt.Errorf("the rollback counter (NV index %s) was never incremented but %s is at %d: the index was redefined: %w", hexHandle(idx), manifestFile, mf.Counter, ErrRollback)
-	}
-	nv, err := d.nvRead(idx)
-	if err != nil {
-		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
-			return fmt.Errorf("the rollback counter (NV index %s) refuses this state directory's auth: it was redefined by someone else: %w", hexHandle(idx), ErrRollback)
-		}
-		return classify(err)
-	}
-	switch {
-	case mf.Counter < nv:
-		return fmt.Errorf("%s is at change %d but the TPM's counter is at %d: the state directory was rolled back (restored from an older copy?): %w", manifestFile, mf.Counter, nv, ErrRollback)
-	case mf.Counter > nv+1:
-		return fmt.Errorf("%s is at change %d but the TPM's counter only at %d: %w", manifestFile, mf.Counter, nv, ErrRollback)
 	}
 	b.ctr.nv, b.ctr.mf = nv, mf.Counter
-	// Every key of the manifest has its record, as listed (the manifest's MAC
-	// vouches for it), or one of a later change the manifest does not have
-	// yet (its own MAC checked): an interrupted change's at mf.Counter+1,
-	// whose counter step is missing, or a failed write's at an older value.
-	for name := range mf.Keys {
-		if _, ok := b.recs[name]; !ok {
-			return fmt.Errorf("key %s is in %s but its record is missing: %w", name, manifestFile, ErrRollback)
-		}
-	}
-	var ahead []string
-	for _, name := range sortedKeys(b.recs) {
-		r := b.recs[name]
-		e, listed := mf.Keys[name]
-		if listed && e.SHA256 == hex.EncodeToString(r.sum[:]) {
-			continue
-		}
-		if err := b.verifyRecord(r); err != nil {
-			return fmt.Errorf("%s: %w", filepath.Join(keysDir, fileName(name)), err)
-		}
-		switch {
-		case listed && r.Seq < e.Seq:
-			return fmt.Errorf("the record of key %s is from change %d, older than change %d that %s lists: it was rolled back (replaced by an older copy): %w", name, r.Seq, e.Seq, manifestFile, ErrRollback)
-		case listed && r.Seq == e.Seq:
-			return fmt.Errorf("the record of key %s is not the one %s lists for change %d (a copy of one that change replaced): %w", name, manifestFile, r.Seq, ErrRollback)
-		case r.Seq > mf.Counter+1, r.Seq == mf.Counter+1 && mf.Counter != nv:
-			return fmt.Errorf("the record of key %s is from change %d, which no half-done change explains (%s at %d, the TPM's counter at %d): %w", name, r.Seq, manifestFile, mf.Counter, nv, ErrRollback)
-		}
-		ahead = append(ahead, name)
+	ahead, err := b.checkRecords(mf, nv)
+	if err != nil {
+		return err
 	}
 	b.ctr.pending = len(ahead) > 0
 	switch {
@@ -332,6 +263,108 @@ func (b *TPM) openCounter() error {
 		b.ctr.status = fmt.Sprintf("NV index %s at %d, %s at %d: a key change is half done (keywardd finishes it at its next start)", hexHandle(idx), nv, manifestFile, mf.Counter)
 		return nil
 	}
+	return b.finishHalfDone(idx, ahead)
+}
+
+// noManifest: a state directory without manifest.json, as at its first
+// start with a counter.
+func (b *TPM) noManifest(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic, perr error) error {
+	if perr == nil && pub.Attributes.Written {
+		return fmt.Errorf("%s is missing, but this state directory's rollback counter (NV index %s) exists on the TPM: the state directory was tampered with or restored without it (or keywardd crashed during its very first start with a counter): %w",
+			manifestFile, hexHandle(idx), ErrHistoryLost)
+	}
+	if err := b.verifyRecords(); err != nil {
+		return err
+	}
+	if err := b.unstamped(idx); err != nil {
+		return err
+	}
+	if b.readOnly {
+		b.ctr.index = 0
+		b.ctr.status = "no rollback counter yet (keywardd defines it at its next start)"
+		return nil
+	}
+	return b.initCounter(idx, pub)
+}
+
+// checkManifest checks manifest.json's MAC and its counter value against
+// the TPM's counter, and returns it with the counter's value.
+func (b *TPM) checkManifest(raw []byte, idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic, perr error) (*manifest, uint64, error) {
+	mf, err := decodeManifest(raw)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := b.verifyMAC(mf.macInput, mf.MAC, manifestFile); err != nil {
+		return nil, 0, err
+	}
+	if mf.Index != hexHandle(idx) {
+		return nil, 0, fmt.Errorf("%s names NV index %s, but this state directory's counter is %s: %w", manifestFile, mf.Index, hexHandle(idx), ErrRollback)
+	}
+	if perr != nil {
+		return nil, 0, fmt.Errorf("the rollback counter (NV index %s) that %s relies on is gone from the TPM: the owner hierarchy was cleared or the index removed: %w",
+			hexHandle(idx), manifestFile, ErrHistoryLost)
+	}
+	if err := checkCounterPublic(idx, pub); err != nil {
+		return nil, 0, err
+	}
+	if !pub.Attributes.Written {
+		return nil, 0, fmt.Errorf("the rollback counter (NV index %s) was never incremented but %s is at %d: the index was redefined: %w", hexHandle(idx), manifestFile, mf.Counter, ErrRollback)
+	}
+	nv, err := b.dev.nvRead(idx)
+	if err != nil {
+		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
+			return nil, 0, fmt.Errorf("the rollback counter (NV index %s) refuses this state directory's auth: it was redefined by someone else: %w", hexHandle(idx), ErrRollback)
+		}
+		return nil, 0, classify(err)
+	}
+	switch {
+	case mf.Counter < nv:
+		return nil, 0, fmt.Errorf("%s is at change %d but the TPM's counter is at %d: the state directory was rolled back (restored from an older copy?): %w", manifestFile, mf.Counter, nv, ErrRollback)
+	case mf.Counter > nv+1:
+		return nil, 0, fmt.Errorf("%s is at change %d but the TPM's counter only at %d: %w", manifestFile, mf.Counter, nv, ErrRollback)
+	}
+	return mf, nv, nil
+}
+
+// checkRecords checks every record against the manifest and returns the
+// keys whose records are newer than it lists (a half-done change).
+func (b *TPM) checkRecords(mf *manifest, nv uint64) ([]string, error) {
+	// Every key of the manifest has its record, as listed (the manifest's MAC
+	// vouches for it), or one of a later change the manifest does not have
+	// yet (its own MAC checked): an interrupted change's at mf.Counter+1,
+	// whose counter step is missing, or a failed write's at an older value.
+	for name := range mf.Keys {
+		if _, ok := b.recs[name]; !ok {
+			return nil, fmt.Errorf("key %s is in %s but its record is missing: %w", name, manifestFile, ErrRollback)
+		}
+	}
+	var ahead []string
+	for _, name := range sortedKeys(b.recs) {
+		r := b.recs[name]
+		e, listed := mf.Keys[name]
+		if listed && e.SHA256 == hex.EncodeToString(r.sum[:]) {
+			continue
+		}
+		if err := b.verifyRecord(r); err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(keysDir, fileName(name)), err)
+		}
+		switch {
+		case listed && r.Seq < e.Seq:
+			return nil, fmt.Errorf("the record of key %s is from change %d, older than change %d that %s lists: it was rolled back (replaced by an older copy): %w", name, r.Seq, e.Seq, manifestFile, ErrRollback)
+		case listed && r.Seq == e.Seq:
+			return nil, fmt.Errorf("the record of key %s is not the one %s lists for change %d (a copy of one that change replaced): %w", name, manifestFile, r.Seq, ErrRollback)
+		case r.Seq > mf.Counter+1, r.Seq == mf.Counter+1 && mf.Counter != nv:
+			return nil, fmt.Errorf("the record of key %s is from change %d, which no half-done change explains (%s at %d, the TPM's counter at %d): %w", name, r.Seq, manifestFile, mf.Counter, nv, ErrRollback)
+		}
+		ahead = append(ahead, name)
+	}
+	return ahead, nil
+}
+
+// finishHalfDone finishes a key change a crash interrupted: the records of
+// ahead are newer than the manifest.
+func (b *TPM) finishHalfDone(idx tpm2.TPMHandle, ahead []string) error {
+	d := b.dev
 	// The newer records were renamed into place, but their directory's
 	// fsync may have failed: make them durable before a manifest names them.
 	if err := syncDir(filepath.Join(b.st.dir, keysDir)); err != nil {
