@@ -87,7 +87,7 @@ func HardenProcess() error {
 }
 
 // OpenBackend opens the configured key device. Its errors wrap the
-// backend's sentinels (hsm.ErrLogin, tpm.ErrAuth, tpm.ErrConfig...), which
+// backend's sentinels (hsm.ErrCredential, tpm.ErrCredential, tpm.ErrConfig...), which
 // keywardd turns into exit codes.
 func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backend, error) {
 	b := cfg.Backend
@@ -100,8 +100,8 @@ func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backen
 			Sessions: b.Sessions, MetadataMaxAge: b.MetadataMaxAge.Duration, Logger: log})
 		be = t
 	case "tpm":
-		var t *tpm.Backend
-		t, err = tpm.Open(ctx, tpm.Config{Device: b.Device, StateDir: b.StateDir, AuthFile: b.PINFile,
+		var t *tpm.TPM
+		t, err = tpm.Open(ctx, tpm.Config{Device: b.Device, StateDir: b.StateDir, PINFile: b.PINFile,
 			ParentHandle: uint32(b.ParentHandle), NoRollbackCounter: b.RollbackCounter != nil && !*b.RollbackCounter, Logger: log})
 		be = t
 	default:

@@ -144,7 +144,7 @@ func TestOpenBackendTPMErrors(t *testing.T) {
 		auth    string
 		wantErr error
 	}{
-		{name: "wrong auth secret", device: sw.Device(), auth: authFile(t, "keyward-test-tpm-auth-secret-02"), wantErr: tpm.ErrAuth},
+		{name: "wrong auth secret", device: sw.Device(), auth: authFile(t, "keyward-test-tpm-auth-secret-02"), wantErr: tpm.ErrCredential},
 		{name: "auth secret too short", device: sw.Device(), auth: authFile(t, "15-bytes-secret"), wantErr: tpm.ErrConfig},
 		{name: "another TPM", device: other.Device(), auth: good, wantErr: tpm.ErrParentMismatch},
 		{name: "no TPM there", device: "swtpm:127.0.0.1:1", auth: good, wantErr: keys.ErrUnavailable},

@@ -135,6 +135,24 @@ func Encode(h Header, ciphertext []byte) ([]byte, error) {
 	return append(h.appendTo(make([]byte, 0, n)), ciphertext...), nil
 }
 
+// Open decodes a blob that backend alg made and returns its header, its
+// ciphertext (see Decode) and the AAD to open it with under context c. A
+// blob of another backend's algorithm fails with keys.ErrUnsupported.
+func Open(blob []byte, alg Alg, c keys.Context) (Header, []byte, []byte, error) {
+	h, ct, err := Decode(blob)
+	if err != nil {
+		return Header{}, nil, nil, err
+	}
+	if h.Alg != alg {
+		return Header{}, nil, nil, fmt.Errorf("blob algorithm %d belongs to another backend: %w", h.Alg, keys.ErrUnsupported)
+	}
+	aad, err := h.AAD(c)
+	if err != nil {
+		return Header{}, nil, nil, err
+	}
+	return h, ct, aad, nil
+}
+
 // Decode parses a blob. It returns the header and the ciphertext with its
 // tag. The ciphertext aliases blob (it is its tail); Header.Nonce is a copy.
 // Decode accepts exactly the blobs Encode produces: every error wraps one of

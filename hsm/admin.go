@@ -17,7 +17,7 @@ import (
 // writable refuses changes through a read-only Token.
 func (t *Token) writable() error {
 	if t.cfg.ReadOnly {
-		return fmt.Errorf("token opened read-only: %w", keys.ErrUnsupported)
+		return fmt.Errorf("token: %w", keys.ErrReadOnly)
 	}
 	return nil
 }

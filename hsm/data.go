@@ -26,23 +26,41 @@ const (
 	gcmTagBits = 128
 )
 
-// keyFor loads name's record and checks that it is of a type op accepts.
-func (s *sess) keyFor(name string, op string, types ...keys.Type) (*metaRecord, error) {
-	rec, err := s.loadMeta(name, false)
+// tokenDevice is the Token as the keys.Frontend's Device: the PKCS#11 half
+// of the data operations. Each method resolves its keys.Use inside one
+// session, against the record it reads there.
+type tokenDevice Token
+
+var _ keys.Device = (*tokenDevice)(nil)
+
+func (d *tokenDevice) token() *Token { return (*Token)(d) }
+
+// KeyName, KeyType, MinDecrypt, NumVersions and StateOf make a record a
+// keys.Record.
+func (r *metaRecord) KeyName() string             { return r.Name }
+func (r *metaRecord) KeyType() keys.Type          { return r.Type }
+func (r *metaRecord) MinDecrypt() uint32          { return r.Min }
+func (r *metaRecord) NumVersions() int            { return len(r.Vers) }
+func (r *metaRecord) StateOf(v uint32) keys.State { return r.Vers[v-1].State }
+
+// resolve reads u's key record and returns it, the version u resolves to
+// and the handle of that version's object of class. A version the record
+// lists but the token lacks is an integrity failure, never a reason to use
+// another object.
+func (s *sess) resolve(u keys.Use, class uint) (*metaRecord, uint32, pkcs11.ObjectHandle, error) {
+	rec, err := s.loadMeta(u.Name, false)
 	if err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
-	for _, ty := range types {
-		if rec.Type == ty {
-			return rec, nil
-		}
+	v, err := u.Resolve(rec)
+	if err != nil {
+		return nil, 0, 0, err
 	}
-	return nil, fmt.Errorf("%s with %s key %s: %w", op, rec.Type, name, keys.ErrWrongKeyType)
+	h, err := s.objectFor(rec, v, class)
+	return rec, v, h, err
 }
 
-// objectFor returns the handle of version v's private object. A version the
-// record lists but the token lacks is an integrity failure, never a reason
-// to use another object.
+// objectFor returns the handle of version v's object of class.
 func (s *sess) objectFor(rec *metaRecord, v uint32, class uint) (pkcs11.ObjectHandle, error) {
 	ref, err := rec.ref(v)
 	if err != nil {
@@ -63,56 +81,16 @@ func (s *sess) objectFor(rec *metaRecord, v uint32, class uint) (pkcs11.ObjectHa
 	return h, err
 }
 
-// current returns name's newest enabled version and the handle of its
-// object of class: what encrypt, sign and mac use.
-func (s *sess) current(name, op string, class uint, types ...keys.Type) (*metaRecord, uint32, pkcs11.ObjectHandle, error) {
-	rec, err := s.keyFor(name, op, types...)
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	ki := rec.info()
-	v, err := ki.Latest()
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	h, err := s.objectFor(rec, v, class)
-	return rec, v, h, err
-}
-
-// usable returns the handle of version v's object of class after checking
-// that v may decrypt or verify (enabled, at or above the minimum).
-func (s *sess) usable(name, op string, v uint32, class uint, types ...keys.Type) (pkcs11.ObjectHandle, error) {
-	rec, err := s.keyFor(name, op, types...)
-	if err != nil {
-		return 0, err
-	}
-	ki := rec.info()
-	if err := ki.CheckDecrypt(v); err != nil {
-		return 0, err
-	}
-	return s.objectFor(rec, v, class)
-}
-
-// Wrap encrypts plaintext with the newest enabled version of an AES key in
-// the token (CKM_AES_GCM, a fresh 96-bit IV from crypto/rand, 128-bit tag)
-// and returns an envelope v1 blob binding name, version and context.
-func (t *Token) Wrap(ctx context.Context, name string, plaintext []byte, c keys.Context) ([]byte, error) {
-	if err := keys.ValidateName(name); err != nil {
-		return nil, err
-	}
-	if err := keys.CheckMessage("wrap", plaintext); err != nil {
-		return nil, err
-	}
-	if err := keys.CheckContext(c); err != nil {
-		return nil, err
-	}
+// Seal encrypts in the token (CKM_AES_GCM, a fresh 96-bit IV from
+// crypto/rand, 128-bit tag) and returns an envelope v1 blob.
+func (d *tokenDevice) Seal(ctx context.Context, u keys.Use, plaintext []byte, c keys.Context) ([]byte, error) {
 	var blob []byte
-	err := t.withSession(ctx, func(s *sess) error {
-		_, v, h, err := s.current(name, "wrap", pkcs11.CKO_SECRET_KEY, keys.AES256GCM)
+	err := d.token().withSession(ctx, func(s *sess) error {
+		_, v, h, err := s.resolve(u, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
 		}
-		hdr := envelope.Header{Alg: envelope.AlgPKCS11GCM, Name: name, Version: v, Nonce: make([]byte, gcmIVSize)}
+		hdr := envelope.Header{Alg: envelope.AlgPKCS11GCM, Name: u.Name, Version: v, Nonce: make([]byte, gcmIVSize)}
 		if _, err := rand.Read(hdr.Nonce); err != nil {
 			return err
 		}
@@ -120,50 +98,47 @@ func (t *Token) Wrap(ctx context.Context, name string, plaintext []byte, c keys.
 		if err != nil {
 			return err
 		}
-		params := pkcs11.NewGCMParams(hdr.Nonce, aad, gcmTagBits)
-		defer params.Free()
-		if err := s.p.EncryptInit(s.sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
-			return err
-		}
-		ct, err := s.p.Encrypt(s.sh, plaintext)
+		ct, err := s.encryptGCM(h, hdr.Nonce, aad, plaintext)
 		if err != nil {
 			return err
-		}
-		// A token that substitutes its own IV would make the blob undecryptable.
-		if iv := params.IV(); iv != nil && !bytes.Equal(iv, hdr.Nonce) {
-			return fmt.Errorf("token replaced the GCM IV; refusing to use it")
-		}
-		if len(ct) != len(plaintext)+gcmTagBits/8 {
-			return fmt.Errorf("token returned %d bytes of ciphertext for %d of plaintext", len(ct), len(plaintext))
 		}
 		blob, err = envelope.Encode(hdr, ct)
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("wrap %s: %w", name, err)
-	}
-	return blob, nil
+	return blob, err
 }
 
-// Unwrap opens a blob made by Wrap, under the same context.
-func (t *Token) Unwrap(ctx context.Context, blob []byte, c keys.Context) (keys.Unwrapped, error) {
-	if err := keys.CheckContext(c); err != nil {
+// encryptGCM runs one C_Encrypt with CKM_AES_GCM and checks what the token
+// returns.
+func (s *sess) encryptGCM(h pkcs11.ObjectHandle, iv, aad, plaintext []byte) ([]byte, error) {
+	params := pkcs11.NewGCMParams(iv, aad, gcmTagBits)
+	defer params.Free()
+	if err := s.p.EncryptInit(s.sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
+		return nil, err
+	}
+	ct, err := s.p.Encrypt(s.sh, plaintext)
+	if err != nil {
+		return nil, err
+	}
+	// A token that substitutes its own IV would make the blob undecryptable.
+	if got := params.IV(); got != nil && !bytes.Equal(got, iv) {
+		return nil, fmt.Errorf("token replaced the GCM IV; refusing to use it")
+	}
+	if len(ct) != len(plaintext)+gcmTagBits/8 {
+		return nil, fmt.Errorf("token returned %d bytes of ciphertext for %d of plaintext", len(ct), len(plaintext))
+	}
+	return ct, nil
+}
+
+// Open decrypts an envelope v1 blob in the token.
+func (d *tokenDevice) Open(ctx context.Context, blob []byte, c keys.Context) (keys.Unwrapped, error) {
+	hdr, ct, aad, err := envelope.Open(blob, envelope.AlgPKCS11GCM, c)
+	if err != nil {
 		return keys.Unwrapped{}, err
 	}
-	hdr, ct, err := envelope.Decode(blob)
-	if err != nil {
-		return keys.Unwrapped{}, fmt.Errorf("unwrap: %w", err)
-	}
-	if hdr.Alg != envelope.AlgPKCS11GCM {
-		return keys.Unwrapped{}, fmt.Errorf("unwrap: blob algorithm %d belongs to another backend: %w", hdr.Alg, keys.ErrUnsupported)
-	}
-	aad, err := hdr.AAD(c)
-	if err != nil {
-		return keys.Unwrapped{}, fmt.Errorf("unwrap: %w", err)
-	}
-	var pt []byte
-	err = t.withSession(ctx, func(s *sess) error {
-		h, err := s.usable(hdr.Name, "unwrap", hdr.Version, pkcs11.CKO_SECRET_KEY, keys.AES256GCM)
+	out := keys.Unwrapped{Name: hdr.Name, Version: hdr.Version}
+	err = d.token().withSession(ctx, func(s *sess) error {
+		_, _, h, err := s.resolve(keys.Use{Op: keys.OpUnwrap, Name: hdr.Name, Version: hdr.Version}, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
 		}
@@ -172,20 +147,17 @@ func (t *Token) Unwrap(ctx context.Context, blob []byte, c keys.Context) (keys.U
 		if err := s.p.DecryptInit(s.sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
 			return err
 		}
-		out, err := s.p.Decrypt(s.sh, ct)
+		pt, err := s.p.Decrypt(s.sh, ct)
 		if err != nil {
 			if authFailure(err) {
 				return keys.ErrDecrypt
 			}
 			return err
 		}
-		pt = out
+		out.Plaintext = pt
 		return nil
 	})
-	if err != nil {
-		return keys.Unwrapped{}, fmt.Errorf("unwrap %s v%d: %w", hdr.Name, hdr.Version, err)
-	}
-	return keys.Unwrapped{Plaintext: pt, Name: hdr.Name, Version: hdr.Version}, nil
+	return out, err
 }
 
 // authFailure: how tokens report a GCM tag mismatch. SoftHSM2 says
@@ -202,32 +174,16 @@ func authFailure(err error) bool {
 	return false
 }
 
-// Sign signs message with the newest enabled version of a signing key:
-// ECDSA P-256 over SHA-256 (ASN.1 DER), RSA-PSS SHA-256 salt 32, or Ed25519.
-func (t *Token) Sign(ctx context.Context, name string, message []byte) (keys.Signature, error) {
-	if err := keys.ValidateName(name); err != nil {
-		return keys.Signature{}, err
-	}
-	if err := keys.CheckMessage("sign", message); err != nil {
-		return keys.Signature{}, err
-	}
+// Sign signs in the token: ECDSA P-256 over SHA-256 (ASN.1 DER, low s),
+// RSA-PSS SHA-256 salt 32, or Ed25519.
+func (d *tokenDevice) Sign(ctx context.Context, u keys.Use, message []byte) (keys.Signature, error) {
 	var out keys.Signature
-	err := t.withSession(ctx, func(s *sess) error {
-		rec, v, h, err := s.current(name, "sign", pkcs11.CKO_PRIVATE_KEY, keys.ECDSAP256, keys.RSA3072PSS, keys.Ed25519)
+	err := d.token().withSession(ctx, func(s *sess) error {
+		rec, v, h, err := s.resolve(u, pkcs11.CKO_PRIVATE_KEY)
 		if err != nil {
 			return err
 		}
-		var mech *pkcs11.Mechanism
-		input := message
-		switch rec.Type {
-		case keys.ECDSAP256:
-			d := sha256.Sum256(message)
-			input, mech = d[:], pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)
-		case keys.RSA3072PSS:
-			mech = pkcs11.NewMechanism(pkcs11.CKM_SHA256_RSA_PKCS_PSS, pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, keys.PSSSaltLength))
-		case keys.Ed25519:
-			mech = pkcs11.NewMechanism(ckmEdDSA, nil)
-		}
+		mech, input := signMechanism(rec.Type, message)
 		if err := s.p.SignInit(s.sh, []*pkcs11.Mechanism{mech}, h); err != nil {
 			return err
 		}
@@ -240,13 +196,23 @@ func (t *Token) Sign(ctx context.Context, name string, message []byte) (keys.Sig
 				return err
 			}
 		}
-		out = keys.Signature{Name: name, Version: v, Bytes: sig}
+		out = keys.Signature{Name: u.Name, Version: v, Bytes: sig}
 		return nil
 	})
-	if err != nil {
-		return keys.Signature{}, fmt.Errorf("sign %s: %w", name, err)
+	return out, err
+}
+
+// signMechanism returns the mechanism for a key type and what it signs:
+// CKM_ECDSA signs a digest, the others hash (or not) themselves.
+func signMechanism(t keys.Type, message []byte) (*pkcs11.Mechanism, []byte) {
+	switch t {
+	case keys.ECDSAP256:
+		d := sha256.Sum256(message)
+		return pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil), d[:]
+	case keys.RSA3072PSS:
+		return pkcs11.NewMechanism(pkcs11.CKM_SHA256_RSA_PKCS_PSS, pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, keys.PSSSaltLength)), message
 	}
-	return out, nil
+	return pkcs11.NewMechanism(ckmEdDSA, nil), message
 }
 
 // ecdsaDER turns PKCS#11's r||s into the ASN.1 DER form Go and OpenSSL
@@ -258,43 +224,20 @@ func ecdsaDER(rs []byte) ([]byte, error) {
 	return keys.ECDSASignature(new(big.Int).SetBytes(rs[:32]), new(big.Int).SetBytes(rs[32:]))
 }
 
-// Verify checks a signature made by version v, in software with the
-// version's public key (which the token holds and never changes).
-func (t *Token) Verify(ctx context.Context, name string, v uint32, message, sig []byte) error {
-	if err := keys.CheckMessage("verify", message); err != nil {
-		return err
-	}
-	pub, _, err := t.publicKey(ctx, "verify", name, v, true)
-	if err != nil {
-		return err
-	}
-	if !keys.VerifySignature(pub, message, sig) {
-		return fmt.Errorf("verify %s v%d: %w", name, v, keys.ErrInvalidSignature)
-	}
-	return nil
-}
-
-// PublicKey returns version v's public key (0: the newest enabled version).
-func (t *Token) PublicKey(ctx context.Context, name string, v uint32) (crypto.PublicKey, uint32, error) {
-	return t.publicKey(ctx, "public key", name, v, false)
-}
-
-func (t *Token) publicKey(ctx context.Context, op, name string, v uint32, forVerify bool) (crypto.PublicKey, uint32, error) {
-	if err := keys.ValidateName(name); err != nil {
-		return nil, 0, err
-	}
+// Public returns a version's public key, read from the token once per
+// object and then kept: an object's public key never changes.
+func (d *tokenDevice) Public(ctx context.Context, u keys.Use) (crypto.PublicKey, uint32, error) {
+	t := d.token()
 	var pub crypto.PublicKey
+	var v uint32
 	err := t.withSession(ctx, func(s *sess) error {
-		rec, err := s.keyFor(name, op, keys.ECDSAP256, keys.RSA3072PSS, keys.Ed25519)
+		rec, err := s.loadMeta(u.Name, false)
 		if err != nil {
 			return err
 		}
-		ki := rec.info()
-		pv, err := ki.PublicVersion(v, forVerify)
-		if err != nil {
+		if v, err = u.Resolve(rec); err != nil {
 			return err
 		}
-		v = pv
 		// By label and id: adopted objects need not have distinct ids
 		// (two made with pkcs11-tool --id 01), and a public key cached by
 		// id alone would answer for the other key.
@@ -317,10 +260,7 @@ func (t *Token) publicKey(ctx context.Context, op, name string, v uint32, forVer
 		t.pubs.Store(id, pub)
 		return nil
 	})
-	if err != nil {
-		return nil, 0, fmt.Errorf("%s %s: %w", op, name, err)
-	}
-	return pub, v, nil
+	return pub, v, err
 }
 
 // readPublic parses a public key object into a Go public key.
@@ -361,17 +301,11 @@ func (s *sess) readPublic(ty keys.Type, h pkcs11.ObjectHandle) (crypto.PublicKey
 	return nil, fmt.Errorf("no public key for %s: %w", ty, keys.ErrWrongKeyType)
 }
 
-// MAC computes HMAC-SHA256 in the token with the newest enabled version.
-func (t *Token) MAC(ctx context.Context, name string, message []byte) (keys.Signature, error) {
-	if err := keys.ValidateName(name); err != nil {
-		return keys.Signature{}, err
-	}
-	if err := keys.CheckMessage("mac", message); err != nil {
-		return keys.Signature{}, err
-	}
+// MAC computes HMAC-SHA256 in the token.
+func (d *tokenDevice) MAC(ctx context.Context, u keys.Use, message []byte) (keys.Signature, error) {
 	var out keys.Signature
-	err := t.withSession(ctx, func(s *sess) error {
-		_, v, h, err := s.current(name, "mac", pkcs11.CKO_SECRET_KEY, keys.HMACSHA256)
+	err := d.token().withSession(ctx, func(s *sess) error {
+		_, v, h, err := s.resolve(u, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
 		}
@@ -382,26 +316,17 @@ func (t *Token) MAC(ctx context.Context, name string, message []byte) (keys.Sign
 		if err != nil {
 			return err
 		}
-		out = keys.Signature{Name: name, Version: v, Bytes: mac}
+		out = keys.Signature{Name: u.Name, Version: v, Bytes: mac}
 		return nil
 	})
-	if err != nil {
-		return keys.Signature{}, fmt.Errorf("mac %s: %w", name, err)
-	}
-	return out, nil
+	return out, err
 }
 
-// VerifyMAC checks a MAC made by version v, in the token (C_Verify compares
-// in constant time there).
-func (t *Token) VerifyMAC(ctx context.Context, name string, v uint32, message, mac []byte) error {
-	if err := keys.ValidateName(name); err != nil {
-		return err
-	}
-	if err := keys.CheckMessage("verify-mac", message); err != nil {
-		return err
-	}
-	err := t.withSession(ctx, func(s *sess) error {
-		h, err := s.usable(name, "verify-mac", v, pkcs11.CKO_SECRET_KEY, keys.HMACSHA256)
+// CheckMAC checks a MAC in the token (C_Verify compares in constant time
+// there).
+func (d *tokenDevice) CheckMAC(ctx context.Context, u keys.Use, message, mac []byte) error {
+	return d.token().withSession(ctx, func(s *sess) error {
+		_, _, h, err := s.resolve(u, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
 		}
@@ -418,8 +343,21 @@ func (t *Token) VerifyMAC(ctx context.Context, name string, v uint32, message, m
 		}
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("verify-mac %s v%d: %w", name, v, err)
-	}
-	return nil
+}
+
+// Random reads n bytes from the token's generator.
+func (d *tokenDevice) Random(ctx context.Context, n int) ([]byte, error) {
+	var out []byte
+	err := d.token().withSession(ctx, func(s *sess) error {
+		b, err := s.p.GenerateRandom(s.sh, n)
+		if err != nil {
+			return err
+		}
+		if len(b) != n {
+			return fmt.Errorf("C_GenerateRandom returned %d bytes, want %d", len(b), n)
+		}
+		out = b
+		return nil
+	})
+	return out, err
 }

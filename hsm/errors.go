@@ -10,8 +10,9 @@ import (
 var (
 	// ErrTokenNotFound: no slot holds a token with the configured label or URI.
 	ErrTokenNotFound = errors.New("pkcs11 token not found")
-	// ErrLogin: the token refused the PIN. Not retried: wrong PINs may lock a real token.
-	ErrLogin = errors.New("pkcs11 login failed")
+	// ErrCredential: the token refused the PIN (as tpm.ErrCredential: the
+	// device refuses the secret). Not retried: wrong PINs may lock a real token.
+	ErrCredential = errors.New("pkcs11 login failed")
 	// ErrModule: the PKCS#11 module could not be loaded or initialised.
 	ErrModule = errors.New("pkcs11 module cannot be loaded")
 	// ErrConfig: the backend configuration is incomplete or contradictory.

@@ -74,7 +74,7 @@ func (r *metaRecord) ref(v uint32) (objRef, error) {
 		return objRef{}, fmt.Errorf("key %s v%d: bad object id in record: %w", r.Name, v, keys.ErrIntegrity)
 	}
 	if reservedLabel(r.Name, mv) {
-		return objRef{}, fmt.Errorf("key %s v%d: the record names %s, an object keyward uses itself (keyward token doctor reports it): %w", r.Name, v, reservedWhat(mv.Label), keys.ErrIntegrity)
+		return objRef{}, fmt.Errorf("key %s v%d: the record names %s, an object keyward uses itself: %w", r.Name, v, reservedWhat(mv.Label), keys.ErrIntegrity)
 	}
 	return objRef{Class: keyClass(r.Type), Label: mv.Label, ID: id}, nil
 }
@@ -481,7 +481,7 @@ func (s *sess) competitor(rec *metaRecord, prevGen uint64, recs, claims []stored
 		other, err := s.parseMeta(rec.Name, c.raw)
 		switch {
 		case err != nil || other.Pending == nil:
-			return fmt.Errorf("key %s: a claim object that is not a keyward claim (%v) blocks changes; keyward token doctor lists it: %w", rec.Name, err, errConcurrent)
+			return fmt.Errorf("key %s: a claim object that is not a keyward claim (%v) blocks changes: %w", rec.Name, err, errConcurrent)
 		case other.Gen < rec.Gen:
 			s.p.DestroyObject(s.sh, c.h) // its record was published, and replaced since
 		case s.t.claimantGone(other.Claimant):

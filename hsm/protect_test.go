@@ -359,7 +359,7 @@ func TestOpenErrors(t *testing.T) {
 		wantErr error
 	}{
 		{name: "world-readable pin", cfg: hsm.Config{Module: tok.Module, TokenLabel: tok.Label, PINFile: write("open", tok.PIN, 0o644)}, wantErr: errAny},
-		{name: "wrong pin", cfg: hsm.Config{Module: tok.Module, TokenLabel: tok.Label, PINFile: write("wrong", "not-the-pin", 0o600)}, wantErr: hsm.ErrLogin},
+		{name: "wrong pin", cfg: hsm.Config{Module: tok.Module, TokenLabel: tok.Label, PINFile: write("wrong", "not-the-pin", 0o600)}, wantErr: hsm.ErrCredential},
 		{name: "no token", cfg: hsm.Config{Module: tok.Module, TokenLabel: "absent", PINFile: tok.PINFile}, wantErr: hsm.ErrTokenNotFound},
 		{name: "no module", cfg: hsm.Config{Module: "/nonexistent/lib.so", TokenLabel: tok.Label, PINFile: tok.PINFile}, wantErr: hsm.ErrModule},
 		{name: "label and uri", cfg: hsm.Config{Module: tok.Module, TokenLabel: tok.Label, URI: "pkcs11:token=x", PINFile: tok.PINFile}, wantErr: hsm.ErrConfig},

@@ -70,8 +70,11 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Token is a keys.Backend on one PKCS#11 token.
+// Token is a keys.Backend on one PKCS#11 token. Its data operations are
+// the shared keys.Frontend over the token's primitives (data.go).
 type Token struct {
+	keys.Frontend
+
 	cfg  Config
 	sel  URI
 	log  *slog.Logger
@@ -189,6 +192,7 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 		age = 0
 	}
 	t := &Token{cfg: cfg, sel: sel, log: log, pin: pin, size: size, mod: mod, age: age, cache: map[string]*cachedMeta{}, claimNonce: rand.Text()}
+	t.Frontend = keys.NewFrontend((*tokenDevice)(t))
 	mod.mu.RLock()
 	st, err := t.newState()
 	mod.mu.RUnlock()
@@ -235,7 +239,7 @@ func (t *Token) newState() (*tokenState, error) {
 	if err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
 		st.closeSessions(sh)
 		if isPINError(err) {
-			return nil, fmt.Errorf("token %q: %v: %w", t.tokenName(), err, ErrLogin)
+			return nil, fmt.Errorf("token %q: %v: %w", t.tokenName(), err, ErrCredential)
 		}
 		return nil, fmt.Errorf("token %q login: %w: %w", t.tokenName(), err, keys.ErrUnavailable)
 	}
@@ -615,24 +619,4 @@ func (t *Token) Health(ctx context.Context) error {
 		}
 		return nil
 	})
-}
-
-// Random returns n bytes from the token's generator.
-func (t *Token) Random(ctx context.Context, n int) ([]byte, error) {
-	if n < 1 || n > keys.MaxRandom {
-		return nil, fmt.Errorf("random: %d bytes, want 1..%d: %w", n, keys.MaxRandom, keys.ErrInvalidArgument)
-	}
-	var out []byte
-	err := t.withSession(ctx, func(s *sess) error {
-		b, err := s.p.GenerateRandom(s.sh, n)
-		if err != nil {
-			return err
-		}
-		if len(b) != n {
-			return fmt.Errorf("C_GenerateRandom returned %d bytes, want %d", len(b), n)
-		}
-		out = b
-		return nil
-	})
-	return out, err
 }

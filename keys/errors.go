@@ -1,6 +1,9 @@
 package keys
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors shared by every backend. Backends wrap them with detail
 // ("unwrap payments/db v3: %w"); callers test them with errors.Is. The socket
@@ -40,6 +43,9 @@ var (
 	// ErrIntegrity: stored keyring metadata failed its integrity check, or a
 	// device object is weaker than keyward requires. Never retried.
 	ErrIntegrity = errors.New("keyring integrity check failed")
+	// ErrReadOnly: a change through a backend opened read-only (for
+	// inspection). It wraps ErrUnsupported.
+	ErrReadOnly = fmt.Errorf("backend opened read-only: %w", ErrUnsupported)
 	// ErrWeakKey: an object offered for adoption is extractable, not sensitive
 	// or not private (or otherwise unfit to be a master key).
 	ErrWeakKey = errors.New("key object is not protected by the device")

@@ -119,38 +119,55 @@ type KeyInfo struct {
 }
 
 // Latest returns the newest enabled version: the one encrypt, sign and mac use.
-func (k *KeyInfo) Latest() (uint32, error) {
-	for i := len(k.Versions) - 1; i >= 0; i-- {
-		if k.Versions[i].State == Enabled {
-			return k.Versions[i].Version, nil
-		}
-	}
-	return 0, fmt.Errorf("key %s: %w", k.Name, ErrNoEnabledVersion)
-}
+func (k *KeyInfo) Latest() (uint32, error) { return latest(k) }
 
 // Version returns version v or an error wrapping ErrKeyNotFound.
 func (k *KeyInfo) Version(v uint32) (VersionInfo, error) {
-	if v == 0 || int(v) > len(k.Versions) {
-		return VersionInfo{}, fmt.Errorf("key %s v%d: %w", k.Name, v, ErrKeyNotFound)
+	if err := exists(k, v); err != nil {
+		return VersionInfo{}, err
 	}
 	return k.Versions[v-1], nil
 }
 
 // CheckDecrypt reports whether version v may be used to decrypt or verify:
 // it must exist, be enabled and be at least MinDecryptVersion.
-func (k *KeyInfo) CheckDecrypt(v uint32) error {
-	vi, err := k.Version(v)
-	if err != nil {
+func (k *KeyInfo) CheckDecrypt(v uint32) error { return checkDecrypt(k, v) }
+
+// KeyName, KeyType, MinDecrypt, NumVersions and StateOf make a KeyInfo a Record.
+func (k *KeyInfo) KeyName() string        { return k.Name }
+func (k *KeyInfo) KeyType() Type          { return k.Type }
+func (k *KeyInfo) MinDecrypt() uint32     { return k.MinDecryptVersion }
+func (k *KeyInfo) NumVersions() int       { return len(k.Versions) }
+func (k *KeyInfo) StateOf(v uint32) State { return k.Versions[v-1].State }
+
+func latest(r Record) (uint32, error) {
+	for v := uint32(r.NumVersions()); v > 0; v-- {
+		if r.StateOf(v) == Enabled {
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("key %s: %w", r.KeyName(), ErrNoEnabledVersion)
+}
+
+func exists(r Record, v uint32) error {
+	if v == 0 || int(v) > r.NumVersions() {
+		return fmt.Errorf("key %s v%d: %w", r.KeyName(), v, ErrKeyNotFound)
+	}
+	return nil
+}
+
+func checkDecrypt(r Record, v uint32) error {
+	if err := exists(r, v); err != nil {
 		return err
 	}
-	switch vi.State {
+	switch r.StateOf(v) {
 	case Disabled:
-		return fmt.Errorf("key %s v%d: %w", k.Name, v, ErrVersionDisabled)
+		return fmt.Errorf("key %s v%d: %w", r.KeyName(), v, ErrVersionDisabled)
 	case Destroyed:
-		return fmt.Errorf("key %s v%d: %w", k.Name, v, ErrVersionDestroyed)
+		return fmt.Errorf("key %s v%d: %w", r.KeyName(), v, ErrVersionDestroyed)
 	}
-	if v < k.MinDecryptVersion {
-		return fmt.Errorf("key %s v%d (minimum %d): %w", k.Name, v, k.MinDecryptVersion, ErrBelowMinVersion)
+	if min := r.MinDecrypt(); v < min {
+		return fmt.Errorf("key %s v%d (minimum %d): %w", r.KeyName(), v, min, ErrBelowMinVersion)
 	}
 	return nil
 }
@@ -255,19 +272,22 @@ func (k *KeyInfo) CheckChangeable(v uint32) error {
 // given and pass CheckDecrypt; for a public key, 0 means the newest enabled
 // version and a given v must exist and be neither disabled nor destroyed.
 func (k *KeyInfo) PublicVersion(v uint32, forVerify bool) (uint32, error) {
+	return publicVersion(k, v, forVerify)
+}
+
+func publicVersion(r Record, v uint32, forVerify bool) (uint32, error) {
 	switch {
 	case v == 0 && forVerify:
 		return 0, fmt.Errorf("version 0: %w", ErrInvalidArgument)
 	case v == 0:
-		return k.Latest()
+		return latest(r)
 	case forVerify:
-		return v, k.CheckDecrypt(v)
+		return v, checkDecrypt(r, v)
 	}
-	vi, err := k.Version(v)
-	if err != nil {
+	if err := exists(r, v); err != nil {
 		return 0, err
 	}
-	switch vi.State {
+	switch r.StateOf(v) {
 	case Disabled:
 		return 0, fmt.Errorf("v%d: %w", v, ErrVersionDisabled)
 	case Destroyed:

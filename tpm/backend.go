@@ -43,10 +43,12 @@ type Config struct {
 	// StateDir holds the key blobs, the keyring records and the pinned
 	// parent (created 0700 if missing).
 	StateDir string
-	// AuthFile holds the auth secret (mode 0600/0400, at least MinAuthSecret
-	// bytes). Empty means $CREDENTIALS_DIRECTORY/pin.
-	AuthFile string
-	// Auth, when set, is used instead of AuthFile (dev mode and tests); it is copied.
+	// PINFile holds the auth secret (mode 0600/0400, at least MinAuthSecret
+	// bytes). Empty means $CREDENTIALS_DIRECTORY/pin. Named as hsm.Config's
+	// PINFile, the daemon's backend.pin_file and the CLI's --pin-file: one
+	// name for "the secret that opens the device's keys" everywhere.
+	PINFile string
+	// Auth, when set, is used instead of PINFile (dev mode and tests); it is copied.
 	Auth []byte
 	// ParentHandle is a persistent storage key (0x81xxxxxx) to use as the
 	// parent; 0 means the deterministic ECC storage primary under the owner
@@ -74,10 +76,14 @@ type Config struct {
 	Logger    *slog.Logger
 }
 
-// Backend is a keys.Backend on a TPM 2.0. Master keys are TPM objects
+// TPM is a keys.Backend on a TPM 2.0. Master keys are TPM objects
 // (fixedTPM, fixedParent, sensitiveDataOrigin) whose encrypted blobs live in
-// the state directory; only the TPM that made them can load them.
-type Backend struct {
+// the state directory; only the TPM that made them can load them. Its data
+// operations are the shared keys.Frontend over the TPM's primitives
+// (keyops.go).
+type TPM struct {
+	keys.Frontend
+
 	// sem is one slot that serialises the device, the records and the
 	// store. Waiting for it ends with the caller's ctx (see lock).
 	sem chan struct{}
@@ -110,12 +116,12 @@ type Backend struct {
 }
 
 var (
-	_ keys.Backend = (*Backend)(nil)
+	_ keys.Backend = (*TPM)(nil)
 )
 
 // Open connects to the TPM, checks its capabilities, pins (first start) or
 // checks the parent, and loads and verifies every keyring record.
-func Open(ctx context.Context, cfg Config) (*Backend, error) {
+func Open(ctx context.Context, cfg Config) (*TPM, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -138,9 +144,10 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		clear(auth)
 		return nil, err
 	}
-	b := &Backend{sem: make(chan struct{}, 1), device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{},
+	b := &TPM{sem: make(chan struct{}, 1), device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{},
 		noCounter:  cfg.Device == "sim" || strings.HasPrefix(cfg.Device, "sim:") || testNoCounter || cfg.NoRollbackCounter,
 		counterOff: cfg.NoRollbackCounter, trustState: cfg.TrustCurrentState, ownerAuth: bytes.Clone(cfg.OwnerAuth)}
+	b.Frontend = keys.NewFrontend((*tpmDevice)(b))
 	b.dev = &device{
 		dial: func() (Conn, error) {
 			c, err := Dial(cfg.Device)
@@ -192,7 +199,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 func objectAuth(cfg Config) ([]byte, error) {
 	secret := bytes.Clone(cfg.Auth)
 	if secret == nil {
-		path, err := secretfile.Resolve(cfg.AuthFile, "pin")
+		path, err := secretfile.Resolve(cfg.PINFile, "pin")
 		if err != nil {
 			return nil, fmt.Errorf("tpm auth secret: %w", err)
 		}
@@ -202,7 +209,7 @@ func objectAuth(cfg Config) ([]byte, error) {
 	}
 	defer clear(secret)
 	if len(secret) < MinAuthSecret {
-		return nil, fmt.Errorf("tpm auth secret is %d bytes, at least %d needed (the key objects are NoDA; use e.g. `head -c 32 /dev/urandom | base64`): %w",
+		return nil, fmt.Errorf("tpm auth secret is %d bytes, at least %d needed (the key objects are NoDA: the secret itself must be unguessable): %w",
 			len(secret), MinAuthSecret, ErrConfig)
 	}
 	return deriveAuth(secret), nil
@@ -224,7 +231,7 @@ func deriveAuth(secret []byte) []byte {
 	}
 }
 
-func (b *Backend) open(ctx context.Context) error {
+func (b *TPM) open(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -301,7 +308,7 @@ func (b *Backend) open(ctx context.Context) error {
 
 // verifyRecords checks the MAC of every record (start-up without a
 // manifest to vouch for them).
-func (b *Backend) verifyRecords() error {
+func (b *TPM) verifyRecords() error {
 	for _, name := range sortedKeys(b.recs) {
 		if err := b.verifyRecord(b.recs[name]); err != nil {
 			return fmt.Errorf("%s: %w", filepath.Join(keysDir, fileName(name)), err)
@@ -336,7 +343,7 @@ func decodeRingKey(raw []byte) (*blobPair, error) {
 func (d *device) proveAuth(ring *blobPair) error {
 	if _, err := d.hmac(ring, []byte(labelKeyring)); err != nil {
 		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
-			return fmt.Errorf("the TPM refuses the auth secret for this state directory's keys: %w", ErrAuth)
+			return fmt.Errorf("the TPM refuses the auth secret for this state directory's keys: %w", ErrCredential)
 		}
 		return classify(err)
 	}
@@ -345,7 +352,7 @@ func (d *device) proveAuth(ring *blobPair) error {
 
 // probe checks that the TPM has what keyward needs, and which key types it
 // can offer. A missing mandatory piece is a clear refusal at start.
-func (b *Backend) probe() error {
+func (b *TPM) probe() error {
 	rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapCommands, Property: tpmCCFirst, PropertyCount: 256}).Execute(b.dev.conn)
 	if err != nil {
 		return classify(fmt.Errorf("reading the TPM's command list: %w", err))
@@ -386,13 +393,13 @@ func (b *Backend) probe() error {
 	return nil
 }
 
-func (b *Backend) testParms(p tpm2.TPMUPublicParms, alg tpm2.TPMAlgID) bool {
+func (b *TPM) testParms(p tpm2.TPMUPublicParms, alg tpm2.TPMAlgID) bool {
 	_, err := (tpm2.TestParms{Parameters: tpm2.TPMTPublicParms{Type: alg, Parameters: p}}).Execute(b.dev.conn)
 	return err == nil
 }
 
 // verifyRecord checks a record's MAC with the keyring key.
-func (b *Backend) verifyRecord(r *record) error {
+func (b *TPM) verifyRecord(r *record) error {
 	return b.verifyMAC(r.macInput, r.MAC, fmt.Sprintf("record for key %q", r.Name))
 }
 
@@ -405,9 +412,9 @@ func (b *Backend) verifyRecord(r *record) error {
 // the next change, by Health (the watchdog's probe), and at start; until
 // then a WARN line and keyward_tpm_rollback_counter_behind say that someone
 // who can write the state directory could put the older record back.
-func (b *Backend) storeRecord(d *device, r *record) error {
+func (b *TPM) storeRecord(d *device, r *record) error {
 	if b.readOnly {
-		return fmt.Errorf("opened read-only: %w", ErrReadOnly)
+		return fmt.Errorf("tpm: %w", keys.ErrReadOnly)
 	}
 	if err := b.settle(d); err != nil {
 		return fmt.Errorf("finishing the previous key change (rollback counter): %w", err)
@@ -442,7 +449,7 @@ func (b *Backend) storeRecord(d *device, r *record) error {
 
 // writeRecord stamps r with the next counter value (0 without a counter),
 // MACs it and writes its file.
-func (b *Backend) writeRecord(r *record) error {
+func (b *TPM) writeRecord(r *record) error {
 	r.Seq = 0
 	if b.ctr.index != 0 {
 		r.Seq = b.ctr.nv + 1
@@ -476,7 +483,7 @@ func (b *Backend) writeRecord(r *record) error {
 // and made the one the manifest lists: the failed attempt then differs
 // from what the manifest lists for that value, and is refused. Best effort:
 // if the disk refuses this too, a warning says so. Not for a new key.
-func (b *Backend) supersede(d *device, name string) {
+func (b *TPM) supersede(d *device, name string) {
 	cur, ok := b.recs[name]
 	if !ok || b.ctr.index == 0 {
 		return
@@ -505,7 +512,7 @@ func (b *Backend) supersede(d *device, name string) {
 // do runs fn with the device ready, resetting it first when a previous call
 // left it broken. If fn fails because the TPM lost its state, the device is
 // reset and, for idempotent work, fn runs once more.
-func (b *Backend) do(ctx context.Context, idempotent bool, fn func(d *device) error) error {
+func (b *TPM) do(ctx context.Context, idempotent bool, fn func(d *device) error) error {
 	if err := b.lock(ctx); err != nil {
 		return err
 	}
@@ -542,7 +549,7 @@ func (b *Backend) do(ctx context.Context, idempotent bool, fn func(d *device) er
 // milliseconds) stops waiting at its deadline instead of having its command
 // run for nobody. A command under way is not interrupted: the TPM would be
 // left mid-command and need a reset.
-func (b *Backend) lock(ctx context.Context) error {
+func (b *TPM) lock(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -554,9 +561,9 @@ func (b *Backend) lock(ctx context.Context) error {
 	}
 }
 
-func (b *Backend) unlock() { <-b.sem }
+func (b *TPM) unlock() { <-b.sem }
 
-func (b *Backend) recover() error {
+func (b *TPM) recover() error {
 	if err := b.dev.reset(); err != nil {
 		b.dev.recoveryFailures.Add(1)
 		b.log.Warn("tpm reconnect failed", "err", err)
@@ -579,7 +586,7 @@ type Stats struct {
 }
 
 // Stats returns the current counters without waiting for the TPM.
-func (b *Backend) Stats() Stats {
+func (b *TPM) Stats() Stats {
 	d := b.dev
 	return Stats{Recoveries: d.recoveries.Load(), RecoveryFailures: d.recoveryFailures.Load(),
 		ObjectLoads: d.loads.Load(), ObjectsLoaded: int(d.loadedNow.Load()), CounterBehind: b.unsettled.Load()}
@@ -603,7 +610,7 @@ func classify(err error) error {
 }
 
 // rec returns name's record (holding the slot or recMu).
-func (b *Backend) rec(name string) (*record, error) {
+func (b *TPM) rec(name string) (*record, error) {
 	r, ok := b.recs[name]
 	if !ok {
 		return nil, fmt.Errorf("key %s: %w", name, keys.ErrKeyNotFound)
@@ -613,7 +620,7 @@ func (b *Backend) rec(name string) (*record, error) {
 
 // Health runs a cheap command (reconnecting when needed), and finishes a
 // key change whose rollback counter step failed.
-func (b *Backend) Health(ctx context.Context) error {
+func (b *TPM) Health(ctx context.Context) error {
 	return b.do(ctx, true, func(d *device) error {
 		_, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTManufacturer), PropertyCount: 1}).Execute(d.conn)
 		if err == nil && !b.readOnly && !b.ctr.settled() {
@@ -630,7 +637,7 @@ func (b *Backend) Health(ctx context.Context) error {
 
 // Close flushes loaded objects and sessions, closes the connection and
 // releases the state directory.
-func (b *Backend) Close() error {
+func (b *TPM) Close() error {
 	b.lock(context.Background())
 	defer b.unlock()
 	if b.closed {
@@ -647,14 +654,14 @@ func (b *Backend) Close() error {
 
 // Resets reports how often the connection was re-established after the
 // first start (tests and metrics).
-func (b *Backend) Resets() uint64 {
+func (b *TPM) Resets() uint64 {
 	b.lock(context.Background())
 	defer b.unlock()
 	return b.dev.resets - 1
 }
 
 // ListKeys returns every key, sorted by name.
-func (b *Backend) ListKeys(ctx context.Context) ([]keys.KeyInfo, error) {
+func (b *TPM) ListKeys(ctx context.Context) ([]keys.KeyInfo, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -669,7 +676,7 @@ func (b *Backend) ListKeys(ctx context.Context) ([]keys.KeyInfo, error) {
 }
 
 // DescribeKey returns one key.
-func (b *Backend) DescribeKey(ctx context.Context, name string) (keys.KeyInfo, error) {
+func (b *TPM) DescribeKey(ctx context.Context, name string) (keys.KeyInfo, error) {
 	if err := keys.ValidateName(name); err != nil {
 		return keys.KeyInfo{}, err
 	}

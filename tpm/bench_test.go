@@ -16,7 +16,7 @@ import (
 //
 //	go test -run '^$' -bench Ops -count 5 ./tpm | benchstat -
 //
-// keyward/* go through tpm.Backend (mutex, record lookup, salted
+// keyward/* go through tpm.TPM (mutex, record lookup, salted
 // parameter-encrypted session, and for wrap/unwrap AES-256-GCM in software);
 // raw/* send TPM2_HMAC and TPM2_Sign directly with the same kind of session,
 // on objects made with the same templates. swtpm serves one client, so each

@@ -16,7 +16,7 @@ import (
 
 // device is the connection to one TPM and what keyward has loaded in it: the
 // parent, three reusable salted sessions and a small LRU of loaded key
-// objects. It is not safe for concurrent use: Backend.mu serialises it.
+// objects. It is not safe for concurrent use: TPM.mu serialises it.
 //
 // Slots: a TPM without a resource manager (swtpm, the simulator) holds 3
 // transient objects and 3 loaded sessions. keyward uses the parent plus at

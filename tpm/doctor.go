@@ -58,7 +58,7 @@ func (r *Report) Weak() bool {
 // object's name matches the stored public area, and every record's own MAC.
 // Open already checked the pinned parent, the manifest and the rollback
 // counter.
-func (b *Backend) Doctor(ctx context.Context) (Report, error) {
+func (b *TPM) Doctor(ctx context.Context) (Report, error) {
 	rep := Report{Device: b.device, StateDir: b.st.dir, Findings: []Finding{}, Objects: []Object{}, Rollback: b.ctr.status}
 	if b.rollbackErr != nil {
 		rep.Findings = append(rep.Findings, Finding{Problem: b.rollbackErr.Error(), Weak: true})

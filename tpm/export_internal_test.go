@@ -69,7 +69,7 @@ func FailCounterStep(step string, err error) {
 func OnCounterStep(fn func(step string) error) { counterFaultHook = fn }
 
 // Status reports the rollback counter's state as the backend sees it.
-func (b *Backend) CounterStatus() (index uint32, nv, mf uint64, settled bool) {
+func (b *TPM) CounterStatus() (index uint32, nv, mf uint64, settled bool) {
 	b.lock(context.Background())
 	defer b.unlock()
 	return uint32(b.ctr.index), b.ctr.nv, b.ctr.mf, b.ctr.settled()

@@ -18,16 +18,16 @@ import (
 	"github.com/keyward/keyward/keys"
 )
 
-func (b *Backend) writable() error {
+func (b *TPM) writable() error {
 	if b.readOnly {
-		return fmt.Errorf("TPM backend opened read-only: %w", keys.ErrUnsupported)
+		return fmt.Errorf("tpm: %w", keys.ErrReadOnly)
 	}
 	return nil
 }
 
 // CreateKey generates version 1 of a new key inside the TPM and stores its
 // blob and record.
-func (b *Backend) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.KeyInfo, error) {
+func (b *TPM) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.KeyInfo, error) {
 	if err := keys.ValidateName(name); err != nil {
 		return keys.KeyInfo{}, err
 	}
@@ -67,7 +67,7 @@ func (b *Backend) CreateKey(ctx context.Context, name string, ty keys.Type) (key
 }
 
 // update applies change to a copy of name's record and stores it.
-func (b *Backend) update(ctx context.Context, op, name string, change func(d *device, r *record) error) (keys.KeyInfo, error) {
+func (b *TPM) update(ctx context.Context, op, name string, change func(d *device, r *record) error) (keys.KeyInfo, error) {
 	if err := keys.ValidateName(name); err != nil {
 		return keys.KeyInfo{}, err
 	}
@@ -98,7 +98,7 @@ func (b *Backend) update(ctx context.Context, op, name string, change func(d *de
 }
 
 // RotateKey adds a version generated in the TPM.
-func (b *Backend) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error) {
+func (b *TPM) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error) {
 	return b.update(ctx, "rotate", name, func(d *device, r *record) error {
 		if len(r.Vers) >= keys.MaxVersion {
 			return fmt.Errorf("version limit reached: %w", keys.ErrInvalidArgument)
@@ -118,7 +118,7 @@ func (b *Backend) RotateKey(ctx context.Context, name string) (keys.KeyInfo, err
 }
 
 // SetVersionState enables or disables a version.
-func (b *Backend) SetVersionState(ctx context.Context, name string, v uint32, st keys.State) (keys.KeyInfo, error) {
+func (b *TPM) SetVersionState(ctx context.Context, name string, v uint32, st keys.State) (keys.KeyInfo, error) {
 	if st != keys.Enabled && st != keys.Disabled {
 		return keys.KeyInfo{}, fmt.Errorf("state %q: use enabled or disabled (DestroyVersion destroys): %w", st, keys.ErrInvalidArgument)
 	}
@@ -135,7 +135,7 @@ func (b *Backend) SetVersionState(ctx context.Context, name string, v uint32, st
 // DestroyVersion deletes a version's blob from the record (and flushes the
 // object if it is loaded). A TPM cannot revoke a blob: a copy of an old
 // record file (a backup) still loads on this TPM; the README says so.
-func (b *Backend) DestroyVersion(ctx context.Context, name string, v uint32) (keys.KeyInfo, error) {
+func (b *TPM) DestroyVersion(ctx context.Context, name string, v uint32) (keys.KeyInfo, error) {
 	return b.update(ctx, "destroy", name, func(d *device, r *record) error {
 		ki := r.info()
 		if err := ki.CheckChangeable(v); err != nil {
@@ -150,7 +150,7 @@ func (b *Backend) DestroyVersion(ctx context.Context, name string, v uint32) (ke
 }
 
 // SetMinDecryptVersion refuses decryption and verification below v.
-func (b *Backend) SetMinDecryptVersion(ctx context.Context, name string, v uint32) (keys.KeyInfo, error) {
+func (b *TPM) SetMinDecryptVersion(ctx context.Context, name string, v uint32) (keys.KeyInfo, error) {
 	return b.update(ctx, "set-min-version", name, func(d *device, r *record) error {
 		if int(v) > len(r.Vers) {
 			return fmt.Errorf("minimum decrypt version %d is beyond the newest version %d: %w", v, len(r.Vers), keys.ErrInvalidArgument)
@@ -160,66 +160,53 @@ func (b *Backend) SetMinDecryptVersion(ctx context.Context, name string, v uint3
 	})
 }
 
-// current returns name's record (of one of types) and its newest enabled version's blob.
-func (b *Backend) current(name, op string, types ...keys.Type) (*record, uint32, *blobPair, error) {
-	r, err := b.typed(name, op, types...)
+// tpmDevice is the backend as the keys.Frontend's Device: the TPM half of
+// the data operations. Each method resolves its keys.Use holding the slot
+// (or recMu), against the record in memory.
+type tpmDevice TPM
+
+var _ keys.Device = (*tpmDevice)(nil)
+
+func (d *tpmDevice) tpm() *TPM { return (*TPM)(d) }
+
+// KeyName, KeyType, MinDecrypt, NumVersions and StateOf make a record a
+// keys.Record.
+func (r *record) KeyName() string             { return r.Name }
+func (r *record) KeyType() keys.Type          { return r.Type }
+func (r *record) MinDecrypt() uint32          { return r.Min }
+func (r *record) NumVersions() int            { return len(r.Vers) }
+func (r *record) StateOf(v uint32) keys.State { return r.Vers[v-1].State }
+
+// resolve returns u's key record and the version u resolves to and its
+// blob (holding the slot or recMu).
+func (b *TPM) resolve(u keys.Use) (*record, uint32, *blobPair, error) {
+	r, err := b.rec(u.Name)
 	if err != nil {
 		return nil, 0, nil, err
 	}
-	for i := len(r.Vers) - 1; i >= 0; i-- {
-		if r.Vers[i].State == keys.Enabled {
-			return r, r.Vers[i].Version, r.Vers[i].Blob, nil
-		}
-	}
-	return nil, 0, nil, fmt.Errorf("key %s: %w", name, keys.ErrNoEnabledVersion)
-}
-
-// usable returns version v's blob after checking it may decrypt or verify.
-func (b *Backend) usable(name, op string, v uint32, types ...keys.Type) (*record, *blobPair, error) {
-	r, err := b.typed(name, op, types...)
+	v, err := u.Resolve(r)
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, nil, err
 	}
-	ki := r.info()
-	if err := ki.CheckDecrypt(v); err != nil {
-		return nil, nil, err
-	}
-	return r, r.Vers[v-1].Blob, nil
-}
-
-func (b *Backend) typed(name, op string, types ...keys.Type) (*record, error) {
-	r, err := b.rec(name)
-	if err != nil {
-		return nil, err
-	}
-	for _, t := range types {
-		if r.Type == t {
-			return r, nil
-		}
-	}
-	return nil, fmt.Errorf("%s with %s key %s: %w", op, r.Type, name, keys.ErrWrongKeyType)
+	return r, v, r.Vers[v-1].Blob, nil
 }
 
 // derive asks the TPM for a message key: HMAC(master, labelWrap || nonce).
-func (b *Backend) derive(ctx context.Context, op, name string, version uint32, nonce []byte) ([]byte, uint32, error) {
+func (b *TPM) derive(ctx context.Context, u keys.Use, nonce []byte) ([]byte, uint32, error) {
 	in := make([]byte, 0, len(labelWrap)+len(nonce))
 	in = append(append(in, labelWrap...), nonce...)
 	var k []byte
+	var v uint32
 	err := b.do(ctx, true, func(d *device) error {
-		var bp *blobPair
-		var err error
-		if version == 0 {
-			_, version, bp, err = b.current(name, op, keys.AES256GCM)
-		} else {
-			_, bp, err = b.usable(name, op, version, keys.AES256GCM)
-		}
+		_, rv, bp, err := b.resolve(u)
 		if err != nil {
 			return err
 		}
+		v = rv
 		k, err = d.hmac(bp, in)
 		return err
 	})
-	return k, version, err
+	return k, v, err
 }
 
 // gcmWithKey makes the AES-256-GCM AEAD of a derived key and zeroes the key.
@@ -236,70 +223,47 @@ func gcmWithKey(k []byte) (cipher.AEAD, error) {
 // zeroIV: each derived key seals exactly one message, so a fixed IV is safe.
 var zeroIV [12]byte
 
-// Wrap seals plaintext under the newest enabled version (envelope alg 2).
-func (b *Backend) Wrap(ctx context.Context, name string, plaintext []byte, c keys.Context) ([]byte, error) {
-	if err := keys.ValidateName(name); err != nil {
-		return nil, err
-	}
-	if err := keys.CheckMessage("wrap", plaintext); err != nil {
-		return nil, err
-	}
-	if err := keys.CheckContext(c); err != nil {
-		return nil, err
-	}
-	hdr := envelope.Header{Alg: envelope.AlgTPMHMACGCM, Name: name, Nonce: make([]byte, envelope.AlgTPMHMACGCM.NonceSize())}
+// Seal seals plaintext under a key derived in the TPM (envelope alg 2).
+func (d *tpmDevice) Seal(ctx context.Context, u keys.Use, plaintext []byte, c keys.Context) ([]byte, error) {
+	hdr := envelope.Header{Alg: envelope.AlgTPMHMACGCM, Name: u.Name, Nonce: make([]byte, envelope.AlgTPMHMACGCM.NonceSize())}
 	if _, err := rand.Read(hdr.Nonce); err != nil {
 		return nil, err
 	}
-	k, v, err := b.derive(ctx, "wrap", name, 0, hdr.Nonce)
+	k, v, err := d.tpm().derive(ctx, u, hdr.Nonce)
 	if err != nil {
-		return nil, fmt.Errorf("wrap %s: %w", name, err)
+		return nil, err
 	}
 	hdr.Version = v
 	aead, err := gcmWithKey(k)
 	if err != nil {
-		return nil, fmt.Errorf("wrap %s: %w", name, err)
+		return nil, err
 	}
 	aad, err := hdr.AAD(c)
 	if err != nil {
-		return nil, fmt.Errorf("wrap %s: %w", name, err)
+		return nil, err
 	}
-	blob, err := envelope.Encode(hdr, aead.Seal(nil, zeroIV[:], plaintext, aad))
-	if err != nil {
-		return nil, fmt.Errorf("wrap %s: %w", name, err)
-	}
-	return blob, nil
+	return envelope.Encode(hdr, aead.Seal(nil, zeroIV[:], plaintext, aad))
 }
 
-// Unwrap opens a blob made by Wrap under the same context.
-func (b *Backend) Unwrap(ctx context.Context, blob []byte, c keys.Context) (keys.Unwrapped, error) {
-	if err := keys.CheckContext(c); err != nil {
+// Open opens a blob made by Seal with the key derived again in the TPM.
+func (d *tpmDevice) Open(ctx context.Context, blob []byte, c keys.Context) (keys.Unwrapped, error) {
+	hdr, ct, aad, err := envelope.Open(blob, envelope.AlgTPMHMACGCM, c)
+	if err != nil {
 		return keys.Unwrapped{}, err
 	}
-	hdr, ct, err := envelope.Decode(blob)
+	out := keys.Unwrapped{Name: hdr.Name, Version: hdr.Version}
+	k, _, err := d.tpm().derive(ctx, keys.Use{Op: keys.OpUnwrap, Name: hdr.Name, Version: hdr.Version}, hdr.Nonce)
 	if err != nil {
-		return keys.Unwrapped{}, fmt.Errorf("unwrap: %w", err)
-	}
-	if hdr.Alg != envelope.AlgTPMHMACGCM {
-		return keys.Unwrapped{}, fmt.Errorf("unwrap: blob algorithm %d belongs to another backend: %w", hdr.Alg, keys.ErrUnsupported)
-	}
-	aad, err := hdr.AAD(c)
-	if err != nil {
-		return keys.Unwrapped{}, fmt.Errorf("unwrap: %w", err)
-	}
-	k, _, err := b.derive(ctx, "unwrap", hdr.Name, hdr.Version, hdr.Nonce)
-	if err != nil {
-		return keys.Unwrapped{}, fmt.Errorf("unwrap %s v%d: %w", hdr.Name, hdr.Version, err)
+		return out, err
 	}
 	aead, err := gcmWithKey(k)
 	if err != nil {
-		return keys.Unwrapped{}, fmt.Errorf("unwrap %s v%d: %w", hdr.Name, hdr.Version, err)
+		return out, err
 	}
-	pt, err := aead.Open(nil, zeroIV[:], ct, aad)
-	if err != nil {
-		return keys.Unwrapped{}, fmt.Errorf("unwrap %s v%d: %w", hdr.Name, hdr.Version, keys.ErrDecrypt)
+	if out.Plaintext, err = aead.Open(nil, zeroIV[:], ct, aad); err != nil {
+		return out, keys.ErrDecrypt
 	}
-	return keys.Unwrapped{Plaintext: pt, Name: hdr.Name, Version: hdr.Version}, nil
+	return out, nil
 }
 
 // macInput: the TPM MACs a label and the message's SHA-256, so any message
@@ -312,75 +276,54 @@ func macInput(message []byte) []byte {
 	return append([]byte(labelMAC), d[:]...)
 }
 
-// MAC computes a MAC with the newest enabled version of an hmac-sha256 key.
-func (b *Backend) MAC(ctx context.Context, name string, message []byte) (keys.Signature, error) {
-	if err := keys.ValidateName(name); err != nil {
-		return keys.Signature{}, err
-	}
-	if err := keys.CheckMessage("mac", message); err != nil {
-		return keys.Signature{}, err
-	}
-	in := macInput(message)
-	var out keys.Signature
-	err := b.do(ctx, true, func(d *device) error {
-		_, v, bp, err := b.current(name, "mac", keys.HMACSHA256)
-		if err != nil {
-			return err
-		}
-		mac, err := d.hmac(bp, in)
-		if err != nil {
-			return err
-		}
-		out = keys.Signature{Name: name, Version: v, Bytes: mac}
-		return nil
-	})
+// MAC computes a MAC in the TPM (see macInput).
+func (d *tpmDevice) MAC(ctx context.Context, u keys.Use, message []byte) (keys.Signature, error) {
+	mac, v, err := d.tpm().hmacOf(ctx, u, message)
 	if err != nil {
-		return keys.Signature{}, fmt.Errorf("mac %s: %w", name, err)
+		return keys.Signature{}, err
 	}
-	return out, nil
+	return keys.Signature{Name: u.Name, Version: v, Bytes: mac}, nil
 }
 
-// VerifyMAC recomputes version v's MAC in the TPM and compares in constant time.
-func (b *Backend) VerifyMAC(ctx context.Context, name string, v uint32, message, mac []byte) error {
-	if err := keys.ValidateName(name); err != nil {
-		return err
-	}
-	if err := keys.CheckMessage("verify-mac", message); err != nil {
-		return err
-	}
-	in := macInput(message)
-	var want []byte
-	err := b.do(ctx, true, func(d *device) error {
-		_, bp, err := b.usable(name, "verify-mac", v, keys.HMACSHA256)
-		if err != nil {
-			return err
-		}
-		want, err = d.hmac(bp, in)
-		return err
-	})
+// CheckMAC recomputes the MAC in the TPM and compares in constant time.
+func (d *tpmDevice) CheckMAC(ctx context.Context, u keys.Use, message, mac []byte) error {
+	want, _, err := d.tpm().hmacOf(ctx, u, message)
 	if err != nil {
-		return fmt.Errorf("verify-mac %s v%d: %w", name, v, err)
+		return err
 	}
 	if !hmac.Equal(want, mac) {
-		return fmt.Errorf("verify-mac %s v%d: %w", name, v, keys.ErrInvalidSignature)
+		return keys.ErrInvalidSignature
 	}
 	return nil
 }
 
+// hmacOf computes the MAC of message with the version u resolves to.
+func (b *TPM) hmacOf(ctx context.Context, u keys.Use, message []byte) ([]byte, uint32, error) {
+	in := macInput(message)
+	var mac []byte
+	var v uint32
+	err := b.do(ctx, true, func(d *device) error {
+		_, rv, bp, err := b.resolve(u)
+		if err != nil {
+			return err
+		}
+		v = rv
+		mac, err = d.hmac(bp, in)
+		return err
+	})
+	return mac, v, err
+}
+
 func hmacEqual(a, b []byte) bool { return hmac.Equal(a, b) }
 
-// Sign signs SHA-256(message) in the TPM: ECDSA P-256 (ASN.1 DER) or RSA-PSS.
-func (b *Backend) Sign(ctx context.Context, name string, message []byte) (keys.Signature, error) {
-	if err := keys.ValidateName(name); err != nil {
-		return keys.Signature{}, err
-	}
-	if err := keys.CheckMessage("sign", message); err != nil {
-		return keys.Signature{}, err
-	}
+// Sign signs SHA-256(message) in the TPM: ECDSA P-256 (ASN.1 DER, low s) or
+// RSA-PSS.
+func (d *tpmDevice) Sign(ctx context.Context, u keys.Use, message []byte) (keys.Signature, error) {
+	b := d.tpm()
 	digest := sha256.Sum256(message)
 	var out keys.Signature
 	err := b.do(ctx, true, func(d *device) error {
-		r, v, bp, err := b.current(name, "sign", keys.ECDSAP256, keys.RSA3072PSS)
+		r, v, bp, err := b.resolve(u)
 		if err != nil {
 			return err
 		}
@@ -400,13 +343,10 @@ func (b *Backend) Sign(ctx context.Context, name string, message []byte) (keys.S
 		if err := keys.CheckSigned(pub, message, raw); err != nil {
 			return err
 		}
-		out = keys.Signature{Name: name, Version: v, Bytes: raw}
+		out = keys.Signature{Name: u.Name, Version: v, Bytes: raw}
 		return nil
 	})
-	if err != nil {
-		return keys.Signature{}, fmt.Errorf("sign %s: %w", name, err)
-	}
-	return out, nil
+	return out, err
 }
 
 func encodeSignature(t keys.Type, sig *tpm2.TPMTSignature) ([]byte, error) {
@@ -427,49 +367,22 @@ func encodeSignature(t keys.Type, sig *tpm2.TPMTSignature) ([]byte, error) {
 	return nil, fmt.Errorf("sign with %s: %w", t, keys.ErrWrongKeyType)
 }
 
-// Verify checks a signature in software with version v's public key.
-func (b *Backend) Verify(ctx context.Context, name string, v uint32, message, sig []byte) error {
-	if err := keys.CheckMessage("verify", message); err != nil {
-		return err
-	}
-	pub, _, err := b.publicKey(ctx, "verify", name, v, true)
-	if err != nil {
-		return err
-	}
-	if !keys.VerifySignature(pub, message, sig) {
-		return fmt.Errorf("verify %s v%d: %w", name, v, keys.ErrInvalidSignature)
-	}
-	return nil
-}
-
-// PublicKey returns version v's public key (0: the newest enabled version).
-func (b *Backend) PublicKey(ctx context.Context, name string, v uint32) (crypto.PublicKey, uint32, error) {
-	return b.publicKey(ctx, "public key", name, v, false)
-}
-
-func (b *Backend) publicKey(ctx context.Context, op, name string, v uint32, forVerify bool) (crypto.PublicKey, uint32, error) {
-	if err := keys.ValidateName(name); err != nil {
-		return nil, 0, err
-	}
+// Public returns a version's public key from its stored public area, in
+// memory: it never waits for the TPM.
+func (d *tpmDevice) Public(ctx context.Context, u keys.Use) (crypto.PublicKey, uint32, error) {
+	b := d.tpm()
 	if err := ctx.Err(); err != nil {
 		return nil, 0, err
 	}
 	b.recMu.RLock()
 	defer b.recMu.RUnlock()
-	fail := func(err error) (crypto.PublicKey, uint32, error) {
-		return nil, 0, fmt.Errorf("%s %s: %w", op, name, err)
-	}
-	r, err := b.typed(name, op, keys.ECDSAP256, keys.RSA3072PSS)
+	_, v, bp, err := b.resolve(u)
 	if err != nil {
-		return fail(err)
+		return nil, 0, err
 	}
-	ki := r.info()
-	if v, err = ki.PublicVersion(v, forVerify); err != nil {
-		return fail(err)
-	}
-	pub, err := publicOf(r.Vers[v-1].Blob)
+	pub, err := publicOf(bp)
 	if err != nil {
-		return fail(err)
+		return nil, 0, err
 	}
 	return pub, v, nil
 }
@@ -492,20 +405,14 @@ func publicOf(bp *blobPair) (crypto.PublicKey, error) {
 	return pub, nil
 }
 
-// Random returns n bytes from the TPM's generator (read over an encrypted
+// Random reads n bytes from the TPM's generator (over an encrypted
 // session: data keys are made from them).
-func (b *Backend) Random(ctx context.Context, n int) ([]byte, error) {
-	if n <= 0 || n > keys.MaxRandom {
-		return nil, fmt.Errorf("random: %d bytes, want 1..%d: %w", n, keys.MaxRandom, keys.ErrInvalidArgument)
-	}
+func (d *tpmDevice) Random(ctx context.Context, n int) ([]byte, error) {
 	var out []byte
-	err := b.do(ctx, true, func(d *device) error {
+	err := d.tpm().do(ctx, true, func(d *device) error {
 		var err error
 		out, err = d.random(n)
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("random: %w", err)
-	}
-	return out, nil
+	return out, err
 }

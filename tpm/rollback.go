@@ -51,11 +51,6 @@ const (
 	nvOwnerMask  = 0x003FFFFF
 )
 
-// ErrRollback: the state directory is older than the TPM's counter says it
-// must be (a record or the manifest replaced by an older copy), or its
-// counter is gone. It wraps keys.ErrIntegrity.
-var ErrRollback = fmt.Errorf("tpm: state directory rolled back or its counter lost: %w", keys.ErrIntegrity)
-
 type manifest struct {
 	Format  int                    `json:"format"`
 	Index   string                 `json:"nv_index"` // "0x01xxxxxx", as tpm2-tools print it
@@ -214,7 +209,7 @@ func (c *counterState) settled() bool { return c.index == 0 || c.mf == c.nv && !
 // counter, finishes a half-done change (unless read-only), and on the first
 // start with this state directory defines the counter and writes the
 // manifest for the records present. Holding the slot (called from open).
-func (b *Backend) openCounter() error {
+func (b *TPM) openCounter() error {
 	if b.noCounter {
 		b.ctr = counterState{status: "no rollback counter: the in-process simulator's NV does not outlive the process"}
 		if b.counterOff {
@@ -247,86 +242,17 @@ func (b *Backend) openCounter() error {
 		}
 		return b.initCounter(idx, pub)
 	}
-	if merr != nil { // no manifest
-		if perr == nil && pub.Attributes.Written && !b.trustState {
-			return fmt.Errorf("%s is missing, but this state directory's rollback counter (NV index %s) exists on the TPM: the state directory was tampered with or restored without it. If you know why (a crash during keywardd's very first start with a counter), accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
-				manifestFile, hexHandle(idx), ErrRollback)
-		}
-		if err := b.verifyRecords(); err != nil {
-			return err
-		}
-		if err := b.unstamped(idx); err != nil {
-			return err
-		}
-		if b.readOnly {
-			b.ctr.index = 0
-			b.ctr.status = "no rollback counter yet (keywardd defines it at its next start)"
-			return nil
-		}
-		return b.initCounter(idx, pub)
+	if merr != nil {
+		return b.noManifest(idx, pub, perr)
 	}
-	mf, err := decodeManifest(raw)
+	mf, nv, err := b.checkManifest(raw, idx, pub, perr)
 	if err != nil {
 		return err
-	}
-	if err := b.verifyMAC(mf.macInput, mf.MAC, manifestFile); err != nil {
-		return err
-	}
-	if mf.Index != hexHandle(idx) {
-		return fmt.Errorf("%s names NV index %s, but this state directory's counter is %s: %w", manifestFile, mf.Index, hexHandle(idx), ErrRollback)
-	}
-	if perr != nil {
-		return fmt.Errorf("the rollback counter (NV index %s) that %s relies on is gone from the TPM: the owner hierarchy was cleared or the index removed; the state directory's history can no longer be checked. If you know why, accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
-			hexHandle(idx), manifestFile, ErrRollback)
-	}
-	if err := checkCounterPublic(idx, pub); err != nil {
-		return err
-	}
-	if !pub.Attributes.Written {
-		return fmt.Errorf("the rollback counter (NV index %s) was never incremented but %s is at %d: the index was redefined: %w", hexHandle(idx), manifestFile, mf.Counter, ErrRollback)
-	}
-	nv, err := d.nvRead(idx)
-	if err != nil {
-		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
-			return fmt.Errorf("the rollback counter (NV index %s) refuses this state directory's auth: it was redefined by someone else: %w", hexHandle(idx), ErrRollback)
-		}
-		return classify(err)
-	}
-	switch {
-	case mf.Counter < nv:
-		return fmt.Errorf("%s is at change %d but the TPM's counter is at %d: the state directory was rolled back (restored from an older copy?): %w", manifestFile, mf.Counter, nv, ErrRollback)
-	case mf.Counter > nv+1:
-		return fmt.Errorf("%s is at change %d but the TPM's counter only at %d: %w", manifestFile, mf.Counter, nv, ErrRollback)
 	}
 	b.ctr.nv, b.ctr.mf = nv, mf.Counter
-	// Every key of the manifest has its record, as listed (the manifest's MAC
-	// vouches for it), or one of a later change the manifest does not have
-	// yet (its own MAC checked): an interrupted change's at mf.Counter+1,
-	// whose counter step is missing, or a failed write's at an older value.
-	for name := range mf.Keys {
-		if _, ok := b.recs[name]; !ok {
-			return fmt.Errorf("key %s is in %s but its record is missing: %w", name, manifestFile, ErrRollback)
-		}
-	}
-	var ahead []string
-	for _, name := range sortedKeys(b.recs) {
-		r := b.recs[name]
-		e, listed := mf.Keys[name]
-		if listed && e.SHA256 == hex.EncodeToString(r.sum[:]) {
-			continue
-		}
-		if err := b.verifyRecord(r); err != nil {
-			return fmt.Errorf("%s: %w", filepath.Join(keysDir, fileName(name)), err)
-		}
-		switch {
-		case listed && r.Seq < e.Seq:
-			return fmt.Errorf("the record of key %s is from change %d, older than change %d that %s lists: it was rolled back (replaced by an older copy): %w", name, r.Seq, e.Seq, manifestFile, ErrRollback)
-		case listed && r.Seq == e.Seq:
-			return fmt.Errorf("the record of key %s is not the one %s lists for change %d (a copy of one that change replaced): %w", name, manifestFile, r.Seq, ErrRollback)
-		case r.Seq > mf.Counter+1, r.Seq == mf.Counter+1 && mf.Counter != nv:
-			return fmt.Errorf("the record of key %s is from change %d, which no half-done change explains (%s at %d, the TPM's counter at %d): %w", name, r.Seq, manifestFile, mf.Counter, nv, ErrRollback)
-		}
-		ahead = append(ahead, name)
+	ahead, err := b.checkRecords(mf, nv)
+	if err != nil {
+		return err
 	}
 	b.ctr.pending = len(ahead) > 0
 	switch {
@@ -337,6 +263,108 @@ func (b *Backend) openCounter() error {
 		b.ctr.status = fmt.Sprintf("NV index %s at %d, %s at %d: a key change is half done (keywardd finishes it at its next start)", hexHandle(idx), nv, manifestFile, mf.Counter)
 		return nil
 	}
+	return b.finishHalfDone(idx, ahead)
+}
+
+// noManifest: a state directory without manifest.json, as at its first
+// start with a counter.
+func (b *TPM) noManifest(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic, perr error) error {
+	if perr == nil && pub.Attributes.Written {
+		return fmt.Errorf("%s is missing, but this state directory's rollback counter (NV index %s) exists on the TPM: the state directory was tampered with or restored without it (or keywardd crashed during its very first start with a counter): %w",
+			manifestFile, hexHandle(idx), ErrHistoryLost)
+	}
+	if err := b.verifyRecords(); err != nil {
+		return err
+	}
+	if err := b.unstamped(idx); err != nil {
+		return err
+	}
+	if b.readOnly {
+		b.ctr.index = 0
+		b.ctr.status = "no rollback counter yet (keywardd defines it at its next start)"
+		return nil
+	}
+	return b.initCounter(idx, pub)
+}
+
+// checkManifest checks manifest.json's MAC and its counter value against
+// the TPM's counter, and returns it with the counter's value.
+func (b *TPM) checkManifest(raw []byte, idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic, perr error) (*manifest, uint64, error) {
+	mf, err := decodeManifest(raw)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := b.verifyMAC(mf.macInput, mf.MAC, manifestFile); err != nil {
+		return nil, 0, err
+	}
+	if mf.Index != hexHandle(idx) {
+		return nil, 0, fmt.Errorf("%s names NV index %s, but this state directory's counter is %s: %w", manifestFile, mf.Index, hexHandle(idx), ErrRollback)
+	}
+	if perr != nil {
+		return nil, 0, fmt.Errorf("the rollback counter (NV index %s) that %s relies on is gone from the TPM: the owner hierarchy was cleared or the index removed: %w",
+			hexHandle(idx), manifestFile, ErrHistoryLost)
+	}
+	if err := checkCounterPublic(idx, pub); err != nil {
+		return nil, 0, err
+	}
+	if !pub.Attributes.Written {
+		return nil, 0, fmt.Errorf("the rollback counter (NV index %s) was never incremented but %s is at %d: the index was redefined: %w", hexHandle(idx), manifestFile, mf.Counter, ErrRollback)
+	}
+	nv, err := b.dev.nvRead(idx)
+	if err != nil {
+		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
+			return nil, 0, fmt.Errorf("the rollback counter (NV index %s) refuses this state directory's auth: it was redefined by someone else: %w", hexHandle(idx), ErrRollback)
+		}
+		return nil, 0, classify(err)
+	}
+	switch {
+	case mf.Counter < nv:
+		return nil, 0, fmt.Errorf("%s is at change %d but the TPM's counter is at %d: the state directory was rolled back (restored from an older copy?): %w", manifestFile, mf.Counter, nv, ErrRollback)
+	case mf.Counter > nv+1:
+		return nil, 0, fmt.Errorf("%s is at change %d but the TPM's counter only at %d: %w", manifestFile, mf.Counter, nv, ErrRollback)
+	}
+	return mf, nv, nil
+}
+
+// checkRecords checks every record against the manifest and returns the
+// keys whose records are newer than it lists (a half-done change).
+func (b *TPM) checkRecords(mf *manifest, nv uint64) ([]string, error) {
+	// Every key of the manifest has its record, as listed (the manifest's MAC
+	// vouches for it), or one of a later change the manifest does not have
+	// yet (its own MAC checked): an interrupted change's at mf.Counter+1,
+	// whose counter step is missing, or a failed write's at an older value.
+	for name := range mf.Keys {
+		if _, ok := b.recs[name]; !ok {
+			return nil, fmt.Errorf("key %s is in %s but its record is missing: %w", name, manifestFile, ErrRollback)
+		}
+	}
+	var ahead []string
+	for _, name := range sortedKeys(b.recs) {
+		r := b.recs[name]
+		e, listed := mf.Keys[name]
+		if listed && e.SHA256 == hex.EncodeToString(r.sum[:]) {
+			continue
+		}
+		if err := b.verifyRecord(r); err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(keysDir, fileName(name)), err)
+		}
+		switch {
+		case listed && r.Seq < e.Seq:
+			return nil, fmt.Errorf("the record of key %s is from change %d, older than change %d that %s lists: it was rolled back (replaced by an older copy): %w", name, r.Seq, e.Seq, manifestFile, ErrRollback)
+		case listed && r.Seq == e.Seq:
+			return nil, fmt.Errorf("the record of key %s is not the one %s lists for change %d (a copy of one that change replaced): %w", name, manifestFile, r.Seq, ErrRollback)
+		case r.Seq > mf.Counter+1, r.Seq == mf.Counter+1 && mf.Counter != nv:
+			return nil, fmt.Errorf("the record of key %s is from change %d, which no half-done change explains (%s at %d, the TPM's counter at %d): %w", name, r.Seq, manifestFile, mf.Counter, nv, ErrRollback)
+		}
+		ahead = append(ahead, name)
+	}
+	return ahead, nil
+}
+
+// finishHalfDone finishes a key change a crash interrupted: the records of
+// ahead are newer than the manifest.
+func (b *TPM) finishHalfDone(idx tpm2.TPMHandle, ahead []string) error {
+	d := b.dev
 	// The newer records were renamed into place, but their directory's
 	// fsync may have failed: make them durable before a manifest names them.
 	if err := syncDir(filepath.Join(b.st.dir, keysDir)); err != nil {
@@ -363,7 +391,7 @@ func (b *Backend) openCounter() error {
 // incremented), increments it once (a counter is readable only then), and
 // writes the first manifest at its value for the records present: those are
 // trusted as they are, once.
-func (b *Backend) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error {
+func (b *TPM) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error {
 	d := b.dev
 	if !b.trustState {
 		if err := b.unstamped(idx); err != nil {
@@ -376,11 +404,11 @@ func (b *Backend) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error 
 		if set, err := d.ownerAuthSet(); err != nil {
 			return classify(err)
 		} else if set && len(b.ownerAuth) == 0 {
-			return fmt.Errorf("defining the rollback counter (NV index %s) needs the owner hierarchy's authorisation, which is set on this TPM: run `keyward token define-counter --owner-auth-file FILE` once, or set backend.rollback_counter = false: %w", hexHandle(idx), ErrConfig)
+			return fmt.Errorf("NV index %s: the owner hierarchy's authorisation is set on this TPM: %w", hexHandle(idx), ErrOwnerAuth)
 		}
 		if err := d.nvDefineCounter(idx, b.ownerAuth); err != nil {
 			if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
-				return fmt.Errorf("the TPM refuses the owner authorisation: %w", ErrAuth)
+				return fmt.Errorf("the TPM refuses the owner authorisation: %w", ErrCredential)
 			}
 			return classify(err)
 		}
@@ -412,7 +440,7 @@ func (b *Backend) initCounter(idx tpm2.TPMHandle, pub *tpm2.TPMSNVPublic) error 
 // nor the counter is left: both were removed (with an empty owner
 // authorisation, anyone who can open the TPM can remove an index), and
 // starting afresh would take whatever older records were put back.
-func (b *Backend) unstamped(idx tpm2.TPMHandle) error {
+func (b *TPM) unstamped(idx tpm2.TPMHandle) error {
 	var stamped uint64
 	for _, r := range b.recs {
 		stamped = max(stamped, r.Seq)
@@ -420,14 +448,14 @@ func (b *Backend) unstamped(idx tpm2.TPMHandle) error {
 	if stamped == 0 {
 		return nil
 	}
-	return fmt.Errorf("records carry rollback counter values (up to %d) but neither %s nor the counter (NV index %s) is there: both were removed, and the state directory's history cannot be checked. If you know why, accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped): %w",
-		stamped, manifestFile, hexHandle(idx), ErrRollback)
+	return fmt.Errorf("records carry rollback counter values (up to %d) but neither %s nor the counter (NV index %s) is there: both were removed: %w",
+		stamped, manifestFile, hexHandle(idx), ErrHistoryLost)
 }
 
 // settle finishes a half-done change: the manifest at nv+1 if a record is
 // there, then the counter. After a failed increment the TPM may or may not
 // have counted (a lost response), so it reads the counter before adding.
-func (b *Backend) settle(d *device) error {
+func (b *TPM) settle(d *device) error {
 	c := &b.ctr
 	if c.settled() {
 		return nil
@@ -463,7 +491,7 @@ func (b *Backend) settle(d *device) error {
 
 // writeManifest MACs and writes the manifest at counter value n, listing
 // every current record.
-func (b *Backend) writeManifest(n uint64) error {
+func (b *TPM) writeManifest(n uint64) error {
 	m := &manifest{Format: manifestFormat, Index: hexHandle(b.ctr.index), Counter: n, Keys: make(map[string]manifestKey, len(b.recs))}
 	for name, r := range b.recs {
 		m.Keys[name] = manifestKey{Seq: r.Seq, SHA256: hex.EncodeToString(r.sum[:])}
@@ -483,7 +511,7 @@ func (b *Backend) writeManifest(n uint64) error {
 }
 
 // verifyMAC checks a MAC made with the keyring key over input().
-func (b *Backend) verifyMAC(input func() ([]byte, error), got []byte, what string) error {
+func (b *TPM) verifyMAC(input func() ([]byte, error), got []byte, what string) error {
 	in, err := input()
 	if err != nil {
 		return err
@@ -539,14 +567,11 @@ var testNoCounter bool
 
 // RollbackStatus says how Open found the rollback counter: the NV index,
 // its value and the manifest's, or why there is none.
-func (b *Backend) RollbackStatus() string {
+func (b *TPM) RollbackStatus() string {
 	b.lock(context.Background())
 	defer b.unlock()
 	return b.ctr.status
 }
-
-// ErrCounterDefined: DefineCounter found the counter defined already.
-var ErrCounterDefined = errors.New("tpm: the rollback counter is defined already")
 
 // DefineCounter defines the rollback counter of a state directory keywardd
 // has initialised (parent pinned, keyring key made), with the owner
@@ -613,7 +638,7 @@ func DefineCounter(ctx context.Context, cfg Config, ownerAuth []byte) (string, e
 	}
 	if err := d.nvDefineCounter(idx, ownerAuth); err != nil {
 		if errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
-			return "", fmt.Errorf("the TPM refuses the owner authorisation: %w", ErrAuth)
+			return "", fmt.Errorf("the TPM refuses the owner authorisation: %w", ErrCredential)
 		}
 		return "", classify(err)
 	}

@@ -143,7 +143,7 @@ func TestRollbackDetected(t *testing.T) {
 			restore(t, dir, before)
 			os.Remove(filepath.Join(dir, "keys", "app%2Fnew.json"))
 		}, tpm.ErrRollback, "was rolled back"},
-		{"manifest removed", func(t *testing.T) { os.Remove(filepath.Join(dir, "manifest.json")) }, tpm.ErrRollback, "manifest.json is missing"},
+		{"manifest removed", func(t *testing.T) { os.Remove(filepath.Join(dir, "manifest.json")) }, tpm.ErrHistoryLost, "manifest.json is missing"},
 		{"record removed", func(t *testing.T) { os.Remove(filepath.Join(dir, "keys", "app%2Fnew.json")) }, tpm.ErrRollback, "record is missing"},
 		{"manifest edited", func(t *testing.T) {
 			var m map[string]any
@@ -169,6 +169,11 @@ func TestRollbackDetected(t *testing.T) {
 			if !errors.Is(err, tc.wantErr) || !errors.Is(err, keys.ErrIntegrity) || !strings.Contains(err.Error(), tc.wantMsg) {
 				t.Fatalf("Open: %v; want %v mentioning %q", err, tc.wantErr, tc.wantMsg)
 			}
+			// Only a lost history may be accepted as it is: a rolled-back
+			// one must never be shown the advice to accept it.
+			if errors.Is(err, tpm.ErrHistoryLost) != (tc.wantErr == tpm.ErrHistoryLost) {
+				t.Fatalf("Open: %v; ErrHistoryLost %v, want %v", err, errors.Is(err, tpm.ErrHistoryLost), tc.wantErr == tpm.ErrHistoryLost)
+			}
 		})
 	}
 
@@ -183,7 +188,7 @@ func TestRollbackDetected(t *testing.T) {
 	// The counter removed from the TPM: refused, it cannot be checked.
 	undefine(t, sw.Device(), index)
 	_, err = tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth})
-	if !errors.Is(err, tpm.ErrRollback) || !strings.Contains(err.Error(), "is gone from the TPM") {
+	if !errors.Is(err, tpm.ErrHistoryLost) || !strings.Contains(err.Error(), "is gone from the TPM") {
 		t.Fatalf("Open without the counter: %v", err)
 	}
 }
@@ -197,7 +202,7 @@ func TestRollbackHalfDoneChange(t *testing.T) {
 	dir := t.TempDir()
 	ctx := t.Context()
 	var logs testutil.SyncBuffer
-	openLogged := func() *tpm.Backend {
+	openLogged := func() *tpm.TPM {
 		t.Helper()
 		be, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth,
 			Logger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -488,15 +493,15 @@ func TestDefineCounterWithOwnerAuth(t *testing.T) {
 		t.Fatalf("DefineCounter before keywardd's first start: %v", err)
 	}
 	_, err = tpm.Open(ctx, cfg)
-	if !errors.Is(err, tpm.ErrConfig) || !strings.Contains(err.Error(), "keyward token define-counter") {
+	if !errors.Is(err, tpm.ErrConfig) || !errors.Is(err, tpm.ErrOwnerAuth) || strings.Contains(err.Error(), "keyward ") {
 		t.Fatalf("Open with the owner authorisation set: %v", err)
 	}
 	wrongSecret := cfg
 	wrongSecret.Auth = []byte("some-other-auth-secret-0123456789")
-	if _, err := tpm.DefineCounter(ctx, wrongSecret, ownerAuth); !errors.Is(err, tpm.ErrAuth) {
+	if _, err := tpm.DefineCounter(ctx, wrongSecret, ownerAuth); !errors.Is(err, tpm.ErrCredential) {
 		t.Fatalf("DefineCounter with another auth secret: %v", err)
 	}
-	if _, err := tpm.DefineCounter(ctx, cfg, []byte("not-the-owner-auth")); !errors.Is(err, tpm.ErrAuth) {
+	if _, err := tpm.DefineCounter(ctx, cfg, []byte("not-the-owner-auth")); !errors.Is(err, tpm.ErrCredential) {
 		t.Fatalf("DefineCounter with a wrong owner authorisation: %v", err)
 	}
 	index, err := tpm.DefineCounter(ctx, cfg, ownerAuth)

@@ -286,7 +286,7 @@ func (s *store) read(rel string) ([]byte, error) {
 // write replaces rel atomically and durably.
 func (s *store) write(rel string, data []byte) error {
 	if s.lock == nil {
-		return fmt.Errorf("state directory opened read-only: %w", ErrReadOnly)
+		return fmt.Errorf("state directory: %w", keys.ErrReadOnly)
 	}
 	path := filepath.Join(s.dir, rel)
 	dir := filepath.Dir(path)

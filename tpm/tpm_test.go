@@ -28,7 +28,7 @@ import (
 // file or a systemd credential).
 var testAuth = []byte("keyward-test-auth-secret-0123456789")
 
-func open(t *testing.T, device, stateDir string) *tpm.Backend {
+func open(t *testing.T, device, stateDir string) *tpm.TPM {
 	t.Helper()
 	be, err := tpm.Open(t.Context(), tpm.Config{Device: device, StateDir: stateDir, Auth: testAuth})
 	if err != nil {
@@ -206,7 +206,7 @@ func TestOpenErrors(t *testing.T) {
 		wantErr error
 	}{
 		{"short auth", tpm.Config{Device: sw.Device(), StateDir: dir, Auth: []byte("1234")}, tpm.ErrConfig},
-		{"wrong auth", tpm.Config{Device: sw.Device(), StateDir: dir, Auth: []byte("another-secret-of-enough-length")}, tpm.ErrAuth},
+		{"wrong auth", tpm.Config{Device: sw.Device(), StateDir: dir, Auth: []byte("another-secret-of-enough-length")}, tpm.ErrCredential},
 		{"bad device", tpm.Config{Device: "tcp:127.0.0.1:1", StateDir: dir, Auth: testAuth}, tpm.ErrConfig},
 		{"nothing listening", tpm.Config{Device: "swtpm:127.0.0.1:1", StateDir: dir, Auth: testAuth}, keys.ErrUnavailable},
 		{"no state dir", tpm.Config{Device: sw.Device(), Auth: testAuth}, tpm.ErrConfig},

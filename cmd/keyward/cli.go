@@ -123,9 +123,27 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = &usageError{cmd: cmdName(cmd), msg: err.Error()}
 	}
 	if !errors.Is(err, errInvalid) {
-		fmt.Fprintln(stderr, "keyward: "+oneLine(err.Error()))
+		msg := oneLine(err.Error())
+		if h := hint(err); h != "" {
+			msg += " (hint: " + h + ")"
+		}
+		fmt.Fprintln(stderr, "keyward: "+msg)
 	}
 	return exitCode(err)
+}
+
+// hint is the advice printed under an error: what to run about it. The
+// libraries' errors say what is wrong and never which command fixes it.
+func hint(err error) string {
+	switch {
+	case errors.Is(err, tpm.ErrHistoryLost):
+		return "if you know why, accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped)"
+	case errors.Is(err, tpm.ErrOwnerAuth):
+		return "run `keyward token define-counter --owner-auth-file FILE` once, or set backend.rollback_counter = false"
+	case errors.Is(err, tpm.ErrNoSimulator):
+		return "the simulator is in builds made with -tags tpmsim"
+	}
+	return ""
 }
 
 // cmdName is a command's path without "keyward": "key destroy".
@@ -444,7 +462,7 @@ func exitCode(err error) int {
 		// The daemon refused the request as malformed: what the command
 		// line gave (a name, a type, a length, a context) is wrong.
 		return exitUsage
-	case errors.Is(err, hsm.ErrLogin), errors.Is(err, tpm.ErrAuth), errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, secretfile.ErrOwner), errors.Is(err, fs.ErrPermission):
+	case errors.Is(err, hsm.ErrCredential), errors.Is(err, tpm.ErrCredential), errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, secretfile.ErrOwner), errors.Is(err, fs.ErrPermission):
 		return exitPermission
 	case errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, hsm.ErrModule), errors.Is(err, tpm.ErrTransport), errors.Is(err, keys.ErrUnavailable):
 		return exitUnavailable

@@ -80,7 +80,7 @@ func (a *app) defineCounterCmd() *cobra.Command {
 				}
 				defer secretfile.Zero(owner)
 			}
-			cfg := tpm.Config{Device: o.TPMDevice, StateDir: o.StateDir, AuthFile: o.PINFile, ParentHandle: parent}
+			cfg := tpm.Config{Device: o.TPMDevice, StateDir: o.StateDir, PINFile: o.PINFile, ParentHandle: parent}
 			if o.Trust {
 				cfg.OwnerAuth, cfg.TrustCurrentState = owner, true
 				be, err := tpm.Open(c.Context(), cfg)

@@ -180,7 +180,7 @@ func tokenDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
 // report. It returns an error wrapping errWeak when any finding is weak.
 func tpmDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
 	parent, _ := parseParentHandle(o.ParentHandle) // checked by check
-	be, err := tpm.Open(ctx, tpm.Config{Device: o.TPMDevice, StateDir: o.StateDir, AuthFile: o.PINFile, ParentHandle: parent, ReadOnly: true})
+	be, err := tpm.Open(ctx, tpm.Config{Device: o.TPMDevice, StateDir: o.StateDir, PINFile: o.PINFile, ParentHandle: parent, ReadOnly: true})
 	if err != nil {
 		if strings.HasPrefix(o.TPMDevice, "swtpm") && errors.Is(err, tpm.ErrTransport) {
 			return fmt.Errorf("token doctor: open tpm (swtpm must be running, and serves one client at a time: stop keywardd first): %w", err)

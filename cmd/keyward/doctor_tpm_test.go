@@ -63,7 +63,7 @@ func TestTokenDoctorTPM(t *testing.T) {
 	state := filepath.Join(dir, "state")
 	auth := writeFile0600(t, filepath.Join(dir, "auth"), testAuth+"\n")
 	ctx := context.Background()
-	be, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: state, AuthFile: auth})
+	be, err := tpm.Open(ctx, tpm.Config{Device: sw.Device(), StateDir: state, PINFile: auth})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestTokenDoctorTPM(t *testing.T) {
 		code     int
 		want     string
 	}{
-		{"wrong auth secret", sw.Device(), state, wrong, exitPermission, tpm.ErrAuth.Error()},
+		{"wrong auth secret", sw.Device(), state, wrong, exitPermission, tpm.ErrCredential.Error()},
 		{"auth secret too short", sw.Device(), state, short, exitUsage, "at least 16 needed"},
 		{"state directory not initialised", sw.Device(), empty, auth, exitUsage, "not initialised"},
 		{"no such state directory", sw.Device(), filepath.Join(dir, "absent"), auth, exitUsage, "not initialised"},
@@ -220,7 +220,7 @@ func TestExitCodeTPM(t *testing.T) {
 		err  error
 		want int
 	}{
-		{"auth refused", fmt.Errorf("open: %w", tpm.ErrAuth), exitPermission},
+		{"auth refused", fmt.Errorf("open: %w", tpm.ErrCredential), exitPermission},
 		{"bad setting", fmt.Errorf("state directory not set: %w", tpm.ErrConfig), exitUsage},
 		{"no simulator", tpm.ErrNoSimulator, exitUsage},
 		{"tpm away", fmt.Errorf("%w: swtpm: refused: %w", tpm.ErrTransport, keys.ErrUnavailable), exitUnavailable},
@@ -268,8 +268,8 @@ func TestDefineCounterCommand(t *testing.T) {
 	state := filepath.Join(dir, "state")
 	auth := writeFile0600(t, filepath.Join(dir, "auth"), testAuth+"\n")
 	ownerFile := writeFile0600(t, filepath.Join(dir, "owner"), ownerAuth+"\n")
-	cfg := tpm.Config{Device: sw.Device(), StateDir: state, AuthFile: auth, ParentHandle: handle}
-	if _, err := tpm.Open(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "keyward token define-counter") {
+	cfg := tpm.Config{Device: sw.Device(), StateDir: state, PINFile: auth, ParentHandle: handle}
+	if _, err := tpm.Open(context.Background(), cfg); !errors.Is(err, tpm.ErrOwnerAuth) || !strings.Contains(hint(err), "keyward token define-counter") {
 		t.Fatalf("first start with the owner authorisation set: %v", err)
 	}
 	args := []string{"token", "define-counter", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth,
@@ -311,7 +311,7 @@ func TestDefineCounterCommand(t *testing.T) {
 		t.Fatalf("undefine %s: %v", m[1], err)
 	}
 	os.Remove(filepath.Join(state, "manifest.json"))
-	if _, err := tpm.Open(context.Background(), cfg); !errors.Is(err, tpm.ErrRollback) || !strings.Contains(err.Error(), "--trust-current-state") {
+	if _, err := tpm.Open(context.Background(), cfg); !errors.Is(err, tpm.ErrHistoryLost) || !strings.Contains(hint(err), "--trust-current-state") {
 		t.Fatalf("start with counter and manifest removed: %v", err)
 	}
 	trust := []string{"token", "define-counter", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth,

@@ -471,7 +471,7 @@ func TestTokenDoctor(t *testing.T) {
 		{name: "module cannot be loaded", flags: []string{"--token", "keyward", "--pin-file", pinFile, "--module", "/nonexistent/module.so"}, code: exitUnavailable, want: hsm.ErrModule.Error()},
 		{name: "pin file missing", flags: []string{"--token", "keyward", "--pin-file", filepath.Join(dir, "absent")}, code: exitNotFound, want: "no such file"},
 		{name: "pin file readable by others", flags: []string{"--token", "keyward", "--pin-file", openPIN}, code: exitPermission, want: "mode 0644"},
-		{name: "wrong pin", flags: []string{"--token", "keyward", "--pin-file", wrongPIN}, code: exitPermission, want: hsm.ErrLogin.Error()},
+		{name: "wrong pin", flags: []string{"--token", "keyward", "--pin-file", wrongPIN}, code: exitPermission, want: hsm.ErrCredential.Error()},
 	}
 	for _, tt := range errTests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -638,7 +638,7 @@ func TestExitCode(t *testing.T) {
 		{name: "usage", err: usagef("demo", "bad"), want: exitUsage},
 		{name: "weak", err: fmt.Errorf("token doctor: %w", errWeak), want: exitFailed},
 		{name: "decrypt", err: fmt.Errorf("unwrap: %w", keys.ErrDecrypt), want: exitFailed},
-		{name: "login", err: fmt.Errorf("token %q: %v: %w", "k", "CKR_PIN_INCORRECT", hsm.ErrLogin), want: exitPermission},
+		{name: "login", err: fmt.Errorf("token %q: %v: %w", "k", "CKR_PIN_INCORRECT", hsm.ErrCredential), want: exitPermission},
 		{name: "pin file too open", err: fmt.Errorf("pin: %w", secretfile.ErrTooOpen), want: exitPermission},
 		{name: "pin file unreadable", err: fmt.Errorf("pin: %w", &fs.PathError{Op: "open", Path: "p", Err: fs.ErrPermission}), want: exitPermission},
 		{name: "token not found", err: fmt.Errorf("token %q: %w: %w", "k", hsm.ErrTokenNotFound, keys.ErrUnavailable), want: exitUnavailable},

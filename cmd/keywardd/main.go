@@ -191,7 +191,7 @@ func printLines(w io.Writer, prefix, msg string) {
 // holds, a pinned TPM parent that does not match: the log says which).
 func openFailure(err error) int {
 	switch {
-	case errors.Is(err, hsm.ErrLogin), errors.Is(err, tpm.ErrAuth):
+	case errors.Is(err, hsm.ErrCredential), errors.Is(err, tpm.ErrCredential):
 		return exitLogin
 	case errors.Is(err, tpm.ErrConfig), errors.Is(err, tpm.ErrNoSimulator), errors.Is(err, hsm.ErrConfig),
 		errors.Is(err, secretfile.ErrUnusable):

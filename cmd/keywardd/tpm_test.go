@@ -171,7 +171,7 @@ func TestTPMConfig(t *testing.T) {
 	short := writeSecret(t, dir, "short", "15-bytes-secret")
 	// Initialise the state directory with the right secret, as a first
 	// keywardd start would.
-	be, err := tpm.Open(context.Background(), tpm.Config{Device: sw.Device(), StateDir: state, AuthFile: good})
+	be, err := tpm.Open(context.Background(), tpm.Config{Device: sw.Device(), StateDir: state, PINFile: good})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,8 +271,8 @@ func TestOpenFailure(t *testing.T) {
 		err  error
 		want int
 	}{
-		{"pkcs11 pin refused", fmt.Errorf("token k: %w", hsm.ErrLogin), exitLogin},
-		{"tpm auth refused", fmt.Errorf("open: %w", tpm.ErrAuth), exitLogin},
+		{"pkcs11 pin refused", fmt.Errorf("token k: %w", hsm.ErrCredential), exitLogin},
+		{"tpm auth refused", fmt.Errorf("open: %w", tpm.ErrCredential), exitLogin},
 		{"tpm setting refused", fmt.Errorf("tpm auth secret is 3 bytes: %w", tpm.ErrConfig), exitConfig},
 		{"tpm simulator missing", tpm.ErrNoSimulator, exitConfig},
 		{"tpm state dir locked", fmt.Errorf("state: %w", tpm.ErrLocked), exitFail},
