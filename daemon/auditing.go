@@ -248,17 +248,6 @@ func validity(valid bool, err error) string {
 	return ""
 }
 
-// auditBlob records an operation on a blob: key and version come from the
-// blob's header (or stay empty for a malformed blob).
-func auditBlob(ctx context.Context, op string, blob []byte, c map[string]string, started time.Time, err error) {
-	h, _, derr := envelope.Decode(blob)
-	if derr != nil {
-		auditOp(ctx, op, "", 0, c, "", started, err)
-		return
-	}
-	auditOp(ctx, op, h.Name, h.Version, c, "", started, err)
-}
-
 // deniedError carries the policy's reason for the audit trail; callers see
 // only "not allowed".
 type deniedError struct {
@@ -282,7 +271,7 @@ func (e *deniedError) Unwrap() error { return e.err }
 func (s *Service) auditInterceptor(al *audit.Log, refused *refusals) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		method := path.Base(info.FullMethod)
-		if al == nil || method == "Status" {
+		if m := methods[method]; al == nil || m != nil && m.kind == kindStatus {
 			return handler(ctx, req)
 		}
 		if !al.Accepting() { // failing, and no retry due: refuse before acting
@@ -318,22 +307,6 @@ func (s *Service) auditInterceptor(al *audit.Log, refused *refusals) grpc.UnaryS
 		}
 		return resp, err
 	}
-}
-
-// methodOp names an RPC as an operation, for calls refused before they
-// reached one.
-func methodOp(method string) string {
-	if op, ok := map[string]string{
-		"Wrap": "wrap", "Unwrap": "unwrap", "Rewrap": "rewrap", "GenerateDataKey": "datakey", "Sign": "sign",
-		"Verify": "verify", "Mac": "mac", "VerifyMac": "verify-mac", "GetPublicKey": "public-key",
-		"BatchWrap": "wrap", "BatchUnwrap": "unwrap", "BatchMac": "mac", "BatchVerifyMac": "verify-mac",
-		"CreateKey": "key.create", "RotateKey": "key.rotate", "ListKeys": "key.read", "DescribeKey": "key.read",
-		"DestroyVersion": "key.destroy", "SetMinDecryptVersion": "key.set-min-version", "AdoptKey": "key.adopt",
-		"SetVersionState": "key.set-state", "Status": "status",
-	}[method]; ok {
-		return op
-	}
-	return "unknown" // the name is the caller's: never written as is
 }
 
 // summarised counts the records of refusals by a limit into refused and

@@ -2,8 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,8 +13,6 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/audit"
-	"github.com/keyward/keyward/envelope"
-	"github.com/keyward/keyward/internal/secretfile"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 )
@@ -178,162 +174,6 @@ func checkContext(c map[string]string) error {
 	return nil
 }
 
-// blobKey reads the key name from a blob's header, to authorise before the
-// device is touched.
-func blobKey(blob []byte) (envelope.Header, error) {
-	if len(blob) == 0 {
-		return envelope.Header{}, invalid("ciphertext is empty")
-	}
-	h, _, err := envelope.Decode(blob)
-	return h, err
-}
-
-func (s *Service) wrap(ctx context.Context, req *pb.WrapRequest) (resp *pb.WrapResponse, err error) {
-	defer func(start time.Time) {
-		auditOp(ctx, "wrap", req.GetKey(), resp.GetVersion(), req.GetContext(), "", start, err)
-	}(time.Now())
-	if err := s.checkKey(req.GetKey()); err != nil {
-		return nil, err
-	}
-	if err := s.checkData("plaintext", req.GetPlaintext()); err != nil {
-		return nil, err
-	}
-	if err := checkContext(req.GetContext()); err != nil {
-		return nil, err
-	}
-	if err := s.authorize(ctx, policy.OpWrap, req.GetKey(), req.GetContext()); err != nil {
-		return nil, err
-	}
-	blob, err := s.be.Wrap(ctx, req.GetKey(), req.GetPlaintext(), req.GetContext())
-	if err != nil {
-		return nil, err
-	}
-	h, _, err := envelope.Decode(blob)
-	if err != nil {
-		return nil, err
-	}
-	return &pb.WrapResponse{Ciphertext: blob, Key: h.Name, Version: h.Version}, nil
-}
-
-func (s *Service) Wrap(ctx context.Context, req *pb.WrapRequest) (*pb.WrapResponse, error) {
-	resp, err := s.wrap(ctx, req)
-	if err != nil {
-		return nil, s.fail(ctx, "wrap", err)
-	}
-	return resp, nil
-}
-
-func (s *Service) unwrap(ctx context.Context, op policy.Operation, blob []byte, c map[string]string) (u keys.Unwrapped, err error) {
-	defer func(start time.Time) { auditBlob(ctx, string(op), blob, c, start, err) }(time.Now())
-	if len(blob) > keys.MaxBlob {
-		return keys.Unwrapped{}, invalid("ciphertext is %d bytes, at most %d", len(blob), keys.MaxBlob)
-	}
-	if err := checkContext(c); err != nil {
-		return keys.Unwrapped{}, err
-	}
-	h, err := blobKey(blob)
-	if err != nil {
-		return keys.Unwrapped{}, err
-	}
-	if err := s.authorize(ctx, op, h.Name, c); err != nil {
-		return keys.Unwrapped{}, err
-	}
-	return s.be.Unwrap(ctx, blob, c)
-}
-
-func (s *Service) Unwrap(ctx context.Context, req *pb.UnwrapRequest) (*pb.UnwrapResponse, error) {
-	u, err := s.unwrap(ctx, policy.OpUnwrap, req.GetCiphertext(), req.GetContext())
-	if err != nil {
-		return nil, s.fail(ctx, "unwrap", err)
-	}
-	return &pb.UnwrapResponse{Plaintext: u.Plaintext, Key: u.Name, Version: u.Version}, nil
-}
-
-func (s *Service) Rewrap(ctx context.Context, req *pb.RewrapRequest) (*pb.RewrapResponse, error) {
-	u, err := s.unwrap(ctx, policy.OpRewrap, req.GetCiphertext(), req.GetContext())
-	if err != nil {
-		return nil, s.fail(ctx, "rewrap", err)
-	}
-	defer secretfile.Zero(u.Plaintext)
-	start := time.Now()
-	blob, err := s.be.Wrap(ctx, u.Name, u.Plaintext, req.GetContext())
-	if err != nil {
-		auditOp(ctx, "rewrap.wrap", u.Name, 0, req.GetContext(), "", start, err)
-		return nil, s.fail(ctx, "rewrap", err)
-	}
-	h, _, _ := envelope.Decode(blob)
-	return &pb.RewrapResponse{Ciphertext: blob, Key: h.Name, Version: h.Version, PreviousVersion: u.Version}, nil
-}
-
-func (s *Service) GenerateDataKey(ctx context.Context, req *pb.GenerateDataKeyRequest) (*pb.GenerateDataKeyResponse, error) {
-	start := time.Now()
-	resp, err := func() (*pb.GenerateDataKeyResponse, error) {
-		if err := s.checkKey(req.GetKey()); err != nil {
-			return nil, err
-		}
-		if err := checkContext(req.GetContext()); err != nil {
-			return nil, err
-		}
-		n := int(req.GetLength())
-		if n == 0 {
-			n = 32
-		}
-		if n < 16 || n > keys.MaxRandom {
-			return nil, invalid("length %d: want 16..%d bytes", n, keys.MaxRandom)
-		}
-		if err := s.authorize(ctx, policy.OpDataKey, req.GetKey(), req.GetContext()); err != nil {
-			return nil, err
-		}
-		dk, err := s.be.Random(ctx, n)
-		if err != nil {
-			return nil, err
-		}
-		blob, err := s.be.Wrap(ctx, req.GetKey(), dk, req.GetContext())
-		if err != nil {
-			secretfile.Zero(dk)
-			return nil, err
-		}
-		h, _, _ := envelope.Decode(blob)
-		out := &pb.GenerateDataKeyResponse{Ciphertext: blob, Key: h.Name, Version: h.Version}
-		if req.GetWithoutPlaintext() {
-			secretfile.Zero(dk)
-		} else {
-			out.Plaintext = dk
-		}
-		return out, nil
-	}()
-	auditOp(ctx, "datakey", req.GetKey(), resp.GetVersion(), req.GetContext(), "", start, err)
-	if err != nil {
-		return nil, s.fail(ctx, "datakey", err)
-	}
-	return resp, nil
-}
-
-func (s *Service) Sign(ctx context.Context, req *pb.SignRequest) (*pb.SignResponse, error) {
-	start := time.Now()
-	resp, err := func() (*pb.SignResponse, error) {
-		if err := s.checkKey(req.GetKey()); err != nil {
-			return nil, err
-		}
-		if err := s.checkData("message", req.GetMessage()); err != nil {
-			return nil, err
-		}
-		if err := s.authorize(ctx, policy.OpSign, req.GetKey(), nil); err != nil {
-			return nil, err
-		}
-		sig, err := s.be.Sign(ctx, req.GetKey(), req.GetMessage())
-		if err != nil {
-			return nil, err
-		}
-		return &pb.SignResponse{Signature: sig.Bytes, Key: sig.Name, Version: sig.Version}, nil
-	}()
-	auditOp(ctx, "sign", req.GetKey(), resp.GetVersion(), nil, "", start, err)
-	if err != nil {
-		return nil, s.fail(ctx, "sign", err)
-	}
-	return resp, nil
-}
-
 // candidates lists the versions a signature or MAC may be checked against:
 // version v if given, else every version allowed to verify, newest first.
 func (s *Service) candidates(ctx context.Context, name string, v uint32) ([]uint32, error) {
@@ -375,215 +215,6 @@ func (s *Service) verifyAny(ctx context.Context, name string, v uint32, check fu
 	return false, 0, nil
 }
 
-func (s *Service) Verify(ctx context.Context, req *pb.VerifyRequest) (*pb.VerifyResponse, error) {
-	start := time.Now()
-	resp, err := func() (*pb.VerifyResponse, error) {
-		if err := s.checkKey(req.GetKey()); err != nil {
-			return nil, err
-		}
-		if err := s.checkData("message", req.GetMessage()); err != nil {
-			return nil, err
-		}
-		if len(req.GetSignature()) > 1024 {
-			return nil, invalid("signature is %d bytes, at most 1024", len(req.GetSignature()))
-		}
-		if err := s.authorize(ctx, policy.OpVerify, req.GetKey(), nil); err != nil {
-			return nil, err
-		}
-		ok, v, err := s.verifyAny(ctx, req.GetKey(), req.GetVersion(), func(v uint32) error {
-			return s.be.Verify(ctx, req.GetKey(), v, req.GetMessage(), req.GetSignature())
-		})
-		if err != nil {
-			return nil, err
-		}
-		return &pb.VerifyResponse{Valid: ok, Version: v}, nil
-	}()
-	auditOp(ctx, "verify", req.GetKey(), max(resp.GetVersion(), req.GetVersion()), nil, validity(resp.GetValid(), err), start, err)
-	if err != nil {
-		return nil, s.fail(ctx, "verify", err)
-	}
-	return resp, nil
-}
-
-func (s *Service) mac(ctx context.Context, req *pb.MacRequest) (resp *pb.MacResponse, err error) {
-	defer func(start time.Time) {
-		auditOp(ctx, "mac", req.GetKey(), resp.GetVersion(), nil, "", start, err)
-	}(time.Now())
-	if err := s.checkKey(req.GetKey()); err != nil {
-		return nil, err
-	}
-	if err := s.checkData("message", req.GetMessage()); err != nil {
-		return nil, err
-	}
-	if err := s.authorize(ctx, policy.OpMAC, req.GetKey(), nil); err != nil {
-		return nil, err
-	}
-	m, err := s.be.MAC(ctx, req.GetKey(), req.GetMessage())
-	if err != nil {
-		return nil, err
-	}
-	return &pb.MacResponse{Mac: m.Bytes, Key: m.Name, Version: m.Version}, nil
-}
-
-func (s *Service) Mac(ctx context.Context, req *pb.MacRequest) (*pb.MacResponse, error) {
-	resp, err := s.mac(ctx, req)
-	if err != nil {
-		return nil, s.fail(ctx, "mac", err)
-	}
-	return resp, nil
-}
-
-func (s *Service) verifyMac(ctx context.Context, req *pb.VerifyMacRequest) (resp *pb.VerifyMacResponse, err error) {
-	defer func(start time.Time) {
-		auditOp(ctx, "verify-mac", req.GetKey(), max(resp.GetVersion(), req.GetVersion()), nil, validity(resp.GetValid(), err), start, err)
-	}(time.Now())
-	if err := s.checkKey(req.GetKey()); err != nil {
-		return nil, err
-	}
-	if err := s.checkData("message", req.GetMessage()); err != nil {
-		return nil, err
-	}
-	if len(req.GetMac()) > 64 {
-		return nil, invalid("mac is %d bytes, at most 64", len(req.GetMac()))
-	}
-	if err := s.authorize(ctx, policy.OpVerifyMAC, req.GetKey(), nil); err != nil {
-		return nil, err
-	}
-	id, _ := identityFrom(ctx)
-	limit := s.lim.Load().MaxFailedVerifyMacPerMinute
-	if s.abuse.over(callerOf(id), abuseBadMAC, limit) {
-		s.metrics.rateLimited(abuseBadMAC)
-		return nil, fmt.Errorf("verify-mac: uid %d: %w", id.UID, ErrRateLimited)
-	}
-	ok, v, err := s.verifyAny(ctx, req.GetKey(), req.GetVersion(), func(v uint32) error {
-		return s.be.VerifyMAC(ctx, req.GetKey(), v, req.GetMessage(), req.GetMac())
-	})
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		s.abuse.note(callerOf(id), abuseBadMAC, limit)
-	}
-	return &pb.VerifyMacResponse{Valid: ok, Version: v}, nil
-}
-
-func (s *Service) VerifyMac(ctx context.Context, req *pb.VerifyMacRequest) (*pb.VerifyMacResponse, error) {
-	resp, err := s.verifyMac(ctx, req)
-	if err != nil {
-		return nil, s.fail(ctx, "verify-mac", err)
-	}
-	return resp, nil
-}
-
-func (s *Service) GetPublicKey(ctx context.Context, req *pb.GetPublicKeyRequest) (*pb.GetPublicKeyResponse, error) {
-	start := time.Now()
-	resp, err := func() (*pb.GetPublicKeyResponse, error) {
-		if err := s.checkKey(req.GetKey()); err != nil {
-			return nil, err
-		}
-		if err := s.authorize(ctx, policy.OpPublicKey, req.GetKey(), nil); err != nil {
-			return nil, err
-		}
-		pub, v, err := s.be.PublicKey(ctx, req.GetKey(), req.GetVersion())
-		if err != nil {
-			return nil, err
-		}
-		der, err := x509.MarshalPKIXPublicKey(pub)
-		if err != nil {
-			return nil, fmt.Errorf("marshal public key: %w", err)
-		}
-		info, err := s.be.DescribeKey(ctx, req.GetKey())
-		if err != nil {
-			return nil, err
-		}
-		return &pb.GetPublicKeyResponse{Key: req.GetKey(), Version: v, KeyType: string(info.Type), PublicKeyDer: der,
-			PublicKeyPem: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}, nil
-	}()
-	auditOp(ctx, "public-key", req.GetKey(), max(resp.GetVersion(), req.GetVersion()), nil, "", start, err)
-	if err != nil {
-		return nil, s.fail(ctx, "public-key", err)
-	}
-	return resp, nil
-}
-
-func (s *Service) checkBatch(n int) error {
-	if n == 0 {
-		return invalid("batch has no items")
-	}
-	if max := s.lim.Load().MaxBatch; n > max {
-		return invalid("batch has %d items, at most %d", n, max)
-	}
-	return nil
-}
-
-func (s *Service) BatchWrap(ctx context.Context, req *pb.BatchWrapRequest) (*pb.BatchWrapResponse, error) {
-	if err := s.checkBatch(len(req.GetItems())); err != nil {
-		return nil, s.fail(ctx, "batch-wrap", err)
-	}
-	expectOps(ctx, len(req.GetItems()))
-	out := &pb.BatchWrapResponse{Results: make([]*pb.BatchWrapResult, len(req.GetItems()))}
-	for i, it := range req.GetItems() {
-		r, err := s.wrap(ctx, it)
-		if err != nil {
-			out.Results[i] = &pb.BatchWrapResult{Result: &pb.BatchWrapResult_Error{Error: itemError(err)}}
-			continue
-		}
-		out.Results[i] = &pb.BatchWrapResult{Result: &pb.BatchWrapResult_Ok{Ok: r}}
-	}
-	return out, nil
-}
-
-func (s *Service) BatchUnwrap(ctx context.Context, req *pb.BatchUnwrapRequest) (*pb.BatchUnwrapResponse, error) {
-	if err := s.checkBatch(len(req.GetItems())); err != nil {
-		return nil, s.fail(ctx, "batch-unwrap", err)
-	}
-	expectOps(ctx, len(req.GetItems()))
-	out := &pb.BatchUnwrapResponse{Results: make([]*pb.BatchUnwrapResult, len(req.GetItems()))}
-	for i, it := range req.GetItems() {
-		u, err := s.unwrap(ctx, policy.OpUnwrap, it.GetCiphertext(), it.GetContext())
-		if err != nil {
-			out.Results[i] = &pb.BatchUnwrapResult{Result: &pb.BatchUnwrapResult_Error{Error: itemError(err)}}
-			continue
-		}
-		out.Results[i] = &pb.BatchUnwrapResult{Result: &pb.BatchUnwrapResult_Ok{Ok: &pb.UnwrapResponse{Plaintext: u.Plaintext, Key: u.Name, Version: u.Version}}}
-	}
-	return out, nil
-}
-
-func (s *Service) BatchMac(ctx context.Context, req *pb.BatchMacRequest) (*pb.BatchMacResponse, error) {
-	if err := s.checkBatch(len(req.GetItems())); err != nil {
-		return nil, s.fail(ctx, "batch-mac", err)
-	}
-	expectOps(ctx, len(req.GetItems()))
-	out := &pb.BatchMacResponse{Results: make([]*pb.BatchMacResult, len(req.GetItems()))}
-	for i, it := range req.GetItems() {
-		r, err := s.mac(ctx, it)
-		if err != nil {
-			out.Results[i] = &pb.BatchMacResult{Result: &pb.BatchMacResult_Error{Error: itemError(err)}}
-			continue
-		}
-		out.Results[i] = &pb.BatchMacResult{Result: &pb.BatchMacResult_Ok{Ok: r}}
-	}
-	return out, nil
-}
-
-func (s *Service) BatchVerifyMac(ctx context.Context, req *pb.BatchVerifyMacRequest) (*pb.BatchVerifyMacResponse, error) {
-	if err := s.checkBatch(len(req.GetItems())); err != nil {
-		return nil, s.fail(ctx, "batch-verify-mac", err)
-	}
-	expectOps(ctx, len(req.GetItems()))
-	out := &pb.BatchVerifyMacResponse{Results: make([]*pb.BatchVerifyMacResult, len(req.GetItems()))}
-	for i, it := range req.GetItems() {
-		r, err := s.verifyMac(ctx, it)
-		if err != nil {
-			out.Results[i] = &pb.BatchVerifyMacResult{Result: &pb.BatchVerifyMacResult_Error{Error: itemError(err)}}
-			continue
-		}
-		out.Results[i] = &pb.BatchVerifyMacResult{Result: &pb.BatchVerifyMacResult_Ok{Ok: r}}
-	}
-	return out, nil
-}
-
 // keyInfo converts a backend KeyInfo for the wire.
 func keyInfo(k keys.KeyInfo) *pb.KeyInfo {
 	out := &pb.KeyInfo{Key: k.Name, KeyType: string(k.Type), Created: timestamppb.New(k.Created), MinDecryptVersion: k.MinDecryptVersion, Adopted: k.Adopted}
@@ -594,7 +225,19 @@ func keyInfo(k keys.KeyInfo) *pb.KeyInfo {
 	return out
 }
 
-// admin runs one lifecycle operation after authorising it, and audits it.
+// The admin RPCs' entries in the method table.
+var (
+	mCreateKey   = methodOf("CreateKey")
+	mRotateKey   = methodOf("RotateKey")
+	mDescribeKey = methodOf("DescribeKey")
+	mListKeys    = methodOf("ListKeys")
+	mDestroy     = methodOf("DestroyVersion")
+	mSetMin      = methodOf("SetMinDecryptVersion")
+	mAdoptKey    = methodOf("AdoptKey")
+)
+
+// admin runs one lifecycle operation after authorising it, and audits it;
+// a change (anything but key.read) is recorded as started before it runs.
 func (s *Service) admin(ctx context.Context, op policy.Operation, key string, fn func() (keys.KeyInfo, error)) (*pb.KeyInfo, error) {
 	start := time.Now()
 	info, err := func() (keys.KeyInfo, error) {
@@ -623,7 +266,7 @@ func (s *Service) admin(ctx context.Context, op policy.Operation, key string, fn
 }
 
 func (s *Service) CreateKey(ctx context.Context, req *pb.CreateKeyRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, policy.OpKeyCreate, req.GetKey(), func() (keys.KeyInfo, error) {
+	return s.admin(ctx, mCreateKey.op, req.GetKey(), func() (keys.KeyInfo, error) {
 		t, err := keys.ParseType(req.GetKeyType())
 		if err != nil {
 			return keys.KeyInfo{}, err
@@ -633,11 +276,11 @@ func (s *Service) CreateKey(ctx context.Context, req *pb.CreateKeyRequest) (*pb.
 }
 
 func (s *Service) RotateKey(ctx context.Context, req *pb.RotateKeyRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, policy.OpKeyRotate, req.GetKey(), func() (keys.KeyInfo, error) { return s.be.RotateKey(ctx, req.GetKey()) })
+	return s.admin(ctx, mRotateKey.op, req.GetKey(), func() (keys.KeyInfo, error) { return s.be.RotateKey(ctx, req.GetKey()) })
 }
 
 func (s *Service) DescribeKey(ctx context.Context, req *pb.DescribeKeyRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, policy.OpKeyRead, req.GetKey(), func() (keys.KeyInfo, error) { return s.be.DescribeKey(ctx, req.GetKey()) })
+	return s.admin(ctx, mDescribeKey.op, req.GetKey(), func() (keys.KeyInfo, error) { return s.be.DescribeKey(ctx, req.GetKey()) })
 }
 
 // ListKeys returns the keys the caller may read (key.read); others are
@@ -645,7 +288,7 @@ func (s *Service) DescribeKey(ctx context.Context, req *pb.DescribeKeyRequest) (
 func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.ListKeysResponse, error) {
 	all, err := s.be.ListKeys(ctx)
 	if err != nil {
-		return nil, s.fail(ctx, "list", err)
+		return nil, s.fail(ctx, mListKeys.log, err)
 	}
 	id, ok := identityFrom(ctx)
 	if !ok {
@@ -654,7 +297,7 @@ func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.Li
 	pol := s.pol.Load()
 	out := &pb.ListKeysResponse{}
 	for _, k := range all {
-		if pol.Decide(id, policy.Request{Op: policy.OpKeyRead, Key: k.Name}, s.reserved()).Allowed {
+		if pol.Decide(id, policy.Request{Op: mListKeys.op, Key: k.Name}, s.reserved()).Allowed {
 			out.Keys = append(out.Keys, keyInfo(k))
 		}
 	}
@@ -662,35 +305,29 @@ func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.Li
 }
 
 func (s *Service) SetVersionState(ctx context.Context, req *pb.SetVersionStateRequest) (*pb.KeyInfo, error) {
-	var op policy.Operation
-	var st keys.State
-	switch req.GetState() {
-	case pb.VersionState_ENABLED:
-		op, st = policy.OpKeyEnable, keys.Enabled
-	case pb.VersionState_DISABLED:
-		op, st = policy.OpKeyDisable, keys.Disabled
-	default:
+	so, ok := stateOps[req.GetState()]
+	if !ok {
 		return nil, statusFor(invalid("state must be ENABLED or DISABLED (DestroyVersion destroys)"))
 	}
-	return s.admin(ctx, op, req.GetKey(), func() (keys.KeyInfo, error) {
-		return s.be.SetVersionState(ctx, req.GetKey(), req.GetVersion(), st)
+	return s.admin(ctx, so.op, req.GetKey(), func() (keys.KeyInfo, error) {
+		return s.be.SetVersionState(ctx, req.GetKey(), req.GetVersion(), so.state)
 	})
 }
 
 func (s *Service) DestroyVersion(ctx context.Context, req *pb.DestroyVersionRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, policy.OpKeyDestroy, req.GetKey(), func() (keys.KeyInfo, error) {
+	return s.admin(ctx, mDestroy.op, req.GetKey(), func() (keys.KeyInfo, error) {
 		return s.be.DestroyVersion(ctx, req.GetKey(), req.GetVersion())
 	})
 }
 
 func (s *Service) SetMinDecryptVersion(ctx context.Context, req *pb.SetMinDecryptVersionRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, policy.OpKeySetMin, req.GetKey(), func() (keys.KeyInfo, error) {
+	return s.admin(ctx, mSetMin.op, req.GetKey(), func() (keys.KeyInfo, error) {
 		return s.be.SetMinDecryptVersion(ctx, req.GetKey(), req.GetVersion())
 	})
 }
 
 func (s *Service) AdoptKey(ctx context.Context, req *pb.AdoptKeyRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, policy.OpKeyAdopt, req.GetKey(), func() (keys.KeyInfo, error) {
+	return s.admin(ctx, mAdoptKey.op, req.GetKey(), func() (keys.KeyInfo, error) {
 		a, ok := s.be.(keys.Adopter)
 		if !ok {
 			return keys.KeyInfo{}, fmt.Errorf("adopt: %w", keys.ErrUnsupported)
