@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"path"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -41,68 +40,19 @@ type gate struct {
 	svc      *Service
 	stopping *atomicBool
 	refused  *refusals
-
-	mu     sync.Mutex
-	active map[uint32]int // calls per uid being received or handled
-	held   map[uint32]int // calls per uid handled, whose stream has not ended
 }
 
 func newGate(svc *Service, stopping *atomicBool, refused *refusals) *gate {
-	return &gate{svc: svc, stopping: stopping, refused: refused, active: map[uint32]int{}, held: map[uint32]int{}}
+	return &gate{svc: svc, stopping: stopping, refused: refused}
 }
 
-// A call's states in the gate.
-const (
-	callAdmitted = iota // counted in active
-	callHandled         // its handler returned: counted in held until its stream ends
-	callEnded
-)
-
-// pending is an admitted call: its state, slot and receive deadline.
+// pending is an admitted call until its message has arrived.
 type pending struct {
 	g      *gate
 	id     policy.Identity
 	method string
 	cancel context.CancelCauseFunc
 	timer  *time.Timer
-	state  int // guarded by g.mu
-}
-
-// handled moves the call from active to held: its reply is on its way but
-// the stream lasts until the caller has taken it.
-func (p *pending) handled() {
-	g := p.g
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if p.state != callAdmitted {
-		return
-	}
-	p.state = callHandled
-	dec(g.active, p.id.UID)
-	g.held[p.id.UID]++
-}
-
-// ended frees whatever the call still counts in, when its stream ends. A
-// call that ended before its handler (the caller reset it) stops its
-// receive deadline: it is not a timeout.
-func (p *pending) ended() {
-	g := p.g
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	switch p.state {
-	case callAdmitted:
-		p.timer.Stop()
-		dec(g.active, p.id.UID)
-	case callHandled:
-		dec(g.held, p.id.UID)
-	}
-	p.state = callEnded
-}
-
-func dec(m map[uint32]int, uid uint32) {
-	if m[uid]--; m[uid] <= 0 {
-		delete(m, uid)
-	}
 }
 
 // expire cuts a call whose message has not arrived in time.
@@ -115,6 +65,13 @@ func (p *pending) expire() {
 type pendingKey struct{}
 
 // tap runs in the transport's reader with its lock held: it must not block.
+//
+// A uid's share of calls is counted on the wire (socket.OpenStreams): a
+// call counts from its HEADERS frame until its trailers are written, so a
+// client that never takes its replies cannot pile them up in keywardd
+// beyond its share either (gRPC's own view ends a call when its reply is
+// queued), and a caller at its limit that calls again the moment it has
+// its reply is not refused.
 func (g *gate) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	if g.stopping.Load() {
 		return nil, statusFor(ErrShuttingDown)
@@ -133,13 +90,14 @@ func (g *gate) tap(ctx context.Context, info *tap.Info) (context.Context, error)
 	if !g.svc.pol.Load().Names(id) {
 		limit = min(limit, unnamedStreams)
 	}
-	if !g.acquire(id.UID, limit) {
+	if open, ok := socket.OpenStreams(ctx); ok && open > int64(limit) { // this call included
 		return nil, g.refuse(id, method, ErrTooMany)
 	}
 	rctx, cancel := context.WithCancelCause(ctx)
 	p := &pending{g: g, id: id, method: method, cancel: cancel}
 	p.timer = time.AfterFunc(lim.ReceiveTimeout.Duration, p.expire)
-	context.AfterFunc(ctx, p.ended)
+	// A call its client reset before its message came is not a timeout.
+	context.AfterFunc(ctx, func() { p.timer.Stop() })
 	return context.WithValue(rctx, pendingKey{}, p), nil
 }
 
@@ -151,32 +109,10 @@ func (g *gate) refuse(id policy.Identity, method string, err error) error {
 	return statusFor(err)
 }
 
-// acquire takes a slot for uid: at most limit calls being received or
-// handled, and at most as many again handled but not yet taken by the
-// caller (a client that never reads its replies would otherwise pile them
-// up in keywardd without bound). The two are counted apart because a
-// stream's end is seen a moment after the caller has its reply: a caller
-// at its limit that calls again at once must not be refused for that.
-func (g *gate) acquire(uid uint32, limit int) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.active[uid] >= limit || g.held[uid] >= limit {
-		return false
-	}
-	g.active[uid]++
-	return true
-}
-
 // received is the first interceptor: the call's message has arrived, so its
-// receive deadline no longer applies; when its handler returns, its slot
-// moves to held until the stream ends.
+// receive deadline no longer applies.
 func received(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	p, ok := ctx.Value(pendingKey{}).(*pending)
-	if !ok {
-		return handler(ctx, req)
-	}
-	defer p.handled()
-	if !p.timer.Stop() {
+	if p, ok := ctx.Value(pendingKey{}).(*pending); ok && !p.timer.Stop() {
 		return nil, status.Error(codes.Canceled, errReceiveTimeout.Error())
 	}
 	return handler(ctx, req)

@@ -173,6 +173,9 @@ func serverOptions(lim Limits, g *gate, metrics *Metrics, svc *Service, al *audi
 		grpc.Creds(socket.LimitedCredentials(socket.ConnLimits{Max: lim.MaxConnections, PerUID: min(lim.MaxConnectionsPerUID, lim.MaxConnections),
 			Reserved: reservedRootConns(lim.MaxConnections), Refused: g.connRefused})),
 		grpc.InTapHandle(g.tap),
+		// Unbuffered: the connection (socket.LimitedCredentials) buffers, and
+		// counts each frame as it hands it to gRPC.
+		grpc.ReadBufferSize(0),
 		grpc.MaxRecvMsgSize(lim.MaxMessage),
 		grpc.MaxSendMsgSize(lim.MaxMessage),
 		grpc.MaxHeaderListSize(maxHeaderListSize),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc/credentials"
 )
@@ -28,33 +29,46 @@ type ConnLimits struct {
 type connCounter struct {
 	mu      sync.Mutex
 	lim     ConnLimits
-	perUID  map[uint32]int
+	perUID  map[uint32]*uidConns
 	nonRoot int
 }
 
+// uidConns is one uid's connections and the calls open on them.
+type uidConns struct {
+	conns int
+	open  atomic.Int64
+}
+
 // admit takes a slot for p, or says why not.
-func (c *connCounter) admit(p Peer) (func(), string) {
+func (c *connCounter) admit(p Peer) (*uidConns, func(), string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.perUID[p.UID] >= c.lim.PerUID {
-		return nil, fmt.Sprintf("uid %d holds %d connections (limits.max_connections_per_uid)", p.UID, c.perUID[p.UID])
+	u := c.perUID[p.UID]
+	if u != nil && u.conns >= c.lim.PerUID {
+		return nil, nil, fmt.Sprintf("uid %d holds %d connections (limits.max_connections_per_uid)", p.UID, u.conns)
 	}
 	if p.UID != 0 && c.nonRoot >= c.lim.Max-c.lim.Reserved {
-		return nil, fmt.Sprintf("the last %d connections are kept for uid 0", c.lim.Reserved)
+		return nil, nil, fmt.Sprintf("the last %d connections are kept for uid 0", c.lim.Reserved)
 	}
-	c.perUID[p.UID]++
+	if u == nil {
+		u = &uidConns{}
+		c.perUID[p.UID] = u
+	}
+	u.conns++
 	if p.UID != 0 {
 		c.nonRoot++
 	}
 	var once sync.Once
-	return func() { once.Do(func() { c.release(p.UID) }) }, ""
+	return u, func() { once.Do(func() { c.release(p.UID) }) }, ""
 }
 
 func (c *connCounter) release(uid uint32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.perUID[uid]--; c.perUID[uid] <= 0 {
-		delete(c.perUID, uid)
+	if u := c.perUID[uid]; u != nil {
+		if u.conns--; u.conns <= 0 {
+			delete(c.perUID, uid)
+		}
 	}
 	if uid != 0 {
 		c.nonRoot--
@@ -63,9 +77,11 @@ func (c *connCounter) release(uid uint32) {
 
 // LimitedCredentials is Credentials for a server that also applies lim at
 // each handshake: a connection over its uid's share is closed before any
-// byte of HTTP/2 is read from it. Pair it with LimitListener(l, lim.Max).
+// byte of HTTP/2 is read from it. It counts each uid's open calls too
+// (OpenStreams); the server must then read unbuffered
+// (grpc.ReadBufferSize(0)): the connection buffers. Pair it with LimitListener(l, lim.Max).
 func LimitedCredentials(lim ConnLimits) credentials.TransportCredentials {
-	return limitedCreds{c: &connCounter{lim: lim, perUID: map[uint32]int{}}}
+	return limitedCreds{c: &connCounter{lim: lim, perUID: map[uint32]*uidConns{}}}
 }
 
 type limitedCreds struct {
@@ -78,14 +94,15 @@ func (l limitedCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInf
 	if err != nil {
 		return nil, nil, err
 	}
-	release, why := l.c.admit(ai.Peer)
+	u, release, why := l.c.admit(ai.Peer)
 	if release == nil {
 		if l.c.lim.Refused != nil {
 			l.c.lim.Refused(ai.Peer, why)
 		}
 		return nil, nil, fmt.Errorf("socket: %s: %s: %w", ai.Peer, why, ErrConnLimit)
 	}
-	return &countedConn{Conn: c, release: release}, ai, nil
+	ai.open = &u.open
+	return newStreamConn(c, &u.open, release), ai, nil
 }
 
 func (l limitedCreds) ClientHandshake(ctx context.Context, a string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -93,18 +110,3 @@ func (l limitedCreds) ClientHandshake(ctx context.Context, a string, c net.Conn)
 }
 
 func (l limitedCreds) Clone() credentials.TransportCredentials { return l }
-
-// countedConn frees its uid's slot when closed.
-type countedConn struct {
-	net.Conn
-	release func()
-}
-
-func (c *countedConn) Close() error {
-	err := c.Conn.Close()
-	c.release()
-	return err
-}
-
-// NetConn returns the wrapped connection.
-func (c *countedConn) NetConn() net.Conn { return c.Conn }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sync/atomic"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -21,6 +22,7 @@ const AuthType = "keyward-unix-peer"
 type AuthInfo struct {
 	Peer Peer
 	credentials.CommonAuthInfo
+	open *atomic.Int64 // the uid's open calls (LimitedCredentials)
 }
 
 // AuthType returns "keyward-unix-peer".
@@ -97,19 +99,24 @@ func (transportCreds) OverrideServerName(string) error { return nil }
 // connection of a gRPC call; ok is false when the call did not come through
 // Credentials.
 func PeerFromContext(ctx context.Context) (Peer, bool) {
+	ai, ok := authInfoFrom(ctx)
+	return ai.Peer, ok
+}
+
+func authInfoFrom(ctx context.Context) (AuthInfo, bool) {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p == nil {
-		return Peer{}, false
+		return AuthInfo{}, false
 	}
 	switch ai := p.AuthInfo.(type) {
 	case AuthInfo:
-		return ai.Peer, true
+		return ai, true
 	case *AuthInfo:
 		if ai != nil {
-			return ai.Peer, true
+			return *ai, true
 		}
 	}
-	return Peer{}, false
+	return AuthInfo{}, false
 }
 
 // Dialer returns a dialer for grpc.WithContextDialer that connects to the
