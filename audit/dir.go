@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/keyward/keyward/internal/safepath"
 )
 
 // The log's directory is opened once, at Open, and checked: every file of
@@ -17,11 +19,18 @@ import (
 // directory's path swapped afterwards can redirect a write (keywardd, often
 // root, would otherwise truncate and write whatever file the link names).
 // The path may go through symlinks up to the directory (a log directory
-// linked to another disk): what is checked is the directory reached.
+// linked to another disk): every directory and link on the way must be
+// root's or this user's, and the directory reached is the one checked.
 
 // openDir opens and checks the log's directory: a directory owned by this
 // process's user or root that neither its group nor others may write.
 func openDir(dir string) (*os.File, error) {
+	// Every directory on the way, symlinks followed, must be one that only
+	// root or this user can change: the owner of a parent could move the
+	// log's directory away or put another in its place.
+	if _, err := safepath.CheckDir(dir, uint32(os.Geteuid())); err != nil {
+		return nil, fmt.Errorf("audit directory: %w: %w", err, ErrUnsafe)
+	}
 	d, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("audit directory: %w", err)

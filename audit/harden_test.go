@@ -99,6 +99,7 @@ func TestOpenRefusesUnsafeOwnership(t *testing.T) {
 		{name: "directory writable by its group", setup: func(t *testing.T, dir, _ string) { chmod(t, dir, 0o770) }},
 		{name: "sticky directory writable by all", setup: func(t *testing.T, dir, _ string) { chmod(t, dir, 0o777|os.ModeSticky) }},
 		{name: "directory owned by another user", setup: func(t *testing.T, dir, _ string) { chown(t, dir, other) }},
+		{name: "parent owned by another user", setup: func(t *testing.T, dir, _ string) { chown(t, filepath.Dir(dir), other) }},
 		{name: "log owned by another user", setup: func(t *testing.T, _, path string) {
 			writeFile(t, path, nil)
 			chown(t, path, other)

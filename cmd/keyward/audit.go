@@ -78,6 +78,7 @@ const auditVerifyExample = `  keyward audit verify --dir /var/log/keyward
 func (a *app) auditVerifyCmd() *cobra.Command {
 	var dir, fromHash string
 	var fromSeq uint64
+	var allowEmpty bool
 	var keyFiles []string
 	c := &cobra.Command{
 		Use:         "verify (FILE... | --dir DIR) [--checkpoint-key PEM]... [--from-seq N --from-hash HEX]",
@@ -119,6 +120,10 @@ func (a *app) auditVerifyCmd() *cobra.Command {
 				return fmt.Errorf("%s: %w", cmd, err)
 			}
 			if res.Records == 0 {
+				if !allowEmpty {
+					fmt.Fprintf(a.stdout, "broken: no records (a log truncated to nothing, its rotated files removed, looks the same; --allow-empty when it is a new log)\n")
+					return errBroken
+				}
 				fmt.Fprintf(a.stdout, "ok: 0 records\n")
 			} else {
 				fmt.Fprintf(a.stdout, "ok: %d records, seq %d..%d, last hash %s\n",
@@ -148,6 +153,7 @@ func (a *app) auditVerifyCmd() *cobra.Command {
 	}
 	c.Flags().StringVar(&dir, "dir", "", "find the log's files in `DIR` (instead of naming them)")
 	c.Flags().StringArrayVar(&keyFiles, "checkpoint-key", nil, "check checkpoint signatures with the PEM public key in `FILE` (from keyward pubkey; repeat for each key version)")
+	c.Flags().BoolVar(&allowEmpty, "allow-empty", false, "a trail with no record at all passes (a new log); without it, it is reported broken")
 	c.Flags().Uint64Var(&fromSeq, "from-seq", 0, "the trail starts at seq `N` (older files removed on purpose); needs --from-hash")
 	c.Flags().StringVar(&fromHash, "from-hash", "", "the hash of seq N-1, the last record removed (64 hex digits, from the \"file:\" line noted before pruning)")
 	return c

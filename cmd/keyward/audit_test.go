@@ -97,6 +97,10 @@ func TestAuditVerify(t *testing.T) {
 		t.Fatalf("whole trail: exit %d, %q", whole.code, whole.stdout)
 	}
 
+	emptyLog := filepath.Join(t.TempDir(), "audit.log")
+	if err := os.WriteFile(emptyLog, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name   string
 		args   []string
@@ -127,6 +131,8 @@ func TestAuditVerify(t *testing.T) {
 		{name: "tail truncated mid-line", args: []string{truncated}, code: exitFailed, stdout: []string{"broken: " + truncated + ":10 (seq 10): incomplete last line"}},
 		{name: "rotated file missing", args: append([]string{chain[0]}, chain[2:]...), code: exitFailed, stdout: []string{"broken: " + chain[2] + ":1 "}},
 		{name: "files out of order", args: append([]string{chain[1], chain[0]}, chain[2:]...), code: exitFailed, stdout: []string{"broken: " + chain[1] + ":1 ", "not the genesis record"}},
+		{name: "empty file", args: []string{emptyLog}, code: exitFailed, stdout: []string{"broken: no records", "--allow-empty"}},
+		{name: "empty file, allowed", args: []string{"--allow-empty", emptyLog}, stdout: []string{"ok: 0 records\n"}},
 		{name: "no files", args: nil, code: exitUsage, stderr: "missing the FILE"},
 		{name: "files and dir", args: []string{one, "--dir", single}, code: exitUsage, stderr: "not both"},
 		{name: "a directory as FILE", args: []string{single}, code: exitUsage, stderr: "use --dir"},

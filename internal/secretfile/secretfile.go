@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/keyward/keyward/internal/safepath"
 )
 
 // MaxSize bounds a secret file: a PIN is short, a larger file is a mistake.
@@ -69,6 +71,11 @@ func Read(path string) ([]byte, error) {
 }
 
 func read(path string) ([]byte, error) {
+	// The owner of a directory on the way could move the file away or put
+	// another in its place: only root and this user may own them.
+	if _, err := safepath.CheckDir(filepath.Dir(path), uint32(os.Geteuid())); err != nil {
+		return nil, fmt.Errorf("secret file %s: %w", path, err)
+	}
 	f, err := os.OpenFile(path, os.O_RDONLY|ostNoFollow(), 0)
 	if err != nil {
 		return nil, fmt.Errorf("secret file: %w", err)

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/keyward/keyward/internal/safepath"
 )
 
 func TestRead(t *testing.T) {
@@ -54,6 +56,20 @@ func TestRead(t *testing.T) {
 			t.Fatal(err)
 		}
 		tests = append(tests, readCase{name: "another user's file", path: theirs, wantErr: ErrOwner})
+		// Root's own file, in a directory another user owns: that user can
+		// move it away or put another in its place.
+		theirDir := filepath.Join(dir, "theirs.d")
+		if err := os.Mkdir(theirDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		inTheirs := filepath.Join(theirDir, "pin")
+		if err := os.WriteFile(inTheirs, []byte("1234"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(theirDir, 4242, 4242); err != nil {
+			t.Fatal(err)
+		}
+		tests = append(tests, readCase{name: "in another user's directory", path: inTheirs, wantErr: safepath.ErrUnsafe})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
