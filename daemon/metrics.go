@@ -65,7 +65,7 @@ func NewMetrics(backend any) *Metrics {
 	}
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keyward_refused_before_call_total",
-		Help: "Calls and connections refused before a handler ran, by result: PERMISSION_DENIED (no rule names the caller), RATE_LIMITED, TOO_MANY_REQUESTS, SHUTTING_DOWN, RECEIVE_TIMEOUT, CONNECTION_LIMIT.",
+		Help: "Calls and connections refused before a handler ran, by result: RATE_LIMITED, TOO_MANY_REQUESTS, SHUTTING_DOWN, RECEIVE_TIMEOUT, CONNECTION_LIMIT.",
 	}, []string{"result"})
 	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
