@@ -86,7 +86,20 @@ func (r *metaRecord) ref(v uint32) (objRef, error) {
 // them), so only a record from before that refusal, or one forged with the
 // metadata key, can.
 func reservedLabel(name string, mv metaVersion) bool {
-	return strings.HasPrefix(mv.Label, labelPrefix) && mv.Label != versionLabel(name, mv.Version)
+	return strings.HasPrefix(mv.Label, labelPrefix) && !isVersionLabel(mv.Label, name, mv.Version)
+}
+
+// isVersionLabel is label == versionLabel(name, v) without building it:
+// it runs on every data operation.
+func isVersionLabel(label, name string, v uint32) bool {
+	rest, ok := strings.CutPrefix(label, labelPrefix)
+	if ok {
+		rest, ok = strings.CutPrefix(rest, name)
+	}
+	if ok {
+		rest, ok = strings.CutPrefix(rest, ":v")
+	}
+	return ok && rest == strconv.FormatUint(uint64(v), 10)
 }
 
 // reservedWhat names the keyward object a reserved label belongs to.

@@ -49,3 +49,24 @@ func TestParseURI(t *testing.T) {
 		})
 	}
 }
+
+func TestIsVersionLabel(t *testing.T) {
+	for _, c := range []struct {
+		label, name string
+		v           uint32
+	}{
+		{versionLabel("app/k", 1), "app/k", 1},
+		{versionLabel("app/k", 12), "app/k", 12},
+		{versionLabel("app/k", 123456), "app/k", 123456},
+		{versionLabel("app/k", 1), "app/k", 2},
+		{versionLabel("app/k", 1), "app/kk", 1},
+		{versionLabel("app/kk", 1), "app/k", 1},
+		{labelPrefix + "app/k:v01", "app/k", 1},
+		{metaKeyLabel, "app/k", 1},
+		{"app/k:v1", "app/k", 1},
+	} {
+		if got, want := isVersionLabel(c.label, c.name, c.v), c.label == versionLabel(c.name, c.v); got != want {
+			t.Errorf("isVersionLabel(%q, %q, %d) = %v, want %v", c.label, c.name, c.v, got, want)
+		}
+	}
+}
