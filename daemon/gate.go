@@ -53,6 +53,7 @@ type pending struct {
 	method string
 	cancel context.CancelCauseFunc
 	timer  *time.Timer
+	unhook func() bool // drops the stream-end hook: no goroutine per call
 }
 
 // expire cuts a call whose message has not arrived in time.
@@ -97,7 +98,7 @@ func (g *gate) tap(ctx context.Context, info *tap.Info) (context.Context, error)
 	p := &pending{g: g, id: id, method: method, cancel: cancel}
 	p.timer = time.AfterFunc(lim.ReceiveTimeout.Duration, p.expire)
 	// A call its client reset before its message came is not a timeout.
-	context.AfterFunc(ctx, func() { p.timer.Stop() })
+	p.unhook = context.AfterFunc(ctx, func() { p.timer.Stop() })
 	return context.WithValue(rctx, pendingKey{}, p), nil
 }
 
@@ -112,8 +113,11 @@ func (g *gate) refuse(id policy.Identity, method string, err error) error {
 // received is the first interceptor: the call's message has arrived, so its
 // receive deadline no longer applies.
 func received(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if p, ok := ctx.Value(pendingKey{}).(*pending); ok && !p.timer.Stop() {
-		return nil, status.Error(codes.Canceled, errReceiveTimeout.Error())
+	if p, ok := ctx.Value(pendingKey{}).(*pending); ok {
+		p.unhook()
+		if !p.timer.Stop() {
+			return nil, status.Error(codes.Canceled, errReceiveTimeout.Error())
+		}
 	}
 	return handler(ctx, req)
 }
