@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/internal/safepath"
 	"github.com/keyward/keyward/internal/secretfile"
@@ -39,7 +40,7 @@ const DevTokenLabel = "keyward-dev"
 // still unwrap).
 type Dev struct {
 	Dir    string
-	Config Config
+	Config config.Config
 	Policy *policy.Policy
 	// What names the device for the banner ("SoftHSM2 token", "TPM (swtpm)");
 	// Device says where it is (never a PIN, an auth secret or a seed).
@@ -76,7 +77,7 @@ func NewDev(dir, socketPath, logLevel, backend string) (*Dev, error) {
 		}
 	case "tpm":
 	default:
-		return nil, fmt.Errorf("dev backend %q: want pkcs11 or tpm: %w", backend, ErrConfig)
+		return nil, fmt.Errorf("dev backend %q: want pkcs11 or tpm: %w", backend, config.ErrConfig)
 	}
 	d := &Dev{Dir: dir, keep: dir != ""}
 	var err error
@@ -96,7 +97,7 @@ func NewDev(dir, socketPath, logLevel, backend string) (*Dev, error) {
 	if err := checkDevDir(d.Dir); err != nil {
 		return nil, err
 	}
-	cfg := Defaults()
+	cfg := config.Defaults()
 	cfg.Socket = socketPath
 	cfg.LogLevel = logLevel
 	cfg.AuditLog = filepath.Join(d.Dir, "audit.log")
@@ -126,7 +127,7 @@ func NewDev(dir, socketPath, logLevel, backend string) (*Dev, error) {
 }
 
 // softHSM makes (or, in a kept directory, reuses) the SoftHSM2 token.
-func (d *Dev) softHSM(cfg *Config, module string) error {
+func (d *Dev) softHSM(cfg *config.Config, module string) error {
 	tokens := filepath.Join(d.Dir, "tokens")
 	conf := filepath.Join(d.Dir, "softhsm2.conf")
 	pinFile := filepath.Join(d.Dir, "pin")
@@ -167,7 +168,7 @@ func (d *Dev) softHSM(cfg *Config, module string) error {
 
 // tpm picks the dev TPM: the one a kept directory already has, else the
 // in-process simulator when this build has it, else swtpm.
-func (d *Dev) tpm(cfg *Config) error {
+func (d *Dev) tpm(cfg *config.Config) error {
 	dir, err := filepath.Abs(d.Dir) // device paths and state_dir must be absolute
 	if err != nil {
 		return err
@@ -348,10 +349,10 @@ func checkDevDir(dir string) error {
 		return fmt.Errorf("dev directory: %w", err)
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
-		return fmt.Errorf("dev directory %s is a symlink: name the directory itself: %w", dir, ErrConfig)
+		return fmt.Errorf("dev directory %s is a symlink: name the directory itself: %w", dir, config.ErrConfig)
 	}
 	if _, err := safepath.CheckDir(dir, uint32(os.Geteuid())); err != nil {
-		return fmt.Errorf("dev directory %s: %w: %w", dir, ErrConfig, err)
+		return fmt.Errorf("dev directory %s: %w: %w", dir, config.ErrConfig, err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/hsm"
 )
 
@@ -60,25 +61,25 @@ func TestDevDirRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			return l
-		}, ErrConfig},
+		}, config.ErrConfig},
 		{"world-writable", func(t *testing.T, b string) string {
 			d := filepath.Join(b, "dev")
 			os.Mkdir(d, 0o700)
 			os.Chmod(d, 0o777)
 			return d
-		}, ErrConfig},
+		}, config.ErrConfig},
 		{"another uid's", func(t *testing.T, b string) string {
 			d := filepath.Join(b, "dev")
 			os.Mkdir(d, 0o700)
 			os.Lchown(d, other, other)
 			return d
-		}, ErrConfig},
+		}, config.ErrConfig},
 		{"in another uid's directory", func(t *testing.T, b string) string {
 			h := filepath.Join(b, "home")
 			os.Mkdir(h, 0o755)
 			os.Lchown(h, other, other)
 			return filepath.Join(h, "dev")
-		}, ErrConfig},
+		}, config.ErrConfig},
 		{"softhsm2.conf is a symlink", func(t *testing.T, b string) string {
 			d := filepath.Join(b, "dev")
 			os.Mkdir(d, 0o700)
@@ -107,7 +108,7 @@ func TestDevDirRefused(t *testing.T) {
 				t.Errorf("a file outside the dev directory was written: %q", b)
 			}
 			for _, name := range []string{"pin", "tokens"} {
-				if _, err := os.Lstat(filepath.Join(dir, name)); err == nil && errors.Is(tt.wantErr, ErrConfig) {
+				if _, err := os.Lstat(filepath.Join(dir, name)); err == nil && errors.Is(tt.wantErr, config.ErrConfig) {
 					t.Errorf("%s was created in a refused directory", name)
 				}
 			}

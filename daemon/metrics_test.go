@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/socket"
 )
@@ -72,7 +73,7 @@ func TestAuthorizeDebugLine(t *testing.T) {
 	ctx := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: socket.AuthInfo{Peer: socket.Peer{UID: 1000, GID: 1000, PID: 42}}})
 	for _, level := range []slog.Level{slog.LevelDebug, slog.LevelInfo} {
 		var buf bytes.Buffer
-		svc := NewService(nil, "pkcs11", "test", pol, Defaults().Limits, slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: level})))
+		svc := NewService(nil, "pkcs11", "test", pol, config.Defaults().Limits, slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: level})))
 		if err := svc.authorize(ctx, policy.OpWrap, "app/k", nil); err != nil {
 			t.Fatal(err)
 		}

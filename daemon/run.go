@@ -18,6 +18,7 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/audit"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
@@ -89,7 +90,7 @@ func HardenProcess() error {
 // OpenBackend opens the configured key device. Its errors wrap the
 // backend's sentinels (hsm.ErrCredential, tpm.ErrCredential, tpm.ErrConfig...), which
 // keywardd turns into exit codes.
-func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backend, error) {
+func OpenBackend(ctx context.Context, cfg config.Config, log *slog.Logger) (keys.Backend, error) {
 	b := cfg.Backend
 	var be keys.Backend
 	var err error
@@ -105,7 +106,7 @@ func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backen
 			ParentHandle: uint32(b.ParentHandle), NoRollbackCounter: b.RollbackCounter != nil && !*b.RollbackCounter, Logger: log})
 		be = t
 	default:
-		err = fmt.Errorf("backend.kind %q: %w", b.Kind, ErrConfig)
+		err = fmt.Errorf("backend.kind %q: %w", b.Kind, config.ErrConfig)
 	}
 	if err != nil {
 		return nil, err // never a nil *Token in a non-nil interface
@@ -113,31 +114,9 @@ func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backen
 	return be, nil
 }
 
-// CheckConfig loads and validates path fully: syntax, values, and the
-// policy (names resolved), without touching the device. Every problem is
-// reported, one per line.
-func CheckConfig(path string) (Config, *policy.Policy, error) {
-	cfg, err := LoadConfig(path)
-	if err != nil && !errors.Is(err, ErrConfig) {
-		return Config{}, nil, err // not read
-	}
-	errs := []error{err}
-	if cfg.SocketGroup != "" {
-		if _, err := socket.LookupGroup(cfg.SocketGroup); err != nil {
-			errs = append(errs, fmt.Errorf("%s: socket_group: %v: %w", path, err, ErrConfig))
-		}
-	}
-	pol, err := policy.Compile(cfg.Rules, policy.SystemResolver())
-	errs = append(errs, inFile(path, err)...)
-	if err := errors.Join(errs...); err != nil {
-		return Config{}, nil, err
-	}
-	return cfg, pol, nil
-}
-
 // restartOnly lists what a reload cannot change in a running daemon, so
 // the log says so instead of pretending the whole file applied.
-func restartOnly(old, cur Config) []string {
+func restartOnly(old, cur config.Config) []string {
 	var out []string
 	if old.Socket != cur.Socket || old.SocketGroup != cur.SocketGroup || old.SystemdSocketName != cur.SystemdSocketName {
 		out = append(out, "socket")
@@ -168,7 +147,7 @@ func restartOnly(old, cur Config) []string {
 // serverOptions are the gRPC server's settings: what bounds a connection
 // and a call before any handler runs (the gate, header and stream limits,
 // fixed flow-control windows) and the interceptor chain.
-func serverOptions(lim Limits, g *gate, metrics *Metrics, svc *Service, al *audit.Log) []grpc.ServerOption {
+func serverOptions(lim config.Limits, g *gate, metrics *Metrics, svc *Service, al *audit.Log) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.Creds(socket.LimitedCredentials(socket.ConnLimits{Max: lim.MaxConnections, PerUID: min(lim.MaxConnectionsPerUID, lim.MaxConnections),
 			Reserved: reservedRootConns(lim.MaxConnections), Refused: g.connRefused})),
@@ -225,7 +204,7 @@ type Options struct {
 // the socket (systemd's or its own), serves, reloads the policy and limits
 // on SIGHUP (keeping the old ones if the new file is bad), and drains
 // in-flight calls on shutdown.
-func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, opts Options) error {
+func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Backend, opts Options) error {
 	log := opts.Logger
 	svc := NewService(be, cfg.Backend.Kind, Version, pol, cfg.Limits, log)
 	sm := newLifecycle(opts, svc, log)
@@ -286,7 +265,7 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 					continue
 				}
 				sm.reloading()
-				ncfg, npol, err := CheckConfig(opts.ConfigPath)
+				ncfg, npol, err := config.CheckConfig(opts.ConfigPath)
 				if err != nil {
 					log.Error("reload failed; keeping the running policy and limits", "err", err)
 					sm.reloaded(ctx)

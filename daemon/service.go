@@ -13,6 +13,7 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/audit"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 )
@@ -30,7 +31,7 @@ type Service struct {
 	log     *slog.Logger
 	started time.Time
 	pol     atomic.Pointer[policy.Policy]
-	lim     atomic.Pointer[Limits]
+	lim     atomic.Pointer[config.Limits]
 	abuse   *abuse
 	health  backendHealth
 	metrics *Metrics   // nil-safe
@@ -46,7 +47,7 @@ type Service struct {
 }
 
 // NewService returns a service on be with policy pol and limits lim.
-func NewService(be keys.Backend, kind, version string, pol *policy.Policy, lim Limits, log *slog.Logger) *Service {
+func NewService(be keys.Backend, kind, version string, pol *policy.Policy, lim config.Limits, log *slog.Logger) *Service {
 	s := &Service{be: be, kind: kind, version: version, log: log, started: time.Now(), abuse: newAbuse(log)}
 	s.pol.Store(pol)
 	s.lim.Store(&lim)
@@ -57,7 +58,7 @@ func NewService(be keys.Backend, kind, version string, pol *policy.Policy, lim L
 func (s *Service) SetPolicy(p *policy.Policy) { s.pol.Store(p) }
 
 // SetLimits swaps the request limits.
-func (s *Service) SetLimits(l Limits) { s.lim.Store(&l) }
+func (s *Service) SetLimits(l config.Limits) { s.lim.Store(&l) }
 
 // Served returns how many calls reached their handler, whatever their result.
 func (s *Service) Served() uint64 { return s.served.Load() }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/internal/secretfile"
@@ -92,11 +93,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("keywardd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, usage, daemon.DefaultConfigPath)
+		fmt.Fprintf(stderr, usage, config.DefaultConfigPath)
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, usageTail)
 	}
-	configPath := fs.String("config", daemon.DefaultConfigPath, "configuration file (TOML)")
+	configPath := fs.String("config", config.DefaultConfigPath, "configuration file (TOML)")
 	check := fs.Bool("check-config", false, "validate the configuration and its policy, then exit")
 	dev := fs.Bool("dev", false, "development mode on a private SoftHSM2 token or TPM")
 	backend := fs.String("backend", "", "dev mode: pkcs11 (a SoftHSM2 token, the default) or tpm (the TPM simulator or swtpm)")
@@ -114,7 +115,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	if *check {
-		_, pol, err := daemon.CheckConfig(*configPath)
+		_, pol, err := config.CheckConfig(*configPath)
 		if err != nil {
 			printLines(stderr, "keywardd: ", err.Error())
 			return exitConfig
@@ -144,7 +145,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "keywardd: --socket, --dev-dir and --backend are for --dev; set socket and [backend] in the config file")
 		return exitUsage
 	}
-	cfg, pol, err := daemon.CheckConfig(*configPath)
+	cfg, pol, err := config.CheckConfig(*configPath)
 	if err != nil {
 		printLines(stderr, "keywardd: ", err.Error())
 		return exitConfig
