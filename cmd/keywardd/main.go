@@ -15,6 +15,7 @@ import (
 
 	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/devmode"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/internal/secretfile"
 	"github.com/keyward/keyward/keys"
@@ -210,7 +211,7 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, stdout, st
 	if logLevel == "" {
 		logLevel = "info"
 	}
-	d, err := daemon.NewDev(dir, sock, logLevel, backend)
+	d, err := devmode.New(dir, sock, logLevel, backend)
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitFail

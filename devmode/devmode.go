@@ -1,4 +1,15 @@
-package daemon
+// Package devmode is what keywardd --dev runs on: a private SoftHSM2 token
+// or TPM (the in-process simulator, or a swtpm child process) in a
+// directory of its own, the configuration that uses it, and a policy that
+// allows the invoking uid everything. It is kept out of the serving code:
+// the daemon serves whatever configuration it is handed.
+//
+// Threat model: the dev directory holds the PINs and the TPM's seeds, so it
+// is created 0700 and refused if it is a symlink or another user could write
+// or move it (internal/safepath); its files are written 0600 without
+// following a symlink. It is for a developer's machine, never for
+// production keys.
+package devmode
 
 import (
 	"crypto/rand"
@@ -27,8 +38,8 @@ import (
 	"github.com/keyward/keyward/tpm"
 )
 
-// DevTokenLabel is the label of the token --dev makes.
-const DevTokenLabel = "keyward-dev"
+// TokenLabel is the label of the token --dev makes.
+const TokenLabel = "keyward-dev"
 
 // Dev is what keywardd --dev runs on: a private device, and a policy that
 // allows the invoking uid every operation on every key. The device is a
@@ -63,11 +74,11 @@ const (
 	devSWLog    = "swtpm.log"
 )
 
-// NewDev prepares the dev device and configuration in dir ("" for a fresh
+// New prepares the dev device and configuration in dir ("" for a fresh
 // temporary directory). backend is "pkcs11" or "tpm". For pkcs11 it sets
 // SOFTHSM2_CONF for this process, so it must run before any PKCS#11 module
 // is loaded; for tpm on swtpm it starts swtpm, which Close stops.
-func NewDev(dir, socketPath, logLevel, backend string) (*Dev, error) {
+func New(dir, socketPath, logLevel, backend string) (*Dev, error) {
 	var module string
 	switch backend {
 	case "pkcs11":
@@ -154,15 +165,15 @@ func (d *Dev) softHSM(cfg *config.Config, module string) error {
 		if err := writeFile(pinFile, userPIN, os.O_EXCL); err != nil {
 			return fmt.Errorf("dev pin: %w", err)
 		}
-		if err := hsm.InitToken(module, DevTokenLabel, soPIN, userPIN); err != nil {
+		if err := hsm.InitToken(module, TokenLabel, soPIN, userPIN); err != nil {
 			return fmt.Errorf("dev token: %w", err)
 		}
 	}
 	cfg.Backend.Module = module
-	cfg.Backend.Token = DevTokenLabel
+	cfg.Backend.Token = TokenLabel
 	cfg.Backend.PINFile = pinFile
 	d.What = "SoftHSM2 token"
-	d.Device = fmt.Sprintf("pkcs11: token %s, module %s", DevTokenLabel, module)
+	d.Device = fmt.Sprintf("pkcs11: token %s, module %s", TokenLabel, module)
 	return nil
 }
 

@@ -1,4 +1,4 @@
-package daemon
+package devmode
 
 import (
 	"errors"
@@ -46,7 +46,7 @@ func TestDevDirRefused(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to give directories to other uids")
 	}
-	t.Setenv("SOFTHSM2_CONF", os.Getenv("SOFTHSM2_CONF")) // NewDev sets it
+	t.Setenv("SOFTHSM2_CONF", os.Getenv("SOFTHSM2_CONF")) // New sets it
 	const other = 4242
 	tests := []struct {
 		name    string
@@ -97,12 +97,12 @@ func TestDevDirRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			dir := tt.setup(t, base)
-			d, err := NewDev(dir, filepath.Join(base, "s.sock"), "error", "pkcs11")
+			d, err := New(dir, filepath.Join(base, "s.sock"), "error", "pkcs11")
 			if err == nil {
 				d.Close()
 			}
 			if !errors.Is(err, tt.wantErr) {
-				t.Fatalf("NewDev(%s): %v, want %v", dir, err, tt.wantErr)
+				t.Fatalf("New(%s): %v, want %v", dir, err, tt.wantErr)
 			}
 			if b, _ := os.ReadFile(victim); string(b) != "keep" {
 				t.Errorf("a file outside the dev directory was written: %q", b)
