@@ -106,7 +106,7 @@ const auditTimeout = 10 * time.Second
 // call collects the audit records of one RPC: one per operation, so a batch
 // call has one per item.
 type call struct {
-	log *audit.Log // keys the context digests
+	log auditLog // keys the context digests
 	// unnamed: no rule names the caller, so its refused operations count
 	// towards its denied-request limit (abuseOf), and past it are
 	// summarised, not recorded one by one.
@@ -269,7 +269,7 @@ func (e *deniedError) Unwrap() error { return e.err }
 // refused counts them into the caller's summary record (OpRefused), so a
 // caller that is being refused cannot grow the log faster than the summary
 // budget (audit_refusal_interval, audit_refusal_max_records).
-func (s *Service) auditInterceptor(al *audit.Log, refused *refusals) grpc.UnaryServerInterceptor {
+func (s *Service) auditInterceptor(al auditLog, refused *refusals) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		method := path.Base(info.FullMethod)
 		if m := methods[method]; al == nil || m != nil && m.kind == kindStatus {

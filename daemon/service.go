@@ -12,7 +12,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
-	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
@@ -34,8 +33,8 @@ type Service struct {
 	lim     atomic.Pointer[config.Limits]
 	abuse   *abuse
 	health  backendHealth
-	metrics *Metrics   // nil-safe
-	audit   *audit.Log // nil: audit off
+	metrics serviceMetrics // never nil: noMetrics when none
+	audit   auditLog       // nil: audit off
 	// checkpointKey signs audit checkpoints: no caller may sign with it.
 	checkpointKey string
 
@@ -48,7 +47,7 @@ type Service struct {
 
 // NewService returns a service on be with policy pol and limits lim.
 func NewService(be keys.Backend, kind, version string, pol *policy.Policy, lim config.Limits, log *slog.Logger) *Service {
-	s := &Service{be: be, kind: kind, version: version, log: log, started: time.Now(), abuse: newAbuse(log)}
+	s := &Service{be: be, kind: kind, version: version, log: log, started: time.Now(), abuse: newAbuse(log), metrics: noMetrics{}}
 	s.pol.Store(pol)
 	s.lim.Store(&lim)
 	return s
