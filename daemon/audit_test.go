@@ -18,7 +18,7 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/audit"
-	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/envelope"
 )
 
@@ -70,7 +70,7 @@ func auditSyncModes(t *testing.T, f func(t *testing.T, mode string)) {
 func TestAuditTrail(t *testing.T) { auditSyncModes(t, testAuditTrail) }
 
 func testAuditTrail(t *testing.T, mode string) {
-	r := start(t, testRules(), func(c *daemon.Config) { c.AuditSync = mode })
+	r := start(t, testRules(), func(c *config.Config) { c.AuditSync = mode })
 	ctx := context.Background()
 	key := "app/audited-" + mode
 	c := dial(t, r.sock)
@@ -160,7 +160,7 @@ func testAuditFailClosed(t *testing.T, mode string) {
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
 	logPath := filepath.Join(mnt, "audit.log")
-	r := start(t, testRules(), func(c *daemon.Config) { c.AuditLog, c.AuditSync = logPath, mode })
+	r := start(t, testRules(), func(c *config.Config) { c.AuditLog, c.AuditSync = logPath, mode })
 	ctx := context.Background()
 	c := dial(t, r.sock)
 	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "app/full-" + mode, KeyType: "aes-256-gcm"}); err != nil {
@@ -242,7 +242,7 @@ func testAuditFailClosed(t *testing.T, mode string) {
 // records with the HSM key; they verify with the key's public half, and no
 // caller may sign with that key, whatever the policy grants.
 func TestAuditCheckpoints(t *testing.T) {
-	r := start(t, testRules(), func(c *daemon.Config) {
+	r := start(t, testRules(), func(c *config.Config) {
 		c.AuditCheckpointKey = "audit/ckpt"
 		c.AuditCheckpointEvery = 5
 	})
@@ -296,8 +296,8 @@ func TestAuditCheckpoints(t *testing.T) {
 func TestAuditUnsyncedMetric(t *testing.T) {
 	auditSyncModes(t, func(t *testing.T, mode string) {
 		metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
-		r := start(t, testRules(), func(c *daemon.Config) {
-			c.AuditSync, c.AuditSyncInterval = mode, daemon.Duration{Duration: time.Hour}
+		r := start(t, testRules(), func(c *config.Config) {
+			c.AuditSync, c.AuditSyncInterval = mode, config.Duration{Duration: time.Hour}
 			c.MetricsSocket = metricsSock
 		})
 		ctx := context.Background()

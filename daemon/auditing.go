@@ -19,6 +19,7 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/audit"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/envelope"
 	"github.com/keyward/keyward/keys"
 )
@@ -30,7 +31,7 @@ var ErrAuditUnavailable = errors.New("audit log unavailable")
 // openAudit opens the configured audit log (nil when it is "off") and
 // registers its metrics. A log that cannot be opened (a corrupt chain, no
 // permission) stops the daemon from starting.
-func openAudit(cfg Config, be keys.Backend, m *Metrics, log *slog.Logger) (*audit.Log, error) {
+func openAudit(cfg config.Config, be keys.Backend, m *Metrics, log *slog.Logger) (*audit.Log, error) {
 	if cfg.AuditLog == "off" {
 		log.Warn("audit log is off: operations leave no evidence")
 		return nil, nil
@@ -44,7 +45,7 @@ func openAudit(cfg Config, be keys.Backend, m *Metrics, log *slog.Logger) (*audi
 	}
 	mode, err := audit.ParseSyncMode(cfg.AuditSync)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		return nil, fmt.Errorf("%w: %v", config.ErrConfig, err)
 	}
 	opts := audit.Options{MaxFileSize: cfg.AuditMaxFileSize, Logger: log, MaxWait: auditTimeout, Sync: mode, SyncInterval: cfg.AuditSyncInterval.Duration,
 		OnFsync: func(d time.Duration) { fsync.Observe(d.Seconds()) }}
@@ -55,7 +56,7 @@ func openAudit(cfg Config, be keys.Backend, m *Metrics, log *slog.Logger) (*audi
 		if ki, err := be.DescribeKey(context.Background(), cfg.AuditCheckpointKey); err != nil {
 			log.Warn("audit checkpoint key not usable yet; checkpoints start once it exists", "key", cfg.AuditCheckpointKey, "err", err.Error())
 		} else if !ki.Type.Asymmetric() {
-			return nil, fmt.Errorf("audit_checkpoint_key %s is a %s key, not a signing key: %w", cfg.AuditCheckpointKey, ki.Type, ErrConfig)
+			return nil, fmt.Errorf("audit_checkpoint_key %s is a %s key, not a signing key: %w", cfg.AuditCheckpointKey, ki.Type, config.ErrConfig)
 		}
 	}
 	al, err := audit.Open(cfg.AuditLog, opts)
@@ -105,7 +106,7 @@ const auditTimeout = 10 * time.Second
 // call collects the audit records of one RPC: one per operation, so a batch
 // call has one per item.
 type call struct {
-	log *audit.Log // keys the context digests
+	log auditLog // keys the context digests
 	// unnamed: no rule names the caller, so its refused operations count
 	// towards its denied-request limit (abuseOf), and past it are
 	// summarised, not recorded one by one.
@@ -268,7 +269,7 @@ func (e *deniedError) Unwrap() error { return e.err }
 // refused counts them into the caller's summary record (OpRefused), so a
 // caller that is being refused cannot grow the log faster than the summary
 // budget (audit_refusal_interval, audit_refusal_max_records).
-func (s *Service) auditInterceptor(al *audit.Log, refused *refusals) grpc.UnaryServerInterceptor {
+func (s *Service) auditInterceptor(al auditLog, refused *refusals) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		method := path.Base(info.FullMethod)
 		if m := methods[method]; al == nil || m != nil && m.kind == kindStatus {

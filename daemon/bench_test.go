@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
-	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/config"
 )
 
 // BenchmarkWrapAudit: single wraps through the socket with the audit log
@@ -23,8 +23,8 @@ func BenchmarkWrapAudit(b *testing.B) {
 		modes = append(modes, "audit-on-dir")
 	}
 	for _, mode := range modes {
-		r := start(b, testRules(), func(c *daemon.Config) {
-			c.Backend.MetadataMaxAge = daemon.Duration{} // the default, as keywardd runs (the tests re-read the record every call)
+		r := start(b, testRules(), func(c *config.Config) {
+			c.Backend.MetadataMaxAge = config.Duration{} // the default, as keywardd runs (the tests re-read the record every call)
 			switch mode {
 			case "audit-off":
 				c.AuditLog = "off"

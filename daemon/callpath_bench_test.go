@@ -14,6 +14,7 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/audit"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/envelope"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
@@ -52,7 +53,7 @@ func BenchmarkCallPath(b *testing.B) {
 	bctx := map[string]string{"bench": "keyward"}
 	for _, mode := range []string{"audit-off", "audit-on", "audit-write"} {
 		log := slog.New(slog.NewTextHandler(io.Discard, nil))
-		svc := NewService(instantBackend{blob: blob}, "pkcs11", "bench", pol, Defaults().Limits, log)
+		svc := NewService(instantBackend{blob: blob}, "pkcs11", "bench", pol, config.Defaults().Limits, log)
 		m := NewMetrics(nil)
 		svc.metrics = m
 		var al *audit.Log

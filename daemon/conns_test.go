@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
-	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/config"
 )
 
 // raiseNoFile makes sure this process may hold need descriptors (the daemon
@@ -146,7 +146,7 @@ func TestManyConnections(t *testing.T) {
 	const held, slow, normal = 1000, 20, 4
 	// Both ends of every connection live in this process.
 	raiseNoFile(t, 2*(held+slow+normal)+512)
-	r := start(t, testRules(), func(c *daemon.Config) { c.Limits.MaxConnections, c.Limits.MaxConnectionsPerUID = 1100, 1100 })
+	r := start(t, testRules(), func(c *config.Config) { c.Limits.MaxConnections, c.Limits.MaxConnectionsPerUID = 1100, 1100 })
 	ctx := context.Background()
 	if _, err := dial(t, r.sock).CreateKey(ctx, &pb.CreateKeyRequest{Key: "conns/k", KeyType: "aes-256-gcm"}); err != nil {
 		t.Fatal(err)
@@ -223,9 +223,9 @@ func TestManyConnections(t *testing.T) {
 // few seconds.
 func TestManyConnectionsSlowOverLimit(t *testing.T) {
 	const slow, normal = 60, 4
-	r := start(t, testRules(), func(c *daemon.Config) {
+	r := start(t, testRules(), func(c *config.Config) {
 		c.Limits.MaxConnections = 50
-		c.Limits.HandshakeTimeout = daemon.Duration{Duration: 500 * time.Millisecond}
+		c.Limits.HandshakeTimeout = config.Duration{Duration: 500 * time.Millisecond}
 	})
 	if _, err := dial(t, r.sock).CreateKey(context.Background(), &pb.CreateKeyRequest{Key: "conns/slow", KeyType: "aes-256-gcm"}); err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
 	"github.com/keyward/keyward/internal/testutil"
 	"github.com/keyward/keyward/policy"
@@ -74,13 +75,13 @@ type running struct {
 
 // start runs the daemon in this process on the test token with rules
 // (written to a config file so SIGHUP can reload it).
-func start(t testing.TB, rules []policy.Rule, mod func(*daemon.Config)) *running {
+func start(t testing.TB, rules []policy.Rule, mod func(*config.Config)) *running {
 	t.Helper()
 	return startWith(t, rules, mod, nil)
 }
 
 // startWith is start with the daemon's log (debug level) going to logw.
-func startWith(t testing.TB, rules []policy.Rule, mod func(*daemon.Config), logw io.Writer) *running {
+func startWith(t testing.TB, rules []policy.Rule, mod func(*config.Config), logw io.Writer) *running {
 	t.Helper()
 	softhsmtest.Need(t, tok)
 	// Not t.TempDir(): its parent is 0700, and clients run as other uids.
@@ -90,11 +91,11 @@ func startWith(t testing.TB, rules []policy.Rule, mod func(*daemon.Config), logw
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
-	cfg := daemon.Defaults()
+	cfg := config.Defaults()
 	cfg.Socket = filepath.Join(dir, "run", "keyward.sock")
 	cfg.SocketGroup = fmt.Sprint(socketGID)
 	cfg.Backend.Module, cfg.Backend.Token, cfg.Backend.PINFile = tok.Module, tok.Label, tok.PINFile
-	cfg.Backend.MetadataMaxAge = daemon.Duration{Duration: -1}
+	cfg.Backend.MetadataMaxAge = config.Duration{Duration: -1}
 	cfg.AuditLog = filepath.Join(dir, "audit", "audit.log")
 	cfg.Rules = rules
 	if mod != nil {
@@ -140,7 +141,7 @@ func startWith(t testing.TB, rules []policy.Rule, mod func(*daemon.Config), logw
 	return r
 }
 
-func writeConfig(t testing.TB, path string, cfg daemon.Config) {
+func writeConfig(t testing.TB, path string, cfg config.Config) {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "socket = %q\nsocket_group = %q\naudit_log = %q\n[backend]\nmodule = %q\ntoken = %q\npin_file = %q\nmetadata_max_age = \"-1ns\"\n",
@@ -162,7 +163,7 @@ func writeConfig(t testing.TB, path string, cfg daemon.Config) {
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := daemon.ParseConfig(path, []byte(b.String())); err != nil {
+	if _, err := config.ParseConfig(path, []byte(b.String())); err != nil {
 		t.Fatalf("test config: %v\n%s", err, b.String())
 	}
 }
@@ -464,7 +465,7 @@ func TestReload(t *testing.T) {
 		t.Fatalf("root after a broken reload: %v", err)
 	}
 	// A good file that grants the outsider wrap.
-	cfg := daemon.Defaults()
+	cfg := config.Defaults()
 	cfg.Socket = r.sock
 	cfg.SocketGroup = fmt.Sprint(socketGID)
 	cfg.AuditLog = filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")
@@ -480,7 +481,7 @@ func TestReload(t *testing.T) {
 // TestLimits: every limit answers with its own clear error while the
 // daemon keeps serving.
 func TestLimits(t *testing.T) {
-	r := start(t, testRules(), func(c *daemon.Config) {
+	r := start(t, testRules(), func(c *config.Config) {
 		c.Limits.MaxBatch = 10
 		c.Limits.MaxConcurrentPerUID = 2
 	})
@@ -586,7 +587,7 @@ func TestLimits(t *testing.T) {
 // are refused with RESOURCE_EXHAUSTED, the rest served, and the daemon
 // keeps serving.
 func TestPerUIDConcurrency(t *testing.T) {
-	r := start(t, testRules(), func(c *daemon.Config) { c.Limits.MaxConcurrentPerUID = 2 })
+	r := start(t, testRules(), func(c *config.Config) { c.Limits.MaxConcurrentPerUID = 2 })
 	ctx := context.Background()
 	c := dial(t, r.sock)
 	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "limits/conc", KeyType: "aes-256-gcm"}); err != nil {
@@ -625,8 +626,8 @@ func TestPerUIDConcurrency(t *testing.T) {
 // after the handshake timeout; beyond max_connections new connections wait
 // (they are not accepted) while connected clients keep being served.
 func TestConnectionLimits(t *testing.T) {
-	r := start(t, testRules(), func(c *daemon.Config) {
-		c.Limits.HandshakeTimeout = daemon.Duration{Duration: 300 * time.Millisecond}
+	r := start(t, testRules(), func(c *config.Config) {
+		c.Limits.HandshakeTimeout = config.Duration{Duration: 300 * time.Millisecond}
 		c.Limits.MaxConnections = 2
 	})
 	ctx := context.Background()
@@ -679,7 +680,7 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 // verify-mac, is refused with RATE_LIMITED while others are served.
 func TestAbuseLimits(t *testing.T) {
 	r := start(t, append(testRules(), policy.Rule{Name: "mac checker", UIDs: []uint32{appUID}, Keys: []string{"abuse/*"}, Operations: []string{"verify-mac"}}),
-		func(c *daemon.Config) {
+		func(c *config.Config) {
 			c.Limits.MaxDeniedPerMinute = 3
 			c.Limits.MaxFailedVerifyMacPerMinute = 3
 		})

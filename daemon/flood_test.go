@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
 )
 
@@ -318,9 +319,9 @@ func TestHalfSentFlood(t *testing.T) {
 		t.Skip("needs root to run the attacker as another uid")
 	}
 	const conns, streams, size = 5, 256, 4 << 20
-	r := start(t, testRules(), func(c *daemon.Config) {
-		c.Limits.ReceiveTimeout = daemon.Duration{Duration: 3 * time.Second}
-		c.AuditRefusalInterval = daemon.Duration{Duration: time.Second}
+	r := start(t, testRules(), func(c *config.Config) {
+		c.Limits.ReceiveTimeout = config.Duration{Duration: 3 * time.Second}
+		c.AuditRefusalInterval = config.Duration{Duration: time.Second}
 	})
 	ctx := context.Background()
 	c := dial(t, r.sock)
@@ -423,7 +424,7 @@ func TestUnreadReplies(t *testing.T) {
 		t.Skip("needs root to run the attacker as another uid")
 	}
 	const conns, streams, limit = 4, 64, 16
-	r := start(t, testRules(), func(c *daemon.Config) { c.Limits.MaxConcurrentPerUID = limit })
+	r := start(t, testRules(), func(c *config.Config) { c.Limits.MaxConcurrentPerUID = limit })
 	cmd := exec.Command(childBinary(t))
 	cmd.Env = append(os.Environ(), floodEnv+"=1", "KW_SOCK="+r.sock,
 		fmt.Sprintf("FLOOD_CONNS=%d", conns), fmt.Sprintf("FLOOD_STREAMS=%d", streams), "FLOOD_SIZE=0")

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/tap"
 
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/socket"
 )
@@ -22,7 +23,7 @@ func BenchmarkGate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := NewService(nil, "pkcs11", "dev", pol, Defaults().Limits, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s := NewService(nil, "pkcs11", "dev", pol, config.Defaults().Limits, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	g := newGate(s, &atomicBool{}, newRefusals(nil))
 	base := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: socket.AuthInfo{Peer: socket.Peer{UID: 0}}})
 	info := &tap.Info{FullMethodName: "/keyward.v1.Keyward/Wrap"}

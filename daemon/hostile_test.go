@@ -27,7 +27,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
-	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/envelope"
 	"github.com/keyward/keyward/keys"
 )
@@ -191,9 +191,9 @@ func vmRSS(t *testing.T) (rss, hwm int) {
 // after each one a normal wrap/unwrap still works. At the end the
 // process's RSS must still be bounded.
 func TestHostileRequests(t *testing.T) {
-	r := start(t, testRules(), func(c *daemon.Config) {
+	r := start(t, testRules(), func(c *config.Config) {
 		// Raw-socket cases that stall are cut by this, not by the test.
-		c.Limits.HandshakeTimeout = daemon.Duration{Duration: time.Second}
+		c.Limits.HandshakeTimeout = config.Duration{Duration: time.Second}
 		// Root is the caller throughout; failed verify-macs must not
 		// turn into RATE_LIMITED halfway through the table.
 		c.Limits.MaxDeniedPerMinute = 1 << 20
@@ -460,7 +460,7 @@ func TestHostileRequests(t *testing.T) {
 		}
 		return out
 	}
-	const maxBatch = 1000 // daemon.Defaults().Limits.MaxBatch
+	const maxBatch = 1000 // config.Defaults().Limits.MaxBatch
 	// 100,000 items: small wraps and macs still fit in max_message and are
 	// refused by count; unwraps and verify-macs (a blob or a MAC each) go
 	// over max_message and are refused by gRPC before decoding.

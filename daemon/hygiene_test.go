@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
-	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/internal/testutil"
 	"github.com/keyward/keyward/policy"
 )
@@ -38,7 +38,7 @@ func TestSecretHygiene(t *testing.T) {
 	var logs testutil.SyncBuffer
 	metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
 	r := startWith(t, append(testRules(), policy.Rule{Name: "mac", UIDs: []uint32{appUID}, Keys: []string{"hyg/*"}, Operations: []string{"verify-mac"}}),
-		func(c *daemon.Config) {
+		func(c *config.Config) {
 			c.MetricsSocket = metricsSock
 			c.Limits.MaxDeniedPerMinute = 2
 			c.Limits.MaxFailedVerifyMacPerMinute = 2

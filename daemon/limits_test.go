@@ -16,6 +16,7 @@ import (
 	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
 )
 
@@ -53,7 +54,7 @@ func holdConns(sock, n string) (admitted, refused int) {
 // is read), and the last connections are kept for uid 0: with other uids
 // holding everything else, root is still served.
 func TestConnectionsPerUID(t *testing.T) {
-	r := start(t, testRules(), func(c *daemon.Config) {
+	r := start(t, testRules(), func(c *config.Config) {
 		c.Limits.MaxConnections, c.Limits.MaxConnectionsPerUID = 40, 12
 	})
 	app := as(t, r.sock, appUID)
@@ -84,9 +85,9 @@ func TestConnectionsPerUID(t *testing.T) {
 // sends its message is cut at limits.receive_timeout, and the connection,
 // then idle, is closed at limits.idle_timeout.
 func TestEmptyRequestCut(t *testing.T) {
-	r := start(t, testRules(), func(c *daemon.Config) {
-		c.Limits.ReceiveTimeout = daemon.Duration{Duration: time.Second}
-		c.Limits.IdleTimeout = daemon.Duration{Duration: 2 * time.Second}
+	r := start(t, testRules(), func(c *config.Config) {
+		c.Limits.ReceiveTimeout = config.Duration{Duration: time.Second}
+		c.Limits.IdleTimeout = config.Duration{Duration: 2 * time.Second}
 	})
 	c, err := net.Dial("unix", r.sock)
 	if err != nil {
@@ -143,7 +144,7 @@ func TestRefusalSummaryBudget(t *testing.T) {
 		{"invalid key name", strings.Repeat("x", 4000)},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			r := start(t, testRules(), func(c *daemon.Config) { c.AuditRefusalInterval = daemon.Duration{Duration: time.Second} })
+			r := start(t, testRules(), func(c *config.Config) { c.AuditRefusalInterval = config.Duration{Duration: time.Second} })
 			logPath := filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")
 			before := fileSize(t, logPath)
 			outsider := as(t, r.sock, outsideUID)
@@ -155,7 +156,7 @@ func TestRefusalSummaryBudget(t *testing.T) {
 			grew := fileSize(t, logPath) - before
 			t.Logf("%d calls of 1000 items: %d single records, %d summaries counting %d refusals; the log grew %d bytes", calls, single, summary, counted, grew)
 			// max_denied_per_minute (60) refusals, each with its record, per window.
-			if limit := 2 * (daemon.Defaults().Limits.MaxDeniedPerMinute + 1); single > limit {
+			if limit := 2 * (config.Defaults().Limits.MaxDeniedPerMinute + 1); single > limit {
 				t.Errorf("%d single records of the refused caller, want at most %d", single, limit)
 			}
 			if grew > 5<<20 {
@@ -212,7 +213,7 @@ func fileSize(t *testing.T, path string) int64 {
 // one of them (its header timeout), never beside them.
 func TestMetricsConnectionCap(t *testing.T) {
 	metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
-	start(t, testRules(), func(c *daemon.Config) { c.MetricsSocket = metricsSock })
+	start(t, testRules(), func(c *config.Config) { c.MetricsSocket = metricsSock })
 	var mu sync.Mutex
 	closed := 0
 	var conns []net.Conn

@@ -18,6 +18,7 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/client"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/socket"
@@ -127,7 +128,7 @@ func TestEveryCallIsRecorded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := NewService(listOnly{}, "test", "test", pol, Defaults().Limits, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	svc := NewService(listOnly{}, "test", "test", pol, config.Defaults().Limits, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: socket.AuthInfo{
 		Peer:           socket.Peer{UID: 1000, GID: 1000, PID: 4242},
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity},

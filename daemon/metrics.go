@@ -17,10 +17,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
-	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/socket"
-	"github.com/keyward/keyward/tpm"
 )
 
 // Metrics are keywardd's Prometheus metrics. Labels are closed sets (RPC
@@ -43,8 +42,8 @@ type methodMetrics struct {
 	ok      prometheus.Counter
 }
 
-// NewMetrics registers keywardd's metrics; backend, when it reports Stats,
-// adds recoveries and session-pool gauges.
+// NewMetrics registers keywardd's metrics; backend, when it is a
+// keys.MetricsReporter, adds its own (recoveries, session pool, TPM loads).
 func NewMetrics(backend any) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
@@ -69,11 +68,8 @@ func NewMetrics(backend any) *Metrics {
 	}, []string{"result"})
 	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	switch st := backend.(type) {
-	case interface{ Stats() hsm.Stats }:
-		reg.MustRegister(backendCollector{st.Stats})
-	case interface{ Stats() tpm.Stats }:
-		reg.MustRegister(tpmCollector{st.Stats})
+	if r, ok := backend.(keys.MetricsReporter); ok {
+		reg.MustRegister(newReporterCollector(r))
 	}
 	return m
 }
@@ -143,58 +139,58 @@ func resultOf(err error) string {
 	return st.Code().String()
 }
 
-type backendCollector struct{ stats func() hsm.Stats }
-
-var (
-	descRecoveries = prometheus.NewDesc("keyward_backend_recoveries_total", "Times the device was usable again after a re-initialisation.", nil, nil)
-	descRecFail    = prometheus.NewDesc("keyward_backend_recovery_failures_total", "Re-initialisation attempts that found the device unusable.", nil, nil)
-	descSessions   = prometheus.NewDesc("keyward_backend_sessions", "PKCS#11 sessions in the pool, by state.", []string{"state"}, nil)
-	descSessMax    = prometheus.NewDesc("keyward_backend_sessions_max", "Bound of the PKCS#11 session pool.", nil, nil)
-)
-
-func (c backendCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descRecoveries
-	ch <- descRecFail
-	ch <- descSessions
-	ch <- descSessMax
+// reporterCollector turns a backend's own metrics (keys.Metric, plain
+// values) into Prometheus series. The set of names, help and labels is
+// read once, at registration: a reporter keeps it fixed.
+type reporterCollector struct {
+	r     keys.MetricsReporter
+	descs map[string]*prometheus.Desc
+	order []*prometheus.Desc
 }
 
-func (c backendCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.stats()
-	ch <- prometheus.MustNewConstMetric(descRecoveries, prometheus.CounterValue, float64(s.Recoveries))
-	ch <- prometheus.MustNewConstMetric(descRecFail, prometheus.CounterValue, float64(s.RecoveryFailures))
-	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(s.SessionsOpen-s.SessionsIdle), "in_use")
-	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(s.SessionsIdle), "idle")
-	ch <- prometheus.MustNewConstMetric(descSessMax, prometheus.GaugeValue, float64(s.SessionsMax))
-}
-
-type tpmCollector struct{ stats func() tpm.Stats }
-
-var (
-	descTPMLoads  = prometheus.NewDesc("keyward_tpm_object_loads_total", "TPM2_Load calls: key objects loaded because they were not in the TPM's few slots.", nil, nil)
-	descTPMLoaded = prometheus.NewDesc("keyward_tpm_objects_loaded", "Key objects loaded in the TPM now.", nil, nil)
-	descTPMBehind = prometheus.NewDesc("keyward_tpm_rollback_counter_behind", "1 while the last key change's rollback counter step has failed and is not yet finished.", nil, nil)
-)
-
-func (c tpmCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descRecoveries
-	ch <- descRecFail
-	ch <- descTPMLoads
-	ch <- descTPMLoaded
-	ch <- descTPMBehind
-}
-
-func (c tpmCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.stats()
-	ch <- prometheus.MustNewConstMetric(descRecoveries, prometheus.CounterValue, float64(s.Recoveries))
-	ch <- prometheus.MustNewConstMetric(descRecFail, prometheus.CounterValue, float64(s.RecoveryFailures))
-	ch <- prometheus.MustNewConstMetric(descTPMLoads, prometheus.CounterValue, float64(s.ObjectLoads))
-	ch <- prometheus.MustNewConstMetric(descTPMLoaded, prometheus.GaugeValue, float64(s.ObjectsLoaded))
-	behind := 0.0
-	if s.CounterBehind {
-		behind = 1
+func newReporterCollector(r keys.MetricsReporter) reporterCollector {
+	c := reporterCollector{r: r, descs: map[string]*prometheus.Desc{}}
+	for _, mt := range r.Metrics() {
+		if _, ok := c.descs[mt.Name]; ok {
+			continue
+		}
+		var labels []string
+		if mt.Label != "" {
+			labels = []string{mt.Label}
+		}
+		d := prometheus.NewDesc(mt.Name, mt.Help, labels, nil)
+		c.descs[mt.Name] = d
+		c.order = append(c.order, d)
 	}
-	ch <- prometheus.MustNewConstMetric(descTPMBehind, prometheus.GaugeValue, behind)
+	return c
+}
+
+func (c reporterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.order {
+		ch <- d
+	}
+}
+
+func (c reporterCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, mt := range c.r.Metrics() {
+		d, ok := c.descs[mt.Name]
+		if !ok {
+			continue // not described at registration: a reporter's set is fixed
+		}
+		kind := prometheus.CounterValue
+		if mt.Kind == keys.Gauge {
+			kind = prometheus.GaugeValue
+		}
+		var lv []string
+		if mt.Label != "" {
+			lv = []string{mt.LabelValue}
+		}
+		m, err := prometheus.NewConstMetric(d, kind, mt.Value, lv...)
+		if err != nil {
+			continue // a label that does not match its description
+		}
+		ch <- m
+	}
 }
 
 // maxMetricsConns bounds the metrics listener's open connections (a

@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 
+	"github.com/keyward/keyward/config"
+	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/socket"
 )
@@ -72,7 +74,7 @@ func TestAuthorizeDebugLine(t *testing.T) {
 	ctx := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: socket.AuthInfo{Peer: socket.Peer{UID: 1000, GID: 1000, PID: 42}}})
 	for _, level := range []slog.Level{slog.LevelDebug, slog.LevelInfo} {
 		var buf bytes.Buffer
-		svc := NewService(nil, "pkcs11", "test", pol, Defaults().Limits, slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: level})))
+		svc := NewService(nil, "pkcs11", "test", pol, config.Defaults().Limits, slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: level})))
 		if err := svc.authorize(ctx, policy.OpWrap, "app/k", nil); err != nil {
 			t.Fatal(err)
 		}
@@ -83,6 +85,60 @@ func TestAuthorizeDebugLine(t *testing.T) {
 		}
 		if level == slog.LevelInfo && got != "" {
 			t.Errorf("info log: %q, want nothing", got)
+		}
+	}
+}
+
+// fakeReporter is a backend's own metrics, as hsm.Token and tpm.TPM report them.
+type fakeReporter struct{ idle float64 }
+
+func (f *fakeReporter) Metrics() []keys.Metric {
+	const h = "Sessions, by state."
+	return []keys.Metric{
+		{Name: "x_recoveries_total", Help: "Recoveries.", Kind: keys.Counter, Value: 2},
+		{Name: "x_sessions", Help: h, Kind: keys.Gauge, Label: "state", LabelValue: "in_use", Value: 1},
+		{Name: "x_sessions", Help: h, Kind: keys.Gauge, Label: "state", LabelValue: "idle", Value: f.idle},
+	}
+}
+
+// TestReporterMetrics: a backend's keys.Metric values become series with
+// their name, help, type and label, read afresh on every scrape; a backend
+// that reports none adds nothing.
+func TestReporterMetrics(t *testing.T) {
+	f := &fakeReporter{idle: 3}
+	m := NewMetrics(f)
+	f.idle = 4
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, mf := range mfs {
+		if !strings.HasPrefix(mf.GetName(), "x_") {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			v := mt.GetCounter().GetValue() + mt.GetGauge().GetValue()
+			var labels string
+			for _, l := range mt.GetLabel() {
+				labels += l.GetName() + "=" + l.GetValue()
+			}
+			got = append(got, fmt.Sprintf("%s %s %q {%s} %v", mf.GetName(), mf.GetType(), mf.GetHelp(), labels, v))
+		}
+	}
+	slices.Sort(got)
+	want := []string{
+		`x_recoveries_total COUNTER "Recoveries." {} 2`,
+		`x_sessions GAUGE "Sessions, by state." {state=idle} 4`,
+		`x_sessions GAUGE "Sessions, by state." {state=in_use} 1`,
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("series:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	mfs, _ = NewMetrics(struct{}{}).reg.Gather()
+	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), "keyward_backend_") || strings.HasPrefix(mf.GetName(), "keyward_tpm_") {
+			t.Errorf("a backend without metrics adds %s", mf.GetName())
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/internal/testutil"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
@@ -107,7 +108,7 @@ func newTestLifecycle(t *testing.T, be *probeBackend, watchdog time.Duration) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := NewService(be, "pkcs11", "test", pol, Defaults().Limits, log)
+	svc := NewService(be, "pkcs11", "test", pol, config.Defaults().Limits, log)
 	m := &fakeManager{c: make(chan note, 100)}
 	return newLifecycle(Options{Notifier: m, Watchdog: watchdog}, svc, log), m, logs
 }
@@ -251,7 +252,7 @@ func TestLifecycleWithoutManager(t *testing.T) {
 	be := &probeBackend{listErr: keys.ErrUnavailable}
 	pol, _ := policy.Compile(nil, policy.SystemResolver())
 	log := slog.New(slog.DiscardHandler)
-	lc := newLifecycle(Options{}, NewService(be, "pkcs11", "test", pol, Defaults().Limits, log), log)
+	lc := newLifecycle(Options{}, NewService(be, "pkcs11", "test", pol, config.Defaults().Limits, log), log)
 	if err := lc.start(t.Context()); !errors.Is(err, keys.ErrUnavailable) {
 		t.Fatalf("start with a keyring that does not load: %v", err)
 	}

@@ -13,7 +13,7 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	kwclient "github.com/keyward/keyward/client"
-	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/config"
 )
 
 // BenchmarkWrapPath is what `keyward bench --op wrap` measures, as a Go
@@ -35,8 +35,8 @@ func BenchmarkWrapPath(b *testing.B) {
 	}
 	bctx := map[string]string{"bench": "keyward"}
 	for _, mode := range modes {
-		r := start(b, testRules(), func(c *daemon.Config) {
-			c.Backend.MetadataMaxAge = daemon.Duration{} // the default, as keywardd runs
+		r := start(b, testRules(), func(c *config.Config) {
+			c.Backend.MetadataMaxAge = config.Duration{} // the default, as keywardd runs
 			switch mode {
 			case "audit-off":
 				c.AuditLog = "off"

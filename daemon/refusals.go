@@ -152,7 +152,7 @@ func summaryRecord(p audit.Peer, result string, c *refusalCount, prefix string) 
 // rather than once per call.
 type refusalFlusher struct {
 	r          *refusals
-	al         *audit.Log // nil: audit off
+	al         auditLog // nil: audit off
 	log        *slog.Logger
 	interval   time.Duration
 	maxRecords int

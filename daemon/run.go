@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -17,7 +18,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
-	"github.com/keyward/keyward/audit"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
@@ -89,7 +90,7 @@ func HardenProcess() error {
 // OpenBackend opens the configured key device. Its errors wrap the
 // backend's sentinels (hsm.ErrCredential, tpm.ErrCredential, tpm.ErrConfig...), which
 // keywardd turns into exit codes.
-func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backend, error) {
+func OpenBackend(ctx context.Context, cfg config.Config, log *slog.Logger) (keys.Backend, error) {
 	b := cfg.Backend
 	var be keys.Backend
 	var err error
@@ -105,7 +106,7 @@ func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backen
 			ParentHandle: uint32(b.ParentHandle), NoRollbackCounter: b.RollbackCounter != nil && !*b.RollbackCounter, Logger: log})
 		be = t
 	default:
-		err = fmt.Errorf("backend.kind %q: %w", b.Kind, ErrConfig)
+		err = fmt.Errorf("backend.kind %q: %w", b.Kind, config.ErrConfig)
 	}
 	if err != nil {
 		return nil, err // never a nil *Token in a non-nil interface
@@ -113,31 +114,9 @@ func OpenBackend(ctx context.Context, cfg Config, log *slog.Logger) (keys.Backen
 	return be, nil
 }
 
-// CheckConfig loads and validates path fully: syntax, values, and the
-// policy (names resolved), without touching the device. Every problem is
-// reported, one per line.
-func CheckConfig(path string) (Config, *policy.Policy, error) {
-	cfg, err := LoadConfig(path)
-	if err != nil && !errors.Is(err, ErrConfig) {
-		return Config{}, nil, err // not read
-	}
-	errs := []error{err}
-	if cfg.SocketGroup != "" {
-		if _, err := socket.LookupGroup(cfg.SocketGroup); err != nil {
-			errs = append(errs, fmt.Errorf("%s: socket_group: %v: %w", path, err, ErrConfig))
-		}
-	}
-	pol, err := policy.Compile(cfg.Rules, policy.SystemResolver())
-	errs = append(errs, inFile(path, err)...)
-	if err := errors.Join(errs...); err != nil {
-		return Config{}, nil, err
-	}
-	return cfg, pol, nil
-}
-
 // restartOnly lists what a reload cannot change in a running daemon, so
 // the log says so instead of pretending the whole file applied.
-func restartOnly(old, cur Config) []string {
+func restartOnly(old, cur config.Config) []string {
 	var out []string
 	if old.Socket != cur.Socket || old.SocketGroup != cur.SocketGroup || old.SystemdSocketName != cur.SystemdSocketName {
 		out = append(out, "socket")
@@ -168,7 +147,7 @@ func restartOnly(old, cur Config) []string {
 // serverOptions are the gRPC server's settings: what bounds a connection
 // and a call before any handler runs (the gate, header and stream limits,
 // fixed flow-control windows) and the interceptor chain.
-func serverOptions(lim Limits, g *gate, metrics *Metrics, svc *Service, al *audit.Log) []grpc.ServerOption {
+func serverOptions(lim config.Limits, g *gate, metrics *Metrics, svc *Service, al auditLog) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.Creds(socket.LimitedCredentials(socket.ConnLimits{Max: lim.MaxConnections, PerUID: min(lim.MaxConnectionsPerUID, lim.MaxConnections),
 			Reserved: reservedRootConns(lim.MaxConnections), Refused: g.connRefused})),
@@ -221,11 +200,11 @@ type Options struct {
 	Watchdog time.Duration
 }
 
-// Run serves until ctx ends: opens the backend, compiles the policy, takes
-// the socket (systemd's or its own), serves, reloads the policy and limits
-// on SIGHUP (keeping the old ones if the new file is bad), and drains
-// in-flight calls on shutdown.
-func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, opts Options) error {
+// Run serves until ctx ends: opens the audit log and the metrics listener,
+// takes the socket (systemd's or its own), serves, reloads the policy and
+// limits on SIGHUP (keeping the old ones if the new file is bad), and
+// drains in-flight calls on shutdown.
+func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Backend, opts Options) error {
 	log := opts.Logger
 	svc := NewService(be, cfg.Backend.Kind, Version, pol, cfg.Limits, log)
 	sm := newLifecycle(opts, svc, log)
@@ -238,71 +217,29 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 	if err != nil {
 		return err
 	}
+	var trail auditLog // stays nil (audit off) rather than hold a nil *audit.Log
 	if al != nil {
 		defer al.Close() // after the server has drained: every reply's records are written
-		svc.audit = al
-		svc.checkpointKey = cfg.AuditCheckpointKey
+		trail = al
+		svc.audit, svc.checkpointKey = al, cfg.AuditCheckpointKey
 	}
 	stopMetrics, err := serveMetrics(ctx, metrics, cfg.MetricsSocket, cfg.MetricsListen, log)
 	if err != nil {
 		return err
 	}
 	defer stopMetrics()
-
-	l, ok, err := socket.Systemd(cfg.SystemdSocketName)
+	l, path, err := listen(cfg, log)
 	if err != nil {
-		return fmt.Errorf("socket activation: %w", err)
-	}
-	path := cfg.Socket
-	if ok {
-		log.Info("using the socket passed by systemd", "name", cfg.SystemdSocketName)
-		path = l.Addr().String()
-	} else if l, err = socket.Listen(socket.Config{Path: cfg.Socket, Group: cfg.SocketGroup, Mode: 0o660}); err != nil {
 		return err
 	}
-	l = socket.LimitListener(l, cfg.Limits.MaxConnections)
-
-	stopping := &atomicBool{}
-	refused := newRefusals(time.Now)
-	flusher := &refusalFlusher{r: refused, al: al, log: log, interval: cfg.AuditRefusalInterval.Duration,
-		maxRecords: cfg.AuditRefusalMaxRecords, stop: make(chan struct{}), done: make(chan struct{})}
-	go flusher.run()
+	stopping, refused := &atomicBool{}, newRefusals(time.Now)
+	flusher := startRefusalFlusher(cfg, refused, trail, log)
 	defer flusher.Stop() // after the server has drained, before the audit log closes
 	g := newGate(svc, stopping, refused)
-	srv := grpc.NewServer(serverOptions(cfg.Limits, g, metrics, svc, al)...)
+	srv := grpc.NewServer(serverOptions(cfg.Limits, g, metrics, svc, trail)...)
 	pb.RegisterKeywardServer(srv, svc)
-
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				if opts.ConfigPath == "" {
-					log.Info("SIGHUP: no config file to reload")
-					continue
-				}
-				sm.reloading()
-				ncfg, npol, err := CheckConfig(opts.ConfigPath)
-				if err != nil {
-					log.Error("reload failed; keeping the running policy and limits", "err", err)
-					sm.reloaded(ctx)
-					continue
-				}
-				svc.SetPolicy(npol)
-				svc.SetLimits(ncfg.Limits)
-				log.Info("reloaded the rules and limits.max_plaintext, max_batch, max_concurrent_per_uid, max_denied_per_minute, max_failed_verify_mac_per_minute, receive_timeout", "rules", npol.Rules())
-				if changed := restartOnly(cfg, ncfg); len(changed) > 0 {
-					log.Warn("changed settings that apply only after a restart", "settings", strings.Join(changed, "; "))
-				}
-				sm.reloaded(ctx)
-			}
-		}
-	}()
-
+	stopReload := reloadOnHUP(ctx, opts.ConfigPath, cfg, svc, sm, log)
+	defer stopReload()
 	if err := sm.start(ctx); err != nil {
 		l.Close()
 		return err
@@ -321,11 +258,84 @@ func Run(ctx context.Context, cfg Config, pol *policy.Policy, be keys.Backend, o
 	sm.stopping()
 	log.Info("shutting down: draining in-flight calls", "grace", cfg.Limits.ShutdownGrace.Duration)
 	stopping.Store(true)
+	return drain(srv, errc, cfg.Limits.ShutdownGrace.Duration, log)
+}
+
+// listen takes the socket systemd passed (by name) or binds its own, and
+// bounds its connections. It returns the path the socket serves on.
+func listen(cfg config.Config, log *slog.Logger) (net.Listener, string, error) {
+	l, ok, err := socket.Systemd(cfg.SystemdSocketName)
+	if err != nil {
+		return nil, "", fmt.Errorf("socket activation: %w", err)
+	}
+	path := cfg.Socket
+	if ok {
+		log.Info("using the socket passed by systemd", "name", cfg.SystemdSocketName)
+		path = l.Addr().String()
+	} else if l, err = socket.Listen(socket.Config{Path: cfg.Socket, Group: cfg.SocketGroup, Mode: 0o660}); err != nil {
+		return nil, "", err
+	}
+	return socket.LimitListener(l, cfg.Limits.MaxConnections), path, nil
+}
+
+// startRefusalFlusher writes refusal summaries to trail (nil: audit off)
+// every audit_refusal_interval until Stop.
+func startRefusalFlusher(cfg config.Config, refused *refusals, trail auditLog, log *slog.Logger) *refusalFlusher {
+	f := &refusalFlusher{r: refused, al: trail, log: log, interval: cfg.AuditRefusalInterval.Duration,
+		maxRecords: cfg.AuditRefusalMaxRecords, stop: make(chan struct{}), done: make(chan struct{})}
+	go f.run()
+	return f
+}
+
+// reloadOnHUP re-reads configPath on every SIGHUP until ctx ends or the
+// returned stop is called: a good file swaps the policy and the per-call
+// limits, a bad one keeps the running ones.
+func reloadOnHUP(ctx context.Context, configPath string, cfg config.Config, svc *Service, sm *lifecycle, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				reload(ctx, configPath, cfg, svc, sm, log)
+			}
+		}
+	}()
+	return func() { signal.Stop(hup) }
+}
+
+// reload is one SIGHUP: check the file, then apply what a running daemon
+// can change and say what it cannot.
+func reload(ctx context.Context, configPath string, cfg config.Config, svc *Service, sm *lifecycle, log *slog.Logger) {
+	if configPath == "" {
+		log.Info("SIGHUP: no config file to reload")
+		return
+	}
+	sm.reloading()
+	defer sm.reloaded(ctx)
+	ncfg, npol, err := config.CheckConfig(configPath)
+	if err != nil {
+		log.Error("reload failed; keeping the running policy and limits", "err", err)
+		return
+	}
+	svc.SetPolicy(npol)
+	svc.SetLimits(ncfg.Limits)
+	log.Info("reloaded the rules and limits.max_plaintext, max_batch, max_concurrent_per_uid, max_denied_per_minute, max_failed_verify_mac_per_minute, receive_timeout", "rules", npol.Rules())
+	if changed := restartOnly(cfg, ncfg); len(changed) > 0 {
+		log.Warn("changed settings that apply only after a restart", "settings", strings.Join(changed, "; "))
+	}
+}
+
+// drain lets calls in flight finish for up to grace, then closes what
+// remains, and returns Serve's error unless it only says the server stopped.
+func drain(srv *grpc.Server, errc <-chan error, grace time.Duration, log *slog.Logger) error {
 	done := make(chan struct{})
 	go func() { srv.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(cfg.Limits.ShutdownGrace.Duration):
+	case <-time.After(grace):
 		log.Warn("grace period over: closing remaining connections")
 		srv.Stop()
 	}

@@ -12,7 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
-	"github.com/keyward/keyward/audit"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 )
@@ -30,11 +30,11 @@ type Service struct {
 	log     *slog.Logger
 	started time.Time
 	pol     atomic.Pointer[policy.Policy]
-	lim     atomic.Pointer[Limits]
+	lim     atomic.Pointer[config.Limits]
 	abuse   *abuse
 	health  backendHealth
-	metrics *Metrics   // nil-safe
-	audit   *audit.Log // nil: audit off
+	metrics serviceMetrics // never nil: noMetrics when none
+	audit   auditLog       // nil: audit off
 	// checkpointKey signs audit checkpoints: no caller may sign with it.
 	checkpointKey string
 
@@ -46,8 +46,8 @@ type Service struct {
 }
 
 // NewService returns a service on be with policy pol and limits lim.
-func NewService(be keys.Backend, kind, version string, pol *policy.Policy, lim Limits, log *slog.Logger) *Service {
-	s := &Service{be: be, kind: kind, version: version, log: log, started: time.Now(), abuse: newAbuse(log)}
+func NewService(be keys.Backend, kind, version string, pol *policy.Policy, lim config.Limits, log *slog.Logger) *Service {
+	s := &Service{be: be, kind: kind, version: version, log: log, started: time.Now(), abuse: newAbuse(log), metrics: noMetrics{}}
 	s.pol.Store(pol)
 	s.lim.Store(&lim)
 	return s
@@ -57,7 +57,7 @@ func NewService(be keys.Backend, kind, version string, pol *policy.Policy, lim L
 func (s *Service) SetPolicy(p *policy.Policy) { s.pol.Store(p) }
 
 // SetLimits swaps the request limits.
-func (s *Service) SetLimits(l Limits) { s.lim.Store(&l) }
+func (s *Service) SetLimits(l config.Limits) { s.lim.Store(&l) }
 
 // Served returns how many calls reached their handler, whatever their result.
 func (s *Service) Served() uint64 { return s.served.Load() }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
@@ -22,11 +23,11 @@ import (
 
 // tpmConfig parses a config for the TPM backend on device, its state in
 // dir/state and its auth secret in authFile.
-func tpmConfig(t *testing.T, dir, device, authFile, extra string) daemon.Config {
+func tpmConfig(t *testing.T, dir, device, authFile, extra string) config.Config {
 	t.Helper()
 	body := fmt.Sprintf("socket = %q\naudit_log = \"off\"\nmetrics_socket = %q\n[backend]\nkind = \"tpm\"\ndevice = %q\nstate_dir = %q\npin_file = %q\n%s",
 		filepath.Join(dir, "k.sock"), filepath.Join(dir, "metrics.sock"), device, filepath.Join(dir, "state"), authFile, extra)
-	cfg, err := daemon.ParseConfig("tpm.toml", []byte(body))
+	cfg, err := config.ParseConfig("tpm.toml", []byte(body))
 	if err != nil {
 		t.Fatal(err)
 	}

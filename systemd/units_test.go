@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/config"
 )
 
 // maxExposure is the highest `systemd-analyze security` score keyward.service
@@ -257,7 +257,7 @@ func unitValues(t *testing.T, path, key string) []string {
 // TestUnitsMatchTheDaemon: the names the units, sysusers.d, tmpfiles.d and
 // keywardd's defaults share agree.
 func TestUnitsMatchTheDaemon(t *testing.T) {
-	def := daemon.Defaults()
+	def := config.Defaults()
 	checks := []struct {
 		file, key string
 		want      []string
@@ -266,7 +266,7 @@ func TestUnitsMatchTheDaemon(t *testing.T) {
 		{"keyward.socket", "FileDescriptorName", []string{def.SystemdSocketName}},
 		{"keyward.socket", "SocketGroup", []string{"keyward"}},
 		{"keyward.socket", "SocketMode", []string{"0660"}},
-		{"keyward.service", "ExecStart", []string{"/usr/bin/keywardd --config " + daemon.DefaultConfigPath}},
+		{"keyward.service", "ExecStart", []string{"/usr/bin/keywardd --config " + config.DefaultConfigPath}},
 		{"keyward.service", "User", []string{"keywardd"}},
 		{"keyward.service", "Type", []string{"notify"}},
 		{"keyward.service", "NotifyAccess", []string{"main"}},

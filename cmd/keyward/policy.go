@@ -14,7 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/policy"
 )
 
@@ -32,7 +32,7 @@ var errDenied = fmt.Errorf("denied: %w", errInvalid)
 // script expecting "denied" (1) does not pass on a broken file.
 var errConfigFile = errors.New("invalid config file")
 
-// configError is a config file error on one line: daemon.CheckConfig joins
+// configError is a config file error on one line: config.CheckConfig joins
 // every problem of every rule with newlines.
 type configError struct {
 	cmd string
@@ -51,7 +51,7 @@ func (e *configError) Unwrap() []error { return []error{e.err, errConfigFile} }
 // errConfigFile (2). So policy explain exits 1 for "denied" and nothing else.
 // The Reserved returned is what the daemon withholds under this config.
 func loadPolicy(cmd, path string) (*policy.Policy, policy.Reserved, error) {
-	cfg, pol, err := daemon.CheckConfig(path)
+	cfg, pol, err := config.CheckConfig(path)
 	switch {
 	case err == nil:
 		return pol, policy.Reserved{CheckpointKey: cfg.AuditCheckpointKey}, nil
@@ -73,7 +73,7 @@ func (a *app) policyCmd() *cobra.Command {
 
 // configFlag adds --config FILE, keywardd's default when not given.
 func configFlag(c *cobra.Command, path *string) {
-	c.Flags().StringVar(path, "config", daemon.DefaultConfigPath, "keywardd's configuration `FILE`")
+	c.Flags().StringVar(path, "config", config.DefaultConfigPath, "keywardd's configuration `FILE`")
 }
 
 const explainLong = `Answers "may this caller do this?" from keywardd's configuration file, as the

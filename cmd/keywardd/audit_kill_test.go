@@ -29,7 +29,7 @@ func TestAuditSurvivesKill(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			dir := t.TempDir()
 			sock := filepath.Join(dir, "k.sock")
-			cfg := config(t, dir, sock, "")
+			cfg := configFile(t, dir, sock, "")
 			body, err := os.ReadFile(cfg)
 			if err != nil {
 				t.Fatal(err)

@@ -102,7 +102,7 @@ func (d *daemonProc) stop(sig syscall.Signal) error {
 // writeConfig is config for any token of the test's SoftHSM2 configuration.
 func writeConfig(t *testing.T, dir, sock, label, pinFile, extra string) string {
 	t.Helper()
-	p := config(t, dir, sock, extra)
+	p := configFile(t, dir, sock, extra)
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -429,7 +429,7 @@ func TestCrashSafety(t *testing.T) {
 	}
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "k.sock")
-	cfg := config(t, dir, sock, `metadata_max_age = "-1ns"`)
+	cfg := configFile(t, dir, sock, `metadata_max_age = "-1ns"`)
 	auditPath := filepath.Join(dir, "audit.log")
 
 	workers := []*crashWorker{{id: 0}, {id: 1}}

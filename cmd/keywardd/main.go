@@ -13,7 +13,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/devmode"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/internal/secretfile"
 	"github.com/keyward/keyward/keys"
@@ -92,11 +94,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("keywardd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, usage, daemon.DefaultConfigPath)
+		fmt.Fprintf(stderr, usage, config.DefaultConfigPath)
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, usageTail)
 	}
-	configPath := fs.String("config", daemon.DefaultConfigPath, "configuration file (TOML)")
+	configPath := fs.String("config", config.DefaultConfigPath, "configuration file (TOML)")
 	check := fs.Bool("check-config", false, "validate the configuration and its policy, then exit")
 	dev := fs.Bool("dev", false, "development mode on a private SoftHSM2 token or TPM")
 	backend := fs.String("backend", "", "dev mode: pkcs11 (a SoftHSM2 token, the default) or tpm (the TPM simulator or swtpm)")
@@ -114,7 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	if *check {
-		_, pol, err := daemon.CheckConfig(*configPath)
+		_, pol, err := config.CheckConfig(*configPath)
 		if err != nil {
 			printLines(stderr, "keywardd: ", err.Error())
 			return exitConfig
@@ -144,7 +146,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "keywardd: --socket, --dev-dir and --backend are for --dev; set socket and [backend] in the config file")
 		return exitUsage
 	}
-	cfg, pol, err := daemon.CheckConfig(*configPath)
+	cfg, pol, err := config.CheckConfig(*configPath)
 	if err != nil {
 		printLines(stderr, "keywardd: ", err.Error())
 		return exitConfig
@@ -209,7 +211,7 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, stdout, st
 	if logLevel == "" {
 		logLevel = "info"
 	}
-	d, err := daemon.NewDev(dir, sock, logLevel, backend)
+	d, err := devmode.New(dir, sock, logLevel, backend)
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitFail

@@ -103,8 +103,8 @@ func dial(t *testing.T, sock string) pb.KeywardClient {
 	return pb.NewKeywardClient(conn)
 }
 
-// config writes a config for the test token; root may do everything.
-func config(t *testing.T, dir, sock, extra string) string {
+// configFile writes a config for the test token; root may do everything.
+func configFile(t *testing.T, dir, sock, extra string) string {
 	t.Helper()
 	body := fmt.Sprintf(`socket = %q
 audit_log = %q
@@ -130,7 +130,7 @@ operations = ["wrap", "unwrap", "rewrap", "datakey", "sign", "verify", "mac", "v
 func TestCheckConfig(t *testing.T) {
 	softhsmtest.Need(t, tok)
 	dir := t.TempDir()
-	good := config(t, dir, filepath.Join(dir, "k.sock"), "")
+	good := configFile(t, dir, filepath.Join(dir, "k.sock"), "")
 	bad := filepath.Join(dir, "bad.toml")
 	os.WriteFile(bad, []byte("[backend]\ntoken = \"k\"\n\n[[rule]]\nname = \"r\"\nuids = [1]\nkeys = [\"**\"]\noperations = [\"*\"]\n"), 0o600)
 	nogroup := filepath.Join(dir, "nogroup.toml")
@@ -253,8 +253,8 @@ func TestFleet(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dirA, dirB := t.TempDir(), t.TempDir()
 			sockA, sockB := filepath.Join(dirA, "a.sock"), filepath.Join(dirB, "b.sock")
-			startDaemon(t, sockA, nil, "--config", config(t, dirA, sockA, tc.extra))
-			startDaemon(t, sockB, nil, "--config", config(t, dirB, sockB, tc.extra))
+			startDaemon(t, sockA, nil, "--config", configFile(t, dirA, sockA, tc.extra))
+			startDaemon(t, sockB, nil, "--config", configFile(t, dirB, sockB, tc.extra))
 			a, b := dial(t, sockA), dial(t, sockB)
 			ctx := context.Background()
 			key := "fleet/" + strings.ReplaceAll(tc.name, " ", "-")

@@ -1,4 +1,4 @@
-package daemon
+package config
 
 import (
 	"errors"
@@ -277,6 +277,43 @@ func TestParseConfigURI(t *testing.T) {
 		}
 		if err != nil && strings.Contains(err.Error(), "1234") {
 			t.Errorf("%s: the PIN is in %v", tt.uri, err)
+		}
+	}
+}
+
+// TestValidateOrder: Validate reports its problems in one fixed order (the
+// order of the checks, never a map's), so that --check-config prints the
+// same lines on every run and a diff of two runs shows only what changed.
+func TestValidateOrder(t *testing.T) {
+	c := Defaults()
+	c.Socket, c.AuditLog, c.AuditMaxFileSize, c.AuditSync, c.LogLevel = "", "", 1, "sometimes", "loud"
+	c.AuditCheckpointEvery, c.AuditRefusalMaxRecords = 0, 0
+	c.MetricsSocket, c.MetricsListen = "/run/m.sock", "10.0.0.1:9"
+	c.Backend = Backend{Kind: "pkcs11", Sessions: -1, MetadataMaxAge: Duration{2 * time.Hour}}
+	c.Limits = Limits{}
+	c.AuditSyncInterval, c.AuditCheckpointInterval, c.AuditRefusalInterval = Duration{}, Duration{}, Duration{}
+	want := []string{"socket", "audit_log", "audit_max_file_size", "audit_sync", "audit_checkpoint_every",
+		"audit_refusal_max_records", "metrics_listen", "metrics_listen", "log_level",
+		"backend.module", "backend.token", "backend.sessions", "backend.metadata_max_age",
+		"limits.max_plaintext", "limits.max_message", "limits.max_batch", "limits.max_connections",
+		"limits.max_connections_per_uid", "limits.max_streams_per_connection", "limits.max_concurrent_per_uid",
+		"limits.max_denied_per_minute", "limits.max_failed_verify_mac_per_minute",
+		"limits.handshake_timeout", "limits.receive_timeout", "limits.idle_timeout", "limits.shutdown_grace",
+		"audit_sync_interval", "audit_checkpoint_interval", "audit_refusal_interval"}
+	first := c.Validate()
+	if first == nil || !errors.Is(first, ErrConfig) {
+		t.Fatalf("Validate = %v, want ErrConfig", first)
+	}
+	var got []string
+	for _, line := range strings.Split(first.Error(), "\n") {
+		got = append(got, strings.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == ':' })[0])
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("keys in order:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for range 50 {
+		if err := c.Validate(); err.Error() != first.Error() {
+			t.Fatalf("Validate changed its output:\n%v\nthen:\n%v", first, err)
 		}
 	}
 }

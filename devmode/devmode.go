@@ -1,4 +1,15 @@
-package daemon
+// Package devmode is what keywardd --dev runs on: a private SoftHSM2 token
+// or TPM (the in-process simulator, or a swtpm child process) in a
+// directory of its own, the configuration that uses it, and a policy that
+// allows the invoking uid everything. It is kept out of the serving code:
+// the daemon serves whatever configuration it is handed.
+//
+// Threat model: the dev directory holds the PINs and the TPM's seeds, so it
+// is created 0700 and refused if it is a symlink or another user could write
+// or move it (internal/safepath); its files are written 0600 without
+// following a symlink. It is for a developer's machine, never for
+// production keys.
+package devmode
 
 import (
 	"crypto/rand"
@@ -19,6 +30,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/internal/safepath"
 	"github.com/keyward/keyward/internal/secretfile"
@@ -26,8 +38,8 @@ import (
 	"github.com/keyward/keyward/tpm"
 )
 
-// DevTokenLabel is the label of the token --dev makes.
-const DevTokenLabel = "keyward-dev"
+// TokenLabel is the label of the token --dev makes.
+const TokenLabel = "keyward-dev"
 
 // Dev is what keywardd --dev runs on: a private device, and a policy that
 // allows the invoking uid every operation on every key. The device is a
@@ -39,7 +51,7 @@ const DevTokenLabel = "keyward-dev"
 // still unwrap).
 type Dev struct {
 	Dir    string
-	Config Config
+	Config config.Config
 	Policy *policy.Policy
 	// What names the device for the banner ("SoftHSM2 token", "TPM (swtpm)");
 	// Device says where it is (never a PIN, an auth secret or a seed).
@@ -62,11 +74,11 @@ const (
 	devSWLog    = "swtpm.log"
 )
 
-// NewDev prepares the dev device and configuration in dir ("" for a fresh
+// New prepares the dev device and configuration in dir ("" for a fresh
 // temporary directory). backend is "pkcs11" or "tpm". For pkcs11 it sets
 // SOFTHSM2_CONF for this process, so it must run before any PKCS#11 module
 // is loaded; for tpm on swtpm it starts swtpm, which Close stops.
-func NewDev(dir, socketPath, logLevel, backend string) (*Dev, error) {
+func New(dir, socketPath, logLevel, backend string) (*Dev, error) {
 	var module string
 	switch backend {
 	case "pkcs11":
@@ -76,7 +88,7 @@ func NewDev(dir, socketPath, logLevel, backend string) (*Dev, error) {
 		}
 	case "tpm":
 	default:
-		return nil, fmt.Errorf("dev backend %q: want pkcs11 or tpm: %w", backend, ErrConfig)
+		return nil, fmt.Errorf("dev backend %q: want pkcs11 or tpm: %w", backend, config.ErrConfig)
 	}
 	d := &Dev{Dir: dir, keep: dir != ""}
 	var err error
@@ -96,7 +108,7 @@ func NewDev(dir, socketPath, logLevel, backend string) (*Dev, error) {
 	if err := checkDevDir(d.Dir); err != nil {
 		return nil, err
 	}
-	cfg := Defaults()
+	cfg := config.Defaults()
 	cfg.Socket = socketPath
 	cfg.LogLevel = logLevel
 	cfg.AuditLog = filepath.Join(d.Dir, "audit.log")
@@ -126,7 +138,7 @@ func NewDev(dir, socketPath, logLevel, backend string) (*Dev, error) {
 }
 
 // softHSM makes (or, in a kept directory, reuses) the SoftHSM2 token.
-func (d *Dev) softHSM(cfg *Config, module string) error {
+func (d *Dev) softHSM(cfg *config.Config, module string) error {
 	tokens := filepath.Join(d.Dir, "tokens")
 	conf := filepath.Join(d.Dir, "softhsm2.conf")
 	pinFile := filepath.Join(d.Dir, "pin")
@@ -153,21 +165,21 @@ func (d *Dev) softHSM(cfg *Config, module string) error {
 		if err := writeFile(pinFile, userPIN, os.O_EXCL); err != nil {
 			return fmt.Errorf("dev pin: %w", err)
 		}
-		if err := hsm.InitToken(module, DevTokenLabel, soPIN, userPIN); err != nil {
+		if err := hsm.InitToken(module, TokenLabel, soPIN, userPIN); err != nil {
 			return fmt.Errorf("dev token: %w", err)
 		}
 	}
 	cfg.Backend.Module = module
-	cfg.Backend.Token = DevTokenLabel
+	cfg.Backend.Token = TokenLabel
 	cfg.Backend.PINFile = pinFile
 	d.What = "SoftHSM2 token"
-	d.Device = fmt.Sprintf("pkcs11: token %s, module %s", DevTokenLabel, module)
+	d.Device = fmt.Sprintf("pkcs11: token %s, module %s", TokenLabel, module)
 	return nil
 }
 
 // tpm picks the dev TPM: the one a kept directory already has, else the
 // in-process simulator when this build has it, else swtpm.
-func (d *Dev) tpm(cfg *Config) error {
+func (d *Dev) tpm(cfg *config.Config) error {
 	dir, err := filepath.Abs(d.Dir) // device paths and state_dir must be absolute
 	if err != nil {
 		return err
@@ -348,10 +360,10 @@ func checkDevDir(dir string) error {
 		return fmt.Errorf("dev directory: %w", err)
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
-		return fmt.Errorf("dev directory %s is a symlink: name the directory itself: %w", dir, ErrConfig)
+		return fmt.Errorf("dev directory %s is a symlink: name the directory itself: %w", dir, config.ErrConfig)
 	}
 	if _, err := safepath.CheckDir(dir, uint32(os.Geteuid())); err != nil {
-		return fmt.Errorf("dev directory %s: %w: %w", dir, ErrConfig, err)
+		return fmt.Errorf("dev directory %s: %w: %w", dir, config.ErrConfig, err)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package daemon
+package config
 
 import (
 	"bytes"
@@ -261,7 +261,7 @@ func decodeMessage(err error) string {
 	want := map[string]string{
 		"string": "a string", "int": "an integer", "int64": "an integer", "uint32": "an integer", "bool": "true or false",
 		"*bool": "true or false", "[]string": "an array of strings", "[]uint32": "an array of integers",
-		"map[string]string": "a table of strings", "daemon.Backend": "a table", "daemon.Limits": "a table",
+		"map[string]string": "a table of strings", "config.Backend": "a table", "config.Limits": "a table",
 		"[]policy.Rule": "an array of tables ([[rule]])",
 	}[m[2]]
 	if want == "" {

@@ -1,4 +1,4 @@
-package daemon
+package devmode
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/hsm"
 )
 
@@ -45,7 +46,7 @@ func TestDevDirRefused(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to give directories to other uids")
 	}
-	t.Setenv("SOFTHSM2_CONF", os.Getenv("SOFTHSM2_CONF")) // NewDev sets it
+	t.Setenv("SOFTHSM2_CONF", os.Getenv("SOFTHSM2_CONF")) // New sets it
 	const other = 4242
 	tests := []struct {
 		name    string
@@ -60,25 +61,25 @@ func TestDevDirRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			return l
-		}, ErrConfig},
+		}, config.ErrConfig},
 		{"world-writable", func(t *testing.T, b string) string {
 			d := filepath.Join(b, "dev")
 			os.Mkdir(d, 0o700)
 			os.Chmod(d, 0o777)
 			return d
-		}, ErrConfig},
+		}, config.ErrConfig},
 		{"another uid's", func(t *testing.T, b string) string {
 			d := filepath.Join(b, "dev")
 			os.Mkdir(d, 0o700)
 			os.Lchown(d, other, other)
 			return d
-		}, ErrConfig},
+		}, config.ErrConfig},
 		{"in another uid's directory", func(t *testing.T, b string) string {
 			h := filepath.Join(b, "home")
 			os.Mkdir(h, 0o755)
 			os.Lchown(h, other, other)
 			return filepath.Join(h, "dev")
-		}, ErrConfig},
+		}, config.ErrConfig},
 		{"softhsm2.conf is a symlink", func(t *testing.T, b string) string {
 			d := filepath.Join(b, "dev")
 			os.Mkdir(d, 0o700)
@@ -96,18 +97,18 @@ func TestDevDirRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			dir := tt.setup(t, base)
-			d, err := NewDev(dir, filepath.Join(base, "s.sock"), "error", "pkcs11")
+			d, err := New(dir, filepath.Join(base, "s.sock"), "error", "pkcs11")
 			if err == nil {
 				d.Close()
 			}
 			if !errors.Is(err, tt.wantErr) {
-				t.Fatalf("NewDev(%s): %v, want %v", dir, err, tt.wantErr)
+				t.Fatalf("New(%s): %v, want %v", dir, err, tt.wantErr)
 			}
 			if b, _ := os.ReadFile(victim); string(b) != "keep" {
 				t.Errorf("a file outside the dev directory was written: %q", b)
 			}
 			for _, name := range []string{"pin", "tokens"} {
-				if _, err := os.Lstat(filepath.Join(dir, name)); err == nil && errors.Is(tt.wantErr, ErrConfig) {
+				if _, err := os.Lstat(filepath.Join(dir, name)); err == nil && errors.Is(tt.wantErr, config.ErrConfig) {
 					t.Errorf("%s was created in a refused directory", name)
 				}
 			}

@@ -1,0 +1,18 @@
+package hsm
+
+import "github.com/keyward/keyward/keys"
+
+var _ keys.MetricsReporter = (*Token)(nil)
+
+// Metrics reports Stats as metrics: recoveries and the session pool.
+func (t *Token) Metrics() []keys.Metric {
+	s := t.Stats()
+	const sessions, sessionsHelp = "keyward_backend_sessions", "PKCS#11 sessions in the pool, by state."
+	return []keys.Metric{
+		{Name: "keyward_backend_recoveries_total", Help: "Times the device was usable again after a re-initialisation.", Kind: keys.Counter, Value: float64(s.Recoveries)},
+		{Name: "keyward_backend_recovery_failures_total", Help: "Re-initialisation attempts that found the device unusable.", Kind: keys.Counter, Value: float64(s.RecoveryFailures)},
+		{Name: sessions, Help: sessionsHelp, Kind: keys.Gauge, Label: "state", LabelValue: "in_use", Value: float64(s.SessionsOpen - s.SessionsIdle)},
+		{Name: sessions, Help: sessionsHelp, Kind: keys.Gauge, Label: "state", LabelValue: "idle", Value: float64(s.SessionsIdle)},
+		{Name: "keyward_backend_sessions_max", Help: "Bound of the PKCS#11 session pool.", Kind: keys.Gauge, Value: float64(s.SessionsMax)},
+	}
+}
