@@ -25,6 +25,8 @@ import (
 
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/client"
+
+	"github.com/keyward/keyward/internal/testutil"
 )
 
 // The test binary doubles as a daemon run as another uid: with helperEnv
@@ -43,7 +45,8 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(serveCounting())
 	}
-	dir, err := copySelf()
+	bin, dir, err := testutil.CopySelf("keyward-client-helper-", "client.test")
+	helperBin = bin
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "copy test binary:", err)
 		os.Exit(1)
@@ -51,35 +54,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-func copySelf() (string, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return "", err
-	}
-	dir, err := os.MkdirTemp("", "keyward-client-helper-")
-	if err != nil {
-		return "", err
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return dir, err
-	}
-	src, err := os.Open(self)
-	if err != nil {
-		return dir, err
-	}
-	defer src.Close()
-	helperBin = filepath.Join(dir, "client.test")
-	dst, err := os.OpenFile(helperBin, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
-	if err != nil {
-		return dir, err
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		dst.Close()
-		return dir, err
-	}
-	return dir, dst.Close()
 }
 
 // countingListener counts the bytes read on every connection it accepts.

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/keyward/keyward/internal/testutil"
 )
 
 // The test binary doubles as the client (and, under systemd-socket-activate,
@@ -36,7 +38,8 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
 		os.Exit(runHelper(mode, os.Getenv(helperSockEnv)))
 	}
-	dir, err := copyHelper()
+	bin, dir, err := testutil.CopySelf("keyward-socket-helper-", "socket.test")
+	helperBin = bin
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "copy helper binary:", err)
 		os.Exit(1)
@@ -44,35 +47,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-func copyHelper() (string, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return "", err
-	}
-	dir, err := os.MkdirTemp("", "keyward-socket-helper-")
-	if err != nil {
-		return "", err
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return dir, err
-	}
-	src, err := os.Open(self)
-	if err != nil {
-		return dir, err
-	}
-	defer src.Close()
-	helperBin = filepath.Join(dir, "socket.test")
-	dst, err := os.OpenFile(helperBin, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
-	if err != nil {
-		return dir, err
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		dst.Close()
-		return dir, err
-	}
-	return dir, dst.Close()
 }
 
 func runHelper(mode, sock string) int {
