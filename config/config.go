@@ -23,8 +23,8 @@ import (
 // DefaultConfigPath is where keywardd reads its configuration.
 const DefaultConfigPath = "/etc/keyward/keyward.toml"
 
-// Config is keywardd's configuration file. Every key is documented in the
-// README's configuration table; defaults live in Defaults.
+// Config is keywardd's configuration file. Every key is documented in
+// the table in docs/configuration.md; defaults live in Defaults.
 type Config struct {
 	// Socket is the path keywardd binds when not socket-activated.
 	Socket string `toml:"socket"`

@@ -200,10 +200,19 @@ type Options struct {
 	Watchdog time.Duration
 }
 
-// Run serves until ctx ends: opens the audit log and the metrics listener,
-// takes the socket (systemd's or its own), serves, reloads the policy and
-// limits on SIGHUP (keeping the old ones if the new file is bad), and
-// drains in-flight calls on shutdown.
+// Run serves be under pol until ctx ends. The caller opens and closes the
+// backend (OpenBackend) and hardens the process (HardenProcess). In order,
+// Run opens the audit log (unless cfg.AuditLog is "off") and the metrics
+// listener, takes the socket (the one systemd passed by name, or its own:
+// listen), starts the refusal summaries' flusher and the SIGHUP reload
+// (reloadOnHUP: a good file swaps the policy and the per-call limits, a bad
+// one keeps the running ones; nothing to reload when opts.ConfigPath is
+// ""), reads the keyring once (an error here is returned before serving:
+// the device or its records are not usable), tells opts.Notifier READY=1
+// and starts the watchdog, then serves and calls opts.Ready. When ctx ends
+// it answers new calls UNAVAILABLE, lets calls in flight run for up to
+// cfg.Limits.ShutdownGrace (drain), writes the last refusal summaries and
+// closes the audit log. It returns nil after a clean stop.
 func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Backend, opts Options) error {
 	log := opts.Logger
 	svc := NewService(be, cfg.Backend.Kind, Version, pol, cfg.Limits, log)

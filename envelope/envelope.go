@@ -31,7 +31,8 @@ const (
 	AlgPKCS11GCM Alg = 1
 	// AlgTPMHMACGCM: a per-message key k = HMAC-SHA256(master, "keyward/v1/wrap"
 	// || 0x00 || nonce) from one TPM2_HMAC over a 32-byte random nonce, then
-	// AES-256-GCM in software with k and a zero 12-byte IV (see DESIGN.md).
+	// AES-256-GCM in software with k and a zero 12-byte IV, safe because
+	// each k seals one message (docs/envelope.md).
 	AlgTPMHMACGCM Alg = 2
 )
 

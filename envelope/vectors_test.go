@@ -92,7 +92,7 @@ func mustHex(t *testing.T, s string) []byte {
 	return b
 }
 
-// sealKey returns the AES-256-GCM key and IV for v, per DESIGN.md.
+// sealKey returns the AES-256-GCM key and IV for v, per docs/envelope.md.
 func sealKey(t *testing.T, v vector) (key, iv []byte) {
 	t.Helper()
 	key, nonce := mustHex(t, v.KeyHex), mustHex(t, v.NonceHex)

@@ -20,8 +20,12 @@
 //     because handles are reassigned and an old one may name another key.
 //
 // Threat model: the PIN is held in memory for re-login; root on the host can
-// read it, but can never read key material from the token. Admin operations
-// on one key from two processes at the same instant are not serialised by
-// PKCS#11; the backend detects a concurrent change of the record before it
-// writes and retries, which leaves only a window of one attribute write.
+// read it, but can never read key material from the token. PKCS#11 does not
+// serialise two daemons changing one key; a record is published in two
+// steps (a claim readers never search, a check for a competing claim or
+// record of the same generation, then the record: storeMeta), so at most
+// one writer of a generation publishes and no reader uses a record that is
+// later withdrawn. SoftHSM2's file store needs more (a process-wide lock
+// around object creation, a file lock across processes): see
+// docs/softhsm2-facts.md.
 package hsm

@@ -38,7 +38,7 @@ type Config struct {
 	// Token apply to it at once; changes made by another process on the same
 	// token (a second daemon, the CLI) apply here within this time. Reading
 	// the record costs one C_GetAttributeValue, which on SoftHSM2 is more than
-	// the cryptographic operation itself (see the README's performance table).
+	// the cryptographic operation itself (see docs/performance.md).
 	MetadataMaxAge time.Duration
 	// Logger receives operational events; never secrets. nil discards.
 	Logger *slog.Logger

@@ -134,7 +134,7 @@ func (b *TPM) SetVersionState(ctx context.Context, name string, v uint32, st key
 
 // DestroyVersion deletes a version's blob from the record (and flushes the
 // object if it is loaded). A TPM cannot revoke a blob: a copy of an old
-// record file (a backup) still loads on this TPM; the README says so.
+// record file (a backup) still loads on this TPM; docs/tpm.md says so.
 func (b *TPM) DestroyVersion(ctx context.Context, name string, v uint32) (keys.KeyInfo, error) {
 	return b.update(ctx, "destroy", name, func(d *device, r *record) error {
 		ki := r.info()

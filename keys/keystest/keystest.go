@@ -1,5 +1,5 @@
 // Package keystest is the conformance suite every keys.Backend passes
-// (STYLE rule 3): the same cases run on SoftHSM2, swtpm and the TPM simulator,
+// (DEVELOPERS.md, "Every backend passes keys/keystest"): the same cases run on SoftHSM2, swtpm and the TPM simulator,
 // so a behaviour the daemon relies on is written down once, here.
 //
 // A backend test calls Run with a constructor:
