@@ -17,8 +17,8 @@ hierarchy's authorisation, for a TPM whose owner authorisation is set:
 keywardd cannot define the counter there and refuses to start, naming this
 command. The counter is an NV counter index in the TPM (its handle derived
 from the state directory's keyring key) that every key change advances, so
-that an older copy of the state directory is refused (see the README's TPM
-backend, Rollback counter).
+that an older copy of the state directory is refused (see docs/tpm.md,
+the rollback counter).
 
 Run it once, after keywardd's first start on the state directory (which
 pins the parent and makes the keyring key, then stops at the counter), with

@@ -80,7 +80,7 @@ SIGHUP, STOPPING=1, and WATCHDOG=1 every $WATCHDOG_USEC/2 while the token
 answers a health probe; reads the PIN from $CREDENTIALS_DIRECTORY/pin when
 backend.pin_file is not set; logs to the journal when stderr is the journal.
 
-Documentation: README.md (installed in /usr/share/doc/keyward/).
+Documentation: README.md and docs/ (installed in /usr/share/doc/keyward/).
 `
 
 func main() {
