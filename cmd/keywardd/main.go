@@ -90,7 +90,13 @@ func main() {
 	os.Exit(code)
 }
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// flags are keywardd's command line.
+type flags struct {
+	configPath, backend, sock, devDir, logLevel *string
+	check, dev                                  *bool
+}
+
+func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
 	fs := flag.NewFlagSet("keywardd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -98,13 +104,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, usageTail)
 	}
-	configPath := fs.String("config", config.DefaultConfigPath, "configuration file (TOML)")
-	check := fs.Bool("check-config", false, "validate the configuration and its policy, then exit")
-	dev := fs.Bool("dev", false, "development mode on a private SoftHSM2 token or TPM")
-	backend := fs.String("backend", "", "dev mode: pkcs11 (a SoftHSM2 token, the default) or tpm (the TPM simulator or swtpm)")
-	sock := fs.String("socket", "", "socket path (dev mode; default ./keyward-dev.sock)")
-	devDir := fs.String("dev-dir", "", "dev mode: keep the token or TPM in this directory (created, reused on the next start) instead of a temporary one")
-	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides the config)")
+	return fs, flags{
+		configPath: fs.String("config", config.DefaultConfigPath, "configuration file (TOML)"),
+		check:      fs.Bool("check-config", false, "validate the configuration and its policy, then exit"),
+		dev:        fs.Bool("dev", false, "development mode on a private SoftHSM2 token or TPM"),
+		backend:    fs.String("backend", "", "dev mode: pkcs11 (a SoftHSM2 token, the default) or tpm (the TPM simulator or swtpm)"),
+		sock:       fs.String("socket", "", "socket path (dev mode; default ./keyward-dev.sock)"),
+		devDir:     fs.String("dev-dir", "", "dev mode: keep the token or TPM in this directory (created, reused on the next start) instead of a temporary one"),
+		logLevel:   fs.String("log-level", "", "debug, info, warn or error (overrides the config)"),
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, f := newFlags(stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -115,44 +127,55 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "keywardd: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
 	}
-	if *check {
-		_, pol, err := config.CheckConfig(*configPath)
-		if err != nil {
-			printLines(stderr, "keywardd: ", err.Error())
-			return exitConfig
-		}
-		for _, w := range pol.Warnings() {
-			printLines(stderr, "keywardd: warning: "+*configPath+": ", w)
-		}
-		fmt.Fprintf(stdout, "%s: ok (%d rules)\n", *configPath, pol.Rules())
-		return exitOK
+	if *f.check {
+		return checkConfig(*f.configPath, stdout, stderr)
 	}
 	if err := daemon.HardenProcess(); err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitFail
 	}
-	if *dev {
-		switch *backend {
+	if *f.dev {
+		switch *f.backend {
 		case "":
-			*backend = "pkcs11"
+			*f.backend = "pkcs11"
 		case "pkcs11", "tpm":
 		default:
-			fmt.Fprintf(stderr, "keywardd: --backend %q: want pkcs11 or tpm\n", *backend)
+			fmt.Fprintf(stderr, "keywardd: --backend %q: want pkcs11 or tpm\n", *f.backend)
 			return exitUsage
 		}
-		return runDev(ctx, *devDir, *sock, *logLevel, *backend, stdout, stderr)
+		return runDev(ctx, *f.devDir, *f.sock, *f.logLevel, *f.backend, stdout, stderr)
 	}
-	if *sock != "" || *devDir != "" || *backend != "" {
+	if *f.sock != "" || *f.devDir != "" || *f.backend != "" {
 		fmt.Fprintln(stderr, "keywardd: --socket, --dev-dir and --backend are for --dev; set socket and [backend] in the config file")
 		return exitUsage
 	}
-	cfg, pol, err := config.CheckConfig(*configPath)
+	return serve(ctx, *f.configPath, *f.logLevel, stderr)
+}
+
+// checkConfig is --check-config: every problem of the file, then exit 3;
+// warnings do not fail it.
+func checkConfig(path string, stdout, stderr io.Writer) int {
+	_, pol, err := config.CheckConfig(path)
 	if err != nil {
 		printLines(stderr, "keywardd: ", err.Error())
 		return exitConfig
 	}
-	if *logLevel != "" {
-		cfg.LogLevel = *logLevel
+	for _, w := range pol.Warnings() {
+		printLines(stderr, "keywardd: warning: "+path+": ", w)
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d rules)\n", path, pol.Rules())
+	return exitOK
+}
+
+// serve runs keywardd on the config file until ctx ends.
+func serve(ctx context.Context, path, logLevel string, stderr io.Writer) int {
+	cfg, pol, err := config.CheckConfig(path)
+	if err != nil {
+		printLines(stderr, "keywardd: ", err.Error())
+		return exitConfig
+	}
+	if logLevel != "" {
+		cfg.LogLevel = logLevel
 	}
 	log := daemon.NewLogger(cfg.LogLevel)
 	for _, w := range pol.Warnings() {
@@ -169,7 +192,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return openFailure(err)
 	}
 	defer be.Close()
-	opts := daemon.Options{ConfigPath: *configPath, Logger: log, Notifier: notifier, Watchdog: watchdog}
+	opts := daemon.Options{ConfigPath: path, Logger: log, Notifier: notifier, Watchdog: watchdog}
 	if err := daemon.Run(ctx, cfg, pol, be, opts); err != nil {
 		log.Error("daemon stopped", "err", err)
 		return exitFail
