@@ -105,50 +105,10 @@ func (a *app) auditVerifyCmd() *cobra.Command {
 				opts.CheckpointKeys = append(opts.CheckpointKeys, pub)
 			}
 			res, err := audit.VerifyWith(opts, files...)
-			var brk *audit.Break
-			if errors.As(err, &brk) {
-				fmt.Fprintf(a.stdout, "broken: %s\n", brk)
-				if res.Records > 0 {
-					fmt.Fprintf(a.stdout, "before it: %d records verified, seq %d..%d\n", res.Records, res.FirstSeq, res.LastSeq)
-				} else if opts.From == nil && brk.Seq > 1 {
-					fmt.Fprintf(a.stdout, "hint: if the files before it were removed on purpose, give the start noted then: --from-seq %d --from-hash <hash of seq %d>\n",
-						brk.Seq, brk.Seq-1)
-				}
-				return errBroken
+			if err := a.verifyBroken(cmd, res, opts, err); err != nil {
+				return err
 			}
-			if err != nil {
-				return fmt.Errorf("%s: %w", cmd, err)
-			}
-			if res.Records == 0 {
-				if !allowEmpty {
-					fmt.Fprintf(a.stdout, "broken: no records (a log truncated to nothing, its rotated files removed, looks the same; --allow-empty when it is a new log)\n")
-					return errBroken
-				}
-				fmt.Fprintf(a.stdout, "ok: 0 records\n")
-			} else {
-				fmt.Fprintf(a.stdout, "ok: %d records, seq %d..%d, last hash %s\n",
-					res.Records, res.FirstSeq, res.LastSeq, hex.EncodeToString(res.LastHash[:]))
-			}
-			for _, sp := range res.Spans {
-				fmt.Fprintf(a.stdout, "file: %s seq %d..%d, start --from-seq %d --from-hash %s\n",
-					sp.File, sp.Start.Seq, sp.LastSeq, sp.Start.Seq, hex.EncodeToString(sp.Start.Prev[:]))
-			}
-			switch {
-			case res.Checkpoints == 0 && len(keyFiles) > 0:
-				fmt.Fprintf(a.stdout, "broken: no checkpoint record in the files checked (with --checkpoint-key, at least one must be there)\n")
-				return errBroken
-			case res.Checkpoints > 0:
-				how := "signatures verified"
-				if len(keyFiles) == 0 {
-					how = "signatures NOT checked (give --checkpoint-key)"
-				}
-				fmt.Fprintf(a.stdout, "checkpoints: %d, %s; last at seq %d, %d records after it not anchored\n",
-					res.Checkpoints, how, res.LastCheckpointSeq, res.LastSeq-res.LastCheckpointSeq)
-			}
-			for _, t := range torn {
-				fmt.Fprintf(a.stdout, "note: %s holds a torn tail keywardd moved aside at restart (see its log)\n", t)
-			}
-			return nil
+			return a.verifyReport(res, len(keyFiles) > 0, allowEmpty, torn)
 		},
 	}
 	c.Flags().StringVar(&dir, "dir", "", "find the log's files in `DIR` (instead of naming them)")
@@ -157,6 +117,61 @@ func (a *app) auditVerifyCmd() *cobra.Command {
 	c.Flags().Uint64Var(&fromSeq, "from-seq", 0, "the trail starts at seq `N` (older files removed on purpose); needs --from-hash")
 	c.Flags().StringVar(&fromHash, "from-hash", "", "the hash of seq N-1, the last record removed (64 hex digits, from the \"file:\" line noted before pruning)")
 	return c
+}
+
+// verifyBroken prints a broken chain (and a hint for a pruned trail) and
+// returns errBroken, or returns a failure to read the files, or nil.
+func (a *app) verifyBroken(cmd string, res audit.Result, opts audit.VerifyOptions, err error) error {
+	var brk *audit.Break
+	if !errors.As(err, &brk) {
+		if err != nil {
+			return fmt.Errorf("%s: %w", cmd, err)
+		}
+		return nil
+	}
+	fmt.Fprintf(a.stdout, "broken: %s\n", brk)
+	if res.Records > 0 {
+		fmt.Fprintf(a.stdout, "before it: %d records verified, seq %d..%d\n", res.Records, res.FirstSeq, res.LastSeq)
+	} else if opts.From == nil && brk.Seq > 1 {
+		fmt.Fprintf(a.stdout, "hint: if the files before it were removed on purpose, give the start noted then: --from-seq %d --from-hash <hash of seq %d>\n",
+			brk.Seq, brk.Seq-1)
+	}
+	return errBroken
+}
+
+// verifyReport prints an intact chain: its records, each file's start (to
+// note before pruning), its checkpoints and torn tails.
+func (a *app) verifyReport(res audit.Result, keysGiven, allowEmpty bool, torn []string) error {
+	if res.Records == 0 {
+		if !allowEmpty {
+			fmt.Fprintf(a.stdout, "broken: no records (a log truncated to nothing, its rotated files removed, looks the same; --allow-empty when it is a new log)\n")
+			return errBroken
+		}
+		fmt.Fprintf(a.stdout, "ok: 0 records\n")
+	} else {
+		fmt.Fprintf(a.stdout, "ok: %d records, seq %d..%d, last hash %s\n",
+			res.Records, res.FirstSeq, res.LastSeq, hex.EncodeToString(res.LastHash[:]))
+	}
+	for _, sp := range res.Spans {
+		fmt.Fprintf(a.stdout, "file: %s seq %d..%d, start --from-seq %d --from-hash %s\n",
+			sp.File, sp.Start.Seq, sp.LastSeq, sp.Start.Seq, hex.EncodeToString(sp.Start.Prev[:]))
+	}
+	switch {
+	case res.Checkpoints == 0 && keysGiven:
+		fmt.Fprintf(a.stdout, "broken: no checkpoint record in the files checked (with --checkpoint-key, at least one must be there)\n")
+		return errBroken
+	case res.Checkpoints > 0:
+		how := "signatures verified"
+		if !keysGiven {
+			how = "signatures NOT checked (give --checkpoint-key)"
+		}
+		fmt.Fprintf(a.stdout, "checkpoints: %d, %s; last at seq %d, %d records after it not anchored\n",
+			res.Checkpoints, how, res.LastCheckpointSeq, res.LastSeq-res.LastCheckpointSeq)
+	}
+	for _, t := range torn {
+		fmt.Fprintf(a.stdout, "note: %s holds a torn tail keywardd moved aside at restart (see its log)\n", t)
+	}
+	return nil
 }
 
 // startFlags reads --from-seq and --from-hash: nil (the trail starts at the
