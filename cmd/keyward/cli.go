@@ -221,6 +221,14 @@ func (a *app) rootCmd() *cobra.Command {
 	root.SetHelpFunc(a.help)
 	root.SetHelpCommand(a.helpCmd())
 
+	a.addCommands(root)
+	setUpCompletion(root)
+	walk(root, func(c *cobra.Command) { c.DisableFlagsInUseLine = true })
+	return root
+}
+
+// addCommands adds every command to root, in the groups help lists them by.
+func (a *app) addCommands(root *cobra.Command) {
 	// Help lists the commands by group, in this order.
 	cobra.EnableCommandSorting = false
 	for _, g := range []*cobra.Group{
@@ -251,6 +259,11 @@ func (a *app) rootCmd() *cobra.Command {
 		a.policyCmd(),
 		a.demoCmd())
 	add("local", a.auditCmd())
+}
+
+// setUpCompletion adds the completion command with examples, in the help
+// group "other", and marks it as needing no daemon.
+func setUpCompletion(root *cobra.Command) {
 	root.SetHelpCommandGroupID("other")
 	root.SetCompletionCommandGroupID("other")
 	root.InitDefaultCompletionCmd()
@@ -267,8 +280,6 @@ func (a *app) rootCmd() *cobra.Command {
 			}
 		}
 	}
-	walk(root, func(c *cobra.Command) { c.DisableFlagsInUseLine = true })
-	return root
 }
 
 func walk(c *cobra.Command, fn func(*cobra.Command)) {
