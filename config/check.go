@@ -3,10 +3,10 @@ package config
 import (
 	"errors"
 	"fmt"
-	"os/user"
-	"strconv"
 
 	"github.com/keyward/keyward/policy"
+
+	"github.com/keyward/keyward/internal/osuser"
 )
 
 // CheckConfig loads and validates path fully: syntax, values, and the
@@ -31,19 +31,4 @@ func CheckConfig(path string) (Config, *policy.Policy, error) {
 	return cfg, pol, nil
 }
 
-// lookupGroup resolves socket_group as socket.Listen will when it binds (a
-// number, or a group name), here without the server's packages.
-func lookupGroup(s string) (int, error) {
-	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
-		return int(n), nil
-	}
-	g, err := user.LookupGroup(s)
-	if err != nil {
-		return 0, fmt.Errorf("group %q: %w", s, err)
-	}
-	n, err := strconv.ParseUint(g.Gid, 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("group %q has gid %q: %w", s, g.Gid, err)
-	}
-	return int(n), nil
-}
+func lookupGroup(s string) (int, error) { return osuser.LookupGroup(s) }

@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -15,6 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keyward/keyward/internal/safepath"
+
+	"github.com/keyward/keyward/internal/osuser"
 )
 
 // Config describes a socket that keyward binds itself (not socket-activated).
@@ -155,20 +155,7 @@ func placeSocket(tmp, path string, gid int, mode os.FileMode) error {
 	return nil
 }
 
-func lookupGroup(s string) (int, error) {
-	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
-		return int(n), nil
-	}
-	g, err := user.LookupGroup(s)
-	if err != nil {
-		return 0, fmt.Errorf("group %q: %w", s, err)
-	}
-	n, err := strconv.ParseUint(g.Gid, 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("group %q has gid %q: %w", s, g.Gid, err)
-	}
-	return int(n), nil
-}
+func lookupGroup(s string) (int, error) { return osuser.LookupGroup(s) }
 
 func ensureDir(dir string, gid int) error { return makeDir(dir, 0o750, gid) }
 
