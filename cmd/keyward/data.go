@@ -158,12 +158,7 @@ version) fails too, and says so.`,
   DB_PASSWORD=$(keyward unwrap --context app=billing < db-password.kw)`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			cmd := cmdName(c)
-			pairs, err := ctxFlag.pairs(cmd)
-			if err != nil {
-				return err
-			}
-			blob, err := readBlob(cmd, a.stdin, binary)
+			pairs, blob, err := a.blobInput(c, &ctxFlag, binary)
 			if err != nil {
 				return err
 			}
@@ -181,6 +176,21 @@ version) fails too, and says so.`,
 	c.Flags().Var(&ctxFlag, "context", "encryption context pair given to wrap; repeat for more")
 	c.Flags().BoolVar(&binary, "binary", false, "read the blob as raw bytes instead of a base64 line")
 	return c
+}
+
+// blobInput reads what unwrap and rewrap take: the --context pairs and a
+// blob from stdin.
+func (a *app) blobInput(c *cobra.Command, ctxFlag *contextFlag, binary bool) (map[string]string, []byte, error) {
+	cmd := cmdName(c)
+	pairs, err := ctxFlag.pairs(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	blob, err := readBlob(cmd, a.stdin, binary)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pairs, blob, nil
 }
 
 // nameBlob adds the key and version a blob names to a call's error, so that
@@ -207,12 +217,7 @@ blobs after "keyward key rotate"; then the old version can be disabled.`,
   keyward rewrap --context app=billing < db-password.kw > db-password.kw.new && mv db-password.kw.new db-password.kw`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			cmd := cmdName(c)
-			pairs, err := ctxFlag.pairs(cmd)
-			if err != nil {
-				return err
-			}
-			blob, err := readBlob(cmd, a.stdin, binary)
+			pairs, blob, err := a.blobInput(c, &ctxFlag, binary)
 			if err != nil {
 				return err
 			}
