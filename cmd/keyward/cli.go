@@ -220,7 +220,14 @@ func (a *app) rootCmd() *cobra.Command {
 	})
 	root.SetHelpFunc(a.help)
 	root.SetHelpCommand(a.helpCmd())
+	a.addCommands(root)
+	completionCmds(root)
+	walk(root, func(c *cobra.Command) { c.DisableFlagsInUseLine = true })
+	return root
+}
 
+// addCommands adds every command to root, in its help group.
+func (a *app) addCommands(root *cobra.Command) {
 	// Help lists the commands by group, in this order.
 	cobra.EnableCommandSorting = false
 	for _, g := range []*cobra.Group{
@@ -253,6 +260,11 @@ func (a *app) rootCmd() *cobra.Command {
 	add("local", a.auditCmd())
 	root.SetHelpCommandGroupID("other")
 	root.SetCompletionCommandGroupID("other")
+}
+
+// completionCmds adds the completion commands, with examples, and marks
+// them local (no daemon needed).
+func completionCmds(root *cobra.Command) {
 	root.InitDefaultCompletionCmd()
 	if comp, _, err := root.Find([]string{"completion"}); err == nil && comp != root {
 		comp.Example = "  keyward completion bash > /etc/bash_completion.d/keyward\n  source <(keyward completion zsh)\n  keyward completion fish > ~/.config/fish/completions/keyward.fish"
@@ -267,8 +279,6 @@ func (a *app) rootCmd() *cobra.Command {
 			}
 		}
 	}
-	walk(root, func(c *cobra.Command) { c.DisableFlagsInUseLine = true })
-	return root
 }
 
 func walk(c *cobra.Command, fn func(*cobra.Command)) {
