@@ -66,6 +66,9 @@ type Options struct {
 	// default (relative to the directory, never through a symlink); tests
 	// set it to inject write and fsync failures.
 	openFile func(name string, flag int, perm fs.FileMode) (file, error)
+	// scanWindow, when set, replaces the package's scanWindow (tests
+	// shrink it).
+	scanWindow int64
 }
 
 // SyncMode says when the records of a batch are fsynced.
@@ -159,6 +162,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.scanWindow == 0 {
+		o.scanWindow = scanWindow
 	}
 	return o, nil
 }
