@@ -168,7 +168,6 @@ func TestCheckpointSignerFailure(t *testing.T) {
 		t.Fatalf("%d signer calls in %v, want at most %d: the writer retries too eagerly", n, took, most)
 	}
 	sig.fail.Store(false)
-	time.Sleep(150 * time.Millisecond)
 	appendN(t, l, "b", 1)
 	deadline := time.Now().Add(30 * time.Second)
 	for l.Stats().Checkpoints == 0 && time.Now().Before(deadline) {
