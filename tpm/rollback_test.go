@@ -416,6 +416,7 @@ func TestOpenVerifiesOneMAC(t *testing.T) {
 // record is then not detected; with the counter it is. Doctor, reading
 // without the lock, reports a rolled-back directory instead of refusing it.
 func TestRollbackCounterOff(t *testing.T) {
+	t.Parallel() // its own swtpm and state directory
 	sw := swtpmtest.Start(t)
 	dir := t.TempDir()
 	ctx := t.Context()
@@ -526,6 +527,7 @@ func TestDefineCounterWithOwnerAuth(t *testing.T) {
 // define-counter --trust-current-state) accepts the state as it is, after
 // which it is protected again.
 func TestRollbackTrustCurrentState(t *testing.T) {
+	t.Parallel() // its own swtpm and state directory
 	cases := []struct {
 		name    string
 		remove  func(t *testing.T, sw *swtpmtest.SWTPM, dir string, index uint32, before map[string][]byte)

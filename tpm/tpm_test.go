@@ -52,12 +52,14 @@ func openTapped(t *testing.T, device, stateDir string, record func(cmd, rsp []by
 }
 
 func TestConformanceSWTPM(t *testing.T) {
+	t.Parallel() // its own swtpm and state directory
 	sw := swtpmtest.Start(t)
 	be := open(t, sw.Device(), t.TempDir())
 	keystest.Run(t, func(t *testing.T) keys.Backend { return be })
 }
 
 func TestConformanceSWTPMUnix(t *testing.T) {
+	t.Parallel() // its own swtpm and state directory
 	if testing.Short() {
 		t.Skip("the TCP run covers the backend; -short skips the second transport")
 	}
