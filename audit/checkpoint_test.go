@@ -132,6 +132,7 @@ func TestCheckpointDefeatsRechaining(t *testing.T) {
 // TestCheckpointInterval: an idle log anchors its last records after the
 // interval, without waiting for more records or for Close.
 func TestCheckpointInterval(t *testing.T) {
+	t.Parallel() // its own Log in its own directory; it mostly waits
 	sig := newSigner(t)
 	l := open(t, filepath.Join(t.TempDir(), "audit.log"), Options{Checkpoint: sig, CheckpointEvery: 1000, CheckpointInterval: 50 * time.Millisecond})
 	appendN(t, l, "r", 3)
@@ -151,6 +152,7 @@ func TestCheckpointInterval(t *testing.T) {
 // TestCheckpointSignerFailure: records stay durable when the signer fails,
 // the writer does not spin on it, and checkpoints resume when it works.
 func TestCheckpointSignerFailure(t *testing.T) {
+	t.Parallel() // its own Log in its own directory; it mostly waits
 	sig := newSigner(t)
 	sig.fail.Store(true)
 	path := filepath.Join(t.TempDir(), "audit.log")
@@ -168,7 +170,6 @@ func TestCheckpointSignerFailure(t *testing.T) {
 		t.Fatalf("%d signer calls in %v, want at most %d: the writer retries too eagerly", n, took, most)
 	}
 	sig.fail.Store(false)
-	time.Sleep(150 * time.Millisecond)
 	appendN(t, l, "b", 1)
 	deadline := time.Now().Add(30 * time.Second)
 	for l.Stats().Checkpoints == 0 && time.Now().Before(deadline) {

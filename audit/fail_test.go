@@ -181,8 +181,19 @@ func TestFailClosedRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	mode.Store(noFault)
-	time.Sleep(20 * time.Millisecond)
-	appendN(t, l, "b", 20)
+	// The first Append after RetryInterval retries the disk; those before
+	// it fail fast.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		err := l.Append(context.Background(), rec("b"))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrUnavailable) || time.Now().After(deadline) {
+			t.Fatalf("Append after the disk healed: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	appendN(t, l, "b", 19)
 	l.Close()
 	verifyChain(t, path, 27)
 }

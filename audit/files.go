@@ -185,8 +185,8 @@ func (s *lineScanner) next() bool {
 
 // scanWindow bounds what Open reads of a large current file: one larger
 // than this is checked only in its first line and its last scanWindow bytes
-// (see scanTail). A variable so that tests can shrink it.
-var scanWindow int64 = 1 << 20
+// (see scanTail). Tests shrink it per Log (Options.scanWindow).
+const scanWindow int64 = 1 << 20
 
 // scan is what recover learned of the current file.
 type scan struct {
@@ -202,33 +202,33 @@ type scan struct {
 }
 
 // scanFile checks path record by record: all of it, or for a file larger
-// than scanWindow its first record and its last scanWindow bytes. Damaged
+// than window its first record and its last window bytes. Damaged
 // bytes after the good records are a tail for recover to move; a
 // self-consistent record after damage, or one that does not continue the
 // chain, is ErrCorrupt. f is path, open for reading.
-func scanFile(f *os.File, path string) (scan, error) {
+func scanFile(f *os.File, path string, window int64) (scan, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return scan{}, err
 	}
-	if fi.Size() > scanWindow {
-		if sc, ok, err := scanTail(path, f, fi.Size()); ok || err != nil {
+	if fi.Size() > window {
+		if sc, ok, err := scanTail(path, f, fi.Size(), window); ok || err != nil {
 			return sc, err
 		}
 	}
 	return scanLines(path, newLineScanner(f), false)
 }
 
-// scanTail is scanFile for a file of size bytes, larger than scanWindow: it
+// scanTail is scanFile for a file of size bytes, larger than window: it
 // reads the first record (for first, which names the file at rotation), skips
-// to the first line that starts in the last scanWindow bytes, and checks from
+// to the first line that starts in the last window bytes, and checks from
 // there as scanLines does. Damage before the window goes unseen here (it is
 // what keyward audit verify is for); a torn write only ever damages the end.
 // ok false: the window does not settle it (no good record in it, the first
 // line damaged or reaching into the window, seqs not increasing from the
 // first record to the window); the caller scans the whole file.
-func scanTail(path string, f *os.File, size int64) (sc scan, ok bool, err error) {
-	start := size - scanWindow
+func scanTail(path string, f *os.File, size, window int64) (sc scan, ok bool, err error) {
+	start := size - window
 	head := newLineScanner(io.NewSectionReader(f, 0, size))
 	if !head.next() {
 		if head.err != nil {
@@ -319,7 +319,7 @@ func (l *Log) recover() error {
 	f, err := l.openAt(l.base, os.O_RDONLY, 0)
 	switch {
 	case err == nil:
-		sc, err = scanFile(f, l.path)
+		sc, err = scanFile(f, l.path, l.opts.scanWindow)
 		f.Close()
 		if err != nil {
 			return err

@@ -66,6 +66,9 @@ type Options struct {
 	// default (relative to the directory, never through a symlink); tests
 	// set it to inject write and fsync failures.
 	openFile func(name string, flag int, perm fs.FileMode) (file, error)
+	// scanWindow, when set, replaces the package's scanWindow (tests
+	// shrink it).
+	scanWindow int64
 }
 
 // SyncMode says when the records of a batch are fsynced.
@@ -159,6 +162,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.scanWindow == 0 {
+		o.scanWindow = scanWindow
 	}
 	return o, nil
 }
@@ -671,94 +677,15 @@ func (l *Log) commit(batch []*pending, inline bool) {
 	for _, pd := range batch {
 		records += len(pd.recs)
 	}
-	l.mu.Lock()
-	if l.failing && !l.retrying {
-		// Queued before the failure was known: refuse without a write.
-		err := l.lastErr
-		l.outage += uint64(records)
-		l.stats.Refused += uint64(records)
-		l.mu.Unlock()
-		release(batch, fmt.Errorf("%w: failing since the last write: %v", ErrUnavailable, err))
+	if l.refuseQueued(batch, records) {
 		return
 	}
-	l.mu.Unlock()
-
-	var err error
-	if l.dirty || l.f == nil {
-		err = l.reopen()
-	}
-	seq, prev := l.seq, l.prev
-	buf := l.buf[:0]
-	checkpointed := false
-	if err == nil {
-		for _, pd := range batch {
-			for _, p := range pd.recs {
-				seq++
-				buf, prev = appendLine(buf, seq, prev, p)
-			}
-		}
-		if l.checkpointDue(records) {
-			if cp, ok := l.checkpoint(seq+1, prev); ok {
-				seq++
-				buf, prev = appendLine(buf, seq, prev, cp)
-				checkpointed = true
-			}
-		}
-		l.buf = buf
-		// Nothing to write: a sync (SyncWrite's timer) or a checkpoint
-		// alone that could not be signed.
-		if len(buf) > 0 {
-			if _, err = l.f.WriteAt(buf, l.size); err != nil {
-				err = withPath("write", l.path, err)
-			}
-		}
-		if err == nil && (len(buf) > 0 || l.unsynced) {
-			if l.opts.Sync == SyncEach || !time.Now().Before(l.lastSync.Add(l.opts.SyncInterval)) {
-				err = l.sync()
-			} else {
-				l.unsynced = true
-			}
-		}
-	}
+	w, err := l.write(batch, records)
 	if err != nil {
 		l.fail(batch, records, err)
 		return
 	}
-	first := l.seq + 1
-	l.size += int64(len(buf))
-	l.seq, l.prev = seq, prev
-	if !l.unsynced {
-		l.syncedSeq = seq
-	}
-	if l.first == 0 {
-		l.first = first
-	}
-	l.forceCheckpoint = false
-	if checkpointed {
-		l.sinceCheckpoint, l.lastCheckpoint = 0, time.Now()
-	} else {
-		l.sinceCheckpoint += records
-	}
-	l.mu.Lock()
-	if checkpointed {
-		l.stats.Checkpoints++
-		l.stats.Records++
-	}
-	l.stats.Records += uint64(records)
-	if len(buf) > 0 {
-		l.stats.Batches++
-		if inline {
-			l.stats.Inline++
-		}
-	}
-	l.stats.Seq, l.stats.Hash, l.stats.Synced = seq, prev, l.syncedSeq
-	if l.failing {
-		l.failing, l.retrying = false, false
-		l.log.Info("audit log writable again", "path", l.path, "down_for", time.Since(l.failedAt).String(),
-			"appends_refused", l.outage, "seq", first)
-		l.outage = 0
-	}
-	l.mu.Unlock()
+	l.committed(w, records, inline)
 	release(batch, nil)
 	if !inline {
 		// The callers just released are queued on this P; the next batch's
@@ -770,6 +697,112 @@ func (l *Log) commit(batch []*pending, inline bool) {
 	}
 	if l.opts.MaxFileSize > 0 && l.size >= l.opts.MaxFileSize && !time.Now().Before(l.rotateNext) {
 		l.rotate()
+	}
+}
+
+// refuseQueued fails a batch queued before the log was known to fail,
+// without a write, unless this batch is the one let through to retry.
+func (l *Log) refuseQueued(batch []*pending, records int) bool {
+	l.mu.Lock()
+	if !l.failing || l.retrying {
+		l.mu.Unlock()
+		return false
+	}
+	err := l.lastErr
+	l.outage += uint64(records)
+	l.stats.Refused += uint64(records)
+	l.mu.Unlock()
+	release(batch, fmt.Errorf("%w: failing since the last write: %v", ErrUnavailable, err))
+	return true
+}
+
+// written is what one commit's write left: the chain's new head, the bytes
+// written and whether they end with a checkpoint.
+type written struct {
+	seq          uint64
+	prev         [32]byte
+	n            int
+	checkpointed bool
+}
+
+// write appends the batch's records (and a checkpoint when one is due) to
+// the file and fsyncs it as the sync mode says. The log's state is not
+// advanced: committed does that once the batch is safe.
+func (l *Log) write(batch []*pending, records int) (written, error) {
+	if l.dirty || l.f == nil {
+		if err := l.reopen(); err != nil {
+			return written{}, err
+		}
+	}
+	w := written{seq: l.seq, prev: l.prev}
+	buf := l.buf[:0]
+	for _, pd := range batch {
+		for _, p := range pd.recs {
+			w.seq++
+			buf, w.prev = appendLine(buf, w.seq, w.prev, p)
+		}
+	}
+	if l.checkpointDue(records) {
+		if cp, ok := l.checkpoint(w.seq+1, w.prev); ok {
+			w.seq++
+			buf, w.prev = appendLine(buf, w.seq, w.prev, cp)
+			w.checkpointed = true
+		}
+	}
+	l.buf, w.n = buf, len(buf)
+	// Nothing to write: a sync (SyncWrite's timer) or a checkpoint alone
+	// that could not be signed.
+	if len(buf) > 0 {
+		if _, err := l.f.WriteAt(buf, l.size); err != nil {
+			return w, withPath("write", l.path, err)
+		}
+	}
+	if len(buf) > 0 || l.unsynced {
+		if l.opts.Sync == SyncEach || !time.Now().Before(l.lastSync.Add(l.opts.SyncInterval)) {
+			return w, l.sync()
+		}
+		l.unsynced = true
+	}
+	return w, nil
+}
+
+// committed advances the log past a written batch of records and counts
+// it; a log that was failing is writable again.
+func (l *Log) committed(w written, records int, inline bool) {
+	first := l.seq + 1
+	l.size += int64(w.n)
+	l.seq, l.prev = w.seq, w.prev
+	if !l.unsynced {
+		l.syncedSeq = w.seq
+	}
+	if l.first == 0 {
+		l.first = first
+	}
+	l.forceCheckpoint = false
+	if w.checkpointed {
+		l.sinceCheckpoint, l.lastCheckpoint = 0, time.Now()
+	} else {
+		l.sinceCheckpoint += records
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if w.checkpointed {
+		l.stats.Checkpoints++
+		l.stats.Records++
+	}
+	l.stats.Records += uint64(records)
+	if w.n > 0 {
+		l.stats.Batches++
+		if inline {
+			l.stats.Inline++
+		}
+	}
+	l.stats.Seq, l.stats.Hash, l.stats.Synced = w.seq, w.prev, l.syncedSeq
+	if l.failing {
+		l.failing, l.retrying = false, false
+		l.log.Info("audit log writable again", "path", l.path, "down_for", time.Since(l.failedAt).String(),
+			"appends_refused", l.outage, "seq", first)
+		l.outage = 0
 	}
 }
 

@@ -89,6 +89,7 @@ func TestParseSyncMode(t *testing.T) {
 // log goes quiet, by a commit when appends keep coming), at rotation and at
 // Close; SyncEach fsyncs every batch.
 func TestSyncWrite(t *testing.T) {
+	t.Parallel() // its own Log in its own directory; it mostly waits
 	t.Run("each", func(t *testing.T) {
 		var syncs atomic.Int64
 		l := open(t, filepath.Join(t.TempDir(), "audit.log"), Options{openFile: countingOpener(&syncs, new(atomic.Bool))})
@@ -212,6 +213,7 @@ func TestSyncWrite(t *testing.T) {
 // names the records acknowledged but not known to be on disk, and the log
 // recovers when fsync works again.
 func TestSyncWriteFailure(t *testing.T) {
+	t.Parallel() // its own Log in its own directory; it mostly waits
 	var syncs atomic.Int64
 	var failSync atomic.Bool
 	var logBuf testutil.SyncBuffer

@@ -10,13 +10,6 @@ import (
 	"time"
 )
 
-// setWindow sets scanWindow for one test.
-func setWindow(t testing.TB, n int64) {
-	old := scanWindow
-	scanWindow = n
-	t.Cleanup(func() { scanWindow = old })
-}
-
 // TestRestartLargeFile: with a file larger than the scan window, Open checks
 // only its first record and its end, and still continues the chain, moves a
 // torn tail aside and refuses a record after damage in the window; damage
@@ -54,7 +47,6 @@ func TestRestartLargeFile(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			setWindow(t, window)
 			path, lines := writeLog(t, t.TempDir(), 100, Options{})
 			content := tc.damage(lines)
 			if int64(len(content)) <= 10*window {
@@ -64,7 +56,7 @@ func TestRestartLargeFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Rotate after the first Append, to check the first seq Open found.
-			l, err := Open(path, Options{MaxFileSize: int64(len(bytes.Join(lines[:90], nil)))})
+			l, err := Open(path, Options{MaxFileSize: int64(len(bytes.Join(lines[:90], nil))), scanWindow: window})
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Fatalf("Open: %v, want %v", err, tc.wantErr)
@@ -147,9 +139,8 @@ func BenchmarkOpen(b *testing.B) {
 		size int64
 	}{{"window=1MiB", 1 << 20}, {"window=64KiB", 64 << 10}, {"window=all", math.MaxInt64}} {
 		b.Run(w.name, func(b *testing.B) {
-			setWindow(b, w.size)
 			for b.Loop() {
-				l, err := Open(path, Options{})
+				l, err := Open(path, Options{scanWindow: w.size})
 				if err != nil {
 					b.Fatal(err)
 				}

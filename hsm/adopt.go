@@ -35,22 +35,9 @@ func (t *Token) AdoptKey(ctx context.Context, name string, ty keys.Type, ref str
 	if !ty.Valid() {
 		return keys.KeyInfo{}, fmt.Errorf("adopt %s: key type %q: %w", name, ty, keys.ErrInvalidArgument)
 	}
-	obj := objRef{Class: keyClass(ty)}
-	var sel URI
-	if strings.HasPrefix(ref, "pkcs11:") {
-		u, err := ParseURI(ref)
-		if err != nil {
-			return keys.KeyInfo{}, fmt.Errorf("adopt %s: %w: %w", name, err, keys.ErrInvalidArgument)
-		}
-		if u.Type != "" && u.Type != map[uint]string{pkcs11.CKO_SECRET_KEY: "secret-key", pkcs11.CKO_PRIVATE_KEY: "private-key"}[obj.Class] {
-			return keys.KeyInfo{}, fmt.Errorf("adopt %s: uri type %s does not hold a %s key: %w", name, u.Type, ty, keys.ErrInvalidArgument)
-		}
-		obj.Label, obj.ID, sel = u.Object, u.ID, u
-	} else {
-		obj.Label = ref
-	}
-	if obj.Label == "" && len(obj.ID) == 0 {
-		return keys.KeyInfo{}, fmt.Errorf("adopt %s: name the object by label or id: %w", name, keys.ErrInvalidArgument)
+	obj, sel, err := adoptRef(name, ty, ref)
+	if err != nil {
+		return keys.KeyInfo{}, err
 	}
 	if err := t.writable(); err != nil {
 		return keys.KeyInfo{}, err
@@ -62,7 +49,7 @@ func (t *Token) AdoptKey(ctx context.Context, name string, ty keys.Type, ref str
 	defer t.adminMu.Unlock()
 	var out keys.KeyInfo
 	var adopted *metaVersion
-	err := t.withObjectChanges(ctx, func(s *sess) error {
+	err = t.withObjectChanges(ctx, func(s *sess) error {
 		if cur, err := s.searchMeta(name); err == nil {
 			// Run again after a re-initialisation: a record create that
 			// failed may have taken effect (a lost response).
@@ -74,38 +61,9 @@ func (t *Token) AdoptKey(ctx context.Context, name string, ty keys.Type, ref str
 		} else if !errors.Is(err, keys.ErrKeyNotFound) {
 			return err
 		}
-		if err := s.sameToken(sel); err != nil {
-			return err
-		}
-		hs, err := s.find(obj.template())
+		exact, err := s.adoptable(obj, sel, ref, ty)
 		if err != nil {
 			return err
-		}
-		if len(hs) != 1 {
-			return fmt.Errorf("%d objects match %q (want exactly one): %w", len(hs), ref, keys.ErrKeyNotFound)
-		}
-		exact, err := s.unreserved(hs[0], obj.Class)
-		if err != nil {
-			return err
-		}
-		if err := s.checkAdoptable(hs[0], ty); err != nil {
-			return err
-		}
-		if hs, err := s.find(exact.template()); err != nil || len(hs) != 1 {
-			return fmt.Errorf("object's label and id do not single it out in the token: %w", keys.ErrInvalidArgument)
-		}
-		if ty.Asymmetric() {
-			exact.Class = pkcs11.CKO_PUBLIC_KEY
-			pub, err := s.find(exact.template())
-			if err != nil {
-				return err
-			}
-			if len(pub) != 1 {
-				return fmt.Errorf("no single public key object with the same label and id: %w", keys.ErrInvalidArgument)
-			}
-			if _, err := s.readPublic(ty, pub[0]); err != nil {
-				return err
-			}
 		}
 		now := time.Now().UTC().Truncate(time.Second)
 		rec := &metaRecord{Format: 1, Name: name, Type: ty, Created: now, Adopted: true, Vers: []metaVersion{{
@@ -123,6 +81,71 @@ func (t *Token) AdoptKey(ctx context.Context, name string, ty keys.Type, ref str
 	}
 	t.log.Info("key adopted", "key", name, "type", string(ty))
 	return out, nil
+}
+
+// adoptRef reads AdoptKey's ref: the object to look for and, for a URI,
+// the token it names.
+func adoptRef(name string, ty keys.Type, ref string) (objRef, URI, error) {
+	obj := objRef{Class: keyClass(ty)}
+	var sel URI
+	if strings.HasPrefix(ref, "pkcs11:") {
+		u, err := ParseURI(ref)
+		if err != nil {
+			return obj, sel, fmt.Errorf("adopt %s: %w: %w", name, err, keys.ErrInvalidArgument)
+		}
+		if u.Type != "" && u.Type != map[uint]string{pkcs11.CKO_SECRET_KEY: "secret-key", pkcs11.CKO_PRIVATE_KEY: "private-key"}[obj.Class] {
+			return obj, sel, fmt.Errorf("adopt %s: uri type %s does not hold a %s key: %w", name, u.Type, ty, keys.ErrInvalidArgument)
+		}
+		obj.Label, obj.ID, sel = u.Object, u.ID, u
+	} else {
+		obj.Label = ref
+	}
+	if obj.Label == "" && len(obj.ID) == 0 {
+		return obj, sel, fmt.Errorf("adopt %s: name the object by label or id: %w", name, keys.ErrInvalidArgument)
+	}
+	return obj, sel, nil
+}
+
+// adoptable finds the one object obj (from ref, on the token sel names)
+// matches and checks it can be adopted as a ty key: not reserved, well
+// protected, singled out by its own label and id, and with its public half
+// for an asymmetric type. It returns the object's own label and id.
+func (s *sess) adoptable(obj objRef, sel URI, ref string, ty keys.Type) (objRef, error) {
+	if err := s.sameToken(sel); err != nil {
+		return objRef{}, err
+	}
+	hs, err := s.find(obj.template())
+	if err != nil {
+		return objRef{}, err
+	}
+	if len(hs) != 1 {
+		return objRef{}, fmt.Errorf("%d objects match %q (want exactly one): %w", len(hs), ref, keys.ErrKeyNotFound)
+	}
+	exact, err := s.unreserved(hs[0], obj.Class)
+	if err != nil {
+		return objRef{}, err
+	}
+	if err := s.checkAdoptable(hs[0], ty); err != nil {
+		return objRef{}, err
+	}
+	if hs, err := s.find(exact.template()); err != nil || len(hs) != 1 {
+		return objRef{}, fmt.Errorf("object's label and id do not single it out in the token: %w", keys.ErrInvalidArgument)
+	}
+	if ty.Asymmetric() {
+		pubRef := exact
+		pubRef.Class = pkcs11.CKO_PUBLIC_KEY
+		pub, err := s.find(pubRef.template())
+		if err != nil {
+			return objRef{}, err
+		}
+		if len(pub) != 1 {
+			return objRef{}, fmt.Errorf("no single public key object with the same label and id: %w", keys.ErrInvalidArgument)
+		}
+		if _, err := s.readPublic(ty, pub[0]); err != nil {
+			return objRef{}, err
+		}
+	}
+	return exact, nil
 }
 
 // sameToken refuses a URI whose token attributes (token, manufacturer,

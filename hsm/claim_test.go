@@ -36,7 +36,7 @@ func TestRecordClaims(t *testing.T) {
 	if _, err := a.CreateKey(ctx, name, keys.AES256GCM); err != nil {
 		t.Fatal(err)
 	}
-	defer hsm.SetClaimHook(nil)
+	defer a.SetClaimHook(nil)
 	var blobs [][]byte
 	for _, stage := range []string{"claimed", "checked"} {
 		t.Run(stage, func(t *testing.T) {
@@ -48,17 +48,17 @@ func TestRecordClaims(t *testing.T) {
 			fired := false
 			var blob []byte
 			var wrapErr, rotErr, stateErr error
-			hsm.SetClaimHook(func(st, n string) {
+			a.SetClaimHook(func(st, n string) {
 				if st != stage || n != name || fired {
 					return
 				}
-				fired = true // B's own claims pass through here too
+				fired = true
 				blob, wrapErr = b.Wrap(ctx, name, []byte("from b"), nil)
 				_, rotErr = b.RotateKey(ctx, name)
 				_, stateErr = b.SetVersionState(ctx, name, 1, keys.Disabled)
 			})
 			ki, err := a.RotateKey(ctx, name)
-			hsm.SetClaimHook(nil)
+			a.SetClaimHook(nil)
 			if err != nil || uint32(len(ki.Versions)) != published+1 {
 				t.Fatalf("A's rotation = %+v, %v", ki, err)
 			}
@@ -117,7 +117,7 @@ func TestStaleClaim(t *testing.T) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	})
 	clock := &manualClock{now: time.Now().Round(0)}
-	hsm.SetClaimClock(t, clock.Now)
+	a.SetClaimClock(t, clock.Now)
 	stale := hsm.StaleClaim()
 	prefix := fmt.Sprintf("stale%d", time.Now().UnixNano()%1e9)
 	old, recent := prefix+"/old", prefix+"/recent"
@@ -193,14 +193,14 @@ func TestStaleClaim(t *testing.T) {
 
 	// A writer that takes half of staleClaim between claim and record
 	// publishes; one slower than that does not.
-	defer hsm.SetClaimHook(nil)
+	defer a.SetClaimHook(nil)
 	slowWriter := func(took time.Duration) error {
-		hsm.SetClaimHook(func(stage, n string) {
+		a.SetClaimHook(func(stage, n string) {
 			if stage == "checked" && n == old {
 				clock.Add(took)
 			}
 		})
-		defer hsm.SetClaimHook(nil)
+		defer a.SetClaimHook(nil)
 		_, err := a.SetVersionState(ctx, old, 1, keys.Disabled)
 		return err
 	}
@@ -290,12 +290,12 @@ func TestLostRecordResponse(t *testing.T) {
 	ctx := context.Background()
 	a := open(t, func(c *hsm.Config) { c.MetadataMaxAge = -1 })
 	name := fmt.Sprintf("lost%d/k", time.Now().UnixNano()%1e9)
-	hsm.LoseRecordResponse(t, 1)
+	a.LoseRecordResponse(t, 1)
 	ki, err := a.CreateKey(ctx, name, keys.AES256GCM)
 	if err != nil || len(ki.Versions) != 1 {
 		t.Fatalf("CreateKey with its record's response lost = %+v, %v", ki, err)
 	}
-	hsm.LoseRecordResponse(t, 1)
+	a.LoseRecordResponse(t, 1)
 	ki, err = a.RotateKey(ctx, name)
 	if err != nil || len(ki.Versions) != 2 {
 		t.Fatalf("RotateKey with its record's response lost = %+v, %v", ki, err)
@@ -377,7 +377,7 @@ func TestLostRecordResponseOnDestroy(t *testing.T) {
 	if _, err := a.RotateKey(ctx, name); err != nil {
 		t.Fatal(err)
 	}
-	hsm.LoseRecordResponse(t, 1)
+	a.LoseRecordResponse(t, 1)
 	ki, err := a.DestroyVersion(ctx, name, 1)
 	if err != nil || ki.Versions[0].State != keys.Destroyed {
 		t.Fatalf("DestroyVersion with its record's response lost = %+v, %v", ki, err)

@@ -25,11 +25,11 @@ func (t *Token) ActAsSharedHSM(tb testing.TB) {
 	tb.Cleanup(func() { t.cross, t.mod.serialObjects = cross, serial })
 }
 
-// LoseRecordResponse makes the next n record publications fail after the
+// LoseRecordResponse makes t's next n record publications fail after the
 // record is made, with a recoverable error, as a lost response would.
-func LoseRecordResponse(tb testing.TB, n int) {
-	tb.Cleanup(func() { publishFault = nil })
-	publishFault = func() error {
+func (t *Token) LoseRecordResponse(tb testing.TB, n int) {
+	tb.Cleanup(func() { t.test.publishFault = nil })
+	t.test.publishFault = func() error {
 		if n <= 0 {
 			return nil
 		}
@@ -52,8 +52,9 @@ func (t *Token) PlantVersionObject(ctx context.Context, name string, v uint32) e
 	})
 }
 
-// SetClaimHook runs fn at the stages of a record's publication (nil: none).
-func SetClaimHook(fn func(stage, name string)) { claimHook = fn }
+// SetClaimHook runs fn at the stages of t's record publications (nil:
+// none).
+func (t *Token) SetClaimHook(fn func(stage, name string)) { t.test.claimHook = fn }
 
 // PlantClaim leaves a claim on name's next generation made at the given
 // time by claimant ("BOOTID/PID"; "" for one of another host), as a writer
@@ -91,12 +92,11 @@ func (t *Token) Claimant() string { return t.claimant() }
 // StaleClaim is how long a claim is seen before it counts as stale.
 func StaleClaim() time.Duration { return staleClaim }
 
-// SetClaimClock makes the claim rules read the time from now, until the
+// SetClaimClock makes t's claim rules read the time from now, until the
 // test ends.
-func SetClaimClock(tb testing.TB, now func() time.Time) {
-	old := claimClock
-	claimClock = now
-	tb.Cleanup(func() { claimClock = old })
+func (t *Token) SetClaimClock(tb testing.TB, now func() time.Time) {
+	t.test.now = now
+	tb.Cleanup(func() { t.test.now = nil })
 }
 
 // CopyRecordAs publishes a record for key to naming from's objects, as

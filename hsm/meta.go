@@ -403,7 +403,7 @@ func (s *sess) encodeMeta(rec *metaRecord) ([]byte, error) {
 // Readers always take the newest record, and only ever see checked ones.
 func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 	rec.Gen = prevGen + 1
-	start := claimClock()
+	start := s.t.claimClock()
 	now := start.UTC()
 	rec.Pending, rec.Claimant = &now, s.t.claimant()
 	claimRaw, err := s.encodeMeta(rec)
@@ -419,9 +419,7 @@ func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 	if err != nil {
 		return fmt.Errorf("write the claim for the record of %s: %w", rec.Name, err)
 	}
-	if claimHook != nil {
-		claimHook("claimed", rec.Name)
-	}
+	s.t.claimStage("claimed", rec.Name)
 	recs, err := s.findMeta(rec.Name)
 	var claims []storedMeta
 	if err == nil {
@@ -435,20 +433,18 @@ func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 		s.p.DestroyObject(s.sh, claim)
 		return cerr
 	}
-	if claimHook != nil {
-		claimHook("checked", rec.Name)
-	}
+	s.t.claimStage("checked", rec.Name)
 	// Others may take a claim this old for abandoned: past half of that,
 	// do not publish on it. The wall clock too: the monotonic one stops
 	// while the machine is suspended, the others' clocks do not.
-	end := claimClock()
+	end := s.t.claimClock()
 	if took := max(end.Sub(start), end.Round(0).Sub(start.Round(0))); took > staleClaim/2 {
 		s.p.DestroyObject(s.sh, claim)
 		return fmt.Errorf("key %s: %v passed between claiming and publishing the record: %w", rec.Name, took.Round(time.Millisecond), errConcurrent)
 	}
 	mine, err := s.createMeta(metaRef(rec.Name).Label, metaApplication, raw)
-	if err == nil && publishFault != nil {
-		err = publishFault() // the record is made, its response lost
+	if err == nil && s.t.test.publishFault != nil {
+		err = s.t.test.publishFault() // the record is made, its response lost
 	}
 	if err != nil {
 		s.p.DestroyObject(s.sh, claim)
@@ -471,7 +467,19 @@ var staleClaim = 2 * time.Minute
 
 // claimClock reads the time for the claim rules (how long a claim has been
 // seen, how long a writer took); tests replace it to move time by hand.
-var claimClock = time.Now
+func (t *Token) claimClock() time.Time {
+	if t.test.now != nil {
+		return t.test.now()
+	}
+	return time.Now()
+}
+
+// claimStage runs the test hook at a stage of a record's publication.
+func (t *Token) claimStage(stage, name string) {
+	if t.test.claimHook != nil {
+		t.test.claimHook(stage, name)
+	}
+}
 
 // competitor checks the records and claims of rec.Name (other than own)
 // for one that forbids publishing generation rec.Gen, and removes claims
@@ -503,7 +511,7 @@ func (s *sess) competitor(rec *metaRecord, prevGen uint64, recs, claims []stored
 			s.t.forgetClaim(c.raw)
 		default:
 			seen := s.t.claimSeen(c.raw)
-			if claimClock().Sub(seen) >= staleClaim {
+			if s.t.claimClock().Sub(seen) >= staleClaim {
 				s.t.log.Warn("removing a stale claim on a key record: a writer stopped between claiming and publishing", "key", rec.Name, "gen", other.Gen,
 					"claimed", other.Pending.Format(time.RFC3339), "claimant", other.Claimant, "seen_since", seen.Format(time.RFC3339))
 				s.p.DestroyObject(s.sh, c.h)
@@ -580,7 +588,7 @@ func (t *Token) claimSeen(raw []byte) time.Time {
 	}
 	seen, ok := t.claimsSeen[k]
 	if !ok {
-		seen = claimClock()
+		seen = t.claimClock()
 		t.claimsSeen[k] = seen
 	}
 	return seen
@@ -634,15 +642,6 @@ func startTime(pid int) string {
 func pendingRef(name string) objRef {
 	return objRef{Class: pkcs11.CKO_DATA, Label: pendingLabelPrefix + name}
 }
-
-// publishFault, set only by tests, fails storeMeta after the record's
-// create took effect, as a lost response would.
-var publishFault func() error
-
-// claimHook, set only by tests, runs at the moments another writer or a
-// reader could act: "claimed" (the claim made, not yet checked) and
-// "checked" (the check passed, the record not yet made).
-var claimHook func(stage, name string)
 
 func (s *sess) remember(name string, raw []byte, rec *metaRecord, h pkcs11.ObjectHandle, found time.Time) {
 	c := &cachedMeta{raw: raw, rec: rec, at: time.Now(), st: s.st, h: h, found: found}

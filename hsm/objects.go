@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 
@@ -38,7 +39,14 @@ type objRef struct {
 	ID    []byte
 }
 
-func (r objRef) key() string { return fmt.Sprintf("%d|%s|%x", r.Class, r.Label, r.ID) }
+// objKey names an object by class, label and hex id, as a map key.
+type objKey struct {
+	class uint
+	label string
+	id    string // hex
+}
+
+func (r objRef) key() objKey { return objKey{r.Class, r.Label, hex.EncodeToString(r.ID)} }
 
 func (r objRef) template() []*pkcs11.Attribute {
 	a := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, r.Class), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}

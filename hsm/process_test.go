@@ -400,20 +400,26 @@ func childRecovery() int {
 		}
 		return -1
 	}
-	// moreOK waits until the load has succeeded n more times (a bound far
+	// more waits until count (read under mu) has grown by n (a bound far
 	// above that, 30 s, only ends a hang).
-	moreOK := func(n int) {
+	more := func(n int, count func() int) {
 		mu.Lock()
-		want := sum.OK + n
+		want := count() + n
 		mu.Unlock()
 		for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
 			mu.Lock()
-			got := sum.OK
+			got := count()
 			mu.Unlock()
 			if got >= want {
 				return
 			}
 		}
+	}
+	// moreOK: the load succeeded n more times; moreTries: it ran n more
+	// operations, whatever their result.
+	moreOK := func(n int) { more(n, func() int { return sum.OK }) }
+	moreTries := func(n int) {
+		more(n, func() int { return sum.OK + sum.Unavailable + sum.Other + sum.Wrong })
 	}
 	tokenDir := os.Getenv("KW_TOKEN_DIR")
 	moreOK(20)
@@ -438,7 +444,7 @@ func childRecovery() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	time.Sleep(400 * time.Millisecond)
+	moreTries(20) // the load meets the missing token
 	// Restore: whatever SoftHSM2 re-created meanwhile goes, the copy comes
 	// back under the same name in one rename.
 	staged := filepath.Join(backupParent, "staged") // outside the tokendir, same file system
@@ -453,7 +459,7 @@ func childRecovery() int {
 	}
 	sum.RecoveredAfterMove = waitOK()
 	sum.ReinitsAfterMove = recoveries.Load()
-	time.Sleep(200 * time.Millisecond)
+	moreOK(20)
 	// 2. Someone finalises the module behind the backend (with the load
 	// paused at an operation boundary: C_Finalize during a call crashes
 	// SoftHSM2 whoever calls it).

@@ -471,7 +471,7 @@ func TestAdoptLostRecordResponse(t *testing.T) {
 	b := open(t, nil)
 	ctx := context.Background()
 	pkcs11Tool(t, "--keygen", "--key-type", "AES:32", "--label", "lost-adopt", "--sensitive", "--private", "--id", "c1")
-	hsm.LoseRecordResponse(t, 1)
+	b.LoseRecordResponse(t, 1)
 	ki, err := b.AdoptKey(ctx, "team/lost", keys.AES256GCM, "lost-adopt")
 	if err != nil || len(ki.Versions) != 1 {
 		t.Fatalf("AdoptKey with its record's response lost = %+v, %v", ki, err)

@@ -103,6 +103,22 @@ type Token struct {
 	closed atomic.Bool
 
 	recoveries, recoveryFailures atomic.Uint64
+
+	test testHooks // set only by tests (export_test.go), before they use the Token
+}
+
+// testHooks let a test fail or pause this Token's record publications and
+// move its claim clock, without touching other Tokens.
+type testHooks struct {
+	// publishFault fails storeMeta after the record's create took effect,
+	// as a lost response would.
+	publishFault func() error
+	// claimHook runs at the moments another writer or a reader could act:
+	// "claimed" (the claim made, not yet checked) and "checked" (the check
+	// passed, the record not yet made).
+	claimHook func(stage, name string)
+	// now replaces time.Now for the claim rules.
+	now func() time.Time
 }
 
 // Stats are counters for metrics: re-initialisations after faults and the

@@ -179,134 +179,164 @@ func policyErr(format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, ErrInvalidPolicy)...)
 }
 
+// compileRule compiles rules[i]: the rule, the label its problems are
+// named by, its errors and its warnings.
 func compileRule(i int, in *Rule, res Resolver) (rule, string, []error, []string) {
-	var errs []error
-	var warns []string
-	fail := func(err error) { errs = append(errs, err) }
-	warn := func(format string, args ...any) { warns = append(warns, fmt.Sprintf(format, args...)) }
-	label := fmt.Sprintf("rule #%d", i+1)
-	r := rule{name: in.Name}
+	c := &ruleCompiler{in: in, r: rule{name: in.Name}}
+	c.name(i)
+	c.subjects(res)
+	c.operations()
+	c.keyGlobs()
+	c.contextPairs()
+	c.r.allowReason = "allowed by rule " + quote(c.r.name)
+	return c.r, c.label, c.errs, c.warns
+}
+
+// ruleCompiler gathers one rule's compiled form and its problems, step by
+// step; each step reads one part of the rule.
+type ruleCompiler struct {
+	in    *Rule
+	r     rule
+	label string
+	errs  []error
+	warns []string
+}
+
+func (c *ruleCompiler) fail(err error) { c.errs = append(c.errs, err) }
+
+func (c *ruleCompiler) warn(format string, args ...any) {
+	c.warns = append(c.warns, fmt.Sprintf(format, args...))
+}
+
+// name checks the rule's name and sets the label its problems are named by.
+func (c *ruleCompiler) name(i int) {
+	in := c.in
+	c.label = fmt.Sprintf("rule #%d", i+1)
 	switch {
 	case in.Name == "":
-		r.name = label
+		c.r.name = c.label
 	case len(in.Name) > keys.MaxNameLen || !printableName(in.Name):
-		fail(policyErr("name %s: at most %d bytes of printable UTF-8", quote(in.Name), keys.MaxNameLen))
+		c.fail(policyErr("name %s: at most %d bytes of printable UTF-8", quote(in.Name), keys.MaxNameLen))
 	case strings.TrimSpace(in.Name) != in.Name:
-		fail(policyErr("name %s has leading or trailing spaces", quote(in.Name)))
+		c.fail(policyErr("name %s has leading or trailing spaces", quote(in.Name)))
 	default:
-		label = "rule " + quote(in.Name)
+		c.label = "rule " + quote(in.Name)
 	}
+}
 
-	// Subjects.
-	for _, s := range in.Users {
-		if sub, err := resolveSubject("user", s, res); err != nil {
-			fail(err)
-		} else {
-			r.users = addSubject(r.users, sub)
-		}
-	}
-	for _, id := range in.UIDs {
-		if id == noID {
-			fail(policyErr("uid %d is (uid_t)-1, not a user", id))
-			continue
-		}
-		r.users = addSubject(r.users, subject{id: id})
-	}
-	for _, s := range in.Groups {
-		if sub, err := resolveSubject("group", s, res); err != nil {
-			fail(err)
-		} else {
-			r.groups = addSubject(r.groups, sub)
-		}
-	}
-	for _, id := range in.GIDs {
-		if id == noID {
-			fail(policyErr("gid %d is (gid_t)-1, not a group", id))
-			continue
-		}
-		r.groups = addSubject(r.groups, subject{id: id})
-	}
+// subjects reads users, uids, groups, gids and units.
+func (c *ruleCompiler) subjects(res Resolver) {
+	in := c.in
+	c.r.users = c.ids("user", "uid", in.Users, in.UIDs, res)
+	c.r.groups = c.ids("group", "gid", in.Groups, in.GIDs, res)
 	for _, u := range in.Units {
 		switch err := checkUnit(u); {
 		case err != nil:
-			fail(err)
-		case slices.Contains(r.units, u):
-			warn("unit %s listed twice", quote(u))
+			c.fail(err)
+		case slices.Contains(c.r.units, u):
+			c.warn("unit %s listed twice", quote(u))
 		default:
-			r.units = append(r.units, u)
+			c.r.units = append(c.r.units, u)
 			if strings.HasSuffix(u, ".socket") {
-				warn("unit %s: only the socket unit's own ExecStartPre=/ExecStopPost= commands run in it, not the service it starts", quote(u))
+				c.warn("unit %s: only the socket unit's own ExecStartPre=/ExecStopPost= commands run in it, not the service it starts", quote(u))
 			}
 		}
 	}
 	if len(in.Users)+len(in.UIDs)+len(in.Groups)+len(in.GIDs)+len(in.Units) == 0 {
-		fail(policyErr("no users, groups, uids, gids or units: the rule would match nobody"))
+		c.fail(policyErr("no users, groups, uids, gids or units: the rule would match nobody"))
 	}
+}
 
-	// Operations.
-	if len(in.Operations) == 0 {
-		fail(policyErr("no operations: the rule would allow nothing"))
+// ids reads the names then the numeric ids of one kind of subject (kind
+// "user", idKind "uid"; or "group", "gid").
+func (c *ruleCompiler) ids(kind, idKind string, names []string, ids []uint32, res Resolver) []subject {
+	var subs []subject
+	for _, s := range names {
+		if sub, err := resolveSubject(kind, s, res); err != nil {
+			c.fail(err)
+		} else {
+			subs = addSubject(subs, sub)
+		}
 	}
-	for _, s := range in.Operations {
+	for _, id := range ids {
+		if id == noID {
+			c.fail(policyErr("%s %d is (%s_t)-1, not a %s", idKind, id, idKind, kind))
+			continue
+		}
+		subs = addSubject(subs, subject{id: id})
+	}
+	return subs
+}
+
+// operations reads the operations, and refuses context pairs on a rule
+// granting one whose requests carry none.
+func (c *ruleCompiler) operations() {
+	if len(c.in.Operations) == 0 {
+		c.fail(policyErr("no operations: the rule would allow nothing"))
+	}
+	for _, s := range c.in.Operations {
 		op, err := ParseOperation(s)
 		if err != nil {
-			fail(fmt.Errorf("%w: %w", err, ErrInvalidPolicy))
+			c.fail(fmt.Errorf("%w: %w", err, ErrInvalidPolicy))
 			continue
 		}
 		idx, _ := opIndex(op)
-		if r.ops.has(idx) {
-			warn("operation %s listed twice", op)
+		if c.r.ops.has(idx) {
+			c.warn("operation %s listed twice", op)
 		}
-		r.ops |= 1 << uint(idx)
+		c.r.ops |= 1 << uint(idx)
 	}
-	if len(in.Context) > 0 {
-		var bare []string
-		for _, op := range r.ops.list() {
-			if !op.CarriesContext() {
-				bare = append(bare, string(op))
-			}
-		}
-		if len(bare) > 0 {
-			fail(policyErr("context pairs, but %s requests carry no context, so this rule could never grant them: grant them in a rule without context",
-				strings.Join(bare, ", ")))
+	if len(c.in.Context) == 0 {
+		return
+	}
+	var bare []string
+	for _, op := range c.r.ops.list() {
+		if !op.CarriesContext() {
+			bare = append(bare, string(op))
 		}
 	}
+	if len(bare) > 0 {
+		c.fail(policyErr("context pairs, but %s requests carry no context, so this rule could never grant them: grant them in a rule without context",
+			strings.Join(bare, ", ")))
+	}
+}
 
-	// Keys.
-	if len(in.Keys) == 0 {
-		fail(policyErr("no keys: the rule would allow nothing (\"**\" is every key)"))
+// keyGlobs compiles the key patterns.
+func (c *ruleCompiler) keyGlobs() {
+	if len(c.in.Keys) == 0 {
+		c.fail(policyErr("no keys: the rule would allow nothing (\"**\" is every key)"))
 	}
-	for _, k := range in.Keys {
+	for _, k := range c.in.Keys {
 		g, err := compileGlob(k)
 		if err != nil {
-			fail(policyErr("%s", err))
+			c.fail(policyErr("%s", err))
 			continue
 		}
-		if slices.ContainsFunc(r.globs, func(h glob) bool { return h.src == k }) {
-			warn("key pattern %s listed twice", quote(k))
+		if slices.ContainsFunc(c.r.globs, func(h glob) bool { return h.src == k }) {
+			c.warn("key pattern %s listed twice", quote(k))
 		} else {
-			r.globs = append(r.globs, g)
+			c.r.globs = append(c.r.globs, g)
 		}
 	}
+}
 
-	// Context.
-	if len(in.Context) > keys.MaxContext {
-		fail(policyErr("context has %d pairs, but a request carries at most %d", len(in.Context), keys.MaxContext))
+// contextPairs reads the context pairs a request must carry.
+func (c *ruleCompiler) contextPairs() {
+	ctx := c.in.Context
+	if len(ctx) > keys.MaxContext {
+		c.fail(policyErr("context has %d pairs, but a request carries at most %d", len(ctx), keys.MaxContext))
 	}
-	for _, k := range slices.Sorted(maps.Keys(in.Context)) { // sorted: errors in a stable order
-		v := in.Context[k]
+	for _, k := range slices.Sorted(maps.Keys(ctx)) { // sorted: errors in a stable order
+		v := ctx[k]
 		switch {
 		case k == "":
-			fail(policyErr("context has an empty key"))
+			c.fail(policyErr("context has an empty key"))
 		case len(k) > keys.MaxContextKV || len(v) > keys.MaxContextKV:
-			fail(policyErr("context key %s: key or value over %d bytes, more than a request may carry", quote(k), keys.MaxContextKV))
+			c.fail(policyErr("context key %s: key or value over %d bytes, more than a request may carry", quote(k), keys.MaxContextKV))
 		default:
-			r.context = append(r.context, pair{k, v})
+			c.r.context = append(c.r.context, pair{k, v})
 		}
 	}
-
-	r.allowReason = "allowed by rule " + quote(r.name)
-	return r, label, errs, warns
 }
 
 // resolveSubject reads a users or groups entry: decimal digits are an id,

@@ -74,6 +74,18 @@ type Config struct {
 	// fills the 3 transient slots of a TPM without a resource manager).
 	MaxLoaded int
 	Logger    *slog.Logger
+
+	test openHooks // set only by tests (export_internal_test.go)
+}
+
+// openHooks let a test change how one backend opens.
+type openHooks struct {
+	// wireTap wraps every connection (to record the bytes that cross the
+	// bus).
+	wireTap func(Conn) Conn
+	// noCounter opens without a rollback counter, as keyward did before it
+	// had one.
+	noCounter bool
 }
 
 // TPM is a keys.Backend on a TPM 2.0. Master keys are TPM objects
@@ -113,6 +125,11 @@ type TPM struct {
 	ctr       counterState
 	types     map[keys.Type]bool
 	closed    bool
+
+	// counterFaultHook, set only by tests, fails a step of a key change
+	// ("record": after the record's rename; "manifest", "increment":
+	// settle's) as a crash or an I/O error there would. Read with the slot.
+	counterFaultHook func(step string) error
 }
 
 var (
@@ -145,14 +162,14 @@ func Open(ctx context.Context, cfg Config) (*TPM, error) {
 		return nil, err
 	}
 	b := &TPM{sem: make(chan struct{}, 1), device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{},
-		noCounter:  cfg.Device == "sim" || strings.HasPrefix(cfg.Device, "sim:") || testNoCounter || cfg.NoRollbackCounter,
+		noCounter:  cfg.Device == "sim" || strings.HasPrefix(cfg.Device, "sim:") || cfg.test.noCounter || cfg.NoRollbackCounter,
 		counterOff: cfg.NoRollbackCounter, trustState: cfg.TrustCurrentState, ownerAuth: bytes.Clone(cfg.OwnerAuth)}
 	b.Frontend = keys.NewFrontend((*tpmDevice)(b))
 	b.dev = &device{
 		dial: func() (Conn, error) {
 			c, err := Dial(cfg.Device)
-			if err == nil && wireTap != nil {
-				c = wireTap(c)
+			if err == nil && cfg.test.wireTap != nil {
+				c = cfg.test.wireTap(c)
 			}
 			return c, err
 		},
@@ -421,7 +438,7 @@ func (b *TPM) storeRecord(d *device, r *record) error {
 	}
 	err := b.writeRecord(r)
 	if err == nil {
-		err = counterFault("record") // as if the directory's fsync failed after the rename
+		err = b.counterFault("record") // as if the directory's fsync failed after the rename
 	}
 	if err != nil {
 		b.supersede(d, r.Name)
@@ -694,10 +711,6 @@ func (b *TPM) DescribeKey(ctx context.Context, name string) (keys.KeyInfo, error
 
 // tpmCCFirst is TPM_CC_FIRST, where the command list starts.
 const tpmCCFirst = 0x0000011F
-
-// wireTap, set only by tests, wraps every connection (to record the bytes
-// that cross the bus).
-var wireTap func(Conn) Conn
 
 // HasSimulator reports whether this build includes the in-process TPM
 // simulator (the tpmsim build tag): device "sim" works only then.

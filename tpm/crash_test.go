@@ -78,6 +78,7 @@ func crashChild() int {
 // the state directory opens (records intact, MACs good) and every blob the
 // child was given still unwraps, unless its version was destroyed on purpose.
 func TestCrashDuringChanges(t *testing.T) {
+	t.Parallel() // its own swtpm and state directory
 	sw := swtpmtest.Start(t)
 	dir := filepath.Join(t.TempDir(), "state")
 	blobs := filepath.Join(t.TempDir(), "blobs")

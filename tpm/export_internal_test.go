@@ -12,14 +12,11 @@ var (
 	ECCTemplate       = eccTemplate
 )
 
-// TapWire records every command and response of connections opened while
-// set (nil stops it).
-func TapWire(record func(cmd, rsp []byte)) {
-	if record == nil {
-		wireTap = nil
-		return
-	}
-	wireTap = func(c Conn) Conn { return &tapConn{Conn: c, record: record} }
+// TapWire returns cfg with every command and response of the backend's
+// connections passed to record.
+func TapWire(cfg Config, record func(cmd, rsp []byte)) Config {
+	cfg.test.wireTap = func(c Conn) Conn { return &tapConn{Conn: c, record: record} }
+	return cfg
 }
 
 type tapConn struct {
@@ -49,14 +46,14 @@ func FirstRoundHasZero(secret []byte) bool {
 	return bytes.IndexByte(h[:], 0) >= 0
 }
 
-// FailCounterStep makes a step of key changes ("record", "manifest" or
+// FailCounterStep makes a step of b's key changes ("record", "manifest" or
 // "increment") fail with err until called with nil.
-func FailCounterStep(step string, err error) {
+func (b *TPM) FailCounterStep(step string, err error) {
 	if err == nil {
-		counterFaultHook = nil
+		b.OnCounterStep(nil)
 		return
 	}
-	OnCounterStep(func(s string) error {
+	b.OnCounterStep(func(s string) error {
 		if s == step {
 			return err
 		}
@@ -64,9 +61,13 @@ func FailCounterStep(step string, err error) {
 	})
 }
 
-// OnCounterStep runs fn at each step of key changes; its error fails the
-// step (nil fn: none).
-func OnCounterStep(fn func(step string) error) { counterFaultHook = fn }
+// OnCounterStep runs fn at each step of b's key changes; its error fails
+// the step (nil fn: none).
+func (b *TPM) OnCounterStep(fn func(step string) error) {
+	b.lock(context.Background())
+	defer b.unlock()
+	b.counterFaultHook = fn
+}
 
 // Status reports the rollback counter's state as the backend sees it.
 func (b *TPM) CounterStatus() (index uint32, nv, mf uint64, settled bool) {
@@ -75,6 +76,9 @@ func (b *TPM) CounterStatus() (index uint32, nv, mf uint64, settled bool) {
 	return uint32(b.ctr.index), b.ctr.nv, b.ctr.mf, b.ctr.settled()
 }
 
-// WithoutCounter opens backends without a rollback counter until undone, as
+// WithoutCounter returns cfg opening without a rollback counter, as
 // keyward did before it had one (state directories to migrate).
-func WithoutCounter(on bool) { testNoCounter = on }
+func WithoutCounter(cfg Config) Config {
+	cfg.test.noCounter = true
+	return cfg
+}

@@ -461,7 +461,7 @@ func (b *TPM) settle(d *device) error {
 		return nil
 	}
 	if c.mf == c.nv {
-		if err := counterFault("manifest"); err != nil {
+		if err := b.counterFault("manifest"); err != nil {
 			return err
 		}
 		if err := b.writeManifest(c.nv + 1); err != nil {
@@ -475,7 +475,7 @@ func (b *TPM) settle(d *device) error {
 	}
 	switch nv {
 	case c.mf - 1:
-		if err := counterFault("increment"); err != nil {
+		if err := b.counterFault("increment"); err != nil {
 			return err
 		}
 		if err := d.nvIncrement(c.index); err != nil {
@@ -549,21 +549,13 @@ func decodeManifest(b []byte) (*manifest, error) {
 	return &m, nil
 }
 
-// counterFaultHook, set only by tests, fails a step of a key change
-// ("record": after the record's rename; "manifest", "increment": settle's)
-// as a crash or an I/O error there would.
-var counterFaultHook func(step string) error
-
-func counterFault(step string) error {
-	if counterFaultHook == nil {
+// counterFault runs the test hook at a step of a key change.
+func (b *TPM) counterFault(step string) error {
+	if b.counterFaultHook == nil {
 		return nil
 	}
-	return counterFaultHook(step)
+	return b.counterFaultHook(step)
 }
-
-// testNoCounter, set only by tests, opens without a counter, as keyward did
-// before it had one.
-var testNoCounter bool
 
 // RollbackStatus says how Open found the rollback counter: the NV index,
 // its value and the manifest's, or why there is none.

@@ -215,12 +215,11 @@ func TestRollbackHalfDoneChange(t *testing.T) {
 	be := openLogged()
 	mustCreate(t, be, "app/db", keys.AES256GCM)
 	fault := errors.New("injected fault")
-	defer tpm.FailCounterStep("", nil)
 
 	for i, step := range []string{"manifest", "increment"} {
 		t.Run(step, func(t *testing.T) {
 			_, nv0, _, _ := be.CounterStatus()
-			tpm.FailCounterStep(step, fault)
+			be.FailCounterStep(step, fault)
 			ki, err := be.RotateKey(ctx, "app/db")
 			if err != nil || len(ki.Versions) != i+2 {
 				t.Fatalf("RotateKey with the %s step failing = %+v, %v (the change stands, and is reported done)", step, ki, err)
@@ -236,9 +235,8 @@ func TestRollbackHalfDoneChange(t *testing.T) {
 			if _, err := be.SetVersionState(ctx, "app/db", 1, keys.Disabled); !errors.Is(err, fault) {
 				t.Fatalf("a second change while the first is half done: %v", err)
 			}
-			// A crash now: reopen (the fault gone) finishes the change.
+			// A crash now: reopen (a new backend: the fault gone) finishes the change.
 			be.Close()
-			tpm.FailCounterStep("", nil)
 			be = openLogged()
 			_, nv, mf, settled := be.CounterStatus()
 			if !settled || nv != nv0+1 || mf != nv {
@@ -256,14 +254,14 @@ func TestRollbackHalfDoneChange(t *testing.T) {
 
 	// Health finishes a half-done change without a restart; Stats shows it
 	// meanwhile (the metric keyward_tpm_rollback_counter_behind).
-	tpm.FailCounterStep("increment", fault)
+	be.FailCounterStep("increment", fault)
 	if _, err := be.RotateKey(ctx, "app/db"); err != nil {
 		t.Fatalf("RotateKey with the increment failing: %v", err)
 	}
 	if !be.Stats().CounterBehind {
 		t.Error("Stats().CounterBehind false after a failed counter step")
 	}
-	tpm.FailCounterStep("", nil)
+	be.FailCounterStep("", nil)
 	if err := be.Health(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -286,11 +284,9 @@ func TestRollbackMigration(t *testing.T) {
 	sw := swtpmtest.Start(t)
 	dir := t.TempDir()
 	ctx := t.Context()
-	tpm.WithoutCounter(true)
-	be := open(t, sw.Device(), dir)
+	be := openConfig(t, tpm.WithoutCounter(tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth}))
 	mustCreate(t, be, "app/db", keys.AES256GCM)
 	be.Close()
-	tpm.WithoutCounter(false)
 	if _, err := os.Stat(filepath.Join(dir, "manifest.json")); !os.IsNotExist(err) {
 		t.Fatalf("a manifest without the counter: %v", err)
 	}
@@ -345,11 +341,10 @@ func TestRollbackFailedWrite(t *testing.T) {
 	mustCreate(t, be, "app/x", keys.AES256GCM)
 	mustCreate(t, be, "app/y", keys.AES256GCM)
 	fault := errors.New("injected: fsync of the directory failed")
-	defer tpm.FailCounterStep("", nil)
 	file := filepath.Join(dir, "keys", "app%2Fx.json")
 
 	var landed []byte
-	tpm.OnCounterStep(func(step string) error {
+	be.OnCounterStep(func(step string) error {
 		if step != "record" || landed != nil {
 			return nil
 		}
@@ -359,7 +354,7 @@ func TestRollbackFailedWrite(t *testing.T) {
 	if _, err := be.SetVersionState(ctx, "app/x", 1, keys.Disabled); !errors.Is(err, fault) {
 		t.Fatalf("SetVersionState with the write failing: %v", err)
 	}
-	tpm.FailCounterStep("", nil)
+	be.FailCounterStep("", nil)
 	if !bytes.Contains(landed, []byte(`"disabled"`)) {
 		t.Fatalf("the failed attempt did not land:\n%s", landed)
 	}
@@ -402,13 +397,11 @@ func TestOpenVerifiesOneMAC(t *testing.T) {
 	}
 	be.Close()
 	var hmacs atomic.Int64
-	tpm.TapWire(func(cmd, rsp []byte) {
+	be = openConfig(t, tpm.TapWire(tpm.Config{Device: sw.Device(), StateDir: dir, Auth: testAuth}, func(cmd, rsp []byte) {
 		if len(cmd) >= 10 && binary.BigEndian.Uint32(cmd[6:10]) == uint32(tpm2.TPMCCHMAC) {
 			hmacs.Add(1)
 		}
-	})
-	defer tpm.TapWire(nil)
-	be = open(t, sw.Device(), dir)
+	}))
 	if n := hmacs.Load(); n != 2 {
 		t.Fatalf("Open ran %d TPM2_HMAC for 8 keys, want 2", n)
 	}
@@ -423,6 +416,7 @@ func TestOpenVerifiesOneMAC(t *testing.T) {
 // record is then not detected; with the counter it is. Doctor, reading
 // without the lock, reports a rolled-back directory instead of refusing it.
 func TestRollbackCounterOff(t *testing.T) {
+	t.Parallel() // its own swtpm and state directory
 	sw := swtpmtest.Start(t)
 	dir := t.TempDir()
 	ctx := t.Context()
@@ -533,6 +527,7 @@ func TestDefineCounterWithOwnerAuth(t *testing.T) {
 // define-counter --trust-current-state) accepts the state as it is, after
 // which it is protected again.
 func TestRollbackTrustCurrentState(t *testing.T) {
+	t.Parallel() // its own swtpm and state directory
 	cases := []struct {
 		name    string
 		remove  func(t *testing.T, sw *swtpmtest.SWTPM, dir string, index uint32, before map[string][]byte)

@@ -30,21 +30,36 @@ var testAuth = []byte("keyward-test-auth-secret-0123456789")
 
 func open(t *testing.T, device, stateDir string) *tpm.TPM {
 	t.Helper()
-	be, err := tpm.Open(t.Context(), tpm.Config{Device: device, StateDir: stateDir, Auth: testAuth})
+	return openConfig(t, tpm.Config{Device: device, StateDir: stateDir, Auth: testAuth})
+}
+
+// openConfig opens a backend with cfg, closed when the test ends.
+func openConfig(t *testing.T, cfg tpm.Config) *tpm.TPM {
+	t.Helper()
+	be, err := tpm.Open(t.Context(), cfg)
 	if err != nil {
-		t.Fatalf("tpm.Open(%s): %v", device, err)
+		t.Fatalf("tpm.Open(%s): %v", cfg.Device, err)
 	}
 	t.Cleanup(func() { be.Close() })
 	return be
 }
 
+// openTapped opens a backend whose every command and response goes to
+// record.
+func openTapped(t *testing.T, device, stateDir string, record func(cmd, rsp []byte)) *tpm.TPM {
+	t.Helper()
+	return openConfig(t, tpm.TapWire(tpm.Config{Device: device, StateDir: stateDir, Auth: testAuth}, record))
+}
+
 func TestConformanceSWTPM(t *testing.T) {
+	t.Parallel() // its own swtpm and state directory
 	sw := swtpmtest.Start(t)
 	be := open(t, sw.Device(), t.TempDir())
 	keystest.Run(t, func(t *testing.T) keys.Backend { return be })
 }
 
 func TestConformanceSWTPMUnix(t *testing.T) {
+	t.Parallel() // its own swtpm and state directory
 	if testing.Short() {
 		t.Skip("the TCP run covers the backend; -short skips the second transport")
 	}
@@ -445,9 +460,7 @@ func TestDoctor(t *testing.T) {
 func TestBusCarriesNoSecrets(t *testing.T) {
 	sw := swtpmtest.Start(t)
 	var wire [][]byte
-	tpm.TapWire(func(cmd, rsp []byte) { wire = append(wire, cmd, rsp) })
-	defer tpm.TapWire(nil)
-	be := open(t, sw.Device(), t.TempDir())
+	be := openTapped(t, sw.Device(), t.TempDir(), func(cmd, rsp []byte) { wire = append(wire, cmd, rsp) })
 	ctx := t.Context()
 	mustCreate(t, be, "bus/mac", keys.HMACSHA256)
 	mustCreate(t, be, "bus/aes", keys.AES256GCM)
@@ -597,8 +610,7 @@ func TestQueuedCallerGivesUp(t *testing.T) {
 	sw := swtpmtest.Start(t)
 	var sent atomic.Int64
 	hold := holdTPM(&sent)
-	defer tpm.TapWire(nil)
-	be := open(t, sw.Device(), t.TempDir())
+	be := openTapped(t, sw.Device(), t.TempDir(), hold.record)
 	mustCreate(t, be, "queue/mac", keys.HMACSHA256)
 
 	hold.start()
@@ -639,26 +651,27 @@ func TestQueuedCallerGivesUp(t *testing.T) {
 }
 
 // tpmHold makes the TPM slow on demand: once started, the next command
-// holds the TPM (tpm.TapWire) until released.
+// holds the TPM (its record, given to tpm.TapWire) until released.
 type tpmHold struct {
 	on      atomic.Bool
+	sent    *atomic.Int64 // commands sent (nil: not counted)
 	entered chan struct{} // closed when a command holds the TPM
 	done    chan struct{} // closed by release
 	once    sync.Once
 }
 
 func holdTPM(sent *atomic.Int64) *tpmHold {
-	h := &tpmHold{entered: make(chan struct{}), done: make(chan struct{})}
-	tpm.TapWire(func(cmd, rsp []byte) {
-		if sent != nil {
-			sent.Add(1)
-		}
-		if h.on.Load() {
-			h.once.Do(func() { close(h.entered) })
-			<-h.done
-		}
-	})
-	return h
+	return &tpmHold{sent: sent, entered: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (h *tpmHold) record(cmd, rsp []byte) {
+	if h.sent != nil {
+		h.sent.Add(1)
+	}
+	if h.on.Load() {
+		h.once.Do(func() { close(h.entered) })
+		<-h.done
+	}
 }
 
 func (h *tpmHold) start()   { h.on.Store(true) }
@@ -671,8 +684,7 @@ func (h *tpmHold) release() { h.on.Store(false); close(h.done) }
 func TestReadsDoNotWaitForTPM(t *testing.T) {
 	sw := swtpmtest.Start(t)
 	hold := holdTPM(nil)
-	defer tpm.TapWire(nil)
-	be := open(t, sw.Device(), t.TempDir())
+	be := openTapped(t, sw.Device(), t.TempDir(), hold.record)
 	mustCreate(t, be, "reads/mac", keys.HMACSHA256)
 	mustCreate(t, be, "reads/sig", keys.ECDSAP256)
 	msg := []byte("signed before the TPM got slow")

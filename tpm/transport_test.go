@@ -417,7 +417,19 @@ func TestTransportCloseAbortsSend(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	go mute(l)
+	received := make(chan struct{})
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err == nil {
+			close(received) // the command is on its way: Send waits for the answer
+		}
+		io.Copy(io.Discard, c)
+	}()
 	c, err := Dial("swtpm:" + l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -427,7 +439,11 @@ func TestTransportCloseAbortsSend(t *testing.T) {
 		_, err := c.Send(testCommand)
 		done <- err
 	}()
-	time.Sleep(50 * time.Millisecond)
+	select {
+	case <-received:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the command never reached the TPM")
+	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}

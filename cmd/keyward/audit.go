@@ -75,11 +75,16 @@ const auditVerifyExample = `  keyward audit verify --dir /var/log/keyward
   keyward audit verify --dir /var/log/keyward --checkpoint-key checkpoint.pem
   keyward audit verify --dir /var/log/keyward --from-seq 120001 --from-hash 9f86d0...   # older files pruned`
 
+// auditVerifyFlags are audit verify's flags.
+type auditVerifyFlags struct {
+	dir, fromHash string
+	fromSeq       uint64
+	allowEmpty    bool
+	keyFiles      []string
+}
+
 func (a *app) auditVerifyCmd() *cobra.Command {
-	var dir, fromHash string
-	var fromSeq uint64
-	var allowEmpty bool
-	var keyFiles []string
+	var f auditVerifyFlags
 	c := &cobra.Command{
 		Use:         "verify (FILE... | --dir DIR) [--checkpoint-key PEM]... [--from-seq N --from-hash HEX]",
 		Short:       "check the audit log's hash chain and seqs; name the first broken record",
@@ -88,62 +93,65 @@ func (a *app) auditVerifyCmd() *cobra.Command {
 		Annotations: localOnly,
 		Args:        cobra.ArbitraryArgs,
 		RunE: func(c *cobra.Command, args []string) error {
-			cmd := cmdName(c)
-			files, torn, err := auditFiles(cmd, dir, args)
-			if err != nil {
-				return err
-			}
-			var opts audit.VerifyOptions
-			if opts.From, err = startFlags(cmd, c.Flags().Changed("from-seq"), fromSeq, fromHash); err != nil {
-				return err
-			}
-			for _, kf := range keyFiles {
-				pub, err := readPublicKeyPEM(kf)
-				if err != nil {
-					return usagef(cmd, "--checkpoint-key %s: %v", kf, err)
-				}
-				opts.CheckpointKeys = append(opts.CheckpointKeys, pub)
-			}
-			res, err := audit.VerifyWith(opts, files...)
-			if err := a.verifyBroken(cmd, res, opts, err); err != nil {
-				return err
-			}
-			return a.verifyReport(res, len(keyFiles) > 0, allowEmpty, torn)
+			return a.auditVerify(cmdName(c), c.Flags().Changed("from-seq"), f, args)
 		},
 	}
-	c.Flags().StringVar(&dir, "dir", "", "find the log's files in `DIR` (instead of naming them)")
-	c.Flags().StringArrayVar(&keyFiles, "checkpoint-key", nil, "check checkpoint signatures with the PEM public key in `FILE` (from keyward pubkey; repeat for each key version)")
-	c.Flags().BoolVar(&allowEmpty, "allow-empty", false, "a trail with no record at all passes (a new log); without it, it is reported broken")
-	c.Flags().Uint64Var(&fromSeq, "from-seq", 0, "the trail starts at seq `N` (older files removed on purpose); needs --from-hash")
-	c.Flags().StringVar(&fromHash, "from-hash", "", "the hash of seq N-1, the last record removed (64 hex digits, from the \"file:\" line noted before pruning)")
+	c.Flags().StringVar(&f.dir, "dir", "", "find the log's files in `DIR` (instead of naming them)")
+	c.Flags().StringArrayVar(&f.keyFiles, "checkpoint-key", nil, "check checkpoint signatures with the PEM public key in `FILE` (from keyward pubkey; repeat for each key version)")
+	c.Flags().BoolVar(&f.allowEmpty, "allow-empty", false, "a trail with no record at all passes (a new log); without it, it is reported broken")
+	c.Flags().Uint64Var(&f.fromSeq, "from-seq", 0, "the trail starts at seq `N` (older files removed on purpose); needs --from-hash")
+	c.Flags().StringVar(&f.fromHash, "from-hash", "", "the hash of seq N-1, the last record removed (64 hex digits, from the \"file:\" line noted before pruning)")
 	return c
 }
 
-// verifyBroken prints a broken chain (and a hint for a pruned trail) and
-// returns errBroken, or returns a failure to read the files, or nil.
-func (a *app) verifyBroken(cmd string, res audit.Result, opts audit.VerifyOptions, err error) error {
-	var brk *audit.Break
-	if !errors.As(err, &brk) {
+// auditVerify runs audit verify (command name cmd; seqGiven: --from-seq
+// was given) on the files args or f.dir names.
+func (a *app) auditVerify(cmd string, seqGiven bool, f auditVerifyFlags, args []string) error {
+	files, torn, err := auditFiles(cmd, f.dir, args)
+	if err != nil {
+		return err
+	}
+	var opts audit.VerifyOptions
+	if opts.From, err = startFlags(cmd, seqGiven, f.fromSeq, f.fromHash); err != nil {
+		return err
+	}
+	for _, kf := range f.keyFiles {
+		pub, err := readPublicKeyPEM(kf)
 		if err != nil {
-			return fmt.Errorf("%s: %w", cmd, err)
+			return usagef(cmd, "--checkpoint-key %s: %v", kf, err)
 		}
-		return nil
+		opts.CheckpointKeys = append(opts.CheckpointKeys, pub)
 	}
-	fmt.Fprintf(a.stdout, "broken: %s\n", brk)
-	if res.Records > 0 {
-		fmt.Fprintf(a.stdout, "before it: %d records verified, seq %d..%d\n", res.Records, res.FirstSeq, res.LastSeq)
-	} else if opts.From == nil && brk.Seq > 1 {
-		fmt.Fprintf(a.stdout, "hint: if the files before it were removed on purpose, give the start noted then: --from-seq %d --from-hash <hash of seq %d>\n",
-			brk.Seq, brk.Seq-1)
+	res, err := audit.VerifyWith(opts, files...)
+	var brk *audit.Break
+	if errors.As(err, &brk) {
+		fmt.Fprintf(a.stdout, "broken: %s\n", brk)
+		if res.Records > 0 {
+			fmt.Fprintf(a.stdout, "before it: %d records verified, seq %d..%d\n", res.Records, res.FirstSeq, res.LastSeq)
+		} else if opts.From == nil && brk.Seq > 1 {
+			fmt.Fprintf(a.stdout, "hint: if the files before it were removed on purpose, give the start noted then: --from-seq %d --from-hash <hash of seq %d>\n",
+				brk.Seq, brk.Seq-1)
+		}
+		return errBroken
 	}
-	return errBroken
+	if err != nil {
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	if err := a.verifyReport(res, f); err != nil {
+		return err
+	}
+	for _, t := range torn {
+		fmt.Fprintf(a.stdout, "note: %s holds a torn tail keywardd moved aside at restart (see its log)\n", t)
+	}
+	return nil
 }
 
-// verifyReport prints an intact chain: its records, each file's start (to
-// note before pruning), its checkpoints and torn tails.
-func (a *app) verifyReport(res audit.Result, keysGiven, allowEmpty bool, torn []string) error {
+// verifyReport prints what audit verify found in an unbroken chain;
+// errBroken when it has no records (unless allowed) or no checkpoint
+// where keys were given.
+func (a *app) verifyReport(res audit.Result, f auditVerifyFlags) error {
 	if res.Records == 0 {
-		if !allowEmpty {
+		if !f.allowEmpty {
 			fmt.Fprintf(a.stdout, "broken: no records (a log truncated to nothing, its rotated files removed, looks the same; --allow-empty when it is a new log)\n")
 			return errBroken
 		}
@@ -157,19 +165,16 @@ func (a *app) verifyReport(res audit.Result, keysGiven, allowEmpty bool, torn []
 			sp.File, sp.Start.Seq, sp.LastSeq, sp.Start.Seq, hex.EncodeToString(sp.Start.Prev[:]))
 	}
 	switch {
-	case res.Checkpoints == 0 && keysGiven:
+	case res.Checkpoints == 0 && len(f.keyFiles) > 0:
 		fmt.Fprintf(a.stdout, "broken: no checkpoint record in the files checked (with --checkpoint-key, at least one must be there)\n")
 		return errBroken
 	case res.Checkpoints > 0:
 		how := "signatures verified"
-		if !keysGiven {
+		if len(f.keyFiles) == 0 {
 			how = "signatures NOT checked (give --checkpoint-key)"
 		}
 		fmt.Fprintf(a.stdout, "checkpoints: %d, %s; last at seq %d, %d records after it not anchored\n",
 			res.Checkpoints, how, res.LastCheckpointSeq, res.LastSeq-res.LastCheckpointSeq)
-	}
-	for _, t := range torn {
-		fmt.Fprintf(a.stdout, "note: %s holds a torn tail keywardd moved aside at restart (see its log)\n", t)
 	}
 	return nil
 }

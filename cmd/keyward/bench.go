@@ -262,100 +262,12 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 	if grace == 0 {
 		grace = 10 * time.Second
 	}
-	// Set-up steps (dial, open, prepare, the first call) get grace each.
-	dialCtx, cancel := context.WithTimeout(ctx, grace)
-	defer cancel()
-	conns := make([]*client.Client, 0, o.connections)
-	defer func() {
-		for _, kc := range conns {
-			kc.Close()
-		}
-	}()
-	for range o.connections {
-		// No retries: every failure is counted as it happened.
-		kc, err := a.dial(dialCtx, client.WithRetry(1, 0))
-		if err != nil {
-			return err
-		}
-		conns = append(conns, kc)
+	r := &benchRun{o: o, grace: grace, progress: a.progressWriter()}
+	defer r.close()
+	if err := r.open(ctx, a); err != nil {
+		return err
 	}
-
-	var tok *hsm.Token
-	if o.baseline {
-		var err error
-		tok, err = hsm.Open(dialCtx, hsm.Config{Module: o.module, TokenLabel: o.token, PINFile: o.pinFile})
-		if err != nil {
-			return fmt.Errorf("bench: baseline: open token: %w", err)
-		}
-		defer tok.Close()
-	}
-
-	progress := a.progressWriter()
-	var results []benchResult
-	var runErr error
-	var sock, base benchTarget
-	var key string
-run:
-	for _, op := range o.ops {
-		setupCtx, cancel := context.WithTimeout(ctx, grace)
-		err := func() error {
-			defer cancel()
-			p, err := benchPrepare(setupCtx, conns[0], op, o)
-			if err != nil {
-				return err
-			}
-			sock = socketTarget(conns, op, o.batch, p)
-			key = p.key
-			base = nil
-			if tok != nil {
-				base = baselineTarget(tok, op, o.batch, p)
-			}
-			// One call of each before timing: a refusal (policy, a missing
-			// token) fails the command with its own exit status at once.
-			if _, err := sock(setupCtx, 0); err != nil {
-				return err
-			}
-			if base != nil {
-				if _, err := base(setupCtx, 0); err != nil {
-					return fmt.Errorf("bench: baseline: %w", err)
-				}
-			}
-			return nil
-		}()
-		if err != nil {
-			runErr = err
-			break
-		}
-		for _, n := range o.concurrency {
-			r := benchResult{Op: op, Concurrency: n, Batch: o.batch, Connections: o.connections, Payload: o.payload, Key: key}
-			r.benchStats = runLevel(ctx, n, o.duration, grace, max(o.batch, 1), sock, progress, fmt.Sprintf("%s c=%d", op, n))
-			if ctx.Err() == nil && base != nil {
-				s := runLevel(ctx, n, o.duration, grace, max(o.batch, 1), base, progress, fmt.Sprintf("%s c=%d baseline", op, n))
-				r.Baseline = &s
-				if s.OpsPerS > 0 {
-					ratio := r.OpsPerS / s.OpsPerS
-					r.Ratio = &ratio
-				}
-			}
-			if r.firstErr != nil {
-				r.FirstError = oneLine(r.firstErr.Error())
-				if runErr == nil {
-					runErr = fmt.Errorf("bench: %s at concurrency %d: %d operations failed; the first: %w", op, n, r.Errors, r.firstErr)
-				}
-			} else if r.Baseline != nil && r.Baseline.firstErr != nil {
-				r.FirstError = "baseline: " + oneLine(r.Baseline.firstErr.Error())
-				if runErr == nil {
-					runErr = fmt.Errorf("bench: baseline %s at concurrency %d: %d operations failed; the first: %w", op, n, r.Baseline.Errors, r.Baseline.firstErr)
-				}
-			}
-			if ctx.Err() != nil {
-				r.Interrupted = true
-				results = append(results, r)
-				break run
-			}
-			results = append(results, r)
-		}
-	}
+	results, runErr := r.run(ctx)
 	var werr error
 	if o.json {
 		if results == nil {
@@ -372,6 +284,123 @@ run:
 		return runErr
 	}
 	return werr
+}
+
+// benchRun is one keyward bench: its connections to the daemon and, with
+// --baseline, the token it measures in-process.
+type benchRun struct {
+	o        benchOptions
+	grace    time.Duration // each set-up step (dial, open, prepare, the first call) gets this
+	progress func(string)
+	conns    []*client.Client
+	tok      *hsm.Token
+}
+
+// open dials the connections and opens the baseline's token.
+func (r *benchRun) open(ctx context.Context, a *app) error {
+	dialCtx, cancel := context.WithTimeout(ctx, r.grace)
+	defer cancel()
+	for range r.o.connections {
+		// No retries: every failure is counted as it happened.
+		kc, err := a.dial(dialCtx, client.WithRetry(1, 0))
+		if err != nil {
+			return err
+		}
+		r.conns = append(r.conns, kc)
+	}
+	if r.o.baseline {
+		tok, err := hsm.Open(dialCtx, hsm.Config{Module: r.o.module, TokenLabel: r.o.token, PINFile: r.o.pinFile})
+		if err != nil {
+			return fmt.Errorf("bench: baseline: open token: %w", err)
+		}
+		r.tok = tok
+	}
+	return nil
+}
+
+func (r *benchRun) close() {
+	if r.tok != nil {
+		r.tok.Close()
+	}
+	for _, kc := range r.conns {
+		kc.Close()
+	}
+}
+
+// run measures every op at every concurrency, until one fails or ctx ends.
+// The error is the first failure's.
+func (r *benchRun) run(ctx context.Context) ([]benchResult, error) {
+	var results []benchResult
+	var runErr error
+	for _, op := range r.o.ops {
+		sock, base, key, err := r.prepare(ctx, op)
+		if err != nil {
+			return results, err
+		}
+		for _, n := range r.o.concurrency {
+			res, err := r.level(ctx, op, n, key, sock, base)
+			if runErr == nil {
+				runErr = err
+			}
+			results = append(results, res)
+			if res.Interrupted {
+				return results, runErr
+			}
+		}
+	}
+	return results, runErr
+}
+
+// prepare makes op's key and inputs and its targets over the socket and
+// in-process (nil without --baseline), and makes one call of each before
+// timing: a refusal (policy, a missing token) fails the command with its
+// own exit status at once.
+func (r *benchRun) prepare(ctx context.Context, op string) (sock, base benchTarget, key string, err error) {
+	setupCtx, cancel := context.WithTimeout(ctx, r.grace)
+	defer cancel()
+	p, err := benchPrepare(setupCtx, r.conns[0], op, r.o)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	sock = socketTarget(r.conns, op, r.o.batch, p)
+	if r.tok != nil {
+		base = baselineTarget(r.tok, op, r.o.batch, p)
+	}
+	if _, err := sock(setupCtx, 0); err != nil {
+		return nil, nil, "", err
+	}
+	if base != nil {
+		if _, err := base(setupCtx, 0); err != nil {
+			return nil, nil, "", fmt.Errorf("bench: baseline: %w", err)
+		}
+	}
+	return sock, base, p.key, nil
+}
+
+// level measures op at concurrency n over the socket and, with a baseline,
+// in-process. The error describes the first failed operation, if any.
+func (r *benchRun) level(ctx context.Context, op string, n int, key string, sock, base benchTarget) (benchResult, error) {
+	o := r.o
+	res := benchResult{Op: op, Concurrency: n, Batch: o.batch, Connections: o.connections, Payload: o.payload, Key: key}
+	res.benchStats = runLevel(ctx, n, o.duration, r.grace, max(o.batch, 1), sock, r.progress, fmt.Sprintf("%s c=%d", op, n))
+	if ctx.Err() == nil && base != nil {
+		s := runLevel(ctx, n, o.duration, r.grace, max(o.batch, 1), base, r.progress, fmt.Sprintf("%s c=%d baseline", op, n))
+		res.Baseline = &s
+		if s.OpsPerS > 0 {
+			ratio := res.OpsPerS / s.OpsPerS
+			res.Ratio = &ratio
+		}
+	}
+	res.Interrupted = ctx.Err() != nil
+	switch {
+	case res.firstErr != nil:
+		res.FirstError = oneLine(res.firstErr.Error())
+		return res, fmt.Errorf("bench: %s at concurrency %d: %d operations failed; the first: %w", op, n, res.Errors, res.firstErr)
+	case res.Baseline != nil && res.Baseline.firstErr != nil:
+		res.FirstError = "baseline: " + oneLine(res.Baseline.firstErr.Error())
+		return res, fmt.Errorf("bench: baseline %s at concurrency %d: %d operations failed; the first: %w", op, n, res.Baseline.Errors, res.Baseline.firstErr)
+	}
+	return res, nil
 }
 
 // benchPrepare finds or creates the op's key and makes what the op
@@ -437,36 +466,7 @@ var errBenchInvalid = errors.New("verify: the signature made before the run does
 func socketTarget(conns []*client.Client, op string, batch int, p prepared) benchTarget {
 	kcOf := func(w int) *client.Client { return conns[w%len(conns)] }
 	if batch > 0 {
-		var call func(ctx context.Context, kc *client.Client) ([]error, error)
-		switch op {
-		case "wrap":
-			items := make([]*keywardv1.WrapRequest, batch)
-			for i := range items {
-				items[i] = &keywardv1.WrapRequest{Key: p.key, Plaintext: p.payload, Context: benchContext}
-			}
-			call = func(ctx context.Context, kc *client.Client) ([]error, error) {
-				rs, err := kc.BatchWrap(ctx, items)
-				return itemErrs(rs), err
-			}
-		case "unwrap":
-			items := make([]*keywardv1.UnwrapRequest, batch)
-			for i := range items {
-				items[i] = &keywardv1.UnwrapRequest{Ciphertext: p.blob, Context: benchContext}
-			}
-			call = func(ctx context.Context, kc *client.Client) ([]error, error) {
-				rs, err := kc.BatchUnwrap(ctx, items)
-				return itemErrs(rs), err
-			}
-		case "mac":
-			items := make([]*keywardv1.MacRequest, batch)
-			for i := range items {
-				items[i] = &keywardv1.MacRequest{Key: p.key, Message: p.payload}
-			}
-			call = func(ctx context.Context, kc *client.Client) ([]error, error) {
-				rs, err := kc.BatchMac(ctx, items)
-				return itemErrs(rs), err
-			}
-		}
+		call := batchCall(op, batch, p)
 		return func(ctx context.Context, w int) (int, error) {
 			errs, err := call(ctx, kcOf(w))
 			if err != nil {
@@ -475,6 +475,53 @@ func socketTarget(conns []*client.Client, op string, batch int, p prepared) benc
 			return countErrs(errs)
 		}
 	}
+	one := singleCall(op, p)
+	return func(ctx context.Context, w int) (int, error) {
+		if err := one(ctx, kcOf(w)); err != nil {
+			return 1, err
+		}
+		return 0, nil
+	}
+}
+
+// batchCall makes one batch call of op, batch items, on a connection: the
+// items' errors, or the call's.
+func batchCall(op string, batch int, p prepared) func(ctx context.Context, kc *client.Client) ([]error, error) {
+	var call func(ctx context.Context, kc *client.Client) ([]error, error)
+	switch op {
+	case "wrap":
+		items := make([]*keywardv1.WrapRequest, batch)
+		for i := range items {
+			items[i] = &keywardv1.WrapRequest{Key: p.key, Plaintext: p.payload, Context: benchContext}
+		}
+		call = func(ctx context.Context, kc *client.Client) ([]error, error) {
+			rs, err := kc.BatchWrap(ctx, items)
+			return itemErrs(rs), err
+		}
+	case "unwrap":
+		items := make([]*keywardv1.UnwrapRequest, batch)
+		for i := range items {
+			items[i] = &keywardv1.UnwrapRequest{Ciphertext: p.blob, Context: benchContext}
+		}
+		call = func(ctx context.Context, kc *client.Client) ([]error, error) {
+			rs, err := kc.BatchUnwrap(ctx, items)
+			return itemErrs(rs), err
+		}
+	case "mac":
+		items := make([]*keywardv1.MacRequest, batch)
+		for i := range items {
+			items[i] = &keywardv1.MacRequest{Key: p.key, Message: p.payload}
+		}
+		call = func(ctx context.Context, kc *client.Client) ([]error, error) {
+			rs, err := kc.BatchMac(ctx, items)
+			return itemErrs(rs), err
+		}
+	}
+	return call
+}
+
+// singleCall makes one call of op on a connection.
+func singleCall(op string, p prepared) func(ctx context.Context, kc *client.Client) error {
 	var one func(ctx context.Context, kc *client.Client) error
 	switch op {
 	case "wrap":
@@ -516,12 +563,7 @@ func socketTarget(conns []*client.Client, op string, batch int, p prepared) benc
 			return err
 		}
 	}
-	return func(ctx context.Context, w int) (int, error) {
-		if err := one(ctx, kcOf(w)); err != nil {
-			return 1, err
-		}
-		return 0, nil
-	}
+	return one
 }
 
 func itemErrs[T any](rs []client.Result[T]) []error {
@@ -609,69 +651,86 @@ func runLevel(ctx context.Context, conc int, d, grace time.Duration, items int, 
 	defer cancel()
 
 	var done atomic.Int64
-	stopProgress := make(chan struct{})
-	var progressDone sync.WaitGroup
-	if progress != nil {
-		progressDone.Add(1)
-		go func() {
-			defer progressDone.Done()
-			t := time.NewTicker(200 * time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-stopProgress:
-					progress("")
-					return
-				case now := <-t.C:
-					el := min(now.Sub(start), d)
-					progress(fmt.Sprintf("bench %s: %.1fs/%v, %d ops", label, el.Seconds(), d, done.Load()))
-				}
-			}
-		}()
-	}
-
-	type worker struct {
-		lat            []time.Duration
-		calls, failed  int64
-		firstErr       error
-		firstErrAtCall time.Time
-	}
-	ws := make([]worker, conc)
+	stopProgress := showProgress(progress, start, d, label, &done)
+	ws := make([]benchWorker, conc)
 	var wg sync.WaitGroup
 	for i := range ws {
-		wg.Go(func() {
-			w := &ws[i]
-			w.lat = make([]time.Duration, 0, 1024)
-			for {
-				t0 := time.Now()
-				if !t0.Before(end) || ctx.Err() != nil {
-					return
-				}
-				failed, err := target(callCtx, i)
-				lat := time.Since(t0)
-				if ctx.Err() != nil {
-					return // interrupted: this call does not count
-				}
-				if err != nil {
-					w.failed += int64(failed)
-					if w.firstErr == nil {
-						w.firstErr, w.firstErrAtCall = err, t0
-					}
-					if failed >= items {
-						continue // the call failed: no latency, no ops
-					}
-				}
-				w.calls++
-				w.lat = append(w.lat, lat)
-				done.Add(int64(items - failed))
-			}
-		})
+		wg.Go(func() { ws[i].run(ctx, callCtx, i, end, items, target, &done) })
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	close(stopProgress)
-	progressDone.Wait()
+	stopProgress()
+	return benchSummary(ws, done.Load(), elapsed, items)
+}
 
+// showProgress reports the level's progress every 200 ms until the
+// returned function is called (nothing when progress is nil).
+func showProgress(progress func(string), start time.Time, d time.Duration, label string, done *atomic.Int64) (stop func()) {
+	if progress == nil {
+		return func() {}
+	}
+	stopProgress := make(chan struct{})
+	var progressDone sync.WaitGroup
+	progressDone.Go(func() {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopProgress:
+				progress("")
+				return
+			case now := <-t.C:
+				el := min(now.Sub(start), d)
+				progress(fmt.Sprintf("bench %s: %.1fs/%v, %d ops", label, el.Seconds(), d, done.Load()))
+			}
+		}
+	})
+	return func() {
+		close(stopProgress)
+		progressDone.Wait()
+	}
+}
+
+// benchWorker is what one worker of a level measured.
+type benchWorker struct {
+	lat            []time.Duration
+	calls, failed  int64
+	firstErr       error
+	firstErrAtCall time.Time
+}
+
+// run calls target as worker i until end or ctx ends (calls get callCtx),
+// adding the operations that succeeded to done.
+func (w *benchWorker) run(ctx, callCtx context.Context, i int, end time.Time, items int, target benchTarget, done *atomic.Int64) {
+	w.lat = make([]time.Duration, 0, 1024)
+	for {
+		t0 := time.Now()
+		if !t0.Before(end) || ctx.Err() != nil {
+			return
+		}
+		failed, err := target(callCtx, i)
+		lat := time.Since(t0)
+		if ctx.Err() != nil {
+			return // interrupted: this call does not count
+		}
+		if err != nil {
+			w.failed += int64(failed)
+			if w.firstErr == nil {
+				w.firstErr, w.firstErrAtCall = err, t0
+			}
+			if failed >= items {
+				continue // the call failed: no latency, no ops
+			}
+		}
+		w.calls++
+		w.lat = append(w.lat, lat)
+		done.Add(int64(items - failed))
+	}
+}
+
+// benchSummary adds up the workers' measures: ops operations succeeded in
+// elapsed, items per call.
+func benchSummary(ws []benchWorker, ops int64, elapsed time.Duration, items int) benchStats {
 	var s benchStats
 	var all []time.Duration
 	var firstAt time.Time
@@ -683,7 +742,7 @@ func runLevel(ctx context.Context, conc int, d, grace time.Duration, items int, 
 			s.firstErr, firstAt = w.firstErr, w.firstErrAtCall
 		}
 	}
-	s.Ops = done.Load()
+	s.Ops = ops
 	s.Seconds = round(elapsed.Seconds(), 3)
 	if sec := elapsed.Seconds(); sec > 0 {
 		s.OpsPerS = round(float64(s.Ops)/sec, 1)

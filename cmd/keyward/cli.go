@@ -220,14 +220,13 @@ func (a *app) rootCmd() *cobra.Command {
 	})
 	root.SetHelpFunc(a.help)
 	root.SetHelpCommand(a.helpCmd())
-
 	a.addCommands(root)
-	setUpCompletion(root)
+	completionCmds(root)
 	walk(root, func(c *cobra.Command) { c.DisableFlagsInUseLine = true })
 	return root
 }
 
-// addCommands adds every command to root, in the groups help lists them by.
+// addCommands adds every command to root, in its help group.
 func (a *app) addCommands(root *cobra.Command) {
 	// Help lists the commands by group, in this order.
 	cobra.EnableCommandSorting = false
@@ -259,13 +258,13 @@ func (a *app) addCommands(root *cobra.Command) {
 		a.policyCmd(),
 		a.demoCmd())
 	add("local", a.auditCmd())
-}
-
-// setUpCompletion adds the completion command with examples, in the help
-// group "other", and marks it as needing no daemon.
-func setUpCompletion(root *cobra.Command) {
 	root.SetHelpCommandGroupID("other")
 	root.SetCompletionCommandGroupID("other")
+}
+
+// completionCmds adds the completion commands, with examples, and marks
+// them local (no daemon needed).
+func completionCmds(root *cobra.Command) {
 	root.InitDefaultCompletionCmd()
 	if comp, _, err := root.Find([]string{"completion"}); err == nil && comp != root {
 		comp.Example = "  keyward completion bash > /etc/bash_completion.d/keyward\n  source <(keyward completion zsh)\n  keyward completion fish > ~/.config/fish/completions/keyward.fish"

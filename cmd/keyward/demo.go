@@ -148,77 +148,123 @@ func stepf(w io.Writer, step, format string, a ...any) {
 // demo runs the walk-through described in demoLong.
 func demo(ctx context.Context, w io.Writer, o demoOptions) error {
 	start := time.Now()
+	tok, err := openDemoToken(ctx, w, o)
+	if err != nil {
+		return err
+	}
+	defer tok.Close()
+	d := demoRun{w: w, tok: tok, name: o.Key, c: o.Context}
+	if err := d.key(ctx); err != nil {
+		return err
+	}
+	blob, hdr, err := d.wrap(ctx)
+	if err != nil {
+		return err
+	}
+	if err := d.rotate(ctx, blob, hdr); err != nil {
+		return err
+	}
+	if err := d.check(ctx); err != nil {
+		return err
+	}
+	stepf(w, "done", "in %v; the token keeps its keys in %s, so the next run rotates again",
+		time.Since(start).Round(time.Millisecond), o.DevDir)
+	return nil
+}
+
+// openDemoToken logs in to the token of o.DevDir.
+func openDemoToken(ctx context.Context, w io.Writer, o demoOptions) (*hsm.Token, error) {
 	conf := filepath.Join(o.DevDir, "softhsm2.conf")
 	if _, err := os.Stat(conf); err != nil {
-		return fmt.Errorf("demo: %s is not a provisioned token directory (make one with softhsm-test/provision-token.sh --dir %s): %w",
+		return nil, fmt.Errorf("demo: %s is not a provisioned token directory (make one with softhsm-test/provision-token.sh --dir %s): %w",
 			o.DevDir, o.DevDir, err)
 	}
 	abs, err := filepath.Abs(conf)
 	if err != nil {
-		return fmt.Errorf("demo: %w", err)
+		return nil, fmt.Errorf("demo: %w", err)
 	}
 	if err := os.Setenv("SOFTHSM2_CONF", abs); err != nil {
-		return fmt.Errorf("demo: %w", err)
+		return nil, fmt.Errorf("demo: %w", err)
 	}
 	module, err := softhsmModule()
 	if err != nil {
-		return fmt.Errorf("demo: %w", err)
+		return nil, fmt.Errorf("demo: %w", err)
 	}
 	pinFile := filepath.Join(o.DevDir, "pin")
 	tok, err := hsm.Open(ctx, hsm.Config{Module: module, TokenLabel: o.Token, PINFile: pinFile})
 	if err != nil {
-		return fmt.Errorf("demo: open token %q: %w", o.Token, err)
+		return nil, fmt.Errorf("demo: open token %q: %w", o.Token, err)
 	}
-	defer tok.Close()
 	stepf(w, "token", "logged in to SoftHSM2 token %q (config %s, PIN from %s, module %s)", o.Token, conf, pinFile, module)
+	return tok, nil
+}
 
-	name := o.Key
-	info, err := tok.DescribeKey(ctx, name)
+// demoRun is one walk-through: its steps print to w and use key name on
+// tok under context c.
+type demoRun struct {
+	w    io.Writer
+	tok  *hsm.Token
+	name string
+	c    keys.Context
+}
+
+// key creates the demo key, or checks that the existing one can wrap.
+func (d demoRun) key(ctx context.Context) error {
+	info, err := d.tok.DescribeKey(ctx, d.name)
 	switch {
 	case errors.Is(err, keys.ErrKeyNotFound):
-		if info, err = tok.CreateKey(ctx, name, keys.AES256GCM); err != nil {
+		if info, err = d.tok.CreateKey(ctx, d.name, keys.AES256GCM); err != nil {
 			return fmt.Errorf("demo: %w", err)
 		}
-		stepf(w, "key", "created %s (%s, v1), generated inside the token, not extractable", name, info.Type)
+		stepf(d.w, "key", "created %s (%s, v1), generated inside the token, not extractable", d.name, info.Type)
 	case err != nil:
 		return fmt.Errorf("demo: %w", err)
 	default:
 		if info.Type != keys.AES256GCM {
-			return fmt.Errorf("demo: key %s is %s; the demo wraps, so it needs an %s key: %w", name, info.Type, keys.AES256GCM, keys.ErrWrongKeyType)
+			return fmt.Errorf("demo: key %s is %s; the demo wraps, so it needs an %s key: %w", d.name, info.Type, keys.AES256GCM, keys.ErrWrongKeyType)
 		}
-		stepf(w, "key", "reusing %s (%s, %s)", name, info.Type, versionSummary(info))
+		stepf(d.w, "key", "reusing %s (%s, %s)", d.name, info.Type, versionSummary(info))
 	}
+	return nil
+}
 
-	c := o.Context
-	blob, err := tok.Wrap(ctx, name, []byte(demoPlaintext), c)
+// wrap wraps the demo secret, shows the blob, unwraps it, and shows that
+// another context is refused.
+func (d demoRun) wrap(ctx context.Context) ([]byte, envelope.Header, error) {
+	blob, err := d.tok.Wrap(ctx, d.name, []byte(demoPlaintext), d.c)
 	if err != nil {
-		return fmt.Errorf("demo: %w", err)
+		return nil, envelope.Header{}, fmt.Errorf("demo: %w", err)
 	}
 	hdr, ct, err := envelope.Decode(blob)
 	if err != nil {
-		return fmt.Errorf("demo: decode own blob: %w", err)
+		return nil, hdr, fmt.Errorf("demo: decode own blob: %w", err)
 	}
-	stepf(w, "wrap", "%q under context %s with %s v%d", demoPlaintext, formatContext(c), name, hdr.Version)
-	stepf(w, "blob", "%s", envelope.EncodeText(blob))
-	stepf(w, "header", "name=%s version=%d alg=%d nonce=%d bytes, blob %d bytes (ciphertext+tag %d)",
+	stepf(d.w, "wrap", "%q under context %s with %s v%d", demoPlaintext, formatContext(d.c), d.name, hdr.Version)
+	stepf(d.w, "blob", "%s", envelope.EncodeText(blob))
+	stepf(d.w, "header", "name=%s version=%d alg=%d nonce=%d bytes, blob %d bytes (ciphertext+tag %d)",
 		hdr.Name, hdr.Version, hdr.Alg, len(hdr.Nonce), len(blob), len(ct))
 
-	if err := unwrapCheck(ctx, tok, blob, c); err != nil {
-		return fmt.Errorf("demo: %w", err)
+	if err := unwrapCheck(ctx, d.tok, blob, d.c); err != nil {
+		return nil, hdr, fmt.Errorf("demo: %w", err)
 	}
-	stepf(w, "unwrap", "context %s: round-trip ok, got %q back", formatContext(c), demoPlaintext)
+	stepf(d.w, "unwrap", "context %s: round-trip ok, got %q back", formatContext(d.c), demoPlaintext)
 
-	other := otherContext(c)
-	_, err = tok.Unwrap(ctx, blob, other)
+	other := otherContext(d.c)
+	_, err = d.tok.Unwrap(ctx, blob, other)
 	switch {
 	case err == nil:
-		return fmt.Errorf("demo: unwrap under context %s succeeded; it must fail", formatContext(other))
+		return nil, hdr, fmt.Errorf("demo: unwrap under context %s succeeded; it must fail", formatContext(other))
 	case !errors.Is(err, keys.ErrDecrypt):
-		return fmt.Errorf("demo: unwrap under another context: want %v, got: %w", keys.ErrDecrypt, err)
+		return nil, hdr, fmt.Errorf("demo: unwrap under another context: want %v, got: %w", keys.ErrDecrypt, err)
 	}
-	stepf(w, "unwrap", "context %s: refused as expected (%v)", formatContext(other), keys.ErrDecrypt)
+	stepf(d.w, "unwrap", "context %s: refused as expected (%v)", formatContext(other), keys.ErrDecrypt)
+	return blob, hdr, nil
+}
 
-	info, err = tok.RotateKey(ctx, name)
+// rotate rotates the key, wraps again with the new version and shows that
+// blob, wrapped before (its header hdr), still unwraps.
+func (d demoRun) rotate(ctx context.Context, blob []byte, hdr envelope.Header) error {
+	info, err := d.tok.RotateKey(ctx, d.name)
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -226,9 +272,9 @@ func demo(ctx context.Context, w io.Writer, o demoOptions) error {
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
-	stepf(w, "rotate", "%s now at v%d; new wraps use v%d", name, latest, latest)
+	stepf(d.w, "rotate", "%s now at v%d; new wraps use v%d", d.name, latest, latest)
 
-	blob2, err := tok.Wrap(ctx, name, []byte(demoPlaintext), c)
+	blob2, err := d.tok.Wrap(ctx, d.name, []byte(demoPlaintext), d.c)
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -239,36 +285,39 @@ func demo(ctx context.Context, w io.Writer, o demoOptions) error {
 	if hdr2.Version != latest {
 		return fmt.Errorf("demo: wrap after rotation used v%d, want v%d", hdr2.Version, latest)
 	}
-	stepf(w, "wrap", "same secret again: v%d blob, %d bytes", hdr2.Version, len(blob2))
-	if err := unwrapCheck(ctx, tok, blob2, c); err != nil {
+	stepf(d.w, "wrap", "same secret again: v%d blob, %d bytes", hdr2.Version, len(blob2))
+	if err := unwrapCheck(ctx, d.tok, blob2, d.c); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
-	if err := unwrapCheck(ctx, tok, blob, c); err != nil {
+	if err := unwrapCheck(ctx, d.tok, blob, d.c); err != nil {
 		return fmt.Errorf("demo: v%d blob after rotation: %w", hdr.Version, err)
 	}
-	stepf(w, "unwrap", "v%d blob ok, and the v%d blob from before the rotation still unwraps", hdr2.Version, hdr.Version)
+	stepf(d.w, "unwrap", "v%d blob ok, and the v%d blob from before the rotation still unwraps", hdr2.Version, hdr.Version)
+	return nil
+}
 
-	rep, err := tok.Doctor(ctx)
+// check runs the token doctor and lists the keys; a weak finding fails the
+// demo.
+func (d demoRun) check(ctx context.Context) error {
+	rep, err := d.tok.Doctor(ctx)
 	if err != nil {
 		return fmt.Errorf("demo: doctor: %w", err)
 	}
-	stepf(w, "doctor", "%s", doctorSummary(rep))
+	stepf(d.w, "doctor", "%s", doctorSummary(rep))
 	for _, f := range rep.Findings {
-		stepf(w, "doctor", "%s: %s", findingSubject(f), f.Problem)
+		stepf(d.w, "doctor", "%s: %s", findingSubject(f), f.Problem)
 	}
 
-	list, err := tok.ListKeys(ctx)
+	list, err := d.tok.ListKeys(ctx)
 	if err != nil {
 		return fmt.Errorf("demo: list keys: %w", err)
 	}
 	for _, ki := range list {
-		stepf(w, "list", "%s %s: %s", ki.Name, ki.Type, versionSummary(ki))
+		stepf(d.w, "list", "%s %s: %s", ki.Name, ki.Type, versionSummary(ki))
 	}
 	if rep.Weak() {
 		return fmt.Errorf("demo: token doctor: %w", errWeak)
 	}
-	stepf(w, "done", "in %v; the token keeps its keys in %s, so the next run rotates again",
-		time.Since(start).Round(time.Millisecond), o.DevDir)
 	return nil
 }
 
