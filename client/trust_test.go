@@ -14,8 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -56,46 +54,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// countingListener counts the bytes read on every connection it accepts.
-type countingListener struct {
-	net.Listener
-	n  *atomic.Int64
-	wg *sync.WaitGroup
-}
-
-type countingConn struct {
-	net.Conn
-	n    *atomic.Int64
-	done func()
-	once sync.Once
-}
-
-func (l countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	l.wg.Add(1)
-	return &countingConn{Conn: c, n: l.n, done: l.wg.Done}, nil
-}
-
-// Close counts as done too: a connection accepted as the server stops is
-// closed without ever being read.
-func (c *countingConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.done)
-	return err
-}
-
-func (c *countingConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	c.n.Add(int64(n))
-	if err != nil {
-		c.once.Do(c.done)
-	}
-	return n, err
-}
-
 // serveCounting is the helper: listen(2) on fd 3 (so SO_PEERCRED names this
 // process's uid), serve, and report the bytes received.
 func serveCounting() int {
@@ -108,16 +66,14 @@ func serveCounting() int {
 		fmt.Println("file listener:", err)
 		return 1
 	}
-	var n atomic.Int64
-	var wg sync.WaitGroup
 	g := grpc.NewServer()
 	keywardv1.RegisterKeywardServer(g, &flaky{})
-	go g.Serve(countingListener{Listener: l, n: &n, wg: &wg})
+	cl := &testutil.CountingListener{Listener: l}
+	go g.Serve(cl)
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)
 	g.Stop() // closes the connections, so that every reader is done
-	wg.Wait()
-	fmt.Println("read", n.Load())
+	fmt.Println("read", cl.Read())
 	return 0
 }
 

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -21,6 +20,8 @@ import (
 	"google.golang.org/grpc"
 
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
+
+	"github.com/keyward/keyward/internal/testutil"
 )
 
 // impostorEnv makes the test binary a daemon stand-in (see serveImpostor).
@@ -38,38 +39,6 @@ func (emptyKeyring) ListKeys(context.Context, *keywardv1.ListKeysRequest) (*keyw
 	return &keywardv1.ListKeysResponse{}, nil
 }
 
-// countConn counts the bytes read from a connection.
-type countConn struct {
-	net.Conn
-	n    *atomic.Int64
-	wg   *sync.WaitGroup
-	once sync.Once
-}
-
-func (c *countConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	c.n.Add(int64(n))
-	if err != nil {
-		c.once.Do(c.wg.Done)
-	}
-	return n, err
-}
-
-type countListener struct {
-	net.Listener
-	n  *atomic.Int64
-	wg *sync.WaitGroup
-}
-
-func (l countListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	l.wg.Add(1)
-	return &countConn{Conn: c, n: l.n, wg: l.wg}, nil
-}
-
 // serveImpostor listens on fd 3 (a bound socket: listen(2) here records
 // this process's uid for SO_PEERCRED), serves an empty keyring, and when
 // stdin closes prints how many bytes it was sent.
@@ -83,16 +52,14 @@ func serveImpostor() int {
 		fmt.Println("listener:", err)
 		return 1
 	}
-	var n atomic.Int64
-	var wg sync.WaitGroup
 	g := grpc.NewServer()
 	keywardv1.RegisterKeywardServer(g, emptyKeyring{})
-	go g.Serve(countListener{Listener: l, n: &n, wg: &wg})
+	cl := &testutil.CountingListener{Listener: l}
+	go g.Serve(cl)
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)
-	g.Stop()
-	wg.Wait()
-	fmt.Println("read", n.Load())
+	g.Stop() // closes the connections, so that every reader is done
+	fmt.Println("read", cl.Read())
 	return 0
 }
 
