@@ -320,7 +320,7 @@ func TestHalfSentFlood(t *testing.T) {
 	}
 	const conns, streams, size = 5, 256, 4 << 20
 	r := start(t, testRules(), func(c *config.Config) {
-		c.Limits.ReceiveTimeout = config.Duration{Duration: 3 * time.Second}
+		c.Limits.ReceiveTimeout = config.Duration{Duration: time.Second}
 		c.AuditRefusalInterval = config.Duration{Duration: time.Second}
 	})
 	ctx := context.Background()

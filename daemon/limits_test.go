@@ -85,9 +85,10 @@ func TestConnectionsPerUID(t *testing.T) {
 // sends its message is cut at limits.receive_timeout, and the connection,
 // then idle, is closed at limits.idle_timeout.
 func TestEmptyRequestCut(t *testing.T) {
+	t.Parallel()
 	r := start(t, testRules(), func(c *config.Config) {
-		c.Limits.ReceiveTimeout = config.Duration{Duration: time.Second}
-		c.Limits.IdleTimeout = config.Duration{Duration: 2 * time.Second}
+		c.Limits.ReceiveTimeout = config.Duration{Duration: 300 * time.Millisecond}
+		c.Limits.IdleTimeout = config.Duration{Duration: 500 * time.Millisecond}
 	})
 	c, err := net.Dial("unix", r.sock)
 	if err != nil {
@@ -138,6 +139,7 @@ func TestEmptyRequestCut(t *testing.T) {
 // refused or summarised. The audit log grows by a few records and one
 // summary per interval, not by a record per item.
 func TestRefusalSummaryBudget(t *testing.T) {
+	t.Parallel()
 	const calls = 300
 	for _, c := range []struct{ name, key string }{
 		{"denied", "app/flood"},
@@ -209,13 +211,12 @@ func fileSize(t *testing.T, path string) int64 {
 }
 
 // TestMetricsConnectionCap: the metrics listener keeps a few connections;
-// while they are held a scrape is served only once the daemon has closed
-// one of them (its header timeout), never beside them.
+// while they are held a scrape waits, and it is served once one of them
+// is closed, never beside them.
 func TestMetricsConnectionCap(t *testing.T) {
+	t.Parallel()
 	metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
 	start(t, testRules(), func(c *config.Config) { c.MetricsSocket = metricsSock })
-	var mu sync.Mutex
-	closed := 0
 	var conns []net.Conn
 	for range 8 {
 		c, err := net.Dial("unix", metricsSock)
@@ -223,12 +224,6 @@ func TestMetricsConnectionCap(t *testing.T) {
 			t.Fatal(err)
 		}
 		conns = append(conns, c)
-		go func() {
-			io.Copy(io.Discard, c)
-			mu.Lock()
-			closed++
-			mu.Unlock()
-		}()
 	}
 	defer func() {
 		for _, c := range conns {
@@ -240,15 +235,34 @@ func TestMetricsConnectionCap(t *testing.T) {
 	}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://keyward/metrics", nil)
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatalf("scrape never served: %v", err)
+	var mu sync.Mutex
+	freed := false
+	served := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://keyward/metrics", nil)
+		resp, err := hc.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			mu.Lock()
+			if !freed {
+				err = errors.New("a scrape was served beside 8 held connections")
+			}
+			mu.Unlock()
+		}
+		served <- err
+	}()
+	// Free a slot once the scrape has had the time to be served wrongly
+	// (a slow machine only makes the check weaker, never fail).
+	select {
+	case err := <-served:
+		t.Fatal(err)
+	case <-time.After(300 * time.Millisecond):
 	}
-	resp.Body.Close()
 	mu.Lock()
-	defer mu.Unlock()
-	if closed == 0 {
-		t.Fatal("a scrape was served beside 8 held connections")
+	freed = true
+	mu.Unlock()
+	conns[0].Close()
+	if err := <-served; err != nil {
+		t.Fatalf("scrape after a slot was freed: %v", err)
 	}
 }

@@ -150,6 +150,7 @@ func TestLifecycleReadyAfterKeyring(t *testing.T) {
 // quarter of it) never times out on a busy machine; waits for a ping are
 // bounded by soon, not by the period.
 func TestLifecycleWatchdog(t *testing.T) {
+	t.Parallel() // no device: it only waits
 	const wd = time.Second
 	be := &probeBackend{n: 1}
 	lc, m, logs := newTestLifecycle(t, be, wd)
