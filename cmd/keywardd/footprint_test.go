@@ -67,6 +67,7 @@ func (m procMem) String() string {
 // memory idle within 25 MiB (which needs the build tag make sets).
 func TestFootprint(t *testing.T) {
 	softhsmtest.Need(t, tok)
+	t.Parallel() // its own dev token; it overlaps TestSystemdProtocol's waiting
 	dir := t.TempDir()
 	devDir := filepath.Join(dir, "dev")
 	sock := filepath.Join(dir, "dev.sock")

@@ -141,6 +141,7 @@ func needTool(t *testing.T, name string) string {
 // clean exit.
 func TestSystemdProtocol(t *testing.T) {
 	softhsmtest.Need(t, tok)
+	t.Parallel() // its own token label and process; mostly waits for watchdog pings
 	activate := needTool(t, "systemd-socket-activate")
 	const label = "sd-notify"
 	pin, err := tok.InitToken(label)
