@@ -64,8 +64,10 @@ type streamConn struct {
 	rbuf []byte // read from the connection, not yet handed out: rbuf[r:w]
 	r, w int
 
-	mu       sync.Mutex
-	in, out  frameScanner
+	in  frameScanner // the reader's: Read runs in one goroutine
+	out frameScanner // the writer's: Write runs in one goroutine
+
+	mu       sync.Mutex // guards open and closed
 	open     map[uint32]struct{}
 	closed   bool
 	onClosed func()
@@ -89,25 +91,23 @@ func (c *streamConn) Read(b []byte) (int, error) {
 	}
 	n := copy(b, c.rbuf[c.r:c.w])
 	c.r += n
-	c.mu.Lock()
-	c.in.scan(b[:n], c.fromClient)
-	c.mu.Unlock()
+	c.in.scan(b[:n], c.fromClient) // in is the reader's alone; the callback locks
 	return n, nil
 }
 
 // Write counts before the bytes leave, so a call is no longer counted by
 // the time its client can see the reply and make the next one.
 func (c *streamConn) Write(b []byte) (int, error) {
-	c.mu.Lock()
-	c.out.scan(b, c.fromServer)
-	c.mu.Unlock()
+	c.out.scan(b, c.fromServer) // out is the writer's alone; the callback locks
 	return c.Conn.Write(b)
 }
 
 func (c *streamConn) fromClient(typ, _ byte, id uint32) {
 	switch {
-	case typ == frameHeaders && id%2 == 1 && !c.closed:
-		if _, ok := c.open[id]; !ok {
+	case typ == frameHeaders && id%2 == 1:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if _, ok := c.open[id]; !ok && !c.closed {
 			c.open[id] = struct{}{}
 			c.uid.Add(1)
 		}
@@ -123,6 +123,8 @@ func (c *streamConn) fromServer(typ, flags byte, id uint32) {
 }
 
 func (c *streamConn) finish(id uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if _, ok := c.open[id]; ok {
 		delete(c.open, id)
 		c.uid.Add(-1)
