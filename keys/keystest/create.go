@@ -7,6 +7,7 @@ import (
 	"github.com/keyward/keyward/keys"
 )
 
+// Long on purpose: a list of t.Run conformance cases, each a few lines, read top to bottom.
 func testCreate(t *testing.T, be keys.Backend) {
 	for _, typ := range keys.Types {
 		t.Run(string(typ), func(t *testing.T) {

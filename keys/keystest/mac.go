@@ -70,6 +70,7 @@ func testWrongKeyType(t *testing.T, be keys.Backend) {
 	}
 }
 
+// Long on purpose: a list of t.Run conformance cases, each a few lines, read top to bottom.
 func testMAC(t *testing.T, be keys.Backend) {
 	name := create(t, be, keys.HMACSHA256).Name
 	msg := []byte("authenticate me")

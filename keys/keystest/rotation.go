@@ -6,6 +6,7 @@ import (
 	"github.com/keyward/keyward/keys"
 )
 
+// Long on purpose: a list of t.Run conformance cases, each a few lines, read top to bottom.
 func testRotation(t *testing.T, be keys.Backend) {
 	pt := []byte("rotate me")
 	c := keys.Context{"app": "rotation"}

@@ -98,6 +98,7 @@ func testSign(t *testing.T, be keys.Backend) {
 	}
 }
 
+// Long on purpose: a list of t.Run conformance cases, each a few lines, read top to bottom.
 func testSigner(t *testing.T, be keys.Backend, s signer) {
 	name := create(t, be, s.typ).Name
 	msg := []byte("sign me")

@@ -9,6 +9,7 @@ import (
 	"github.com/keyward/keyward/keys"
 )
 
+// Long on purpose: a list of t.Run conformance cases, each a few lines, read top to bottom.
 func testWrap(t *testing.T, be keys.Backend) {
 	key := create(t, be, keys.AES256GCM).Name
 	pt := []byte("the quick brown fox jumps over the lazy dog")
