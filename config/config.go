@@ -211,9 +211,6 @@ func Defaults() Config {
 	}
 }
 
-// ErrConfig wraps every configuration error.
-var ErrConfig = errors.New("invalid configuration")
-
 // LoadConfig reads path strictly: an unknown key, a wrong type or a bad
 // value is an error naming its line (see ParseConfig).
 func LoadConfig(path string) (Config, error) {

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -9,9 +8,6 @@ import (
 
 	"github.com/keyward/keyward/policy"
 )
-
-// ErrRateLimited: a caller went over an abuse limit.
-var ErrRateLimited = errors.New("rate limited")
 
 // abuseWindow is the length of one counting window.
 const abuseWindow = time.Minute

@@ -24,10 +24,6 @@ import (
 	"github.com/keyward/keyward/keys"
 )
 
-// ErrAuditUnavailable: the audit log cannot be written; keywardd refuses
-// operations rather than perform them unrecorded (fail closed).
-var ErrAuditUnavailable = errors.New("audit log unavailable")
-
 // openAudit opens the configured audit log (nil when it is "off") and
 // registers its metrics. A log that cannot be opened (a corrupt chain, no
 // permission) stops the daemon from starting.

@@ -134,3 +134,17 @@ func (e *detailError) Unwrap() error { return e.err }
 func invalid(format string, a ...any) error {
 	return &detailError{detail: sprintf(format, a...), err: keys.ErrInvalidArgument}
 }
+
+// errProbeStuck: the previous probe has not returned yet.
+var errProbeStuck = errors.New("the previous health probe has not returned")
+
+// ErrAuditUnavailable: the audit log cannot be written; keywardd refuses
+// operations rather than perform them unrecorded (fail closed).
+var ErrAuditUnavailable = errors.New("audit log unavailable")
+
+// ErrRateLimited: a caller went over an abuse limit.
+var ErrRateLimited = errors.New("rate limited")
+
+// errReceiveTimeout cuts a request whose message did not arrive within
+// limits.receive_timeout.
+var errReceiveTimeout = errors.New("request not received within limits.receive_timeout")

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"path"
 	"time"
 
@@ -15,10 +14,6 @@ import (
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/socket"
 )
-
-// errReceiveTimeout cuts a request whose message did not arrive within
-// limits.receive_timeout.
-var errReceiveTimeout = errors.New("request not received within limits.receive_timeout")
 
 // unnamedStreams is how many calls at a time a caller that no rule names
 // may have open: its calls are read (and denied, each with its audit

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -184,9 +183,6 @@ func (lc *lifecycle) watch(ctx context.Context) {
 		lc.notify("WATCHDOG=1\n" + lc.status())
 	}
 }
-
-// errProbeStuck: the previous probe has not returned yet.
-var errProbeStuck = errors.New("the previous health probe has not returned")
 
 // probe runs keys.Backend.Health, waiting at most timeout. A call into a
 // wedged device cannot be interrupted, so a probe that outlives its timeout

@@ -23,3 +23,21 @@ var (
 	// wraps keys.ErrInvalidArgument: the caller sees an invalid request.
 	ErrReservedObject = fmt.Errorf("object is keyward's own or another key's, never adoptable: %w", keys.ErrInvalidArgument)
 )
+
+var errPoolFull = errors.New("session pool full")
+
+// errConcurrent: another process changed the record while this one was
+// changing it. The admin operation is retried from a fresh read.
+var errConcurrent = errors.New("key record changed concurrently")
+
+// errApplied: a change function found its change already published (by a
+// run whose error hid that it took effect); update returns the record.
+var errApplied = errors.New("change already published")
+
+var errPINValue = fmt.Errorf("uri carries pin-value: PINs come from a 0600 file or a systemd credential, never from config text: %w", ErrConfig)
+
+// errObjectMissing: no object matches a reference.
+var errObjectMissing = errors.New("token object not found")
+
+// errObjectAmbiguous: more than one object matches a reference.
+var errObjectAmbiguous = errors.New("more than one token object matches")

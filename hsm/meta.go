@@ -650,14 +650,6 @@ func (s *sess) remember(name string, raw []byte, rec *metaRecord, h pkcs11.Objec
 	s.t.cacheMu.Unlock()
 }
 
-// errConcurrent: another process changed the record while this one was
-// changing it. The admin operation is retried from a fresh read.
-var errConcurrent = errors.New("key record changed concurrently")
-
-// errApplied: a change function found its change already published (by a
-// run whose error hid that it took effect); update returns the record.
-var errApplied = errors.New("change already published")
-
 // namedBy returns a key other than except whose record names the object
 // with this label and id, or "" (one search over every record). Destroyed
 // versions count only with destroyed set: their objects are gone, unless a

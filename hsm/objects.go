@@ -2,7 +2,6 @@ package hsm
 
 import (
 	"encoding/hex"
-	"errors"
 	"fmt"
 
 	"github.com/miekg/pkcs11"
@@ -58,12 +57,6 @@ func (r objRef) template() []*pkcs11.Attribute {
 	}
 	return a
 }
-
-// errObjectMissing: no object matches a reference.
-var errObjectMissing = errors.New("token object not found")
-
-// errObjectAmbiguous: more than one object matches a reference.
-var errObjectAmbiguous = errors.New("more than one token object matches")
 
 // find returns all handles matching tmpl, up to maxObjectsPerFind.
 func (s *sess) find(tmpl []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {

@@ -411,8 +411,6 @@ func (st *tokenState) newSession() (pkcs11.SessionHandle, error) {
 	return sh, nil
 }
 
-var errPoolFull = errors.New("session pool full")
-
 // recoverable reports PKCS#11 errors after which re-initialising the module
 // and retrying may succeed: lost sessions, a removed or re-created token, a
 // finalised module, handles that no longer exist.

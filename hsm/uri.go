@@ -18,8 +18,6 @@ type URI struct {
 	Type                               string // secret-key, private-key, public-key, data, cert
 }
 
-var errPINValue = fmt.Errorf("uri carries pin-value: PINs come from a 0600 file or a systemd credential, never from config text: %w", ErrConfig)
-
 // ParseURI parses s strictly: an unknown path attribute, a duplicate
 // attribute, a pin-value query (PINs never live in config text) or bad
 // percent-encoding is an error.

@@ -2,7 +2,6 @@ package socket
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -10,10 +9,6 @@ import (
 
 	"google.golang.org/grpc/credentials"
 )
-
-// ErrConnLimit means a connection was refused at its handshake because its
-// uid holds as many connections as it may.
-var ErrConnLimit = errors.New("connection limit reached")
 
 // ConnLimits bound the connections the daemon keeps per peer uid. Max is the
 // listener's own limit (max_connections); PerUID the most one uid may hold;

@@ -16,3 +16,7 @@ var (
 	// cannot say who is at the other end.
 	ErrNotUnix = errors.New("not a unix socket connection")
 )
+
+// ErrConnLimit means a connection was refused at its handshake because its
+// uid holds as many connections as it may.
+var ErrConnLimit = errors.New("connection limit reached")

@@ -40,3 +40,6 @@ var (
 	// ErrCounterDefined: define-counter on a state directory that has one.
 	ErrCounterDefined = errors.New("tpm: the rollback counter is defined already")
 )
+
+// errNoIndex: the counter index is not defined on the TPM.
+var errNoIndex = errors.New("NV index not defined")

@@ -91,9 +91,6 @@ func counterAttrs() tpm2.TPMANV {
 	return tpm2.TPMANV{NT: tpm2.TPMNTCounter, AuthWrite: true, AuthRead: true, OwnerRead: true, NoDA: true}
 }
 
-// errNoIndex: the counter index is not defined on the TPM.
-var errNoIndex = errors.New("NV index not defined")
-
 // nvPublic reads the index's public area and name; errNoIndex if undefined.
 func (d *device) nvPublic(idx tpm2.TPMHandle) (*tpm2.TPMSNVPublic, tpm2.TPM2BName, error) {
 	rsp, err := (tpm2.NVReadPublic{NVIndex: idx}).Execute(d.conn)

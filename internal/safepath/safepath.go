@@ -19,11 +19,5 @@
 // and its target is walked with the same rule.
 package safepath
 
-import "errors"
-
-// ErrUnsafe means a directory on the path, or a symlink on it, can be
-// changed by a user who is neither root nor trusted.
-var ErrUnsafe = errors.New("path can be changed by an untrusted user")
-
 // maxLinks bounds the symlinks followed on one path, as the kernel's ELOOP.
 const maxLinks = 40
