@@ -10,11 +10,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keyward/keyward/internal/testutil"
 )
 
 // benchFields are the documented fields of a bench --json row.
@@ -354,12 +360,37 @@ func TestBenchInterrupt(t *testing.T) {
 	socket := startDaemon(t)
 	cmd := exec.Command(bin, "--socket", socket, "bench", "--op", "wrap", "--concurrency", "1,2", "--duration", "1m", "--json")
 	cmd.Env = testEnv(nil)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// stderr on a terminal, so that bench shows its progress: the signal
+	// goes once it has counted an operation, however long that takes.
+	ptm, pts := openPTY(t)
+	var stdout bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, pts
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	pts.Close()
+	var stderr testutil.SyncBuffer
+	counted := make(chan struct{})
+	go func() {
+		var once sync.Once
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptm.Read(buf)
+			stderr.Write(buf[:n])
+			if regexp.MustCompile(`, [1-9][0-9]* ops`).Match(buf[:n]) {
+				once.Do(func() { close(counted) })
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-counted:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("no operation counted in 60 s; stderr: %q", stderr.String())
+	}
 	cmd.Process.Signal(os.Interrupt)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -376,8 +407,11 @@ func TestBenchInterrupt(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != exitFailed {
 		t.Errorf("exit %v, want %d", err, exitFailed)
 	}
-	if !strings.Contains(stderr.String(), "interrupted") {
-		t.Errorf("stderr %q", stderr.String())
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(stderr.String(), "interrupted"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) { // the terminal's last bytes may still be on their way
+			t.Errorf("stderr %q", stderr.String())
+			break
+		}
 	}
 	rows := benchJSON(t, stdout.String())
 	if len(rows) != 1 || !rows[0].Interrupted || rows[0].Concurrency != 1 || rows[0].Errors != 0 || rows[0].Ops == 0 {
@@ -425,4 +459,27 @@ func TestBenchProgressOnlyOnTTY(t *testing.T) {
 			t.Errorf("progress on %T", w)
 		}
 	}
+}
+
+// openPTY opens a pseudo-terminal: its controller, and the terminal a child
+// writes to.
+func openPTY(t *testing.T) (ptm, pts *os.File) {
+	t.Helper()
+	ptm, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { ptm.Close() })
+	if err := unix.IoctlSetPointerInt(int(ptm.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(ptm.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pts, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ptm, pts
 }
