@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"path"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -35,30 +36,79 @@ type gate struct {
 	svc      *Service
 	stopping *atomicBool
 	refused  *refusals
+
+	mu      sync.Mutex
+	pending map[*pending]struct{} // admitted calls whose message has not arrived
 }
 
 func newGate(svc *Service, stopping *atomicBool, refused *refusals) *gate {
-	return &gate{svc: svc, stopping: stopping, refused: refused}
+	return &gate{svc: svc, stopping: stopping, refused: refused, pending: map[*pending]struct{}{}}
 }
 
 // pending is an admitted call until its message has arrived.
 type pending struct {
-	g      *gate
-	id     policy.Identity
-	method string
-	cancel context.CancelCauseFunc
-	timer  *time.Timer
-	unhook func() bool // drops the stream-end hook: no goroutine per call
-}
-
-// expire cuts a call whose message has not arrived in time.
-func (p *pending) expire() {
-	p.cancel(errReceiveTimeout)
-	p.g.refused.note(peerOf(p.id), methodOp(p.method), ResultReceiveTimeout)
-	p.g.svc.metrics.refusedAtOpen(ResultReceiveTimeout)
+	id       policy.Identity
+	method   string
+	stream   context.Context // the transport's: done when the stream has ended
+	cancel   context.CancelCauseFunc
+	deadline time.Time
 }
 
 type pendingKey struct{}
+
+// sweepEvery is how often sweep looks for calls past their receive
+// deadline: a call is cut at most this long after it.
+const sweepEvery = 100 * time.Millisecond
+
+// sweep cuts, until ctx ends, the calls whose message has not arrived by
+// their deadline. One sweeper instead of a timer per call: admitting a call
+// costs a map entry. A call whose stream ended before its message (its
+// client reset it) is dropped, not counted as a timeout.
+func (g *gate) sweep(ctx context.Context) {
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, p := range g.expired(now) {
+				p.cancel(errReceiveTimeout)
+				g.refused.note(peerOf(p.id), methodOp(p.method), ResultReceiveTimeout)
+				g.svc.metrics.refusedAtOpen(ResultReceiveTimeout)
+			}
+		}
+	}
+}
+
+// expired takes out of pending the calls past their deadline, and the
+// ones whose stream has ended.
+func (g *gate) expired(now time.Time) []*pending {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []*pending
+	for p := range g.pending {
+		switch {
+		case p.stream.Err() != nil:
+			delete(g.pending, p)
+		case !now.Before(p.deadline):
+			delete(g.pending, p)
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// arrived takes p out of pending; false when the sweeper already cut it.
+func (g *gate) arrived(p *pending) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.pending[p]; !ok {
+		return false
+	}
+	delete(g.pending, p)
+	return true
+}
 
 // tap runs in the transport's reader with its lock held: it must not block.
 //
@@ -90,10 +140,10 @@ func (g *gate) tap(ctx context.Context, info *tap.Info) (context.Context, error)
 		return nil, g.refuse(id, method, ErrTooMany)
 	}
 	rctx, cancel := context.WithCancelCause(ctx)
-	p := &pending{g: g, id: id, method: method, cancel: cancel}
-	p.timer = time.AfterFunc(lim.ReceiveTimeout.Duration, p.expire)
-	// A call its client reset before its message came is not a timeout.
-	p.unhook = context.AfterFunc(ctx, func() { p.timer.Stop() })
+	p := &pending{id: id, method: method, stream: ctx, cancel: cancel, deadline: time.Now().Add(lim.ReceiveTimeout.Duration)}
+	g.mu.Lock()
+	g.pending[p] = struct{}{}
+	g.mu.Unlock()
 	return context.WithValue(rctx, pendingKey{}, p), nil
 }
 
@@ -107,12 +157,9 @@ func (g *gate) refuse(id policy.Identity, method string, err error) error {
 
 // received is the first interceptor: the call's message has arrived, so its
 // receive deadline no longer applies.
-func received(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if p, ok := ctx.Value(pendingKey{}).(*pending); ok {
-		p.unhook()
-		if !p.timer.Stop() {
-			return nil, status.Error(codes.Canceled, errReceiveTimeout.Error())
-		}
+func (g *gate) received(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if p, ok := ctx.Value(pendingKey{}).(*pending); ok && !g.arrived(p) {
+		return nil, status.Error(codes.Canceled, errReceiveTimeout.Error())
 	}
 	return handler(ctx, req)
 }

@@ -171,7 +171,7 @@ func serverOptions(lim config.Limits, g *gate, metrics *Metrics, svc *Service, a
 		grpc.NumStreamWorkers(64),
 		grpc.ForceServerCodecV2(newCodec()),
 		grpc.UnknownServiceHandler(unknownMethod),
-		grpc.ChainUnaryInterceptor(received, metrics.interceptor(), svc.interceptor(g.stopping), svc.auditInterceptor(al, g.refused), checkDecoded),
+		grpc.ChainUnaryInterceptor(g.received, metrics.interceptor(), svc.interceptor(g.stopping), svc.auditInterceptor(al, g.refused), checkDecoded),
 	}
 }
 
@@ -245,6 +245,9 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 	flusher := startRefusalFlusher(cfg, refused, trail, log)
 	defer flusher.Stop() // after the server has drained, before the audit log closes
 	g := newGate(svc, stopping, refused)
+	sweepCtx, stopSweep := context.WithCancel(context.Background()) // on through the drain
+	defer stopSweep()
+	go g.sweep(sweepCtx)
 	srv := grpc.NewServer(serverOptions(cfg.Limits, g, metrics, svc, trail)...)
 	pb.RegisterKeywardServer(srv, svc)
 	stopReload := reloadOnHUP(ctx, opts.ConfigPath, cfg, svc, sm, log)
