@@ -3,22 +3,16 @@
 package client_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
@@ -41,7 +35,7 @@ var helperBin string
 
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
-		os.Exit(serveCounting())
+		os.Exit(testutil.ServeStandIn(func(g *grpc.Server) { keywardv1.RegisterKeywardServer(g, &flaky{}) }))
 	}
 	bin, dir, err := testutil.CopySelf("keyward-client-helper-", "client.test")
 	helperBin = bin
@@ -54,78 +48,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// serveCounting is the helper: listen(2) on fd 3 (so SO_PEERCRED names this
-// process's uid), serve, and report the bytes received.
-func serveCounting() int {
-	if err := unix.Listen(3, 16); err != nil {
-		fmt.Println("listen:", err)
-		return 1
-	}
-	l, err := net.FileListener(os.NewFile(3, "socket"))
-	if err != nil {
-		fmt.Println("file listener:", err)
-		return 1
-	}
-	g := grpc.NewServer()
-	keywardv1.RegisterKeywardServer(g, &flaky{})
-	cl := &testutil.CountingListener{Listener: l}
-	go g.Serve(cl)
-	fmt.Println("ready")
-	io.Copy(io.Discard, os.Stdin)
-	g.Stop() // closes the connections, so that every reader is done
-	fmt.Println("read", cl.Read())
-	return 0
-}
-
-// impostor binds path as root and starts the helper as uid, which listens
-// on it. stop ends the helper and returns how many bytes it was sent.
+// impostor starts the helper as uid, listening on path (bound as root).
+// stop ends it and returns how many bytes it was sent.
 func impostor(t *testing.T, path string, uid int) (stop func() int64) {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(fd), "socket")
-	defer f.Close()
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.Remove(path) })
-	cmd := exec.Command(helperBin)
-	cmd.Env = append(os.Environ(), helperEnv+"=1")
-	cmd.ExtraFiles = []*os.File{f}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	lines := bufio.NewScanner(out)
-	if !lines.Scan() || lines.Text() != "ready" {
-		t.Fatalf("helper did not start: %q", lines.Text())
-	}
-	return func() int64 {
-		stdin.Close()
-		if !lines.Scan() {
-			t.Fatal("helper said nothing at exit")
-		}
-		n, err := strconv.ParseInt(strings.TrimPrefix(lines.Text(), "read "), 10, 64)
-		if err != nil {
-			t.Fatalf("helper: %q", lines.Text())
-		}
-		return n
-	}
+	return testutil.StartStandIn(t, helperBin, helperEnv, path, uint32(uid))
 }
 
 func requireRoot(t *testing.T) {

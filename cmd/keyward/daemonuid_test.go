@@ -1,22 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"fmt"
-	"io"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
@@ -39,28 +32,9 @@ func (emptyKeyring) ListKeys(context.Context, *keywardv1.ListKeysRequest) (*keyw
 	return &keywardv1.ListKeysResponse{}, nil
 }
 
-// serveImpostor listens on fd 3 (a bound socket: listen(2) here records
-// this process's uid for SO_PEERCRED), serves an empty keyring, and when
-// stdin closes prints how many bytes it was sent.
+// serveImpostor serves an empty keyring as a stand-in daemon.
 func serveImpostor() int {
-	if err := unix.Listen(3, 16); err != nil {
-		fmt.Println("listen:", err)
-		return 1
-	}
-	l, err := net.FileListener(os.NewFile(3, "socket"))
-	if err != nil {
-		fmt.Println("listener:", err)
-		return 1
-	}
-	g := grpc.NewServer()
-	keywardv1.RegisterKeywardServer(g, emptyKeyring{})
-	cl := &testutil.CountingListener{Listener: l}
-	go g.Serve(cl)
-	fmt.Println("ready")
-	io.Copy(io.Discard, os.Stdin)
-	g.Stop() // closes the connections, so that every reader is done
-	fmt.Println("read", cl.Read())
-	return 0
+	return testutil.ServeStandIn(func(g *grpc.Server) { keywardv1.RegisterKeywardServer(g, emptyKeyring{}) })
 }
 
 var copyOnce sync.Once
@@ -87,44 +61,7 @@ func startImpostor(t *testing.T, path string) (stop func() int64) {
 	if impostorBin == "" {
 		t.Fatal("could not copy the test binary")
 	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(fd), "socket")
-	defer f.Close()
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(impostorBin)
-	cmd.Env = append(os.Environ(), impostorEnv+"=1")
-	cmd.ExtraFiles = []*os.File{f}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: impostorUID, Gid: impostorUID}}
-	cmd.Stderr = os.Stderr
-	stdin, _ := cmd.StdinPipe()
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	lines := bufio.NewScanner(out)
-	if !lines.Scan() || lines.Text() != "ready" {
-		t.Fatalf("impostor did not start: %q", lines.Text())
-	}
-	return func() int64 {
-		stdin.Close()
-		if !lines.Scan() {
-			t.Fatal("impostor said nothing at exit")
-		}
-		n, err := strconv.ParseInt(strings.TrimPrefix(lines.Text(), "read "), 10, 64)
-		if err != nil {
-			t.Fatalf("impostor: %q", lines.Text())
-		}
-		return n
-	}
+	return testutil.StartStandIn(t, impostorBin, impostorEnv, path, impostorUID)
 }
 
 // TestDaemonUID: a socket served by a uid that is neither root nor the
