@@ -128,7 +128,7 @@ func (g *gate) tap(ctx context.Context, info *tap.Info) (context.Context, error)
 	}
 	method := path.Base(info.FullMethodName)
 	lim := g.svc.lim.Load()
-	if method != "Status" && g.svc.abuse.over(callerOf(id), abuseDenied, lim.MaxDeniedPerMinute) {
+	if !isStatus(method) && g.svc.abuse.over(callerOf(id), abuseDenied, lim.MaxDeniedPerMinute) {
 		g.svc.metrics.rateLimited(abuseDenied)
 		return nil, g.refuse(id, method, ErrRateLimited)
 	}

@@ -94,6 +94,13 @@ func methodOf(name string) *method {
 
 // methodOp names an RPC as an operation, for calls refused before they
 // reached one.
+// isStatus reports whether name is Status, which every caller who may
+// connect may ask, whatever the limits.
+func isStatus(name string) bool {
+	m, ok := methods[name]
+	return ok && m.kind == kindStatus
+}
+
 func methodOp(name string) string {
 	if m, ok := methods[name]; ok {
 		return m.audit

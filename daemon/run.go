@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path"
 	"os/signal"
 	"strings"
 	"sync"
@@ -55,7 +56,7 @@ func (s *Service) interceptor(stopping *atomicBool) grpc.UnaryServerInterceptor 
 		resp, err := handler(ctx, req)
 		clearSecrets(req) // done with; replies never refer to a request's bytes
 		s.served.Add(1)
-		if err == nil && info.FullMethod != pb.Keyward_Status_FullMethodName { // Status answers with the device away
+		if err == nil && s.health.down.Load() && !isStatus(path.Base(info.FullMethod)) { // Status answers with the device away
 			if n, since := s.health.ok(); n > 0 {
 				s.log.Info("key backend answers again", "failed_calls", n, "unavailable_for", time.Since(since).Round(time.Millisecond))
 			}
