@@ -58,10 +58,11 @@ type Config struct {
 	AuditCheckpointEvery    int      `toml:"audit_checkpoint_every"`
 	AuditCheckpointInterval Duration `toml:"audit_checkpoint_interval"`
 	// AuditRefusalInterval and AuditRefusalMaxRecords: calls refused by a
-	// limit (rate, concurrency, connections, no rule naming the caller,
-	// receive timeout) are written as one summary record per caller, result
-	// and interval, at most AuditRefusalMaxRecords per interval plus one
-	// that folds in the rest.
+	// limit (rate, concurrency, connections, receive timeout), and the
+	// refusals of a caller no rule names past its denied-request limit, are
+	// written as one summary record per caller, result and interval, at
+	// most AuditRefusalMaxRecords per interval plus one that folds in the
+	// rest.
 	AuditRefusalInterval   Duration      `toml:"audit_refusal_interval"`
 	AuditRefusalMaxRecords int           `toml:"audit_refusal_max_records"`
 	LogLevel               string        `toml:"log_level"`
