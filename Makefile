@@ -10,8 +10,9 @@ export CGO_ENABLED := 1
 export GOFLAGS := $(strip $(GOFLAGS) -tags=grpcnotrace)
 
 # System packages the build and tests need (Debian names). libc6-dev is only a
-# Recommends of gcc, and cgo cannot compile without its headers.
-DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd swtpm swtpm-tools tpm2-tools libssl-dev
+# Recommends of gcc, and cgo cannot compile without its headers. libp11-kit-dev:
+# the PKCS#11 header the tests build softhsm-test's latency module with.
+DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd swtpm swtpm-tools tpm2-tools libssl-dev libp11-kit-dev
 
 DEV_DIR := .dev/softhsm
 
