@@ -20,6 +20,7 @@ type module struct {
 	path string
 	mu   sync.RWMutex
 	p    *pkcs11.Ctx // nil after a failed re-initialisation
+	fns  *functions  // p's single-part calls (single.go)
 	gen  uint64      // incremented at every successful C_Initialize
 	last time.Time   // time of the last C_Initialize
 	refs int         // guarded by modulesMu
@@ -95,7 +96,13 @@ func (m *module) initLocked() error {
 		p.Destroy()
 		return fmt.Errorf("C_Initialize %s: %w: %w", m.path, err, ErrModule)
 	}
-	m.p = p
+	fns, err := loadFunctions(m.path)
+	if err != nil {
+		p.Finalize()
+		p.Destroy()
+		return err
+	}
+	m.p, m.fns = p, fns
 	m.gen++
 	m.last = time.Now()
 	if info, err := p.GetInfo(); err == nil {
@@ -146,7 +153,7 @@ func (m *module) finalizeLocked() {
 	}
 	m.p.Finalize()
 	m.p.Destroy()
-	m.p = nil
+	m.p, m.fns = nil, nil
 }
 
 // reinit finalises and initialises the module again, unless another

@@ -151,6 +151,7 @@ type tokenState struct {
 	modGen   uint64
 	readOnly bool
 	p        *pkcs11.Ctx
+	fns      *functions // p's single-part calls
 	slot     uint
 	mechs    map[uint]bool
 	metaKey  objRef
@@ -235,7 +236,7 @@ func (t *Token) newState() (*tokenState, error) {
 	if m.p == nil {
 		return nil, fmt.Errorf("module %s not initialised: %w", m.path, keys.ErrUnavailable)
 	}
-	st := &tokenState{modGen: m.gen, p: m.p, mechs: map[uint]bool{}, pool: make(chan pkcs11.SessionHandle, t.size), readOnly: t.cfg.ReadOnly}
+	st := &tokenState{modGen: m.gen, p: m.p, fns: m.fns, mechs: map[uint]bool{}, pool: make(chan pkcs11.SessionHandle, t.size), readOnly: t.cfg.ReadOnly}
 	slot, err := t.findSlot(m.p)
 	if err != nil {
 		return nil, err

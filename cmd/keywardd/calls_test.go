@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	pb "github.com/keyward/keyward/api/keyward/v1"
+	softhsmtest "github.com/keyward/keyward/softhsm-test"
+)
+
+// latencyModule builds softhsm-test's latency module in front of the test
+// token, or skips where it cannot be built outside CI.
+func latencyModule(t *testing.T) string {
+	t.Helper()
+	so, err := softhsmtest.BuildLatencyModule(t.TempDir())
+	if errors.Is(err, softhsmtest.ErrNoCompiler) && os.Getenv("CI") == "" {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return so
+}
+
+// TestCallsPerOperation counts, through the latency module, the PKCS#11
+// calls keywardd makes for one operation on a key whose record and object
+// handle it has cached (metadata_max_age): on a network HSM each is a round
+// trip. Every single-part operation is its Init and one call, with no
+// length query (docs/performance.md states these counts).
+func TestCallsPerOperation(t *testing.T) {
+	softhsmtest.Need(t, tok)
+	so := latencyModule(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "k.sock")
+	lat := softhsmtest.Latency{Target: tok.Module, CountsFile: filepath.Join(dir, "counts")}
+	cfg := configFile(t, dir, sock, `metadata_max_age = "1h"`)
+	rewriteModule(t, cfg, tok.Module, so)
+	startDaemon(t, sock, lat.Env(), "--config", cfg)
+	c := dial(t, sock)
+	ctx := context.Background()
+
+	for _, k := range []struct{ name, typ string }{
+		{"calls/aes", "aes-256-gcm"}, {"calls/hmac", "hmac-sha256"}, {"calls/ecdsa", "ecdsa-p256"},
+		{"calls/ed25519", "ed25519"}, {"calls/rsa", "rsa-3072-pss"},
+	} {
+		if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: k.name, KeyType: k.typ}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	blob, err := c.Wrap(ctx, &pb.WrapRequest{Key: "calls/aes", Plaintext: []byte("secret")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac, err := c.Mac(ctx, &pb.MacRequest{Key: "calls/hmac", Message: []byte("m")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func(key string) func() error {
+		return func() error { _, err := c.Sign(ctx, &pb.SignRequest{Key: key, Message: []byte("m")}); return err }
+	}
+	for _, tc := range []struct {
+		op   string
+		call func() error
+		want map[string]uint64
+	}{
+		{"wrap", func() error {
+			_, err := c.Wrap(ctx, &pb.WrapRequest{Key: "calls/aes", Plaintext: []byte("secret")})
+			return err
+		}, map[string]uint64{"C_EncryptInit": 1, "C_Encrypt": 1}},
+		{"unwrap", func() error { _, err := c.Unwrap(ctx, &pb.UnwrapRequest{Ciphertext: blob.Ciphertext}); return err },
+			map[string]uint64{"C_DecryptInit": 1, "C_Decrypt": 1}},
+		{"mac", func() error {
+			_, err := c.Mac(ctx, &pb.MacRequest{Key: "calls/hmac", Message: []byte("m")})
+			return err
+		},
+			map[string]uint64{"C_SignInit": 1, "C_Sign": 1}},
+		{"verify-mac version 1", func() error {
+			_, err := c.VerifyMac(ctx, &pb.VerifyMacRequest{Key: "calls/hmac", Version: 1, Message: []byte("m"), Mac: mac.Mac})
+			return err
+		}, map[string]uint64{"C_VerifyInit": 1, "C_Verify": 1}},
+		{"sign ecdsa-p256", sign("calls/ecdsa"), map[string]uint64{"C_SignInit": 1, "C_Sign": 1}},
+		{"sign ed25519", sign("calls/ed25519"), map[string]uint64{"C_SignInit": 1, "C_Sign": 1}},
+		{"sign rsa-3072-pss", sign("calls/rsa"), map[string]uint64{"C_SignInit": 1, "C_Sign": 1}},
+	} {
+		t.Run(tc.op, func(t *testing.T) {
+			if err := tc.call(); err != nil { // the first use finds the object
+				t.Fatal(err)
+			}
+			before := counts(t, lat.CountsFile)
+			if err := tc.call(); err != nil {
+				t.Fatal(err)
+			}
+			if got := softhsmtest.Diff(before, counts(t, lat.CountsFile)); !maps.Equal(got, tc.want) {
+				t.Errorf("PKCS#11 calls for one %s: %v, want %v", tc.op, got, tc.want)
+			}
+		})
+	}
+}
+
+func counts(t *testing.T, path string) map[string]uint64 {
+	t.Helper()
+	c, err := softhsmtest.Counts(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// rewriteModule points a config file written by configFile at another
+// PKCS#11 module.
+func rewriteModule(t *testing.T, cfg, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := "module = " + strconv.Quote(from)
+	if !strings.Contains(string(b), old) {
+		t.Fatalf("%s has no %s", cfg, old)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.Replace(string(b), old, "module = "+strconv.Quote(to), 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
