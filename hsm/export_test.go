@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,3 +126,33 @@ func (t *Token) PlantAdoptedRecord(ctx context.Context, name string, ty keys.Typ
 		return s.storeMeta(rec, 0)
 	})
 }
+
+// HoldSessions lends n sessions at once, each to a callback that waits for
+// release; it returns once all n are lent. release returns once all n are
+// back in the pool.
+func (t *Token) HoldSessions(tb testing.TB, n int) (release func()) {
+	tb.Helper()
+	done, held := make(chan struct{}), make(chan error, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			err := t.withSession(context.Background(), func(*sess) error {
+				held <- nil
+				<-done
+				return nil
+			})
+			if err != nil {
+				held <- err
+			}
+		})
+	}
+	for range n {
+		if err := <-held; err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return sync.OnceFunc(func() { close(done); wg.Wait() })
+}
+
+// SweepSessions runs one sweep of idle sessions now.
+func (t *Token) SweepSessions() { t.sweepSessions() }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,7 +29,9 @@ type Config struct {
 	// PINFile holds the user PIN (mode 0600 or 0400). Empty means
 	// $CREDENTIALS_DIRECTORY/pin (a systemd credential).
 	PINFile string
-	// Sessions bounds the session pool. 0 means 2 x GOMAXPROCS, at least 4.
+	// Sessions bounds the session pool, which grows with demand and closes
+	// idle sessions (sessions.go). 0 means the token's ulMaxSessionCount, at
+	// most 256.
 	Sessions int
 	// MetadataMaxAge is how long data operations use a verified key record
 	// before reading it from the token again. 0 means DefaultMetadataMaxAge;
@@ -79,7 +80,6 @@ type Token struct {
 	sel  URI
 	log  *slog.Logger
 	pin  []byte
-	size int
 	mod  *module
 	age  time.Duration // effective MetadataMaxAge; 0: read every time
 
@@ -100,7 +100,8 @@ type Token struct {
 	claimsSeen map[[32]byte]time.Time
 	claimNonce string
 
-	closed atomic.Bool
+	closed    atomic.Bool
+	stopSweep chan struct{} // closed by Close: ends sweeper
 
 	recoveries, recoveryFailures atomic.Uint64
 
@@ -133,10 +134,10 @@ type Stats struct {
 
 // Stats returns the current counters.
 func (t *Token) Stats() Stats {
-	s := Stats{Recoveries: t.recoveries.Load(), RecoveryFailures: t.recoveryFailures.Load(), SessionsMax: t.size}
+	s := Stats{Recoveries: t.recoveries.Load(), RecoveryFailures: t.recoveryFailures.Load()}
 	if st := t.state.Load(); st != nil {
 		st.openMu.Lock()
-		s.SessionsOpen = st.open
+		s.SessionsOpen, s.SessionsMax = st.open, st.size
 		st.openMu.Unlock()
 		s.SessionsIdle = len(st.pool)
 	}
@@ -156,8 +157,11 @@ type tokenState struct {
 	mechs    map[uint]bool
 	metaKey  objRef
 	pool     chan pkcs11.SessionHandle
+	size     int // the pool's bound (sessionBound)
 	openMu   sync.Mutex
-	open     int
+	open     int // sessions open, idle or lent out
+	inUse    int // sessions lent out (guarded by openMu, as is peak)
+	peak     int // most lent out at once since the last sweep
 	handles  sync.Map // objRef.key() -> pkcs11.ObjectHandle
 }
 
@@ -188,10 +192,6 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pin: %w", err)
 	}
-	size := cfg.Sessions
-	if size == 0 {
-		size = max(4, 2*runtime.GOMAXPROCS(0))
-	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -208,7 +208,7 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	case age < 0:
 		age = 0
 	}
-	t := &Token{cfg: cfg, sel: sel, log: log, pin: pin, size: size, mod: mod, age: age, cache: map[string]*cachedMeta{}, claimNonce: rand.Text()}
+	t := &Token{cfg: cfg, sel: sel, log: log, pin: pin, mod: mod, age: age, cache: map[string]*cachedMeta{}, claimNonce: rand.Text()}
 	t.Frontend = keys.NewFrontend((*tokenDevice)(t))
 	mod.mu.RLock()
 	st, err := t.newState()
@@ -225,7 +225,9 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 			}
 		}
 	}
-	log.Info("pkcs11 token ready", "token", t.tokenName(), "slot", st.slot, "sessions", size)
+	t.stopSweep = make(chan struct{})
+	go t.sweeper(t.stopSweep)
+	log.Info("pkcs11 token ready", "token", t.tokenName(), "slot", st.slot, "sessions", st.size)
 	return t, nil
 }
 
@@ -236,12 +238,15 @@ func (t *Token) newState() (*tokenState, error) {
 	if m.p == nil {
 		return nil, fmt.Errorf("module %s not initialised: %w", m.path, keys.ErrUnavailable)
 	}
-	st := &tokenState{modGen: m.gen, p: m.p, fns: m.fns, mechs: map[uint]bool{}, pool: make(chan pkcs11.SessionHandle, t.size), readOnly: t.cfg.ReadOnly}
+	st := &tokenState{modGen: m.gen, p: m.p, fns: m.fns, mechs: map[uint]bool{}, readOnly: t.cfg.ReadOnly}
 	slot, err := t.findSlot(m.p)
 	if err != nil {
 		return nil, err
 	}
 	st.slot = slot
+	ti, err := m.p.GetTokenInfo(slot)
+	st.size = sessionBound(t.cfg.Sessions, ti, err)
+	st.pool = make(chan pkcs11.SessionHandle, st.size)
 	if ms, err := m.p.GetMechanismList(slot); err == nil {
 		for _, mech := range ms {
 			st.mechs[mech.Mechanism] = true
@@ -382,6 +387,9 @@ func (t *Token) Close() error {
 	if t.closed.Swap(true) {
 		return nil
 	}
+	if t.stopSweep != nil {
+		close(t.stopSweep)
+	}
 	t.mod.mu.RLock()
 	if st := t.state.Load(); st != nil && st.modGen == t.mod.gen && t.mod.p != nil {
 		st.closeSessions()
@@ -393,23 +401,35 @@ func (t *Token) Close() error {
 	return nil
 }
 
-// newSession opens one more session if the pool is not full. Caller holds mod.mu.
+// newSession opens one more session if fewer than the bound are open; the
+// place is taken before C_OpenSession (a round trip on a network HSM), so
+// that sessions open in parallel. A token that has no session to give while
+// this pool holds some is a full pool: the caller waits for one of them.
+// Caller holds mod.mu.
 func (st *tokenState) newSession() (pkcs11.SessionHandle, error) {
 	st.openMu.Lock()
-	defer st.openMu.Unlock()
-	if st.open >= cap(st.pool) {
+	if st.open >= st.size {
+		st.openMu.Unlock()
 		return 0, errPoolFull
 	}
+	st.open++
+	st.openMu.Unlock()
 	flags := uint(pkcs11.CKF_SERIAL_SESSION | pkcs11.CKF_RW_SESSION)
 	if st.readOnly {
 		flags = pkcs11.CKF_SERIAL_SESSION
 	}
 	sh, err := st.p.OpenSession(st.slot, flags)
-	if err != nil {
-		return 0, fmt.Errorf("C_OpenSession: %w", err)
+	if err == nil {
+		return sh, nil
 	}
-	st.open++
-	return sh, nil
+	st.openMu.Lock()
+	st.open--
+	others := st.open
+	st.openMu.Unlock()
+	if refusedSession(err) && others > 0 {
+		return 0, errPoolFull
+	}
+	return 0, fmt.Errorf("C_OpenSession: %w", err)
 }
 
 // recoverable reports PKCS#11 errors after which re-initialising the module
@@ -540,14 +560,7 @@ func (t *Token) attempt(ctx context.Context, exclusive bool, fn func(s *sess) er
 	if recoverable(ferr) {
 		st.handles.Clear() // found again on the retry, whether or not the module is re-initialised
 	}
-	if sessionBroken(ferr) {
-		st.p.CloseSession(sh)
-		st.openMu.Lock()
-		st.open--
-		st.openMu.Unlock()
-	} else {
-		st.pool <- sh
-	}
+	st.putSession(sh, sessionBroken(ferr))
 	return st.modGen, ferr
 }
 
@@ -592,8 +605,19 @@ func (t *Token) refresh() (*tokenState, error) {
 }
 
 // getSession takes an idle session, opens a new one while under the bound,
-// or waits. The caller holds mod.mu for reading.
+// or waits, and counts it lent out. The caller holds mod.mu for
+// reading.
 func (st *tokenState) getSession(ctx context.Context) (pkcs11.SessionHandle, error) {
+	sh, err := st.takeSession(ctx)
+	if err == nil {
+		st.openMu.Lock()
+		st.busy(1)
+		st.openMu.Unlock()
+	}
+	return sh, err
+}
+
+func (st *tokenState) takeSession(ctx context.Context) (pkcs11.SessionHandle, error) {
 	select {
 	case sh := <-st.pool:
 		return sh, nil
@@ -612,6 +636,22 @@ func (st *tokenState) getSession(ctx context.Context) (pkcs11.SessionHandle, err
 	case <-ctx.Done():
 		return 0, fmt.Errorf("waiting for a pkcs11 session: %w", ctx.Err())
 	}
+}
+
+// putSession takes back a session getSession lent: into the pool, or
+// closed when broken.
+func (st *tokenState) putSession(sh pkcs11.SessionHandle, broken bool) {
+	st.openMu.Lock()
+	st.busy(-1)
+	if broken {
+		st.open--
+	}
+	st.openMu.Unlock()
+	if broken {
+		st.p.CloseSession(sh)
+		return
+	}
+	st.pool <- sh
 }
 
 // Health checks that the token is present and answers, and that the session

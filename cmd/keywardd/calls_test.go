@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	softhsmtest "github.com/keyward/keyward/softhsm-test"
@@ -126,5 +127,45 @@ func rewriteModule(t *testing.T, cfg, from, to string) {
 	}
 	if err := os.WriteFile(cfg, []byte(strings.Replace(string(b), old, "module = "+strconv.Quote(to), 1)), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPartitionSessionCap: a token that refuses sessions beyond its cap
+// (CKR_SESSION_COUNT, as a partition shared with other applications does)
+// makes calls wait for keywardd's own sessions, never fail, whether the
+// cap is stated (sessions = 0 takes ulMaxSessionCount) or keywardd is
+// configured for more than the token gives.
+func TestPartitionSessionCap(t *testing.T) {
+	softhsmtest.Need(t, tok)
+	so := latencyModule(t)
+	for _, tc := range []struct{ name, extra, key string }{
+		{"stated cap", ``, "cap/stated"},
+		{"more configured than the token gives", "sessions = 8", "cap/configured"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			sock := filepath.Join(dir, "k.sock")
+			lat := softhsmtest.Latency{Target: tok.Module, RoundTrip: time.Millisecond, MaxSessions: 3}
+			cfg := configFile(t, dir, sock, tc.extra)
+			rewriteModule(t, cfg, tok.Module, so)
+			startDaemon(t, sock, lat.Env(), "--config", cfg)
+			c := dial(t, sock)
+			ctx := context.Background()
+			if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: tc.key, KeyType: "aes-256-gcm"}); err != nil {
+				t.Fatal(err)
+			}
+			errs := make(chan error, 32)
+			for range cap(errs) {
+				go func() {
+					_, err := c.Wrap(ctx, &pb.WrapRequest{Key: tc.key, Plaintext: []byte("x")})
+					errs <- err
+				}()
+			}
+			for range cap(errs) {
+				if err := <-errs; err != nil {
+					t.Errorf("a wrap with the partition's sessions all in use: %v", err)
+				}
+			}
+		})
 	}
 }
