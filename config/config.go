@@ -131,10 +131,12 @@ type tpmKeys struct {
 
 // Limits bound what one caller can make the daemon do.
 type Limits struct {
-	MaxPlaintext   int `toml:"max_plaintext"`
-	MaxMessage     int `toml:"max_message"`
-	MaxBatch       int `toml:"max_batch"`
-	MaxConnections int `toml:"max_connections"`
+	MaxPlaintext int `toml:"max_plaintext"`
+	MaxMessage   int `toml:"max_message"`
+	MaxBatch     int `toml:"max_batch"`
+	// BatchParallelism: a batch call's items that run at once.
+	BatchParallelism int `toml:"batch_parallelism"`
+	MaxConnections   int `toml:"max_connections"`
 	// MaxConnectionsPerUID: connections one uid may hold (at most
 	// MaxConnections); the last 1/16th of MaxConnections (at most 16) are
 	// kept for uid 0.
@@ -198,6 +200,7 @@ func Defaults() Config {
 			MaxPlaintext:                keys.MaxPlaintext,
 			MaxMessage:                  4 << 20,
 			MaxBatch:                    1000,
+			BatchParallelism:            64,
 			MaxConnections:              1024,
 			MaxConnectionsPerUID:        64,
 			MaxStreamsPerConnection:     64,
@@ -468,6 +471,7 @@ func (l Limits) problems() []problem {
 		{"limits.max_plaintext", l.MaxPlaintext, 1, keys.MaxPlaintext},
 		{"limits.max_message", l.MaxMessage, 1024, 64 << 20},
 		{"limits.max_batch", l.MaxBatch, 1, 1000},
+		{"limits.batch_parallelism", l.BatchParallelism, 1, 1000},
 		{"limits.max_connections", l.MaxConnections, 1, 1 << 16},
 		{"limits.max_connections_per_uid", l.MaxConnectionsPerUID, 1, 1 << 16},
 		{"limits.max_streams_per_connection", l.MaxStreamsPerConnection, 1, 1024},

@@ -295,7 +295,7 @@ func TestValidateOrder(t *testing.T) {
 	want := []string{"socket", "audit_log", "audit_max_file_size", "audit_sync", "audit_checkpoint_every",
 		"audit_refusal_max_records", "metrics_listen", "metrics_listen", "log_level",
 		"backend.module", "backend.token", "backend.sessions", "backend.metadata_max_age",
-		"limits.max_plaintext", "limits.max_message", "limits.max_batch", "limits.max_connections",
+		"limits.max_plaintext", "limits.max_message", "limits.max_batch", "limits.batch_parallelism", "limits.max_connections",
 		"limits.max_connections_per_uid", "limits.max_streams_per_connection", "limits.max_concurrent_per_uid",
 		"limits.max_denied_per_minute", "limits.max_failed_verify_mac_per_minute",
 		"limits.handshake_timeout", "limits.receive_timeout", "limits.idle_timeout", "limits.shutdown_grace",

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -115,7 +116,38 @@ type call struct {
 	mu      sync.Mutex
 	recs    []audit.Record
 	one     [1]audit.Record // recs' storage for a single operation
+	items   []itemRecord    // a parallel batch's records, put in item order by orderItems
 	summ    []audit.Record  // refusals past the caller's limit, for the summary
+}
+
+// itemRecord is the record of a batch's item i.
+type itemRecord struct {
+	i int
+	r audit.Record
+}
+
+type itemKey struct{}
+
+// withItem marks ctx as item i's of a batch whose items run in parallel:
+// its record waits in call.items for orderItems.
+func withItem(ctx context.Context, i int) context.Context {
+	return context.WithValue(ctx, itemKey{}, i)
+}
+
+// orderItems appends a parallel batch's records to the call's in item
+// order, the order a batch run one item after another writes.
+func orderItems(ctx context.Context) {
+	cl, ok := ctx.Value(callKey{}).(*call)
+	if !ok {
+		return
+	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	slices.SortStableFunc(cl.items, func(a, b itemRecord) int { return cmp.Compare(a.i, b.i) })
+	for _, ir := range cl.items {
+		cl.recs = append(cl.recs, ir.r)
+	}
+	cl.items = nil
 }
 
 // expectOps makes room for the n records of a batch call.
@@ -170,6 +202,10 @@ func auditOp(ctx context.Context, op, key string, version uint32, c map[string]s
 	defer cl.mu.Unlock()
 	if cl.overLimit(r.Result) {
 		cl.summ = append(cl.summ, r) // summarised with the caller's other refusals
+		return
+	}
+	if i, ok := ctx.Value(itemKey{}).(int); ok {
+		cl.items = append(cl.items, itemRecord{i, r})
 		return
 	}
 	cl.recs = append(cl.recs, r)

@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
@@ -75,22 +77,41 @@ type batchOp[Req, Resp, Res any] struct {
 	failed func(*pb.ItemError) Res
 }
 
-// serveBatch runs every item through runOp: each is authorised and recorded
-// on its own, and an item's error is its result, not the call's.
+// serveBatch runs every item through runOp, up to limits.batch_parallelism
+// at once: each is authorised and recorded on its own (its audit record in
+// item order), and an item's error is its result, not the call's.
 func serveBatch[Req, Resp, Res any](s *Service, ctx context.Context, b *batchOp[Req, Resp, Res], items []Req) ([]Res, error) {
 	if err := s.checkBatch(len(items)); err != nil {
 		return nil, s.fail(ctx, b.m.log, err)
 	}
 	expectOps(ctx, len(items))
 	out := make([]Res, len(items))
-	for i, it := range items {
-		r, err := runOp(s, ctx, b.item, it)
+	item := func(ctx context.Context, i int) {
+		r, err := runOp(s, ctx, b.item, items[i])
 		if err != nil {
 			out[i] = b.failed(itemError(err))
-			continue
+			return
 		}
 		out[i] = b.ok(r)
 	}
+	par := min(s.lim.Load().BatchParallelism, len(items))
+	if par <= 1 {
+		for i := range items {
+			item(ctx, i)
+		}
+		return out, nil
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range par {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(items); i = int(next.Add(1) - 1) {
+				item(withItem(ctx, i), i)
+			}
+		})
+	}
+	wg.Wait()
+	orderItems(ctx)
 	return out, nil
 }
 

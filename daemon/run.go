@@ -335,7 +335,7 @@ func reload(ctx context.Context, configPath string, cfg config.Config, svc *Serv
 	}
 	svc.SetPolicy(npol)
 	svc.SetLimits(ncfg.Limits)
-	log.Info("reloaded the rules and limits.max_plaintext, max_batch, max_concurrent_per_uid, max_denied_per_minute, max_failed_verify_mac_per_minute, receive_timeout", "rules", npol.Rules())
+	log.Info("reloaded the rules and limits.max_plaintext, max_batch, batch_parallelism, max_concurrent_per_uid, max_denied_per_minute, max_failed_verify_mac_per_minute, receive_timeout", "rules", npol.Rules())
 	if changed := restartOnly(cfg, ncfg); len(changed) > 0 {
 		log.Warn("changed settings that apply only after a restart", "settings", strings.Join(changed, "; "))
 	}
