@@ -16,7 +16,7 @@ DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd swtpm s
 
 DEV_DIR := .dev/softhsm
 
-.PHONY: all deps build test lint fmt run demo bench-audit dev-token clean proto deb
+.PHONY: all deps build test lint fmt run demo bench-audit bench-nethsm dev-token clean proto deb
 
 all: build
 
@@ -59,6 +59,13 @@ demo: deps build
 # fsync) driven in turns; ROUNDS, DURATION, CONCURRENCY, BATCH, AUDIT_DIR.
 bench-audit: deps build
 	@scripts/bench-audit.sh
+
+# keywardd on a network HSM: softhsm-test's latency module (1 ms round trip
+# per PKCS#11 call) in front of SoftHSM2, against a raw PKCS#11 loop on the
+# same module in the same run. DURATION per measurement (1s); NETHSM_CONFIG:
+# top-level config lines for keywardd (e.g. audit_sync = "write").
+bench-nethsm: deps
+	KEYWARD_NETHSM_BENCH=$(or $(DURATION),1s) KEYWARD_NETHSM_CONFIG='$(NETHSM_CONFIG)' $(GO) test -count=1 -timeout 30m -run TestNetworkHSMBench -v ./cmd/keywardd/
 
 # A SoftHSM2 token for `make run`, provisioned once and kept in .dev/ (gitignored).
 dev-token:

@@ -1,0 +1,317 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	pb "github.com/keyward/keyward/api/keyward/v1"
+	softhsmtest "github.com/keyward/keyward/softhsm-test"
+)
+
+// envNetHSMBench runs TestNetworkHSMBench: the time each measurement
+// lasts (`make bench-nethsm` sets it). The test is skipped without it.
+const envNetHSMBench = "KEYWARD_NETHSM_BENCH"
+
+// envNetHSMConfig: top-level config lines for keywardd in
+// TestNetworkHSMBench, to compare settings (audit_sync = "write").
+const envNetHSMConfig = "KEYWARD_NETHSM_CONFIG"
+
+// netRTT is the round trip the latency module adds to every PKCS#11 call:
+// 0.5 ms each way, a network HSM in the same data centre.
+const netRTT = time.Millisecond
+
+// TestNetworkHSMBench measures keywardd on a network HSM (the latency
+// module in front of SoftHSM2, netRTT per call) against the device's own
+// rate in the same run: a raw miekg/pkcs11 loop in this process on the same
+// module, one session per goroutine, making the same calls (Init, then the
+// binding's single-part call, which asks for the output length first: 3
+// round trips), and the floor of 2 round trips per operation (Init and one
+// call), callers/(2 x netRTT). Rounds alternate keywardd and the raw loop;
+// the table has the medians. docs/performance.md has a run's table.
+func TestNetworkHSMBench(t *testing.T) {
+	d, err := time.ParseDuration(os.Getenv(envNetHSMBench))
+	if err != nil {
+		t.Skipf("set %s to a duration per measurement (make bench-nethsm) to run it", envNetHSMBench)
+	}
+	softhsmtest.Need(t, tok)
+	so := latencyModule(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "k.sock")
+	lat := softhsmtest.Latency{Target: tok.Module, RoundTrip: netRTT}
+	cfg := configFile(t, dir, sock, "")
+	rewriteModule(t, cfg, tok.Module, so)
+	if top := os.Getenv(envNetHSMConfig); top != "" {
+		b, err := os.ReadFile(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(cfg, append([]byte(top+"\n"), b...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startDaemon(t, sock, lat.Env(), "--config", cfg)
+	kw := newKeywardOps(t, dial(t, sock))
+	raw := newRawOps(t, so, lat)
+
+	var rows []string
+	for _, n := range []int{1, 8, 64} {
+		var st []float64
+		for range 3 {
+			st = append(st, rate(n, d, kw.op("status")))
+		}
+		rows = append(rows, fmt.Sprintf("| status (the socket's floor) | %d | %.0f | | | | |", n, median(st)))
+	}
+	for _, op := range []string{"wrap", "unwrap", "mac", "sign"} {
+		for _, n := range []int{1, 8, 64} {
+			var k, r []float64
+			for range 3 {
+				k = append(k, rate(n, d, kw.op(op)))
+				r = append(r, rate(n, d, raw.op(op)))
+			}
+			km, rm := median(k), median(r)
+			floor := float64(n) / (2 * netRTT.Seconds())
+			rows = append(rows, fmt.Sprintf("| %s | %d | %.0f | %.0f | %.2f | %.0f | %.2f |", op, n, km, rm, km/rm, floor, km/floor))
+		}
+	}
+	for _, op := range []string{"wrap", "mac"} {
+		var per []float64
+		for range 3 {
+			start := time.Now()
+			calls := 0
+			for time.Since(start) < d {
+				if err := kw.batch(op, 100); err != nil {
+					t.Fatal(err)
+				}
+				calls++
+			}
+			per = append(per, float64(time.Since(start).Microseconds())/float64(calls)/1000)
+		}
+		// 64 items at once (limits.batch_parallelism), 2 round trips each.
+		floor := math.Ceil(100.0/64) * 2 * float64(netRTT.Microseconds()) / 1000
+		rows = append(rows, fmt.Sprintf("| batch of 100 %s | 1 | %.1f ms per call | | | %.1f ms | %.2f |", op, median(per), floor, median(per)/floor))
+	}
+	t.Logf("keywardd through the latency module (%v round trip per PKCS#11 call), %v per measurement, medians of 3:\n"+
+		"| op | callers | keywardd ops/s | raw miekg loop ops/s | ratio | floor ops/s | ratio to floor |\n|---|---|---|---|---|---|---|\n%s",
+		netRTT, d, strings.Join(rows, "\n"))
+}
+
+// rate runs f on n goroutines for d and returns the calls per second.
+func rate(n int, d time.Duration, f func(worker int) error) float64 {
+	var done atomic.Int64
+	var failed atomic.Value
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for w := range n {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+				if err := f(w); err != nil {
+					failed.Store(err)
+					return
+				}
+				done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if err, ok := failed.Load().(error); ok {
+		panic(err)
+	}
+	return float64(done.Load()) / d.Seconds()
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// keywardOps are the measured calls through keywardd's socket.
+type keywardOps struct {
+	c    pb.KeywardClient
+	blob []byte
+}
+
+func newKeywardOps(t *testing.T, c pb.KeywardClient) *keywardOps {
+	ctx := context.Background()
+	for _, k := range []struct{ name, typ string }{{"net/aes", "aes-256-gcm"}, {"net/hmac", "hmac-sha256"}, {"net/ecdsa", "ecdsa-p256"}} {
+		if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: k.name, KeyType: k.typ}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := c.Wrap(ctx, &pb.WrapRequest{Key: "net/aes", Plaintext: make([]byte, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &keywardOps{c: c, blob: w.Ciphertext}
+}
+
+func (k *keywardOps) op(name string) func(int) error {
+	ctx, msg := context.Background(), make([]byte, 32)
+	return map[string]func(int) error{
+		"wrap":   func(int) error { _, err := k.c.Wrap(ctx, &pb.WrapRequest{Key: "net/aes", Plaintext: msg}); return err },
+		"unwrap": func(int) error { _, err := k.c.Unwrap(ctx, &pb.UnwrapRequest{Ciphertext: k.blob}); return err },
+		"mac":    func(int) error { _, err := k.c.Mac(ctx, &pb.MacRequest{Key: "net/hmac", Message: msg}); return err },
+		"sign":   func(int) error { _, err := k.c.Sign(ctx, &pb.SignRequest{Key: "net/ecdsa", Message: msg}); return err },
+		"status": func(int) error { _, err := k.c.Status(ctx, &pb.StatusRequest{}); return err },
+	}[name]
+}
+
+func (k *keywardOps) batch(op string, n int) error {
+	ctx, msg := context.Background(), make([]byte, 32)
+	if op == "mac" {
+		items := make([]*pb.MacRequest, n)
+		for i := range items {
+			items[i] = &pb.MacRequest{Key: "net/hmac", Message: msg}
+		}
+		r, err := k.c.BatchMac(ctx, &pb.BatchMacRequest{Items: items})
+		if err == nil && r.GetResults()[n-1].GetError() != nil {
+			err = fmt.Errorf("item: %v", r.GetResults()[n-1].GetError())
+		}
+		return err
+	}
+	items := make([]*pb.WrapRequest, n)
+	for i := range items {
+		items[i] = &pb.WrapRequest{Key: "net/aes", Plaintext: msg}
+	}
+	r, err := k.c.BatchWrap(ctx, &pb.BatchWrapRequest{Items: items})
+	if err == nil && r.GetResults()[n-1].GetError() != nil {
+		err = fmt.Errorf("item: %v", r.GetResults()[n-1].GetError())
+	}
+	return err
+}
+
+// rawOps are the same operations made directly on the module, in this
+// process, one session per worker, on session keys of their own.
+type rawOps struct {
+	p                *pkcs11.Ctx
+	sessions         []pkcs11.SessionHandle
+	aes, hmac, ecdsa pkcs11.ObjectHandle
+	ct, iv           []byte
+}
+
+func newRawOps(t *testing.T, so string, lat softhsmtest.Latency) *rawOps {
+	if err := lat.Setenv(); err != nil {
+		t.Fatal(err)
+	}
+	p := pkcs11.New(so)
+	if p == nil {
+		t.Fatalf("load %s", so)
+	}
+	if err := p.Initialize(); err != nil {
+		t.Fatal(err)
+	}
+	r := &rawOps{p: p}
+	t.Cleanup(func() { p.Finalize(); p.Destroy() })
+	slot := findSlot(t, p, tok.Label)
+	for i := range 64 {
+		sh, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if err := p.Login(sh, pkcs11.CKU_USER, tok.PIN); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r.sessions = append(r.sessions, sh)
+	}
+	r.makeKeys(t)
+	return r
+}
+
+func (r *rawOps) makeKeys(t *testing.T) {
+	sh := r.sessions[0]
+	secret := func(mech, kt uint, usage uint) pkcs11.ObjectHandle {
+		h, err := r.p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, kt),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32), pkcs11.NewAttribute(usage, true),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, usage == pkcs11.CKA_ENCRYPT), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	r.aes = secret(pkcs11.CKM_AES_KEY_GEN, pkcs11.CKK_AES, pkcs11.CKA_ENCRYPT)
+	r.hmac = secret(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKK_GENERIC_SECRET, pkcs11.CKA_SIGN)
+	_, priv, err := r.p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
+		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07})},
+		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_SIGN, true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ecdsa = priv
+	r.iv = make([]byte, 12)
+	if r.ct, err = r.encrypt(sh, r.iv, make([]byte, 32)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// encrypt is a wrap's calls: a fresh IV (nil: r.iv, for the blob unwrap
+// opens), EncryptInit, Encrypt.
+func (r *rawOps) encrypt(sh pkcs11.SessionHandle, iv, pt []byte) ([]byte, error) {
+	if iv == nil {
+		iv = make([]byte, 12)
+		rand.Read(iv)
+	}
+	params := pkcs11.NewGCMParams(iv, nil, 128)
+	defer params.Free()
+	if err := r.p.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, r.aes); err != nil {
+		return nil, err
+	}
+	return r.p.Encrypt(sh, pt)
+}
+
+func (r *rawOps) op(name string) func(int) error {
+	msg := make([]byte, 32)
+	digest := sha256.Sum256(msg)
+	sign := func(sh pkcs11.SessionHandle, mech uint, key pkcs11.ObjectHandle, in []byte) error {
+		if err := r.p.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, key); err != nil {
+			return err
+		}
+		_, err := r.p.Sign(sh, in)
+		return err
+	}
+	return map[string]func(int) error{
+		"wrap": func(w int) error { _, err := r.encrypt(r.sessions[w], nil, msg); return err },
+		"unwrap": func(w int) error {
+			params := pkcs11.NewGCMParams(r.iv, nil, 128)
+			defer params.Free()
+			if err := r.p.DecryptInit(r.sessions[w], []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, r.aes); err != nil {
+				return err
+			}
+			_, err := r.p.Decrypt(r.sessions[w], r.ct)
+			return err
+		},
+		"mac":  func(w int) error { return sign(r.sessions[w], pkcs11.CKM_SHA256_HMAC, r.hmac, msg) },
+		"sign": func(w int) error { return sign(r.sessions[w], pkcs11.CKM_ECDSA, r.ecdsa, digest[:]) },
+	}[name]
+}
+
+func findSlot(t *testing.T, p *pkcs11.Ctx, label string) uint {
+	t.Helper()
+	slots, err := p.GetSlotList(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range slots {
+		if ti, err := p.GetTokenInfo(s); err == nil && ti.Label == label {
+			return s
+		}
+	}
+	t.Fatalf("no token %q", label)
+	return 0
+}
