@@ -7,8 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path"
 	"os/signal"
+	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -53,6 +54,8 @@ func (s *Service) interceptor(stopping *atomicBool) grpc.UnaryServerInterceptor 
 			return nil, statusFor(ErrDenied)
 		}
 		start := time.Now()
+		// A TPM takes turns between callers by this name (keys.WithCaller).
+		ctx = keys.WithCaller(ctx, strconv.FormatUint(uint64(id.UID), 10)+"/"+id.Unit)
 		resp, err := handler(ctx, req)
 		clearSecrets(req) // done with; replies never refer to a request's bytes
 		s.served.Add(1)

@@ -96,9 +96,10 @@ type openHooks struct {
 type TPM struct {
 	keys.Frontend
 
-	// sem is one slot that serialises the device, the records and the
-	// store. Waiting for it ends with the caller's ctx (see lock).
-	sem chan struct{}
+	// slot serialises the device, the records and the store, taken in
+	// turns between callers (fair.go). Waiting for it ends with the
+	// caller's ctx (see lock).
+	slot *fairLock
 	// recMu guards the recs map for readers that do not hold the slot (key
 	// listing, descriptions, public keys, verification: in memory, so they
 	// never wait for the TPM). The map is written only while holding the
@@ -161,7 +162,7 @@ func Open(ctx context.Context, cfg Config) (*TPM, error) {
 		clear(auth)
 		return nil, err
 	}
-	b := &TPM{sem: make(chan struct{}, 1), device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{},
+	b := &TPM{slot: newFairLock(), device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{},
 		noCounter:  cfg.Device == "sim" || strings.HasPrefix(cfg.Device, "sim:") || cfg.test.noCounter || cfg.NoRollbackCounter,
 		counterOff: cfg.NoRollbackCounter, trustState: cfg.TrustCurrentState, ownerAuth: bytes.Clone(cfg.OwnerAuth)}
 	b.Frontend = keys.NewFrontend((*tpmDevice)(b))
@@ -561,24 +562,15 @@ func (b *TPM) do(ctx context.Context, idempotent bool, fn func(d *device) error)
 	return classify(fn(d))
 }
 
-// lock takes the backend's slot, or gives up with ctx's error: a caller
-// queued behind slow TPM commands (a real chip signs in tens to hundreds of
-// milliseconds) stops waiting at its deadline instead of having its command
-// run for nobody. A command under way is not interrupted: the TPM would be
-// left mid-command and need a reset.
-func (b *TPM) lock(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	select {
-	case b.sem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+// lock takes the backend's slot in the caller's turn (keys.CallerOf), or
+// gives up with ctx's error: a caller queued behind slow TPM commands (a
+// real chip signs in tens to hundreds of milliseconds) stops waiting at its
+// deadline instead of having its command run for nobody. A command under
+// way is not interrupted: the TPM would be left mid-command and need a
+// reset.
+func (b *TPM) lock(ctx context.Context) error { return b.slot.lock(ctx, keys.CallerOf(ctx)) }
 
-func (b *TPM) unlock() { <-b.sem }
+func (b *TPM) unlock() { b.slot.unlock() }
 
 func (b *TPM) recover() error {
 	if err := b.dev.reset(); err != nil {
