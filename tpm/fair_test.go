@@ -60,4 +60,3 @@ func TestFairTurns(t *testing.T) {
 		t.Errorf("the single caller got %.0f%% of the TPM's operations, want at least 40%%", 100*share)
 	}
 }
-
