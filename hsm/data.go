@@ -116,7 +116,7 @@ func (s *sess) encryptGCM(h pkcs11.ObjectHandle, iv, aad, plaintext []byte) ([]b
 	if err := s.p.EncryptInit(s.sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
 		return nil, err
 	}
-	ct, err := s.st.fns.encrypt.call(s.sh, plaintext, len(plaintext)+gcmTagBits/8)
+	ct, err := s.encrypt(plaintext, len(plaintext)+gcmTagBits/8)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +149,7 @@ func (d *tokenDevice) Open(ctx context.Context, blob []byte, c keys.Context) (ke
 		}
 		// The plaintext is shorter than ct by the tag; SoftHSM2 asks for
 		// room for all of ct.
-		pt, err := s.st.fns.decrypt.call(s.sh, ct, len(ct))
+		pt, err := s.decrypt(ct, len(ct))
 		if err != nil {
 			if authFailure(err) {
 				return keys.ErrDecrypt
@@ -189,7 +189,7 @@ func (d *tokenDevice) Sign(ctx context.Context, u keys.Use, message []byte) (key
 		if err := s.p.SignInit(s.sh, []*pkcs11.Mechanism{mech}, h); err != nil {
 			return err
 		}
-		sig, err := s.st.fns.sign.call(s.sh, input, signatureSize(rec.Type))
+		sig, err := s.sign(input, signatureSize(rec.Type))
 		if err != nil {
 			return err
 		}
@@ -323,7 +323,7 @@ func (d *tokenDevice) MAC(ctx context.Context, u keys.Use, message []byte) (keys
 		if err := s.p.SignInit(s.sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, h); err != nil {
 			return err
 		}
-		mac, err := s.st.fns.sign.call(s.sh, message, sha256.Size)
+		mac, err := s.sign(message, sha256.Size)
 		if err != nil {
 			return err
 		}

@@ -222,7 +222,7 @@ func (s *sess) metaMAC(body []byte, mac []byte) ([]byte, error) {
 		if err := s.p.SignInit(s.sh, m, h); err != nil {
 			return nil, err
 		}
-		return s.st.fns.sign.call(s.sh, msg, sha256.Size)
+		return s.sign(msg, sha256.Size)
 	}
 	if err := s.p.VerifyInit(s.sh, m, h); err != nil {
 		return nil, err

@@ -20,7 +20,7 @@ type module struct {
 	path string
 	mu   sync.RWMutex
 	p    *pkcs11.Ctx // nil after a failed re-initialisation
-	fns  *functions  // p's single-part calls (single.go)
+	fns  *functions  // p's single-part calls (single.go); nil: the binding's
 	gen  uint64      // incremented at every successful C_Initialize
 	last time.Time   // time of the last C_Initialize
 	refs int         // guarded by modulesMu
@@ -96,13 +96,7 @@ func (m *module) initLocked() error {
 		p.Destroy()
 		return fmt.Errorf("C_Initialize %s: %w: %w", m.path, err, ErrModule)
 	}
-	fns, err := loadFunctions(m.path)
-	if err != nil {
-		p.Finalize()
-		p.Destroy()
-		return err
-	}
-	m.p, m.fns = p, fns
+	m.p, m.fns = p, loadFunctions(p, m.path)
 	m.gen++
 	m.last = time.Now()
 	if info, err := p.GetInfo(); err == nil {

@@ -23,19 +23,21 @@ struct function_list_head {
 	single_part_fn sign;                      // C_Sign
 };
 
-// function_list returns the function list of a module this process has
-// already loaded (RTLD_NOLOAD: never a second copy), or NULL.
-static struct function_list_head *function_list(const char *path) {
-	struct function_list_head *list = NULL;
-	ck_ulong (*get)(struct function_list_head **);
+// binding_list returns the function list the binding (miekg/pkcs11) called
+// C_Initialize through, read from its context, struct ctx { void *handle;
+// CK_FUNCTION_LIST_PTR sym; }, or NULL if the context does not hold path's
+// handle where that layout puts it. The binding's own list, not a second
+// C_GetFunctionList: p11-kit's client module gives every caller a list of
+// its own, not initialised.
+static struct function_list_head *binding_list(void *binding_ctx, const char *path) {
+	void **c = (void **)binding_ctx;
 	void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
 	if (h == NULL)
 		return NULL;
-	get = (ck_ulong (*)(struct function_list_head **)) dlsym(h, "C_GetFunctionList");
-	if (get == NULL || get(&list) != 0)
-		list = NULL;
-	dlclose(h); // the handle the binding opened keeps the module loaded
-	return list;
+	dlclose(h); // the binding's own handle keeps the module loaded
+	if (c == NULL || c[0] != h)
+		return NULL;
+	return (struct function_list_head *)c[1];
 }
 
 static single_part_fn encrypt_fn(struct function_list_head *l) { return l->encrypt; }
@@ -59,8 +61,9 @@ import (
 // The binding's single-part calls (Encrypt, Decrypt, Sign) ask the module
 // for the output's length first: a second round trip on a network HSM.
 // keyward knows the length of every output it asks for, so it makes these
-// calls itself, through the module's own function list, into a buffer of
-// that size: Init (through the binding) and one call.
+// calls itself, through the function list the binding initialised the
+// module with, into a buffer of that size: Init (through the binding) and
+// one call.
 
 // singlePart is one of the module's C_Encrypt, C_Decrypt or C_Sign.
 type singlePart struct{ fn C.single_part_fn }
@@ -68,21 +71,47 @@ type singlePart struct{ fn C.single_part_fn }
 // functions are the single-part calls of one loaded module.
 type functions struct{ encrypt, decrypt, sign singlePart }
 
-// loadFunctions finds the single-part calls of the module at path, which
-// the binding has loaded. The list is valid until the binding unloads it
-// (module.finalizeLocked).
-func loadFunctions(path string) (*functions, error) {
+// loadFunctions finds the single-part calls of the module at path through
+// the binding's context p, or returns nil when it cannot (the binding's
+// calls are then used). The list is valid until the binding unloads the
+// module (module.finalizeLocked).
+func loadFunctions(p *pkcs11.Ctx, path string) *functions {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
-	l := C.function_list(cpath)
+	// pkcs11.Ctx is struct{ ctx *C.struct_ctx }.
+	l := C.binding_list(*(*unsafe.Pointer)(unsafe.Pointer(p)), cpath)
 	if l == nil {
-		return nil, fmt.Errorf("C_GetFunctionList of %s: %w", path, ErrModule)
+		return nil
 	}
 	f := &functions{singlePart{C.encrypt_fn(l)}, singlePart{C.decrypt_fn(l)}, singlePart{C.sign_fn(l)}}
 	if f.encrypt.fn == nil || f.decrypt.fn == nil || f.sign.fn == nil {
-		return nil, fmt.Errorf("%s lacks C_Encrypt, C_Decrypt or C_Sign: %w", path, ErrModule)
+		return nil
 	}
-	return f, nil
+	return f
+}
+
+// encrypt, decrypt and sign finish the operation the session's Init
+// started on in, with an output of size bytes: one call when the module's
+// functions are at hand, else the binding's two.
+func (s *sess) encrypt(in []byte, size int) ([]byte, error) {
+	if f := s.st.fns; f != nil {
+		return f.encrypt.call(s.sh, in, size)
+	}
+	return s.p.Encrypt(s.sh, in)
+}
+
+func (s *sess) decrypt(in []byte, size int) ([]byte, error) {
+	if f := s.st.fns; f != nil {
+		return f.decrypt.call(s.sh, in, size)
+	}
+	return s.p.Decrypt(s.sh, in)
+}
+
+func (s *sess) sign(in []byte, size int) ([]byte, error) {
+	if f := s.st.fns; f != nil {
+		return f.sign.call(s.sh, in, size)
+	}
+	return s.p.Sign(s.sh, in)
 }
 
 // call runs the operation the session's Init started on in, into a buffer

@@ -227,7 +227,9 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	}
 	t.stopSweep = make(chan struct{})
 	go t.sweeper(t.stopSweep)
-	log.Info("pkcs11 token ready", "token", t.tokenName(), "slot", st.slot, "sessions", st.size)
+	log.Info("pkcs11 token ready", "token", t.tokenName(), "slot", st.slot, "sessions", st.size,
+		// false: C_Encrypt, C_Decrypt and C_Sign ask for the output length first (single.go)
+		"known_output_sizes", st.fns != nil)
 	return t, nil
 }
 

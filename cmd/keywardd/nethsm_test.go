@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"math"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -47,12 +49,33 @@ func TestNetworkHSMBench(t *testing.T) {
 		t.Skipf("set %s to a duration per measurement (make bench-nethsm) to run it", envNetHSMBench)
 	}
 	softhsmtest.Need(t, tok)
-	so := latencyModule(t)
+	t.Run("latency module", func(t *testing.T) {
+		so := latencyModule(t)
+		lat := softhsmtest.Latency{Target: tok.Module, RoundTrip: netRTT}
+		kw := startNetDaemon(t, so, lat.Env())
+		raw := newRawOps(t, so, lat.Env(), true)
+		t.Logf("keywardd through the latency module (%v round trip per PKCS#11 call), %v per measurement, medians of 3:\n%s",
+			netRTT, d, benchTable(t, d, kw, raw, []string{"wrap", "unwrap", "mac", "sign"}, []string{"wrap", "mac"}))
+	})
+	t.Run("p11-kit server", func(t *testing.T) {
+		client := p11kitStack(t)
+		kw := startNetDaemon(t, client.module, client.env)
+		raw := newRawOps(t, client.module, client.env, false)
+		if kw.noAES == nil {
+			t.Errorf("an aes-256-gcm key through p11-kit (its RPC does not carry CKM_AES_GCM's parameters): made, want UNSUPPORTED")
+		}
+		t.Logf("keywardd through p11-kit-client.so, p11-kit server and a proxy adding %v per round trip, %v per measurement, medians of 3:\n%s",
+			netRTT, d, benchTable(t, d, kw, raw, []string{"mac", "sign"}, []string{"mac"}))
+	})
+}
+
+// startNetDaemon starts keywardd on module with env (and the top-level
+// settings of $KEYWARD_NETHSM_CONFIG) and makes the keys the bench uses.
+func startNetDaemon(t *testing.T, module string, env []string) *keywardOps {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "k.sock")
-	lat := softhsmtest.Latency{Target: tok.Module, RoundTrip: netRTT}
 	cfg := configFile(t, dir, sock, "")
-	rewriteModule(t, cfg, tok.Module, so)
+	rewriteModule(t, cfg, tok.Module, module)
 	if top := os.Getenv(envNetHSMConfig); top != "" {
 		b, err := os.ReadFile(cfg)
 		if err != nil {
@@ -62,11 +85,19 @@ func TestNetworkHSMBench(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	startDaemon(t, sock, lat.Env(), "--config", cfg)
-	kw := newKeywardOps(t, dial(t, sock))
-	raw := newRawOps(t, so, lat)
+	p := startDaemon(t, sock, env, "--config", cfg)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("keywardd's log:\n%s", p.stderr)
+		}
+	})
+	return newKeywardOps(t, dial(t, sock))
+}
 
-	var rows []string
+// benchTable measures ops at 1, 8 and 64 callers through keywardd and the
+// raw loop in alternate rounds, the socket's floor, and batches of 100.
+func benchTable(t *testing.T, d time.Duration, kw *keywardOps, raw *rawOps, ops, batches []string) string {
+	rows := []string{"| op | callers | keywardd ops/s | raw loop ops/s | ratio | floor ops/s | ratio to floor |", "|---|---|---|---|---|---|---|"}
 	for _, n := range []int{1, 8, 64} {
 		var st []float64
 		for range 3 {
@@ -74,7 +105,7 @@ func TestNetworkHSMBench(t *testing.T) {
 		}
 		rows = append(rows, fmt.Sprintf("| status (the socket's floor) | %d | %.0f | | | | |", n, median(st)))
 	}
-	for _, op := range []string{"wrap", "unwrap", "mac", "sign"} {
+	for _, op := range ops {
 		for _, n := range []int{1, 8, 64} {
 			var k, r []float64
 			for range 3 {
@@ -86,7 +117,7 @@ func TestNetworkHSMBench(t *testing.T) {
 			rows = append(rows, fmt.Sprintf("| %s | %d | %.0f | %.0f | %.2f | %.0f | %.2f |", op, n, km, rm, km/rm, floor, km/floor))
 		}
 	}
-	for _, op := range []string{"wrap", "mac"} {
+	for _, op := range batches {
 		var per []float64
 		for range 3 {
 			start := time.Now()
@@ -103,9 +134,7 @@ func TestNetworkHSMBench(t *testing.T) {
 		floor := math.Ceil(100.0/64) * 2 * float64(netRTT.Microseconds()) / 1000
 		rows = append(rows, fmt.Sprintf("| batch of 100 %s | 1 | %.1f ms per call | | | %.1f ms | %.2f |", op, median(per), floor, median(per)/floor))
 	}
-	t.Logf("keywardd through the latency module (%v round trip per PKCS#11 call), %v per measurement, medians of 3:\n"+
-		"| op | callers | keywardd ops/s | raw miekg loop ops/s | ratio | floor ops/s | ratio to floor |\n|---|---|---|---|---|---|---|\n%s",
-		netRTT, d, strings.Join(rows, "\n"))
+	return strings.Join(rows, "\n")
 }
 
 // rate runs f on n goroutines for d and returns the calls per second.
@@ -140,16 +169,22 @@ func median(xs []float64) float64 {
 
 // keywardOps are the measured calls through keywardd's socket.
 type keywardOps struct {
-	c    pb.KeywardClient
-	blob []byte
+	c     pb.KeywardClient
+	blob  []byte
+	noAES error // CreateKey's error for aes-256-gcm, on a module without CKM_AES_GCM
 }
 
 func newKeywardOps(t *testing.T, c pb.KeywardClient) *keywardOps {
 	ctx := context.Background()
-	for _, k := range []struct{ name, typ string }{{"net/aes", "aes-256-gcm"}, {"net/hmac", "hmac-sha256"}, {"net/ecdsa", "ecdsa-p256"}} {
+	for _, k := range []struct{ name, typ string }{{"net/hmac", "hmac-sha256"}, {"net/ecdsa", "ecdsa-p256"}} {
 		if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: k.name, KeyType: k.typ}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "net/aes", KeyType: "aes-256-gcm"}); reasonOf(err) == "UNSUPPORTED" {
+		return &keywardOps{c: c, noAES: err}
+	} else if err != nil {
+		t.Fatal(err)
 	}
 	w, err := c.Wrap(ctx, &pb.WrapRequest{Key: "net/aes", Plaintext: make([]byte, 32)})
 	if err != nil {
@@ -202,10 +237,14 @@ type rawOps struct {
 	ct, iv           []byte
 }
 
-func newRawOps(t *testing.T, so string, lat softhsmtest.Latency) *rawOps {
-	if err := lat.Setenv(); err != nil {
-		t.Fatal(err)
+// newRawOps loads module in this process with env set; withAES: the
+// module carries CKM_AES_GCM (p11-kit's RPC does not).
+func newRawOps(t *testing.T, module string, env []string, withAES bool) *rawOps {
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
 	}
+	so := module
 	p := pkcs11.New(so)
 	if p == nil {
 		t.Fatalf("load %s", so)
@@ -228,11 +267,11 @@ func newRawOps(t *testing.T, so string, lat softhsmtest.Latency) *rawOps {
 		}
 		r.sessions = append(r.sessions, sh)
 	}
-	r.makeKeys(t)
+	r.makeKeys(t, withAES)
 	return r
 }
 
-func (r *rawOps) makeKeys(t *testing.T) {
+func (r *rawOps) makeKeys(t *testing.T, withAES bool) {
 	sh := r.sessions[0]
 	secret := func(mech, kt uint, usage uint) pkcs11.ObjectHandle {
 		h, err := r.p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, []*pkcs11.Attribute{
@@ -245,7 +284,6 @@ func (r *rawOps) makeKeys(t *testing.T) {
 		}
 		return h
 	}
-	r.aes = secret(pkcs11.CKM_AES_KEY_GEN, pkcs11.CKK_AES, pkcs11.CKA_ENCRYPT)
 	r.hmac = secret(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKK_GENERIC_SECRET, pkcs11.CKA_SIGN)
 	_, priv, err := r.p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
 		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07})},
@@ -254,6 +292,10 @@ func (r *rawOps) makeKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.ecdsa = priv
+	if !withAES {
+		return
+	}
+	r.aes = secret(pkcs11.CKM_AES_KEY_GEN, pkcs11.CKK_AES, pkcs11.CKA_ENCRYPT)
 	r.iv = make([]byte, 12)
 	if r.ct, err = r.encrypt(sh, r.iv, make([]byte, 32)); err != nil {
 		t.Fatal(err)
@@ -314,4 +356,91 @@ func findSlot(t *testing.T, p *pkcs11.Ctx, label string) uint {
 	}
 	t.Fatalf("no token %q", label)
 	return 0
+}
+
+// p11kit is a PKCS#11 module forwarding to another process: p11-kit's
+// client module, with the environment that points it at its server.
+type p11kit struct {
+	module string
+	env    []string
+}
+
+// p11kitClient is Debian's p11-kit client module (package p11-kit-modules).
+const p11kitClient = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+
+// p11kitStack runs `p11-kit server` for the test token and, between it and
+// its clients, a proxy that delays every message by half of netRTT: the
+// token forwarded over a network, as a network HSM's client library does.
+func p11kitStack(t *testing.T) p11kit {
+	server, err := exec.LookPath("p11-kit")
+	if err == nil {
+		_, err = os.Stat(p11kitClient)
+	}
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("p11-kit server or client missing (apt-get install p11-kit p11-kit-modules): %v", err)
+		}
+		t.Skipf("p11-kit server or client missing (apt-get install p11-kit p11-kit-modules): %v", err)
+	}
+	dir := t.TempDir()
+	srvSock, proxySock := filepath.Join(dir, "server.sock"), filepath.Join(dir, "proxy.sock")
+	cmd := exec.Command(server, "server", "-f", "-n", srvSock, "--provider", tok.Module, "pkcs11:token="+tok.Label)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(srvSock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("p11-kit server did not make its socket")
+		}
+	}
+	delayProxy(t, proxySock, srvSock, netRTT/2)
+	return p11kit{module: p11kitClient, env: []string{"P11_KIT_SERVER_ADDRESS=unix:path=" + proxySock}}
+}
+
+// delayProxy accepts on listen and forwards each connection to target,
+// holding every chunk for delay in each direction.
+func delayProxy(t *testing.T, listen, target string, delay time.Duration) {
+	l, err := net.Listen("unix", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("unix", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go delayCopy(s, c, delay)
+			go delayCopy(c, s, delay)
+		}
+	}()
+}
+
+func delayCopy(dst, src net.Conn, delay time.Duration) {
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			time.Sleep(delay)
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
