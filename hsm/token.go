@@ -76,12 +76,12 @@ func (c *Config) Validate() error {
 type Token struct {
 	keys.Frontend
 
-	cfg  Config
-	sel  URI
-	log  *slog.Logger
-	pin  []byte
-	mod  *module
-	age  time.Duration // effective MetadataMaxAge; 0: read every time
+	cfg Config
+	sel URI
+	log *slog.Logger
+	pin []byte
+	mod *module
+	age time.Duration // effective MetadataMaxAge; 0: read every time
 
 	state     atomic.Pointer[tokenState] // valid while state.modGen == mod.gen
 	refreshMu sync.Mutex                 // one refresh at a time
@@ -159,9 +159,9 @@ type tokenState struct {
 	pool     chan pkcs11.SessionHandle
 	size     int // the pool's bound (sessionBound)
 	openMu   sync.Mutex
-	open     int // sessions open, idle or lent out
-	inUse    int // sessions lent out (guarded by openMu, as is peak)
-	peak     int // most lent out at once since the last sweep
+	open     int      // sessions open, idle or lent out
+	inUse    int      // sessions lent out (guarded by openMu, as is peak)
+	peak     int      // most lent out at once since the last sweep
 	handles  sync.Map // objRef.key() -> pkcs11.ObjectHandle
 }
 
