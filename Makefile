@@ -12,6 +12,8 @@ export GOFLAGS := $(strip $(GOFLAGS) -tags=grpcnotrace)
 # System packages the build and tests need (Debian names). libc6-dev is only a
 # Recommends of gcc, and cgo cannot compile without its headers.
 DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd swtpm swtpm-tools tpm2-tools libssl-dev
+# The Python example (examples/python) runs on Debian's gRPC.
+DEB_PACKAGES += python3-grpcio python3-grpc-tools
 
 DEV_DIR := .dev/softhsm
 
@@ -21,6 +23,8 @@ all: build
 
 deps:
 	@scripts/ensure-packages.sh $(DEB_PACKAGES)
+	@# The Node.js example (examples/node): Debian's nodejs and npm, unless a node with npm is installed already.
+	@command -v npm >/dev/null || scripts/ensure-packages.sh nodejs npm
 
 # cmd/ may not exist yet, or hold no main package: then there is nothing to build.
 build:
