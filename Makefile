@@ -14,6 +14,8 @@ export GOFLAGS := $(strip $(GOFLAGS) -tags=grpcnotrace)
 DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd swtpm swtpm-tools tpm2-tools libssl-dev
 # The Python example (examples/python) runs on Debian's gRPC.
 DEB_PACKAGES += python3-grpcio python3-grpc-tools
+# The package test renders the man pages.
+DEB_PACKAGES += groff-base
 
 DEV_DIR := .dev/softhsm
 
@@ -91,8 +93,9 @@ proto:
 
 # The Debian package, bin/keyward_$(DEB_VERSION)_$(DEB_ARCH).deb: both binaries
 # (version stamped), the systemd units, sysusers.d, tmpfiles.d, the conffile
-# /etc/keyward/keyward.toml, the README, the --help texts and the drop-in
-# examples (packaging/nfpm.yaml). nfpm is pinned and installed into bin/
+# /etc/keyward/keyward.toml, the README, the --help texts, the man pages
+# keyward(1) and keywardd(8) made from them, the SoftHSM2 provisioning script
+# and the drop-in examples (packaging/nfpm.yaml). nfpm is pinned and installed into bin/
 # (v2.48.0 does not build from the module proxy). Depends: libc6 at the
 # newest symbol version the binaries use.
 NFPM_VERSION := v2.44.0
@@ -109,6 +112,9 @@ deb:
 	$(GO) build -trimpath -ldflags "-s -w -X github.com/keyward/keyward/daemon.Version=$(DEB_VERSION)" -o bin/deb/ ./cmd/keywardd ./cmd/keyward
 	@bin/deb/keywardd --help > bin/deb/doc/keywardd.txt 2>&1
 	@bin/deb/keyward --help > bin/deb/doc/keyward.txt
+	@# Man pages from the same help texts (packaging/mangen).
+	@set -o pipefail; $(GO) run ./packaging/mangen -bin bin/deb/keyward -section 1 -version $(DEB_VERSION) -commands | gzip -9n > bin/deb/doc/keyward.1.gz
+	@set -o pipefail; $(GO) run ./packaging/mangen -bin bin/deb/keywardd -section 8 -version $(DEB_VERSION) | gzip -9n > bin/deb/doc/keywardd.8.gz
 	@libc=$$(objdump -T bin/deb/keywardd bin/deb/keyward | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
 	test -n "$$libc" || { echo "deb: no glibc symbol versions found" >&2; exit 1; }; \
 	DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) DEB_LIBC=$$libc $(NFPM) package --config packaging/nfpm.yaml --packager deb --target bin/
