@@ -16,6 +16,9 @@ DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd swtpm s
 DEB_PACKAGES += python3-grpcio python3-grpc-tools
 # The package test renders the man pages.
 DEB_PACKAGES += groff-base
+# The container image (make image) and its test: podman, with runc (crun
+# cannot run containers on hosts with a hybrid cgroup layout).
+DEB_PACKAGES += podman runc
 
 DEV_DIR := .dev/softhsm
 
@@ -118,6 +121,14 @@ deb:
 	@libc=$$(objdump -T bin/deb/keywardd bin/deb/keyward | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
 	test -n "$$libc" || { echo "deb: no glibc symbol versions found" >&2; exit 1; }; \
 	DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) DEB_LIBC=$$libc $(NFPM) package --config packaging/nfpm.yaml --packager deb --target bin/
+
+# The container image for CI: keywardd --dev, keyward and SoftHSM2, built
+# from this machine's binaries and Debian packages (no registry needed).
+IMAGE ?= localhost/keyward:dev
+
+.PHONY: image
+image: deps
+	@container/build-image.sh $(IMAGE)
 
 # Fuzzing. Every fuzz target in the repository (`func Fuzz...` in a _test.go
 # file, listed by `go test -list`) runs for FUZZTIME, one at a time, so new
