@@ -13,6 +13,13 @@ export GOFLAGS := $(strip $(GOFLAGS) -tags=grpcnotrace)
 # Recommends of gcc, and cgo cannot compile without its headers. libp11-kit-dev:
 # the PKCS#11 header the tests build softhsm-test's latency module with.
 DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd swtpm swtpm-tools tpm2-tools libssl-dev libp11-kit-dev
+# The Python example (examples/python) runs on Debian's gRPC.
+DEB_PACKAGES += python3-grpcio python3-grpc-tools
+# The package test renders the man pages.
+DEB_PACKAGES += groff-base
+# The container image (make image) and its test: podman, with runc (crun
+# cannot run containers on hosts with a hybrid cgroup layout).
+DEB_PACKAGES += podman runc
 
 DEV_DIR := .dev/softhsm
 
@@ -22,6 +29,8 @@ all: build
 
 deps:
 	@scripts/ensure-packages.sh $(DEB_PACKAGES)
+	@# The Node.js example (examples/node): Debian's nodejs and npm, unless a node with npm is installed already.
+	@command -v npm >/dev/null || scripts/ensure-packages.sh nodejs npm
 
 # cmd/ may not exist yet, or hold no main package: then there is nothing to build.
 build:
@@ -62,9 +71,12 @@ bench-audit: deps build
 
 # keywardd on a network HSM: softhsm-test's latency module (1 ms round trip
 # per PKCS#11 call) in front of SoftHSM2, against a raw PKCS#11 loop on the
-# same module in the same run. DURATION per measurement (1s); NETHSM_CONFIG:
+# same module in the same run; then the same through p11-kit server and
+# p11-kit-client.so behind a proxy adding the round trip. DURATION per
+# measurement (1s); NETHSM_CONFIG:
 # top-level config lines for keywardd (e.g. audit_sync = "write").
 bench-nethsm: deps
+	@scripts/ensure-packages.sh p11-kit p11-kit-modules
 	KEYWARD_NETHSM_BENCH=$(or $(DURATION),1s) KEYWARD_NETHSM_CONFIG='$(NETHSM_CONFIG)' $(GO) test -count=1 -timeout 30m -run TestNetworkHSMBench -v ./cmd/keywardd/
 
 # A SoftHSM2 token for `make run`, provisioned once and kept in .dev/ (gitignored).
@@ -95,8 +107,9 @@ proto:
 
 # The Debian package, bin/keyward_$(DEB_VERSION)_$(DEB_ARCH).deb: both binaries
 # (version stamped), the systemd units, sysusers.d, tmpfiles.d, the conffile
-# /etc/keyward/keyward.toml, the README, the --help texts and the drop-in
-# examples (packaging/nfpm.yaml). nfpm is pinned and installed into bin/
+# /etc/keyward/keyward.toml, the README, the --help texts, the man pages
+# keyward(1) and keywardd(8) made from them, the SoftHSM2 provisioning script
+# and the drop-in examples (packaging/nfpm.yaml). nfpm is pinned and installed into bin/
 # (v2.48.0 does not build from the module proxy). Depends: libc6 at the
 # newest symbol version the binaries use.
 NFPM_VERSION := v2.44.0
@@ -113,9 +126,20 @@ deb:
 	$(GO) build -trimpath -ldflags "-s -w -X github.com/keyward/keyward/daemon.Version=$(DEB_VERSION)" -o bin/deb/ ./cmd/keywardd ./cmd/keyward
 	@bin/deb/keywardd --help > bin/deb/doc/keywardd.txt 2>&1
 	@bin/deb/keyward --help > bin/deb/doc/keyward.txt
+	@# Man pages from the same help texts (packaging/mangen).
+	@set -o pipefail; $(GO) run ./packaging/mangen -bin bin/deb/keyward -section 1 -version $(DEB_VERSION) -commands | gzip -9n > bin/deb/doc/keyward.1.gz
+	@set -o pipefail; $(GO) run ./packaging/mangen -bin bin/deb/keywardd -section 8 -version $(DEB_VERSION) | gzip -9n > bin/deb/doc/keywardd.8.gz
 	@libc=$$(objdump -T bin/deb/keywardd bin/deb/keyward | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
 	test -n "$$libc" || { echo "deb: no glibc symbol versions found" >&2; exit 1; }; \
 	DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) DEB_LIBC=$$libc $(NFPM) package --config packaging/nfpm.yaml --packager deb --target bin/
+
+# The container image for CI: keywardd --dev, keyward and SoftHSM2, built
+# from this machine's binaries and Debian packages (no registry needed).
+IMAGE ?= localhost/keyward:dev
+
+.PHONY: image
+image: deps
+	@container/build-image.sh $(IMAGE)
 
 # Fuzzing. Every fuzz target in the repository (`func Fuzz...` in a _test.go
 # file, listed by `go test -list`) runs for FUZZTIME, one at a time, so new

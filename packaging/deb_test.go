@@ -49,6 +49,11 @@ var wantFiles = []string{
 	"/usr/share/doc/keyward/examples/systemd/tpm.conf",
 	"/usr/share/doc/keyward/examples/systemd/network-hsm.conf",
 	"/usr/share/doc/keyward/examples/systemd/softhsm2.conf",
+	"/usr/share/doc/keyward/docs/other-languages.md",
+	"/usr/share/doc/keyward/docs/ci.md",
+	"/usr/sbin/keyward-provision-softhsm2-token",
+	"/usr/share/man/man1/keyward.1.gz",
+	"/usr/share/man/man8/keywardd.8.gz",
 }
 
 func command(t *testing.T, name string, args ...string) string {
@@ -118,6 +123,7 @@ func TestDeb(t *testing.T) {
 		command(t, "sh", "-n", filepath.Join(dir, s))
 	}
 
+	t.Run("man", func(t *testing.T) { manPages(t, deb) })
 	t.Run("install", func(t *testing.T) { install(t, deb) })
 }
 
@@ -232,8 +238,17 @@ func install(t *testing.T, deb string) {
 		t.Error("reinstalling replaced the administrator's /etc/keyward/keyward.toml")
 	}
 
-	// Purge: the files and the conffile go; state, log and users stay.
+	provisionInstalled(t, as)
+	links := enableUnits(t, as)
+
+	// Purge: the files and the conffile go; state, log and users stay;
+	// the units' enablement links go.
 	as("dpkg", "--purge", pkg)
+	for _, l := range links {
+		if _, err := os.Lstat(l); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("after purge the link %s is still there (%v)", l, err)
+		}
+	}
 	for _, f := range []string{"/usr/bin/keywardd", "/usr/lib/systemd/system/keyward.service", "/etc/keyward/keyward.toml"} {
 		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("after purge %s: %v", f, err)

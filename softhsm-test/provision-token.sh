@@ -93,7 +93,7 @@ done
 [[ $label =~ ^[A-Za-z0-9._-]{1,32}$ ]] || usage_error "--label must be 1-32 of [A-Za-z0-9._-]"
 
 for tool in softhsm2-util script timeout od; do
-	command -v "$tool" >/dev/null || die "$tool not found: install softhsm2 (make deps does)"
+	command -v "$tool" >/dev/null || die "$tool not found: install softhsm2 (apt-get install softhsm2; in the source tree, make deps does)"
 done
 
 if [[ -z $module ]]; then
@@ -102,7 +102,7 @@ if [[ -z $module ]]; then
 		/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so; do
 		if [[ -f $m ]]; then module=$m; break; fi
 	done
-	[[ -n $module ]] || die "libsofthsm2.so not found: install softhsm2 (make deps does)"
+	[[ -n $module ]] || die "libsofthsm2.so not found: install softhsm2 (apt-get install softhsm2; in the source tree, make deps does)"
 fi
 [[ -f $module ]] || die "PKCS#11 module $module does not exist"
 
