@@ -23,7 +23,7 @@ DEB_PACKAGES += podman runc
 
 DEV_DIR := .dev/softhsm
 
-.PHONY: all deps build test lint fmt run demo bench-audit bench-nethsm dev-token clean proto deb
+.PHONY: all deps build test lint fmt run demo bench-audit bench-nethsm latency-module dev-token clean proto deb
 
 all: build
 
@@ -78,6 +78,12 @@ bench-audit: deps build
 bench-nethsm: deps
 	@scripts/ensure-packages.sh p11-kit p11-kit-modules
 	KEYWARD_NETHSM_BENCH=$(or $(DURATION),1s) KEYWARD_NETHSM_CONFIG='$(NETHSM_CONFIG)' $(GO) test -count=1 -timeout 30m -run TestNetworkHSMBench -v ./cmd/keywardd/
+
+# softhsm-test's latency module (a network HSM's round trips in front of
+# SoftHSM2; softhsm-test/README.md) as bin/libkeyward-latency.so.
+latency-module: deps
+	@mkdir -p bin
+	gcc -Wall -Werror -O2 -shared -fPIC -I/usr/include/p11-kit-1 -o bin/libkeyward-latency.so softhsm-test/latency/latency.c -ldl -lpthread
 
 # A SoftHSM2 token for `make run`, provisioned once and kept in .dev/ (gitignored).
 dev-token:
