@@ -25,7 +25,7 @@ const memKMSKey = "k8s/etcd"
 // kmsMem is a KMS endpoint on an in-memory backend: uid memAppUID is the
 // apiserver (kms.encrypt, kms.decrypt on k8s/etcd), memOtherUID manages
 // keys and may wrap and unwrap with every key, but has no KMS operation.
-func kmsMem(t *testing.T) (*kmsServer, *memTrail, *countingMetrics, *time.Time) {
+func kmsMem(t testing.TB) (*kmsServer, *memTrail, *countingMetrics, *time.Time) {
 	t.Helper()
 	pol, err := policy.Compile([]policy.Rule{
 		{Name: "apiserver", UIDs: []uint32{memAppUID}, Keys: []string{memKMSKey}, Operations: []string{"kms.encrypt", "kms.decrypt"}},
@@ -321,4 +321,34 @@ func TestKMSMethodTable(t *testing.T) {
 		methodOp("/other.Service/Encrypt") != "unknown" || metricName(kmsService+"Status") != "kms.Status" {
 		t.Error("full method names do not find their own service's entries")
 	}
+}
+
+// FuzzKMSDecrypt: whatever a caller sends to Decrypt, the endpoint answers
+// with the plaintext of a genuine ciphertext or a refusal from the closed
+// set, never a panic.
+func FuzzKMSDecrypt(f *testing.F) {
+	k, _, _, _ := kmsMem(f)
+	ctx := asUID(memOtherUID)
+	if _, err := k.s.CreateKey(ctx, &pb.CreateKeyRequest{Key: memKMSKey, KeyType: string(keys.AES256GCM)}); err != nil {
+		f.Fatal(err)
+	}
+	enc, err := k.Encrypt(asUID(memAppUID), &kmsapi.EncryptRequest{Plaintext: []byte("seed")})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(enc.Ciphertext, enc.KeyId, "uid")
+	f.Add([]byte("KWv1"), "keyward:k8s/etcd:v1:", "")
+	f.Add(enc.Ciphertext[:len(enc.Ciphertext)/2], enc.KeyId+"0", strings.Repeat("u", 300))
+	f.Fuzz(func(t *testing.T, blob []byte, keyID, uid string) {
+		resp, err := k.Decrypt(asUID(memAppUID), &kmsapi.DecryptRequest{Ciphertext: blob, KeyId: keyID, Uid: uid})
+		switch status.Code(err) {
+		case codes.OK:
+			if string(resp.GetPlaintext()) != "seed" || keyID != enc.KeyId {
+				t.Fatalf("Decrypt accepted key_id %q and returned %q", keyID, resp.GetPlaintext())
+			}
+		case codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition:
+		default:
+			t.Fatalf("Decrypt = %v", err)
+		}
+	})
 }
