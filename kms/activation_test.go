@@ -23,20 +23,14 @@ import (
 // kms_socket in its file), and the apiserver's health check passes.
 func TestKMSSocketActivation(t *testing.T) {
 	softhsmtest.Need(t, tok)
+	t.Parallel() // a token of its own
 	activate, err := exec.LookPath("systemd-socket-activate")
 	if err != nil {
 		t.Fatalf("systemd-socket-activate not installed (make deps installs systemd): %v", err)
 	}
 	const label, key = "kms-activation", "k8s/activated"
-	pin, err := tok.InitToken(label)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pinFile := freshToken(t, label)
 	dir := t.TempDir()
-	pinFile := filepath.Join(dir, "pin")
-	if err := os.WriteFile(pinFile, []byte(pin), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	be, err := hsm.Open(ctx, hsm.Config{Module: tok.Module, TokenLabel: label, PINFile: pinFile})
 	if err != nil {

@@ -114,6 +114,29 @@ type daemon struct {
 func newDaemon(t testing.TB, kmsKey string) *daemon {
 	t.Helper()
 	softhsmtest.Need(t, tok)
+	return newDaemonOn(t, kmsKey, tok.Label, tok.PINFile)
+}
+
+// freshToken makes a token of the test's own, for a test that runs in
+// parallel with others, and returns its PIN file.
+func freshToken(t *testing.T, label string) string {
+	t.Helper()
+	softhsmtest.Need(t, tok)
+	pin, err := tok.InitToken(label)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinFile := filepath.Join(t.TempDir(), "pin")
+	if err := os.WriteFile(pinFile, []byte(pin), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return pinFile
+}
+
+// newDaemonOn is newDaemon on the token labelled label.
+func newDaemonOn(t testing.TB, kmsKey, label, pinFile string) *daemon {
+	t.Helper()
+	softhsmtest.Need(t, tok)
 	dir, err := os.MkdirTemp("", "keyward-kms-test-")
 	if err != nil {
 		t.Fatal(err)
@@ -153,7 +176,7 @@ name = "an application"
 uids = [%d]
 keys = ["**"]
 operations = ["wrap", "unwrap"]
-`, d.sock, socketGID, d.kms, kmsKey, d.audit, tok.Module, tok.Label, tok.PINFile, maxAge, kmsKey, deniedUID)
+`, d.sock, socketGID, d.kms, kmsKey, d.audit, tok.Module, label, pinFile, maxAge, kmsKey, deniedUID)
 	if err := os.WriteFile(d.cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +358,8 @@ func eventually(t *testing.T, what string, cond func() error) {
 // keywardd restart a fresh transformer decrypts old values; with keywardd
 // stopped the health check fails, and it passes again once keywardd is back.
 func TestApiserverDrivesKeywardd(t *testing.T) {
-	d := newDaemon(t, "k8s/etcd")
+	t.Parallel()
+	d := newDaemonOn(t, "k8s/etcd", "kms-drives", freshToken(t, "kms-drives"))
 	kmsKey := d.key
 	d.start()
 	d.keyward("key", "create", kmsKey, "--type", "aes-256-gcm")
@@ -399,7 +423,8 @@ func TestKMSDeniedAndMalformed(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root to run a client under another uid")
 	}
-	d := newDaemon(t, "k8s/denied-test")
+	t.Parallel()
+	d := newDaemonOn(t, "k8s/denied-test", "kms-denied", freshToken(t, "kms-denied"))
 	kmsKey := d.key
 	d.start()
 	d.keyward("key", "create", kmsKey, "--type", "aes-256-gcm")
@@ -495,4 +520,40 @@ func auditHas(t *testing.T, path string, match func(auditLine) bool) bool {
 		}
 	}
 	return false
+}
+
+// TestApiserverLongLived: one apiserver transformer, kept: after keyward key
+// rotate, once the apiserver's own health cache (20 s, not settable from
+// outside its package) has expired, its next health check finds the new
+// key_id in Status, has a new seed encrypted under it, and its writes carry
+// it; values written before read back stale. It waits for that condition,
+// so it runs in parallel with the other tests, on a token of its own.
+func TestApiserverLongLived(t *testing.T) {
+	t.Parallel()
+	d := newDaemonOn(t, "k8s/long-lived", "kms-long-lived", freshToken(t, "kms-long-lived"))
+	d.start()
+	d.keyward("key", "create", d.key, "--type", "aes-256-gcm")
+	a := d.apiserver()
+	old := a.write(t, "/registry/secrets/default/long", "before")
+	oldID := keyIDOf(t, old)
+	d.keyward("key", "rotate", d.key)
+	deadline := time.Now().Add(90 * time.Second) // the cache is 20 s; this bound only ends a hang
+	for {
+		if err := a.healthz(t); err != nil {
+			t.Fatalf("health check after the rotation: %v", err)
+		}
+		if id := keyIDOf(t, a.write(t, "/registry/secrets/default/new", "after")); id != oldID {
+			if !strings.HasPrefix(id, "keyward:"+d.key+":v2:") {
+				t.Fatalf("new key_id %q", id)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writes still carry the old key_id")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if v, stale := a.read(t, "/registry/secrets/default/long", old); v != "before" || !stale {
+		t.Fatalf("old value: %q stale=%v, want stale", v, stale)
+	}
 }
