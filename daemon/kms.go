@@ -58,13 +58,18 @@ const (
 // kmsServer serves KeyManagementService for Service s with key.
 type kmsServer struct {
 	kmsapi.UnimplementedKeyManagementServiceServer
-	s   *Service
-	key string
-	now func() time.Time // the probe cache's clock (tests move it)
+	s       *Service
+	key     string
+	now     func() time.Time // the probe cache's clock (tests move it)
+	encrypt dataOp[*kmsapi.EncryptRequest, *kmsapi.EncryptResponse]
+	decrypt dataOp[*kmsapi.DecryptRequest, *kmsapi.DecryptResponse]
 
-	mu     sync.Mutex // one probe at a time; guards the fields below
-	probed time.Time  // zero: no valid probe result
-	health kmsHealth
+	probing sync.Mutex // one probe at a time; Status callers wait for it
+	mu      sync.Mutex // guards the fields below; never held across a device call
+	gen     uint64     // bumped when the key changes: a result of an older generation is stale
+	probed  time.Time  // when health was found; zero: none
+	healthG uint64     // the generation health belongs to
+	health  kmsHealth
 }
 
 // kmsHealth is the last probe's outcome: the current key_id, or why not.
@@ -75,7 +80,31 @@ type kmsHealth struct {
 }
 
 func newKMSServer(s *Service, key string) *kmsServer {
-	return &kmsServer{s: s, key: key, now: time.Now}
+	k := &kmsServer{s: s, key: key, now: time.Now}
+	k.encrypt = dataOp[*kmsapi.EncryptRequest, *kmsapi.EncryptResponse]{
+		m:      kmsMethods["Encrypt"],
+		target: func(r *kmsapi.EncryptRequest) opTarget { return opTarget{key: key, ref: r.GetUid()} },
+		check:  func(_ *Service, r *kmsapi.EncryptRequest, _ opTarget) error { return checkEncrypt(r) },
+		run: func(_ *Service, ctx context.Context, r *kmsapi.EncryptRequest, _ opTarget) (*kmsapi.EncryptResponse, error) {
+			return k.wrapSeed(ctx, r)
+		},
+		recorded: func(_ *kmsapi.EncryptRequest, r *kmsapi.EncryptResponse, _ error) (uint32, string) {
+			return kmsKeyIDVersion(key, r.GetKeyId()), ""
+		},
+	}
+	k.decrypt = dataOp[*kmsapi.DecryptRequest, *kmsapi.DecryptResponse]{
+		m: kmsMethods["Decrypt"],
+		target: func(r *kmsapi.DecryptRequest) opTarget {
+			t := blobTarget(r.GetCiphertext(), nil)
+			t.ref = r.GetUid()
+			return t
+		},
+		check: func(_ *Service, r *kmsapi.DecryptRequest, t opTarget) error { return k.checkDecrypt(r, t) },
+		run: func(_ *Service, ctx context.Context, r *kmsapi.DecryptRequest, t opTarget) (*kmsapi.DecryptResponse, error) {
+			return k.unwrapSeed(ctx, r, t)
+		},
+	}
+	return k
 }
 
 // kmsKeyID is the key_id of version v of key info: its name and version,
@@ -128,58 +157,23 @@ func checkUID(uid string) error {
 	return nil
 }
 
-var opKMSEncrypt = dataOp[*kmsapi.EncryptRequest, *kmsapi.EncryptResponse]{
-	m: kmsMethods["Encrypt"],
-	target: func(r *kmsapi.EncryptRequest) opTarget {
-		return opTarget{ref: r.GetUid()} // the key is the server's: set by Encrypt
-	},
-	check: func(_ *Service, r *kmsapi.EncryptRequest, _ opTarget) error {
-		if err := checkUID(r.GetUid()); err != nil {
-			return err
-		}
-		if n := len(r.GetPlaintext()); n == 0 || n > kmsMaxPlaintext {
-			return invalid("plaintext is %d bytes, want 1..%d", n, kmsMaxPlaintext)
-		}
-		return nil
-	},
-	recorded: func(_ *kmsapi.EncryptRequest, r *kmsapi.EncryptResponse, _ error) (uint32, string) {
-		return kmsKeyIDVersion(kmsKeyOf(r.GetKeyId()), r.GetKeyId()), ""
-	},
-}
-
-// kmsKeyOf is the key name a key_id of kmsKeyID's names.
-func kmsKeyOf(keyID string) string {
-	rest, ok := strings.CutPrefix(keyID, "keyward:")
-	if !ok {
-		return ""
+// checkEncrypt refuses a seed the contract or the ciphertext limit refuse.
+func checkEncrypt(r *kmsapi.EncryptRequest) error {
+	if err := checkUID(r.GetUid()); err != nil {
+		return err
 	}
-	if i := strings.LastIndex(rest, ":v"); i > 0 {
-		return rest[:i]
+	if n := len(r.GetPlaintext()); n == 0 || n > kmsMaxPlaintext {
+		return invalid("plaintext is %d bytes, want 1..%d", n, kmsMaxPlaintext)
 	}
-	return ""
-}
-
-var opKMSDecrypt = dataOp[*kmsapi.DecryptRequest, *kmsapi.DecryptResponse]{
-	m: kmsMethods["Decrypt"],
-	target: func(r *kmsapi.DecryptRequest) opTarget {
-		t := blobTarget(r.GetCiphertext(), nil)
-		t.ref = r.GetUid()
-		return t
-	},
+	return nil
 }
 
 // Encrypt wraps the apiserver's seed under the newest version of the key.
 func (k *kmsServer) Encrypt(ctx context.Context, req *kmsapi.EncryptRequest) (*kmsapi.EncryptResponse, error) {
-	op := opKMSEncrypt
-	key := k.key
-	op.target = func(r *kmsapi.EncryptRequest) opTarget { return opTarget{key: key, ref: r.GetUid()} }
-	op.run = func(s *Service, ctx context.Context, r *kmsapi.EncryptRequest, _ opTarget) (*kmsapi.EncryptResponse, error) {
-		return k.encrypt(ctx, r)
-	}
-	return serve(k.s, ctx, &op, req)
+	return serve(k.s, ctx, &k.encrypt, req)
 }
 
-func (k *kmsServer) encrypt(ctx context.Context, r *kmsapi.EncryptRequest) (*kmsapi.EncryptResponse, error) {
+func (k *kmsServer) wrapSeed(ctx context.Context, r *kmsapi.EncryptRequest) (*kmsapi.EncryptResponse, error) {
 	blob, err := k.s.be.Wrap(ctx, k.key, r.GetPlaintext(), kmsContext)
 	if err != nil {
 		return nil, err
@@ -202,12 +196,7 @@ func (k *kmsServer) encrypt(ctx context.Context, r *kmsapi.EncryptRequest) (*kms
 // Decrypt unwraps a ciphertext of the key, after checking that key_id is
 // the one of the version the ciphertext names.
 func (k *kmsServer) Decrypt(ctx context.Context, req *kmsapi.DecryptRequest) (*kmsapi.DecryptResponse, error) {
-	op := opKMSDecrypt
-	op.check = func(_ *Service, r *kmsapi.DecryptRequest, t opTarget) error { return k.checkDecrypt(r, t) }
-	op.run = func(s *Service, ctx context.Context, r *kmsapi.DecryptRequest, t opTarget) (*kmsapi.DecryptResponse, error) {
-		return k.decrypt(ctx, r, t)
-	}
-	return serve(k.s, ctx, &op, req)
+	return serve(k.s, ctx, &k.decrypt, req)
 }
 
 func (k *kmsServer) checkDecrypt(r *kmsapi.DecryptRequest, t opTarget) error {
@@ -232,7 +221,7 @@ func (k *kmsServer) checkDecrypt(r *kmsapi.DecryptRequest, t opTarget) error {
 	return nil
 }
 
-func (k *kmsServer) decrypt(ctx context.Context, r *kmsapi.DecryptRequest, t opTarget) (*kmsapi.DecryptResponse, error) {
+func (k *kmsServer) unwrapSeed(ctx context.Context, r *kmsapi.DecryptRequest, t opTarget) (*kmsapi.DecryptResponse, error) {
 	want, err := k.keyIDOf(ctx, t.version)
 	if err != nil {
 		return nil, err
@@ -253,18 +242,18 @@ func (k *kmsServer) noteVersion(v uint32) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.health.err == nil && k.health.version != v {
-		k.probed = time.Time{}
+		k.gen++
 	}
 }
 
-// Invalidate drops the cached probe result: the key changed (rotated,
-// enabled, disabled, destroyed) through this daemon.
+// invalidate drops the cached probe result when key is the KMS key: it
+// changed (rotated, enabled, disabled, destroyed) through this daemon.
 func (k *kmsServer) invalidate(key string) {
 	if key != k.key {
 		return
 	}
 	k.mu.Lock()
-	k.probed = time.Time{}
+	k.gen++
 	k.mu.Unlock()
 }
 
@@ -307,10 +296,14 @@ var errKMSProbe = errors.New("health probe: unwrap returned other bytes")
 
 // probe returns the last probe's result while it is fresh, else probes.
 func (k *kmsServer) probe(ctx context.Context) kmsHealth {
+	k.probing.Lock()
+	defer k.probing.Unlock()
 	k.mu.Lock()
-	defer k.mu.Unlock()
-	if !k.probed.IsZero() && k.now().Sub(k.probed) < kmsProbeMaxAge {
-		return k.health
+	gen, last := k.gen, k.health
+	fresh := !k.probed.IsZero() && k.healthG == gen && k.now().Sub(k.probed) < kmsProbeMaxAge
+	k.mu.Unlock()
+	if fresh {
+		return last
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), kmsProbeTimeout)
 	defer cancel()
@@ -318,14 +311,16 @@ func (k *kmsServer) probe(ctx context.Context) kmsHealth {
 	if h.err != nil {
 		k.s.log.Warn("kms health probe failed", "key", k.key, "err", h.err.Error())
 		h.err = fmt.Errorf("kms_key %s: %s", k.key, messages[reasonOf(h.err)])
-		h.keyID = k.health.keyID // the last known, for the apiserver's log
-	} else if h.keyID != k.health.keyID {
-		if k.health.keyID != "" {
+		h.keyID = last.keyID // the last known, for the apiserver's log
+	} else if h.keyID != last.keyID {
+		if last.keyID != "" {
 			k.s.log.Info("kms key_id changed", "key", k.key, "version", h.version)
 		}
 		k.s.metrics.kmsKeyIDChanged()
 	}
-	k.health, k.probed = h, k.now()
+	k.mu.Lock()
+	k.health, k.healthG, k.probed = h, gen, k.now()
+	k.mu.Unlock()
 	return h
 }
 
