@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -351,4 +352,64 @@ func FuzzKMSDecrypt(f *testing.F) {
 			t.Fatalf("Decrypt = %v", err)
 		}
 	})
+}
+
+// probeGate holds the health probe's wraps until the test releases them,
+// and counts them.
+type probeGate struct {
+	keys.Backend
+	mu      sync.Mutex
+	held    chan struct{} // non-nil: probe wraps wait for it to close
+	entered chan struct{}
+	probes  int
+}
+
+func (g *probeGate) Wrap(ctx context.Context, name string, pt []byte, c keys.Context) ([]byte, error) {
+	if c["kubernetes.io/kms"] == "health-probe" {
+		g.mu.Lock()
+		g.probes++
+		held, entered := g.held, g.entered
+		g.mu.Unlock()
+		if held != nil {
+			entered <- struct{}{}
+			<-held
+		}
+	}
+	return g.Backend.Wrap(ctx, name, pt, c)
+}
+
+// TestKMSProbeGenerations: a probe holds no lock that Encrypt needs, and a
+// key change made while a probe is in flight makes its result stale: the
+// next Status probes again.
+func TestKMSProbeGenerations(t *testing.T) {
+	k, _, _, _ := kmsMem(t)
+	memAdmin(t, k, "create", memKMSKey)
+	g := &probeGate{Backend: k.s.be, held: make(chan struct{}), entered: make(chan struct{}, 1)}
+	k.s.be = g
+	app := asUID(memAppUID)
+	done := make(chan *kmsapi.StatusResponse)
+	go func() {
+		st, _ := k.Status(app, &kmsapi.StatusRequest{})
+		done <- st
+	}()
+	<-g.entered // the probe is in the device
+	if _, err := k.Encrypt(app, &kmsapi.EncryptRequest{Plaintext: make([]byte, 32)}); err != nil {
+		t.Fatalf("Encrypt during a probe: %v", err)
+	}
+	memAdmin(t, k, "rotate", memKMSKey)
+	g.mu.Lock()
+	held := g.held
+	g.held = nil
+	g.mu.Unlock()
+	close(held)
+	if st := <-done; st.Healthz != "ok" {
+		t.Fatalf("Status = %+v", st)
+	}
+	st, _ := k.Status(app, &kmsapi.StatusRequest{})
+	g.mu.Lock()
+	probes := g.probes
+	g.mu.Unlock()
+	if probes != 2 || !strings.HasPrefix(st.KeyId, "keyward:k8s/etcd:v2:") {
+		t.Fatalf("after a rotation during a probe: %d probes, key_id %q; want 2 and v2", probes, st.KeyId)
+	}
 }
