@@ -137,6 +137,18 @@ func freshToken(t *testing.T, label string) string {
 func newDaemonOn(t testing.TB, kmsKey, label, pinFile string) *daemon {
 	t.Helper()
 	softhsmtest.Need(t, tok)
+	// Tests read key records on every call; the benchmark runs with the
+	// default (records reused for 1 s), as a production daemon does.
+	maxAge := `metadata_max_age = "-1ns"`
+	if _, bench := t.(*testing.B); bench {
+		maxAge = ""
+	}
+	return newDaemonWith(t, kmsKey, fmt.Sprintf("module = %q\ntoken = %q\npin_file = %q\n%s", tok.Module, label, pinFile, maxAge))
+}
+
+// newDaemonWith is a keywardd whose [backend] section is backend.
+func newDaemonWith(t testing.TB, kmsKey, backend string) *daemon {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "keyward-kms-test-")
 	if err != nil {
 		t.Fatal(err)
@@ -145,21 +157,12 @@ func newDaemonOn(t testing.TB, kmsKey, label, pinFile string) *daemon {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	d := &daemon{t: t, key: kmsKey, dir: dir, sock: filepath.Join(dir, "run", "keyward.sock"), kms: filepath.Join(dir, "run", "kms.sock"),
 		cfg: filepath.Join(dir, "keyward.toml"), audit: filepath.Join(dir, "audit", "audit.log")}
-	// Tests read key records on every call; the benchmark runs with the
-	// default (records reused for 1 s), as a production daemon does.
-	maxAge := `metadata_max_age = "-1ns"`
-	if _, bench := t.(*testing.B); bench {
-		maxAge = ""
-	}
 	body := fmt.Sprintf(`socket = %q
 socket_group = "%d"
 kms_socket = %q
 kms_key = %q
 audit_log = %q
 [backend]
-module = %q
-token = %q
-pin_file = %q
 %s
 [[rule]]
 name = "admin"
@@ -176,7 +179,7 @@ name = "an application"
 uids = [%d]
 keys = ["**"]
 operations = ["wrap", "unwrap"]
-`, d.sock, socketGID, d.kms, kmsKey, d.audit, tok.Module, label, pinFile, maxAge, kmsKey, deniedUID)
+`, d.sock, socketGID, d.kms, kmsKey, d.audit, backend, kmsKey, deniedUID)
 	if err := os.WriteFile(d.cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
