@@ -140,7 +140,7 @@ func kmsKeyIDVersion(key, keyID string) uint32 {
 	return uint32(v)
 }
 
-// currentKeyID is the key_id of the version a blob of the key names.
+// keyIDOf is the key_id of version v of the key.
 func (k *kmsServer) keyIDOf(ctx context.Context, v uint32) (string, error) {
 	info, err := k.s.be.DescribeKey(ctx, k.key)
 	if err != nil {
@@ -309,10 +309,16 @@ func (k *kmsServer) probe(ctx context.Context) kmsHealth {
 	defer cancel()
 	h := k.roundTrip(pctx)
 	if h.err != nil {
-		k.s.log.Warn("kms health probe failed", "key", k.key, "err", h.err.Error())
+		detail := h.err.Error()
 		h.err = fmt.Errorf("kms_key %s: %s", k.key, messages[reasonOf(h.err)])
-		h.keyID = last.keyID // the last known, for the apiserver's log
-	} else if h.keyID != last.keyID {
+		h.keyID = last.keyID                                      // the last known, for the apiserver's log
+		if last.err == nil || last.err.Error() != h.err.Error() { // said once per reason, not every 10 s
+			k.s.log.Warn("kms health probe failed; Status reports unhealthy", "key", k.key, "err", detail)
+		}
+	} else if last.err != nil {
+		k.s.log.Info("kms health probe succeeds again", "key", k.key, "key_id", h.keyID)
+	}
+	if h.err == nil && h.keyID != last.keyID {
 		if last.keyID != "" {
 			k.s.log.Info("kms key_id changed", "key", k.key, "version", h.version)
 		}
