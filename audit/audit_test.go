@@ -132,7 +132,7 @@ func TestFormat(t *testing.T) {
 func TestCanonicalIsMarshal(t *testing.T) {
 	for _, s := range []string{"", "plain", "quote\" back\\slash", "nl\n\tcr\r", "<>&", "\u2028\u2029", "bad utf8 \xff\xfe", "ünïcødé 🔑", "\x00\x1f"} {
 		r := rec(s)
-		r.Key, r.Reason, r.Peer.Unit, r.Op = s, s, s, "op"+s
+		r.Key, r.Reason, r.Peer.Unit, r.Op, r.CallerRef = s, s, s, "op"+s, s
 		p, err := prepare(r, time.Now())
 		if err != nil {
 			t.Fatal(err)
@@ -148,7 +148,7 @@ func TestCanonicalIsMarshal(t *testing.T) {
 			t.Fatalf("%q: line %q", s, line)
 		}
 		w := wire{Seq: 99, Time: string(p.time()), Prev: hex.EncodeToString(prev[:]), Peer: got.Peer, Op: got.Op, Key: got.Key,
-			Version: got.Version, ContextDigest: hex.EncodeToString(got.ContextDigest[:]), Result: got.Result, Reason: got.Reason,
+			Version: got.Version, ContextDigest: hex.EncodeToString(got.ContextDigest[:]), Result: got.Result, Reason: got.Reason, CallerRef: got.CallerRef,
 			DurationUS: got.Duration.Microseconds(), RequestID: got.RequestID}
 		m, _ := json.Marshal(w)
 		if !bytes.HasPrefix(line, m[:len(m)-1]) {

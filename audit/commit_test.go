@@ -169,7 +169,7 @@ func jsonBody(t testing.TB, r Record) []byte {
 		digest = ContextHMACPrefix + digest
 	}
 	b, err := json.Marshal(body{Peer: peer, Op: valid(r.Op), Key: valid(r.Key), Version: r.Version,
-		ContextDigest: digest, Result: valid(r.Result), Reason: valid(r.Reason),
+		ContextDigest: digest, Result: valid(r.Result), Reason: valid(r.Reason), CallerRef: valid(r.CallerRef),
 		DurationUS: r.Duration.Microseconds(), RequestID: valid(r.RequestID), Sig: r.Sig})
 	if err != nil {
 		t.Fatal(err)
@@ -196,6 +196,8 @@ func TestAppendBodyIsJSON(t *testing.T) {
 		{name: "non-ascii", mod: func(r *Record) { r.Reason = "clé refusée ✓ 🔑" }},
 		{name: "checkpoint signature", mod: func(r *Record) { r.Op, r.Sig = OpCheckpoint, []byte{0, 1, 2, 0xfb, 0xff} }},
 		{name: "empty signature", mod: func(r *Record) { r.Sig = []byte{} }},
+		{name: "caller ref", mod: func(r *Record) { r.Reason, r.CallerRef = "why", "a3b1c2d4-0000-4000-8000-00000000\"<ref>" }},
+		{name: "caller ref, invalid utf-8", mod: func(r *Record) { r.CallerRef = "ref\xff" }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -37,6 +37,12 @@ type Config struct {
 	// both are empty.
 	MetricsSocket string `toml:"metrics_socket"`
 	MetricsListen string `toml:"metrics_listen"`
+	// KMSSocket serves the Kubernetes KMS v2 API (k8s.io/kms/apis/v2) on
+	// this Unix socket (mode 0660, socket_group), with KMSKey; "" (default):
+	// off, unless systemd passes a socket named "kms". KMSKey names the
+	// aes-256-gcm key that encrypts the apiserver's data keys.
+	KMSSocket string `toml:"kms_socket"`
+	KMSKey    string `toml:"kms_key"`
 	// AuditLog is the hash-chained audit log: one record per operation,
 	// durable before the reply. "off" disables it (not for production: the
 	// daemon then leaves no evidence).
@@ -370,6 +376,7 @@ func (c *Config) problems() []problem {
 	if n := c.AuditRefusalMaxRecords; n < 1 || n > 100000 {
 		add("audit_refusal_max_records", "= %d: want 1..100000", n)
 	}
+	ps = append(ps, c.kmsProblems()...)
 	if c.MetricsSocket != "" && c.MetricsListen != "" {
 		add("metrics_listen", "set at most one of metrics_socket and metrics_listen")
 	}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -172,6 +171,12 @@ func newRequestID() string {
 // for a signature or MAC that did not verify, or the error reason. reason is
 // internal detail for the audit trail only (the policy's deny reason).
 func auditOp(ctx context.Context, op, key string, version uint32, c map[string]string, result string, started time.Time, err error) {
+	auditOpRef(ctx, op, key, version, c, "", result, started, err)
+}
+
+// auditOpRef is auditOp with the caller's own reference for the request
+// (audit.Record.CallerRef; "" for none).
+func auditOpRef(ctx context.Context, op, key string, version uint32, c map[string]string, ref, result string, started time.Time, err error) {
 	cl, ok := ctx.Value(callKey{}).(*call)
 	if !ok {
 		return
@@ -180,7 +185,7 @@ func auditOp(ctx context.Context, op, key string, version uint32, c map[string]s
 		key = key[:keys.MaxNameLen] + "..."
 	}
 	r := audit.Record{Peer: cl.peer, Op: op, Key: key, Version: version, Result: result,
-		Duration: time.Since(started), RequestID: cl.id}
+		CallerRef: ref, Duration: time.Since(started), RequestID: cl.id}
 	if len(c) > 0 {
 		// Keyed, so that a reader of the log cannot test guesses of the
 		// values against it (see audit.ContextDigest).
@@ -303,8 +308,8 @@ func (e *deniedError) Unwrap() error { return e.err }
 // budget (audit_refusal_interval, audit_refusal_max_records).
 func (s *Service) auditInterceptor(al auditLog, refused *refusals) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		method := path.Base(info.FullMethod)
-		if m := methods[method]; al == nil || m != nil && m.kind == kindStatus {
+		method := info.FullMethod
+		if m := methodFor(method); al == nil || m != nil && m.kind == kindStatus {
 			return handler(ctx, req)
 		}
 		if !al.Accepting() { // failing, and no retry due: refuse before acting

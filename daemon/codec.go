@@ -61,5 +61,5 @@ func checkDecoded(ctx context.Context, req any, info *grpc.UnaryServerInfo, hand
 // unknownMethod answers a method or service the API does not have with
 // INVALID_REQUEST instead of grpc-go's UNIMPLEMENTED.
 func unknownMethod(any, grpc.ServerStream) error {
-	return statusFor(invalid("no such method in keyward.v1.Keyward"))
+	return statusFor(invalid("no such method in keyward.v1.Keyward (nor, on the KMS socket, in v2.KeyManagementService)"))
 }

@@ -19,6 +19,7 @@ import (
 type opTarget struct {
 	key     string
 	version uint32 // recorded unless the operation's recorded says otherwise
+	ref     string // the caller's reference for the request (audit.Record.CallerRef)
 	ctx     map[string]string
 	err     error // a blob whose header could not be read
 }
@@ -54,7 +55,7 @@ func runOp[Req, Resp any](s *Service, ctx context.Context, op *dataOp[Req, Resp]
 	if op.recorded != nil {
 		v, result = op.recorded(req, resp, err)
 	}
-	auditOp(ctx, op.m.audit, t.key, v, t.ctx, result, start, err)
+	auditOpRef(ctx, op.m.audit, t.key, v, t.ctx, t.ref, result, start, err)
 	return resp, err
 }
 

@@ -31,6 +31,7 @@ type serviceMetrics interface {
 	deny(op policy.Operation)
 	rateLimited(kind abuseKind)
 	refusedAtOpen(result string)
+	kmsKeyIDChanged()
 }
 
 var _ serviceMetrics = (*Metrics)(nil)
@@ -41,3 +42,4 @@ type noMetrics struct{}
 func (noMetrics) deny(policy.Operation) {}
 func (noMetrics) rateLimited(abuseKind) {}
 func (noMetrics) refusedAtOpen(string)  {}
+func (noMetrics) kmsKeyIDChanged()      {}

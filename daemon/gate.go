@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"path"
 	"sync"
 	"time"
 
@@ -126,7 +125,7 @@ func (g *gate) tap(ctx context.Context, info *tap.Info) (context.Context, error)
 	if !ok {
 		return nil, statusFor(ErrDenied)
 	}
-	method := path.Base(info.FullMethodName)
+	method := info.FullMethodName
 	lim := g.svc.lim.Load()
 	if !isStatus(method) && g.svc.abuse.over(callerOf(id), abuseDenied, lim.MaxDeniedPerMinute) {
 		g.svc.metrics.rateLimited(abuseDenied)

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"fmt"
+	"path"
+	"strings"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/keys"
@@ -71,6 +73,16 @@ var methods = map[string]*method{
 	"Status": {audit: "status", log: "status", kind: kindStatus, idempotent: true},
 }
 
+// kmsMethods is the Kubernetes KMS v2 service (k8s.io/kms/apis/v2,
+// KeyManagementService), served on kms_socket by kmsServer (kms.go).
+// Its Status is answered like keyward's: to every caller who may connect
+// to that socket, unaudited.
+var kmsMethods = map[string]*method{
+	"Encrypt": {op: policy.OpKMSEncrypt, audit: "kms.encrypt", log: "kms.encrypt", kind: kindData, idempotent: true},
+	"Decrypt": {op: policy.OpKMSDecrypt, audit: "kms.decrypt", log: "kms.decrypt", kind: kindData, idempotent: true},
+	"Status":  {audit: "kms.status", log: "kms.status", kind: kindStatus, idempotent: true},
+}
+
 // stateOps are SetVersionState's operations, by the state asked for; any
 // other state is an invalid request (DestroyVersion destroys).
 var stateOps = map[pb.VersionState]struct {
@@ -92,18 +104,47 @@ func methodOf(name string) *method {
 	return m
 }
 
-// methodOp names an RPC as an operation, for calls refused before they
-// reached one.
-// isStatus reports whether name is Status, which every caller who may
-// connect may ask, whatever the limits.
-func isStatus(name string) bool {
-	m, ok := methods[name]
-	return ok && m.kind == kindStatus
+// keywardService and kmsService are the gRPC services keywardd serves, as
+// they start a full method name ("/keyward.v1.Keyward/Wrap").
+const (
+	keywardService = "/keyward.v1.Keyward/"
+	kmsService     = "/v2.KeyManagementService/"
+)
+
+// methodFor returns the table's entry for a full gRPC method name, nil for
+// a method neither service has: each service has its own table (both have a
+// Status).
+func methodFor(full string) *method {
+	if name, ok := strings.CutPrefix(full, keywardService); ok {
+		return methods[name]
+	}
+	if name, ok := strings.CutPrefix(full, kmsService); ok {
+		return kmsMethods[name]
+	}
+	return nil
 }
 
-func methodOp(name string) string {
-	if m, ok := methods[name]; ok {
+// isStatus reports whether the full method name is a Status, which every
+// caller who may connect may ask, whatever the limits.
+func isStatus(full string) bool {
+	m := methodFor(full)
+	return m != nil && m.kind == kindStatus
+}
+
+// methodOp names an RPC (a full method name) as an operation, for calls
+// refused before they reached one.
+func methodOp(full string) string {
+	if m := methodFor(full); m != nil {
 		return m.audit
 	}
 	return "unknown" // the name is the caller's: never written as is
+}
+
+// metricName is an RPC's label in the request metrics: the method's name,
+// prefixed with "kms." for the KMS service.
+func metricName(full string) string {
+	if name, ok := strings.CutPrefix(full, kmsService); ok && kmsMethods[name] != nil {
+		return "kms." + name
+	}
+	return path.Base(full)
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"path"
 	"sync"
 	"time"
 
@@ -32,6 +31,7 @@ type Metrics struct {
 	denied   *prometheus.CounterVec
 	limited  *prometheus.CounterVec
 	refused  *prometheus.CounterVec
+	kmsKeyID prometheus.Counter
 	methods  sync.Map // full RPC method name -> *methodMetrics
 }
 
@@ -66,7 +66,10 @@ func NewMetrics(backend any) *Metrics {
 		Name: "keyward_refused_before_call_total",
 		Help: "Calls and connections refused before a handler ran, by result: RATE_LIMITED, TOO_MANY_REQUESTS, SHUTTING_DOWN, RECEIVE_TIMEOUT, CONNECTION_LIMIT.",
 	}, []string{"result"})
-	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused,
+	m.kmsKeyID = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keyward_kms_key_id_changes_total", Help: "Times the Kubernetes KMS endpoint's health probe found a new key_id (the first included).",
+	})
+	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused, m.kmsKeyID,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if r, ok := backend.(keys.MetricsReporter); ok {
 		reg.MustRegister(newReporterCollector(r))
@@ -101,7 +104,7 @@ func (m *Metrics) forMethod(fullMethod string) *methodMetrics {
 	if mm, ok := m.methods.Load(fullMethod); ok {
 		return mm.(*methodMetrics)
 	}
-	method := path.Base(fullMethod)
+	method := metricName(fullMethod)
 	mm, _ := m.methods.LoadOrStore(fullMethod, &methodMetrics{
 		latency: m.latency.WithLabelValues(method),
 		ok:      m.requests.WithLabelValues(method, "OK"),
@@ -119,7 +122,7 @@ func (m *Metrics) interceptor() grpc.UnaryServerInterceptor {
 		if err == nil {
 			mm.ok.Inc()
 		} else {
-			m.requests.WithLabelValues(path.Base(info.FullMethod), resultOf(err)).Inc()
+			m.requests.WithLabelValues(metricName(info.FullMethod), resultOf(err)).Inc()
 		}
 		return resp, err
 	}
@@ -225,4 +228,10 @@ func serveMetrics(ctx context.Context, m *Metrics, sockPath, addr string, log *s
 	}()
 	log.Info("metrics", "listen", l.Addr().String())
 	return func() { srv.Close() }, nil
+}
+
+func (m *Metrics) kmsKeyIDChanged() {
+	if m != nil {
+		m.kmsKeyID.Inc()
+	}
 }

@@ -59,7 +59,7 @@ func (s *Service) interceptor(stopping *atomicBool) grpc.UnaryServerInterceptor 
 		resp, err := handler(ctx, req)
 		clearSecrets(req) // done with; replies never refer to a request's bytes
 		s.served.Add(1)
-		if err == nil && s.health.down.Load() && !isStatus(path.Base(info.FullMethod)) { // Status answers with the device away
+		if err == nil && s.health.down.Load() && !isStatus(info.FullMethod) { // Status answers with the device away
 			if n, since := s.health.ok(); n > 0 {
 				s.log.Info("key backend answers again", "failed_calls", n, "unavailable_for", time.Since(since).Round(time.Millisecond))
 			}
@@ -124,6 +124,9 @@ func restartOnly(old, cur config.Config) []string {
 	var out []string
 	if old.Socket != cur.Socket || old.SocketGroup != cur.SocketGroup || old.SystemdSocketName != cur.SystemdSocketName {
 		out = append(out, "socket")
+	}
+	if old.KMSSocket != cur.KMSSocket || old.KMSKey != cur.KMSKey {
+		out = append(out, "kms_socket, kms_key")
 	}
 	if old.LogLevel != cur.LogLevel {
 		out = append(out, "log_level")
@@ -254,14 +257,21 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 	go g.sweep(sweepCtx)
 	srv := grpc.NewServer(serverOptions(cfg.Limits, g, metrics, svc, trail)...)
 	pb.RegisterKeywardServer(srv, svc)
+	kms, err := openKMS(ctx, cfg, svc, serverOptions(cfg.Limits, g, metrics, svc, trail), log)
+	if err != nil {
+		l.Close()
+		return err
+	}
 	stopReload := reloadOnHUP(ctx, opts.ConfigPath, cfg, svc, sm, log)
 	defer stopReload()
 	if err := sm.start(ctx); err != nil {
 		l.Close()
+		kms.close()
 		return err
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
+	kms.serve()
 	log.Info("serving", "socket", path, "backend", cfg.Backend.Kind, "rules", pol.Rules())
 	if opts.Ready != nil {
 		opts.Ready(path)
@@ -269,12 +279,17 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
+	case err := <-kms.failed():
+		return fmt.Errorf("kms serve: %w", err)
 	case <-ctx.Done():
 	}
 	sm.stopping()
 	log.Info("shutting down: draining in-flight calls", "grace", cfg.Limits.ShutdownGrace.Duration)
 	stopping.Store(true)
-	return drain(srv, errc, cfg.Limits.ShutdownGrace.Duration, log)
+	kmsDone := kms.drainAsync(cfg.Limits.ShutdownGrace.Duration)
+	err = drain(srv, errc, cfg.Limits.ShutdownGrace.Duration, log)
+	<-kmsDone
+	return err
 }
 
 // listen takes the socket systemd passed (by name) or binds its own, and

@@ -6,6 +6,8 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 
+	kmsapi "k8s.io/kms/apis/v2"
+
 	pb "github.com/keyward/keyward/api/keyward/v1"
 )
 
@@ -53,6 +55,10 @@ func clearSecrets(m any) {
 		for _, it := range m.GetItems() {
 			clear(it.GetMessage())
 		}
+	case *kmsapi.EncryptRequest:
+		clear(m.GetPlaintext())
+	case *kmsapi.DecryptResponse:
+		clear(m.GetPlaintext())
 	}
 }
 

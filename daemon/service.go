@@ -37,6 +37,7 @@ type Service struct {
 	audit   auditLog       // nil: audit off
 	// checkpointKey signs audit checkpoints: no caller may sign with it.
 	checkpointKey string
+	kms           *kmsServer // nil: no KMS endpoint
 
 	statusMu    sync.Mutex // the shared view Status answers from
 	statusAt    time.Time
@@ -259,6 +260,9 @@ func (s *Service) admin(ctx context.Context, op policy.Operation, key string, fn
 		return nil, s.fail(ctx, string(op), err)
 	}
 	if op != policy.OpKeyRead {
+		if s.kms != nil {
+			s.kms.invalidate(key) // the next KMS Status probes the changed key
+		}
 		id, _ := identityFrom(ctx)
 		s.log.Info("key lifecycle", "op", string(op), "key", key, "uid", id.UID, "pid", id.PID, "unit", id.Unit)
 	}

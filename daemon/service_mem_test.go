@@ -68,8 +68,9 @@ func (m *memTrail) results() []string {
 
 // countingMetrics counts denials by operation.
 type countingMetrics struct {
-	mu     sync.Mutex
-	denied map[policy.Operation]int
+	mu        sync.Mutex
+	denied    map[policy.Operation]int
+	kmsKeyIDs int
 }
 
 func (c *countingMetrics) deny(op policy.Operation) {
@@ -79,6 +80,11 @@ func (c *countingMetrics) deny(op policy.Operation) {
 }
 func (c *countingMetrics) rateLimited(abuseKind) {}
 func (c *countingMetrics) refusedAtOpen(string)  {}
+func (c *countingMetrics) kmsKeyIDChanged() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.kmsKeyIDs++
+}
 
 const memAppUID, memOtherUID = 1000, 2000
 

@@ -20,6 +20,12 @@ const (
 	OpMAC       Operation = "mac"
 	OpVerifyMAC Operation = "verify-mac"
 	OpPublicKey Operation = "public-key"
+	// OpKMSEncrypt and OpKMSDecrypt are the Kubernetes KMS v2 endpoint's
+	// Encrypt and Decrypt (kms_socket): data operations on kms_key, never
+	// implied by any other operation. They carry no context: the endpoint
+	// binds its blobs to a fixed one.
+	OpKMSEncrypt Operation = "kms.encrypt"
+	OpKMSDecrypt Operation = "kms.decrypt"
 )
 
 // Admin operations: managing a key. None of them implies any data operation.
@@ -38,7 +44,7 @@ const (
 // They are for display and iteration; changing them changes nothing in the
 // package, which keeps its own copy.
 var (
-	DataOperations  = []Operation{OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey}
+	DataOperations  = []Operation{OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey, OpKMSEncrypt, OpKMSDecrypt}
 	AdminOperations = []Operation{OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt}
 )
 
@@ -47,9 +53,13 @@ var (
 var allOps = [...]Operation{
 	OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey,
 	OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt,
+	OpKMSEncrypt, OpKMSDecrypt,
 }
 
-const firstAdmin = 9 // index of OpKeyCreate in allOps
+const (
+	firstAdmin = 9  // index of OpKeyCreate in allOps
+	firstKMS   = 17 // index of OpKMSEncrypt: the admin operations end before it
+)
 
 type opSet uint32
 
@@ -89,7 +99,7 @@ func (o Operation) CarriesContext() bool {
 // Admin reports whether o manages keys rather than uses them.
 func (o Operation) Admin() bool {
 	i, ok := opIndex(o)
-	return ok && i >= firstAdmin
+	return ok && i >= firstAdmin && i < firstKMS
 }
 
 func (s opSet) has(i int) bool { return s&(1<<uint(i)) != 0 }

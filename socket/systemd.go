@@ -38,6 +38,32 @@ type sdSocket struct {
 func Systemd(name string) (l net.Listener, ok bool, err error) {
 	sd.mu.Lock()
 	defer sd.mu.Unlock()
+	return systemdLocked(name)
+}
+
+// SystemdOptional is Systemd for a socket the unit may or may not have: a
+// name that none of the passed sockets has is ok=false with a nil error.
+// An empty name matches nothing.
+func SystemdOptional(name string) (l net.Listener, ok bool, err error) {
+	sd.mu.Lock()
+	defer sd.mu.Unlock()
+	if name == "" {
+		return nil, false, nil
+	}
+	loadSystemd()
+	if sd.err != nil {
+		return nil, false, sd.err
+	}
+	for _, s := range sd.socks {
+		if s.name == name {
+			return systemdLocked(name)
+		}
+	}
+	return nil, false, nil
+}
+
+// loadSystemd collects the passed sockets, once.
+func loadSystemd() {
 	if !sd.loaded {
 		sd.loaded = true
 		byName, err := activation.ListenersWithNames()
@@ -51,6 +77,10 @@ func Systemd(name string) (l net.Listener, ok bool, err error) {
 		}
 		sort.SliceStable(sd.socks, func(i, j int) bool { return sd.socks[i].name < sd.socks[j].name })
 	}
+}
+
+func systemdLocked(name string) (l net.Listener, ok bool, err error) {
+	loadSystemd()
 	if sd.err != nil {
 		return nil, false, sd.err
 	}

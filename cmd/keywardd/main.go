@@ -195,6 +195,9 @@ func serve(ctx context.Context, path, logLevel string, stderr io.Writer) int {
 	opts := daemon.Options{ConfigPath: path, Logger: log, Notifier: notifier, Watchdog: watchdog}
 	if err := daemon.Run(ctx, cfg, pol, be, opts); err != nil {
 		log.Error("daemon stopped", "err", err)
+		if errors.Is(err, config.ErrConfig) { // a setting only the running daemon can judge (kms_key, audit_checkpoint_key)
+			return exitConfig
+		}
 		return exitFail
 	}
 	return exitOK
