@@ -34,12 +34,21 @@ const (
 	OpKeyAdopt   Operation = "key.adopt"
 )
 
+// Credential operations (systemd's LoadCredential=). OpCredential is a data
+// operation: keywardd unwraps a stored credential for the unit a rule names,
+// with the context {unit, credential}. OpCredentialPut is an admin one:
+// writing, listing, removing and rewrapping stored credentials.
+const (
+	OpCredential    Operation = "credential"
+	OpCredentialPut Operation = "credential.put"
+)
+
 // DataOperations and AdminOperations list every operation in a stable order.
 // They are for display and iteration; changing them changes nothing in the
 // package, which keeps its own copy.
 var (
-	DataOperations  = []Operation{OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey}
-	AdminOperations = []Operation{OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt}
+	DataOperations  = []Operation{OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey, OpCredential}
+	AdminOperations = []Operation{OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt, OpCredentialPut}
 )
 
 // allOps is the package's own order: an operation's index is its bit in an
@@ -47,6 +56,7 @@ var (
 var allOps = [...]Operation{
 	OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey,
 	OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt,
+	OpCredential, OpCredentialPut,
 }
 
 const firstAdmin = 9 // index of OpKeyCreate in allOps
@@ -80,7 +90,7 @@ func ParseOperation(s string) (Operation, error) {
 // pairs can never grant it, and Compile refuses such a rule.
 func (o Operation) CarriesContext() bool {
 	switch o {
-	case OpWrap, OpUnwrap, OpRewrap, OpDataKey:
+	case OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpCredential:
 		return true
 	}
 	return false
@@ -89,7 +99,7 @@ func (o Operation) CarriesContext() bool {
 // Admin reports whether o manages keys rather than uses them.
 func (o Operation) Admin() bool {
 	i, ok := opIndex(o)
-	return ok && i >= firstAdmin
+	return ok && i >= firstAdmin && o != OpCredential
 }
 
 func (s opSet) has(i int) bool { return s&(1<<uint(i)) != 0 }
