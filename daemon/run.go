@@ -7,8 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path"
 	"os/signal"
+	"path"
 	"strings"
 	"sync"
 	"syscall"
@@ -245,6 +245,12 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 	stopping, refused := &atomicBool{}, newRefusals(time.Now)
 	flusher := startRefusalFlusher(cfg, refused, trail, log)
 	defer flusher.Stop() // after the server has drained, before the audit log closes
+	stopCreds, err := serveCredentials(cfg, svc, trail, refused, metrics, log)
+	if err != nil {
+		l.Close()
+		return err
+	}
+	defer stopCreds() // before the audit log closes: every credential served is recorded
 	g := newGate(svc, stopping, refused)
 	sweepCtx, stopSweep := context.WithCancel(context.Background()) // on through the drain
 	defer stopSweep()

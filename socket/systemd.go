@@ -38,6 +38,34 @@ type sdSocket struct {
 func Systemd(name string) (l net.Listener, ok bool, err error) {
 	sd.mu.Lock()
 	defer sd.mu.Unlock()
+	return systemdLocked(name)
+}
+
+// SystemdIfPassed is Systemd for a socket the unit may or may not pass: a
+// socket-activated process that was passed none named name gets ok=false
+// and a nil error, not an error.
+func SystemdIfPassed(name string) (l net.Listener, ok bool, err error) {
+	sd.mu.Lock()
+	defer sd.mu.Unlock()
+	loadSystemd()
+	for _, s := range sd.socks {
+		if s.name == name {
+			return systemdLocked(name)
+		}
+	}
+	return nil, false, sd.err
+}
+
+func systemdLocked(name string) (l net.Listener, ok bool, err error) {
+	loadSystemd()
+	if sd.err != nil {
+		return nil, false, sd.err
+	}
+	return pick(name)
+}
+
+// loadSystemd collects the passed sockets, once.
+func loadSystemd() {
 	if !sd.loaded {
 		sd.loaded = true
 		byName, err := activation.ListenersWithNames()
@@ -51,9 +79,10 @@ func Systemd(name string) (l net.Listener, ok bool, err error) {
 		}
 		sort.SliceStable(sd.socks, func(i, j int) bool { return sd.socks[i].name < sd.socks[j].name })
 	}
-	if sd.err != nil {
-		return nil, false, sd.err
-	}
+}
+
+// pick hands out the passed socket named name (see Systemd).
+func pick(name string) (l net.Listener, ok bool, err error) {
 	if len(sd.socks) == 0 {
 		return nil, false, nil
 	}
