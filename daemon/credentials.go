@@ -39,8 +39,8 @@ const noCaller = ^uint32(0)
 
 // credServer answers systemd's LoadCredential= requests: each connection
 // is one credential of one unit, named by the abstract address its peer
-// bound; the plaintext is written and the connection closed, or it is
-// closed with nothing written.
+// bound; the plaintext is written and the connection closed, or the
+// refusal (refuse) is, which systemd does not accept as a credential.
 type credServer struct {
 	svc     *Service
 	store   *credstore.Store
@@ -134,6 +134,7 @@ func (cs *credServer) handle(c *net.UnixConn) {
 	cs.results.WithLabelValues(result).Inc()
 	if err != nil {
 		cs.log.Warn("credential refused", "unit", r.req.Unit, "credential", r.req.ID, "peer", r.peer.String(), "result", result, "reason", reason)
+		refuse(c)
 		return
 	}
 	if _, err := c.Write(plain); err != nil {
@@ -307,4 +308,27 @@ func serveCredentials(cfg config.Config, svc *Service, al auditLog, refused *ref
 	go func() { cs.serve(l); close(done) }()
 	log.Info("serving systemd credentials", "socket", path, "store", cfg.CredentialsDir)
 	return func() { l.Close(); <-done }, nil
+}
+
+// refusalSize is one byte over what systemd reads as a credential
+// (CREDENTIAL_SIZE_MAX, 1 MiB). systemd takes an empty answer for an empty
+// credential and starts the unit; an answer this long fails the read, and
+// with it the unit's start ("Failed to set up credentials"), which is what
+// a refusal must do.
+const refusalSize = 1<<20 + 1
+
+var zeros [64 << 10]byte
+
+// refuse answers a refused request with refusalSize zero bytes: no secret,
+// and a credential systemd will not accept. A peer that is not systemd
+// learns nothing from it.
+func refuse(c *net.UnixConn) {
+	for left := refusalSize; left > 0; {
+		n, err := c.Write(zeros[:min(left, len(zeros))])
+		if err != nil {
+			return
+		}
+		left -= n
+	}
+	c.CloseWrite()
 }

@@ -26,7 +26,8 @@ import (
 
 // credChildEnv makes the test binary a credential requester: it binds
 // $KW_CRED_ADDR (abstract, "" for none), connects to $KW_CRED_SOCK, reads
-// to EOF and prints what it got in hex, or "EMPTY".
+// to EOF and prints what it got in hex, "EMPTY", or "REFUSED" for
+// keywardd's refusal (more zero bytes than systemd accepts).
 const credChildEnv = "KEYWARD_CRED_CHILD"
 
 func init() {
@@ -55,6 +56,10 @@ func credChild() int {
 	b, _ := io.ReadAll(f)
 	if len(b) == 0 {
 		fmt.Println("EMPTY")
+		return 0
+	}
+	if len(b) > 1<<20 && bytes.Count(b, []byte{0}) == len(b) {
+		fmt.Println("REFUSED") // more than systemd takes: the unit fails to start
 		return 0
 	}
 	fmt.Println(hex.EncodeToString(b))
@@ -181,15 +186,15 @@ func TestCredentialSocket(t *testing.T) {
 	}{
 		{"the unit's own credential", payCG, addr(pay, "db-password"), 0, want, "OK"},
 		{"an instance falls back to its template", strangerCG, addr(stranger, "tmpl"), 0, want, "OK"},
-		{"a non-root process in the unit", payCG, addr(pay, "db-password"), 12003, "EMPTY", "PERMISSION_DENIED"},
-		{"root outside the unit's cgroup", "", addr(pay, "db-password"), 0, "EMPTY", "PERMISSION_DENIED"},
-		{"root in another unit naming this one", otherCG, addr(pay, "db-password"), 0, "EMPTY", "PERMISSION_DENIED"},
-		{"an address not in systemd's form", payCG, "junk/" + pay + "/db-password", 0, "EMPTY", "PERMISSION_DENIED"},
-		{"no address at all", payCG, "", 0, "EMPTY", "PERMISSION_DENIED"},
-		{"a unit no rule names", otherCG, addr(other, "db-password"), 0, "EMPTY", "PERMISSION_DENIED"},
-		{"a key the rule does not name", payCG, addr(pay, "wrong-key"), 0, "EMPTY", "PERMISSION_DENIED"},
-		{"a blob copied into another unit's directory", strangerCG, addr(stranger, "copied"), 0, "EMPTY", "DECRYPTION_FAILED"},
-		{"no such credential", payCG, addr(pay, "nope"), 0, "EMPTY", "NOT_FOUND"},
+		{"a non-root process in the unit", payCG, addr(pay, "db-password"), 12003, "REFUSED", "PERMISSION_DENIED"},
+		{"root outside the unit's cgroup", "", addr(pay, "db-password"), 0, "REFUSED", "PERMISSION_DENIED"},
+		{"root in another unit naming this one", otherCG, addr(pay, "db-password"), 0, "REFUSED", "PERMISSION_DENIED"},
+		{"an address not in systemd's form", payCG, "junk/" + pay + "/db-password", 0, "REFUSED", "PERMISSION_DENIED"},
+		{"no address at all", payCG, "", 0, "REFUSED", "PERMISSION_DENIED"},
+		{"a unit no rule names", otherCG, addr(other, "db-password"), 0, "REFUSED", "PERMISSION_DENIED"},
+		{"a key the rule does not name", payCG, addr(pay, "wrong-key"), 0, "REFUSED", "PERMISSION_DENIED"},
+		{"a blob copied into another unit's directory", strangerCG, addr(stranger, "copied"), 0, "REFUSED", "DECRYPTION_FAILED"},
+		{"no such credential", payCG, addr(pay, "nope"), 0, "REFUSED", "NOT_FOUND"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
