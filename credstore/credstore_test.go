@@ -177,3 +177,23 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// FuzzParseAddress: any peer address either parses into names the store
+// accepts, or is refused with ErrAddress; never a crash.
+func FuzzParseAddress(f *testing.F) {
+	for _, s := range []string{"@f417f1c11b374535/unit/t-cred.service/mysecret", "@0/unit/app@blue.service/x", "@abc/unit/../s", "", "@"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := ParseAddress(s)
+		if err != nil {
+			if !errors.Is(err, ErrAddress) {
+				t.Fatalf("%q: %v does not wrap ErrAddress", s, err)
+			}
+			return
+		}
+		if CheckUnit(r.Unit) != nil || CheckID(r.ID) != nil || strings.Contains(r.Unit+r.ID, "/") {
+			t.Fatalf("%q parsed into %+v", s, r)
+		}
+	})
+}

@@ -122,6 +122,9 @@ func restartOnly(old, cur config.Config) []string {
 	if old.Socket != cur.Socket || old.SocketGroup != cur.SocketGroup || old.SystemdSocketName != cur.SystemdSocketName {
 		out = append(out, "socket")
 	}
+	if old.CredentialsSocket != cur.CredentialsSocket || old.CredentialsDir != cur.CredentialsDir {
+		out = append(out, "credentials_socket, credentials_dir")
+	}
 	if old.LogLevel != cur.LogLevel {
 		out = append(out, "log_level")
 	}
