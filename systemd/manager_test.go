@@ -189,6 +189,7 @@ func TestRealManager(t *testing.T) {
 			t.Fatalf("keyward.service %s after a credential request", got)
 		}
 	})
+	t.Run("forged requests", func(t *testing.T) { forged(t, g, secret) })
 	t.Run("audit trail", func(t *testing.T) { auditTrail(t, g) })
 	t.Run("timing", func(t *testing.T) { timing(t, g) })
 	t.Run("clean stop", func(t *testing.T) { cleanStop(t, g) })
@@ -404,4 +405,56 @@ func watchdog(t *testing.T, g *systemdtest.Guest) {
 		return show(g, "keyward.service", "ActiveState") == "active" && show(g, "keyward.service", "NRestarts") != before
 	})
 	g.Sh("keyward status >/dev/null")
+}
+
+// forgedRequest binds an abstract address ($1, "" for none), connects to
+// the credential socket and prints how many bytes came back and whether the
+// answer is all zeros; python3 is on the host and so in the guest.
+const forgedRequest = `import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+if sys.argv[1]:
+    s.bind("\0" + sys.argv[1])
+try:
+    s.connect("/run/keyward/credentials.sock")
+except OSError as e:
+    print("connect:", e.strerror); sys.exit(0)
+b = b""
+while True:
+    c = s.recv(65536)
+    if not c: break
+    b += c
+print(len(b), "zeros" if b.count(0) == len(b) else "data:" + b.hex())
+`
+
+// forged: requests that are not systemd's for the unit they name get no
+// secret from the real, sandboxed keywardd, and leave a PERMISSION_DENIED
+// record: root outside the unit's cgroup with systemd's address, an address
+// not in systemd's form, and a non-root process (which the socket's mode
+// already keeps out).
+func forged(t *testing.T, g *systemdtest.Guest, secret string) {
+	before := len(auditRecords(t, g))
+	for _, c := range []struct {
+		name string
+		argv []string
+		want string
+	}{
+		{"root outside the unit", []string{"python3", "-c", forgedRequest, "1f2e3d/unit/payments.service/db-password"}, "1048577 zeros"},
+		{"address not in systemd's form", []string{"python3", "-c", forgedRequest, "payments.service/db-password"}, "1048577 zeros"},
+		{"no address", []string{"python3", "-c", forgedRequest, ""}, "1048577 zeros"},
+		{"non-root", []string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "python3", "-c", forgedRequest, "1f2e3d/unit/payments.service/db-password"}, "connect: Permission denied"},
+	} {
+		out, err := g.Run(nil, c.argv...)
+		if err != nil || strings.TrimSpace(out) != c.want || strings.Contains(out, fmt.Sprintf("%x", secret)) {
+			t.Errorf("%s: %v %q, want %q", c.name, err, out, c.want)
+		}
+	}
+	var denied int
+	for _, r := range auditRecords(t, g)[before:] {
+		if r.Op == "credential" && r.Result == "PERMISSION_DENIED" && r.Peer.UID == 0 {
+			denied++
+		}
+	}
+	if denied != 3 {
+		t.Errorf("%d PERMISSION_DENIED credential records for 3 forged requests", denied)
+	}
 }
