@@ -21,6 +21,7 @@ import (
 
 	kwclient "github.com/keyward/keyward/client"
 	"github.com/keyward/keyward/config"
+	"github.com/keyward/keyward/internal/testutil"
 	"github.com/keyward/keyward/policy"
 )
 
@@ -340,5 +341,65 @@ func TestCredentialAdmin(t *testing.T) {
 	}
 	if list, err := c.ListCredentials(ctx, "a.service"); err != nil || len(list) != 0 {
 		t.Fatalf("list after rm = %v, %v", list, err)
+	}
+}
+
+// TestCredentialHygiene: a marker secret stored, served and refused leaves
+// no trace in the debug log, the audit log or the metrics page.
+func TestCredentialHygiene(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("credential tests need root: the requester must be uid 0 in a unit's cgroup")
+	}
+	var logs testutil.SyncBuffer
+	sfx := randHex(4)
+	unit, key := "hyg-"+sfx+".service", "hyg"+sfx+"/creds"
+	metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
+	var credSock string
+	r := startWith(t, []policy.Rule{
+		{Name: "root", UIDs: []uint32{0}, Keys: []string{"**"}, Operations: []string{"key.create", "credential.put"}},
+		{Name: "unit", Units: []string{unit}, Keys: []string{key}, Operations: []string{"credential"}},
+	}, func(c *config.Config) {
+		credSock = filepath.Join(filepath.Dir(c.Socket), "credentials.sock")
+		c.CredentialsSocket = credSock
+		c.CredentialsDir = filepath.Join(filepath.Dir(filepath.Dir(c.Socket)), "credstore")
+		c.MetricsSocket = metricsSock
+	}, &logs)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := kwclient.Dial(ctx, r.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	marker := "HYGIENE-CREDENTIAL-" + sfx
+	if _, err := c.CreateKey(ctx, key, "aes-256-gcm"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PutCredential(ctx, unit, "pw", key, []byte(marker), false); err != nil {
+		t.Fatal(err)
+	}
+	cg := testCgroup(t, unit)
+	if got := askCredential(t, credSock, cg, randHex(8)+"/unit/"+unit+"/pw", 0); got != hex.EncodeToString([]byte(marker)) {
+		t.Fatalf("served %q", got)
+	}
+	if got := askCredential(t, credSock, "", randHex(8)+"/unit/"+unit+"/pw", 0); got != "REFUSED" {
+		t.Fatalf("outside the unit: %q", got)
+	}
+	audit, err := os.ReadFile(filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := scrape(t, metricsSock)
+	if !strings.Contains(metrics, `keyward_credential_requests_total{result="OK"} 1`) ||
+		!strings.Contains(metrics, `keyward_credential_requests_total{result="PERMISSION_DENIED"} 1`) {
+		t.Errorf("credential metrics missing:\n%s", metrics)
+	}
+	for name, text := range map[string]string{"log": logs.String(), "audit log": string(audit), "metrics": metrics} {
+		if strings.Contains(text, marker) || strings.Contains(text, hex.EncodeToString([]byte(marker))) {
+			t.Errorf("the secret is in the %s", name)
+		}
+	}
+	if !strings.Contains(logs.String(), "credential served") || !strings.Contains(logs.String(), "credential refused") {
+		t.Errorf("no served and refused lines in the log:\n%s", logs.String())
 	}
 }
