@@ -286,6 +286,9 @@ func (c *ruleCompiler) operations() {
 		}
 		c.r.ops |= 1 << uint(idx)
 	}
+	if i, _ := opIndex(OpCredential); c.r.ops.has(i) && len(c.r.units) == 0 {
+		c.warn("operation credential is granted only to the units a rule names (systemd asks as root), and this rule names none")
+	}
 	if len(c.in.Context) == 0 {
 		return
 	}
