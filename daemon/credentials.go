@@ -33,10 +33,6 @@ const (
 	credOp = string(policy.OpCredential)
 )
 
-// noCaller is uid and gid (uid_t)-1: a credential is granted to the unit
-// a rule names, never to uid 0, which every request comes from.
-const noCaller = ^uint32(0)
-
 // credServer answers systemd's LoadCredential= requests: each connection
 // is one credential of one unit, named by the abstract address its peer
 // bound; the plaintext is written and the connection closed, or the
@@ -177,7 +173,8 @@ func (cs *credServer) answer(ctx context.Context, c *net.UnixConn, r *credReques
 	}
 	r.key, r.version = h.Name, h.Version
 	bound := credstore.Context(from, r.req.ID)
-	id := policy.Identity{UID: noCaller, GID: noCaller, Unit: r.req.Unit}
+	// The policy decides credential by the unit alone (every request is root's).
+	id := policy.Identity{UID: p.UID, GID: p.GID, PID: p.PID, Unit: r.req.Unit}
 	if d := cs.svc.pol.Load().Decide(id, policy.Request{Op: policy.OpCredential, Key: h.Name, Context: bound}, cs.svc.reserved()); !d.Allowed {
 		return nil, &deniedError{reason: d.Reason, err: fmt.Errorf("credential %s: %w", h.Name, ErrDenied)}
 	}

@@ -590,6 +590,10 @@ func (p *Policy) Decide(id Identity, req Request, res Reserved) Decision {
 	if !req.Op.CarriesContext() {
 		req.Context = nil
 	}
+	if req.Op == OpCredential {
+		// systemd asks as root for every unit: only the unit is the caller.
+		id = Identity{UID: noID, GID: noID, PID: id.PID, Unit: id.Unit}
+	}
 	if p == nil || len(p.rules) == 0 {
 		c := check(req)
 		return Decision{Reason: "no rules: " + denyBase(id, &c)}

@@ -636,6 +636,9 @@ func TestCredentialOnlyByUnit(t *testing.T) {
 		{Identity{UID: noID, GID: noID, Unit: "payments.service"}, Request{OpCredential, "pay/k", map[string]string{"unit": "payments.service", "credential": "other"}}, false},
 		{Identity{UID: noID, GID: noID, Unit: "other.service"}, Request{OpCredential, "pay/k", map[string]string{"unit": "other.service", "credential": "db"}}, false},
 		{Identity{UID: 0, GID: 0, Unit: "payments.service"}, Request{OpUnwrap, "pay/k", map[string]string{"credential": "db"}}, false},
+		// Root's rule does not grant it, even to root in the unit.
+		{Identity{UID: 0, GID: 0, Unit: "other.service"}, Request{OpCredential, "pay/k", map[string]string{"unit": "other.service", "credential": "db"}}, false},
+		{Identity{UID: 0, GID: 0, Unit: "payments.service"}, Request{OpCredential, "pay/k", map[string]string{"unit": "payments.service", "credential": "db"}}, true},
 	} {
 		if d := p.Decide(tt.id, tt.req, Reserved{}); d.Allowed != tt.want {
 			t.Errorf("%v %v: %+v, want allowed=%v", tt.id, tt.req, d, tt.want)
