@@ -403,3 +403,54 @@ func TestCredentialHygiene(t *testing.T) {
 		t.Errorf("no served and refused lines in the log:\n%s", logs.String())
 	}
 }
+
+// TestCredentialConcurrencyBound: requests past the 64 being answered are
+// closed at once with nothing written and counted, not queued.
+func TestCredentialConcurrencyBound(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("credential tests need root")
+	}
+	metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
+	var credSock string
+	start(t, nil, func(c *config.Config) {
+		credSock = filepath.Join(filepath.Dir(c.Socket), "credentials.sock")
+		c.CredentialsSocket = credSock
+		c.CredentialsDir = filepath.Join(filepath.Dir(filepath.Dir(c.Socket)), "credstore")
+		c.MetricsSocket = metricsSock
+	})
+	// Each refused request is answered with 1 MiB that these never read:
+	// its handler holds its slot until they close.
+	var held []*os.File
+	defer func() {
+		for _, f := range held {
+			f.Close()
+		}
+	}()
+	dial := func() *os.File {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: credSock}); err != nil {
+			t.Fatal(err)
+		}
+		return os.NewFile(uintptr(fd), "cred")
+	}
+	const slots = 64
+	for range slots {
+		f := dial()
+		held = append(held, f)
+		// Wait until its handler is blocked writing: the first bytes arrived.
+		if _, err := f.Read(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	extra := dial()
+	defer extra.Close()
+	if b, err := io.ReadAll(extra); err != nil || len(b) != 0 {
+		t.Fatalf("request past the bound: %d bytes, %v; want closed with nothing", len(b), err)
+	}
+	if m := scrape(t, metricsSock); !strings.Contains(m, `keyward_credential_requests_total{result="TOO_MANY_REQUESTS"} 1`) {
+		t.Errorf("busy refusal not counted:\n%s", m)
+	}
+}
