@@ -139,7 +139,7 @@ func bootKeyward(t *testing.T, load, app string) *systemdtest.Guest {
 	g := systemdtest.Boot(t, systemdtest.Options{Files: files, Mask: systemdtest.HostServices()})
 	repo, _ := filepath.Abs("..")
 	// The host's files show through the overlay: start from nothing.
-	g.Sh(`rm -rf /var/lib/keyward /var/log/keyward /etc/keyward/credstore
+	g.Sh(t, `rm -rf /var/lib/keyward /var/log/keyward /etc/keyward/credstore
 systemd-sysusers /etc/sysusers.d/keyward.conf
 systemd-tmpfiles --create /etc/tmpfiles.d/keyward.conf
 ` + repo + `/softhsm-test/provision-token.sh --dir /var/lib/keyward/softhsm --label keyward --owner keywardd >/dev/null
@@ -180,11 +180,11 @@ func TestRealManager(t *testing.T) {
 	t.Run("credentials", func(t *testing.T) { credentials(t, g, put, secret) })
 	t.Run("unit identity", func(t *testing.T) { unitIdentity(t, g) })
 	t.Run("activation by a credential request", func(t *testing.T) {
-		g.Sh("systemctl stop keyward.service")
+		g.Sh(t, "systemctl stop keyward.service")
 		if got := show(g, "keyward.service", "ActiveState"); got != "inactive" {
 			t.Fatalf("keyward.service %s after stop", got)
 		}
-		g.Sh("systemctl restart payments.service")
+		g.Sh(t, "systemctl restart payments.service")
 		if got := show(g, "keyward.service", "ActiveState"); got != "active" {
 			t.Fatalf("keyward.service %s after a credential request", got)
 		}
@@ -200,7 +200,7 @@ func activation(t *testing.T, g *systemdtest.Guest) {
 	if got := show(g, "keyward.service", "ActiveState"); got != "inactive" {
 		t.Fatalf("keyward.service is %s before any connection", got)
 	}
-	out := g.Sh("keyward status")
+	out := g.Sh(t, "keyward status")
 	if !strings.Contains(out, "pkcs11") {
 		t.Fatalf("status: %s", out)
 	}
@@ -216,8 +216,11 @@ func activation(t *testing.T, g *systemdtest.Guest) {
 // force, not an approximation of it.
 func sandbox(t *testing.T, g *systemdtest.Guest) {
 	pid := show(g, "keyward.service", "MainPID")
-	out := g.Sh(`p=` + pid + `
-grep -E '^(Uid|NoNewPrivs|Seccomp|CapEff|CapBnd|CapAmb):' /proc/$p/status
+	out := g.Sh(t, `p=` + pid + `
+grep -E '^(Uid|NoNewPrivs|Seccomp|Seccomp_filters|CapEff|CapBnd|CapAmb):' /proc/$p/status
+echo "ipc $(readlink /proc/$p/ns/ipc) $(readlink /proc/1/ns/ipc)"
+awk '$5 == "/home" {print "home", $6}' /proc/$p/mountinfo
+awk '$5 == "/proc" {print "proc", $NF}' /proc/$p/mountinfo
 echo "net $(readlink /proc/$p/ns/net) $(readlink /proc/1/ns/net)"
 awk '$5 == "/" {print "root", $6}' /proc/$p/mountinfo
 awk '$5 == "/var/lib/keyward" {print "state", $6}' /proc/$p/mountinfo
@@ -236,7 +239,7 @@ id -u keywardd`)
 			f[strings.TrimSuffix(w[0], ":")] = strings.Join(w[1:], " ")
 		}
 	}
-	net := strings.Fields(f["net"])
+	net, ipc := strings.Fields(f["net"]), strings.Fields(f["ipc"])
 	for _, c := range []struct {
 		what string
 		ok   bool
@@ -249,6 +252,12 @@ id -u keywardd`)
 		{"ProtectSystem=strict: / read-only", strings.HasPrefix(f["root"], "ro")},
 		{"ReadWritePaths=/var/lib/keyward", strings.HasPrefix(f["state"], "rw")},
 		{"PrivateTmp=yes", f["tmp"] != ""},
+		{"PrivateIPC=yes", len(ipc) == 2 && ipc[0] != ipc[1]},
+		{"ProtectHome=yes", f["home"] != ""},
+		{"ProcSubset=pid, ProtectProc=default", strings.Contains(f["proc"], "subset=pid") && !strings.Contains(f["proc"], "hidepid")},
+		// SystemCallFilter= (two lines), MemoryDenyWriteExecute=, RestrictNamespaces=,
+		// RestrictRealtime=, LockPersonality=... each add a filter.
+		{"seccomp filters stacked", seccompFilters(f["Seccomp_filters"]) >= 3},
 	} {
 		if !c.ok {
 			t.Errorf("%s: not in force\n%s", c.what, out)
@@ -259,20 +268,20 @@ id -u keywardd`)
 // credentials: the README's recipe run verbatim; the unit (User=nobody)
 // reads its secret; other units get nothing and fail to start.
 func credentials(t *testing.T, g *systemdtest.Guest, put, secret string) {
-	g.Sh("keyward key create payments/creds --type aes-256-gcm && keyward key create payments/api --type aes-256-gcm")
+	g.Sh(t, "keyward key create payments/creds --type aes-256-gcm && keyward key create payments/api --type aes-256-gcm")
 	if out, err := g.Run(nil, "/usr/bin/env", "DB_PASSWORD="+secret, "/bin/sh", "-ec", put); err != nil {
 		t.Fatalf("the README's put: %v\n%s", err, out)
 	}
-	g.Sh(`printf %s x | keyward credential put --unit credbench.service --id db-password --key payments/creds
+	g.Sh(t, `printf %s x | keyward credential put --unit credbench.service --id db-password --key payments/creds
 mkdir -m 0700 /etc/keyward/credstore/copycat.service
 cp -p /etc/keyward/credstore/payments.service/db-password /etc/keyward/credstore/copycat.service/
 chown -R keywardd:keywardd /etc/keyward/credstore/copycat.service
 systemctl start payments.service`)
-	out := g.Sh("journalctl -u payments.service -o cat")
+	out := g.Sh(t, "journalctl -u payments.service -o cat")
 	if !strings.Contains(out, secret) {
 		t.Fatalf("payments.service did not read its secret:\n%s", out)
 	}
-	ls := g.Sh(`keyward credential list`)
+	ls := g.Sh(t, `keyward credential list`)
 	if !regexp.MustCompile(`payments\.service +db-password +payments/creds +v1 `).MatchString(ls) || strings.Contains(ls, secret) {
 		t.Fatalf("credential list:\n%s", ls)
 	}
@@ -283,10 +292,10 @@ systemctl start payments.service`)
 		if r := show(g, u, "Result"); r == "success" {
 			t.Errorf("%s: result %s", u, r)
 		}
-		if out := g.Sh("journalctl -o cat -u " + u); !strings.Contains(out, "status=243/CREDENTIALS") {
+		if out := g.Sh(t, "journalctl -o cat -u " + u); !strings.Contains(out, "status=243/CREDENTIALS") {
 			t.Errorf("%s: systemd did not fail it at the credentials step:\n%s", u, out)
 		}
-		if strings.Contains(g.Sh("journalctl -o cat -u "+u), secret) {
+		if strings.Contains(g.Sh(t, "journalctl -o cat -u "+u), secret) {
 			t.Errorf("%s got the secret", u)
 		}
 	}
@@ -295,13 +304,13 @@ systemctl start payments.service`)
 // unitIdentity: keywardd sees a real caller's unit; the rule naming
 // payments.service grants it, other.service is denied.
 func unitIdentity(t *testing.T, g *systemdtest.Guest) {
-	if !strings.Contains(g.Sh("journalctl -u payments.service -o cat"), "wrap allowed") {
+	if !strings.Contains(g.Sh(t, "journalctl -u payments.service -o cat"), "wrap allowed") {
 		t.Error("payments.service was not allowed to wrap")
 	}
 	if out, err := g.Run(nil, "systemctl", "start", "other.service"); err == nil {
 		t.Errorf("other.service was allowed to wrap: %s", out)
 	}
-	if out := g.Sh("journalctl -u other.service -o cat"); !strings.Contains(out, "not allowed") {
+	if out := g.Sh(t, "journalctl -u other.service -o cat"); !strings.Contains(out, "not allowed") {
 		t.Errorf("other.service: %s", out)
 	}
 }
@@ -366,8 +375,8 @@ func timing(t *testing.T, g *systemdtest.Guest) {
 	if s := os.Getenv(startsEnv); s != "" {
 		n, _ = strconv.Atoi(s)
 	}
-	g.Sh(fmt.Sprintf("for i in $(seq %d); do systemctl restart credbench.service; done", n))
-	out := g.Sh("journalctl -u keyward.service -o json --output-fields=MESSAGE,TOOK_US,KEYWARD_UNIT KEYWARD_UNIT=credbench.service")
+	g.Sh(t, fmt.Sprintf("for i in $(seq %d); do systemctl restart credbench.service; done", n))
+	out := g.Sh(t, "journalctl -u keyward.service -o json --output-fields=MESSAGE,TOOK_US,KEYWARD_UNIT KEYWARD_UNIT=credbench.service")
 	var us []int
 	for _, m := range tookRE.FindAllStringSubmatch(out, -1) {
 		v, _ := strconv.Atoi(m[1])
@@ -384,7 +393,7 @@ func timing(t *testing.T, g *systemdtest.Guest) {
 }
 
 func cleanStop(t *testing.T, g *systemdtest.Guest) {
-	g.Sh("systemctl stop keyward.service")
+	g.Sh(t, "systemctl stop keyward.service")
 	if r, s := show(g, "keyward.service", "Result"), show(g, "keyward.service", "ExecMainStatus"); r != "success" || s != "0" {
 		t.Fatalf("stop: result %s, exit status %s", r, s)
 	}
@@ -393,18 +402,18 @@ func cleanStop(t *testing.T, g *systemdtest.Guest) {
 // watchdog: with the token gone, the health probe fails, keywardd stops
 // pinging and systemd restarts it; with the token back it serves again.
 func watchdog(t *testing.T, g *systemdtest.Guest) {
-	g.Sh("keyward status >/dev/null") // started again by its socket
+	g.Sh(t, "keyward status >/dev/null") // started again by its socket
 	before := show(g, "keyward.service", "NRestarts")
-	g.Sh("mv /var/lib/keyward/softhsm/tokens /var/lib/keyward/softhsm/tokens.away")
+	g.Sh(t, "mv /var/lib/keyward/softhsm/tokens /var/lib/keyward/softhsm/tokens.away")
 	waitFor(t, "a watchdog restart", func() bool {
 		out, _ := g.Run(nil, "journalctl", "-u", "keyward.service", "-o", "cat", "--grep", "Watchdog timeout")
 		return strings.Contains(out, "Watchdog timeout")
 	})
-	g.Sh("mv /var/lib/keyward/softhsm/tokens.away /var/lib/keyward/softhsm/tokens")
+	g.Sh(t, "mv /var/lib/keyward/softhsm/tokens.away /var/lib/keyward/softhsm/tokens")
 	waitFor(t, "keyward.service active again", func() bool {
 		return show(g, "keyward.service", "ActiveState") == "active" && show(g, "keyward.service", "NRestarts") != before
 	})
-	g.Sh("keyward status >/dev/null")
+	g.Sh(t, "keyward status >/dev/null")
 }
 
 // forgedRequest binds an abstract address ($1, "" for none), connects to
@@ -457,4 +466,9 @@ func forged(t *testing.T, g *systemdtest.Guest, secret string) {
 	if denied != 3 {
 		t.Errorf("%d PERMISSION_DENIED credential records for 3 forged requests", denied)
 	}
+}
+
+func seccompFilters(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }

@@ -307,12 +307,13 @@ func (g *Guest) RunContext(ctx context.Context, stdin []byte, argv ...string) (s
 	return out.String(), err
 }
 
-// Sh runs a shell script in the guest; a failure fails the test.
-func (g *Guest) Sh(script string) string {
-	g.t.Helper()
+// Sh runs a shell script in the guest; a failure fails t (the test or
+// subtest running it).
+func (g *Guest) Sh(t testing.TB, script string) string {
+	t.Helper()
 	out, err := g.Run(nil, "/bin/sh", "-ec", script)
 	if err != nil {
-		g.t.Fatalf("in the guest: %s: %v\n%s", script, err, out)
+		t.Fatalf("in the guest: %s: %v\n%s", script, err, out)
 	}
 	return out
 }

@@ -10,7 +10,7 @@ import (
 // PID 1 and cgroup root, keeps the host untouched, and powers off.
 func TestBoot(t *testing.T) {
 	g := Boot(t, Options{Files: map[string]File{"/etc/keyward-test-marker": {Data: []byte("guest\n")}}, Mask: hostServices})
-	out := g.Sh(`cat /etc/keyward-test-marker; cat /proc/1/comm; cat /proc/self/cgroup; grep ' / / ' /proc/self/mountinfo`)
+	out := g.Sh(t, `cat /etc/keyward-test-marker; cat /proc/1/comm; cat /proc/self/cgroup; grep ' / / ' /proc/self/mountinfo`)
 	for _, want := range []string{"guest", "systemd", "0::/", "shared:"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("guest said %q, want %q in it", out, want)
