@@ -142,7 +142,7 @@ func bootKeyward(t *testing.T, load, app string) *systemdtest.Guest {
 	g.Sh(t, `rm -rf /var/lib/keyward /var/log/keyward /etc/keyward/credstore
 systemd-sysusers /etc/sysusers.d/keyward.conf
 systemd-tmpfiles --create /etc/tmpfiles.d/keyward.conf
-` + repo + `/softhsm-test/provision-token.sh --dir /var/lib/keyward/softhsm --label keyward --owner keywardd >/dev/null
+`+repo+`/softhsm-test/provision-token.sh --dir /var/lib/keyward/softhsm --label keyward --owner keywardd >/dev/null
 systemctl daemon-reload
 systemctl start keyward.socket keyward-credentials.socket`)
 	return g
@@ -216,7 +216,7 @@ func activation(t *testing.T, g *systemdtest.Guest) {
 // force, not an approximation of it.
 func sandbox(t *testing.T, g *systemdtest.Guest) {
 	pid := show(g, "keyward.service", "MainPID")
-	out := g.Sh(t, `p=` + pid + `
+	out := g.Sh(t, `p=`+pid+`
 grep -E '^(Uid|NoNewPrivs|Seccomp|Seccomp_filters|CapEff|CapBnd|CapAmb):' /proc/$p/status
 echo "ipc $(readlink /proc/$p/ns/ipc) $(readlink /proc/1/ns/ipc)"
 awk '$5 == "/home" {print "home", $6}' /proc/$p/mountinfo
@@ -292,7 +292,7 @@ systemctl start payments.service`)
 		if r := show(g, u, "Result"); r == "success" {
 			t.Errorf("%s: result %s", u, r)
 		}
-		if out := g.Sh(t, "journalctl -o cat -u " + u); !strings.Contains(out, "status=243/CREDENTIALS") {
+		if out := g.Sh(t, "journalctl -o cat -u "+u); !strings.Contains(out, "status=243/CREDENTIALS") {
 			t.Errorf("%s: systemd did not fail it at the credentials step:\n%s", u, out)
 		}
 		if strings.Contains(g.Sh(t, "journalctl -o cat -u "+u), secret) {
