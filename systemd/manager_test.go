@@ -277,10 +277,7 @@ mkdir -m 0700 /etc/keyward/credstore/copycat.service
 cp -p /etc/keyward/credstore/payments.service/db-password /etc/keyward/credstore/copycat.service/
 chown -R keywardd:keywardd /etc/keyward/credstore/copycat.service
 systemctl start payments.service`)
-	out := g.Sh(t, "journalctl -u payments.service -o cat")
-	if !strings.Contains(out, secret) {
-		t.Fatalf("payments.service did not read its secret:\n%s", out)
-	}
+	journalHas(t, g, "payments.service", secret)
 	ls := g.Sh(t, `keyward credential list`)
 	if !regexp.MustCompile(`payments\.service +db-password +payments/creds +v1 `).MatchString(ls) || strings.Contains(ls, secret) {
 		t.Fatalf("credential list:\n%s", ls)
@@ -292,9 +289,7 @@ systemctl start payments.service`)
 		if r := show(g, u, "Result"); r == "success" {
 			t.Errorf("%s: result %s", u, r)
 		}
-		if out := g.Sh(t, "journalctl -o cat -u "+u); !strings.Contains(out, "status=243/CREDENTIALS") {
-			t.Errorf("%s: systemd did not fail it at the credentials step:\n%s", u, out)
-		}
+		journalHas(t, g, u, "status=243/CREDENTIALS") // systemd failed it at the credentials step
 		if strings.Contains(g.Sh(t, "journalctl -o cat -u "+u), secret) {
 			t.Errorf("%s got the secret", u)
 		}
@@ -304,15 +299,11 @@ systemctl start payments.service`)
 // unitIdentity: keywardd sees a real caller's unit; the rule naming
 // payments.service grants it, other.service is denied.
 func unitIdentity(t *testing.T, g *systemdtest.Guest) {
-	if !strings.Contains(g.Sh(t, "journalctl -u payments.service -o cat"), "wrap allowed") {
-		t.Error("payments.service was not allowed to wrap")
-	}
+	journalHas(t, g, "payments.service", "wrap allowed")
 	if out, err := g.Run(nil, "systemctl", "start", "other.service"); err == nil {
 		t.Errorf("other.service was allowed to wrap: %s", out)
 	}
-	if out := g.Sh(t, "journalctl -u other.service -o cat"); !strings.Contains(out, "not allowed") {
-		t.Errorf("other.service: %s", out)
-	}
+	journalHas(t, g, "other.service", "not allowed")
 }
 
 type record struct {
@@ -376,15 +367,17 @@ func timing(t *testing.T, g *systemdtest.Guest) {
 		n, _ = strconv.Atoi(s)
 	}
 	g.Sh(t, fmt.Sprintf("for i in $(seq %d); do systemctl restart credbench.service; done", n))
-	out := g.Sh(t, "journalctl -u keyward.service -o json --output-fields=MESSAGE,TOOK_US,KEYWARD_UNIT KEYWARD_UNIT=credbench.service")
 	var us []int
-	for _, m := range tookRE.FindAllStringSubmatch(out, -1) {
-		v, _ := strconv.Atoi(m[1])
-		us = append(us, v)
-	}
-	if len(us) < n {
-		t.Fatalf("%d credentials served for %d starts:\n%s", len(us), n, out)
-	}
+	// journald may not have stored the last lines yet: wait for them.
+	waitFor(t, fmt.Sprintf("keywardd's log of %d credentials served", n), func() bool {
+		out := g.Sh(t, "journalctl -u keyward.service -o json --output-fields=MESSAGE,TOOK_US,KEYWARD_UNIT KEYWARD_UNIT=credbench.service")
+		us = us[:0]
+		for _, m := range tookRE.FindAllStringSubmatch(out, -1) {
+			v, _ := strconv.Atoi(m[1])
+			us = append(us, v)
+		}
+		return len(us) >= n
+	})
 	slices.Sort(us)
 	p := func(q float64) time.Duration {
 		return time.Duration(us[min(len(us)-1, int(q*float64(len(us))))]) * time.Microsecond
@@ -471,4 +464,19 @@ func forged(t *testing.T, g *systemdtest.Guest, secret string) {
 func seccompFilters(s string) int {
 	n, _ := strconv.Atoi(s)
 	return n
+}
+
+// journalHas waits until unit's journal holds text (journald stores what a
+// unit wrote a little after the unit is done).
+func journalHas(t *testing.T, g *systemdtest.Guest, unit, text string) {
+	t.Helper()
+	var out string
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(out, text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's journal never said %q:\n%s", unit, text, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+		out, _ = g.Run(nil, "journalctl", "-o", "cat", "-u", unit)
+	}
 }
