@@ -75,6 +75,12 @@ type Config struct {
 	Backend                Backend       `toml:"backend"`
 	Limits                 Limits        `toml:"limits"`
 	Rules                  []policy.Rule `toml:"rule"`
+
+	// CredentialsSocket serves systemd's LoadCredential= requests (mode
+	// 0600); "" binds none, though a socket-activated fd named
+	// "credentials" is served either way. CredentialsDir is the store.
+	CredentialsSocket string `toml:"credentials_socket"`
+	CredentialsDir    string `toml:"credentials_dir"`
 }
 
 // Backend selects the key device: kind "pkcs11" (module, token or uri,
@@ -195,6 +201,7 @@ func Defaults() Config {
 		AuditRefusalInterval:    Duration{10 * time.Second},
 		AuditRefusalMaxRecords:  100,
 		LogLevel:                "info",
+		CredentialsDir:          "/etc/keyward/credstore",
 		Backend: Backend{
 			Kind:     "pkcs11",
 			Module:   "/usr/lib/softhsm/libsofthsm2.so",
@@ -377,6 +384,12 @@ func (c *Config) problems() []problem {
 		add("audit_refusal_max_records", "= %d: want 1..100000", n)
 	}
 	ps = append(ps, c.kmsProblems()...)
+	if c.CredentialsSocket != "" && !filepath.IsAbs(c.CredentialsSocket) {
+		add("credentials_socket", "= %q: want an absolute path", c.CredentialsSocket)
+	}
+	if !filepath.IsAbs(c.CredentialsDir) {
+		add("credentials_dir", "= %q: want an absolute path", c.CredentialsDir)
+	}
 	if c.MetricsSocket != "" && c.MetricsListen != "" {
 		add("metrics_listen", "set at most one of metrics_socket and metrics_listen")
 	}

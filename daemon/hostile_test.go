@@ -701,8 +701,12 @@ func TestHostileRequests(t *testing.T) {
 		"SetMinDecryptVersion": "InvalidArgument INVALID_KEY_NAME",
 		"AdoptKey":             "InvalidArgument INVALID_KEY_NAME",
 		// No fields to miss: answered for any caller.
-		"ListKeys": "OK",
-		"Status":   "OK",
+		"ListKeys":          "OK",
+		"Status":            "OK",
+		"PutCredential":     "InvalidArgument INVALID_REQUEST",
+		"RemoveCredential":  "InvalidArgument INVALID_REQUEST",
+		"ListCredentials":   "OK",
+		"RewrapCredentials": "OK",
 	}
 	svc := pb.File_keyward_v1_keyward_proto.Services().ByName("Keyward")
 	methods := svc.Methods()

@@ -71,6 +71,11 @@ var methods = map[string]*method{
 	"AdoptKey":             {op: policy.OpKeyAdopt, audit: "key.adopt", log: "key.adopt", kind: kindAdmin},
 
 	"Status": {audit: "status", log: "status", kind: kindStatus, idempotent: true},
+
+	"PutCredential":     {op: policy.OpCredentialPut, audit: "credential.put", log: "credential.put", kind: kindAdmin},
+	"ListCredentials":   {op: policy.OpCredentialPut, audit: "credential.put", log: "credential.list", kind: kindAdmin},
+	"RemoveCredential":  {op: policy.OpCredentialPut, audit: "credential.put", log: "credential.rm", kind: kindAdmin},
+	"RewrapCredentials": {op: policy.OpCredentialPut, audit: "credential.put", log: "credential.rewrap", kind: kindAdmin},
 }
 
 // kmsMethods is the Kubernetes KMS v2 service (k8s.io/kms/apis/v2,

@@ -95,6 +95,7 @@ func TestMethodTable(t *testing.T) {
 	for _, so := range stateOps {
 		covered[so.op] = true
 	}
+	covered[policy.OpCredential] = true // served on the credential socket, not an RPC
 	for _, op := range slices.Concat(policy.DataOperations, policy.AdminOperations) {
 		if !covered[op] {
 			t.Errorf("policy operation %s is reached by no RPC", op)
@@ -277,4 +278,17 @@ var clientCalls = map[string]func(context.Context, *client.Client) error{
 		return err
 	},
 	"Status": func(ctx context.Context, c *client.Client) error { _, err := c.Status(ctx); return err },
+	"PutCredential": func(ctx context.Context, c *client.Client) error {
+		_, err := c.PutCredential(ctx, "a.service", "x", "a/b", []byte("s"), false)
+		return err
+	},
+	"ListCredentials": func(ctx context.Context, c *client.Client) error { _, err := c.ListCredentials(ctx, ""); return err },
+	"RemoveCredential": func(ctx context.Context, c *client.Client) error {
+		_, err := c.RemoveCredential(ctx, "a.service", "x")
+		return err
+	},
+	"RewrapCredentials": func(ctx context.Context, c *client.Client) error {
+		_, err := c.RewrapCredentials(ctx, "", "")
+		return err
+	},
 }

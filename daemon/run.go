@@ -127,6 +127,9 @@ func restartOnly(old, cur config.Config) []string {
 	if old.KMSSocket != cur.KMSSocket || old.KMSKey != cur.KMSKey {
 		out = append(out, "kms_socket, kms_key")
 	}
+	if old.CredentialsSocket != cur.CredentialsSocket || old.CredentialsDir != cur.CredentialsDir {
+		out = append(out, "credentials_socket, credentials_dir")
+	}
 	if old.LogLevel != cur.LogLevel {
 		out = append(out, "log_level")
 	}
@@ -250,6 +253,12 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 	stopping, refused := &atomicBool{}, newRefusals(time.Now)
 	flusher := startRefusalFlusher(cfg, refused, trail, log)
 	defer flusher.Stop() // after the server has drained, before the audit log closes
+	stopCreds, err := serveCredentials(cfg, svc, trail, refused, metrics, log)
+	if err != nil {
+		l.Close()
+		return err
+	}
+	defer stopCreds() // before the audit log closes: every credential served is recorded
 	g := newGate(svc, stopping, refused)
 	sweepCtx, stopSweep := context.WithCancel(context.Background()) // on through the drain
 	defer stopSweep()

@@ -13,6 +13,7 @@ import (
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/config"
+	"github.com/keyward/keyward/credstore"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 )
@@ -37,7 +38,8 @@ type Service struct {
 	audit   auditLog       // nil: audit off
 	// checkpointKey signs audit checkpoints: no caller may sign with it.
 	checkpointKey string
-	kms           *kmsServer // nil: no KMS endpoint
+	kms           *kmsServer       // nil: no KMS endpoint
+	creds         *credstore.Store // systemd credentials (credentials_dir)
 
 	statusMu    sync.Mutex // the shared view Status answers from
 	statusAt    time.Time

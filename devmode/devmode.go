@@ -112,6 +112,7 @@ func New(dir, socketPath, logLevel, backend string) (*Dev, error) {
 	cfg.Socket = socketPath
 	cfg.LogLevel = logLevel
 	cfg.AuditLog = filepath.Join(d.Dir, "audit.log")
+	cfg.CredentialsDir = filepath.Join(d.Dir, "credstore")
 	if backend == "pkcs11" {
 		err = d.softHSM(&cfg, module)
 	} else {

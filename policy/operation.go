@@ -40,12 +40,21 @@ const (
 	OpKeyAdopt   Operation = "key.adopt"
 )
 
+// Credential operations (systemd's LoadCredential=). OpCredential is a data
+// operation: keywardd unwraps a stored credential for the unit a rule names,
+// with the context {unit, credential}. OpCredentialPut is an admin one:
+// writing, listing, removing and rewrapping stored credentials.
+const (
+	OpCredential    Operation = "credential"
+	OpCredentialPut Operation = "credential.put"
+)
+
 // DataOperations and AdminOperations list every operation in a stable order.
 // They are for display and iteration; changing them changes nothing in the
 // package, which keeps its own copy.
 var (
-	DataOperations  = []Operation{OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey, OpKMSEncrypt, OpKMSDecrypt}
-	AdminOperations = []Operation{OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt}
+	DataOperations  = []Operation{OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey, OpKMSEncrypt, OpKMSDecrypt, OpCredential}
+	AdminOperations = []Operation{OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt, OpCredentialPut}
 )
 
 // allOps is the package's own order: an operation's index is its bit in an
@@ -54,11 +63,12 @@ var allOps = [...]Operation{
 	OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey,
 	OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt,
 	OpKMSEncrypt, OpKMSDecrypt,
+	OpCredential, OpCredentialPut,
 }
 
 const (
 	firstAdmin = 9  // index of OpKeyCreate in allOps
-	firstKMS   = 17 // index of OpKMSEncrypt: the admin operations end before it
+	firstKMS   = 17 // index of OpKMSEncrypt: the key admin operations end before it
 )
 
 type opSet uint32
@@ -90,7 +100,7 @@ func ParseOperation(s string) (Operation, error) {
 // pairs can never grant it, and Compile refuses such a rule.
 func (o Operation) CarriesContext() bool {
 	switch o {
-	case OpWrap, OpUnwrap, OpRewrap, OpDataKey:
+	case OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpCredential:
 		return true
 	}
 	return false
@@ -99,7 +109,7 @@ func (o Operation) CarriesContext() bool {
 // Admin reports whether o manages keys rather than uses them.
 func (o Operation) Admin() bool {
 	i, ok := opIndex(o)
-	return ok && i >= firstAdmin && i < firstKMS
+	return ok && (i >= firstAdmin && i < firstKMS || o == OpCredentialPut)
 }
 
 func (s opSet) has(i int) bool { return s&(1<<uint(i)) != 0 }

@@ -286,6 +286,9 @@ func (c *ruleCompiler) operations() {
 		}
 		c.r.ops |= 1 << uint(idx)
 	}
+	if i, _ := opIndex(OpCredential); c.r.ops.has(i) && len(c.r.units) == 0 {
+		c.warn("operation credential is granted only to the units a rule names (systemd asks as root), and this rule names none")
+	}
 	if len(c.in.Context) == 0 {
 		return
 	}
@@ -586,6 +589,10 @@ func (r *rule) misses(id Identity, c *checked) miss {
 func (p *Policy) Decide(id Identity, req Request, res Reserved) Decision {
 	if !req.Op.CarriesContext() {
 		req.Context = nil
+	}
+	if req.Op == OpCredential {
+		// systemd asks as root for every unit: only the unit is the caller.
+		id = Identity{UID: noID, GID: noID, PID: id.PID, Unit: id.Unit}
 	}
 	if p == nil || len(p.rules) == 0 {
 		c := check(req)

@@ -33,7 +33,7 @@ var testResolver = fakeResolver{
 	groups: map[string]uint32{"keyward-ops": 990, "readers": 995},
 }
 
-var allAdmin = []string{"key.create", "key.rotate", "key.disable", "key.enable", "key.destroy", "key.read", "key.set-min-version", "key.adopt"}
+var allAdmin = []string{"key.create", "key.rotate", "key.disable", "key.enable", "key.destroy", "key.read", "key.set-min-version", "key.adopt", "credential.put"}
 
 func testRules() []Rule {
 	return []Rule{
@@ -609,5 +609,42 @@ func TestCheckReserved(t *testing.T) {
 	}
 	if errs := CheckReserved(rules, Reserved{}); errs != nil {
 		t.Fatalf("nothing reserved: %v", errs)
+	}
+}
+
+// TestCredentialOnlyByUnit: the credential operation is granted to a unit a
+// rule names, never to a uid (systemd asks as root); a rule granting it
+// with no units says so.
+func TestCredentialOnlyByUnit(t *testing.T) {
+	rules := []Rule{
+		{Name: "root", UIDs: []uint32{0}, Keys: []string{"**"}, Operations: []string{"credential"}},
+		{Name: "pay", Units: []string{"payments.service"}, Keys: []string{"pay/*"}, Operations: []string{"credential"}, Context: map[string]string{"credential": "db"}},
+	}
+	p, err := Compile(rules, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := p.Warnings(); len(w) != 1 || !strings.Contains(w[0], "rule \"root\"") {
+		t.Errorf("warnings %q", w)
+	}
+	for _, tt := range []struct {
+		id   Identity
+		req  Request
+		want bool
+	}{
+		{Identity{UID: noID, GID: noID, Unit: "payments.service"}, Request{OpCredential, "pay/k", map[string]string{"unit": "payments.service", "credential": "db"}}, true},
+		{Identity{UID: noID, GID: noID, Unit: "payments.service"}, Request{OpCredential, "pay/k", map[string]string{"unit": "payments.service", "credential": "other"}}, false},
+		{Identity{UID: noID, GID: noID, Unit: "other.service"}, Request{OpCredential, "pay/k", map[string]string{"unit": "other.service", "credential": "db"}}, false},
+		{Identity{UID: 0, GID: 0, Unit: "payments.service"}, Request{OpUnwrap, "pay/k", map[string]string{"credential": "db"}}, false},
+		// Root's rule does not grant it, even to root in the unit.
+		{Identity{UID: 0, GID: 0, Unit: "other.service"}, Request{OpCredential, "pay/k", map[string]string{"unit": "other.service", "credential": "db"}}, false},
+		{Identity{UID: 0, GID: 0, Unit: "payments.service"}, Request{OpCredential, "pay/k", map[string]string{"unit": "payments.service", "credential": "db"}}, true},
+	} {
+		if d := p.Decide(tt.id, tt.req, Reserved{}); d.Allowed != tt.want {
+			t.Errorf("%v %v: %+v, want allowed=%v", tt.id, tt.req, d, tt.want)
+		}
+	}
+	if OpCredential.Admin() || !OpCredentialPut.Admin() || !OpCredential.CarriesContext() {
+		t.Error("credential is a data operation with a context, credential.put an admin one")
 	}
 }

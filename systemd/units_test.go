@@ -273,7 +273,11 @@ func TestUnitsMatchTheDaemon(t *testing.T) {
 		{"keyward.service", "ProtectProc", []string{"default"}},
 		// Not 2: Go's exit status after a panic.
 		{"keyward.service", "RestartPreventExitStatus", []string{"3 4 5"}},
-		{"keyward.service", "ReadWritePaths", []string{"/var/lib/keyward /var/log/keyward"}},
+		{"keyward.service", "ReadWritePaths", []string{"/var/lib/keyward /var/log/keyward", "-" + def.CredentialsDir}},
+		{"keyward-credentials.socket", "ListenStream", []string{"/run/keyward/credentials.sock"}},
+		{"keyward-credentials.socket", "FileDescriptorName", []string{"credentials"}},
+		{"keyward-credentials.socket", "Service", []string{"keyward.service"}},
+		{"keyward-credentials.socket", "SocketMode", []string{"0600"}},
 		{"keyward.service", "LoadCredentialEncrypted", []string{"pin:/etc/keyward/pin.cred"}},
 		{"keyward.service", "MemoryMax", []string{"1G"}},
 		{"keyward.service", "MemoryHigh", []string{"768M"}},

@@ -248,6 +248,7 @@ func (a *app) addCommands(root *cobra.Command) {
 	add("data", a.wrapCmd(), a.unwrapCmd(), a.rewrapCmd(), a.datakeyCmd(),
 		a.signCmd(), a.verifyCmd(), a.macCmd(), a.verifyMacCmd(), a.pubkeyCmd())
 	add("keys", a.keyCmd())
+	add("keys", a.credentialCmd())
 	add("daemon", a.statusCmd())
 	add("daemon", a.benchCmd())
 	add("local",

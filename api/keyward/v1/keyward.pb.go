@@ -2826,6 +2826,354 @@ func (x *Peer) GetUnit() string {
 	return ""
 }
 
+// A credential in the store: a blob wrapped under key, version, with the
+// context {unit: unit, credential: id}. The value is never returned.
+type CredentialInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Unit          string                 `protobuf:"bytes,1,opt,name=unit,proto3" json:"unit,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Key           string                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	Version       uint32                 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
+	Modified      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=modified,proto3" json:"modified,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CredentialInfo) Reset() {
+	*x = CredentialInfo{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CredentialInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CredentialInfo) ProtoMessage() {}
+
+func (x *CredentialInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CredentialInfo.ProtoReflect.Descriptor instead.
+func (*CredentialInfo) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *CredentialInfo) GetUnit() string {
+	if x != nil {
+		return x.Unit
+	}
+	return ""
+}
+
+func (x *CredentialInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CredentialInfo) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *CredentialInfo) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *CredentialInfo) GetModified() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Modified
+	}
+	return nil
+}
+
+type PutCredentialRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Unit          string                 `protobuf:"bytes,1,opt,name=unit,proto3" json:"unit,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Key           string                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	Secret        []byte                 `protobuf:"bytes,4,opt,name=secret,proto3" json:"secret,omitempty"`
+	Replace       bool                   `protobuf:"varint,5,opt,name=replace,proto3" json:"replace,omitempty"` // overwrite an existing credential of that unit and id
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutCredentialRequest) Reset() {
+	*x = PutCredentialRequest{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutCredentialRequest) ProtoMessage() {}
+
+func (x *PutCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutCredentialRequest.ProtoReflect.Descriptor instead.
+func (*PutCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *PutCredentialRequest) GetUnit() string {
+	if x != nil {
+		return x.Unit
+	}
+	return ""
+}
+
+func (x *PutCredentialRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *PutCredentialRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *PutCredentialRequest) GetSecret() []byte {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+func (x *PutCredentialRequest) GetReplace() bool {
+	if x != nil {
+		return x.Replace
+	}
+	return false
+}
+
+type ListCredentialsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Unit          string                 `protobuf:"bytes,1,opt,name=unit,proto3" json:"unit,omitempty"` // "" for every unit
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCredentialsRequest) Reset() {
+	*x = ListCredentialsRequest{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCredentialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCredentialsRequest) ProtoMessage() {}
+
+func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCredentialsRequest.ProtoReflect.Descriptor instead.
+func (*ListCredentialsRequest) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ListCredentialsRequest) GetUnit() string {
+	if x != nil {
+		return x.Unit
+	}
+	return ""
+}
+
+type ListCredentialsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credentials   []*CredentialInfo      `protobuf:"bytes,1,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCredentialsResponse) Reset() {
+	*x = ListCredentialsResponse{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCredentialsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCredentialsResponse) ProtoMessage() {}
+
+func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCredentialsResponse.ProtoReflect.Descriptor instead.
+func (*ListCredentialsResponse) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ListCredentialsResponse) GetCredentials() []*CredentialInfo {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+type RemoveCredentialRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Unit          string                 `protobuf:"bytes,1,opt,name=unit,proto3" json:"unit,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveCredentialRequest) Reset() {
+	*x = RemoveCredentialRequest{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveCredentialRequest) ProtoMessage() {}
+
+func (x *RemoveCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveCredentialRequest.ProtoReflect.Descriptor instead.
+func (*RemoveCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *RemoveCredentialRequest) GetUnit() string {
+	if x != nil {
+		return x.Unit
+	}
+	return ""
+}
+
+func (x *RemoveCredentialRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RewrapCredentials wraps the matching credentials again under their key's
+// newest version; unit and id "" match all.
+type RewrapCredentialsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Unit          string                 `protobuf:"bytes,1,opt,name=unit,proto3" json:"unit,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapCredentialsRequest) Reset() {
+	*x = RewrapCredentialsRequest{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapCredentialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapCredentialsRequest) ProtoMessage() {}
+
+func (x *RewrapCredentialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapCredentialsRequest.ProtoReflect.Descriptor instead.
+func (*RewrapCredentialsRequest) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *RewrapCredentialsRequest) GetUnit() string {
+	if x != nil {
+		return x.Unit
+	}
+	return ""
+}
+
+func (x *RewrapCredentialsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 var File_keyward_v1_keyward_proto protoreflect.FileDescriptor
 
 const file_keyward_v1_keyward_proto_rawDesc = "" +
@@ -3018,7 +3366,29 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
 	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x10\n" +
 	"\x03pid\x18\x04 \x01(\x05R\x03pid\x12\x12\n" +
-	"\x04unit\x18\x05 \x01(\tR\x04unit*\xcb\x03\n" +
+	"\x04unit\x18\x05 \x01(\tR\x04unit\"\x98\x01\n" +
+	"\x0eCredentialInfo\x12\x12\n" +
+	"\x04unit\x18\x01 \x01(\tR\x04unit\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\tR\x03key\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\rR\aversion\x126\n" +
+	"\bmodified\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bmodified\"~\n" +
+	"\x14PutCredentialRequest\x12\x12\n" +
+	"\x04unit\x18\x01 \x01(\tR\x04unit\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\tR\x03key\x12\x16\n" +
+	"\x06secret\x18\x04 \x01(\fR\x06secret\x12\x18\n" +
+	"\areplace\x18\x05 \x01(\bR\areplace\",\n" +
+	"\x16ListCredentialsRequest\x12\x12\n" +
+	"\x04unit\x18\x01 \x01(\tR\x04unit\"W\n" +
+	"\x17ListCredentialsResponse\x12<\n" +
+	"\vcredentials\x18\x01 \x03(\v2\x1a.keyward.v1.CredentialInfoR\vcredentials\"=\n" +
+	"\x17RemoveCredentialRequest\x12\x12\n" +
+	"\x04unit\x18\x01 \x01(\tR\x04unit\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\">\n" +
+	"\x18RewrapCredentialsRequest\x12\x12\n" +
+	"\x04unit\x18\x01 \x01(\tR\x04unit\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id*\xcb\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x14\n" +
@@ -3047,7 +3417,7 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aENABLED\x10\x01\x12\f\n" +
 	"\bDISABLED\x10\x02\x12\r\n" +
-	"\tDESTROYED\x10\x032\xa3\f\n" +
+	"\tDESTROYED\x10\x032\x83\x0f\n" +
 	"\aKeyward\x129\n" +
 	"\x04Wrap\x12\x17.keyward.v1.WrapRequest\x1a\x18.keyward.v1.WrapResponse\x12?\n" +
 	"\x06Unwrap\x12\x19.keyward.v1.UnwrapRequest\x1a\x1a.keyward.v1.UnwrapResponse\x12?\n" +
@@ -3070,7 +3440,11 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x0eDestroyVersion\x12!.keyward.v1.DestroyVersionRequest\x1a\x13.keyward.v1.KeyInfo\x12T\n" +
 	"\x14SetMinDecryptVersion\x12'.keyward.v1.SetMinDecryptVersionRequest\x1a\x13.keyward.v1.KeyInfo\x12<\n" +
 	"\bAdoptKey\x12\x1b.keyward.v1.AdoptKeyRequest\x1a\x13.keyward.v1.KeyInfo\x12?\n" +
-	"\x06Status\x12\x19.keyward.v1.StatusRequest\x1a\x1a.keyward.v1.StatusResponseB5Z3github.com/keyward/keyward/api/keyward/v1;keywardv1b\x06proto3"
+	"\x06Status\x12\x19.keyward.v1.StatusRequest\x1a\x1a.keyward.v1.StatusResponse\x12M\n" +
+	"\rPutCredential\x12 .keyward.v1.PutCredentialRequest\x1a\x1a.keyward.v1.CredentialInfo\x12Z\n" +
+	"\x0fListCredentials\x12\".keyward.v1.ListCredentialsRequest\x1a#.keyward.v1.ListCredentialsResponse\x12S\n" +
+	"\x10RemoveCredential\x12#.keyward.v1.RemoveCredentialRequest\x1a\x1a.keyward.v1.CredentialInfo\x12^\n" +
+	"\x11RewrapCredentials\x12$.keyward.v1.RewrapCredentialsRequest\x1a#.keyward.v1.ListCredentialsResponseB5Z3github.com/keyward/keyward/api/keyward/v1;keywardv1b\x06proto3"
 
 var (
 	file_keyward_v1_keyward_proto_rawDescOnce sync.Once
@@ -3085,7 +3459,7 @@ func file_keyward_v1_keyward_proto_rawDescGZIP() []byte {
 }
 
 var file_keyward_v1_keyward_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keyward_v1_keyward_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_keyward_v1_keyward_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_keyward_v1_keyward_proto_goTypes = []any{
 	(ErrorReason)(0),                    // 0: keyward.v1.ErrorReason
 	(VersionState)(0),                   // 1: keyward.v1.VersionState
@@ -3134,17 +3508,23 @@ var file_keyward_v1_keyward_proto_goTypes = []any{
 	(*StatusRequest)(nil),               // 44: keyward.v1.StatusRequest
 	(*StatusResponse)(nil),              // 45: keyward.v1.StatusResponse
 	(*Peer)(nil),                        // 46: keyward.v1.Peer
-	nil,                                 // 47: keyward.v1.WrapRequest.ContextEntry
-	nil,                                 // 48: keyward.v1.UnwrapRequest.ContextEntry
-	nil,                                 // 49: keyward.v1.RewrapRequest.ContextEntry
-	nil,                                 // 50: keyward.v1.GenerateDataKeyRequest.ContextEntry
-	(*timestamppb.Timestamp)(nil),       // 51: google.protobuf.Timestamp
+	(*CredentialInfo)(nil),              // 47: keyward.v1.CredentialInfo
+	(*PutCredentialRequest)(nil),        // 48: keyward.v1.PutCredentialRequest
+	(*ListCredentialsRequest)(nil),      // 49: keyward.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),     // 50: keyward.v1.ListCredentialsResponse
+	(*RemoveCredentialRequest)(nil),     // 51: keyward.v1.RemoveCredentialRequest
+	(*RewrapCredentialsRequest)(nil),    // 52: keyward.v1.RewrapCredentialsRequest
+	nil,                                 // 53: keyward.v1.WrapRequest.ContextEntry
+	nil,                                 // 54: keyward.v1.UnwrapRequest.ContextEntry
+	nil,                                 // 55: keyward.v1.RewrapRequest.ContextEntry
+	nil,                                 // 56: keyward.v1.GenerateDataKeyRequest.ContextEntry
+	(*timestamppb.Timestamp)(nil),       // 57: google.protobuf.Timestamp
 }
 var file_keyward_v1_keyward_proto_depIdxs = []int32{
-	47, // 0: keyward.v1.WrapRequest.context:type_name -> keyward.v1.WrapRequest.ContextEntry
-	48, // 1: keyward.v1.UnwrapRequest.context:type_name -> keyward.v1.UnwrapRequest.ContextEntry
-	49, // 2: keyward.v1.RewrapRequest.context:type_name -> keyward.v1.RewrapRequest.ContextEntry
-	50, // 3: keyward.v1.GenerateDataKeyRequest.context:type_name -> keyward.v1.GenerateDataKeyRequest.ContextEntry
+	53, // 0: keyward.v1.WrapRequest.context:type_name -> keyward.v1.WrapRequest.ContextEntry
+	54, // 1: keyward.v1.UnwrapRequest.context:type_name -> keyward.v1.UnwrapRequest.ContextEntry
+	55, // 2: keyward.v1.RewrapRequest.context:type_name -> keyward.v1.RewrapRequest.ContextEntry
+	56, // 3: keyward.v1.GenerateDataKeyRequest.context:type_name -> keyward.v1.GenerateDataKeyRequest.ContextEntry
 	0,  // 4: keyward.v1.ItemError.reason:type_name -> keyward.v1.ErrorReason
 	2,  // 5: keyward.v1.BatchWrapRequest.items:type_name -> keyward.v1.WrapRequest
 	23, // 6: keyward.v1.BatchWrapResponse.results:type_name -> keyward.v1.BatchWrapResult
@@ -3163,62 +3543,72 @@ var file_keyward_v1_keyward_proto_depIdxs = []int32{
 	17, // 19: keyward.v1.BatchVerifyMacResult.ok:type_name -> keyward.v1.VerifyMacResponse
 	20, // 20: keyward.v1.BatchVerifyMacResult.error:type_name -> keyward.v1.ItemError
 	1,  // 21: keyward.v1.KeyVersion.state:type_name -> keyward.v1.VersionState
-	51, // 22: keyward.v1.KeyVersion.created:type_name -> google.protobuf.Timestamp
-	51, // 23: keyward.v1.KeyInfo.created:type_name -> google.protobuf.Timestamp
+	57, // 22: keyward.v1.KeyVersion.created:type_name -> google.protobuf.Timestamp
+	57, // 23: keyward.v1.KeyInfo.created:type_name -> google.protobuf.Timestamp
 	33, // 24: keyward.v1.KeyInfo.versions:type_name -> keyward.v1.KeyVersion
 	34, // 25: keyward.v1.ListKeysResponse.keys:type_name -> keyward.v1.KeyInfo
 	1,  // 26: keyward.v1.SetVersionStateRequest.state:type_name -> keyward.v1.VersionState
-	51, // 27: keyward.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
+	57, // 27: keyward.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
 	46, // 28: keyward.v1.StatusResponse.you:type_name -> keyward.v1.Peer
-	2,  // 29: keyward.v1.Keyward.Wrap:input_type -> keyward.v1.WrapRequest
-	4,  // 30: keyward.v1.Keyward.Unwrap:input_type -> keyward.v1.UnwrapRequest
-	6,  // 31: keyward.v1.Keyward.Rewrap:input_type -> keyward.v1.RewrapRequest
-	8,  // 32: keyward.v1.Keyward.GenerateDataKey:input_type -> keyward.v1.GenerateDataKeyRequest
-	10, // 33: keyward.v1.Keyward.Sign:input_type -> keyward.v1.SignRequest
-	12, // 34: keyward.v1.Keyward.Verify:input_type -> keyward.v1.VerifyRequest
-	14, // 35: keyward.v1.Keyward.Mac:input_type -> keyward.v1.MacRequest
-	16, // 36: keyward.v1.Keyward.VerifyMac:input_type -> keyward.v1.VerifyMacRequest
-	18, // 37: keyward.v1.Keyward.GetPublicKey:input_type -> keyward.v1.GetPublicKeyRequest
-	21, // 38: keyward.v1.Keyward.BatchWrap:input_type -> keyward.v1.BatchWrapRequest
-	24, // 39: keyward.v1.Keyward.BatchUnwrap:input_type -> keyward.v1.BatchUnwrapRequest
-	27, // 40: keyward.v1.Keyward.BatchMac:input_type -> keyward.v1.BatchMacRequest
-	30, // 41: keyward.v1.Keyward.BatchVerifyMac:input_type -> keyward.v1.BatchVerifyMacRequest
-	35, // 42: keyward.v1.Keyward.CreateKey:input_type -> keyward.v1.CreateKeyRequest
-	36, // 43: keyward.v1.Keyward.RotateKey:input_type -> keyward.v1.RotateKeyRequest
-	37, // 44: keyward.v1.Keyward.ListKeys:input_type -> keyward.v1.ListKeysRequest
-	39, // 45: keyward.v1.Keyward.DescribeKey:input_type -> keyward.v1.DescribeKeyRequest
-	40, // 46: keyward.v1.Keyward.SetVersionState:input_type -> keyward.v1.SetVersionStateRequest
-	41, // 47: keyward.v1.Keyward.DestroyVersion:input_type -> keyward.v1.DestroyVersionRequest
-	42, // 48: keyward.v1.Keyward.SetMinDecryptVersion:input_type -> keyward.v1.SetMinDecryptVersionRequest
-	43, // 49: keyward.v1.Keyward.AdoptKey:input_type -> keyward.v1.AdoptKeyRequest
-	44, // 50: keyward.v1.Keyward.Status:input_type -> keyward.v1.StatusRequest
-	3,  // 51: keyward.v1.Keyward.Wrap:output_type -> keyward.v1.WrapResponse
-	5,  // 52: keyward.v1.Keyward.Unwrap:output_type -> keyward.v1.UnwrapResponse
-	7,  // 53: keyward.v1.Keyward.Rewrap:output_type -> keyward.v1.RewrapResponse
-	9,  // 54: keyward.v1.Keyward.GenerateDataKey:output_type -> keyward.v1.GenerateDataKeyResponse
-	11, // 55: keyward.v1.Keyward.Sign:output_type -> keyward.v1.SignResponse
-	13, // 56: keyward.v1.Keyward.Verify:output_type -> keyward.v1.VerifyResponse
-	15, // 57: keyward.v1.Keyward.Mac:output_type -> keyward.v1.MacResponse
-	17, // 58: keyward.v1.Keyward.VerifyMac:output_type -> keyward.v1.VerifyMacResponse
-	19, // 59: keyward.v1.Keyward.GetPublicKey:output_type -> keyward.v1.GetPublicKeyResponse
-	22, // 60: keyward.v1.Keyward.BatchWrap:output_type -> keyward.v1.BatchWrapResponse
-	25, // 61: keyward.v1.Keyward.BatchUnwrap:output_type -> keyward.v1.BatchUnwrapResponse
-	28, // 62: keyward.v1.Keyward.BatchMac:output_type -> keyward.v1.BatchMacResponse
-	31, // 63: keyward.v1.Keyward.BatchVerifyMac:output_type -> keyward.v1.BatchVerifyMacResponse
-	34, // 64: keyward.v1.Keyward.CreateKey:output_type -> keyward.v1.KeyInfo
-	34, // 65: keyward.v1.Keyward.RotateKey:output_type -> keyward.v1.KeyInfo
-	38, // 66: keyward.v1.Keyward.ListKeys:output_type -> keyward.v1.ListKeysResponse
-	34, // 67: keyward.v1.Keyward.DescribeKey:output_type -> keyward.v1.KeyInfo
-	34, // 68: keyward.v1.Keyward.SetVersionState:output_type -> keyward.v1.KeyInfo
-	34, // 69: keyward.v1.Keyward.DestroyVersion:output_type -> keyward.v1.KeyInfo
-	34, // 70: keyward.v1.Keyward.SetMinDecryptVersion:output_type -> keyward.v1.KeyInfo
-	34, // 71: keyward.v1.Keyward.AdoptKey:output_type -> keyward.v1.KeyInfo
-	45, // 72: keyward.v1.Keyward.Status:output_type -> keyward.v1.StatusResponse
-	51, // [51:73] is the sub-list for method output_type
-	29, // [29:51] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	57, // 29: keyward.v1.CredentialInfo.modified:type_name -> google.protobuf.Timestamp
+	47, // 30: keyward.v1.ListCredentialsResponse.credentials:type_name -> keyward.v1.CredentialInfo
+	2,  // 31: keyward.v1.Keyward.Wrap:input_type -> keyward.v1.WrapRequest
+	4,  // 32: keyward.v1.Keyward.Unwrap:input_type -> keyward.v1.UnwrapRequest
+	6,  // 33: keyward.v1.Keyward.Rewrap:input_type -> keyward.v1.RewrapRequest
+	8,  // 34: keyward.v1.Keyward.GenerateDataKey:input_type -> keyward.v1.GenerateDataKeyRequest
+	10, // 35: keyward.v1.Keyward.Sign:input_type -> keyward.v1.SignRequest
+	12, // 36: keyward.v1.Keyward.Verify:input_type -> keyward.v1.VerifyRequest
+	14, // 37: keyward.v1.Keyward.Mac:input_type -> keyward.v1.MacRequest
+	16, // 38: keyward.v1.Keyward.VerifyMac:input_type -> keyward.v1.VerifyMacRequest
+	18, // 39: keyward.v1.Keyward.GetPublicKey:input_type -> keyward.v1.GetPublicKeyRequest
+	21, // 40: keyward.v1.Keyward.BatchWrap:input_type -> keyward.v1.BatchWrapRequest
+	24, // 41: keyward.v1.Keyward.BatchUnwrap:input_type -> keyward.v1.BatchUnwrapRequest
+	27, // 42: keyward.v1.Keyward.BatchMac:input_type -> keyward.v1.BatchMacRequest
+	30, // 43: keyward.v1.Keyward.BatchVerifyMac:input_type -> keyward.v1.BatchVerifyMacRequest
+	35, // 44: keyward.v1.Keyward.CreateKey:input_type -> keyward.v1.CreateKeyRequest
+	36, // 45: keyward.v1.Keyward.RotateKey:input_type -> keyward.v1.RotateKeyRequest
+	37, // 46: keyward.v1.Keyward.ListKeys:input_type -> keyward.v1.ListKeysRequest
+	39, // 47: keyward.v1.Keyward.DescribeKey:input_type -> keyward.v1.DescribeKeyRequest
+	40, // 48: keyward.v1.Keyward.SetVersionState:input_type -> keyward.v1.SetVersionStateRequest
+	41, // 49: keyward.v1.Keyward.DestroyVersion:input_type -> keyward.v1.DestroyVersionRequest
+	42, // 50: keyward.v1.Keyward.SetMinDecryptVersion:input_type -> keyward.v1.SetMinDecryptVersionRequest
+	43, // 51: keyward.v1.Keyward.AdoptKey:input_type -> keyward.v1.AdoptKeyRequest
+	44, // 52: keyward.v1.Keyward.Status:input_type -> keyward.v1.StatusRequest
+	48, // 53: keyward.v1.Keyward.PutCredential:input_type -> keyward.v1.PutCredentialRequest
+	49, // 54: keyward.v1.Keyward.ListCredentials:input_type -> keyward.v1.ListCredentialsRequest
+	51, // 55: keyward.v1.Keyward.RemoveCredential:input_type -> keyward.v1.RemoveCredentialRequest
+	52, // 56: keyward.v1.Keyward.RewrapCredentials:input_type -> keyward.v1.RewrapCredentialsRequest
+	3,  // 57: keyward.v1.Keyward.Wrap:output_type -> keyward.v1.WrapResponse
+	5,  // 58: keyward.v1.Keyward.Unwrap:output_type -> keyward.v1.UnwrapResponse
+	7,  // 59: keyward.v1.Keyward.Rewrap:output_type -> keyward.v1.RewrapResponse
+	9,  // 60: keyward.v1.Keyward.GenerateDataKey:output_type -> keyward.v1.GenerateDataKeyResponse
+	11, // 61: keyward.v1.Keyward.Sign:output_type -> keyward.v1.SignResponse
+	13, // 62: keyward.v1.Keyward.Verify:output_type -> keyward.v1.VerifyResponse
+	15, // 63: keyward.v1.Keyward.Mac:output_type -> keyward.v1.MacResponse
+	17, // 64: keyward.v1.Keyward.VerifyMac:output_type -> keyward.v1.VerifyMacResponse
+	19, // 65: keyward.v1.Keyward.GetPublicKey:output_type -> keyward.v1.GetPublicKeyResponse
+	22, // 66: keyward.v1.Keyward.BatchWrap:output_type -> keyward.v1.BatchWrapResponse
+	25, // 67: keyward.v1.Keyward.BatchUnwrap:output_type -> keyward.v1.BatchUnwrapResponse
+	28, // 68: keyward.v1.Keyward.BatchMac:output_type -> keyward.v1.BatchMacResponse
+	31, // 69: keyward.v1.Keyward.BatchVerifyMac:output_type -> keyward.v1.BatchVerifyMacResponse
+	34, // 70: keyward.v1.Keyward.CreateKey:output_type -> keyward.v1.KeyInfo
+	34, // 71: keyward.v1.Keyward.RotateKey:output_type -> keyward.v1.KeyInfo
+	38, // 72: keyward.v1.Keyward.ListKeys:output_type -> keyward.v1.ListKeysResponse
+	34, // 73: keyward.v1.Keyward.DescribeKey:output_type -> keyward.v1.KeyInfo
+	34, // 74: keyward.v1.Keyward.SetVersionState:output_type -> keyward.v1.KeyInfo
+	34, // 75: keyward.v1.Keyward.DestroyVersion:output_type -> keyward.v1.KeyInfo
+	34, // 76: keyward.v1.Keyward.SetMinDecryptVersion:output_type -> keyward.v1.KeyInfo
+	34, // 77: keyward.v1.Keyward.AdoptKey:output_type -> keyward.v1.KeyInfo
+	45, // 78: keyward.v1.Keyward.Status:output_type -> keyward.v1.StatusResponse
+	47, // 79: keyward.v1.Keyward.PutCredential:output_type -> keyward.v1.CredentialInfo
+	50, // 80: keyward.v1.Keyward.ListCredentials:output_type -> keyward.v1.ListCredentialsResponse
+	47, // 81: keyward.v1.Keyward.RemoveCredential:output_type -> keyward.v1.CredentialInfo
+	50, // 82: keyward.v1.Keyward.RewrapCredentials:output_type -> keyward.v1.ListCredentialsResponse
+	57, // [57:83] is the sub-list for method output_type
+	31, // [31:57] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_keyward_v1_keyward_proto_init() }
@@ -3248,7 +3638,7 @@ func file_keyward_v1_keyward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyward_v1_keyward_proto_rawDesc), len(file_keyward_v1_keyward_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   49,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -51,6 +51,10 @@ const (
 	Keyward_SetMinDecryptVersion_FullMethodName = "/keyward.v1.Keyward/SetMinDecryptVersion"
 	Keyward_AdoptKey_FullMethodName             = "/keyward.v1.Keyward/AdoptKey"
 	Keyward_Status_FullMethodName               = "/keyward.v1.Keyward/Status"
+	Keyward_PutCredential_FullMethodName        = "/keyward.v1.Keyward/PutCredential"
+	Keyward_ListCredentials_FullMethodName      = "/keyward.v1.Keyward/ListCredentials"
+	Keyward_RemoveCredential_FullMethodName     = "/keyward.v1.Keyward/RemoveCredential"
+	Keyward_RewrapCredentials_FullMethodName    = "/keyward.v1.Keyward/RewrapCredentials"
 )
 
 // KeywardClient is the client API for Keyward service.
@@ -88,6 +92,13 @@ type KeywardClient interface {
 	// Status answers any caller: daemon health and who the daemon thinks the
 	// caller is.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Credentials served to systemd's LoadCredential= (admin operation
+	// credential.put on the blob's key): the daemon owns the store, the
+	// secret goes in and never comes out.
+	PutCredential(ctx context.Context, in *PutCredentialRequest, opts ...grpc.CallOption) (*CredentialInfo, error)
+	ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error)
+	RemoveCredential(ctx context.Context, in *RemoveCredentialRequest, opts ...grpc.CallOption) (*CredentialInfo, error)
+	RewrapCredentials(ctx context.Context, in *RewrapCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error)
 }
 
 type keywardClient struct {
@@ -318,6 +329,46 @@ func (c *keywardClient) Status(ctx context.Context, in *StatusRequest, opts ...g
 	return out, nil
 }
 
+func (c *keywardClient) PutCredential(ctx context.Context, in *PutCredentialRequest, opts ...grpc.CallOption) (*CredentialInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CredentialInfo)
+	err := c.cc.Invoke(ctx, Keyward_PutCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keywardClient) ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCredentialsResponse)
+	err := c.cc.Invoke(ctx, Keyward_ListCredentials_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keywardClient) RemoveCredential(ctx context.Context, in *RemoveCredentialRequest, opts ...grpc.CallOption) (*CredentialInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CredentialInfo)
+	err := c.cc.Invoke(ctx, Keyward_RemoveCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keywardClient) RewrapCredentials(ctx context.Context, in *RewrapCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCredentialsResponse)
+	err := c.cc.Invoke(ctx, Keyward_RewrapCredentials_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeywardServer is the server API for Keyward service.
 // All implementations must embed UnimplementedKeywardServer
 // for forward compatibility.
@@ -353,6 +404,13 @@ type KeywardServer interface {
 	// Status answers any caller: daemon health and who the daemon thinks the
 	// caller is.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// Credentials served to systemd's LoadCredential= (admin operation
+	// credential.put on the blob's key): the daemon owns the store, the
+	// secret goes in and never comes out.
+	PutCredential(context.Context, *PutCredentialRequest) (*CredentialInfo, error)
+	ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error)
+	RemoveCredential(context.Context, *RemoveCredentialRequest) (*CredentialInfo, error)
+	RewrapCredentials(context.Context, *RewrapCredentialsRequest) (*ListCredentialsResponse, error)
 	mustEmbedUnimplementedKeywardServer()
 }
 
@@ -428,6 +486,18 @@ func (UnimplementedKeywardServer) AdoptKey(context.Context, *AdoptKeyRequest) (*
 }
 func (UnimplementedKeywardServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedKeywardServer) PutCredential(context.Context, *PutCredentialRequest) (*CredentialInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutCredential not implemented")
+}
+func (UnimplementedKeywardServer) ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCredentials not implemented")
+}
+func (UnimplementedKeywardServer) RemoveCredential(context.Context, *RemoveCredentialRequest) (*CredentialInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveCredential not implemented")
+}
+func (UnimplementedKeywardServer) RewrapCredentials(context.Context, *RewrapCredentialsRequest) (*ListCredentialsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RewrapCredentials not implemented")
 }
 func (UnimplementedKeywardServer) mustEmbedUnimplementedKeywardServer() {}
 func (UnimplementedKeywardServer) testEmbeddedByValue()                 {}
@@ -846,6 +916,78 @@ func _Keyward_Status_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Keyward_PutCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeywardServer).PutCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyward_PutCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeywardServer).PutCredential(ctx, req.(*PutCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Keyward_ListCredentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCredentialsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeywardServer).ListCredentials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyward_ListCredentials_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeywardServer).ListCredentials(ctx, req.(*ListCredentialsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Keyward_RemoveCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeywardServer).RemoveCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyward_RemoveCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeywardServer).RemoveCredential(ctx, req.(*RemoveCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Keyward_RewrapCredentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RewrapCredentialsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeywardServer).RewrapCredentials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyward_RewrapCredentials_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeywardServer).RewrapCredentials(ctx, req.(*RewrapCredentialsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Keyward_ServiceDesc is the grpc.ServiceDesc for Keyward service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -940,6 +1082,22 @@ var Keyward_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Keyward_Status_Handler,
+		},
+		{
+			MethodName: "PutCredential",
+			Handler:    _Keyward_PutCredential_Handler,
+		},
+		{
+			MethodName: "ListCredentials",
+			Handler:    _Keyward_ListCredentials_Handler,
+		},
+		{
+			MethodName: "RemoveCredential",
+			Handler:    _Keyward_RemoveCredential_Handler,
+		},
+		{
+			MethodName: "RewrapCredentials",
+			Handler:    _Keyward_RewrapCredentials_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
