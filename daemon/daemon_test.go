@@ -624,7 +624,10 @@ func TestPerUIDConcurrency(t *testing.T) {
 
 // TestConnectionLimits: a client that connects and says nothing is cut off
 // after the handshake timeout; beyond max_connections new connections wait
-// (they are not accepted) while connected clients keep being served.
+// (they are not accepted) while connected clients keep being served. Calls
+// that must succeed wait for a ready connection: on a loaded machine a
+// client's own handshake can outlast the short timeout, and its connection
+// is then cut and made again.
 func TestConnectionLimits(t *testing.T) {
 	r := start(t, testRules(), func(c *config.Config) {
 		c.Limits.HandshakeTimeout = config.Duration{Duration: 300 * time.Millisecond}
@@ -632,7 +635,8 @@ func TestConnectionLimits(t *testing.T) {
 	})
 	ctx := context.Background()
 	c := dial(t, r.sock)
-	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "conn/k", KeyType: "aes-256-gcm"}); err != nil {
+	ready := grpc.WaitForReady(true)
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "conn/k", KeyType: "aes-256-gcm"}, ready); err != nil {
 		t.Fatal(err)
 	}
 	// The gRPC client above holds one connection. A silent one takes the second.
@@ -648,7 +652,7 @@ func TestConnectionLimits(t *testing.T) {
 		t.Fatal("a connection beyond max_connections was served")
 	}
 	// Meanwhile the first client is served.
-	if _, err := c.Wrap(ctx, &pb.WrapRequest{Key: "conn/k", Plaintext: []byte("x")}); err != nil {
+	if _, err := c.Wrap(ctx, &pb.WrapRequest{Key: "conn/k", Plaintext: []byte("x")}, ready); err != nil {
 		t.Fatalf("connected client not served: %v", err)
 	}
 	// The silent connection is closed by the daemon after the handshake timeout...
@@ -665,7 +669,7 @@ func TestConnectionLimits(t *testing.T) {
 	}
 	t.Logf("silent connection closed by the daemon after %v", time.Since(start).Round(10*time.Millisecond))
 	// ...which frees its slot: the third client is now served.
-	if _, err := third.Status(ctxTimeout(t, 30*time.Second), &pb.StatusRequest{}); err != nil {
+	if _, err := third.Status(ctxTimeout(t, 30*time.Second), &pb.StatusRequest{}, ready); err != nil {
 		t.Fatalf("third client after a slot freed: %v", err)
 	}
 }
