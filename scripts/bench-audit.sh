@@ -9,7 +9,8 @@
 # Settings (environment): ROUNDS (10), DURATION (1s), CONCURRENCY (1,8,64),
 # BATCH (0: single calls; N: batches of N items), AUDIT_DIR (where the two
 # audit logs go; default: the temporary directory, which must be on the disk
-# you want to measure: not a tmpfs). Needs bin/keywardd and bin/keyward
+# you want to measure: not a tmpfs), WORK_PARENT (where the temporary
+# directory is made: /var/tmp). Needs bin/keywardd and bin/keyward
 # (make build) and softhsm2; tokens are made by softhsm-test/provision-token.sh.
 set -euo pipefail
 
@@ -25,7 +26,7 @@ for b in "$BIN/keywardd" "$BIN/keyward"; do
 done
 [ -r "$MODULE" ] || { echo "bench-audit: $MODULE missing (apt-get install softhsm2)" >&2; exit 2; }
 
-WORK=$(mktemp -d /var/tmp/keyward-bench-audit.XXXXXX)
+WORK=$(mktemp -d "${WORK_PARENT:-/var/tmp}/keyward-bench-audit.XXXXXX")
 chmod 700 "$WORK"
 PIDS=()
 cleanup() {
