@@ -15,6 +15,12 @@ DEB_PACKAGES := softhsm2 opensc openssl gcc libc6-dev pkg-config systemd swtpm s
 
 DEV_DIR := .dev/softhsm
 
+# The version both binaries report (--version, keyward status, the
+# keyward_build_info metric): git's description of the tree, stamped at link
+# time. Without git, the binaries fall back to what the Go toolchain recorded.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null)
+VERSION_LDFLAGS := $(if $(VERSION),-X github.com/keyward/keyward/internal/version.stamp=$(VERSION))
+
 .PHONY: all deps build test lint fmt run demo bench-audit dev-token clean proto deb
 
 all: build
@@ -26,7 +32,7 @@ deps:
 build:
 	@mkdir -p bin
 	@if [ -d cmd ] && [ -n "$$($(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./cmd/... 2>/dev/null)" ]; then \
-		$(GO) build -o bin/ ./cmd/...; \
+		$(GO) build -ldflags "$(VERSION_LDFLAGS)" -o bin/ ./cmd/...; \
 	fi
 
 # The tpm package runs twice: on swtpm (default build) and, with the tpmsim
@@ -86,7 +92,7 @@ proto:
 		api/keyward/v1/keyward.proto
 
 # The Debian package, bin/keyward_$(DEB_VERSION)_$(DEB_ARCH).deb: both binaries
-# (version stamped), the systemd units, sysusers.d, tmpfiles.d, the conffile
+# (stamped with $(VERSION), git's description of the commit they come from), the systemd units, sysusers.d, tmpfiles.d, the conffile
 # /etc/keyward/keyward.toml, the README, the --help texts and the drop-in
 # examples (packaging/nfpm.yaml). nfpm is pinned and installed into bin/
 # (v2.48.0 does not build from the module proxy). Depends: libc6 at the
@@ -102,7 +108,7 @@ deb:
 		GOBIN=$(CURDIR)/bin $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION); \
 	fi
 	@rm -rf bin/deb && mkdir -p bin/deb/doc
-	$(GO) build -trimpath -ldflags "-s -w -X github.com/keyward/keyward/daemon.Version=$(DEB_VERSION)" -o bin/deb/ ./cmd/keywardd ./cmd/keyward
+	$(GO) build -trimpath -ldflags "-s -w $(VERSION_LDFLAGS)" -o bin/deb/ ./cmd/keywardd ./cmd/keyward
 	@bin/deb/keywardd --help > bin/deb/doc/keywardd.txt 2>&1
 	@bin/deb/keyward --help > bin/deb/doc/keyward.txt
 	@libc=$$(objdump -T bin/deb/keywardd bin/deb/keyward | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/keyward/keyward/internal/version"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/socket"
@@ -66,7 +67,11 @@ func NewMetrics(backend any) *Metrics {
 		Name: "keyward_refused_before_call_total",
 		Help: "Calls and connections refused before a handler ran, by result: RATE_LIMITED, TOO_MANY_REQUESTS, SHUTTING_DOWN, RECEIVE_TIMEOUT, CONNECTION_LIMIT.",
 	}, []string{"result"})
-	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused,
+	buildInfo := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keyward_build_info", Help: "Always 1; the labels are keywardd's build version and the Go release it was built with.",
+		ConstLabels: prometheus.Labels{"version": Version, "goversion": version.Go()},
+	}, func() float64 { return 1 })
+	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if r, ok := backend.(keys.MetricsReporter); ok {
 		reg.MustRegister(newReporterCollector(r))

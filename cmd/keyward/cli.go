@@ -18,6 +18,7 @@ import (
 	"github.com/keyward/keyward/client"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/internal/secretfile"
+	"github.com/keyward/keyward/internal/version"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/tpm"
 )
@@ -189,6 +190,7 @@ func (a *app) rootCmd() *cobra.Command {
 		Example:       rootExample,
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		Version:       version.String(),
 		// Args stays nil: cobra then reports an unknown command.
 		RunE: func(*cobra.Command, []string) error {
 			return usagef("", "no command given")
@@ -218,6 +220,9 @@ func (a *app) rootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{cmd: cmdName(c), msg: err.Error()}
 	})
+	root.SetVersionTemplate(version.Line("keyward") + "\n")
+	root.InitDefaultVersionFlag()
+	root.Flags().Lookup("version").Usage = "print the version and exit"
 	root.SetHelpFunc(a.help)
 	root.SetHelpCommand(a.helpCmd())
 	a.addCommands(root)

@@ -11,11 +11,13 @@ import (
 
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/client"
+	"github.com/keyward/keyward/internal/version"
 )
 
 // statusJSON is status --json's output.
 type statusJSON struct {
 	Version        string     `json:"version"`
+	ClientVersion  string     `json:"client_version"`
 	Backend        string     `json:"backend"`
 	BackendHealthy bool       `json:"backend_healthy"`
 	BackendError   string     `json:"backend_error,omitempty"`
@@ -40,7 +42,7 @@ func (a *app) statusCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "status [--json]",
 		Short: "show the daemon's health and how it sees you",
-		Long: `Shows the daemon's version, backend and its health, the number of keys, and
+		Long: `Shows the daemon's version (and this command's), backend and its health, the number of keys, and
 who the daemon thinks you are: the uid, gid, groups, pid and systemd unit
 the kernel reported for this process, which is what the policy decides on.
 Any caller may ask. Exit status 5 when the backend is unhealthy.`,
@@ -73,7 +75,7 @@ Any caller may ask. Exit status 5 when the backend is unhealthy.`,
 func toStatusJSON(st *keywardv1.StatusResponse) statusJSON {
 	you := st.GetYou()
 	out := statusJSON{
-		Version: st.GetVersion(), Backend: st.GetBackend(), BackendHealthy: st.GetBackendHealthy(),
+		Version: st.GetVersion(), ClientVersion: version.String(), Backend: st.GetBackend(), BackendHealthy: st.GetBackendHealthy(),
 		BackendError: st.GetBackendError(), Keys: st.GetKeys(), Audit: st.GetAudit(),
 		AuditSync: st.GetAuditSync(), AuditUnsynced: st.GetAuditUnsynced(),
 		You: peerJSON{UID: you.GetUid(), GID: you.GetGid(), Groups: you.GetGroups(), PID: you.GetPid(), Unit: you.GetUnit()},
@@ -101,9 +103,9 @@ func printStatus(a *app, s statusJSON) error {
 	for i, g := range s.You.Groups {
 		groups[i] = strconv.FormatUint(uint64(g), 10)
 	}
-	_, err := fmt.Fprintf(a.stdout, "keywardd %s at %s%s\nbackend %s: %s\nkeys: %d\naudit log: %s\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\n",
+	_, err := fmt.Fprintf(a.stdout, "keywardd %s at %s%s\nbackend %s: %s\nkeys: %d\naudit log: %s\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\nkeyward (this command) %s\n",
 		orText(s.Version, "(version unknown)"), a.socket, since, orText(s.Backend, "?"), health, s.Keys, auditText(s),
-		s.You.UID, s.You.GID, orText(strings.Join(groups, ","), "-"), s.You.PID, orText(s.You.Unit, "-"))
+		s.You.UID, s.You.GID, orText(strings.Join(groups, ","), "-"), s.You.PID, orText(s.You.Unit, "-"), s.ClientVersion)
 	return err
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/keyward/keyward/devmode"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/internal/secretfile"
+	"github.com/keyward/keyward/internal/version"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/tpm"
 )
@@ -47,6 +48,7 @@ const usage = `keywardd: the keyward key daemon
 
 Usage:
   keywardd [--config FILE]          serve (default config %s)
+  keywardd --version                print the version and exit
   keywardd --check-config [--config FILE]
                                     validate the config and its policy, then exit
   keywardd --dev [--backend pkcs11|tpm] [--socket PATH] [--dev-dir DIR]
@@ -93,7 +95,7 @@ func main() {
 // flags are keywardd's command line.
 type flags struct {
 	configPath, backend, sock, devDir, logLevel *string
-	check, dev                                  *bool
+	check, dev, version                         *bool
 }
 
 func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
@@ -112,6 +114,7 @@ func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
 		sock:       fs.String("socket", "", "socket path (dev mode; default ./keyward-dev.sock)"),
 		devDir:     fs.String("dev-dir", "", "dev mode: keep the token or TPM in this directory (created, reused on the next start) instead of a temporary one"),
 		logLevel:   fs.String("log-level", "", "debug, info, warn or error (overrides the config)"),
+		version:    fs.Bool("version", false, "print the version and exit"),
 	}
 }
 
@@ -126,6 +129,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "keywardd: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
+	}
+	if *f.version {
+		fmt.Fprintln(stdout, version.Line("keywardd"))
+		return exitOK
 	}
 	if *f.check {
 		return checkConfig(*f.configPath, stdout, stderr)
