@@ -277,7 +277,6 @@ func TestDialFailsFast(t *testing.T) {
 		{name: "no socket", path: filepath.Join(dir, "absent.sock"), also: fs.ErrNotExist, in: "does not exist", isErr: client.ErrUnavailable},
 		{name: "no directory", path: filepath.Join(dir, "no/such/dir.sock"), also: fs.ErrNotExist, in: "does not exist", isErr: client.ErrUnavailable},
 		{name: "refused", path: stale, in: "nothing listens", isErr: client.ErrUnavailable},
-		{name: "empty path", path: "", in: "no socket path", isErr: client.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
