@@ -39,37 +39,64 @@ type peerJSON struct {
 
 func (a *app) statusCmd() *cobra.Command {
 	var asJSON bool
+	var wait time.Duration
 	c := &cobra.Command{
-		Use:   "status [--json]",
+		Use:   "status [--json] [--wait[=TIMEOUT]]",
 		Short: "show the daemon's health and how it sees you",
-		Long: `Shows the daemon's version (and this command's), backend and its health, the number of keys, and
-who the daemon thinks you are: the uid, gid, groups, pid and systemd unit
+		Long: `Shows the daemon's version (and this command's), backend and its health,
+the number of keys, and who the daemon thinks you are: the uid, gid, groups, pid and systemd unit
 the kernel reported for this process, which is what the policy decides on.
-Any caller may ask. Exit status 5 when the backend is unhealthy.`,
+Any caller may ask. Exit status 5 when the backend is unhealthy.
+
+With --wait, for scripts and CI that start keywardd: asks again every 100 ms
+until the daemon answers with a healthy backend (then prints the status
+and exits 0), for at most TIMEOUT (default 30s). A daemon not started yet,
+not listening yet or not healthy yet is waited for; this user being refused
+the socket, or another uid serving it, ends the wait at once. On timeout:
+exit 5, and the last reason on stderr. --timeout bounds each attempt.`,
 		Example: `  keyward status
-  keyward status --json | jq .you`,
+  keyward status --json | jq .you
+  keywardd --dev --socket /tmp/kw.sock & keyward --socket /tmp/kw.sock status --wait=60s`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if wait < 0 {
+				return usagef(cmdName(c), "--wait %v is negative", wait)
+			}
+			if wait > 0 {
+				st, err := a.waitHealthy(c.Context(), wait)
+				if err != nil {
+					return err
+				}
+				return a.showStatus(st, asJSON)
+			}
 			return a.withClient(c, func(ctx context.Context, kc *client.Client) error {
 				st, err := kc.Status(ctx)
 				if err != nil {
 					return err
 				}
-				out := toStatusJSON(st)
-				if asJSON {
-					err = writeJSON(a.stdout, out)
-				} else {
-					err = printStatus(a, out)
-				}
-				if err == nil && !out.BackendHealthy {
-					return fmt.Errorf("status: backend %s is unhealthy: %s: %w", out.Backend, orText(out.BackendError, "no reason given"), client.ErrUnavailable)
-				}
-				return err
+				return a.showStatus(st, asJSON)
 			})
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	c.Flags().DurationVar(&wait, "wait", 0, "wait up to `TIMEOUT` (default 30s when given without a value) for the daemon to answer healthy")
+	c.Flags().Lookup("wait").NoOptDefVal = defaultWait.String()
 	return c
+}
+
+// showStatus prints a status; an unhealthy backend is an error (exit 5).
+func (a *app) showStatus(st *keywardv1.StatusResponse, asJSON bool) error {
+	out := toStatusJSON(st)
+	var err error
+	if asJSON {
+		err = writeJSON(a.stdout, out)
+	} else {
+		err = printStatus(a, out)
+	}
+	if err == nil && !out.BackendHealthy {
+		return fmt.Errorf("status: backend %s is unhealthy: %s: %w", out.Backend, orText(out.BackendError, "no reason given"), client.ErrUnavailable)
+	}
+	return err
 }
 
 func toStatusJSON(st *keywardv1.StatusResponse) statusJSON {

@@ -51,6 +51,7 @@ Usage:
   keywardd --version                print the version and exit
   keywardd --check-config [--config FILE]
                                     validate the config and its policy, then exit
+  keywardd ... --ready-file FILE    write FILE (0600) once serving, remove it on exit
   keywardd --dev [--backend pkcs11|tpm] [--socket PATH] [--dev-dir DIR]
                                     development mode: a private device in a temporary
                                     directory (removed on exit) or in DIR (kept), the
@@ -95,6 +96,7 @@ func main() {
 // flags are keywardd's command line.
 type flags struct {
 	configPath, backend, sock, devDir, logLevel *string
+	readyFile                                   *string
 	check, dev, version                         *bool
 }
 
@@ -115,6 +117,7 @@ func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
 		devDir:     fs.String("dev-dir", "", "dev mode: keep the token or TPM in this directory (created, reused on the next start) instead of a temporary one"),
 		logLevel:   fs.String("log-level", "", "debug, info, warn or error (overrides the config)"),
 		version:    fs.Bool("version", false, "print the version and exit"),
+		readyFile:  fs.String("ready-file", "", "write this file (0600: socket, pid, version) once serving, remove it on exit; for scripts that wait for the daemon"),
 	}
 }
 
@@ -135,8 +138,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	if *f.check {
+		if *f.readyFile != "" {
+			fmt.Fprintln(stderr, "keywardd: --ready-file is for a serving keywardd, not --check-config")
+			return exitUsage
+		}
 		return checkConfig(*f.configPath, stdout, stderr)
 	}
+	ctx, ready, err := newReadiness(ctx, *f.readyFile, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "keywardd: %v\n", err)
+		return exitUsage
+	}
+	return ready.finish(start(ctx, f, ready, stdout, stderr))
+}
+
+// start runs the daemon (--check-config, --dev or the config file's).
+func start(ctx context.Context, f flags, ready *readiness, stdout, stderr io.Writer) int {
 	if err := daemon.HardenProcess(); err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitFail
@@ -150,13 +167,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "keywardd: --backend %q: want pkcs11 or tpm\n", *f.backend)
 			return exitUsage
 		}
-		return runDev(ctx, *f.devDir, *f.sock, *f.logLevel, *f.backend, stdout, stderr)
+		return runDev(ctx, *f.devDir, *f.sock, *f.logLevel, *f.backend, ready, stdout, stderr)
 	}
 	if *f.sock != "" || *f.devDir != "" || *f.backend != "" {
 		fmt.Fprintln(stderr, "keywardd: --socket, --dev-dir and --backend are for --dev; set socket and [backend] in the config file")
 		return exitUsage
 	}
-	return serve(ctx, *f.configPath, *f.logLevel, stderr)
+	return serve(ctx, *f.configPath, *f.logLevel, ready, stderr)
 }
 
 // checkConfig is --check-config: every problem of the file, then exit 3;
@@ -175,7 +192,7 @@ func checkConfig(path string, stdout, stderr io.Writer) int {
 }
 
 // serve runs keywardd on the config file until ctx ends.
-func serve(ctx context.Context, path, logLevel string, stderr io.Writer) int {
+func serve(ctx context.Context, path, logLevel string, ready *readiness, stderr io.Writer) int {
 	cfg, pol, err := config.CheckConfig(path)
 	if err != nil {
 		printLines(stderr, "keywardd: ", err.Error())
@@ -199,7 +216,7 @@ func serve(ctx context.Context, path, logLevel string, stderr io.Writer) int {
 		return openFailure(err)
 	}
 	defer be.Close()
-	opts := daemon.Options{ConfigPath: path, Logger: log, Notifier: notifier, Watchdog: watchdog}
+	opts := daemon.Options{ConfigPath: path, Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: ready.hook(nil)}
 	if err := daemon.Run(ctx, cfg, pol, be, opts); err != nil {
 		log.Error("daemon stopped", "err", err)
 		return exitFail
@@ -234,7 +251,7 @@ func openFailure(err error) int {
 	return exitFail
 }
 
-func runDev(ctx context.Context, dir, sock, logLevel, backend string, stdout, stderr io.Writer) int {
+func runDev(ctx context.Context, dir, sock, logLevel, backend string, ready *readiness, stdout, stderr io.Writer) int {
 	if sock == "" {
 		sock = "./keyward-dev.sock"
 	}
@@ -261,13 +278,13 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, stdout, st
 		return exitFail
 	}
 	defer be.Close()
-	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: func(path string) {
+	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: ready.hook(func(path string) {
 		kept := "removed on exit"
 		if dir != "" {
 			kept = "kept for the next start"
 		}
 		fmt.Fprintf(stdout, banner, path, d.What, d.Dir, kept, os.Getuid(), d.Device, path)
-	}})
+	})})
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitFail
