@@ -14,7 +14,7 @@ import (
 // daemon it waited for serves; with nothing to wait for it gives up after
 // TIMEOUT with exit 5 and says why.
 func TestStatusWait(t *testing.T) {
-	startDaemon(t) // builds keywardd into binDir
+	startDaemon(t)                       // builds keywardd into binDir
 	dir, err := os.MkdirTemp("", "kww-") // short: a socket path has at most 108 bytes
 	if err != nil {
 		t.Fatal(err)
