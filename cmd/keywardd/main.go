@@ -53,9 +53,13 @@ Usage:
                                     validate the config and its policy, then exit
   keywardd ... --ready-file FILE    write FILE (0600) once serving, remove it on exit
   keywardd --dev [--backend pkcs11|tpm] [--socket PATH] [--dev-dir DIR]
+          [--config FILE] [--dev-allow-uid UID]... [--dev-allow-gid GID]...
                                     development mode: a private device in a temporary
                                     directory (removed on exit) or in DIR (kept), the
-                                    invoking user allowed everything, socket
+                                    invoking user allowed everything (with --config:
+                                    the file's rules and limits instead; a key of it
+                                    other than rule, limits and log_level is refused),
+                                    each --dev-allow-uid/gid too, socket
                                     ./keyward-dev.sock. pkcs11 (default): a SoftHSM2
                                     token. tpm: the in-process TPM simulator in builds
                                     with -tags tpmsim, else a swtpm child process
@@ -98,6 +102,7 @@ type flags struct {
 	configPath, backend, sock, devDir, logLevel *string
 	readyFile                                   *string
 	check, dev, version                         *bool
+	callers                                     *devCallers
 }
 
 func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
@@ -108,7 +113,10 @@ func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, usageTail)
 	}
+	callers := &devCallers{}
+	callers.register(fs)
 	return fs, flags{
+		callers:    callers,
 		configPath: fs.String("config", config.DefaultConfigPath, "configuration file (TOML)"),
 		check:      fs.Bool("check-config", false, "validate the configuration and its policy, then exit"),
 		dev:        fs.Bool("dev", false, "development mode on a private SoftHSM2 token or TPM"),
@@ -131,6 +139,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "keywardd: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	if err := f.callers.check(fs, *f.dev, *f.configPath); err != nil {
+		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitUsage
 	}
 	if *f.version {
@@ -167,7 +179,7 @@ func start(ctx context.Context, f flags, ready *readiness, stdout, stderr io.Wri
 			fmt.Fprintf(stderr, "keywardd: --backend %q: want pkcs11 or tpm\n", *f.backend)
 			return exitUsage
 		}
-		return runDev(ctx, *f.devDir, *f.sock, *f.logLevel, *f.backend, ready, stdout, stderr)
+		return runDev(ctx, *f.devDir, *f.sock, *f.logLevel, *f.backend, f.callers.Callers, ready, stdout, stderr)
 	}
 	if *f.sock != "" || *f.devDir != "" || *f.backend != "" {
 		fmt.Fprintln(stderr, "keywardd: --socket, --dev-dir and --backend are for --dev; set socket and [backend] in the config file")
@@ -251,20 +263,22 @@ func openFailure(err error) int {
 	return exitFail
 }
 
-func runDev(ctx context.Context, dir, sock, logLevel, backend string, ready *readiness, stdout, stderr io.Writer) int {
+func runDev(ctx context.Context, dir, sock, logLevel, backend string, callers devmode.Callers, ready *readiness, stdout, stderr io.Writer) int {
 	if sock == "" {
 		sock = "./keyward-dev.sock"
 	}
-	if logLevel == "" {
-		logLevel = "info"
-	}
-	d, err := devmode.New(dir, sock, logLevel, backend)
+	d, err := devmode.New(dir, sock, orDefault(logLevel, "info"), backend)
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitFail
 	}
 	defer d.Close() // after be.Close: swtpm stops once the backend let go
-	log := daemon.NewLogger(logLevel)
+	if err := d.Allow(callers); err != nil {
+		printLines(stderr, "keywardd: ", err.Error())
+		return exitConfig
+	}
+	d.Config.LogLevel = orDefault(logLevel, d.Config.LogLevel) // --log-level, else the file's, else info
+	log := daemon.NewLogger(d.Config.LogLevel)
 	// As in production: READY=1 (and the watchdog) for a dev daemon run by a
 	// service manager or a harness that sets $NOTIFY_SOCKET.
 	notifier, watchdog, err := daemon.SystemdNotifier()
@@ -283,7 +297,7 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, ready *rea
 		if dir != "" {
 			kept = "kept for the next start"
 		}
-		fmt.Fprintf(stdout, banner, path, d.What, d.Dir, kept, os.Getuid(), d.Device, path)
+		fmt.Fprintf(stdout, banner, path, d.What, d.Dir, kept, devWho(callers), d.Device, path)
 	})})
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
@@ -293,7 +307,7 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, ready *rea
 }
 
 const banner = `keywardd: serving on %s
-keywardd: development mode: %s in %s (%s); uid %d may do everything
+keywardd: development mode: %s in %s (%s); %s
 keywardd: backend %s
 Try, in another shell:
   export KEYWARD_SOCKET=%s

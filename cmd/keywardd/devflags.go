@@ -1,0 +1,79 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/keyward/keyward/devmode"
+)
+
+// devCallers collects --dev-allow-uid and --dev-allow-gid (repeatable) and
+// whether --config was given, for --dev.
+type devCallers struct {
+	devmode.Callers
+	configGiven bool
+}
+
+// idList is a repeatable flag of decimal ids.
+func idList(ids *[]uint32, what string) func(string) error {
+	return func(s string) error {
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return fmt.Errorf("%q is not a %s (a decimal number)", s, what)
+		}
+		*ids = append(*ids, uint32(n))
+		return nil
+	}
+}
+
+func (c *devCallers) register(fs *flag.FlagSet) {
+	fs.Func("dev-allow-uid", "dev mode: also allow this `UID` every operation on every key (repeatable)", idList(&c.UIDs, "uid"))
+	fs.Func("dev-allow-gid", "dev mode: also allow callers in this group `GID` every operation on every key (repeatable)", idList(&c.GIDs, "gid"))
+}
+
+// check runs after parsing: the dev flags need --dev; --config with --dev
+// is the file the dev policy comes from.
+func (c *devCallers) check(fs *flag.FlagSet, dev bool, configPath string) error {
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "config" {
+			c.configGiven = true
+		}
+	})
+	if !dev {
+		if len(c.UIDs) > 0 || len(c.GIDs) > 0 {
+			return fmt.Errorf("--dev-allow-uid and --dev-allow-gid are for --dev; in the config file, write a [[rule]]")
+		}
+		return nil
+	}
+	if c.configGiven {
+		c.File = configPath
+	}
+	return nil
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// devWho is the banner's account of who may call.
+func devWho(c devmode.Callers) string {
+	who := fmt.Sprintf("uid %d may do everything", os.Getuid())
+	if c.File != "" {
+		who = "the policy of " + c.File
+	}
+	for _, u := range c.UIDs {
+		who += fmt.Sprintf(", uid %d", u)
+	}
+	for _, g := range c.GIDs {
+		who += fmt.Sprintf(", gid %d", g)
+	}
+	if len(c.UIDs)+len(c.GIDs) > 0 {
+		who += " (--dev-allow: everything)"
+	}
+	return who
+}
