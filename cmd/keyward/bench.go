@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/client"
 	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/internal/benchrun"
 	"github.com/keyward/keyward/keys"
 )
 
@@ -210,22 +210,7 @@ func (o *benchOptions) check(c *cobra.Command) error {
 }
 
 // benchStats is one measured run: over the socket, or in-process.
-type benchStats struct {
-	Seconds    float64 `json:"seconds"`
-	Calls      int64   `json:"calls"`  // successful calls
-	Ops        int64   `json:"ops"`    // successful operations (items with --batch)
-	Errors     int64   `json:"errors"` // failed operations (a failed call counts all its items)
-	OpsPerS    float64 `json:"ops_per_s"`
-	CallsPerS  float64 `json:"calls_per_s"`
-	P50US      float64 `json:"p50_us"` // per call
-	P99US      float64 `json:"p99_us"`
-	P999US     float64 `json:"p999_us"`
-	ItemP50US  float64 `json:"item_p50_us"` // per item: per call / batch (= per call for single calls)
-	ItemP99US  float64 `json:"item_p99_us"`
-	ItemP999US float64 `json:"item_p999_us"`
-
-	firstErr error
-}
+type benchStats = benchrun.Stats
 
 // benchResult is one row: an (op, concurrency, batch) measured over the
 // socket and, with --baseline, in-process.
@@ -244,8 +229,7 @@ type benchResult struct {
 }
 
 // benchTarget makes one call (of batch items, or a single op) for worker w.
-// It returns how many items failed and an error describing the first.
-type benchTarget func(ctx context.Context, w int) (failed int, err error)
+type benchTarget = benchrun.Target
 
 // prepared is what an op needs beyond its key: a blob to unwrap, a
 // signature to verify.
@@ -382,9 +366,9 @@ func (r *benchRun) prepare(ctx context.Context, op string) (sock, base benchTarg
 func (r *benchRun) level(ctx context.Context, op string, n int, key string, sock, base benchTarget) (benchResult, error) {
 	o := r.o
 	res := benchResult{Op: op, Concurrency: n, Batch: o.batch, Connections: o.connections, Payload: o.payload, Key: key}
-	res.benchStats = runLevel(ctx, n, o.duration, r.grace, max(o.batch, 1), sock, r.progress, fmt.Sprintf("%s c=%d", op, n))
+	res.benchStats = benchrun.RunLevel(ctx, n, o.duration, r.grace, max(o.batch, 1), sock, r.progress, fmt.Sprintf("%s c=%d", op, n))
 	if ctx.Err() == nil && base != nil {
-		s := runLevel(ctx, n, o.duration, r.grace, max(o.batch, 1), base, r.progress, fmt.Sprintf("%s c=%d baseline", op, n))
+		s := benchrun.RunLevel(ctx, n, o.duration, r.grace, max(o.batch, 1), base, r.progress, fmt.Sprintf("%s c=%d baseline", op, n))
 		res.Baseline = &s
 		if s.OpsPerS > 0 {
 			ratio := res.OpsPerS / s.OpsPerS
@@ -393,12 +377,12 @@ func (r *benchRun) level(ctx context.Context, op string, n int, key string, sock
 	}
 	res.Interrupted = ctx.Err() != nil
 	switch {
-	case res.firstErr != nil:
-		res.FirstError = oneLine(res.firstErr.Error())
-		return res, fmt.Errorf("bench: %s at concurrency %d: %d operations failed; the first: %w", op, n, res.Errors, res.firstErr)
-	case res.Baseline != nil && res.Baseline.firstErr != nil:
-		res.FirstError = "baseline: " + oneLine(res.Baseline.firstErr.Error())
-		return res, fmt.Errorf("bench: baseline %s at concurrency %d: %d operations failed; the first: %w", op, n, res.Baseline.Errors, res.Baseline.firstErr)
+	case res.FirstErr != nil:
+		res.FirstError = oneLine(res.FirstErr.Error())
+		return res, fmt.Errorf("bench: %s at concurrency %d: %d operations failed; the first: %w", op, n, res.Errors, res.FirstErr)
+	case res.Baseline != nil && res.Baseline.FirstErr != nil:
+		res.FirstError = "baseline: " + oneLine(res.Baseline.FirstErr.Error())
+		return res, fmt.Errorf("bench: baseline %s at concurrency %d: %d operations failed; the first: %w", op, n, res.Baseline.Errors, res.Baseline.FirstErr)
 	}
 	return res, nil
 }
@@ -639,135 +623,6 @@ func baselineTarget(tok *hsm.Token, op string, batch int, p prepared) benchTarge
 		}
 		return failed, first
 	}
-}
-
-// runLevel runs conc workers against target for d (calls in flight get up
-// to grace more), or until ctx ends. items is the number of operations per
-// call.
-func runLevel(ctx context.Context, conc int, d, grace time.Duration, items int, target benchTarget, progress func(string), label string) benchStats {
-	start := time.Now()
-	end := start.Add(d)
-	callCtx, cancel := context.WithDeadline(ctx, end.Add(grace))
-	defer cancel()
-
-	var done atomic.Int64
-	stopProgress := showProgress(progress, start, d, label, &done)
-	ws := make([]benchWorker, conc)
-	var wg sync.WaitGroup
-	for i := range ws {
-		wg.Go(func() { ws[i].run(ctx, callCtx, i, end, items, target, &done) })
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	stopProgress()
-	return benchSummary(ws, done.Load(), elapsed, items)
-}
-
-// showProgress reports the level's progress every 200 ms until the
-// returned function is called (nothing when progress is nil).
-func showProgress(progress func(string), start time.Time, d time.Duration, label string, done *atomic.Int64) (stop func()) {
-	if progress == nil {
-		return func() {}
-	}
-	stopProgress := make(chan struct{})
-	var progressDone sync.WaitGroup
-	progressDone.Go(func() {
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopProgress:
-				progress("")
-				return
-			case now := <-t.C:
-				el := min(now.Sub(start), d)
-				progress(fmt.Sprintf("bench %s: %.1fs/%v, %d ops", label, el.Seconds(), d, done.Load()))
-			}
-		}
-	})
-	return func() {
-		close(stopProgress)
-		progressDone.Wait()
-	}
-}
-
-// benchWorker is what one worker of a level measured.
-type benchWorker struct {
-	lat            []time.Duration
-	calls, failed  int64
-	firstErr       error
-	firstErrAtCall time.Time
-}
-
-// run calls target as worker i until end or ctx ends (calls get callCtx),
-// adding the operations that succeeded to done.
-func (w *benchWorker) run(ctx, callCtx context.Context, i int, end time.Time, items int, target benchTarget, done *atomic.Int64) {
-	w.lat = make([]time.Duration, 0, 1024)
-	for {
-		t0 := time.Now()
-		if !t0.Before(end) || ctx.Err() != nil {
-			return
-		}
-		failed, err := target(callCtx, i)
-		lat := time.Since(t0)
-		if ctx.Err() != nil {
-			return // interrupted: this call does not count
-		}
-		if err != nil {
-			w.failed += int64(failed)
-			if w.firstErr == nil {
-				w.firstErr, w.firstErrAtCall = err, t0
-			}
-			if failed >= items {
-				continue // the call failed: no latency, no ops
-			}
-		}
-		w.calls++
-		w.lat = append(w.lat, lat)
-		done.Add(int64(items - failed))
-	}
-}
-
-// benchSummary adds up the workers' measures: ops operations succeeded in
-// elapsed, items per call.
-func benchSummary(ws []benchWorker, ops int64, elapsed time.Duration, items int) benchStats {
-	var s benchStats
-	var all []time.Duration
-	var firstAt time.Time
-	for _, w := range ws {
-		s.Calls += w.calls
-		s.Errors += w.failed
-		all = append(all, w.lat...)
-		if w.firstErr != nil && (s.firstErr == nil || w.firstErrAtCall.Before(firstAt)) {
-			s.firstErr, firstAt = w.firstErr, w.firstErrAtCall
-		}
-	}
-	s.Ops = ops
-	s.Seconds = round(elapsed.Seconds(), 3)
-	if sec := elapsed.Seconds(); sec > 0 {
-		s.OpsPerS = round(float64(s.Ops)/sec, 1)
-		s.CallsPerS = round(float64(s.Calls)/sec, 1)
-	}
-	slices.Sort(all)
-	us := func(q float64) float64 { return round(float64(percentile(all, q))/1e3, 1) }
-	s.P50US, s.P99US, s.P999US = us(0.50), us(0.99), us(0.999)
-	per := float64(items)
-	s.ItemP50US, s.ItemP99US, s.ItemP999US = round(s.P50US/per, 2), round(s.P99US/per, 2), round(s.P999US/per, 2)
-	return s
-}
-
-// percentile is the nearest-rank q-quantile of sorted samples (0 for none).
-func percentile(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(q*float64(len(sorted)))) - 1
-	return sorted[min(max(i, 0), len(sorted)-1)]
-}
-
-func round(v float64, digits int) float64 {
-	p := math.Pow10(digits)
-	return math.Round(v*p) / p
 }
 
 // progressWriter returns a function that replaces the progress line on
