@@ -80,6 +80,9 @@ func drain(p *proc) {
 // without --dev are a usage error.
 func TestDevConfigRefused(t *testing.T) {
 	softhsmtest.Need(t, tok)
+	// run is called in this process: should it ever make the dev token,
+	// devmode sets SOFTHSM2_CONF, which the other tests' token needs.
+	t.Setenv("SOFTHSM2_CONF", os.Getenv("SOFTHSM2_CONF"))
 	dir := t.TempDir()
 	write := func(name, body string) string {
 		p := filepath.Join(dir, name)

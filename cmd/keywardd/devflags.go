@@ -6,7 +6,9 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/devmode"
+	"github.com/keyward/keyward/policy"
 )
 
 // devCallers collects --dev-allow-uid and --dev-allow-gid (repeatable) and
@@ -76,4 +78,20 @@ func devWho(c devmode.Callers) string {
 		who += " (--dev-allow: everything)"
 	}
 	return who
+}
+
+// checkDevConfig reads --dev --config's file and compiles its policy, so
+// that a bad file fails before the dev device is made.
+func checkDevConfig(c devmode.Callers) error {
+	if c.File == "" {
+		return nil
+	}
+	cfg, err := config.LoadDevConfig(c.File)
+	if err != nil {
+		return err
+	}
+	if _, err := policy.Compile(cfg.Rules, policy.SystemResolver()); err != nil {
+		return fmt.Errorf("%s: %w", c.File, err)
+	}
+	return nil
 }

@@ -267,6 +267,10 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, callers de
 	if sock == "" {
 		sock = "./keyward-dev.sock"
 	}
+	if err := checkDevConfig(callers); err != nil { // before a device is made for nothing
+		printLines(stderr, "keywardd: ", err.Error())
+		return exitConfig
+	}
 	d, err := devmode.New(dir, sock, orDefault(logLevel, "info"), backend)
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
