@@ -11,12 +11,12 @@ import (
 
 	"github.com/google/go-tpm-tools/simulator"
 
-	"github.com/keyward/keyward/internal/tpmdevice"
+	"github.com/keyward/keyward/internal/devspec"
 )
 
 func init() {
 	simDial = dialSim
-	tpmdevice.SetSimulator()
+	devspec.SetSimulator()
 }
 
 // go-tpm-tools runs one simulator per process, and its Get blocks until the

@@ -16,7 +16,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
 
-	"github.com/keyward/keyward/internal/tpmdevice"
+	"github.com/keyward/keyward/internal/devspec"
 )
 
 // Conn is one connection to a TPM. Send takes one complete TPM command and
@@ -54,7 +54,7 @@ const (
 	rcRetry   = 0x922
 )
 
-const acceptedDevices = tpmdevice.Accepted
+const acceptedDevices = devspec.Accepted
 
 // simDial opens the in-process simulator. It is set by sim.go in builds
 // tagged tpmsim and nil otherwise.
@@ -103,22 +103,22 @@ func Dial(device string) (Conn, error) {
 // validation): nil, an error wrapping ErrConfig, or ErrNoSimulator for "sim"
 // in a build without the simulator.
 func CheckDevice(device string) error {
-	err := tpmdevice.Check(device)
+	err := devspec.Check(device)
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, tpmdevice.ErrNoSimulator):
+	case errors.Is(err, devspec.ErrNoSimulator):
 		return ErrNoSimulator
 	}
 	return deviceError{err}
 }
 
-// deviceError is tpmdevice's error, with the same text, that is also ErrConfig.
+// deviceError is devspec's error, with the same text, that is also ErrConfig.
 type deviceError struct{ error }
 
 func (e deviceError) Unwrap() []error { return []error{e.error, ErrConfig} }
 
-func redactDevice(device string) string { return tpmdevice.Redact(device) }
+func redactDevice(device string) string { return devspec.Redact(device) }
 
 // retryConn is the wrapper every transport sits behind: it checks the
 // framing of commands and responses, serialises Sends, and resends commands

@@ -1,8 +1,8 @@
-// Package tpmdevice checks the form of a TPM backend's device string
+// Package devspec checks the form of a TPM backend's device string
 // without opening it. It is pure Go, so that the configuration's checks run
 // in the client-only keyward command; package tpm uses it and says whether
 // this build has the in-process simulator.
-package tpmdevice
+package devspec
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package pkcs11uri
+package rfc7512
 
 import (
 	"errors"

@@ -1,8 +1,8 @@
-// Package pkcs11uri parses the subset of RFC 7512 PKCS#11 URIs keyward
+// Package rfc7512 parses the subset of RFC 7512 PKCS#11 URIs keyward
 // uses. It is pure Go (no cgo), so that the configuration's checks run in
 // the client-only keyward command; package hsm uses it to select tokens
 // and objects.
-package pkcs11uri
+package rfc7512
 
 import (
 	"errors"
