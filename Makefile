@@ -29,10 +29,12 @@ deps:
 	@scripts/ensure-packages.sh $(DEB_PACKAGES)
 
 # cmd/ may not exist yet, or hold no main package: then there is nothing to build.
+# keyward, a client only, is then rebuilt without cgo: a static binary.
 build:
 	@mkdir -p bin
 	@if [ -d cmd ] && [ -n "$$($(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./cmd/... 2>/dev/null)" ]; then \
 		$(GO) build -ldflags "$(VERSION_LDFLAGS)" -o bin/ ./cmd/...; \
+		CGO_ENABLED=0 $(GO) build -ldflags "$(VERSION_LDFLAGS)" -o bin/ ./cmd/keyward; \
 	fi
 
 # The tpm package runs twice: on swtpm (default build) and, with the tpmsim
@@ -55,10 +57,11 @@ fmt:
 run: deps build
 	@scripts/run-dev.sh
 
-# The same round trip directly on a token, without the daemon.
+# The same round trip directly on a token, without the daemon (keywardd's
+# device command: keyward links no backend).
 demo: deps build
 	@$(MAKE) -s dev-token
-	./bin/keyward demo --dev-dir $(DEV_DIR)
+	./bin/keywardd demo --dev-dir $(DEV_DIR)
 
 # What the audit log costs: three keywardd (audit off, audit_sync write and
 # fsync) driven in turns; ROUNDS, DURATION, CONCURRENCY, BATCH, AUDIT_DIR.

@@ -375,8 +375,8 @@ func TestHelpSections(t *testing.T) {
 			"keyward completion bash|zsh|fish|powershell", "keyward status [--json]", "--socket PATH", "$KEYWARD_SOCKET", "--timeout DURATION", "Examples:"}},
 		{args: []string{"help", "mac"}, want: []string{"kw-mac:v<N>:<base64 MAC>", "--socket PATH", "Example:"}},
 		{args: []string{"help", "key", "destroy"}, want: []string{"--yes", "cannot be undone"}},
-		{args: []string{"token", "doctor", "--help"}, want: []string{"--pin-file FILE"}, not: []string{"--socket"}},
-		{args: []string{"demo", "-h"}, not: []string{"--timeout"}},
+		{args: []string{"policy", "explain", "--help"}, want: []string{"--config FILE"}, not: []string{"--socket PATH"}},
+		{args: []string{"audit", "verify", "-h"}, not: []string{"--timeout"}},
 		{args: []string{"completion", "bash", "--help"}, want: []string{"keyward completion bash >"}},
 	} {
 		r := keyward(t, nil, tc.args...)

@@ -65,6 +65,13 @@ Usage:
                                     with -tags tpmsim, else a swtpm child process
                                     (swtpm must be installed: make deps)
 
+Commands that open a device directly, without a daemon (keywardd help NAME;
+their exit statuses are keyward's):
+  keywardd doctor ...               check a token's or TPM state directory's objects
+  keywardd define-counter ...       define a TPM state directory's rollback counter
+  keywardd demo --dev-dir DIR       wrap, unwrap and rotate on a SoftHSM2 token
+  keywardd bench-baseline ...       the in-process half of keyward bench --baseline
+
 Flags:
 `
 
@@ -130,6 +137,9 @@ func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if isAdmin(args) {
+		return runAdmin(ctx, args, stdout, stderr)
+	}
 	fs, f := newFlags(stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
