@@ -106,7 +106,9 @@ func WithKey(name, keyType string) Option {
 }
 
 // WithAllowUID also allows uid every operation on every key (for a client
-// the test runs under another uid).
+// the test runs under another uid). The socket is 0660 in the test
+// process's group, in a directory anyone may pass through: run that client
+// with the test's gid (syscall.Credential{Uid: uid, Gid: uint32(os.Getgid())}).
 func WithAllowUID(uid uint32) Option {
 	return func(s *settings) { s.allowUIDs = append(s.allowUIDs, uid) }
 }
@@ -175,6 +177,13 @@ func start(dir string, opts []Option) (_ *Server, err error) {
 	// A socket path has at most 108 bytes, and t.TempDir() can be longer.
 	sockDir, err := os.MkdirTemp("", "kwt-")
 	if err != nil {
+		return nil, err
+	}
+	// Others may pass through to the socket (0660, the test's group): a
+	// client the test runs under another uid, allowed by WithAllowUID or
+	// WithRules, needs that group too.
+	if err := os.Chmod(sockDir, 0o711); err != nil {
+		os.RemoveAll(sockDir)
 		return nil, err
 	}
 	srv := &Server{Socket: filepath.Join(sockDir, "k.sock"), Dir: filepath.Join(dir, "dev"), sockDir: sockDir,
