@@ -19,12 +19,11 @@ import (
 // envModule names the PKCS#11 module when --module is not given.
 const envModule = "KEYWARD_PKCS11_MODULE"
 
-// childError is keywardd bench-baseline's failure: its message and its
-// exit status, which has keyward's meanings.
+// childError is keywardd bench-baseline's failure: its message (with its
+// hint, if any) and its exit status, which has keyward's meanings.
 type childError struct {
 	msg  string
 	code int
-	hint string
 }
 
 func (e *childError) Error() string { return e.msg }

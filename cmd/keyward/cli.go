@@ -119,24 +119,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = &usageError{cmd: cmdName(cmd), msg: err.Error()}
 	}
 	if !errors.Is(err, errInvalid) {
-		msg := oneLine(err.Error())
-		if h := hint(err); h != "" {
-			msg += " (hint: " + h + ")"
-		}
-		fmt.Fprintln(stderr, "keyward: "+msg)
+		fmt.Fprintln(stderr, "keyward: "+oneLine(err.Error()))
 	}
 	return exitCode(err)
-}
-
-// hint is the advice printed under an error: what to run about it. The
-// library errors keyward sees say what is wrong; the commands that fix a
-// device are keywardd's (keywardd doctor, define-counter).
-func hint(err error) string {
-	var ce *childError
-	if errors.As(err, &ce) {
-		return ce.hint
-	}
-	return ""
 }
 
 // cmdName is a command's path without "keyward": "key destroy".
