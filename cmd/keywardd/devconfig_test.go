@@ -63,6 +63,10 @@ operations = ["key.create", "wrap"]
 			t.Errorf("%s: %v, want PermissionDenied", what, err)
 		}
 	}
+	var out, errOut bytes.Buffer
+	if code := run(ctx, []string{"--check-config", "--dev", "--config", cfg}, &out, &errOut); code != exitOK || out.String() != cfg+": ok for --dev\n" {
+		t.Errorf("--check-config --dev --config: exit %d, %q %q", code, out.String(), errOut.String())
+	}
 	items := []*pb.WrapRequest{{Key: "app/k"}, {Key: "app/k"}, {Key: "app/k"}}
 	if _, err := c.BatchWrap(ctx, &pb.BatchWrapRequest{Items: items}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("batch of 3 over the file's max_batch 2: %v, want InvalidArgument", err)
@@ -103,6 +107,8 @@ func TestDevConfigRefused(t *testing.T) {
 			full + ":1: socket: is not used by keywardd --dev", full + ":3: backend: is not used by keywardd --dev", "rule, limits, log_level"}},
 		{"bad rule", []string{"--dev", "--config", badRule}, exitConfig, []string{"fly"}},
 		{"allow-uid without --dev", []string{"--dev-allow-uid", "1000"}, exitUsage, []string{"are for --dev"}},
+		{"check for --dev", []string{"--check-config", "--dev", "--config", full}, exitConfig, []string{full + ":3: backend: is not used by keywardd --dev"}},
+		{"check for --dev without a file", []string{"--check-config", "--dev"}, exitUsage, []string{"give --config"}},
 		{"allow-gid not a number", []string{"--dev", "--dev-allow-gid", "staff"}, exitUsage, []string{`"staff" is not a gid`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 
@@ -94,4 +95,19 @@ func checkDevConfig(c devmode.Callers) error {
 		return fmt.Errorf("%s: %w", c.File, err)
 	}
 	return nil
+}
+
+// checkDevConfigCmd is --check-config --dev --config FILE: FILE as --dev
+// would take it (only rule, limits and log_level; the policy compiled).
+func checkDevConfigCmd(c *devCallers, stdout, stderr io.Writer) int {
+	if c.File == "" {
+		fmt.Fprintln(stderr, "keywardd: --check-config --dev checks the --config FILE that --dev would take its policy from: give --config")
+		return exitUsage
+	}
+	if err := checkDevConfig(c.Callers); err != nil {
+		printLines(stderr, "keywardd: ", err.Error())
+		return exitConfig
+	}
+	fmt.Fprintf(stdout, "%s: ok for --dev\n", c.File)
+	return exitOK
 }

@@ -49,8 +49,9 @@ const usage = `keywardd: the keyward key daemon
 Usage:
   keywardd [--config FILE]          serve (default config %s)
   keywardd --version                print the version and exit
-  keywardd --check-config [--config FILE]
-                                    validate the config and its policy, then exit
+  keywardd --check-config [--dev] [--config FILE]
+                                    validate the config and its policy (with --dev: as
+                                    --dev --config takes it), then exit
   keywardd ... --ready-file FILE    write FILE (0600) once serving, remove it on exit
   keywardd --dev [--backend pkcs11|tpm] [--socket PATH] [--dev-dir DIR]
           [--config FILE] [--dev-allow-uid UID]... [--dev-allow-gid GID]...
@@ -158,6 +159,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *f.version {
 		fmt.Fprintln(stdout, version.Line("keywardd"))
 		return exitOK
+	}
+	if *f.check && *f.dev {
+		return checkDevConfigCmd(f.callers, stdout, stderr)
 	}
 	if *f.check {
 		if *f.readyFile != "" {
