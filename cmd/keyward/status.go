@@ -56,7 +56,7 @@ the socket, or another uid serving it, ends the wait at once. On timeout:
 exit 5, and the last reason on stderr. --timeout bounds each attempt.`,
 		Example: `  keyward status
   keyward status --json | jq .you
-  keywardd --dev --socket /tmp/kw.sock & keyward --socket /tmp/kw.sock status --wait=60s`,
+  keywardd --dev --socket /tmp/kw/kw.sock & keyward --socket /tmp/kw/kw.sock status --wait=60s`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if wait < 0 {
