@@ -160,14 +160,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, version.Line("keywardd"))
 		return exitOK
 	}
+	if *f.check && *f.readyFile != "" {
+		fmt.Fprintln(stderr, "keywardd: --ready-file is for a serving keywardd, not --check-config")
+		return exitUsage
+	}
 	if *f.check && *f.dev {
 		return checkDevConfigCmd(f.callers, stdout, stderr)
 	}
 	if *f.check {
-		if *f.readyFile != "" {
-			fmt.Fprintln(stderr, "keywardd: --ready-file is for a serving keywardd, not --check-config")
-			return exitUsage
-		}
 		return checkConfig(*f.configPath, stdout, stderr)
 	}
 	ctx, ready, err := newReadiness(ctx, *f.readyFile, stderr)
@@ -178,7 +178,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return ready.finish(start(ctx, f, ready, stdout, stderr))
 }
 
-// start runs the daemon (--check-config, --dev or the config file's).
+// start runs the daemon: --dev, or on the config file.
 func start(ctx context.Context, f flags, ready *readiness, stdout, stderr io.Writer) int {
 	if err := daemon.HardenProcess(); err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
