@@ -102,15 +102,17 @@ func Dial(device string) (Conn, error) {
 // CheckDevice checks a device string's form without opening it (for config
 // validation): nil, an error wrapping ErrConfig, or ErrNoSimulator for "sim"
 // in a build without the simulator.
+// Whether this build has the simulator is simDial's to say (devspec only
+// checks the form here).
 func CheckDevice(device string) error {
 	err := devspec.Check(device)
 	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, devspec.ErrNoSimulator):
+	case err != nil && !errors.Is(err, devspec.ErrNoSimulator):
+		return deviceError{err}
+	case (device == "sim" || strings.HasPrefix(device, "sim:")) && simDial == nil:
 		return ErrNoSimulator
 	}
-	return deviceError{err}
+	return nil
 }
 
 // deviceError is devspec's error, with the same text, that is also ErrConfig.
