@@ -23,8 +23,8 @@
 // calling Start may run in parallel. SoftHSM2 must be installed (Debian:
 // softhsm2); $KEYWARD_PKCS11_MODULE overrides where its module is looked
 // for. From Start to the answer of a first call takes about 25 ms (median
-// of 20 on a 2-core machine under load:
-// go test -bench StartToFirstCall -benchtime 20x ./keywardtest), so a
+// of 20 on a 2-core machine at load average 2.8; 65-80 ms at load average
+// 8: go test -bench StartToFirstCall -benchtime 20x ./keywardtest), so a
 // daemon per test is affordable. New is the same without a test.
 package keywardtest
 
