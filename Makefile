@@ -95,7 +95,8 @@ proto:
 		api/keyward/v1/keyward.proto
 
 # The Debian package, bin/keyward_$(DEB_VERSION)_$(DEB_ARCH).deb: both binaries
-# (stamped with $(VERSION), git's description of the commit they come from), the systemd units, sysusers.d, tmpfiles.d, the conffile
+# (stamped with $(VERSION), git's description of the commit they come from;
+# keyward static, without cgo), the systemd units, sysusers.d, tmpfiles.d, the conffile
 # /etc/keyward/keyward.toml, the README, the --help texts and the drop-in
 # examples (packaging/nfpm.yaml). nfpm is pinned and installed into bin/
 # (v2.48.0 does not build from the module proxy). Depends: libc6 at the
@@ -111,10 +112,11 @@ deb:
 		GOBIN=$(CURDIR)/bin $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION); \
 	fi
 	@rm -rf bin/deb && mkdir -p bin/deb/doc
-	$(GO) build -trimpath -ldflags "-s -w $(VERSION_LDFLAGS)" -o bin/deb/ ./cmd/keywardd ./cmd/keyward
+	$(GO) build -trimpath -ldflags "-s -w $(VERSION_LDFLAGS)" -o bin/deb/ ./cmd/keywardd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(VERSION_LDFLAGS)" -o bin/deb/ ./cmd/keyward
 	@bin/deb/keywardd --help > bin/deb/doc/keywardd.txt 2>&1
 	@bin/deb/keyward --help > bin/deb/doc/keyward.txt
-	@libc=$$(objdump -T bin/deb/keywardd bin/deb/keyward | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
+	@libc=$$(objdump -T bin/deb/keywardd | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
 	test -n "$$libc" || { echo "deb: no glibc symbol versions found" >&2; exit 1; }; \
 	DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) DEB_LIBC=$$libc $(NFPM) package --config packaging/nfpm.yaml --packager deb --target bin/
 
