@@ -164,6 +164,10 @@ func TestAdminUsageErrors(t *testing.T) {
 }
 
 func TestAdminHelp(t *testing.T) {
+	// "keywardd help" alone is --help (on stderr, as the flag package writes it).
+	if r := kwd(t, nil, "help"); r.code != 0 || !strings.Contains(r.stderr, "keywardd bench-baseline ...") {
+		t.Errorf("keywardd help: exit %d, %q", r.code, r.stderr)
+	}
 	tests := []struct {
 		name string
 		args []string

@@ -141,6 +141,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if isAdmin(args) {
 		return runAdmin(ctx, args, stdout, stderr)
 	}
+	if len(args) == 1 && args[0] == "help" { // as "keywardd help NAME" is
+		args = []string{"--help"}
+	}
 	fs, f := newFlags(stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
