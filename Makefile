@@ -23,6 +23,12 @@ DEB_PACKAGES += podman runc
 
 DEV_DIR := .dev/softhsm
 
+# The version both binaries report (--version, keyward status, the
+# keyward_build_info metric): git's description of the tree, stamped at link
+# time. Without git, the binaries fall back to what the Go toolchain recorded.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null)
+VERSION_LDFLAGS := $(if $(VERSION),-X github.com/keyward/keyward/internal/version.stamp=$(VERSION))
+
 .PHONY: all deps build test lint fmt run demo bench-audit bench-nethsm latency-module dev-token clean proto deb
 
 all: build
@@ -33,10 +39,12 @@ deps:
 	@command -v npm >/dev/null || scripts/ensure-packages.sh nodejs npm
 
 # cmd/ may not exist yet, or hold no main package: then there is nothing to build.
+# keyward, a client only, is then rebuilt without cgo: a static binary.
 build:
 	@mkdir -p bin
 	@if [ -d cmd ] && [ -n "$$($(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./cmd/... 2>/dev/null)" ]; then \
-		$(GO) build -o bin/ ./cmd/...; \
+		$(GO) build -ldflags "$(VERSION_LDFLAGS)" -o bin/ ./cmd/...; \
+		CGO_ENABLED=0 $(GO) build -ldflags "$(VERSION_LDFLAGS)" -o bin/ ./cmd/keyward; \
 	fi
 
 # The tpm package runs twice: on swtpm (default build) and, with the tpmsim
@@ -59,10 +67,11 @@ fmt:
 run: deps build
 	@scripts/run-dev.sh
 
-# The same round trip directly on a token, without the daemon.
+# The same round trip directly on a token, without the daemon (keywardd's
+# device command: keyward links no backend).
 demo: deps build
 	@$(MAKE) -s dev-token
-	./bin/keyward demo --dev-dir $(DEV_DIR)
+	./bin/keywardd demo --dev-dir $(DEV_DIR)
 
 # What the audit log costs: three keywardd (audit off, audit_sync write and
 # fsync) driven in turns; ROUNDS, DURATION, CONCURRENCY, BATCH, AUDIT_DIR.
@@ -112,7 +121,8 @@ proto:
 		api/keyward/v1/keyward.proto
 
 # The Debian package, bin/keyward_$(DEB_VERSION)_$(DEB_ARCH).deb: both binaries
-# (version stamped), the systemd units, sysusers.d, tmpfiles.d, the conffile
+# (stamped with $(VERSION), git's description of the commit they come from;
+# keyward static, without cgo), the systemd units, sysusers.d, tmpfiles.d, the conffile
 # /etc/keyward/keyward.toml, the README, the --help texts, the man pages
 # keyward(1) and keywardd(8) made from them, the SoftHSM2 provisioning script
 # and the drop-in examples (packaging/nfpm.yaml). nfpm is pinned and installed into bin/
@@ -129,13 +139,14 @@ deb:
 		GOBIN=$(CURDIR)/bin $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION); \
 	fi
 	@rm -rf bin/deb && mkdir -p bin/deb/doc
-	$(GO) build -trimpath -ldflags "-s -w -X github.com/keyward/keyward/daemon.Version=$(DEB_VERSION)" -o bin/deb/ ./cmd/keywardd ./cmd/keyward
+	$(GO) build -trimpath -ldflags "-s -w $(VERSION_LDFLAGS)" -o bin/deb/ ./cmd/keywardd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(VERSION_LDFLAGS)" -o bin/deb/ ./cmd/keyward
 	@bin/deb/keywardd --help > bin/deb/doc/keywardd.txt 2>&1
 	@bin/deb/keyward --help > bin/deb/doc/keyward.txt
 	@# Man pages from the same help texts (packaging/mangen).
 	@set -o pipefail; $(GO) run ./packaging/mangen -bin bin/deb/keyward -section 1 -version $(DEB_VERSION) -commands | gzip -9n > bin/deb/doc/keyward.1.gz
 	@set -o pipefail; $(GO) run ./packaging/mangen -bin bin/deb/keywardd -section 8 -version $(DEB_VERSION) | gzip -9n > bin/deb/doc/keywardd.8.gz
-	@libc=$$(objdump -T bin/deb/keywardd bin/deb/keyward | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
+	@libc=$$(objdump -T bin/deb/keywardd | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
 	test -n "$$libc" || { echo "deb: no glibc symbol versions found" >&2; exit 1; }; \
 	DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) DEB_LIBC=$$libc $(NFPM) package --config packaging/nfpm.yaml --packager deb --target bin/
 

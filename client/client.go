@@ -20,6 +20,19 @@
 // daemon attaches, and can be checked with errors.Is; Reason gives the
 // reason itself, and *Error the details.
 //
+// Connection model: Dial opens one connection (gRPC over HTTP/2 on the
+// Unix socket) and returns once it is up; every call of the Client shares
+// it, concurrently. Dial with an empty path uses $KEYWARD_SOCKET, else
+// DefaultSocket. When the daemon goes away (a restart, a stop), the Client
+// reconnects on its own, in the background, from 50 ms between attempts up
+// to 2 s; a call made while there is no connection fails at once with
+// ErrUnavailable and a message that says why (the socket is missing,
+// nothing listens on it, the connection was lost), never gRPC's transport
+// text, and the dial error (syscall.ECONNREFUSED, fs.ErrNotExist) is
+// wrapped too. The first call after the daemon is back reconnects, and the
+// trust check (below) runs again on the new connection. A Client does not
+// need to be made again after a restart.
+//
 // Retries: calls that create nothing in the device (wrap, unwrap, rewrap,
 // datakey, sign, verify, mac, verify-mac, public key, the batch forms, list,
 // describe, status) are retried when the daemon answers UNAVAILABLE; key
@@ -38,7 +51,7 @@ import (
 	"io/fs"
 	"math"
 	"net"
-	"sync"
+	"os"
 	"syscall"
 	"time"
 
@@ -54,6 +67,9 @@ import (
 // DefaultSocket is where keywardd listens unless configured otherwise.
 const DefaultSocket = "/run/keyward/keyward.sock"
 
+// EnvSocket names the environment variable Dial reads when given no path.
+const EnvSocket = "KEYWARD_SOCKET"
+
 // maxMessage bounds a reply: a batch of 1000 items of 64 KiB each, with
 // room for the blobs' headers and tags.
 const maxMessage = 1000*(64<<10+2048) + 1<<20
@@ -65,6 +81,7 @@ type Client struct {
 	tries int
 	wait  time.Duration
 	trust *trust
+	dials *lastDial
 }
 
 // Option configures Dial.
@@ -89,7 +106,8 @@ func WithRetry(n int, backoff time.Duration) Option {
 }
 
 // Dial connects to the daemon's socket and returns once the connection is
-// up, so that a missing daemon shows at once: it fails with ErrUnavailable
+// up, so that a missing daemon shows at once. An empty socketPath means
+// $KEYWARD_SOCKET when set, else DefaultSocket. Dial it fails with ErrUnavailable
 // when the socket does not exist or nothing listens on it, and with
 // ErrPermissionDenied when this process may not open it, and with
 // ErrUntrustedDaemon when the process listening on it runs as a uid the
@@ -100,17 +118,19 @@ func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, erro
 	for _, opt := range opts {
 		opt(&o)
 	}
-	op := "dial " + socketPath
 	if socketPath == "" {
-		return nil, newError("dial", codes.InvalidArgument, 0, "no socket path")
+		socketPath = os.Getenv(EnvSocket)
 	}
+	if socketPath == "" {
+		socketPath = DefaultSocket
+	}
+	op := "dial " + socketPath
 
 	// The dialer ignores the target: it always dials socketPath, whatever
 	// characters it holds, and remembers why a connection attempt failed.
 	// It checks who listens before gRPC may write anything, on every
 	// connection, reconnects included.
-	var mu sync.Mutex
-	var dialErr error
+	dials := &lastDial{}
 	tr := &trust{path: socketPath, daemonUID: o.daemonUID}
 	dialer := func(ctx context.Context, _ string) (net.Conn, error) {
 		var d net.Dialer
@@ -121,9 +141,7 @@ func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, erro
 				c = nil
 			}
 		}
-		mu.Lock()
-		dialErr = err
-		mu.Unlock()
+		dials.set(err)
 		return c, err
 	}
 	conn, err := grpc.NewClient("passthrough:///localhost",
@@ -152,10 +170,7 @@ func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, erro
 			if err := tr.err(op); err != nil {
 				return nil, err
 			}
-			mu.Lock()
-			err := dialErr
-			mu.Unlock()
-			return nil, dialError(op, err)
+			return nil, dialError(op, dials.get())
 		}
 		if !conn.WaitForStateChange(ctx, s) {
 			conn.Close()
@@ -164,7 +179,7 @@ func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, erro
 			return nil, e
 		}
 	}
-	return &Client{conn: conn, api: keywardv1.NewKeywardClient(conn), tries: o.tries, wait: o.wait, trust: tr}, nil
+	return &Client{conn: conn, api: keywardv1.NewKeywardClient(conn), tries: o.tries, wait: o.wait, trust: tr, dials: dials}, nil
 }
 
 // dialError explains a failed connection: no socket, nobody listening, or
@@ -215,7 +230,7 @@ func call[Req, Resp any](ctx context.Context, c *Client, op string, idempotent b
 		if err := c.trust.err(op); err != nil {
 			return zero, err
 		}
-		err = fromStatus(op, err)
+		err = c.dials.explain(op, fromStatus(op, err))
 		var e *Error
 		if try >= tries || !errors.As(err, &e) || e.Code != codes.Unavailable || !sleep(ctx, wait) {
 			return zero, err

@@ -14,10 +14,10 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/keyward/keyward/audit"
-	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/internal/devspec"
+	"github.com/keyward/keyward/internal/rfc7512"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
-	"github.com/keyward/keyward/tpm"
 )
 
 // DefaultConfigPath is where keywardd reads its configuration.
@@ -460,14 +460,14 @@ func (b Backend) problems() []problem {
 }
 
 // uriProblem checks backend.uri as the pkcs11 backend will when it opens
-// (hsm.ParseURI), so that --check-config refuses what the daemon would. A
+// (hsm.ParseURI, on rfc7512), so that --check-config refuses what the daemon would. A
 // URI carrying a PIN is refused without being echoed.
 func uriProblem(uri string) (problem, bool) {
 	if strings.Contains(uri, "pin-value") {
 		return problem{"backend.uri", "carries pin-value: PINs come from a 0600 file (backend.pin_file) or a systemd credential, never from config text"}, true
 	}
-	if _, err := hsm.ParseURI(uri); err != nil {
-		return problem{"backend.uri", strings.TrimSuffix(err.Error(), ": "+hsm.ErrConfig.Error())}, true
+	if _, err := rfc7512.Parse(uri); err != nil {
+		return problem{"backend.uri", strings.TrimSuffix(err.Error(), ": "+rfc7512.ErrInvalid.Error())}, true
 	}
 	return problem{}, false
 }
@@ -517,12 +517,13 @@ func (l Limits) problems() []problem {
 }
 
 // checkTPM checks the tpm backend's values. The device's form is checked
-// here so that --check-config catches it; tpm.Dial checks it again.
+// here so that --check-config catches it; tpm.Dial checks it again
+// (both with devspec: config stays free of cgo and the backends).
 func checkTPM(b Backend) []problem {
 	var ps []problem
 	if b.Device == "" {
 		ps = append(ps, problem{"backend.device", `= "": want a path under /dev/ (/dev/tpmrm0), "swtpm:HOST:PORT" or "swtpm+unix:/PATH"`})
-	} else if err := tpm.CheckDevice(b.Device); err != nil {
+	} else if err := devspec.Check(b.Device); err != nil {
 		ps = append(ps, problem{"backend.device", fmt.Sprintf("= %q: %v", b.Device, err)})
 	}
 	if !filepath.IsAbs(b.StateDir) {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/keyward/keyward/internal/version"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/socket"
@@ -69,7 +70,11 @@ func NewMetrics(backend any) *Metrics {
 	m.kmsKeyID = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keyward_kms_key_id_changes_total", Help: "Times the Kubernetes KMS endpoint's health probe found a new key_id (the first included).",
 	})
-	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused, m.kmsKeyID,
+	buildInfo := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keyward_build_info", Help: "Always 1; the labels are keywardd's build version and the Go release it was built with.",
+		ConstLabels: prometheus.Labels{"version": Version, "goversion": version.Go()},
+	}, func() float64 { return 1 })
+	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused, m.kmsKeyID, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if r, ok := backend.(keys.MetricsReporter); ok {
 		reg.MustRegister(newReporterCollector(r))

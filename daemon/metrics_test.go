@@ -142,3 +142,27 @@ func TestReporterMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildInfoMetric: keyward_build_info is 1, labelled with the version
+// Status reports and the Go release.
+func TestBuildInfoMetric(t *testing.T) {
+	mfs, err := NewMetrics(nil).reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "keyward_build_info" {
+			continue
+		}
+		mt := mf.GetMetric()[0]
+		labels := map[string]string{}
+		for _, l := range mt.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if mt.GetGauge().GetValue() != 1 || labels["version"] != Version || labels["version"] == "" || !strings.HasPrefix(labels["goversion"], "go") {
+			t.Fatalf("keyward_build_info %v = %v, want version=%q goversion=go... = 1", labels, mt.GetGauge().GetValue(), Version)
+		}
+		return
+	}
+	t.Fatal("no keyward_build_info series")
+}

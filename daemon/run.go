@@ -21,14 +21,16 @@ import (
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/internal/version"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 	"github.com/keyward/keyward/socket"
 	"github.com/keyward/keyward/tpm"
 )
 
-// Version is the daemon's build version (set with -ldflags -X).
-var Version = "dev"
+// Version is the daemon's build version: the Makefile stamps it from git
+// (package internal/version says how, and what an unstamped build reports).
+var Version = version.String()
 
 // identityFrom returns the caller's kernel identity, read at accept time.
 func identityFrom(ctx context.Context) (policy.Identity, bool) {

@@ -121,11 +121,7 @@ func New(dir, socketPath, logLevel, backend string) (*Dev, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ops []string
-	for _, o := range append(append([]policy.Operation{}, policy.DataOperations...), policy.AdminOperations...) {
-		ops = append(ops, string(o))
-	}
-	cfg.Rules = []policy.Rule{{Name: "dev: the invoking user may do everything", UIDs: []uint32{uint32(os.Getuid())}, Keys: []string{"**"}, Operations: ops}}
+	cfg.Rules = []policy.Rule{{Name: "dev: the invoking user may do everything", UIDs: []uint32{uint32(os.Getuid())}, Keys: []string{"**"}, Operations: allOps()}}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -401,3 +401,51 @@ func TestExitCodes(t *testing.T) {
 		})
 	}
 }
+
+// keywarddCmdRE finds "keywardd SUBCOMMAND" at the start of a line or after
+// a tab (the Makefile's recipes).
+var keywarddCmdRE = regexp.MustCompile(`(?m)(?:^|\t|bin/)keywardd ([a-z][a-z-]+)(?:\s|$)`)
+
+// TestKeywarddCommandsExist: every "keywardd SUBCOMMAND" the CLI page's
+// synopsis and the Makefile run is a keywardd command (keywardd help NAME
+// succeeds and names it), and the page lists every one.
+func TestKeywarddCommandsExist(t *testing.T) {
+	var synopsis strings.Builder
+	fence := 0
+	for _, line := range strings.Split(readFile(t, "cli.md"), "\n") {
+		if strings.HasPrefix(line, "```") {
+			fence++
+			continue
+		}
+		if fence == 1 {
+			synopsis.WriteString(line + "\n")
+		}
+	}
+	seen := map[string]bool{}
+	for _, src := range []string{synopsis.String(), readFile(t, "../Makefile")} {
+		for _, m := range keywarddCmdRE.FindAllStringSubmatch(src, -1) {
+			seen[m[1]] = true
+		}
+	}
+	for _, want := range []string{"doctor", "define-counter", "demo", "bench-baseline"} {
+		if !seen[want] {
+			t.Errorf("docs/cli.md's synopsis does not list keywardd %s", want)
+		}
+	}
+	for name := range seen {
+		cmd := exec.Command(filepath.Join(binaries(t), "keywardd"), "help", name)
+		out, err := cmd.Output()
+		if err != nil || !strings.Contains(string(out), "keywardd "+name) {
+			t.Errorf("keywardd help %s: %v; the docs run a command keywardd does not have", name, err)
+		}
+	}
+}
+
+func readFile(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

@@ -159,7 +159,7 @@ func (s *sess) sameToken(u URI) error {
 	if err != nil {
 		return err
 	}
-	if !u.matchesToken(ti.Label, ti.ManufacturerID, ti.SerialNumber, ti.Model) || (u.SlotID != nil && *u.SlotID != s.st.slot) {
+	if !u.MatchesToken(ti.Label, ti.ManufacturerID, ti.SerialNumber, ti.Model) || (u.SlotID != nil && *u.SlotID != s.st.slot) {
 		return fmt.Errorf("the uri names another token than keyward's: %w", keys.ErrInvalidArgument)
 	}
 	return nil

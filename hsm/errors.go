@@ -34,8 +34,6 @@ var errConcurrent = errors.New("key record changed concurrently")
 // run whose error hid that it took effect); update returns the record.
 var errApplied = errors.New("change already published")
 
-var errPINValue = fmt.Errorf("uri carries pin-value: PINs come from a 0600 file or a systemd credential, never from config text: %w", ErrConfig)
-
 // errObjectMissing: no object matches a reference.
 var errObjectMissing = errors.New("token object not found")
 

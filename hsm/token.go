@@ -311,7 +311,7 @@ func (t *Token) findSlot(p *pkcs11.Ctx) (uint, error) {
 		if err != nil {
 			continue
 		}
-		if t.sel.matchesToken(ti.Label, ti.ManufacturerID, ti.SerialNumber, ti.Model) {
+		if t.sel.MatchesToken(ti.Label, ti.ManufacturerID, ti.SerialNumber, ti.Model) {
 			found = append(found, s)
 		}
 	}

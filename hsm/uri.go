@@ -1,105 +1,24 @@
 package hsm
 
-import (
-	"fmt"
-	"net/url"
-	"strconv"
-	"strings"
-)
+import "github.com/keyward/keyward/internal/rfc7512"
 
 // URI is the subset of an RFC 7512 PKCS#11 URI keyward uses: token
 // selection (token, manufacturer, serial, model, slot-id) and object
 // selection (object = label, id, type) for adoption.
-type URI struct {
-	Token, Manufacturer, Serial, Model string
-	SlotID                             *uint
-	Object                             string // CKA_LABEL
-	ID                                 []byte // CKA_ID
-	Type                               string // secret-key, private-key, public-key, data, cert
-}
+type URI = rfc7512.URI
 
 // ParseURI parses s strictly: an unknown path attribute, a duplicate
 // attribute, a pin-value query (PINs never live in config text) or bad
-// percent-encoding is an error.
+// percent-encoding is an error wrapping ErrConfig.
 func ParseURI(s string) (URI, error) {
-	var u URI
-	if strings.Contains(s, "pin-value") { // first, and never echoed: the text may hold a PIN
-		return u, errPINValue
-	}
-	rest, ok := strings.CutPrefix(s, "pkcs11:")
-	if !ok {
-		return u, fmt.Errorf("uri: must start with \"pkcs11:\": %w", ErrConfig)
-	}
-	path, query, _ := strings.Cut(rest, "?")
-	seen := map[string]bool{}
-	if path != "" {
-		for _, attr := range strings.Split(path, ";") {
-			k, v, ok := strings.Cut(attr, "=")
-			if !ok || k == "" {
-				return u, fmt.Errorf("uri attribute %q: want name=value: %w", attr, ErrConfig)
-			}
-			if seen[k] {
-				return u, fmt.Errorf("uri attribute %q given twice: %w", k, ErrConfig)
-			}
-			seen[k] = true
-			val, err := url.PathUnescape(v)
-			if err != nil {
-				return u, fmt.Errorf("uri attribute %q: %v: %w", k, err, ErrConfig)
-			}
-			switch k {
-			case "token":
-				u.Token = val
-			case "manufacturer":
-				u.Manufacturer = val
-			case "serial":
-				u.Serial = val
-			case "model":
-				u.Model = val
-			case "object":
-				u.Object = val
-			case "id":
-				u.ID = []byte(val)
-			case "type":
-				switch val {
-				case "secret-key", "private-key", "public-key", "data", "cert":
-				default:
-					return u, fmt.Errorf("uri type %q: %w", val, ErrConfig)
-				}
-				u.Type = val
-			case "slot-id":
-				n, err := strconv.ParseUint(val, 10, 32)
-				if err != nil {
-					return u, fmt.Errorf("uri slot-id %q: %w", val, ErrConfig)
-				}
-				id := uint(n)
-				u.SlotID = &id
-			case "library-manufacturer", "library-description", "library-version", "slot-manufacturer", "slot-description":
-				// Accepted and ignored: they select the module, which the config names directly.
-			default:
-				return u, fmt.Errorf("uri attribute %q is not supported: %w", k, ErrConfig)
-			}
-		}
-	}
-	if query != "" {
-		for _, attr := range strings.Split(query, "&") {
-			k, _, _ := strings.Cut(attr, "=")
-			switch k {
-			case "pin-value":
-				return u, errPINValue
-			case "pin-source", "module-name", "module-path":
-				// Ignored: the PIN file and module are configured separately.
-			default:
-				return u, fmt.Errorf("uri query attribute %q is not supported: %w", k, ErrConfig)
-			}
-		}
+	u, err := rfc7512.Parse(s)
+	if err != nil {
+		return u, uriError{err}
 	}
 	return u, nil
 }
 
-// matchesToken reports whether a token's identity fits the URI's token attributes.
-func (u URI) matchesToken(label, manufacturer, serial, model string) bool {
-	return (u.Token == "" || u.Token == label) &&
-		(u.Manufacturer == "" || u.Manufacturer == manufacturer) &&
-		(u.Serial == "" || u.Serial == serial) &&
-		(u.Model == "" || u.Model == model)
-}
+// uriError is a URI's error, with the same text, that is also ErrConfig.
+type uriError struct{ error }
+
+func (e uriError) Unwrap() []error { return []error{e.error, ErrConfig} }

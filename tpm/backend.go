@@ -55,15 +55,15 @@ type Config struct {
 	// hierarchy, created at every start.
 	ParentHandle uint32
 	// ReadOnly opens without the state directory's lock and refuses every
-	// change (keyward token doctor next to a running daemon). A state
+	// change (keywardd doctor next to a running daemon). A state
 	// directory that fails the rollback check still opens read-only: the
 	// failure is in Doctor's report.
 	ReadOnly bool
 	// OwnerAuth, when set, is the owner hierarchy's authorisation, used only
-	// to define the rollback counter (keyward token define-counter).
+	// to define the rollback counter (keywardd define-counter).
 	OwnerAuth []byte
 	// TrustCurrentState lets the first start with a counter take records
-	// that a removed counter stamped (keyward token define-counter
+	// that a removed counter stamped (keywardd define-counter
 	// --trust-current-state: an operator's decision).
 	TrustCurrentState bool
 	// NoRollbackCounter runs without the NV counter (see rollback.go): an

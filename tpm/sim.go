@@ -10,9 +10,14 @@ import (
 	"time"
 
 	"github.com/google/go-tpm-tools/simulator"
+
+	"github.com/keyward/keyward/internal/devspec"
 )
 
-func init() { simDial = dialSim }
+func init() {
+	simDial = dialSim
+	devspec.SetSimulator()
+}
 
 // go-tpm-tools runs one simulator per process, and its Get blocks until the
 // holder closes it. simOpen makes a second Dial("sim") from this package fail

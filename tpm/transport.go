@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"net"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +15,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
+
+	"github.com/keyward/keyward/internal/devspec"
 )
 
 // Conn is one connection to a TPM. Send takes one complete TPM command and
@@ -53,8 +54,7 @@ const (
 	rcRetry   = 0x922
 )
 
-const acceptedDevices = `"" or a path under /dev/ (default /dev/tpmrm0), ` +
-	`"swtpm:HOST:PORT", "swtpm+unix:/PATH", "sim" or "sim:SEED" (tpmsim builds only)`
+const acceptedDevices = devspec.Accepted
 
 // simDial opens the in-process simulator. It is set by sim.go in builds
 // tagged tpmsim and nil otherwise.
@@ -102,54 +102,25 @@ func Dial(device string) (Conn, error) {
 // CheckDevice checks a device string's form without opening it (for config
 // validation): nil, an error wrapping ErrConfig, or ErrNoSimulator for "sim"
 // in a build without the simulator.
+// Whether this build has the simulator is simDial's to say (devspec only
+// checks the form here).
 func CheckDevice(device string) error {
+	err := devspec.Check(device)
 	switch {
-	case device == "" || strings.HasPrefix(device, "/dev/"):
-		if device == "/dev/" {
-			return badDevice(device, "want a device path")
-		}
-		return nil
-	case strings.HasPrefix(device, "swtpm:"):
-		host, port, err := net.SplitHostPort(strings.TrimPrefix(device, "swtpm:"))
-		if err != nil || host == "" {
-			return badDevice(device, "want swtpm:HOST:PORT")
-		}
-		if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-			return badDevice(device, "PORT must be 1-65535")
-		}
-		return nil
-	case strings.HasPrefix(device, "swtpm+unix:"):
-		if !filepath.IsAbs(strings.TrimPrefix(device, "swtpm+unix:")) {
-			return badDevice(device, "want swtpm+unix: and an absolute socket path")
-		}
-		return nil
-	case device == "sim" || strings.HasPrefix(device, "sim:"):
-		if s, ok := strings.CutPrefix(device, "sim:"); ok {
-			if _, err := strconv.ParseUint(s, 10, 64); err != nil {
-				return badDevice(device, "SEED must be a decimal uint64")
-			}
-		}
-		if simDial == nil {
-			return ErrNoSimulator
-		}
-		return nil
+	case err != nil && !errors.Is(err, devspec.ErrNoSimulator):
+		return deviceError{err}
+	case (device == "sim" || strings.HasPrefix(device, "sim:")) && simDial == nil:
+		return ErrNoSimulator
 	}
-	return badDevice(device, "unknown form")
+	return nil
 }
 
-// redactDevice hides a simulator's seed (it determines the simulator's
-// keys) in logs and reports.
-func redactDevice(device string) string {
-	if strings.HasPrefix(device, "sim:") {
-		return "sim:(seed)"
-	}
-	return device
-}
+// deviceError is devspec's error, with the same text, that is also ErrConfig.
+type deviceError struct{ error }
 
-func badDevice(device, why string) error {
-	device = redactDevice(device)
-	return fmt.Errorf("%w: tpm device %q: %s; accepted: %s", ErrConfig, device, why, acceptedDevices)
-}
+func (e deviceError) Unwrap() []error { return []error{e.error, ErrConfig} }
+
+func redactDevice(device string) string { return devspec.Redact(device) }
 
 // retryConn is the wrapper every transport sits behind: it checks the
 // framing of commands and responses, serialises Sends, and resends commands

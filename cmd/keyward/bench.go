@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -21,7 +20,7 @@ import (
 
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/client"
-	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/internal/benchrun"
 	"github.com/keyward/keyward/keys"
 )
 
@@ -48,9 +47,11 @@ through the daemon when missing: that needs the key.create permission.
 
 --baseline runs the same op at the same concurrency (and, with --batch, the
 same number of items one after the other per "call") directly on the
-daemon's PKCS#11 token in this process, with no socket, right after each
-socket row, and prints the ratio socket/baseline of the rates. It opens the
-token as keywardd does (--module, default $KEYWARD_PKCS11_MODULE; --token;
+daemon's PKCS#11 token, with no socket, right after each socket row, and
+prints the ratio socket/baseline of the rates. keyward links no PKCS#11
+module: it runs "keywardd bench-baseline" for that (--keywardd, default the
+keywardd beside keyward, else in $PATH), which opens the token as keywardd
+does (--module, default $KEYWARD_PKCS11_MODULE; --token;
 --pin-file, default $CREDENTIALS_DIRECTORY/pin), so it must run where the
 token and the PIN are readable; SoftHSM2 reads its configuration from
 $SOFTHSM2_CONF. It uses the same key names.
@@ -83,6 +84,7 @@ type benchOptions struct {
 	module   string
 	token    string
 	pinFile  string
+	keywardd string
 }
 
 // benchOps are the operations bench knows, in help order, with the key type
@@ -137,6 +139,7 @@ func (a *app) benchCmd() *cobra.Command {
 	f.StringVar(&o.module, "module", os.Getenv(envModule), "with --baseline: PKCS#11 module `PATH` (default $"+envModule+")")
 	f.StringVar(&o.token, "token", "", "with --baseline: the daemon's token `LABEL`")
 	f.StringVar(&o.pinFile, "pin-file", "", "with --baseline: user PIN, in a `FILE` of mode 0600 or 0400 (default $CREDENTIALS_DIRECTORY/pin)")
+	f.StringVar(&o.keywardd, "keywardd", "", "with --baseline: the keywardd `PATH` that measures in-process (default: beside keyward, else in $PATH)")
 	return c
 }
 
@@ -190,7 +193,7 @@ func (o *benchOptions) check(c *cobra.Command) error {
 		}
 	}
 	if !o.baseline {
-		for _, fl := range []string{"module", "token", "pin-file"} {
+		for _, fl := range []string{"module", "token", "pin-file", "keywardd"} {
 			if c.Flags().Changed(fl) {
 				return usagef(cmd, "--%s needs --baseline", fl)
 			}
@@ -210,22 +213,7 @@ func (o *benchOptions) check(c *cobra.Command) error {
 }
 
 // benchStats is one measured run: over the socket, or in-process.
-type benchStats struct {
-	Seconds    float64 `json:"seconds"`
-	Calls      int64   `json:"calls"`  // successful calls
-	Ops        int64   `json:"ops"`    // successful operations (items with --batch)
-	Errors     int64   `json:"errors"` // failed operations (a failed call counts all its items)
-	OpsPerS    float64 `json:"ops_per_s"`
-	CallsPerS  float64 `json:"calls_per_s"`
-	P50US      float64 `json:"p50_us"` // per call
-	P99US      float64 `json:"p99_us"`
-	P999US     float64 `json:"p999_us"`
-	ItemP50US  float64 `json:"item_p50_us"` // per item: per call / batch (= per call for single calls)
-	ItemP99US  float64 `json:"item_p99_us"`
-	ItemP999US float64 `json:"item_p999_us"`
-
-	firstErr error
-}
+type benchStats = benchrun.Stats
 
 // benchResult is one row: an (op, concurrency, batch) measured over the
 // socket and, with --baseline, in-process.
@@ -244,8 +232,7 @@ type benchResult struct {
 }
 
 // benchTarget makes one call (of batch items, or a single op) for worker w.
-// It returns how many items failed and an error describing the first.
-type benchTarget func(ctx context.Context, w int) (failed int, err error)
+type benchTarget = benchrun.Target
 
 // prepared is what an op needs beyond its key: a blob to unwrap, a
 // signature to verify.
@@ -293,10 +280,10 @@ type benchRun struct {
 	grace    time.Duration // each set-up step (dial, open, prepare, the first call) gets this
 	progress func(string)
 	conns    []*client.Client
-	tok      *hsm.Token
+	base     *baseline // nil without --baseline
 }
 
-// open dials the connections and opens the baseline's token.
+// open dials the connections and finds keywardd for the baseline.
 func (r *benchRun) open(ctx context.Context, a *app) error {
 	dialCtx, cancel := context.WithTimeout(ctx, r.grace)
 	defer cancel()
@@ -309,19 +296,16 @@ func (r *benchRun) open(ctx context.Context, a *app) error {
 		r.conns = append(r.conns, kc)
 	}
 	if r.o.baseline {
-		tok, err := hsm.Open(dialCtx, hsm.Config{Module: r.o.module, TokenLabel: r.o.token, PINFile: r.o.pinFile})
+		bin, err := findKeywardd(r.o.keywardd)
 		if err != nil {
-			return fmt.Errorf("bench: baseline: open token: %w", err)
+			return err
 		}
-		r.tok = tok
+		r.base = &baseline{bin: bin, o: r.o, grace: r.grace}
 	}
 	return nil
 }
 
 func (r *benchRun) close() {
-	if r.tok != nil {
-		r.tok.Close()
-	}
 	for _, kc := range r.conns {
 		kc.Close()
 	}
@@ -351,27 +335,25 @@ func (r *benchRun) run(ctx context.Context) ([]benchResult, error) {
 	return results, runErr
 }
 
-// prepare makes op's key and inputs and its targets over the socket and
-// in-process (nil without --baseline), and makes one call of each before
-// timing: a refusal (policy, a missing token) fails the command with its
-// own exit status at once.
-func (r *benchRun) prepare(ctx context.Context, op string) (sock, base benchTarget, key string, err error) {
+// prepare makes op's key and inputs and its target over the socket, and
+// makes one call before timing, and one in-process when there is a
+// baseline for op (base): a refusal (policy, a missing token, a wrong PIN)
+// fails the command with its own exit status at once.
+func (r *benchRun) prepare(ctx context.Context, op string) (sock benchTarget, base bool, key string, err error) {
 	setupCtx, cancel := context.WithTimeout(ctx, r.grace)
 	defer cancel()
 	p, err := benchPrepare(setupCtx, r.conns[0], op, r.o)
 	if err != nil {
-		return nil, nil, "", err
+		return nil, false, "", err
 	}
 	sock = socketTarget(r.conns, op, r.o.batch, p)
-	if r.tok != nil {
-		base = baselineTarget(r.tok, op, r.o.batch, p)
-	}
 	if _, err := sock(setupCtx, 0); err != nil {
-		return nil, nil, "", err
+		return nil, false, "", err
 	}
-	if base != nil {
-		if _, err := base(setupCtx, 0); err != nil {
-			return nil, nil, "", fmt.Errorf("bench: baseline: %w", err)
+	base = r.base != nil && op != "status" // nothing in-process to compare status with
+	if base {
+		if _, err := r.base.run(setupCtx, op, p.key, 0); err != nil {
+			return nil, false, "", err
 		}
 	}
 	return sock, base, p.key, nil
@@ -379,13 +361,23 @@ func (r *benchRun) prepare(ctx context.Context, op string) (sock, base benchTarg
 
 // level measures op at concurrency n over the socket and, with a baseline,
 // in-process. The error describes the first failed operation, if any.
-func (r *benchRun) level(ctx context.Context, op string, n int, key string, sock, base benchTarget) (benchResult, error) {
+func (r *benchRun) level(ctx context.Context, op string, n int, key string, sock benchTarget, base bool) (benchResult, error) {
 	o := r.o
 	res := benchResult{Op: op, Concurrency: n, Batch: o.batch, Connections: o.connections, Payload: o.payload, Key: key}
-	res.benchStats = runLevel(ctx, n, o.duration, r.grace, max(o.batch, 1), sock, r.progress, fmt.Sprintf("%s c=%d", op, n))
-	if ctx.Err() == nil && base != nil {
-		s := runLevel(ctx, n, o.duration, r.grace, max(o.batch, 1), base, r.progress, fmt.Sprintf("%s c=%d baseline", op, n))
-		res.Baseline = &s
+	res.benchStats = benchrun.RunLevel(ctx, n, o.duration, r.grace, max(o.batch, 1), sock, r.progress, fmt.Sprintf("%s c=%d", op, n))
+	if ctx.Err() == nil && base {
+		if r.progress != nil {
+			r.progress(fmt.Sprintf("bench %s c=%d baseline (keywardd bench-baseline): %v", op, n, o.duration))
+		}
+		s, err := r.base.run(ctx, op, key, n)
+		if r.progress != nil {
+			r.progress("")
+		}
+		if err != nil {
+			res.Interrupted = ctx.Err() != nil
+			return res, err
+		}
+		res.Baseline = s
 		if s.OpsPerS > 0 {
 			ratio := res.OpsPerS / s.OpsPerS
 			res.Ratio = &ratio
@@ -393,12 +385,12 @@ func (r *benchRun) level(ctx context.Context, op string, n int, key string, sock
 	}
 	res.Interrupted = ctx.Err() != nil
 	switch {
-	case res.firstErr != nil:
-		res.FirstError = oneLine(res.firstErr.Error())
-		return res, fmt.Errorf("bench: %s at concurrency %d: %d operations failed; the first: %w", op, n, res.Errors, res.firstErr)
-	case res.Baseline != nil && res.Baseline.firstErr != nil:
-		res.FirstError = "baseline: " + oneLine(res.Baseline.firstErr.Error())
-		return res, fmt.Errorf("bench: baseline %s at concurrency %d: %d operations failed; the first: %w", op, n, res.Baseline.Errors, res.Baseline.firstErr)
+	case res.FirstErr != nil:
+		res.FirstError = oneLine(res.FirstErr.Error())
+		return res, fmt.Errorf("bench: %s at concurrency %d: %d operations failed; the first: %w", op, n, res.Errors, res.FirstErr)
+	case res.Baseline != nil && res.Baseline.FirstErr != nil:
+		res.FirstError = "baseline: " + oneLine(res.Baseline.FirstErr.Error())
+		return res, fmt.Errorf("bench: baseline %s at concurrency %d: %d operations failed; the first: %w", op, n, res.Baseline.Errors, res.Baseline.FirstErr)
 	}
 	return res, nil
 }
@@ -581,193 +573,6 @@ func countErrs(errs []error) (int, error) {
 		return 0, nil
 	}
 	return len(errs), errs[0]
-}
-
-// baselineTarget makes the same operations directly on the token, as the
-// daemon's service does (datakey: random bytes, then wrap); a "batch" is
-// that many operations one after the other, as the daemon runs a batch.
-func baselineTarget(tok *hsm.Token, op string, batch int, p prepared) benchTarget {
-	var one func(ctx context.Context) error
-	switch op {
-	case "status":
-		return nil // nothing in-process to compare with
-	case "wrap":
-		one = func(ctx context.Context) error {
-			_, err := tok.Wrap(ctx, p.key, p.payload, benchContext)
-			return err
-		}
-	case "unwrap":
-		one = func(ctx context.Context) error {
-			_, err := tok.Unwrap(ctx, p.blob, benchContext)
-			return err
-		}
-	case "sign":
-		one = func(ctx context.Context) error {
-			_, err := tok.Sign(ctx, p.key, p.payload)
-			return err
-		}
-	case "verify":
-		one = func(ctx context.Context) error {
-			return tok.Verify(ctx, p.key, p.version, p.payload, p.sig)
-		}
-	case "mac":
-		one = func(ctx context.Context) error {
-			_, err := tok.MAC(ctx, p.key, p.payload)
-			return err
-		}
-	case "datakey":
-		one = func(ctx context.Context) error {
-			dk, err := tok.Random(ctx, len(p.payload))
-			if err != nil {
-				return err
-			}
-			_, err = tok.Wrap(ctx, p.key, dk, benchContext)
-			return err
-		}
-	}
-	n := max(batch, 1)
-	return func(ctx context.Context, _ int) (int, error) {
-		failed := 0
-		var first error
-		for range n {
-			if err := one(ctx); err != nil {
-				if first == nil {
-					first = err
-				}
-				failed++
-			}
-		}
-		return failed, first
-	}
-}
-
-// runLevel runs conc workers against target for d (calls in flight get up
-// to grace more), or until ctx ends. items is the number of operations per
-// call.
-func runLevel(ctx context.Context, conc int, d, grace time.Duration, items int, target benchTarget, progress func(string), label string) benchStats {
-	start := time.Now()
-	end := start.Add(d)
-	callCtx, cancel := context.WithDeadline(ctx, end.Add(grace))
-	defer cancel()
-
-	var done atomic.Int64
-	stopProgress := showProgress(progress, start, d, label, &done)
-	ws := make([]benchWorker, conc)
-	var wg sync.WaitGroup
-	for i := range ws {
-		wg.Go(func() { ws[i].run(ctx, callCtx, i, end, items, target, &done) })
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	stopProgress()
-	return benchSummary(ws, done.Load(), elapsed, items)
-}
-
-// showProgress reports the level's progress every 200 ms until the
-// returned function is called (nothing when progress is nil).
-func showProgress(progress func(string), start time.Time, d time.Duration, label string, done *atomic.Int64) (stop func()) {
-	if progress == nil {
-		return func() {}
-	}
-	stopProgress := make(chan struct{})
-	var progressDone sync.WaitGroup
-	progressDone.Go(func() {
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopProgress:
-				progress("")
-				return
-			case now := <-t.C:
-				el := min(now.Sub(start), d)
-				progress(fmt.Sprintf("bench %s: %.1fs/%v, %d ops", label, el.Seconds(), d, done.Load()))
-			}
-		}
-	})
-	return func() {
-		close(stopProgress)
-		progressDone.Wait()
-	}
-}
-
-// benchWorker is what one worker of a level measured.
-type benchWorker struct {
-	lat            []time.Duration
-	calls, failed  int64
-	firstErr       error
-	firstErrAtCall time.Time
-}
-
-// run calls target as worker i until end or ctx ends (calls get callCtx),
-// adding the operations that succeeded to done.
-func (w *benchWorker) run(ctx, callCtx context.Context, i int, end time.Time, items int, target benchTarget, done *atomic.Int64) {
-	w.lat = make([]time.Duration, 0, 1024)
-	for {
-		t0 := time.Now()
-		if !t0.Before(end) || ctx.Err() != nil {
-			return
-		}
-		failed, err := target(callCtx, i)
-		lat := time.Since(t0)
-		if ctx.Err() != nil {
-			return // interrupted: this call does not count
-		}
-		if err != nil {
-			w.failed += int64(failed)
-			if w.firstErr == nil {
-				w.firstErr, w.firstErrAtCall = err, t0
-			}
-			if failed >= items {
-				continue // the call failed: no latency, no ops
-			}
-		}
-		w.calls++
-		w.lat = append(w.lat, lat)
-		done.Add(int64(items - failed))
-	}
-}
-
-// benchSummary adds up the workers' measures: ops operations succeeded in
-// elapsed, items per call.
-func benchSummary(ws []benchWorker, ops int64, elapsed time.Duration, items int) benchStats {
-	var s benchStats
-	var all []time.Duration
-	var firstAt time.Time
-	for _, w := range ws {
-		s.Calls += w.calls
-		s.Errors += w.failed
-		all = append(all, w.lat...)
-		if w.firstErr != nil && (s.firstErr == nil || w.firstErrAtCall.Before(firstAt)) {
-			s.firstErr, firstAt = w.firstErr, w.firstErrAtCall
-		}
-	}
-	s.Ops = ops
-	s.Seconds = round(elapsed.Seconds(), 3)
-	if sec := elapsed.Seconds(); sec > 0 {
-		s.OpsPerS = round(float64(s.Ops)/sec, 1)
-		s.CallsPerS = round(float64(s.Calls)/sec, 1)
-	}
-	slices.Sort(all)
-	us := func(q float64) float64 { return round(float64(percentile(all, q))/1e3, 1) }
-	s.P50US, s.P99US, s.P999US = us(0.50), us(0.99), us(0.999)
-	per := float64(items)
-	s.ItemP50US, s.ItemP99US, s.ItemP999US = round(s.P50US/per, 2), round(s.P99US/per, 2), round(s.P999US/per, 2)
-	return s
-}
-
-// percentile is the nearest-rank q-quantile of sorted samples (0 for none).
-func percentile(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(q*float64(len(sorted)))) - 1
-	return sorted[min(max(i, 0), len(sorted)-1)]
-}
-
-func round(v float64, digits int) float64 {
-	p := math.Pow10(digits)
-	return math.Round(v*p) / p
 }
 
 // progressWriter returns a function that replaces the progress line on

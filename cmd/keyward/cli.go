@@ -16,17 +16,16 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/keyward/keyward/client"
-	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/internal/secretfile"
+	"github.com/keyward/keyward/internal/version"
 	"github.com/keyward/keyward/keys"
-	"github.com/keyward/keyward/tpm"
 )
 
 // Exit statuses. They are part of the command's interface: scripts and CI
 // branch on them, so they only ever gain meanings, never change them.
 const (
 	exitOK          = 0 // success; verify and verify-mac: valid; policy explain: allowed
-	exitFailed      = 1 // verification failed (invalid signature or MAC, decryption failed), policy explain: denied, weak objects, or any other error
+	exitFailed      = 1 // verification failed (invalid signature or MAC, decryption failed), policy explain: denied, or any other error
 	exitUsage       = 2 // bad command line, input over a limit, destroy without --yes, a config file keywardd would refuse
 	exitPermission  = 3 // the daemon's policy or the socket's mode refuses us; the token refused the PIN or the TPM the auth secret, or the PIN file may not be read
 	exitNotFound    = 4 // a key, version or file does not exist
@@ -36,18 +35,18 @@ const (
 const exitStatusText = `Exit status:
   0  ok; verify and verify-mac: valid; policy explain: allowed
   1  verify or verify-mac: invalid; policy explain: denied; decryption
-     failed; weak objects found; any other error
+     failed; any other error
   2  usage error: bad flags or arguments, input over a limit, key destroy
      without --yes, a request keywardd rejects as malformed, a config file
      keywardd would refuse (policy explain and report)
   3  permission denied: keywardd's policy refuses the operation, or this user
-     may not open its socket; the token refused the PIN or the TPM the auth
-     secret, or the PIN file cannot be read or is readable by group or others
-     (it must be 0600 or 0400)
+     may not open its socket; bench --baseline: the token refused the PIN, or
+     the PIN file cannot be read or is readable by group or others (it must
+     be 0600 or 0400)
   4  not found: a key or version, a file or a directory
   5  unavailable: keywardd is not running or not answering, its device is
-     unavailable, or a rate limit was hit (retry later); the PKCS#11 module
-     cannot be loaded, the token or the TPM is missing or not answering
+     unavailable, or a rate limit was hit (retry later); bench --baseline:
+     the PKCS#11 module cannot be loaded, the token is missing
 
 Errors are one line on stderr, "keyward: ...". Plaintexts, data keys and
 PINs never appear in an error.`
@@ -64,7 +63,7 @@ var localOnly = map[string]string{"local": "true"}
 
 // usageError is a bad command line: exit status 2.
 type usageError struct {
-	cmd string // "demo", "token doctor", or "" for the top level
+	cmd string // "key create", "policy explain", or "" for the top level
 	msg string
 }
 
@@ -83,9 +82,6 @@ func (e *usageError) Error() string {
 func usagef(cmd, format string, a ...any) error {
 	return &usageError{cmd: cmd, msg: fmt.Sprintf(format, a...)}
 }
-
-// errWeak: the token holds objects that are not protected as keyward requires.
-var errWeak = errors.New("weak objects found")
 
 // errInvalid: verify or verify-mac found the signature or MAC invalid. The
 // command has said so on stdout; nothing goes to stderr.
@@ -123,27 +119,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = &usageError{cmd: cmdName(cmd), msg: err.Error()}
 	}
 	if !errors.Is(err, errInvalid) {
-		msg := oneLine(err.Error())
-		if h := hint(err); h != "" {
-			msg += " (hint: " + h + ")"
-		}
-		fmt.Fprintln(stderr, "keyward: "+msg)
+		fmt.Fprintln(stderr, "keyward: "+oneLine(err.Error()))
 	}
 	return exitCode(err)
-}
-
-// hint is the advice printed under an error: what to run about it. The
-// libraries' errors say what is wrong and never which command fixes it.
-func hint(err error) string {
-	switch {
-	case errors.Is(err, tpm.ErrHistoryLost):
-		return "if you know why, accept the state directory as it is with `keyward token define-counter --trust-current-state` (keywardd stopped)"
-	case errors.Is(err, tpm.ErrOwnerAuth):
-		return "run `keyward token define-counter --owner-auth-file FILE` once, or set backend.rollback_counter = false"
-	case errors.Is(err, tpm.ErrNoSimulator):
-		return "the simulator is in builds made with -tags tpmsim"
-	}
-	return ""
 }
 
 // cmdName is a command's path without "keyward": "key destroy".
@@ -179,7 +157,7 @@ const rootExample = `  keyward key create payments/db-password --type aes-256-gc
   keyward status
   keyward policy explain --uid 1000 --op unwrap --key payments/db-password --context app=billing
   keyward completion bash > /etc/bash_completion.d/keyward
-  keyward demo --dev-dir .dev/softhsm     # no daemon needed: a SoftHSM2 token directly`
+  keywardd demo --dev-dir .dev/softhsm    # no daemon: a SoftHSM2 token directly (keywardd doctor, define-counter too)`
 
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
@@ -189,6 +167,7 @@ func (a *app) rootCmd() *cobra.Command {
 		Example:       rootExample,
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		Version:       version.String(),
 		// Args stays nil: cobra then reports an unknown command.
 		RunE: func(*cobra.Command, []string) error {
 			return usagef("", "no command given")
@@ -218,6 +197,9 @@ func (a *app) rootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{cmd: cmdName(c), msg: err.Error()}
 	})
+	root.SetVersionTemplate(version.Line("keyward") + "\n")
+	root.InitDefaultVersionFlag()
+	root.Flags().Lookup("version").Usage = "print the version and exit"
 	root.SetHelpFunc(a.help)
 	root.SetHelpCommand(a.helpCmd())
 	a.addCommands(root)
@@ -251,14 +233,7 @@ func (a *app) addCommands(root *cobra.Command) {
 	add("keys", a.credentialCmd())
 	add("daemon", a.statusCmd())
 	add("daemon", a.benchCmd())
-	add("local",
-		groupCmd("token", "check PKCS#11 tokens and TPM state directories, define a TPM's rollback counter (no daemon needed)",
-			"  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so --token keyward --pin-file /etc/keyward/pin\n"+
-				"  keyward token doctor --tpm-device /dev/tpmrm0 --state-dir /var/lib/keyward/tpm --pin-file /etc/keyward/pin",
-			a.doctorCmd(), a.defineCounterCmd()),
-		a.policyCmd(),
-		a.demoCmd())
-	add("local", a.auditCmd())
+	add("local", a.policyCmd(), a.auditCmd())
 	root.SetHelpCommandGroupID("other")
 	root.SetCompletionCommandGroupID("other")
 }
@@ -289,7 +264,7 @@ func walk(c *cobra.Command, fn func(*cobra.Command)) {
 	}
 }
 
-// groupCmd is a command that only holds subcommands ("key", "token"): run
+// groupCmd is a command that only holds subcommands ("key", "policy"): run
 // alone or with an unknown subcommand it is a usage error.
 func groupCmd(name, short, example string, subs ...*cobra.Command) *cobra.Command {
 	var names []string
@@ -308,9 +283,6 @@ func groupCmd(name, short, example string, subs ...*cobra.Command) *cobra.Comman
 			return usagef(name, "unknown subcommand %q (want %s)", args[0], strings.Join(names, ", "))
 		},
 	}
-	if name == "token" {
-		c.Annotations = localOnly
-	}
 	c.AddCommand(subs...)
 	return c
 }
@@ -320,7 +292,7 @@ func (a *app) helpCmd() *cobra.Command {
 		Use:                   "help [COMMAND]",
 		DisableFlagsInUseLine: true,
 		Short:                 `show this text, or a command's ("keyward help key destroy")`,
-		Example:               "  keyward help\n  keyward help token doctor",
+		Example:               "  keyward help\n  keyward help key destroy",
 		Args:                  cobra.ArbitraryArgs,
 		ValidArgsFunction: func(c *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
 			target, _, err := c.Root().Find(args)
@@ -336,9 +308,6 @@ func (a *app) helpCmd() *cobra.Command {
 			return out, cobra.ShellCompDirectiveNoFileComp
 		},
 		RunE: func(c *cobra.Command, args []string) error {
-			if len(args) == 1 && args[0] == "doctor" { // as before cobra
-				args = []string{"token", "doctor"}
-			}
 			target, rest, err := c.Root().Find(args)
 			if err != nil || len(rest) > 0 || target == nil {
 				return usagef("", "no help for %q", strings.Join(args, " "))
@@ -473,18 +442,20 @@ func exitCode(err error) int {
 		// The daemon refused the request as malformed: what the command
 		// line gave (a name, a type, a length, a context) is wrong.
 		return exitUsage
-	case errors.Is(err, hsm.ErrCredential), errors.Is(err, tpm.ErrCredential), errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, secretfile.ErrOwner), errors.Is(err, fs.ErrPermission):
+	case errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, secretfile.ErrOwner), errors.Is(err, fs.ErrPermission):
 		return exitPermission
-	case errors.Is(err, hsm.ErrTokenNotFound), errors.Is(err, hsm.ErrModule), errors.Is(err, tpm.ErrTransport), errors.Is(err, keys.ErrUnavailable):
+	case errors.Is(err, keys.ErrUnavailable):
 		return exitUnavailable
 	case errors.Is(err, keys.ErrKeyNotFound), errors.Is(err, fs.ErrNotExist):
 		return exitNotFound
-	case errors.Is(err, hsm.ErrConfig), errors.Is(err, tpm.ErrConfig), errors.Is(err, tpm.ErrNoSimulator),
-		errors.Is(err, secretfile.ErrNoSource), errors.Is(err, keys.ErrInvalidName):
-		// A setting the command line got wrong (two tokens match, no PIN
-		// source, a TPM device string or state directory keyward refuses,
-		// a key name outside the grammar).
+	case errors.Is(err, secretfile.ErrNoSource), errors.Is(err, keys.ErrInvalidName):
+		// A setting the command line got wrong (no PIN source, a key name
+		// outside the grammar).
 		return exitUsage
+	}
+	var ce *childError
+	if errors.As(err, &ce) {
+		return ce.code // keywardd bench-baseline's, with keyward's meanings
 	}
 	return exitFailed
 }

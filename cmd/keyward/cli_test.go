@@ -17,6 +17,7 @@ import (
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/client"
 	"github.com/keyward/keyward/envelope"
+	"github.com/keyward/keyward/internal/version"
 )
 
 func TestInputLimits(t *testing.T) {
@@ -292,7 +293,7 @@ func TestStatusText(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.You.UID != uint32(os.Getuid()) || st.You.GID != uint32(os.Getgid()) || len(st.You.Groups) != len(groups) ||
-		st.You.PID != int32(r.pid) || st.Keys != uint32(len(list.Keys)) || st.Version == "" ||
+		st.You.PID != int32(r.pid) || st.Keys != uint32(len(list.Keys)) || st.Version == "" || st.ClientVersion != version.String() ||
 		st.Audit != "ok" || st.AuditSync != "fsync" || st.AuditUnsynced != 0 {
 		t.Errorf("status --json %+v: want uid %d, gid %d, groups %v, pid %d, %d keys", st, os.Getuid(), os.Getgid(), groups, r.pid, len(list.Keys))
 	}
@@ -308,6 +309,7 @@ func TestStatusText(t *testing.T) {
 		"\naudit log: ok (audit_sync fsync)\n",
 		fmt.Sprintf("\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\n", os.Getuid(), os.Getgid(),
 			orText(strings.Join(groupText, ","), "-"), r.pid, orText(st.You.Unit, "-")),
+		"\nkeyward (this command) " + version.String() + "\n",
 	} {
 		if r.code != 0 || !strings.Contains(r.stdout, want) {
 			t.Errorf("status: exit %d, lacks %q:\n%s%s", r.code, want, r.stdout, r.stderr)
@@ -373,8 +375,8 @@ func TestHelpSections(t *testing.T) {
 			"keyward completion bash|zsh|fish|powershell", "keyward status [--json]", "--socket PATH", "$KEYWARD_SOCKET", "--timeout DURATION", "Examples:"}},
 		{args: []string{"help", "mac"}, want: []string{"kw-mac:v<N>:<base64 MAC>", "--socket PATH", "Example:"}},
 		{args: []string{"help", "key", "destroy"}, want: []string{"--yes", "cannot be undone"}},
-		{args: []string{"token", "doctor", "--help"}, want: []string{"--pin-file FILE"}, not: []string{"--socket"}},
-		{args: []string{"demo", "-h"}, not: []string{"--timeout"}},
+		{args: []string{"policy", "explain", "--help"}, want: []string{"--config FILE"}, not: []string{"--socket PATH"}},
+		{args: []string{"audit", "verify", "-h"}, not: []string{"--timeout"}},
 		{args: []string{"completion", "bash", "--help"}, want: []string{"keyward completion bash >"}},
 	} {
 		r := keyward(t, nil, tc.args...)

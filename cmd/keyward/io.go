@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -160,4 +162,17 @@ func (f *contextFlag) pairs(cmd string) (map[string]string, error) {
 		return nil, usagef(cmd, "--context: %v", err)
 	}
 	return f.c, nil
+}
+
+// formatContext renders a context as sorted k=v pairs (--context's value
+// in help and completion; never a daemon's reply).
+func formatContext(c keys.Context) string {
+	var b strings.Builder
+	for i, k := range slices.Sorted(maps.Keys(c)) {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%s=%s", k, c[k])
+	}
+	return b.String()
 }

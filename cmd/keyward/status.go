@@ -11,11 +11,13 @@ import (
 
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/client"
+	"github.com/keyward/keyward/internal/version"
 )
 
 // statusJSON is status --json's output.
 type statusJSON struct {
 	Version        string     `json:"version"`
+	ClientVersion  string     `json:"client_version"`
 	Backend        string     `json:"backend"`
 	BackendHealthy bool       `json:"backend_healthy"`
 	BackendError   string     `json:"backend_error,omitempty"`
@@ -37,43 +39,70 @@ type peerJSON struct {
 
 func (a *app) statusCmd() *cobra.Command {
 	var asJSON bool
+	var wait time.Duration
 	c := &cobra.Command{
-		Use:   "status [--json]",
+		Use:   "status [--json] [--wait[=TIMEOUT]]",
 		Short: "show the daemon's health and how it sees you",
-		Long: `Shows the daemon's version, backend and its health, the number of keys, and
-who the daemon thinks you are: the uid, gid, groups, pid and systemd unit
+		Long: `Shows the daemon's version (and this command's), backend and its health,
+the number of keys, and who the daemon thinks you are: the uid, gid, groups, pid and systemd unit
 the kernel reported for this process, which is what the policy decides on.
-Any caller may ask. Exit status 5 when the backend is unhealthy.`,
+Any caller may ask. Exit status 5 when the backend is unhealthy.
+
+With --wait, for scripts and CI that start keywardd: asks again every 100 ms
+until the daemon answers with a healthy backend (then prints the status
+and exits 0), for at most TIMEOUT (default 30s). A daemon not started yet,
+not listening yet or not healthy yet is waited for; this user being refused
+the socket, or another uid serving it, ends the wait at once. On timeout:
+exit 5, and the last reason on stderr. --timeout bounds each attempt.`,
 		Example: `  keyward status
-  keyward status --json | jq .you`,
+  keyward status --json | jq .you
+  keywardd --dev --socket /tmp/kw/kw.sock & keyward --socket /tmp/kw/kw.sock status --wait=60s`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if wait < 0 {
+				return usagef(cmdName(c), "--wait %v is negative", wait)
+			}
+			if wait > 0 {
+				st, err := a.waitHealthy(c.Context(), wait)
+				if err != nil {
+					return err
+				}
+				return a.showStatus(st, asJSON)
+			}
 			return a.withClient(c, func(ctx context.Context, kc *client.Client) error {
 				st, err := kc.Status(ctx)
 				if err != nil {
 					return err
 				}
-				out := toStatusJSON(st)
-				if asJSON {
-					err = writeJSON(a.stdout, out)
-				} else {
-					err = printStatus(a, out)
-				}
-				if err == nil && !out.BackendHealthy {
-					return fmt.Errorf("status: backend %s is unhealthy: %s: %w", out.Backend, orText(out.BackendError, "no reason given"), client.ErrUnavailable)
-				}
-				return err
+				return a.showStatus(st, asJSON)
 			})
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	c.Flags().DurationVar(&wait, "wait", 0, "wait up to `TIMEOUT` (default 30s when given without a value) for the daemon to answer healthy")
+	c.Flags().Lookup("wait").NoOptDefVal = defaultWait.String()
 	return c
+}
+
+// showStatus prints a status; an unhealthy backend is an error (exit 5).
+func (a *app) showStatus(st *keywardv1.StatusResponse, asJSON bool) error {
+	out := toStatusJSON(st)
+	var err error
+	if asJSON {
+		err = writeJSON(a.stdout, out)
+	} else {
+		err = printStatus(a, out)
+	}
+	if err == nil && !out.BackendHealthy {
+		return fmt.Errorf("status: backend %s is unhealthy: %s: %w", out.Backend, orText(out.BackendError, "no reason given"), client.ErrUnavailable)
+	}
+	return err
 }
 
 func toStatusJSON(st *keywardv1.StatusResponse) statusJSON {
 	you := st.GetYou()
 	out := statusJSON{
-		Version: st.GetVersion(), Backend: st.GetBackend(), BackendHealthy: st.GetBackendHealthy(),
+		Version: st.GetVersion(), ClientVersion: version.String(), Backend: st.GetBackend(), BackendHealthy: st.GetBackendHealthy(),
 		BackendError: st.GetBackendError(), Keys: st.GetKeys(), Audit: st.GetAudit(),
 		AuditSync: st.GetAuditSync(), AuditUnsynced: st.GetAuditUnsynced(),
 		You: peerJSON{UID: you.GetUid(), GID: you.GetGid(), Groups: you.GetGroups(), PID: you.GetPid(), Unit: you.GetUnit()},
@@ -101,9 +130,9 @@ func printStatus(a *app, s statusJSON) error {
 	for i, g := range s.You.Groups {
 		groups[i] = strconv.FormatUint(uint64(g), 10)
 	}
-	_, err := fmt.Fprintf(a.stdout, "keywardd %s at %s%s\nbackend %s: %s\nkeys: %d\naudit log: %s\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\n",
+	_, err := fmt.Fprintf(a.stdout, "keywardd %s at %s%s\nbackend %s: %s\nkeys: %d\naudit log: %s\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\nkeyward (this command) %s\n",
 		orText(s.Version, "(version unknown)"), a.socket, since, orText(s.Backend, "?"), health, s.Keys, auditText(s),
-		s.You.UID, s.You.GID, orText(strings.Join(groups, ","), "-"), s.You.PID, orText(s.You.Unit, "-"))
+		s.You.UID, s.You.GID, orText(strings.Join(groups, ","), "-"), s.You.PID, orText(s.You.Unit, "-"), s.ClientVersion)
 	return err
 }
 

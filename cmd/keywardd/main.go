@@ -18,6 +18,7 @@ import (
 	"github.com/keyward/keyward/devmode"
 	"github.com/keyward/keyward/hsm"
 	"github.com/keyward/keyward/internal/secretfile"
+	"github.com/keyward/keyward/internal/version"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/tpm"
 )
@@ -47,16 +48,30 @@ const usage = `keywardd: the keyward key daemon
 
 Usage:
   keywardd [--config FILE]          serve (default config %s)
-  keywardd --check-config [--config FILE]
-                                    validate the config and its policy, then exit
+  keywardd --version                print the version and exit
+  keywardd --check-config [--dev] [--config FILE]
+                                    validate the config and its policy (with --dev: as
+                                    --dev --config takes it), then exit
+  keywardd ... --ready-file FILE    write FILE (0600) once serving, remove it on exit
   keywardd --dev [--backend pkcs11|tpm] [--socket PATH] [--dev-dir DIR]
+          [--config FILE] [--dev-allow-uid UID]... [--dev-allow-gid GID]...
                                     development mode: a private device in a temporary
                                     directory (removed on exit) or in DIR (kept), the
-                                    invoking user allowed everything, socket
+                                    invoking user allowed everything (with --config:
+                                    the file's rules and limits instead; a key of it
+                                    other than rule, limits and log_level is refused),
+                                    each --dev-allow-uid/gid too, socket
                                     ./keyward-dev.sock. pkcs11 (default): a SoftHSM2
                                     token. tpm: the in-process TPM simulator in builds
                                     with -tags tpmsim, else a swtpm child process
                                     (swtpm must be installed: make deps)
+
+Commands that open a device directly, without a daemon (keywardd help NAME;
+their exit statuses are keyward's):
+  keywardd doctor ...               check a token's or TPM state directory's objects
+  keywardd define-counter ...       define a TPM state directory's rollback counter
+  keywardd demo --dev-dir DIR       wrap, unwrap and rotate on a SoftHSM2 token
+  keywardd bench-baseline ...       the in-process half of keyward bench --baseline
 
 Flags:
 `
@@ -93,7 +108,9 @@ func main() {
 // flags are keywardd's command line.
 type flags struct {
 	configPath, backend, sock, devDir, logLevel *string
-	check, dev                                  *bool
+	readyFile                                   *string
+	check, dev, version                         *bool
+	callers                                     *devCallers
 }
 
 func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
@@ -104,7 +121,10 @@ func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, usageTail)
 	}
+	callers := &devCallers{}
+	callers.register(fs)
 	return fs, flags{
+		callers:    callers,
 		configPath: fs.String("config", config.DefaultConfigPath, "configuration file (TOML)"),
 		check:      fs.Bool("check-config", false, "validate the configuration and its policy, then exit"),
 		dev:        fs.Bool("dev", false, "development mode on a private SoftHSM2 token or TPM"),
@@ -112,10 +132,18 @@ func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
 		sock:       fs.String("socket", "", "socket path (dev mode; default ./keyward-dev.sock)"),
 		devDir:     fs.String("dev-dir", "", "dev mode: keep the token or TPM in this directory (created, reused on the next start) instead of a temporary one"),
 		logLevel:   fs.String("log-level", "", "debug, info, warn or error (overrides the config)"),
+		version:    fs.Bool("version", false, "print the version and exit"),
+		readyFile:  fs.String("ready-file", "", "write this file (0600: socket, pid, version) once serving, remove it on exit; for scripts that wait for the daemon"),
 	}
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if isAdmin(args) {
+		return runAdmin(ctx, args, stdout, stderr)
+	}
+	if len(args) == 1 && args[0] == "help" { // as "keywardd help NAME" is
+		args = []string{"--help"}
+	}
 	fs, f := newFlags(stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -127,9 +155,34 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "keywardd: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
 	}
+	if err := f.callers.check(fs, *f.dev, *f.configPath); err != nil {
+		fmt.Fprintf(stderr, "keywardd: %v\n", err)
+		return exitUsage
+	}
+	if *f.version {
+		fmt.Fprintln(stdout, version.Line("keywardd"))
+		return exitOK
+	}
+	if *f.check && *f.readyFile != "" {
+		fmt.Fprintln(stderr, "keywardd: --ready-file is for a serving keywardd, not --check-config")
+		return exitUsage
+	}
+	if *f.check && *f.dev {
+		return checkDevConfigCmd(f.callers, stdout, stderr)
+	}
 	if *f.check {
 		return checkConfig(*f.configPath, stdout, stderr)
 	}
+	ctx, ready, err := newReadiness(ctx, *f.readyFile, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "keywardd: %v\n", err)
+		return exitUsage
+	}
+	return ready.finish(start(ctx, f, ready, stdout, stderr))
+}
+
+// start runs the daemon: --dev, or on the config file.
+func start(ctx context.Context, f flags, ready *readiness, stdout, stderr io.Writer) int {
 	if err := daemon.HardenProcess(); err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitFail
@@ -143,13 +196,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "keywardd: --backend %q: want pkcs11 or tpm\n", *f.backend)
 			return exitUsage
 		}
-		return runDev(ctx, *f.devDir, *f.sock, *f.logLevel, *f.backend, stdout, stderr)
+		return runDev(ctx, *f.devDir, *f.sock, *f.logLevel, *f.backend, f.callers.Callers, ready, stdout, stderr)
 	}
 	if *f.sock != "" || *f.devDir != "" || *f.backend != "" {
 		fmt.Fprintln(stderr, "keywardd: --socket, --dev-dir and --backend are for --dev; set socket and [backend] in the config file")
 		return exitUsage
 	}
-	return serve(ctx, *f.configPath, *f.logLevel, stderr)
+	return serve(ctx, *f.configPath, *f.logLevel, ready, stderr)
 }
 
 // checkConfig is --check-config: every problem of the file, then exit 3;
@@ -168,7 +221,7 @@ func checkConfig(path string, stdout, stderr io.Writer) int {
 }
 
 // serve runs keywardd on the config file until ctx ends.
-func serve(ctx context.Context, path, logLevel string, stderr io.Writer) int {
+func serve(ctx context.Context, path, logLevel string, ready *readiness, stderr io.Writer) int {
 	cfg, pol, err := config.CheckConfig(path)
 	if err != nil {
 		printLines(stderr, "keywardd: ", err.Error())
@@ -192,7 +245,7 @@ func serve(ctx context.Context, path, logLevel string, stderr io.Writer) int {
 		return openFailure(err)
 	}
 	defer be.Close()
-	opts := daemon.Options{ConfigPath: path, Logger: log, Notifier: notifier, Watchdog: watchdog}
+	opts := daemon.Options{ConfigPath: path, Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: ready.hook(nil)}
 	if err := daemon.Run(ctx, cfg, pol, be, opts); err != nil {
 		log.Error("daemon stopped", "err", err)
 		if errors.Is(err, config.ErrConfig) { // a setting only the running daemon can judge (kms_key, audit_checkpoint_key)
@@ -230,20 +283,26 @@ func openFailure(err error) int {
 	return exitFail
 }
 
-func runDev(ctx context.Context, dir, sock, logLevel, backend string, stdout, stderr io.Writer) int {
+func runDev(ctx context.Context, dir, sock, logLevel, backend string, callers devmode.Callers, ready *readiness, stdout, stderr io.Writer) int {
 	if sock == "" {
 		sock = "./keyward-dev.sock"
 	}
-	if logLevel == "" {
-		logLevel = "info"
+	if err := checkDevConfig(callers); err != nil { // before a device is made for nothing
+		printLines(stderr, "keywardd: ", err.Error())
+		return exitConfig
 	}
-	d, err := devmode.New(dir, sock, logLevel, backend)
+	d, err := devmode.New(dir, sock, orDefault(logLevel, "info"), backend)
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitFail
 	}
 	defer d.Close() // after be.Close: swtpm stops once the backend let go
-	log := daemon.NewLogger(logLevel)
+	if err := d.Allow(callers); err != nil {
+		printLines(stderr, "keywardd: ", err.Error())
+		return exitConfig
+	}
+	d.Config.LogLevel = orDefault(logLevel, d.Config.LogLevel) // --log-level, else the file's, else info
+	log := daemon.NewLogger(d.Config.LogLevel)
 	// As in production: READY=1 (and the watchdog) for a dev daemon run by a
 	// service manager or a harness that sets $NOTIFY_SOCKET.
 	notifier, watchdog, err := daemon.SystemdNotifier()
@@ -257,13 +316,13 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, stdout, st
 		return exitFail
 	}
 	defer be.Close()
-	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: func(path string) {
+	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: ready.hook(func(path string) {
 		kept := "removed on exit"
 		if dir != "" {
 			kept = "kept for the next start"
 		}
-		fmt.Fprintf(stdout, banner, path, d.What, d.Dir, kept, os.Getuid(), d.Device, path)
-	}})
+		fmt.Fprintf(stdout, banner, path, d.What, d.Dir, kept, devWho(callers), d.Device, path)
+	})})
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
 		return exitFail
@@ -272,7 +331,7 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, stdout, st
 }
 
 const banner = `keywardd: serving on %s
-keywardd: development mode: %s in %s (%s); uid %d may do everything
+keywardd: development mode: %s in %s (%s); %s
 keywardd: backend %s
 Try, in another shell:
   export KEYWARD_SOCKET=%s

@@ -20,13 +20,6 @@ import (
 	"github.com/keyward/keyward/tpm/swtpmtest"
 )
 
-// testAuth is the TPM auth secret of these tests. Fixed, not random: with
-// go-tpm v0.9.8 an auth value with a zero byte anywhere fails every HMAC
-// session (hmacKeyFromAuthValue cuts it at its first zero byte; go-tpm pull
-// request 446), and tpm derives the auth value from the secret, so about one
-// random secret in eight never works. This one's derived value has no zero byte.
-const testAuth = "keyward-test-tpm-auth-secret-01"
-
 func writeFile0600(t *testing.T, path, content string) string {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
@@ -82,10 +75,10 @@ func TestTokenDoctorTPM(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := snapshotDir(t, state)
-	args := []string{"token", "doctor", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth}
+	args := []string{"doctor", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth}
 
 	t.Run("table", func(t *testing.T) {
-		r := keyward(t, nil, args...)
+		r := kwd(t, nil, args...)
 		if r.code != 0 || r.stderr != "" {
 			t.Fatalf("exit %d, stderr %q\n%s", r.code, r.stderr, r.stdout)
 		}
@@ -126,7 +119,7 @@ func TestTokenDoctorTPM(t *testing.T) {
 		}
 	})
 	t.Run("json", func(t *testing.T) {
-		r := keyward(t, nil, append(args, "--json")...)
+		r := kwd(t, nil, append(args, "--json")...)
 		if r.code != 0 || r.stderr != "" {
 			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 		}
@@ -147,7 +140,7 @@ func TestTokenDoctorTPM(t *testing.T) {
 		}
 	})
 	t.Run("module in the environment does not count as --module", func(t *testing.T) {
-		r := keyward(t, map[string]string{envModule: "/usr/lib/softhsm/libsofthsm2.so"}, args...)
+		r := kwd(t, map[string]string{envModule: "/usr/lib/softhsm/libsofthsm2.so"}, args...)
 		if r.code != 0 {
 			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 		}
@@ -155,7 +148,7 @@ func TestTokenDoctorTPM(t *testing.T) {
 	t.Run("secret from the credentials directory", func(t *testing.T) {
 		creds := t.TempDir()
 		writeFile0600(t, filepath.Join(creds, "pin"), testAuth)
-		r := keyward(t, map[string]string{"CREDENTIALS_DIRECTORY": creds}, args[:len(args)-2]...)
+		r := kwd(t, map[string]string{"CREDENTIALS_DIRECTORY": creds}, args[:len(args)-2]...)
 		if r.code != 0 {
 			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 		}
@@ -190,18 +183,18 @@ func TestTokenDoctorTPM(t *testing.T) {
 		code     int
 		want     string
 	}{
-		{"wrong auth secret", sw.Device(), state, wrong, exitPermission, tpm.ErrCredential.Error()},
+		{"wrong auth secret", sw.Device(), state, wrong, adminPermission, tpm.ErrCredential.Error()},
 		{"auth secret too short", sw.Device(), state, short, exitUsage, "at least 16 needed"},
 		{"state directory not initialised", sw.Device(), empty, auth, exitUsage, "not initialised"},
 		{"no such state directory", sw.Device(), filepath.Join(dir, "absent"), auth, exitUsage, "not initialised"},
-		{"edited record", sw.Device(), edited, auth, exitFailed, "fails its MAC"},
-		{"another TPM", other.Device(), state, auth, exitFailed, "differs from the one pinned"},
-		{"no TPM there", "swtpm:127.0.0.1:1", state, auth, exitUnavailable, "connection refused"},
+		{"edited record", sw.Device(), edited, auth, adminFailed, "fails its MAC"},
+		{"another TPM", other.Device(), state, auth, adminFailed, "differs from the one pinned"},
+		{"no TPM there", "swtpm:127.0.0.1:1", state, auth, adminUnavailable, "connection refused"},
 		{"bad device", "tpm0", state, auth, exitUsage, `tpm device "tpm0"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := keyward(t, nil, "token", "doctor", "--tpm-device", tt.device, "--state-dir", tt.stateDir, "--pin-file", tt.pinFile)
+			r := kwd(t, nil, "doctor", "--tpm-device", tt.device, "--state-dir", tt.stateDir, "--pin-file", tt.pinFile)
 			if r.code != tt.code {
 				t.Errorf("exit %d, want %d (stderr %q)", r.code, tt.code, r.stderr)
 			}
@@ -220,18 +213,18 @@ func TestExitCodeTPM(t *testing.T) {
 		err  error
 		want int
 	}{
-		{"auth refused", fmt.Errorf("open: %w", tpm.ErrCredential), exitPermission},
+		{"auth refused", fmt.Errorf("open: %w", tpm.ErrCredential), adminPermission},
 		{"bad setting", fmt.Errorf("state directory not set: %w", tpm.ErrConfig), exitUsage},
 		{"no simulator", tpm.ErrNoSimulator, exitUsage},
-		{"tpm away", fmt.Errorf("%w: swtpm: refused: %w", tpm.ErrTransport, keys.ErrUnavailable), exitUnavailable},
-		{"tpm transport only", fmt.Errorf("%w: no response", tpm.ErrTransport), exitUnavailable},
-		{"parent mismatch", fmt.Errorf("%w: %w", tpm.ErrParentMismatch, keys.ErrIntegrity), exitFailed},
-		{"other", errors.New("boom"), exitFailed},
+		{"tpm away", fmt.Errorf("%w: swtpm: refused: %w", tpm.ErrTransport, keys.ErrUnavailable), adminUnavailable},
+		{"tpm transport only", fmt.Errorf("%w: no response", tpm.ErrTransport), adminUnavailable},
+		{"parent mismatch", fmt.Errorf("%w: %w", tpm.ErrParentMismatch, keys.ErrIntegrity), adminFailed},
+		{"other", errors.New("boom"), adminFailed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := exitCode(tt.err); got != tt.want {
-				t.Errorf("exitCode(%v) = %d, want %d", tt.err, got, tt.want)
+			if got := adminExit(tt.err); got != tt.want {
+				t.Errorf("adminExit(%v) = %d, want %d", tt.err, got, tt.want)
 			}
 		})
 	}
@@ -239,7 +232,7 @@ func TestExitCodeTPM(t *testing.T) {
 
 // TestDefineCounterCommand: a TPM whose owner authorisation is set, with a
 // persistent parent as such a TPM needs: keywardd's first start stops at
-// the rollback counter, `keyward token define-counter` defines it with the
+// the rollback counter, `keywardd define-counter` defines it with the
 // owner's authorisation from a file, the backend then opens, and doctor
 // (with --parent-handle) reports the counter consistent.
 func TestDefineCounterCommand(t *testing.T) {
@@ -269,12 +262,12 @@ func TestDefineCounterCommand(t *testing.T) {
 	auth := writeFile0600(t, filepath.Join(dir, "auth"), testAuth+"\n")
 	ownerFile := writeFile0600(t, filepath.Join(dir, "owner"), ownerAuth+"\n")
 	cfg := tpm.Config{Device: sw.Device(), StateDir: state, PINFile: auth, ParentHandle: handle}
-	if _, err := tpm.Open(context.Background(), cfg); !errors.Is(err, tpm.ErrOwnerAuth) || !strings.Contains(hint(err), "keyward token define-counter") {
+	if _, err := tpm.Open(context.Background(), cfg); !errors.Is(err, tpm.ErrOwnerAuth) || !strings.Contains(hint(err), "keywardd define-counter") {
 		t.Fatalf("first start with the owner authorisation set: %v", err)
 	}
-	args := []string{"token", "define-counter", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth,
+	args := []string{"define-counter", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth,
 		"--parent-handle", fmt.Sprintf("0x%08x", handle), "--owner-auth-file", ownerFile}
-	r := keyward(t, nil, args...)
+	r := kwd(t, nil, args...)
 	if r.code != 0 || !regexp.MustCompile(`^rollback counter of .*: NV index 0x01[0-3][0-9a-f]{5} defined; keywardd's next start takes it into use\n$`).MatchString(r.stdout) {
 		t.Fatalf("define-counter: exit %d\nstdout %q\nstderr %q", r.code, r.stdout, r.stderr)
 	}
@@ -286,10 +279,10 @@ func TestDefineCounterCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	be.Close()
-	if r := keyward(t, nil, args...); r.code != 0 || !strings.Contains(r.stdout, "defined already") {
+	if r := kwd(t, nil, args...); r.code != 0 || !strings.Contains(r.stdout, "defined already") {
 		t.Fatalf("define-counter again: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
-	r = keyward(t, nil, "token", "doctor", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth, "--parent-handle", fmt.Sprintf("0x%08x", handle))
+	r = kwd(t, nil, "doctor", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth, "--parent-handle", fmt.Sprintf("0x%08x", handle))
 	if r.code != 0 || !regexp.MustCompile(`(?m)^rollback counter: NV index 0x01[0-3][0-9a-f]{5} at \d+, manifest.json at \d+: consistent$`).MatchString(r.stdout) {
 		t.Fatalf("doctor: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
@@ -314,9 +307,9 @@ func TestDefineCounterCommand(t *testing.T) {
 	if _, err := tpm.Open(context.Background(), cfg); !errors.Is(err, tpm.ErrHistoryLost) || !strings.Contains(hint(err), "--trust-current-state") {
 		t.Fatalf("start with counter and manifest removed: %v", err)
 	}
-	trust := []string{"token", "define-counter", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth,
+	trust := []string{"define-counter", "--tpm-device", sw.Device(), "--state-dir", state, "--pin-file", auth,
 		"--parent-handle", fmt.Sprintf("0x%08x", handle), "--owner-auth-file", ownerFile, "--trust-current-state"}
-	if r := keyward(t, nil, trust...); r.code != 0 || !strings.Contains(r.stdout, "consistent (defined at this start)") {
+	if r := kwd(t, nil, trust...); r.code != 0 || !strings.Contains(r.stdout, "consistent (defined at this start)") {
 		t.Fatalf("define-counter --trust-current-state: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
 	if be, err := tpm.Open(context.Background(), cfg); err != nil {
@@ -331,7 +324,7 @@ func TestDefineCounterCommand(t *testing.T) {
 	if _, err := tpm.Open(context.Background(), cfg); err == nil {
 		t.Fatal("a fresh state directory opened with the owner authorisation set")
 	}
-	if r := keyward(t, nil, args...); r.code == 0 || !strings.Contains(r.stderr, "refuses the owner authorisation") {
+	if r := kwd(t, nil, args...); r.code == 0 || !strings.Contains(r.stderr, "refuses the owner authorisation") {
 		t.Fatalf("define-counter with a wrong owner authorisation: exit %d, %q", r.code, r.stderr)
 	}
 }

@@ -57,12 +57,12 @@ func (a *app) defineCounterCmd() *cobra.Command {
 		Use:   "define-counter --tpm-device DEV --state-dir DIR (--owner-auth-file FILE | --trust-current-state [--owner-auth-file FILE]) [--pin-file FILE] [--parent-handle HANDLE]",
 		Short: "define a TPM state directory's rollback counter with the owner's authorisation (TPMs whose owner authorisation is set)",
 		Long:  defineCounterLong,
-		Example: `  keyward token define-counter --tpm-device /dev/tpmrm0 --state-dir /var/lib/keyward/tpm \
+		Example: `  keywardd define-counter --tpm-device /dev/tpmrm0 --state-dir /var/lib/keyward/tpm \
       --pin-file /etc/keyward/pin --parent-handle 0x81000001 --owner-auth-file /root/owner-auth`,
 		Annotations: localOnly,
 		Args:        noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			const cmd = "token define-counter"
+			const cmd = "define-counter"
 			if o.TPMDevice == "" || o.StateDir == "" || o.OwnerAuthFile == "" && !o.Trust {
 				return usagef(cmd, "--tpm-device, --state-dir and --owner-auth-file (or --trust-current-state) are required")
 			}
@@ -76,7 +76,7 @@ func (a *app) defineCounterCmd() *cobra.Command {
 			var owner []byte
 			if o.OwnerAuthFile != "" {
 				if owner, err = secretfile.Read(o.OwnerAuthFile); err != nil {
-					return fmt.Errorf("token define-counter: owner authorisation: %w", err)
+					return fmt.Errorf("define-counter: owner authorisation: %w", err)
 				}
 				defer secretfile.Zero(owner)
 			}
@@ -85,11 +85,11 @@ func (a *app) defineCounterCmd() *cobra.Command {
 				cfg.OwnerAuth, cfg.TrustCurrentState = owner, true
 				be, err := tpm.Open(c.Context(), cfg)
 				if err != nil {
-					return fmt.Errorf("token define-counter: %w", err)
+					return fmt.Errorf("define-counter: %w", err)
 				}
 				status := be.RollbackStatus()
 				if err := be.Close(); err != nil {
-					return fmt.Errorf("token define-counter: %w", err)
+					return fmt.Errorf("define-counter: %w", err)
 				}
 				fmt.Fprintf(a.stdout, "rollback counter of %s: %s\n", o.StateDir, status)
 				return nil
@@ -100,7 +100,7 @@ func (a *app) defineCounterCmd() *cobra.Command {
 				fmt.Fprintf(a.stdout, "rollback counter of %s: NV index %s, defined already\n", o.StateDir, index)
 				return nil
 			case err != nil:
-				return fmt.Errorf("token define-counter: %w", err)
+				return fmt.Errorf("define-counter: %w", err)
 			}
 			fmt.Fprintf(a.stdout, "rollback counter of %s: NV index %s defined; keywardd's next start takes it into use\n", o.StateDir, index)
 			return nil

@@ -33,7 +33,7 @@ this process. The module is $KEYWARD_PKCS11_MODULE, else the first existing
 libsofthsm2.so in the usual Debian/Ubuntu places.`
 
 const demoExample = `  softhsm-test/provision-token.sh --dir .dev/softhsm --label keyward
-  keyward demo --dev-dir .dev/softhsm
+  keywardd demo --dev-dir .dev/softhsm
   (make run does both)`
 
 // demoPlaintext is what the demo wraps. It is a constant, the only

@@ -70,9 +70,9 @@ func (a *app) doctorCmd() *cobra.Command {
 		Use:   "doctor (--token LABEL | --uri URI | --tpm-device DEV --state-dir DIR [--parent-handle HANDLE]) [--module PATH] [--pin-file FILE] [--json]",
 		Short: "check every keyward object in a PKCS#11 token or a TPM state directory for weak protection and leftovers",
 		Long:  doctorLong,
-		Example: `  keyward token doctor --module /usr/lib/softhsm/libsofthsm2.so \
+		Example: `  keywardd doctor --module /usr/lib/softhsm/libsofthsm2.so \
       --token keyward --pin-file /etc/keyward/pin
-  keyward token doctor --tpm-device /dev/tpmrm0 --state-dir /var/lib/keyward/tpm \
+  keywardd doctor --tpm-device /dev/tpmrm0 --state-dir /var/lib/keyward/tpm \
       --pin-file /etc/keyward/pin`,
 		Annotations: localOnly,
 		Args:        noArgs,
@@ -101,7 +101,7 @@ func (a *app) doctorCmd() *cobra.Command {
 
 // check validates the options once the flags are parsed.
 func (o *doctorOptions) check() error {
-	const cmd = "token doctor"
+	const cmd = "doctor"
 	if o.TPMDevice != "" {
 		if o.moduleSet || o.Token != "" || o.URI != "" {
 			return usagef(cmd, "--tpm-device checks a TPM: it excludes --module, --token and --uri")
