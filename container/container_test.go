@@ -145,23 +145,26 @@ func (e env) keyward(t *testing.T, socket string, cred *syscall.Credential, stdi
 	return run(t, cmd)
 }
 
-// waitReady polls `keyward status` until the daemon in the container
-// answers. (With `keyward status --wait`, one command.)
+// waitReady runs the host's `keyward status --wait=30s` (the 30 s only ends
+// a hang) until the daemon in the container answers healthy, and returns
+// how long that took. On failure it says whether the container still runs,
+// and shows its logs.
 func (e env) waitReady(t *testing.T, name, socket string, cred *syscall.Credential) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for {
-		r := e.keyward(t, socket, cred, "", "status")
-		if r.code == 0 {
-			return time.Since(start)
-		}
-		state := run(t, exec.Command(e.podman, "inspect", "-f", "{{.State.Running}}", name))
-		if strings.TrimSpace(state.stdout) != "true" || time.Since(start) > 30*time.Second {
-			logs := run(t, exec.Command(e.podman, "logs", name))
-			t.Fatalf("keywardd in the container did not answer (running: %s): %s\nlogs:\n%s%s", state.stdout, r.stderr, logs.stdout, logs.stderr)
-		}
-		time.Sleep(50 * time.Millisecond)
+	r := e.keyward(t, socket, cred, "", "status", "--wait=30s")
+	if r.code == 0 {
+		return time.Since(start)
 	}
+	state := run(t, exec.Command(e.podman, "inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name))
+	logs := run(t, exec.Command(e.podman, "logs", name))
+	running, code, _ := strings.Cut(strings.TrimSpace(state.stdout), " ")
+	what := "did not answer healthy within 30s"
+	if running != "true" {
+		what = "exited before it answered (exit status " + code + ")"
+	}
+	t.Fatalf("keywardd in the container %s: keyward status --wait: exit %d: %s\nlogs:\n%s%s", what, r.code, r.stderr, logs.stdout, logs.stderr)
+	return 0
 }
 
 // roundTrip creates a key, wraps and unwraps through the socket, and checks

@@ -62,7 +62,8 @@ type devDaemon struct {
 }
 
 // startDev starts keywardd --dev on a fresh SoftHSM2 token in a temporary
-// directory and returns once `keyward status` answers through its socket.
+// directory and returns once `keyward status --wait` has it answer healthy
+// through its socket.
 // The daemon is stopped (SIGTERM, and it must exit cleanly) when the test
 // ends.
 func startDev(t *testing.T) *devDaemon {
@@ -104,26 +105,37 @@ func startDev(t *testing.T) *devDaemon {
 	return d
 }
 
-// waitReady polls `keyward status` until the daemon answers. (Once keyward
-// has `status --wait`, or keywardd a ready file, this is one command.)
-func waitReady(socket string, done <-chan error) error {
-	deadline := time.Now().Add(30 * time.Second) // only ends a hang
-	for {
-		st := exec.Command(filepath.Join(binDir, "keyward"), "--socket", socket, "status")
-		st.Env = cleanEnv(nil)
-		out, err := st.CombinedOutput()
+// waitReady runs `keyward status --wait=30s` (the 30 s only ends a hang),
+// which exits 0 once the daemon answers healthy. Should keywardd exit
+// first, the wait ends at once and says so; its exit is put back on done
+// for stopDev.
+func waitReady(socket string, done chan error) error {
+	st := exec.Command(filepath.Join(binDir, "keyward"), "--socket", socket, "status", "--wait=30s")
+	st.Env = cleanEnv(nil)
+	var out bytes.Buffer
+	st.Stdout, st.Stderr = &out, &out
+	if err := st.Start(); err != nil {
+		return err
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- st.Wait() }()
+	select {
+	case err := <-waited:
 		if err == nil {
 			return nil
 		}
 		select {
-		case err := <-done:
-			return fmt.Errorf("keywardd exited before it answered: %v", err)
+		case derr := <-done:
+			done <- derr
+			return fmt.Errorf("keywardd exited before it answered: %v", derr)
 		default:
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("keywardd did not answer `keyward status` within 30s: %v\n%s", err, out)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return fmt.Errorf("keywardd did not answer `keyward status --wait=30s`: %v\n%s", err, out.Bytes())
+	case derr := <-done:
+		done <- derr
+		st.Process.Kill()
+		<-waited
+		return fmt.Errorf("keywardd exited before it answered: %v", derr)
 	}
 }
 
