@@ -145,7 +145,7 @@ deb:
 	@bin/deb/keyward --help > bin/deb/doc/keyward.txt
 	@# Man pages from the same help texts (packaging/mangen).
 	@set -o pipefail; $(GO) run ./packaging/mangen -bin bin/deb/keyward -section 1 -version $(DEB_VERSION) -commands | gzip -9n > bin/deb/doc/keyward.1.gz
-	@set -o pipefail; $(GO) run ./packaging/mangen -bin bin/deb/keywardd -section 8 -version $(DEB_VERSION) | gzip -9n > bin/deb/doc/keywardd.8.gz
+	@set -o pipefail; $(GO) run ./packaging/mangen -bin bin/deb/keywardd -section 8 -version $(DEB_VERSION) -commands | gzip -9n > bin/deb/doc/keywardd.8.gz
 	@libc=$$(objdump -T bin/deb/keywardd | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
 	test -n "$$libc" || { echo "deb: no glibc symbol versions found" >&2; exit 1; }; \
 	DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) DEB_LIBC=$$libc $(NFPM) package --config packaging/nfpm.yaml --packager deb --target bin/

@@ -14,7 +14,7 @@ import (
 
 // manPages checks that keyward(1) and keywardd(8) in the package are valid
 // roff (groff renders them without a warning) and say what the commands'
-// --help says: the NAME line, the sections, every command of keyward.
+// --help says: the NAME line, the sections, every command of each.
 func manPages(t *testing.T, deb string) {
 	groff, err := exec.LookPath("groff")
 	if err != nil {
@@ -30,7 +30,7 @@ func manPages(t *testing.T, deb string) {
 		want []string
 	}{
 		{"usr/share/man/man1/keyward.1.gz", []string{"KEYWARD(1)", "NAME", "keyward - use and manage keys", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "keyward key create", "keyward wrap", "keyward status", "EXIT STATUS", "SEE ALSO", "keywardd(8)"}},
-		{"usr/share/man/man8/keywardd.8.gz", []string{"KEYWARDD(8)", "NAME", "keywardd - the keyward key daemon", "SYNOPSIS", "keywardd --dev", "--check-config", "SEE ALSO", "keyward(1)"}},
+		{"usr/share/man/man8/keywardd.8.gz", []string{"KEYWARDD(8)", "NAME", "keywardd - the keyward key daemon", "SYNOPSIS", "keywardd --dev", "--check-config", "COMMANDS", "keywardd doctor", "EXIT STATUS", "SEE ALSO", "keyward(1)"}},
 	} {
 		roff := gunzip(t, filepath.Join(root, c.page))
 		var out, stderr bytes.Buffer
@@ -50,15 +50,35 @@ func manPages(t *testing.T, deb string) {
 			}
 		}
 	}
-	// Every command keyward's help lists has its section.
-	help := command(t, filepath.Join(root, "usr/bin/keyward"), "--help")
-	page := string(gunzip(t, filepath.Join(root, "usr/share/man/man1/keyward.1.gz")))
-	for _, m := range regexp.MustCompile(`(?m)^  keyward ((?:key|token|policy|audit) [a-z-]+|[a-z-]+)`).FindAllStringSubmatch(help, -1) {
-		if m[1] == "help" || strings.HasPrefix(m[1], "completion") {
-			continue
+	// Every command keyward's and keywardd's help list has its section;
+	// keywardd's device commands have their own exit statuses (keyward's,
+	// not the daemon's), under EXIT STATUS.
+	for _, c := range []struct{ bin, page string }{
+		{"usr/bin/keyward", "usr/share/man/man1/keyward.1.gz"},
+		{"usr/bin/keywardd", "usr/share/man/man8/keywardd.8.gz"},
+	} {
+		name := filepath.Base(c.bin)
+		out, err := exec.Command(filepath.Join(root, c.bin), "--help").CombinedOutput() // keywardd's is on stderr
+		if err != nil {
+			t.Fatalf("%s --help: %v\n%s", name, err, out)
 		}
-		if !strings.Contains(page, `.SS "keyward `+strings.ReplaceAll(m[1], "-", `\-`)+`"`) {
-			t.Errorf("keyward.1 has no section for %q", m[1])
+		page := string(gunzip(t, filepath.Join(root, c.page)))
+		re := regexp.MustCompile(`(?m)^  ` + name + ` ((?:key|policy|audit|credential) [a-z-]+|[a-z][a-z-]*)`)
+		n := 0
+		for _, m := range re.FindAllStringSubmatch(string(out), -1) {
+			if m[1] == "help" || strings.HasPrefix(m[1], "completion") {
+				continue
+			}
+			n++
+			if !strings.Contains(page, `.SS "`+name+` `+strings.ReplaceAll(m[1], "-", `\-`)+`"`) {
+				t.Errorf("%s has no section for %q", c.page, m[1])
+			}
+			if _, exit, _ := strings.Cut(page, ".SH EXIT STATUS\n"); name == "keywardd" && !strings.Contains(exit, strings.ReplaceAll("keywardd "+m[1], "-", `\-`)) {
+				t.Errorf("%s: the exit statuses of %q are not under EXIT STATUS:\n%s", c.page, m[1], exit)
+			}
+		}
+		if n == 0 {
+			t.Errorf("%s --help lists no command:\n%s", name, out)
 		}
 	}
 }

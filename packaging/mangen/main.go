@@ -2,16 +2,20 @@
 // texts, so that the page says what --help says and cannot drift from it.
 // `make deb` runs it on the built binaries:
 //
-//	mangen -bin bin/deb/keywardd -section 8 -version 0.1.0 > keywardd.8
+//	mangen -bin bin/deb/keywardd -section 8 -version 0.1.0 -commands > keywardd.8
 //	mangen -bin bin/deb/keyward -section 1 -version 0.1.0 -commands > keyward.1
 //
 // The first paragraph of BIN --help ("name: summary") gives NAME, its
 // "Usage:" block SYNOPSIS, an "Exit status:"/"Exit codes:" block EXIT
-// STATUS, and the rest DESCRIPTION: prose is filled, indented blocks
-// (flags, examples, command lists) are kept as they are. With -commands,
-// each "  NAME COMMAND [SUBCOMMAND]" line of the help names a command whose
-// own "BIN COMMAND --help" becomes a subsection of COMMANDS, without the
-// blocks every command repeats (global flags, exit status).
+// STATUS (also a paragraph that begins "Exit codes: "), and the rest
+// DESCRIPTION: prose is filled, indented blocks (flags, examples, command
+// lists) are kept as they are. With -commands, each "  NAME COMMAND
+// [SUBCOMMAND]" line of the help names a command whose own "BIN COMMAND
+// --help" becomes a subsection of COMMANDS, without its global flags and
+// without its exit status and what follows it: that trailer is left out
+// when it is the page's own (keyward's commands share keyward's), else it
+// goes under EXIT STATUS once, headed by the commands that print it
+// (keywardd's device commands have keyward's statuses, not the daemon's).
 package main
 
 import (
@@ -180,6 +184,56 @@ func indentedNext(lines []string) bool {
 	return false
 }
 
+var exitHeadings = []string{"Exit status", "Exit codes"}
+
+// exitAt returns the index of d's first exit status block (a heading
+// "Exit status:" or "Exit codes:" and the lines under it, or a paragraph
+// that begins with one), or -1.
+func (d doc) exitAt() int {
+	for i, b := range d.blocks {
+		if contains(exitHeadings, b.heading) {
+			return i
+		}
+		if b.heading == "" && !b.verbatim && len(b.lines) > 0 {
+			for _, h := range exitHeadings {
+				if strings.HasPrefix(b.lines[0], h+": ") {
+					return i
+				}
+			}
+		}
+	}
+	return -1
+}
+
+// takeExit removes and returns d's exit status block, if any.
+func (d *doc) takeExit() []block {
+	i := d.exitAt()
+	if i < 0 {
+		return nil
+	}
+	b := d.blocks[i]
+	d.blocks = append(d.blocks[:i:i], d.blocks[i+1:]...)
+	return []block{b}
+}
+
+// trailer returns d's blocks from its exit status block on (nil without
+// one).
+func (d doc) trailer() []block {
+	if i := d.exitAt(); i >= 0 {
+		return d.blocks[i:]
+	}
+	return nil
+}
+
+// render is the text of blocks, to compare them.
+func render(blocks []block) string {
+	var b strings.Builder
+	for _, bl := range blocks {
+		fmt.Fprintf(&b, "%s|%v|%s\n\n", bl.heading, bl.verbatim, strings.Join(bl.lines, "\n"))
+	}
+	return b.String()
+}
+
 // take removes and returns the blocks whose heading is one of names.
 func (d *doc) take(names ...string) []block {
 	var out, keep []block
@@ -229,24 +283,18 @@ func (p page) render() []byte {
 		b.WriteString(".SH SYNOPSIS\n")
 		writeBlocks(&b, usage, false)
 	}
-	exit := root.take("Exit status", "Exit codes")
+	own := render(root.trailer())
+	exit := root.takeExit()
 	b.WriteString(".SH DESCRIPTION\n")
 	writeBlocks(&b, root.blocks, true)
-	if len(p.commands) > 0 {
-		b.WriteString(".SH COMMANDS\n")
-		for _, c := range p.commands {
-			d := c.help
-			d.take("Global flags", "Exit status")
-			fmt.Fprintf(&b, ".SS %s\n", quote(c.path))
-			if d.stripped {
-				fmt.Fprintf(&b, ".PP\n%s\n", escape(d.summary))
-			}
-			writeBlocks(&b, d.blocks, true)
-		}
-	}
-	if len(exit) > 0 {
+	trailers := p.writeCommands(&b, own)
+	if len(exit) > 0 || len(trailers) > 0 {
 		b.WriteString(".SH EXIT STATUS\n")
 		writeBlocks(&b, exit, false)
+		for _, t := range trailers {
+			fmt.Fprintf(&b, ".PP\n.B %s\n", quote(strings.Join(t.paths, ", ")+":"))
+			writeBlocks(&b, t.blocks, false)
+		}
 	}
 	b.WriteString(".SH SEE ALSO\n")
 	other := "keywardd (8)"
@@ -255,6 +303,46 @@ func (p page) render() []byte {
 	}
 	fmt.Fprintf(&b, ".BR %s ,\n.BR systemd.socket (5);\nREADME.md and docs/ in /usr/share/doc/keyward/.\n", strings.Replace(other, " ", " \"\" ", 1))
 	return b.Bytes()
+}
+
+// trailer is an exit status block, and what follows it, that commands
+// print alike and the page itself does not.
+type trailer struct {
+	paths  []string
+	blocks []block
+}
+
+// writeCommands writes the COMMANDS section, each command without its
+// global flags and its trailer, and returns the trailers other than own
+// (the page's), each once, in the order of the commands.
+func (p page) writeCommands(b *bytes.Buffer, own string) []trailer {
+	if len(p.commands) == 0 {
+		return nil
+	}
+	var out []trailer
+	index := map[string]int{}
+	b.WriteString(".SH COMMANDS\n")
+	for _, c := range p.commands {
+		d := c.help
+		d.take("Global flags")
+		if t := d.trailer(); len(t) > 0 {
+			d.blocks = d.blocks[:len(d.blocks)-len(t)]
+			if key := render(t); key != own {
+				if i, ok := index[key]; ok {
+					out[i].paths = append(out[i].paths, c.path)
+				} else {
+					index[key] = len(out)
+					out = append(out, trailer{paths: []string{c.path}, blocks: t})
+				}
+			}
+		}
+		fmt.Fprintf(b, ".SS %s\n", quote(c.path))
+		if d.stripped {
+			fmt.Fprintf(b, ".PP\n%s\n", escape(d.summary))
+		}
+		writeBlocks(b, d.blocks, true)
+	}
+	return out
 }
 
 // writeBlocks writes blocks: a heading as a subsection title (when
