@@ -106,15 +106,16 @@ func run(t *testing.T, cmd *exec.Cmd) result {
 	return r
 }
 
-// container runs the image detached with dir as its /run/keyward and extra
-// `podman run` flags; it is removed when the test ends. A runtime that
-// cannot create containers on this kernel skips the test (fails it under
-// CI).
-func (e env) container(t *testing.T, dir string, extra ...string) string {
+// container runs the image detached with dir as its /run/keyward, extra
+// `podman run` flags and, when given, cmd instead of the image's command;
+// it is removed when the test ends. A runtime that cannot create
+// containers on this kernel skips the test (fails it under CI).
+func (e env) container(t *testing.T, dir string, extra []string, cmd ...string) string {
 	t.Helper()
 	name := "keyward-test-" + randomHex(t)
 	args := append([]string{"run", "-d", "--name", name}, podmanRunFlags...)
 	args = append(append(args, extra...), "-v", dir+":/run/keyward", e.image)
+	args = append(args, cmd...)
 	r := run(t, exec.Command(e.podman, args...))
 	t.Cleanup(func() { exec.Command(e.podman, "rm", "-f", "-t", "0", name).Run() })
 	if r.code != 0 {
@@ -202,7 +203,9 @@ func (e env) stop(t *testing.T, name string) {
 // in the /run/keyward volume; a client on the host wraps and unwraps
 // through it: as root, with the daemon as root (the default), and as an
 // unprivileged user, with the daemon run as that user (--user), which is how
-// a CI job that is not root uses it.
+// a CI job that is not root uses it; and as an unprivileged user allowed by
+// a daemon that stays root (--dev-allow-uid, the socket in that user's
+// group by --user 0:GID), where a uid allowed nothing is refused.
 func TestImage(t *testing.T) {
 	e := setup(t)
 	cfg := run(t, exec.Command(e.podman, "image", "inspect", "-f", "{{.Config.Cmd}} {{.Config.Volumes}} {{.Config.Env}}", e.image))
@@ -214,7 +217,7 @@ func TestImage(t *testing.T) {
 
 	t.Run("root", func(t *testing.T) {
 		dir := t.TempDir()
-		name := e.container(t, dir)
+		name := e.container(t, dir, nil)
 		socket := filepath.Join(dir, "keyward.sock")
 		t.Logf("keywardd in the container answered %v after podman run returned", e.waitReady(t, name, socket, nil).Round(time.Millisecond))
 		e.roundTrip(t, socket, nil)
@@ -244,14 +247,51 @@ func TestImage(t *testing.T) {
 		if err := os.Chown(dir, uid, uid); err != nil {
 			t.Fatal(err)
 		}
-		name := e.container(t, dir, "--user", fmt.Sprintf("%d:%d", uid, uid))
+		name := e.container(t, dir, []string{"--user", fmt.Sprintf("%d:%d", uid, uid)})
 		socket := filepath.Join(dir, "keyward.sock")
 		cred := &syscall.Credential{Uid: uid, Gid: uid}
 		e.waitReady(t, name, socket, cred)
 		e.roundTrip(t, socket, cred)
 		// root on the host is not the dev daemon's user: refused.
 		if r := e.keyward(t, socket, nil, "x", "wrap", "--key", "ci/app", "--daemon-uid", fmt.Sprint(uid)); r.code != 3 || !strings.Contains(r.stderr, "PERMISSION_DENIED") {
+			t.Logf("x")
 			t.Errorf("wrap as root through a daemon run as uid %d: exit %d: %s", uid, r.code, r.stderr)
+		}
+		e.stop(t, name)
+	})
+
+	t.Run("allow-uid", func(t *testing.T) {
+		const uid = 65534 // nobody
+		base := t.TempDir()
+		dir := filepath.Join(base, "run") // root's, as keywardd run as root wants it
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []string{filepath.Dir(base), base, dir} { // nobody must reach the socket
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		name := e.container(t, dir, []string{"--user", fmt.Sprintf("0:%d", uid)},
+			"keywardd", "--dev", "--socket", "/run/keyward/keyward.sock", "--dev-allow-uid", fmt.Sprint(uid))
+		socket := filepath.Join(dir, "keyward.sock")
+		cred := &syscall.Credential{Uid: uid, Gid: uid}
+		e.waitReady(t, name, socket, cred)
+		e.roundTrip(t, socket, cred)
+		st := e.keyward(t, socket, cred, "", "status")
+		if !strings.Contains(st.stdout, fmt.Sprintf("you are uid=%d ", uid)) {
+			t.Errorf("status as uid %d:\n%s%s", uid, st.stdout, st.stderr)
+		}
+		// The socket is the daemon's group's (--user 0:GID), so another uid
+		// in that group may open it, and is allowed nothing.
+		if fi, err := os.Stat(socket); err != nil {
+			t.Error(err)
+		} else if fi.Mode().Perm() != 0o660 || fi.Sys().(*syscall.Stat_t).Gid != uid {
+			t.Errorf("socket: %v in group %d, want 0660 in group %d", fi.Mode(), fi.Sys().(*syscall.Stat_t).Gid, uid)
+		}
+		other := &syscall.Credential{Uid: 65533, Gid: uid}
+		if r := e.keyward(t, socket, other, "x", "wrap", "--key", "ci/app", "--daemon-uid", "0"); r.code != 3 || !strings.Contains(r.stderr, "not allowed (PERMISSION_DENIED") {
+			t.Errorf("wrap as uid 65533: exit %d: %s", r.code, r.stderr)
 		}
 		e.stop(t, name)
 	})
