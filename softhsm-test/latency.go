@@ -16,8 +16,9 @@ import (
 
 // The latency module: a PKCS#11 module that forwards every call to another
 // module after a delay, as a network HSM does (latency/latency.c says how).
-// Tests and `keyward bench --baseline` load it like any module, with the
-// settings in the environment (Latency.Env).
+// Tests and `keyward bench --baseline` (through keywardd bench-baseline)
+// load it like any module, with the settings in the environment
+// (Latency.Env).
 
 //go:embed latency/latency.c
 var latencySource []byte

@@ -523,7 +523,7 @@ func TestDefineCounterWithOwnerAuth(t *testing.T) {
 // authorisation anyone who can open the TPM can remove an index), with an
 // older record put back; or a manifest lost while its counter exists (a
 // crash during the first start with a counter, or tampering). Both are
-// refused; only an operator's TrustCurrentState (keyward token
+// refused; only an operator's TrustCurrentState (keywardd
 // define-counter --trust-current-state) accepts the state as it is, after
 // which it is protected again.
 func TestRollbackTrustCurrentState(t *testing.T) {

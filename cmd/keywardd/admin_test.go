@@ -497,7 +497,7 @@ func TestTokenDoctorFindings(t *testing.T) {
 	if r.code != adminFailed {
 		t.Fatalf("weak finding: exit %d, want 1 (stdout %q)", r.code, r.stdout)
 	}
-	checkErrLine(t, r, "1 weak finding(s)")
+	checkErrLine(t, r, "keywardd doctor: 1 weak finding(s)")
 	for _, want := range []string{"2 findings: 1 weak, 1 housekeeping", "weak", "demo/app-secret", "missing from the token"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("report lacks %q:\n%s", want, r.stdout)

@@ -145,12 +145,12 @@ func (o *doctorOptions) check() error {
 func tokenDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
 	tok, err := hsm.Open(ctx, hsm.Config{Module: o.Module, TokenLabel: o.Token, URI: o.URI, PINFile: o.PINFile, ReadOnly: true})
 	if err != nil {
-		return fmt.Errorf("token doctor: open token: %w", err)
+		return fmt.Errorf("doctor: open token: %w", err)
 	}
 	defer tok.Close()
 	rep, err := tok.Doctor(ctx)
 	if err != nil {
-		return fmt.Errorf("token doctor: %w", err)
+		return fmt.Errorf("doctor: %w", err)
 	}
 	if o.JSON {
 		if rep.Findings == nil {
@@ -171,7 +171,7 @@ func tokenDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
 				n++
 			}
 		}
-		return fmt.Errorf("token doctor: %d weak finding(s) in token %s: %w", n, rep.Token, errWeak)
+		return fmt.Errorf("doctor: %d weak finding(s) in token %s: %w", n, rep.Token, errWeak)
 	}
 	return nil
 }
@@ -183,14 +183,14 @@ func tpmDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
 	be, err := tpm.Open(ctx, tpm.Config{Device: o.TPMDevice, StateDir: o.StateDir, PINFile: o.PINFile, ParentHandle: parent, ReadOnly: true})
 	if err != nil {
 		if strings.HasPrefix(o.TPMDevice, "swtpm") && errors.Is(err, tpm.ErrTransport) {
-			return fmt.Errorf("token doctor: open tpm (swtpm must be running, and serves one client at a time: stop keywardd first): %w", err)
+			return fmt.Errorf("doctor: open tpm (swtpm must be running, and serves one client at a time: stop keywardd first): %w", err)
 		}
-		return fmt.Errorf("token doctor: open tpm: %w", err)
+		return fmt.Errorf("doctor: open tpm: %w", err)
 	}
 	defer be.Close()
 	rep, err := be.Doctor(ctx)
 	if err != nil {
-		return fmt.Errorf("token doctor: %w", err)
+		return fmt.Errorf("doctor: %w", err)
 	}
 	if o.JSON {
 		enc := json.NewEncoder(w)
@@ -208,7 +208,7 @@ func tpmDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
 				n++
 			}
 		}
-		return fmt.Errorf("token doctor: %d weak finding(s) in TPM state directory %s: %w", n, rep.StateDir, errWeak)
+		return fmt.Errorf("doctor: %d weak finding(s) in TPM state directory %s: %w", n, rep.StateDir, errWeak)
 	}
 	return nil
 }
