@@ -111,7 +111,7 @@ var benchContext = map[string]string{"bench": "keyward"}
 func (a *app) benchCmd() *cobra.Command {
 	var o benchOptions
 	c := &cobra.Command{
-		Use:   "bench [--op OP]... [--concurrency N,...] [--duration D] [--payload BYTES] [--batch N] [--key NAME] [--connections N] [--json] [--baseline --token LABEL [--module PATH] [--pin-file FILE]]",
+		Use:   "bench [--op OP]... [--concurrency N,...] [--duration D] [--payload BYTES] [--batch N] [--key NAME] [--connections N] [--json] [--baseline --token LABEL [--module PATH] [--pin-file FILE] [--keywardd PATH]]",
 		Short: "measure the daemon's rate and latency under load, optionally against the token in-process",
 		Long:  benchLong,
 		Example: `  keyward bench --op wrap --concurrency 1,8,64 --duration 5s

@@ -168,6 +168,9 @@ func TestAdminHelp(t *testing.T) {
 	if r := kwd(t, nil, "help"); r.code != 0 || !strings.Contains(r.stderr, "keywardd bench-baseline ...") {
 		t.Errorf("keywardd help: exit %d, %q", r.code, r.stderr)
 	}
+	if r := kwd(t, nil, "help", "bogus"); r.code != 2 || !strings.Contains(r.stderr, `no command "bogus" (commands: doctor,`) {
+		t.Errorf("keywardd help bogus: exit %d, %q; want 2 and the commands there are", r.code, r.stderr)
+	}
 	tests := []struct {
 		name string
 		args []string

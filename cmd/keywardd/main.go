@@ -152,6 +152,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	if fs.NArg() > 0 {
+		if fs.Arg(0) == "help" && fs.NArg() > 1 { // "keywardd help NAME" for no command NAME
+			fmt.Fprintf(stderr, "keywardd: no command %q (commands: %s)\n", fs.Arg(1), strings.Join(adminNames, ", "))
+			return exitUsage
+		}
 		fmt.Fprintf(stderr, "keywardd: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
 	}
