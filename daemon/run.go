@@ -202,6 +202,8 @@ type Options struct {
 	// WATCHDOG=1 goes to Notifier every Watchdog/2 while the backend answers
 	// its health probe.
 	Watchdog time.Duration
+	// SchedulerClock, when set, is the scheduled rotation's clock (tests).
+	SchedulerClock func() time.Time
 }
 
 // Run serves be under pol until ctx ends. The caller opens and closes the
@@ -260,6 +262,9 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 		l.Close()
 		return err
 	}
+	stopScheduler := startScheduler(ctx, &scheduler{be: be, log: log, audit: trail, every: cfg.RotationCheckInterval.Duration,
+		now: opts.SchedulerClock, metrics: newRotationMetrics(metrics.Registry())})
+	defer stopScheduler()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	log.Info("serving", "socket", path, "backend", cfg.Backend.Kind, "rules", pol.Rules())

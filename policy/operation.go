@@ -32,6 +32,8 @@ const (
 	OpKeyRead    Operation = "key.read" // list and describe
 	OpKeySetMin  Operation = "key.set-min-version"
 	OpKeyAdopt   Operation = "key.adopt"
+	// OpKeySetRotation sets or stops a key's scheduled rotation.
+	OpKeySetRotation Operation = "key.set-rotation"
 )
 
 // DataOperations and AdminOperations list every operation in a stable order.
@@ -39,7 +41,8 @@ const (
 // package, which keeps its own copy.
 var (
 	DataOperations  = []Operation{OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey}
-	AdminOperations = []Operation{OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt}
+	AdminOperations = []Operation{OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt,
+		OpKeySetRotation}
 )
 
 // allOps is the package's own order: an operation's index is its bit in an
@@ -47,6 +50,7 @@ var (
 var allOps = [...]Operation{
 	OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey,
 	OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt,
+	OpKeySetRotation,
 }
 
 const firstAdmin = 9 // index of OpKeyCreate in allOps

@@ -193,6 +193,7 @@ func serve(ctx context.Context, path, logLevel string, stderr io.Writer) int {
 	}
 	defer be.Close()
 	opts := daemon.Options{ConfigPath: path, Logger: log, Notifier: notifier, Watchdog: watchdog}
+	opts.SchedulerClock = schedulerClock()
 	if err := daemon.Run(ctx, cfg, pol, be, opts); err != nil {
 		log.Error("daemon stopped", "err", err)
 		return exitFail

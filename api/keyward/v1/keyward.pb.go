@@ -2071,15 +2071,17 @@ func (x *KeyVersion) GetCreated() *timestamppb.Timestamp {
 }
 
 type KeyInfo struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	Key               string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	KeyType           string                 `protobuf:"bytes,2,opt,name=key_type,json=keyType,proto3" json:"key_type,omitempty"`
-	Created           *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created,proto3" json:"created,omitempty"`
-	MinDecryptVersion uint32                 `protobuf:"varint,4,opt,name=min_decrypt_version,json=minDecryptVersion,proto3" json:"min_decrypt_version,omitempty"`
-	Versions          []*KeyVersion          `protobuf:"bytes,5,rep,name=versions,proto3" json:"versions,omitempty"`
-	Adopted           bool                   `protobuf:"varint,6,opt,name=adopted,proto3" json:"adopted,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Key                   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	KeyType               string                 `protobuf:"bytes,2,opt,name=key_type,json=keyType,proto3" json:"key_type,omitempty"`
+	Created               *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created,proto3" json:"created,omitempty"`
+	MinDecryptVersion     uint32                 `protobuf:"varint,4,opt,name=min_decrypt_version,json=minDecryptVersion,proto3" json:"min_decrypt_version,omitempty"`
+	Versions              []*KeyVersion          `protobuf:"bytes,5,rep,name=versions,proto3" json:"versions,omitempty"`
+	Adopted               bool                   `protobuf:"varint,6,opt,name=adopted,proto3" json:"adopted,omitempty"`
+	RotationPeriodSeconds uint64                 `protobuf:"varint,7,opt,name=rotation_period_seconds,json=rotationPeriodSeconds,proto3" json:"rotation_period_seconds,omitempty"` // 0: no scheduled rotation
+	NextRotation          *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=next_rotation,json=nextRotation,proto3" json:"next_rotation,omitempty"`                               // unset without a period: newest version's creation + period
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *KeyInfo) Reset() {
@@ -2152,6 +2154,20 @@ func (x *KeyInfo) GetAdopted() bool {
 		return x.Adopted
 	}
 	return false
+}
+
+func (x *KeyInfo) GetRotationPeriodSeconds() uint64 {
+	if x != nil {
+		return x.RotationPeriodSeconds
+	}
+	return 0
+}
+
+func (x *KeyInfo) GetNextRotation() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRotation
+	}
+	return nil
 }
 
 type CreateKeyRequest struct {
@@ -2598,6 +2614,60 @@ func (x *AdoptKeyRequest) GetUri() string {
 	return ""
 }
 
+type SetRotationPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// 0 stops scheduled rotation; otherwise whole seconds, at least one hour
+	// and at most 3650 days.
+	RotationPeriodSeconds uint64 `protobuf:"varint,2,opt,name=rotation_period_seconds,json=rotationPeriodSeconds,proto3" json:"rotation_period_seconds,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *SetRotationPolicyRequest) Reset() {
+	*x = SetRotationPolicyRequest{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRotationPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRotationPolicyRequest) ProtoMessage() {}
+
+func (x *SetRotationPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRotationPolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetRotationPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *SetRotationPolicyRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *SetRotationPolicyRequest) GetRotationPeriodSeconds() uint64 {
+	if x != nil {
+		return x.RotationPeriodSeconds
+	}
+	return 0
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2606,7 +2676,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[42]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2618,7 +2688,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[42]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2631,7 +2701,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{42}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{43}
 }
 
 type StatusResponse struct {
@@ -2646,13 +2716,14 @@ type StatusResponse struct {
 	Audit          string                 `protobuf:"bytes,8,opt,name=audit,proto3" json:"audit,omitempty"`                                        // "ok", "off", or why the audit log cannot be written (operations are then refused)
 	AuditSync      string                 `protobuf:"bytes,9,opt,name=audit_sync,json=auditSync,proto3" json:"audit_sync,omitempty"`               // "fsync" or "write" (audit_sync); "" when the audit log is off
 	AuditUnsynced  uint64                 `protobuf:"varint,10,opt,name=audit_unsynced,json=auditUnsynced,proto3" json:"audit_unsynced,omitempty"` // records acknowledged but not yet fsynced (only with "write")
+	RateLimited    []*RateLimit           `protobuf:"bytes,11,rep,name=rate_limited,json=rateLimited,proto3" json:"rate_limited,omitempty"`        // the limits refusing this caller now (empty: none)
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[43]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +2735,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[43]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +2748,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{43}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -2750,6 +2821,75 @@ func (x *StatusResponse) GetAuditUnsynced() uint64 {
 	return 0
 }
 
+func (x *StatusResponse) GetRateLimited() []*RateLimit {
+	if x != nil {
+		return x.RateLimited
+	}
+	return nil
+}
+
+// RateLimit is a per-minute limit a caller went over: its calls are refused
+// (RATE_LIMITED) until the window ends.
+type RateLimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limit         string                 `protobuf:"bytes,1,opt,name=limit,proto3" json:"limit,omitempty"`                           // "denied requests" or "failed verify-mac"
+	PerMinute     uint32                 `protobuf:"varint,2,opt,name=per_minute,json=perMinute,proto3" json:"per_minute,omitempty"` // the limit
+	Until         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=until,proto3" json:"until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RateLimit) Reset() {
+	*x = RateLimit{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RateLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RateLimit) ProtoMessage() {}
+
+func (x *RateLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RateLimit.ProtoReflect.Descriptor instead.
+func (*RateLimit) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *RateLimit) GetLimit() string {
+	if x != nil {
+		return x.Limit
+	}
+	return ""
+}
+
+func (x *RateLimit) GetPerMinute() uint32 {
+	if x != nil {
+		return x.PerMinute
+	}
+	return 0
+}
+
+func (x *RateLimit) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
 type Peer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
@@ -2763,7 +2903,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[44]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2775,7 +2915,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[44]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2788,7 +2928,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{44}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Peer) GetUid() uint32 {
@@ -2967,14 +3107,16 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"KeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12.\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x18.keyward.v1.VersionStateR\x05state\x124\n" +
-	"\acreated\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"\xea\x01\n" +
+	"\acreated\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"\xe3\x02\n" +
 	"\aKeyInfo\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x19\n" +
 	"\bkey_type\x18\x02 \x01(\tR\akeyType\x124\n" +
 	"\acreated\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12.\n" +
 	"\x13min_decrypt_version\x18\x04 \x01(\rR\x11minDecryptVersion\x122\n" +
 	"\bversions\x18\x05 \x03(\v2\x16.keyward.v1.KeyVersionR\bversions\x12\x18\n" +
-	"\aadopted\x18\x06 \x01(\bR\aadopted\"?\n" +
+	"\aadopted\x18\x06 \x01(\bR\aadopted\x126\n" +
+	"\x17rotation_period_seconds\x18\a \x01(\x04R\x15rotationPeriodSeconds\x12?\n" +
+	"\rnext_rotation\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\fnextRotation\"?\n" +
 	"\x10CreateKeyRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x19\n" +
 	"\bkey_type\x18\x02 \x01(\tR\akeyType\"$\n" +
@@ -2998,8 +3140,11 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x0fAdoptKeyRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x19\n" +
 	"\bkey_type\x18\x02 \x01(\tR\akeyType\x12\x10\n" +
-	"\x03uri\x18\x03 \x01(\tR\x03uri\"\x0f\n" +
-	"\rStatusRequest\"\xdc\x02\n" +
+	"\x03uri\x18\x03 \x01(\tR\x03uri\"d\n" +
+	"\x18SetRotationPolicyRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
+	"\x17rotation_period_seconds\x18\x02 \x01(\x04R\x15rotationPeriodSeconds\"\x0f\n" +
+	"\rStatusRequest\"\x96\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
 	"\abackend\x18\x02 \x01(\tR\abackend\x12'\n" +
@@ -3012,7 +3157,13 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\n" +
 	"audit_sync\x18\t \x01(\tR\tauditSync\x12%\n" +
 	"\x0eaudit_unsynced\x18\n" +
-	" \x01(\x04R\rauditUnsynced\"h\n" +
+	" \x01(\x04R\rauditUnsynced\x128\n" +
+	"\frate_limited\x18\v \x03(\v2\x15.keyward.v1.RateLimitR\vrateLimited\"r\n" +
+	"\tRateLimit\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\tR\x05limit\x12\x1d\n" +
+	"\n" +
+	"per_minute\x18\x02 \x01(\rR\tperMinute\x120\n" +
+	"\x05until\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"h\n" +
 	"\x04Peer\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
@@ -3047,7 +3198,7 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aENABLED\x10\x01\x12\f\n" +
 	"\bDISABLED\x10\x02\x12\r\n" +
-	"\tDESTROYED\x10\x032\xa3\f\n" +
+	"\tDESTROYED\x10\x032\xf3\f\n" +
 	"\aKeyward\x129\n" +
 	"\x04Wrap\x12\x17.keyward.v1.WrapRequest\x1a\x18.keyward.v1.WrapResponse\x12?\n" +
 	"\x06Unwrap\x12\x19.keyward.v1.UnwrapRequest\x1a\x1a.keyward.v1.UnwrapResponse\x12?\n" +
@@ -3069,7 +3220,8 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x0fSetVersionState\x12\".keyward.v1.SetVersionStateRequest\x1a\x13.keyward.v1.KeyInfo\x12H\n" +
 	"\x0eDestroyVersion\x12!.keyward.v1.DestroyVersionRequest\x1a\x13.keyward.v1.KeyInfo\x12T\n" +
 	"\x14SetMinDecryptVersion\x12'.keyward.v1.SetMinDecryptVersionRequest\x1a\x13.keyward.v1.KeyInfo\x12<\n" +
-	"\bAdoptKey\x12\x1b.keyward.v1.AdoptKeyRequest\x1a\x13.keyward.v1.KeyInfo\x12?\n" +
+	"\bAdoptKey\x12\x1b.keyward.v1.AdoptKeyRequest\x1a\x13.keyward.v1.KeyInfo\x12N\n" +
+	"\x11SetRotationPolicy\x12$.keyward.v1.SetRotationPolicyRequest\x1a\x13.keyward.v1.KeyInfo\x12?\n" +
 	"\x06Status\x12\x19.keyward.v1.StatusRequest\x1a\x1a.keyward.v1.StatusResponseB5Z3github.com/keyward/keyward/api/keyward/v1;keywardv1b\x06proto3"
 
 var (
@@ -3085,7 +3237,7 @@ func file_keyward_v1_keyward_proto_rawDescGZIP() []byte {
 }
 
 var file_keyward_v1_keyward_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keyward_v1_keyward_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_keyward_v1_keyward_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_keyward_v1_keyward_proto_goTypes = []any{
 	(ErrorReason)(0),                    // 0: keyward.v1.ErrorReason
 	(VersionState)(0),                   // 1: keyward.v1.VersionState
@@ -3131,20 +3283,22 @@ var file_keyward_v1_keyward_proto_goTypes = []any{
 	(*DestroyVersionRequest)(nil),       // 41: keyward.v1.DestroyVersionRequest
 	(*SetMinDecryptVersionRequest)(nil), // 42: keyward.v1.SetMinDecryptVersionRequest
 	(*AdoptKeyRequest)(nil),             // 43: keyward.v1.AdoptKeyRequest
-	(*StatusRequest)(nil),               // 44: keyward.v1.StatusRequest
-	(*StatusResponse)(nil),              // 45: keyward.v1.StatusResponse
-	(*Peer)(nil),                        // 46: keyward.v1.Peer
-	nil,                                 // 47: keyward.v1.WrapRequest.ContextEntry
-	nil,                                 // 48: keyward.v1.UnwrapRequest.ContextEntry
-	nil,                                 // 49: keyward.v1.RewrapRequest.ContextEntry
-	nil,                                 // 50: keyward.v1.GenerateDataKeyRequest.ContextEntry
-	(*timestamppb.Timestamp)(nil),       // 51: google.protobuf.Timestamp
+	(*SetRotationPolicyRequest)(nil),    // 44: keyward.v1.SetRotationPolicyRequest
+	(*StatusRequest)(nil),               // 45: keyward.v1.StatusRequest
+	(*StatusResponse)(nil),              // 46: keyward.v1.StatusResponse
+	(*RateLimit)(nil),                   // 47: keyward.v1.RateLimit
+	(*Peer)(nil),                        // 48: keyward.v1.Peer
+	nil,                                 // 49: keyward.v1.WrapRequest.ContextEntry
+	nil,                                 // 50: keyward.v1.UnwrapRequest.ContextEntry
+	nil,                                 // 51: keyward.v1.RewrapRequest.ContextEntry
+	nil,                                 // 52: keyward.v1.GenerateDataKeyRequest.ContextEntry
+	(*timestamppb.Timestamp)(nil),       // 53: google.protobuf.Timestamp
 }
 var file_keyward_v1_keyward_proto_depIdxs = []int32{
-	47, // 0: keyward.v1.WrapRequest.context:type_name -> keyward.v1.WrapRequest.ContextEntry
-	48, // 1: keyward.v1.UnwrapRequest.context:type_name -> keyward.v1.UnwrapRequest.ContextEntry
-	49, // 2: keyward.v1.RewrapRequest.context:type_name -> keyward.v1.RewrapRequest.ContextEntry
-	50, // 3: keyward.v1.GenerateDataKeyRequest.context:type_name -> keyward.v1.GenerateDataKeyRequest.ContextEntry
+	49, // 0: keyward.v1.WrapRequest.context:type_name -> keyward.v1.WrapRequest.ContextEntry
+	50, // 1: keyward.v1.UnwrapRequest.context:type_name -> keyward.v1.UnwrapRequest.ContextEntry
+	51, // 2: keyward.v1.RewrapRequest.context:type_name -> keyward.v1.RewrapRequest.ContextEntry
+	52, // 3: keyward.v1.GenerateDataKeyRequest.context:type_name -> keyward.v1.GenerateDataKeyRequest.ContextEntry
 	0,  // 4: keyward.v1.ItemError.reason:type_name -> keyward.v1.ErrorReason
 	2,  // 5: keyward.v1.BatchWrapRequest.items:type_name -> keyward.v1.WrapRequest
 	23, // 6: keyward.v1.BatchWrapResponse.results:type_name -> keyward.v1.BatchWrapResult
@@ -3163,62 +3317,67 @@ var file_keyward_v1_keyward_proto_depIdxs = []int32{
 	17, // 19: keyward.v1.BatchVerifyMacResult.ok:type_name -> keyward.v1.VerifyMacResponse
 	20, // 20: keyward.v1.BatchVerifyMacResult.error:type_name -> keyward.v1.ItemError
 	1,  // 21: keyward.v1.KeyVersion.state:type_name -> keyward.v1.VersionState
-	51, // 22: keyward.v1.KeyVersion.created:type_name -> google.protobuf.Timestamp
-	51, // 23: keyward.v1.KeyInfo.created:type_name -> google.protobuf.Timestamp
+	53, // 22: keyward.v1.KeyVersion.created:type_name -> google.protobuf.Timestamp
+	53, // 23: keyward.v1.KeyInfo.created:type_name -> google.protobuf.Timestamp
 	33, // 24: keyward.v1.KeyInfo.versions:type_name -> keyward.v1.KeyVersion
-	34, // 25: keyward.v1.ListKeysResponse.keys:type_name -> keyward.v1.KeyInfo
-	1,  // 26: keyward.v1.SetVersionStateRequest.state:type_name -> keyward.v1.VersionState
-	51, // 27: keyward.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
-	46, // 28: keyward.v1.StatusResponse.you:type_name -> keyward.v1.Peer
-	2,  // 29: keyward.v1.Keyward.Wrap:input_type -> keyward.v1.WrapRequest
-	4,  // 30: keyward.v1.Keyward.Unwrap:input_type -> keyward.v1.UnwrapRequest
-	6,  // 31: keyward.v1.Keyward.Rewrap:input_type -> keyward.v1.RewrapRequest
-	8,  // 32: keyward.v1.Keyward.GenerateDataKey:input_type -> keyward.v1.GenerateDataKeyRequest
-	10, // 33: keyward.v1.Keyward.Sign:input_type -> keyward.v1.SignRequest
-	12, // 34: keyward.v1.Keyward.Verify:input_type -> keyward.v1.VerifyRequest
-	14, // 35: keyward.v1.Keyward.Mac:input_type -> keyward.v1.MacRequest
-	16, // 36: keyward.v1.Keyward.VerifyMac:input_type -> keyward.v1.VerifyMacRequest
-	18, // 37: keyward.v1.Keyward.GetPublicKey:input_type -> keyward.v1.GetPublicKeyRequest
-	21, // 38: keyward.v1.Keyward.BatchWrap:input_type -> keyward.v1.BatchWrapRequest
-	24, // 39: keyward.v1.Keyward.BatchUnwrap:input_type -> keyward.v1.BatchUnwrapRequest
-	27, // 40: keyward.v1.Keyward.BatchMac:input_type -> keyward.v1.BatchMacRequest
-	30, // 41: keyward.v1.Keyward.BatchVerifyMac:input_type -> keyward.v1.BatchVerifyMacRequest
-	35, // 42: keyward.v1.Keyward.CreateKey:input_type -> keyward.v1.CreateKeyRequest
-	36, // 43: keyward.v1.Keyward.RotateKey:input_type -> keyward.v1.RotateKeyRequest
-	37, // 44: keyward.v1.Keyward.ListKeys:input_type -> keyward.v1.ListKeysRequest
-	39, // 45: keyward.v1.Keyward.DescribeKey:input_type -> keyward.v1.DescribeKeyRequest
-	40, // 46: keyward.v1.Keyward.SetVersionState:input_type -> keyward.v1.SetVersionStateRequest
-	41, // 47: keyward.v1.Keyward.DestroyVersion:input_type -> keyward.v1.DestroyVersionRequest
-	42, // 48: keyward.v1.Keyward.SetMinDecryptVersion:input_type -> keyward.v1.SetMinDecryptVersionRequest
-	43, // 49: keyward.v1.Keyward.AdoptKey:input_type -> keyward.v1.AdoptKeyRequest
-	44, // 50: keyward.v1.Keyward.Status:input_type -> keyward.v1.StatusRequest
-	3,  // 51: keyward.v1.Keyward.Wrap:output_type -> keyward.v1.WrapResponse
-	5,  // 52: keyward.v1.Keyward.Unwrap:output_type -> keyward.v1.UnwrapResponse
-	7,  // 53: keyward.v1.Keyward.Rewrap:output_type -> keyward.v1.RewrapResponse
-	9,  // 54: keyward.v1.Keyward.GenerateDataKey:output_type -> keyward.v1.GenerateDataKeyResponse
-	11, // 55: keyward.v1.Keyward.Sign:output_type -> keyward.v1.SignResponse
-	13, // 56: keyward.v1.Keyward.Verify:output_type -> keyward.v1.VerifyResponse
-	15, // 57: keyward.v1.Keyward.Mac:output_type -> keyward.v1.MacResponse
-	17, // 58: keyward.v1.Keyward.VerifyMac:output_type -> keyward.v1.VerifyMacResponse
-	19, // 59: keyward.v1.Keyward.GetPublicKey:output_type -> keyward.v1.GetPublicKeyResponse
-	22, // 60: keyward.v1.Keyward.BatchWrap:output_type -> keyward.v1.BatchWrapResponse
-	25, // 61: keyward.v1.Keyward.BatchUnwrap:output_type -> keyward.v1.BatchUnwrapResponse
-	28, // 62: keyward.v1.Keyward.BatchMac:output_type -> keyward.v1.BatchMacResponse
-	31, // 63: keyward.v1.Keyward.BatchVerifyMac:output_type -> keyward.v1.BatchVerifyMacResponse
-	34, // 64: keyward.v1.Keyward.CreateKey:output_type -> keyward.v1.KeyInfo
-	34, // 65: keyward.v1.Keyward.RotateKey:output_type -> keyward.v1.KeyInfo
-	38, // 66: keyward.v1.Keyward.ListKeys:output_type -> keyward.v1.ListKeysResponse
-	34, // 67: keyward.v1.Keyward.DescribeKey:output_type -> keyward.v1.KeyInfo
-	34, // 68: keyward.v1.Keyward.SetVersionState:output_type -> keyward.v1.KeyInfo
-	34, // 69: keyward.v1.Keyward.DestroyVersion:output_type -> keyward.v1.KeyInfo
-	34, // 70: keyward.v1.Keyward.SetMinDecryptVersion:output_type -> keyward.v1.KeyInfo
-	34, // 71: keyward.v1.Keyward.AdoptKey:output_type -> keyward.v1.KeyInfo
-	45, // 72: keyward.v1.Keyward.Status:output_type -> keyward.v1.StatusResponse
-	51, // [51:73] is the sub-list for method output_type
-	29, // [29:51] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	53, // 25: keyward.v1.KeyInfo.next_rotation:type_name -> google.protobuf.Timestamp
+	34, // 26: keyward.v1.ListKeysResponse.keys:type_name -> keyward.v1.KeyInfo
+	1,  // 27: keyward.v1.SetVersionStateRequest.state:type_name -> keyward.v1.VersionState
+	53, // 28: keyward.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
+	48, // 29: keyward.v1.StatusResponse.you:type_name -> keyward.v1.Peer
+	47, // 30: keyward.v1.StatusResponse.rate_limited:type_name -> keyward.v1.RateLimit
+	53, // 31: keyward.v1.RateLimit.until:type_name -> google.protobuf.Timestamp
+	2,  // 32: keyward.v1.Keyward.Wrap:input_type -> keyward.v1.WrapRequest
+	4,  // 33: keyward.v1.Keyward.Unwrap:input_type -> keyward.v1.UnwrapRequest
+	6,  // 34: keyward.v1.Keyward.Rewrap:input_type -> keyward.v1.RewrapRequest
+	8,  // 35: keyward.v1.Keyward.GenerateDataKey:input_type -> keyward.v1.GenerateDataKeyRequest
+	10, // 36: keyward.v1.Keyward.Sign:input_type -> keyward.v1.SignRequest
+	12, // 37: keyward.v1.Keyward.Verify:input_type -> keyward.v1.VerifyRequest
+	14, // 38: keyward.v1.Keyward.Mac:input_type -> keyward.v1.MacRequest
+	16, // 39: keyward.v1.Keyward.VerifyMac:input_type -> keyward.v1.VerifyMacRequest
+	18, // 40: keyward.v1.Keyward.GetPublicKey:input_type -> keyward.v1.GetPublicKeyRequest
+	21, // 41: keyward.v1.Keyward.BatchWrap:input_type -> keyward.v1.BatchWrapRequest
+	24, // 42: keyward.v1.Keyward.BatchUnwrap:input_type -> keyward.v1.BatchUnwrapRequest
+	27, // 43: keyward.v1.Keyward.BatchMac:input_type -> keyward.v1.BatchMacRequest
+	30, // 44: keyward.v1.Keyward.BatchVerifyMac:input_type -> keyward.v1.BatchVerifyMacRequest
+	35, // 45: keyward.v1.Keyward.CreateKey:input_type -> keyward.v1.CreateKeyRequest
+	36, // 46: keyward.v1.Keyward.RotateKey:input_type -> keyward.v1.RotateKeyRequest
+	37, // 47: keyward.v1.Keyward.ListKeys:input_type -> keyward.v1.ListKeysRequest
+	39, // 48: keyward.v1.Keyward.DescribeKey:input_type -> keyward.v1.DescribeKeyRequest
+	40, // 49: keyward.v1.Keyward.SetVersionState:input_type -> keyward.v1.SetVersionStateRequest
+	41, // 50: keyward.v1.Keyward.DestroyVersion:input_type -> keyward.v1.DestroyVersionRequest
+	42, // 51: keyward.v1.Keyward.SetMinDecryptVersion:input_type -> keyward.v1.SetMinDecryptVersionRequest
+	43, // 52: keyward.v1.Keyward.AdoptKey:input_type -> keyward.v1.AdoptKeyRequest
+	44, // 53: keyward.v1.Keyward.SetRotationPolicy:input_type -> keyward.v1.SetRotationPolicyRequest
+	45, // 54: keyward.v1.Keyward.Status:input_type -> keyward.v1.StatusRequest
+	3,  // 55: keyward.v1.Keyward.Wrap:output_type -> keyward.v1.WrapResponse
+	5,  // 56: keyward.v1.Keyward.Unwrap:output_type -> keyward.v1.UnwrapResponse
+	7,  // 57: keyward.v1.Keyward.Rewrap:output_type -> keyward.v1.RewrapResponse
+	9,  // 58: keyward.v1.Keyward.GenerateDataKey:output_type -> keyward.v1.GenerateDataKeyResponse
+	11, // 59: keyward.v1.Keyward.Sign:output_type -> keyward.v1.SignResponse
+	13, // 60: keyward.v1.Keyward.Verify:output_type -> keyward.v1.VerifyResponse
+	15, // 61: keyward.v1.Keyward.Mac:output_type -> keyward.v1.MacResponse
+	17, // 62: keyward.v1.Keyward.VerifyMac:output_type -> keyward.v1.VerifyMacResponse
+	19, // 63: keyward.v1.Keyward.GetPublicKey:output_type -> keyward.v1.GetPublicKeyResponse
+	22, // 64: keyward.v1.Keyward.BatchWrap:output_type -> keyward.v1.BatchWrapResponse
+	25, // 65: keyward.v1.Keyward.BatchUnwrap:output_type -> keyward.v1.BatchUnwrapResponse
+	28, // 66: keyward.v1.Keyward.BatchMac:output_type -> keyward.v1.BatchMacResponse
+	31, // 67: keyward.v1.Keyward.BatchVerifyMac:output_type -> keyward.v1.BatchVerifyMacResponse
+	34, // 68: keyward.v1.Keyward.CreateKey:output_type -> keyward.v1.KeyInfo
+	34, // 69: keyward.v1.Keyward.RotateKey:output_type -> keyward.v1.KeyInfo
+	38, // 70: keyward.v1.Keyward.ListKeys:output_type -> keyward.v1.ListKeysResponse
+	34, // 71: keyward.v1.Keyward.DescribeKey:output_type -> keyward.v1.KeyInfo
+	34, // 72: keyward.v1.Keyward.SetVersionState:output_type -> keyward.v1.KeyInfo
+	34, // 73: keyward.v1.Keyward.DestroyVersion:output_type -> keyward.v1.KeyInfo
+	34, // 74: keyward.v1.Keyward.SetMinDecryptVersion:output_type -> keyward.v1.KeyInfo
+	34, // 75: keyward.v1.Keyward.AdoptKey:output_type -> keyward.v1.KeyInfo
+	34, // 76: keyward.v1.Keyward.SetRotationPolicy:output_type -> keyward.v1.KeyInfo
+	46, // 77: keyward.v1.Keyward.Status:output_type -> keyward.v1.StatusResponse
+	55, // [55:78] is the sub-list for method output_type
+	32, // [32:55] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_keyward_v1_keyward_proto_init() }
@@ -3248,7 +3407,7 @@ func file_keyward_v1_keyward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyward_v1_keyward_proto_rawDesc), len(file_keyward_v1_keyward_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   49,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
