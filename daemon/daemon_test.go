@@ -284,6 +284,13 @@ func childClient() int {
 		case "conns": // conns N: N more raw HTTP/2 connections, held open
 			admitted, refused := holdConns(os.Getenv("KW_SOCK"), f[1])
 			out = fmt.Sprintf("admitted=%d refused=%d", admitted, refused)
+		case "ratelimits": // the limits Status says refuse this caller, and until when
+			var r *pb.StatusResponse
+			r, err = c.Status(ctx, &pb.StatusRequest{})
+			for _, l := range r.GetRateLimited() {
+				out += fmt.Sprintf("%q/%d/%d ", l.GetLimit(), l.GetPerMinute(), l.GetUntil().AsTime().Unix())
+			}
+			out = strings.TrimSpace(out)
 		case "status":
 			var r *pb.StatusResponse
 			r, err = c.Status(ctx, &pb.StatusRequest{})

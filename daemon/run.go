@@ -228,6 +228,7 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 		metrics = NewMetrics(be)
 	}
 	svc.metrics = metrics
+	svc.registerBackendUp(metrics.Registry())
 	al, err := openAudit(cfg, be, metrics, log)
 	if err != nil {
 		return err

@@ -378,6 +378,8 @@ func (s *Service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.Status
 	}
 	if id, ok := identityFrom(ctx); ok {
 		out.You = &pb.Peer{Uid: id.UID, Gid: id.GID, Groups: id.Groups, Pid: id.PID, Unit: id.Unit}
+		lim := s.lim.Load()
+		out.RateLimited = s.abuse.limitedUntil(callerOf(id), map[abuseKind]int{abuseDenied: lim.MaxDeniedPerMinute, abuseBadMAC: lim.MaxFailedVerifyMacPerMinute})
 		// Count only keys this caller may read: status tells nobody more than that.
 		pol := s.pol.Load()
 		for _, n := range names {

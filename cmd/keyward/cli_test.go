@@ -10,9 +10,11 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/client"
@@ -270,6 +272,32 @@ func TestAuditText(t *testing.T) {
 		if got := auditText(tc.st); got != tc.want {
 			t.Errorf("auditText(%+v) = %q, want %q", tc.st, got, tc.want)
 		}
+	}
+}
+
+// TestStatusRateLimitedText: status says which limit refuses the caller
+// and until when, in text and in JSON (the daemon's side is
+// daemon.TestStatusRateLimited).
+func TestStatusRateLimitedText(t *testing.T) {
+	until := time.Date(2026, 12, 6, 18, 40, 0, 0, time.UTC)
+	st := toStatusJSON(&keywardv1.StatusResponse{RateLimited: []*keywardv1.RateLimit{{Limit: "denied requests", PerMinute: 30, Until: timestamppb.New(until)}}})
+	var out bytes.Buffer
+	if err := printStatus(&app{stdout: &out, socket: "/s"}, st); err != nil {
+		t.Fatal(err)
+	}
+	if want := "\nyou are RATE LIMITED: over 30 denied requests a minute; your calls are refused until 2026-12-06T18:40:00Z\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("status text lacks %q:\n%s", want, out.String())
+	}
+	var js bytes.Buffer
+	if err := writeJSON(&js, st); err != nil {
+		t.Fatal(err)
+	}
+	if want := `"rate_limited": [`; !strings.Contains(js.String(), want) || !strings.Contains(js.String(), `"until": "2026-12-06T18:40:00Z"`) {
+		t.Errorf("status --json: %s", js.String())
+	}
+	out.Reset()
+	if err := printStatus(&app{stdout: &out, socket: "/s"}, toStatusJSON(&keywardv1.StatusResponse{})); err != nil || strings.Contains(out.String(), "RATE LIMITED") {
+		t.Errorf("status of a caller under its limits: %v\n%s", err, out.String())
 	}
 }
 
