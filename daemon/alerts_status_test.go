@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,12 +20,15 @@ import (
 
 // TestStatusRateLimited: a caller over an abuse limit learns from Status
 // which limit refuses it and until when (the end of the window that its
-// first counted event opened); callers under their limits see none.
+// first counted event opened); callers under their limits see none. The
+// failed verify-mac calls and the lockouts are counted on /metrics.
 func TestStatusRateLimited(t *testing.T) {
+	metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
 	r := start(t, append(testRules(), policy.Rule{Name: "mac checker", UIDs: []uint32{appUID}, Keys: []string{"abuse/*"}, Operations: []string{"verify-mac"}}),
 		func(c *config.Config) {
 			c.Limits.MaxDeniedPerMinute = 3
 			c.Limits.MaxFailedVerifyMacPerMinute = 2
+			c.MetricsSocket = metricsSock
 		})
 	ctx := context.Background()
 	root := dial(t, r.sock)
@@ -36,7 +40,7 @@ func TestStatusRateLimited(t *testing.T) {
 		t.Fatalf("outsider before any denial: %q, want no limit", got)
 	}
 	first := time.Now().Truncate(time.Second)
-	for range 4 {
+	for range 5 {
 		outsider.do("wrap app/x")
 	}
 	for i := range 3 {
@@ -54,6 +58,17 @@ func TestStatusRateLimited(t *testing.T) {
 		// caller is served again at its end, rounded up to the second.
 		if !ok || err != nil || until <= last.Unix() || until > first.Add(time.Minute).Unix()+1 {
 			t.Errorf("Status of a limited caller: %q; want %s<end of the window>", got, tc.limit)
+		}
+	}
+	page := scrape(t, metricsSock)
+	for series, want := range map[string]float64{
+		`keyward_verify_failures_total{op="verify-mac"}`: 3, // the third one went over the limit
+		`keyward_verify_failures_total{op="verify"}`:     0,
+		`keyward_denied_total{op="wrap"}`:                4, // the fourth went over the limit
+		`keyward_rate_limited_total{limit="denied"}`:     1, // the fifth was refused
+	} {
+		if got := metricValue(page, series); got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
 		}
 	}
 	st, err := root.Status(ctx, &pb.StatusRequest{})

@@ -31,6 +31,7 @@ type serviceMetrics interface {
 	deny(op policy.Operation)
 	rateLimited(kind abuseKind)
 	refusedAtOpen(result string)
+	verifyFailed(op policy.Operation)
 }
 
 var _ serviceMetrics = (*Metrics)(nil)
@@ -38,6 +39,7 @@ var _ serviceMetrics = (*Metrics)(nil)
 // noMetrics counts nothing.
 type noMetrics struct{}
 
-func (noMetrics) deny(policy.Operation) {}
-func (noMetrics) rateLimited(abuseKind) {}
-func (noMetrics) refusedAtOpen(string)  {}
+func (noMetrics) deny(policy.Operation)         {}
+func (noMetrics) rateLimited(abuseKind)         {}
+func (noMetrics) refusedAtOpen(string)          {}
+func (noMetrics) verifyFailed(policy.Operation) {}

@@ -32,6 +32,7 @@ type Metrics struct {
 	denied   *prometheus.CounterVec
 	limited  *prometheus.CounterVec
 	refused  *prometheus.CounterVec
+	verifies *prometheus.CounterVec
 	methods  sync.Map // full RPC method name -> *methodMetrics
 }
 
@@ -66,6 +67,14 @@ func NewMetrics(backend any) *Metrics {
 		Name: "keyward_refused_before_call_total",
 		Help: "Calls and connections refused before a handler ran, by result: RATE_LIMITED, TOO_MANY_REQUESTS, SHUTTING_DOWN, RECEIVE_TIMEOUT, CONNECTION_LIMIT.",
 	}, []string{"result"})
+	m.verifies = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyward_verify_failures_total",
+		Help: "Signatures (verify) and MACs (verify-mac) checked that did not verify, by operation: many failed verify-mac calls are someone guessing a credential.",
+	}, []string{"op"})
+	for _, op := range []policy.Operation{policy.OpVerify, policy.OpVerifyMAC} {
+		m.verifies.WithLabelValues(string(op))
+	}
+	reg.MustRegister(m.verifies)
 	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if r, ok := backend.(keys.MetricsReporter); ok {
@@ -86,6 +95,12 @@ func (m *Metrics) refusedAtOpen(result string) {
 func (m *Metrics) deny(op policy.Operation) {
 	if m != nil {
 		m.denied.WithLabelValues(string(op)).Inc()
+	}
+}
+
+func (m *Metrics) verifyFailed(op policy.Operation) {
+	if m != nil {
+		m.verifies.WithLabelValues(string(op)).Inc()
 	}
 }
 

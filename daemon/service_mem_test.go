@@ -77,8 +77,9 @@ func (c *countingMetrics) deny(op policy.Operation) {
 	defer c.mu.Unlock()
 	c.denied[op]++
 }
-func (c *countingMetrics) rateLimited(abuseKind) {}
-func (c *countingMetrics) refusedAtOpen(string)  {}
+func (c *countingMetrics) rateLimited(abuseKind)         {}
+func (c *countingMetrics) refusedAtOpen(string)          {}
+func (c *countingMetrics) verifyFailed(policy.Operation) {}
 
 const memAppUID, memOtherUID = 1000, 2000
 
