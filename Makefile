@@ -23,7 +23,7 @@ DEB_PACKAGES += podman runc
 
 DEV_DIR := .dev/softhsm
 
-.PHONY: all deps build test lint fmt run demo bench-audit bench-nethsm latency-module dev-token clean proto deb
+.PHONY: all deps build test lint fmt run demo bench-audit bench-nethsm latency-module dev-token clean proto deb promtool
 
 all: build
 
@@ -39,9 +39,14 @@ build:
 		$(GO) build -o bin/ ./cmd/...; \
 	fi
 
+# promtool for the alerting rules' tests (packaging/prometheus): unpacked from
+# Debian's prometheus package into bin/, not installed (scripts/get-promtool.sh says why).
+promtool:
+	@scripts/get-promtool.sh bin/promtool
+
 # The tpm package runs twice: on swtpm (default build) and, with the tpmsim
 # tag, also on the in-process simulator (cgo, libssl-dev).
-test: deps
+test: deps promtool
 	$(GO) vet ./...
 	$(GO) vet -tags tpmsim ./tpm/...
 	$(GO) test -count=1 -timeout 15m ./...
