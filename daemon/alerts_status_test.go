@@ -24,7 +24,7 @@ import (
 // failed verify-mac calls and the lockouts are counted on /metrics.
 func TestStatusRateLimited(t *testing.T) {
 	metricsSock := filepath.Join(t.TempDir(), "metrics.sock")
-	r := start(t, append(testRules(), policy.Rule{Name: "mac checker", UIDs: []uint32{appUID}, Keys: []string{"abuse/*"}, Operations: []string{"verify-mac"}}),
+	r := start(t, append(testRules(), policy.Rule{Name: "mac checker", UIDs: []uint32{appUID}, Keys: []string{"ratelimit/*"}, Operations: []string{"verify-mac"}}),
 		func(c *config.Config) {
 			c.Limits.MaxDeniedPerMinute = 3
 			c.Limits.MaxFailedVerifyMacPerMinute = 2
@@ -32,7 +32,7 @@ func TestStatusRateLimited(t *testing.T) {
 		})
 	ctx := context.Background()
 	root := dial(t, r.sock)
-	if _, err := root.CreateKey(ctx, &pb.CreateKeyRequest{Key: "abuse/m", KeyType: "hmac-sha256"}); err != nil {
+	if _, err := root.CreateKey(ctx, &pb.CreateKeyRequest{Key: "ratelimit/m", KeyType: "hmac-sha256"}); err != nil {
 		t.Fatal(err)
 	}
 	outsider, app := as(t, r.sock, outsideUID), as(t, r.sock, appUID)
@@ -44,7 +44,7 @@ func TestStatusRateLimited(t *testing.T) {
 		outsider.do("wrap app/x")
 	}
 	for i := range 3 {
-		app.do(fmt.Sprintf("verifymac abuse/m %s", hex.EncodeToString([]byte{byte(i), 1, 2, 3})))
+		app.do(fmt.Sprintf("verifymac ratelimit/m %s", hex.EncodeToString([]byte{byte(i), 1, 2, 3})))
 	}
 	last := time.Now()
 	for _, tc := range []struct {

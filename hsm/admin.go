@@ -185,7 +185,6 @@ func (t *Token) RotateIfDue(ctx context.Context, name string, now time.Time) (ke
 func (t *Token) rotate(ctx context.Context, name string, due func(*metaRecord) bool) (keys.KeyInfo, bool, error) {
 	var made *metaVersion
 	var ty keys.Type
-	notDue := false
 	info, err := t.update(ctx, "rotate", name, func(s *sess, rec *metaRecord) error {
 		if made != nil {
 			// A previous attempt: it lost a race (its objects were never
@@ -201,8 +200,8 @@ func (t *Token) rotate(ctx context.Context, name string, due func(*metaRecord) b
 			made = nil
 		}
 		ty = rec.Type
-		if notDue = due != nil && !due(rec); notDue {
-			return errApplied // nothing to change
+		if due != nil && !due(rec) {
+			return errNotDue
 		}
 		if rec.Adopted && len(rec.Vers) == 0 {
 			return fmt.Errorf("adopted key without versions: %w", keys.ErrIntegrity)
@@ -231,7 +230,11 @@ func (t *Token) rotate(ctx context.Context, name string, due func(*metaRecord) b
 			return nil
 		})
 	}
-	return info, err == nil && !notDue, err
+	if errors.Is(err, errNotDue) {
+		info, err = t.DescribeKey(ctx, name)
+		return info, false, err
+	}
+	return info, err == nil, err
 }
 
 // SetRotationPeriod stores the key's scheduled rotation period (0: none).

@@ -34,6 +34,10 @@ var errConcurrent = errors.New("key record changed concurrently")
 // run whose error hid that it took effect); update returns the record.
 var errApplied = errors.New("change already published")
 
+// errNotDue: RotateIfDue found, in the record read for the change, that
+// the key is not due: nothing is written.
+var errNotDue = errors.New("key not due for rotation")
+
 var errPINValue = fmt.Errorf("uri carries pin-value: PINs come from a 0600 file or a systemd credential, never from config text: %w", ErrConfig)
 
 // errObjectMissing: no object matches a reference.
