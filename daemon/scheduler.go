@@ -72,6 +72,9 @@ func (sc *scheduler) check(ctx context.Context) {
 		if _, ok := k.NextRotation(); !ok {
 			continue
 		}
+		if ctx.Err() != nil {
+			return // stopping: start no rotation
+		}
 		if k.DueAt(now) {
 			if info, err := sc.rotate(ctx, k, now); err == nil {
 				k = info
