@@ -29,7 +29,7 @@ DEV_DIR := .dev/softhsm
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null)
 VERSION_LDFLAGS := $(if $(VERSION),-X github.com/keyward/keyward/internal/version.stamp=$(VERSION))
 
-.PHONY: all deps build test lint fmt run demo bench-audit bench-nethsm latency-module dev-token clean proto deb
+.PHONY: all deps build test lint fmt run demo bench-audit bench-nethsm latency-module dev-token clean proto deb promtool
 
 all: build
 
@@ -47,9 +47,14 @@ build:
 		CGO_ENABLED=0 $(GO) build -ldflags "$(VERSION_LDFLAGS)" -o bin/ ./cmd/keyward; \
 	fi
 
+# promtool for the alerting rules' tests (packaging/prometheus): unpacked from
+# Debian's prometheus package into bin/, not installed (scripts/get-promtool.sh says why).
+promtool:
+	@scripts/get-promtool.sh bin/promtool
+
 # The tpm package runs twice: on swtpm (default build) and, with the tpmsim
 # tag, also on the in-process simulator (cgo, libssl-dev).
-test: deps
+test: deps promtool
 	$(GO) vet ./...
 	$(GO) vet -tags tpmsim ./tpm/...
 	$(GO) test -count=1 -timeout 15m ./...

@@ -446,6 +446,13 @@ func (c *Client) RotateKey(ctx context.Context, key string) (*keywardv1.KeyInfo,
 		&keywardv1.RotateKeyRequest{Key: key})
 }
 
+// SetRotationPolicy sets how often the daemon rotates key by itself
+// (whole seconds, at least an hour; 0 stops it). Never retried.
+func (c *Client) SetRotationPolicy(ctx context.Context, key string, period time.Duration) (*keywardv1.KeyInfo, error) {
+	return call(ctx, c, named("set the rotation period of key", key), false, c.api.SetRotationPolicy,
+		&keywardv1.SetRotationPolicyRequest{Key: key, RotationPeriodSeconds: uint64(max(period, 0) / time.Second)})
+}
+
 // ListKeys returns every key the daemon holds.
 func (c *Client) ListKeys(ctx context.Context) ([]*keywardv1.KeyInfo, error) {
 	resp, err := call(ctx, c, "list keys", true, c.api.ListKeys, &keywardv1.ListKeysRequest{})

@@ -81,6 +81,9 @@ type Config struct {
 	// "credentials" is served either way. CredentialsDir is the store.
 	CredentialsSocket string `toml:"credentials_socket"`
 	CredentialsDir    string `toml:"credentials_dir"`
+	// RotationCheckInterval is how often keywardd looks for keys due for
+	// their scheduled rotation (each wait 80..100% of it, at random).
+	RotationCheckInterval Duration `toml:"rotation_check_interval"`
 }
 
 // Backend selects the key device: kind "pkcs11" (module, token or uri,
@@ -200,6 +203,7 @@ func Defaults() Config {
 		AuditCheckpointInterval: Duration{time.Minute},
 		AuditRefusalInterval:    Duration{10 * time.Second},
 		AuditRefusalMaxRecords:  100,
+		RotationCheckInterval:   Duration{10 * time.Minute},
 		LogLevel:                "info",
 		CredentialsDir:          "/etc/keyward/credstore",
 		Backend: Backend{
@@ -411,6 +415,7 @@ func (c *Config) problems() []problem {
 		{"audit_sync_interval", c.AuditSyncInterval.Duration, 10 * time.Millisecond, time.Hour},
 		{"audit_checkpoint_interval", c.AuditCheckpointInterval.Duration, time.Second, 0},
 		{"audit_refusal_interval", c.AuditRefusalInterval.Duration, time.Second, time.Hour},
+		{"rotation_check_interval", c.RotationCheckInterval.Duration, time.Second, 24 * time.Hour},
 	} {
 		if p, bad := d.problem(); bad {
 			ps = append(ps, p)

@@ -83,6 +83,12 @@ func start(t testing.TB, rules []policy.Rule, mod func(*config.Config)) *running
 // startWith is start with the daemon's log (debug level) going to logw.
 func startWith(t testing.TB, rules []policy.Rule, mod func(*config.Config), logw io.Writer) *running {
 	t.Helper()
+	return startOpts(t, rules, mod, logw, nil)
+}
+
+// startOpts is startWith with opts changing the daemon's Options.
+func startOpts(t testing.TB, rules []policy.Rule, mod func(*config.Config), logw io.Writer, opts func(*daemon.Options)) *running {
+	t.Helper()
 	softhsmtest.Need(t, tok)
 	// Not t.TempDir(): its parent is 0700, and clients run as other uids.
 	dir, err := os.MkdirTemp("", "keyward-daemon-test-")
@@ -122,7 +128,11 @@ func startWith(t testing.TB, rules []policy.Rule, mod func(*config.Config), logw
 	r := &running{sock: cfg.Socket, cancel: cancel, done: make(chan error, 1), cfgPath: cfgPath}
 	ready := make(chan struct{})
 	go func() {
-		r.done <- daemon.Run(ctx, cfg, pol, be, daemon.Options{ConfigPath: cfgPath, Logger: log, Ready: func(string) { close(ready) }})
+		o := daemon.Options{ConfigPath: cfgPath, Logger: log, Ready: func(string) { close(ready) }}
+		if opts != nil {
+			opts(&o)
+		}
+		r.done <- daemon.Run(ctx, cfg, pol, be, o)
 		be.Close()
 	}()
 	select {
@@ -249,6 +259,9 @@ func childClient() int {
 			_, err = c.CreateKey(ctx, &pb.CreateKeyRequest{Key: f[1], KeyType: f[2]})
 		case "rotate":
 			_, err = c.RotateKey(ctx, &pb.RotateKeyRequest{Key: f[1]})
+		case "set-rotation": // set-rotation KEY SECONDS
+			secs, _ := strconv.ParseUint(f[2], 10, 64)
+			_, err = c.SetRotationPolicy(ctx, &pb.SetRotationPolicyRequest{Key: f[1], RotationPeriodSeconds: secs})
 		case "verifymac":
 			mac, _ := hex.DecodeString(f[2])
 			var r *pb.VerifyMacResponse
@@ -271,6 +284,13 @@ func childClient() int {
 		case "conns": // conns N: N more raw HTTP/2 connections, held open
 			admitted, refused := holdConns(os.Getenv("KW_SOCK"), f[1])
 			out = fmt.Sprintf("admitted=%d refused=%d", admitted, refused)
+		case "ratelimits": // the limits Status says refuse this caller, and until when
+			var r *pb.StatusResponse
+			r, err = c.Status(ctx, &pb.StatusRequest{})
+			for _, l := range r.GetRateLimited() {
+				out += fmt.Sprintf("%q/%d/%d ", l.GetLimit(), l.GetPerMinute(), l.GetUntil().AsTime().Unix())
+			}
+			out = strings.TrimSpace(out)
 		case "status":
 			var r *pb.StatusResponse
 			r, err = c.Status(ctx, &pb.StatusRequest{})

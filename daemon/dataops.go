@@ -13,6 +13,7 @@ import (
 	"github.com/keyward/keyward/envelope"
 	"github.com/keyward/keyward/internal/secretfile"
 	"github.com/keyward/keyward/keys"
+	"github.com/keyward/keyward/policy"
 )
 
 // opTarget is what one data operation is authorised and recorded against.
@@ -298,6 +299,9 @@ var opVerify = dataOp[*pb.VerifyRequest, *pb.VerifyResponse]{
 		if err != nil {
 			return nil, err
 		}
+		if !ok {
+			s.metrics.verifyFailed(policy.OpVerify)
+		}
 		return &pb.VerifyResponse{Valid: ok, Version: v}, nil
 	},
 	recorded: func(r *pb.VerifyRequest, resp *pb.VerifyResponse, err error) (uint32, string) {
@@ -356,6 +360,7 @@ func (s *Service) verifyMAC(ctx context.Context, r *pb.VerifyMacRequest, _ opTar
 	}
 	if !ok {
 		s.abuse.note(callerOf(id), abuseBadMAC, limit)
+		s.metrics.verifyFailed(policy.OpVerifyMAC)
 	}
 	return &pb.VerifyMacResponse{Valid: ok, Version: v}, nil
 }

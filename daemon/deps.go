@@ -32,6 +32,7 @@ type serviceMetrics interface {
 	rateLimited(kind abuseKind)
 	refusedAtOpen(result string)
 	kmsKeyIDChanged()
+	verifyFailed(op policy.Operation)
 }
 
 var _ serviceMetrics = (*Metrics)(nil)
@@ -39,7 +40,8 @@ var _ serviceMetrics = (*Metrics)(nil)
 // noMetrics counts nothing.
 type noMetrics struct{}
 
-func (noMetrics) deny(policy.Operation) {}
-func (noMetrics) rateLimited(abuseKind) {}
-func (noMetrics) refusedAtOpen(string)  {}
-func (noMetrics) kmsKeyIDChanged()      {}
+func (noMetrics) deny(policy.Operation)         {}
+func (noMetrics) rateLimited(abuseKind)         {}
+func (noMetrics) refusedAtOpen(string)          {}
+func (noMetrics) kmsKeyIDChanged()              {}
+func (noMetrics) verifyFailed(policy.Operation) {}

@@ -18,7 +18,9 @@ import (
 
 func scrape(t *testing.T, sock string) string {
 	t.Helper()
-	hc := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	// No keep-alive: the listener serves at most 8 connections, and a
+	// test that scrapes often would wait for idle ones to time out.
+	hc := http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
 	resp, err := hc.Get("http://keyward/metrics")

@@ -69,6 +69,7 @@ var methods = map[string]*method{
 	"DestroyVersion":       {op: policy.OpKeyDestroy, audit: "key.destroy", log: "key.destroy", kind: kindAdmin},
 	"SetMinDecryptVersion": {op: policy.OpKeySetMin, audit: "key.set-min-version", log: "key.set-min-version", kind: kindAdmin},
 	"AdoptKey":             {op: policy.OpKeyAdopt, audit: "key.adopt", log: "key.adopt", kind: kindAdmin},
+	"SetRotationPolicy":    {op: policy.OpKeySetRotation, audit: "key.set-rotation", log: "key.set-rotation", kind: kindAdmin},
 
 	"Status": {audit: "status", log: "status", kind: kindStatus, idempotent: true},
 

@@ -277,6 +277,10 @@ var clientCalls = map[string]func(context.Context, *client.Client) error{
 		_, err := c.AdoptKey(ctx, "a/b", "aes-256-gcm", "pkcs11:object=x")
 		return err
 	},
+	"SetRotationPolicy": func(ctx context.Context, c *client.Client) error {
+		_, err := c.SetRotationPolicy(ctx, "a/b", 90*24*time.Hour)
+		return err
+	},
 	"Status": func(ctx context.Context, c *client.Client) error { _, err := c.Status(ctx); return err },
 	"PutCredential": func(ctx context.Context, c *client.Client) error {
 		_, err := c.PutCredential(ctx, "a.service", "x", "a/b", []byte("s"), false)

@@ -33,6 +33,7 @@ type Metrics struct {
 	limited  *prometheus.CounterVec
 	refused  *prometheus.CounterVec
 	kmsKeyID prometheus.Counter
+	verifies *prometheus.CounterVec
 	methods  sync.Map // full RPC method name -> *methodMetrics
 }
 
@@ -74,7 +75,14 @@ func NewMetrics(backend any) *Metrics {
 		Name: "keyward_build_info", Help: "Always 1; the labels are keywardd's build version and the Go release it was built with.",
 		ConstLabels: prometheus.Labels{"version": Version, "goversion": version.Go()},
 	}, func() float64 { return 1 })
-	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused, m.kmsKeyID, buildInfo,
+	m.verifies = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyward_verify_failures_total",
+		Help: "Signatures (verify) and MACs (verify-mac) checked that did not verify, by operation: many failed verify-mac calls are someone guessing a credential.",
+	}, []string{"op"})
+	for _, op := range []policy.Operation{policy.OpVerify, policy.OpVerifyMAC} {
+		m.verifies.WithLabelValues(string(op))
+	}
+	reg.MustRegister(m.requests, m.latency, m.denied, m.limited, m.refused, m.kmsKeyID, buildInfo, m.verifies,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if r, ok := backend.(keys.MetricsReporter); ok {
 		reg.MustRegister(newReporterCollector(r))
@@ -94,6 +102,12 @@ func (m *Metrics) refusedAtOpen(result string) {
 func (m *Metrics) deny(op policy.Operation) {
 	if m != nil {
 		m.denied.WithLabelValues(string(op)).Inc()
+	}
+}
+
+func (m *Metrics) verifyFailed(op policy.Operation) {
+	if m != nil {
+		m.verifies.WithLabelValues(string(op)).Inc()
 	}
 }
 

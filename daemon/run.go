@@ -209,6 +209,8 @@ type Options struct {
 	// WATCHDOG=1 goes to Notifier every Watchdog/2 while the backend answers
 	// its health probe.
 	Watchdog time.Duration
+	// SchedulerClock, when set, is the scheduled rotation's clock (tests).
+	SchedulerClock func() time.Time
 }
 
 // Run serves be under pol until ctx ends. The caller opens and closes the
@@ -233,6 +235,7 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 		metrics = NewMetrics(be)
 	}
 	svc.metrics = metrics
+	svc.registerBackendUp(metrics.Registry())
 	al, err := openAudit(cfg, be, metrics, log)
 	if err != nil {
 		return err
@@ -279,6 +282,9 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 		kms.close()
 		return err
 	}
+	stopScheduler := startScheduler(ctx, &scheduler{be: be, log: log, audit: trail, every: cfg.RotationCheckInterval.Duration,
+		now: opts.SchedulerClock, metrics: newRotationMetrics(metrics.Registry())})
+	defer stopScheduler()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	kms.serve()

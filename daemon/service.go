@@ -221,6 +221,9 @@ func (s *Service) verifyAny(ctx context.Context, name string, v uint32, check fu
 // keyInfo converts a backend KeyInfo for the wire.
 func keyInfo(k keys.KeyInfo) *pb.KeyInfo {
 	out := &pb.KeyInfo{Key: k.Name, KeyType: string(k.Type), Created: timestamppb.New(k.Created), MinDecryptVersion: k.MinDecryptVersion, Adopted: k.Adopted}
+	if next, ok := k.NextRotation(); ok {
+		out.RotationPeriodSeconds, out.NextRotation = uint64(k.RotationPeriod/time.Second), timestamppb.New(next)
+	}
 	for _, v := range k.Versions {
 		st := map[keys.State]pb.VersionState{keys.Enabled: pb.VersionState_ENABLED, keys.Disabled: pb.VersionState_DISABLED, keys.Destroyed: pb.VersionState_DESTROYED}[v.State]
 		out.Versions = append(out.Versions, &pb.KeyVersion{Version: v.Version, State: st, Created: timestamppb.New(v.Created)})
@@ -237,6 +240,7 @@ var (
 	mDestroy     = methodOf("DestroyVersion")
 	mSetMin      = methodOf("SetMinDecryptVersion")
 	mAdoptKey    = methodOf("AdoptKey")
+	mSetRotation = methodOf("SetRotationPolicy")
 )
 
 // admin runs one lifecycle operation after authorising it, and audits it;
@@ -283,6 +287,19 @@ func (s *Service) CreateKey(ctx context.Context, req *pb.CreateKeyRequest) (*pb.
 
 func (s *Service) RotateKey(ctx context.Context, req *pb.RotateKeyRequest) (*pb.KeyInfo, error) {
 	return s.admin(ctx, mRotateKey.op, req.GetKey(), func() (keys.KeyInfo, error) { return s.be.RotateKey(ctx, req.GetKey()) })
+}
+
+// SetRotationPolicy sets or stops the key's scheduled rotation.
+func (s *Service) SetRotationPolicy(ctx context.Context, req *pb.SetRotationPolicyRequest) (*pb.KeyInfo, error) {
+	return s.admin(ctx, mSetRotation.op, req.GetKey(), func() (keys.KeyInfo, error) {
+		secs := req.GetRotationPeriodSeconds()
+		d := time.Duration(secs) * time.Second
+		if secs > uint64(keys.MaxRotationPeriod/time.Second) || keys.CheckRotationPeriod(d) != nil {
+			return keys.KeyInfo{}, invalid("rotation period of %d seconds: want 0 (none) or between %s and %s",
+				secs, keys.FormatPeriod(keys.MinRotationPeriod), keys.FormatPeriod(keys.MaxRotationPeriod))
+		}
+		return s.be.SetRotationPeriod(ctx, req.GetKey(), d)
+	})
 }
 
 func (s *Service) DescribeKey(ctx context.Context, req *pb.DescribeKeyRequest) (*pb.KeyInfo, error) {
@@ -367,6 +384,8 @@ func (s *Service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.Status
 	}
 	if id, ok := identityFrom(ctx); ok {
 		out.You = &pb.Peer{Uid: id.UID, Gid: id.GID, Groups: id.Groups, Pid: id.PID, Unit: id.Unit}
+		lim := s.lim.Load()
+		out.RateLimited = s.abuse.limitedUntil(callerOf(id), map[abuseKind]int{abuseDenied: lim.MaxDeniedPerMinute, abuseBadMAC: lim.MaxFailedVerifyMacPerMinute})
 		// Count only keys this caller may read: status tells nobody more than that.
 		pol := s.pol.Load()
 		for _, n := range names {

@@ -78,8 +78,9 @@ func (c *countingMetrics) deny(op policy.Operation) {
 	defer c.mu.Unlock()
 	c.denied[op]++
 }
-func (c *countingMetrics) rateLimited(abuseKind) {}
-func (c *countingMetrics) refusedAtOpen(string)  {}
+func (c *countingMetrics) rateLimited(abuseKind)         {}
+func (c *countingMetrics) refusedAtOpen(string)          {}
+func (c *countingMetrics) verifyFailed(policy.Operation) {}
 func (c *countingMetrics) kmsKeyIDChanged() {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -170,6 +170,19 @@ func (t *Token) update(ctx context.Context, op, name string, change func(s *sess
 
 // RotateKey adds a new version, which becomes the one wrap, sign and mac use.
 func (t *Token) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error) {
+	info, _, err := t.rotate(ctx, name, nil)
+	return info, err
+}
+
+// RotateIfDue rotates the key if the record read for the change says it is
+// due at now: a retry after another writer's change reads that change, so
+// of several daemons on one token only the first rotates.
+func (t *Token) RotateIfDue(ctx context.Context, name string, now time.Time) (keys.KeyInfo, bool, error) {
+	return t.rotate(ctx, name, func(rec *metaRecord) bool { ki := rec.info(); return ki.DueAt(now) })
+}
+
+// rotate adds a version when due (nil: always) accepts the current record.
+func (t *Token) rotate(ctx context.Context, name string, due func(*metaRecord) bool) (keys.KeyInfo, bool, error) {
 	var made *metaVersion
 	var ty keys.Type
 	info, err := t.update(ctx, "rotate", name, func(s *sess, rec *metaRecord) error {
@@ -187,6 +200,9 @@ func (t *Token) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error
 			made = nil
 		}
 		ty = rec.Type
+		if due != nil && !due(rec) {
+			return errNotDue
+		}
 		if rec.Adopted && len(rec.Vers) == 0 {
 			return fmt.Errorf("adopted key without versions: %w", keys.ErrIntegrity)
 		}
@@ -214,7 +230,22 @@ func (t *Token) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error
 			return nil
 		})
 	}
-	return info, err
+	if errors.Is(err, errNotDue) {
+		info, err = t.DescribeKey(ctx, name)
+		return info, false, err
+	}
+	return info, err == nil, err
+}
+
+// SetRotationPeriod stores the key's scheduled rotation period (0: none).
+func (t *Token) SetRotationPeriod(ctx context.Context, name string, period time.Duration) (keys.KeyInfo, error) {
+	if err := keys.CheckRotationPeriod(period); err != nil {
+		return keys.KeyInfo{}, err
+	}
+	return t.update(ctx, "set-rotation", name, func(s *sess, rec *metaRecord) error {
+		rec.Period = int64(period / time.Second)
+		return nil
+	})
 }
 
 // DescribeKey returns the key's record.

@@ -40,6 +40,8 @@ type metaRecord struct {
 	Min     uint32        `json:"min_decrypt_version"`
 	Adopted bool          `json:"adopted,omitempty"`
 	Vers    []metaVersion `json:"versions"`
+	// Period is the scheduled rotation's period in seconds (0: none).
+	Period int64 `json:"rotation_period_s,omitempty"`
 	// Pending is set only in a claim (see storeMeta): when its writer made
 	// it, and who: "BOOTID/PID" (the host's boot_id, unique per host and
 	// boot, and the process).
@@ -56,7 +58,8 @@ type metaVersion struct {
 }
 
 func (r *metaRecord) info() keys.KeyInfo {
-	ki := keys.KeyInfo{Name: r.Name, Type: r.Type, Created: r.Created, MinDecryptVersion: r.Min, Adopted: r.Adopted}
+	ki := keys.KeyInfo{Name: r.Name, Type: r.Type, Created: r.Created, MinDecryptVersion: r.Min, Adopted: r.Adopted,
+		RotationPeriod: time.Duration(r.Period) * time.Second}
 	ki.Versions = make([]keys.VersionInfo, len(r.Vers))
 	for i, v := range r.Vers {
 		ki.Versions[i] = keys.VersionInfo{Version: v.Version, State: v.State, Created: v.Created}
@@ -124,6 +127,9 @@ func (r *metaRecord) pubRef(v uint32) (objRef, error) {
 func (r *metaRecord) validate(name string) error {
 	if r.Format != 1 || r.Name != name || !r.Type.Valid() {
 		return fmt.Errorf("record of %s: format, name or type wrong: %w", name, keys.ErrIntegrity)
+	}
+	if keys.CheckRotationPeriod(time.Duration(r.Period)*time.Second) != nil || r.Period > int64(keys.MaxRotationPeriod/time.Second) {
+		return fmt.Errorf("record of %s: rotation period %ds out of range: %w", name, r.Period, keys.ErrIntegrity)
 	}
 	for i, v := range r.Vers {
 		if v.Version != uint32(i+1) {

@@ -116,6 +116,9 @@ type KeyInfo struct {
 	MinDecryptVersion uint32        `json:"min_decrypt_version"`
 	Versions          []VersionInfo `json:"versions"` // ascending, 1..N, destroyed ones included
 	Adopted           bool          `json:"adopted,omitempty"`
+	// RotationPeriod is how often the daemon rotates the key by itself
+	// (0: never); see NextRotation.
+	RotationPeriod time.Duration `json:"rotation_period,omitempty"`
 }
 
 // Latest returns the newest enabled version: the one encrypt, sign and mac use.
@@ -204,6 +207,16 @@ type Backend interface {
 	SetVersionState(ctx context.Context, name string, version uint32, s State) (KeyInfo, error)
 	DestroyVersion(ctx context.Context, name string, version uint32) (KeyInfo, error)
 	SetMinDecryptVersion(ctx context.Context, name string, version uint32) (KeyInfo, error)
+	// SetRotationPeriod stores the key's rotation period in its record
+	// (0: no scheduled rotation; otherwise CheckRotationPeriod's bounds).
+	SetRotationPeriod(ctx context.Context, name string, period time.Duration) (KeyInfo, error)
+	// RotateIfDue rotates the key only if, in the record it reads for the
+	// change (under the device's change protocol, after any retry), the
+	// key is DueAt now. Of several processes sharing a device that call it
+	// at once for one due key, exactly one rotates: the others then read
+	// the new version and find the key not due. rotated says whether this
+	// call added a version; info is the key as it stands.
+	RotateIfDue(ctx context.Context, name string, now time.Time) (info KeyInfo, rotated bool, err error)
 
 	// Data operations.
 	Wrap(ctx context.Context, name string, plaintext []byte, c Context) ([]byte, error)

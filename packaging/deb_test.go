@@ -56,6 +56,8 @@ var wantFiles = []string{
 	"/usr/sbin/keyward-provision-softhsm2-token",
 	"/usr/share/man/man1/keyward.1.gz",
 	"/usr/share/man/man8/keywardd.8.gz",
+	"/usr/share/keyward/prometheus/keyward-alerts.yml",
+	"/usr/share/keyward/prometheus/keyward-alerts.test.yml",
 }
 
 func command(t *testing.T, name string, args ...string) string {

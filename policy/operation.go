@@ -38,6 +38,8 @@ const (
 	OpKeyRead    Operation = "key.read" // list and describe
 	OpKeySetMin  Operation = "key.set-min-version"
 	OpKeyAdopt   Operation = "key.adopt"
+	// OpKeySetRotation sets or stops a key's scheduled rotation.
+	OpKeySetRotation Operation = "key.set-rotation"
 )
 
 // Credential operations (systemd's LoadCredential=). OpCredential is a data
@@ -54,21 +56,22 @@ const (
 // package, which keeps its own copy.
 var (
 	DataOperations  = []Operation{OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey, OpKMSEncrypt, OpKMSDecrypt, OpCredential}
-	AdminOperations = []Operation{OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt, OpCredentialPut}
+	AdminOperations = []Operation{OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt,
+		OpKeySetRotation, OpCredentialPut}
 )
 
 // allOps is the package's own order: an operation's index is its bit in an
 // opSet, and the order Report lists operations in.
 var allOps = [...]Operation{
 	OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey,
-	OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt,
+	OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt, OpKeySetRotation,
 	OpKMSEncrypt, OpKMSDecrypt,
 	OpCredential, OpCredentialPut,
 }
 
 const (
 	firstAdmin = 9  // index of OpKeyCreate in allOps
-	firstKMS   = 17 // index of OpKMSEncrypt: the key admin operations end before it
+	firstKMS   = 18 // index of OpKMSEncrypt: the key admin operations end before it
 )
 
 type opSet uint32

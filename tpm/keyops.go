@@ -8,6 +8,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"math/big"
 	"time"
@@ -99,22 +100,54 @@ func (b *TPM) update(ctx context.Context, op, name string, change func(d *device
 
 // RotateKey adds a version generated in the TPM.
 func (b *TPM) RotateKey(ctx context.Context, name string) (keys.KeyInfo, error) {
-	return b.update(ctx, "rotate", name, func(d *device, r *record) error {
-		if len(r.Vers) >= keys.MaxVersion {
-			return fmt.Errorf("version limit reached: %w", keys.ErrInvalidArgument)
+	return b.update(ctx, "rotate", name, func(d *device, r *record) error { return b.addVersion(d, r) })
+}
+
+// RotateIfDue rotates the key if its record, read under the TPM's lock for
+// the change, says it is due at now.
+func (b *TPM) RotateIfDue(ctx context.Context, name string, now time.Time) (keys.KeyInfo, bool, error) {
+	rotated := false
+	info, err := b.update(ctx, "rotate", name, func(d *device, r *record) error {
+		if ki := r.info(); !ki.DueAt(now) {
+			rotated = false
+			return errUnchanged
 		}
-		tmpl, err := templateFor(r.Type)
-		if err != nil || !b.types[r.Type] {
-			return fmt.Errorf("this TPM does not offer %s keys: %w", r.Type, keys.ErrUnsupported)
-		}
-		bp, err := d.create(tmpl)
-		if err != nil {
-			return err
-		}
-		r.Vers = append(r.Vers, recordVer{Version: uint32(len(r.Vers) + 1), State: keys.Enabled,
-			Created: time.Now().UTC().Truncate(time.Second), Blob: bp})
+		rotated = true
+		return b.addVersion(d, r)
+	})
+	if errors.Is(err, errUnchanged) {
+		info, err = b.DescribeKey(ctx, name)
+	}
+	return info, rotated && err == nil, err
+}
+
+// SetRotationPeriod stores the key's scheduled rotation period (0: none).
+func (b *TPM) SetRotationPeriod(ctx context.Context, name string, period time.Duration) (keys.KeyInfo, error) {
+	if err := keys.CheckRotationPeriod(period); err != nil {
+		return keys.KeyInfo{}, err
+	}
+	return b.update(ctx, "set-rotation", name, func(d *device, r *record) error {
+		r.Period = int64(period / time.Second)
 		return nil
 	})
+}
+
+// addVersion appends a version generated in the TPM to r.
+func (b *TPM) addVersion(d *device, r *record) error {
+	if len(r.Vers) >= keys.MaxVersion {
+		return fmt.Errorf("version limit reached: %w", keys.ErrInvalidArgument)
+	}
+	tmpl, err := templateFor(r.Type)
+	if err != nil || !b.types[r.Type] {
+		return fmt.Errorf("this TPM does not offer %s keys: %w", r.Type, keys.ErrUnsupported)
+	}
+	bp, err := d.create(tmpl)
+	if err != nil {
+		return err
+	}
+	r.Vers = append(r.Vers, recordVer{Version: uint32(len(r.Vers) + 1), State: keys.Enabled,
+		Created: time.Now().UTC().Truncate(time.Second), Blob: bp})
+	return nil
 }
 
 // SetVersionState enables or disables a version.

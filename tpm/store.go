@@ -58,6 +58,9 @@ type record struct {
 	Created time.Time   `json:"created"`
 	Min     uint32      `json:"min_decrypt_version,omitempty"`
 	Vers    []recordVer `json:"versions"`
+	// Period is the scheduled rotation's period in seconds (0: none);
+	// omitted when 0, which keeps older records' MAC input unchanged.
+	Period int64 `json:"rotation_period_s,omitempty"`
 	// Seq is the rollback counter's value at this record's change (see
 	// rollback.go); 0 in records written before the counter existed, which
 	// keeps their MAC input unchanged.
@@ -78,7 +81,7 @@ type recordVer struct {
 
 func (r *record) info() keys.KeyInfo {
 	ki := keys.KeyInfo{Name: r.Name, Type: r.Type, Created: r.Created, MinDecryptVersion: r.Min,
-		Versions: make([]keys.VersionInfo, len(r.Vers))}
+		Versions: make([]keys.VersionInfo, len(r.Vers)), RotationPeriod: time.Duration(r.Period) * time.Second}
 	for i, v := range r.Vers {
 		ki.Versions[i] = keys.VersionInfo{Version: v.Version, State: v.State, Created: v.Created}
 	}
@@ -131,6 +134,9 @@ func (r *record) check(file string) error {
 	}
 	if len(r.Vers) == 0 || len(r.Vers) > keys.MaxVersion {
 		return bad("%d versions", len(r.Vers))
+	}
+	if r.Period < 0 || r.Period > int64(keys.MaxRotationPeriod/time.Second) || keys.CheckRotationPeriod(time.Duration(r.Period)*time.Second) != nil {
+		return bad("rotation period %ds out of range", r.Period)
 	}
 	if int(r.Min) > len(r.Vers) {
 		return bad("minimum decrypt version %d beyond %d versions", r.Min, len(r.Vers))

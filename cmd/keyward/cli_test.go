@@ -10,9 +10,11 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/client"
@@ -274,6 +276,32 @@ func TestAuditText(t *testing.T) {
 	}
 }
 
+// TestStatusRateLimitedText: status says which limit refuses the caller
+// and until when, in text and in JSON (the daemon's side is
+// daemon.TestStatusRateLimited).
+func TestStatusRateLimitedText(t *testing.T) {
+	until := time.Date(2026, 12, 6, 18, 40, 0, 0, time.UTC)
+	st := toStatusJSON(&keywardv1.StatusResponse{RateLimited: []*keywardv1.RateLimit{{Limit: "denied requests", PerMinute: 30, Until: timestamppb.New(until)}}})
+	var out bytes.Buffer
+	if err := printStatus(&app{stdout: &out, socket: "/s"}, st); err != nil {
+		t.Fatal(err)
+	}
+	if want := "\nyou are RATE LIMITED: over 30 denied requests a minute; your calls are refused until 2026-12-06T18:40:00Z\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("status text lacks %q:\n%s", want, out.String())
+	}
+	var js bytes.Buffer
+	if err := writeJSON(&js, st); err != nil {
+		t.Fatal(err)
+	}
+	if want := `"rate_limited": [`; !strings.Contains(js.String(), want) || !strings.Contains(js.String(), `"until": "2026-12-06T18:40:00Z"`) {
+		t.Errorf("status --json: %s", js.String())
+	}
+	out.Reset()
+	if err := printStatus(&app{stdout: &out, socket: "/s"}, toStatusJSON(&keywardv1.StatusResponse{})); err != nil || strings.Contains(out.String(), "RATE LIMITED") {
+		t.Errorf("status of a caller under its limits: %v\n%s", err, out.String())
+	}
+}
+
 func TestStatusText(t *testing.T) {
 	socket := startDaemon(t)
 	ok(t, socket, nil, "key", "create", fresh("st")+"/k", "--type", "ed25519")
@@ -458,6 +486,13 @@ func TestDaemonUsageErrors(t *testing.T) {
 		{name: "enable version 0", args: []string{"key", "enable", "a", "--version", "0"}, want: "--version N is required"},
 		{name: "destroy without yes", args: []string{"key", "destroy", "a", "--version", "1"}, want: "without --yes"},
 		{name: "set without flag", args: []string{"key", "set", "a"}, want: "give --min-decrypt-version"},
+		{name: "rotation period without unit", args: []string{"key", "set", "a", "--rotation-period", "90"}, want: `--rotation-period "90": want 0 (none) or a whole number of d, h or m`},
+		{name: "rotation period in seconds", args: []string{"key", "set", "a", "--rotation-period", "3600s"}, want: "--rotation-period"},
+		{name: "rotation period too short", args: []string{"key", "set", "a", "--rotation-period", "59m"}, want: "between 1h and 3650d"},
+		{name: "rotation period too long", args: []string{"key", "set", "a", "--rotation-period", "3651d"}, want: "between 1h and 3650d"},
+		{name: "rotation period negative", args: []string{"key", "set", "a", "--rotation-period", "-1d"}, want: "--rotation-period"},
+		{name: "rotation period fraction", args: []string{"key", "set", "a", "--rotation-period", "1.5d"}, want: "--rotation-period"},
+		{name: "rotation period empty", args: []string{"key", "set", "a", "--rotation-period", ""}, want: "--rotation-period"},
 		{name: "adopt without uri", args: []string{"key", "adopt", "a", "--type", "aes-256-gcm"}, want: "--uri is required"},
 		{name: "negative timeout", args: []string{"--timeout", "-1s", "status"}, want: "negative"},
 		{name: "bad timeout", args: []string{"status", "--timeout", "soon"}, want: "--timeout"},

@@ -520,6 +520,9 @@ func daemonFlow(t *testing.T, socket string) {
 		}
 
 		ok(t, socket, nil, "key", "set", ecKey, "--min-decrypt-version", "1")
+		if out := ok(t, socket, nil, "key", "set", ecKey, "--rotation-period", "90d"); !strings.Contains(out, "(rotates every 90d, next ") {
+			t.Errorf("key set --rotation-period 90d: %q", out)
+		}
 	})
 
 	t.Run("list and show", func(t *testing.T) {
@@ -553,10 +556,25 @@ func daemonFlow(t *testing.T, socket string) {
 			t.Errorf("key show --json: %+v", k)
 		}
 		text := ok(t, socket, nil, "key", "show", aesKey)
-		for _, want := range []string{"aes-256-gcm", "v1 destroyed", "v2 enabled"} {
+		for _, want := range []string{"aes-256-gcm", "v1 destroyed", "v2 enabled", "not scheduled"} {
 			if !strings.Contains(text, want) {
 				t.Errorf("key show lacks %q:\n%s", want, text)
 			}
+		}
+		out = ok(t, socket, nil, "key", "show", ecKey, "--json")
+		if err := json.Unmarshal([]byte(out), &k); err != nil || k.RotationPeriod != "90d" || k.NextRotation == nil ||
+			!k.NextRotation.Equal(k.Versions[len(k.Versions)-1].Created.Add(90*24*time.Hour)) {
+			t.Errorf("key show --json of a key rotated every 90d: %v %s", err, out)
+		}
+		if text := ok(t, socket, nil, "key", "show", ecKey); !strings.Contains(text, "every 90d by keywardd; next "+k.NextRotation.UTC().Format(time.RFC3339)) {
+			t.Errorf("key show of a key rotated every 90d:\n%s", text)
+		}
+		if text := ok(t, socket, nil, "key", "list"); !strings.Contains(text, "(rotates every 90d, next ") {
+			t.Errorf("key list does not show the next rotation:\n%s", text)
+		}
+		ok(t, socket, nil, "key", "set", ecKey, "--rotation-period", "0")
+		if out = ok(t, socket, nil, "key", "show", ecKey, "--json"); strings.Contains(out, "next_rotation") {
+			t.Errorf("rotation period 0: still scheduled: %s", out)
 		}
 		if text := ok(t, socket, nil, "key", "list"); !strings.Contains(text, aesKey) || !strings.HasPrefix(text, "KEY") {
 			t.Errorf("key list:\n%s", text)

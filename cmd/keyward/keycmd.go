@@ -84,6 +84,9 @@ func summary(ki *keywardv1.KeyInfo) string {
 	if ki.GetAdopted() {
 		s += " (v1 adopted)"
 	}
+	if n := ki.GetNextRotation(); n != nil {
+		s += fmt.Sprintf(" (rotates every %s, next %s)", keys.FormatPeriod(time.Duration(ki.GetRotationPeriodSeconds())*time.Second), n.AsTime().UTC().Format(time.RFC3339))
+	}
 	return s
 }
 
@@ -210,22 +213,55 @@ refuses (exit 2).`,
 
 func (a *app) keySetCmd() *cobra.Command {
 	var minVersion uint32
+	var periodText string
+	var period time.Duration
+	var setMin, setPeriod bool
 	c := a.adminCmd(&cobra.Command{
-		Use:   "set NAME --min-decrypt-version N",
-		Short: "set the oldest version that may still unwrap and verify",
+		Use:   "set NAME [--min-decrypt-version N] [--rotation-period PERIOD]",
+		Short: "set the oldest version that may still unwrap and verify, or the rotation period",
 		Long: `Sets the key's minimum decrypt version: versions below N can no longer unwrap
 or verify, whatever their state (0 lifts the floor). Use it after rewrapping
-every blob, to retire old versions in one step.`,
-		Example: `  keyward key set payments/db-password --min-decrypt-version 2`,
+every blob, to retire old versions in one step.
+
+--rotation-period makes keywardd rotate the key by itself once its newest
+version is that old: a whole number and a unit, d (days), h or m, from 1h
+to 3650d; 0 stops scheduled rotation. The period is kept in the key's
+record in the device, so every daemon sharing it agrees, and one of them
+rotates. key show and key list print the next rotation. It needs the
+key.set-rotation operation.`,
+		Example: `  keyward key set payments/db-password --min-decrypt-version 2
+  keyward key set payments/db-password --rotation-period 90d
+  keyward key set payments/db-password --rotation-period 0`,
 	}, "set", func(c *cobra.Command, _ string) error {
-		if !c.Flags().Changed("min-decrypt-version") {
-			return usagef(cmdName(c), "nothing to set: give --min-decrypt-version N")
+		setMin, setPeriod = c.Flags().Changed("min-decrypt-version"), c.Flags().Changed("rotation-period")
+		if !setMin && !setPeriod {
+			return usagef(cmdName(c), "nothing to set: give --min-decrypt-version N or --rotation-period PERIOD")
+		}
+		if setPeriod {
+			var err error
+			if period, err = keys.ParsePeriod(periodText); err == nil {
+				err = keys.CheckRotationPeriod(period)
+			}
+			if err != nil {
+				return usagef(cmdName(c), "--rotation-period %q: want 0 (none) or a whole number of d, h or m (90d, 36h, 90m) between 1h and 3650d", periodText)
+			}
 		}
 		return nil
 	}, func(ctx context.Context, kc *client.Client, name string) (*keywardv1.KeyInfo, error) {
-		return kc.SetMinDecryptVersion(ctx, name, minVersion)
+		var ki *keywardv1.KeyInfo
+		var err error
+		if setMin {
+			if ki, err = kc.SetMinDecryptVersion(ctx, name, minVersion); err != nil {
+				return nil, err
+			}
+		}
+		if setPeriod {
+			ki, err = kc.SetRotationPolicy(ctx, name, period)
+		}
+		return ki, err
 	})
 	c.Flags().Uint32Var(&minVersion, "min-decrypt-version", 0, "the oldest version `N` that may unwrap and verify (0: no floor)")
+	c.Flags().StringVar(&periodText, "rotation-period", "", "rotate the key by itself every `PERIOD` (90d, 36h, 90m; 0: never)")
 	return c
 }
 
@@ -266,6 +302,10 @@ type keyJSON struct {
 	MinDecryptVersion uint32        `json:"min_decrypt_version"`
 	Adopted           bool          `json:"adopted"`
 	Versions          []versionJSON `json:"versions"`
+	// RotationPeriod ("90d") and NextRotation are set only for a key
+	// with scheduled rotation.
+	RotationPeriod string     `json:"rotation_period,omitempty"`
+	NextRotation   *time.Time `json:"next_rotation,omitempty"`
 }
 
 type versionJSON struct {
@@ -280,6 +320,10 @@ func toJSON(ki *keywardv1.KeyInfo) keyJSON {
 	if ki.GetCreated() != nil {
 		t := ki.GetCreated().AsTime()
 		k.Created = &t
+	}
+	if n := ki.GetNextRotation(); n != nil {
+		t := n.AsTime()
+		k.RotationPeriod, k.NextRotation = keys.FormatPeriod(time.Duration(ki.GetRotationPeriodSeconds())*time.Second), &t
 	}
 	for _, v := range ki.GetVersions() {
 		vj := versionJSON{Version: v.GetVersion(), State: stateName(v.GetState())}
@@ -299,7 +343,8 @@ func (a *app) keyListCmd() *cobra.Command {
 		Short: "list the keys, their types and versions",
 		Long: `Lists every key: name, type and the state of each version. With --json:
 {"keys": [{"key", "type", "created", "min_decrypt_version", "adopted",
-"versions": [{"version", "state", "created"}]}]}.`,
+"versions": [{"version", "state", "created"}], "rotation_period",
+"next_rotation"}]} (the last two only for a key with scheduled rotation).`,
 		Example: `  keyward key list
   keyward key list --json | jq -r '.keys[].key'`,
 		Args: noArgs,
@@ -380,6 +425,11 @@ func printKey(w io.Writer, k keyJSON) error {
 	fmt.Fprintf(tw, "minimum decrypt version:\t%s\n", minText)
 	if k.Adopted {
 		fmt.Fprintf(tw, "adopted:\tv1 was adopted from an existing device object\n")
+	}
+	if k.NextRotation != nil {
+		fmt.Fprintf(tw, "rotation:\tevery %s by keywardd; next %s\n", k.RotationPeriod, timeText(k.NextRotation))
+	} else {
+		fmt.Fprintf(tw, "rotation:\tnot scheduled\n")
 	}
 	for i, v := range k.Versions {
 		label := ""

@@ -27,6 +27,14 @@ type statusJSON struct {
 	AuditUnsynced  uint64     `json:"audit_unsynced"`
 	Started        *time.Time `json:"started,omitempty"`
 	You            peerJSON   `json:"you"`
+	// RateLimited lists the per-minute limits refusing the caller now.
+	RateLimited []rateLimitJSON `json:"rate_limited"`
+}
+
+type rateLimitJSON struct {
+	Limit     string    `json:"limit"`
+	PerMinute uint32    `json:"per_minute"`
+	Until     time.Time `json:"until"`
 }
 
 type peerJSON struct {
@@ -45,8 +53,10 @@ func (a *app) statusCmd() *cobra.Command {
 		Short: "show the daemon's health and how it sees you",
 		Long: `Shows the daemon's version (and this command's), backend and its health,
 the number of keys, and who the daemon thinks you are: the uid, gid, groups, pid and systemd unit
-the kernel reported for this process, which is what the policy decides on.
-Any caller may ask. Exit status 5 when the backend is unhealthy.
+the kernel reported for this process, which is what the policy decides on,
+and whether the daemon is refusing you for going over a per-minute limit
+(denied requests, failed verify-mac) and until when. Any caller may ask.
+Exit status 5 when the backend is unhealthy.
 
 With --wait, for scripts and CI that start keywardd: asks again every 100 ms
 until the daemon answers with a healthy backend (then prints the status
@@ -110,6 +120,10 @@ func toStatusJSON(st *keywardv1.StatusResponse) statusJSON {
 	if out.You.Groups == nil {
 		out.You.Groups = []uint32{}
 	}
+	out.RateLimited = []rateLimitJSON{}
+	for _, l := range st.GetRateLimited() {
+		out.RateLimited = append(out.RateLimited, rateLimitJSON{Limit: l.GetLimit(), PerMinute: l.GetPerMinute(), Until: l.GetUntil().AsTime()})
+	}
 	if st.GetStarted() != nil {
 		t := st.GetStarted().AsTime()
 		out.Started = &t
@@ -133,6 +147,12 @@ func printStatus(a *app, s statusJSON) error {
 	_, err := fmt.Fprintf(a.stdout, "keywardd %s at %s%s\nbackend %s: %s\nkeys: %d\naudit log: %s\nyou are uid=%d gid=%d groups=%s pid=%d unit=%s\nkeyward (this command) %s\n",
 		orText(s.Version, "(version unknown)"), a.socket, since, orText(s.Backend, "?"), health, s.Keys, auditText(s),
 		s.You.UID, s.You.GID, orText(strings.Join(groups, ","), "-"), s.You.PID, orText(s.You.Unit, "-"), s.ClientVersion)
+	for _, l := range s.RateLimited {
+		if err == nil {
+			_, err = fmt.Fprintf(a.stdout, "you are RATE LIMITED: over %d %s a minute; your calls are refused until %s\n",
+				l.PerMinute, l.Limit, l.Until.UTC().Format(time.RFC3339))
+		}
+	}
 	return err
 }
 

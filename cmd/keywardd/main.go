@@ -250,6 +250,7 @@ func serve(ctx context.Context, path, logLevel string, ready *readiness, stderr 
 	}
 	defer be.Close()
 	opts := daemon.Options{ConfigPath: path, Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: ready.hook(nil)}
+	opts.SchedulerClock = schedulerClock()
 	if err := daemon.Run(ctx, cfg, pol, be, opts); err != nil {
 		log.Error("daemon stopped", "err", err)
 		if errors.Is(err, config.ErrConfig) { // a setting only the running daemon can judge (kms_key, audit_checkpoint_key)

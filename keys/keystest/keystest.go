@@ -61,6 +61,7 @@ func Run(t *testing.T, newBackend NewBackend) {
 		{"Create", testCreate},
 		{"Wrap", testWrap},
 		{"Rotation", testRotation},
+		{"Schedule", testSchedule},
 		{"WrongKeyType", testWrongKeyType},
 		{"MAC", testMAC},
 		{"Sign", testSign},

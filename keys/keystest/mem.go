@@ -118,15 +118,17 @@ func (m *Mem) admin(name string, fn func(k *memKey) error) (keys.KeyInfo, error)
 }
 
 func (m *Mem) RotateKey(_ context.Context, name string) (keys.KeyInfo, error) {
-	return m.admin(name, func(k *memKey) error {
-		s, err := generate(k.info.Type)
-		if err != nil {
-			return err
-		}
-		k.secrets = append(k.secrets, s)
-		k.info.Versions = append(k.info.Versions, keys.VersionInfo{Version: uint32(len(k.secrets)), State: keys.Enabled, Created: time.Now()})
-		return nil
-	})
+	return m.admin(name, m.rotate)
+}
+
+func (m *Mem) rotate(k *memKey) error {
+	s, err := generate(k.info.Type)
+	if err != nil {
+		return err
+	}
+	k.secrets = append(k.secrets, s)
+	k.info.Versions = append(k.info.Versions, keys.VersionInfo{Version: uint32(len(k.secrets)), State: keys.Enabled, Created: time.Now().UTC().Truncate(time.Second)})
+	return nil
 }
 
 func (m *Mem) DescribeKey(_ context.Context, name string) (keys.KeyInfo, error) {
@@ -363,3 +365,24 @@ func (m *Mem) Random(_ context.Context, n int) ([]byte, error) {
 
 func (m *Mem) Health(context.Context) error { return nil }
 func (m *Mem) Close() error                 { return nil }
+
+func (m *Mem) SetRotationPeriod(_ context.Context, name string, period time.Duration) (keys.KeyInfo, error) {
+	if err := keys.CheckRotationPeriod(period); err != nil {
+		return keys.KeyInfo{}, err
+	}
+	return m.admin(name, func(k *memKey) error {
+		k.info.RotationPeriod = period
+		return nil
+	})
+}
+
+func (m *Mem) RotateIfDue(ctx context.Context, name string, now time.Time) (keys.KeyInfo, bool, error) {
+	var due bool
+	info, err := m.admin(name, func(k *memKey) error {
+		if due = k.info.DueAt(now); !due {
+			return nil
+		}
+		return m.rotate(k)
+	})
+	return info, due && err == nil, err
+}

@@ -50,6 +50,7 @@ const (
 	Keyward_DestroyVersion_FullMethodName       = "/keyward.v1.Keyward/DestroyVersion"
 	Keyward_SetMinDecryptVersion_FullMethodName = "/keyward.v1.Keyward/SetMinDecryptVersion"
 	Keyward_AdoptKey_FullMethodName             = "/keyward.v1.Keyward/AdoptKey"
+	Keyward_SetRotationPolicy_FullMethodName    = "/keyward.v1.Keyward/SetRotationPolicy"
 	Keyward_Status_FullMethodName               = "/keyward.v1.Keyward/Status"
 	Keyward_PutCredential_FullMethodName        = "/keyward.v1.Keyward/PutCredential"
 	Keyward_ListCredentials_FullMethodName      = "/keyward.v1.Keyward/ListCredentials"
@@ -89,6 +90,10 @@ type KeywardClient interface {
 	DestroyVersion(ctx context.Context, in *DestroyVersionRequest, opts ...grpc.CallOption) (*KeyInfo, error)
 	SetMinDecryptVersion(ctx context.Context, in *SetMinDecryptVersionRequest, opts ...grpc.CallOption) (*KeyInfo, error)
 	AdoptKey(ctx context.Context, in *AdoptKeyRequest, opts ...grpc.CallOption) (*KeyInfo, error)
+	// SetRotationPolicy sets how often the daemon rotates the key by itself
+	// (kept in the key's record, so every daemon sharing the device agrees).
+	// Authorised as key.rotate; audited as key.set-rotation.
+	SetRotationPolicy(ctx context.Context, in *SetRotationPolicyRequest, opts ...grpc.CallOption) (*KeyInfo, error)
 	// Status answers any caller: daemon health and who the daemon thinks the
 	// caller is.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
@@ -319,6 +324,16 @@ func (c *keywardClient) AdoptKey(ctx context.Context, in *AdoptKeyRequest, opts 
 	return out, nil
 }
 
+func (c *keywardClient) SetRotationPolicy(ctx context.Context, in *SetRotationPolicyRequest, opts ...grpc.CallOption) (*KeyInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KeyInfo)
+	err := c.cc.Invoke(ctx, Keyward_SetRotationPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *keywardClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StatusResponse)
@@ -401,6 +416,10 @@ type KeywardServer interface {
 	DestroyVersion(context.Context, *DestroyVersionRequest) (*KeyInfo, error)
 	SetMinDecryptVersion(context.Context, *SetMinDecryptVersionRequest) (*KeyInfo, error)
 	AdoptKey(context.Context, *AdoptKeyRequest) (*KeyInfo, error)
+	// SetRotationPolicy sets how often the daemon rotates the key by itself
+	// (kept in the key's record, so every daemon sharing the device agrees).
+	// Authorised as key.rotate; audited as key.set-rotation.
+	SetRotationPolicy(context.Context, *SetRotationPolicyRequest) (*KeyInfo, error)
 	// Status answers any caller: daemon health and who the daemon thinks the
 	// caller is.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
@@ -483,6 +502,9 @@ func (UnimplementedKeywardServer) SetMinDecryptVersion(context.Context, *SetMinD
 }
 func (UnimplementedKeywardServer) AdoptKey(context.Context, *AdoptKeyRequest) (*KeyInfo, error) {
 	return nil, status.Error(codes.Unimplemented, "method AdoptKey not implemented")
+}
+func (UnimplementedKeywardServer) SetRotationPolicy(context.Context, *SetRotationPolicyRequest) (*KeyInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRotationPolicy not implemented")
 }
 func (UnimplementedKeywardServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
@@ -898,6 +920,24 @@ func _Keyward_AdoptKey_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Keyward_SetRotationPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRotationPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeywardServer).SetRotationPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyward_SetRotationPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeywardServer).SetRotationPolicy(ctx, req.(*SetRotationPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Keyward_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StatusRequest)
 	if err := dec(in); err != nil {
@@ -1078,6 +1118,10 @@ var Keyward_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AdoptKey",
 			Handler:    _Keyward_AdoptKey_Handler,
+		},
+		{
+			MethodName: "SetRotationPolicy",
+			Handler:    _Keyward_SetRotationPolicy_Handler,
 		},
 		{
 			MethodName: "Status",

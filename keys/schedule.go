@@ -1,0 +1,89 @@
+package keys
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Bounds of a key's rotation period. The shortest keeps a record small: a
+// record grows by one version per rotation, and a device record holds a
+// few thousand versions at most, years of daily rotation. The longest is
+// ten years.
+const (
+	MinRotationPeriod = time.Hour
+	MaxRotationPeriod = 3650 * 24 * time.Hour
+)
+
+// CheckRotationPeriod accepts 0 (no scheduled rotation) or a whole number
+// of seconds within [MinRotationPeriod, MaxRotationPeriod].
+func CheckRotationPeriod(d time.Duration) error {
+	switch {
+	case d == 0:
+		return nil
+	case d < MinRotationPeriod || d > MaxRotationPeriod:
+		return fmt.Errorf("rotation period %s: want 0 (none) or between %s and %s: %w",
+			FormatPeriod(d), FormatPeriod(MinRotationPeriod), FormatPeriod(MaxRotationPeriod), ErrInvalidArgument)
+	case d%time.Second != 0:
+		return fmt.Errorf("rotation period %s: whole seconds only: %w", d, ErrInvalidArgument)
+	}
+	return nil
+}
+
+// ParsePeriod reads a period written as a whole number and a unit, d
+// (days of 24 hours), h or m ("90d", "36h", "90m"), or "0" for none. It
+// does not check the bounds (CheckRotationPeriod does).
+func ParsePeriod(s string) (time.Duration, error) {
+	if s == "0" {
+		return 0, nil
+	}
+	bad := func() (time.Duration, error) {
+		return 0, fmt.Errorf("period %q: want a whole number and a unit, d, h or m (90d, 36h, 90m), or 0: %w", printable(s), ErrInvalidArgument)
+	}
+	if len(s) < 2 || len(s) > 12 {
+		return bad()
+	}
+	unit := map[byte]time.Duration{'d': 24 * time.Hour, 'h': time.Hour, 'm': time.Minute}[s[len(s)-1]]
+	num := s[:len(s)-1]
+	if unit == 0 || strings.TrimLeft(num, "0123456789") != "" {
+		return bad()
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > int64(MaxRotationPeriod/unit)*10 {
+		return bad()
+	}
+	return time.Duration(n) * unit, nil
+}
+
+// FormatPeriod writes d in the largest of the units ParsePeriod reads
+// that divides it (seconds otherwise), "0" for none.
+func FormatPeriod(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "0"
+	case d%(24*time.Hour) == 0:
+		return strconv.FormatInt(int64(d/(24*time.Hour)), 10) + "d"
+	case d%time.Hour == 0:
+		return strconv.FormatInt(int64(d/time.Hour), 10) + "h"
+	case d%time.Minute == 0:
+		return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
+	}
+	return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+}
+
+// NextRotation is when the key is due for its scheduled rotation: its
+// newest version's creation plus its rotation period. ok is false when
+// the key has no rotation period.
+func (k *KeyInfo) NextRotation() (next time.Time, ok bool) {
+	if k.RotationPeriod <= 0 || len(k.Versions) == 0 {
+		return time.Time{}, false
+	}
+	return k.Versions[len(k.Versions)-1].Created.Add(k.RotationPeriod), true
+}
+
+// DueAt reports whether the key's scheduled rotation is due at now.
+func (k *KeyInfo) DueAt(now time.Time) bool {
+	next, ok := k.NextRotation()
+	return ok && !now.Before(next)
+}
