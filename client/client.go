@@ -19,7 +19,10 @@
 // Errors: every error wraps one sentinel (ErrDecrypt, ErrNotFound,
 // ErrPermissionDenied, ErrUnavailable...), chosen from the keyward reason the
 // daemon attaches, and can be checked with errors.Is; Reason gives the
-// reason itself, and *Error the details.
+// reason itself, and *Error the details. A success reply that cannot be a
+// real answer (a wrap or rewrap without a blob, a sign or mac without its
+// bytes, a public key or data key missing) is ErrInternal, never handed on
+// as an empty result; an empty plaintext from Unwrap is a real answer.
 //
 // Connection model: Dial opens one connection (gRPC over HTTP/2 on the
 // Unix socket) and returns once it is up; every call of the Client shares
