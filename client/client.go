@@ -8,9 +8,10 @@
 //
 // Who answers: before anything is sent on a connection (reconnects
 // included), the client asks the kernel which uid listens on the socket
-// (SO_PEERCRED). It must be root, the uid given with WithDaemonUID, or
-// else the socket file's owner when no directory on the socket's path can
-// be changed by anyone but root and that owner. Any other uid fails the
+// (SO_PEERCRED). It must be root, this process's effective uid, the uid
+// given with WithDaemonUID, or the packaged daemon's user (DaemonUser, when
+// /etc/passwd has it). Who owns the socket file or its directory proves
+// nothing: whoever listens made both. Any other uid fails the
 // call, and every later call of the Client, with ErrUntrustedDaemon, never
 // retried: a local user who put their own socket in the daemon's place gets
 // nothing, and the caller sees it.
@@ -18,7 +19,10 @@
 // Errors: every error wraps one sentinel (ErrDecrypt, ErrNotFound,
 // ErrPermissionDenied, ErrUnavailable...), chosen from the keyward reason the
 // daemon attaches, and can be checked with errors.Is; Reason gives the
-// reason itself, and *Error the details.
+// reason itself, and *Error the details. A success reply that cannot be a
+// real answer (a wrap or rewrap without a blob, a sign or mac without its
+// bytes, a public key or data key missing) is ErrInternal, never handed on
+// as an empty result; an empty plaintext from Unwrap is a real answer.
 //
 // Connection model: Dial opens one connection (gRPC over HTTP/2 on the
 // Unix socket) and returns once it is up; every call of the Client shares
@@ -91,6 +95,7 @@ type options struct {
 	tries     int
 	wait      time.Duration
 	daemonUID *uint32
+	passwd    string // where DaemonUser is looked up (a test hook)
 }
 
 // WithRetry sets how many times in all (n >= 1; 1 means no retry) an
@@ -114,7 +119,7 @@ func WithRetry(n int, backoff time.Duration) Option {
 // daemon may not have (see WithDaemonUID). Dial waits at most until ctx is
 // done.
 func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, error) {
-	o := options{tries: 3, wait: 50 * time.Millisecond}
+	o := options{tries: 3, wait: 50 * time.Millisecond, passwd: passwdFile}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -131,7 +136,7 @@ func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, erro
 	// It checks who listens before gRPC may write anything, on every
 	// connection, reconnects included.
 	dials := &lastDial{}
-	tr := &trust{path: socketPath, daemonUID: o.daemonUID}
+	tr := &trust{daemonUID: o.daemonUID, euid: uint32(os.Geteuid()), passwd: o.passwd}
 	dialer := func(ctx context.Context, _ string) (net.Conn, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "unix", socketPath)
@@ -268,8 +273,10 @@ func versioned(op, key string, v uint32) string {
 // version. encCtx is bound into the blob: Unwrap must be given the same
 // pairs. The blob is resp.Ciphertext; resp.Version says which version made it.
 func (c *Client) Wrap(ctx context.Context, key string, plaintext []byte, encCtx map[string]string) (*keywardv1.WrapResponse, error) {
-	return call(ctx, c, named("wrap", key), true, c.api.Wrap,
+	op := named("wrap", key)
+	resp, err := call(ctx, c, op, true, c.api.Wrap,
 		&keywardv1.WrapRequest{Key: key, Plaintext: plaintext, Context: encCtx})
+	return replied(op, resp, err, noWrapCiphertext)
 }
 
 // Unwrap decrypts a blob made by Wrap or GenerateDataKey under the same
@@ -283,8 +290,9 @@ func (c *Client) Unwrap(ctx context.Context, ciphertext []byte, encCtx map[strin
 // (after a rotation), under the same context; the plaintext stays in the
 // daemon.
 func (c *Client) Rewrap(ctx context.Context, ciphertext []byte, encCtx map[string]string) (*keywardv1.RewrapResponse, error) {
-	return call(ctx, c, "rewrap", true, c.api.Rewrap,
+	resp, err := call(ctx, c, "rewrap", true, c.api.Rewrap,
 		&keywardv1.RewrapRequest{Ciphertext: ciphertext, Context: encCtx})
+	return replied("rewrap", resp, err, noRewrapCiphertext)
 }
 
 // GenerateDataKey returns a fresh random data key of length bytes (0 means
@@ -295,17 +303,19 @@ func (c *Client) GenerateDataKey(ctx context.Context, key string, encCtx map[str
 	if length < 0 || int64(length) > math.MaxUint32 {
 		return nil, newError(op, codes.InvalidArgument, keywardv1.ErrorReason_INVALID_REQUEST, fmt.Sprintf("length %d out of range", length))
 	}
-	return call(ctx, c, op, true, c.api.GenerateDataKey, &keywardv1.GenerateDataKeyRequest{
+	resp, err := call(ctx, c, op, true, c.api.GenerateDataKey, &keywardv1.GenerateDataKeyRequest{
 		Key: key, Context: encCtx, Length: uint32(length), WithoutPlaintext: withoutPlaintext,
 	})
+	return replied(op, resp, err, noDataKey(withoutPlaintext))
 }
 
 // Sign signs message (at most 64 KiB) with the key's newest enabled
 // version. ECDSA and RSA-PSS sign the message's SHA-256 digest; ECDSA
 // signatures are ASN.1 DER.
 func (c *Client) Sign(ctx context.Context, key string, message []byte) (*keywardv1.SignResponse, error) {
-	return call(ctx, c, named("sign", key), true, c.api.Sign,
-		&keywardv1.SignRequest{Key: key, Message: message})
+	op := named("sign", key)
+	resp, err := call(ctx, c, op, true, c.api.Sign, &keywardv1.SignRequest{Key: key, Message: message})
+	return replied(op, resp, err, noSignature)
 }
 
 // Verify checks a signature; version 0 accepts any version that may
@@ -324,8 +334,9 @@ func (c *Client) Verify(ctx context.Context, key string, version uint32, message
 // version. Keep resp.Version with the MAC: verifying with that version
 // costs one device operation.
 func (c *Client) Mac(ctx context.Context, key string, message []byte) (*keywardv1.MacResponse, error) {
-	return call(ctx, c, named("mac", key), true, c.api.Mac,
-		&keywardv1.MacRequest{Key: key, Message: message})
+	op := named("mac", key)
+	resp, err := call(ctx, c, op, true, c.api.Mac, &keywardv1.MacRequest{Key: key, Message: message})
+	return replied(op, resp, err, noMac)
 }
 
 // VerifyMac checks a MAC; version 0 accepts any version that may verify.
@@ -342,8 +353,9 @@ func (c *Client) VerifyMac(ctx context.Context, key string, version uint32, mess
 // PublicKey returns the public key of an asymmetric key's version (0: the
 // newest enabled), as DER (PKIX) and PEM.
 func (c *Client) PublicKey(ctx context.Context, key string, version uint32) (*keywardv1.GetPublicKeyResponse, error) {
-	return call(ctx, c, versioned("public key", key, version), true, c.api.GetPublicKey,
-		&keywardv1.GetPublicKeyRequest{Key: key, Version: version})
+	op := versioned("public key", key, version)
+	resp, err := call(ctx, c, op, true, c.api.GetPublicKey, &keywardv1.GetPublicKeyRequest{Key: key, Version: version})
+	return replied(op, resp, err, noPublicKey)
 }
 
 // Result is one item of a batch: its response, or the error it would have
@@ -381,7 +393,7 @@ func (c *Client) BatchWrap(ctx context.Context, items []*keywardv1.WrapRequest) 
 		return nil, err
 	}
 	return batch(op, len(items), resp.GetResults(), func(r *keywardv1.BatchWrapResult) (*keywardv1.WrapResponse, *keywardv1.ItemError) {
-		return r.GetOk(), itemError(r.GetError(), r.GetOk() == nil)
+		return r.GetOk(), itemError(r.GetError(), noWrapCiphertext(r.GetOk()) != "")
 	})
 }
 
@@ -405,7 +417,7 @@ func (c *Client) BatchMac(ctx context.Context, items []*keywardv1.MacRequest) ([
 		return nil, err
 	}
 	return batch(op, len(items), resp.GetResults(), func(r *keywardv1.BatchMacResult) (*keywardv1.MacResponse, *keywardv1.ItemError) {
-		return r.GetOk(), itemError(r.GetError(), r.GetOk() == nil)
+		return r.GetOk(), itemError(r.GetError(), noMac(r.GetOk()) != "")
 	})
 }
 

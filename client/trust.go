@@ -1,28 +1,33 @@
 package client
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
-	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
-	"syscall"
 
 	"google.golang.org/grpc/codes"
-
-	"github.com/keyward/keyward/internal/safepath"
 )
 
-// WithDaemonUID sets the uid keywardd must run as: a connection whose
-// listening process (as the kernel recorded it, SO_PEERCRED) runs as
-// another uid, root apart, is closed before anything is sent, and the call
-// fails with ErrUntrustedDaemon. Without it, the daemon must run as root
-// or as the owner of the socket file, the latter only when the socket is
-// not a symlink and no directory on its path can be changed by anyone but
-// root and that owner (see internal/safepath): in a directory others can
-// write, anyone could have put their own socket there.
+// DaemonUser is the system user the keyward package runs keywardd as. When
+// it exists in /etc/passwd, a daemon running as its uid is trusted without
+// WithDaemonUID.
+const DaemonUser = "keywardd"
+
+// passwdFile is where DaemonUser is looked up.
+const passwdFile = "/etc/passwd"
+
+// WithDaemonUID adds uid to the uids keywardd may run as. A connection whose
+// listening process (as the kernel recorded it at listen(2), SO_PEERCRED)
+// runs as none of them is closed before anything is sent, and the call fails
+// with ErrUntrustedDaemon. Without it, the daemon must run as root, as this
+// process's effective uid, or as DaemonUser (the packaged daemon's user).
+// Who owns the socket file or its directory does not matter: whoever runs
+// the listening process chose both.
 func WithDaemonUID(uid uint32) Option {
 	return func(o *options) { o.daemonUID = &uid }
 }
@@ -32,8 +37,9 @@ func WithDaemonUID(uid uint32) Option {
 // fails with it, and none is retried, so that an impersonator is never
 // hidden by a retry that reaches the real daemon.
 type trust struct {
-	path      string
 	daemonUID *uint32
+	euid      uint32
+	passwd    string                 // where DaemonUser is looked up
 	bad       atomic.Pointer[string] // the first refusal's message
 }
 
@@ -43,38 +49,63 @@ func (t *trust) check(c net.Conn) error {
 	if err != nil {
 		return t.refuse(fmt.Sprintf("cannot tell which uid listens on the socket (%v); refusing to send anything", err))
 	}
-	if peer == 0 {
+	if peer == 0 || peer == t.euid || (t.daemonUID != nil && peer == *t.daemonUID) {
 		return nil
 	}
-	want, why := t.expected()
-	if want != nil && peer == *want {
+	pkg, pkgErr := lookupPasswd(t.passwd, DaemonUser)
+	if pkgErr == nil && peer == pkg {
 		return nil
 	}
-	return t.refuse(fmt.Sprintf("the process listening on the socket runs as uid %d, but keywardd must run as root%s; "+
-		"nothing was sent to it: another user may be impersonating keywardd. Check who owns the socket before "+
-		"trusting it; only if keywardd is configured to run as that uid, name it (WithDaemonUID, keyward --daemon-uid)", peer, why))
+	return t.refuse(fmt.Sprintf("the process listening on the socket runs as uid %d, but keywardd must run as %s; "+
+		"nothing was sent to it: another user may be impersonating keywardd. Only if keywardd is configured to run "+
+		"as that uid, name it (WithDaemonUID, keyward --daemon-uid, $KEYWARD_DAEMON_UID)", peer, t.allowed(pkg, pkgErr)))
 }
 
-// expected is the non-root uid the daemon may run as, and how it was chosen.
-func (t *trust) expected() (*uint32, string) {
+// allowed lists the uids the daemon may run as, for an error message.
+func (t *trust) allowed(pkg uint32, pkgErr error) string {
+	uids := []string{"root", fmt.Sprintf("this process's uid (%d)", t.euid)}
 	if t.daemonUID != nil {
-		return t.daemonUID, fmt.Sprintf(" or uid %d (as configured)", *t.daemonUID)
+		uids = append(uids, fmt.Sprintf("uid %d (as configured)", *t.daemonUID))
 	}
-	fi, err := os.Lstat(t.path)
+	note := ""
+	if pkgErr == nil {
+		uids = append(uids, fmt.Sprintf("%s (uid %d)", DaemonUser, pkg))
+	} else {
+		note = fmt.Sprintf(" (user %s: %v)", DaemonUser, pkgErr)
+	}
+	last := len(uids) - 1
+	return strings.Join(uids[:last], ", ") + " or " + uids[last] + note
+}
+
+// errNoUser: the passwd file has no such user.
+var errNoUser = errors.New("not in the passwd file")
+
+// lookupPasswd returns name's uid from a passwd(5) file. It reads the file
+// itself, not NSS, so that the answer is the local system user the package
+// made, whatever the build (cgo or not) and whatever a directory service
+// says.
+func lookupPasswd(path, name string) (uint32, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Sprintf(" (the socket file's owner is unknown: %v)", err)
+		return 0, err
 	}
-	if fi.Mode().Type() != fs.ModeSocket {
-		return nil, " (the socket path is not a socket file, so its owner is not trusted)"
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Split(s.Text(), ":")
+		if len(fields) < 3 || fields[0] != name {
+			continue
+		}
+		uid, err := strconv.ParseUint(fields[2], 10, 32)
+		if err != nil {
+			return 0, fmt.Errorf("%s: bad uid %q for %s", path, fields[2], name)
+		}
+		return uint32(uid), nil
 	}
-	owner := fi.Sys().(*syscall.Stat_t).Uid
-	if owner == 0 {
-		return nil, " (the socket file's owner)"
+	if err := s.Err(); err != nil {
+		return 0, err
 	}
-	if _, err := safepath.CheckDir(filepath.Dir(t.path), owner); err != nil {
-		return nil, fmt.Sprintf(" (the socket file's owner, uid %d, is not trusted: %v)", owner, err)
-	}
-	return &owner, fmt.Sprintf(" or uid %d (the socket file's owner)", owner)
+	return 0, errNoUser
 }
 
 func (t *trust) refuse(msg string) error {

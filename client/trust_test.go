@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,7 +36,15 @@ const otherUID = 4242
 // helperBin is a copy of the test binary that other uids may run.
 var helperBin string
 
+// dialEnv makes the test binary a client of the socket it names (see
+// dialClient).
+const dialEnv = "KEYWARD_CLIENT_TEST_DIAL"
+
 func TestMain(m *testing.M) {
+	if p := os.Getenv(dialEnv); p != "" {
+		dialClient(p)
+		os.Exit(0)
+	}
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(testutil.ServeStandIn(func(g *grpc.Server) { keywardv1.RegisterKeywardServer(g, &flaky{}) }))
 	}
@@ -66,7 +77,8 @@ func requireRoot(t *testing.T) {
 }
 
 // TestUntrustedDaemon: a daemon running as a uid the client does not expect
-// gets nothing, not even the HTTP/2 preface, and Dial says why.
+// gets nothing, not even the HTTP/2 preface, and Dial says why. Owning the
+// socket file and its directory earns no trust: whoever listens made both.
 func TestUntrustedDaemon(t *testing.T) {
 	requireRoot(t)
 	tests := []struct {
@@ -78,12 +90,16 @@ func TestUntrustedDaemon(t *testing.T) {
 		wantErr error
 	}{
 		{"socket owned by root, daemon as another uid", plain, false, nil, client.ErrUntrustedDaemon},
-		{"daemon as the socket file's owner", plain, true, nil, nil},
-		{"socket owner's directory writable by others", func(t *testing.T, dir string) (string, string) {
-			w := filepath.Join(dir, "w")
-			os.Mkdir(w, 0o700)
-			os.Chmod(w, os.ModeSticky|0o777)
-			p := filepath.Join(w, "k.sock")
+		{"daemon as the socket file's owner", plain, true, nil, client.ErrUntrustedDaemon},
+		{"socket and its 0755 directory owned by the daemon's uid", func(t *testing.T, dir string) (string, string) {
+			d := filepath.Join(dir, "evil")
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(d, otherUID, otherUID); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(d, "kw.sock")
 			return p, p
 		}, true, nil, client.ErrUntrustedDaemon},
 		{"socket path is a symlink", func(t *testing.T, dir string) (string, string) {
@@ -95,7 +111,11 @@ func TestUntrustedDaemon(t *testing.T) {
 			return p, l
 		}, true, nil, client.ErrUntrustedDaemon},
 		{"configured uid", plain, false, []client.Option{client.WithDaemonUID(otherUID)}, nil},
-		{"configured uid beats the socket's owner", plain, true, []client.Option{client.WithDaemonUID(otherUID + 1)}, client.ErrUntrustedDaemon},
+		{"another configured uid", plain, true, []client.Option{client.WithDaemonUID(otherUID + 1)}, client.ErrUntrustedDaemon},
+		{"packaged daemon user", plain, false, []client.Option{passwd(t, otherUID)}, nil},
+		{"packaged daemon user is another uid", plain, false, []client.Option{passwd(t, otherUID+1)}, client.ErrUntrustedDaemon},
+		{"configured uid and packaged user both another uid", plain, false,
+			[]client.Option{passwd(t, otherUID+1), client.WithDaemonUID(otherUID + 2)}, client.ErrUntrustedDaemon},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,7 +128,8 @@ func TestUntrustedDaemon(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			c, err := client.Dial(ctx, path, tt.opts...)
+			opts := append([]client.Option{passwd(t, 0)}, tt.opts...)
+			c, err := client.Dial(ctx, path, opts...)
 			if err == nil {
 				_, err = c.Wrap(ctx, "k", []byte("plaintext"), nil)
 				c.Close()
@@ -127,6 +148,79 @@ func TestUntrustedDaemon(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// passwd writes a passwd file where the packaged daemon user has uid (none
+// for 0) and returns the option that makes the client read it.
+func passwd(t *testing.T, uid int) client.Option {
+	p := filepath.Join(t.TempDir(), "passwd")
+	lines := "root:x:0:0:root:/root:/bin/sh\nkeywardd-not:x:4242:4242::/:/bin/false\n"
+	if uid != 0 {
+		lines += fmt.Sprintf("%s:x:%d:%d:keyward key daemon:/var/lib/keyward:/usr/sbin/nologin\n", client.DaemonUser, uid, uid)
+	}
+	if err := os.WriteFile(p, []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return client.WithPasswdFile(p)
+}
+
+// TestDaemonAsOwnUID: a client running as a non-root uid trusts a daemon
+// running as that same uid (a user's own dev daemon) and refuses one run by
+// another non-root uid, both from real processes.
+func TestDaemonAsOwnUID(t *testing.T) {
+	requireRoot(t)
+	dir, err := os.MkdirTemp("", "keyward-client-own-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		clientUID int
+		want      string
+	}{{otherUID, "ok"}, {otherUID + 1, "untrusted"}} {
+		t.Run(strconv.Itoa(tc.clientUID), func(t *testing.T) {
+			path := filepath.Join(dir, strconv.Itoa(tc.clientUID)+".sock")
+			stop := impostor(t, path, otherUID)
+			if err := os.Chmod(path, 0o666); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(helperBin)
+			cmd.Env = append(os.Environ(), dialEnv+"="+path)
+			cmd.Dir = "/"
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(tc.clientUID), Gid: uint32(tc.clientUID)}}
+			out, err := cmd.CombinedOutput()
+			n := stop()
+			if err != nil || !strings.HasPrefix(string(out), tc.want) {
+				t.Fatalf("client as uid %d: %q, %v; want %q", tc.clientUID, out, err, tc.want)
+			}
+			if tc.want != "ok" && n != 0 {
+				t.Errorf("the stand-in received %d bytes", n)
+			}
+		})
+	}
+}
+
+// dialClient is the client side of TestDaemonAsOwnUID: wrap through path
+// and print "ok", "untrusted" and the error, or the error alone.
+func dialClient(path string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, path)
+	if err == nil {
+		_, err = c.Wrap(ctx, "k", []byte("plaintext"), nil)
+		c.Close()
+	}
+	switch {
+	case err == nil:
+		fmt.Println("ok")
+	case errors.Is(err, client.ErrUntrustedDaemon):
+		fmt.Println("untrusted:", err)
+	default:
+		fmt.Println(err)
 	}
 }
 

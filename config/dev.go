@@ -2,8 +2,6 @@ package config
 
 import (
 	"errors"
-	"fmt"
-	"os"
 	"slices"
 	"strings"
 )
@@ -15,11 +13,13 @@ var DevKeys = []string{"rule", "limits", "log_level"}
 
 // LoadDevConfig reads a config file for --dev: strictly, as LoadConfig, and
 // a key outside DevKeys is an error naming its line, so that nothing in the
-// file is silently ignored. The policy is not compiled here.
+// file is silently ignored. The file must be owned by root or this user and
+// not writable by group or others (see readDevFile). The policy is not
+// compiled here.
 func LoadDevConfig(path string) (Config, error) {
-	b, err := os.ReadFile(path)
+	b, err := readDevFile(path)
 	if err != nil {
-		return Config{}, fmt.Errorf("config: %w", err)
+		return Config{}, err
 	}
 	doc, err := scanConfig(path, b)
 	if err != nil {

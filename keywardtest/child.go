@@ -2,7 +2,7 @@ package keywardtest
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -13,16 +13,17 @@ import (
 	"github.com/keyward/keyward/keys"
 )
 
-// envChild, when set, makes a process that links this package serve as
-// the daemon Start asked for (its value: a childRequest in JSON) instead
-// of running its tests.
+// envChild, when set by Start together with the pipe it describes (see
+// handoff.go), makes a process that links this package serve as the daemon
+// Start asked for instead of running its tests. Set alone, it does nothing.
 const envChild = "KEYWARDTEST_DAEMON"
 
 // readyLine is what the child writes on stdout once it serves.
 const readyLine = "keywardtest: ready"
 
-// childRequest is what the test asks of its daemon. No secret is in it:
-// the child makes the token's PINs itself.
+// childRequest is what the test asks of its daemon, sent through the pipe.
+// No secret is in it: the child makes the token's PINs itself, in Dir,
+// which must not exist yet.
 type childRequest struct {
 	Dir, Socket string
 	Config      string // a config file with the rules and limits; "" for the defaults
@@ -31,24 +32,33 @@ type childRequest struct {
 }
 
 func init() {
-	spec, ok := os.LookupEnv(envChild)
+	v, ok := os.LookupEnv(envChild)
 	if !ok {
 		return
 	}
 	os.Unsetenv(envChild)
-	if err := serveChild(spec); err != nil {
+	req, err := receive(v)
+	if errors.Is(err, errNotChild) {
+		fmt.Fprintf(os.Stderr, "keywardtest: ignoring $%s: %v\n", envChild, err)
+		return
+	}
+	if err == nil {
+		err = serveChild(req)
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "keywardtest daemon: %v\n", err)
 		os.Exit(1)
 	}
 	os.Exit(0)
 }
 
-// serveChild is the daemon's life: keywardd --dev on a token in req.Dir,
-// with the test's policy, the keys asked for, until SIGTERM.
-func serveChild(spec string) error {
-	var req childRequest
-	if err := json.Unmarshal([]byte(spec), &req); err != nil {
-		return fmt.Errorf("request: %w", err)
+// serveChild is the daemon's life: keywardd --dev on a fresh token in
+// req.Dir, with the test's policy, the keys asked for, until SIGTERM.
+func serveChild(req childRequest) error {
+	// Start names a directory that does not exist yet: an existing one
+	// would be someone's token, served to whoever the request allows.
+	if err := os.Mkdir(req.Dir, 0o700); err != nil {
+		return fmt.Errorf("the daemon's directory must be new: %w", err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -15,9 +15,18 @@
 // the Client is handed over, whatever the policy says.
 //
 // The daemon is a child process: the test binary itself, started again
-// with an environment variable that this package's init recognises (it
-// then serves and exits, and never runs the tests). So no keywardd binary
-// is needed, each daemon has its own PKCS#11 module and SoftHSM2
+// with $KEYWARDTEST_DAEMON set and a pipe as fd 3, which this package's
+// init recognises (it then serves and exits, and never runs the tests).
+// The variable alone does nothing: it names the parent's pid, the pipe's
+// inode and a one-time random nonce, and the request (the token's
+// directory, the socket, the policy) comes only through the pipe, after
+// the nonce. init serves only when its parent is still that pid, fd 3 is
+// that pipe and the pipe starts with that nonce; otherwise a binary that
+// imports this package runs normally, saying on stderr that it ignored the
+// variable. Even then the token's directory must not exist yet (the child
+// makes it): an existing one ends the child with an error. So setting the
+// variable for a program cannot make it serve anyone's token. No keywardd
+// binary is needed, each daemon has its own PKCS#11 module and SoftHSM2
 // configuration (both are process-wide: one module per process, because
 // C_Finalize is, and SoftHSM2 reads its configuration once), and tests
 // calling Start may run in parallel. SoftHSM2 must be installed (Debian:
@@ -31,7 +40,6 @@ package keywardtest
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -247,17 +255,18 @@ func (s *Server) launch(req childRequest) error {
 	if err != nil {
 		return err
 	}
-	spec, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
 	log, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
 	defer log.Close()
+	h, err := newHandoff(req)
+	if err != nil {
+		return err
+	}
 	s.cmd = exec.Command(exe)
-	s.cmd.Env = append(childEnv(), envChild+"="+string(spec))
+	s.cmd.Env = append(childEnv(), h.env)
+	s.cmd.ExtraFiles = []*os.File{h.r}
 	s.cmd.Stderr = log
 	// Should the test process die without Close, the kernel stops the daemon.
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
@@ -266,7 +275,14 @@ func (s *Server) launch(req childRequest) error {
 		return err
 	}
 	if err := s.cmd.Start(); err != nil {
+		h.abandon()
 		return fmt.Errorf("start the daemon: %w", err)
+	}
+	if err := h.send(); err != nil {
+		// The child cannot serve without its request: it exits, and the
+		// wait below reports it.
+		fmt.Fprintf(log, "keywardtest: send the daemon its request: %v\n", err)
+		s.cmd.Process.Kill()
 	}
 	ready := make(chan string, 1)
 	go func() {

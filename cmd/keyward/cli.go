@@ -144,9 +144,9 @@ status" shows how it sees you.
 
 Commands that talk to the daemon dial --socket (default $KEYWARD_SOCKET, else
 /run/keyward/keyward.sock) and give up after --timeout. Before sending
-anything they check that the socket is served by root, by --daemon-uid
-($KEYWARD_DAEMON_UID), or else by the socket file's owner when no one else
-can change its directory. Every command takes
+anything they check that the socket is served by root, by this user, by
+--daemon-uid ($KEYWARD_DAEMON_UID), or by the packaged daemon's user
+keywardd; who owns the socket file proves nothing. Every command takes
 -h for its help, with an example.`
 
 const rootExample = `  keyward key create payments/db-password --type aes-256-gcm
@@ -193,7 +193,7 @@ func (a *app) rootCmd() *cobra.Command {
 	pf.StringVar(&a.socket, "socket", socket, "keywardd's Unix socket `PATH` ($"+envSocket+" when set)")
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "give up on the daemon after `DURATION` (0: never)")
 	pf.StringVar(&a.daemonUID, "daemon-uid", os.Getenv(envDaemonUID), "the `USER` (name or uid) keywardd runs as: a socket served by another uid, root apart, is refused before anything is sent "+
-		"($"+envDaemonUID+" when set; default: root, or the socket file's owner when no one else can change its directory)")
+		"($"+envDaemonUID+" when set; root, this user and the packaged user keywardd are always trusted)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{cmd: cmdName(c), msg: err.Error()}
 	})

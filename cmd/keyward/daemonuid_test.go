@@ -64,9 +64,9 @@ func startImpostor(t *testing.T, path string) (stop func() int64) {
 	return testutil.StartStandIn(t, impostorBin, impostorEnv, path, impostorUID)
 }
 
-// TestDaemonUID: a socket served by a uid that is neither root nor the
-// socket file's owner is refused before anything is sent, unless
-// --daemon-uid or $KEYWARD_DAEMON_UID names that uid.
+// TestDaemonUID: a socket served by a uid that is neither root nor this
+// process's is refused before anything is sent, even when that uid owns the
+// socket file, unless --daemon-uid or $KEYWARD_DAEMON_UID names that uid.
 func TestDaemonUID(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root, to run a daemon stand-in as another uid")
@@ -79,7 +79,7 @@ func TestDaemonUID(t *testing.T) {
 		wantCode int
 		want     string // on stderr
 	}{
-		{"default: root or the socket's owner", "", nil, exitFailed, "runs as uid " + uid},
+		{"default: root or this uid", "", nil, exitFailed, "runs as uid " + uid},
 		{"flag", "", []string{"--daemon-uid", uid}, exitOK, ""},
 		{"environment", uid, nil, exitOK, ""},
 		{"flag beats environment", uid, []string{"--daemon-uid", "0"}, exitFailed, "runs as uid " + uid},

@@ -97,6 +97,21 @@ func TestDevConfigRefused(t *testing.T) {
 	}
 	full := write("full.toml", "socket = \"/run/x.sock\"\n\n[backend]\nkind = \"pkcs11\"\ntoken = \"prod\"\n\n[[rule]]\nuids = [0]\nkeys = [\"**\"]\noperations = [\"wrap\"]\n")
 	badRule := write("bad.toml", "[[rule]]\nuids = [0]\nkeys = [\"**\"]\noperations = [\"fly\"]\n")
+	okRule := "[[rule]]\nuids = [0]\nkeys = [\"**\"]\noperations = [\"wrap\"]\n"
+	groupWritable := write("group.toml", okRule)
+	if err := os.Chmod(groupWritable, 0o620); err != nil {
+		t.Fatal(err)
+	}
+	othersWritable := write("others.toml", okRule)
+	if err := os.Chmod(othersWritable, 0o602); err != nil {
+		t.Fatal(err)
+	}
+	othersOwn := write("theirs.toml", okRule)
+	if os.Geteuid() == 0 {
+		if err := os.Chown(othersOwn, 4242, 4242); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -110,7 +125,13 @@ func TestDevConfigRefused(t *testing.T) {
 		{"check for --dev", []string{"--check-config", "--dev", "--config", full}, exitConfig, []string{full + ":3: backend: is not used by keywardd --dev"}},
 		{"check for --dev without a file", []string{"--check-config", "--dev"}, exitUsage, []string{"give --config"}},
 		{"allow-gid not a number", []string{"--dev", "--dev-allow-gid", "staff"}, exitUsage, []string{`"staff" is not a gid`}},
+		{"group may write the file", []string{"--dev", "--config", groupWritable}, exitConfig, []string{groupWritable, "mode 0620", "chmod go-w"}},
+		{"another user owns the file", []string{"--dev", "--config", othersOwn}, exitConfig, []string{othersOwn, "owned by uid 4242"}},
+		{"others may write the file", []string{"--check-config", "--dev", "--config", othersWritable}, exitConfig, []string{"mode 0602"}},
 	} {
+		if strings.Contains(tc.name, "another user") && os.Geteuid() != 0 {
+			continue
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			sock := filepath.Join(t.TempDir(), "s")
 			var out, errOut bytes.Buffer
