@@ -19,6 +19,7 @@ import (
 	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/internal/testutil"
 	softhsmtest "github.com/keyward/keyward/softhsm-test"
 	"github.com/keyward/keyward/tpm/swtpmtest"
 )
@@ -41,6 +42,7 @@ type scheduledDaemon struct {
 	sock, metrics, audit string
 	c                    pb.KeywardClient
 	cmd                  *exec.Cmd
+	stderr               *testutil.SyncBuffer // keywardd's log
 }
 
 func startScheduled(t *testing.T, dir, backend string, now time.Time) *scheduledDaemon {
@@ -79,7 +81,8 @@ operations = ["key.create", "key.rotate", "key.read", "key.set-rotation"]
 		cmd := exec.Command(tb, "--config", conf)
 		cmd.Env = append(os.Environ(), "KEYWARD_TEST_SCHEDULER_NOW="+now.UTC().Format(time.RFC3339))
 		out, _ := cmd.StdoutPipe()
-		cmd.Stderr = io.Discard
+		d.stderr = &testutil.SyncBuffer{}
+		cmd.Stderr = d.stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +94,7 @@ operations = ["key.create", "key.rotate", "key.read", "key.set-rotation"]
 		deadline := time.Now().Add(30 * time.Second)
 		for !answers(d.sock) {
 			if time.Now().After(deadline) {
-				t.Fatalf("keywardd on %s did not come up", d.sock)
+				t.Fatalf("keywardd on %s did not come up:\n%s", d.sock, d.stderr.String())
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
