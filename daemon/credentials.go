@@ -175,7 +175,8 @@ func (cs *credServer) answer(ctx context.Context, c *net.UnixConn, r *credReques
 	bound := credstore.Context(from, r.req.ID)
 	// The policy decides credential by the unit alone (every request is root's).
 	id := policy.Identity{UID: p.UID, GID: p.GID, PID: p.PID, Unit: r.req.Unit}
-	if d := cs.svc.pol.Load().Decide(id, policy.Request{Op: policy.OpCredential, Key: h.Name, Context: bound}, cs.svc.reserved()); !d.Allowed {
+	pc := credstore.PolicyContext(from, r.req.ID)
+	if d := cs.svc.pol.Load().Decide(id, policy.Request{Op: policy.OpCredential, Key: h.Name, Context: pc}, cs.svc.reserved()); !d.Allowed {
 		return nil, &deniedError{reason: d.Reason, err: fmt.Errorf("credential %s: %w", h.Name, ErrDenied)}
 	}
 	u, err := cs.svc.be.Unwrap(ctx, blob, bound)

@@ -336,6 +336,9 @@ func (c *ruleCompiler) contextPairs() {
 			c.fail(policyErr("context has an empty key"))
 		case len(k) > keys.MaxContextKV || len(v) > keys.MaxContextKV:
 			c.fail(policyErr("context key %s: key or value over %d bytes, more than a request may carry", quote(k), keys.MaxContextKV))
+		case keys.IsReservedContextKey(k):
+			c.fail(policyErr("context key %s: keys beginning with %s are reserved for keywardd's own blobs and no request may carry one, so this rule could never grant anything",
+				quote(k), quote(keys.ReservedContextPrefix)))
 		default:
 			c.r.context = append(c.r.context, pair{k, v})
 		}

@@ -253,6 +253,12 @@ func TestCompileErrors(t *testing.T) {
 		{"upper-case key pattern", ok(func(r *Rule) { r.Keys = []string{"Payments"} }), testResolver, []string{`rule "r"`, `"Payments"`}},
 		{"context empty key", ok(func(r *Rule) { r.Context = map[string]string{"": "x"} }), testResolver, []string{`rule "r"`, "context has an empty key"}},
 		{"context value too long", ok(func(r *Rule) { r.Context = map[string]string{"app": strings.Repeat("x", 1025)} }), testResolver, []string{`rule "r"`, "over 1024 bytes"}},
+		{"context reserved key", ok(func(r *Rule) { r.Context = map[string]string{"keyward.internal/purpose": "kubernetes-kms-v2"} }), testResolver,
+			[]string{`rule "r"`, `context key "keyward.internal/purpose"`, `beginning with "keyward.internal/" are reserved`}},
+		{"context reserved key on credential", ok(func(r *Rule) {
+			r.Users, r.Units, r.Operations = nil, []string{"app.service"}, []string{"credential"}
+			r.Context = map[string]string{"keyward.internal/unit": "app.service"}
+		}), testResolver, []string{`rule "r"`, `context key "keyward.internal/unit"`, "reserved"}},
 		{"context too many pairs", ok(func(r *Rule) {
 			r.Context = map[string]string{}
 			for i := range 65 {
