@@ -40,6 +40,12 @@ type Service struct {
 	checkpointKey string
 	kms           *kmsServer       // nil: no KMS endpoint
 	creds         *credstore.Store // systemd credentials (credentials_dir)
+	// credMu serialises changes to the credential store (put, rm, and
+	// rewrap's check-then-replace), all of which go through this service.
+	credMu sync.Mutex
+	// beforeCredReplace, when set, runs in a rewrap between the new blob's
+	// wrap and its check-then-replace (tests: a concurrent put).
+	beforeCredReplace func()
 
 	statusMu    sync.Mutex // the shared view Status answers from
 	statusAt    time.Time
