@@ -439,17 +439,17 @@ func TestReport(t *testing.T) {
 	readOps := []Operation{OpKeyRead}
 	appCtx := map[string]string{"app": "payments"}
 	want := []Grant{
-		{"uid 0", adminOps, []string{"**"}, nil, "admins"},
-		{"user payments (uid 1000)", appOps, []string{"payments/*"}, appCtx, "app"},
-		{"user payments (uid 1000)", readOps, []string{"payments/*", "billing/**"}, nil, "auditor"},
-		{"user payments (uid 1000)", readOps, []string{"x"}, nil, "numeric"},
-		{"uid 1002", appOps, []string{"payments/*"}, appCtx, "app"},
-		{"gid 1", adminOps, []string{"**"}, nil, "admins"},
-		{"group keyward-ops (gid 990)", adminOps, []string{"**"}, nil, "admins"},
-		{"group keyward-ops (gid 990)", readOps, []string{"x"}, nil, "numeric"},
-		{"gid 995", readOps, []string{"payments/*", "billing/**"}, nil, "auditor"},
-		{"unit audit.service", readOps, []string{"payments/*", "billing/**"}, nil, "auditor"},
-		{"unit payments.service", appOps, []string{"payments/*"}, appCtx, "app"},
+		{"uid 0", adminOps, nil, []string{"**"}, nil, "admins"},
+		{"user payments (uid 1000)", appOps, nil, []string{"payments/*"}, appCtx, "app"},
+		{"user payments (uid 1000)", readOps, nil, []string{"payments/*", "billing/**"}, nil, "auditor"},
+		{"user payments (uid 1000)", readOps, nil, []string{"x"}, nil, "numeric"},
+		{"uid 1002", appOps, nil, []string{"payments/*"}, appCtx, "app"},
+		{"gid 1", adminOps, nil, []string{"**"}, nil, "admins"},
+		{"group keyward-ops (gid 990)", adminOps, nil, []string{"**"}, nil, "admins"},
+		{"group keyward-ops (gid 990)", readOps, nil, []string{"x"}, nil, "numeric"},
+		{"gid 995", readOps, nil, []string{"payments/*", "billing/**"}, nil, "auditor"},
+		{"unit audit.service", readOps, nil, []string{"payments/*", "billing/**"}, nil, "auditor"},
+		{"unit payments.service", appOps, nil, []string{"payments/*"}, appCtx, "app"},
 	}
 	got := p.Report()
 	if !reflect.DeepEqual(got, want) {
