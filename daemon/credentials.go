@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,6 +62,7 @@ type credServer struct {
 	results  *prometheus.CounterVec
 	slots    chan struct{}
 	refusing chan struct{}
+	dropped  atomic.Uint64 // requests closed with nothing written: every refusal writer busy
 	wg       sync.WaitGroup
 	// timeout, writeTimeout and refuseTimeout are credTimeout,
 	// credWriteTimeout and credRefuseTimeout (tests shorten them).
@@ -141,7 +143,9 @@ func (cs *credServer) busy(c *net.UnixConn) {
 	case cs.refusing <- struct{}{}:
 	default:
 		c.Close()
-		cs.log.Error("credential socket: too many requests being refused; closed one with nothing written", "pid", p.PID, "unit", p.Unit)
+		if n := cs.dropped.Add(1); n&(n-1) == 0 { // the 1st, 2nd, 4th, 8th...: a flood is not logged line by line
+			cs.log.Error("credential socket: too many requests being refused; closed with nothing written", "closed_so_far", n, "pid", p.PID, "unit", p.Unit)
+		}
 		return
 	}
 	cs.wg.Add(1)
