@@ -24,14 +24,14 @@ import (
 // server on the in-memory backend with its instance hooks; the requesters
 // are real processes, as root, in cgroups named like units.
 
-func credHarness(t *testing.T, unit string, listen func(net.Listener) net.Listener) *daemon.CredHarness {
+func credHarness(t *testing.T, unit string, o daemon.CredOptions) *daemon.CredHarness {
 	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("credential tests need root")
 	}
 	h := daemon.NewCredHarness(t, t.TempDir(), []policy.Rule{
 		{Name: "unit", Units: []string{unit}, Keys: []string{"fc/*"}, Operations: []string{"credential"}},
-	}, listen)
+	}, o)
 	h.Put(t, unit, "db", "fc/k", []byte("fail-closed-secret"))
 	return h
 }
@@ -75,8 +75,7 @@ func readAnswer(t *testing.T, f *os.File) string {
 // empty answer) from the refusal path, and is counted.
 func TestCredentialBusyRefused(t *testing.T) {
 	unit := "fc-" + randHex(4) + ".service"
-	h := credHarness(t, unit, nil)
-	h.SetTimeouts(30*time.Second, time.Minute, time.Minute)
+	h := credHarness(t, unit, daemon.CredOptions{Work: 30 * time.Second, Write: time.Minute, Refuse: time.Minute})
 	const slots = 64
 	for range slots {
 		f := rawRequest(t, h.Sock)
@@ -100,9 +99,8 @@ func TestCredentialBusyRefused(t *testing.T) {
 // record is followed by a NOT_DELIVERED one.
 func TestCredentialLateWorkRefused(t *testing.T) {
 	unit := "fc-" + randHex(4) + ".service"
-	h := credHarness(t, unit, nil)
+	h := credHarness(t, unit, daemon.CredOptions{Work: 50 * time.Millisecond, Write: 30 * time.Second, Refuse: 30 * time.Second})
 	cg := testCgroup(t, unit)
-	h.SetTimeouts(50*time.Millisecond, 30*time.Second, 30*time.Second)
 	h.StallAudit(func(ctx context.Context, result string) error {
 		if result == "NOT_DELIVERED" {
 			return nil // the disk is back for the second records
@@ -132,13 +130,15 @@ func TestCredentialLateWorkRefused(t *testing.T) {
 // record after the OK one, and is not counted as served.
 func TestCredentialNotDeliveredRecorded(t *testing.T) {
 	unit := "fc-" + randHex(4) + ".service"
-	h := credHarness(t, unit, nil)
-	cg := testCgroup(t, unit)
-	cmd, _ := startRequester(t, h.Sock, cg, randHex(7)+"/unit/"+unit+"/db")
-	h.BeforeWrite(func() {
+	cmds := make(chan *exec.Cmd, 1)
+	h := credHarness(t, unit, daemon.CredOptions{BeforeWrite: func() {
+		cmd := <-cmds
 		cmd.Process.Kill()
 		cmd.Wait()
-	})
+	}})
+	cg := testCgroup(t, unit)
+	cmd, _ := startRequester(t, h.Sock, cg, randHex(7)+"/unit/"+unit+"/db")
+	cmds <- cmd
 	waitFor(t, func() bool { return len(h.Records()) >= 2 }, "two records")
 	want := []string{"credential fc/k OK", "credential fc/k NOT_DELIVERED"}
 	if got := h.Records(); !slices.Equal(got, want) {
@@ -155,7 +155,7 @@ func TestCredentialAcceptRetried(t *testing.T) {
 	unit := "fc-" + randHex(4) + ".service"
 	var fails atomic.Int32
 	fails.Store(3)
-	h := credHarness(t, unit, func(l net.Listener) net.Listener { return &failingListener{Listener: l, fails: &fails} })
+	h := credHarness(t, unit, daemon.CredOptions{Listen: func(l net.Listener) net.Listener { return &failingListener{Listener: l, fails: &fails} }})
 	if got := readAnswer(t, rawRequest(t, h.Sock)); got != "REFUSED" {
 		t.Fatalf("request after failed accepts: got %s, want REFUSED", got)
 	}

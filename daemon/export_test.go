@@ -50,9 +50,19 @@ func (s *stallTrail) Append(ctx context.Context, r audit.Record) error {
 	return s.memTrail.Append(ctx, r)
 }
 
-// NewCredHarness serves credentials under rules on a socket in dir;
-// listen, when set, wraps the listener the server accepts on.
-func NewCredHarness(t *testing.T, dir string, rules []policy.Rule, listen func(net.Listener) net.Listener) *CredHarness {
+// CredOptions are a CredHarness server's hooks, set before it serves.
+type CredOptions struct {
+	// Listen, when set, wraps the listener the server accepts on.
+	Listen func(net.Listener) net.Listener
+	// Work, Write and Refuse replace the work, answer-write and
+	// busy-refusal bounds when not zero.
+	Work, Write, Refuse time.Duration
+	// BeforeWrite runs after a request's work, before its answer is written.
+	BeforeWrite func()
+}
+
+// NewCredHarness serves credentials under rules on a socket in dir.
+func NewCredHarness(t *testing.T, dir string, rules []policy.Rule, o CredOptions) *CredHarness {
 	t.Helper()
 	pol, err := policy.Compile(rules, policy.SystemResolver())
 	if err != nil {
@@ -68,10 +78,19 @@ func NewCredHarness(t *testing.T, dir string, rules []policy.Rule, listen func(n
 	if err != nil {
 		t.Fatal(err)
 	}
-	if listen != nil {
-		l = listen(l)
+	if o.Listen != nil {
+		l = o.Listen(l)
 	}
 	h.cs = newCredServer(svc, store, h.trail, nil, nil, log)
+	for _, d := range []struct {
+		to   *time.Duration
+		from time.Duration
+	}{{&h.cs.timeout, o.Work}, {&h.cs.writeTimeout, o.Write}, {&h.cs.refuseTimeout, o.Refuse}} {
+		if d.from != 0 {
+			*d.to = d.from
+		}
+	}
+	h.cs.beforeWrite = o.BeforeWrite
 	done := make(chan struct{})
 	go func() { h.cs.serve(l); close(done) }()
 	t.Cleanup(func() { l.Close(); <-done })
@@ -97,11 +116,6 @@ func (h *CredHarness) Put(t *testing.T, unit, id, key string, secret []byte) {
 	}
 }
 
-// SetTimeouts sets the work, answer-write and busy-refusal bounds.
-func (h *CredHarness) SetTimeouts(work, write, refuse time.Duration) {
-	h.cs.timeout, h.cs.writeTimeout, h.cs.refuseTimeout = work, write, refuse
-}
-
 // StallAudit runs f with each record's result before its audit append
 // (nil: none); an error from f fails the append.
 func (h *CredHarness) StallAudit(f func(context.Context, string) error) {
@@ -109,9 +123,6 @@ func (h *CredHarness) StallAudit(f func(context.Context, string) error) {
 	h.trail.stall = f
 	h.trail.mu.Unlock()
 }
-
-// BeforeWrite runs f after a request's work, before its answer is written.
-func (h *CredHarness) BeforeWrite(f func()) { h.cs.beforeWrite = f }
 
 // Records lists the audit records as "op key result".
 func (h *CredHarness) Records() []string { return h.trail.results() }
