@@ -190,8 +190,9 @@ func (cs *credServer) handle(c *net.UnixConn) {
 	}
 	aerr := cs.record(rctx, r, result, reason)
 	if aerr != nil && err == nil {
-		// The OK record may still land (a late fsync): say it was not served.
-		defer cs.notDelivered(r, aerr)
+		if errors.Is(aerr, context.DeadlineExceeded) { // the OK record may still land (a late fsync): say it was not served
+			defer cs.notDelivered(r, aerr)
+		}
 		cs.log.Error("audit log write failed: credential not served", "unit", r.req.Unit, "credential", r.req.ID, "err", aerr.Error())
 		result, err = resultFor(ErrAuditUnavailable), ErrAuditUnavailable
 	}
