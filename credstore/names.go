@@ -3,6 +3,8 @@ package credstore
 import (
 	"fmt"
 	"strings"
+
+	"github.com/keyward/keyward/keys"
 )
 
 // MaxID bounds a credential id. systemd allows up to NAME_MAX; keyward's ids
@@ -13,8 +15,22 @@ const MaxID = 128
 const maxUnit = 255
 
 // Context is the wrapping context of a credential: a blob is bound to the
-// unit directory and id it is stored under.
+// unit directory and id it is stored under, with keys of the namespace
+// that keywardd's main API refuses in a caller's context
+// (keys.ReservedContextPrefix), so that no caller of Unwrap can open a
+// stored credential nor Wrap make one.
 func Context(unit, id string) map[string]string {
+	return map[string]string{
+		keys.ReservedContextPrefix + "purpose":    "systemd-credential",
+		keys.ReservedContextPrefix + "unit":       unit,
+		keys.ReservedContextPrefix + "credential": id,
+	}
+}
+
+// PolicyContext is the context a credential request carries to the policy
+// (a rule's context condition on the credential operation): the unit and
+// the credential id, {unit, credential}.
+func PolicyContext(unit, id string) map[string]string {
 	return map[string]string{"unit": unit, "credential": id}
 }
 

@@ -185,7 +185,7 @@ func auditOpRef(ctx context.Context, op, key string, version uint32, c map[strin
 		key = key[:keys.MaxNameLen] + "..."
 	}
 	r := audit.Record{Peer: cl.peer, Op: op, Key: key, Version: version, Result: result,
-		CallerRef: ref, Duration: time.Since(started), RequestID: cl.id}
+		CallerRef: clipCallerRef(ref), Duration: time.Since(started), RequestID: cl.id}
 	if len(c) > 0 {
 		// Keyed, so that a reader of the log cannot test guesses of the
 		// values against it (see audit.ContextDigest).

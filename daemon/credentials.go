@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,13 +25,28 @@ import (
 
 const (
 	// credMaxConns bounds the credential requests served at once; more
-	// are closed at once, counted in the refusal summaries. systemd asks
-	// once per credential per unit start.
+	// get the refusal from a writer of their own (credMaxRefusing), never
+	// queued behind the requests being answered. systemd asks once per
+	// credential per unit start.
 	credMaxConns = 64
-	// credTimeout bounds one credential request, from accept to close.
-	credTimeout = 10 * time.Second
+	// credMaxRefusing bounds the refusals written at once to requests over
+	// credMaxConns; past it a request is closed with nothing written (and
+	// logged), the only answer left that cannot pile up goroutines.
+	credMaxRefusing = 256
+	// credTimeout bounds the work on one request (peer checks, store,
+	// device, audit record) from accept; credWriteTimeout then bounds the
+	// write of the answer on its own, so that work finishing late still
+	// leaves time to write the refusal.
+	credTimeout      = 8 * time.Second
+	credWriteTimeout = 2 * time.Second
+	// credRefuseTimeout bounds the write of a refusal to a request over
+	// credMaxConns.
+	credRefuseTimeout = 2 * time.Second
 	// credOp is the audit record's op of a credential request.
 	credOp = string(policy.OpCredential)
+	// resultNotDelivered is the result of the second record of a request
+	// whose plaintext could not be written after its OK record.
+	resultNotDelivered = "NOT_DELIVERED"
 )
 
 // credServer answers systemd's LoadCredential= requests: each connection
@@ -38,23 +54,35 @@ const (
 // bound; the plaintext is written and the connection closed, or the
 // refusal (refuse) is, which systemd does not accept as a credential.
 type credServer struct {
-	svc     *Service
-	store   *credstore.Store
-	audit   auditLog  // nil: audit off
-	refused *refusals // nil: refusals are not summarised
-	log     *slog.Logger
-	results *prometheus.CounterVec
-	slots   chan struct{}
-	wg      sync.WaitGroup
-	timeout time.Duration
+	svc      *Service
+	store    *credstore.Store
+	audit    auditLog  // nil: audit off
+	refused  *refusals // nil: refusals are not summarised
+	log      *slog.Logger
+	results  *prometheus.CounterVec
+	slots    chan struct{}
+	refusing chan struct{}
+	dropped  atomic.Uint64 // requests closed with nothing written: every refusal writer busy
+	wg       sync.WaitGroup
+	// timeout, writeTimeout and refuseTimeout are credTimeout,
+	// credWriteTimeout and credRefuseTimeout (tests shorten them).
+	timeout, writeTimeout, refuseTimeout time.Duration
+	// acceptBackoff is the first pause after a failed accept; it doubles
+	// up to a second, as grpc's server does.
+	acceptBackoff time.Duration
+	// beforeWrite, when set, runs after the work on a request and before
+	// its answer is written (tests: a peer that goes away).
+	beforeWrite func()
 }
 
 func newCredServer(svc *Service, store *credstore.Store, al auditLog, refused *refusals, m *Metrics, log *slog.Logger) *credServer {
 	cs := &credServer{svc: svc, store: store, audit: al, refused: refused, log: log,
-		slots: make(chan struct{}, credMaxConns), timeout: credTimeout,
+		slots: make(chan struct{}, credMaxConns), refusing: make(chan struct{}, credMaxRefusing),
+		timeout: credTimeout, writeTimeout: credWriteTimeout, refuseTimeout: credRefuseTimeout,
+		acceptBackoff: 5 * time.Millisecond,
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyward_credential_requests_total",
-			Help: "systemd credential requests (LoadCredential=) answered, by result: OK, PERMISSION_DENIED, NOT_FOUND, or an ErrorReason.",
+			Help: "systemd credential requests (LoadCredential=) answered, by result: OK, PERMISSION_DENIED, NOT_FOUND, NOT_DELIVERED, or an ErrorReason.",
 		}, []string{"result"}),
 	}
 	if m != nil {
@@ -64,16 +92,24 @@ func newCredServer(svc *Service, store *credstore.Store, al auditLog, refused *r
 }
 
 // serve accepts until l is closed, then waits for the requests in flight.
+// A failed accept (EMFILE, ENFILE, ENOMEM...) is retried after a pause
+// that doubles up to a second: credentials are served again once the
+// condition clears.
 func (cs *credServer) serve(l net.Listener) {
 	defer cs.wg.Wait()
+	var pause time.Duration
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				cs.log.Error("credential socket: accept failed; no more credentials are served", "err", err.Error())
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			pause = min(max(2*pause, cs.acceptBackoff), time.Second)
+			cs.log.Error("credential socket: accept failed; retrying", "err", err.Error(), "retry_in", pause.String())
+			time.Sleep(pause)
+			continue
 		}
+		pause = 0
 		uc, ok := c.(*net.UnixConn)
 		if !ok {
 			c.Close()
@@ -93,14 +129,32 @@ func (cs *credServer) serve(l net.Listener) {
 	}
 }
 
-// busy refuses a request over credMaxConns: closed at once, summarised.
+// busy refuses a request over credMaxConns: counted, summarised, and
+// answered with the refusal by a writer of its own, bounded in number and
+// by credRefuseTimeout, so that accept never waits; an empty answer would
+// be an empty credential to systemd.
 func (cs *credServer) busy(c *net.UnixConn) {
 	p, _ := socket.PeerOf(c)
-	c.Close()
 	cs.results.WithLabelValues(resultTooMany).Inc()
 	if cs.refused != nil {
 		cs.refused.note(audit.Peer{UID: p.UID, GID: p.GID, PID: p.PID, Unit: p.Unit}, credOp, resultTooMany)
 	}
+	select {
+	case cs.refusing <- struct{}{}:
+	default:
+		c.Close()
+		if n := cs.dropped.Add(1); n&(n-1) == 0 { // the 1st, 2nd, 4th, 8th...: a flood is not logged line by line
+			cs.log.Error("credential socket: too many requests being refused; closed with nothing written", "closed_so_far", n, "pid", p.PID, "unit", p.Unit)
+		}
+		return
+	}
+	cs.wg.Add(1)
+	go func() {
+		defer func() { <-cs.refusing; cs.wg.Done() }()
+		defer c.Close()
+		c.SetWriteDeadline(time.Now().Add(cs.refuseTimeout))
+		refuse(c)
+	}()
 }
 
 // credRequest is one request as it is being answered, for its record.
@@ -113,33 +167,78 @@ type credRequest struct {
 	start   time.Time
 }
 
-// handle answers one connection.
+// handle answers one connection. The work (answer, then its durable
+// record) stops at cs.timeout; the answer then gets cs.writeTimeout of its
+// own, so that a request whose work ran late is still refused rather than
+// closed with nothing, which systemd would take as an empty credential.
 func (cs *credServer) handle(c *net.UnixConn) {
 	defer c.Close()
 	r := &credRequest{start: time.Now()}
-	c.SetDeadline(r.start.Add(cs.timeout))
 	ctx, cancel := context.WithDeadline(context.Background(), r.start.Add(cs.timeout))
 	defer cancel()
 	plain, err := cs.answer(ctx, c, r)
 	defer secretfile.Zero(plain)
+	if err == nil && ctx.Err() != nil {
+		err = fmt.Errorf("credential: %w", ctx.Err())
+	}
 	result, reason := credResult(err)
-	if aerr := cs.record(ctx, r, result, reason); aerr != nil && err == nil {
+	rctx := ctx
+	if err != nil && ctx.Err() != nil { // a refusal is still recorded, within the write's bound
+		var cancel func()
+		rctx, cancel = context.WithTimeout(context.Background(), cs.writeTimeout)
+		defer cancel()
+	}
+	aerr := cs.record(rctx, r, result, reason)
+	if aerr != nil && err == nil {
+		if errors.Is(aerr, context.DeadlineExceeded) { // the OK record may still land (a late fsync): say it was not served
+			defer cs.notDelivered(r, aerr)
+		}
 		cs.log.Error("audit log write failed: credential not served", "unit", r.req.Unit, "credential", r.req.ID, "err", aerr.Error())
 		result, err = resultFor(ErrAuditUnavailable), ErrAuditUnavailable
 	}
-	cs.results.WithLabelValues(result).Inc()
+	if cs.beforeWrite != nil {
+		cs.beforeWrite()
+	}
+	c.SetWriteDeadline(time.Now().Add(cs.writeTimeout))
 	if err != nil {
+		cs.results.WithLabelValues(result).Inc()
 		cs.log.Warn("credential refused", "unit", r.req.Unit, "credential", r.req.ID, "peer", r.peer.String(), "result", result, "reason", reason)
 		refuse(c)
 		return
 	}
-	if _, err := c.Write(plain); err != nil {
-		cs.log.Warn("credential not delivered: writing to systemd failed", "unit", r.req.Unit, "credential", r.req.ID, "err", err.Error())
+	if err := cs.deliver(c, plain); err != nil {
+		cs.results.WithLabelValues(resultNotDelivered).Inc()
+		cs.notDelivered(r, err)
 		return
 	}
-	c.CloseWrite()
+	cs.results.WithLabelValues(result).Inc()
 	cs.log.Info("credential served", "unit", r.req.Unit, "credential", r.req.ID, "key", r.key, "version", r.version,
 		"from", r.from, "took_us", time.Since(r.start).Microseconds())
+}
+
+// deliver writes the plaintext and ends the answer. When the write fails
+// (the deadline, a peer gone) the refusal's zeros follow whatever part of
+// the plaintext went out, so that systemd refuses what it read.
+func (cs *credServer) deliver(c *net.UnixConn, plain []byte) error {
+	if _, err := c.Write(plain); err != nil {
+		c.SetWriteDeadline(time.Now().Add(cs.writeTimeout))
+		refuse(c)
+		return err
+	}
+	c.CloseWrite()
+	return nil
+}
+
+// notDelivered logs and records a credential whose OK record is
+// durable but whose plaintext could not be written: the trail must not
+// say it was served.
+func (cs *credServer) notDelivered(r *credRequest, werr error) {
+	cs.log.Warn("credential not delivered", "unit", r.req.Unit, "credential", r.req.ID, "err", werr.Error())
+	ctx, cancel := context.WithTimeout(context.Background(), cs.writeTimeout)
+	defer cancel()
+	if err := cs.record(ctx, r, resultNotDelivered, "not delivered: "+werr.Error()); err != nil {
+		cs.log.Error("audit log write failed: the record of an undelivered credential is missing", "unit", r.req.Unit, "credential", r.req.ID, "err", err.Error())
+	}
 }
 
 // answer checks who asks for what, reads the blob and unwraps it.
@@ -175,7 +274,8 @@ func (cs *credServer) answer(ctx context.Context, c *net.UnixConn, r *credReques
 	bound := credstore.Context(from, r.req.ID)
 	// The policy decides credential by the unit alone (every request is root's).
 	id := policy.Identity{UID: p.UID, GID: p.GID, PID: p.PID, Unit: r.req.Unit}
-	if d := cs.svc.pol.Load().Decide(id, policy.Request{Op: policy.OpCredential, Key: h.Name, Context: bound}, cs.svc.reserved()); !d.Allowed {
+	pc := credstore.PolicyContext(from, r.req.ID)
+	if d := cs.svc.pol.Load().Decide(id, policy.Request{Op: policy.OpCredential, Key: h.Name, Context: pc}, cs.svc.reserved()); !d.Allowed {
 		return nil, &deniedError{reason: d.Reason, err: fmt.Errorf("credential %s: %w", h.Name, ErrDenied)}
 	}
 	u, err := cs.svc.be.Unwrap(ctx, blob, bound)
@@ -242,8 +342,9 @@ func credResult(err error) (result, reason string) {
 	return resultFor(err), err.Error()
 }
 
-// record writes the request's audit record and waits until it is durable:
-// the plaintext is written only after.
+// record writes the request's audit record and waits until it is durable
+// or ctx ends (a stalled disk: the request is then refused, while the
+// record may still land): the plaintext is written only after.
 func (cs *credServer) record(ctx context.Context, r *credRequest, result, reason string) error {
 	if cs.audit == nil {
 		return nil
@@ -257,7 +358,14 @@ func (cs *credServer) record(ctx context.Context, r *credRequest, result, reason
 	if r.req.Unit == "" || r.peer.Unit != r.req.Unit {
 		rec.Peer.Unit = r.peer.Unit // a refused peer is recorded as the kernel sees it
 	}
-	return cs.audit.Append(context.WithoutCancel(ctx), rec)
+	done := make(chan error, 1)
+	go func() { done <- cs.audit.Append(ctx, rec) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("audit: credential record not durable in time: %w", ctx.Err())
+	}
 }
 
 func fromTemplate(r *credRequest) string {

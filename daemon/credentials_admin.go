@@ -106,7 +106,10 @@ func (s *Service) putCredential(ctx context.Context, req *pb.PutCredentialReques
 	if err != nil {
 		return nil, err
 	}
-	if err := s.creds.Write(unit, id, blob, req.GetReplace()); err != nil {
+	s.credMu.Lock()
+	err = s.creds.Write(unit, id, blob, req.GetReplace())
+	s.credMu.Unlock()
+	if err != nil {
 		return nil, credStoreErr(err)
 	}
 	return credInfo(unit, id, blob, time.Now()), nil
@@ -190,6 +193,8 @@ func (s *Service) removeCredential(ctx context.Context, unit, id string) (*pb.Cr
 	if err := s.auditIntent(ctx, mRmCred.audit, info.Key); err != nil {
 		return info, err
 	}
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
 	return info, credStoreErr(s.creds.Remove(unit, id))
 }
 

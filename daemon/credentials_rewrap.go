@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"time"
 
@@ -80,6 +81,25 @@ func (s *Service) rewrapOne(ctx context.Context, ci *pb.CredentialInfo, newest m
 	blob, err := s.be.Wrap(ctx, key, u.Plaintext, bound)
 	if err != nil {
 		return nil, err
+	}
+	if s.beforeCredReplace != nil {
+		s.beforeCredReplace()
+	}
+	return s.replaceIfUnchanged(unit, id, e.Blob, blob)
+}
+
+// replaceIfUnchanged stores blob as unit's credential id only if the store
+// still holds old, the blob the rewrap unwrapped: a put --replace or rm
+// that ran meanwhile wins, and the credential is answered as it is now.
+func (s *Service) replaceIfUnchanged(unit, id string, old, blob []byte) (*pb.CredentialInfo, error) {
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
+	now, err := s.storedCredential(unit, id)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(now.Blob, old) {
+		return credInfo(unit, id, now.Blob, now.Modified), nil
 	}
 	if err := s.creds.Write(unit, id, blob, true); err != nil {
 		return nil, credStoreErr(err)

@@ -31,13 +31,19 @@ import (
 // context is fixed: Kubernetes passes nothing that is the same at Encrypt
 // and Decrypt time except the annotations, which the plugin itself returns
 // (none) and which etcd stores in clear, and the request uid, which differs
-// per call. A fixed context still separates these blobs from any other
-// blob of the key: an Unwrap without exactly this context fails.
-var kmsContext = keys.Context{"kubernetes.io/kms": "v2"}
+// per call. Its key is in the reserved namespace (keys.ReservedContextPrefix)
+// that the main API refuses in a caller's context: no caller of Wrap,
+// Unwrap, Rewrap or GenerateDataKey can open a Kubernetes ciphertext or
+// make one Decrypt accepts, whatever the policy grants it on kms_key.
+var kmsContext = keys.Context{kmsPurpose: "kubernetes-kms-v2"}
 
 // kmsProbeContext binds the health probe's throwaway blobs, so that one
 // can never pass for a Kubernetes ciphertext.
-var kmsProbeContext = keys.Context{"kubernetes.io/kms": "health-probe"}
+var kmsProbeContext = keys.Context{kmsPurpose: "kubernetes-kms-v2-health-probe"}
+
+// kmsPurpose is the reserved context key naming what a blob of keywardd's
+// own is for.
+const kmsPurpose = keys.ReservedContextPrefix + "purpose"
 
 // Limits of the KMS v2 contract and of this endpoint.
 const (

@@ -91,3 +91,49 @@ func TestKMSSocketHygieneAndMetrics(t *testing.T) {
 		t.Logf("metrics:\n%s", grepLines(page, "keyward_"))
 	}
 }
+
+// TestKMSOversizedUIDAudited: an Encrypt or Decrypt whose uid is over what
+// an audit record holds is refused and still recorded, with the uid
+// clipped, rather than leaving no audit line.
+func TestKMSOversizedUIDAudited(t *testing.T) {
+	rules := append(testRules(), policy.Rule{Name: "kube-apiserver", UIDs: []uint32{0}, Keys: []string{"uid/kms"}, Operations: []string{"kms.encrypt", "kms.decrypt"}})
+	var kmsSock string
+	r := start(t, rules, func(c *config.Config) {
+		kmsSock = filepath.Join(filepath.Dir(c.Socket), "kms.sock")
+		c.KMSSocket, c.KMSKey = kmsSock, "uid/kms"
+	})
+	ctx := context.Background()
+	if _, err := dial(t, r.sock).CreateKey(ctx, &pb.CreateKeyRequest{Key: "uid/kms", KeyType: "aes-256-gcm"}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("unix://"+kmsSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	kc := kmsapi.NewKeyManagementServiceClient(conn)
+	uid := "long-uid-" + strings.Repeat("é", 300)
+	if _, err := kc.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: make([]byte, 32), Uid: uid}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("Encrypt with a %d-byte uid = %v, want InvalidArgument", len(uid), err)
+	}
+	if _, err := kc.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: []byte("x"), KeyId: "k", Uid: uid}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("Decrypt with a %d-byte uid = %v, want InvalidArgument", len(uid), err)
+	}
+	raw, err := os.ReadFile(filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]bool{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if strings.Contains(line, `"caller_ref":"long-uid-`) && strings.Contains(line, `"result":"INVALID_REQUEST"`) && strings.Contains(line, "sha256:") {
+			for _, op := range []string{"kms.encrypt", "kms.decrypt"} {
+				if strings.Contains(line, `"op":"`+op+`"`) {
+					found[op] = true
+				}
+			}
+		}
+	}
+	if !found["kms.encrypt"] || !found["kms.decrypt"] {
+		t.Errorf("records of the refused calls with the uid clipped: %v; want both", found)
+	}
+}

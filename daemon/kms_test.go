@@ -159,11 +159,13 @@ func TestKMSMalformedMem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A blob of another key, made through keyward's own API with the KMS context.
-	other, err := k.s.Wrap(asUID(memOtherUID), &pb.WrapRequest{Key: "other/key", Plaintext: make([]byte, 32), Context: kmsContext})
+	// A blob of another key with the KMS context (the API refuses the
+	// reserved context: made through the backend, as keywardd could).
+	otherBlob, err := k.s.be.Wrap(context.Background(), "other/key", make([]byte, 32), kmsContext)
 	if err != nil {
 		t.Fatal(err)
 	}
+	other := &pb.WrapResponse{Ciphertext: otherBlob}
 	tampered := append([]byte(nil), enc.Ciphertext...)
 	tampered[len(tampered)-1] ^= 1
 	long := strings.Repeat("k", kmsMaxKeyID+1)
@@ -365,7 +367,7 @@ type probeGate struct {
 }
 
 func (g *probeGate) Wrap(ctx context.Context, name string, pt []byte, c keys.Context) ([]byte, error) {
-	if c["kubernetes.io/kms"] == "health-probe" {
+	if c[kmsPurpose] == kmsProbeContext[kmsPurpose] {
 		g.mu.Lock()
 		g.probes++
 		held, entered := g.held, g.entered

@@ -40,6 +40,12 @@ type Service struct {
 	checkpointKey string
 	kms           *kmsServer       // nil: no KMS endpoint
 	creds         *credstore.Store // systemd credentials (credentials_dir)
+	// credMu serialises changes to the credential store (put, rm, and
+	// rewrap's check-then-replace), all of which go through this service.
+	credMu sync.Mutex
+	// beforeCredReplace, when set, runs in a rewrap between the new blob's
+	// wrap and its check-then-replace (tests: a concurrent put).
+	beforeCredReplace func()
 
 	statusMu    sync.Mutex // the shared view Status answers from
 	statusAt    time.Time
@@ -170,9 +176,15 @@ func (s *Service) checkData(field string, b []byte) error {
 	return nil
 }
 
+// checkContext refuses a caller's context over the limits or with a key
+// of the namespace keywardd keeps for its own blobs (KMS ciphertexts,
+// systemd credentials): no caller may open or make one through this API.
 func checkContext(c map[string]string) error {
 	if err := keys.CheckContext(c); err != nil {
 		return invalid("context: at most %d pairs, keys non-empty, keys and values at most %d bytes", keys.MaxContext, keys.MaxContextKV)
+	}
+	if keys.HasReservedContextKey(c) {
+		return invalid("context: keys beginning with %q are reserved for keywardd's own blobs (Kubernetes KMS, systemd credentials)", keys.ReservedContextPrefix)
 	}
 	return nil
 }

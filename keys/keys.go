@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -265,6 +266,26 @@ func CheckContext(c Context) error {
 		}
 	}
 	return nil
+}
+
+// ReservedContextPrefix begins the context keys only keywardd itself
+// binds blobs to: its Kubernetes KMS ciphertexts and systemd credentials.
+// The main API refuses a caller's context with such a key, and a policy
+// rule cannot require one, so that no caller can open or forge those blobs
+// through Wrap, Unwrap, Rewrap or GenerateDataKey.
+const ReservedContextPrefix = "keyward.internal/"
+
+// IsReservedContextKey reports whether k is in the reserved namespace.
+func IsReservedContextKey(k string) bool { return strings.HasPrefix(k, ReservedContextPrefix) }
+
+// HasReservedContextKey reports whether c has a key in the reserved namespace.
+func HasReservedContextKey(c Context) bool {
+	for k := range c {
+		if IsReservedContextKey(k) {
+			return true
+		}
+	}
+	return false
 }
 
 // CheckChangeable reports whether version v may be enabled, disabled or

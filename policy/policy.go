@@ -336,6 +336,9 @@ func (c *ruleCompiler) contextPairs() {
 			c.fail(policyErr("context has an empty key"))
 		case len(k) > keys.MaxContextKV || len(v) > keys.MaxContextKV:
 			c.fail(policyErr("context key %s: key or value over %d bytes, more than a request may carry", quote(k), keys.MaxContextKV))
+		case keys.IsReservedContextKey(k):
+			c.fail(policyErr("context key %s: keys beginning with %s are reserved for keywardd's own blobs and no request may carry one, so this rule could never grant anything",
+				quote(k), quote(keys.ReservedContextPrefix)))
 		default:
 			c.r.context = append(c.r.context, pair{k, v})
 		}
@@ -590,10 +593,7 @@ func (p *Policy) Decide(id Identity, req Request, res Reserved) Decision {
 	if !req.Op.CarriesContext() {
 		req.Context = nil
 	}
-	if req.Op == OpCredential {
-		// systemd asks as root for every unit: only the unit is the caller.
-		id = Identity{UID: noID, GID: noID, PID: id.PID, Unit: id.Unit}
-	}
+	id = decisionIdentity(id, req.Op)
 	if p == nil || len(p.rules) == 0 {
 		c := check(req)
 		return Decision{Reason: "no rules: " + denyBase(id, &c)}
@@ -611,6 +611,16 @@ func (p *Policy) Decide(id Identity, req Request, res Reserved) Decision {
 		}
 	}
 	return p.deny(id, &c)
+}
+
+// decisionIdentity is the identity op is decided for: for credential,
+// which systemd asks as root for every unit, only the unit (uid, gid and
+// groups never match). Decide and Explain both use it.
+func decisionIdentity(id Identity, op Operation) Identity {
+	if op == OpCredential {
+		return Identity{UID: noID, GID: noID, PID: id.PID, Unit: id.Unit}
+	}
+	return id
 }
 
 // deny explains a denial by the closest miss: the rule failing the fewest
@@ -664,6 +674,7 @@ func (p *Policy) Explain(id Identity, req Request, res Reserved) (Decision, []Ru
 	if !req.Op.CarriesContext() {
 		req.Context = nil
 	}
+	id = decisionIdentity(id, req.Op)
 	c := check(req)
 	out := make([]RuleVerdict, len(p.rules))
 	for i := range p.rules {
@@ -710,6 +721,9 @@ func (r *rule) why(m miss, id Identity, c *checked) string {
 
 func (r *rule) identityMiss(id Identity) string {
 	var parts []string
+	if id.UID == noID && id.GID == noID && len(r.units) == 0 { // decisionIdentity's, for credential
+		return "credential is granted by units alone: systemd asks as root for every unit"
+	}
 	if len(r.users) > 0 {
 		parts = append(parts, fmt.Sprintf("uid %d not in users %s", id.UID, subjectList(r.users)))
 	}

@@ -253,6 +253,12 @@ func TestCompileErrors(t *testing.T) {
 		{"upper-case key pattern", ok(func(r *Rule) { r.Keys = []string{"Payments"} }), testResolver, []string{`rule "r"`, `"Payments"`}},
 		{"context empty key", ok(func(r *Rule) { r.Context = map[string]string{"": "x"} }), testResolver, []string{`rule "r"`, "context has an empty key"}},
 		{"context value too long", ok(func(r *Rule) { r.Context = map[string]string{"app": strings.Repeat("x", 1025)} }), testResolver, []string{`rule "r"`, "over 1024 bytes"}},
+		{"context reserved key", ok(func(r *Rule) { r.Context = map[string]string{"keyward.internal/purpose": "kubernetes-kms-v2"} }), testResolver,
+			[]string{`rule "r"`, `context key "keyward.internal/purpose"`, `beginning with "keyward.internal/" are reserved`}},
+		{"context reserved key on credential", ok(func(r *Rule) {
+			r.Users, r.Units, r.Operations = nil, []string{"app.service"}, []string{"credential"}
+			r.Context = map[string]string{"keyward.internal/unit": "app.service"}
+		}), testResolver, []string{`rule "r"`, `context key "keyward.internal/unit"`, "reserved"}},
 		{"context too many pairs", ok(func(r *Rule) {
 			r.Context = map[string]string{}
 			for i := range 65 {
@@ -433,17 +439,17 @@ func TestReport(t *testing.T) {
 	readOps := []Operation{OpKeyRead}
 	appCtx := map[string]string{"app": "payments"}
 	want := []Grant{
-		{"uid 0", adminOps, []string{"**"}, nil, "admins"},
-		{"user payments (uid 1000)", appOps, []string{"payments/*"}, appCtx, "app"},
-		{"user payments (uid 1000)", readOps, []string{"payments/*", "billing/**"}, nil, "auditor"},
-		{"user payments (uid 1000)", readOps, []string{"x"}, nil, "numeric"},
-		{"uid 1002", appOps, []string{"payments/*"}, appCtx, "app"},
-		{"gid 1", adminOps, []string{"**"}, nil, "admins"},
-		{"group keyward-ops (gid 990)", adminOps, []string{"**"}, nil, "admins"},
-		{"group keyward-ops (gid 990)", readOps, []string{"x"}, nil, "numeric"},
-		{"gid 995", readOps, []string{"payments/*", "billing/**"}, nil, "auditor"},
-		{"unit audit.service", readOps, []string{"payments/*", "billing/**"}, nil, "auditor"},
-		{"unit payments.service", appOps, []string{"payments/*"}, appCtx, "app"},
+		{"uid 0", adminOps, nil, []string{"**"}, nil, "admins"},
+		{"user payments (uid 1000)", appOps, nil, []string{"payments/*"}, appCtx, "app"},
+		{"user payments (uid 1000)", readOps, nil, []string{"payments/*", "billing/**"}, nil, "auditor"},
+		{"user payments (uid 1000)", readOps, nil, []string{"x"}, nil, "numeric"},
+		{"uid 1002", appOps, nil, []string{"payments/*"}, appCtx, "app"},
+		{"gid 1", adminOps, nil, []string{"**"}, nil, "admins"},
+		{"group keyward-ops (gid 990)", adminOps, nil, []string{"**"}, nil, "admins"},
+		{"group keyward-ops (gid 990)", readOps, nil, []string{"x"}, nil, "numeric"},
+		{"gid 995", readOps, nil, []string{"payments/*", "billing/**"}, nil, "auditor"},
+		{"unit audit.service", readOps, nil, []string{"payments/*", "billing/**"}, nil, "auditor"},
+		{"unit payments.service", appOps, nil, []string{"payments/*"}, appCtx, "app"},
 	}
 	got := p.Report()
 	if !reflect.DeepEqual(got, want) {

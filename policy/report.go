@@ -12,10 +12,18 @@ type Grant struct {
 	// (gid 990)", "gid 991" or "unit payments.service".
 	Subject    string
 	Operations []Operation // in the order of DataOperations, then AdminOperations
-	Keys       []string    // key patterns as written
-	Context    map[string]string
-	Rule       string
+	// Never lists operations the rule lists that this subject can never
+	// use: credential for a user, uid, group or gid (systemd asks as root,
+	// and credential is decided by the unit alone). They are not in
+	// Operations.
+	Never   []Operation
+	Keys    []string // key patterns as written
+	Context map[string]string
+	Rule    string
 }
+
+// reportOrder is the order of a Grant's operations.
+var reportOrder = append(slices.Clone(DataOperations), AdminOperations...)
 
 // Report lists every subject and what it may do: one Grant per (rule,
 // subject), sorted by subject (users by uid, then groups by gid, then units
@@ -49,8 +57,17 @@ func (p *Policy) Report() []Grant {
 	var es []entry
 	for ri := range p.rules {
 		r := &p.rules[ri]
-		base := func(subject string) Grant {
-			g := Grant{Subject: subject, Operations: r.ops.list(), Rule: r.name}
+		base := func(subject string, unit bool) Grant {
+			g := Grant{Subject: subject, Rule: r.name}
+			for _, op := range reportOrder {
+				if i, _ := opIndex(op); r.ops.has(i) {
+					if op == OpCredential && !unit {
+						g.Never = append(g.Never, op)
+					} else {
+						g.Operations = append(g.Operations, op)
+					}
+				}
+			}
 			for _, gl := range r.globs {
 				g.Keys = append(g.Keys, gl.src)
 			}
@@ -67,17 +84,17 @@ func (p *Policy) Report() []Grant {
 			if n := userNames[s.id]; n != "" {
 				sub = fmt.Sprintf("user %s (uid %d)", plain(n), s.id)
 			}
-			es = append(es, entry{base(sub), 0, s.id, ri})
+			es = append(es, entry{base(sub, false), 0, s.id, ri})
 		}
 		for _, s := range r.groups {
 			sub := fmt.Sprintf("gid %d", s.id)
 			if n := groupNames[s.id]; n != "" {
 				sub = fmt.Sprintf("group %s (gid %d)", plain(n), s.id)
 			}
-			es = append(es, entry{base(sub), 1, s.id, ri})
+			es = append(es, entry{base(sub, false), 1, s.id, ri})
 		}
 		for _, u := range r.units {
-			es = append(es, entry{base("unit " + plain(u)), 2, 0, ri})
+			es = append(es, entry{base("unit "+plain(u), true), 2, 0, ri})
 		}
 	}
 	slices.SortStableFunc(es, func(a, b entry) int {

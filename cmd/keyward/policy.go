@@ -291,6 +291,7 @@ refuse; 3 when the file may not be read; 4 when it does not exist.`
 type grantJSON struct {
 	Subject    string            `json:"subject"`
 	Operations []string          `json:"operations"`
+	Never      []string          `json:"never,omitempty"` // listed by the rule, never usable by this subject
 	Keys       []string          `json:"keys"`
 	Context    map[string]string `json:"context"`
 	Rule       string            `json:"rule"`
@@ -322,8 +323,12 @@ func (a *app) policyReportCmd() *cobra.Command {
 				out := reportJSON{Rules: pol.Rules(), Grants: []grantJSON{}}
 				for _, g := range grants {
 					gj := grantJSON{Subject: g.Subject, Keys: g.Keys, Context: g.Context, Rule: g.Rule}
+					gj.Operations = []string{}
 					for _, op := range g.Operations {
 						gj.Operations = append(gj.Operations, string(op))
+					}
+					for _, op := range g.Never {
+						gj.Never = append(gj.Never, string(op))
 					}
 					if gj.Context == nil {
 						gj.Context = map[string]string{}
@@ -348,9 +353,12 @@ func printGrants(w io.Writer, grants []policy.Grant) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SUBJECT\tOPERATIONS\tKEYS\tCONTEXT\tRULE")
 	for _, g := range grants {
-		ops := make([]string, len(g.Operations))
-		for i, op := range g.Operations {
-			ops[i] = string(op)
+		var ops []string
+		for _, op := range g.Operations {
+			ops = append(ops, string(op))
+		}
+		for _, op := range g.Never {
+			ops = append(ops, string(op)+"(never:units-only)")
 		}
 		ctx := "-"
 		if len(g.Context) > 0 {
