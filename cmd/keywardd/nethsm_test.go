@@ -52,14 +52,14 @@ func TestNetworkHSMBench(t *testing.T) {
 	t.Run("latency module", func(t *testing.T) {
 		so := latencyModule(t)
 		lat := softhsmtest.Latency{Target: tok.Module, RoundTrip: netRTT}
-		kw := startNetDaemon(t, so, lat.Env())
+		kw := startNetDaemon(t, "net-latency", so, lat.Env())
 		raw := newRawOps(t, so, lat.Env(), true)
 		t.Logf("keywardd through the latency module (%v round trip per PKCS#11 call), %v per measurement, medians of 3:\n%s",
 			netRTT, d, benchTable(t, d, kw, raw, []string{"wrap", "unwrap", "mac", "sign"}, []string{"wrap", "mac"}))
 	})
 	t.Run("p11-kit server", func(t *testing.T) {
 		client := p11kitStack(t)
-		kw := startNetDaemon(t, client.module, client.env)
+		kw := startNetDaemon(t, "net-p11kit", client.module, client.env)
 		raw := newRawOps(t, client.module, client.env, false)
 		if kw.noAES == nil {
 			t.Errorf("an aes-256-gcm key through p11-kit (its RPC does not carry CKM_AES_GCM's parameters): made, want UNSUPPORTED")
@@ -71,7 +71,7 @@ func TestNetworkHSMBench(t *testing.T) {
 
 // startNetDaemon starts keywardd on module with env (and the top-level
 // settings of $KEYWARD_NETHSM_CONFIG) and makes the keys the bench uses.
-func startNetDaemon(t *testing.T, module string, env []string) *keywardOps {
+func startNetDaemon(t *testing.T, prefix, module string, env []string) *keywardOps {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "k.sock")
 	cfg := configFile(t, dir, sock, "")
@@ -91,7 +91,7 @@ func startNetDaemon(t *testing.T, module string, env []string) *keywardOps {
 			t.Logf("keywardd's log:\n%s", p.stderr)
 		}
 	})
-	return newKeywardOps(t, dial(t, sock))
+	return newKeywardOps(t, dial(t, sock), prefix)
 }
 
 // benchTable measures ops at 1, 8 and 64 callers through keywardd and the
@@ -169,37 +169,50 @@ func median(xs []float64) float64 {
 
 // keywardOps are the measured calls through keywardd's socket.
 type keywardOps struct {
-	c     pb.KeywardClient
-	blob  []byte
-	noAES error // CreateKey's error for aes-256-gcm, on a module without CKM_AES_GCM
+	c      pb.KeywardClient
+	prefix string // of the keys' names: each stack makes its own on the shared token
+	blob   []byte
+	noAES  error // CreateKey's error for aes-256-gcm, on a module without CKM_AES_GCM
 }
 
-func newKeywardOps(t *testing.T, c pb.KeywardClient) *keywardOps {
+// key is the name of the bench's key of kind.
+func (k *keywardOps) key(kind string) string { return k.prefix + "/" + kind }
+
+func newKeywardOps(t *testing.T, c pb.KeywardClient, prefix string) *keywardOps {
 	ctx := context.Background()
-	for _, k := range []struct{ name, typ string }{{"net/hmac", "hmac-sha256"}, {"net/ecdsa", "ecdsa-p256"}} {
-		if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: k.name, KeyType: k.typ}); err != nil {
+	k := &keywardOps{c: c, prefix: prefix}
+	for _, kt := range []struct{ name, typ string }{{k.key("hmac"), "hmac-sha256"}, {k.key("ecdsa"), "ecdsa-p256"}} {
+		if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: kt.name, KeyType: kt.typ}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "net/aes", KeyType: "aes-256-gcm"}); reasonOf(err) == "UNSUPPORTED" {
-		return &keywardOps{c: c, noAES: err}
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: k.key("aes"), KeyType: "aes-256-gcm"}); reasonOf(err) == "UNSUPPORTED" {
+		k.noAES = err
+		return k
 	} else if err != nil {
 		t.Fatal(err)
 	}
-	w, err := c.Wrap(ctx, &pb.WrapRequest{Key: "net/aes", Plaintext: make([]byte, 32)})
+	w, err := c.Wrap(ctx, &pb.WrapRequest{Key: k.key("aes"), Plaintext: make([]byte, 32)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &keywardOps{c: c, blob: w.Ciphertext}
+	k.blob = w.Ciphertext
+	return k
 }
 
 func (k *keywardOps) op(name string) func(int) error {
 	ctx, msg := context.Background(), make([]byte, 32)
 	return map[string]func(int) error{
-		"wrap":   func(int) error { _, err := k.c.Wrap(ctx, &pb.WrapRequest{Key: "net/aes", Plaintext: msg}); return err },
+		"wrap": func(int) error {
+			_, err := k.c.Wrap(ctx, &pb.WrapRequest{Key: k.key("aes"), Plaintext: msg})
+			return err
+		},
 		"unwrap": func(int) error { _, err := k.c.Unwrap(ctx, &pb.UnwrapRequest{Ciphertext: k.blob}); return err },
-		"mac":    func(int) error { _, err := k.c.Mac(ctx, &pb.MacRequest{Key: "net/hmac", Message: msg}); return err },
-		"sign":   func(int) error { _, err := k.c.Sign(ctx, &pb.SignRequest{Key: "net/ecdsa", Message: msg}); return err },
+		"mac":    func(int) error { _, err := k.c.Mac(ctx, &pb.MacRequest{Key: k.key("hmac"), Message: msg}); return err },
+		"sign": func(int) error {
+			_, err := k.c.Sign(ctx, &pb.SignRequest{Key: k.key("ecdsa"), Message: msg})
+			return err
+		},
 		"status": func(int) error { _, err := k.c.Status(ctx, &pb.StatusRequest{}); return err },
 	}[name]
 }
@@ -209,7 +222,7 @@ func (k *keywardOps) batch(op string, n int) error {
 	if op == "mac" {
 		items := make([]*pb.MacRequest, n)
 		for i := range items {
-			items[i] = &pb.MacRequest{Key: "net/hmac", Message: msg}
+			items[i] = &pb.MacRequest{Key: k.key("hmac"), Message: msg}
 		}
 		r, err := k.c.BatchMac(ctx, &pb.BatchMacRequest{Items: items})
 		if err == nil && r.GetResults()[n-1].GetError() != nil {
@@ -219,7 +232,7 @@ func (k *keywardOps) batch(op string, n int) error {
 	}
 	items := make([]*pb.WrapRequest, n)
 	for i := range items {
-		items[i] = &pb.WrapRequest{Key: "net/aes", Plaintext: msg}
+		items[i] = &pb.WrapRequest{Key: k.key("aes"), Plaintext: msg}
 	}
 	r, err := k.c.BatchWrap(ctx, &pb.BatchWrapRequest{Items: items})
 	if err == nil && r.GetResults()[n-1].GetError() != nil {
@@ -229,7 +242,7 @@ func (k *keywardOps) batch(op string, n int) error {
 }
 
 // rawOps are the same operations made directly on the module, in this
-// process, one session per worker, on session keys of their own.
+// process, one session per worker, on token keys of their own (as keywardd's are: SoftHSM2 reads a token object's file on every use).
 type rawOps struct {
 	p                *pkcs11.Ctx
 	sessions         []pkcs11.SessionHandle
