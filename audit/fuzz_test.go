@@ -27,13 +27,24 @@ func FuzzVerify(f *testing.F) {
 	f.Add(log[:len(log)-9], uint(0))
 	f.Add([]byte(`{"seq":1,"hash":"`+string(bytes.Repeat([]byte("0"), 64))+`"}`+"\n"), uint(0))
 	f.Add([]byte("\n\n{}\n"), uint(1))
+	// Free space: after the last record, torn into, not NUL to the end, in
+	// the first file.
+	free := append(bytes.Clone(log), make([]byte, 300)...)
+	f.Add(free, uint(len(log)/2))
+	torn := bytes.Clone(free)
+	copy(torn[len(log):], log[:40])
+	f.Add(torn, uint(0))
+	stray := bytes.Clone(free)
+	stray[len(stray)-7] = 'x'
+	f.Add(stray, uint(0))
+	f.Add(free, uint(len(free)-1))
 	f.Fuzz(func(t *testing.T, data []byte, split uint) {
 		in := bytes.Clone(data)
 		cut := int(split % uint(len(data)+1))
 		var v verifier
-		brk, err := v.file("a", bytes.NewReader(data[:cut]))
+		brk, err := v.file("a", bytes.NewReader(data[:cut]), false)
 		if err == nil && brk == nil {
-			brk, err = v.file("b", bytes.NewReader(data[cut:]))
+			brk, err = v.file("b", bytes.NewReader(data[cut:]), true)
 		}
 		if err != nil {
 			t.Fatalf("reading from memory: %v", err)
@@ -47,6 +58,13 @@ func FuzzVerify(f *testing.F) {
 			}
 			_ = brk.Error()
 			return
+		}
+		// The second file is the current one: it may end with free space,
+		// NULs that follow a whole record and run to its end, and nowhere
+		// else holds a NUL.
+		data = bytes.TrimRight(data, "\x00")
+		if bytes.IndexByte(data, 0) >= 0 || len(data) > 0 && data[len(data)-1] != '\n' {
+			t.Fatalf("accepted NUL bytes that are not the current file's free space")
 		}
 		if lines := uint64(bytes.Count(data, []byte("\n"))); v.res.Records != lines {
 			t.Fatalf("accepted %d records in %d lines", v.res.Records, lines)
