@@ -36,19 +36,18 @@ type auditLine struct {
 	RequestID     string `json:"request_id"`
 }
 
+// readAudit reads the records of the log file at path, through the audit
+// package's reader (complete lines; the free space after them skipped).
 func readAudit(t *testing.T, path string) []auditLine {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	lines, err := audit.FileLines(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []auditLine
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		if l == "" {
-			continue
-		}
+	for _, l := range lines {
 		var a auditLine
-		if err := json.Unmarshal([]byte(l), &a); err != nil {
+		if err := json.Unmarshal(l, &a); err != nil {
 			t.Fatalf("audit line %q: %v", l, err)
 		}
 		out = append(out, a)
