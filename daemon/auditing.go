@@ -46,6 +46,7 @@ func openAudit(cfg config.Config, be keys.Backend, m *Metrics, log *slog.Logger)
 	}
 	opts := audit.Options{MaxFileSize: cfg.AuditMaxFileSize, Logger: log, MaxWait: auditTimeout, Sync: mode, SyncInterval: cfg.AuditSyncInterval.Duration,
 		OnFsync: func(d time.Duration) { fsync.Observe(d.Seconds()) }}
+	opts.NoPreallocate = !cfg.AuditPreallocate
 	if cfg.AuditCheckpointKey != "" {
 		opts.Checkpoint = checkpointSigner{be: be, key: cfg.AuditCheckpointKey}
 		opts.CheckpointEvery = cfg.AuditCheckpointEvery
