@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"syscall"
 )
 
@@ -79,4 +80,22 @@ func ReadRecords(name string) ([]Record, error) {
 		recs = append(recs, r)
 	}
 	return recs, nil
+}
+
+// LineSeq reads the seq of a record line from its start ({"seq":N,...),
+// without parsing the rest; ok false when the line does not start so.
+func LineSeq(line []byte) (seq uint64, ok bool) {
+	seq = seqPrefix(line)
+	return seq, seq != 0
+}
+
+// RotatedSeqs reports whether name is a rotated file of a log (see
+// RotatedName), and the seqs of its first and last records, which its name
+// carries.
+func RotatedSeqs(name string) (first, last uint64, ok bool) {
+	base := filepath.Base(name)
+	if len(base) <= 42 {
+		return 0, 0, false
+	}
+	return parseRotated(base[:len(base)-42], base)
 }

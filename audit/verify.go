@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 )
 
@@ -199,11 +198,7 @@ func nulReason(s *lineScanner, active bool) string {
 
 // isRotated reports whether name is a rotated file's name.
 func isRotated(name string) bool {
-	base := filepath.Base(name)
-	if len(base) <= 42 {
-		return false
-	}
-	_, _, ok := parseRotated(base[:len(base)-42], base)
+	_, _, ok := RotatedSeqs(name)
 	return ok
 }
 

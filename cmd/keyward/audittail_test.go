@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/audit"
+)
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// appendIDs appends a record per id to l.
+func appendIDs(t *testing.T, l *audit.Log, prefix string, n int) []string {
+	t.Helper()
+	var ids []string
+	for i := range n {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		r := audit.Record{Op: "unwrap", Key: "payments/db", Result: "OK", Peer: audit.Peer{UID: 1000}, RequestID: id}
+		if err := l.Append(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// requestIDs reads the request ids of the JSON lines out printed, and fails
+// on anything that is not a whole record.
+func requestIDs(t *testing.T, out string) []string {
+	t.Helper()
+	if strings.IndexByte(out, 0) >= 0 {
+		t.Fatalf("NUL bytes in the output: %q", out)
+	}
+	var ids []string
+	for _, line := range strings.SplitAfter(out, "\n") {
+		if line == "" {
+			continue
+		}
+		_, id, ok := strings.Cut(line, `"request_id":"`)
+		id, _, ok2 := strings.Cut(id, `"`)
+		if !ok || !ok2 || !strings.HasSuffix(line, "\"}\n") {
+			t.Fatalf("not a whole record: %q", line)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// TestAuditTail: audit tail prints the last records of a log that
+// keywardd's writer holds open (its current file ending in free space),
+// counting back across rotated files, and only complete records.
+func TestAuditTail(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	l, err := audit.Open(path, audit.Options{MaxFileSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ids := appendIDs(t, l, "r", 25)
+	if b, _ := os.ReadFile(path); bytes.IndexByte(b, 0) < 0 {
+		t.Fatal("the open log's current file has no free space: nothing under test")
+	}
+	tests := []struct {
+		name string
+		args []string
+		want []string
+		code int
+	}{
+		{name: "default 10", args: []string{"--dir", dir}, want: ids[15:]},
+		{name: "across rotated files", args: []string{"--dir", dir, "-n", "22"}, want: ids[3:]},
+		{name: "more than there are", args: []string{path, "-n", "1000"}, want: ids},
+		{name: "none", args: []string{"--dir", dir, "-n", "0"}},
+		{name: "negative", args: []string{"--dir", dir, "-n", "-1"}, code: exitUsage},
+		{name: "both", args: []string{"--dir", dir, path}, code: exitUsage},
+		{name: "no log", args: []string{"--dir", t.TempDir()}, code: exitNotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := keyward(t, nil, append([]string{"audit", "tail"}, tc.args...)...)
+			if r.code != tc.code {
+				t.Fatalf("exit %d, want %d: %s", r.code, tc.code, r.stderr)
+			}
+			if got := requestIDs(t, r.stdout); tc.code == 0 && strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Errorf("printed %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestAuditTailFollow: audit tail -f prints every record written after it
+// started, once each and in order, while the log rotates under it; it
+// exits with status 0 on SIGINT.
+func TestAuditTailFollow(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	l, err := audit.Open(path, audit.Options{MaxFileSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	before := appendIDs(t, l, "before", 3)
+
+	cmd := exec.Command(bin, "audit", "tail", "-f", "-n", "1", "--dir", dir)
+	cmd.Env = testEnv(nil)
+	var stdout, stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitIDs := func(n int) []string {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if got := requestIDs(t, stdout.String()); len(got) >= n || time.Now().After(deadline) {
+				return got
+			}
+		}
+	}
+	if got := waitIDs(1); len(got) != 1 || got[0] != before[2] {
+		t.Fatalf("before following: printed %v, want [%s]", got, before[2])
+	}
+	var want []string
+	for i := range 6 { // in bursts, so that polls fall between and within them
+		want = append(want, appendIDs(t, l, fmt.Sprintf("during%d", i), 10)...)
+		time.Sleep(time.Duration(i) * 50 * time.Millisecond)
+	}
+	if st := l.Stats(); st.Rotations < 3 {
+		t.Fatalf("%d rotations while following: nothing under test", st.Rotations)
+	}
+	got := waitIDs(1 + len(want))
+	if strings.Join(got[1:], ",") != strings.Join(want, ",") {
+		t.Fatalf("printed %d records while following:\n%v\nwant %d:\n%v", len(got)-1, got[1:], len(want), want)
+	}
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("after SIGINT: %v, stderr %q", err, stderr.String())
+	}
+	if stderr.String() != "" {
+		t.Errorf("stderr: %q", stderr.String())
+	}
+}
