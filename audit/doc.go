@@ -83,7 +83,13 @@
 // holds a NUL byte (JSON escapes it), so the free space is told from the
 // records by its first byte. When the zeros cannot be written (a disk with
 // less than that free), they are cut and the batch is appended as without
-// free space.
+// free space. Only SyncEach keeps free space: SyncWrite's fsync, once per
+// SyncInterval, gains nothing from it.
+//
+// A batch over half of Open's window (512 KiB of records) is written and
+// synced in pieces of whole lines no larger than that, so that the bytes
+// not yet synced when the machine goes down, where blocks can be missing in
+// any order, always lie within the window Open checks.
 //
 // Rules:
 //   - At Open, the NULs that end PATH are free space, not a torn tail, and

@@ -64,7 +64,8 @@ type Options struct {
 	// NoPreallocate turns off the free space (see the package doc): the
 	// file then ends at its last record at all times, for readers that
 	// follow the current file as plain text, and every sync is a full
-	// fsync (the file's size changes with each batch).
+	// fsync (the file's size changes with each batch). SyncWrite never
+	// keeps free space.
 	NoPreallocate bool
 
 	// openFile, when set, opens the log file for writing instead of the
@@ -790,8 +791,8 @@ func (l *Log) write(batch []*pending, records int) (written, error) {
 	// that could not be signed.
 	if len(buf) > 0 {
 		l.extend(int64(len(buf)))
-		if _, err := l.f.WriteAt(buf, l.size); err != nil {
-			return w, withPath("write", l.path, err)
+		if err := l.writeRecords(buf); err != nil {
+			return w, err
 		}
 	}
 	if len(buf) > 0 || l.unsynced {
@@ -851,7 +852,7 @@ func (l *Log) committed(w written, records int, inline bool) {
 func (l *Log) sync() error {
 	start := time.Now()
 	var err error
-	if l.metaDirty || l.opts.NoPreallocate {
+	if l.metaDirty || !l.prealloc() {
 		err = l.f.Sync()
 	} else {
 		err = datasync(l.f)

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"io"
 	"os"
 
@@ -48,7 +49,7 @@ func (l *Log) extend(n int64) {
 		return
 	}
 	l.metaDirty = true
-	if l.opts.NoPreallocate {
+	if !l.prealloc() {
 		l.alloc = need
 		return
 	}
@@ -70,6 +71,45 @@ func (l *Log) extend(n int64) {
 		off += k
 	}
 	l.preallocFailing, l.alloc = false, target
+}
+
+// prealloc reports whether the file keeps free space: with SyncEach, unless
+// turned off. SyncWrite gains nothing from it (one fsync a second), and
+// its unsynced records, up to SyncInterval's worth, could come back from a
+// power failure with holes anywhere in them: more than Open's window
+// checks.
+func (l *Log) prealloc() bool {
+	return l.opts.Sync == SyncEach && !l.opts.NoPreallocate
+}
+
+// writeRecords writes a batch's lines at the end of the records. Into free
+// space, a batch over half of Open's window is written and synced in
+// pieces of whole lines no larger than that (a negligible sync more per
+// half MiB), so that the bytes not yet synced when the machine goes down,
+// where blocks may be missing in any order, always lie within the window
+// Open checks; one longer line (tests' small windows) goes whole.
+func (l *Log) writeRecords(buf []byte) error {
+	off, piece := l.size, int(l.opts.scanWindow/2)
+	for l.prealloc() && len(buf) > piece {
+		cut := bytes.LastIndexByte(buf[:piece], '\n') + 1
+		if cut == 0 {
+			cut = bytes.IndexByte(buf, '\n') + 1
+		}
+		if cut == 0 || cut == len(buf) {
+			break
+		}
+		if _, err := l.f.WriteAt(buf[:cut], off); err != nil {
+			return withPath("write", l.path, err)
+		}
+		if err := l.sync(); err != nil {
+			return err
+		}
+		off, buf = off+int64(cut), buf[cut:]
+	}
+	if _, err := l.f.WriteAt(buf, off); err != nil {
+		return withPath("write", l.path, err)
+	}
+	return nil
 }
 
 // trimFree cuts the free space off the file (it then ends at its last

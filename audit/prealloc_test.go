@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,17 +76,50 @@ func TestFreeSpace(t *testing.T) {
 		verifyChain(t, path, 30)
 	})
 
-	t.Run("off", func(t *testing.T) {
+	for _, off := range []struct {
+		name string
+		opts Options
+	}{
+		{"off", Options{NoPreallocate: true}},
+		{"never with SyncWrite", Options{Sync: SyncWrite, SyncInterval: time.Millisecond}},
+	} {
+		t.Run(off.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.log")
+			l := open(t, path, off.opts)
+			appendN(t, l, "r", 5)
+			if size, end := fileState(t, path); size != end {
+				t.Errorf("%d bytes, records end at %d: free space", size, end)
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if st := l.Stats(); st.Datasyncs != 0 {
+				t.Errorf("%d data-only syncs", st.Datasyncs)
+			}
+			verifyChain(t, path, 5)
+		})
+	}
+
+	// A batch larger than half of Open's window is synced in pieces of
+	// whole lines, so that what a crash can tear lies in that window.
+	t.Run("large batch in pieces", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "audit.log")
-		l := open(t, path, Options{NoPreallocate: true})
-		appendN(t, l, "r", 5)
-		if size, end := fileState(t, path); size != end {
-			t.Errorf("NoPreallocate: %d bytes, records end at %d", size, end)
+		const window = 4096
+		l := open(t, path, Options{scanWindow: window})
+		rs := make([]Record, 40)
+		for i := range rs {
+			rs[i] = rec(fmt.Sprintf("big-%d", i))
 		}
-		if st := l.Stats(); st.Datasyncs != 0 {
-			t.Errorf("NoPreallocate: %d data-only syncs", st.Datasyncs)
+		base := l.Stats()
+		if err := l.AppendAll(t.Context(), rs); err != nil {
+			t.Fatal(err)
 		}
-		verifyChain(t, path, 5)
+		_, end := fileState(t, path)
+		st := l.Stats()
+		if syncs := int64(st.Fsyncs - base.Fsyncs); syncs < end/(window/2) || st.Batches-base.Batches != 1 {
+			t.Errorf("one batch of %d bytes: %d syncs, want one per %d bytes at least", end, syncs, window/2)
+		}
+		verifyChain(t, path, 40)
 	})
 
 	t.Run("retry cuts the free space", func(t *testing.T) {
