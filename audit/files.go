@@ -230,9 +230,14 @@ func scanFile(f *os.File, path string, window int64) (scan, error) {
 	if err != nil {
 		return scan{}, err
 	}
+	return scanAt(f, fi.Size(), path, window)
+}
+
+// scanAt is scanFile of the size bytes of r.
+func scanAt(f io.ReaderAt, size int64, path string, window int64) (scan, error) {
 	// The free space (NULs at the end) is skipped first: a restart reads
 	// the records' end, not the chunk of free space before it.
-	end, err := dataEnd(f, fi.Size())
+	end, err := dataEnd(f, size)
 	if err != nil {
 		return scan{}, fmt.Errorf("audit: read %s: %w", path, err)
 	}
@@ -252,7 +257,7 @@ func scanFile(f *os.File, path string, window int64) (scan, error) {
 // ok false: the window does not settle it (no good record in it, the first
 // line damaged or reaching into the window, seqs not increasing from the
 // first record to the window); the caller scans the whole file.
-func scanTail(path string, f *os.File, size, window int64) (sc scan, ok bool, err error) {
+func scanTail(path string, f io.ReaderAt, size, window int64) (sc scan, ok bool, err error) {
 	start := size - window
 	head := newLineScanner(io.NewSectionReader(f, 0, size))
 	if !head.next() {

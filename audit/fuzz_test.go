@@ -92,3 +92,33 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// FuzzScan: Open's scan of the current file (free space, torn tails, the
+// window) never panics, and what it keeps holds no NUL: the records end at
+// good, the free space (all NULs) starts at size, and the bytes between
+// are the torn tail.
+func FuzzScan(f *testing.F) {
+	log := sampleLog(6)
+	f.Add(log, uint16(0))
+	f.Add(append(bytes.Clone(log), make([]byte, 700)...), uint16(300))
+	torn := append(bytes.Clone(log[:len(log)-50]), make([]byte, 700)...)
+	f.Add(torn, uint16(300))
+	hole := bytes.Clone(log)
+	clear(hole[len(log)/2 : len(log)/2+40])
+	f.Add(append(hole, make([]byte, 100)...), uint16(0))
+	f.Fuzz(func(t *testing.T, data []byte, window uint16) {
+		sc, err := scanAt(bytes.NewReader(data), int64(len(data)), "audit.log", int64(window)+1)
+		if err != nil {
+			return
+		}
+		if sc.good > sc.size || sc.size > int64(len(data)) {
+			t.Fatalf("good %d, size %d, file %d", sc.good, sc.size, len(data))
+		}
+		if len(bytes.Trim(data[sc.size:], "\x00")) != 0 {
+			t.Fatalf("free space from %d holds other bytes", sc.size)
+		}
+		if sc.scanned > 0 && bytes.IndexByte(data[:sc.good], 0) >= 0 && int64(window)+1 >= sc.size {
+			t.Fatalf("kept records up to %d hold a NUL", sc.good)
+		}
+	})
+}
