@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -147,6 +148,75 @@ type tailer struct {
 	f      *os.File // the current file, once open
 	off    int64    // the end of the last complete line read of it
 	next   uint64   // the seq to print next (0: any)
+	// recent are the last lines read from f, to find what keywardd
+	// rolled back after a write that failed (see intact).
+	recent []printedLine
+}
+
+// printedLine is where a line printed from the current file was, and a
+// checksum of it.
+type printedLine struct {
+	start, end int64
+	seq        uint64
+	sum        uint32
+}
+
+// maxRecent bounds tailer.recent: more than a batch of records (a batch
+// is what a failed write rolls back).
+const maxRecent = 8192
+
+// follow reads the current file's complete lines from t.off on and prints
+// them, noting each in recent.
+func (t *tailer) follow() error {
+	pos := t.off
+	end, err := audit.ReadLines(t.f, t.off, func(line []byte) error {
+		start := pos
+		pos += int64(len(line)) + 1
+		seq, _ := audit.LineSeq(line)
+		if seq != 0 && seq < t.next {
+			return nil
+		}
+		t.note(line, start, seq)
+		return t.emit(line)
+	})
+	t.off = end
+	return err
+}
+
+// note adds a line of the current file, read at start, to recent.
+func (t *tailer) note(line []byte, start int64, seq uint64) {
+	if len(t.recent) == 2*maxRecent {
+		t.recent = append(t.recent[:0], t.recent[maxRecent:]...)
+	}
+	t.recent = append(t.recent, printedLine{start, start + int64(len(line)) + 1, seq, crc32.ChecksumIEEE(line)})
+}
+
+// holds reports whether the current file still holds p as printed.
+func (t *tailer) holds(p printedLine) bool {
+	b := make([]byte, p.end-p.start)
+	if _, err := t.f.ReadAt(b, p.start); err != nil || b[len(b)-1] != '\n' {
+		return false
+	}
+	return crc32.ChecksumIEEE(b[:len(b)-1]) == p.sum
+}
+
+// intact checks that the lines printed last are still in the current file:
+// after a write or sync that failed, keywardd cuts the file back to its
+// last durable record and writes the next records (with the same seqs)
+// there. Then the lines from the first one that changed are printed again
+// as they now are, after a note on stderr.
+func (t *tailer) intact() {
+	if len(t.recent) == 0 || t.holds(t.recent[len(t.recent)-1]) {
+		return
+	}
+	i := 0
+	for i < len(t.recent) && t.holds(t.recent[i]) {
+		i++
+	}
+	from := t.recent[i]
+	fmt.Fprintf(t.stderr, "keyward: note: keywardd rolled back the records of %s from seq %d on (a write that failed); printing what is there now\n",
+		t.path, from.seq)
+	t.off, t.next, t.recent = from.start, from.seq, t.recent[:i]
 }
 
 func (t *tailer) print(line []byte) error {
@@ -174,10 +244,14 @@ func (t *tailer) last(files []string, n int) error {
 		return err
 	}
 	var lines [][]byte
+	var pos int64
 	keep := func(line []byte) error {
-		if seq, ok := audit.LineSeq(line); ok {
+		seq, ok := audit.LineSeq(line)
+		if ok {
 			t.next = seq + 1
 		}
+		t.note(line, pos, seq)
+		pos += int64(len(line)) + 1
 		if n > 0 {
 			if len(lines) == n {
 				lines = append(lines[:0], lines[1:]...)
@@ -241,18 +315,13 @@ func (t *tailer) poll() error {
 	if t.f == nil {
 		return t.catchUp()
 	}
-	var err error
-	if t.off, err = audit.ReadLines(t.f, t.off, t.emit); err != nil {
+	t.intact()
+	if err := t.follow(); err != nil {
 		return err
 	}
 	cur, err := t.f.Stat()
 	if err != nil {
 		return err
-	}
-	if cur.Size() < t.off {
-		fmt.Fprintf(t.stderr, "keyward: note: %s was cut to %d bytes (keywardd rolled back a write that failed); the records printed after that point were not kept\n",
-			t.path, cur.Size())
-		t.off = cur.Size()
 	}
 	named, err := os.Lstat(t.path)
 	switch {
@@ -263,11 +332,11 @@ func (t *tailer) poll() error {
 	case os.SameFile(cur, named):
 		return nil
 	}
-	if t.off, err = audit.ReadLines(t.f, t.off, t.emit); err != nil {
+	if err := t.follow(); err != nil {
 		return err
 	}
 	t.f.Close()
-	t.f = nil
+	t.f, t.recent = nil, nil
 	return t.catchUp()
 }
 
@@ -296,6 +365,5 @@ func (t *tailer) catchUp() error {
 			return err
 		}
 	}
-	t.off, err = audit.ReadLines(t.f, 0, t.emit)
-	return err
+	return t.follow()
 }

@@ -167,3 +167,66 @@ func TestAuditTailFollow(t *testing.T) {
 		t.Errorf("stderr: %q", stderr.String())
 	}
 }
+
+// TestAuditTailRollback: when keywardd cuts back records that tail -f
+// printed (a write or sync that failed: the file is truncated to its last
+// durable record and the next records, with the same seqs, are written
+// there), tail says so on stderr and prints the records that are there now.
+func TestAuditTailRollback(t *testing.T) {
+	logLines := func(prefix string) [][]byte {
+		path := filepath.Join(t.TempDir(), "audit.log")
+		l, err := audit.Open(path, audit.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		appendIDs(t, l, prefix, 10)
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		lines, err := audit.FileLines(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return lines
+	}
+	a, b := logLines("a"), logLines("b")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	join := func(ls ...[]byte) []byte { return append(bytes.Join(ls, []byte("\n")), '\n') }
+	if err := os.WriteFile(path, append(join(a...), make([]byte, 4096)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "audit", "tail", "-f", "-n", "100", path)
+	cmd.Env = testEnv(nil)
+	var stdout, stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	wait := func(n int) []string {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if got := requestIDs(t, stdout.String()); len(got) >= n || time.Now().After(deadline) {
+				return got
+			}
+		}
+	}
+	wait(10)
+	rolled := append(append([][]byte{}, a[:7]...), b[7:]...)
+	if err := os.WriteFile(path, append(join(rolled...), make([]byte, 4096)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := wait(13)
+	want := "a-0,a-1,a-2,a-3,a-4,a-5,a-6,a-7,a-8,a-9,b-7,b-8,b-9"
+	if strings.Join(got, ",") != want {
+		t.Fatalf("printed %v, want %s", got, want)
+	}
+	if !strings.Contains(stderr.String(), "rolled back") || !strings.Contains(stderr.String(), "from seq 8 on") {
+		t.Errorf("stderr: %q", stderr.String())
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("after SIGINT: %v", err)
+	}
+}
