@@ -88,6 +88,10 @@ func (b *Break) Is(target error) bool { return target == ErrBroken }
 // start are so a break like any other. Across files, the first record of a
 // file must continue the last of the file before.
 //
+// The last file may end with free space (NULs from the start of a line to
+// the end of the file) when its name is not a rotated one: it is the
+// current file. Any other NUL is a break.
+//
 // A broken chain gives a *Break (in Result.Broken and as the error); a file
 // that cannot be read gives its error.
 func Verify(files ...string) (Result, error) {
