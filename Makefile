@@ -181,8 +181,8 @@ fuzz: deps
 # many-connection, recovery and footprint tests (exec to READY within its
 # 150 ms target, memory under load). The last line counts fuzz targets and
 # tests (subtests included) passed and failed.
-RELIABILITY_TESTS := CrashSafety|CrashDuringChanges|TokenDisruption|Hostile|HalfSentFlood|ConnectionsPerUID|ManyConnections|Recovery|Footprint|ConcurrentKeyChanges|AuditSurvivesKill
-RELIABILITY_PKGS := ./cmd/keywardd ./daemon ./hsm ./tpm
+RELIABILITY_TESTS := CrashSafety|CrashDuringChanges|TokenDisruption|Hostile|HalfSentFlood|ConnectionsPerUID|ManyConnections|Recovery|Footprint|ConcurrentKeyChanges|AuditSurvivesKill|KillInFreeSpace
+RELIABILITY_PKGS := ./cmd/keywardd ./daemon ./hsm ./tpm ./audit
 
 reliability: deps
 	@set -o pipefail; log=$$(mktemp -d); trap 'rm -rf "$$log"' EXIT; start=$$(date +%s); \

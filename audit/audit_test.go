@@ -53,25 +53,17 @@ func appendN(t testing.TB, l *Log, prefix string, n int) []string {
 	return ids
 }
 
-// records parses every line of files (which must all parse).
+// records parses every complete line of files (which must all parse),
+// through the package's tolerant reader.
 func records(t testing.TB, files ...string) []Record {
 	t.Helper()
 	var out []Record
 	for _, name := range files {
-		b, err := os.ReadFile(name)
+		recs, err := ReadRecords(name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for i, line := range bytes.SplitAfter(b, []byte("\n")) {
-			if len(line) == 0 {
-				continue
-			}
-			r, err := parseLine(bytes.TrimSuffix(line, []byte("\n")))
-			if err != nil {
-				t.Fatalf("%s:%d: %v", name, i+1, err)
-			}
-			out = append(out, r)
-		}
+		out = append(out, recs...)
 	}
 	return out
 }
@@ -506,7 +498,7 @@ func TestRestart(t *testing.T) {
 			wantTorn: func(ls [][]byte) []byte { return ls[9][:50] }},
 		{name: "last newline lost", damage: func(ls [][]byte) []byte { b := bytes.Join(ls, nil); return b[:len(b)-1] }, wantSeq: 10, newlineAdded: true},
 		{name: "garbage line at the end", damage: func(ls [][]byte) []byte { return append(bytes.Join(ls, nil), "\x00\x00garbage\n\x00"...) }, wantSeq: 10,
-			wantTorn: func([][]byte) []byte { return []byte("\x00\x00garbage\n\x00") }},
+			wantTorn: func([][]byte) []byte { return []byte("\x00\x00garbage\n") }}, // the last NUL is free space
 		{name: "record after damage", damage: func(ls [][]byte) []byte {
 			return bytes.Join([][]byte{bytes.Join(ls[:4], nil), []byte("xx\n"), bytes.Join(ls[5:], nil)}, nil)
 		}, wantErr: ErrCorrupt},
@@ -514,6 +506,27 @@ func TestRestart(t *testing.T) {
 			return append(bytes.Join(ls[:4], nil), bytes.Join(ls[5:], nil)...)
 		}, wantErr: ErrCorrupt},
 		{name: "empty file", damage: func([][]byte) []byte { return nil }, wantSeq: 0},
+		// Free space: NULs after the last record are no torn tail.
+		{name: "free space", damage: func(ls [][]byte) []byte { return append(bytes.Join(ls, nil), make([]byte, 5000)...) }, wantSeq: 10},
+		{name: "only free space", damage: func([][]byte) []byte { return make([]byte, 5000) }, wantSeq: 0},
+		{name: "torn write into free space", damage: func(ls [][]byte) []byte {
+			return bytes.Join([][]byte{bytes.Join(ls[:9], nil), ls[9][:50], make([]byte, 5000)}, nil)
+		}, wantSeq: 9, wantTorn: func(ls [][]byte) []byte { return ls[9][:50] }},
+		// Blocks of one batch reached the disk out of order: the records after
+		// the hole are of that same unacknowledged write.
+		{name: "torn write with a hole", damage: func(ls [][]byte) []byte {
+			return bytes.Join([][]byte{bytes.Join(ls[:6], nil), make([]byte, 100), ls[7][20:], ls[8], ls[9][:30], make([]byte, 5000)}, nil)
+		}, wantSeq: 6, wantTorn: func(ls [][]byte) []byte {
+			return bytes.Join([][]byte{make([]byte, 100), ls[7][20:], ls[8], ls[9][:30]}, nil)
+		}},
+		{name: "newline lost before free space", damage: func(ls [][]byte) []byte {
+			b := bytes.Join(ls, nil)
+			return append(b[:len(b)-1], make([]byte, 5000)...)
+		}, wantSeq: 10, newlineAdded: true},
+		// Damage without a NUL, then a record, then free space: still corruption.
+		{name: "record after damage, then free space", damage: func(ls [][]byte) []byte {
+			return bytes.Join([][]byte{bytes.Join(ls[:4], nil), []byte("xx\n"), bytes.Join(ls[5:], nil), make([]byte, 5000)}, nil)
+		}, wantErr: ErrCorrupt},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -561,6 +574,9 @@ func TestRestart(t *testing.T) {
 			appendN(t, l, "after", 5)
 			if err := l.Close(); err != nil {
 				t.Fatal(err)
+			}
+			if size, end := fileState(t, path); size != end {
+				t.Errorf("after Close: %d bytes, records end at %d: free space left", size, end)
 			}
 			verifyChain(t, path, tc.wantSeq+5)
 		})

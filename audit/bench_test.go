@@ -13,7 +13,8 @@ import (
 )
 
 // BenchmarkAppend measures durable Appends with 1, 8 and 64 concurrent
-// appenders: records/s, fsyncs/s and records per fsync (the group commit).
+// appenders: records/s, fsyncs/s, records per fsync (the group commit) and
+// the mean time of one sync of the log file (us/sync, from OnFsync).
 // The log is in a temporary directory, or under $KEYWARD_AUDIT_BENCH_DIR to
 // measure the disk the daemon will use (a tmpfs makes fsync free).
 func BenchmarkAppend(b *testing.B) {
@@ -27,7 +28,8 @@ func BenchmarkAppend(b *testing.B) {
 				}
 				b.Cleanup(func() { os.RemoveAll(dir) })
 			}
-			l := open(b, filepath.Join(dir, "audit.log"), Options{})
+			var syncs, syncNs atomic.Int64
+			l := open(b, filepath.Join(dir, "audit.log"), Options{OnFsync: func(d time.Duration) { syncs.Add(1); syncNs.Add(int64(d)) }})
 			r := rec("bench-request-0123456789")
 			var next atomic.Int64
 			var wg sync.WaitGroup
@@ -50,6 +52,7 @@ func BenchmarkAppend(b *testing.B) {
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
 			b.ReportMetric(float64(st.Batches)/elapsed.Seconds(), "fsyncs/s")
 			b.ReportMetric(float64(st.Records)/float64(max(st.Batches, 1)), "records/fsync")
+			b.ReportMetric(float64(syncNs.Load())/1e3/float64(max(syncs.Load(), 1)), "us/sync")
 		})
 	}
 }

@@ -3,9 +3,13 @@
 // one before it, fsynced before the daemon replies.
 //
 // Promises:
-//   - Append returns nil only once the record is written and fsynced. One
-//     writer goroutine group-commits: it writes every queued record, fsyncs
-//     once and releases all their callers.
+//   - Append returns nil only once the record is written and on disk. One
+//     writer goroutine group-commits: it writes every queued record, syncs
+//     once and releases all their callers. That sync is an fdatasync when
+//     the records went into free space (below): the file's size and blocks
+//     are already on disk, only the data is written, as a database's
+//     write-ahead log does; a full fsync when the file grew (or without
+//     free space, Options.NoPreallocate).
 //   - Fail closed: when a write or fsync fails (disk full, I/O error) every
 //     Append of that batch, and every Append after it until a retry succeeds,
 //     returns an error matching ErrUnavailable. A failed batch leaves no byte
@@ -67,6 +71,50 @@
 // duplicate or unknown keys, no other spacing or number forms), so a hashed
 // line has one meaning.
 //
+// # Free space
+//
+// The current file, PATH, may end with a run of NUL bytes after its last
+// record: free space. When a batch does not fit in it, the log writes zero
+// bytes after it (real writes, not fallocate: unwritten extents would
+// change metadata again when written) up to the next 1 MiB boundary, or to
+// MaxFileSize when that is nearer, and fsyncs the file in full once; the
+// records of the next batches overwrite the zeros at the end of the last
+// record, and each batch is made durable by an fdatasync. A record never
+// holds a NUL byte (JSON escapes it), so the free space is told from the
+// records by its first byte. When the zeros cannot be written (a disk with
+// less than that free), they are cut and the batch is appended as without
+// free space. Only SyncEach keeps free space: SyncWrite's fsync, once per
+// SyncInterval, gains nothing from it.
+//
+// A batch over half of Open's window (512 KiB of records) is written and
+// synced in pieces of whole lines no larger than that, so that the bytes
+// not yet synced when the machine goes down, where blocks can be missing in
+// any order, always lie within the window Open checks.
+//
+// Rules:
+//   - At Open, the NULs that end PATH are free space, not a torn tail, and
+//     are cut. What precedes them follows the torn-tail rules below; a
+//     torn write into free space leaves a partial record and then NULs.
+//   - A line that holds a NUL byte is damage; when the first damaged line
+//     holds one, it is a batch written into free space whose blocks reached
+//     the disk only in part, in any order, so the records after it are of
+//     that same write, which no caller was told is durable: they are part
+//     of the torn tail too (moved aside, not ErrCorrupt).
+//   - A clean stop (Close) and rotation truncate PATH to its last record
+//     and fsync it first: a rotated file, and PATH after a clean stop,
+//     never end with NULs. A rotated file that holds a NUL is corrupt.
+//   - After a failed write, the retry truncates PATH to its last durable
+//     record (free space included) as before; the next batch extends it
+//     again.
+//   - Verify accepts free space at the end of the last file it is given
+//     when that is not a rotated file's name, and only NULs there: a byte
+//     that is not NUL after a NUL, or a NUL anywhere else, is a break.
+//
+// A reader that follows PATH while keywardd writes it must stop at the
+// first NUL (and at a line without its newline): ReadLines does, and
+// "keyward audit tail -f" follows the log with it across rotation. A
+// plain "tail -f PATH" sees the free space.
+//
 // # Files
 //
 // The log is one file, PATH. After a batch leaves it at MaxFileSize or more
@@ -76,8 +124,8 @@
 // directory is fsynced after the rename and the create. Chain lists the files
 // of a log in order.
 //
-// At Open, PATH is read and checked record by record. Bytes after the last
-// good record that hold no complete record (a crash mid-write: no newline,
+// At Open, PATH is read and checked record by record, up to its free
+// space. Bytes after the last good record that hold no complete record (a crash mid-write: no newline,
 // or a damaged line) are a torn tail: they are moved to PATH.torn-<UTC time>,
 // PATH is truncated to the last good record, and the move is logged at ERROR
 // with the byte count and reported by (*Log).OpenReport. A last record that
@@ -89,8 +137,9 @@
 // PATH is missing or empty, the chain continues from the newest rotated file
 // (a crash between rename and create).
 //
-// Open checks only the end of a large PATH: when it is over 1 MiB, Open
-// reads its first record (whose seq names the file at rotation) and the
+// Open checks only the end of a large PATH: it first finds where the free
+// space starts, reading backwards from the end; when the bytes before it
+// are over 1 MiB, Open reads its first record (whose seq names the file at rotation) and the
 // records that start in its last 1 MiB, and applies the rules above to those
 // (the whole file is read when that window holds no good record, e.g. a torn
 // tail longer than it). A restart so costs the same however full the file is
@@ -105,7 +154,7 @@
 // ErrUnavailable, without touching the disk, except that once every
 // RetryInterval one Append is let through as the retry: the writer reopens
 // PATH, truncates it to the last durable record, fsyncs, then writes that
-// batch. Its success ends the outage (logged at INFO with the number of
+// batch (and extends the file again). Its success ends the outage (logged at INFO with the number of
 // Appends refused); a failure starts a new interval. Status reports the
 // state and the last error for the daemon's status and logs.
 package audit

@@ -148,6 +148,8 @@ type lineScanner struct {
 	line     []byte // the current line, without its newline
 	complete bool   // it ended with a newline
 	long     bool   // it is longer than MaxLine (line holds a prefix)
+	nul      bool   // it holds a NUL byte (records never do)
+	allNUL   bool   // every byte of it is NUL (so it has no newline)
 	err      error  // a read error other than EOF
 }
 
@@ -157,9 +159,11 @@ func newLineScanner(r io.Reader) *lineScanner {
 
 func (s *lineScanner) next() bool {
 	s.start, s.line, s.complete, s.long = s.off, s.line[:0], false, false
+	s.nul, s.allNUL = false, true
 	for {
 		chunk, err := s.r.ReadSlice('\n')
 		s.off += int64(len(chunk))
+		s.noteNUL(chunk)
 		if len(s.line)+len(chunk) <= MaxLine {
 			s.line = append(s.line, chunk...)
 		} else {
@@ -183,6 +187,21 @@ func (s *lineScanner) next() bool {
 	}
 }
 
+// noteNUL updates nul and allNUL with a chunk of the current line.
+func (s *lineScanner) noteNUL(chunk []byte) {
+	if !s.nul && bytes.IndexByte(chunk, 0) >= 0 {
+		s.nul = true
+	}
+	if s.allNUL {
+		for _, c := range chunk {
+			if c != 0 {
+				s.allNUL = false
+				break
+			}
+		}
+	}
+}
+
 // scanWindow bounds what Open reads of a large current file: one larger
 // than this is checked only in its first line and its last scanWindow bytes
 // (see scanTail). Tests shrink it per Log (Options.scanWindow).
@@ -198,7 +217,7 @@ type scan struct {
 	hash           [32]byte
 	good           int64 // end of the last good record
 	missingNewline bool  // that record ends the file without its newline
-	size           int64
+	size           int64 // end of the bytes before the free space
 }
 
 // scanFile checks path record by record: all of it, or for a file larger
@@ -211,12 +230,23 @@ func scanFile(f *os.File, path string, window int64) (scan, error) {
 	if err != nil {
 		return scan{}, err
 	}
-	if fi.Size() > window {
-		if sc, ok, err := scanTail(path, f, fi.Size(), window); ok || err != nil {
+	return scanAt(f, fi.Size(), path, window)
+}
+
+// scanAt is scanFile of the size bytes of r.
+func scanAt(f io.ReaderAt, size int64, path string, window int64) (scan, error) {
+	// The free space (NULs at the end) is skipped first: a restart reads
+	// the records' end, not the chunk of free space before it.
+	end, err := dataEnd(f, size)
+	if err != nil {
+		return scan{}, fmt.Errorf("audit: read %s: %w", path, err)
+	}
+	if end > window {
+		if sc, ok, err := scanTail(path, f, end, window); ok || err != nil {
 			return sc, err
 		}
 	}
-	return scanLines(path, newLineScanner(f), false)
+	return scanLines(path, newLineScanner(io.NewSectionReader(f, 0, end)), false)
 }
 
 // scanTail is scanFile for a file of size bytes, larger than window: it
@@ -227,7 +257,7 @@ func scanFile(f *os.File, path string, window int64) (scan, error) {
 // ok false: the window does not settle it (no good record in it, the first
 // line damaged or reaching into the window, seqs not increasing from the
 // first record to the window); the caller scans the whole file.
-func scanTail(path string, f *os.File, size, window int64) (sc scan, ok bool, err error) {
+func scanTail(path string, f io.ReaderAt, size, window int64) (sc scan, ok bool, err error) {
 	start := size - window
 	head := newLineScanner(io.NewSectionReader(f, 0, size))
 	if !head.next() {
@@ -270,6 +300,10 @@ func scanLines(path string, s *lineScanner, window bool) (scan, error) {
 		return fmt.Sprintf("%s:%d", path, n)
 	}
 	damaged := "" // where the first damaged line is
+	// tornFree: the first damaged line holds NULs: a batch written into
+	// free space whose blocks reached the disk in part, in any order.
+	// Records after it are of that same unacknowledged write: torn too.
+	tornFree := false
 	for n := 1; s.next(); n++ {
 		var rec Record
 		err := errors.New("line too long")
@@ -277,12 +311,13 @@ func scanLines(path string, s *lineScanner, window bool) (scan, error) {
 			rec, err = parseLine(s.line)
 		}
 		switch {
+		case damaged != "" && tornFree:
 		case damaged != "" && err == nil:
 			return sc, fmt.Errorf("audit: %s: a complete record (seq %d) follows damaged bytes at %s; run keyward audit verify: %w",
 				here(n), rec.Seq, damaged, ErrCorrupt)
 		case damaged != "":
 		case err != nil:
-			damaged = fmt.Sprintf("line %d", n)
+			damaged, tornFree = fmt.Sprintf("line %d", n), s.nul
 			if window {
 				damaged = fmt.Sprintf("byte %d", s.start)
 			}

@@ -27,13 +27,24 @@ func FuzzVerify(f *testing.F) {
 	f.Add(log[:len(log)-9], uint(0))
 	f.Add([]byte(`{"seq":1,"hash":"`+string(bytes.Repeat([]byte("0"), 64))+`"}`+"\n"), uint(0))
 	f.Add([]byte("\n\n{}\n"), uint(1))
+	// Free space: after the last record, torn into, not NUL to the end, in
+	// the first file.
+	free := append(bytes.Clone(log), make([]byte, 300)...)
+	f.Add(free, uint(len(log)/2))
+	torn := bytes.Clone(free)
+	copy(torn[len(log):], log[:40])
+	f.Add(torn, uint(0))
+	stray := bytes.Clone(free)
+	stray[len(stray)-7] = 'x'
+	f.Add(stray, uint(0))
+	f.Add(free, uint(len(free)-1))
 	f.Fuzz(func(t *testing.T, data []byte, split uint) {
 		in := bytes.Clone(data)
 		cut := int(split % uint(len(data)+1))
 		var v verifier
-		brk, err := v.file("a", bytes.NewReader(data[:cut]))
+		brk, err := v.file("a", bytes.NewReader(data[:cut]), false)
 		if err == nil && brk == nil {
-			brk, err = v.file("b", bytes.NewReader(data[cut:]))
+			brk, err = v.file("b", bytes.NewReader(data[cut:]), true)
 		}
 		if err != nil {
 			t.Fatalf("reading from memory: %v", err)
@@ -47,6 +58,13 @@ func FuzzVerify(f *testing.F) {
 			}
 			_ = brk.Error()
 			return
+		}
+		// The second file is the current one: it may end with free space,
+		// NULs that follow a whole record and run to its end, and nowhere
+		// else holds a NUL.
+		data = bytes.TrimRight(data, "\x00")
+		if bytes.IndexByte(data, 0) >= 0 || len(data) > 0 && data[len(data)-1] != '\n' {
+			t.Fatalf("accepted NUL bytes that are not the current file's free space")
 		}
 		if lines := uint64(bytes.Count(data, []byte("\n"))); v.res.Records != lines {
 			t.Fatalf("accepted %d records in %d lines", v.res.Records, lines)
@@ -71,6 +89,36 @@ func FuzzVerify(f *testing.F) {
 			if !bytes.Equal(again[:len(again)-1], line) {
 				t.Fatalf("accepted line is not canonical:\n%s\n%s", line, again)
 			}
+		}
+	})
+}
+
+// FuzzScan: Open's scan of the current file (free space, torn tails, the
+// window) never panics, and what it keeps holds no NUL: the records end at
+// good, the free space (all NULs) starts at size, and the bytes between
+// are the torn tail.
+func FuzzScan(f *testing.F) {
+	log := sampleLog(6)
+	f.Add(log, uint16(0))
+	f.Add(append(bytes.Clone(log), make([]byte, 700)...), uint16(300))
+	torn := append(bytes.Clone(log[:len(log)-50]), make([]byte, 700)...)
+	f.Add(torn, uint16(300))
+	hole := bytes.Clone(log)
+	clear(hole[len(log)/2 : len(log)/2+40])
+	f.Add(append(hole, make([]byte, 100)...), uint16(0))
+	f.Fuzz(func(t *testing.T, data []byte, window uint16) {
+		sc, err := scanAt(bytes.NewReader(data), int64(len(data)), "audit.log", int64(window)+1)
+		if err != nil {
+			return
+		}
+		if sc.good > sc.size || sc.size > int64(len(data)) {
+			t.Fatalf("good %d, size %d, file %d", sc.good, sc.size, len(data))
+		}
+		if len(bytes.Trim(data[sc.size:], "\x00")) != 0 {
+			t.Fatalf("free space from %d holds other bytes", sc.size)
+		}
+		if sc.scanned > 0 && bytes.IndexByte(data[:sc.good], 0) >= 0 && int64(window)+1 >= sc.size {
+			t.Fatalf("kept records up to %d hold a NUL", sc.good)
 		}
 	})
 }

@@ -61,6 +61,12 @@ type Options struct {
 	// SyncInterval: with SyncWrite, the longest a written record waits for
 	// its fsync. Default 1 s.
 	SyncInterval time.Duration
+	// NoPreallocate turns off the free space (see the package doc): the
+	// file then ends at its last record at all times, for readers that
+	// follow the current file as plain text, and every sync is a full
+	// fsync (the file's size changes with each batch). SyncWrite never
+	// keeps free space.
+	NoPreallocate bool
 
 	// openFile, when set, opens the log file for writing instead of the
 	// default (relative to the directory, never through a symlink); tests
@@ -69,6 +75,9 @@ type Options struct {
 	// scanWindow, when set, replaces the package's scanWindow (tests
 	// shrink it).
 	scanWindow int64
+	// chunk, when set, replaces the package's preallocChunk (tests shrink
+	// it).
+	chunk int64
 }
 
 // SyncMode says when the records of a batch are fsynced.
@@ -166,6 +175,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.scanWindow == 0 {
 		o.scanWindow = scanWindow
 	}
+	if o.chunk == 0 {
+		o.chunk = preallocChunk
+	}
 	return o, nil
 }
 
@@ -187,10 +199,13 @@ type OpenReport struct {
 
 // Stats are counters since Open, for metrics and tests.
 type Stats struct {
-	Records   uint64 // records written (with SyncEach: made durable)
-	Batches   uint64 // batches written (with SyncEach: one fsync each)
-	Inline    uint64 // of those, batches written on an appender's goroutine, not the writer's
-	Fsyncs    uint64 // fsyncs of the log file: batches, and truncations on recovery
+	Records uint64 // records written (with SyncEach: made durable)
+	Batches uint64 // batches written (with SyncEach: one fsync each)
+	Inline  uint64 // of those, batches written on an appender's goroutine, not the writer's
+	Fsyncs  uint64 // fsyncs of the log file: batches, and truncations on recovery
+	// Datasyncs: of Fsyncs, those that were data-only (fdatasync, of
+	// records written into free space); the others were full fsyncs.
+	Datasyncs uint64
 	Rotations uint64
 	// Checkpoints written, and checkpoints due but not written because the
 	// signer failed (the records are durable either way; the next attempt
@@ -245,17 +260,22 @@ type Log struct {
 	report OpenReport
 
 	// Owned by the committer (and Open before the writer starts).
-	f          file
-	dirty      bool  // f must be reopened and truncated to size before a write
-	size       int64 // bytes of written records in f
-	unsynced   bool  // SyncWrite: records written since the last fsync
-	lastSync   time.Time
-	syncedSeq  uint64 // the last seq known to be on disk
-	first      uint64
-	seq        uint64
-	prev       [32]byte
-	buf        []byte
-	rotateNext time.Time // after a failed rotation, when to try again
+	f         file
+	dirty     bool  // f must be reopened and truncated to size before a write
+	size      int64 // bytes of written records in f
+	alloc     int64 // bytes of f: size, then free space (NULs) up to alloc
+	metaDirty bool  // f's size changed since its last full fsync
+	// preallocFailing: the last extension's zeros could not be written
+	// (warned once per streak).
+	preallocFailing bool
+	unsynced        bool // SyncWrite: records written since the last fsync
+	lastSync        time.Time
+	syncedSeq       uint64 // the last seq known to be on disk
+	first           uint64
+	seq             uint64
+	prev            [32]byte
+	buf             []byte
+	rotateNext      time.Time // after a failed rotation, when to try again
 	// Checkpoints: records since the last one, when it was written, and
 	// whether the next commit must write one even without records.
 	sinceCheckpoint int
@@ -265,7 +285,8 @@ type Log struct {
 
 	checkpointFailing bool // under mu: the last checkpoint attempt failed (warned once per streak)
 
-	fsyncs atomic.Uint64
+	fsyncs    atomic.Uint64
+	datasyncs atomic.Uint64
 }
 
 // pending is one caller's records: one Append's, or all of one AppendAll's.
@@ -482,7 +503,7 @@ func (l *Log) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.stats
-	s.Fsyncs = l.fsyncs.Load()
+	s.Fsyncs, s.Datasyncs = l.fsyncs.Load(), l.datasyncs.Load()
 	return s
 }
 
@@ -516,20 +537,7 @@ func (l *Log) run() {
 				l.forceCheckpoint = true // anchor the tail at a clean stop
 				l.commit(nil, false)
 			}
-			if l.f != nil && l.unsynced {
-				if err := l.sync(); err != nil {
-					l.fail(nil, 0, err)
-					l.closeErr = err
-				} else {
-					l.markSynced()
-				}
-			}
-			if l.f != nil {
-				if err := l.f.Close(); l.closeErr == nil {
-					l.closeErr = err
-				}
-				l.f = nil
-			}
+			l.finish()
 			return
 		}
 		l.commit(batch, false)
@@ -537,6 +545,35 @@ func (l *Log) run() {
 		l.committing = false
 		l.mu.Unlock()
 	}
+}
+
+// finish leaves the file as a clean stop must: its free space cut, every
+// record synced, closed.
+func (l *Log) finish() {
+	if l.f == nil {
+		return
+	}
+	var err error
+	synced := true
+	switch {
+	case !l.dirty && l.alloc > l.size:
+		// A cleanly stopped PATH ends at its last record.
+		err = l.trimFree()
+	case l.unsynced:
+		err = l.sync()
+	default:
+		synced = false
+	}
+	if err != nil {
+		l.fail(nil, 0, err)
+		l.closeErr = err
+	} else if synced {
+		l.markSynced()
+	}
+	if err := l.f.Close(); l.closeErr == nil {
+		l.closeErr = err
+	}
+	l.f = nil
 }
 
 // commitInline commits pd alone on its appender's goroutine (committing is
@@ -753,8 +790,9 @@ func (l *Log) write(batch []*pending, records int) (written, error) {
 	// Nothing to write: a sync (SyncWrite's timer) or a checkpoint alone
 	// that could not be signed.
 	if len(buf) > 0 {
-		if _, err := l.f.WriteAt(buf, l.size); err != nil {
-			return w, withPath("write", l.path, err)
+		l.extend(int64(len(buf)))
+		if err := l.writeRecords(buf); err != nil {
+			return w, err
 		}
 	}
 	if len(buf) > 0 || l.unsynced {
@@ -771,6 +809,7 @@ func (l *Log) write(batch []*pending, records int) (written, error) {
 func (l *Log) committed(w written, records int, inline bool) {
 	first := l.seq + 1
 	l.size += int64(w.n)
+	l.alloc = max(l.alloc, l.size)
 	l.seq, l.prev = w.seq, w.prev
 	if !l.unsynced {
 		l.syncedSeq = w.seq
@@ -806,11 +845,19 @@ func (l *Log) committed(w written, records int, inline bool) {
 	}
 }
 
-// sync fsyncs the file after a write: everything written so far is then
-// on disk.
+// sync makes the file durable after a write: everything written so far is
+// then on disk. Records written into free space need only their data
+// synced (fdatasync: the file's blocks and size are already on disk);
+// after the file grew, or without free space, it is a full fsync.
 func (l *Log) sync() error {
 	start := time.Now()
-	err := l.f.Sync()
+	var err error
+	if l.metaDirty || !l.prealloc() {
+		err = l.f.Sync()
+	} else {
+		err = datasync(l.f)
+		l.datasyncs.Add(1)
+	}
 	l.fsyncs.Add(1)
 	if l.opts.OnFsync != nil {
 		l.opts.OnFsync(time.Since(start))
@@ -818,7 +865,7 @@ func (l *Log) sync() error {
 	if err != nil {
 		return withPath("fsync", l.path, err)
 	}
-	l.unsynced, l.lastSync = false, start
+	l.unsynced, l.lastSync, l.metaDirty = false, start, false
 	return nil
 }
 
@@ -852,7 +899,8 @@ func (l *Log) fail(batch []*pending, records int, err error) {
 	}
 	if l.f != nil {
 		// Best effort now, so that no half line sits in the file during the
-		// outage; the retry does it again on a fresh descriptor before writing.
+		// outage; the retry does it again on a fresh descriptor before writing
+		// (and cuts the free space).
 		if l.f.Truncate(l.size) == nil && l.f.Sync() == nil {
 			l.fsyncs.Add(1)
 		}
@@ -905,6 +953,9 @@ func (l *Log) reopen() error {
 	if err != nil {
 		return fmt.Errorf("open %s: %w", l.path, err)
 	}
+	if of, ok := f.(*os.File); ok {
+		f = osFile{of}
+	}
 	fi, err := f.Stat()
 	if err == nil {
 		err = checkFile(l.path, fi)
@@ -931,7 +982,7 @@ func (l *Log) reopen() error {
 	if perm := fi.Mode().Perm(); perm&^l.opts.FileMode != 0 {
 		l.log.Warn("audit file is more open than FileMode", "path", l.path, "mode", perm.String(), "want", l.opts.FileMode.String())
 	}
-	l.f, l.dirty = f, false
+	l.f, l.dirty, l.alloc, l.metaDirty = f, false, l.size, false
 	l.unsynced, l.lastSync, l.syncedSeq = false, time.Now(), l.seq
 	return nil
 }
@@ -940,7 +991,14 @@ func (l *Log) reopen() error {
 // failure is logged, not fatal: the records are durable, the file just
 // grows until a later rotation works.
 func (l *Log) rotate() {
-	if l.unsynced {
+	if l.alloc > l.size {
+		// A rotated file ends at its last record: no free space.
+		if err := l.trimFree(); err != nil {
+			l.fail(nil, 0, err)
+			return
+		}
+		l.markSynced()
+	} else if l.unsynced {
 		// A rotated file is complete on disk before it gets its final name.
 		if err := l.sync(); err != nil {
 			l.fail(nil, 0, err)
@@ -962,7 +1020,7 @@ func (l *Log) rotate() {
 		return
 	}
 	l.f.Close()
-	l.f, l.size, l.first = nil, 0, 0
+	l.f, l.size, l.alloc, l.first = nil, 0, 0, 0
 	l.mu.Lock()
 	l.stats.Rotations++
 	l.mu.Unlock()

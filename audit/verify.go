@@ -88,6 +88,10 @@ func (b *Break) Is(target error) bool { return target == ErrBroken }
 // start are so a break like any other. Across files, the first record of a
 // file must continue the last of the file before.
 //
+// The last file may end with free space (NULs from the start of a line to
+// the end of the file) when its name is not a rotated one: it is the
+// current file. Any other NUL is a break.
+//
 // A broken chain gives a *Break (in Result.Broken and as the error); a file
 // that cannot be read gives its error.
 func Verify(files ...string) (Result, error) {
@@ -97,12 +101,12 @@ func Verify(files ...string) (Result, error) {
 // VerifyWith is Verify, with checkpoint signatures checked as opts says.
 func VerifyWith(opts VerifyOptions, files ...string) (Result, error) {
 	v := verifier{opts: opts}
-	for _, name := range files {
+	for i, name := range files {
 		f, err := os.Open(name)
 		if err != nil {
 			return v.res, fmt.Errorf("audit: %w", err)
 		}
-		brk, err := v.file(name, f)
+		brk, err := v.file(name, f, i == len(files)-1 && !isRotated(name))
 		f.Close()
 		v.res.Files++
 		if err != nil {
@@ -124,13 +128,21 @@ type verifier struct {
 	lastLine int
 }
 
-func (v *verifier) file(name string, r io.Reader) (*Break, error) {
+// file checks the lines of one file. active: it is the current file (the
+// last one given, not a rotated name), which may end with free space.
+func (v *verifier) file(name string, r io.Reader, active bool) (*Break, error) {
 	s := newLineScanner(r)
 	n := 0
 	for s.next() {
 		n++
 		brk := func(seq uint64, format string, a ...any) *Break {
 			return &Break{File: name, Line: n, Seq: seq, Reason: fmt.Sprintf(format, a...)}
+		}
+		if s.nul {
+			if why := nulReason(s, active); why != "" {
+				return brk(seqPrefix(s.line), "%s", why), nil
+			}
+			continue // the free space, which ends the file
 		}
 		switch {
 		case s.long:
@@ -171,6 +183,27 @@ func (v *verifier) file(name string, r io.Reader) (*Break, error) {
 		v.lastFile, v.lastLine = name, n
 	}
 	return nil, s.err
+}
+
+// nulReason says why a line holding NUL bytes breaks the trail, or ""
+// when it is the current file's free space: NULs from the
+// start of a line to the end of the file.
+func nulReason(s *lineScanner, active bool) string {
+	switch {
+	case !active:
+		return fmt.Sprintf("NUL bytes (from byte %d): only the current file may end with free space; a rotated or earlier file never does", s.start)
+	case s.line[0] != 0:
+		return fmt.Sprintf("a record torn by NUL bytes (from byte %d): a write into the free space that did not complete (keywardd moves it aside at its next start)", s.start)
+	case !s.allNUL:
+		return fmt.Sprintf("a byte that is not NUL in the free space (NULs from byte %d): the free space must be NULs to the end of the file", s.start)
+	}
+	return ""
+}
+
+// isRotated reports whether name is a rotated file's name.
+func isRotated(name string) bool {
+	_, _, ok := RotatedSeqs(name)
+	return ok
 }
 
 // link says why rec does not continue the chain, or "".

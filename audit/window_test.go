@@ -31,6 +31,12 @@ func TestRestartLargeFile(t *testing.T) {
 		{name: "torn tail longer than the window", damage: func(ls [][]byte) []byte {
 			return append(bytes.Join(ls, nil), bytes.Repeat([]byte("\x00\x00\x00\n"), 3*window/4)...)
 		}, wantSeq: 100, wantTorn: func([][]byte) []byte { return bytes.Repeat([]byte("\x00\x00\x00\n"), 3*window/4) }},
+		{name: "free space longer than the window", damage: func(ls [][]byte) []byte {
+			return append(bytes.Join(ls, nil), make([]byte, 5*window)...)
+		}, wantSeq: 100},
+		{name: "torn write into free space", damage: func(ls [][]byte) []byte {
+			return bytes.Join([][]byte{bytes.Join(ls[:99], nil), ls[99][:70], make([]byte, 5*window)}, nil)
+		}, wantSeq: 99, wantTorn: func(ls [][]byte) []byte { return ls[99][:70] }},
 		{name: "record after damage in the window", damage: func(ls [][]byte) []byte {
 			return bytes.Join([][]byte{bytes.Join(ls[:97], nil), []byte("xx\n"), bytes.Join(ls[98:], nil)}, nil)
 		}, wantErr: ErrCorrupt},
@@ -40,6 +46,11 @@ func TestRestartLargeFile(t *testing.T) {
 		// The trade-off: Open does not see damage before the window.
 		{name: "damaged record before the window", damage: func(ls [][]byte) []byte {
 			return bytes.Join([][]byte{bytes.Join(ls[:10], nil), bytes.Replace(ls[10], []byte(`"op":"unwrap"`), []byte(`"op":"unwrab"`), 1), bytes.Join(ls[11:], nil)}, nil)
+		}, wantSeq: 100, broken: 11},
+		// The window is taken before the free space: still only the end is read.
+		{name: "damaged record before the window, then free space", damage: func(ls [][]byte) []byte {
+			return bytes.Join([][]byte{bytes.Join(ls[:10], nil), bytes.Replace(ls[10], []byte(`"op":"unwrap"`), []byte(`"op":"unwrab"`), 1),
+				bytes.Join(ls[11:], nil), make([]byte, 5*window)}, nil)
 		}, wantSeq: 100, broken: 11},
 		{name: "first record damaged", damage: func(ls [][]byte) []byte {
 			return append([]byte("xx\n"), bytes.Join(ls[1:], nil)...)

@@ -54,6 +54,10 @@ type Config struct {
 	// not a power failure) and fsynced within AuditSyncInterval.
 	AuditSync         string   `toml:"audit_sync"`
 	AuditSyncInterval Duration `toml:"audit_sync_interval"`
+	// AuditPreallocate keeps free space (written zeros) after the audit
+	// log's last record so that a batch costs an fdatasync (default true);
+	// false for log shippers that follow the current file as plain text.
+	AuditPreallocate bool `toml:"audit_preallocate"`
 	// AuditCheckpointKey names a signing key (ecdsa-p256, rsa-3072-pss or
 	// ed25519) with which keywardd signs checkpoint records into the audit
 	// log; "" (default) writes none. The key is reserved: no caller may
@@ -199,6 +203,7 @@ func Defaults() Config {
 		AuditMaxFileSize:        64 << 20,
 		AuditSync:               "fsync",
 		AuditSyncInterval:       Duration{time.Second},
+		AuditPreallocate:        true,
 		AuditCheckpointEvery:    1000,
 		AuditCheckpointInterval: Duration{time.Minute},
 		AuditRefusalInterval:    Duration{10 * time.Second},

@@ -70,6 +70,9 @@ context = { app = "payments" }
 			return c.AuditSync == "write" && c.AuditSyncInterval.Duration == 250*time.Millisecond
 		}},
 		{name: "audit sync unknown", in: "audit_sync = \"never\"\n[backend]\ntoken = \"k\"\n", wantErr: `audit_sync = "never": want "fsync" or "write"`},
+		{name: "audit preallocate", in: "audit_preallocate = false\n[backend]\ntoken = \"k\"\n", check: func(c Config) bool {
+			return !c.AuditPreallocate && Defaults().AuditPreallocate
+		}},
 		{name: "audit sync interval too short", in: "audit_sync_interval = \"1ms\"\n[backend]\ntoken = \"k\"\n", wantErr: "audit_sync_interval = 1ms: want 10ms..1h"},
 		{name: "audit sync interval too long", in: "audit_sync_interval = \"2h\"\n[backend]\ntoken = \"k\"\n", wantErr: "audit_sync_interval = 2h: want 10ms..1h"},
 	}

@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,19 +38,18 @@ type auditLine struct {
 	RequestID     string `json:"request_id"`
 }
 
+// readAudit reads the records of the log file at path, through the audit
+// package's reader (complete lines; the free space after them skipped).
 func readAudit(t *testing.T, path string) []auditLine {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	lines, err := audit.FileLines(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []auditLine
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		if l == "" {
-			continue
-		}
+	for _, l := range lines {
 		var a auditLine
-		if err := json.Unmarshal([]byte(l), &a); err != nil {
+		if err := json.Unmarshal(l, &a); err != nil {
 			t.Fatalf("audit line %q: %v", l, err)
 		}
 		out = append(out, a)
@@ -327,4 +328,32 @@ func TestAuditUnsyncedMetric(t *testing.T) {
 			t.Fatalf("status: audit %q sync %q unsynced %d (%v); want ok, %s, %d", st.GetAudit(), st.GetAuditSync(), st.GetAuditUnsynced(), err, mode, wantUnsynced)
 		}
 	})
+}
+
+// TestAuditPreallocate: by default the running daemon's audit file ends
+// with free space (NULs after the last record); audit_preallocate = false
+// keeps it ending at its last record. The records are the same either way.
+func TestAuditPreallocate(t *testing.T) {
+	for _, prealloc := range []bool{true, false} {
+		t.Run(fmt.Sprint(prealloc), func(t *testing.T) {
+			r := start(t, testRules(), func(c *config.Config) { c.AuditPreallocate = prealloc })
+			c := dial(t, r.sock)
+			key := fmt.Sprintf("app/prealloc-%v", prealloc)
+			if _, err := c.CreateKey(context.Background(), &pb.CreateKeyRequest{Key: key, KeyType: "aes-256-gcm"}); err != nil {
+				t.Fatal(err)
+			}
+			logPath := filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")
+			raw, err := os.ReadFile(logPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			records := bytes.TrimRight(raw, "\x00")
+			if free := len(raw) > len(records); free != prealloc || bytes.IndexByte(records, 0) >= 0 {
+				t.Errorf("audit_preallocate = %v: %d bytes, records end at %d", prealloc, len(raw), len(records))
+			}
+			if recs := readAudit(t, logPath); len(recs) < 2 || recs[len(recs)-1].Key != key {
+				t.Errorf("records: %+v", recs)
+			}
+		})
+	}
 }

@@ -33,7 +33,7 @@ func openAudit(cfg config.Config, be keys.Backend, m *Metrics, log *slog.Logger)
 		return nil, nil
 	}
 	fsync := prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "keyward_audit_fsync_seconds", Help: "Time of one audit-log write and fsync (one batch of records).",
+		Name: "keyward_audit_fsync_seconds", Help: "Time of one sync of the audit log (one batch of records): an fdatasync of records written into free space, else an fsync.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 	})
 	if err := os.MkdirAll(filepath.Dir(cfg.AuditLog), 0o750); err != nil {
@@ -45,6 +45,7 @@ func openAudit(cfg config.Config, be keys.Backend, m *Metrics, log *slog.Logger)
 	}
 	opts := audit.Options{MaxFileSize: cfg.AuditMaxFileSize, Logger: log, MaxWait: auditTimeout, Sync: mode, SyncInterval: cfg.AuditSyncInterval.Duration,
 		OnFsync: func(d time.Duration) { fsync.Observe(d.Seconds()) }}
+	opts.NoPreallocate = !cfg.AuditPreallocate
 	if cfg.AuditCheckpointKey != "" {
 		opts.Checkpoint = checkpointSigner{be: be, key: cfg.AuditCheckpointKey}
 		opts.CheckpointEvery = cfg.AuditCheckpointEvery

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
 )
@@ -148,14 +149,14 @@ func TestRefusalSummaryBudget(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			r := start(t, testRules(), func(c *config.Config) { c.AuditRefusalInterval = config.Duration{Duration: time.Second} })
 			logPath := filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")
-			before := fileSize(t, logPath)
+			before := recordBytes(t, logPath)
 			outsider := as(t, r.sock, outsideUID)
 			got := outsider.do(fmt.Sprintf("batchflood %d %s", calls, c.key))
 			if !strings.Contains(got, "RATE_LIMITED") {
 				t.Fatalf("flood results: %s", got)
 			}
 			single, summary, counted := waitSummaries(t, logPath, calls-1)
-			grew := fileSize(t, logPath) - before
+			grew := recordBytes(t, logPath) - before
 			t.Logf("%d calls of 1000 items: %d single records, %d summaries counting %d refusals; the log grew %d bytes", calls, single, summary, counted, grew)
 			// max_denied_per_minute (60) refusals, each with its record, per window.
 			if limit := 2 * (config.Defaults().Limits.MaxDeniedPerMinute + 1); single > limit {
@@ -201,13 +202,19 @@ func waitSummaries(t *testing.T, logPath string, want uint64) (single, summary i
 	}
 }
 
-func fileSize(t *testing.T, path string) int64 {
+// recordBytes is the size of the records of the audit file at path (not
+// the free space that ends it while keywardd runs).
+func recordBytes(t *testing.T, path string) int64 {
 	t.Helper()
-	fi, err := os.Stat(path)
+	lines, err := audit.FileLines(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fi.Size()
+	var n int64
+	for _, l := range lines {
+		n += int64(len(l)) + 1
+	}
+	return n
 }
 
 // TestMetricsConnectionCap: the metrics listener keeps a few connections;

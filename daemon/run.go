@@ -140,8 +140,9 @@ func restartOnly(old, cur config.Config) []string {
 	}
 	if old.AuditLog != cur.AuditLog || old.AuditMaxFileSize != cur.AuditMaxFileSize || old.AuditCheckpointKey != cur.AuditCheckpointKey ||
 		old.AuditCheckpointEvery != cur.AuditCheckpointEvery || old.AuditCheckpointInterval != cur.AuditCheckpointInterval ||
-		old.AuditSync != cur.AuditSync || old.AuditSyncInterval != cur.AuditSyncInterval {
-		out = append(out, "audit_log, audit_max_file_size, audit_sync*, audit_checkpoint_*")
+		old.AuditSync != cur.AuditSync || old.AuditSyncInterval != cur.AuditSyncInterval ||
+		old.AuditPreallocate != cur.AuditPreallocate {
+		out = append(out, "audit_log, audit_max_file_size, audit_sync*, audit_preallocate, audit_checkpoint_*")
 	}
 	ol, nl := old.Limits, cur.Limits
 	if ol.MaxMessage != nl.MaxMessage || ol.MaxConnections != nl.MaxConnections || ol.HandshakeTimeout != nl.HandshakeTimeout ||

@@ -4,7 +4,10 @@
 # each on its own fresh SoftHSM2 token under a temporary directory, and drives
 # them with `keyward bench --op wrap` in turns of DURATION each, ROUNDS times,
 # so that the machine's drift hits the three alike. Prints, per concurrency,
-# the median rate of each and the median of the per-round ratios to "off".
+# the median rate of each and the median of the per-round ratios to "off",
+# then, for "write" and "fsync", what one sync of the log file cost
+# (keyward_audit_fsync_seconds from each keywardd's metrics socket: the mean
+# per sync, and syncs per second, per concurrency).
 #
 # Settings (environment): ROUNDS (10), DURATION (1s), CONCURRENCY (1,8,64),
 # BATCH (0: single calls; N: batches of N items), AUDIT_DIR (where the two
@@ -52,6 +55,7 @@ socket = "$d/keyward.sock"
 audit_log = "$audit_log"
 audit_sync = "$sync"
 log_level = "warn"
+metrics_socket = "$d/metrics.sock"
 [backend]
 kind = "pkcs11"
 module = "$MODULE"
@@ -71,8 +75,16 @@ EOF
 	[ -S "$d/keyward.sock" ] || { echo "bench-audit: keywardd ($mode) did not start:" >&2; cat "$d/keywardd.log" >&2; exit 1; }
 done
 
+# sync_totals MODE prints that keywardd's count and sum (seconds) of audit
+# log syncs so far.
+sync_totals() {
+	curl -s --unix-socket "$WORK/$1/metrics.sock" http://keywardd/metrics |
+		awk '$1 == "keyward_audit_fsync_seconds_count" { n = $2 } $1 == "keyward_audit_fsync_seconds_sum" { s = $2 } END { print n + 0, s + 0 }'
+}
+
 batch=()
 [ "$BATCH" != 0 ] && batch=(--batch "$BATCH")
+for mode in write fsync; do echo "0 0 $mode $(sync_totals "$mode")" >>"$WORK/syncs"; done
 echo "bench-audit: ${ROUNDS} rounds of ${DURATION} per keywardd and concurrency (${CONCURRENCY}), batch ${BATCH}" >&2
 : >"$WORK/results"
 IFS=, read -ra concs <<<"$CONCURRENCY"
@@ -89,6 +101,7 @@ for r in $(seq "$ROUNDS"); do
 			fi
 			rate=$(awk '$1 == "wrap" { print $4 }' <<<"$table")
 			echo "$c $r $mode $rate" >>"$WORK/results"
+			[ "$mode" = off ] || echo "$c $r $mode $(sync_totals "$mode")" >>"$WORK/syncs"
 		done
 	done
 	printf '\rround %d/%d' "$r" "$ROUNDS" >&2
@@ -113,3 +126,26 @@ END {
 		printf "%6s  %10.0f  %10.0f  %10.0f  %9.3f  %9.3f\n", c, median(o, rounds), median(w, rounds), median(f, rounds), median(rw, rounds), median(rf, rounds)
 	}
 }' "$WORK/results"
+
+# Per concurrency and mode: the syncs during its measurements (each line's
+# totals minus the previous line's of that mode) and the time they took.
+case $DURATION in
+*ms) dur=$(awk -v d="${DURATION%ms}" 'BEGIN { print d / 1000 }') ;;
+*s) dur=${DURATION%s} ;;
+*) dur=1 ;;
+esac
+awk -v dur="$dur" '
+{ c = $1; m = $3; if (m in pn) { dn[c, m] += $4 - pn[m]; ds[c, m] += $5 - ps[m]; if (!(c in seen)) { seen[c] = 1; order[++nc] = c }; runs[c, m]++ } pn[m] = $4; ps[m] = $5 }
+END {
+	printf "%6s  %14s  %14s  %14s  %14s\n", "conc", "write: syncs/s", "us per sync", "fsync: syncs/s", "us per sync"
+	for (k = 1; k <= nc; k++) {
+		c = order[k]
+		printf "%6s", c
+		split("write fsync", ms, " ")
+		for (i = 1; i <= 2; i++) {
+			m = ms[i]; n = dn[c, m]
+			printf "  %14.0f  %14.1f", runs[c, m] ? n / (runs[c, m] * dur) : 0, n ? ds[c, m] / n * 1e6 : 0
+		}
+		printf "\n"
+	}
+}' "$WORK/syncs"

@@ -14,7 +14,8 @@ import (
 
 // TestBenchAudit runs scripts/bench-audit.sh for one short round: it starts
 // its three keywardd on fresh tokens, prints one row per concurrency with
-// three positive rates and their ratios, and leaves nothing behind.
+// three positive rates and their ratios, then one with the syncs of the
+// audit log and their cost, and leaves nothing behind.
 func TestBenchAudit(t *testing.T) {
 	if _, err := exec.LookPath("softhsm2-util"); err != nil {
 		t.Skip("softhsm2-util not installed (make deps)")
@@ -38,7 +39,8 @@ func TestBenchAudit(t *testing.T) {
 		t.Fatalf("bench-audit.sh: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "conc off/s write/s fsync/s write/off fsync/off" {
+	if len(lines) != 6 || strings.Join(strings.Fields(lines[0]), " ") != "conc off/s write/s fsync/s write/off fsync/off" ||
+		strings.Join(strings.Fields(lines[3]), " ") != "conc write: syncs/s us per sync fsync: syncs/s us per sync" {
 		t.Fatalf("output:\n%s", stdout.String())
 	}
 	for i, conc := range []string{"1", "4"} {
@@ -49,6 +51,17 @@ func TestBenchAudit(t *testing.T) {
 		for _, v := range f[1:] {
 			if x, err := strconv.ParseFloat(v, 64); err != nil || x <= 0 {
 				t.Errorf("row %q: %q is not a positive number", lines[i+1], v)
+			}
+		}
+		// The sync table: fsync's keywardd synced during its runs (the
+		// write one may not have, within 200 ms).
+		f = strings.Fields(lines[i+4])
+		if len(f) != 5 || f[0] != conc {
+			t.Fatalf("sync row %q", lines[i+4])
+		}
+		for _, v := range f[3:] {
+			if x, err := strconv.ParseFloat(v, 64); err != nil || x <= 0 {
+				t.Errorf("sync row %q: fsync's %q is not a positive number", lines[i+4], v)
 			}
 		}
 	}

@@ -24,7 +24,7 @@ var errBroken = fmt.Errorf("audit chain broken: %w", errInvalid)
 
 func (a *app) auditCmd() *cobra.Command {
 	c := groupCmd("audit", "check keywardd's audit log (no daemon needed)",
-		"  keyward audit verify --dir /var/log/keyward", a.auditVerifyCmd(), a.auditContextDigestCmd())
+		"  keyward audit verify --dir /var/log/keyward", a.auditVerifyCmd(), a.auditContextDigestCmd(), a.auditTailCmd())
 	c.Annotations = localOnly
 	return c
 }
@@ -45,7 +45,11 @@ over the whole trail printed it before the older files were removed; keep
 them with the last hash.
 
 With --dir, the log in DIR is found: its rotated files (NAME.<first>-<last>,
-oldest first) and then the current file NAME. A torn tail keywardd moved
+oldest first) and then the current file NAME. The current file (the last
+one checked, when its name is not a rotated one) may end with free space:
+NUL bytes after its last record, which keywardd writes ahead of its records
+and cuts at stop and rotation. Only NULs may follow them; a NUL anywhere
+else (inside or before a record, in a rotated file) is reported broken. A torn tail keywardd moved
 aside at restart (NAME.torn-TIME) is not part of the chain; it is named in a
 "note:" line.
 
@@ -268,7 +272,7 @@ func (a *app) auditContextDigestCmd() *cobra.Command {
 		Short: "print the audit records' context_digest of a context (for grep)",
 		Long:  auditContextDigestLong,
 		Example: `  keyward audit context-digest --dir /var/log/keyward --context app=billing
-  grep -F "$(keyward audit context-digest --dir /var/log/keyward --context app=billing)" /var/log/keyward/audit.log*`,
+  grep -aF "$(keyward audit context-digest --dir /var/log/keyward --context app=billing)" /var/log/keyward/audit.log*   # -a: the current file ends with free space (NULs)`,
 		Annotations: localOnly,
 		Args:        cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {

@@ -52,11 +52,15 @@ func TestAuditVerify(t *testing.T) {
 	}
 
 	lines := func(path string) []string {
-		b, err := os.ReadFile(path)
+		ls, err := audit.FileLines(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return strings.SplitAfter(strings.TrimSuffix(string(b), "\n"), "\n")
+		out := make([]string, len(ls))
+		for i, l := range ls {
+			out[i] = string(l) + "\n"
+		}
+		return out
 	}
 	tampered := func(name string, f func([]string) []string) string {
 		p := filepath.Join(t.TempDir(), name)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -96,25 +95,19 @@ func TestAuditSurvivesKill(t *testing.T) {
 // countRecords counts the records of file with that op, key and result.
 func countRecords(t *testing.T, file, op, key, result string) int {
 	t.Helper()
-	f, err := os.Open(file)
+	lines, err := audit.FileLines(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	n := 0
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64<<10), audit.MaxLine)
-	for sc.Scan() {
+	for _, line := range lines {
 		var r struct{ Op, Key, Result string }
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+		if err := json.Unmarshal(line, &r); err != nil {
 			t.Fatalf("%s: %v", file, err)
 		}
 		if r.Op == op && r.Key == key && r.Result == result {
 			n++
 		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
 	}
 	return n
 }
