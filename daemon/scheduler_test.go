@@ -14,6 +14,7 @@ import (
 	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
 	"github.com/keyward/keyward/policy"
@@ -67,14 +68,14 @@ type schedAuditLine struct {
 // schedulerRecords returns the audit records the scheduler wrote for key.
 func schedulerRecords(t *testing.T, path, key string) []schedAuditLine {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	lines, err := audit.FileLines(path) // complete records: never the free space
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []schedAuditLine
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+	for _, l := range lines {
 		var a schedAuditLine
-		if err := json.Unmarshal([]byte(l), &a); err != nil {
+		if err := json.Unmarshal(l, &a); err != nil {
 			t.Fatalf("audit line %q: %v", l, err)
 		}
 		if a.Peer.Unit == daemon.SchedulerUnit && a.Key == key {

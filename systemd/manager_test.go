@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/internal/systemdtest"
 )
 
@@ -319,14 +320,14 @@ type record struct {
 
 func auditRecords(t *testing.T, g *systemdtest.Guest) []record {
 	t.Helper()
-	b, err := os.ReadFile(g.Path("/var/log/keyward/audit.log"))
+	lines, err := audit.FileLines(g.Path("/var/log/keyward/audit.log")) // complete records: never the free space
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []record
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+	for _, l := range lines {
 		var r record
-		if err := json.Unmarshal([]byte(l), &r); err != nil {
+		if err := json.Unmarshal(l, &r); err != nil {
 			t.Fatalf("audit line %q: %v", l, err)
 		}
 		out = append(out, r)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/internal/testutil"
 	softhsmtest "github.com/keyward/keyward/softhsm-test"
 	"github.com/keyward/keyward/tpm/swtpmtest"
@@ -139,22 +139,19 @@ func (d *scheduledDaemon) waitChecks(t *testing.T, n float64) {
 // schedulerResults counts the results of the scheduler's outcome records.
 func schedulerResults(t *testing.T, path, key string) map[string]int {
 	t.Helper()
-	f, err := os.Open(path)
+	lines, err := audit.FileLines(path) // complete records: never the free space
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	out := map[string]int{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 64<<10)
-	for sc.Scan() {
+	for _, line := range lines {
 		var r struct {
 			Peer   struct{ Unit string } `json:"peer"`
 			Op     string                `json:"op"`
 			Key    string                `json:"key"`
 			Result string                `json:"result"`
 		}
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+		if err := json.Unmarshal(line, &r); err != nil {
 			t.Fatal(err)
 		}
 		if r.Peer.Unit == "scheduler" && r.Key == key && r.Op == "key.rotate" {
