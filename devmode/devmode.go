@@ -99,6 +99,11 @@ func New(dir, socketPath, logLevel, backend string) (*Dev, error) {
 	} else if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
+	// Absolute: the configuration wants absolute paths (credentials_dir),
+	// and a relative one would change meaning with the working directory.
+	if d.Dir, err = filepath.Abs(d.Dir); err != nil {
+		return nil, err
+	}
 	ok := false
 	defer func() {
 		if !ok {

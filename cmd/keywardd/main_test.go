@@ -170,6 +170,24 @@ func TestCheckConfig(t *testing.T) {
 
 // TestDev: --dev makes its own token, serves, says so, refuses core dumps,
 // and removes everything on SIGTERM.
+// TestDevRelativeDir: --dev-dir relative to the working directory (as
+// `make run` gives it) makes a dev daemon whose paths are absolute.
+func TestDevRelativeDir(t *testing.T) {
+	softhsmtest.Need(t, tok)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "dev.sock")
+	cmd := exec.Command(bin, "--dev", "--dev-dir", "rel/dev", "--socket", sock)
+	cmd.Dir = dir
+	startCmd(t, sock, cmd)
+	c := dial(t, sock)
+	if _, err := c.CreateKey(context.Background(), &pb.CreateKeyRequest{Key: "dev/rel", KeyType: "aes-256-gcm"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "rel", "dev", "audit.log")); err != nil {
+		t.Errorf("the dev directory's audit log: %v", err)
+	}
+}
+
 func TestDev(t *testing.T) {
 	softhsmtest.Need(t, tok)
 	dir := t.TempDir()
