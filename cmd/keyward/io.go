@@ -4,9 +4,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/keyward/keyward/internal/ctxflag"
 	"io"
-	"maps"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -129,50 +128,12 @@ func parseMac(s string) (version uint32, mac []byte, err error) {
 }
 
 // contextFlag collects repeated --context k=v flags.
-type contextFlag struct{ c keys.Context }
-
-func (f *contextFlag) String() string {
-	if f == nil || len(f.c) == 0 {
-		return ""
-	}
-	return formatContext(f.c)
-}
-
-func (f *contextFlag) Set(s string) error {
-	k, v, ok := strings.Cut(s, "=")
-	if !ok || k == "" {
-		return fmt.Errorf("want key=value, got %q", s)
-	}
-	if f.c == nil {
-		f.c = keys.Context{}
-	}
-	if _, dup := f.c[k]; dup {
-		return fmt.Errorf("context key %q given twice", k)
-	}
-	f.c[k] = v
-	return nil
-}
-
-// Type is what help shows after --context.
-func (f *contextFlag) Type() string { return "k=v" }
+type contextFlag struct{ ctxflag.Flag }
 
 // pairs returns the context for a call (nil when none was given).
 func (f *contextFlag) pairs(cmd string) (map[string]string, error) {
-	if err := keys.CheckContext(f.c); err != nil {
+	if err := keys.CheckContext(f.Pairs); err != nil {
 		return nil, usagef(cmd, "--context: %v", err)
 	}
-	return f.c, nil
-}
-
-// formatContext renders a context as sorted k=v pairs (--context's value
-// in help and completion; never a daemon's reply).
-func formatContext(c keys.Context) string {
-	var b strings.Builder
-	for i, k := range slices.Sorted(maps.Keys(c)) {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "%s=%s", k, c[k])
-	}
-	return b.String()
+	return f.Pairs, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/keyward/keyward/internal/ctxflag"
 	"io"
 	"io/fs"
 	"slices"
@@ -168,29 +169,4 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 // contextFlag collects repeated --context k=v flags.
-type contextFlag struct{ c keys.Context }
-
-func (f *contextFlag) String() string {
-	if f == nil || len(f.c) == 0 {
-		return ""
-	}
-	return formatContext(f.c)
-}
-
-func (f *contextFlag) Set(s string) error {
-	k, v, ok := strings.Cut(s, "=")
-	if !ok || k == "" {
-		return fmt.Errorf("want key=value, got %q", s)
-	}
-	if f.c == nil {
-		f.c = keys.Context{}
-	}
-	if _, dup := f.c[k]; dup {
-		return fmt.Errorf("context key %q given twice", k)
-	}
-	f.c[k] = v
-	return nil
-}
-
-// Type is what help shows after --context.
-func (f *contextFlag) Type() string { return "k=v" }
+type contextFlag = ctxflag.Flag

@@ -5,11 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/keyward/keyward/internal/ctxflag"
 	"io"
 	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -65,7 +65,7 @@ func (a *app) demoCmd() *cobra.Command {
 		Annotations: localOnly,
 		Args:        noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := o.check(ctxFlag.c); err != nil {
+			if err := o.check(ctxFlag.Pairs); err != nil {
 				return err
 			}
 			return demo(c.Context(), a.stdout, o)
@@ -120,14 +120,7 @@ func formatContext(c keys.Context) string {
 	if len(c) == 0 {
 		return "(none)"
 	}
-	var b strings.Builder
-	for i, k := range slices.Sorted(maps.Keys(c)) {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "%s=%s", k, c[k])
-	}
-	return b.String()
+	return ctxflag.Format(c)
 }
 
 // otherContext returns a context that differs from c in the value of "app".
