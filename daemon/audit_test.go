@@ -40,15 +40,18 @@ type auditLine struct {
 
 // readAudit reads the records of the log file at path, through the audit
 // package's reader (complete lines; the free space after them skipped).
-func readAudit(t *testing.T, path string) []auditLine {
+func readAudit(t *testing.T, path string) []auditLine { return readAuditAs[auditLine](t, path) }
+
+// readAuditAs is readAudit into a record type of the caller's.
+func readAuditAs[T any](t *testing.T, path string) []T {
 	t.Helper()
 	lines, err := audit.FileLines(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []auditLine
+	var out []T
 	for _, l := range lines {
-		var a auditLine
+		var a T
 		if err := json.Unmarshal(l, &a); err != nil {
 			t.Fatalf("audit line %q: %v", l, err)
 		}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +18,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/keyward/keyward/audit"
 	kwclient "github.com/keyward/keyward/client"
 	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/internal/testutil"
@@ -249,16 +247,8 @@ type credLine struct {
 // credRecords returns the audit log's credential records, in order.
 func credRecords(t *testing.T, path string) []credLine {
 	t.Helper()
-	lines, err := audit.FileLines(path) // complete records: never the free space
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []credLine
-	for _, l := range lines {
-		var a credLine
-		if err := json.Unmarshal(l, &a); err != nil {
-			t.Fatalf("audit line %q: %v", l, err)
-		}
+	for _, a := range readAuditAs[credLine](t, path) {
 		if a.Op == "credential" {
 			out = append(out, a)
 		}

@@ -2,7 +2,6 @@ package daemon_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
-	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
 	"github.com/keyward/keyward/policy"
@@ -68,16 +66,8 @@ type schedAuditLine struct {
 // schedulerRecords returns the audit records the scheduler wrote for key.
 func schedulerRecords(t *testing.T, path, key string) []schedAuditLine {
 	t.Helper()
-	lines, err := audit.FileLines(path) // complete records: never the free space
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []schedAuditLine
-	for _, l := range lines {
-		var a schedAuditLine
-		if err := json.Unmarshal(l, &a); err != nil {
-			t.Fatalf("audit line %q: %v", l, err)
-		}
+	for _, a := range readAuditAs[schedAuditLine](t, path) {
 		if a.Peer.Unit == daemon.SchedulerUnit && a.Key == key {
 			out = append(out, a)
 		}
