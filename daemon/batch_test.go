@@ -64,3 +64,43 @@ func TestParallelBatch(t *testing.T) {
 		})
 	}
 }
+
+// TestBatchVerifyMACLimit: a batch's verify-mac items run one at a time,
+// whatever batch_parallelism says, so the failed-guess limit stops a batch
+// of guesses after limit+1 of them (in parallel, every item in flight had
+// passed the check before the first failure was counted).
+func TestBatchVerifyMACLimit(t *testing.T) {
+	r := start(t, testRules(), func(c *config.Config) {
+		c.Limits.BatchParallelism = 64
+		c.Limits.MaxFailedVerifyMacPerMinute = 3
+	})
+	ctx := context.Background()
+	c := dial(t, r.sock)
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "app/guess", KeyType: "hmac-sha256"}); err != nil {
+		t.Fatal(err)
+	}
+	var items []*pb.VerifyMacRequest
+	for i := range 100 {
+		guess := make([]byte, 32)
+		guess[0], guess[1] = byte(i), 1
+		items = append(items, &pb.VerifyMacRequest{Key: "app/guess", Message: []byte("m"), Mac: guess})
+	}
+	res, err := c.BatchVerifyMac(ctx, &pb.BatchVerifyMacRequest{Items: items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked, limited := 0, 0
+	for i, it := range res.GetResults() {
+		switch {
+		case it.GetOk() != nil && !it.GetOk().GetValid():
+			checked++
+		case it.GetError().GetReason().String() == "RATE_LIMITED":
+			limited++
+		default:
+			t.Fatalf("item %d: %+v", i, it)
+		}
+	}
+	if checked != 4 || limited != 96 {
+		t.Errorf("%d guesses checked and %d refused, want 4 (the limit + 1) and 96", checked, limited)
+	}
+}

@@ -77,6 +77,10 @@ type batchOp[Req, Resp, Res any] struct {
 	item   *dataOp[Req, Resp]
 	ok     func(Resp) Res
 	failed func(*pb.ItemError) Res
+	// oneAtATime: the items never run in parallel. For verify-mac, whose
+	// failed-guess limit is checked before an item and counted after it:
+	// items in flight together would all pass the check.
+	oneAtATime bool
 }
 
 // serveBatch runs every item through runOp, up to limits.batch_parallelism
@@ -97,7 +101,7 @@ func serveBatch[Req, Resp, Res any](s *Service, ctx context.Context, b *batchOp[
 		out[i] = b.ok(r)
 	}
 	par := min(s.lim.Load().BatchParallelism, len(items))
-	if par <= 1 {
+	if par <= 1 || b.oneAtATime {
 		for i := range items {
 			item(ctx, i)
 		}
@@ -423,7 +427,7 @@ var batchMAC = batchOp[*pb.MacRequest, *pb.MacResponse, *pb.BatchMacResult]{
 }
 
 var batchVerifyMAC = batchOp[*pb.VerifyMacRequest, *pb.VerifyMacResponse, *pb.BatchVerifyMacResult]{
-	m: methodOf("BatchVerifyMac"), item: &opVerifyMAC,
+	m: methodOf("BatchVerifyMac"), item: &opVerifyMAC, oneAtATime: true,
 	ok: func(r *pb.VerifyMacResponse) *pb.BatchVerifyMacResult {
 		return &pb.BatchVerifyMacResult{Result: &pb.BatchVerifyMacResult_Ok{Ok: r}}
 	},
