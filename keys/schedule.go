@@ -2,6 +2,7 @@ package keys
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -74,9 +75,11 @@ func FormatPeriod(d time.Duration) string {
 
 // NextRotation is when the key is due for its scheduled rotation: its
 // newest version's creation plus its rotation period. ok is false when
-// the key has no rotation period.
+// the key has no rotation period, or no enabled version: a key an admin
+// took out of service (every version disabled or destroyed) is never due,
+// so the scheduler does not put it back into service with a new version.
 func (k *KeyInfo) NextRotation() (next time.Time, ok bool) {
-	if k.RotationPeriod <= 0 || len(k.Versions) == 0 {
+	if k.RotationPeriod <= 0 || !slices.ContainsFunc(k.Versions, func(v VersionInfo) bool { return v.State == Enabled }) {
 		return time.Time{}, false
 	}
 	return k.Versions[len(k.Versions)-1].Created.Add(k.RotationPeriod), true

@@ -52,7 +52,7 @@ func TestParsePeriod(t *testing.T) {
 
 func TestNextRotation(t *testing.T) {
 	v1 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	k := keys.KeyInfo{Versions: []keys.VersionInfo{{Version: 1, Created: v1}, {Version: 2, Created: v1.Add(time.Hour), State: keys.Disabled}}}
+	k := keys.KeyInfo{Versions: []keys.VersionInfo{{Version: 1, Created: v1, State: keys.Enabled}, {Version: 2, Created: v1.Add(time.Hour), State: keys.Disabled}}}
 	if _, ok := k.NextRotation(); ok || k.DueAt(v1.Add(1000*time.Hour)) {
 		t.Error("a key without a period has a next rotation")
 	}
@@ -63,5 +63,9 @@ func TestNextRotation(t *testing.T) {
 	}
 	if k.DueAt(next.Add(-time.Nanosecond)) || !k.DueAt(next) || !k.DueAt(next.Add(time.Hour)) {
 		t.Error("DueAt: due from the next rotation on, not before")
+	}
+	k.Versions[0].State = keys.Destroyed // the newest is disabled: none enabled
+	if _, ok := k.NextRotation(); ok || k.DueAt(next.Add(1000*time.Hour)) {
+		t.Error("a key with no enabled version is due: the scheduler would put it back into service")
 	}
 }

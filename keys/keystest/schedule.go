@@ -60,6 +60,16 @@ func testSchedule(t *testing.T, be keys.Backend) {
 		wantErr(t, err, "SetRotationPeriod of a missing key", keys.ErrKeyNotFound)
 	})
 
+	t.Run("out_of_service_not_due", func(t *testing.T) {
+		name, next := scheduled(t)
+		setState(t, be, name, 1, keys.Disabled)
+		info, rotated, err := be.RotateIfDue(t.Context(), name, next.Add(1000*time.Hour))
+		must(t, err, "RotateIfDue of a key with no enabled version")
+		if rotated || len(info.Versions) != 1 {
+			t.Fatalf("a key an admin disabled: rotated %v, %d versions; want it left out of service", rotated, len(info.Versions))
+		}
+	})
+
 	t.Run("rotate_if_due", func(t *testing.T) {
 		name, next := scheduled(t)
 		info, rotated, err := be.RotateIfDue(t.Context(), name, next.Add(-time.Second))
