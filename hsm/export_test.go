@@ -156,3 +156,19 @@ func (t *Token) HoldSessions(tb testing.TB, n int) (release func()) {
 
 // SweepSessions runs one sweep of idle sessions now.
 func (t *Token) SweepSessions() { t.sweepSessions() }
+
+// PretendOpening counts n sessions as being opened (C_OpenSession not yet
+// returned), as concurrent calls that found no idle session do, until undo.
+func (t *Token) PretendOpening(n int) (undo func()) {
+	st := t.state.Load()
+	st.openMu.Lock()
+	st.open += n
+	st.opening += n
+	st.openMu.Unlock()
+	return func() {
+		st.openMu.Lock()
+		st.open -= n
+		st.opening -= n
+		st.openMu.Unlock()
+	}
+}

@@ -55,13 +55,15 @@ func (st *tokenState) busy(delta int) {
 
 // sweep closes idle sessions while more are open than the peak of
 // concurrent use since the last sweep (at least minSessions), and starts a
-// new peak. Caller holds mod.mu for reading.
+// new peak. Sessions still being opened do not count: closing the last
+// session that exists would log the application out. Caller holds mod.mu
+// for reading.
 func (st *tokenState) sweep() {
 	st.openMu.Lock()
 	keep := max(st.peak, minSessions)
 	st.peak = st.inUse
 	var idle []pkcs11.SessionHandle
-	for st.open-len(idle) > keep {
+	for st.open-st.opening-len(idle) > keep {
 		select {
 		case sh := <-st.pool:
 			idle = append(idle, sh)

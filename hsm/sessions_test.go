@@ -1,6 +1,8 @@
 package hsm_test
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/keyward/keyward/hsm"
@@ -51,5 +53,31 @@ func TestSessionsConfigured(t *testing.T) {
 	release()
 	if err := <-waited; err != nil {
 		t.Fatalf("a call that waited for a session: %v", err)
+	}
+}
+
+// TestSweepKeepsLogin: sessions still being opened are not sessions the
+// sweep may count on: with one session that exists and two being opened,
+// it closes none, so the application stays logged in (closing its last
+// session would log it out).
+func TestSweepKeepsLogin(t *testing.T) {
+	softhsmtest.Need(t, tok)
+	pin, err := tok.InitToken("sweep-login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinFile := filepath.Join(t.TempDir(), "pin")
+	if err := os.WriteFile(pinFile, []byte(pin), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := open(t, func(c *hsm.Config) { c.TokenLabel, c.PINFile = "sweep-login", pinFile })
+	undo := b.PretendOpening(2)
+	b.SweepSessions()
+	undo()
+	if st := b.Stats(); st.SessionsOpen != 1 {
+		t.Fatalf("after a sweep during two opens: %+v, want the one session kept", st)
+	}
+	if err := b.Health(t.Context()); err != nil {
+		t.Fatalf("Health after the sweep: %v (logged out?)", err)
 	}
 }

@@ -159,7 +159,8 @@ type tokenState struct {
 	pool     chan pkcs11.SessionHandle
 	size     int // the pool's bound (sessionBound)
 	openMu   sync.Mutex
-	open     int      // sessions open, idle or lent out
+	open     int      // sessions open, idle or lent out, and being opened
+	opening  int      // of open, those whose C_OpenSession has not returned
 	inUse    int      // sessions lent out (guarded by openMu, as is peak)
 	peak     int      // most lent out at once since the last sweep
 	handles  sync.Map // objRef.key() -> pkcs11.ObjectHandle
@@ -415,20 +416,23 @@ func (st *tokenState) newSession() (pkcs11.SessionHandle, error) {
 		return 0, errPoolFull
 	}
 	st.open++
+	st.opening++
 	st.openMu.Unlock()
 	flags := uint(pkcs11.CKF_SERIAL_SESSION | pkcs11.CKF_RW_SESSION)
 	if st.readOnly {
 		flags = pkcs11.CKF_SERIAL_SESSION
 	}
 	sh, err := st.p.OpenSession(st.slot, flags)
+	st.openMu.Lock()
+	st.opening--
 	if err == nil {
+		st.openMu.Unlock()
 		return sh, nil
 	}
-	st.openMu.Lock()
 	st.open--
-	others := st.open
+	opened := st.open - st.opening // sessions that exist: one comes back to the pool
 	st.openMu.Unlock()
-	if refusedSession(err) && others > 0 {
+	if refusedSession(err) && opened > 0 {
 		return 0, errPoolFull
 	}
 	return 0, fmt.Errorf("C_OpenSession: %w", err)
