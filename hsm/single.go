@@ -52,6 +52,7 @@ static ck_ulong call_single(single_part_fn f, ck_ulong session, unsigned char *i
 import "C"
 
 import (
+	"errors"
 	"fmt"
 	"unsafe"
 
@@ -127,15 +128,27 @@ func (f singlePart) call(sh pkcs11.SessionHandle, in []byte, size int) ([]byte, 
 		case rv == C.ck_ulong(pkcs11.CKR_BUFFER_TOO_SMALL) && int(n) > size && n <= maxOutput:
 			size = int(n)
 			continue
+		case rv == C.ck_ulong(pkcs11.CKR_BUFFER_TOO_SMALL):
+			return nil, fmt.Errorf("module asked for a %d-byte output buffer: %w", n, errOperationActive)
 		case rv != 0:
+			clear(out) // a module may have written part of a plaintext before failing
 			return nil, pkcs11.Error(rv)
 		case int(n) > len(out):
-			return nil, fmt.Errorf("module wrote %d bytes into a %d-byte buffer", n, len(out))
+			// Reported, not prevented: a module that wrote past the buffer
+			// has already done so.
+			clear(out)
+			return nil, fmt.Errorf("module wrote %d bytes into a %d-byte buffer: %w", n, len(out), errOperationActive)
 		}
 		return out[:n], nil
 	}
-	return nil, fmt.Errorf("module asked twice for a larger output buffer: %w", pkcs11.Error(pkcs11.CKR_BUFFER_TOO_SMALL))
+	return nil, fmt.Errorf("module asked twice for a larger output buffer: %w", errOperationActive)
 }
+
+// errOperationActive: a single-part call ended without ending its
+// operation (CKR_BUFFER_TOO_SMALL leaves it active, PKCS#11 5.2), so the
+// session is not lent again (sessionBroken): the next Init on it would
+// fail with CKR_OPERATION_ACTIVE, for another caller.
+var errOperationActive = errors.New("the operation is still active on its session")
 
 // maxOutput bounds the length a module may ask for: keyward's largest
 // output is a ciphertext of a maximal message plus a tag.

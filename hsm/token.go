@@ -471,6 +471,9 @@ func (e *missingError) Error() string { return e.msg }
 
 // sessionBroken reports errors after which the session must not be reused.
 func sessionBroken(err error) bool {
+	if errors.Is(err, errOperationActive) {
+		return true
+	}
 	var e pkcs11.Error
 	if !errors.As(err, &e) {
 		return false
