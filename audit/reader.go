@@ -47,7 +47,7 @@ func ReadLines(r io.ReaderAt, off int64, fn func(line []byte) error) (int64, err
 // reads them (without newlines, free space and a torn or unfinished last
 // line left out). It does not follow a symlink.
 func FileLines(name string) ([][]byte, error) {
-	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := OpenRegular(name)
 	if err != nil {
 		return nil, err
 	}
@@ -98,4 +98,24 @@ func RotatedSeqs(name string) (first, last uint64, ok bool) {
 		return 0, 0, false
 	}
 	return parseRotated(base[:len(base)-42], base)
+}
+
+// OpenRegular opens a log file for reading: never through a symlink, and
+// only a regular file (checked on what was opened, so a FIFO or device put
+// in its place after a directory listing is refused, not waited on:
+// O_NONBLOCK keeps the open itself from blocking on a FIFO).
+func OpenRegular(name string) (*os.File, error) {
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s is not a regular file: %w", name, ErrUnsafe)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

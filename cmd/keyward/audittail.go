@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -219,7 +218,14 @@ func (t *tailer) intact() {
 	t.off, t.next, t.recent = from.start, from.seq, t.recent[:i]
 }
 
+// print writes one record. A line with a control byte is no record of
+// keywardd's (encoding/json escapes them all) and could drive the terminal:
+// it is named on stderr, never printed.
 func (t *tailer) print(line []byte) error {
+	if i := bytes.IndexFunc(line, func(r rune) bool { return r < 0x20 || r == 0x7f }); i >= 0 {
+		fmt.Fprintf(t.stderr, "keyward: %s: a line with a control byte at offset %d is not an audit record; not printed\n", t.path, i)
+		return nil
+	}
 	t.out.Write(line)
 	return t.out.WriteByte('\n')
 }
@@ -290,7 +296,7 @@ func (t *tailer) last(files []string, n int) error {
 
 // open opens the current file, if it exists, to read it from the start.
 func (t *tailer) open() error {
-	f, err := os.OpenFile(t.path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := audit.OpenRegular(t.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // between a rotation's rename and create
 	}
@@ -355,7 +361,7 @@ func (t *tailer) catchUp() error {
 		if _, last, ok := audit.RotatedSeqs(name); !ok || last < t.next {
 			continue
 		}
-		f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+		f, err := audit.OpenRegular(name)
 		if err != nil {
 			return err
 		}

@@ -234,3 +234,21 @@ func TestAuditTailRollback(t *testing.T) {
 		t.Fatalf("after SIGINT: %v", err)
 	}
 }
+
+// TestAuditTailControlBytes: a line with control bytes (a crafted file:
+// keywardd's records escape them) is named on stderr, never written to
+// the terminal.
+func TestAuditTailControlBytes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	body := "{\"seq\":1}\n\x1b]0;PWNED\x07\x1b[2J\n{\"seq\":2}\n"
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := keyward(t, nil, "audit", "tail", path, "-n", "10")
+	if strings.ContainsAny(r.stdout, "\x1b\x07") || !strings.Contains(r.stdout, `{"seq":2}`) {
+		t.Errorf("stdout %q: want the records without the control bytes", r.stdout)
+	}
+	if !strings.Contains(r.stderr, "control byte") {
+		t.Errorf("stderr %q: want the line named", r.stderr)
+	}
+}
