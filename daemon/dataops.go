@@ -84,7 +84,7 @@ type batchOp[Req, Resp, Res any] struct {
 }
 
 // serveBatch runs every item through runOp, up to limits.batch_parallelism
-// at once: each is authorised and recorded on its own (its audit record in
+// at once for the caller across its batch calls (batchSlots): each is authorised and recorded on its own (its audit record in
 // item order), and an item's error is its result, not the call's.
 func serveBatch[Req, Resp, Res any](s *Service, ctx context.Context, b *batchOp[Req, Resp, Res], items []Req) ([]Res, error) {
 	if err := s.checkBatch(len(items)); err != nil {
@@ -107,12 +107,17 @@ func serveBatch[Req, Resp, Res any](s *Service, ctx context.Context, b *batchOp[
 		}
 		return out, nil
 	}
+	id, _ := identityFrom(ctx)
+	who := callerOf(id)
+	slots := s.batchSlots.join(who, par)
+	defer s.batchSlots.leave(who, slots)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range par {
 		wg.Go(func() {
 			for i := int(next.Add(1) - 1); i < len(items); i = int(next.Add(1) - 1) {
-				item(withItem(ctx, i), i)
+				ictx := withItem(ctx, i)
+				slots.run(ictx, func() { item(ictx, i) })
 			}
 		})
 	}

@@ -33,9 +33,11 @@ type Service struct {
 	pol     atomic.Pointer[policy.Policy]
 	lim     atomic.Pointer[config.Limits]
 	abuse   *abuse
-	health  backendHealth
-	metrics serviceMetrics // never nil: noMetrics when none
-	audit   auditLog       // nil: audit off
+	// batchSlots bounds a caller's batch items in flight (batchslots.go).
+	batchSlots batchSlots
+	health     backendHealth
+	metrics    serviceMetrics // never nil: noMetrics when none
+	audit      auditLog       // nil: audit off
 	// checkpointKey signs audit checkpoints: no caller may sign with it.
 	checkpointKey string
 	kms           *kmsServer       // nil: no KMS endpoint
