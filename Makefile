@@ -144,14 +144,14 @@ deb:
 		GOBIN=$(CURDIR)/bin $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION); \
 	fi
 	@rm -rf bin/deb && mkdir -p bin/deb/doc
-	$(GO) build -trimpath -ldflags "-s -w $(VERSION_LDFLAGS)" -o bin/deb/ ./cmd/keywardd
+	$(GO) build -trimpath -ldflags "-s -w $(VERSION_LDFLAGS)" -o bin/deb/ ./cmd/keywardd ./cmd/keywardd-admin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(VERSION_LDFLAGS)" -o bin/deb/ ./cmd/keyward
 	@bin/deb/keywardd --help > bin/deb/doc/keywardd.txt 2>&1
 	@bin/deb/keyward --help > bin/deb/doc/keyward.txt
 	@# Man pages from the same help texts (packaging/mangen).
 	@set -o pipefail; $(GO) run ./packaging/mangen -bin bin/deb/keyward -section 1 -version $(DEB_VERSION) -commands | gzip -9n > bin/deb/doc/keyward.1.gz
 	@set -o pipefail; $(GO) run ./packaging/mangen -bin bin/deb/keywardd -section 8 -version $(DEB_VERSION) -commands | gzip -9n > bin/deb/doc/keywardd.8.gz
-	@libc=$$(objdump -T bin/deb/keywardd | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
+	@libc=$$(objdump -T bin/deb/keywardd bin/deb/keywardd-admin | grep -o 'GLIBC_[0-9.]*' | cut -d_ -f2 | sort -uV | tail -n1); \
 	test -n "$$libc" || { echo "deb: no glibc symbol versions found" >&2; exit 1; }; \
 	DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) DEB_LIBC=$$libc $(NFPM) package --config packaging/nfpm.yaml --packager deb --target bin/
 

@@ -7,7 +7,7 @@
 #
 #   container/build-image.sh [IMAGE]        (default localhost/keyward:dev)
 #
-# $BIN_DIR: take keywardd and keyward from there instead of building them.
+# $BIN_DIR: take keywardd, keywardd-admin and keyward from there instead of building them.
 # $PODMAN: the podman command (default podman).
 #
 # The image runs `keywardd --dev --socket /run/keyward/keyward.sock` as root:
@@ -27,7 +27,7 @@ root=$work/rootfs
 
 if [[ -z ${BIN_DIR:-} ]]; then
 	BIN_DIR=$work/bin
-	CGO_ENABLED=1 go build -trimpath -o "$BIN_DIR/" ./cmd/keywardd ./cmd/keyward
+	CGO_ENABLED=1 go build -trimpath -o "$BIN_DIR/" ./cmd/keywardd ./cmd/keywardd-admin ./cmd/keyward
 fi
 
 module=$(readlink -f /usr/lib/softhsm/libsofthsm2.so)
@@ -61,6 +61,7 @@ put() {
 }
 
 install -m 0755 "$BIN_DIR/keywardd" "$root/usr/bin/keywardd"
+install -m 0755 "$BIN_DIR/keywardd-admin" "$root/usr/bin/keywardd-admin"
 install -m 0755 "$BIN_DIR/keyward" "$root/usr/bin/keyward"
 put "$util" /usr/bin/softhsm2-util
 put "$module"
@@ -68,7 +69,7 @@ put "$module"
 mkdir -p "$root/usr/lib/softhsm"
 ln -s "../${module#/usr/lib/}" "$root/usr/lib/softhsm/libsofthsm2.so"
 # Every shared library the four load, and the dynamic loader.
-for f in "$BIN_DIR/keywardd" "$BIN_DIR/keyward" "$module" "$util"; do
+for f in "$BIN_DIR/keywardd" "$BIN_DIR/keywardd-admin" "$BIN_DIR/keyward" "$module" "$util"; do
 	ldd "$f" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'
 done | sort -u > "$work/libs"
 while read -r lib; do put "$lib"; done < "$work/libs"

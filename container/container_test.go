@@ -56,7 +56,7 @@ func setup(t *testing.T) env {
 			t.Fatal(err)
 		}
 	}
-	build := exec.Command("go", "build", "-o", e.bin+"/", "../cmd/keywardd", "../cmd/keyward")
+	build := exec.Command("go", "build", "-o", e.bin+"/", "../cmd/keywardd", "../cmd/keywardd-admin", "../cmd/keyward")
 	build.Env = append(os.Environ(), "CGO_ENABLED=1")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

@@ -147,7 +147,7 @@ var (
 	buildErr  error
 )
 
-// binaries builds keyward and keywardd once per test binary.
+// binaries builds keyward, keywardd and keywardd-admin once per test binary.
 func binaries(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -155,7 +155,7 @@ func binaries(t *testing.T) string {
 		if buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", binDir+"/", "../cmd/keyward", "../cmd/keywardd")
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "../cmd/keyward", "../cmd/keywardd", "../cmd/keywardd-admin")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = errors.New(string(out))

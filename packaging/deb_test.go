@@ -25,6 +25,7 @@ const (
 // wantFiles are the files the package must install.
 var wantFiles = []string{
 	"/usr/bin/keywardd",
+	"/usr/bin/keywardd-admin",
 	"/usr/bin/keyward",
 	"/usr/lib/systemd/system/keyward.service",
 	"/usr/lib/systemd/system/keyward.socket",

@@ -73,14 +73,15 @@ func startDaemon(t *testing.T) string {
 	return shared.socket
 }
 
-// launchDaemon builds cmd/keywardd into binDir and starts it in dev mode on
+// launchDaemon builds cmd/keywardd (and keywardd-admin beside it, which
+// keywardd bench-baseline runs) into binDir and starts it in dev mode on
 // binDir/k.sock (short: a socket path has at most 108 bytes).
 func launchDaemon() error {
 	daemon := filepath.Join(binDir, "keywardd")
-	build := exec.Command("go", "build", "-o", daemon, "../../cmd/keywardd")
+	build := exec.Command("go", "build", "-o", binDir+"/", "../../cmd/keywardd", "../../cmd/keywardd-admin")
 	build.Env = append(os.Environ(), "CGO_ENABLED=1")
 	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/keywardd: %v\n%s", err, out)
+		return fmt.Errorf("go build ./cmd/keywardd ./cmd/keywardd-admin: %v\n%s", err, out)
 	}
 	socket := filepath.Join(binDir, "k.sock")
 	cmd := exec.Command(daemon, "--dev", "--socket", socket)

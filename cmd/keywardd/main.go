@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/keyward/keyward/internal/admincmd"
 	"io"
 	"os"
 	"os/signal"
@@ -138,8 +139,10 @@ func newFlags(stderr io.Writer) (*flag.FlagSet, flags) {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if isAdmin(args) {
-		return runAdmin(ctx, args, stdout, stderr)
+	if admincmd.Is(args) {
+		err := admincmd.Exec(args) // returns only on failure
+		fmt.Fprintf(stderr, "keywardd %s: %v\n", args[0], err)
+		return exitFail
 	}
 	if len(args) == 1 && args[0] == "help" { // as "keywardd help NAME" is
 		args = []string{"--help"}
@@ -153,7 +156,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		if fs.Arg(0) == "help" && fs.NArg() > 1 { // "keywardd help NAME" for no command NAME
-			fmt.Fprintf(stderr, "keywardd: no command %q (commands: %s)\n", fs.Arg(1), strings.Join(adminNames, ", "))
+			fmt.Fprintf(stderr, "keywardd: no command %q (commands: %s)\n", fs.Arg(1), strings.Join(admincmd.Names, ", "))
 			return exitUsage
 		}
 		fmt.Fprintf(stderr, "keywardd: unexpected argument %q\n", fs.Arg(0))

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -308,5 +309,18 @@ func TestFleet(t *testing.T) {
 				t.Fatalf("a unwraps b's v1 blob: %v", err)
 			}
 		})
+	}
+}
+
+// TestAdminMissing: "keywardd doctor" without keywardd-admin beside
+// keywardd says so, with exit 1, and runs nothing else.
+func TestAdminMissing(t *testing.T) {
+	cmd := exec.Command(bin, "doctor", "--token", "x")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitFail || !strings.Contains(stderr.String(), "keywardd-admin is not installed beside keywardd") {
+		t.Fatalf("keywardd doctor without keywardd-admin: %v, %q", err, stderr.String())
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"github.com/keyward/keyward/internal/ctxflag"
 	"io"
 	"io/fs"
-	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -19,18 +18,9 @@ import (
 	"github.com/keyward/keyward/tpm"
 )
 
-// keywardd's commands that open a device directly, without a daemon (the
-// client-only keyward cannot: it links no backend). Each is run as
-// "keywardd NAME ..."; their exit statuses are keyward's (adminExitText).
-var adminNames = []string{"doctor", "define-counter", "demo", "bench-baseline"}
-
-// isAdmin reports whether args name one of them (or ask help about one).
-func isAdmin(args []string) bool {
-	if len(args) > 1 && args[0] == "help" {
-		return slices.Contains(adminNames, args[1])
-	}
-	return len(args) > 0 && slices.Contains(adminNames, args[0])
-}
+// The commands are run as "keywardd NAME ..." (keywardd execs this
+// executable; internal/admincmd); their exit statuses are keyward's
+// (adminExitText).
 
 // Exit statuses of the device commands: keyward's, which they had before
 // they moved here.
