@@ -74,7 +74,11 @@ func BenchmarkCallPath(b *testing.B) {
 			}
 			b.Cleanup(func() { al.Close() })
 		}
-		chain := []grpc.UnaryServerInterceptor{m.interceptor(), svc.interceptor(&atomicBool{}), svc.auditInterceptor(al, nil), checkDecoded}
+		var trail auditLog // nil: audit off (never a nil *audit.Log in the interface)
+		if al != nil {
+			trail = al
+		}
+		chain := []grpc.UnaryServerInterceptor{m.interceptor(), svc.interceptor(&atomicBool{}), svc.auditInterceptor(trail, nil), checkDecoded}
 		call := func(ctx context.Context, method string, req any, h grpc.UnaryHandler) (any, error) {
 			info := &grpc.UnaryServerInfo{FullMethod: "/keyward.v1.Keyward/" + method}
 			var next grpc.UnaryHandler = h
