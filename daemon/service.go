@@ -54,11 +54,17 @@ type Service struct {
 	statusNames []string
 	statusErr   error
 	served      atomic.Uint64 // calls that reached their handler (STATUS= under systemd)
+	// turns: the device takes turns between callers (keys.TurnTaker), so
+	// calls name theirs (keys.WithCaller); for others that costs nothing.
+	turns bool
 }
 
 // NewService returns a service on be with policy pol and limits lim.
 func NewService(be keys.Backend, kind, version string, pol *policy.Policy, lim config.Limits, log *slog.Logger) *Service {
 	s := &Service{be: be, kind: kind, version: version, log: log, started: time.Now(), abuse: newAbuse(log), metrics: noMetrics{}}
+	if tt, ok := be.(keys.TurnTaker); ok {
+		s.turns = tt.TakesTurns()
+	}
 	s.pol.Store(pol)
 	s.lim.Store(&lim)
 	return s

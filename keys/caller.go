@@ -17,3 +17,10 @@ func CallerOf(ctx context.Context) string {
 	who, _ := ctx.Value(callerKey{}).(string)
 	return who
 }
+
+// TurnTaker is a device that takes turns between callers by the name
+// WithCaller gives (tpm.TPM). Others ignore the name: a caller need not
+// name itself for them.
+type TurnTaker interface {
+	TakesTurns() bool
+}

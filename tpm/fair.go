@@ -3,6 +3,8 @@ package tpm
 import (
 	"context"
 	"sync"
+
+	"github.com/keyward/keyward/keys"
 )
 
 // fairLock is the TPM's one slot, taken in turns between callers
@@ -26,6 +28,11 @@ type waiter struct {
 
 // maxIdleCallers bounds the callers remembered with nothing queued.
 const maxIdleCallers = 1024
+
+var _ keys.TurnTaker = (*TPM)(nil)
+
+// TakesTurns: the TPM's slot goes to callers in turns (keys.TurnTaker).
+func (b *TPM) TakesTurns() bool { return true }
 
 func newFairLock() *fairLock { return &fairLock{callers: map[string]*waiter{}} }
 
