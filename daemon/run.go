@@ -294,6 +294,15 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 	if opts.Ready != nil {
 		opts.Ready(path)
 	}
+	return serveUntilDone(ctx, srv, errc, kms, cfg.Limits.ShutdownGrace.Duration, func() {
+		sm.stopping()
+		stopping.Store(true)
+	}, log)
+}
+
+// serveUntilDone waits until ctx ends or a server fails; then stop marks
+// the daemon stopping and both servers drain their calls for up to grace.
+func serveUntilDone(ctx context.Context, srv *grpc.Server, errc chan error, kms *kmsEndpoint, grace time.Duration, stop func(), log *slog.Logger) error {
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -301,11 +310,10 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 		return fmt.Errorf("kms serve: %w", err)
 	case <-ctx.Done():
 	}
-	sm.stopping()
-	log.Info("shutting down: draining in-flight calls", "grace", cfg.Limits.ShutdownGrace.Duration)
-	stopping.Store(true)
-	kmsDone := kms.drainAsync(cfg.Limits.ShutdownGrace.Duration)
-	err = drain(srv, errc, cfg.Limits.ShutdownGrace.Duration, log)
+	stop()
+	log.Info("shutting down: draining in-flight calls", "grace", grace)
+	kmsDone := kms.drainAsync(grace)
+	err := drain(srv, errc, grace, log)
 	<-kmsDone
 	return err
 }
