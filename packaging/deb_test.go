@@ -204,6 +204,9 @@ func install(t *testing.T, deb string) {
 		{"/etc/keyward/keyward.toml", 0o640, "0", g.Gid, "root:keywardd"},
 		{"/var/lib/keyward", 0o700, u.Uid, g.Gid, "keywardd:keywardd"},
 		{"/var/log/keyward", 0o750, u.Uid, g.Gid, "keywardd:keywardd"},
+		{"/usr/bin/keywardd", 0o755, "0", "0", "root:root"},
+		{"/usr/bin/keywardd-admin", 0o755, "0", "0", "root:root"},
+		{"/usr/bin/keyward", 0o755, "0", "0", "root:root"},
 	} {
 		fi, err := os.Stat(c.path)
 		if err != nil {
