@@ -12,7 +12,6 @@ import (
 	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/credstore"
 	"github.com/keyward/keyward/envelope"
-	"github.com/keyward/keyward/internal/secretfile"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 )
@@ -68,10 +67,9 @@ func credInfo(unit, id string, blob []byte, mod time.Time) *pb.CredentialInfo {
 }
 
 // PutCredential wraps the secret under key, bound to {unit, credential},
-// and stores it. The secret is cleared once wrapped.
+// and stores it. The secret is cleared with the request (clearSecrets).
 func (s *Service) PutCredential(ctx context.Context, req *pb.PutCredentialRequest) (*pb.CredentialInfo, error) {
 	start := time.Now()
-	defer secretfile.Zero(req.GetSecret())
 	unit, id, key := req.GetUnit(), req.GetId(), req.GetKey()
 	info, err := s.putCredential(ctx, req)
 	auditCred(ctx, mPutCred, key, info.GetVersion(), unit, id, start, err)

@@ -12,8 +12,9 @@ import (
 )
 
 // Callers' secrets pass through the daemon in API messages: plaintexts and
-// data keys (fields named "plaintext") and the messages of sign, verify, mac
-// and verify-mac ("message"; for MACs, API credentials). The daemon zeroes
+// data keys (fields named "plaintext"), the messages of sign, verify, mac
+// and verify-mac ("message"; for MACs, API credentials) and stored
+// credentials ("secret"). The daemon zeroes
 // its copies once they are done with: a request's after its handler
 // returns (no reply refers to a request's bytes), a reply's right after it
 // is encoded, and the encoded reply once gRPC has written it. What it
@@ -55,6 +56,8 @@ func clearSecrets(m any) {
 		for _, it := range m.GetItems() {
 			clear(it.GetMessage())
 		}
+	case *pb.PutCredentialRequest:
+		clear(m.GetSecret())
 	case *kmsapi.EncryptRequest:
 		clear(m.GetPlaintext())
 	case *kmsapi.DecryptResponse:

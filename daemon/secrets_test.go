@@ -85,7 +85,7 @@ func TestClearSecrets(t *testing.T) {
 
 // isSecret names the API's secret bytes fields: see secrets.go.
 func isSecret(fd protoreflect.FieldDescriptor) bool {
-	return fd.Kind() == protoreflect.BytesKind && (fd.Name() == "plaintext" || fd.Name() == "message")
+	return fd.Kind() == protoreflect.BytesKind && (fd.Name() == "plaintext" || fd.Name() == "message" || fd.Name() == "secret")
 }
 
 // fill sets every field of m that can hold bytes, directly or in nested
