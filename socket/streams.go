@@ -91,6 +91,11 @@ func (c *streamConn) Read(b []byte) (int, error) {
 	}
 	n := copy(b, c.rbuf[c.r:c.w])
 	c.r += n
+	if c.r == c.w {
+		// Handed out whole: requests carry plaintexts, which must not
+		// stay in a buffer the connection keeps for its life.
+		clear(c.rbuf[:c.w])
+	}
 	c.in.scan(b[:n], c.fromClient) // in is the reader's alone; the callback locks
 	return n, nil
 }

@@ -1,7 +1,9 @@
 package socket
 
 import (
+	"bytes"
 	"encoding/binary"
+	"io"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -77,5 +79,24 @@ func TestStreamCount(t *testing.T) {
 			t.Fatalf("chunk %d: %d open after Close (onClosed %d)", chunk, got, closed)
 		}
 		b.Close()
+	}
+}
+
+// TestStreamConnClearsReadBuffer: bytes handed out to gRPC do not stay in
+// the connection's own buffer (requests carry plaintexts).
+func TestStreamConnClearsReadBuffer(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	var n atomic.Int64
+	c := newStreamConn(b, &n, func() {})
+	defer c.Close()
+	secret := []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nplaintext-marker")
+	go a.Write(secret)
+	got := make([]byte, len(secret))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(c.rbuf, []byte("plaintext-marker")) {
+		t.Error("the read buffer still holds bytes handed out")
 	}
 }
