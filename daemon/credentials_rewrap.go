@@ -61,8 +61,10 @@ func (s *Service) rewrapOne(ctx context.Context, ci *pb.CredentialInfo, newest m
 		if err != nil {
 			return nil, err
 		}
-		for _, v := range ki.Versions {
-			newest[key] = max(newest[key], v.Version)
+		// The version a wrap would use: the newest enabled one. A newer
+		// disabled or destroyed version is not something to rewrap to.
+		if newest[key], err = ki.Latest(); err != nil {
+			return nil, err
 		}
 	}
 	if ci.GetVersion() >= newest[key] {

@@ -264,7 +264,7 @@ func TestCredentialAdmin(t *testing.T) {
 	sfx := randHex(4)
 	kc, ko := "creds"+sfx+"/db", "ops"+sfx+"/db"
 	r := start(t, []policy.Rule{
-		{Name: "root", UIDs: []uint32{0}, Keys: []string{"**"}, Operations: []string{"key.create", "key.rotate", "credential.put"}},
+		{Name: "root", UIDs: []uint32{0}, Keys: []string{"**"}, Operations: []string{"key.create", "key.rotate", "key.disable", "credential.put"}},
 	}, func(c *config.Config) {
 		credDir = filepath.Join(filepath.Dir(filepath.Dir(c.Socket)), "credstore")
 		c.CredentialsDir = credDir
@@ -323,6 +323,17 @@ func TestCredentialAdmin(t *testing.T) {
 	rew, err := c.RewrapCredentials(ctx, "", "")
 	if err != nil || len(rew) != 2 || rew[0].GetVersion() != 2 || rew[1].GetVersion() != 1 {
 		t.Fatalf("rewrap = %v, %v", rew, err)
+	}
+	// A newer version that is disabled is not one to rewrap to: the
+	// credential is at the newest enabled one, and stays there.
+	if _, err := c.RotateKey(ctx, kc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SetVersionState(ctx, kc, 3, false); err != nil {
+		t.Fatal(err)
+	}
+	if rew, err := c.RewrapCredentials(ctx, "a.service", "pw"); err != nil || len(rew) != 1 || rew[0].GetVersion() != 2 {
+		t.Fatalf("rewrap with the newest version disabled = %v, %v", rew, err)
 	}
 	if _, err := c.RemoveCredential(ctx, "a.service", "pw"); err != nil {
 		t.Fatal(err)
