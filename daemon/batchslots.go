@@ -21,8 +21,9 @@ type slotSet struct {
 	refs int
 }
 
-// join returns who's slots (n of them if it has none yet) for a batch
-// call; leave gives them back when the call ends.
+// join returns who's slots (n, limits.batch_parallelism, if it has none
+// yet: a changed limit applies once its batches in flight have ended) for
+// a batch call; leave gives them back when the call ends.
 func (b *batchSlots) join(who caller, n int) *slotSet {
 	b.mu.Lock()
 	defer b.mu.Unlock()

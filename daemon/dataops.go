@@ -100,7 +100,8 @@ func serveBatch[Req, Resp, Res any](s *Service, ctx context.Context, b *batchOp[
 		}
 		out[i] = b.ok(r)
 	}
-	par := min(s.lim.Load().BatchParallelism, len(items))
+	limit := s.lim.Load().BatchParallelism
+	par := min(limit, len(items)) // workers for this batch; the caller's slots are limit
 	if par <= 1 || b.oneAtATime {
 		for i := range items {
 			item(ctx, i)
@@ -109,7 +110,7 @@ func serveBatch[Req, Resp, Res any](s *Service, ctx context.Context, b *batchOp[
 	}
 	id, _ := identityFrom(ctx)
 	who := callerOf(id)
-	slots := s.batchSlots.join(who, par)
+	slots := s.batchSlots.join(who, limit)
 	defer s.batchSlots.leave(who, slots)
 	var next atomic.Int64
 	var wg sync.WaitGroup
