@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 )
 
@@ -102,7 +101,7 @@ func Verify(files ...string) (Result, error) {
 func VerifyWith(opts VerifyOptions, files ...string) (Result, error) {
 	v := verifier{opts: opts}
 	for i, name := range files {
-		f, err := os.Open(name)
+		f, err := OpenRegular(name) // never through a symlink, never a FIFO
 		if err != nil {
 			return v.res, fmt.Errorf("audit: %w", err)
 		}

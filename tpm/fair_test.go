@@ -41,7 +41,11 @@ func TestFairTurns(t *testing.T) {
 			}
 		})
 	}
+	deadline := time.Now().Add(30 * time.Second) // ends a hang; measures nothing
 	for flooded.Load() < 20 { // the flood's queue is full
+		if t.Failed() || time.Now().After(deadline) {
+			t.Fatalf("the flood made %d calls", flooded.Load())
+		}
 		time.Sleep(time.Millisecond)
 	}
 	start := flooded.Load()
