@@ -23,7 +23,7 @@ DEB_PACKAGES += podman runc
 
 DEV_DIR := .dev/softhsm
 
-# The version both binaries report (--version, keyward status, the
+# The version the binaries report (--version, keyward status, the
 # keyward_build_info metric): git's description of the tree, stamped at link
 # time. Without git, the binaries fall back to what the Go toolchain recorded.
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null)
@@ -125,7 +125,7 @@ proto:
 		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
 		api/keyward/v1/keyward.proto
 
-# The Debian package, bin/keyward_$(DEB_VERSION)_$(DEB_ARCH).deb: both binaries
+# The Debian package, bin/keyward_$(DEB_VERSION)_$(DEB_ARCH).deb: the three binaries
 # (stamped with $(VERSION), git's description of the commit they come from;
 # keyward static, without cgo), the systemd units, sysusers.d, tmpfiles.d, the conffile
 # /etc/keyward/keyward.toml, the README, the --help texts, the man pages

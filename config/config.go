@@ -165,10 +165,11 @@ type Limits struct {
 	// MaxConcurrentPerUID: calls open at once per uid, counted from the
 	// moment a call's stream opens (before its message is read).
 	MaxConcurrentPerUID int `toml:"max_concurrent_per_uid"`
-	// MaxDeniedPerMinute: a uid denied more often than this in one minute is
-	// refused everything (RATE_LIMITED) for the rest of that minute.
+	// MaxDeniedPerMinute: a caller (uid and systemd unit) denied more often
+	// than this in one minute is refused everything (RATE_LIMITED) for the
+	// rest of that minute.
 	MaxDeniedPerMinute int `toml:"max_denied_per_minute"`
-	// MaxFailedVerifyMacPerMinute: a uid whose verify-mac fails more often
+	// MaxFailedVerifyMacPerMinute: a caller (uid and unit) whose verify-mac fails more often
 	// than this in one minute (API-credential guessing) is refused
 	// verify-mac for the rest of that minute.
 	MaxFailedVerifyMacPerMinute int      `toml:"max_failed_verify_mac_per_minute"`

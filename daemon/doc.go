@@ -7,7 +7,8 @@
 //     anything the caller sends; the policy is default-deny, and managing a
 //     key never implies using it.
 //   - Admission happens before a request's message is read (gate.go, from
-//     the HEADERS frame): per-uid connection, concurrency and rate limits
+//     the HEADERS frame): per-uid connection and concurrency limits, and
+//     rate limits per uid and unit,
 //     refuse a flood without reading it, decoding it or touching the device.
 //   - Every operation, allowed or not, is recorded in the audit log before
 //     its reply (auditing.go); a call whose record cannot be written fails.

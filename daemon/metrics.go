@@ -61,7 +61,7 @@ func NewMetrics(backend any) *Metrics {
 			Name: "keyward_denied_total", Help: "Requests the policy denied, by operation.",
 		}, []string{"op"}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "keyward_rate_limited_total", Help: "Calls refused by a per-uid abuse limit, by limit.",
+			Name: "keyward_rate_limited_total", Help: "Calls refused by an abuse limit (per uid and unit), by limit.",
 		}, []string{"limit"}),
 	}
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{

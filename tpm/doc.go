@@ -18,7 +18,8 @@
 //     parent key, with parameter encryption where it carries secrets (HMAC
 //     inputs and results, new auth values, random bytes for data keys), so
 //     a watcher of the bus sees none of them in clear.
-//   - All TPM access is serialised by one mutex per TPM value; any transport
+//   - All TPM access is serialised by one slot per TPM value, taken in turns
+//     between callers (fair.go: keys.WithCaller names them); any transport
 //     error or vanished handle resets the connection, sessions and loaded
 //     objects, and idempotent work is retried once.
 //

@@ -42,7 +42,7 @@ func TestFairTurns(t *testing.T) {
 		})
 	}
 	deadline := time.Now().Add(30 * time.Second) // ends a hang; measures nothing
-	for flooded.Load() < 20 { // the flood's queue is full
+	for flooded.Load() < 20 {                    // the flood's queue is full
 		if t.Failed() || time.Now().After(deadline) {
 			t.Fatalf("the flood made %d calls", flooded.Load())
 		}
