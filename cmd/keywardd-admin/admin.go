@@ -48,10 +48,6 @@ const adminExitText = `Exit status:
 Errors are one line on stderr, "keywardd NAME: ...". PINs never appear in an
 error.`
 
-// localOnly marks the device commands (kept from keyward, where it hid the
-// daemon flags).
-var localOnly = map[string]string{"local": "true"}
-
 // app is one run of a device command: its output streams.
 type app struct {
 	stdout, stderr io.Writer

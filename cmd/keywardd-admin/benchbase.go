@@ -36,12 +36,11 @@ type benchBaselineOptions struct {
 func (a *app) benchBaselineCmd() *cobra.Command {
 	var o benchBaselineOptions
 	c := &cobra.Command{
-		Use:         "bench-baseline --op OP --key NAME --token LABEL [--module PATH] [--pin-file FILE] [--payload BYTES] [--batch N] [--concurrency N --duration D]",
-		Short:       "measure an operation directly on the token, for keyward bench --baseline",
-		Long:        benchBaselineLong,
-		Example:     "  keywardd bench-baseline --op wrap --key bench/wrap --token keyward --pin-file /etc/keyward/pin --concurrency 8 --duration 2s",
-		Annotations: localOnly,
-		Args:        noArgs,
+		Use:     "bench-baseline --op OP --key NAME --token LABEL [--module PATH] [--pin-file FILE] [--payload BYTES] [--batch N] [--concurrency N --duration D]",
+		Short:   "measure an operation directly on the token, for keyward bench --baseline",
+		Long:    benchBaselineLong,
+		Example: "  keywardd bench-baseline --op wrap --key bench/wrap --token keyward --pin-file /etc/keyward/pin --concurrency 8 --duration 2s",
+		Args:    noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := o.check(); err != nil {
 				return err
@@ -145,9 +144,7 @@ type prepared struct {
 // that many operations one after the other, as the daemon runs a batch.
 func baselineTarget(tok *hsm.Token, op string, batch int, p prepared) benchrun.Target {
 	var one func(ctx context.Context) error
-	switch op {
-	case "status":
-		return nil // nothing in-process to compare with
+	switch op { // check refused "status": nothing in-process to compare with
 	case "wrap":
 		one = func(ctx context.Context) error {
 			_, err := tok.Wrap(ctx, p.key, p.payload, benchContext)

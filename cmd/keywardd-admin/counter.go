@@ -59,8 +59,7 @@ func (a *app) defineCounterCmd() *cobra.Command {
 		Long:  defineCounterLong,
 		Example: `  keywardd define-counter --tpm-device /dev/tpmrm0 --state-dir /var/lib/keyward/tpm \
       --pin-file /etc/keyward/pin --parent-handle 0x81000001 --owner-auth-file /root/owner-auth`,
-		Annotations: localOnly,
-		Args:        noArgs,
+		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			const cmd = "define-counter"
 			if o.TPMDevice == "" || o.StateDir == "" || o.OwnerAuthFile == "" && !o.Trust {

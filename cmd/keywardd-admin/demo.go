@@ -58,12 +58,11 @@ func (a *app) demoCmd() *cobra.Command {
 	var o demoOptions
 	var ctxFlag contextFlag
 	c := &cobra.Command{
-		Use:         "demo --dev-dir DIR [--key NAME] [--token LABEL] [--context k=v]...",
-		Short:       "create, wrap, unwrap, rotate and check a key on a development SoftHSM2 token (what \"make run\" shows)",
-		Long:        demoLong,
-		Example:     demoExample,
-		Annotations: localOnly,
-		Args:        noArgs,
+		Use:     "demo --dev-dir DIR [--key NAME] [--token LABEL] [--context k=v]...",
+		Short:   "create, wrap, unwrap, rotate and check a key on a development SoftHSM2 token (what \"make run\" shows)",
+		Long:    demoLong,
+		Example: demoExample,
+		Args:    noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := o.check(ctxFlag.Pairs); err != nil {
 				return err

@@ -74,8 +74,7 @@ func (a *app) doctorCmd() *cobra.Command {
       --token keyward --pin-file /etc/keyward/pin
   keywardd doctor --tpm-device /dev/tpmrm0 --state-dir /var/lib/keyward/tpm \
       --pin-file /etc/keyward/pin`,
-		Annotations: localOnly,
-		Args:        noArgs,
+		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			o.moduleSet = c.Flags().Changed("module")
 			if err := o.check(); err != nil {
