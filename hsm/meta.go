@@ -128,7 +128,7 @@ func (r *metaRecord) validate(name string) error {
 	if r.Format != 1 || r.Name != name || !r.Type.Valid() {
 		return fmt.Errorf("record of %s: format, name or type wrong: %w", name, keys.ErrIntegrity)
 	}
-	if r.Period < 0 || r.Period > int64(keys.MaxRotationPeriod/time.Second) || keys.CheckRotationPeriod(time.Duration(r.Period)*time.Second) != nil {
+	if _, err := keys.PeriodFromSeconds(r.Period); err != nil {
 		return fmt.Errorf("record of %s: rotation period %ds out of range: %w", name, r.Period, keys.ErrIntegrity)
 	}
 	for i, v := range r.Vers {

@@ -17,6 +17,17 @@ const (
 	MaxRotationPeriod = 3650 * 24 * time.Hour
 )
 
+// PeriodFromSeconds is a rotation period as key records keep it (whole
+// seconds) read back: an error unless CheckRotationPeriod accepts it,
+// including a count of seconds a Duration cannot hold.
+func PeriodFromSeconds(s int64) (time.Duration, error) {
+	if s < 0 || s > int64(MaxRotationPeriod/time.Second) {
+		return 0, fmt.Errorf("rotation period %ds: %w", s, ErrInvalidArgument)
+	}
+	d := time.Duration(s) * time.Second
+	return d, CheckRotationPeriod(d)
+}
+
 // CheckRotationPeriod accepts 0 (no scheduled rotation) or a whole number
 // of seconds within [MinRotationPeriod, MaxRotationPeriod].
 func CheckRotationPeriod(d time.Duration) error {

@@ -69,3 +69,25 @@ func TestNextRotation(t *testing.T) {
 		t.Error("a key with no enabled version is due: the scheduler would put it back into service")
 	}
 }
+
+func TestPeriodFromSeconds(t *testing.T) {
+	for _, tc := range []struct {
+		s    int64
+		want time.Duration
+		ok   bool
+	}{
+		{0, 0, true},
+		{3600, time.Hour, true},
+		{90 * 86400, 90 * 24 * time.Hour, true},
+		{-1, 0, false},
+		{60, 0, false},           // under an hour
+		{3600 - 1<<55, 0, false}, // negative, wraps to an hour when multiplied
+		{1 << 62, 0, false},      // beyond a Duration
+		{3651 * 86400, 0, false}, // over the maximum
+	} {
+		got, err := keys.PeriodFromSeconds(tc.s)
+		if (err == nil) != tc.ok || tc.ok && got != tc.want {
+			t.Errorf("PeriodFromSeconds(%d) = %v, %v; want %v ok=%v", tc.s, got, err, tc.want, tc.ok)
+		}
+	}
+}

@@ -135,7 +135,7 @@ func (r *record) check(file string) error {
 	if len(r.Vers) == 0 || len(r.Vers) > keys.MaxVersion {
 		return bad("%d versions", len(r.Vers))
 	}
-	if r.Period < 0 || r.Period > int64(keys.MaxRotationPeriod/time.Second) || keys.CheckRotationPeriod(time.Duration(r.Period)*time.Second) != nil {
+	if _, err := keys.PeriodFromSeconds(r.Period); err != nil {
 		return bad("rotation period %ds out of range", r.Period)
 	}
 	if int(r.Min) > len(r.Vers) {
