@@ -31,9 +31,10 @@ var _ keys.Backend = (*Mem)(nil)
 type Mem struct {
 	// NoRSA refuses rsa-3072-pss keys (ErrUnsupported), as a device without
 	// RSA does. Set it before first use.
-	NoRSA bool
-	mu    sync.Mutex
-	keys  map[string]*memKey
+	NoRSA  bool
+	mu     sync.Mutex
+	keys   map[string]*memKey
+	grants map[string]memGrant
 }
 
 type memKey struct {

@@ -1,0 +1,61 @@
+package keys
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// GrantStore is an optional ability of a backend: it keeps break-glass
+// grant records, small opaque documents (the daemon's JSON), where the
+// device detects tampering (a MAC by a key that never leaves the device)
+// and, on a device shared by several daemons, every daemon sees them.
+//
+// A record is identified by its id and changes by generation: PutGrant
+// stores generation gen only if the newest stored generation of id is
+// gen-1 (0 when id has none), so of two daemons changing one grant at once
+// exactly one wins and the other gets ErrGrantConflict and re-reads.
+type GrantStore interface {
+	// PutGrant stores body as generation gen of grant id (ValidGrantID;
+	// body at most MaxGrantBody bytes). ErrGrantConflict: id's newest
+	// stored generation is not gen-1.
+	PutGrant(ctx context.Context, id string, gen uint64, body []byte) error
+	// Grants returns the newest generation of every stored grant, each
+	// verified. A record that fails its check is ErrIntegrity for the
+	// whole call: a tampered store is never partly trusted.
+	Grants(ctx context.Context) ([]GrantRecord, error)
+	// DeleteGrant removes every generation of id (pruning grants long
+	// expired). Deleting an id with no record is not an error.
+	DeleteGrant(ctx context.Context, id string) error
+}
+
+// GrantRecord is one stored grant as GrantStore returns it.
+type GrantRecord struct {
+	ID   string
+	Gen  uint64
+	Body []byte
+}
+
+// Limits of grant records.
+const (
+	MaxGrantBody = 16 << 10 // bytes of one record's body
+	MaxGrantID   = 64       // bytes of an id
+	MaxGrants    = 1024     // records a store keeps at once
+)
+
+// ErrGrantConflict: a grant changed by someone else since it was read.
+var ErrGrantConflict = errors.New("grant changed concurrently")
+
+// ValidGrantID checks an id: 1 to MaxGrantID bytes of [a-z0-9-].
+func ValidGrantID(id string) error {
+	if id == "" || len(id) > MaxGrantID {
+		return fmt.Errorf("grant id of %d bytes (1 to %d): %w", len(id), MaxGrantID, ErrInvalidArgument)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return fmt.Errorf("grant id %q: only a-z, 0-9 and '-': %w", id, ErrInvalidArgument)
+		}
+	}
+	return nil
+}
