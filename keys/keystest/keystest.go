@@ -11,7 +11,11 @@
 // The suite creates keys with unique names (derived from the test name plus a
 // random suffix), never deletes them and never closes the backend, so one
 // backend may serve several groups, or even several test binaries sharing a
-// token. A key type whose CreateKey returns keys.ErrUnsupported is skipped
+// token. Grant cases (a backend that is a keys.GrantStore) delete the
+// grants they store: their number is bounded. Cases that need a backend's
+// own abilities (restarting it, editing its storage) take them from the
+// Hooks given to RunWith, and skip without them. A key type whose
+// CreateKey returns keys.ErrUnsupported is skipped
 // with the backend's reason. Errors are checked with errors.Is against the
 // keys sentinels only: the wording of an error is the backend's business.
 //
