@@ -264,3 +264,17 @@ func (t *Token) PlantKeyRecord(tb testing.TB, ctx context.Context, name string, 
 		return err
 	})
 }
+
+// PlantGrantClaim leaves a claim on generation gen of grant id made at the
+// given time by claimant, as a writer that stopped after step 1 of publish
+// would.
+func (t *Token) PlantGrantClaim(ctx context.Context, id string, gen uint64, at time.Time, claimant string) error {
+	return t.withObjectChanges(ctx, func(s *sess) error {
+		raw, err := s.encodeGrant(&grantRecord{Format: grantFormat, ID: id, Gen: gen, Body: []byte("claimed"), Pending: &at, Claimant: claimant})
+		if err != nil {
+			return err
+		}
+		_, err = s.createMeta(grantPendingRef(id).Label, grantPendingApplication, raw)
+		return err
+	})
+}

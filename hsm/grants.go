@@ -352,3 +352,59 @@ func (t *Token) DeleteGrant(ctx context.Context, id string) error {
 		return nil
 	})
 }
+
+// grants reports, for Doctor, grant records that fail their check, older
+// generations a crash left beside the newest, and grant claims (see
+// publish): they outlive their writer only if it stopped between steps.
+func (d *doctorRun) grants() error {
+	byID, err := d.s.grantObjects()
+	if errors.Is(err, keys.ErrIntegrity) {
+		d.add(Finding{Class: "data", Problem: err.Error(), Weak: true})
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, id := range sortedNames(byID) {
+		d.rep.Objects += len(byID[id])
+		f := Finding{Label: grantLabelPrefix + id, Class: "data"}
+		top, err := d.s.newestGrant(id, byID[id])
+		if err != nil {
+			f.Problem, f.Weak = err.Error(), true
+			d.add(f)
+			continue
+		}
+		for _, r := range byID[id] {
+			if g, err := d.s.parseGrant(id, r.raw); err == nil && g.Gen < top.Gen {
+				f.Problem = fmt.Sprintf("stale grant record generation %d (left by a crash during a change); the next change of the grant removes it", g.Gen)
+				d.add(f)
+			}
+		}
+	}
+	claims, err := d.s.findStored([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, grantPendingApplication),
+	})
+	if err != nil {
+		return err
+	}
+	for _, c := range claims {
+		a, err := d.s.attrs(c.h, pkcs11.CKA_LABEL)
+		if err != nil {
+			continue // removed by a writer meanwhile
+		}
+		d.rep.Objects++
+		f := Finding{Label: string(a[pkcs11.CKA_LABEL]), Class: "data"}
+		id, ok := strings.CutPrefix(f.Label, grantPendingPrefix)
+		g, err := d.s.parseGrant(id, c.raw)
+		switch {
+		case !ok || err != nil || g.Pending == nil:
+			f.Problem, f.Weak = fmt.Sprintf("grant claim object that is not a keyward claim (%v); it blocks changes to the grant", err), true
+		default:
+			f.Problem = fmt.Sprintf("claim on grant record generation %d made at %s (by its writer's clock) by %s, which did not finish (or is finishing now); it blocks changes to the grant until a change finds its generation published, its writer gone (a process of this host), or has seen it for %v",
+				g.Gen, g.Pending.Format(time.RFC3339), g.Claimant, staleClaim)
+		}
+		d.add(f)
+	}
+	return nil
+}
