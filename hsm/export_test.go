@@ -172,3 +172,12 @@ func (t *Token) PretendOpening(n int) (undo func()) {
 		st.openMu.Unlock()
 	}
 }
+
+// OffloadedJobs is the number of device calls run on worker threads
+// (offload.go) by this process so far.
+func OffloadedJobs() uint64 {
+	if o := workers(); o != nil {
+		return o.ran.Load()
+	}
+	return 0
+}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/miekg/pkcs11"
@@ -45,6 +46,7 @@ type offloader struct {
 	jobs *[maxJobs]C.struct_offload_job // C memory: the workers read and write it
 	done [maxJobs]chan struct{}
 	free chan int
+	ran  atomic.Uint64 // jobs run, for tests
 }
 
 var (
@@ -149,6 +151,7 @@ func (o *offloader) run(j *job) jobResult {
 	j.mech.fill(c, &pin)
 	C.offload_submit(c)
 	<-o.done[id]
+	o.ran.Add(1)
 	return jobResult{initRV: c.init_rv, rv: c.rv, n: int(c.out_len)}
 }
 

@@ -25,6 +25,18 @@ static struct function_list_head *binding_list(void *binding_ctx, const char *pa
 	return (struct function_list_head *)c[1];
 }
 
+// binding_without_list: the binding's context holds path's handle but no
+// function list (the module's C_GetFunctionList failed, which the binding
+// does not check: its C_Initialize would then call through NULL).
+static int binding_without_list(void *binding_ctx, const char *path) {
+	void **c = (void **)binding_ctx;
+	void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+	if (h == NULL)
+		return 0;
+	dlclose(h);
+	return c != NULL && c[0] == h && c[1] == NULL;
+}
+
 static ck_ulong call_single(single_part_fn f, ck_ulong session, unsigned char *in, ck_ulong in_len,
 			    unsigned char *out, ck_ulong *out_len) {
 	return f(session, in, in_len, out, out_len);
@@ -80,6 +92,14 @@ func loadFunctions(p *pkcs11.Ctx, path string) *functions {
 		return nil
 	}
 	return f
+}
+
+// noFunctionList reports whether the binding loaded the module at path
+// without a function list: its C_GetFunctionList failed.
+func noFunctionList(p *pkcs11.Ctx, path string) bool {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	return C.binding_without_list(*(*unsafe.Pointer)(unsafe.Pointer(p)), cpath) != 0
 }
 
 // The data operations: Init with m on key h, then the single-part call on
