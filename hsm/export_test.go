@@ -173,11 +173,13 @@ func (t *Token) PretendOpening(n int) (undo func()) {
 	}
 }
 
-// OffloadedJobs is the number of device calls run on worker threads
-// (offload.go) by this process so far.
-func OffloadedJobs() uint64 {
-	if o := workers(); o != nil {
-		return o.ran.Load()
+// Offloaded is the number of operations t's module has handed to the
+// worker threads (offload.go) so far, in this process.
+func (t *Token) Offloaded() uint64 {
+	t.mod.mu.RLock()
+	defer t.mod.mu.RUnlock()
+	if t.mod.fns == nil {
+		return 0
 	}
-	return 0
+	return t.mod.fns.pace.handed.Load()
 }

@@ -18,14 +18,22 @@ static int notify = -1, threads, idle, queued, max_threads;
 // idle_exit is how long a worker waits for a job before it exits.
 static const int idle_exit_seconds = 30;
 
+static long long now_ns(void) {
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 static void run(struct offload_job *j) {
+	long long start = now_ns();
 	j->init_rv = j->init(j->session, &j->mech, j->key);
-	if (j->init_rv != 0)
-		return;
-	if (j->verify != NULL)
-		j->rv = j->verify(j->session, j->in, j->in_len, j->out, j->out_len);
-	else
-		j->rv = j->call(j->session, j->in, j->in_len, j->out, &j->out_len);
+	if (j->init_rv == 0) {
+		if (j->verify != NULL)
+			j->rv = j->verify(j->session, j->in, j->in_len, j->out, j->out_len);
+		else
+			j->rv = j->call(j->session, j->in, j->in_len, j->out, &j->out_len);
+	}
+	j->ns = now_ns() - start;
 }
 
 // take waits for a job; NULL when none came within idle_exit_seconds (the

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/miekg/pkcs11"
@@ -29,8 +30,9 @@ import (
 // then waits for one of them to finish: on a 2-core machine, 64 callers at
 // a 1 ms round trip got 900-4,500 wraps/s and a p50 of 10-70 ms.
 //
-// So the calls that wait on the device (an operation's Init and its
-// single-part call, made as one job) run on worker threads started in C
+// So on a device that makes calls wait (pace), the calls of an operation
+// (its Init and its single-part call, made as one job) run on worker
+// threads started in C
 // (offload.c), which the Go runtime does not schedule: the caller hands
 // the job over, waits on a channel (giving up its P), and a goroutine
 // reading the workers' notification pipe through the runtime's poller
@@ -46,7 +48,6 @@ type offloader struct {
 	jobs *[maxJobs]C.struct_offload_job // C memory: the workers read and write it
 	done [maxJobs]chan struct{}
 	free chan int
-	ran  atomic.Uint64 // jobs run, for tests
 }
 
 var (
@@ -131,6 +132,7 @@ type job struct {
 type jobResult struct {
 	initRV, rv C.ck_ulong
 	n          int
+	took       time.Duration // the device calls' time, on the worker
 }
 
 // run hands j to a worker and waits for it. It always waits for the
@@ -151,8 +153,7 @@ func (o *offloader) run(j *job) jobResult {
 	j.mech.fill(c, &pin)
 	C.offload_submit(c)
 	<-o.done[id]
-	o.ran.Add(1)
-	return jobResult{initRV: c.init_rv, rv: c.rv, n: int(c.out_len)}
+	return jobResult{initRV: c.init_rv, rv: c.rv, n: int(c.out_len), took: time.Duration(c.ns)}
 }
 
 // pinned returns b's first byte for a worker, b pinned until pin is
@@ -196,5 +197,41 @@ func (m mechanism) fill(c *C.struct_offload_job, pin *runtime.Pinner) {
 		p.hash_alg, p.mgf, p.salt_len = C.ck_ulong(pkcs11.CKM_SHA256), C.ck_ulong(pkcs11.CKG_MGF1_SHA256), C.ck_ulong(m.pssSalt)
 		c.mech.parameter = unsafe.Pointer(p)
 		c.mech.parameter_len = C.ck_ulong(unsafe.Sizeof(*p))
+	}
+}
+
+// pace tells whether a module's calls wait long enough on the device to be
+// handed to the workers. Handing a call over costs a thread's wake-up and
+// the pipe's (10-40 us on a loaded 2-core machine): more than a call to an
+// in-process SoftHSM2 takes, a small part of a network round trip. It
+// keeps a moving average of how long an operation's device calls take,
+// measured where they run, and says slow above slowOperation, fast again
+// below half of it.
+type pace struct {
+	avg    atomic.Int64 // nanoseconds
+	slow   atomic.Bool
+	handed atomic.Uint64 // operations handed to the workers
+}
+
+// slowOperation: an operation's two calls taking longer than this on
+// average are handed to the workers (a network HSM's round trips are
+// 0.3-2 ms each; SoftHSM2's HMAC and AES-GCM take 15-30 us).
+const slowOperation = 200 * time.Microsecond
+
+// observe adds one operation's device time to the average (weight 1/8).
+// Concurrent updates may lose one another's sample; the average stays
+// close enough for its one decision.
+func (p *pace) observe(d time.Duration, handed bool) {
+	if handed {
+		p.handed.Add(1)
+	}
+	old := p.avg.Load()
+	avg := old + (int64(d)-old)/8
+	p.avg.Store(avg)
+	switch {
+	case avg > int64(slowOperation):
+		p.slow.Store(true)
+	case avg < int64(slowOperation/2):
+		p.slow.Store(false)
 	}
 }

@@ -73,6 +73,7 @@ struct offload_job {
 	unsigned char *out;
 	ck_ulong out_len;
 	ck_ulong init_rv, rv;
+	long long ns; // how long the two calls took
 	unsigned long long id;
 	struct offload_job *next;
 };

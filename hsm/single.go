@@ -47,6 +47,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"time"
 	"unsafe"
 
 	"github.com/miekg/pkcs11"
@@ -68,6 +69,7 @@ type functions struct {
 	encrypt, decrypt, sign                         singlePart
 	encryptInit, decryptInit, signInit, verifyInit C.init_fn
 	verify                                         C.verify_fn
+	pace                                           pace // of the module's device calls (offload.go)
 }
 
 // loadFunctions finds those calls of the module at path through the
@@ -109,11 +111,12 @@ func noFunctionList(p *pkcs11.Ctx, path string) bool {
 
 func (s *sess) encrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) ([]byte, error) {
 	f := s.st.fns
-	if f != nil && workers() != nil {
-		return s.offloaded(&job{init: f.encryptInit, call: f.encrypt.fn, mech: m}, f.encrypt, h, in, size)
+	if f.offload() {
+		return s.offloaded(&job{init: f.encryptInit, call: f.encrypt.fn, mech: m}, f, f.encrypt, h, in, size)
 	}
 	mech, done := m.binding()
 	defer done()
+	defer f.timed()()
 	if err := s.p.EncryptInit(s.sh, mech, h); err != nil {
 		return nil, err
 	}
@@ -125,11 +128,12 @@ func (s *sess) encrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) 
 
 func (s *sess) decrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) ([]byte, error) {
 	f := s.st.fns
-	if f != nil && workers() != nil {
-		return s.offloaded(&job{init: f.decryptInit, call: f.decrypt.fn, mech: m}, f.decrypt, h, in, size)
+	if f.offload() {
+		return s.offloaded(&job{init: f.decryptInit, call: f.decrypt.fn, mech: m}, f, f.decrypt, h, in, size)
 	}
 	mech, done := m.binding()
 	defer done()
+	defer f.timed()()
 	if err := s.p.DecryptInit(s.sh, mech, h); err != nil {
 		return nil, err
 	}
@@ -141,11 +145,12 @@ func (s *sess) decrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) 
 
 func (s *sess) sign(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) ([]byte, error) {
 	f := s.st.fns
-	if f != nil && workers() != nil {
-		return s.offloaded(&job{init: f.signInit, call: f.sign.fn, mech: m}, f.sign, h, in, size)
+	if f.offload() {
+		return s.offloaded(&job{init: f.signInit, call: f.sign.fn, mech: m}, f, f.sign, h, in, size)
 	}
 	mech, done := m.binding()
 	defer done()
+	defer f.timed()()
 	if err := s.p.SignInit(s.sh, mech, h); err != nil {
 		return nil, err
 	}
@@ -157,8 +162,9 @@ func (s *sess) sign(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) ([]
 
 // verify checks sig over in: VerifyInit with m on h, then C_Verify.
 func (s *sess) verify(m mechanism, h pkcs11.ObjectHandle, in, sig []byte) error {
-	if f := s.st.fns; f != nil && workers() != nil {
+	if f := s.st.fns; f.offload() {
 		r := workers().run(&job{init: f.verifyInit, verify: f.verify, mech: m, sh: C.ck_ulong(s.sh), key: C.ck_ulong(h), in: in, out: sig})
+		f.pace.observe(r.took, true)
 		if r.initRV != 0 {
 			return pkcs11.Error(r.initRV)
 		}
@@ -169,6 +175,7 @@ func (s *sess) verify(m mechanism, h pkcs11.ObjectHandle, in, sig []byte) error 
 	}
 	mech, done := m.binding()
 	defer done()
+	defer s.st.fns.timed()()
 	if err := s.p.VerifyInit(s.sh, mech, h); err != nil {
 		return err
 	}
@@ -178,9 +185,10 @@ func (s *sess) verify(m mechanism, h pkcs11.ObjectHandle, in, sig []byte) error 
 // offloaded runs j (Init and the single-part call f) on a worker with an
 // output of size bytes. A module that asks for more room leaves the
 // operation active: the call is then made again from here (call).
-func (s *sess) offloaded(j *job, f singlePart, h pkcs11.ObjectHandle, in []byte, size int) ([]byte, error) {
+func (s *sess) offloaded(j *job, fns *functions, f singlePart, h pkcs11.ObjectHandle, in []byte, size int) ([]byte, error) {
 	j.sh, j.key, j.in, j.out = C.ck_ulong(s.sh), C.ck_ulong(h), in, make([]byte, max(size, 1))
 	r := workers().run(j)
+	fns.pace.observe(r.took, true)
 	if r.initRV != 0 {
 		return nil, pkcs11.Error(r.initRV)
 	}
@@ -189,6 +197,21 @@ func (s *sess) offloaded(j *job, f singlePart, h pkcs11.ObjectHandle, in []byte,
 		return f.call(s.sh, in, r.n)
 	}
 	return out, err
+}
+
+// offload: f's module is slow enough for the worker threads, and they run.
+func (f *functions) offload() bool {
+	return f != nil && f.pace.slow.Load() && workers() != nil
+}
+
+// timed measures an operation made from Go for f's pace: call the result
+// when it is done. Without f (the binding's calls only) nothing is measured.
+func (f *functions) timed() func() {
+	if f == nil {
+		return func() {}
+	}
+	start := time.Now()
+	return func() { f.pace.observe(time.Since(start), false) }
 }
 
 // binding is m as the binding takes it. done frees the binding's copy of
