@@ -111,17 +111,13 @@ func (d *tokenDevice) Seal(ctx context.Context, u keys.Use, plaintext []byte, c 
 // encryptGCM runs one C_Encrypt with CKM_AES_GCM and checks what the token
 // returns.
 func (s *sess) encryptGCM(h pkcs11.ObjectHandle, iv, aad, plaintext []byte) ([]byte, error) {
-	params := pkcs11.NewGCMParams(iv, aad, gcmTagBits)
-	defer params.Free()
-	if err := s.p.EncryptInit(s.sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
-		return nil, err
-	}
-	ct, err := s.encrypt(plaintext, len(plaintext)+gcmTagBits/8)
+	used := bytes.Clone(iv) // a module that chooses its own IV writes it here
+	ct, err := s.encrypt(gcm(used, aad), h, plaintext, len(plaintext)+gcmTagBits/8)
 	if err != nil {
 		return nil, err
 	}
 	// A token that substitutes its own IV would make the blob undecryptable.
-	if got := params.IV(); got != nil && !bytes.Equal(got, iv) {
+	if !bytes.Equal(used, iv) {
 		return nil, fmt.Errorf("token replaced the GCM IV; refusing to use it")
 	}
 	if len(ct) != len(plaintext)+gcmTagBits/8 {
@@ -142,14 +138,9 @@ func (d *tokenDevice) Open(ctx context.Context, blob []byte, c keys.Context) (ke
 		if err != nil {
 			return err
 		}
-		params := pkcs11.NewGCMParams(hdr.Nonce, aad, gcmTagBits)
-		defer params.Free()
-		if err := s.p.DecryptInit(s.sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
-			return err
-		}
 		// The plaintext is shorter than ct by the tag; SoftHSM2 asks for
 		// room for all of ct.
-		pt, err := s.decrypt(ct, len(ct))
+		pt, err := s.decrypt(gcm(bytes.Clone(hdr.Nonce), aad), h, ct, len(ct))
 		if err != nil {
 			if authFailure(err) {
 				return keys.ErrDecrypt
@@ -186,10 +177,7 @@ func (d *tokenDevice) Sign(ctx context.Context, u keys.Use, message []byte) (key
 			return err
 		}
 		mech, input := signMechanism(rec.Type, message)
-		if err := s.p.SignInit(s.sh, []*pkcs11.Mechanism{mech}, h); err != nil {
-			return err
-		}
-		sig, err := s.sign(input, signatureSize(rec.Type))
+		sig, err := s.sign(mech, h, input, signatureSize(rec.Type))
 		if err != nil {
 			return err
 		}
@@ -206,16 +194,24 @@ func (d *tokenDevice) Sign(ctx context.Context, u keys.Use, message []byte) (key
 
 // signMechanism returns the mechanism for a key type and what it signs:
 // CKM_ECDSA signs a digest, the others hash (or not) themselves.
-func signMechanism(t keys.Type, message []byte) (*pkcs11.Mechanism, []byte) {
+func signMechanism(t keys.Type, message []byte) (mechanism, []byte) {
 	switch t {
 	case keys.ECDSAP256:
 		d := sha256.Sum256(message)
-		return pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil), d[:]
+		return mechanism{typ: pkcs11.CKM_ECDSA}, d[:]
 	case keys.RSA3072PSS:
-		return pkcs11.NewMechanism(pkcs11.CKM_SHA256_RSA_PKCS_PSS, pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, keys.PSSSaltLength)), message
+		return mechanism{typ: pkcs11.CKM_SHA256_RSA_PKCS_PSS, pssSalt: keys.PSSSaltLength}, message
 	}
-	return pkcs11.NewMechanism(ckmEdDSA, nil), message
+	return mechanism{typ: ckmEdDSA}, message
 }
+
+// gcm is CKM_AES_GCM with iv, aad and keyward's tag length.
+func gcm(iv, aad []byte) mechanism {
+	return mechanism{typ: pkcs11.CKM_AES_GCM, gcm: &gcmParams{iv: iv, aad: aad, tagBits: gcmTagBits}}
+}
+
+// hmacSHA256 is CKM_SHA256_HMAC.
+var hmacSHA256 = mechanism{typ: pkcs11.CKM_SHA256_HMAC}
 
 // signatureSize is the length of a signature the token makes for a key of
 // type t: ECDSA P-256's r||s and Ed25519's are 64 bytes, RSA-3072's 384.
@@ -320,10 +316,7 @@ func (d *tokenDevice) MAC(ctx context.Context, u keys.Use, message []byte) (keys
 		if err != nil {
 			return err
 		}
-		if err := s.p.SignInit(s.sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, h); err != nil {
-			return err
-		}
-		mac, err := s.sign(message, sha256.Size)
+		mac, err := s.sign(hmacSHA256, h, message, sha256.Size)
 		if err != nil {
 			return err
 		}
@@ -344,10 +337,7 @@ func (d *tokenDevice) CheckMAC(ctx context.Context, u keys.Use, message, mac []b
 		if len(mac) != sha256.Size {
 			return keys.ErrInvalidSignature
 		}
-		if err := s.p.VerifyInit(s.sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, h); err != nil {
-			return err
-		}
-		err = s.p.Verify(s.sh, message, mac)
+		err = s.verify(hmacSHA256, h, message, mac)
 		var e pkcs11.Error
 		if errors.As(err, &e) && (e == pkcs11.CKR_SIGNATURE_INVALID || e == pkcs11.CKR_SIGNATURE_LEN_RANGE) {
 			return keys.ErrInvalidSignature

@@ -278,3 +278,14 @@ func (t *Token) PlantGrantClaim(ctx context.Context, id string, gen uint64, at t
 		return err
 	})
 }
+
+// Offloaded is the number of operations t's module has handed to the
+// worker threads (offload.go) so far, in this process.
+func (t *Token) Offloaded() uint64 {
+	t.mod.mu.RLock()
+	defer t.mod.mu.RUnlock()
+	if t.mod.fns == nil {
+		return 0
+	}
+	return t.mod.fns.pace.handed.Load()
+}

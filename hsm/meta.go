@@ -233,17 +233,10 @@ func (s *sess) recordMAC(domain string, body []byte, mac []byte) ([]byte, error)
 		return nil, fmt.Errorf("metadata key: %w", err)
 	}
 	msg := append([]byte(domain), body...)
-	m := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}
 	if mac == nil {
-		if err := s.p.SignInit(s.sh, m, h); err != nil {
-			return nil, err
-		}
-		return s.sign(msg, sha256.Size)
+		return s.sign(hmacSHA256, h, msg, sha256.Size)
 	}
-	if err := s.p.VerifyInit(s.sh, m, h); err != nil {
-		return nil, err
-	}
-	return nil, s.p.Verify(s.sh, msg, mac)
+	return nil, s.verify(hmacSHA256, h, msg, mac)
 }
 
 // loadMeta returns name's record. Records are never modified in place

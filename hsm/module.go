@@ -92,6 +92,10 @@ func (m *module) initLocked() error {
 	if p == nil {
 		return fmt.Errorf("load %s: %w", m.path, ErrModule)
 	}
+	if noFunctionList(p, m.path) {
+		p.Destroy()
+		return fmt.Errorf("load %s: its C_GetFunctionList failed: %w", m.path, ErrModule)
+	}
 	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
 		p.Destroy()
 		return fmt.Errorf("C_Initialize %s: %w: %w", m.path, err, ErrModule)

@@ -6,22 +6,7 @@ package hsm
 #include <stddef.h>
 #include <stdlib.h>
 
-typedef unsigned long ck_ulong;
-typedef ck_ulong (*single_part_fn)(ck_ulong session, unsigned char *in, ck_ulong in_len,
-				   unsigned char *out, ck_ulong *out_len);
-
-// The head of CK_FUNCTION_LIST, whose layout PKCS#11 has kept since v2.01:
-// the version, then the functions in the standard's order. Only the
-// single-part calls keyward makes itself are named.
-struct function_list_head {
-	unsigned char version[2];
-	void *initialize_to_encrypt_init[30];     // C_Initialize .. C_EncryptInit
-	single_part_fn encrypt;                   // C_Encrypt
-	void *encrypt_update_to_decrypt_init[3];  // C_EncryptUpdate .. C_DecryptInit
-	single_part_fn decrypt;                   // C_Decrypt
-	void *decrypt_update_to_sign_init[8];     // C_DecryptUpdate .. C_SignInit
-	single_part_fn sign;                      // C_Sign
-};
+#include "p11.h"
 
 // binding_list returns the function list the binding (miekg/pkcs11) called
 // C_Initialize through, read from its context, struct ctx { void *handle;
@@ -40,9 +25,17 @@ static struct function_list_head *binding_list(void *binding_ctx, const char *pa
 	return (struct function_list_head *)c[1];
 }
 
-static single_part_fn encrypt_fn(struct function_list_head *l) { return l->encrypt; }
-static single_part_fn decrypt_fn(struct function_list_head *l) { return l->decrypt; }
-static single_part_fn sign_fn(struct function_list_head *l) { return l->sign; }
+// binding_without_list: the binding's context holds path's handle but no
+// function list (the module's C_GetFunctionList failed, which the binding
+// does not check: its C_Initialize would then call through NULL).
+static int binding_without_list(void *binding_ctx, const char *path) {
+	void **c = (void **)binding_ctx;
+	void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+	if (h == NULL)
+		return 0;
+	dlclose(h);
+	return c != NULL && c[0] == h && c[1] == NULL;
+}
 
 static ck_ulong call_single(single_part_fn f, ck_ulong session, unsigned char *in, ck_ulong in_len,
 			    unsigned char *out, ck_ulong *out_len) {
@@ -54,6 +47,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"time"
 	"unsafe"
 
 	"github.com/miekg/pkcs11"
@@ -69,13 +63,19 @@ import (
 // singlePart is one of the module's C_Encrypt, C_Decrypt or C_Sign.
 type singlePart struct{ fn C.single_part_fn }
 
-// functions are the single-part calls of one loaded module.
-type functions struct{ encrypt, decrypt, sign singlePart }
+// functions are the calls keyward makes itself on one loaded module: the
+// Inits and single-part calls of its data operations.
+type functions struct {
+	encrypt, decrypt, sign                         singlePart
+	encryptInit, decryptInit, signInit, verifyInit C.init_fn
+	verify                                         C.verify_fn
+	pace                                           pace // of the module's device calls (offload.go)
+}
 
-// loadFunctions finds the single-part calls of the module at path through
-// the binding's context p, or returns nil when it cannot (the binding's
-// calls are then used). The list is valid until the binding unloads the
-// module (module.finalizeLocked).
+// loadFunctions finds those calls of the module at path through the
+// binding's context p, or returns nil when it cannot (the binding's calls
+// are then used). The list is valid until the binding unloads the module
+// (module.finalizeLocked).
 func loadFunctions(p *pkcs11.Ctx, path string) *functions {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
@@ -84,35 +84,155 @@ func loadFunctions(p *pkcs11.Ctx, path string) *functions {
 	if l == nil {
 		return nil
 	}
-	f := &functions{singlePart{C.encrypt_fn(l)}, singlePart{C.decrypt_fn(l)}, singlePart{C.sign_fn(l)}}
-	if f.encrypt.fn == nil || f.decrypt.fn == nil || f.sign.fn == nil {
+	f := &functions{
+		encrypt: singlePart{l.encrypt}, decrypt: singlePart{l.decrypt}, sign: singlePart{l.sign},
+		encryptInit: l.encrypt_init, decryptInit: l.decrypt_init, signInit: l.sign_init,
+		verifyInit: l.verify_init, verify: l.verify,
+	}
+	if f.encrypt.fn == nil || f.decrypt.fn == nil || f.sign.fn == nil || f.encryptInit == nil ||
+		f.decryptInit == nil || f.signInit == nil || f.verifyInit == nil || f.verify == nil {
 		return nil
 	}
 	return f
 }
 
-// encrypt, decrypt and sign finish the operation the session's Init
-// started on in, with an output of size bytes: one call when the module's
-// functions are at hand, else the binding's two.
-func (s *sess) encrypt(in []byte, size int) ([]byte, error) {
-	if f := s.st.fns; f != nil {
+// noFunctionList reports whether the binding loaded the module at path
+// without a function list: its C_GetFunctionList failed.
+func noFunctionList(p *pkcs11.Ctx, path string) bool {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	return C.binding_without_list(*(*unsafe.Pointer)(unsafe.Pointer(p)), cpath) != 0
+}
+
+// The data operations: Init with m on key h, then the single-part call on
+// in, whose output is size bytes. When the module's functions are at hand
+// both run as one job on a worker thread (offload.go), else through the
+// binding, which asks for the output's length first.
+
+func (s *sess) encrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) ([]byte, error) {
+	f := s.st.fns
+	if f.offload() {
+		return s.offloaded(&job{init: f.encryptInit, call: f.encrypt.fn, mech: m}, f, f.encrypt, h, in, size)
+	}
+	mech, done := m.binding()
+	defer done()
+	defer f.timed()()
+	if err := s.p.EncryptInit(s.sh, mech, h); err != nil {
+		return nil, err
+	}
+	if f != nil {
 		return f.encrypt.call(s.sh, in, size)
 	}
 	return s.p.Encrypt(s.sh, in)
 }
 
-func (s *sess) decrypt(in []byte, size int) ([]byte, error) {
-	if f := s.st.fns; f != nil {
+func (s *sess) decrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) ([]byte, error) {
+	f := s.st.fns
+	if f.offload() {
+		return s.offloaded(&job{init: f.decryptInit, call: f.decrypt.fn, mech: m}, f, f.decrypt, h, in, size)
+	}
+	mech, done := m.binding()
+	defer done()
+	defer f.timed()()
+	if err := s.p.DecryptInit(s.sh, mech, h); err != nil {
+		return nil, err
+	}
+	if f != nil {
 		return f.decrypt.call(s.sh, in, size)
 	}
 	return s.p.Decrypt(s.sh, in)
 }
 
-func (s *sess) sign(in []byte, size int) ([]byte, error) {
-	if f := s.st.fns; f != nil {
+func (s *sess) sign(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) ([]byte, error) {
+	f := s.st.fns
+	if f.offload() {
+		return s.offloaded(&job{init: f.signInit, call: f.sign.fn, mech: m}, f, f.sign, h, in, size)
+	}
+	mech, done := m.binding()
+	defer done()
+	defer f.timed()()
+	if err := s.p.SignInit(s.sh, mech, h); err != nil {
+		return nil, err
+	}
+	if f != nil {
 		return f.sign.call(s.sh, in, size)
 	}
 	return s.p.Sign(s.sh, in)
+}
+
+// verify checks sig over in: VerifyInit with m on h, then C_Verify.
+func (s *sess) verify(m mechanism, h pkcs11.ObjectHandle, in, sig []byte) error {
+	if f := s.st.fns; f.offload() {
+		r := workers().run(&job{init: f.verifyInit, verify: f.verify, mech: m, sh: C.ck_ulong(s.sh), key: C.ck_ulong(h), in: in, out: sig})
+		f.pace.observe(r.took, true)
+		if r.initRV != 0 {
+			return pkcs11.Error(r.initRV)
+		}
+		if r.rv != 0 {
+			return pkcs11.Error(r.rv)
+		}
+		return nil
+	}
+	mech, done := m.binding()
+	defer done()
+	defer s.st.fns.timed()()
+	if err := s.p.VerifyInit(s.sh, mech, h); err != nil {
+		return err
+	}
+	return s.p.Verify(s.sh, in, sig)
+}
+
+// offloaded runs j (Init and the single-part call f) on a worker with an
+// output of size bytes. A module that asks for more room leaves the
+// operation active: the call is then made again from here (call).
+func (s *sess) offloaded(j *job, fns *functions, f singlePart, h pkcs11.ObjectHandle, in []byte, size int) ([]byte, error) {
+	j.sh, j.key, j.in, j.out = C.ck_ulong(s.sh), C.ck_ulong(h), in, make([]byte, max(size, 1))
+	r := workers().run(j)
+	fns.pace.observe(r.took, true)
+	if r.initRV != 0 {
+		return nil, pkcs11.Error(r.initRV)
+	}
+	out, retry, err := singleResult(r.rv, r.n, j.out, size)
+	if retry {
+		return f.call(s.sh, in, r.n)
+	}
+	return out, err
+}
+
+// offload: f's module is slow enough for the worker threads, and they run.
+func (f *functions) offload() bool {
+	return f != nil && f.pace.slow.Load() && workers() != nil
+}
+
+// timed measures an operation made from Go for f's pace: call the result
+// when it is done. Without f (the binding's calls only) nothing is measured.
+func (f *functions) timed() func() {
+	if f == nil {
+		return func() {}
+	}
+	start := time.Now()
+	return func() { f.pace.observe(time.Since(start), false) }
+}
+
+// binding is m as the binding takes it. done frees the binding's copy of
+// the parameters; for GCM it first copies the IV the module used back
+// into m's, as a module that chooses its own IV writes it there when
+// called directly.
+func (m mechanism) binding() (mech []*pkcs11.Mechanism, done func()) {
+	switch {
+	case m.gcm != nil:
+		p := pkcs11.NewGCMParams(m.gcm.iv, m.gcm.aad, m.gcm.tagBits)
+		return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.typ, p)}, func() {
+			if iv := p.IV(); len(iv) == len(m.gcm.iv) {
+				copy(m.gcm.iv, iv)
+			}
+			p.Free()
+		}
+	case m.pssSalt != 0:
+		p := pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, uint(m.pssSalt))
+		return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.typ, p)}, func() {}
+	}
+	return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.typ, nil)}, func() {}
 }
 
 // call runs the operation the session's Init started on in, into a buffer
@@ -124,24 +244,34 @@ func (f singlePart) call(sh pkcs11.SessionHandle, in []byte, size int) ([]byte, 
 		out := make([]byte, max(size, 1))
 		n := C.ck_ulong(size)
 		rv := C.call_single(f.fn, C.ck_ulong(sh), bytePtr(in), C.ck_ulong(len(in)), bytePtr(out), &n)
-		switch {
-		case rv == C.ck_ulong(pkcs11.CKR_BUFFER_TOO_SMALL) && int(n) > size && n <= maxOutput:
-			size = int(n)
-			continue
-		case rv == C.ck_ulong(pkcs11.CKR_BUFFER_TOO_SMALL):
-			return nil, fmt.Errorf("module asked for a %d-byte output buffer: %w", n, errOperationActive)
-		case rv != 0:
-			clear(out) // a module may have written part of a plaintext before failing
-			return nil, pkcs11.Error(rv)
-		case int(n) > len(out):
-			// Reported, not prevented: a module that wrote past the buffer
-			// has already done so.
-			clear(out)
-			return nil, fmt.Errorf("module wrote %d bytes into a %d-byte buffer: %w", n, len(out), errOperationActive)
+		res, retry, err := singleResult(rv, int(n), out, size)
+		if !retry {
+			return res, err
 		}
-		return out[:n], nil
+		size = int(n)
 	}
 	return nil, fmt.Errorf("module asked twice for a larger output buffer: %w", errOperationActive)
+}
+
+// singleResult checks a single-part call's return value rv and output
+// length n in out, a buffer of size bytes. retry: the module asked for n
+// bytes and keeps the operation active for a call with that much room.
+func singleResult(rv C.ck_ulong, n int, out []byte, size int) (res []byte, retry bool, err error) {
+	switch {
+	case rv == C.ck_ulong(pkcs11.CKR_BUFFER_TOO_SMALL) && n > size && n <= maxOutput:
+		return nil, true, nil
+	case rv == C.ck_ulong(pkcs11.CKR_BUFFER_TOO_SMALL):
+		return nil, false, fmt.Errorf("module asked for a %d-byte output buffer: %w", n, errOperationActive)
+	case rv != 0:
+		clear(out) // a module may have written part of a plaintext before failing
+		return nil, false, pkcs11.Error(rv)
+	case n > len(out):
+		// Reported, not prevented: a module that wrote past the buffer
+		// has already done so.
+		clear(out)
+		return nil, false, fmt.Errorf("module wrote %d bytes into a %d-byte buffer: %w", n, len(out), errOperationActive)
+	}
+	return out[:n], false, nil
 }
 
 // errOperationActive: a single-part call ended without ending its

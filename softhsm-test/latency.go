@@ -30,6 +30,7 @@ const (
 	EnvLatencyMaxCalls    = "KEYWARD_LATENCY_MAX_CALLS"
 	EnvLatencyMaxSessions = "KEYWARD_LATENCY_MAX_SESSIONS"
 	EnvLatencyCounts      = "KEYWARD_LATENCY_COUNTS"
+	EnvLatencyShortBuffer = "KEYWARD_LATENCY_SHORT_BUFFER"
 )
 
 // ErrNoCompiler: the latency module cannot be built without a C compiler
@@ -68,6 +69,11 @@ type Latency struct {
 	MaxCalls    int           // calls the target runs at once (0: no cap)
 	MaxSessions int           // sessions open at once, reported as ulMaxSessionCount (0: the target's)
 	CountsFile  string        // where call counts are kept ("" for none; see Counts)
+	// ShortBuffer: C_Encrypt, C_Decrypt and C_Sign answer
+	// CKR_BUFFER_TOO_SMALL, asking for one byte more than the target
+	// needs, to a buffer smaller than that (and keep the operation
+	// active): a module that wants more room than the output's size.
+	ShortBuffer bool
 }
 
 // Env returns the environment entries that configure the module for a
@@ -78,6 +84,9 @@ func (l Latency) Env() []string {
 		EnvLatencyRTT + "=" + strconv.FormatInt(l.RoundTrip.Microseconds(), 10),
 		EnvLatencyMaxCalls + "=" + strconv.Itoa(l.MaxCalls),
 		EnvLatencyMaxSessions + "=" + strconv.Itoa(l.MaxSessions),
+	}
+	if l.ShortBuffer {
+		env = append(env, EnvLatencyShortBuffer+"=1")
 	}
 	if l.CountsFile != "" {
 		env = append(env, EnvLatencyCounts+"="+l.CountsFile)

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -33,32 +35,47 @@ func latencyModule(t *testing.T) string {
 // calls keywardd makes for one operation on a key whose record and object
 // handle it has cached (metadata_max_age): on a network HSM each is a round
 // trip. Every single-part operation is its Init and one call, with no
-// length query (docs/performance.md states these counts).
+// length query (docs/performance.md states these counts). A module that
+// asks for more room than the output's size (CKR_BUFFER_TOO_SMALL, the
+// operation left active) gets the single-part call once more, with the
+// length it asked for, and the operation succeeds.
 func TestCallsPerOperation(t *testing.T) {
 	softhsmtest.Need(t, tok)
 	so := latencyModule(t)
+	for _, short := range []bool{false, true} {
+		t.Run(fmt.Sprintf("short buffer %v", short), func(t *testing.T) { callsPerOperation(t, so, short) })
+	}
+}
+
+func callsPerOperation(t *testing.T, so string, short bool) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "k.sock")
-	lat := softhsmtest.Latency{Target: tok.Module, CountsFile: filepath.Join(dir, "counts")}
+	lat := softhsmtest.Latency{Target: tok.Module, CountsFile: filepath.Join(dir, "counts"), ShortBuffer: short}
 	cfg := configFile(t, dir, sock, `metadata_max_age = "1h"`)
 	rewriteModule(t, cfg, tok.Module, so)
 	startDaemon(t, sock, lat.Env(), "--config", cfg)
 	c := dial(t, sock)
 	ctx := context.Background()
+	// Each stack makes its own keys on the shared token.
+	key := func(kind string) string { return fmt.Sprintf("calls-%v/%s", short, kind) }
+	final := uint64(1)
+	if short {
+		final = 2
+	}
 
 	for _, k := range []struct{ name, typ string }{
-		{"calls/aes", "aes-256-gcm"}, {"calls/hmac", "hmac-sha256"}, {"calls/ecdsa", "ecdsa-p256"},
-		{"calls/ed25519", "ed25519"}, {"calls/rsa", "rsa-3072-pss"},
+		{key("aes"), "aes-256-gcm"}, {key("hmac"), "hmac-sha256"}, {key("ecdsa"), "ecdsa-p256"},
+		{key("ed25519"), "ed25519"}, {key("rsa"), "rsa-3072-pss"},
 	} {
 		if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: k.name, KeyType: k.typ}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	blob, err := c.Wrap(ctx, &pb.WrapRequest{Key: "calls/aes", Plaintext: []byte("secret")})
+	blob, err := c.Wrap(ctx, &pb.WrapRequest{Key: key("aes"), Plaintext: []byte("secret")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mac, err := c.Mac(ctx, &pb.MacRequest{Key: "calls/hmac", Message: []byte("m")})
+	mac, err := c.Mac(ctx, &pb.MacRequest{Key: key("hmac"), Message: []byte("m")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,23 +88,23 @@ func TestCallsPerOperation(t *testing.T) {
 		want map[string]uint64
 	}{
 		{"wrap", func() error {
-			_, err := c.Wrap(ctx, &pb.WrapRequest{Key: "calls/aes", Plaintext: []byte("secret")})
+			_, err := c.Wrap(ctx, &pb.WrapRequest{Key: key("aes"), Plaintext: []byte("secret")})
 			return err
-		}, map[string]uint64{"C_EncryptInit": 1, "C_Encrypt": 1}},
+		}, map[string]uint64{"C_EncryptInit": 1, "C_Encrypt": final}},
 		{"unwrap", func() error { _, err := c.Unwrap(ctx, &pb.UnwrapRequest{Ciphertext: blob.Ciphertext}); return err },
-			map[string]uint64{"C_DecryptInit": 1, "C_Decrypt": 1}},
+			map[string]uint64{"C_DecryptInit": 1, "C_Decrypt": final}},
 		{"mac", func() error {
-			_, err := c.Mac(ctx, &pb.MacRequest{Key: "calls/hmac", Message: []byte("m")})
+			_, err := c.Mac(ctx, &pb.MacRequest{Key: key("hmac"), Message: []byte("m")})
 			return err
 		},
-			map[string]uint64{"C_SignInit": 1, "C_Sign": 1}},
+			map[string]uint64{"C_SignInit": 1, "C_Sign": final}},
 		{"verify-mac version 1", func() error {
-			_, err := c.VerifyMac(ctx, &pb.VerifyMacRequest{Key: "calls/hmac", Version: 1, Message: []byte("m"), Mac: mac.Mac})
+			_, err := c.VerifyMac(ctx, &pb.VerifyMacRequest{Key: key("hmac"), Version: 1, Message: []byte("m"), Mac: mac.Mac})
 			return err
 		}, map[string]uint64{"C_VerifyInit": 1, "C_Verify": 1}},
-		{"sign ecdsa-p256", sign("calls/ecdsa"), map[string]uint64{"C_SignInit": 1, "C_Sign": 1}},
-		{"sign ed25519", sign("calls/ed25519"), map[string]uint64{"C_SignInit": 1, "C_Sign": 1}},
-		{"sign rsa-3072-pss", sign("calls/rsa"), map[string]uint64{"C_SignInit": 1, "C_Sign": 1}},
+		{"sign ecdsa-p256", sign(key("ecdsa")), map[string]uint64{"C_SignInit": 1, "C_Sign": final}},
+		{"sign ed25519", sign(key("ed25519")), map[string]uint64{"C_SignInit": 1, "C_Sign": final}},
+		{"sign rsa-3072-pss", sign(key("rsa")), map[string]uint64{"C_SignInit": 1, "C_Sign": final}},
 	} {
 		t.Run(tc.op, func(t *testing.T) {
 			if err := tc.call(); err != nil { // the first use finds the object
@@ -167,5 +184,31 @@ func TestPartitionSessionCap(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestModuleWithoutFunctionList: a module whose C_GetFunctionList fails
+// (the latency module with no target) is refused with an error naming the
+// call. The binding does not check it: without the check its C_Initialize
+// called through NULL and keywardd died of SIGSEGV.
+func TestModuleWithoutFunctionList(t *testing.T) {
+	softhsmtest.Need(t, tok)
+	so := latencyModule(t)
+	dir := t.TempDir()
+	cfg := configFile(t, dir, filepath.Join(dir, "k.sock"), "")
+	rewriteModule(t, cfg, tok.Module, so)
+	cmd := exec.Command(bin, "--config", cfg)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "KEYWARD_LATENCY_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() <= 0 {
+		t.Fatalf("keywardd on a module without a function list: %v, want an exit status\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "C_GetFunctionList failed") {
+		t.Errorf("keywardd's output does not name the failed C_GetFunctionList:\n%s", out)
 	}
 }

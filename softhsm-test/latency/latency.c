@@ -14,6 +14,11 @@
  *                                 it fails with CKR_SESSION_COUNT, and
  *                                 C_GetTokenInfo reports it as
  *                                 ulMaxSessionCount (0: the target's)
+ *   KEYWARD_LATENCY_SHORT_BUFFER  1: C_Encrypt, C_Decrypt and C_Sign answer
+ *                                 CKR_BUFFER_TOO_SMALL, with a length one byte
+ *                                 over what the target needs, to a caller whose
+ *                                 buffer is smaller than that, and keep the
+ *                                 operation active, as PKCS#11 5.2 says (0)
  *   KEYWARD_LATENCY_COUNTS        a file the call counts are kept in, shared
  *                                 by every process that loads the module: the
  *                                 first 4096 bytes are the function names, one
@@ -194,6 +199,7 @@ static struct ck_function_list list;
 static long half_delay_ns;
 static long max_calls;
 static long max_sessions;
+static long short_buffer;
 static volatile uint64_t *counts;
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -268,6 +274,7 @@ load (void)
 	half_delay_ns = env_long ("KEYWARD_LATENCY_RTT_US") * 1000 / 2;
 	max_calls = env_long ("KEYWARD_LATENCY_MAX_CALLS");
 	max_sessions = env_long ("KEYWARD_LATENCY_MAX_SESSIONS");
+	short_buffer = env_long ("KEYWARD_LATENCY_SHORT_BUFFER");
 	if (counts_path != NULL && *counts_path != '\0')
 		open_counts (counts_path);
 	if (path == NULL || *path == '\0') {
@@ -341,6 +348,37 @@ leave (void)
 	CK_RV rv;					\
 	enter (IDX_ ## name);				\
 	rv = target->name args;				\
+	leave ();					\
+	return rv;					\
+} while (0)
+
+typedef CK_RV (*single_part_t) (ck_session_handle_t, unsigned char *, unsigned long, unsigned char *, unsigned long *);
+
+/* single_part forwards a single-part call; with short_buffer set, a caller
+ * whose buffer is smaller than one byte over what the target needs is told
+ * CKR_BUFFER_TOO_SMALL with that length, the operation left active. */
+static CK_RV
+single_part (single_part_t f, ck_session_handle_t session, unsigned char *in, unsigned long in_len, unsigned char *out, unsigned long *out_len)
+{
+	unsigned long need = 0;
+	CK_RV rv;
+
+	if (!short_buffer || out == NULL || out_len == NULL)
+		return f (session, in, in_len, out, out_len);
+	rv = f (session, in, in_len, NULL, &need);
+	if (rv != CKR_OK)
+		return rv;
+	if (*out_len < need + 1) {
+		*out_len = need + 1;
+		return CKR_BUFFER_TOO_SMALL;
+	}
+	return f (session, in, in_len, out, out_len);
+}
+
+#define SINGLE(name, args) do {				\
+	CK_RV rv;					\
+	enter (IDX_ ## name);				\
+	rv = single_part args;				\
 	leave ();					\
 	return rv;					\
 } while (0)
@@ -576,7 +614,7 @@ w_EncryptInit (ck_session_handle_t session, struct ck_mechanism *mechanism, ck_o
 static CK_RV
 w_Encrypt (ck_session_handle_t session, unsigned char *data, unsigned long data_len, unsigned char *encrypted_data, unsigned long *encrypted_data_len)
 {
-	CALL (C_Encrypt, (session, data, data_len, encrypted_data, encrypted_data_len));
+	SINGLE (C_Encrypt, (target->C_Encrypt, session, data, data_len, encrypted_data, encrypted_data_len));
 }
 
 static CK_RV
@@ -600,7 +638,7 @@ w_DecryptInit (ck_session_handle_t session, struct ck_mechanism *mechanism, ck_o
 static CK_RV
 w_Decrypt (ck_session_handle_t session, unsigned char *encrypted_data, unsigned long encrypted_data_len, unsigned char *data, unsigned long *data_len)
 {
-	CALL (C_Decrypt, (session, encrypted_data, encrypted_data_len, data, data_len));
+	SINGLE (C_Decrypt, (target->C_Decrypt, session, encrypted_data, encrypted_data_len, data, data_len));
 }
 
 static CK_RV
@@ -654,7 +692,7 @@ w_SignInit (ck_session_handle_t session, struct ck_mechanism *mechanism, ck_obje
 static CK_RV
 w_Sign (ck_session_handle_t session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len)
 {
-	CALL (C_Sign, (session, data, data_len, signature, signature_len));
+	SINGLE (C_Sign, (target->C_Sign, session, data, data_len, signature, signature_len));
 }
 
 static CK_RV

@@ -1,0 +1,144 @@
+// Worker threads for PKCS#11 calls that wait on the device (see offload.go).
+// A thread the Go runtime did not create holds no Go scheduler slot while a
+// network HSM answers, so a call waiting for the device never delays Go code.
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "p11.h"
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t more = PTHREAD_COND_INITIALIZER;
+static struct offload_job *head, *tail;
+static int notify = -1, threads, idle, queued, max_threads;
+
+// idle_exit is how long a worker waits for a job before it exits.
+static const int idle_exit_seconds = 30;
+
+static long long now_ns(void) {
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void run(struct offload_job *j) {
+	long long start = now_ns();
+	j->init_rv = j->init(j->session, &j->mech, j->key);
+	if (j->init_rv == 0) {
+		if (j->verify != NULL)
+			j->rv = j->verify(j->session, j->in, j->in_len, j->out, j->out_len);
+		else
+			j->rv = j->call(j->session, j->in, j->in_len, j->out, &j->out_len);
+	}
+	j->ns = now_ns() - start;
+}
+
+// take waits for a job; NULL when none came within idle_exit_seconds (the
+// thread is then no longer counted).
+static struct offload_job *take(void) {
+	struct timespec deadline;
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += idle_exit_seconds;
+	pthread_mutex_lock(&mu);
+	idle++;
+	while (head == NULL) {
+		if (pthread_cond_timedwait(&more, &mu, &deadline) == ETIMEDOUT && head == NULL) {
+			idle--;
+			threads--;
+			pthread_mutex_unlock(&mu);
+			return NULL;
+		}
+	}
+	idle--;
+	queued--;
+	struct offload_job *j = head;
+	head = j->next;
+	if (head == NULL)
+		tail = NULL;
+	pthread_mutex_unlock(&mu);
+	return j;
+}
+
+static void *worker(void *arg) {
+	(void)arg;
+	// Signals are for the Go runtime's threads.
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	struct offload_job *j;
+	while ((j = take()) != NULL) {
+		run(j);
+		unsigned long long id = j->id;
+		// 8 bytes are written whole to a pipe (PIPE_BUF); the reader
+		// drains it, so it never fills with at most the job count in it.
+		while (write(notify, &id, sizeof id) < 0 && errno == EINTR)
+			;
+	}
+	return NULL;
+}
+
+// offload_start sets the pipe finished jobs are announced on and the
+// number of worker threads.
+int offload_start(int notify_fd, int max) {
+	pthread_mutex_lock(&mu);
+	notify = notify_fd;
+	max_threads = max;
+	pthread_mutex_unlock(&mu);
+	return 0;
+}
+
+// offload_submit queues j and starts a worker if none is idle. If no
+// thread can be started, a running worker takes j when it is free: with
+// none running the job would wait forever, so then it runs here.
+void offload_submit(struct offload_job *j) {
+	j->next = NULL;
+	pthread_mutex_lock(&mu);
+	if (tail != NULL)
+		tail->next = j;
+	else
+		head = j;
+	tail = j;
+	queued++;
+	// A worker per queued job: an idle one signalled may not have taken
+	// an earlier job yet.
+	int start = queued > idle && threads < max_threads;
+	if (start)
+		threads++;
+	pthread_mutex_unlock(&mu);
+	pthread_cond_signal(&more);
+	if (!start)
+		return;
+	pthread_attr_t attr;
+	pthread_t t;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	int err = pthread_create(&t, &attr, worker, NULL);
+	pthread_attr_destroy(&attr);
+	if (err == 0)
+		return;
+	pthread_mutex_lock(&mu);
+	threads--;
+	int none = threads == 0;
+	pthread_mutex_unlock(&mu);
+	// No worker runs and none can start: run the queue here.
+	while (none) {
+		pthread_mutex_lock(&mu);
+		struct offload_job *k = head;
+		if (k != NULL) {
+			queued--;
+			head = k->next;
+			if (head == NULL)
+				tail = NULL;
+		}
+		pthread_mutex_unlock(&mu);
+		if (k == NULL)
+			break;
+		run(k);
+		unsigned long long id = k->id;
+		while (write(notify, &id, sizeof id) < 0 && errno == EINTR)
+			;
+	}
+}

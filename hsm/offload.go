@@ -1,0 +1,237 @@
+package hsm
+
+/*
+#include <stdlib.h>
+#include "p11.h"
+*/
+import "C"
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/miekg/pkcs11"
+	"golang.org/x/sys/unix"
+)
+
+// A PKCS#11 call made from Go keeps its goroutine's scheduler slot (P) for
+// as long as the module takes to answer: a cgo call counts as running Go
+// code until the runtime's monitor notices it has lasted more than one of
+// its ticks, and once nothing has needed taking back for a while the
+// monitor sleeps 10 ms between ticks, longer than a whole network round
+// trip. With GOMAXPROCS calls waiting on the device, every other goroutine
+// (the connection readers, the next caller's handler, the audit writer)
+// then waits for one of them to finish: on a 2-core machine, 64 callers at
+// a 1 ms round trip got 900-4,500 wraps/s and a p50 of 10-70 ms.
+//
+// So on a device that makes calls wait (pace), the calls of an operation
+// (its Init and its single-part call, made as one job) run on worker
+// threads started in C
+// (offload.c), which the Go runtime does not schedule: the caller hands
+// the job over, waits on a channel (giving up its P), and a goroutine
+// reading the workers' notification pipe through the runtime's poller
+// wakes it. Buffers stay in Go memory, pinned while a worker uses them.
+
+// maxJobs bounds the jobs handed to workers at once, and so the worker
+// threads; a call beyond it waits for a job slot.
+const maxJobs = 512
+
+// offloader hands jobs to offload.c's workers. Process-wide: the workers
+// call whatever functions a job names, of any module.
+type offloader struct {
+	jobs *[maxJobs]C.struct_offload_job // C memory: the workers read and write it
+	done [maxJobs]chan struct{}
+	free chan int
+}
+
+var (
+	offloadOnce sync.Once
+	offload     *offloader // nil: workers could not be set up; calls are made from Go
+)
+
+// workers returns the process's offloader, setting it up on first use.
+func workers() *offloader {
+	offloadOnce.Do(func() {
+		o, err := newOffloader()
+		if err == nil {
+			offload = o
+		}
+	})
+	return offload
+}
+
+func newOffloader() (*offloader, error) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("notification pipe: %w", err)
+	}
+	// The reading end through the runtime's poller; the workers' end
+	// blocks (it never fills: at most maxJobs ids are in it).
+	if err := unix.SetNonblock(p[0], true); err != nil {
+		unix.Close(p[0])
+		unix.Close(p[1])
+		return nil, err
+	}
+	mem := C.calloc(maxJobs, C.size_t(unsafe.Sizeof(C.struct_offload_job{})))
+	if mem == nil {
+		unix.Close(p[0])
+		unix.Close(p[1])
+		return nil, fmt.Errorf("job memory: out of memory")
+	}
+	o := &offloader{jobs: (*[maxJobs]C.struct_offload_job)(mem), free: make(chan int, maxJobs)}
+	for i := range maxJobs {
+		o.done[i] = make(chan struct{}, 1)
+		o.free <- i
+	}
+	C.offload_start(C.int(p[1]), maxJobs)
+	go o.dispatch(os.NewFile(uintptr(p[0]), "pkcs11-workers"))
+	return o, nil
+}
+
+// dispatch wakes the caller of every job a worker announces finished.
+func (o *offloader) dispatch(r *os.File) {
+	buf := make([]byte, 8*maxJobs)
+	held := 0 // bytes of an id cut by a read (never with whole 8-byte writes)
+	for {
+		n, err := r.Read(buf[held:])
+		if err != nil {
+			// The pipe is never closed: a read error is a broken process.
+			panic(fmt.Sprintf("pkcs11 worker notifications: %v", err))
+		}
+		n += held
+		for i := 0; i+8 <= n; i += 8 {
+			o.done[binary.NativeEndian.Uint64(buf[i:])] <- struct{}{}
+		}
+		held = n % 8
+		copy(buf, buf[n-held:n])
+	}
+}
+
+// job is one device call as offload.c runs it: Init with the mechanism on
+// key, then call (a single-part call writing into out) or verify (C_Verify
+// of in against the signature in out).
+type job struct {
+	init   C.init_fn
+	call   C.single_part_fn
+	verify C.verify_fn
+	sh     C.ck_ulong
+	key    C.ck_ulong
+	mech   mechanism
+	in     []byte
+	out    []byte
+}
+
+// jobResult is what the worker reported: Init's return value, the call's
+// and the output's length.
+type jobResult struct {
+	initRV, rv C.ck_ulong
+	n          int
+	took       time.Duration // the device calls' time, on the worker
+}
+
+// run hands j to a worker and waits for it. It always waits for the
+// worker to finish, even if the caller gives up: the worker uses j's
+// buffers and the session until then.
+func (o *offloader) run(j *job) jobResult {
+	id := <-o.free
+	defer func() { o.free <- id }()
+	var pin runtime.Pinner
+	defer pin.Unpin()
+	c := &o.jobs[id]
+	*c = C.struct_offload_job{
+		init: j.init, call: j.call, verify: j.verify,
+		session: j.sh, key: j.key, id: C.ulonglong(id),
+	}
+	c.in, c.in_len = pinned(&pin, j.in), C.ck_ulong(len(j.in))
+	c.out, c.out_len = pinned(&pin, j.out), C.ck_ulong(len(j.out))
+	j.mech.fill(c, &pin)
+	C.offload_submit(c)
+	<-o.done[id]
+	return jobResult{initRV: c.init_rv, rv: c.rv, n: int(c.out_len), took: time.Duration(c.ns)}
+}
+
+// pinned returns b's first byte for a worker, b pinned until pin is
+// released. An empty b gets a byte of its own (with length 0): SoftHSM2
+// refuses a NULL input even when its length is 0.
+func pinned(pin *runtime.Pinner, b []byte) *C.uchar {
+	if len(b) == 0 {
+		b = make([]byte, 1)
+	}
+	pin.Pin(&b[0])
+	return (*C.uchar)(unsafe.Pointer(&b[0]))
+}
+
+// mechanism is the mechanism of a job: its type, and the parameters of
+// the two that have any.
+type mechanism struct {
+	typ     uint
+	gcm     *gcmParams
+	pssSalt int // CKM_SHA256_RSA_PKCS_PSS: SHA-256, MGF1-SHA-256, this salt
+}
+
+type gcmParams struct {
+	iv, aad []byte
+	tagBits int
+}
+
+// fill writes m into the job's C structures, pointing into pinned Go
+// memory.
+func (m mechanism) fill(c *C.struct_offload_job, pin *runtime.Pinner) {
+	c.mech.mechanism = C.ck_ulong(m.typ)
+	switch {
+	case m.gcm != nil:
+		g := (*C.struct_ck_gcm_params)(unsafe.Pointer(&c.params))
+		g.iv, g.iv_len, g.iv_bits = pinned(pin, m.gcm.iv), C.ck_ulong(len(m.gcm.iv)), C.ck_ulong(8*len(m.gcm.iv))
+		g.aad, g.aad_len = pinned(pin, m.gcm.aad), C.ck_ulong(len(m.gcm.aad))
+		g.tag_bits = C.ck_ulong(m.gcm.tagBits)
+		c.mech.parameter = unsafe.Pointer(g)
+		c.mech.parameter_len = C.ck_ulong(unsafe.Sizeof(*g))
+	case m.pssSalt != 0:
+		p := (*C.struct_ck_pss_params)(unsafe.Pointer(&c.params))
+		p.hash_alg, p.mgf, p.salt_len = C.ck_ulong(pkcs11.CKM_SHA256), C.ck_ulong(pkcs11.CKG_MGF1_SHA256), C.ck_ulong(m.pssSalt)
+		c.mech.parameter = unsafe.Pointer(p)
+		c.mech.parameter_len = C.ck_ulong(unsafe.Sizeof(*p))
+	}
+}
+
+// pace tells whether a module's calls wait long enough on the device to be
+// handed to the workers. Handing a call over costs a thread's wake-up and
+// the pipe's (10-40 us on a loaded 2-core machine): more than a call to an
+// in-process SoftHSM2 takes, a small part of a network round trip. It
+// keeps a moving average of how long an operation's device calls take,
+// measured where they run, and says slow above slowOperation, fast again
+// below half of it.
+type pace struct {
+	avg    atomic.Int64 // nanoseconds
+	slow   atomic.Bool
+	handed atomic.Uint64 // operations handed to the workers
+}
+
+// slowOperation: an operation's two calls taking longer than this on
+// average are handed to the workers (a network HSM's round trips are
+// 0.3-2 ms each; SoftHSM2's HMAC and AES-GCM take 15-30 us).
+const slowOperation = 200 * time.Microsecond
+
+// observe adds one operation's device time to the average (weight 1/8).
+// Concurrent updates may lose one another's sample; the average stays
+// close enough for its one decision.
+func (p *pace) observe(d time.Duration, handed bool) {
+	if handed {
+		p.handed.Add(1)
+	}
+	old := p.avg.Load()
+	avg := old + (int64(d)-old)/8
+	p.avg.Store(avg)
+	switch {
+	case avg > int64(slowOperation):
+		p.slow.Store(true)
+	case avg < int64(slowOperation/2):
+		p.slow.Store(false)
+	}
+}

@@ -1,0 +1,108 @@
+package hsm_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/keys"
+	softhsmtest "github.com/keyward/keyward/softhsm-test"
+)
+
+// TestOffloadedOperations: on a module whose calls wait (the latency
+// module, 1 ms per call), every data operation's device calls run on the
+// worker threads, one job each, and results are right when many run at
+// once (the race detector sees the Go side; the buffers are pinned).
+func TestOffloadedOperations(t *testing.T) {
+	softhsmtest.Need(t, tok)
+	so, err := softhsmtest.BuildLatencyModule(t.TempDir())
+	if errors.Is(err, softhsmtest.ErrNoCompiler) && os.Getenv("CI") == "" {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The module reads its settings once, when first loaded in this process.
+	if err := (softhsmtest.Latency{Target: tok.Module, RoundTrip: time.Millisecond}).Setenv(); err != nil {
+		t.Fatal(err)
+	}
+	b := open(t, func(c *hsm.Config) { c.Module = so; c.Sessions = 16; c.MetadataMaxAge = time.Hour })
+	ctx := context.Background()
+	for _, k := range []struct {
+		name string
+		typ  keys.Type
+	}{{"offload/aes", keys.AES256GCM}, {"offload/hmac", keys.HMACSHA256}, {"offload/ecdsa", keys.ECDSAP256}} {
+		if _, err := b.CreateKey(ctx, k.name, k.typ); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msg := []byte("message")
+	blob, err := b.Wrap(ctx, "offload/aes", msg, keys.Context{"a": "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac, err := b.MAC(ctx, "offload/hmac", msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := []struct {
+		name string
+		call func() error
+	}{
+		{"wrap", func() error { _, err := b.Wrap(ctx, "offload/aes", msg, nil); return err }},
+		{"unwrap", func() error {
+			u, err := b.Unwrap(ctx, blob, keys.Context{"a": "b"})
+			if err == nil && !bytes.Equal(u.Plaintext, msg) {
+				err = fmt.Errorf("unwrapped %q, want %q", u.Plaintext, msg)
+			}
+			return err
+		}},
+		{"mac", func() error { _, err := b.MAC(ctx, "offload/hmac", msg); return err }},
+		{"verify-mac", func() error { return b.VerifyMAC(ctx, "offload/hmac", mac.Version, msg, mac.Bytes) }},
+		{"sign", func() error { _, err := b.Sign(ctx, "offload/ecdsa", msg); return err }},
+	}
+	for _, op := range ops {
+		t.Run(op.name, func(t *testing.T) {
+			before := b.Offloaded()
+			if err := op.call(); err != nil {
+				t.Fatal(err)
+			}
+			if got := b.Offloaded() - before; got != 1 {
+				t.Errorf("%s handed %d operations to the worker threads, want 1", op.name, got)
+			}
+		})
+	}
+	t.Run("concurrent", func(t *testing.T) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for w := range 64 {
+			wg.Go(func() {
+				for range 20 {
+					pt := []byte(fmt.Sprintf("secret %d", w))
+					bl, err := b.Wrap(ctx, "offload/aes", pt, keys.Context{"w": fmt.Sprint(w)})
+					if err == nil {
+						var u keys.Unwrapped
+						if u, err = b.Unwrap(ctx, bl, keys.Context{"w": fmt.Sprint(w)}); err == nil && !bytes.Equal(u.Plaintext, pt) {
+							err = fmt.Errorf("worker %d unwrapped %q, want %q", w, u.Plaintext, pt)
+						}
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+}
