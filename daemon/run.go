@@ -103,8 +103,8 @@ func OpenBackend(ctx context.Context, cfg config.Config, log *slog.Logger) (keys
 	switch b.Kind {
 	case "pkcs11":
 		var t *hsm.Token
-		t, err = hsm.Open(ctx, hsm.Config{Module: b.Module, TokenLabel: b.Token, URI: b.URI, PINFile: b.PINFile,
-			Sessions: b.Sessions, MetadataMaxAge: b.MetadataMaxAge.Duration, Logger: log})
+		t, err = openToken(ctx, hsm.Config{Module: b.Module, TokenLabel: b.Token, URI: b.URI, PINFile: b.PINFile,
+			Sessions: b.Sessions, MetadataMaxAge: b.MetadataMaxAge.Duration, Logger: log}, log)
 		be = t
 	case "tpm":
 		var t *tpm.TPM
@@ -118,6 +118,32 @@ func OpenBackend(ctx context.Context, cfg config.Config, log *slog.Logger) (keys
 		return nil, err // never a nil *Token in a non-nil interface
 	}
 	return be, nil
+}
+
+// tokenAttempts and tokenRetryAfter bound how often opening a token that
+// the module does not list is tried again. SoftHSM2 lists the tokens it
+// could read at C_Initialize, and one whose token.object another process
+// is rewriting at that moment (every C_Login does) is left out; a network
+// HSM's partition can also show late. Each attempt loads the module anew.
+const (
+	tokenAttempts   = 4
+	tokenRetryAfter = 250 * time.Millisecond
+)
+
+// openToken is hsm.Open, tried again when the token is not found.
+func openToken(ctx context.Context, cfg hsm.Config, log *slog.Logger) (*hsm.Token, error) {
+	for attempt := 1; ; attempt++ {
+		t, err := hsm.Open(ctx, cfg)
+		if err == nil || !errors.Is(err, hsm.ErrTokenNotFound) || attempt == tokenAttempts {
+			return t, err
+		}
+		log.Warn("pkcs11 token not found; trying again", "err", err, "attempt", attempt, "of", tokenAttempts)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(tokenRetryAfter):
+		}
+	}
 }
 
 // restartOnly lists what a reload cannot change in a running daemon, so
