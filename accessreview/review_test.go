@@ -105,8 +105,8 @@ func writeLog(t testing.TB, recs []audit.Record, maxFile int64) []string {
 type handRow struct{ allowed, denied, failed uint64 }
 
 type handKey struct {
-	uid          uint32
-	folded       bool
+	uid           uint32
+	folded        bool
 	unit, key, op string
 }
 
@@ -323,7 +323,7 @@ func grantNames(gs []Grant) []string {
 func TestBrokenChain(t *testing.T) {
 	recs := genRecords(1200)
 	for _, tc := range []struct {
-		name  string
+		name   string
 		break_ func(t *testing.T, files []string) ([]string, string)
 	}{
 		{"byte edited mid-file", func(t *testing.T, files []string) ([]string, string) {
