@@ -1,0 +1,243 @@
+package main
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/keyward/keyward/accessreview"
+	"github.com/keyward/keyward/audit"
+)
+
+// reviewJSON is audit report --json. Its field names are stable; the
+// access review page documents them.
+type reviewJSON struct {
+	Chain  chainJSON         `json:"chain"`
+	Window windowJSON        `json:"window"`
+	Rows   []reviewRowJSON   `json:"rows"`
+	Grants []reviewGrantJSON `json:"grants,omitempty"` // with --config only
+}
+
+type chainJSON struct {
+	OK                  bool        `json:"ok"`
+	Files               int         `json:"files"`
+	Records             uint64      `json:"records"`
+	FirstSeq            uint64      `json:"first_seq"`
+	LastSeq             uint64      `json:"last_seq"`
+	LastHash            string      `json:"last_hash"`
+	Checkpoints         uint64      `json:"checkpoints"`
+	CheckpointsVerified bool        `json:"checkpoints_verified"`
+	LastCheckpointSeq   uint64      `json:"last_checkpoint_seq"`
+	Broken              *brokenJSON `json:"broken"`
+}
+
+type brokenJSON struct {
+	File   string `json:"file"`
+	Line   int    `json:"line"`
+	Seq    uint64 `json:"seq"`
+	Reason string `json:"reason"`
+}
+
+type windowJSON struct {
+	Since           *time.Time `json:"since"` // null: every record
+	Records         uint64     `json:"records"`
+	UnreadSummaries uint64     `json:"unread_summaries"`
+}
+
+type reviewRowJSON struct {
+	UID         *uint32    `json:"uid"` // null: the callers a refusal summary folded together
+	User        string     `json:"user"`
+	Unit        string     `json:"unit"`
+	Key         string     `json:"key"`
+	Op          string     `json:"op"`
+	Allowed     uint64     `json:"allowed"`
+	Denied      uint64     `json:"denied"`
+	Failed      uint64     `json:"failed"`
+	Last        time.Time  `json:"last"`
+	LastAllowed *time.Time `json:"last_allowed"`
+}
+
+type reviewGrantJSON struct {
+	Kind       string            `json:"kind"`
+	Name       string            `json:"name"`
+	Subjects   []string          `json:"subjects"`
+	Keys       []string          `json:"keys"`
+	Operations []string          `json:"operations"`
+	Context    map[string]string `json:"context"`
+	Used       bool              `json:"used"`
+	Allowed    uint64            `json:"allowed"`
+	LastUse    *time.Time        `json:"last_use"`
+}
+
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// reviewJSONOf is the review as JSON; err is the break or ErrNoRecords.
+func reviewJSONOf(rep *accessreview.Report, err error, keysGiven, noCheckpoint bool) reviewJSON {
+	res := rep.Chain
+	out := reviewJSON{Chain: chainJSON{OK: err == nil && !noCheckpoint, Files: res.Files, Records: res.Records, FirstSeq: res.FirstSeq,
+		LastSeq: res.LastSeq, Checkpoints: res.Checkpoints, CheckpointsVerified: keysGiven, LastCheckpointSeq: res.LastCheckpointSeq},
+		Window: windowJSON{Since: timeOrNil(rep.Since), Records: rep.InWindow, UnreadSummaries: rep.UnreadSummaries},
+		Rows:   []reviewRowJSON{}}
+	if res.Records > 0 {
+		out.Chain.LastHash = hex.EncodeToString(res.LastHash[:])
+	}
+	if b := brokenOf(res, err, noCheckpoint); b != nil {
+		out.Chain.Broken = b
+	}
+	for _, r := range rep.Rows {
+		row := reviewRowJSON{User: r.User, Unit: r.Unit, Key: r.Key, Op: r.Op, Allowed: r.Allowed, Denied: r.Denied, Failed: r.Failed,
+			Last: r.Last, LastAllowed: timeOrNil(r.LastAllowed)}
+		if !r.Folded {
+			row.UID = &r.UID
+		}
+		out.Rows = append(out.Rows, row)
+	}
+	for _, g := range rep.Grants {
+		ctx := g.Context
+		if ctx == nil {
+			ctx = map[string]string{}
+		}
+		out.Grants = append(out.Grants, reviewGrantJSON{Kind: g.Kind, Name: g.Name, Subjects: orEmpty(g.Subjects), Keys: orEmpty(g.Keys),
+			Operations: orEmpty(g.Operations), Context: ctx, Used: g.Used(), Allowed: g.Allowed, LastUse: timeOrNil(g.LastUse)})
+	}
+	if rep.Grants != nil && out.Grants == nil {
+		out.Grants = []reviewGrantJSON{}
+	}
+	return out
+}
+
+// brokenOf is why the chain does not pass, nil when it does.
+func brokenOf(res audit.Result, err error, noCheckpoint bool) *brokenJSON {
+	var brk *audit.Break
+	switch {
+	case errors.As(err, &brk):
+		return &brokenJSON{File: brk.File, Line: brk.Line, Seq: brk.Seq, Reason: brk.Reason}
+	case err != nil:
+		return &brokenJSON{Reason: "no records (a log truncated to nothing, its rotated files removed, looks the same; --allow-empty when it is a new log)"}
+	case noCheckpoint:
+		return &brokenJSON{Reason: "no checkpoint record in the files checked (with --checkpoint-key, at least one must be there)"}
+	}
+	return nil
+}
+
+// printReview prints the review as text: the chain, the window, the table
+// of use, and the grants no allowed call used.
+func printReview(w io.Writer, rep *accessreview.Report, err error, keysGiven, noCheckpoint bool) error {
+	var b strings.Builder
+	res := rep.Chain
+	if brk := brokenOf(res, err, noCheckpoint); brk != nil {
+		if brk.File != "" {
+			fmt.Fprintf(&b, "broken: %s\n", err)
+		} else {
+			fmt.Fprintf(&b, "broken: %s\n", brk.Reason)
+		}
+		if res.Records > 0 {
+			fmt.Fprintf(&b, "the counts below cover only the %d records before it, seq %d..%d\n", res.Records, res.FirstSeq, res.LastSeq)
+		}
+	} else if res.Records > 0 {
+		fmt.Fprintf(&b, "ok: %d records verified (files: %d), seq %d..%d, last hash %s\n", res.Records, res.Files, res.FirstSeq, res.LastSeq,
+			hex.EncodeToString(res.LastHash[:]))
+	}
+	if res.Checkpoints > 0 {
+		how := "signatures verified"
+		if !keysGiven {
+			how = "signatures NOT checked (give --checkpoint-key)"
+		}
+		fmt.Fprintf(&b, "checkpoints: %d, %s; last at seq %d\n", res.Checkpoints, how, res.LastCheckpointSeq)
+	}
+	window := "all records"
+	if !rep.Since.IsZero() {
+		window = "since " + rep.Since.UTC().Format(time.RFC3339)
+	}
+	fmt.Fprintf(&b, "window: %s: %d records\n", window, rep.InWindow)
+	if rep.UnreadSummaries > 0 {
+		fmt.Fprintf(&b, "note: %d refusal summaries did not read as keywardd writes them: each counted as one denial of op \"refused\"\n", rep.UnreadSummaries)
+	}
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return err
+	}
+	if err := printRows(w, rep.Rows); err != nil {
+		return err
+	}
+	if rep.Grants != nil {
+		return printUnused(w, rep.Grants)
+	}
+	return nil
+}
+
+func printRows(w io.Writer, rows []accessreview.Row) error {
+	if len(rows) == 0 {
+		_, err := fmt.Fprintln(w, "no calls in the window")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "UID\tUSER\tUNIT\tKEY\tOP\tALLOWED\tDENIED\tFAILED\tLAST")
+	for _, r := range rows {
+		uid, user := strconv.FormatUint(uint64(r.UID), 10), dash(r.User)
+		if r.Folded {
+			uid, user = "*", "(callers folded in a summary)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", uid, user, dash(r.Unit), dash(r.Key), dash(r.Op),
+			r.Allowed, r.Denied, r.Failed, r.Last.UTC().Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+// dash is a table cell for text from a record or the host: "-" when empty,
+// quoted when it holds anything but plain printable text.
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return cell(s)
+}
+
+// printUnused lists the grants no allowed call in the window may have come
+// through, then how many were used.
+func printUnused(w io.Writer, grants []accessreview.Grant) error {
+	var unused []accessreview.Grant
+	for _, g := range grants {
+		if !g.Used() {
+			unused = append(unused, g)
+		}
+	}
+	fmt.Fprintf(w, "\ngrants used in the window: %d of %d\n", len(grants)-len(unused), len(grants))
+	if len(unused) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "unused: no allowed call in the window may have come through these (candidates to remove):")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "KIND\tNAME\tSUBJECTS\tKEYS\tOPERATIONS\tCONTEXT")
+	for _, g := range unused {
+		ctx := "-"
+		if len(g.Context) > 0 {
+			var pairs []string
+			for _, k := range slices.Sorted(maps.Keys(g.Context)) {
+				pairs = append(pairs, cell(k)+"="+cell(g.Context[k]))
+			}
+			ctx = strings.Join(pairs, ",")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", g.Kind, cell(g.Name), strings.Join(g.Subjects, ","), strings.Join(g.Keys, ","),
+			strings.Join(g.Operations, ","), ctx)
+	}
+	return tw.Flush()
+}
