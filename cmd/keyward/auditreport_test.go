@@ -150,7 +150,7 @@ func TestAuditReport(t *testing.T) {
 	}
 	// What the calls made, as the test knows it.
 	for name, c := range map[string][3]uint64{
-		rowName(12346, "", "rev/app", "wrap"): {3, 0, 0},
+		rowName(12346, "", "rev/app", "wrap"):     {3, 0, 0},
 		rowName(12347, "", "rev/app", "key.read"): {1, 0, 0},
 		rowName(12347, "", "rev/app", "wrap"):     {0, 3, 0},
 		rowName(12347, "", "", "wrap"):            {0, 2, 0}, // the summary's
