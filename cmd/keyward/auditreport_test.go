@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/keyward/keyward/audit"
 )
@@ -271,4 +273,94 @@ func handCountDir(t *testing.T, dir string) map[string][3]uint64 {
 		}
 	}
 	return out
+}
+
+// TestAuditReportCommandLine: audit report's exit statuses and output on
+// logs written by the audit package (records timed now): --since, a log
+// with a rotated file missing, an empty one, missing and ambiguous
+// directories, bad flags.
+func TestAuditReportCommandLine(t *testing.T) {
+	rotated := t.TempDir()
+	cur, _ := auditLog(t, rotated, 42, 2048)
+	chain, _, err := audit.Chain(cur)
+	if err != nil || len(chain) < 3 {
+		t.Fatalf("Chain: %v, %v", chain, err)
+	}
+	twoLogs := t.TempDir()
+	auditLog(t, twoLogs, 1, 0)
+	os.WriteFile(filepath.Join(twoLogs, "other.log"), nil, 0o600)
+	emptyLog := filepath.Join(t.TempDir(), "audit.log")
+	if err := os.WriteFile(emptyLog, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badConfig := filepath.Join(t.TempDir(), "keyward.toml")
+	os.WriteFile(badConfig, []byte("no_such_key = 1\n"), 0o600)
+	row := `(?m)^1000\s+\S+\s+-\s+payments/db\s+unwrap\s+%d\s+0\s+0\s`
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout []string // regexps stdout must match
+		stderr string   // substring of the one stderr line; "" for none
+	}{
+		{name: "dir", args: []string{"--dir", rotated}, stdout: []string{`^ok: 42 records verified`, `window: all records: 42 records`, fmt.Sprintf(row, 42)}},
+		{name: "since a period", args: []string{"--dir", rotated, "--since", "30d"}, stdout: []string{`window: since \S+: 42 records`, fmt.Sprintf(row, 42)}},
+		{name: "since a later time", args: []string{"--dir", rotated, "--since", "2100-01-01T00:00:00Z"},
+			stdout: []string{`^ok: 42 records verified`, `window: since 2100-01-01T00:00:00Z: 0 records`, `no calls in the window`}},
+		{name: "rotated file missing", args: append([]string{chain[0]}, chain[2:]...), code: exitFailed,
+			stdout: []string{`^broken: ` + regexp.QuoteMeta(chain[2]) + `:1 \(seq \d+\): seq \d+ follows`, `the counts below cover only the \d+ records before it`}},
+		{name: "empty log", args: []string{emptyLog}, code: exitFailed, stdout: []string{`^broken: no records`}},
+		{name: "empty log, allowed", args: []string{"--allow-empty", emptyLog}, stdout: []string{`no calls in the window`}},
+		{name: "json", args: []string{"--dir", rotated, "--json"}, stdout: []string{`"ok": true`, `"broken": null`, `"since": null`, `"allowed": 42`}},
+		{name: "since malformed", args: []string{"--dir", rotated, "--since", "yesterday"}, code: exitUsage, stderr: "--since"},
+		{name: "dir missing", args: []string{"--dir", filepath.Join(rotated, "nope")}, code: exitNotFound, stderr: "nope"},
+		{name: "dir with two logs", args: []string{"--dir", twoLogs}, code: exitUsage, stderr: "several logs"},
+		{name: "config missing", args: []string{"--dir", rotated, "--config", filepath.Join(rotated, "nope.toml")}, code: exitNotFound, stderr: "nope.toml"},
+		{name: "config refused", args: []string{"--dir", rotated, "--config", badConfig}, code: exitUsage, stderr: "no_such_key"},
+		{name: "from-seq alone", args: []string{"--dir", rotated, "--from-seq", "3"}, code: exitUsage, stderr: "together"},
+		{name: "dir and files", args: []string{"--dir", rotated, cur}, code: exitUsage, stderr: "not both"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := keyward(t, nil, append([]string{"audit", "report"}, tc.args...)...)
+			if r.code != tc.code {
+				t.Fatalf("exit %d, want %d; stdout:\n%s\nstderr: %s", r.code, tc.code, r.stdout, r.stderr)
+			}
+			for _, re := range tc.stdout {
+				if !regexp.MustCompile("(?m)" + re).MatchString(r.stdout) {
+					t.Errorf("stdout does not match %q:\n%s", re, r.stdout)
+				}
+			}
+			if tc.stderr == "" && r.stderr != "" {
+				t.Errorf("stderr %q, want nothing", r.stderr)
+			} else if tc.stderr != "" {
+				checkErrLine(t, r, tc.stderr)
+			}
+		})
+	}
+}
+
+// TestParseSince: a period counts back from now; a time is taken as it is.
+func TestParseSince(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		in   string
+		want time.Time
+		bad  bool
+	}{
+		{in: "", want: time.Time{}},
+		{in: "0", want: time.Time{}},
+		{in: "30d", want: now.Add(-30 * 24 * time.Hour)},
+		{in: "12h", want: now.Add(-12 * time.Hour)},
+		{in: "90m", want: now.Add(-90 * time.Minute)},
+		{in: "2026-11-01T00:00:00Z", want: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)},
+		{in: "30", bad: true},
+		{in: "-1d", bad: true},
+		{in: "2026-11-01", bad: true},
+	} {
+		got, err := parseSince("audit report", tc.in, now)
+		if tc.bad != (err != nil) || !got.Equal(tc.want) {
+			t.Errorf("parseSince(%q) = %v, %v", tc.in, got, err)
+		}
+	}
 }
