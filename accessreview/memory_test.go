@@ -12,10 +12,10 @@ import (
 	"github.com/keyward/keyward/policy"
 )
 
-// writeGenerated writes records 0..n-1 of genRecord through the audit
-// package's writer into dir (rotating at maxFile bytes), in batches, never
-// holding more than a batch; it returns the chain's files.
-func writeGenerated(t testing.TB, dir string, n int, maxFile int64) []string {
+// writeRecords writes records 0..n-1 of gen through the audit package's
+// writer into dir (rotating at maxFile bytes), in batches, never holding
+// more than a batch; it returns the chain's files.
+func writeRecords(t testing.TB, dir string, n int, maxFile int64, gen func(int) audit.Record) []string {
 	t.Helper()
 	path := filepath.Join(dir, "audit.log")
 	l, err := audit.Open(path, audit.Options{MaxFileSize: maxFile, Sync: audit.SyncWrite})
@@ -24,7 +24,7 @@ func writeGenerated(t testing.TB, dir string, n int, maxFile int64) []string {
 	}
 	batch := make([]audit.Record, 0, 1000)
 	for i := range n {
-		batch = append(batch, genRecord(i))
+		batch = append(batch, gen(i))
 		if len(batch) == cap(batch) || i == n-1 {
 			if err := l.AppendAll(context.Background(), batch); err != nil {
 				t.Fatal(err)
@@ -51,7 +51,7 @@ func TestBoundedMemory(t *testing.T) {
 		t.Skip("writes a 40 MB log")
 	}
 	const n = 120_000
-	files := writeGenerated(t, t.TempDir(), n, 8<<20)
+	files := writeRecords(t, t.TempDir(), n, 8<<20, genRecord)
 	var size int64
 	for _, f := range files {
 		fi, err := os.Stat(f)
