@@ -48,7 +48,7 @@ pairs (where the daemon's decision stops at the latest).
 
 Without --dir, the log is in the directory of --config's audit_log, else of
 the default audit_log (/var/log/keyward). --json prints the review as one
-JSON object (see the access review page for its fields).
+JSON object (its fields: docs/access-review.md).
 
 Exit status 0 when the chain holds; 1 when it is broken, or holds no record
 (unless --allow-empty), or when --checkpoint-key was given and no checkpoint
