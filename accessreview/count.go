@@ -30,7 +30,7 @@ var (
 	skippedResults = map[string]bool{"STARTED": true}
 )
 
-// Outcome is how a record counts.
+// outcome is how a record counts.
 type outcome uint8
 
 const (
@@ -116,7 +116,9 @@ func parseSummary(reason string) (s summary, ok bool) {
 		case "count":
 			s.count, err = strconv.ParseUint(val, 10, 64)
 		case "ops":
-			s.ops, err = parseOps(val)
+			if s.ops, ok = parseOps(val); !ok {
+				return s, false
+			}
 		case "last":
 			s.last, err = time.Parse(time.RFC3339Nano, val)
 		}
@@ -131,18 +133,16 @@ func parseSummary(reason string) (s summary, ok bool) {
 	return s, seen["count"] && seen["ops"] && s.count > 0 && sum == s.count
 }
 
-// errBadOps: a summary's ops field does not read as OP:N,...
-var errBadOps = strconv.ErrSyntax
-
-func parseOps(val string) ([]opCount, error) {
-	var out []opCount
+// parseOps reads a summary's ops field, OP:N,OP:N...; ok false when it
+// does not read so.
+func parseOps(val string) (ops []opCount, ok bool) {
 	for _, item := range strings.Split(val, ",") {
 		op, num, found := strings.Cut(item, ":")
 		n, err := strconv.ParseUint(num, 10, 64)
 		if !found || op == "" || err != nil || n == 0 {
-			return nil, errBadOps
+			return nil, false
 		}
-		out = append(out, opCount{op, n})
+		ops = append(ops, opCount{op, n})
 	}
-	return out, nil
+	return ops, true
 }

@@ -49,8 +49,9 @@ type grantSource interface {
 
 // grantKinds are the kinds of grant a review lists, in this order. A new
 // kind (a time-boxed grant a second person approved, say) is one more
-// entry: its grants, and how a record is attributed to one (by the grant
-// id its records carry, for instance). nil: the kind is not configured.
+// entry: its grants, read from Options.Config, and how an allowed record
+// is attributed to one (by the grant id its records carry, for instance).
+// An entry returns nil when its kind is not configured.
 var grantKinds = []func(Options) grantSource{
 	ruleGrants,
 }

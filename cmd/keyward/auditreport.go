@@ -100,11 +100,13 @@ func (a *app) auditReport(cmd string, seqGiven bool, f auditReportFlags, args []
 		return err
 	}
 	var pol *policy.Policy
+	var cfg *config.Config
 	if f.config != "" {
-		var cfg config.Config
-		if cfg, pol, err = loadReviewConfig(cmd, f.config); err != nil {
+		var c config.Config
+		if c, pol, err = loadReviewConfig(cmd, f.config); err != nil {
 			return err
 		}
+		cfg = &c
 		if f.verify.dir == "" && len(args) == 0 {
 			if cfg.AuditLog == "off" {
 				return usagef(cmd, "%s has audit_log = \"off\": give --dir DIR", f.config)
@@ -115,7 +117,7 @@ func (a *app) auditReport(cmd string, seqGiven bool, f auditReportFlags, args []
 	if f.verify.dir == "" && len(args) == 0 {
 		f.verify.dir = filepath.Dir(config.Defaults().AuditLog)
 	}
-	o := accessreview.Options{Since: since, Policy: pol, AllowEmpty: f.verify.allowEmpty}
+	o := accessreview.Options{Since: since, Policy: pol, Config: cfg, AllowEmpty: f.verify.allowEmpty}
 	if o.Files, _, err = auditFiles(cmd, f.verify.dir, args); err != nil {
 		return err
 	}

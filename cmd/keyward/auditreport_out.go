@@ -22,7 +22,7 @@ type reviewJSON struct {
 	Chain  chainJSON         `json:"chain"`
 	Window windowJSON        `json:"window"`
 	Rows   []reviewRowJSON   `json:"rows"`
-	Grants []reviewGrantJSON `json:"grants,omitempty"` // with --config only
+	Grants []reviewGrantJSON `json:"grants,omitzero"` // with --config only
 }
 
 type chainJSON struct {

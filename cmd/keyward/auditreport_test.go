@@ -295,6 +295,8 @@ func TestAuditReportCommandLine(t *testing.T) {
 	}
 	badConfig := filepath.Join(t.TempDir(), "keyward.toml")
 	os.WriteFile(badConfig, []byte("no_such_key = 1\n"), 0o600)
+	noRules := filepath.Join(t.TempDir(), "keyward.toml")
+	os.WriteFile(noRules, []byte("[backend]\nkind = \"pkcs11\"\nmodule = \"/nonexistent.so\"\ntoken = \"t\"\n"), 0o600)
 	row := `(?m)^1000\s+\S+\s+-\s+payments/db\s+unwrap\s+%d\s+0\s+0\s`
 	tests := []struct {
 		name   string
@@ -302,6 +304,7 @@ func TestAuditReportCommandLine(t *testing.T) {
 		code   int
 		stdout []string // regexps stdout must match
 		stderr string   // substring of the one stderr line; "" for none
+		absent string   // a substring stdout must not hold
 	}{
 		{name: "dir", args: []string{"--dir", rotated}, stdout: []string{`^ok: 42 records verified`, `window: all records: 42 records`, fmt.Sprintf(row, 42)}},
 		{name: "since a period", args: []string{"--dir", rotated, "--since", "30d"}, stdout: []string{`window: since \S+: 42 records`, fmt.Sprintf(row, 42)}},
@@ -312,6 +315,9 @@ func TestAuditReportCommandLine(t *testing.T) {
 		{name: "empty log", args: []string{emptyLog}, code: exitFailed, stdout: []string{`^broken: no records`}},
 		{name: "empty log, allowed", args: []string{"--allow-empty", emptyLog}, stdout: []string{`no calls in the window`}},
 		{name: "json", args: []string{"--dir", rotated, "--json"}, stdout: []string{`"ok": true`, `"broken": null`, `"since": null`, `"allowed": 42`}},
+		{name: "json without --config", args: []string{"--dir", rotated, "--json"}, stdout: []string{`^\}`}, absent: `"grants"`},
+		{name: "json, a config without rules", args: []string{"--dir", rotated, "--json", "--config", noRules}, stdout: []string{`"grants": \[\]`}},
+		{name: "a config without rules", args: []string{"--dir", rotated, "--config", noRules}, stdout: []string{`^grants used in the window: 0 of 0$`}},
 		{name: "since malformed", args: []string{"--dir", rotated, "--since", "yesterday"}, code: exitUsage, stderr: "--since"},
 		{name: "dir missing", args: []string{"--dir", filepath.Join(rotated, "nope")}, code: exitNotFound, stderr: "nope"},
 		{name: "dir with two logs", args: []string{"--dir", twoLogs}, code: exitUsage, stderr: "several logs"},
@@ -330,6 +336,9 @@ func TestAuditReportCommandLine(t *testing.T) {
 				if !regexp.MustCompile("(?m)" + re).MatchString(r.stdout) {
 					t.Errorf("stdout does not match %q:\n%s", re, r.stdout)
 				}
+			}
+			if tc.absent != "" && strings.Contains(r.stdout, tc.absent) {
+				t.Errorf("stdout holds %q:\n%s", tc.absent, r.stdout)
 			}
 			if tc.stderr == "" && r.stderr != "" {
 				t.Errorf("stderr %q, want nothing", r.stderr)
