@@ -56,9 +56,12 @@ func outcomeOf(r *audit.Record) outcome {
 type groupKey struct {
 	uid    uint32
 	folded bool // the callers a refusal summary folded together (no uid)
-	unit   string
-	key    string
-	op     string
+	// otherKeys: the keys first seen once the review held MaxRows rows
+	// (key is then "").
+	otherKeys bool
+	unit      string
+	key       string
+	op        string
 }
 
 // counts is a row's tally.

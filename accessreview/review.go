@@ -31,6 +31,13 @@ type Options struct {
 	Users Users
 	// AllowEmpty: a trail with no record is a new log, not a broken one.
 	AllowEmpty bool
+	// MaxRows bounds the rows (subject x key x operation) kept apart; 0:
+	// DefaultMaxRows. Callers choose the key names of their calls, so a
+	// trail may name more keys than memory should hold: once MaxRows rows
+	// are held, a key not seen before is counted in its subject and
+	// operation's "other keys" row. Counts per subject and operation stay
+	// exact.
+	MaxRows int
 
 	// afterRecord, when set, is called after each record is counted
 	// (tests measure memory along the pass).
@@ -49,7 +56,10 @@ type Report struct {
 	// UnreadSummaries counts refusal summaries whose counts did not read
 	// as keywardd writes them: each counted as one denial of op "refused".
 	UnreadSummaries uint64
-	Rows            []Row
+	// OtherKeysCalls counts the calls counted in an "other keys" row (see
+	// Options.MaxRows).
+	OtherKeysCalls uint64
+	Rows           []Row
 	// Grants are every grant of the config (nil without Options.Policy),
 	// in kind then config order, with their use.
 	Grants []Grant
@@ -65,7 +75,10 @@ type Row struct {
 	Unit   string // the caller's systemd unit, "" when none or unknown
 	// Key is "" for refusal summaries, which do not name keys, and calls
 	// refused before a key was read.
-	Key                     string
+	Key string
+	// OtherKeys: the row counts the subject's calls of this operation on
+	// keys first seen after Options.MaxRows rows were held (Key is "").
+	OtherKeys               bool
 	Op                      string
 	Allowed, Denied, Failed uint64
 	// Last is the time of the row's last record; LastAllowed of its last
@@ -81,7 +94,10 @@ func Run(o Options) (*Report, error) {
 	if o.Users == nil {
 		o.Users = SystemUsers()
 	}
-	rv := &reviewer{o: o, groups: map[groupKey]*counts{}, users: newUserCache(o.Users)}
+	rv := &reviewer{o: o, groups: map[groupKey]*counts{}, users: newUserCache(o.Users), maxRows: o.MaxRows}
+	if rv.maxRows <= 0 {
+		rv.maxRows = DefaultMaxRows
+	}
 	for _, kind := range grantKinds {
 		if src := kind(o); src != nil {
 			rv.sources = append(rv.sources, src)
@@ -118,6 +134,9 @@ type reviewer struct {
 	sources  []grantSource
 	inWindow uint64
 	unread   uint64
+	maxRows  int
+	// otherKeys counts the calls counted in an "other keys" row.
+	otherKeys uint64
 }
 
 // add counts one verified record.
@@ -135,19 +154,29 @@ func (rv *reviewer) add(r *audit.Record) {
 		rv.addSummary(r, k)
 		return
 	}
-	rv.group(k).add(o, 1, r.Time)
+	rv.count(k, o, 1, r.Time)
 	if o == outcomeAllowed {
 		rv.attribute(r)
 	}
 }
 
-func (rv *reviewer) group(k groupKey) *counts {
+// DefaultMaxRows is Options.MaxRows's default: some 50 MB of rows.
+const DefaultMaxRows = 200_000
+
+// count adds n calls with outcome o at time t to k's row, or to its
+// "other keys" row once maxRows rows are held.
+func (rv *reviewer) count(k groupKey, o outcome, n uint64, t time.Time) {
 	c := rv.groups[k]
+	if c == nil && len(rv.groups) >= rv.maxRows {
+		rv.otherKeys += n
+		k.key, k.otherKeys = "", true
+		c = rv.groups[k]
+	}
 	if c == nil {
 		c = &counts{}
 		rv.groups[k] = c
 	}
-	return c
+	c.add(o, n, t)
 }
 
 // addSummary counts a refusal summary's refusals under each operation it
@@ -159,7 +188,7 @@ func (rv *reviewer) addSummary(r *audit.Record, k groupKey) {
 	s, ok := parseSummary(r.Reason)
 	if !ok {
 		rv.unread++
-		rv.group(k).add(outcomeDenied, 1, r.Time)
+		rv.count(k, outcomeDenied, 1, r.Time)
 		return
 	}
 	last := s.last
@@ -168,7 +197,7 @@ func (rv *reviewer) addSummary(r *audit.Record, k groupKey) {
 	}
 	for _, oc := range s.ops {
 		k.op = oc.op
-		rv.group(k).add(outcomeDenied, oc.n, last)
+		rv.count(k, outcomeDenied, oc.n, last)
 	}
 }
 
@@ -195,9 +224,9 @@ func (rv *reviewer) attribute(r *audit.Record) {
 // report sorts the groups into rows: by subject (uid, then unit; the
 // folded callers last), key, operation.
 func (rv *reviewer) report(res audit.Result) *Report {
-	rep := &Report{Chain: res, Since: rv.o.Since, InWindow: rv.inWindow, UnreadSummaries: rv.unread}
+	rep := &Report{Chain: res, Since: rv.o.Since, InWindow: rv.inWindow, UnreadSummaries: rv.unread, OtherKeysCalls: rv.otherKeys}
 	for k, c := range rv.groups {
-		row := Row{UID: k.uid, Folded: k.folded, Unit: k.unit, Key: k.key, Op: k.op,
+		row := Row{UID: k.uid, Folded: k.folded, Unit: k.unit, Key: k.key, OtherKeys: k.otherKeys, Op: k.op,
 			Allowed: c.allowed, Denied: c.denied, Failed: c.failed, Last: c.last, LastAllowed: c.lastAllowed}
 		if !k.folded {
 			row.User = rv.users.name(k.uid)
@@ -206,7 +235,7 @@ func (rv *reviewer) report(res audit.Result) *Report {
 	}
 	slices.SortFunc(rep.Rows, func(a, b Row) int {
 		return cmp.Or(compareBool(a.Folded, b.Folded), cmp.Compare(a.UID, b.UID), cmp.Compare(a.Unit, b.Unit),
-			cmp.Compare(a.Key, b.Key), cmp.Compare(a.Op, b.Op))
+			compareBool(a.OtherKeys, b.OtherKeys), cmp.Compare(a.Key, b.Key), cmp.Compare(a.Op, b.Op))
 	})
 	for _, src := range rv.sources {
 		rep.Grants = append(rep.Grants, src.grants()...)

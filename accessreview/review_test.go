@@ -396,3 +396,53 @@ func TestUnreadSummary(t *testing.T) {
 		t.Fatalf("%+v, %v", rep, err)
 	}
 }
+
+// TestMaxRows: past MaxRows rows, calls on keys not seen before are counted
+// in their subject and operation's "other keys" row; the rows stay
+// bounded and the counts per subject and operation equal the hand count's.
+func TestMaxRows(t *testing.T) {
+	files := writeLog(t, genRecords(3000), 0)
+	const maxRows = 12
+	rep, err := Run(Options{Files: files, Users: testUsers, MaxRows: maxRows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type subjOp struct {
+		uid      uint32
+		folded   bool
+		unit, op string
+	}
+	perOp := func(rows map[handKey]handRow) map[subjOp]handRow {
+		out := map[subjOp]handRow{}
+		for k, c := range rows {
+			so := subjOp{k.uid, k.folded, k.unit, k.op}
+			o := out[so]
+			o.allowed, o.denied, o.failed = o.allowed+c.allowed, o.denied+c.denied, o.failed+c.failed
+			out[so] = o
+		}
+		return out
+	}
+	got, want := map[handKey]handRow{}, handCount(t, files, time.Time{})
+	var kept, other int
+	var otherCalls uint64
+	for _, r := range rep.Rows {
+		k := handKey{uid: r.UID, folded: r.Folded, unit: r.Unit, key: r.Key, op: r.Op}
+		if r.OtherKeys {
+			other++
+			otherCalls += r.Allowed + r.Denied + r.Failed
+			k.key = "(other)"
+		} else {
+			kept++
+			if want[k] != (handRow{r.Allowed, r.Denied, r.Failed}) {
+				t.Errorf("row %+v kept apart, but its counts are not the hand count's %+v", r, want[k])
+			}
+		}
+		got[k] = handRow{r.Allowed, r.Denied, r.Failed}
+	}
+	if kept != maxRows || other == 0 || otherCalls != rep.OtherKeysCalls || len(want) <= maxRows {
+		t.Fatalf("%d rows kept apart, %d other-keys rows of %d calls (report: %d); %d rows in all", kept, other, otherCalls, rep.OtherKeysCalls, len(want))
+	}
+	if !maps.Equal(perOp(got), perOp(want)) {
+		t.Errorf("per subject and operation: %v, hand count %v", perOp(got), perOp(want))
+	}
+}

@@ -47,7 +47,10 @@ matches the key, in config order, up to the first rule without context
 pairs (where the daemon's decision stops at the latest).
 
 Without --dir, the log is in the directory of --config's audit_log, else of
-the default audit_log (/var/log/keyward). --json prints the review as one
+the default audit_log (/var/log/keyward). Callers choose the key names they
+ask for, so a log may name more keys than memory should hold: past
+--max-rows rows, calls on keys not seen before are counted in their subject
+and operation's "(other keys)" row (a note says how many). --json prints the review as one
 JSON object (its fields: docs/access-review.md).
 
 Exit status 0 when the chain holds; 1 when it is broken, or holds no record
@@ -66,6 +69,7 @@ type auditReportFlags struct {
 	since  string
 	config string
 	json   bool
+	rows   int
 }
 
 func (a *app) auditReportCmd() *cobra.Command {
@@ -86,6 +90,7 @@ func (a *app) auditReportCmd() *cobra.Command {
 	fl.StringVar(&f.since, "since", "", "count the records of the last `PERIOD` (30d, 12h, 90m) or from an RFC 3339 time (default: all)")
 	fl.StringVar(&f.config, "config", "", "keywardd's configuration `FILE`: list the rules no allowed call used")
 	fl.BoolVar(&f.json, "json", false, "print the review as JSON")
+	fl.IntVar(&f.rows, "max-rows", accessreview.DefaultMaxRows, "keep at most `N` rows apart; calls on keys first seen after that count in their subject and operation's (other keys) row")
 	fl.StringArrayVar(&f.verify.keyFiles, "checkpoint-key", nil, "check checkpoint signatures with the PEM public key in `FILE` (repeat for each key version)")
 	fl.BoolVar(&f.verify.allowEmpty, "allow-empty", false, "a trail with no record at all is a new log, not a broken one")
 	fl.Uint64Var(&f.verify.fromSeq, "from-seq", 0, "the trail starts at seq `N` (older files removed on purpose); needs --from-hash")
@@ -117,7 +122,10 @@ func (a *app) auditReport(cmd string, seqGiven bool, f auditReportFlags, args []
 	if f.verify.dir == "" && len(args) == 0 {
 		f.verify.dir = filepath.Dir(config.Defaults().AuditLog)
 	}
-	o := accessreview.Options{Since: since, Policy: pol, Config: cfg, AllowEmpty: f.verify.allowEmpty}
+	if f.rows <= 0 {
+		return usagef(cmd, "--max-rows %d: want 1 or more", f.rows)
+	}
+	o := accessreview.Options{Since: since, Policy: pol, Config: cfg, AllowEmpty: f.verify.allowEmpty, MaxRows: f.rows}
 	if o.Files, _, err = auditFiles(cmd, f.verify.dir, args); err != nil {
 		return err
 	}

@@ -49,6 +49,7 @@ type windowJSON struct {
 	Since           *time.Time `json:"since"` // null: every record
 	Records         uint64     `json:"records"`
 	UnreadSummaries uint64     `json:"unread_summaries"`
+	OtherKeysCalls  uint64     `json:"other_keys_calls"`
 }
 
 type reviewRowJSON struct {
@@ -56,6 +57,7 @@ type reviewRowJSON struct {
 	User        string     `json:"user"`
 	Unit        string     `json:"unit"`
 	Key         string     `json:"key"`
+	OtherKeys   bool       `json:"other_keys"` // keys first seen past --max-rows rows
 	Op          string     `json:"op"`
 	Allowed     uint64     `json:"allowed"`
 	Denied      uint64     `json:"denied"`
@@ -95,7 +97,7 @@ func reviewJSONOf(rep *accessreview.Report, err error, keysGiven, noCheckpoint b
 	res := rep.Chain
 	out := reviewJSON{Chain: chainJSON{OK: err == nil && !noCheckpoint, Files: res.Files, Records: res.Records, FirstSeq: res.FirstSeq,
 		LastSeq: res.LastSeq, Checkpoints: res.Checkpoints, CheckpointsVerified: keysGiven, LastCheckpointSeq: res.LastCheckpointSeq},
-		Window: windowJSON{Since: timeOrNil(rep.Since), Records: rep.InWindow, UnreadSummaries: rep.UnreadSummaries},
+		Window: windowJSON{Since: timeOrNil(rep.Since), Records: rep.InWindow, UnreadSummaries: rep.UnreadSummaries, OtherKeysCalls: rep.OtherKeysCalls},
 		Rows:   []reviewRowJSON{}}
 	if res.Records > 0 {
 		out.Chain.LastHash = hex.EncodeToString(res.LastHash[:])
@@ -104,7 +106,7 @@ func reviewJSONOf(rep *accessreview.Report, err error, keysGiven, noCheckpoint b
 		out.Chain.Broken = b
 	}
 	for _, r := range rep.Rows {
-		row := reviewRowJSON{User: r.User, Unit: r.Unit, Key: r.Key, Op: r.Op, Allowed: r.Allowed, Denied: r.Denied, Failed: r.Failed,
+		row := reviewRowJSON{User: r.User, Unit: r.Unit, Key: r.Key, OtherKeys: r.OtherKeys, Op: r.Op, Allowed: r.Allowed, Denied: r.Denied, Failed: r.Failed,
 			Last: r.Last, LastAllowed: timeOrNil(r.LastAllowed)}
 		if !r.Folded {
 			row.UID = &r.UID
@@ -172,6 +174,9 @@ func printReview(w io.Writer, rep *accessreview.Report, err error, keysGiven, no
 	if rep.UnreadSummaries > 0 {
 		fmt.Fprintf(&b, "note: %d refusal summaries did not read as keywardd writes them: each counted as one denial of op \"refused\"\n", rep.UnreadSummaries)
 	}
+	if rep.OtherKeysCalls > 0 {
+		fmt.Fprintf(&b, "note: more rows than --max-rows: %d calls on keys first seen after that are counted in (other keys) rows\n", rep.OtherKeysCalls)
+	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return err
 	}
@@ -196,7 +201,11 @@ func printRows(w io.Writer, rows []accessreview.Row) error {
 		if r.Folded {
 			uid, user = "*", "(callers folded in a summary)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", uid, user, dash(r.Unit), dash(r.Key), dash(r.Op),
+		key := dash(r.Key)
+		if r.OtherKeys {
+			key = "(other keys)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", uid, user, dash(r.Unit), key, dash(r.Op),
 			r.Allowed, r.Denied, r.Failed, r.Last.UTC().Format(time.RFC3339))
 	}
 	return tw.Flush()

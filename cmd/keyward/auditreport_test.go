@@ -178,6 +178,14 @@ func TestAuditReport(t *testing.T) {
 		t.Errorf("text report: exit %d\n%s", text.code, text.stdout)
 	}
 
+	// Past --max-rows, later keys fold into their subject and operation's
+	// "(other keys)" row, counts kept.
+	capped := report("--max-rows", "2")
+	if capped.code != 0 || !regexp.MustCompile(`(?m)^note: more rows than --max-rows: \d+ calls`).MatchString(capped.stdout) ||
+		!regexp.MustCompile(`(?m)^\d+\s+\S+\s+-\s+\(other keys\)\s+\S+\s+\d+`).MatchString(capped.stdout) {
+		t.Errorf("--max-rows 2: exit %d\n%s", capped.code, capped.stdout)
+	}
+
 	// A byte changed in a record: exit 1, the break named on stdout.
 	last := files[len(files)-1]
 	b, err := os.ReadFile(last)
@@ -318,6 +326,7 @@ func TestAuditReportCommandLine(t *testing.T) {
 		{name: "json without --config", args: []string{"--dir", rotated, "--json"}, stdout: []string{`^\}`}, absent: `"grants"`},
 		{name: "json, a config without rules", args: []string{"--dir", rotated, "--json", "--config", noRules}, stdout: []string{`"grants": \[\]`}},
 		{name: "a config without rules", args: []string{"--dir", rotated, "--config", noRules}, stdout: []string{`^grants used in the window: 0 of 0$`}},
+		{name: "max rows 0", args: []string{"--dir", rotated, "--max-rows", "0"}, code: exitUsage, stderr: "--max-rows"},
 		{name: "since malformed", args: []string{"--dir", rotated, "--since", "yesterday"}, code: exitUsage, stderr: "--since"},
 		{name: "dir missing", args: []string{"--dir", filepath.Join(rotated, "nope")}, code: exitNotFound, stderr: "nope"},
 		{name: "dir with two logs", args: []string{"--dir", twoLogs}, code: exitUsage, stderr: "several logs"},
