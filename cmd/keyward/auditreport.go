@@ -126,7 +126,8 @@ func (a *app) auditReport(cmd string, seqGiven bool, f auditReportFlags, args []
 		return usagef(cmd, "--max-rows %d: want 1 or more", f.rows)
 	}
 	o := accessreview.Options{Since: since, Policy: pol, Config: cfg, AllowEmpty: f.verify.allowEmpty, MaxRows: f.rows}
-	if o.Files, _, err = auditFiles(cmd, f.verify.dir, args); err != nil {
+	var torn []string
+	if o.Files, torn, err = auditFiles(cmd, f.verify.dir, args); err != nil {
 		return err
 	}
 	if o.Verify, err = verifyOptions(cmd, seqGiven, f.verify); err != nil {
@@ -139,15 +140,17 @@ func (a *app) auditReport(cmd string, seqGiven bool, f auditReportFlags, args []
 	case err != nil:
 		return fmt.Errorf("%s: %w", cmd, err)
 	}
-	noCheckpoint := err == nil && len(f.verify.keyFiles) > 0 && rep.Chain.Checkpoints == 0
+	out := reviewOutcome{rep: rep, err: err, keysGiven: len(f.verify.keyFiles) > 0, torn: torn}
+	out.noCheckpoint = err == nil && out.keysGiven && rep.Chain.Checkpoints == 0
 	if f.json {
-		if werr := writeJSON(a.stdout, reviewJSONOf(rep, err, len(f.verify.keyFiles) > 0, noCheckpoint)); werr != nil {
-			return werr
-		}
-	} else if werr := printReview(a.stdout, rep, err, len(f.verify.keyFiles) > 0, noCheckpoint); werr != nil {
-		return werr
+		err = writeJSON(a.stdout, out.json())
+	} else {
+		err = out.print(a.stdout)
 	}
-	if err != nil || noCheckpoint {
+	switch {
+	case err != nil:
+		return err
+	case out.err != nil || out.noCheckpoint:
 		return errBroken
 	}
 	return nil

@@ -36,6 +36,7 @@ type chainJSON struct {
 	CheckpointsVerified bool        `json:"checkpoints_verified"`
 	LastCheckpointSeq   uint64      `json:"last_checkpoint_seq"`
 	Broken              *brokenJSON `json:"broken"`
+	Torn                []string    `json:"torn"` // torn tails moved aside, not part of the chain
 }
 
 type brokenJSON struct {
@@ -92,19 +93,27 @@ func orEmpty[T any](s []T) []T {
 	return s
 }
 
-// reviewJSONOf is the review as JSON; err is the break or ErrNoRecords.
-func reviewJSONOf(rep *accessreview.Report, err error, keysGiven, noCheckpoint bool) reviewJSON {
-	res := rep.Chain
-	out := reviewJSON{Chain: chainJSON{OK: err == nil && !noCheckpoint, Files: res.Files, Records: res.Records, FirstSeq: res.FirstSeq,
-		LastSeq: res.LastSeq, Checkpoints: res.Checkpoints, CheckpointsVerified: keysGiven, LastCheckpointSeq: res.LastCheckpointSeq},
+// reviewOutcome is what audit report found, for printing.
+type reviewOutcome struct {
+	rep          *accessreview.Report
+	err          error // the break, or accessreview.ErrNoRecords
+	keysGiven    bool  // --checkpoint-key
+	noCheckpoint bool  // keys given, and no checkpoint found
+	torn         []string
+}
+
+// json is the review as JSON.
+func (o reviewOutcome) json() reviewJSON {
+	rep, res := o.rep, o.rep.Chain
+	out := reviewJSON{Chain: chainJSON{OK: o.err == nil && !o.noCheckpoint, Files: res.Files, Records: res.Records, FirstSeq: res.FirstSeq,
+		LastSeq: res.LastSeq, Checkpoints: res.Checkpoints, CheckpointsVerified: o.keysGiven, LastCheckpointSeq: res.LastCheckpointSeq,
+		Torn: orEmpty(o.torn)},
 		Window: windowJSON{Since: timeOrNil(rep.Since), Records: rep.InWindow, UnreadSummaries: rep.UnreadSummaries, OtherKeysCalls: rep.OtherKeysCalls},
 		Rows:   []reviewRowJSON{}}
 	if res.Records > 0 {
 		out.Chain.LastHash = hex.EncodeToString(res.LastHash[:])
 	}
-	if b := brokenOf(res, err, noCheckpoint); b != nil {
-		out.Chain.Broken = b
-	}
+	out.Chain.Broken = brokenOf(o.err, o.noCheckpoint)
 	for _, r := range rep.Rows {
 		row := reviewRowJSON{User: r.User, Unit: r.Unit, Key: r.Key, OtherKeys: r.OtherKeys, Op: r.Op, Allowed: r.Allowed, Denied: r.Denied, Failed: r.Failed,
 			Last: r.Last, LastAllowed: timeOrNil(r.LastAllowed)}
@@ -128,7 +137,7 @@ func reviewJSONOf(rep *accessreview.Report, err error, keysGiven, noCheckpoint b
 }
 
 // brokenOf is why the chain does not pass, nil when it does.
-func brokenOf(res audit.Result, err error, noCheckpoint bool) *brokenJSON {
+func brokenOf(err error, noCheckpoint bool) *brokenJSON {
 	var brk *audit.Break
 	switch {
 	case errors.As(err, &brk):
@@ -141,14 +150,14 @@ func brokenOf(res audit.Result, err error, noCheckpoint bool) *brokenJSON {
 	return nil
 }
 
-// printReview prints the review as text: the chain, the window, the table
-// of use, and the grants no allowed call used.
-func printReview(w io.Writer, rep *accessreview.Report, err error, keysGiven, noCheckpoint bool) error {
+// print prints the review as text: the chain, the window, the table of
+// use, and the grants no allowed call used.
+func (o reviewOutcome) print(w io.Writer) error {
 	var b strings.Builder
-	res := rep.Chain
-	if brk := brokenOf(res, err, noCheckpoint); brk != nil {
+	rep, res := o.rep, o.rep.Chain
+	if brk := brokenOf(o.err, o.noCheckpoint); brk != nil {
 		if brk.File != "" {
-			fmt.Fprintf(&b, "broken: %s\n", err)
+			fmt.Fprintf(&b, "broken: %s\n", o.err)
 		} else {
 			fmt.Fprintf(&b, "broken: %s\n", brk.Reason)
 		}
@@ -161,7 +170,7 @@ func printReview(w io.Writer, rep *accessreview.Report, err error, keysGiven, no
 	}
 	if res.Checkpoints > 0 {
 		how := "signatures verified"
-		if !keysGiven {
+		if !o.keysGiven {
 			how = "signatures NOT checked (give --checkpoint-key)"
 		}
 		fmt.Fprintf(&b, "checkpoints: %d, %s; last at seq %d\n", res.Checkpoints, how, res.LastCheckpointSeq)
@@ -173,6 +182,9 @@ func printReview(w io.Writer, rep *accessreview.Report, err error, keysGiven, no
 	fmt.Fprintf(&b, "window: %s: %d records\n", window, rep.InWindow)
 	if rep.UnreadSummaries > 0 {
 		fmt.Fprintf(&b, "note: %d refusal summaries did not read as keywardd writes them: each counted as one denial of op \"refused\"\n", rep.UnreadSummaries)
+	}
+	for _, t := range o.torn {
+		fmt.Fprintf(&b, "note: %s holds a torn tail keywardd moved aside at restart (not part of the chain; see its log)\n", t)
 	}
 	if rep.OtherKeysCalls > 0 {
 		fmt.Fprintf(&b, "note: more rows than --max-rows: %d calls on keys first seen after that are counted in (other keys) rows\n", rep.OtherKeysCalls)

@@ -301,6 +301,9 @@ func TestAuditReportCommandLine(t *testing.T) {
 	if err := os.WriteFile(emptyLog, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	withTorn := t.TempDir()
+	tornPath, _ := auditLog(t, withTorn, 3, 0)
+	os.WriteFile(tornPath+".torn-20250101T000000.000000000Z", []byte("{\"seq\":4"), 0o600)
 	badConfig := filepath.Join(t.TempDir(), "keyward.toml")
 	os.WriteFile(badConfig, []byte("no_such_key = 1\n"), 0o600)
 	noRules := filepath.Join(t.TempDir(), "keyward.toml")
@@ -323,6 +326,7 @@ func TestAuditReportCommandLine(t *testing.T) {
 		{name: "empty log", args: []string{emptyLog}, code: exitFailed, stdout: []string{`^broken: no records`}},
 		{name: "empty log, allowed", args: []string{"--allow-empty", emptyLog}, stdout: []string{`no calls in the window`}},
 		{name: "json", args: []string{"--dir", rotated, "--json"}, stdout: []string{`"ok": true`, `"broken": null`, `"since": null`, `"allowed": 42`}},
+		{name: "dir with a torn tail", args: []string{"--dir", withTorn}, stdout: []string{`^ok: 3 records`, `^note: ` + regexp.QuoteMeta(tornPath) + `\.torn-\S+ holds a torn tail`}},
 		{name: "json without --config", args: []string{"--dir", rotated, "--json"}, stdout: []string{`^\}`}, absent: `"grants"`},
 		{name: "json, a config without rules", args: []string{"--dir", rotated, "--json", "--config", noRules}, stdout: []string{`"grants": \[\]`}},
 		{name: "a config without rules", args: []string{"--dir", rotated, "--config", noRules}, stdout: []string{`^grants used in the window: 0 of 0$`}},
