@@ -100,37 +100,8 @@ func (a *app) auditReportCmd() *cobra.Command {
 
 // auditReport runs audit report.
 func (a *app) auditReport(cmd string, seqGiven bool, f auditReportFlags, args []string) error {
-	since, err := parseSince(cmd, f.since, time.Now())
+	o, torn, err := reviewOptions(cmd, seqGiven, f, args)
 	if err != nil {
-		return err
-	}
-	var pol *policy.Policy
-	var cfg *config.Config
-	if f.config != "" {
-		var c config.Config
-		if c, pol, err = loadReviewConfig(cmd, f.config); err != nil {
-			return err
-		}
-		cfg = &c
-		if f.verify.dir == "" && len(args) == 0 {
-			if cfg.AuditLog == "off" {
-				return usagef(cmd, "%s has audit_log = \"off\": give --dir DIR", f.config)
-			}
-			f.verify.dir = filepath.Dir(cfg.AuditLog)
-		}
-	}
-	if f.verify.dir == "" && len(args) == 0 {
-		f.verify.dir = filepath.Dir(config.Defaults().AuditLog)
-	}
-	if f.rows <= 0 {
-		return usagef(cmd, "--max-rows %d: want 1 or more", f.rows)
-	}
-	o := accessreview.Options{Since: since, Policy: pol, Config: cfg, AllowEmpty: f.verify.allowEmpty, MaxRows: f.rows}
-	var torn []string
-	if o.Files, torn, err = auditFiles(cmd, f.verify.dir, args); err != nil {
-		return err
-	}
-	if o.Verify, err = verifyOptions(cmd, seqGiven, f.verify); err != nil {
 		return err
 	}
 	rep, err := accessreview.Run(o)
@@ -154,6 +125,43 @@ func (a *app) auditReport(cmd string, seqGiven bool, f auditReportFlags, args []
 		return errBroken
 	}
 	return nil
+}
+
+// reviewOptions turns the command line into the review's options and the
+// torn tails found beside the log.
+func reviewOptions(cmd string, seqGiven bool, f auditReportFlags, args []string) (accessreview.Options, []string, error) {
+	var o accessreview.Options
+	var err error
+	if f.rows <= 0 {
+		return o, nil, usagef(cmd, "--max-rows %d: want 1 or more", f.rows)
+	}
+	if o.Since, err = parseSince(cmd, f.since, time.Now()); err != nil {
+		return o, nil, err
+	}
+	o.AllowEmpty, o.MaxRows = f.verify.allowEmpty, f.rows
+	dir := f.verify.dir
+	if f.config != "" {
+		cfg, pol, err := loadReviewConfig(cmd, f.config)
+		if err != nil {
+			return o, nil, err
+		}
+		o.Config, o.Policy = &cfg, pol
+		if dir == "" && len(args) == 0 {
+			if cfg.AuditLog == "off" {
+				return o, nil, usagef(cmd, "%s has audit_log = \"off\": give --dir DIR", f.config)
+			}
+			dir = filepath.Dir(cfg.AuditLog)
+		}
+	}
+	if dir == "" && len(args) == 0 {
+		dir = filepath.Dir(config.Defaults().AuditLog)
+	}
+	var torn []string
+	if o.Files, torn, err = auditFiles(cmd, dir, args); err != nil {
+		return o, nil, err
+	}
+	o.Verify, err = verifyOptions(cmd, seqGiven, f.verify)
+	return o, torn, err
 }
 
 // verifyOptions reads the verification flags audit report shares with

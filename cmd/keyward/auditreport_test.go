@@ -102,23 +102,7 @@ func TestAuditReport(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
 	socket, auditDir, stop := reviewDaemon(t, dir)
-	app := &syscall.Credential{Uid: 12346, Gid: uint32(os.Getgid())}
-	reader := &syscall.Credential{Uid: 12347, Gid: uint32(os.Getgid())}
-
-	ok(t, socket, nil, "key", "create", "rev/app", "--type", "aes-256-gcm")
-	for range 3 {
-		if r := kwAs(t, app, socket, []byte("s3cret"), "wrap", "--key", "rev/app"); r.code != 0 {
-			t.Fatalf("wrap as the app: exit %d %s", r.code, r.stderr)
-		}
-	}
-	if r := kwAs(t, reader, socket, nil, "key", "show", "rev/app"); r.code != 0 {
-		t.Fatalf("key show as the reader: exit %d %s", r.code, r.stderr)
-	}
-	for range 5 { // denied until past the limit of 2, then rate limited
-		if r := kwAs(t, reader, socket, []byte("x"), "wrap", "--key", "rev/app"); r.code == 0 {
-			t.Fatal("the reader could wrap")
-		}
-	}
+	reviewCalls(t, socket)
 	stop()
 
 	cfg := filepath.Join(dir, "keyward.toml")
@@ -134,7 +118,65 @@ func TestAuditReport(t *testing.T) {
 	report := func(args ...string) result {
 		return keyward(t, nil, append(append([]string{"audit", "report"}, args...), files...)...)
 	}
-	r := report("--config", cfg, "--json")
+	checkReviewJSON(t, report("--config", cfg, "--json"), auditDir)
+
+	text := report("--config", cfg)
+	if text.code != 0 || !regexp.MustCompile(`(?m)^rule\s+unused\s+uid 12348\s+rev/\*\*\s+sign\s+-$`).MatchString(text.stdout) ||
+		!regexp.MustCompile(`(?m)^12346\s+-\s+-\s+rev/app\s+wrap\s+3\s+0\s+0\s`).MatchString(text.stdout) {
+		t.Errorf("text report: exit %d\n%s", text.code, text.stdout)
+	}
+
+	// Past --max-rows, later keys fold into their subject and operation's
+	// "(other keys)" row, counts kept.
+	capped := report("--max-rows", "2")
+	if capped.code != 0 || !regexp.MustCompile(`(?m)^note: more rows than --max-rows: \d+ calls`).MatchString(capped.stdout) ||
+		!regexp.MustCompile(`(?m)^\d+\s+\S+\s+-\s+\(other keys\)\s+\S+\s+\d+`).MatchString(capped.stdout) {
+		t.Errorf("--max-rows 2: exit %d\n%s", capped.code, capped.stdout)
+	}
+
+	// A byte changed in a record: exit 1, the break named on stdout.
+	last := files[len(files)-1]
+	b, err := os.ReadFile(last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, []byte(`"rev/app"`))
+	b[i+5] = 'b'
+	if err := os.WriteFile(last, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	broken := report()
+	if broken.code != exitFailed || broken.stderr != "" || !strings.HasPrefix(broken.stdout, "broken: "+last+":") {
+		t.Errorf("tampered log: exit %d, stderr %q\n%s", broken.code, broken.stderr, broken.stdout)
+	}
+}
+
+// reviewCalls makes TestAuditReport's calls, as root (the admin) and as
+// two other uids: allowed, denied by the policy, refused by the rate limit.
+func reviewCalls(t *testing.T, socket string) {
+	app := &syscall.Credential{Uid: 12346, Gid: uint32(os.Getgid())}
+	reader := &syscall.Credential{Uid: 12347, Gid: uint32(os.Getgid())}
+	ok(t, socket, nil, "key", "create", "rev/app", "--type", "aes-256-gcm")
+	for range 3 {
+		if r := kwAs(t, app, socket, []byte("s3cret"), "wrap", "--key", "rev/app"); r.code != 0 {
+			t.Fatalf("wrap as the app: exit %d %s", r.code, r.stderr)
+		}
+	}
+	if r := kwAs(t, reader, socket, nil, "key", "show", "rev/app"); r.code != 0 {
+		t.Fatalf("key show as the reader: exit %d %s", r.code, r.stderr)
+	}
+	for range 5 { // denied until past the limit of 2, then rate limited
+		if r := kwAs(t, reader, socket, []byte("x"), "wrap", "--key", "rev/app"); r.code == 0 {
+			t.Fatal("the reader could wrap")
+		}
+	}
+}
+
+// checkReviewJSON checks audit report --json's output r against a count
+// made from the log in auditDir, what reviewCalls made, and the rules
+// used.
+func checkReviewJSON(t *testing.T, r result, auditDir string) {
+	t.Helper()
 	if r.code != 0 || r.stderr != "" {
 		t.Fatalf("audit report: exit %d, %s", r.code, r.stderr)
 	}
@@ -172,35 +214,6 @@ func TestAuditReport(t *testing.T) {
 		t.Errorf("grants used: %v", used)
 	}
 
-	text := report("--config", cfg)
-	if text.code != 0 || !regexp.MustCompile(`(?m)^rule\s+unused\s+uid 12348\s+rev/\*\*\s+sign\s+-$`).MatchString(text.stdout) ||
-		!regexp.MustCompile(`(?m)^12346\s+-\s+-\s+rev/app\s+wrap\s+3\s+0\s+0\s`).MatchString(text.stdout) {
-		t.Errorf("text report: exit %d\n%s", text.code, text.stdout)
-	}
-
-	// Past --max-rows, later keys fold into their subject and operation's
-	// "(other keys)" row, counts kept.
-	capped := report("--max-rows", "2")
-	if capped.code != 0 || !regexp.MustCompile(`(?m)^note: more rows than --max-rows: \d+ calls`).MatchString(capped.stdout) ||
-		!regexp.MustCompile(`(?m)^\d+\s+\S+\s+-\s+\(other keys\)\s+\S+\s+\d+`).MatchString(capped.stdout) {
-		t.Errorf("--max-rows 2: exit %d\n%s", capped.code, capped.stdout)
-	}
-
-	// A byte changed in a record: exit 1, the break named on stdout.
-	last := files[len(files)-1]
-	b, err := os.ReadFile(last)
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := bytes.Index(b, []byte(`"rev/app"`))
-	b[i+5] = 'b'
-	if err := os.WriteFile(last, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	broken := report()
-	if broken.code != exitFailed || broken.stderr != "" || !strings.HasPrefix(broken.stdout, "broken: "+last+":") {
-		t.Errorf("tampered log: exit %d, stderr %q\n%s", broken.code, broken.stderr, broken.stdout)
-	}
 }
 
 func rowName(uid uint32, unit, key, op string) string {
