@@ -56,8 +56,8 @@ func outcomeOf(r *audit.Record) outcome {
 type groupKey struct {
 	uid    uint32
 	folded bool // the callers a refusal summary folded together (no uid)
-	// otherKeys: the keys first seen once the review held MaxRows rows
-	// (key is then "").
+	// otherKeys: calls that would have needed a new row once the review
+	// held MaxRows rows (key and unit are then "").
 	otherKeys bool
 	unit      string
 	key       string

@@ -32,11 +32,11 @@ type Options struct {
 	// AllowEmpty: a trail with no record is a new log, not a broken one.
 	AllowEmpty bool
 	// MaxRows bounds the rows (subject x key x operation) kept apart; 0:
-	// DefaultMaxRows. Callers choose the key names of their calls, so a
-	// trail may name more keys than memory should hold: once MaxRows rows
-	// are held, a key not seen before is counted in its subject and
-	// operation's "other keys" row. Counts per subject and operation stay
-	// exact.
+	// DefaultMaxRows. Callers choose the key names of their calls (and a
+	// user the names of its own scopes), so a trail may name more of them
+	// than memory should hold: once MaxRows rows are held, a call that
+	// would need a new row is counted in its uid and operation's "other
+	// keys" row (no unit, no key). Counts per uid and operation stay exact.
 	MaxRows int
 
 	// afterRecord, when set, is called after each record is counted
@@ -76,8 +76,9 @@ type Row struct {
 	// Key is "" for refusal summaries, which do not name keys, and calls
 	// refused before a key was read.
 	Key string
-	// OtherKeys: the row counts the subject's calls of this operation on
-	// keys first seen after Options.MaxRows rows were held (Key is "").
+	// OtherKeys: the row counts the uid's calls of this operation that
+	// would have needed a new row after Options.MaxRows rows were held
+	// (Unit and Key are "").
 	OtherKeys               bool
 	Op                      string
 	Allowed, Denied, Failed uint64
@@ -163,13 +164,15 @@ func (rv *reviewer) add(r *audit.Record) {
 // DefaultMaxRows is Options.MaxRows's default: some 50 MB of rows.
 const DefaultMaxRows = 200_000
 
-// count adds n calls with outcome o at time t to k's row, or to its
-// "other keys" row once maxRows rows are held.
+// count adds n calls with outcome o at time t to k's row, or, once
+// maxRows rows are held and k has none, to the "other keys" row of its uid
+// and operation (units, like key names, can be many: a user may name its
+// own scopes).
 func (rv *reviewer) count(k groupKey, o outcome, n uint64, t time.Time) {
 	c := rv.groups[k]
 	if c == nil && len(rv.groups) >= rv.maxRows {
 		rv.otherKeys += n
-		k.key, k.otherKeys = "", true
+		k.key, k.unit, k.otherKeys = "", "", true
 		c = rv.groups[k]
 	}
 	if c == nil {

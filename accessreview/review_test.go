@@ -397,9 +397,9 @@ func TestUnreadSummary(t *testing.T) {
 	}
 }
 
-// TestMaxRows: past MaxRows rows, calls on keys not seen before are counted
-// in their subject and operation's "other keys" row; the rows stay
-// bounded and the counts per subject and operation equal the hand count's.
+// TestMaxRows: past MaxRows rows, calls that would need a new row are
+// counted in their uid and operation's "other keys" row; the rows stay
+// bounded and the counts per uid and operation equal the hand count's.
 func TestMaxRows(t *testing.T) {
 	files := writeLog(t, genRecords(3000), 0)
 	const maxRows = 12
@@ -408,14 +408,14 @@ func TestMaxRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	type subjOp struct {
-		uid      uint32
-		folded   bool
-		unit, op string
+		uid    uint32
+		folded bool
+		op     string
 	}
 	perOp := func(rows map[handKey]handRow) map[subjOp]handRow {
 		out := map[subjOp]handRow{}
 		for k, c := range rows {
-			so := subjOp{k.uid, k.folded, k.unit, k.op}
+			so := subjOp{k.uid, k.folded, k.op}
 			o := out[so]
 			o.allowed, o.denied, o.failed = o.allowed+c.allowed, o.denied+c.denied, o.failed+c.failed
 			out[so] = o

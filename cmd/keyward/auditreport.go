@@ -49,8 +49,8 @@ pairs (where the daemon's decision stops at the latest).
 Without --dir, the log is in the directory of --config's audit_log, else of
 the default audit_log (/var/log/keyward). Callers choose the key names they
 ask for, so a log may name more keys than memory should hold: past
---max-rows rows, calls on keys not seen before are counted in their subject
-and operation's "(other keys)" row (a note says how many). --json prints the review as one
+--max-rows rows, a call that would need a new row is counted in its uid and
+operation's "(other keys)" row (a note says how many). --json prints the review as one
 JSON object (its fields: docs/access-review.md).
 
 Exit status 0 when the chain holds; 1 when it is broken, or holds no record
@@ -90,7 +90,7 @@ func (a *app) auditReportCmd() *cobra.Command {
 	fl.StringVar(&f.since, "since", "", "count the records of the last `PERIOD` (30d, 12h, 90m) or from an RFC 3339 time (default: all)")
 	fl.StringVar(&f.config, "config", "", "keywardd's configuration `FILE`: list the rules no allowed call used")
 	fl.BoolVar(&f.json, "json", false, "print the review as JSON")
-	fl.IntVar(&f.rows, "max-rows", accessreview.DefaultMaxRows, "keep at most `N` rows apart; calls on keys first seen after that count in their subject and operation's (other keys) row")
+	fl.IntVar(&f.rows, "max-rows", accessreview.DefaultMaxRows, "keep at most `N` rows apart; past them, a call that would need a new row counts in its uid and operation's (other keys) row")
 	fl.StringArrayVar(&f.verify.keyFiles, "checkpoint-key", nil, "check checkpoint signatures with the PEM public key in `FILE` (repeat for each key version)")
 	fl.BoolVar(&f.verify.allowEmpty, "allow-empty", false, "a trail with no record at all is a new log, not a broken one")
 	fl.Uint64Var(&f.verify.fromSeq, "from-seq", 0, "the trail starts at seq `N` (older files removed on purpose); needs --from-hash")

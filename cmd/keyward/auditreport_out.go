@@ -58,7 +58,7 @@ type reviewRowJSON struct {
 	User        string     `json:"user"`
 	Unit        string     `json:"unit"`
 	Key         string     `json:"key"`
-	OtherKeys   bool       `json:"other_keys"` // keys first seen past --max-rows rows
+	OtherKeys   bool       `json:"other_keys"` // calls past --max-rows rows, per uid and op
 	Op          string     `json:"op"`
 	Allowed     uint64     `json:"allowed"`
 	Denied      uint64     `json:"denied"`
@@ -187,7 +187,7 @@ func (o reviewOutcome) print(w io.Writer) error {
 		fmt.Fprintf(&b, "note: %s holds a torn tail keywardd moved aside at restart (not part of the chain; see its log)\n", t)
 	}
 	if rep.OtherKeysCalls > 0 {
-		fmt.Fprintf(&b, "note: more rows than --max-rows: %d calls on keys first seen after that are counted in (other keys) rows\n", rep.OtherKeysCalls)
+		fmt.Fprintf(&b, "note: more rows than --max-rows: %d calls that needed a new row are counted in (other keys) rows, per uid and operation\n", rep.OtherKeysCalls)
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return err
