@@ -131,6 +131,9 @@ func parseSummary(reason string) (s summary, ok bool) {
 	}
 	var sum uint64
 	for _, oc := range s.ops {
+		if oc.n > s.count-sum { // more than the count: never wrap around
+			return s, false
+		}
 		sum += oc.n
 	}
 	return s, seen["count"] && seen["ops"] && s.count > 0 && sum == s.count
