@@ -40,6 +40,14 @@ type VerifyOptions struct {
 	// record (its older files removed on purpose) starts. Unset, the
 	// first record must be the genesis record, seq 1.
 	From *Start
+	// Each, when set, is called with every record once it has verified
+	// (its line canonical, its hash recomputed, linked to the one before;
+	// a checkpoint's signature checked as CheckpointKeys say), in chain
+	// order, before the next line is read: a reader of the whole trail
+	// (keyward audit report) streams it in the same pass that verifies it,
+	// in memory bounded by one line. A record after the break is never
+	// given. An error from Each stops VerifyWith, which returns it as is.
+	Each func(Record) error
 }
 
 // Start is where a trail starts: the seq of its first record and that
@@ -108,6 +116,9 @@ func VerifyWith(opts VerifyOptions, files ...string) (Result, error) {
 		brk, err := v.file(name, f, i == len(files)-1 && !isRotated(name))
 		f.Close()
 		v.res.Files++
+		if v.eachErr != nil {
+			return v.res, v.eachErr
+		}
 		if err != nil {
 			return v.res, fmt.Errorf("audit: read %s: %w", name, err)
 		}
@@ -125,6 +136,7 @@ type verifier struct {
 	res      Result
 	lastFile string
 	lastLine int
+	eachErr  error // what opts.Each returned, which stops the walk
 }
 
 // file checks the lines of one file. active: it is the current file (the
@@ -180,6 +192,11 @@ func (v *verifier) file(name string, r io.Reader, active bool) (*Break, error) {
 		v.res.Records++
 		v.res.LastSeq, v.res.LastHash = rec.Seq, rec.Hash
 		v.lastFile, v.lastLine = name, n
+		if v.opts.Each != nil {
+			if v.eachErr = v.opts.Each(rec); v.eachErr != nil {
+				return nil, nil
+			}
+		}
 	}
 	return nil, s.err
 }

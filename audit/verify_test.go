@@ -70,3 +70,50 @@ func TestVerifyFrom(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyEach: Each sees every record that verified, in chain order,
+// across rotated files, and none after a break; its error stops the walk
+// and is returned as it is.
+func TestVerifyEach(t *testing.T) {
+	_, files := rotatedLog(t, 60)
+	var seqs []uint64
+	res, err := VerifyWith(VerifyOptions{Each: func(r Record) error {
+		seqs = append(seqs, r.Seq)
+		return nil
+	}}, files...)
+	if err != nil || len(seqs) != 60 || res.Records != 60 {
+		t.Fatalf("Each saw %d records, Verify %d: %v", len(seqs), res.Records, err)
+	}
+	for i, s := range seqs {
+		if s != uint64(i+1) {
+			t.Fatalf("record %d has seq %d", i, s)
+		}
+	}
+
+	// A break: records before it are given, none after.
+	recs, err := ReadRecords(files[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokenAt := recs[0].Seq
+	seqs = nil
+	_, err = VerifyWith(VerifyOptions{Each: func(r Record) error {
+		seqs = append(seqs, r.Seq)
+		return nil
+	}}, append([]string{files[0]}, files[2:]...)...)
+	if !errors.Is(err, ErrBroken) || len(seqs) != int(brokenAt-1) || seqs[len(seqs)-1] != brokenAt-1 {
+		t.Fatalf("with %s left out: Each saw %d records (last %v), err %v; want seq 1..%d then the break", files[1], len(seqs), seqs[len(seqs)-1:], err, brokenAt-1)
+	}
+
+	stop := errors.New("enough")
+	n := 0
+	_, err = VerifyWith(VerifyOptions{Each: func(Record) error {
+		if n++; n == 5 {
+			return stop
+		}
+		return nil
+	}}, files...)
+	if err != stop || n != 5 {
+		t.Fatalf("Each's error: got %v after %d records, want it as is after 5", err, n)
+	}
+}

@@ -24,7 +24,7 @@ var errBroken = fmt.Errorf("audit chain broken: %w", errInvalid)
 
 func (a *app) auditCmd() *cobra.Command {
 	c := groupCmd("audit", "check keywardd's audit log (no daemon needed)",
-		"  keyward audit verify --dir /var/log/keyward", a.auditVerifyCmd(), a.auditContextDigestCmd(), a.auditTailCmd())
+		"  keyward audit verify --dir /var/log/keyward", a.auditVerifyCmd(), a.auditContextDigestCmd(), a.auditTailCmd(), a.auditReportCmd())
 	c.Annotations = localOnly
 	return c
 }
