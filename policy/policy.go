@@ -100,6 +100,9 @@ type RuleVerdict struct {
 type Policy struct {
 	rules    []rule
 	warnings []string
+	// breakglass are the [[breakglass]] tables (WithBreakglass): who may
+	// ask for and approve time-boxed grants. Decide never reads them.
+	breakglass []*BreakglassPolicy
 }
 
 // Reserved is what keywardd withholds from every caller whatever the rules
@@ -494,6 +497,11 @@ func (p *Policy) Names(id Identity) bool {
 	}
 	for i := range p.rules {
 		if p.rules[i].matchIdentity(id) {
+			return true
+		}
+	}
+	for _, bp := range p.breakglass { // requesters and approvers call too
+		if bp.requesters.matchIdentity(id) || bp.approvers.matchIdentity(id) {
 			return true
 		}
 	}
