@@ -313,3 +313,6 @@ func plural(n int) string {
 	}
 	return "s"
 }
+
+// IsBreakglassOperation reports whether break-glass may grant op.
+func IsBreakglassOperation(op Operation) bool { return slices.Contains(BreakglassOperations, op) }

@@ -118,6 +118,12 @@ type Reserved struct {
 // Decide still does not allocate.
 const reservedReason = "the key signs audit checkpoints and is reserved to keywardd (audit_checkpoint_key)"
 
+// Withholds reports whether res withholds op on key whatever grants it
+// (a rule or a break-glass grant).
+func (res Reserved) Withholds(op Operation, key string) bool {
+	return res.reserves(Request{Op: op, Key: key})
+}
+
 // reserves reports whether res withholds req whatever the rules say.
 func (res Reserved) reserves(req Request) bool {
 	return req.Op == OpSign && res.CheckpointKey != "" && req.Key == res.CheckpointKey
