@@ -153,7 +153,9 @@ func TestBreakglassRequestLimits(t *testing.T) {
 		{"no reason", func(r *pb.BreakglassRequestRequest) { r.Reason = "" }, pb.ErrorReason_INVALID_REQUEST},
 		{"long reason", func(r *pb.BreakglassRequestRequest) { r.Reason = string(long) }, pb.ErrorReason_INVALID_REQUEST},
 		{"control in reason", func(r *pb.BreakglassRequestRequest) { r.Reason = "INC\n1" }, pb.ErrorReason_INVALID_REQUEST},
-		{"reserved context", func(r *pb.BreakglassRequestRequest) { r.Context = map[string]string{keys.ReservedContextPrefix + "x": "y"} }, pb.ErrorReason_INVALID_REQUEST},
+		{"reserved context", func(r *pb.BreakglassRequestRequest) {
+			r.Context = map[string]string{keys.ReservedContextPrefix + "x": "y"}
+		}, pb.ErrorReason_INVALID_REQUEST},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &pb.BreakglassRequestRequest{Policy: "db", Key: "db/a", Operation: "unwrap", DurationSeconds: 600, Reason: "INC-8"}
