@@ -14,7 +14,8 @@ type breakglassMetrics struct {
 
 // newBreakglassMetrics registers the series on reg: the active and pending
 // gauges read b's view of the grant store (at most grantSweepEvery old
-// when nobody calls), with b's clock.
+// when nobody calls), with b's clock. With b nil (a backend that keeps no
+// grants) they are 0, so that dashboards and alerts find them everywhere.
 func newBreakglassMetrics(reg *prometheus.Registry, b *breakglass) *breakglassMetrics {
 	m := &breakglassMetrics{
 		uses: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -31,6 +32,9 @@ func newBreakglassMetrics(reg *prometheus.Registry, b *breakglass) *breakglassMe
 	}
 	count := func(state string) func() float64 {
 		return func() float64 {
+			if b == nil {
+				return 0
+			}
 			b.grants.mu.Lock()
 			view, err := b.grants.view, b.grants.err
 			b.grants.mu.Unlock()
@@ -56,8 +60,11 @@ func newBreakglassMetrics(reg *prometheus.Registry, b *breakglass) *breakglassMe
 	}, count(grantPending))
 	storeOK := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "keyward_breakglass_store_ok",
-		Help: "1 when the last read of the break-glass grant store succeeded and verified; 0 when it failed (no grant is honoured then).",
+		Help: "0 when the last read of the break-glass grant store failed or did not verify (no grant is honoured then); else 1 (also when the backend keeps no grants).",
 	}, func() float64 {
+		if b == nil {
+			return 1
+		}
 		b.grants.mu.Lock()
 		defer b.grants.mu.Unlock()
 		if b.grants.err != nil {

@@ -208,10 +208,14 @@ func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog) 
 // and the sweeper that records expiries; stop ends the sweeper.
 func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *policy.Policy, opts Options, m *Metrics, trail auditLog) (stop func(), err error) {
 	b, err := newBreakglass(ctx, svc.be, cfg.Backend.Kind, pol, opts.BreakglassClock, svc.log)
-	if err != nil || b == nil {
+	if err != nil {
 		return func() {}, err
 	}
-	b.metrics = newBreakglassMetrics(m.Registry(), b)
+	bm := newBreakglassMetrics(m.Registry(), b)
+	if b == nil {
+		return func() {}, nil
+	}
+	b.metrics = bm
 	svc.bg = b
 	return startBreakglassSweeper(ctx, b, trail), nil
 }
