@@ -64,7 +64,7 @@ func newBreakglass(ctx context.Context, be keys.Backend, kind string, pol *polic
 	configured := len(pol.Breakglass()) > 0
 	if !ok {
 		if configured {
-			return nil, fmt.Errorf("[[breakglass]] is configured, but the %s backend keeps no break-glass grants: remove the [[breakglass]] tables or use a backend that does: %w", kind, ErrBreakglassStore)
+			return nil, fmt.Errorf("[[breakglass]] is configured, but the %s backend keeps no break-glass grants: remove the [[breakglass]] tables or use a backend that does: %w: %w", kind, ErrBreakglassStore, config.ErrConfig)
 		}
 		return nil, nil
 	}
