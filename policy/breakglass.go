@@ -304,11 +304,11 @@ func (p *Policy) BreakglassPaths(id Identity, req Request) []*BreakglassPolicy {
 // (policy "db", up to 1h, 1 approval)".
 func (bp *BreakglassPolicy) Path(ops []Operation, key string) string {
 	return fmt.Sprintf("could get %s on %s with approval from %s (policy %s, up to %s, %d approval%s)",
-		joinOps(ops, ","), key, strings.Join(bp.Approvers(), ", "), quote(bp.name), shortDuration(bp.maxDuration), bp.approvals, plural(bp.approvals))
+		joinOps(ops, ","), key, strings.Join(bp.Approvers(), ", "), quote(bp.name), ShortDuration(bp.maxDuration), bp.approvals, plural(bp.approvals))
 }
 
-// shortDuration writes d as a config would: "1h", "1h30m", not "1h0m0s".
-func shortDuration(d time.Duration) string {
+// ShortDuration writes d as a config would: "1h", "1h30m", not "1h0m0s".
+func ShortDuration(d time.Duration) string {
 	s := d.String()
 	if strings.HasSuffix(s, "m0s") {
 		s = strings.TrimSuffix(s, "0s")

@@ -42,7 +42,7 @@ func breakglassReport(pol *policy.Policy) []breakglassJSON {
 			ops = append(ops, string(op))
 		}
 		out = append(out, breakglassJSON{Policy: bp.Name(), Requesters: bp.Requesters(), Approvers: bp.Approvers(), Operations: ops,
-			Keys: bp.Keys(), MaxDuration: bp.MaxDuration().String(), Approvals: bp.Approvals(), RequestTTL: bp.RequestTTL().String()})
+			Keys: bp.Keys(), MaxDuration: policy.ShortDuration(bp.MaxDuration()), Approvals: bp.Approvals(), RequestTTL: policy.ShortDuration(bp.RequestTTL())})
 	}
 	return out
 }
