@@ -495,8 +495,9 @@ func (p *Policy) Rules() int {
 }
 
 // Names reports whether any rule names the identity (by uid, group or
-// unit), whatever it grants: a caller no rule names can be refused before
-// its request is read.
+// unit), whatever it grants, or a break-glass policy names it as a
+// requester or approver: a caller nobody names can be refused before its
+// request is read.
 func (p *Policy) Names(id Identity) bool {
 	if p == nil {
 		return false
