@@ -41,7 +41,7 @@ func (s *Service) bgCaller(ctx context.Context) (bgCaller, error) {
 	}
 	pol := s.pol.Load()
 	if s.bg == nil || len(pol.Breakglass()) == 0 {
-		return bgCaller{}, fmt.Errorf("break-glass: no [[breakglass]] policy is configured: %w", keys.ErrUnsupported)
+		return bgCaller{}, &detailError{detail: "break-glass: keywardd's config has no [[breakglass]] policy", err: keys.ErrUnsupported}
 	}
 	return bgCaller{b: s.bg, pol: pol, id: id}, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -174,16 +175,17 @@ func TestBreakglassDevice(t *testing.T) {
 			}
 			c := dial(t, d.sock)
 			ctx := context.Background()
-			if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "db/master", KeyType: "aes-256-gcm"}); err != nil {
+			key := uniqueKey(t) // the token is the test binary's: other runs' keys are there
+			if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: key, KeyType: "aes-256-gcm"}); err != nil {
 				t.Fatal(err)
 			}
-			w, err := c.Wrap(ctx, &pb.WrapRequest{Key: "db/master", Plaintext: []byte("db password")})
+			w, err := c.Wrap(ctx, &pb.WrapRequest{Key: key, Plaintext: []byte("db password")})
 			if err != nil {
 				t.Fatal(err)
 			}
 			blob := []byte(base64.StdEncoding.EncodeToString(w.Ciphertext) + "\n")
 			unwrap := func() int { code, _, _ := d.kwAs(t, bgRequesterUID, blob, "unwrap"); return code }
-			code, out, stderr := d.kwAs(t, bgRequesterUID, nil, "breakglass", "request", "--policy", "db-emergency", "--key", "db/master",
+			code, out, stderr := d.kwAs(t, bgRequesterUID, nil, "breakglass", "request", "--policy", "db-emergency", "--key", key,
 				"--op", "unwrap", "--for", "30m", "--reason", "INC-9")
 			id := strings.TrimSpace(out)
 			if code != 0 || len(id) != 32 {
@@ -212,7 +214,7 @@ func TestBreakglassDevice(t *testing.T) {
 			if unwrap() != 3 {
 				t.Error("unwrap allowed after the grant expired")
 			}
-			_, out, _ = d.kwAs(t, bgRequesterUID, nil, "breakglass", "request", "--policy", "db-emergency", "--key", "db/master",
+			_, out, _ = d.kwAs(t, bgRequesterUID, nil, "breakglass", "request", "--policy", "db-emergency", "--key", key,
 				"--op", "unwrap", "--for", "10m", "--reason", "INC-10")
 			id2 := strings.TrimSpace(out)
 			d.kwAs(t, bgApproverUID, nil, "breakglass", "approve", id2)
@@ -277,4 +279,85 @@ func bgBackends(t *testing.T) []bgBackend {
 			return func() {}
 		}},
 	}
+}
+
+// TestBreakglassSharedToken: two keywardd on one token. A request made
+// through one is approved through the other; the first honours the
+// approval, and the second a revocation made through the first, each
+// within the view's age (waited for, bounded only to end a hang). An
+// approval and a revocation racing through the two daemons end revoked
+// on both, whichever stored first.
+func TestBreakglassSharedToken(t *testing.T) {
+	softhsmtest.Need(t, tok)
+	backend := fmt.Sprintf("[backend]\nmodule = %q\ntoken = %q\npin_file = %q\n", tok.Module, tok.Label, tok.PINFile)
+	now := time.Now().UTC().Truncate(time.Second)
+	a, b := newBGD(t, backend, now), newBGD(t, backend, now)
+	for _, d := range []*bgd{a, b} {
+		if code, log := d.start(t); code != 0 {
+			t.Fatalf("keywardd exited %d:\n%s", code, log)
+		}
+	}
+	ctx := context.Background()
+	c := dial(t, a.sock)
+	key := uniqueKey(t)
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: key, KeyType: "aes-256-gcm"}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Wrap(ctx, &pb.WrapRequest{Key: key, Plaintext: []byte("shared secret")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := []byte(base64.StdEncoding.EncodeToString(w.Ciphertext) + "\n")
+	unwrapOn := func(d *bgd) int { code, _, _ := d.kwAs(t, bgRequesterUID, blob, "unwrap"); return code }
+	id := bgRequestOn(t, a, key, "INC-11")
+	if code, _, stderr := b.kwAs(t, bgApproverUID, nil, "breakglass", "approve", id); code != 0 {
+		t.Fatalf("approve through the other daemon: %d %s", code, stderr)
+	}
+	waitUntil(t, "daemon a to honour b's approval", func() bool { return unwrapOn(a) == 0 })
+	if code, _, _ := a.kwAs(t, bgRequesterUID, nil, "breakglass", "revoke", id); code != 0 {
+		t.Fatal("revoke failed")
+	}
+	waitUntil(t, "daemon b to honour a's revocation", func() bool { return unwrapOn(b) == 3 })
+
+	id2 := bgRequestOn(t, a, key, "INC-12")
+	done := make(chan int, 1)
+	go func() { code, _, _ := a.kwAs(t, bgApproverUID, nil, "breakglass", "approve", id2); done <- code }()
+	code, _, stderr := b.kwAs(t, bgRequesterUID, nil, "breakglass", "revoke", id2)
+	approved := <-done
+	if code != 0 || approved != 0 && approved != 2 {
+		t.Fatalf("racing approve (exit %d) and revoke (exit %d, %s)", approved, code, stderr)
+	}
+	for _, d := range []*bgd{a, b} {
+		if _, out, _ := d.kwAs(t, bgRequesterUID, nil, "breakglass", "list"); !strings.Contains(out, id2+"  revoked") {
+			t.Errorf("%s after the race:\n%s", d.sock, out)
+		}
+	}
+}
+
+func bgRequestOn(t *testing.T, d *bgd, key, reason string) string {
+	t.Helper()
+	code, out, stderr := d.kwAs(t, bgRequesterUID, nil, "breakglass", "request", "--policy", "db-emergency", "--key", key,
+		"--op", "unwrap", "--for", "10m", "--reason", reason)
+	if code != 0 {
+		t.Fatalf("request: %d %s", code, stderr)
+	}
+	return strings.TrimSpace(out)
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second) // ends a hang only
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 30s for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// uniqueKey is a key name under db/ no other run on the shared token uses.
+func uniqueKey(t *testing.T) string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return fmt.Sprintf("db/bg-%x", b)
 }
