@@ -40,7 +40,7 @@ func (s *Service) bgCaller(ctx context.Context) (bgCaller, error) {
 		return bgCaller{}, ErrDenied
 	}
 	pol := s.pol.Load()
-	if s.bg == nil || len(pol.Breakglass()) == 0 {
+	if s.bg == nil || !pol.HasBreakglass() {
 		return bgCaller{}, &detailError{detail: "break-glass: keywardd's config has no [[breakglass]] policy", err: keys.ErrUnsupported}
 	}
 	return bgCaller{b: s.bg, pol: pol, id: id}, nil

@@ -61,7 +61,7 @@ type breakglass struct {
 // hold a forged approval, so keywardd does not start on it.
 func newBreakglass(ctx context.Context, be keys.Backend, kind string, pol *policy.Policy, now func() time.Time, log *slog.Logger) (*breakglass, error) {
 	gs, ok := be.(keys.GrantStore)
-	configured := len(pol.Breakglass()) > 0
+	configured := pol.HasBreakglass()
 	if !ok {
 		if configured {
 			return nil, fmt.Errorf("[[breakglass]] is configured, but the %s backend keeps no break-glass grants: remove the [[breakglass]] tables or use a backend that does: %w: %w", kind, ErrBreakglassStore, config.ErrConfig)
@@ -87,7 +87,7 @@ func newBreakglass(ctx context.Context, be keys.Backend, kind string, pol *polic
 // in the running config and still cover the request.
 func (s *Service) grantFor(ctx context.Context, pol *policy.Policy, id policy.Identity, op policy.Operation, key string, c map[string]string) (*grant, *policy.BreakglassPolicy) {
 	b := s.bg
-	if b == nil || len(pol.Breakglass()) == 0 || !policy.IsBreakglassOperation(op) {
+	if b == nil || !pol.HasBreakglass() || !policy.IsBreakglassOperation(op) {
 		return nil, nil
 	}
 	view, err := b.grants.current(ctx, false)
@@ -223,7 +223,7 @@ func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *
 // breakglassFits refuses a reloaded policy with [[breakglass]] tables when
 // the backend keeps no grants.
 func (s *Service) breakglassFits(pol *policy.Policy) error {
-	if s.bg == nil && len(pol.Breakglass()) > 0 {
+	if s.bg == nil && pol.HasBreakglass() {
 		return fmt.Errorf("[[breakglass]] is configured, but the %s backend keeps no break-glass grants: %w", s.kind, ErrBreakglassStore)
 	}
 	return nil

@@ -273,6 +273,9 @@ func (p *Policy) Breakglass() []*BreakglassPolicy {
 	return slices.Clone(p.breakglass)
 }
 
+// HasBreakglass reports whether p has break-glass policies (no copy).
+func (p *Policy) HasBreakglass() bool { return p != nil && len(p.breakglass) > 0 }
+
 // BreakglassNamed returns the break-glass policy called name.
 func (p *Policy) BreakglassNamed(name string) (*BreakglassPolicy, bool) {
 	if p == nil {
