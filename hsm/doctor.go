@@ -55,7 +55,8 @@ var className = map[uint]string{
 // that is extractable, not sensitive, not private, modifiable, has a usage
 // attribute beyond its type, or fails its integrity check, any record
 // naming an object keyward uses itself or another record names, and any
-// keyward-labelled key object no record references.
+// keyward-labelled key object no record references; and grant records
+// that fail their check, or that a crash left (older generations, claims).
 func (t *Token) Doctor(ctx context.Context) (Report, error) {
 	rep := Report{Token: t.tokenName()}
 	err := t.withSession(ctx, func(s *sess) error {
@@ -69,6 +70,9 @@ func (t *Token) Doctor(ctx context.Context) (Report, error) {
 			return err
 		}
 		if err := d.claims(); err != nil {
+			return err
+		}
+		if err := d.grants(); err != nil {
 			return err
 		}
 		d.missing()

@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -171,4 +172,109 @@ func (t *Token) PretendOpening(n int) (undo func()) {
 		st.opening -= n
 		st.openMu.Unlock()
 	}
+}
+
+// SetGrantLimit makes t refuse a new grant id while n grants are stored
+// (keys.MaxGrants otherwise), until the test ends.
+func (t *Token) SetGrantLimit(tb testing.TB, n int) {
+	t.test.grantLimit = n
+	tb.Cleanup(func() { t.test.grantLimit = 0 })
+}
+
+// TamperGrant replaces the newest record object of grant id with a copy
+// whose JSON has one byte changed (the MAC kept), as someone who can write
+// the token's objects but has not its metadata key could.
+func (t *Token) TamperGrant(ctx context.Context, id string) error {
+	return t.withObjectChanges(ctx, func(s *sess) error {
+		stored, err := s.findStored(grantRef(id).template())
+		if err != nil {
+			return err
+		}
+		if len(stored) == 0 {
+			return fmt.Errorf("grant %s has no record", id)
+		}
+		newest := stored[0]
+		for _, r := range stored[1:] {
+			if g, err := s.parseGrant(id, r.raw); err == nil && g.Gen > 0 {
+				if n, err := s.parseGrant(id, newest.raw); err != nil || g.Gen > n.Gen {
+					newest = r
+				}
+			}
+		}
+		raw := append([]byte(nil), newest.raw...)
+		i := bytes.Index(raw, []byte(`"body":"`)) + len(`"body":"`)
+		raw[i] ^= 0x01 // a base64 letter becomes another
+		if _, err := s.createMeta(grantRef(id).Label, grantApplication, raw); err != nil {
+			return err
+		}
+		return s.p.DestroyObject(s.sh, newest.h)
+	})
+}
+
+// PlantGrantRecord stores a grant object of id holding raw, as found on
+// the token (a key record's bytes, another grant's), for the checks that
+// must refuse it.
+func (t *Token) PlantGrantRecord(ctx context.Context, id string, raw []byte) error {
+	return t.withObjectChanges(ctx, func(s *sess) error {
+		_, err := s.createMeta(grantRef(id).Label, grantApplication, raw)
+		return err
+	})
+}
+
+// StoredGrant returns the bytes of id's record objects.
+func (t *Token) StoredGrant(ctx context.Context, id string) ([][]byte, error) {
+	var out [][]byte
+	err := t.withSession(ctx, func(s *sess) error {
+		stored, err := s.findStored(grantRef(id).template())
+		for _, r := range stored {
+			out = append(out, r.raw)
+		}
+		return err
+	})
+	return out, err
+}
+
+// StoredRecord returns the bytes of key name's record objects.
+func (t *Token) StoredRecord(ctx context.Context, name string) ([][]byte, error) {
+	var out [][]byte
+	err := t.withSession(ctx, func(s *sess) error {
+		stored, err := s.findMeta(name)
+		for _, r := range stored {
+			out = append(out, r.raw)
+		}
+		return err
+	})
+	return out, err
+}
+
+// PlantKeyRecord stores a key record object of name holding raw, removed
+// when the test ends.
+func (t *Token) PlantKeyRecord(tb testing.TB, ctx context.Context, name string, raw []byte) error {
+	tb.Cleanup(func() {
+		t.withObjectChanges(context.Background(), func(s *sess) error {
+			stored, err := s.findMeta(name)
+			for _, r := range stored {
+				s.p.DestroyObject(s.sh, r.h)
+			}
+			return err
+		})
+	})
+	return t.withObjectChanges(ctx, func(s *sess) error {
+		_, err := s.createMeta(metaRef(name).Label, metaApplication, raw)
+		return err
+	})
+}
+
+// PlantGrantClaim leaves a claim on generation gen of grant id made at the
+// given time by claimant, as a writer that stopped after step 1 of publish
+// would.
+func (t *Token) PlantGrantClaim(ctx context.Context, id string, gen uint64, at time.Time, claimant string) error {
+	return t.withObjectChanges(ctx, func(s *sess) error {
+		raw, err := s.encodeGrant(&grantRecord{Format: grantFormat, ID: id, Gen: gen, Body: []byte("claimed"), Pending: &at, Claimant: claimant})
+		if err != nil {
+			return err
+		}
+		_, err = s.createMeta(grantPendingRef(id).Label, grantPendingApplication, raw)
+		return err
+	})
 }

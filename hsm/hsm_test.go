@@ -35,7 +35,32 @@ func open(t testing.TB, mod func(*hsm.Config)) *hsm.Token {
 }
 
 func TestConformance(t *testing.T) {
-	keystest.Run(t, func(t *testing.T) keys.Backend { return open(t, nil) })
+	keystest.RunWith(t, func(t *testing.T) keys.Backend { return open(t, nil) }, hooks(t, nil))
+}
+
+// hooks are the suite's hooks for Tokens opened with mod; instances they
+// open are closed when top ends.
+func hooks(top *testing.T, mod func(*hsm.Config)) keystest.Hooks {
+	return keystest.Hooks{
+		Reopen: func(t *testing.T, be keys.Backend) keys.Backend {
+			be.(*hsm.Token).Close()
+			return open(top, mod)
+		},
+		ReadOnly: func(t *testing.T, be keys.Backend) keys.Backend {
+			return open(t, func(c *hsm.Config) {
+				if mod != nil {
+					mod(c)
+				}
+				c.ReadOnly = true
+			})
+		},
+		TamperGrant: func(t *testing.T, be keys.Backend, id string) {
+			if err := be.(*hsm.Token).TamperGrant(t.Context(), id); err != nil {
+				t.Fatalf("tamper with grant %s: %v", id, err)
+			}
+		},
+		LimitGrants: func(t *testing.T, be keys.Backend, n int) { be.(*hsm.Token).SetGrantLimit(t, n) },
+	}
 }
 
 // TestConformanceFreshMetadata runs the suite reading every record on
@@ -44,7 +69,6 @@ func TestConformanceFreshMetadata(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
 	}
-	keystest.Run(t, func(t *testing.T) keys.Backend {
-		return open(t, func(c *hsm.Config) { c.MetadataMaxAge = -1; c.Sessions = 2 })
-	})
+	mod := func(c *hsm.Config) { c.MetadataMaxAge = -1; c.Sessions = 2 }
+	keystest.RunWith(t, func(t *testing.T) keys.Backend { return open(t, mod) }, hooks(t, mod))
 }

@@ -112,6 +112,8 @@ func reservedWhat(label string) string {
 		return "the keyring metadata MAC key"
 	case strings.HasPrefix(label, pendingLabelPrefix), strings.HasPrefix(label, metaLabelPrefix):
 		return fmt.Sprintf("%q (a key record)", label)
+	case strings.HasPrefix(label, grantPendingPrefix), strings.HasPrefix(label, grantLabelPrefix) && !versionLike(label):
+		return fmt.Sprintf("%q (a break-glass grant record)", label)
 	}
 	return fmt.Sprintf("%q (labelled by keyward: another key's version, or a leftover)", label)
 }
@@ -214,7 +216,15 @@ func (s *sess) ensureMetaKey() (objRef, error) {
 	return objRef{Class: pkcs11.CKO_SECRET_KEY, Label: metaKeyLabel, ID: ids[0]}, nil
 }
 
+// metaMAC makes (mac nil) or checks the MAC of a key record's body.
 func (s *sess) metaMAC(body []byte, mac []byte) ([]byte, error) {
+	return s.recordMAC(metaDomain, body, mac)
+}
+
+// recordMAC makes (mac nil) or checks the metadata key's HMAC-SHA256 of
+// domain || body: each kind of record has its own domain, so that one
+// kind's record never verifies as another's.
+func (s *sess) recordMAC(domain string, body []byte, mac []byte) ([]byte, error) {
 	if s.st.metaKey.Label == "" {
 		return nil, fmt.Errorf("token has no keyring metadata key: %w", keys.ErrIntegrity)
 	}
@@ -222,7 +232,7 @@ func (s *sess) metaMAC(body []byte, mac []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metadata key: %w", err)
 	}
-	msg := append([]byte(metaDomain), body...)
+	msg := append([]byte(domain), body...)
 	m := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}
 	if mac == nil {
 		if err := s.p.SignInit(s.sh, m, h); err != nil {
@@ -388,25 +398,8 @@ func (s *sess) encodeMeta(rec *metaRecord) ([]byte, error) {
 	return append(append([]byte(metaMagic), mac...), body...), nil
 }
 
-// storeMeta publishes rec as generation prevGen+1 (prevGen 0: a new key),
-// in two steps so that no reader ever sees a record that may be withdrawn:
-//
-//  1. It creates a claim: the record, marked pending, in an object that
-//     readers never search (label keyward:meta-pending:NAME, application
-//     keyward-pending).
-//  2. It looks for competitors: a record of that generation or newer, or
-//     another writer's claim of it. If there is one it destroys its claim
-//     and returns errConcurrent (keys.ErrKeyExists when the key exists).
-//  3. It creates the record itself, then destroys its claim and the older
-//     generations.
-//
-// Of two writers of one generation, whoever checks second sees the other's
-// claim or record (a claim is destroyed only once its record exists), so at
-// most one publishes; both may back off, and retry. A crash after step 3
-// leaves a claim no newer than the record, which the next writer removes; a
-// crash before it leaves a claim with no record, which blocks changes to
-// that key until its writer is known gone or it is stale (see competitor).
-// Readers always take the newest record, and only ever see checked ones.
+// storeMeta publishes rec as generation prevGen+1 (prevGen 0: a new key)
+// through publish.
 func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 	rec.Gen = prevGen + 1
 	start := s.t.claimClock()
@@ -421,47 +414,117 @@ func (s *sess) storeMeta(rec *metaRecord, prevGen uint64) error {
 	if err != nil {
 		return err
 	}
-	claim, err := s.createMeta(pendingLabelPrefix+rec.Name, pendingApplication, claimRaw)
-	if err != nil {
-		return fmt.Errorf("write the claim for the record of %s: %w", rec.Name, err)
+	p := &publication{
+		kind: "key", name: rec.Name, hookName: rec.Name, start: start, gen: rec.Gen, prevGen: prevGen,
+		record: metaRef(rec.Name), application: metaApplication,
+		claim: pendingRef(rec.Name), claimApplication: pendingApplication,
+		raw: raw, claimRaw: claimRaw,
+		exists: fmt.Errorf("create %s: created concurrently elsewhere: %w", rec.Name, keys.ErrKeyExists),
+		parse: func(raw []byte) (stamp, error) {
+			other, err := s.parseMeta(rec.Name, raw)
+			if err != nil {
+				return stamp{}, err
+			}
+			return stamp{gen: other.Gen, pending: other.Pending, claimant: other.Claimant}, nil
+		},
 	}
-	s.t.claimStage("claimed", rec.Name)
-	recs, err := s.findMeta(rec.Name)
-	var claims []storedMeta
-	if err == nil {
-		claims, err = s.findStored(pendingRef(rec.Name).template())
-	}
+	mine, err := s.publish(p)
 	if err != nil {
-		s.p.DestroyObject(s.sh, claim)
 		return err
 	}
-	if cerr := s.competitor(rec, prevGen, recs, claims, claim); cerr != nil {
-		s.p.DestroyObject(s.sh, claim)
-		return cerr
+	s.remember(rec.Name, raw, rec, mine, time.Now())
+	return nil
+}
+
+// publication is one change of a record (a key's, a grant's) as publish
+// makes it: the record's bytes and those of its claim (the record marked
+// pending, by whom and when), both MAC'd, and where each goes.
+type publication struct {
+	kind, name string // "key" and its name, "grant" and its id: for errors and logs
+	hookName   string // the name claimStage passes to the test hook
+	start      time.Time
+	gen        uint64 // the generation published: prevGen+1
+	prevGen    uint64 // the generation the writer read (0: none)
+	// needPrev: a record of prevGen must still be there at the check (for
+	// records that can be deleted: a deletion since the read wins).
+	needPrev         bool
+	record, claim    objRef // the labels of the record's and the claim's objects
+	application      string // the record's CKA_APPLICATION
+	claimApplication string // the claim's
+	raw, claimRaw    []byte
+	exists           error // returned when prevGen is 0 and a record exists
+	parse            func(raw []byte) (stamp, error)
+}
+
+// stamp is what publish needs of a stored record or claim: its generation,
+// and for a claim when and by whom it was made.
+type stamp struct {
+	gen      uint64
+	pending  *time.Time
+	claimant string
+}
+
+// publish stores p's record as generation p.gen, in two steps so that no
+// reader ever sees a record that may be withdrawn:
+//
+//  1. It creates a claim: the record, marked pending, in an object that
+//     readers never search (labelled like p.claim, under its own
+//     CKA_APPLICATION).
+//  2. It looks for competitors: a record of that generation or newer, or
+//     another writer's claim of it. If there is one it destroys its claim
+//     and returns errConcurrent (p.exists when the record is new).
+//  3. It creates the record itself, then destroys its claim and the older
+//     generations.
+//
+// Of two writers of one generation, whoever checks second sees the other's
+// claim or record (a claim is destroyed only once its record exists), so at
+// most one publishes; both may back off, and retry. A crash after step 3
+// leaves a claim no newer than the record, which the next writer removes; a
+// crash before it leaves a claim with no record, which blocks changes to
+// that record until its writer is known gone or it is stale (see
+// competitor). Readers always take the newest record, and only ever see
+// checked ones. It returns the new record's object.
+func (s *sess) publish(p *publication) (pkcs11.ObjectHandle, error) {
+	claim, err := s.createMeta(p.claim.Label, p.claimApplication, p.claimRaw)
+	if err != nil {
+		return 0, fmt.Errorf("write the claim for the record of %s %s: %w", p.kind, p.name, err)
 	}
-	s.t.claimStage("checked", rec.Name)
+	s.t.claimStage("claimed", p.hookName)
+	recs, err := s.findStored(p.record.template())
+	var claims []storedMeta
+	if err == nil {
+		claims, err = s.findStored(p.claim.template())
+	}
+	if err != nil {
+		s.p.DestroyObject(s.sh, claim)
+		return 0, err
+	}
+	if cerr := s.competitor(p, recs, claims, claim); cerr != nil {
+		s.p.DestroyObject(s.sh, claim)
+		return 0, cerr
+	}
+	s.t.claimStage("checked", p.hookName)
 	// Others may take a claim this old for abandoned: past half of that,
 	// do not publish on it. The wall clock too: the monotonic one stops
 	// while the machine is suspended, the others' clocks do not.
 	end := s.t.claimClock()
-	if took := max(end.Sub(start), end.Round(0).Sub(start.Round(0))); took > staleClaim/2 {
+	if took := max(end.Sub(p.start), end.Round(0).Sub(p.start.Round(0))); took > staleClaim/2 {
 		s.p.DestroyObject(s.sh, claim)
-		return fmt.Errorf("key %s: %v passed between claiming and publishing the record: %w", rec.Name, took.Round(time.Millisecond), errConcurrent)
+		return 0, fmt.Errorf("%s %s: %v passed between claiming and publishing the record: %w", p.kind, p.name, took.Round(time.Millisecond), errConcurrent)
 	}
-	mine, err := s.createMeta(metaRef(rec.Name).Label, metaApplication, raw)
+	mine, err := s.createMeta(p.record.Label, p.application, p.raw)
 	if err == nil && s.t.test.publishFault != nil {
 		err = s.t.test.publishFault() // the record is made, its response lost
 	}
 	if err != nil {
 		s.p.DestroyObject(s.sh, claim)
-		return fmt.Errorf("write record of %s: %w", rec.Name, err)
+		return 0, fmt.Errorf("write record of %s %s: %w", p.kind, p.name, err)
 	}
 	s.p.DestroyObject(s.sh, claim)
 	for _, r := range recs {
 		s.p.DestroyObject(s.sh, r.h)
 	}
-	s.remember(rec.Name, raw, rec, mine, time.Now())
-	return nil
+	return mine, nil
 }
 
 // staleClaim: a claim with no record that a writer has seen for this long
@@ -487,46 +550,61 @@ func (t *Token) claimStage(stage, name string) {
 	}
 }
 
-// competitor checks the records and claims of rec.Name (other than own)
-// for one that forbids publishing generation rec.Gen, and removes claims
-// that no longer matter: older than rec.Gen (their record was published and
+// competitor checks the records and claims of p's record (other than own)
+// for one that forbids publishing generation p.gen, and removes claims
+// that no longer matter: older than p.gen (their record was published and
 // replaced), or stale.
-func (s *sess) competitor(rec *metaRecord, prevGen uint64, recs, claims []storedMeta, own pkcs11.ObjectHandle) error {
+func (s *sess) competitor(p *publication, recs, claims []storedMeta, own pkcs11.ObjectHandle) error {
+	prevSeen := false
 	for _, r := range recs {
-		other, err := s.parseMeta(rec.Name, r.raw)
-		if err != nil || other.Gen >= rec.Gen || prevGen == 0 {
-			if prevGen == 0 {
-				return fmt.Errorf("create %s: created concurrently elsewhere: %w", rec.Name, keys.ErrKeyExists)
-			}
+		other, err := p.parse(r.raw)
+		if p.prevGen == 0 {
+			return p.exists
+		}
+		if err != nil || other.gen >= p.gen {
 			return errConcurrent
 		}
+		prevSeen = prevSeen || other.gen == p.prevGen
+	}
+	if p.needPrev && p.prevGen > 0 && !prevSeen {
+		return errConcurrent
 	}
 	for _, c := range claims {
 		if c.h == own {
 			continue
 		}
-		other, err := s.parseMeta(rec.Name, c.raw)
-		switch {
-		case err != nil || other.Pending == nil:
-			return fmt.Errorf("key %s: a claim object that is not a keyward claim (%v) blocks changes: %w", rec.Name, err, errConcurrent)
-		case other.Gen < rec.Gen:
-			s.p.DestroyObject(s.sh, c.h) // its record was published, and replaced since
-		case s.t.claimantGone(other.Claimant):
-			s.t.log.Warn("removing a claim on a key record left by a process of this host that is gone", "key", rec.Name, "gen", other.Gen, "claimant", other.Claimant)
+		if err := s.otherClaim(p, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// otherClaim checks another writer's claim c on p's record: it forbids
+// publishing unless it is older than p.gen, its writer is known gone or it
+// is stale (then it is removed).
+func (s *sess) otherClaim(p *publication, c storedMeta) error {
+	other, err := p.parse(c.raw)
+	switch {
+	case err != nil || other.pending == nil:
+		return fmt.Errorf("%s %s: a claim object that is not a keyward claim (%v) blocks changes: %w", p.kind, p.name, err, errConcurrent)
+	case other.gen < p.gen:
+		s.p.DestroyObject(s.sh, c.h) // its record was published, and replaced since
+	case s.t.claimantGone(other.claimant):
+		s.t.log.Warn("removing a claim on a "+p.kind+" record left by a process of this host that is gone", p.kind, p.name, "gen", other.gen, "claimant", other.claimant)
+		s.p.DestroyObject(s.sh, c.h)
+		s.t.forgetClaim(c.raw)
+	default:
+		seen := s.t.claimSeen(c.raw)
+		if s.t.claimClock().Sub(seen) >= staleClaim {
+			s.t.log.Warn("removing a stale claim on a "+p.kind+" record: a writer stopped between claiming and publishing", p.kind, p.name, "gen", other.gen,
+				"claimed", other.pending.Format(time.RFC3339), "claimant", other.claimant, "seen_since", seen.Format(time.RFC3339))
 			s.p.DestroyObject(s.sh, c.h)
 			s.t.forgetClaim(c.raw)
-		default:
-			seen := s.t.claimSeen(c.raw)
-			if s.t.claimClock().Sub(seen) >= staleClaim {
-				s.t.log.Warn("removing a stale claim on a key record: a writer stopped between claiming and publishing", "key", rec.Name, "gen", other.Gen,
-					"claimed", other.Pending.Format(time.RFC3339), "claimant", other.Claimant, "seen_since", seen.Format(time.RFC3339))
-				s.p.DestroyObject(s.sh, c.h)
-				s.t.forgetClaim(c.raw)
-				continue
-			}
-			return fmt.Errorf("another writer (%s) claimed generation %d of the record at %s by its clock; this process takes the claim for abandoned %v after it first saw it: %w",
-				other.Claimant, other.Gen, other.Pending.Format(time.RFC3339), staleClaim, errConcurrent)
+			return nil
 		}
+		return fmt.Errorf("another writer (%s) claimed generation %d of the record at %s by its clock; this process takes the claim for abandoned %v after it first saw it: %w",
+			other.claimant, other.gen, other.pending.Format(time.RFC3339), staleClaim, errConcurrent)
 	}
 	return nil
 }

@@ -120,6 +120,8 @@ type testHooks struct {
 	claimHook func(stage, name string)
 	// now replaces time.Now for the claim rules.
 	now func() time.Time
+	// grantLimit, when positive, replaces keys.MaxGrants.
+	grantLimit int
 }
 
 // Stats are counters for metrics: re-initialisations after faults and the

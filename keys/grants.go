@@ -25,7 +25,8 @@ type GrantStore interface {
 	// whole call: a tampered store is never partly trusted.
 	Grants(ctx context.Context) ([]GrantRecord, error)
 	// DeleteGrant removes every generation of id (pruning grants long
-	// expired). Deleting an id with no record is not an error.
+	// expired). Deleting an id with no record is not an error; an id that
+	// fails ValidGrantID is ErrInvalidArgument, as in PutGrant.
 	DeleteGrant(ctx context.Context, id string) error
 }
 

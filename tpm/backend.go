@@ -112,7 +112,12 @@ type TPM struct {
 	log      *slog.Logger
 	readOnly bool
 	recs     map[string]*record
-	ringKey  *blobPair
+	// grants are the grant records in use (grants.go), grantLeft the
+	// SHA-256 of deleted grants' files whose removal waits for the
+	// manifest. Both held with the slot.
+	grants    map[string]*grantFile
+	grantLeft map[string][32]byte
+	ringKey   *blobPair
 	// noCounter: no rollback counter (the in-process simulator, whose NV
 	// does not outlive the process); ctr: the counter (held with the slot).
 	noCounter  bool
@@ -131,6 +136,8 @@ type TPM struct {
 	// ("record": after the record's rename; "manifest", "increment":
 	// settle's) as a crash or an I/O error there would. Read with the slot.
 	counterFaultHook func(step string) error
+	// maxGrants, set only by tests, replaces keys.MaxGrants when positive.
+	maxGrants int
 }
 
 var (
@@ -319,17 +326,25 @@ func (b *TPM) open(ctx context.Context) error {
 		}
 		b.recs[rec.Name] = rec
 	}
+	if err := b.loadGrants(); err != nil {
+		return err
+	}
 	// The records' MACs are checked there: one TPM2_HMAC per record, or
 	// only the manifest's, which lists every record's SHA-256.
 	return b.openCounter()
 }
 
-// verifyRecords checks the MAC of every record (start-up without a
-// manifest to vouch for them).
+// verifyRecords checks the MAC of every key and grant record (start-up
+// without a manifest to vouch for them).
 func (b *TPM) verifyRecords() error {
 	for _, name := range sortedKeys(b.recs) {
 		if err := b.verifyRecord(b.recs[name]); err != nil {
 			return fmt.Errorf("%s: %w", filepath.Join(keysDir, fileName(name)), err)
+		}
+	}
+	for _, id := range sortedKeys(b.grants) {
+		if err := b.verifyGrant(b.grants[id]); err != nil {
+			return fmt.Errorf("%s: %w", grantPath(id), err)
 		}
 	}
 	return nil
@@ -448,20 +463,9 @@ func (b *TPM) storeRecord(d *device, r *record) error {
 	b.recMu.Lock()
 	b.recs[r.Name] = r
 	b.recMu.Unlock()
-	if b.ctr.index == 0 {
-		return nil
-	}
-	b.ctr.pending = true
-	err = b.settle(d)
-	b.unsettled.Store(!b.ctr.settled())
-	if err != nil {
-		// Not retried here: do would run the whole change again after a
-		// reset.
-		if needsReset(err) {
-			d.ready = false
-		}
-		b.log.Warn("tpm: key changed, but advancing the rollback counter failed; until it is retried (before the next change, by the health check) an older copy of the record would go unnoticed", "key", r.Name, "err", err)
-	}
+	// A failure to advance is not retried here: do would run the whole
+	// change again after a reset.
+	b.advance(d, "key", r.Name)
 	return nil
 }
 

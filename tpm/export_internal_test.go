@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"testing"
 )
 
 // Templates for tests outside the package (raw baselines, outside checks).
@@ -81,4 +82,16 @@ func (b *TPM) CounterStatus() (index uint32, nv, mf uint64, settled bool) {
 func WithoutCounter(cfg Config) Config {
 	cfg.test.noCounter = true
 	return cfg
+}
+
+// SetGrantLimit makes b refuse a new grant id while n grants are stored
+// (keys.MaxGrants otherwise), until the test ends.
+func (b *TPM) SetGrantLimit(tb testing.TB, n int) {
+	set := func(n int) {
+		b.lock(context.Background())
+		defer b.unlock()
+		b.maxGrants = n
+	}
+	set(n)
+	tb.Cleanup(func() { set(0) })
 }

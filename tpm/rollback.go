@@ -56,7 +56,10 @@ type manifest struct {
 	Index   string                 `json:"nv_index"` // "0x01xxxxxx", as tpm2-tools print it
 	Counter uint64                 `json:"counter"`
 	Keys    map[string]manifestKey `json:"keys"`
-	MAC     []byte                 `json:"mac,omitempty"`
+	// Grants are the grant records (grants.go), by id; omitted when there
+	// are none, which keeps older manifests' MAC input unchanged.
+	Grants map[string]manifestKey `json:"grants,omitempty"`
+	MAC    []byte                 `json:"mac,omitempty"`
 }
 
 // manifestKey is a key's current record: its seq and its file's SHA-256.
@@ -251,6 +254,11 @@ func (b *TPM) openCounter() error {
 	if err != nil {
 		return err
 	}
+	aheadGrants, err := b.checkGrants(mf, nv)
+	if err != nil {
+		return err
+	}
+	ahead = append(ahead, aheadGrants...)
 	b.ctr.pending = len(ahead) > 0
 	switch {
 	case b.ctr.settled():
@@ -364,8 +372,10 @@ func (b *TPM) finishHalfDone(idx tpm2.TPMHandle, ahead []string) error {
 	d := b.dev
 	// The newer records were renamed into place, but their directory's
 	// fsync may have failed: make them durable before a manifest names them.
-	if err := syncDir(filepath.Join(b.st.dir, keysDir)); err != nil {
-		return err
+	for _, sub := range []string{keysDir, grantsDir} {
+		if err := syncDir(filepath.Join(b.st.dir, sub)); err != nil {
+			return err
+		}
 	}
 	if b.ctr.pending && b.ctr.mf == b.ctr.nv+1 {
 		// First the counter step of the change whose manifest is written,
@@ -442,6 +452,9 @@ func (b *TPM) unstamped(idx tpm2.TPMHandle) error {
 	for _, r := range b.recs {
 		stamped = max(stamped, r.Seq)
 	}
+	for _, g := range b.grants {
+		stamped = max(stamped, g.Seq)
+	}
 	if stamped == 0 {
 		return nil
 	}
@@ -493,6 +506,12 @@ func (b *TPM) writeManifest(n uint64) error {
 	for name, r := range b.recs {
 		m.Keys[name] = manifestKey{Seq: r.Seq, SHA256: hex.EncodeToString(r.sum[:])}
 	}
+	if len(b.grants) > 0 {
+		m.Grants = make(map[string]manifestKey, len(b.grants))
+	}
+	for id, g := range b.grants {
+		m.Grants[id] = manifestKey{Seq: g.Seq, SHA256: hex.EncodeToString(g.sum[:])}
+	}
 	in, err := m.macInput()
 	if err != nil {
 		return err
@@ -536,14 +555,28 @@ func decodeManifest(b []byte) (*manifest, error) {
 		return nil, fmt.Errorf("%s: nv_index %q: %w", manifestFile, m.Index, keys.ErrIntegrity)
 	}
 	for name, e := range m.Keys {
-		if err := keys.ValidateName(name); err != nil || e.Seq > m.Counter {
-			return nil, fmt.Errorf("%s: key %q at change %d (manifest at %d): %w", manifestFile, name, e.Seq, m.Counter, keys.ErrIntegrity)
+		if err := checkManifestEntry(m.Counter, e, keys.ValidateName(name)); err != nil {
+			return nil, fmt.Errorf("%s: key %q: %w", manifestFile, name, err)
 		}
-		if sum, err := hex.DecodeString(e.SHA256); err != nil || len(sum) != sha256.Size {
-			return nil, fmt.Errorf("%s: key %q: sha256 %q: %w", manifestFile, name, e.SHA256, keys.ErrIntegrity)
+	}
+	for id, e := range m.Grants {
+		if err := checkManifestEntry(m.Counter, e, keys.ValidGrantID(id)); err != nil {
+			return nil, fmt.Errorf("%s: grant %q: %w", manifestFile, id, err)
 		}
 	}
 	return &m, nil
+}
+
+// checkManifestEntry checks one entry of the manifest at counter (nameErr:
+// its name's check).
+func checkManifestEntry(counter uint64, e manifestKey, nameErr error) error {
+	if nameErr != nil || e.Seq > counter {
+		return fmt.Errorf("at change %d (manifest at %d): %w", e.Seq, counter, keys.ErrIntegrity)
+	}
+	if sum, err := hex.DecodeString(e.SHA256); err != nil || len(sum) != sha256.Size {
+		return fmt.Errorf("sha256 %q: %w", e.SHA256, keys.ErrIntegrity)
+	}
+	return nil
 }
 
 // counterFault runs the test hook at a step of a key change.

@@ -28,6 +28,7 @@ import (
 //	parent.pub      the pinned parent's public area (TPM2B_PUBLIC), written at first start
 //	keyring.key     the keyring MAC key's blobs (JSON: public, private)
 //	keys/NAME.json  one record per key (NAME = url.PathEscape(key name)), MAC'd
+//	grants/ID.json  one break-glass grant record per id (keys.GrantStore), MAC'd (grants.go)
 //	manifest.json   the rollback counter's value and each record's seq, MAC'd (rollback.go)
 //
 // Every write is temp file, fsync, rename, fsync of the directory, so a crash
@@ -37,6 +38,7 @@ const (
 	parentFile    = "parent.pub"
 	keyringKeyDir = "keyring.key"
 	keysDir       = "keys"
+	grantsDir     = "grants"
 	recordFormat  = 1
 	// maxStateFile bounds what is read from the state directory (a record
 	// holds at most a few hundred versions of a few hundred bytes each).
@@ -193,14 +195,19 @@ func openStore(dir string, readOnly bool) (*store, error) {
 			return nil, fmt.Errorf("state directory %s: %w: %w", dir, ErrConfig, err)
 		}
 	}
-	keysPath := filepath.Join(dir, keysDir)
-	if !readOnly {
-		if err := os.Mkdir(keysPath, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("state directory: %w", err)
+	for _, sub := range []string{keysDir, grantsDir} {
+		path := filepath.Join(dir, sub)
+		if !readOnly {
+			if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return nil, fmt.Errorf("state directory: %w", err)
+			}
 		}
-	}
-	if err := checkStateDir(keysPath, readOnly); err != nil {
-		return nil, err
+		if _, err := os.Lstat(path); sub == grantsDir && readOnly && errors.Is(err, fs.ErrNotExist) {
+			continue // a state directory from before grant records: none to read
+		}
+		if err := checkStateDir(path, readOnly); err != nil {
+			return nil, err
+		}
 	}
 	s := &store{dir: dir}
 	if readOnly {
@@ -250,7 +257,7 @@ func checkStateDir(d string, readOnly bool) error {
 // removeTemps deletes temporary files a crash left behind mid-write (the
 // rename never happened, so they hold nothing the state depends on).
 func (s *store) removeTemps() {
-	for _, d := range []string{s.dir, filepath.Join(s.dir, keysDir)} {
+	for _, d := range []string{s.dir, filepath.Join(s.dir, keysDir), filepath.Join(s.dir, grantsDir)} {
 		ents, err := os.ReadDir(d)
 		if err != nil {
 			continue
@@ -339,8 +346,12 @@ func syncDir(dir string) error {
 }
 
 // recordFiles lists the record files (sorted), ignoring temp files left by a crash.
-func (s *store) recordFiles() ([]string, error) {
-	ents, err := os.ReadDir(filepath.Join(s.dir, keysDir))
+func (s *store) recordFiles() ([]string, error) { return s.jsonFiles(keysDir) }
+
+// jsonFiles lists the .json files of subdirectory sub (sorted), ignoring
+// temp files left by a crash.
+func (s *store) jsonFiles(sub string) ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, sub))
 	if err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
@@ -350,10 +361,22 @@ func (s *store) recordFiles() ([]string, error) {
 		if strings.HasPrefix(n, ".tmp-") || !strings.HasSuffix(n, ".json") {
 			continue
 		}
-		out = append(out, filepath.Join(keysDir, n))
+		out = append(out, filepath.Join(sub, n))
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// remove deletes a state file durably; a missing one is no error.
+func (s *store) remove(rel string) error {
+	if s.lock == nil {
+		return fmt.Errorf("state directory: %w", keys.ErrReadOnly)
+	}
+	path := filepath.Join(s.dir, rel)
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", rel, err)
+	}
+	return syncDir(filepath.Dir(path))
 }
 
 // decodeStrict decodes one JSON value of a state file into v: no unknown

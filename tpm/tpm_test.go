@@ -54,8 +54,7 @@ func openTapped(t *testing.T, device, stateDir string, record func(cmd, rsp []by
 func TestConformanceSWTPM(t *testing.T) {
 	t.Parallel() // its own swtpm and state directory
 	sw := swtpmtest.Start(t)
-	be := open(t, sw.Device(), t.TempDir())
-	keystest.Run(t, func(t *testing.T) keys.Backend { return be })
+	runConformance(t, sw.Device())
 }
 
 func TestConformanceSWTPMUnix(t *testing.T) {
@@ -64,8 +63,44 @@ func TestConformanceSWTPMUnix(t *testing.T) {
 		t.Skip("the TCP run covers the backend; -short skips the second transport")
 	}
 	sw := swtpmtest.StartUnix(t)
-	be := open(t, sw.Device(), t.TempDir())
-	keystest.Run(t, func(t *testing.T) keys.Backend { return be })
+	runConformance(t, sw.Device())
+}
+
+// runConformance runs the suite on one backend on device, shared by every
+// group, with the hooks a state directory allows: Reopen closes it and
+// opens the next, which later groups get. (No ReadOnly hook: swtpm serves
+// one client at a time; TestGrantRollback opens one read-only.)
+func runConformance(t *testing.T, device string) {
+	dir := t.TempDir()
+	be := open(t, device, dir)
+	keystest.RunWith(t, func(*testing.T) keys.Backend { return be }, keystest.Hooks{
+		Reopen: func(*testing.T, keys.Backend) keys.Backend {
+			be.Close()
+			be = open(t, device, dir)
+			return be
+		},
+		TamperGrant: func(t *testing.T, _ keys.Backend, id string) { tamperGrant(t, dir, id) },
+		LimitGrants: func(t *testing.T, _ keys.Backend, n int) { be.SetGrantLimit(t, n) },
+	})
+}
+
+// tamperGrant changes one letter of grant id's body in its file, keeping
+// the file well-formed JSON.
+func tamperGrant(t *testing.T, dir, id string) {
+	t.Helper()
+	path := filepath.Join(dir, "grants", id+".json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, []byte(`"body": "`))
+	if i < 0 {
+		t.Fatalf("%s has no body: %s", path, b)
+	}
+	b[i+len(`"body": "`)] ^= 0x01
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestReopen: keys, blobs and states survive a restart of the daemon, and of

@@ -53,6 +53,9 @@ func (m *Mem) Grants(context.Context) ([]keys.GrantRecord, error) {
 
 // DeleteGrant implements keys.GrantStore.
 func (m *Mem) DeleteGrant(_ context.Context, id string) error {
+	if err := keys.ValidGrantID(id); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.grants, id)

@@ -11,7 +11,11 @@
 // The suite creates keys with unique names (derived from the test name plus a
 // random suffix), never deletes them and never closes the backend, so one
 // backend may serve several groups, or even several test binaries sharing a
-// token. A key type whose CreateKey returns keys.ErrUnsupported is skipped
+// token. Grant cases (a backend that is a keys.GrantStore) delete the
+// grants they store: their number is bounded. Cases that need a backend's
+// own abilities (restarting it, editing its storage) take them from the
+// Hooks given to RunWith, and skip without them. A key type whose
+// CreateKey returns keys.ErrUnsupported is skipped
 // with the backend's reason. Errors are checked with errors.Is against the
 // keys sentinels only: the wording of an error is the backend's business.
 //
@@ -52,8 +56,34 @@ import (
 // the backend's lifetime (close it with t.Cleanup if it is fresh).
 type NewBackend func(t *testing.T) keys.Backend
 
-// Run runs the conformance suite against the backends newBackend returns.
-func Run(t *testing.T, newBackend NewBackend) {
+// Hooks are what a backend's own test gives the suite beyond keys.Backend:
+// abilities only that test has (restarting the backend, editing its
+// storage behind its back). A nil hook skips the cases that need it.
+type Hooks struct {
+	// Reopen closes be and opens the backend again on the same device and
+	// state, as a restart of the daemon does, and returns the new instance.
+	// If the constructor shares one backend between groups, its next calls
+	// must return the new instance.
+	Reopen func(t *testing.T, be keys.Backend) keys.Backend
+	// ReadOnly opens another instance of be's device and state, read-only
+	// (closed when t ends).
+	ReadOnly func(t *testing.T, be keys.Backend) keys.Backend
+	// TamperGrant edits the stored newest record of grant id where the
+	// backend keeps it, as someone who can write the device's storage but
+	// has none of its keys could.
+	TamperGrant func(t *testing.T, be keys.Backend, id string)
+	// LimitGrants makes be refuse a new grant id while n or more grants
+	// are stored, until t ends (keys.MaxGrants is too many to fill in a
+	// test).
+	LimitGrants func(t *testing.T, be keys.Backend, n int)
+}
+
+// Run runs the conformance suite against the backends newBackend returns,
+// without backend hooks.
+func Run(t *testing.T, newBackend NewBackend) { RunWith(t, newBackend, Hooks{}) }
+
+// RunWith runs the conformance suite with the backend's hooks.
+func RunWith(t *testing.T, newBackend NewBackend, h Hooks) {
 	groups := []struct {
 		name string
 		run  func(t *testing.T, be keys.Backend)
@@ -70,6 +100,7 @@ func Run(t *testing.T, newBackend NewBackend) {
 		{"Limits", testLimits},
 		{"Concurrency", testConcurrency},
 		{"Health", testHealth},
+		{"Grants", func(t *testing.T, be keys.Backend) { testGrants(t, be, h) }},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
