@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"sync"
@@ -179,3 +180,47 @@ func TestBreakglassRequestLimits(t *testing.T) {
 		t.Errorf("request by a non-requester: %v", err)
 	}
 }
+
+// TestBreakglassPolicyRemoved: a reload that removes a grant's policy, or
+// narrows it so that it no longer covers the grant, ends what the grant
+// allows at once; putting the policy back restores it (the grant itself
+// is unchanged in the store). A reload adding [[breakglass]] on a backend
+// that keeps no grants is refused.
+func TestBreakglassPolicyRemoved(t *testing.T) {
+	svc := bgService(t, keystest.NewMem(), time.Now)
+	id := bgRequest(t, svc)
+	if _, err := svc.BreakglassApprove(asUID(bgApprUID), &pb.BreakglassGrantRequest{Id: id}); err != nil {
+		t.Fatal(err)
+	}
+	granted := func() bool {
+		g, err := svc.authorizeGrant(asUID(bgReqUID), policy.OpUnwrap, "db/a", nil)
+		return err == nil && g == id
+	}
+	if !granted() {
+		t.Fatal("not granted while active")
+	}
+	full := svc.pol.Load()
+	narrowed, err := config.CompilePolicy(config.Config{Breakglass: []config.Breakglass{{Name: "db", Keys: []string{"db/other"},
+		Operations: []string{"unwrap"}, Requesters: policy.Subjects{UIDs: []uint32{bgReqUID}},
+		Approvers: policy.Subjects{UIDs: []uint32{bgApprUID}}, MaxDuration: config.Duration{Duration: time.Hour}}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, pol := range map[string]*policy.Policy{"removed": full.WithBreakglass(nil), "narrowed": narrowed} {
+		svc.SetPolicy(pol)
+		if granted() {
+			t.Errorf("%s: the grant still allows", name)
+		}
+	}
+	svc.SetPolicy(full)
+	if !granted() {
+		t.Error("the policy is back, the grant does not allow")
+	}
+	plain := NewService(noGrantStore{keystest.NewMem()}, "mem", "test", full, config.Defaults().Limits, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := plain.breakglassFits(full); !errors.Is(err, ErrBreakglassStore) {
+		t.Errorf("reload with [[breakglass]] on a backend without grants: %v", err)
+	}
+}
+
+// noGrantStore is a backend that keeps no grants.
+type noGrantStore struct{ keys.Backend }
