@@ -180,9 +180,10 @@ func breakglassPeer() audit.Peer {
 // errNotChanged: a change found nothing to do (another daemon did it).
 var errNotChanged = errors.New("nothing to change")
 
-// startBreakglassSweeper runs b.sweep every grantSweepEvery until ctx ends
-// or stop is called.
-func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog) (stop func()) {
+// startBreakglassSweeper runs b.sweep every grantSweepEvery, while
+// configured says a break-glass policy is (no device reads otherwise),
+// until ctx ends or stop is called.
+func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, configured func() bool) (stop func()) {
 	if b == nil {
 		return func() {}
 	}
@@ -193,7 +194,9 @@ func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog) 
 		t := time.NewTicker(grantSweepEvery)
 		defer t.Stop()
 		for {
-			b.sweep(ctx, trail)
+			if configured() {
+				b.sweep(ctx, trail)
+			}
 			select {
 			case <-ctx.Done():
 				return
@@ -217,7 +220,7 @@ func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *
 	}
 	b.metrics = bm
 	svc.bg = b
-	return startBreakglassSweeper(ctx, b, trail), nil
+	return startBreakglassSweeper(ctx, b, trail, func() bool { return svc.pol.Load().HasBreakglass() }), nil
 }
 
 // breakglassFits refuses a reloaded policy with [[breakglass]] tables when
