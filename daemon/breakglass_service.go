@@ -81,18 +81,18 @@ func newBreakglass(ctx context.Context, be keys.Backend, kind string, pol *polic
 	return b, nil
 }
 
-// grantFor returns the id of an active grant that allows the denied
-// request, or "" (no break-glass, no such grant, or a store that cannot
-// be read: nothing is granted then). The grant's policy must still exist
-// in the running config and still cover the request.
-func (s *Service) grantFor(ctx context.Context, pol *policy.Policy, id policy.Identity, op policy.Operation, key string, c map[string]string) (*grant, *policy.BreakglassPolicy) {
+// grantFor returns an active grant that allows the request the rules
+// denied, or nil (no break-glass, no such grant, or a store that cannot be
+// read: nothing is granted then). The grant's policy must still exist in
+// the running config and still cover the request.
+func (s *Service) grantFor(ctx context.Context, pol *policy.Policy, id policy.Identity, op policy.Operation, key string, c map[string]string) *grant {
 	b := s.bg
 	if b == nil || !pol.HasBreakglass() || !policy.IsBreakglassOperation(op) {
-		return nil, nil
+		return nil
 	}
 	view, err := b.grants.current(ctx, false)
 	if err != nil {
-		return nil, nil
+		return nil
 	}
 	now := b.now()
 	for _, g := range view {
@@ -100,10 +100,10 @@ func (s *Service) grantFor(ctx context.Context, pol *policy.Policy, id policy.Id
 			continue
 		}
 		if bp, ok := pol.BreakglassNamed(g.Policy); ok && bp.Covers(op, key) {
-			return g, bp
+			return g
 		}
 	}
-	return nil, nil
+	return nil
 }
 
 // usedGrant logs and counts one call allowed by grant g.

@@ -105,7 +105,7 @@ func (s *Service) authorizeGrant(ctx context.Context, op policy.Operation, key s
 	pol := s.pol.Load()
 	d := pol.Decide(id, policy.Request{Op: op, Key: key, Context: c}, s.reserved())
 	if !d.Allowed {
-		if g, _ := s.grantFor(ctx, pol, id, op, key, c); g != nil && !s.reserved().Withholds(op, key) {
+		if g := s.grantFor(ctx, pol, id, op, key, c); g != nil && !s.reserved().Withholds(op, key) {
 			s.usedGrant(g, id, op)
 			return g.id, nil
 		}
