@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -11,9 +12,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -91,30 +94,75 @@ func startNetDaemon(t *testing.T, prefix, module string, env []string) *keywardO
 			t.Logf("keywardd's log:\n%s", p.stderr)
 		}
 	})
-	return newKeywardOps(t, dial(t, sock), prefix)
+	k := newKeywardOps(t, dial(t, sock), prefix)
+	k.pid = p.cmd.Process.Pid
+	return k
+}
+
+// cpuTime is the CPU time (user and system, every thread) process pid has
+// used so far, from /proc/PID/stat; pid 0 is this process.
+func cpuTime(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	if pid == 0 {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command's closing parenthesis: utime and stime
+	// are the 12th and 13th, in clock ticks (USER_HZ, 100 per second on Linux).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// measured is rate with the CPU time per operation of this process (the
+// client, or the raw loop) and of keywardd (pid; 0 for none).
+func measured(t *testing.T, n int, d time.Duration, pid int, f func(worker int) error) (rate float64, selfPerOp, daemonPerOp time.Duration) {
+	self0, daemon0 := cpuTime(t, 0), time.Duration(0)
+	if pid != 0 {
+		daemon0 = cpuTime(t, pid)
+	}
+	rate = closedLoop(n, d, f)
+	ops := rate * d.Seconds()
+	selfPerOp = time.Duration(float64(cpuTime(t, 0)-self0) / ops)
+	if pid != 0 {
+		daemonPerOp = time.Duration(float64(cpuTime(t, pid)-daemon0) / ops)
+	}
+	return rate, selfPerOp, daemonPerOp
 }
 
 // benchTable measures ops at 1, 8 and 64 callers through keywardd and the
 // raw loop in alternate rounds, the socket's floor, and batches of 100.
 func benchTable(t *testing.T, d time.Duration, kw *keywardOps, raw *rawOps, ops, batches []string) string {
-	rows := []string{"| op | callers | keywardd ops/s | raw loop ops/s | ratio | floor ops/s | ratio to floor |", "|---|---|---|---|---|---|---|"}
+	rows := []string{"| op | callers | keywardd ops/s | raw loop ops/s | ratio | floor ops/s | ratio to floor | CPU per op: keywardd + client / raw loop |",
+		"|---|---|---|---|---|---|---|---|"}
 	for _, n := range []int{1, 8, 64} {
 		var st []float64
 		for range 3 {
-			st = append(st, rate(n, d, kw.op("status")))
+			st = append(st, closedLoop(n, d, kw.op("status")))
 		}
-		rows = append(rows, fmt.Sprintf("| status (the socket's floor) | %d | %.0f | | | | |", n, median(st)))
+		rows = append(rows, fmt.Sprintf("| status (the socket's floor) | %d | %.0f | | | | | |", n, median(st)))
 	}
 	for _, op := range ops {
 		for _, n := range []int{1, 8, 64} {
-			var k, r []float64
+			var k, r, kcpu, rcpu []float64
 			for range 3 {
-				k = append(k, rate(n, d, kw.op(op)))
-				r = append(r, rate(n, d, raw.op(op)))
+				rate, client, daemon := measured(t, n, d, kw.pid, kw.op(op))
+				k, kcpu = append(k, rate), append(kcpu, float64(client+daemon))
+				rate, loop, _ := measured(t, n, d, 0, raw.op(op))
+				r, rcpu = append(r, rate), append(rcpu, float64(loop))
 			}
 			km, rm := median(k), median(r)
 			floor := float64(n) / (2 * netRTT.Seconds())
-			rows = append(rows, fmt.Sprintf("| %s | %d | %.0f | %.0f | %.2f | %.0f | %.2f |", op, n, km, rm, km/rm, floor, km/floor))
+			rows = append(rows, fmt.Sprintf("| %s | %d | %.0f | %.0f | %.2f | %.0f | %.2f | %v / %v |", op, n, km, rm, km/rm, floor, km/floor,
+				time.Duration(median(kcpu)).Round(time.Microsecond), time.Duration(median(rcpu)).Round(time.Microsecond)))
 		}
 	}
 	for _, op := range batches {
@@ -132,13 +180,13 @@ func benchTable(t *testing.T, d time.Duration, kw *keywardOps, raw *rawOps, ops,
 		}
 		// 64 items at once (limits.batch_parallelism), 2 round trips each.
 		floor := math.Ceil(100.0/64) * 2 * float64(netRTT.Microseconds()) / 1000
-		rows = append(rows, fmt.Sprintf("| batch of 100 %s | 1 | %.1f ms per call | | | %.1f ms | %.2f |", op, median(per), floor, median(per)/floor))
+		rows = append(rows, fmt.Sprintf("| batch of 100 %s | 1 | %.1f ms per call | | | %.1f ms | %.2f | |", op, median(per), floor, median(per)/floor))
 	}
 	return strings.Join(rows, "\n")
 }
 
-// rate runs f on n goroutines for d and returns the calls per second.
-func rate(n int, d time.Duration, f func(worker int) error) float64 {
+// closedLoop runs f on n goroutines for d and returns the calls per second.
+func closedLoop(n int, d time.Duration, f func(worker int) error) float64 {
 	var done atomic.Int64
 	var failed atomic.Value
 	stop := time.Now().Add(d)
@@ -170,6 +218,7 @@ func median(xs []float64) float64 {
 // keywardOps are the measured calls through keywardd's socket.
 type keywardOps struct {
 	c      pb.KeywardClient
+	pid    int    // keywardd's
 	prefix string // of the keys' names: each stack makes its own on the shared token
 	blob   []byte
 	noAES  error // CreateKey's error for aes-256-gcm, on a module without CKM_AES_GCM
