@@ -311,7 +311,7 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 		return err
 	}
 	stopScheduler := startScheduler(ctx, &scheduler{be: be, log: log, audit: trail, every: cfg.RotationCheckInterval.Duration,
-		now: opts.SchedulerClock, metrics: newRotationMetrics(metrics.Registry())})
+		now: opts.SchedulerClock, metrics: newRotationMetrics(metrics.Registry()), disables: newDisableMetrics(metrics.Registry())})
 	defer stopScheduler()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
