@@ -12,6 +12,7 @@ import (
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
+	"github.com/keyward/keyward/internal/testutil"
 	"github.com/keyward/keyward/policy"
 )
 
@@ -31,11 +32,12 @@ func TestScheduledDisable(t *testing.T) {
 		{Name: "ops without set-disable-after", UIDs: []uint32{opsUID}, Keys: []string{"**"}, Operations: append([]string{"key.set-rotation"}, allAdmin...)},
 	}
 	var auditPath string
+	var logs testutil.SyncBuffer
 	r := startOpts(t, rules, func(c *config.Config) {
 		c.MetricsSocket = metricsSock
 		c.RotationCheckInterval = config.Duration{Duration: time.Second}
 		auditPath = c.AuditLog
-	}, nil, func(o *daemon.Options) { o.SchedulerClock = clock.now })
+	}, &logs, func(o *daemon.Options) { o.SchedulerClock = clock.now })
 	ctx := context.Background()
 	c := dial(t, r.sock)
 	const key = "sched/disable"
@@ -104,6 +106,9 @@ func TestScheduledDisable(t *testing.T) {
 	if len(recs) != 2 || recs[0].Result != daemon.ResultStarted || recs[1].Result != "OK" || recs[1].Version != 1 ||
 		recs[1].Op != "key.disable" || recs[1].Peer.UID != uint32(os.Getuid()) || !strings.Contains(recs[1].Reason, "30d") {
 		t.Fatalf("scheduler's audit records: %+v; want STARTED, then OK v1 key.disable", recs)
+	}
+	if line := grepLines(logs.String(), "scheduled disable"); !strings.Contains(line, "key="+key) || !strings.Contains(line, "versions=[1]") || strings.Count(line, "\n") > 0 {
+		t.Errorf("the daemon log's scheduled disable line: %q, want one naming the key and [1]", line)
 	}
 
 	// Stopped: a rotation makes v2 superseded, and nothing is due.
