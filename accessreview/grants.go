@@ -10,7 +10,9 @@ import (
 // Grant is one thing the daemon's config grants, and whether the window's
 // allowed calls used it.
 type Grant struct {
-	// Kind is the kind of grant: "rule" (a [[rule]] of the policy).
+	// Kind is the kind of grant: "rule" (a [[rule]] of the policy) or
+	// "breakglass" (a [[breakglass]] table: what its approved grants
+	// allowed).
 	Kind string
 	// Name is the grant's name ("rule #N" for an unnamed rule).
 	Name string
@@ -54,6 +56,7 @@ type grantSource interface {
 // An entry returns nil when its kind is not configured.
 var grantKinds = []func(Options) grantSource{
 	ruleGrants,
+	breakglassGrants,
 }
 
 // ruleSource is the policy's rules.
@@ -107,6 +110,9 @@ func appendNew(list []string, s string) []string {
 func (s *ruleSource) grants() []Grant { return s.list }
 
 func (s *ruleSource) attribute(u use) []int {
+	if u.rec.Grant != "" { // the rules denied it: a break-glass grant allowed it
+		return nil
+	}
 	k := useKey{uid: u.id.UID, gid: u.id.GID, unit: u.id.Unit, op: u.rec.Op, key: u.rec.Key}
 	if idx, ok := s.cache[k]; ok {
 		return idx
@@ -116,5 +122,44 @@ func (s *ruleSource) attribute(u use) []int {
 		idx = append(idx, s.index[name])
 	}
 	s.cache[k] = idx
+	return idx
+}
+
+// breakglassSource is the policy's [[breakglass]] tables. A call a
+// break-glass grant allowed carries the grant's id in its record; it is
+// attributed to each table that may have granted it: the caller may
+// request under it, and it covers the operation and the key.
+type breakglassSource struct {
+	pols []*policy.BreakglassPolicy
+	list []Grant
+}
+
+func breakglassGrants(o Options) grantSource {
+	if !o.Policy.HasBreakglass() {
+		return nil
+	}
+	s := &breakglassSource{pols: o.Policy.Breakglass()}
+	for _, bp := range s.pols {
+		g := Grant{Kind: "breakglass", Name: bp.Name(), Subjects: bp.Requesters(), Keys: bp.Keys()}
+		for _, op := range bp.Operations() {
+			g.Operations = append(g.Operations, string(op))
+		}
+		s.list = append(s.list, g)
+	}
+	return s
+}
+
+func (s *breakglassSource) grants() []Grant { return s.list }
+
+func (s *breakglassSource) attribute(u use) []int {
+	if u.rec.Grant == "" {
+		return nil
+	}
+	var idx []int
+	for i, bp := range s.pols {
+		if bp.MayRequest(u.id) && bp.Covers(policy.Operation(u.rec.Op), u.rec.Key) {
+			idx = append(idx, i)
+		}
+	}
 	return idx
 }

@@ -446,3 +446,49 @@ func TestMaxRows(t *testing.T) {
 		t.Errorf("per subject and operation: %v, hand count %v", perOp(got), perOp(want))
 	}
 }
+
+// TestBreakglassUse: a call a break-glass grant allowed (its record
+// carries the grant's id) counts for the [[breakglass]] tables that may
+// have granted it, never for a rule (the rules denied it); a table no
+// grant was used under is listed unused.
+func TestBreakglassUse(t *testing.T) {
+	pol, err := policy.Compile([]policy.Rule{
+		{Name: "apps", UIDs: []uint32{1000}, Keys: []string{"app/*"}, Operations: []string{"wrap", "unwrap"}},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bps, err := policy.CompileBreakglass([]policy.Breakglass{
+		{Name: "db-emergency", Requesters: policy.Subjects{UIDs: []uint32{1000}}, Approvers: policy.Subjects{UIDs: []uint32{2000}},
+			Keys: []string{"payments/**"}, Operations: []string{"unwrap"}, MaxDuration: time.Hour},
+		{Name: "signing-emergency", Requesters: policy.Subjects{UIDs: []uint32{1000}}, Approvers: policy.Subjects{UIDs: []uint32{2000}},
+			Keys: []string{"signing/**"}, Operations: []string{"sign"}, MaxDuration: time.Hour},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol = pol.WithBreakglass(bps)
+	recs := []audit.Record{
+		{Time: t0, Peer: audit.Peer{UID: 1000, GID: 1000}, Op: "unwrap", Key: "app/db", Result: "OK"},
+		{Time: t0.Add(time.Second), Peer: audit.Peer{UID: 1000, GID: 1000}, Op: "unwrap", Key: "payments/db", Result: "OK", Grant: "g-1"},
+		{Time: t0.Add(2 * time.Second), Peer: audit.Peer{UID: 1000, GID: 1000}, Op: "unwrap", Key: "payments/db", Result: "OK", Grant: "g-1"},
+		// A grant's id on a call the rules would have allowed anyway
+		// counts for the table, not the rule.
+		{Time: t0.Add(3 * time.Second), Peer: audit.Peer{UID: 1000, GID: 1000}, Op: "unwrap", Key: "app/db", Result: "OK", Grant: "g-2"},
+	}
+	rep, err := Run(Options{Files: writeLog(t, recs, 0), Users: testUsers, Policy: pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for _, g := range rep.Grants {
+		got[g.Kind+" "+g.Name] = g.Allowed
+	}
+	want := map[string]uint64{"rule apps": 1, "breakglass db-emergency": 2, "breakglass signing-emergency": 0}
+	if !maps.Equal(got, want) {
+		t.Fatalf("allowed calls per grant %v, want %v", got, want)
+	}
+	if db := rep.Grants[1]; !db.LastUse.Equal(t0.Add(2*time.Second)) || !slices.Equal(db.Operations, []string{"unwrap"}) {
+		t.Errorf("break-glass table db-emergency: %+v", db)
+	}
+}

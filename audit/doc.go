@@ -40,7 +40,7 @@
 //	{"seq":1,"time":"2025-01-02T03:04:05.123456789Z","prev":"<64 hex>",
 //	 "peer":{"uid":1000,"gid":1000,"pid":4242,"unit":"payments.service"},
 //	 "op":"unwrap","key":"payments/db","version":3,"context_digest":"<64 hex>",
-//	 "result":"OK","reason":"...","caller_ref":"...","duration_us":412,"request_id":"...","hash":"<64 hex>"}
+//	 "result":"OK","reason":"...","caller_ref":"...","grant":"...","duration_us":412,"request_id":"...","hash":"<64 hex>"}
 //
 // (on one line, no spaces). context_digest is "hmac-sha256:" and the
 // HMAC-SHA256 of the canonical context under the directory's context key
@@ -50,7 +50,7 @@
 // seq starts at 1 and increases by exactly 1 from
 // one record to the next, across files. time is RFC 3339 with nanoseconds, in
 // UTC ("Z"), trailing zeros of the fraction dropped. prev is the hash of the
-// previous record, 64 zeros for seq 1. reason and caller_ref are left out when empty. Hex is
+// previous record, 64 zeros for seq 1. reason, caller_ref and grant are left out when empty. Hex is
 // lower case. Strings are escaped as Go's encoding/json escapes them.
 //
 // The hash rule, all a verifier needs: for a line L (without its newline),

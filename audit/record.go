@@ -54,6 +54,10 @@ type Record struct {
 	// caller's text, untrusted, at most MaxCallerRef bytes; omitted when
 	// empty.
 	CallerRef string
+	// Grant is the id of the break-glass grant that allowed the operation
+	// (its use), or that the record is about (its request, approval,
+	// denial, revocation or expiry); omitted when empty.
+	Grant string
 	// Duration is how long the operation took; written in whole
 	// microseconds.
 	Duration time.Duration
@@ -86,6 +90,7 @@ type wire struct {
 	Result        string `json:"result"`
 	Reason        string `json:"reason,omitempty"`
 	CallerRef     string `json:"caller_ref,omitempty"`
+	Grant         string `json:"grant,omitempty"`
 	DurationUS    int64  `json:"duration_us"`
 	RequestID     string `json:"request_id"`
 	Sig           []byte `json:"sig,omitempty"`
@@ -104,6 +109,7 @@ type body struct {
 	Result        string `json:"result"`
 	Reason        string `json:"reason,omitempty"`
 	CallerRef     string `json:"caller_ref,omitempty"`
+	Grant         string `json:"grant,omitempty"`
 	DurationUS    int64  `json:"duration_us"`
 	RequestID     string `json:"request_id"`
 	Sig           []byte `json:"sig,omitempty"`
@@ -111,6 +117,9 @@ type body struct {
 
 // MaxCallerRef bounds Record.CallerRef.
 const MaxCallerRef = 256
+
+// MaxGrant bounds Record.Grant (a break-glass grant id).
+const MaxGrant = 64
 
 // headroom is the most the writer adds to a body: seq, time, prev, hash.
 const headroom = len(`{"seq":18446744073709551615,"time":"2006-01-02T15:04:05.999999999Z","prev":"`) + 64 + len(`",`) +
@@ -143,10 +152,13 @@ func prepare(r Record, now time.Time) (prepared, error) {
 	if y := t.Year(); y < 1 || y > 9999 {
 		return prepared{}, fmt.Errorf("audit: record time %v outside years 1..9999: %w", t, ErrInvalidRecord)
 	}
+	if len(r.Grant) > MaxGrant {
+		return prepared{}, fmt.Errorf("audit: grant of %d bytes, at most %d: %w", len(r.Grant), MaxGrant, ErrInvalidRecord)
+	}
 	if len(r.CallerRef) > MaxCallerRef {
 		return prepared{}, fmt.Errorf("audit: caller_ref of %d bytes, at most %d: %w", len(r.CallerRef), MaxCallerRef, ErrInvalidRecord)
 	}
-	n := len(r.Peer.Unit) + len(r.Op) + len(r.Key) + len(r.Result) + len(r.Reason) + len(r.CallerRef) + len(r.RequestID) +
+	n := len(r.Peer.Unit) + len(r.Op) + len(r.Key) + len(r.Result) + len(r.Reason) + len(r.CallerRef) + len(r.Grant) + len(r.RequestID) +
 		base64.StdEncoding.EncodedLen(len(r.Sig))
 	b := make([]byte, 0, len(time.RFC3339Nano)+bodyFixed+n+n/8)
 	b = t.AppendFormat(b, time.RFC3339Nano)
@@ -160,7 +172,7 @@ func prepare(r Record, now time.Time) (prepared, error) {
 
 // bodyFixed is the length of a body with empty strings and long numbers.
 const bodyFixed = len(`{"peer":{"uid":4294967295,"gid":4294967295,"pid":-2147483648,"unit":""},"op":"","key":"","version":4294967295,`+
-	`"context_digest":"`+ContextHMACPrefix) + 64 + len(`","result":"","reason":"","caller_ref":"","duration_us":-9223372036854775808,"request_id":"","sig":""}`)
+	`"context_digest":"`+ContextHMACPrefix) + 64 + len(`","result":"","reason":"","caller_ref":"","grant":"","duration_us":-9223372036854775808,"request_id":"","sig":""}`)
 
 // appendBody appends the JSON of r's body: json.Marshal(body{...}) of r's
 // fields, invalid UTF-8 in its strings replaced by U+FFFD first (the
@@ -194,6 +206,10 @@ func appendBody(b []byte, r Record) []byte {
 	if r.CallerRef != "" {
 		b = append(b, `,"caller_ref":`...)
 		b = appendString(b, r.CallerRef)
+	}
+	if r.Grant != "" {
+		b = append(b, `,"grant":`...)
+		b = appendString(b, r.Grant)
 	}
 	b = append(b, `,"duration_us":`...)
 	b = strconv.AppendInt(b, r.Duration.Microseconds(), 10)
@@ -299,7 +315,7 @@ func parseLine(line []byte) (Record, error) {
 	r.Time = t
 	r.Peer = w.Peer
 	r.Op, r.Key, r.Version = w.Op, w.Key, w.Version
-	r.Result, r.Reason, r.CallerRef = w.Result, w.Reason, w.CallerRef
+	r.Result, r.Reason, r.CallerRef, r.Grant = w.Result, w.Reason, w.CallerRef, w.Grant
 	r.Duration = time.Duration(w.DurationUS) * time.Microsecond
 	r.RequestID = w.RequestID
 	r.Sig = w.Sig

@@ -23,7 +23,7 @@ func CheckConfig(path string) (Config, *policy.Policy, error) {
 			errs = append(errs, fmt.Errorf("%s: socket_group: %v: %w", path, err, ErrConfig))
 		}
 	}
-	pol, err := policy.Compile(cfg.Rules, policy.SystemResolver())
+	pol, err := CompilePolicy(cfg, policy.SystemResolver())
 	errs = append(errs, inFile(path, err)...)
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, nil, err

@@ -79,6 +79,8 @@ type Config struct {
 	Backend                Backend       `toml:"backend"`
 	Limits                 Limits        `toml:"limits"`
 	Rules                  []policy.Rule `toml:"rule"`
+	// Breakglass are the break-glass policies (breakglass.go).
+	Breakglass []Breakglass `toml:"breakglass"`
 
 	// CredentialsSocket serves systemd's LoadCredential= requests (mode
 	// 0600); "" binds none, though a socket-activated fd named

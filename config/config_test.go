@@ -191,8 +191,11 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("[backend]\ntoken = \"k\"\n[[rule]]\nname = \"x\"\nuids = [1]\nkeys = [\"a/*\"]\noperations = [\"wrap\"]\n"))
 	f.Add([]byte("socket = 1"))
 	f.Add([]byte("[backend]\nkind = \"tpm\"\ndevice = \"swtpm:127.0.0.1:2321\"\nparent_handle = 0x81000001\nmodule = \"m\"\n"))
+	f.Add([]byte(breakglassFile))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ParseConfig("fuzz.toml", b) // never panics
+		if cfg, err := ParseConfig("fuzz.toml", b); err == nil { // never panics
+			CompilePolicy(cfg, nil) // nor does compiling its rules and [[breakglass]] tables
+		}
 	})
 }
 

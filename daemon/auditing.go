@@ -178,6 +178,24 @@ func auditOp(ctx context.Context, op, key string, version uint32, c map[string]s
 // auditOpRef is auditOp with the caller's own reference for the request
 // (audit.Record.CallerRef; "" for none).
 func auditOpRef(ctx context.Context, op, key string, version uint32, c map[string]string, ref, result string, started time.Time, err error) {
+	auditOpGrant(ctx, opRecord{op: op, key: key, version: version, ctx: c, ref: ref, result: result}, started, err)
+}
+
+// opRecord is what one operation's audit record says beyond its caller,
+// time and error.
+type opRecord struct {
+	op, key string
+	version uint32
+	ctx     map[string]string
+	ref     string // audit.Record.CallerRef
+	grant   string // audit.Record.Grant: the break-glass grant that allowed it or that it is about
+	reason  string // audit.Record.Reason unless a denial gives one
+	result  string // "" for the error's
+}
+
+// auditOpGrant records one operation of the current call, as auditOpRef.
+func auditOpGrant(ctx context.Context, o opRecord, started time.Time, err error) {
+	op, key, version, c, ref, result := o.op, o.key, o.version, o.ctx, o.ref, o.result
 	cl, ok := ctx.Value(callKey{}).(*call)
 	if !ok {
 		return
@@ -185,8 +203,8 @@ func auditOpRef(ctx context.Context, op, key string, version uint32, c map[strin
 	if len(key) > keys.MaxNameLen { // not a key name: never more of it than a name's length
 		key = key[:keys.MaxNameLen] + "..."
 	}
-	r := audit.Record{Peer: cl.peer, Op: op, Key: key, Version: version, Result: result,
-		CallerRef: clipCallerRef(ref), Duration: time.Since(started), RequestID: cl.id}
+	r := audit.Record{Peer: cl.peer, Op: op, Key: key, Version: version, Result: result, Reason: o.reason,
+		CallerRef: clipCallerRef(ref), Grant: o.grant, Duration: time.Since(started), RequestID: cl.id}
 	if len(c) > 0 {
 		// Keyed, so that a reader of the log cannot test guesses of the
 		// values against it (see audit.ContextDigest).

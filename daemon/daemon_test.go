@@ -294,6 +294,8 @@ func childClient() int {
 				out += fmt.Sprintf("%q/%d/%d ", l.GetLimit(), l.GetPerMinute(), l.GetUntil().AsTime().Unix())
 			}
 			out = strings.TrimSpace(out)
+		case "bg-request", "bg-approve", "bg-deny", "bg-revoke", "bg-list", "sign":
+			out, err = breakglassChild(ctx, c, f)
 		case "status":
 			var r *pb.StatusResponse
 			r, err = c.Status(ctx, &pb.StatusRequest{})

@@ -47,8 +47,9 @@ type dataOp[Req, Resp any] struct {
 func runOp[Req, Resp any](s *Service, ctx context.Context, op *dataOp[Req, Resp], req Req) (resp Resp, err error) {
 	start := time.Now()
 	t := op.target(req)
+	var grant string // the break-glass grant that allowed it, if one did
 	if err = op.check(s, req, t); err == nil {
-		if err = s.authorize(ctx, op.m.op, t.key, t.ctx); err == nil {
+		if grant, err = s.authorizeGrant(ctx, op.m.op, t.key, t.ctx); err == nil {
 			resp, err = op.run(s, ctx, req, t)
 		}
 	}
@@ -56,7 +57,7 @@ func runOp[Req, Resp any](s *Service, ctx context.Context, op *dataOp[Req, Resp]
 	if op.recorded != nil {
 		v, result = op.recorded(req, resp, err)
 	}
-	auditOpRef(ctx, op.m.audit, t.key, v, t.ctx, t.ref, result, start, err)
+	auditOpGrant(ctx, opRecord{op: op.m.audit, key: t.key, version: v, ctx: t.ctx, ref: t.ref, grant: grant, result: result}, start, err)
 	return resp, err
 }
 

@@ -709,6 +709,13 @@ func TestHostileRequests(t *testing.T) {
 		"RemoveCredential":  "InvalidArgument INVALID_REQUEST",
 		"ListCredentials":   "OK",
 		"RewrapCredentials": "OK",
+		// No [[breakglass]] in this daemon's config: refused before the
+		// request is read.
+		"BreakglassRequest": "FailedPrecondition UNSUPPORTED",
+		"BreakglassApprove": "FailedPrecondition UNSUPPORTED",
+		"BreakglassDeny":    "FailedPrecondition UNSUPPORTED",
+		"BreakglassRevoke":  "FailedPrecondition UNSUPPORTED",
+		"BreakglassList":    "FailedPrecondition UNSUPPORTED",
 	}
 	svc := pb.File_keyward_v1_keyward_proto.Services().ByName("Keyward")
 	methods := svc.Methods()

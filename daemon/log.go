@@ -60,6 +60,9 @@ func journalField(k string) string {
 	if k == "" {
 		return "" // an empty attribute stays empty, and is dropped
 	}
+	if k == messageIDKey { // keywardd's own stable ids (break-glass lines), never a caller's
+		return k
+	}
 	b := []byte(strings.ToUpper(k))
 	for i, c := range b {
 		if (c < 'A' || c > 'Z') && (c < '0' || c > '9') {

@@ -23,6 +23,11 @@ const (
 	kindAdmin
 	// kindStatus answers every caller who may connect, unaudited.
 	kindStatus
+	// kindBreakglass asks for, approves, denies, revokes or lists
+	// break-glass grants: authorised by the [[breakglass]] tables, not the
+	// rules; a change is recorded as started before it is stored
+	// (breakglass_rpc.go).
+	kindBreakglass
 )
 
 // method is one RPC of keyward.v1.Keyward: everything the daemon, its audit
@@ -78,6 +83,12 @@ var methods = map[string]*method{
 	"ListCredentials":   {op: policy.OpCredentialPut, audit: "credential.put", log: "credential.list", kind: kindAdmin},
 	"RemoveCredential":  {op: policy.OpCredentialPut, audit: "credential.put", log: "credential.rm", kind: kindAdmin},
 	"RewrapCredentials": {op: policy.OpCredentialPut, audit: "credential.put", log: "credential.rewrap", kind: kindAdmin},
+
+	"BreakglassRequest": {audit: auditBGRequest, log: auditBGRequest, kind: kindBreakglass},
+	"BreakglassApprove": {audit: auditBGApprove, log: auditBGApprove, kind: kindBreakglass},
+	"BreakglassDeny":    {audit: auditBGDeny, log: auditBGDeny, kind: kindBreakglass},
+	"BreakglassRevoke":  {audit: auditBGRevoke, log: auditBGRevoke, kind: kindBreakglass},
+	"BreakglassList":    {audit: auditBGList, log: auditBGList, kind: kindBreakglass, idempotent: true},
 }
 
 // kmsMethods is the Kubernetes KMS v2 service (k8s.io/kms/apis/v2,

@@ -70,7 +70,7 @@ func TestMethodTable(t *testing.T) {
 		if m.op != "" && m.audit != string(m.op) {
 			t.Errorf("%s: audit name %q, want its operation %q", name, m.audit, m.op)
 		}
-		if m.op == "" && m.kind != kindStatus && name != "SetVersionState" {
+		if m.op == "" && m.kind != kindStatus && m.kind != kindBreakglass && name != "SetVersionState" {
 			t.Errorf("%s: no policy operation", name)
 		}
 		if m.kind == kindAdmin && m.idempotent && m.op != policy.OpKeyRead {
@@ -299,4 +299,12 @@ var clientCalls = map[string]func(context.Context, *client.Client) error{
 		_, err := c.RewrapCredentials(ctx, "", "")
 		return err
 	},
+	"BreakglassRequest": func(ctx context.Context, c *client.Client) error {
+		_, err := c.BreakglassRequest(ctx, client.BreakglassRequest{Policy: "p", Key: "a/b", Operation: "unwrap"})
+		return err
+	},
+	"BreakglassApprove": func(ctx context.Context, c *client.Client) error { _, err := c.BreakglassApprove(ctx, "x"); return err },
+	"BreakglassDeny":    func(ctx context.Context, c *client.Client) error { _, err := c.BreakglassDeny(ctx, "x"); return err },
+	"BreakglassRevoke":  func(ctx context.Context, c *client.Client) error { _, err := c.BreakglassRevoke(ctx, "x"); return err },
+	"BreakglassList":    func(ctx context.Context, c *client.Client) error { _, err := c.BreakglassList(ctx); return err },
 }

@@ -279,6 +279,8 @@ func TestJournalField(t *testing.T) {
 		{"9lives", "KEYWARD_9LIVES"},
 		{"clé", "CL__"},
 		{"", ""},
+		{"MESSAGE_ID", "MESSAGE_ID"}, // keywardd's own stable ids
+		{"message_id", "KEYWARD_MESSAGE_ID"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key, func(t *testing.T) {

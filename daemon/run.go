@@ -239,6 +239,9 @@ type Options struct {
 	Watchdog time.Duration
 	// SchedulerClock, when set, is the scheduled rotation's clock (tests).
 	SchedulerClock func() time.Time
+	// BreakglassClock, when set, is break-glass grants' clock: their
+	// requests' and grants' expiry (tests).
+	BreakglassClock func() time.Time
 }
 
 // Run serves be under pol until ctx ends. The caller opens and closes the
@@ -274,6 +277,11 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 		trail = al
 		svc.audit, svc.checkpointKey = al, cfg.AuditCheckpointKey
 	}
+	stopBreakglass, err := startBreakglass(ctx, svc, cfg, pol, opts, metrics, trail)
+	if err != nil {
+		return err
+	}
+	defer stopBreakglass()
 	stopMetrics, err := serveMetrics(ctx, metrics, cfg.MetricsSocket, cfg.MetricsListen, log)
 	if err != nil {
 		return err
@@ -400,6 +408,10 @@ func reload(ctx context.Context, configPath string, cfg config.Config, svc *Serv
 	defer sm.reloaded(ctx)
 	ncfg, npol, err := config.CheckConfig(configPath)
 	if err != nil {
+		log.Error("reload failed; keeping the running policy and limits", "err", err)
+		return
+	}
+	if err := svc.breakglassFits(npol); err != nil {
 		log.Error("reload failed; keeping the running policy and limits", "err", err)
 		return
 	}

@@ -57,6 +57,9 @@ type Service struct {
 	// turns: the device takes turns between callers (keys.TurnTaker), so
 	// calls name theirs (keys.WithCaller); for others that costs nothing.
 	turns bool
+	// bg is break-glass (breakglass_service.go); nil when the backend
+	// keeps no grants.
+	bg *breakglass
 }
 
 // NewService returns a service on be with policy pol and limits lim.
@@ -82,27 +85,39 @@ func (s *Service) Served() uint64 { return s.served.Load() }
 // authorize checks op on key for the caller. The caller learns only "not
 // allowed"; the log keeps who, what and why.
 func (s *Service) authorize(ctx context.Context, op policy.Operation, key string, c map[string]string) error {
+	_, err := s.authorizeGrant(ctx, op, key, c)
+	return err
+}
+
+// authorizeGrant is authorize that also returns the id of the break-glass
+// grant that allowed a request the rules deny ("" when the rules allow).
+func (s *Service) authorizeGrant(ctx context.Context, op policy.Operation, key string, c map[string]string) (string, error) {
 	id, ok := identityFrom(ctx)
 	if !ok {
 		s.log.Error("request without a peer identity", "op", string(op))
-		return ErrDenied
+		return "", ErrDenied
 	}
 	lim := s.lim.Load()
 	if s.abuse.over(callerOf(id), abuseDenied, lim.MaxDeniedPerMinute) {
 		s.metrics.rateLimited(abuseDenied)
-		return fmt.Errorf("%s %s: uid %d: %w", op, key, id.UID, ErrRateLimited)
+		return "", fmt.Errorf("%s %s: uid %d: %w", op, key, id.UID, ErrRateLimited)
 	}
-	d := s.pol.Load().Decide(id, policy.Request{Op: op, Key: key, Context: c}, s.reserved())
+	pol := s.pol.Load()
+	d := pol.Decide(id, policy.Request{Op: op, Key: key, Context: c}, s.reserved())
 	if !d.Allowed {
+		if g := s.grantFor(ctx, pol, id, op, key, c); g != nil && !s.reserved().Withholds(op, key) {
+			s.usedGrant(g, id, op)
+			return g.id, nil
+		}
 		s.log.Warn("denied", "op", string(op), "key", key, "uid", id.UID, "gid", id.GID, "pid", id.PID, "unit", id.Unit, "reason", d.Reason)
 		s.abuse.note(callerOf(id), abuseDenied, lim.MaxDeniedPerMinute)
 		s.metrics.deny(op)
-		return &deniedError{reason: d.Reason, err: fmt.Errorf("%s %s: %w", op, key, ErrDenied)}
+		return "", &deniedError{reason: d.Reason, err: fmt.Errorf("%s %s: %w", op, key, ErrDenied)}
 	}
 	if s.log.Enabled(ctx, slog.LevelDebug) { // its arguments cost allocations on every call
 		s.log.Debug("allowed", "op", string(op), "key", key, "uid", id.UID, "rule", d.Rule)
 	}
-	return nil
+	return "", nil
 }
 
 // reserved is what no caller gets whatever the policy says: sign with the

@@ -112,12 +112,13 @@ func (d *tokenDevice) Seal(ctx context.Context, u keys.Use, plaintext []byte, c 
 // returns.
 func (s *sess) encryptGCM(h pkcs11.ObjectHandle, iv, aad, plaintext []byte) ([]byte, error) {
 	used := bytes.Clone(iv) // a module that chooses its own IV writes it here
-	ct, err := s.encrypt(gcm(used, aad), h, plaintext, len(plaintext)+gcmTagBits/8)
+	m := gcm(used, aad)
+	ct, err := s.encrypt(m, h, plaintext, len(plaintext)+gcmTagBits/8)
 	if err != nil {
 		return nil, err
 	}
 	// A token that substitutes its own IV would make the blob undecryptable.
-	if !bytes.Equal(used, iv) {
+	if m.gcm.moved || !bytes.Equal(used, iv) {
 		return nil, fmt.Errorf("token replaced the GCM IV; refusing to use it")
 	}
 	if len(ct) != len(plaintext)+gcmTagBits/8 {
@@ -157,7 +158,7 @@ func (d *tokenDevice) Open(ctx context.Context, blob []byte, c keys.Context) (ke
 // CKR_GENERAL_ERROR; the standard says CKR_ENCRYPTED_DATA_INVALID.
 func authFailure(err error) bool {
 	var e pkcs11.Error
-	if !errors.As(err, &e) {
+	if errors.As(err, new(initError)) || !errors.As(err, &e) {
 		return false
 	}
 	switch e {
@@ -339,7 +340,7 @@ func (d *tokenDevice) CheckMAC(ctx context.Context, u keys.Use, message, mac []b
 		}
 		err = s.verify(hmacSHA256, h, message, mac)
 		var e pkcs11.Error
-		if errors.As(err, &e) && (e == pkcs11.CKR_SIGNATURE_INVALID || e == pkcs11.CKR_SIGNATURE_LEN_RANGE) {
+		if !errors.As(err, new(initError)) && errors.As(err, &e) && (e == pkcs11.CKR_SIGNATURE_INVALID || e == pkcs11.CKR_SIGNATURE_LEN_RANGE) {
 			return keys.ErrInvalidSignature
 		}
 		return err

@@ -14,5 +14,14 @@ func (t *Token) Metrics() []keys.Metric {
 		{Name: sessions, Help: sessionsHelp, Kind: keys.Gauge, Label: "state", LabelValue: "in_use", Value: float64(s.SessionsOpen - s.SessionsIdle)},
 		{Name: sessions, Help: sessionsHelp, Kind: keys.Gauge, Label: "state", LabelValue: "idle", Value: float64(s.SessionsIdle)},
 		{Name: "keyward_backend_sessions_max", Help: "Bound of the PKCS#11 session pool.", Kind: keys.Gauge, Value: float64(s.SessionsMax)},
+		{Name: "keyward_backend_on_workers", Help: "1 while data operations run on worker threads because the module's calls wait long (a network HSM).", Kind: keys.Gauge, Value: b2f(s.OnWorkers)},
+		{Name: "keyward_backend_worker_operations_total", Help: "Data operations run on worker threads since the module was last initialised.", Kind: keys.Counter, Value: float64(s.Offloaded)},
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -15,15 +15,13 @@ static pthread_cond_t more = PTHREAD_COND_INITIALIZER;
 static struct offload_job *head, *tail;
 static int notify = -1, threads, idle, queued, max_threads;
 
-// idle_exit is how long a worker waits for a job before it exits.
-static const int idle_exit_seconds = 30;
-
 static long long now_ns(void) {
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
+// run makes j's two calls and notes how long they took.
 static void run(struct offload_job *j) {
 	long long start = now_ns();
 	j->init_rv = j->init(j->session, &j->mech, j->key);
@@ -36,22 +34,14 @@ static void run(struct offload_job *j) {
 	j->ns = now_ns() - start;
 }
 
-// take waits for a job; NULL when none came within idle_exit_seconds (the
-// thread is then no longer counted).
+// take waits for a job. Workers never exit: a module may have left
+// thread-local data with a destructor that must not run once a
+// re-initialisation has unloaded it, and Go's own threads stay too.
 static struct offload_job *take(void) {
-	struct timespec deadline;
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += idle_exit_seconds;
 	pthread_mutex_lock(&mu);
 	idle++;
-	while (head == NULL) {
-		if (pthread_cond_timedwait(&more, &mu, &deadline) == ETIMEDOUT && head == NULL) {
-			idle--;
-			threads--;
-			pthread_mutex_unlock(&mu);
-			return NULL;
-		}
-	}
+	while (head == NULL)
+		pthread_cond_wait(&more, &mu);
 	idle--;
 	queued--;
 	struct offload_job *j = head;
@@ -64,12 +54,18 @@ static struct offload_job *take(void) {
 
 static void *worker(void *arg) {
 	(void)arg;
-	// Signals are for the Go runtime's threads.
-	sigset_t all;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, NULL);
-	struct offload_job *j;
-	while ((j = take()) != NULL) {
+	// Started with every signal blocked (offload_submit): signals sent to
+	// the process are for the Go runtime's threads. A fault in the module
+	// is let through, for Go's crash report.
+	sigset_t faults;
+	sigemptyset(&faults);
+	sigaddset(&faults, SIGSEGV);
+	sigaddset(&faults, SIGBUS);
+	sigaddset(&faults, SIGFPE);
+	sigaddset(&faults, SIGILL);
+	pthread_sigmask(SIG_UNBLOCK, &faults, NULL);
+	for (;;) {
+		struct offload_job *j = take();
 		run(j);
 		unsigned long long id = j->id;
 		// 8 bytes are written whole to a pipe (PIPE_BUF); the reader
@@ -113,10 +109,14 @@ void offload_submit(struct offload_job *j) {
 		return;
 	pthread_attr_t attr;
 	pthread_t t;
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old); // the new thread starts with them blocked
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	int err = pthread_create(&t, &attr, worker, NULL);
 	pthread_attr_destroy(&attr);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (err == 0)
 		return;
 	pthread_mutex_lock(&mu);

@@ -153,6 +153,7 @@ func (o *offloader) run(j *job) jobResult {
 	j.mech.fill(c, &pin)
 	C.offload_submit(c)
 	<-o.done[id]
+	j.mech.readBack(c)
 	return jobResult{initRV: c.init_rv, rv: c.rv, n: int(c.out_len), took: time.Duration(c.ns)}
 }
 
@@ -178,6 +179,19 @@ type mechanism struct {
 type gcmParams struct {
 	iv, aad []byte
 	tagBits int
+	// moved: the module pointed the parameters at another IV or changed
+	// its length (a module that chooses its own IV writes it into iv).
+	moved bool
+}
+
+// readBack notes in m's GCM parameters whether the module moved the IV.
+func (m mechanism) readBack(c *C.struct_offload_job) {
+	if m.gcm == nil {
+		return
+	}
+	g := (*C.struct_ck_gcm_params)(unsafe.Pointer(&c.params))
+	m.gcm.moved = int(g.iv_len) != len(m.gcm.iv) ||
+		len(m.gcm.iv) > 0 && unsafe.Pointer(g.iv) != unsafe.Pointer(&m.gcm.iv[0])
 }
 
 // fill writes m into the job's C structures, pointing into pinned Go
@@ -203,35 +217,51 @@ func (m mechanism) fill(c *C.struct_offload_job, pin *runtime.Pinner) {
 // pace tells whether a module's calls wait long enough on the device to be
 // handed to the workers. Handing a call over costs a thread's wake-up and
 // the pipe's (10-40 us on a loaded 2-core machine): more than a call to an
-// in-process SoftHSM2 takes, a small part of a network round trip. It
-// keeps a moving average of how long an operation's device calls take,
-// measured where they run, and says slow above slowOperation, fast again
-// below half of it.
+// in-process SoftHSM2 takes, a small part of a network round trip.
+//
+// It judges by the fastest operation of each window of paceWindow: an
+// operation's time, measured where its calls run, also holds the waits for
+// a CPU or a lock around them, which a busy machine makes long for any
+// module, but a network HSM never answers faster than its round trips and
+// an in-process module often answers in microseconds. Slow when the
+// fastest took longer than slowOperation, fast again when it took less
+// than half of that.
 type pace struct {
-	avg    atomic.Int64 // nanoseconds
-	slow   atomic.Bool
-	handed atomic.Uint64 // operations handed to the workers
+	fastest atomic.Int64 // nanoseconds, of the window so far
+	seen    atomic.Uint64
+	slow    atomic.Bool
+	handed  atomic.Uint64 // operations handed to the workers
 }
 
-// slowOperation: an operation's two calls taking longer than this on
-// average are handed to the workers (a network HSM's round trips are
-// 0.3-2 ms each; SoftHSM2's HMAC and AES-GCM take 15-30 us).
+// paceWindow is how many operations one judgement looks at.
+const paceWindow = 16
+
+// slowOperation: when even the fastest of an operation's two calls
+// together take longer than this, they are handed to the workers (a
+// network HSM's round trips are 0.3-2 ms each; SoftHSM2's HMAC and AES-GCM
+// take 15-30 us, its ECDSA signature 60).
 const slowOperation = 200 * time.Microsecond
 
-// observe adds one operation's device time to the average (weight 1/8).
-// Concurrent updates may lose one another's sample; the average stays
-// close enough for its one decision.
+// observe adds one operation's device time. Concurrent observers may make
+// a window a little longer or shorter; a judgement needs no more.
 func (p *pace) observe(d time.Duration, handed bool) {
 	if handed {
 		p.handed.Add(1)
 	}
-	old := p.avg.Load()
-	avg := old + (int64(d)-old)/8
-	p.avg.Store(avg)
+	if p.seen.Add(1) == 1 {
+		p.fastest.Store(int64(d))
+	}
+	for f := p.fastest.Load(); int64(d) < f && !p.fastest.CompareAndSwap(f, int64(d)); f = p.fastest.Load() {
+	}
+	if p.seen.Load() < paceWindow {
+		return
+	}
+	f := time.Duration(p.fastest.Load())
+	p.seen.Store(0)
 	switch {
-	case avg > int64(slowOperation):
+	case f > slowOperation:
 		p.slow.Store(true)
-	case avg < int64(slowOperation/2):
+	case f < slowOperation/2:
 		p.slow.Store(false)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,15 +30,19 @@ func TestOffloadedOperations(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The module reads its settings once, when first loaded in this process.
-	if err := (softhsmtest.Latency{Target: tok.Module, RoundTrip: time.Millisecond}).Setenv(); err != nil {
-		t.Fatal(err)
+	for _, kv := range (softhsmtest.Latency{Target: tok.Module, RoundTrip: time.Millisecond}).Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
 	}
 	b := open(t, func(c *hsm.Config) { c.Module = so; c.Sessions = 16; c.MetadataMaxAge = time.Hour })
 	ctx := context.Background()
 	for _, k := range []struct {
 		name string
 		typ  keys.Type
-	}{{"offload/aes", keys.AES256GCM}, {"offload/hmac", keys.HMACSHA256}, {"offload/ecdsa", keys.ECDSAP256}} {
+	}{
+		{"offload/aes", keys.AES256GCM}, {"offload/hmac", keys.HMACSHA256}, {"offload/ecdsa", keys.ECDSAP256},
+		{"offload/ed25519", keys.Ed25519}, {"offload/rsa", keys.RSA3072PSS},
+	} {
 		if _, err := b.CreateKey(ctx, k.name, k.typ); err != nil {
 			t.Fatal(err)
 		}
@@ -50,6 +55,14 @@ func TestOffloadedOperations(t *testing.T) {
 	mac, err := b.MAC(ctx, "offload/hmac", msg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for range 40 { // more than a window of the module's pace
+		if _, err := b.MAC(ctx, "offload/hmac", msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !b.Stats().OnWorkers {
+		t.Fatal("after 40 operations at 2 ms, the module's operations are not on the worker threads")
 	}
 	ops := []struct {
 		name string
@@ -65,7 +78,25 @@ func TestOffloadedOperations(t *testing.T) {
 		}},
 		{"mac", func() error { _, err := b.MAC(ctx, "offload/hmac", msg); return err }},
 		{"verify-mac", func() error { return b.VerifyMAC(ctx, "offload/hmac", mac.Version, msg, mac.Bytes) }},
-		{"sign", func() error { _, err := b.Sign(ctx, "offload/ecdsa", msg); return err }},
+		{"sign ecdsa-p256", signed(b, "offload/ecdsa", msg)},
+		{"sign ed25519", signed(b, "offload/ed25519", msg)},
+		{"sign rsa-3072-pss", signed(b, "offload/rsa", msg)},
+		{"verify-mac, wrong mac", func() error {
+			bad := bytes.Clone(mac.Bytes)
+			bad[0] ^= 1
+			if err := b.VerifyMAC(ctx, "offload/hmac", mac.Version, msg, bad); !errors.Is(err, keys.ErrInvalidSignature) {
+				return fmt.Errorf("a wrong mac: %v, want ErrInvalidSignature", err)
+			}
+			return nil
+		}},
+		{"unwrap, tampered", func() error {
+			bad := bytes.Clone(blob)
+			bad[len(bad)-1] ^= 1
+			if _, err := b.Unwrap(ctx, bad, keys.Context{"a": "b"}); !errors.Is(err, keys.ErrDecrypt) {
+				return fmt.Errorf("a tampered blob: %v, want ErrDecrypt", err)
+			}
+			return nil
+		}},
 	}
 	for _, op := range ops {
 		t.Run(op.name, func(t *testing.T) {
@@ -105,4 +136,24 @@ func TestOffloadedOperations(t *testing.T) {
 			t.Error(err)
 		}
 	})
+}
+
+// signed signs msg with key and checks the signature with the key's public
+// key, outside the device.
+func signed(b keys.Backend, key string, msg []byte) func() error {
+	return func() error {
+		ctx := context.Background()
+		sig, err := b.Sign(ctx, key, msg)
+		if err != nil {
+			return err
+		}
+		pub, _, err := b.PublicKey(ctx, key, sig.Version)
+		if err != nil {
+			return err
+		}
+		if !keys.VerifySignature(pub, msg, sig.Bytes) {
+			return fmt.Errorf("the %s signature does not verify", key)
+		}
+		return nil
+	}
 }

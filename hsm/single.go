@@ -45,6 +45,7 @@ static ck_ulong call_single(single_part_fn f, ck_ulong session, unsigned char *i
 import "C"
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"time"
@@ -118,7 +119,7 @@ func (s *sess) encrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) 
 	defer done()
 	defer f.timed()()
 	if err := s.p.EncryptInit(s.sh, mech, h); err != nil {
-		return nil, err
+		return nil, initError{err}
 	}
 	if f != nil {
 		return f.encrypt.call(s.sh, in, size)
@@ -135,7 +136,7 @@ func (s *sess) decrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) 
 	defer done()
 	defer f.timed()()
 	if err := s.p.DecryptInit(s.sh, mech, h); err != nil {
-		return nil, err
+		return nil, initError{err}
 	}
 	if f != nil {
 		return f.decrypt.call(s.sh, in, size)
@@ -152,7 +153,7 @@ func (s *sess) sign(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) ([]
 	defer done()
 	defer f.timed()()
 	if err := s.p.SignInit(s.sh, mech, h); err != nil {
-		return nil, err
+		return nil, initError{err}
 	}
 	if f != nil {
 		return f.sign.call(s.sh, in, size)
@@ -166,7 +167,7 @@ func (s *sess) verify(m mechanism, h pkcs11.ObjectHandle, in, sig []byte) error 
 		r := workers().run(&job{init: f.verifyInit, verify: f.verify, mech: m, sh: C.ck_ulong(s.sh), key: C.ck_ulong(h), in: in, out: sig})
 		f.pace.observe(r.took, true)
 		if r.initRV != 0 {
-			return pkcs11.Error(r.initRV)
+			return initError{pkcs11.Error(r.initRV)}
 		}
 		if r.rv != 0 {
 			return pkcs11.Error(r.rv)
@@ -177,7 +178,7 @@ func (s *sess) verify(m mechanism, h pkcs11.ObjectHandle, in, sig []byte) error 
 	defer done()
 	defer s.st.fns.timed()()
 	if err := s.p.VerifyInit(s.sh, mech, h); err != nil {
-		return err
+		return initError{err}
 	}
 	return s.p.Verify(s.sh, in, sig)
 }
@@ -190,7 +191,7 @@ func (s *sess) offloaded(j *job, fns *functions, f singlePart, h pkcs11.ObjectHa
 	r := workers().run(j)
 	fns.pace.observe(r.took, true)
 	if r.initRV != 0 {
-		return nil, pkcs11.Error(r.initRV)
+		return nil, initError{pkcs11.Error(r.initRV)}
 	}
 	out, retry, err := singleResult(r.rv, r.n, j.out, size)
 	if retry {
@@ -198,6 +199,14 @@ func (s *sess) offloaded(j *job, fns *functions, f singlePart, h pkcs11.ObjectHa
 	}
 	return out, err
 }
+
+// initError is the error of an operation's Init call: a failure of the
+// key, session or device, never a verdict on the data (authFailure), with
+// the module's error inside for recoverable.
+type initError struct{ err error }
+
+func (e initError) Error() string { return e.err.Error() }
+func (e initError) Unwrap() error { return e.err }
 
 // offload: f's module is slow enough for the worker threads, and they run.
 func (f *functions) offload() bool {
@@ -215,16 +224,15 @@ func (f *functions) timed() func() {
 }
 
 // binding is m as the binding takes it. done frees the binding's copy of
-// the parameters; for GCM it first copies the IV the module used back
-// into m's, as a module that chooses its own IV writes it there when
-// called directly.
+// the parameters; for GCM it first notes whether the module used another
+// IV than m's (gcmParams.moved).
 func (m mechanism) binding() (mech []*pkcs11.Mechanism, done func()) {
 	switch {
 	case m.gcm != nil:
 		p := pkcs11.NewGCMParams(m.gcm.iv, m.gcm.aad, m.gcm.tagBits)
 		return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.typ, p)}, func() {
-			if iv := p.IV(); len(iv) == len(m.gcm.iv) {
-				copy(m.gcm.iv, iv)
+			if iv := p.IV(); iv != nil && !bytes.Equal(iv, m.gcm.iv) {
+				m.gcm.moved = true
 			}
 			p.Free()
 		}

@@ -132,6 +132,11 @@ type Stats struct {
 	SessionsOpen     int    // sessions open in the current pool
 	SessionsIdle     int    // of which idle
 	SessionsMax      int
+	// OnWorkers: the module's operations run on worker threads now (its
+	// calls wait long, as a network HSM's do; offload.go); Offloaded
+	// counts those operations since the module was last initialised.
+	OnWorkers bool
+	Offloaded uint64
 }
 
 // Stats returns the current counters.
@@ -142,6 +147,9 @@ func (t *Token) Stats() Stats {
 		s.SessionsOpen, s.SessionsMax = st.open, st.size
 		st.openMu.Unlock()
 		s.SessionsIdle = len(st.pool)
+		if st.fns != nil {
+			s.OnWorkers, s.Offloaded = st.fns.pace.slow.Load() && workers() != nil, st.fns.pace.handed.Load()
+		}
 	}
 	return s
 }

@@ -63,7 +63,7 @@ func manPages(t *testing.T, deb string) {
 			t.Fatalf("%s --help: %v\n%s", name, err, out)
 		}
 		page := string(gunzip(t, filepath.Join(root, c.page)))
-		re := regexp.MustCompile(`(?m)^  ` + name + ` ((?:key|policy|audit|credential) [a-z-]+|[a-z][a-z-]*)`)
+		re := regexp.MustCompile(`(?m)^  ` + name + ` ((?:key|policy|audit|credential|breakglass) [a-z-]+|[a-z][a-z-]*)`)
 		n := 0
 		for _, m := range re.FindAllStringSubmatch(string(out), -1) {
 			if m[1] == "help" || strings.HasPrefix(m[1], "completion") {

@@ -100,6 +100,9 @@ type RuleVerdict struct {
 type Policy struct {
 	rules    []rule
 	warnings []string
+	// breakglass are the [[breakglass]] tables (WithBreakglass): who may
+	// ask for and approve time-boxed grants. Decide never reads them.
+	breakglass []*BreakglassPolicy
 }
 
 // Reserved is what keywardd withholds from every caller whatever the rules
@@ -114,6 +117,12 @@ type Reserved struct {
 // reservedReason is the reason of a denial by Reserved: constant, so that
 // Decide still does not allocate.
 const reservedReason = "the key signs audit checkpoints and is reserved to keywardd (audit_checkpoint_key)"
+
+// Withholds reports whether res withholds op on key whatever grants it
+// (a rule or a break-glass grant).
+func (res Reserved) Withholds(op Operation, key string) bool {
+	return res.reserves(Request{Op: op, Key: key})
+}
 
 // reserves reports whether res withholds req whatever the rules say.
 func (res Reserved) reserves(req Request) bool {
@@ -486,14 +495,20 @@ func (p *Policy) Rules() int {
 }
 
 // Names reports whether any rule names the identity (by uid, group or
-// unit), whatever it grants: a caller no rule names can be refused before
-// its request is read.
+// unit), whatever it grants, or a break-glass policy names it as a
+// requester or approver: a caller nobody names can be refused before its
+// request is read.
 func (p *Policy) Names(id Identity) bool {
 	if p == nil {
 		return false
 	}
 	for i := range p.rules {
 		if p.rules[i].matchIdentity(id) {
+			return true
+		}
+	}
+	for _, bp := range p.breakglass { // requesters and approvers call too
+		if bp.requesters.matchIdentity(id) || bp.approvers.matchIdentity(id) {
 			return true
 		}
 	}

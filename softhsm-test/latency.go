@@ -31,6 +31,7 @@ const (
 	EnvLatencyMaxSessions = "KEYWARD_LATENCY_MAX_SESSIONS"
 	EnvLatencyCounts      = "KEYWARD_LATENCY_COUNTS"
 	EnvLatencyShortBuffer = "KEYWARD_LATENCY_SHORT_BUFFER"
+	EnvLatencyFail        = "KEYWARD_LATENCY_FAIL"
 )
 
 // ErrNoCompiler: the latency module cannot be built without a C compiler
@@ -74,6 +75,10 @@ type Latency struct {
 	// needs, to a buffer smaller than that (and keep the operation
 	// active): a module that wants more room than the output's size.
 	ShortBuffer bool
+	// Fail makes one function (C_DecryptInit...) answer FailRV without
+	// calling the target, as a failing device does ("": none).
+	Fail   string
+	FailRV uint
 }
 
 // Env returns the environment entries that configure the module for a
@@ -87,6 +92,9 @@ func (l Latency) Env() []string {
 	}
 	if l.ShortBuffer {
 		env = append(env, EnvLatencyShortBuffer+"=1")
+	}
+	if l.Fail != "" {
+		env = append(env, EnvLatencyFail+"="+l.Fail+"="+strconv.FormatUint(uint64(l.FailRV), 10))
 	}
 	if l.CountsFile != "" {
 		env = append(env, EnvLatencyCounts+"="+l.CountsFile)

@@ -231,6 +231,7 @@ func (a *app) addCommands(root *cobra.Command) {
 		a.signCmd(), a.verifyCmd(), a.macCmd(), a.verifyMacCmd(), a.pubkeyCmd())
 	add("keys", a.keyCmd())
 	add("keys", a.credentialCmd())
+	add("keys", a.breakglassCmd())
 	add("daemon", a.statusCmd())
 	add("daemon", a.benchCmd())
 	add("local", a.policyCmd(), a.auditCmd())

@@ -90,7 +90,9 @@ Linux >= 6.5 (SO_PEERPIDFD); elsewhere rules naming units match nobody.
 
 Output: the decision, "allowed by rule "NAME"" or "denied"; the identity
 evaluated; then one line per rule, in config order (the first rule that
-allows decides): "allows", or every condition that rule fails.
+allows decides): "allows", or every condition that rule fails; then, apart,
+each break-glass path: "could get OP on KEY with approval from ..." (the
+caller may request it; nothing is allowed until someone approves).
 
 Exit status 0 when allowed; 1 when denied, and only then (nothing on
 stderr); 2 for a bad command line or a config file keywardd would refuse; 3
@@ -265,6 +267,7 @@ func printExplain(w io.Writer, pol *policy.Policy, res policy.Reserved, id polic
 	for _, v := range verdicts {
 		fmt.Fprintf(&b, "  rule %s: %s\n", strconv.Quote(v.Rule), v.Why)
 	}
+	writeBreakglassPaths(&b, pol, id, req)
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return err
 	}
@@ -282,7 +285,13 @@ not listed is denied. Users by uid, then groups by gid, then units by name.
 
 The file is checked as "keywardd --check-config" checks it (names resolved
 on this host); no daemon, socket or device is used. With --json:
-{"rules": N, "grants": [{"subject", "operations", "keys", "context", "rule"}]}.
+{"rules": N, "grants": [{"subject", "operations", "keys", "context", "rule"}],
+"breakglass": [{"policy", "requesters", "approvers", "operations", "keys",
+"max_duration", "approvals", "request_ttl"}]}.
+
+Break-glass policies ([[breakglass]]) are listed apart, after the grants:
+who could get which operations on which keys with whose approval, for how
+long at most. Nothing in them is allowed until someone approves.
 
 Exit status 0; 2 for a bad command line or a config file keywardd would
 refuse; 3 when the file may not be read; 4 when it does not exist.`
@@ -300,6 +309,9 @@ type grantJSON struct {
 type reportJSON struct {
 	Rules  int         `json:"rules"`
 	Grants []grantJSON `json:"grants"`
+	// Breakglass are the paths to access with approval, apart from the
+	// grants: nothing in them is allowed until someone approves.
+	Breakglass []breakglassJSON `json:"breakglass"`
 }
 
 func (a *app) policyReportCmd() *cobra.Command {
@@ -335,9 +347,13 @@ func (a *app) policyReportCmd() *cobra.Command {
 					}
 					out.Grants = append(out.Grants, gj)
 				}
+				out.Breakglass = breakglassReport(pol)
 				return writeJSON(a.stdout, out)
 			}
-			return printGrants(a.stdout, grants)
+			if err := printGrants(a.stdout, grants); err != nil {
+				return err
+			}
+			return printBreakglass(a.stdout, pol)
 		},
 	}
 	configFlag(c, &path)

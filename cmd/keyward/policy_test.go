@@ -362,6 +362,7 @@ func TestPolicyReport(t *testing.T) {
 			Context    map[string]string
 			Rule       string
 		}
+		Breakglass []breakglassJSON
 	}
 	dec := json.NewDecoder(strings.NewReader(r.stdout))
 	dec.DisallowUnknownFields()

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/pkcs11"
+
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	softhsmtest "github.com/keyward/keyward/softhsm-test"
 )
@@ -38,26 +40,43 @@ func latencyModule(t *testing.T) string {
 // length query (docs/performance.md states these counts). A module that
 // asks for more room than the output's size (CKR_BUFFER_TOO_SMALL, the
 // operation left active) gets the single-part call once more, with the
-// length it asked for, and the operation succeeds.
+// length it asked for, and the operation succeeds. Both with calls made
+// from Go (no added round trip) and on the worker threads (a round trip
+// of 300 us, which makes keywardd hand the operations over; its metric
+// says so).
 func TestCallsPerOperation(t *testing.T) {
 	softhsmtest.Need(t, tok)
 	so := latencyModule(t)
-	for _, short := range []bool{false, true} {
-		t.Run(fmt.Sprintf("short buffer %v", short), func(t *testing.T) { callsPerOperation(t, so, short) })
+	for _, rtt := range []time.Duration{0, 300 * time.Microsecond} {
+		for _, short := range []bool{false, true} {
+			t.Run(fmt.Sprintf("round trip %v short buffer %v", rtt, short), func(t *testing.T) { callsPerOperation(t, so, rtt, short) })
+		}
 	}
 }
 
-func callsPerOperation(t *testing.T, so string, short bool) {
+func callsPerOperation(t *testing.T, so string, rtt time.Duration, short bool) {
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "k.sock")
-	lat := softhsmtest.Latency{Target: tok.Module, CountsFile: filepath.Join(dir, "counts"), ShortBuffer: short}
+	sock, metrics := filepath.Join(dir, "k.sock"), filepath.Join(dir, "m.sock")
+	lat := softhsmtest.Latency{Target: tok.Module, CountsFile: filepath.Join(dir, "counts"), ShortBuffer: short, RoundTrip: rtt}
 	cfg := configFile(t, dir, sock, `metadata_max_age = "1h"`)
 	rewriteModule(t, cfg, tok.Module, so)
+	prependConfig(t, cfg, fmt.Sprintf("metrics_socket = %q", metrics))
 	startDaemon(t, sock, lat.Env(), "--config", cfg)
 	c := dial(t, sock)
 	ctx := context.Background()
 	// Each stack makes its own keys on the shared token.
-	key := func(kind string) string { return fmt.Sprintf("calls-%v/%s", short, kind) }
+	key := func(kind string) string { return fmt.Sprintf("calls-%v-%v/%s", rtt.Microseconds(), short, kind) }
+	defer func() {
+		// After the operations below, more than one window of the
+		// module's pace (hsm/offload.go).
+		want := 0.0
+		if rtt > 0 {
+			want = 1
+		}
+		if got := (&scheduledDaemon{metrics: metrics}).metric(t, "keyward_backend_on_workers"); got != want {
+			t.Errorf("keyward_backend_on_workers %v with a round trip of %v, want %v", got, rtt, want)
+		}
+	}()
 	final := uint64(1)
 	if short {
 		final = 2
@@ -128,6 +147,18 @@ func counts(t *testing.T, path string) map[string]uint64 {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// prependConfig puts top-level settings before a config file's tables.
+func prependConfig(t *testing.T, cfg, lines string) {
+	t.Helper()
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, append([]byte(lines+"\n"), b...), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // rewriteModule points a config file written by configFile at another
@@ -210,5 +241,43 @@ func TestModuleWithoutFunctionList(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "C_GetFunctionList failed") {
 		t.Errorf("keywardd's output does not name the failed C_GetFunctionList:\n%s", out)
+	}
+}
+
+// TestFailingInitIsNotTamper: a device whose C_DecryptInit fails
+// (CKR_FUNCTION_FAILED, as a failing HSM says) makes unwrap fail as the
+// device's failure (BACKEND_UNAVAILABLE), never as a wrong context or a
+// tampered blob (DECRYPTION_FAILED, which the audit log would record as
+// such), on both call paths.
+func TestFailingInitIsNotTamper(t *testing.T) {
+	softhsmtest.Need(t, tok)
+	so := latencyModule(t)
+	for _, rtt := range []time.Duration{0, 300 * time.Microsecond} {
+		t.Run(fmt.Sprintf("round trip %v", rtt), func(t *testing.T) {
+			dir := t.TempDir()
+			sock := filepath.Join(dir, "k.sock")
+			lat := softhsmtest.Latency{Target: tok.Module, RoundTrip: rtt, Fail: "C_DecryptInit", FailRV: pkcs11.CKR_FUNCTION_FAILED}
+			cfg := configFile(t, dir, sock, "")
+			rewriteModule(t, cfg, tok.Module, so)
+			startDaemon(t, sock, lat.Env(), "--config", cfg)
+			c := dial(t, sock)
+			ctx := context.Background()
+			name := fmt.Sprintf("failinit-%d/aes", rtt.Microseconds())
+			if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: name, KeyType: "aes-256-gcm"}); err != nil {
+				t.Fatal(err)
+			}
+			var blob []byte
+			for range 20 { // more than a window of the module's pace
+				w, err := c.Wrap(ctx, &pb.WrapRequest{Key: name, Plaintext: []byte("secret")})
+				if err != nil {
+					t.Fatal(err)
+				}
+				blob = w.Ciphertext
+			}
+			_, err := c.Unwrap(ctx, &pb.UnwrapRequest{Ciphertext: blob})
+			if got := reasonOf(err); got != "BACKEND_UNAVAILABLE" {
+				t.Errorf("unwrap with a failing C_DecryptInit: %v (%s), want BACKEND_UNAVAILABLE", err, got)
+			}
+		})
 	}
 }

@@ -254,10 +254,14 @@ func serve(ctx context.Context, path, logLevel string, ready *readiness, stderr 
 	defer be.Close()
 	opts := daemon.Options{ConfigPath: path, Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: ready.hook(nil)}
 	opts.SchedulerClock = schedulerClock()
+	opts.BreakglassClock = breakglassClock()
 	if err := daemon.Run(ctx, cfg, pol, be, opts); err != nil {
 		log.Error("daemon stopped", "err", err)
 		if errors.Is(err, config.ErrConfig) { // a setting only the running daemon can judge (kms_key, audit_checkpoint_key)
 			return exitConfig
+		}
+		if errors.Is(err, keys.ErrIntegrity) { // a break-glass grant store that fails its check
+			return exitIntegrity
 		}
 		return exitFail
 	}

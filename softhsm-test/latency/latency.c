@@ -19,6 +19,9 @@
  *                                 over what the target needs, to a caller whose
  *                                 buffer is smaller than that, and keep the
  *                                 operation active, as PKCS#11 5.2 says (0)
+ *   KEYWARD_LATENCY_FAIL          NAME=RV: the function NAME (C_DecryptInit...)
+ *                                 answers RV (decimal or 0x hex) without
+ *                                 calling the target, as a failing device does
  *   KEYWARD_LATENCY_COUNTS        a file the call counts are kept in, shared
  *                                 by every process that loads the module: the
  *                                 first 4096 bytes are the function names, one
@@ -200,6 +203,8 @@ static long half_delay_ns;
 static long max_calls;
 static long max_sessions;
 static long short_buffer;
+static int fail_idx = -1; /* KEYWARD_LATENCY_FAIL's function */
+static CK_RV fail_rv;
 static volatile uint64_t *counts;
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -263,6 +268,25 @@ open_counts (const char *path)
 	counts = (volatile uint64_t *)(p + COUNTS_OFFSET);
 }
 
+/* parse_fail reads KEYWARD_LATENCY_FAIL, NAME=RV. */
+static void
+parse_fail (const char *spec)
+{
+	const char *eq;
+	size_t i;
+
+	if (spec == NULL || (eq = strchr (spec, '=')) == NULL)
+		return;
+	for (i = 0; i < sizeof names / sizeof names[0]; i++) {
+		if (strlen (names[i]) == (size_t)(eq - spec) && strncmp (names[i], spec, eq - spec) == 0) {
+			fail_idx = (int)i;
+			fail_rv = strtoul (eq + 1, NULL, 0);
+			return;
+		}
+	}
+	fprintf (stderr, "latency module: KEYWARD_LATENCY_FAIL names no function: %s\n", spec);
+}
+
 static void
 load (void)
 {
@@ -275,6 +299,7 @@ load (void)
 	max_calls = env_long ("KEYWARD_LATENCY_MAX_CALLS");
 	max_sessions = env_long ("KEYWARD_LATENCY_MAX_SESSIONS");
 	short_buffer = env_long ("KEYWARD_LATENCY_SHORT_BUFFER");
+	parse_fail (getenv ("KEYWARD_LATENCY_FAIL"));
 	if (counts_path != NULL && *counts_path != '\0')
 		open_counts (counts_path);
 	if (path == NULL || *path == '\0') {
@@ -347,7 +372,7 @@ leave (void)
 #define CALL(name, args) do {				\
 	CK_RV rv;					\
 	enter (IDX_ ## name);				\
-	rv = target->name args;				\
+	rv = fail_idx == IDX_ ## name ? fail_rv : target->name args; \
 	leave ();					\
 	return rv;					\
 } while (0)
@@ -378,7 +403,7 @@ single_part (single_part_t f, ck_session_handle_t session, unsigned char *in, un
 #define SINGLE(name, args) do {				\
 	CK_RV rv;					\
 	enter (IDX_ ## name);				\
-	rv = single_part args;				\
+	rv = fail_idx == IDX_ ## name ? fail_rv : single_part args; \
 	leave ();					\
 	return rv;					\
 } while (0)

@@ -3387,6 +3387,392 @@ func (x *RewrapCredentialsRequest) GetId() string {
 	return ""
 }
 
+type BreakglassRequestRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Policy    string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"` // the [[breakglass]] table's name
+	Key       string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Operation string                 `protobuf:"bytes,3,opt,name=operation,proto3" json:"operation,omitempty"` // a data operation the policy may grant
+	// When set, the grant covers only calls whose context holds these pairs.
+	Context         map[string]string `protobuf:"bytes,4,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	DurationSeconds uint64            `protobuf:"varint,5,opt,name=duration_seconds,json=durationSeconds,proto3" json:"duration_seconds,omitempty"` // at most the policy's max_duration
+	Reason          string            `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`                                           // why, for the approvers and the audit trail (an incident id)
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *BreakglassRequestRequest) Reset() {
+	*x = BreakglassRequestRequest{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakglassRequestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakglassRequestRequest) ProtoMessage() {}
+
+func (x *BreakglassRequestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakglassRequestRequest.ProtoReflect.Descriptor instead.
+func (*BreakglassRequestRequest) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *BreakglassRequestRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *BreakglassRequestRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *BreakglassRequestRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *BreakglassRequestRequest) GetContext() map[string]string {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+func (x *BreakglassRequestRequest) GetDurationSeconds() uint64 {
+	if x != nil {
+		return x.DurationSeconds
+	}
+	return 0
+}
+
+func (x *BreakglassRequestRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type BreakglassGrantRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BreakglassGrantRequest) Reset() {
+	*x = BreakglassGrantRequest{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakglassGrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakglassGrantRequest) ProtoMessage() {}
+
+func (x *BreakglassGrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakglassGrantRequest.ProtoReflect.Descriptor instead.
+func (*BreakglassGrantRequest) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *BreakglassGrantRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type BreakglassListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BreakglassListRequest) Reset() {
+	*x = BreakglassListRequest{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakglassListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakglassListRequest) ProtoMessage() {}
+
+func (x *BreakglassListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakglassListRequest.ProtoReflect.Descriptor instead.
+func (*BreakglassListRequest) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{56}
+}
+
+type BreakglassListResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Grants        []*BreakglassGrant     `protobuf:"bytes,1,rep,name=grants,proto3" json:"grants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BreakglassListResponse) Reset() {
+	*x = BreakglassListResponse{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakglassListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakglassListResponse) ProtoMessage() {}
+
+func (x *BreakglassListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakglassListResponse.ProtoReflect.Descriptor instead.
+func (*BreakglassListResponse) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *BreakglassListResponse) GetGrants() []*BreakglassGrant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
+// One grant, as its parties see it.
+type BreakglassGrant struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Policy string                 `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	// pending, active, denied, expired or revoked. A pending request past its
+	// request_ttl, or an active grant past its end, is expired.
+	State           string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	RequesterUid    uint32                 `protobuf:"varint,4,opt,name=requester_uid,json=requesterUid,proto3" json:"requester_uid,omitempty"`
+	Key             string                 `protobuf:"bytes,5,opt,name=key,proto3" json:"key,omitempty"`
+	Operation       string                 `protobuf:"bytes,6,opt,name=operation,proto3" json:"operation,omitempty"`
+	Context         map[string]string      `protobuf:"bytes,7,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	DurationSeconds uint64                 `protobuf:"varint,8,opt,name=duration_seconds,json=durationSeconds,proto3" json:"duration_seconds,omitempty"`
+	Reason          string                 `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	Requested       *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=requested,proto3" json:"requested,omitempty"`
+	// A pending request expires unapproved at request_expires; an active grant
+	// ends at expires.
+	RequestExpires  *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=request_expires,json=requestExpires,proto3" json:"request_expires,omitempty"`
+	Activated       *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=activated,proto3" json:"activated,omitempty"`
+	Expires         *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=expires,proto3" json:"expires,omitempty"`
+	ApproverUids    []uint32               `protobuf:"varint,14,rep,packed,name=approver_uids,json=approverUids,proto3" json:"approver_uids,omitempty"`
+	ApprovalsNeeded uint32                 `protobuf:"varint,15,opt,name=approvals_needed,json=approvalsNeeded,proto3" json:"approvals_needed,omitempty"`
+	EndedByUid      uint32                 `protobuf:"varint,16,opt,name=ended_by_uid,json=endedByUid,proto3" json:"ended_by_uid,omitempty"` // who denied or revoked it
+	Ended           *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=ended,proto3" json:"ended,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *BreakglassGrant) Reset() {
+	*x = BreakglassGrant{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakglassGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakglassGrant) ProtoMessage() {}
+
+func (x *BreakglassGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakglassGrant.ProtoReflect.Descriptor instead.
+func (*BreakglassGrant) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *BreakglassGrant) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *BreakglassGrant) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *BreakglassGrant) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *BreakglassGrant) GetRequesterUid() uint32 {
+	if x != nil {
+		return x.RequesterUid
+	}
+	return 0
+}
+
+func (x *BreakglassGrant) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *BreakglassGrant) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *BreakglassGrant) GetContext() map[string]string {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+func (x *BreakglassGrant) GetDurationSeconds() uint64 {
+	if x != nil {
+		return x.DurationSeconds
+	}
+	return 0
+}
+
+func (x *BreakglassGrant) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *BreakglassGrant) GetRequested() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Requested
+	}
+	return nil
+}
+
+func (x *BreakglassGrant) GetRequestExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RequestExpires
+	}
+	return nil
+}
+
+func (x *BreakglassGrant) GetActivated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Activated
+	}
+	return nil
+}
+
+func (x *BreakglassGrant) GetExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Expires
+	}
+	return nil
+}
+
+func (x *BreakglassGrant) GetApproverUids() []uint32 {
+	if x != nil {
+		return x.ApproverUids
+	}
+	return nil
+}
+
+func (x *BreakglassGrant) GetApprovalsNeeded() uint32 {
+	if x != nil {
+		return x.ApprovalsNeeded
+	}
+	return 0
+}
+
+func (x *BreakglassGrant) GetEndedByUid() uint32 {
+	if x != nil {
+		return x.EndedByUid
+	}
+	return 0
+}
+
+func (x *BreakglassGrant) GetEnded() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Ended
+	}
+	return nil
+}
+
 var File_keyward_v1_keyward_proto protoreflect.FileDescriptor
 
 const file_keyward_v1_keyward_proto_rawDesc = "" +
@@ -3618,7 +4004,45 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\tR\x02id\">\n" +
 	"\x18RewrapCredentialsRequest\x12\x12\n" +
 	"\x04unit\x18\x01 \x01(\tR\x04unit\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id*\xcb\x03\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\xae\x02\n" +
+	"\x18BreakglassRequestRequest\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1c\n" +
+	"\toperation\x18\x03 \x01(\tR\toperation\x12K\n" +
+	"\acontext\x18\x04 \x03(\v21.keyward.v1.BreakglassRequestRequest.ContextEntryR\acontext\x12)\n" +
+	"\x10duration_seconds\x18\x05 \x01(\x04R\x0fdurationSeconds\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x1a:\n" +
+	"\fContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"(\n" +
+	"\x16BreakglassGrantRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x17\n" +
+	"\x15BreakglassListRequest\"M\n" +
+	"\x16BreakglassListResponse\x123\n" +
+	"\x06grants\x18\x01 \x03(\v2\x1b.keyward.v1.BreakglassGrantR\x06grants\"\xfa\x05\n" +
+	"\x0fBreakglassGrant\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12#\n" +
+	"\rrequester_uid\x18\x04 \x01(\rR\frequesterUid\x12\x10\n" +
+	"\x03key\x18\x05 \x01(\tR\x03key\x12\x1c\n" +
+	"\toperation\x18\x06 \x01(\tR\toperation\x12B\n" +
+	"\acontext\x18\a \x03(\v2(.keyward.v1.BreakglassGrant.ContextEntryR\acontext\x12)\n" +
+	"\x10duration_seconds\x18\b \x01(\x04R\x0fdurationSeconds\x12\x16\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\x128\n" +
+	"\trequested\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\trequested\x12C\n" +
+	"\x0frequest_expires\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x0erequestExpires\x128\n" +
+	"\tactivated\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tactivated\x124\n" +
+	"\aexpires\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12#\n" +
+	"\rapprover_uids\x18\x0e \x03(\rR\fapproverUids\x12)\n" +
+	"\x10approvals_needed\x18\x0f \x01(\rR\x0fapprovalsNeeded\x12 \n" +
+	"\fended_by_uid\x18\x10 \x01(\rR\n" +
+	"endedByUid\x120\n" +
+	"\x05ended\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x1a:\n" +
+	"\fContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xcb\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x14\n" +
@@ -3647,7 +4071,7 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aENABLED\x10\x01\x12\f\n" +
 	"\bDISABLED\x10\x02\x12\r\n" +
-	"\tDESTROYED\x10\x032\x9f\x10\n" +
+	"\tDESTROYED\x10\x032\xce\x13\n" +
 	"\aKeyward\x129\n" +
 	"\x04Wrap\x12\x17.keyward.v1.WrapRequest\x1a\x18.keyward.v1.WrapResponse\x12?\n" +
 	"\x06Unwrap\x12\x19.keyward.v1.UnwrapRequest\x1a\x1a.keyward.v1.UnwrapResponse\x12?\n" +
@@ -3676,7 +4100,12 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\rPutCredential\x12 .keyward.v1.PutCredentialRequest\x1a\x1a.keyward.v1.CredentialInfo\x12Z\n" +
 	"\x0fListCredentials\x12\".keyward.v1.ListCredentialsRequest\x1a#.keyward.v1.ListCredentialsResponse\x12S\n" +
 	"\x10RemoveCredential\x12#.keyward.v1.RemoveCredentialRequest\x1a\x1a.keyward.v1.CredentialInfo\x12^\n" +
-	"\x11RewrapCredentials\x12$.keyward.v1.RewrapCredentialsRequest\x1a#.keyward.v1.ListCredentialsResponseB5Z3github.com/keyward/keyward/api/keyward/v1;keywardv1b\x06proto3"
+	"\x11RewrapCredentials\x12$.keyward.v1.RewrapCredentialsRequest\x1a#.keyward.v1.ListCredentialsResponse\x12V\n" +
+	"\x11BreakglassRequest\x12$.keyward.v1.BreakglassRequestRequest\x1a\x1b.keyward.v1.BreakglassGrant\x12T\n" +
+	"\x11BreakglassApprove\x12\".keyward.v1.BreakglassGrantRequest\x1a\x1b.keyward.v1.BreakglassGrant\x12Q\n" +
+	"\x0eBreakglassDeny\x12\".keyward.v1.BreakglassGrantRequest\x1a\x1b.keyward.v1.BreakglassGrant\x12S\n" +
+	"\x10BreakglassRevoke\x12\".keyward.v1.BreakglassGrantRequest\x1a\x1b.keyward.v1.BreakglassGrant\x12W\n" +
+	"\x0eBreakglassList\x12!.keyward.v1.BreakglassListRequest\x1a\".keyward.v1.BreakglassListResponseB5Z3github.com/keyward/keyward/api/keyward/v1;keywardv1b\x06proto3"
 
 var (
 	file_keyward_v1_keyward_proto_rawDescOnce sync.Once
@@ -3691,7 +4120,7 @@ func file_keyward_v1_keyward_proto_rawDescGZIP() []byte {
 }
 
 var file_keyward_v1_keyward_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keyward_v1_keyward_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_keyward_v1_keyward_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
 var file_keyward_v1_keyward_proto_goTypes = []any{
 	(ErrorReason)(0),                    // 0: keyward.v1.ErrorReason
 	(VersionState)(0),                   // 1: keyward.v1.VersionState
@@ -3749,17 +4178,24 @@ var file_keyward_v1_keyward_proto_goTypes = []any{
 	(*ListCredentialsResponse)(nil),     // 53: keyward.v1.ListCredentialsResponse
 	(*RemoveCredentialRequest)(nil),     // 54: keyward.v1.RemoveCredentialRequest
 	(*RewrapCredentialsRequest)(nil),    // 55: keyward.v1.RewrapCredentialsRequest
-	nil,                                 // 56: keyward.v1.WrapRequest.ContextEntry
-	nil,                                 // 57: keyward.v1.UnwrapRequest.ContextEntry
-	nil,                                 // 58: keyward.v1.RewrapRequest.ContextEntry
-	nil,                                 // 59: keyward.v1.GenerateDataKeyRequest.ContextEntry
-	(*timestamppb.Timestamp)(nil),       // 60: google.protobuf.Timestamp
+	(*BreakglassRequestRequest)(nil),    // 56: keyward.v1.BreakglassRequestRequest
+	(*BreakglassGrantRequest)(nil),      // 57: keyward.v1.BreakglassGrantRequest
+	(*BreakglassListRequest)(nil),       // 58: keyward.v1.BreakglassListRequest
+	(*BreakglassListResponse)(nil),      // 59: keyward.v1.BreakglassListResponse
+	(*BreakglassGrant)(nil),             // 60: keyward.v1.BreakglassGrant
+	nil,                                 // 61: keyward.v1.WrapRequest.ContextEntry
+	nil,                                 // 62: keyward.v1.UnwrapRequest.ContextEntry
+	nil,                                 // 63: keyward.v1.RewrapRequest.ContextEntry
+	nil,                                 // 64: keyward.v1.GenerateDataKeyRequest.ContextEntry
+	nil,                                 // 65: keyward.v1.BreakglassRequestRequest.ContextEntry
+	nil,                                 // 66: keyward.v1.BreakglassGrant.ContextEntry
+	(*timestamppb.Timestamp)(nil),       // 67: google.protobuf.Timestamp
 }
 var file_keyward_v1_keyward_proto_depIdxs = []int32{
-	56, // 0: keyward.v1.WrapRequest.context:type_name -> keyward.v1.WrapRequest.ContextEntry
-	57, // 1: keyward.v1.UnwrapRequest.context:type_name -> keyward.v1.UnwrapRequest.ContextEntry
-	58, // 2: keyward.v1.RewrapRequest.context:type_name -> keyward.v1.RewrapRequest.ContextEntry
-	59, // 3: keyward.v1.GenerateDataKeyRequest.context:type_name -> keyward.v1.GenerateDataKeyRequest.ContextEntry
+	61, // 0: keyward.v1.WrapRequest.context:type_name -> keyward.v1.WrapRequest.ContextEntry
+	62, // 1: keyward.v1.UnwrapRequest.context:type_name -> keyward.v1.UnwrapRequest.ContextEntry
+	63, // 2: keyward.v1.RewrapRequest.context:type_name -> keyward.v1.RewrapRequest.ContextEntry
+	64, // 3: keyward.v1.GenerateDataKeyRequest.context:type_name -> keyward.v1.GenerateDataKeyRequest.ContextEntry
 	0,  // 4: keyward.v1.ItemError.reason:type_name -> keyward.v1.ErrorReason
 	2,  // 5: keyward.v1.BatchWrapRequest.items:type_name -> keyward.v1.WrapRequest
 	23, // 6: keyward.v1.BatchWrapResponse.results:type_name -> keyward.v1.BatchWrapResult
@@ -3778,80 +4214,98 @@ var file_keyward_v1_keyward_proto_depIdxs = []int32{
 	17, // 19: keyward.v1.BatchVerifyMacResult.ok:type_name -> keyward.v1.VerifyMacResponse
 	20, // 20: keyward.v1.BatchVerifyMacResult.error:type_name -> keyward.v1.ItemError
 	1,  // 21: keyward.v1.KeyVersion.state:type_name -> keyward.v1.VersionState
-	60, // 22: keyward.v1.KeyVersion.created:type_name -> google.protobuf.Timestamp
-	60, // 23: keyward.v1.KeyInfo.created:type_name -> google.protobuf.Timestamp
+	67, // 22: keyward.v1.KeyVersion.created:type_name -> google.protobuf.Timestamp
+	67, // 23: keyward.v1.KeyInfo.created:type_name -> google.protobuf.Timestamp
 	33, // 24: keyward.v1.KeyInfo.versions:type_name -> keyward.v1.KeyVersion
-	60, // 25: keyward.v1.KeyInfo.next_rotation:type_name -> google.protobuf.Timestamp
-	60, // 26: keyward.v1.KeyInfo.next_disable:type_name -> google.protobuf.Timestamp
+	67, // 25: keyward.v1.KeyInfo.next_rotation:type_name -> google.protobuf.Timestamp
+	67, // 26: keyward.v1.KeyInfo.next_disable:type_name -> google.protobuf.Timestamp
 	34, // 27: keyward.v1.ListKeysResponse.keys:type_name -> keyward.v1.KeyInfo
 	1,  // 28: keyward.v1.SetVersionStateRequest.state:type_name -> keyward.v1.VersionState
-	60, // 29: keyward.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
+	67, // 29: keyward.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
 	49, // 30: keyward.v1.StatusResponse.you:type_name -> keyward.v1.Peer
 	48, // 31: keyward.v1.StatusResponse.rate_limited:type_name -> keyward.v1.RateLimit
-	60, // 32: keyward.v1.RateLimit.until:type_name -> google.protobuf.Timestamp
-	60, // 33: keyward.v1.CredentialInfo.modified:type_name -> google.protobuf.Timestamp
+	67, // 32: keyward.v1.RateLimit.until:type_name -> google.protobuf.Timestamp
+	67, // 33: keyward.v1.CredentialInfo.modified:type_name -> google.protobuf.Timestamp
 	50, // 34: keyward.v1.ListCredentialsResponse.credentials:type_name -> keyward.v1.CredentialInfo
-	2,  // 35: keyward.v1.Keyward.Wrap:input_type -> keyward.v1.WrapRequest
-	4,  // 36: keyward.v1.Keyward.Unwrap:input_type -> keyward.v1.UnwrapRequest
-	6,  // 37: keyward.v1.Keyward.Rewrap:input_type -> keyward.v1.RewrapRequest
-	8,  // 38: keyward.v1.Keyward.GenerateDataKey:input_type -> keyward.v1.GenerateDataKeyRequest
-	10, // 39: keyward.v1.Keyward.Sign:input_type -> keyward.v1.SignRequest
-	12, // 40: keyward.v1.Keyward.Verify:input_type -> keyward.v1.VerifyRequest
-	14, // 41: keyward.v1.Keyward.Mac:input_type -> keyward.v1.MacRequest
-	16, // 42: keyward.v1.Keyward.VerifyMac:input_type -> keyward.v1.VerifyMacRequest
-	18, // 43: keyward.v1.Keyward.GetPublicKey:input_type -> keyward.v1.GetPublicKeyRequest
-	21, // 44: keyward.v1.Keyward.BatchWrap:input_type -> keyward.v1.BatchWrapRequest
-	24, // 45: keyward.v1.Keyward.BatchUnwrap:input_type -> keyward.v1.BatchUnwrapRequest
-	27, // 46: keyward.v1.Keyward.BatchMac:input_type -> keyward.v1.BatchMacRequest
-	30, // 47: keyward.v1.Keyward.BatchVerifyMac:input_type -> keyward.v1.BatchVerifyMacRequest
-	35, // 48: keyward.v1.Keyward.CreateKey:input_type -> keyward.v1.CreateKeyRequest
-	36, // 49: keyward.v1.Keyward.RotateKey:input_type -> keyward.v1.RotateKeyRequest
-	37, // 50: keyward.v1.Keyward.ListKeys:input_type -> keyward.v1.ListKeysRequest
-	39, // 51: keyward.v1.Keyward.DescribeKey:input_type -> keyward.v1.DescribeKeyRequest
-	40, // 52: keyward.v1.Keyward.SetVersionState:input_type -> keyward.v1.SetVersionStateRequest
-	41, // 53: keyward.v1.Keyward.DestroyVersion:input_type -> keyward.v1.DestroyVersionRequest
-	42, // 54: keyward.v1.Keyward.SetMinDecryptVersion:input_type -> keyward.v1.SetMinDecryptVersionRequest
-	43, // 55: keyward.v1.Keyward.AdoptKey:input_type -> keyward.v1.AdoptKeyRequest
-	44, // 56: keyward.v1.Keyward.SetRotationPolicy:input_type -> keyward.v1.SetRotationPolicyRequest
-	45, // 57: keyward.v1.Keyward.SetDisableAfter:input_type -> keyward.v1.SetDisableAfterRequest
-	46, // 58: keyward.v1.Keyward.Status:input_type -> keyward.v1.StatusRequest
-	51, // 59: keyward.v1.Keyward.PutCredential:input_type -> keyward.v1.PutCredentialRequest
-	52, // 60: keyward.v1.Keyward.ListCredentials:input_type -> keyward.v1.ListCredentialsRequest
-	54, // 61: keyward.v1.Keyward.RemoveCredential:input_type -> keyward.v1.RemoveCredentialRequest
-	55, // 62: keyward.v1.Keyward.RewrapCredentials:input_type -> keyward.v1.RewrapCredentialsRequest
-	3,  // 63: keyward.v1.Keyward.Wrap:output_type -> keyward.v1.WrapResponse
-	5,  // 64: keyward.v1.Keyward.Unwrap:output_type -> keyward.v1.UnwrapResponse
-	7,  // 65: keyward.v1.Keyward.Rewrap:output_type -> keyward.v1.RewrapResponse
-	9,  // 66: keyward.v1.Keyward.GenerateDataKey:output_type -> keyward.v1.GenerateDataKeyResponse
-	11, // 67: keyward.v1.Keyward.Sign:output_type -> keyward.v1.SignResponse
-	13, // 68: keyward.v1.Keyward.Verify:output_type -> keyward.v1.VerifyResponse
-	15, // 69: keyward.v1.Keyward.Mac:output_type -> keyward.v1.MacResponse
-	17, // 70: keyward.v1.Keyward.VerifyMac:output_type -> keyward.v1.VerifyMacResponse
-	19, // 71: keyward.v1.Keyward.GetPublicKey:output_type -> keyward.v1.GetPublicKeyResponse
-	22, // 72: keyward.v1.Keyward.BatchWrap:output_type -> keyward.v1.BatchWrapResponse
-	25, // 73: keyward.v1.Keyward.BatchUnwrap:output_type -> keyward.v1.BatchUnwrapResponse
-	28, // 74: keyward.v1.Keyward.BatchMac:output_type -> keyward.v1.BatchMacResponse
-	31, // 75: keyward.v1.Keyward.BatchVerifyMac:output_type -> keyward.v1.BatchVerifyMacResponse
-	34, // 76: keyward.v1.Keyward.CreateKey:output_type -> keyward.v1.KeyInfo
-	34, // 77: keyward.v1.Keyward.RotateKey:output_type -> keyward.v1.KeyInfo
-	38, // 78: keyward.v1.Keyward.ListKeys:output_type -> keyward.v1.ListKeysResponse
-	34, // 79: keyward.v1.Keyward.DescribeKey:output_type -> keyward.v1.KeyInfo
-	34, // 80: keyward.v1.Keyward.SetVersionState:output_type -> keyward.v1.KeyInfo
-	34, // 81: keyward.v1.Keyward.DestroyVersion:output_type -> keyward.v1.KeyInfo
-	34, // 82: keyward.v1.Keyward.SetMinDecryptVersion:output_type -> keyward.v1.KeyInfo
-	34, // 83: keyward.v1.Keyward.AdoptKey:output_type -> keyward.v1.KeyInfo
-	34, // 84: keyward.v1.Keyward.SetRotationPolicy:output_type -> keyward.v1.KeyInfo
-	34, // 85: keyward.v1.Keyward.SetDisableAfter:output_type -> keyward.v1.KeyInfo
-	47, // 86: keyward.v1.Keyward.Status:output_type -> keyward.v1.StatusResponse
-	50, // 87: keyward.v1.Keyward.PutCredential:output_type -> keyward.v1.CredentialInfo
-	53, // 88: keyward.v1.Keyward.ListCredentials:output_type -> keyward.v1.ListCredentialsResponse
-	50, // 89: keyward.v1.Keyward.RemoveCredential:output_type -> keyward.v1.CredentialInfo
-	53, // 90: keyward.v1.Keyward.RewrapCredentials:output_type -> keyward.v1.ListCredentialsResponse
-	63, // [63:91] is the sub-list for method output_type
-	35, // [35:63] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	65, // 35: keyward.v1.BreakglassRequestRequest.context:type_name -> keyward.v1.BreakglassRequestRequest.ContextEntry
+	60, // 36: keyward.v1.BreakglassListResponse.grants:type_name -> keyward.v1.BreakglassGrant
+	66, // 37: keyward.v1.BreakglassGrant.context:type_name -> keyward.v1.BreakglassGrant.ContextEntry
+	67, // 38: keyward.v1.BreakglassGrant.requested:type_name -> google.protobuf.Timestamp
+	67, // 39: keyward.v1.BreakglassGrant.request_expires:type_name -> google.protobuf.Timestamp
+	67, // 40: keyward.v1.BreakglassGrant.activated:type_name -> google.protobuf.Timestamp
+	67, // 41: keyward.v1.BreakglassGrant.expires:type_name -> google.protobuf.Timestamp
+	67, // 42: keyward.v1.BreakglassGrant.ended:type_name -> google.protobuf.Timestamp
+	2,  // 43: keyward.v1.Keyward.Wrap:input_type -> keyward.v1.WrapRequest
+	4,  // 44: keyward.v1.Keyward.Unwrap:input_type -> keyward.v1.UnwrapRequest
+	6,  // 45: keyward.v1.Keyward.Rewrap:input_type -> keyward.v1.RewrapRequest
+	8,  // 46: keyward.v1.Keyward.GenerateDataKey:input_type -> keyward.v1.GenerateDataKeyRequest
+	10, // 47: keyward.v1.Keyward.Sign:input_type -> keyward.v1.SignRequest
+	12, // 48: keyward.v1.Keyward.Verify:input_type -> keyward.v1.VerifyRequest
+	14, // 49: keyward.v1.Keyward.Mac:input_type -> keyward.v1.MacRequest
+	16, // 50: keyward.v1.Keyward.VerifyMac:input_type -> keyward.v1.VerifyMacRequest
+	18, // 51: keyward.v1.Keyward.GetPublicKey:input_type -> keyward.v1.GetPublicKeyRequest
+	21, // 52: keyward.v1.Keyward.BatchWrap:input_type -> keyward.v1.BatchWrapRequest
+	24, // 53: keyward.v1.Keyward.BatchUnwrap:input_type -> keyward.v1.BatchUnwrapRequest
+	27, // 54: keyward.v1.Keyward.BatchMac:input_type -> keyward.v1.BatchMacRequest
+	30, // 55: keyward.v1.Keyward.BatchVerifyMac:input_type -> keyward.v1.BatchVerifyMacRequest
+	35, // 56: keyward.v1.Keyward.CreateKey:input_type -> keyward.v1.CreateKeyRequest
+	36, // 57: keyward.v1.Keyward.RotateKey:input_type -> keyward.v1.RotateKeyRequest
+	37, // 58: keyward.v1.Keyward.ListKeys:input_type -> keyward.v1.ListKeysRequest
+	39, // 59: keyward.v1.Keyward.DescribeKey:input_type -> keyward.v1.DescribeKeyRequest
+	40, // 60: keyward.v1.Keyward.SetVersionState:input_type -> keyward.v1.SetVersionStateRequest
+	41, // 61: keyward.v1.Keyward.DestroyVersion:input_type -> keyward.v1.DestroyVersionRequest
+	42, // 62: keyward.v1.Keyward.SetMinDecryptVersion:input_type -> keyward.v1.SetMinDecryptVersionRequest
+	43, // 63: keyward.v1.Keyward.AdoptKey:input_type -> keyward.v1.AdoptKeyRequest
+	44, // 64: keyward.v1.Keyward.SetRotationPolicy:input_type -> keyward.v1.SetRotationPolicyRequest
+	45, // 65: keyward.v1.Keyward.SetDisableAfter:input_type -> keyward.v1.SetDisableAfterRequest
+	46, // 66: keyward.v1.Keyward.Status:input_type -> keyward.v1.StatusRequest
+	51, // 67: keyward.v1.Keyward.PutCredential:input_type -> keyward.v1.PutCredentialRequest
+	52, // 68: keyward.v1.Keyward.ListCredentials:input_type -> keyward.v1.ListCredentialsRequest
+	54, // 69: keyward.v1.Keyward.RemoveCredential:input_type -> keyward.v1.RemoveCredentialRequest
+	55, // 70: keyward.v1.Keyward.RewrapCredentials:input_type -> keyward.v1.RewrapCredentialsRequest
+	56, // 71: keyward.v1.Keyward.BreakglassRequest:input_type -> keyward.v1.BreakglassRequestRequest
+	57, // 72: keyward.v1.Keyward.BreakglassApprove:input_type -> keyward.v1.BreakglassGrantRequest
+	57, // 73: keyward.v1.Keyward.BreakglassDeny:input_type -> keyward.v1.BreakglassGrantRequest
+	57, // 74: keyward.v1.Keyward.BreakglassRevoke:input_type -> keyward.v1.BreakglassGrantRequest
+	58, // 75: keyward.v1.Keyward.BreakglassList:input_type -> keyward.v1.BreakglassListRequest
+	3,  // 76: keyward.v1.Keyward.Wrap:output_type -> keyward.v1.WrapResponse
+	5,  // 77: keyward.v1.Keyward.Unwrap:output_type -> keyward.v1.UnwrapResponse
+	7,  // 78: keyward.v1.Keyward.Rewrap:output_type -> keyward.v1.RewrapResponse
+	9,  // 79: keyward.v1.Keyward.GenerateDataKey:output_type -> keyward.v1.GenerateDataKeyResponse
+	11, // 80: keyward.v1.Keyward.Sign:output_type -> keyward.v1.SignResponse
+	13, // 81: keyward.v1.Keyward.Verify:output_type -> keyward.v1.VerifyResponse
+	15, // 82: keyward.v1.Keyward.Mac:output_type -> keyward.v1.MacResponse
+	17, // 83: keyward.v1.Keyward.VerifyMac:output_type -> keyward.v1.VerifyMacResponse
+	19, // 84: keyward.v1.Keyward.GetPublicKey:output_type -> keyward.v1.GetPublicKeyResponse
+	22, // 85: keyward.v1.Keyward.BatchWrap:output_type -> keyward.v1.BatchWrapResponse
+	25, // 86: keyward.v1.Keyward.BatchUnwrap:output_type -> keyward.v1.BatchUnwrapResponse
+	28, // 87: keyward.v1.Keyward.BatchMac:output_type -> keyward.v1.BatchMacResponse
+	31, // 88: keyward.v1.Keyward.BatchVerifyMac:output_type -> keyward.v1.BatchVerifyMacResponse
+	34, // 89: keyward.v1.Keyward.CreateKey:output_type -> keyward.v1.KeyInfo
+	34, // 90: keyward.v1.Keyward.RotateKey:output_type -> keyward.v1.KeyInfo
+	38, // 91: keyward.v1.Keyward.ListKeys:output_type -> keyward.v1.ListKeysResponse
+	34, // 92: keyward.v1.Keyward.DescribeKey:output_type -> keyward.v1.KeyInfo
+	34, // 93: keyward.v1.Keyward.SetVersionState:output_type -> keyward.v1.KeyInfo
+	34, // 94: keyward.v1.Keyward.DestroyVersion:output_type -> keyward.v1.KeyInfo
+	34, // 95: keyward.v1.Keyward.SetMinDecryptVersion:output_type -> keyward.v1.KeyInfo
+	34, // 96: keyward.v1.Keyward.AdoptKey:output_type -> keyward.v1.KeyInfo
+	34, // 97: keyward.v1.Keyward.SetRotationPolicy:output_type -> keyward.v1.KeyInfo
+	34, // 98: keyward.v1.Keyward.SetDisableAfter:output_type -> keyward.v1.KeyInfo
+	47, // 99: keyward.v1.Keyward.Status:output_type -> keyward.v1.StatusResponse
+	50, // 100: keyward.v1.Keyward.PutCredential:output_type -> keyward.v1.CredentialInfo
+	53, // 101: keyward.v1.Keyward.ListCredentials:output_type -> keyward.v1.ListCredentialsResponse
+	50, // 102: keyward.v1.Keyward.RemoveCredential:output_type -> keyward.v1.CredentialInfo
+	53, // 103: keyward.v1.Keyward.RewrapCredentials:output_type -> keyward.v1.ListCredentialsResponse
+	60, // 104: keyward.v1.Keyward.BreakglassRequest:output_type -> keyward.v1.BreakglassGrant
+	60, // 105: keyward.v1.Keyward.BreakglassApprove:output_type -> keyward.v1.BreakglassGrant
+	60, // 106: keyward.v1.Keyward.BreakglassDeny:output_type -> keyward.v1.BreakglassGrant
+	60, // 107: keyward.v1.Keyward.BreakglassRevoke:output_type -> keyward.v1.BreakglassGrant
+	59, // 108: keyward.v1.Keyward.BreakglassList:output_type -> keyward.v1.BreakglassListResponse
+	76, // [76:109] is the sub-list for method output_type
+	43, // [43:76] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_keyward_v1_keyward_proto_init() }
@@ -3881,7 +4335,7 @@ func file_keyward_v1_keyward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyward_v1_keyward_proto_rawDesc), len(file_keyward_v1_keyward_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   58,
+			NumMessages:   65,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -57,6 +57,11 @@ const (
 	Keyward_ListCredentials_FullMethodName      = "/keyward.v1.Keyward/ListCredentials"
 	Keyward_RemoveCredential_FullMethodName     = "/keyward.v1.Keyward/RemoveCredential"
 	Keyward_RewrapCredentials_FullMethodName    = "/keyward.v1.Keyward/RewrapCredentials"
+	Keyward_BreakglassRequest_FullMethodName    = "/keyward.v1.Keyward/BreakglassRequest"
+	Keyward_BreakglassApprove_FullMethodName    = "/keyward.v1.Keyward/BreakglassApprove"
+	Keyward_BreakglassDeny_FullMethodName       = "/keyward.v1.Keyward/BreakglassDeny"
+	Keyward_BreakglassRevoke_FullMethodName     = "/keyward.v1.Keyward/BreakglassRevoke"
+	Keyward_BreakglassList_FullMethodName       = "/keyward.v1.Keyward/BreakglassList"
 )
 
 // KeywardClient is the client API for Keyward service.
@@ -110,6 +115,15 @@ type KeywardClient interface {
 	ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error)
 	RemoveCredential(ctx context.Context, in *RemoveCredentialRequest, opts ...grpc.CallOption) (*CredentialInfo, error)
 	RewrapCredentials(ctx context.Context, in *RewrapCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error)
+	// Break-glass: time-boxed access to a key that a requester asks for under
+	// a [[breakglass]] policy and other people approve. While a grant is
+	// active, the requester's calls it covers are allowed, each audited with
+	// the grant's id.
+	BreakglassRequest(ctx context.Context, in *BreakglassRequestRequest, opts ...grpc.CallOption) (*BreakglassGrant, error)
+	BreakglassApprove(ctx context.Context, in *BreakglassGrantRequest, opts ...grpc.CallOption) (*BreakglassGrant, error)
+	BreakglassDeny(ctx context.Context, in *BreakglassGrantRequest, opts ...grpc.CallOption) (*BreakglassGrant, error)
+	BreakglassRevoke(ctx context.Context, in *BreakglassGrantRequest, opts ...grpc.CallOption) (*BreakglassGrant, error)
+	BreakglassList(ctx context.Context, in *BreakglassListRequest, opts ...grpc.CallOption) (*BreakglassListResponse, error)
 }
 
 type keywardClient struct {
@@ -400,6 +414,56 @@ func (c *keywardClient) RewrapCredentials(ctx context.Context, in *RewrapCredent
 	return out, nil
 }
 
+func (c *keywardClient) BreakglassRequest(ctx context.Context, in *BreakglassRequestRequest, opts ...grpc.CallOption) (*BreakglassGrant, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BreakglassGrant)
+	err := c.cc.Invoke(ctx, Keyward_BreakglassRequest_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keywardClient) BreakglassApprove(ctx context.Context, in *BreakglassGrantRequest, opts ...grpc.CallOption) (*BreakglassGrant, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BreakglassGrant)
+	err := c.cc.Invoke(ctx, Keyward_BreakglassApprove_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keywardClient) BreakglassDeny(ctx context.Context, in *BreakglassGrantRequest, opts ...grpc.CallOption) (*BreakglassGrant, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BreakglassGrant)
+	err := c.cc.Invoke(ctx, Keyward_BreakglassDeny_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keywardClient) BreakglassRevoke(ctx context.Context, in *BreakglassGrantRequest, opts ...grpc.CallOption) (*BreakglassGrant, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BreakglassGrant)
+	err := c.cc.Invoke(ctx, Keyward_BreakglassRevoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keywardClient) BreakglassList(ctx context.Context, in *BreakglassListRequest, opts ...grpc.CallOption) (*BreakglassListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BreakglassListResponse)
+	err := c.cc.Invoke(ctx, Keyward_BreakglassList_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeywardServer is the server API for Keyward service.
 // All implementations must embed UnimplementedKeywardServer
 // for forward compatibility.
@@ -451,6 +515,15 @@ type KeywardServer interface {
 	ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error)
 	RemoveCredential(context.Context, *RemoveCredentialRequest) (*CredentialInfo, error)
 	RewrapCredentials(context.Context, *RewrapCredentialsRequest) (*ListCredentialsResponse, error)
+	// Break-glass: time-boxed access to a key that a requester asks for under
+	// a [[breakglass]] policy and other people approve. While a grant is
+	// active, the requester's calls it covers are allowed, each audited with
+	// the grant's id.
+	BreakglassRequest(context.Context, *BreakglassRequestRequest) (*BreakglassGrant, error)
+	BreakglassApprove(context.Context, *BreakglassGrantRequest) (*BreakglassGrant, error)
+	BreakglassDeny(context.Context, *BreakglassGrantRequest) (*BreakglassGrant, error)
+	BreakglassRevoke(context.Context, *BreakglassGrantRequest) (*BreakglassGrant, error)
+	BreakglassList(context.Context, *BreakglassListRequest) (*BreakglassListResponse, error)
 	mustEmbedUnimplementedKeywardServer()
 }
 
@@ -544,6 +617,21 @@ func (UnimplementedKeywardServer) RemoveCredential(context.Context, *RemoveCrede
 }
 func (UnimplementedKeywardServer) RewrapCredentials(context.Context, *RewrapCredentialsRequest) (*ListCredentialsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RewrapCredentials not implemented")
+}
+func (UnimplementedKeywardServer) BreakglassRequest(context.Context, *BreakglassRequestRequest) (*BreakglassGrant, error) {
+	return nil, status.Error(codes.Unimplemented, "method BreakglassRequest not implemented")
+}
+func (UnimplementedKeywardServer) BreakglassApprove(context.Context, *BreakglassGrantRequest) (*BreakglassGrant, error) {
+	return nil, status.Error(codes.Unimplemented, "method BreakglassApprove not implemented")
+}
+func (UnimplementedKeywardServer) BreakglassDeny(context.Context, *BreakglassGrantRequest) (*BreakglassGrant, error) {
+	return nil, status.Error(codes.Unimplemented, "method BreakglassDeny not implemented")
+}
+func (UnimplementedKeywardServer) BreakglassRevoke(context.Context, *BreakglassGrantRequest) (*BreakglassGrant, error) {
+	return nil, status.Error(codes.Unimplemented, "method BreakglassRevoke not implemented")
+}
+func (UnimplementedKeywardServer) BreakglassList(context.Context, *BreakglassListRequest) (*BreakglassListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BreakglassList not implemented")
 }
 func (UnimplementedKeywardServer) mustEmbedUnimplementedKeywardServer() {}
 func (UnimplementedKeywardServer) testEmbeddedByValue()                 {}
@@ -1070,6 +1158,96 @@ func _Keyward_RewrapCredentials_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Keyward_BreakglassRequest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BreakglassRequestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeywardServer).BreakglassRequest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyward_BreakglassRequest_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeywardServer).BreakglassRequest(ctx, req.(*BreakglassRequestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Keyward_BreakglassApprove_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BreakglassGrantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeywardServer).BreakglassApprove(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyward_BreakglassApprove_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeywardServer).BreakglassApprove(ctx, req.(*BreakglassGrantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Keyward_BreakglassDeny_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BreakglassGrantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeywardServer).BreakglassDeny(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyward_BreakglassDeny_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeywardServer).BreakglassDeny(ctx, req.(*BreakglassGrantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Keyward_BreakglassRevoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BreakglassGrantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeywardServer).BreakglassRevoke(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyward_BreakglassRevoke_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeywardServer).BreakglassRevoke(ctx, req.(*BreakglassGrantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Keyward_BreakglassList_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BreakglassListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeywardServer).BreakglassList(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyward_BreakglassList_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeywardServer).BreakglassList(ctx, req.(*BreakglassListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Keyward_ServiceDesc is the grpc.ServiceDesc for Keyward service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1188,6 +1366,26 @@ var Keyward_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RewrapCredentials",
 			Handler:    _Keyward_RewrapCredentials_Handler,
+		},
+		{
+			MethodName: "BreakglassRequest",
+			Handler:    _Keyward_BreakglassRequest_Handler,
+		},
+		{
+			MethodName: "BreakglassApprove",
+			Handler:    _Keyward_BreakglassApprove_Handler,
+		},
+		{
+			MethodName: "BreakglassDeny",
+			Handler:    _Keyward_BreakglassDeny_Handler,
+		},
+		{
+			MethodName: "BreakglassRevoke",
+			Handler:    _Keyward_BreakglassRevoke_Handler,
+		},
+		{
+			MethodName: "BreakglassList",
+			Handler:    _Keyward_BreakglassList_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,260 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/keyward/keyward/keys"
+	"github.com/keyward/keyward/policy"
+)
+
+// Break-glass grants: a requester asks for one operation on one key under
+// a [[breakglass]] policy, other people approve, and while the grant is
+// active the requester's calls it covers are allowed where the rules deny
+// them. Grants are records in the device (keys.GrantStore: tamper-evident,
+// shared by every daemon on a shared HSM); every change is a new generation
+// stored with a compare-and-swap, so of two daemons changing one grant
+// exactly one wins and the other re-reads and decides again.
+
+// Grant states as stored and shown.
+const (
+	grantPending = "pending"
+	grantActive  = "active"
+	grantDenied  = "denied"
+	grantExpired = "expired"
+	grantRevoked = "revoked"
+)
+
+// Break-glass limits.
+const (
+	// grantMaxAge is how old the daemon's view of the grant store may be
+	// when a call depends on it: another daemon's approval, revocation or
+	// expiry on a shared device takes effect here within it. Expiry by the
+	// clock takes effect on the next call whatever the view's age.
+	grantMaxAge = 2 * time.Second
+	// grantRetention is how long an ended grant stays listed before the
+	// daemon removes its record (the audit trail keeps its history).
+	grantRetention = 30 * 24 * time.Hour
+	// maxPendingPerRequester bounds the open requests of one uid, so that
+	// a requester cannot fill the device's store.
+	maxPendingPerRequester = 8
+	maxReason              = 256
+	grantIDBytes           = 16
+	// grantSweepEvery is how often the daemon records expiries and prunes
+	// old grants when nobody calls.
+	grantSweepEvery = 15 * time.Second
+	// maxGrantRetries bounds the re-reads of one change that keeps losing
+	// its compare-and-swap to other daemons.
+	maxGrantRetries = 8
+)
+
+// errGrantStore: the grant store could not be read or verified; nothing
+// is granted until it can.
+var errGrantStore = errors.New("break-glass grant store unavailable")
+
+// approval is one approver's consent.
+type approval struct {
+	UID uint32    `json:"uid"`
+	At  time.Time `json:"at"`
+}
+
+// grant is one stored grant record's body (JSON, version 1).
+type grant struct {
+	id  string
+	gen uint64
+
+	V              int               `json:"v"`
+	Policy         string            `json:"policy"`
+	State          string            `json:"state"`
+	Requester      uint32            `json:"requester_uid"`
+	Key            string            `json:"key"`
+	Op             string            `json:"op"`
+	Context        map[string]string `json:"context,omitempty"`
+	DurationS      int64             `json:"duration_s"`
+	Reason         string            `json:"reason"`
+	Requested      time.Time         `json:"requested"`
+	RequestExpires time.Time         `json:"request_expires"`
+	Needed         int               `json:"approvals_needed"`
+	Approvals      []approval        `json:"approvals,omitempty"`
+	Activated      time.Time         `json:"activated,omitzero"`
+	Expires        time.Time         `json:"expires,omitzero"`
+	EndedBy        uint32            `json:"ended_by_uid,omitempty"`
+	Ended          time.Time         `json:"ended,omitzero"`
+}
+
+func (g *grant) clone() *grant {
+	c := *g
+	c.Context = maps.Clone(g.Context)
+	c.Approvals = slices.Clone(g.Approvals)
+	return &c
+}
+
+// state is the grant's state at now: a pending request past its
+// request_ttl, or an active grant past its end, is expired even before the
+// daemon records it.
+func (g *grant) state(now time.Time) string {
+	switch {
+	case g.State == grantPending && !now.Before(g.RequestExpires):
+		return grantExpired
+	case g.State == grantActive && !now.Before(g.Expires):
+		return grantExpired
+	}
+	return g.State
+}
+
+// endedAt is when an ended grant ended (for an unrecorded expiry, the
+// moment it expired).
+func (g *grant) endedAt() time.Time {
+	switch {
+	case !g.Ended.IsZero():
+		return g.Ended
+	case g.State == grantActive:
+		return g.Expires
+	}
+	return g.RequestExpires
+}
+
+// covers reports whether the grant allows op on key with context c to uid
+// at now: active, the requester's, the same operation and key, and every
+// pair the grant fixed present in c.
+func (g *grant) covers(uid uint32, op policy.Operation, key string, c map[string]string, now time.Time) bool {
+	if g.state(now) != grantActive || g.Requester != uid || g.Op != string(op) || g.Key != key {
+		return false
+	}
+	for k, v := range g.Context {
+		if w, ok := c[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func decodeGrant(r keys.GrantRecord) (*grant, error) {
+	g := &grant{}
+	if err := json.Unmarshal(r.Body, g); err != nil || g.V != 1 {
+		return nil, fmt.Errorf("grant %s generation %d: not a version 1 grant record: %w", r.ID, r.Gen, keys.ErrIntegrity)
+	}
+	g.id, g.gen = r.ID, r.Gen
+	return g, nil
+}
+
+func newGrantID() string {
+	b := make([]byte, grantIDBytes)
+	rand.Read(b) // never fails (crypto/rand)
+	return hex.EncodeToString(b)
+}
+
+// grants is the daemon's view of the grant store, at most grantMaxAge old
+// for the calls that depend on it.
+type grants struct {
+	store keys.GrantStore
+	log   *slog.Logger
+	now   func() time.Time
+
+	mu     sync.Mutex
+	view   []*grant
+	readAt time.Time // by the monotonic clock; zero: never read
+	err    error     // the last read's error, nil when it succeeded
+}
+
+// current returns the view, re-read when older than grantMaxAge (or when
+// fresh is set). A failed read leaves no view: nothing is granted.
+func (gs *grants) current(ctx context.Context, fresh bool) ([]*grant, error) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	if !fresh && !gs.readAt.IsZero() && time.Since(gs.readAt) < grantMaxAge {
+		return gs.view, gs.err
+	}
+	view, err := gs.read(ctx)
+	if err != nil && (gs.err == nil || gs.err.Error() != err.Error()) {
+		gs.log.Error("break-glass grant store cannot be read or verified: no grant is honoured until it can", "err", err.Error())
+	} else if err == nil && gs.err != nil {
+		gs.log.Info("break-glass grant store readable again")
+	}
+	gs.view, gs.err, gs.readAt = view, err, time.Now()
+	return view, err
+}
+
+func (gs *grants) read(ctx context.Context) ([]*grant, error) {
+	recs, err := gs.store.Grants(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errGrantStore, err)
+	}
+	out := make([]*grant, 0, len(recs))
+	for _, r := range recs {
+		g, err := decodeGrant(r)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", errGrantStore, err)
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
+// stored replaces g in the view after this daemon stored it.
+func (gs *grants) stored(g *grant) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	i := slices.IndexFunc(gs.view, func(h *grant) bool { return h.id == g.id })
+	if i < 0 {
+		gs.view = append(slices.Clone(gs.view), g)
+		return
+	}
+	view := slices.Clone(gs.view)
+	view[i] = g
+	gs.view = view
+}
+
+// put stores g as its next generation.
+func (gs *grants) put(ctx context.Context, g *grant) error {
+	body, err := json.Marshal(g)
+	if err != nil {
+		return err
+	}
+	if err := gs.store.PutGrant(ctx, g.id, g.gen+1, body); err != nil {
+		return err
+	}
+	g.gen++
+	gs.stored(g)
+	return nil
+}
+
+// errNoGrant: no grant has the id asked for.
+var errNoGrant = errors.New("no such grant")
+
+// change applies decide to the newest stored generation of grant id and
+// stores the result; when another daemon changed the grant meanwhile
+// (keys.ErrGrantConflict) it re-reads and decides again. decide sees a
+// copy and returns an error to change nothing.
+func (gs *grants) change(ctx context.Context, id string, decide func(g *grant, now time.Time) error) (*grant, error) {
+	for range maxGrantRetries {
+		view, err := gs.current(ctx, true)
+		if err != nil {
+			return nil, err
+		}
+		i := slices.IndexFunc(view, func(g *grant) bool { return g.id == id })
+		if i < 0 {
+			return nil, errNoGrant
+		}
+		g := view[i].clone()
+		if err := decide(g, gs.now()); err != nil {
+			return g, err
+		}
+		if err := gs.put(ctx, g); errors.Is(err, keys.ErrGrantConflict) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		return g, nil
+	}
+	return nil, fmt.Errorf("grant %s: changed by others %d times in a row: %w", id, maxGrantRetries, keys.ErrGrantConflict)
+}
