@@ -168,7 +168,9 @@ func (a *app) keyStateCmd(enable bool) *cobra.Command {
 until it is enabled again. Reversible, unlike destroy.`
 	if enable {
 		verb, done, short, long = "enable", "enabled", "enable a disabled version again",
-			`Enables a disabled version again.`
+			`Enables a disabled version again. If the key has a disable-after delay
+(key set --disable-versions-after) and the version is past it, keywardd
+disables it again at its next check: a note on stderr says so.`
 	}
 	c := a.adminCmd(&cobra.Command{
 		Use:     verb + " NAME --version N",
@@ -177,7 +179,11 @@ until it is enabled again. Reversible, unlike destroy.`
 		Example: "  keyward key " + verb + " payments/db-password --version 1",
 	}, done, func(c *cobra.Command, _ string) error { return checkVersion(c, version) },
 		func(ctx context.Context, kc *client.Client, name string) (*keywardv1.KeyInfo, error) {
-			return kc.SetVersionState(ctx, name, version, enable)
+			ki, err := kc.SetVersionState(ctx, name, version, enable)
+			if err == nil && enable {
+				a.noteDisableDue(ki, version)
+			}
+			return ki, err
 		})
 	versionFlag(c, &version, verb)
 	return c

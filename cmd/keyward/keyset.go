@@ -106,3 +106,23 @@ func disableText(k keyJSON) string {
 	}
 	return "versions " + k.DisableAfter + " after the next one, by keywardd; next " + timeText(k.NextDisable)
 }
+
+// noteDisableDue tells an admin who enabled version v of a key that
+// keywardd will disable it again: the key has a disable-after delay, v is
+// older than the newest enabled version, and the next newer version was
+// created at least that delay ago (the scheduler's rule, keys.DisableDueAt).
+func (a *app) noteDisableDue(ki *keywardv1.KeyInfo, v uint32) {
+	after, vs := time.Duration(ki.GetDisableAfterSeconds())*time.Second, ki.GetVersions()
+	newest := 0
+	for i, x := range vs {
+		if x.GetState() == keywardv1.VersionState_ENABLED {
+			newest = i + 1
+		}
+	}
+	if after == 0 || v == 0 || int(v) >= newest || vs[v].GetCreated() == nil ||
+		vs[v].GetCreated().AsTime().Add(after).After(time.Now()) {
+		return
+	}
+	fmt.Fprintf(a.stderr, "keyward: note: %s disables versions %s after the next one; v%d is past that and keywardd disables it again at its next check (keyward key set %s --disable-versions-after 0 stops that)\n",
+		ki.GetKey(), keys.FormatPeriod(after), v, ki.GetKey())
+}
