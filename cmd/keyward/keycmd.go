@@ -237,13 +237,20 @@ key.set-rotation operation.
 the next newer version is that old (callers had that long to rewrap their
 blobs), never the newest enabled version: written like a period, from 1d
 to 3650d; 0 stops it. It is kept in the key's record too; key show and key
-list print when the next version is due. It needs the
-key.set-disable-after operation.`,
+list print when the next version is due. A note on stderr names the
+versions already past it, which keywardd disables at its next check. It
+needs the key.set-disable-after operation.`,
 		Example: `  keyward key set payments/db-password --min-decrypt-version 2
   keyward key set payments/db-password --rotation-period 90d
   keyward key set payments/db-password --rotation-period 90d --disable-versions-after 30d
   keyward key set payments/db-password --rotation-period 0`,
-	}, "set", f.check, f.apply)
+	}, "set", f.check, func(ctx context.Context, kc *client.Client, name string) (*keywardv1.KeyInfo, error) {
+		ki, err := f.apply(ctx, kc, name)
+		if err == nil && f.setAfter {
+			a.noteDisableSet(ki)
+		}
+		return ki, err
+	})
 	c.Flags().Uint32Var(&f.minVersion, "min-decrypt-version", 0, "the oldest version `N` that may unwrap and verify (0: no floor)")
 	c.Flags().StringVar(&f.periodText, "rotation-period", "", "rotate the key by itself every `PERIOD` (90d, 36h, 90m; 0: never)")
 	c.Flags().StringVar(&f.afterText, "disable-versions-after", "", "disable a version by itself once the next newer one is `DELAY` old (30d, 48h; 0: never)")

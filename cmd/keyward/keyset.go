@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -107,11 +109,11 @@ func disableText(k keyJSON) string {
 	return "versions " + k.DisableAfter + " after the next one, by keywardd; next " + timeText(k.NextDisable)
 }
 
-// noteDisableDue tells an admin who enabled version v of a key that
-// keywardd will disable it again: the key has a disable-after delay, v is
-// older than the newest enabled version, and the next newer version was
-// created at least that delay ago (the scheduler's rule, keys.DisableDueAt).
-func (a *app) noteDisableDue(ki *keywardv1.KeyInfo, v uint32) {
+// disableDue lists the versions of ki that keywardd's scheduler disables
+// at now (keys.KeyInfo.DisableDueAt's rule, on the wire's KeyInfo): with a
+// delay set, enabled versions older than the newest enabled one whose
+// successor was created at least the delay ago.
+func disableDue(ki *keywardv1.KeyInfo, now time.Time) []uint32 {
 	after, vs := time.Duration(ki.GetDisableAfterSeconds())*time.Second, ki.GetVersions()
 	newest := 0
 	for i, x := range vs {
@@ -119,10 +121,38 @@ func (a *app) noteDisableDue(ki *keywardv1.KeyInfo, v uint32) {
 			newest = i + 1
 		}
 	}
-	if after == 0 || v == 0 || int(v) >= newest || vs[v].GetCreated() == nil ||
-		vs[v].GetCreated().AsTime().Add(after).After(time.Now()) {
+	var out []uint32
+	for i := 0; after > 0 && i+1 < newest; i++ {
+		if vs[i].GetState() == keywardv1.VersionState_ENABLED && vs[i+1].GetCreated() != nil &&
+			!vs[i+1].GetCreated().AsTime().Add(after).After(now) {
+			out = append(out, vs[i].GetVersion())
+		}
+	}
+	return out
+}
+
+// noteDisableDue tells an admin who enabled version v of a key that
+// keywardd will disable it again at its next check.
+func (a *app) noteDisableDue(ki *keywardv1.KeyInfo, v uint32) {
+	if !slices.Contains(disableDue(ki, time.Now()), v) {
 		return
 	}
+	after := keys.FormatPeriod(time.Duration(ki.GetDisableAfterSeconds()) * time.Second)
 	fmt.Fprintf(a.stderr, "keyward: note: %s disables versions %s after the next one; v%d is past that and keywardd disables it again at its next check (keyward key set %s --disable-versions-after 0 stops that)\n",
-		ki.GetKey(), keys.FormatPeriod(after), v, ki.GetKey())
+		ki.GetKey(), after, v, ki.GetKey())
+}
+
+// noteDisableSet tells an admin who set a delay which versions keywardd
+// disables at its next check because of it.
+func (a *app) noteDisableSet(ki *keywardv1.KeyInfo) {
+	due := disableDue(ki, time.Now())
+	if len(due) == 0 {
+		return
+	}
+	names := make([]string, len(due))
+	for i, v := range due {
+		names[i] = fmt.Sprintf("v%d", v)
+	}
+	fmt.Fprintf(a.stderr, "keyward: note: keywardd disables %s of %s at its next check (within rotation_check_interval)\n",
+		strings.Join(names, ", "), ki.GetKey())
 }
