@@ -262,6 +262,9 @@ func childClient() int {
 		case "set-rotation": // set-rotation KEY SECONDS
 			secs, _ := strconv.ParseUint(f[2], 10, 64)
 			_, err = c.SetRotationPolicy(ctx, &pb.SetRotationPolicyRequest{Key: f[1], RotationPeriodSeconds: secs})
+		case "set-disable-after": // set-disable-after KEY SECONDS
+			secs, _ := strconv.ParseUint(f[2], 10, 64)
+			_, err = c.SetDisableAfter(ctx, &pb.SetDisableAfterRequest{Key: f[1], DisableAfterSeconds: secs})
 		case "verifymac":
 			mac, _ := hex.DecodeString(f[2])
 			var r *pb.VerifyMacResponse

@@ -237,7 +237,8 @@ type Options struct {
 	// WATCHDOG=1 goes to Notifier every Watchdog/2 while the backend answers
 	// its health probe.
 	Watchdog time.Duration
-	// SchedulerClock, when set, is the scheduled rotation's clock (tests).
+	// SchedulerClock, when set, is the scheduler's clock (tests): scheduled
+	// rotation and the disabling of superseded versions.
 	SchedulerClock func() time.Time
 	// BreakglassClock, when set, is break-glass grants' clock: their
 	// requests' and grants' expiry (tests).
@@ -319,7 +320,7 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 		return err
 	}
 	stopScheduler := startScheduler(ctx, &scheduler{be: be, log: log, audit: trail, every: cfg.RotationCheckInterval.Duration,
-		now: opts.SchedulerClock, metrics: newRotationMetrics(metrics.Registry())})
+		now: opts.SchedulerClock, metrics: newRotationMetrics(metrics.Registry()), disables: newDisableMetrics(metrics.Registry())})
 	defer stopScheduler()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()

@@ -73,7 +73,7 @@ rotation_check_interval = "1s"
 name = "root"
 uids = [0]
 keys = ["**"]
-operations = ["key.create", "key.rotate", "key.read", "key.set-rotation"]
+operations = ["key.create", "key.rotate", "key.read", "key.set-rotation", "key.set-disable-after"]
 `, d.sock, d.audit, d.metrics, backend)
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
