@@ -59,7 +59,7 @@ type breakglass struct {
 // [[breakglass]] tables on such a backend, and a store that cannot be read
 // or fails its integrity check: a tampered store may hide a revocation or
 // hold a forged approval, so keywardd does not start on it.
-func newBreakglass(ctx context.Context, be keys.Backend, kind string, pol *policy.Policy, now func() time.Time, log *slog.Logger) (*breakglass, error) {
+func newBreakglass(ctx context.Context, be keys.Backend, kind, seenPath string, pol *policy.Policy, now func() time.Time, log *slog.Logger, trail auditLog) (*breakglass, error) {
 	gs, ok := be.(keys.GrantStore)
 	configured := pol.HasBreakglass()
 	if !ok {
@@ -71,7 +71,8 @@ func newBreakglass(ctx context.Context, be keys.Backend, kind string, pol *polic
 	if now == nil {
 		now = time.Now
 	}
-	b := &breakglass{grants: &grants{store: gs, log: log, now: now}, now: now, log: log}
+	b := &breakglass{grants: newGrants(gs, log, now, seenPath), now: now, log: log}
+	b.grants.trail = trail
 	if configured {
 		if _, err := b.grants.current(ctx, true); err != nil {
 			log.Error("break-glass grant store failed its check: not starting", messageIDKey, msgBreakglassStore, "err", err.Error())
@@ -128,7 +129,7 @@ func (b *breakglass) sweep(ctx context.Context, trail auditLog) {
 		case st == grantExpired && g.State != grantExpired:
 			b.expire(ctx, g, trail)
 		case now.Sub(g.endedAt()) > grantRetention:
-			if err := b.grants.store.DeleteGrant(ctx, g.id); err != nil {
+			if err := b.grants.remove(ctx, g.id); err != nil {
 				b.log.Warn("break-glass: could not remove an old grant record", "grant", g.id, "err", err.Error())
 			}
 		}
@@ -210,7 +211,7 @@ func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, 
 // startBreakglass sets up break-glass for svc (newBreakglass): its metrics
 // and the sweeper that records expiries; stop ends the sweeper.
 func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *policy.Policy, opts Options, m *Metrics, trail auditLog) (stop func(), err error) {
-	b, err := newBreakglass(ctx, svc.be, cfg.Backend.Kind, pol, opts.BreakglassClock, svc.log)
+	b, err := newBreakglass(ctx, svc.be, cfg.Backend.Kind, cfg.BreakglassStatePath(), pol, opts.BreakglassClock, svc.log, trail)
 	if err != nil {
 		return func() {}, err
 	}
