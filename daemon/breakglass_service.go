@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -116,7 +117,7 @@ func (s *Service) usedGrant(g *grant, id policy.Identity, op policy.Operation) {
 
 // sweep records the expiries that happened (one daemon wins each: the
 // others' compare-and-swap fails) and removes grants ended longer ago than
-// grantRetention. It runs every grantSweepEvery and before a list.
+// grantRetention. It runs every grantSweepEvery.
 func (b *breakglass) sweep(ctx context.Context, trail auditLog) {
 	view, err := b.grants.current(ctx, true)
 	if err != nil {
@@ -184,7 +185,7 @@ var errNotChanged = errors.New("nothing to change")
 // startBreakglassSweeper runs b.sweep every grantSweepEvery, while
 // configured says a break-glass policy is (no device reads otherwise),
 // until ctx ends or stop is called.
-func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, configured func() bool) (stop func()) {
+func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, every time.Duration, configured func() bool) (stop func()) {
 	if b == nil {
 		return func() {}
 	}
@@ -192,7 +193,7 @@ func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(grantSweepEvery)
+		t := time.NewTicker(cmp.Or(every, grantSweepEvery))
 		defer t.Stop()
 		for {
 			if configured() {
@@ -221,7 +222,7 @@ func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *
 	}
 	b.metrics = bm
 	svc.bg = b
-	return startBreakglassSweeper(ctx, b, trail, func() bool { return svc.pol.Load().HasBreakglass() }), nil
+	return startBreakglassSweeper(ctx, b, trail, opts.BreakglassSweepEvery, func() bool { return svc.pol.Load().HasBreakglass() }), nil
 }
 
 // breakglassFits refuses a reloaded policy with [[breakglass]] tables when
