@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -177,8 +178,12 @@ type grants struct {
 	flight *grantsRead // the read in flight, nil when none
 	during []*grant    // grants this daemon stored while flight ran
 
-	// test hooks: reads counts store reads.
-	test struct{ reads atomic.Int64 }
+	// test hooks: reads counts store reads; maxAge replaces grantMaxAge
+	// when set before the first read.
+	test struct {
+		reads  atomic.Int64
+		maxAge time.Duration
+	}
 }
 
 // grantsRead is one read of the store that several callers wait for.
@@ -198,7 +203,13 @@ func newGrants(store keys.GrantStore, log *slog.Logger, now func() time.Time, se
 func (gs *grants) cached() (view []*grant, young bool, err error) {
 	gs.mu.Lock()
 	defer gs.mu.Unlock()
-	return gs.view, !gs.readAt.IsZero() && time.Since(gs.readAt) < grantMaxAge, gs.err
+	return gs.view, gs.young(), gs.err
+}
+
+// young reports whether the view is younger than grantMaxAge. Caller
+// holds mu.
+func (gs *grants) young() bool {
+	return !gs.readAt.IsZero() && time.Since(gs.readAt) < cmp.Or(gs.test.maxAge, grantMaxAge)
 }
 
 // current returns the view, re-read when older than grantMaxAge (or when
@@ -206,7 +217,7 @@ func (gs *grants) cached() (view []*grant, young bool, err error) {
 // already in flight is joined, not repeated.
 func (gs *grants) current(ctx context.Context, fresh bool) ([]*grant, error) {
 	gs.mu.Lock()
-	if !fresh && !gs.readAt.IsZero() && time.Since(gs.readAt) < grantMaxAge {
+	if !fresh && gs.young() {
 		defer gs.mu.Unlock()
 		return gs.view, gs.err
 	}

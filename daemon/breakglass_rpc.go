@@ -245,6 +245,8 @@ func (s *Service) bgChange(ctx context.Context, m *method, id string, t transiti
 		if errors.Is(err, errNoGrant) {
 			err = bgDenied("no grant "+id, "no such grant, or not one you are party to")
 		}
+	}
+	if c.b != nil {
 		s.countNotParty(c, g, err)
 	}
 	rec := opRecord{op: m.audit}
