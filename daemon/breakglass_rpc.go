@@ -362,14 +362,15 @@ func (s *Service) partyTo(c bgCaller, g *grant) bool {
 }
 
 // BreakglassList lists the grants the caller is party to, newest first,
-// in their state at the daemon's clock (the sweeper records expiries).
+// in their state at the daemon's clock (the sweeper records expiries),
+// from a fresh read for the people a break-glass policy names.
 func (s *Service) BreakglassList(ctx context.Context, _ *pb.BreakglassListRequest) (*pb.BreakglassListResponse, error) {
 	start := time.Now()
 	out := &pb.BreakglassListResponse{}
 	c, err := s.bgCaller(ctx)
 	if err == nil {
 		var view []*grant
-		if view, err = c.b.grants.current(ctx, false); err == nil {
+		if view, err = c.b.grants.current(ctx, namedByBreakglass(c)); err == nil {
 			for _, g := range view {
 				if s.partyTo(c, g) {
 					out.Grants = append(out.Grants, s.grantPB(g))
