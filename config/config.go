@@ -81,8 +81,9 @@ type Config struct {
 	Rules                  []policy.Rule `toml:"rule"`
 	// Breakglass are the break-glass policies (breakglass.go).
 	Breakglass []Breakglass `toml:"breakglass"`
-	// BreakglassState is the file where keywardd keeps the newest
-	// generation of every break-glass grant it has seen (BreakglassStatePath).
+	// BreakglassState is the file (absolute path) where keywardd keeps the
+	// newest generation of every break-glass grant it has seen, so that an
+	// older copy of the grant records is refused across restarts too.
 	BreakglassState string `toml:"breakglass_state"`
 
 	// CredentialsSocket serves systemd's LoadCredential= requests (mode
@@ -217,6 +218,7 @@ func Defaults() Config {
 		RotationCheckInterval:   Duration{10 * time.Minute},
 		LogLevel:                "info",
 		CredentialsDir:          "/etc/keyward/credstore",
+		BreakglassState:         "/var/lib/keyward/breakglass-seen.json",
 		Backend: Backend{
 			Kind:     "pkcs11",
 			Module:   "/usr/lib/softhsm/libsofthsm2.so",
@@ -378,7 +380,7 @@ func (c *Config) problems() []problem {
 	if c.AuditLog == "" {
 		add("audit_log", `empty (set a path, or "off" to run without an audit log)`)
 	}
-	if c.BreakglassState != "" && !filepath.IsAbs(c.BreakglassState) {
+	if !filepath.IsAbs(c.BreakglassState) {
 		add("breakglass_state", "= %q: want an absolute path", c.BreakglassState)
 	}
 	if c.AuditMaxFileSize < 4096 {
@@ -552,21 +554,4 @@ func checkTPM(b Backend) []problem {
 		ps = append(ps, problem{"backend.parent_handle", fmt.Sprintf("= 0x%08x: want a persistent handle, 0x81000000..0x81ffffff", h)})
 	}
 	return ps
-}
-
-// DefaultBreakglassState is the break-glass high-water file when
-// breakglass_state is empty and audit_log is "off".
-const DefaultBreakglassState = "/var/lib/keyward/breakglass-seen.json"
-
-// BreakglassStatePath is the break-glass high-water file: breakglass_state,
-// or when empty breakglass-seen.json beside the audit log (a directory
-// keywardd owns), or DefaultBreakglassState without an audit log.
-func (c *Config) BreakglassStatePath() string {
-	switch {
-	case c.BreakglassState != "":
-		return c.BreakglassState
-	case c.AuditLog != "" && c.AuditLog != "off":
-		return filepath.Join(filepath.Dir(c.AuditLog), "breakglass-seen.json")
-	}
-	return DefaultBreakglassState
 }

@@ -164,7 +164,7 @@ func TestBreakglassRollbackSoftHSM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := filepath.Join(dir, "audit", "breakglass-seen.json")
+	seen := filepath.Join(dir, "state", "breakglass-seen.json")
 	req, appr := as(t, d.sock, bgRequesterUID), as(t, d.sock, bgApproverUID)
 	id := requestGrant(t, req, "db-emergency db/sign sign 600 INC-10")
 	expect(t, appr, "bg-approve "+id, "OK active")

@@ -212,7 +212,7 @@ func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, 
 // startBreakglass sets up break-glass for svc (newBreakglass): its metrics
 // and the sweeper that records expiries; stop ends the sweeper.
 func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *policy.Policy, opts Options, m *Metrics, trail auditLog) (stop func(), err error) {
-	b, err := newBreakglass(ctx, svc.be, cfg.Backend.Kind, cfg.BreakglassStatePath(), pol, opts.BreakglassClock, svc.log, trail)
+	b, err := newBreakglass(ctx, svc.be, cfg.Backend.Kind, cfg.BreakglassState, pol, opts.BreakglassClock, svc.log, trail)
 	if err != nil {
 		return func() {}, err
 	}

@@ -120,6 +120,7 @@ func startBG(t *testing.T, dir string, be keys.Backend, clock *testClock, approv
 	cfg.Socket = filepath.Join(dir, "run", "keyward.sock")
 	cfg.SocketGroup = fmt.Sprint(socketGID)
 	cfg.AuditLog = filepath.Join(dir, "audit", "audit.log")
+	cfg.BreakglassState = filepath.Join(dir, "state", "breakglass-seen.json")
 	body := fmt.Sprintf(bgConfig, bgRequesterUID, bgRequesterUID, bgApproverUID, bgApprover2UID, approvals)
 	parsed, err := config.ParseConfig("test.toml", []byte(body))
 	if err != nil {
