@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -59,7 +60,7 @@ type breakglass struct {
 // [[breakglass]] tables on such a backend, and a store that cannot be read
 // or fails its integrity check: a tampered store may hide a revocation or
 // hold a forged approval, so keywardd does not start on it.
-func newBreakglass(ctx context.Context, be keys.Backend, kind string, pol *policy.Policy, now func() time.Time, log *slog.Logger) (*breakglass, error) {
+func newBreakglass(ctx context.Context, be keys.Backend, kind, seenPath string, pol *policy.Policy, now func() time.Time, log *slog.Logger, trail auditLog) (*breakglass, error) {
 	gs, ok := be.(keys.GrantStore)
 	configured := pol.HasBreakglass()
 	if !ok {
@@ -71,7 +72,8 @@ func newBreakglass(ctx context.Context, be keys.Backend, kind string, pol *polic
 	if now == nil {
 		now = time.Now
 	}
-	b := &breakglass{grants: &grants{store: gs, log: log, now: now}, now: now, log: log}
+	b := &breakglass{grants: newGrants(gs, log, now, seenPath), now: now, log: log}
+	b.grants.trail = trail
 	if configured {
 		if _, err := b.grants.current(ctx, true); err != nil {
 			log.Error("break-glass grant store failed its check: not starting", messageIDKey, msgBreakglassStore, "err", err.Error())
@@ -115,7 +117,7 @@ func (s *Service) usedGrant(g *grant, id policy.Identity, op policy.Operation) {
 
 // sweep records the expiries that happened (one daemon wins each: the
 // others' compare-and-swap fails) and removes grants ended longer ago than
-// grantRetention. It runs every grantSweepEvery and before a list.
+// grantRetention. It runs every grantSweepEvery.
 func (b *breakglass) sweep(ctx context.Context, trail auditLog) {
 	view, err := b.grants.current(ctx, true)
 	if err != nil {
@@ -128,7 +130,7 @@ func (b *breakglass) sweep(ctx context.Context, trail auditLog) {
 		case st == grantExpired && g.State != grantExpired:
 			b.expire(ctx, g, trail)
 		case now.Sub(g.endedAt()) > grantRetention:
-			if err := b.grants.store.DeleteGrant(ctx, g.id); err != nil {
+			if err := b.grants.remove(ctx, g.id); err != nil {
 				b.log.Warn("break-glass: could not remove an old grant record", "grant", g.id, "err", err.Error())
 			}
 		}
@@ -183,7 +185,7 @@ var errNotChanged = errors.New("nothing to change")
 // startBreakglassSweeper runs b.sweep every grantSweepEvery, while
 // configured says a break-glass policy is (no device reads otherwise),
 // until ctx ends or stop is called.
-func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, configured func() bool) (stop func()) {
+func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, every time.Duration, configured func() bool) (stop func()) {
 	if b == nil {
 		return func() {}
 	}
@@ -191,7 +193,7 @@ func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(grantSweepEvery)
+		t := time.NewTicker(cmp.Or(every, grantSweepEvery))
 		defer t.Stop()
 		for {
 			if configured() {
@@ -210,7 +212,7 @@ func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, 
 // startBreakglass sets up break-glass for svc (newBreakglass): its metrics
 // and the sweeper that records expiries; stop ends the sweeper.
 func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *policy.Policy, opts Options, m *Metrics, trail auditLog) (stop func(), err error) {
-	b, err := newBreakglass(ctx, svc.be, cfg.Backend.Kind, pol, opts.BreakglassClock, svc.log)
+	b, err := newBreakglass(ctx, svc.be, cfg.Backend.Kind, cfg.BreakglassState, pol, opts.BreakglassClock, svc.log, trail)
 	if err != nil {
 		return func() {}, err
 	}
@@ -220,7 +222,7 @@ func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *
 	}
 	b.metrics = bm
 	svc.bg = b
-	return startBreakglassSweeper(ctx, b, trail, func() bool { return svc.pol.Load().HasBreakglass() }), nil
+	return startBreakglassSweeper(ctx, b, trail, opts.BreakglassSweepEvery, func() bool { return svc.pol.Load().HasBreakglass() }), nil
 }
 
 // breakglassFits refuses a reloaded policy with [[breakglass]] tables when

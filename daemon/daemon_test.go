@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(floodEnv) != "" {
 		os.Exit(h2Flood())
 	}
+	if os.Getenv(bgStoreEnv) != "" {
+		os.Exit(bgStoreChild())
+	}
 	os.Exit(softhsmtest.Main(m, &tok))
 }
 

@@ -243,6 +243,9 @@ type Options struct {
 	// BreakglassClock, when set, is break-glass grants' clock: their
 	// requests' and grants' expiry (tests).
 	BreakglassClock func() time.Time
+	// BreakglassSweepEvery, when set, replaces how often expiries are
+	// recorded and old grants pruned (tests).
+	BreakglassSweepEvery time.Duration
 }
 
 // Run serves be under pol until ctx ends. The caller opens and closes the
