@@ -57,6 +57,7 @@ const (
 	ErrorReason_TOO_MANY_REQUESTS        ErrorReason = 18 // RESOURCE_EXHAUSTED: connection or concurrency limit
 	ErrorReason_SHUTTING_DOWN            ErrorReason = 19 // UNAVAILABLE
 	ErrorReason_AUDIT_UNAVAILABLE        ErrorReason = 20 // UNAVAILABLE: the audit log cannot be written; operations are refused until it can
+	ErrorReason_QUOTA_EXCEEDED           ErrorReason = 21 // RESOURCE_EXHAUSTED: a stored quota is reached (break-glass: the requester's records, or the grant store)
 )
 
 // Enum value maps for ErrorReason.
@@ -83,6 +84,7 @@ var (
 		18: "TOO_MANY_REQUESTS",
 		19: "SHUTTING_DOWN",
 		20: "AUDIT_UNAVAILABLE",
+		21: "QUOTA_EXCEEDED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -106,6 +108,7 @@ var (
 		"TOO_MANY_REQUESTS":        18,
 		"SHUTTING_DOWN":            19,
 		"AUDIT_UNAVAILABLE":        20,
+		"QUOTA_EXCEEDED":           21,
 	}
 )
 
@@ -3963,7 +3966,7 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x05ended\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x1a:\n" +
 	"\fContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xcb\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xdf\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x14\n" +
@@ -3987,7 +3990,8 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\fRATE_LIMITED\x10\x11\x12\x15\n" +
 	"\x11TOO_MANY_REQUESTS\x10\x12\x12\x11\n" +
 	"\rSHUTTING_DOWN\x10\x13\x12\x15\n" +
-	"\x11AUDIT_UNAVAILABLE\x10\x14*W\n" +
+	"\x11AUDIT_UNAVAILABLE\x10\x14\x12\x12\n" +
+	"\x0eQUOTA_EXCEEDED\x10\x15*W\n" +
 	"\fVersionState\x12\x1d\n" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aENABLED\x10\x01\x12\f\n" +
