@@ -242,6 +242,9 @@ type Options struct {
 	// BreakglassClock, when set, is break-glass grants' clock: their
 	// requests' and grants' expiry (tests).
 	BreakglassClock func() time.Time
+	// BreakglassHost, when set, replaces the machine id that ties
+	// break-glass grants to this host (tests: two hosts in one process).
+	BreakglassHost string
 }
 
 // Run serves be under pol until ctx ends. The caller opens and closes the
