@@ -102,12 +102,12 @@ func (b *breakglass) checkQuota(view []*grant, uid uint32, now time.Time) error 
 		}
 	}
 	switch {
+	case len(view) >= storeRequestLimit:
+		return quota("the break-glass grant store holds %d records; new requests stop at %d: ended grants are removed 30 days after they end", len(view), storeRequestLimit)
 	case open >= maxPendingPerRequester:
 		return quota("you have %d break-glass requests waiting for approval, at most %d: revoke one", open, maxPendingPerRequester)
 	case mine >= maxRecordsPerRequester:
 		return quota("you have %d break-glass records (waiting, active, or ended less than 30 days ago), at most %d: ended ones are removed 30 days after they end", mine, maxRecordsPerRequester)
-	case len(view) >= storeRequestLimit:
-		return quota("the break-glass grant store holds %d records; new requests stop at %d: ended grants are removed 30 days after they end", len(view), storeRequestLimit)
 	}
 	return nil
 }
