@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -308,4 +309,157 @@ func readTrail(t *testing.T, path string) []audit.Record {
 		t.Fatal(err)
 	}
 	return recs
+}
+
+// TestBreakglassHosts: daemons of two hosts on one store. A grant is used
+// only on the host that asked for it; another host with the same table
+// may approve it, one with another table may not approve, revoke or list
+// it; a requester's uid on another host is nobody there; and a user name
+// never approves its own request from another host (uid 2 is "bin" on both).
+func TestBreakglassHosts(t *testing.T) {
+	if userName := lookupName(2); userName == "" {
+		t.Skip("no user with uid 2 on this machine")
+	}
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	be := keystest.NewMem()
+	signKey(t, be)
+	rt := rulesTable{requesters: fmt.Sprintf("uids = [%d, 2]", rqUID), approvers: fmt.Sprintf("uids = [%d, %d, 2]", apA, apB)}
+	a, b := startRules(t, be, clock, hostA, rt), startRules(t, be, clock, hostB, rt)
+	other := rt
+	other.maxDuration = "2h"
+	c := startRules(t, be, clock, "cccccccccccccccccccccccccccccccc", other)
+
+	id := requestGrant(t, as(t, a.sock, rqUID), "db db/sign sign 600 INC-40")
+	expect(t, as(t, c.sock, apA), "bg-approve "+id, "PermissionDenied PERMISSION_DENIED") // another table
+	expect(t, as(t, c.sock, apA), "bg-revoke "+id, "PermissionDenied PERMISSION_DENIED")
+	expect(t, as(t, c.sock, apA), "bg-list", "OK")
+	expect(t, as(t, b.sock, apA), "bg-approve "+id, "OK active") // the same table
+	expect(t, as(t, b.sock, rqUID), "sign db/sign", "PermissionDenied PERMISSION_DENIED")
+	expect(t, as(t, b.sock, rqUID), "bg-list", "OK") // uid 12021 there is someone else
+	expect(t, as(t, b.sock, rqUID), "bg-revoke "+id, "PermissionDenied PERMISSION_DENIED")
+	req := as(t, a.sock, rqUID)
+	expect(t, req, "bg-list", "OK "+id+":active") // reads the store afresh
+	expect(t, req, "sign db/sign", "OK signed(1)")
+
+	id2 := requestGrant(t, as(t, a.sock, 2), "db db/sign sign 600 INC-41")
+	expect(t, as(t, a.sock, 2), "bg-approve "+id2, "PermissionDenied PERMISSION_DENIED")
+	expect(t, as(t, b.sock, 2), "bg-approve "+id2, "PermissionDenied PERMISSION_DENIED") // the same user name
+	expect(t, as(t, b.sock, apB), "bg-approve "+id2, "OK active")
+	if g, _ := grantRecord(t, be, id2); g.Host != hostA {
+		t.Errorf("grant recorded host %q, want %q", g.Host, hostA)
+	}
+}
+
+func lookupName(uid uint32) string {
+	u, err := user.LookupId(fmt.Sprint(uid))
+	if err != nil {
+		return ""
+	}
+	return u.Username
+}
+
+// TestBreakglassRootApprover: root in the approvers' group does not
+// approve (a sudoer requester could be root with any group); root
+// approves only when the table names uid 0 itself.
+func TestBreakglassRootApprover(t *testing.T) {
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	be := keystest.NewMem()
+	signKey(t, be)
+	byGroup := rulesTable{approvers: fmt.Sprintf("gids = [%d]", apGroup)}
+	d := startRules(t, be, clock, hostA, byGroup)
+	req, root, member := as(t, d.sock, rqUID), as(t, d.sock, 0, apGroup), as(t, d.sock, apA, apGroup)
+	id := requestGrant(t, req, "db db/sign sign 600 INC-50")
+	expect(t, root, "bg-approve "+id, "PermissionDenied PERMISSION_DENIED")
+	expect(t, member, "bg-approve "+id, "OK active")
+	d.reload(t, rulesTable{approvers: fmt.Sprintf("uids = [0], gids = [%d]", apGroup)})
+	id2 := requestGrant(t, req, "db db/sign sign 600 INC-51")
+	expect(t, root, "bg-approve "+id2, "OK active")
+}
+
+// TestBreakglassClockBound: a grant whose activation an approving daemon's
+// clock put late (here stored as such a daemon would) is honoured only
+// until its request + request_ttl + max_duration by this daemon's clock,
+// under the current table.
+func TestBreakglassClockBound(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	clock := &testClock{now: t0}
+	be := keystest.NewMem()
+	signKey(t, be)
+	d := startRules(t, be, clock, hostA, rulesTable{}) // request_ttl 30m, max_duration 1h
+	put := func(id string, activated time.Duration) {
+		body := fmt.Sprintf(`{"v":1,"policy":"db","state":"active","requester_uid":%d,"key":"db/sign","op":"sign","duration_s":3600,"reason":"x","requested":%q,"request_expires":%q,"approvals_needed":1,"approvals":[{"uid":%d,"at":%q,"host":%q}],"activated":%q,"expires":%q,"host":%q}`,
+			rqUID, t0.Format(time.RFC3339), t0.Add(30*time.Minute).Format(time.RFC3339), apA, t0.Add(activated).Format(time.RFC3339), hostA,
+			t0.Add(activated).Format(time.RFC3339), t0.Add(activated+time.Hour).Format(time.RFC3339), hostA)
+		if err := be.PutGrant(t.Context(), id, 1, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := as(t, d.sock, rqUID)
+	put(strings.Repeat("1", 32), 20*time.Minute) // ends at t0+80m, within t0+90m
+	clock.Add(70 * time.Minute)
+	expect(t, req, "bg-list", "OK "+strings.Repeat("1", 32)+":active") // reads the store afresh
+	expect(t, req, "sign db/sign", "OK signed(1)")
+	put(strings.Repeat("2", 32), 2*time.Hour) // ends at t0+3h by its record
+	clock.Add(80 * time.Minute)               // t0+2h30m
+	if got := req.do("bg-list"); !strings.Contains(got, strings.Repeat("2", 32)+":active") { // reads the store afresh
+		t.Fatalf("list: %q", got)
+	}
+	expect(t, req, "sign db/sign", "PermissionDenied PERMISSION_DENIED")
+}
+
+// TestBreakglassAuditGaps: an expiry is recorded STARTED before it is
+// stored; removing a record 30 days after it ended is recorded; a refused
+// approval of an unknown id names it; the journal gets the first use of a
+// grant, not every one; and a caller who may ask under no table gets one
+// answer for a name that exists and one that does not.
+func TestBreakglassAuditGaps(t *testing.T) {
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	be := keystest.NewMem()
+	signKey(t, be)
+	d := startRules(t, be, clock, hostA, rulesTable{})
+	req, a, outsider := as(t, d.sock, rqUID), as(t, d.sock, apA), as(t, d.sock, outsideUID)
+	id := requestGrant(t, req, "db db/sign sign 600 INC-60")
+	expect(t, a, "bg-approve "+id, "OK active")
+	for range 5 {
+		expect(t, req, "sign db/sign", "OK signed(1)")
+	}
+	if n := strings.Count(d.logs.String(), "MESSAGE_ID=5f0b6c1e9a3d4e2b8c7f1a6d3e9b2c44"); n != 1 {
+		t.Errorf("%d grant-used lines for 5 uses, want 1 (the first)", n)
+	}
+	unknown := strings.Repeat("ab", 16)
+	expect(t, a, "bg-approve "+unknown, "PermissionDenied PERMISSION_DENIED")
+	probe := func(policy string) string { return outsider.do("bg-why " + policy + " db/sign sign 600 INC-61") }
+	if known, unknown := probe("db"), probe("no-such-policy"); known != unknown || !strings.HasPrefix(known, "PermissionDenied") {
+		t.Errorf("a stranger tells policies apart: %q and %q", known, unknown)
+	}
+	clock.Add(11 * time.Minute)
+	expect(t, req, "bg-list", "OK "+id+":expired") // records the expiry
+	clock.Add(31 * 24 * time.Hour)
+	expect(t, req, "bg-list", "OK") // removes the record
+	if _, ok := grantRecord(t, be, id); ok {
+		t.Error("the record is still stored 31 days after it ended")
+	}
+	if err := d.stop(); err != nil {
+		t.Fatal(err)
+	}
+	var seq []string
+	started := map[string]string{}
+	for _, r := range readTrail(t, d.auditLog) {
+		if r.Grant != id && r.Grant != unknown {
+			continue
+		}
+		if r.Result == daemon.ResultStarted {
+			started[r.RequestID] = r.Op
+		} else if (r.Op == "breakglass.expire" || r.Op == "breakglass.remove") && started[r.RequestID] != r.Op {
+			t.Errorf("%s %s without its STARTED record before", r.Op, r.Result)
+		}
+		seq = append(seq, r.Op+" "+r.Grant+" "+r.Result)
+	}
+	got := strings.Join(seq, "\n")
+	for _, want := range []string{"breakglass.approve " + unknown + " PERMISSION_DENIED", "breakglass.expire " + id + " STARTED",
+		"breakglass.expire " + id + " OK", "breakglass.remove " + id + " STARTED", "breakglass.remove " + id + " OK"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no record %q in\n%s", want, got)
+		}
+	}
 }
