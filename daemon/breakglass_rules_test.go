@@ -399,9 +399,11 @@ func TestBreakglassClockBound(t *testing.T) {
 	clock.Add(70 * time.Minute)
 	expect(t, req, "bg-list", "OK "+strings.Repeat("1", 32)+":active") // reads the store afresh
 	expect(t, req, "sign db/sign", "OK signed(1)")
-	put(strings.Repeat("2", 32), 2*time.Hour)                                                // ends at t0+3h by its record
-	clock.Add(80 * time.Minute)                                                              // t0+2h30m
-	if got := req.do("bg-list"); !strings.Contains(got, strings.Repeat("2", 32)+":active") { // reads the store afresh
+	// The second ends at t0+3h by its record; at t0+2h30m it is read
+	// afresh (bg-list), and refused.
+	put(strings.Repeat("2", 32), 2*time.Hour)
+	clock.Add(80 * time.Minute)
+	if got := req.do("bg-list"); !strings.Contains(got, strings.Repeat("2", 32)+":active") {
 		t.Fatalf("list: %q", got)
 	}
 	expect(t, req, "sign db/sign", "PermissionDenied PERMISSION_DENIED")
