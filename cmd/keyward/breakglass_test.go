@@ -175,3 +175,29 @@ func checkList(t *testing.T, cred *syscall.Credential, sock, id, state string) {
 		t.Errorf("list:\n%s", r.stdout)
 	}
 }
+
+// TestBreakglassCLIQuota: a requester past their quota gets exit 1 and the
+// daemon's reason, not a bare "invalid request"; a policy name the caller
+// may not ask under is exit 3, whether it exists or not.
+func TestBreakglassCLIQuota(t *testing.T) {
+	sock := bgCLIDaemon(t, time.Now)
+	req := bgCred(bgRequesterUID)
+	request := func(cred *syscall.Credential, pol string) result {
+		return kwAs(t, cred, sock, nil, "breakglass", "request", "--policy", pol, "--key", "db/master", "--op", "unwrap",
+			"--for", "30m", "--reason", "INC-124")
+	}
+	for range 8 {
+		if r := request(req, "db-emergency"); r.code != exitOK {
+			t.Fatalf("request: %d %s", r.code, r.stderr)
+		}
+	}
+	r := request(req, "db-emergency")
+	if r.code != exitFailed || !strings.Contains(r.stderr, "quota reached: you have 8 break-glass requests waiting for approval") ||
+		!strings.Contains(r.stderr, "QUOTA_EXCEEDED") {
+		t.Errorf("9th pending request: exit %d, stderr %q", r.code, r.stderr)
+	}
+	known, unknown := request(bgCred(bgOtherUID), "db-emergency"), request(bgCred(bgOtherUID), "no-such-policy")
+	if known.code != exitPermission || known.code != unknown.code || known.stderr != unknown.stderr {
+		t.Errorf("a stranger tells policies apart: %d %q and %d %q", known.code, known.stderr, unknown.code, unknown.stderr)
+	}
+}
