@@ -253,7 +253,7 @@ func breakglassHost(opts Options, configured bool) (string, error) {
 	id, err := readMachineID(machineIDPath)
 	switch {
 	case err != nil && configured:
-		return "", fmt.Errorf("[[breakglass]] ties grants to this host's machine id: %w: %w", err, ErrBreakglassStore)
+		return "", fmt.Errorf("[[breakglass]] ties grants to this host's machine id: %w: %w: %w", err, ErrBreakglassStore, config.ErrConfig)
 	case err != nil:
 		return "", nil
 	}
