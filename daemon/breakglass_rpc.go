@@ -279,7 +279,9 @@ func (s *Service) logChange(g *grant, id policy.Identity) {
 // twice, on a pending request.
 func (s *Service) approve(c bgCaller, g *grant, now time.Time) error {
 	a := approval{UID: c.id.UID, GID: c.id.GID, Groups: c.id.Groups, Name: c.name(), Host: c.b.host, At: now}
-	if g.Requester == c.id.UID && !c.b.foreign(g) || a.Name != "" && a.Name == g.RequesterName {
+	// The requester's uid on any host (it may be them there too) and
+	// their user name anywhere never approve.
+	if g.Requester == c.id.UID || a.Name != "" && a.Name == g.RequesterName {
 		return bgDenied(fmt.Sprintf("uid %d (user %q) asked to approve its own request", c.id.UID, a.Name),
 			"you requested this grant: a requester never approves their own request")
 	}
