@@ -465,6 +465,14 @@ func (c *Client) SetRotationPolicy(ctx context.Context, key string, period time.
 		&keywardv1.SetRotationPolicyRequest{Key: key, RotationPeriodSeconds: uint64(max(period, 0) / time.Second)})
 }
 
+// SetDisableAfter sets how long a version of key stays enabled once a
+// newer one exists before the daemon disables it (whole seconds, at least
+// a day; 0 stops it). Never retried.
+func (c *Client) SetDisableAfter(ctx context.Context, key string, d time.Duration) (*keywardv1.KeyInfo, error) {
+	return call(ctx, c, named("set the disable-after delay of key", key), false, c.api.SetDisableAfter,
+		&keywardv1.SetDisableAfterRequest{Key: key, DisableAfterSeconds: uint64(max(d, 0) / time.Second)})
+}
+
 // ListKeys returns every key the daemon holds.
 func (c *Client) ListKeys(ctx context.Context) ([]*keywardv1.KeyInfo, error) {
 	resp, err := call(ctx, c, "list keys", true, c.api.ListKeys, &keywardv1.ListKeysRequest{})

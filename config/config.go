@@ -81,6 +81,10 @@ type Config struct {
 	Rules                  []policy.Rule `toml:"rule"`
 	// Breakglass are the break-glass policies (breakglass.go).
 	Breakglass []Breakglass `toml:"breakglass"`
+	// BreakglassState is the file (absolute path) where keywardd keeps the
+	// newest generation of every break-glass grant it has seen, so that an
+	// older copy of the grant records is refused across restarts too.
+	BreakglassState string `toml:"breakglass_state"`
 
 	// CredentialsSocket serves systemd's LoadCredential= requests (mode
 	// 0600); "" binds none, though a socket-activated fd named
@@ -214,6 +218,7 @@ func Defaults() Config {
 		RotationCheckInterval:   Duration{10 * time.Minute},
 		LogLevel:                "info",
 		CredentialsDir:          "/etc/keyward/credstore",
+		BreakglassState:         "/var/lib/keyward/breakglass-seen.json",
 		Backend: Backend{
 			Kind:     "pkcs11",
 			Module:   "/usr/lib/softhsm/libsofthsm2.so",
@@ -374,6 +379,9 @@ func (c *Config) problems() []problem {
 	}
 	if c.AuditLog == "" {
 		add("audit_log", `empty (set a path, or "off" to run without an audit log)`)
+	}
+	if !filepath.IsAbs(c.BreakglassState) {
+		add("breakglass_state", "= %q: want an absolute path", c.BreakglassState)
 	}
 	if c.AuditMaxFileSize < 4096 {
 		add("audit_max_file_size", "= %d: at least 4096 bytes", c.AuditMaxFileSize)

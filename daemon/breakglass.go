@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,8 +12,10 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 )
@@ -56,6 +59,10 @@ const (
 	// its compare-and-swap to other daemons.
 	maxGrantRetries = 8
 )
+
+// auditBGStore is the audit op of a grant store that failed its check
+// while the daemon ran (keywardd itself records it, peer unit breakglass).
+const auditBGStore = "breakglass.store"
 
 // errGrantStore: the grant store could not be read or verified; nothing
 // is granted until it can.
@@ -171,37 +178,151 @@ func newGrantID() string {
 }
 
 // grants is the daemon's view of the grant store, at most grantMaxAge old
-// for the calls that depend on it.
+// for the calls that depend on it. One store read runs at a time, shared
+// by everyone who needs it, and gs.mu is never held during device I/O: a
+// call whose view is young enough never waits behind a read.
 type grants struct {
 	store keys.GrantStore
 	log   *slog.Logger
 	now   func() time.Time
+	seen  *highWater
+	trail auditLog // where store failures are recorded; nil: nowhere
 
 	mu     sync.Mutex
 	view   []*grant
-	readAt time.Time // by the monotonic clock; zero: never read
-	err    error     // the last read's error, nil when it succeeded
+	readAt time.Time   // by the monotonic clock; zero: never read
+	err    error       // the last read's error, nil when it succeeded
+	flight *grantsRead // the read in flight, nil when none
+	during []*grant    // grants this daemon stored while flight ran
+
+	// test hooks: reads counts store reads; maxAge replaces grantMaxAge
+	// when set before the first read.
+	test struct {
+		reads  atomic.Int64
+		maxAge time.Duration
+	}
+}
+
+// grantsRead is one read of the store that several callers wait for.
+type grantsRead struct {
+	done chan struct{}
+	view []*grant
+	err  error
+}
+
+func newGrants(store keys.GrantStore, log *slog.Logger, now func() time.Time, seenPath string) *grants {
+	return &grants{store: store, log: log, now: now, seen: newHighWater(seenPath)}
+}
+
+// cached returns the view as it is, without reading (nil and the error
+// when the last read failed or none ran), and whether it is younger than
+// grantMaxAge.
+func (gs *grants) cached() (view []*grant, young bool, err error) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	return gs.view, gs.young(), gs.err
+}
+
+// young reports whether the view is younger than grantMaxAge. Caller
+// holds mu.
+func (gs *grants) young() bool {
+	return !gs.readAt.IsZero() && time.Since(gs.readAt) < cmp.Or(gs.test.maxAge, grantMaxAge)
 }
 
 // current returns the view, re-read when older than grantMaxAge (or when
-// fresh is set). A failed read leaves no view: nothing is granted.
+// fresh is set). A failed read leaves no view: nothing is granted. A read
+// already in flight is joined, not repeated.
 func (gs *grants) current(ctx context.Context, fresh bool) ([]*grant, error) {
 	gs.mu.Lock()
-	defer gs.mu.Unlock()
-	if !fresh && !gs.readAt.IsZero() && time.Since(gs.readAt) < grantMaxAge {
+	if !fresh && gs.young() {
+		defer gs.mu.Unlock()
 		return gs.view, gs.err
 	}
-	view, err := gs.read(ctx)
-	if err != nil && (gs.err == nil || gs.err.Error() != err.Error()) {
-		gs.log.Error("break-glass grant store cannot be read or verified: no grant is honoured until it can", "err", err.Error())
-	} else if err == nil && gs.err != nil {
-		gs.log.Info("break-glass grant store readable again")
+	f := gs.flight
+	if f == nil {
+		f = &grantsRead{done: make(chan struct{})}
+		gs.flight, gs.during = f, nil
+		go gs.run(context.WithoutCancel(ctx), f)
 	}
-	gs.view, gs.err, gs.readAt = view, err, time.Now()
-	return view, err
+	gs.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.view, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// run is one read of the store: checked against the high-water mark as it
+// was when the read started, then installed as the view.
+func (gs *grants) run(ctx context.Context, f *grantsRead) {
+	defer close(f.done)
+	snap, err := gs.seen.snapshot()
+	var view []*grant
+	if err == nil {
+		view, err = gs.read(ctx)
+	}
+	now := gs.now()
+	if err == nil {
+		err = snap.check(view, now)
+	}
+	if err == nil {
+		if err = gs.seen.persist(gs.seen.observed(snap, view, now)); err != nil {
+			err = fmt.Errorf("%w: %w", errGrantStore, err)
+		}
+	}
+	gs.mu.Lock()
+	if err == nil {
+		view = mergeStored(view, gs.during)
+	} else {
+		view = nil
+	}
+	was := gs.err
+	gs.view, gs.err, gs.readAt, gs.flight, gs.during = view, err, time.Now(), nil, nil
+	gs.mu.Unlock()
+	f.view, f.err = view, err
+	gs.report(ctx, was, err)
+}
+
+// mergeStored returns view with the grants this daemon stored while it was
+// read, where they are newer than what the read saw.
+func mergeStored(view, stored []*grant) []*grant {
+	for _, s := range stored {
+		i := slices.IndexFunc(view, func(g *grant) bool { return g.id == s.id })
+		switch {
+		case i < 0:
+			view = append(view, s)
+		case view[i].gen < s.gen:
+			view[i] = s
+		}
+	}
+	return view
+}
+
+// report logs (ERROR, with the store's MESSAGE_ID) and records in the
+// audit trail a store that stopped verifying, once per distinct error,
+// and logs when it verifies again.
+func (gs *grants) report(ctx context.Context, was, err error) {
+	switch {
+	case err == nil && was != nil:
+		gs.log.Info("break-glass grant store readable again")
+		return
+	case err == nil || was != nil && was.Error() == err.Error():
+		return
+	}
+	gs.log.Error("break-glass grant store cannot be read or verified: no grant is honoured until it can", messageIDKey, msgBreakglassStore, "err", err.Error())
+	if gs.trail == nil {
+		return
+	}
+	rec := audit.Record{Peer: breakglassPeer(), Op: auditBGStore, Result: resultFor(err), RequestID: newRequestID(),
+		Reason: "break-glass grant store failed its check; no grant is honoured until it verifies: " + err.Error()}
+	if aerr := gs.trail.Append(ctx, rec); aerr != nil {
+		gs.log.Error("audit log write failed after a break-glass store failure", "err", aerr.Error())
+	}
 }
 
 func (gs *grants) read(ctx context.Context) ([]*grant, error) {
+	gs.test.reads.Add(1)
 	recs, err := gs.store.Grants(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errGrantStore, err)
@@ -217,18 +338,45 @@ func (gs *grants) read(ctx context.Context) ([]*grant, error) {
 	return out, nil
 }
 
-// stored replaces g in the view after this daemon stored it.
+// stored replaces g in the view after this daemon stored it, and raises
+// the high-water mark to it (saved outside gs.mu).
 func (gs *grants) stored(g *grant) {
 	gs.mu.Lock()
-	defer gs.mu.Unlock()
-	i := slices.IndexFunc(gs.view, func(h *grant) bool { return h.id == g.id })
-	if i < 0 {
-		gs.view = append(slices.Clone(gs.view), g)
-		return
+	if gs.flight != nil {
+		gs.during = append(gs.during, g)
 	}
+	i := slices.IndexFunc(gs.view, func(h *grant) bool { return h.id == g.id })
 	view := slices.Clone(gs.view)
-	view[i] = g
+	if i < 0 {
+		view = append(view, g)
+	} else {
+		view[i] = g
+	}
 	gs.view = view
+	gs.mu.Unlock()
+	gs.saveSeen(gs.seen.stored(g, gs.now()))
+}
+
+// remove deletes every record of id (pruning): the high-water mark then
+// knows it gone, so that it coming back is an integrity failure.
+func (gs *grants) remove(ctx context.Context, id string) error {
+	if err := gs.store.DeleteGrant(ctx, id); err != nil {
+		return err
+	}
+	gs.seen.removed(id, gs.now())
+	gs.mu.Lock()
+	gs.view = slices.DeleteFunc(slices.Clone(gs.view), func(g *grant) bool { return g.id == id })
+	gs.mu.Unlock()
+	gs.saveSeen(true)
+	return nil
+}
+
+// saveSeen saves the high-water mark after this daemon's own change; a
+// failure is logged and the next read saves again (or fails closed).
+func (gs *grants) saveSeen(changed bool) {
+	if err := gs.seen.persist(changed); err != nil {
+		gs.log.Error("break-glass high-water file cannot be written (retried at the next read, which fails until it can)", messageIDKey, msgBreakglassStore, "err", err.Error())
+	}
 }
 
 // put stores g as its next generation.

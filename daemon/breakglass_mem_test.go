@@ -31,7 +31,7 @@ func bgService(t *testing.T, store keys.Backend, now func() time.Time) *Service 
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	svc := NewService(store, "mem", "test", pol, config.Defaults().Limits, log)
 	svc.audit = &memTrail{}
-	b, err := newBreakglass(t.Context(), store, "mem", pol, now, log)
+	b, err := newBreakglass(t.Context(), store, "mem", "", pol, now, log, svc.audit)
 	if err != nil {
 		t.Fatal(err)
 	}

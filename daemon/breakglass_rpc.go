@@ -117,6 +117,9 @@ func (s *Service) bgRequest(ctx context.Context, req *pb.BreakglassRequestReques
 		Context: req.GetContext(), DurationS: int64(d / time.Second), Reason: req.GetReason(), Requested: now,
 		RequestExpires: now.Add(bp.RequestTTL()), Needed: bp.Approvals(),
 		Host: c.b.host, RequesterName: name, PolicyDigest: bp.Digest()}
+	if err := checkGrantRecord(g); err != nil {
+		return nil, err
+	}
 	if err := s.bgIntent(ctx, mBGRequest.audit, g); err != nil {
 		return nil, err
 	}
@@ -141,6 +144,9 @@ func (s *Service) checkGrantRequest(bp *policy.BreakglassPolicy, req *pb.Breakgl
 			strings.Join(opStrings(bp.Operations()), ","), strings.Join(bp.Keys(), ","))
 	}
 	if err := checkContext(req.GetContext()); err != nil {
+		return "", 0, err
+	}
+	if err := checkGrantContext(req.GetContext()); err != nil {
 		return "", 0, err
 	}
 	if len(req.GetContext()) > 0 && !op.CarriesContext() {
@@ -221,7 +227,10 @@ func (s *Service) bgChange(ctx context.Context, m *method, id string, t transiti
 	var g *grant
 	c, err := s.bgCaller(ctx)
 	if err == nil {
-		err = keys.ValidGrantID(id)
+		err = validGrantIDForm(id)
+	}
+	if err == nil {
+		err = s.refuseFromView(c, id)
 	}
 	if err == nil {
 		g, err = c.b.grants.change(ctx, id, func(g *grant, now time.Time) error {
@@ -234,10 +243,13 @@ func (s *Service) bgChange(ctx context.Context, m *method, id string, t transiti
 			err = bgDenied("no grant "+id, "no such grant, or not one you are party to")
 		}
 	}
+	if c.b != nil {
+		s.countNotParty(c, g, err)
+	}
 	rec := opRecord{op: m.audit}
 	if g != nil {
 		rec.key, rec.grant, rec.reason = g.Key, g.id, "policy "+g.Policy+", now "+g.State
-	} else if keys.ValidGrantID(id) == nil {
+	} else if validGrantIDForm(id) == nil {
 		rec.grant = id // a refusal names the id asked for, known or not
 	}
 	auditOpGrant(ctx, rec, start, err)
@@ -385,15 +397,15 @@ func (s *Service) partyTo(c bgCaller, g *grant) bool {
 }
 
 // BreakglassList lists the grants the caller is party to, newest first,
-// after recording the expiries due.
+// in their state at the daemon's clock (the sweeper records expiries),
+// from a fresh read for the people a break-glass policy names.
 func (s *Service) BreakglassList(ctx context.Context, _ *pb.BreakglassListRequest) (*pb.BreakglassListResponse, error) {
 	start := time.Now()
 	out := &pb.BreakglassListResponse{}
 	c, err := s.bgCaller(ctx)
 	if err == nil {
-		c.b.sweep(ctx, s.audit)
 		var view []*grant
-		if view, err = c.b.grants.current(ctx, false); err == nil {
+		if view, err = c.b.grants.current(ctx, namedByBreakglass(c)); err == nil {
 			for _, g := range view {
 				if s.partyTo(c, g) {
 					out.Grants = append(out.Grants, s.grantPB(g))

@@ -168,13 +168,11 @@ func (b *breakglass) removeGrant(ctx context.Context, g *grant, trail auditLog, 
 			return
 		}
 	}
-	err := b.grants.store.DeleteGrant(ctx, g.id)
+	err := b.grants.remove(ctx, g.id)
 	rec.Result = "OK"
 	if err != nil {
 		rec.Result = reasonOf(err).String()
 		b.log.Warn("break-glass: could not remove a grant record", "grant", g.id, "err", err.Error())
-	} else {
-		b.grants.removed(g.id)
 	}
 	if trail != nil {
 		if err := trail.Append(context.WithoutCancel(ctx), rec); err != nil {
@@ -203,12 +201,4 @@ func grantExpiryIntent(ctx context.Context, trail auditLog, g *grant, rid, what 
 // containsApprover reports whether g has an approval by a's approver.
 func containsApprover(g *grant, a approval) bool {
 	return slices.ContainsFunc(g.Approvals, func(x approval) bool { return sameApprover(x, a) })
-}
-
-// removed drops grant id from the view after this daemon removed its
-// record.
-func (gs *grants) removed(id string) {
-	gs.mu.Lock()
-	defer gs.mu.Unlock()
-	gs.view = slices.DeleteFunc(slices.Clone(gs.view), func(g *grant) bool { return g.id == id })
 }

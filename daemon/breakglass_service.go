@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -68,7 +69,7 @@ type breakglass struct {
 // [[breakglass]] tables on such a backend, and a store that cannot be read
 // or fails its integrity check: a tampered store may hide a revocation or
 // hold a forged approval, so keywardd does not start on it.
-func newBreakglass(ctx context.Context, be keys.Backend, kind string, pol *policy.Policy, now func() time.Time, log *slog.Logger) (*breakglass, error) {
+func newBreakglass(ctx context.Context, be keys.Backend, kind, seenPath string, pol *policy.Policy, now func() time.Time, log *slog.Logger, trail auditLog) (*breakglass, error) {
 	gs, ok := be.(keys.GrantStore)
 	configured := pol.HasBreakglass()
 	if !ok {
@@ -80,7 +81,8 @@ func newBreakglass(ctx context.Context, be keys.Backend, kind string, pol *polic
 	if now == nil {
 		now = time.Now
 	}
-	b := &breakglass{grants: &grants{store: gs, log: log, now: now}, now: now, log: log}
+	b := &breakglass{grants: newGrants(gs, log, now, seenPath), now: now, log: log}
+	b.grants.trail = trail
 	if configured {
 		if _, err := b.grants.current(ctx, true); err != nil {
 			log.Error("break-glass grant store failed its check: not starting", messageIDKey, msgBreakglassStore, "err", err.Error())
@@ -127,7 +129,7 @@ func (s *Service) usedGrant(g *grant, id policy.Identity, op policy.Operation) {
 
 // sweep records the expiries that happened (one daemon wins each: the
 // others' compare-and-swap fails) and removes grants ended longer ago than
-// grantRetention. It runs every grantSweepEvery and before a list.
+// grantRetention. It runs every grantSweepEvery.
 func (b *breakglass) sweep(ctx context.Context, trail auditLog) {
 	view, err := b.grants.current(ctx, true)
 	if err != nil {
@@ -193,7 +195,7 @@ var errNotChanged = errors.New("nothing to change")
 // startBreakglassSweeper runs b.sweep every grantSweepEvery, while
 // configured says a break-glass policy is (no device reads otherwise),
 // until ctx ends or stop is called.
-func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, configured func() bool) (stop func()) {
+func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, every time.Duration, configured func() bool) (stop func()) {
 	if b == nil {
 		return func() {}
 	}
@@ -201,7 +203,7 @@ func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(grantSweepEvery)
+		t := time.NewTicker(cmp.Or(every, grantSweepEvery))
 		defer t.Stop()
 		last := time.Now()
 		for {
@@ -224,7 +226,7 @@ func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, 
 // startBreakglass sets up break-glass for svc (newBreakglass): its metrics
 // and the sweeper that records expiries; stop ends the sweeper.
 func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *policy.Policy, opts Options, m *Metrics, trail auditLog) (stop func(), err error) {
-	b, err := newBreakglass(ctx, svc.be, cfg.Backend.Kind, pol, opts.BreakglassClock, svc.log)
+	b, err := newBreakglass(ctx, svc.be, cfg.Backend.Kind, cfg.BreakglassState, pol, opts.BreakglassClock, svc.log, trail)
 	if err != nil {
 		return func() {}, err
 	}
@@ -239,7 +241,7 @@ func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *
 	}
 	b.metrics = bm
 	svc.bg = b
-	return startBreakglassSweeper(ctx, b, trail, func() bool { return svc.pol.Load().HasBreakglass() }), nil
+	return startBreakglassSweeper(ctx, b, trail, opts.BreakglassSweepEvery, func() bool { return svc.pol.Load().HasBreakglass() }), nil
 }
 
 // breakglassHost is this daemon's machine id (Options.BreakglassHost in

@@ -127,6 +127,7 @@ func startBG(t *testing.T, dir string, be keys.Backend, clock *testClock, approv
 	cfg.Socket = filepath.Join(dir, "run", "keyward.sock")
 	cfg.SocketGroup = fmt.Sprint(socketGID)
 	cfg.AuditLog = filepath.Join(dir, "audit", "audit.log")
+	cfg.BreakglassState = filepath.Join(dir, "state", "breakglass-seen.json")
 	body := fmt.Sprintf(bgConfig, bgRequesterUID, bgRequesterUID, bgApproverUID, bgApprover2UID, approvals)
 	parsed, err := config.ParseConfig("test.toml", []byte(body))
 	if err != nil {
@@ -142,7 +143,7 @@ func startBG(t *testing.T, dir string, be keys.Backend, clock *testClock, approv
 	ctx, cancel := context.WithCancel(context.Background())
 	ready, done := make(chan struct{}), make(chan error, 1)
 	go func() {
-		done <- daemon.Run(ctx, cfg, pol, be, daemon.Options{Logger: log, BreakglassClock: clock.Now, Ready: func(string) { close(ready) }})
+		done <- daemon.Run(ctx, cfg, pol, be, daemon.Options{Logger: log, BreakglassClock: clock.Now, BreakglassSweepEvery: 10 * time.Millisecond, Ready: func(string) { close(ready) }})
 	}()
 	select {
 	case <-ready:
@@ -210,6 +211,7 @@ func TestBreakglassThroughSocket(t *testing.T) {
 	clock.Add(30*time.Minute + time.Second)
 	expect(t, req, unwrap, "PermissionDenied PERMISSION_DENIED") // expired: the next call
 	expect(t, req, "bg-list", "OK "+id+":expired")
+	waitFor(t, func() bool { return strings.Contains(d.logs.String(), "MESSAGE_ID=5f0b6c1e9a3d4e2b8c7f1a6d3e9b2c46") }, "the sweeper to record the expiry")
 
 	id2 := requestGrant(t, req, "db-emergency db/master unwrap 600 INC-2")
 	expect(t, appr, "bg-approve "+id2, "OK active")

@@ -1,12 +1,16 @@
 package daemon
 
 import (
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/internal/testutil"
+	"github.com/keyward/keyward/keys"
+	"github.com/keyward/keyward/keys/keystest"
 	"github.com/keyward/keyward/policy"
 )
 
@@ -39,5 +43,41 @@ func TestGrantUsesSummary(t *testing.T) {
 	}
 	if u.used(g1, 7, policy.OpUnwrap) {
 		t.Error("g1's use after a summary counted as a first")
+	}
+}
+
+// TestWithdrawnOnSharedStore: a request withdrawn through another daemon
+// (its records removed at once) is not tampering for a daemon that saw it
+// pending, while a grant it saw active going missing still is; and the
+// withdrawn one put back is refused.
+func TestWithdrawnOnSharedStore(t *testing.T) {
+	store := keystest.NewMem()
+	a, other := bgService(t, store, time.Now), bgService(t, store, time.Now)
+	id := bgRequest(t, a)
+	recs, _ := store.Grants(t.Context())
+	if _, err := other.BreakglassRevoke(asUID(bgReqUID), &pb.BreakglassGrantRequest{Id: id}); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := store.Grants(t.Context()); len(left) != 0 {
+		t.Fatalf("withdrawn request still stored: %v", left)
+	}
+	if _, err := a.bg.grants.current(t.Context(), true); err != nil {
+		t.Fatalf("the daemon that saw it pending: %v", err)
+	}
+	if err := store.PutGrant(t.Context(), id, 1, recs[0].Body); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.bg.grants.current(t.Context(), true); !errors.Is(err, keys.ErrIntegrity) {
+		t.Errorf("a withdrawn request put back: %v, want an integrity failure", err)
+	}
+	store.DeleteGrant(t.Context(), id)
+
+	id2 := bgRequest(t, a)
+	if _, err := a.BreakglassApprove(asUID(bgApprUID), &pb.BreakglassGrantRequest{Id: id2}); err != nil {
+		t.Fatal(err)
+	}
+	store.DeleteGrant(t.Context(), id2)
+	if _, err := a.bg.grants.current(t.Context(), true); !errors.Is(err, keys.ErrIntegrity) {
+		t.Errorf("an active grant's records deleted: %v, want an integrity failure", err)
 	}
 }

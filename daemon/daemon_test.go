@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(floodEnv) != "" {
 		os.Exit(h2Flood())
 	}
+	if os.Getenv(bgStoreEnv) != "" {
+		os.Exit(bgStoreChild())
+	}
 	os.Exit(softhsmtest.Main(m, &tok))
 }
 
@@ -262,6 +265,9 @@ func childClient() int {
 		case "set-rotation": // set-rotation KEY SECONDS
 			secs, _ := strconv.ParseUint(f[2], 10, 64)
 			_, err = c.SetRotationPolicy(ctx, &pb.SetRotationPolicyRequest{Key: f[1], RotationPeriodSeconds: secs})
+		case "set-disable-after": // set-disable-after KEY SECONDS
+			secs, _ := strconv.ParseUint(f[2], 10, 64)
+			_, err = c.SetDisableAfter(ctx, &pb.SetDisableAfterRequest{Key: f[1], DisableAfterSeconds: secs})
 		case "verifymac":
 			mac, _ := hex.DecodeString(f[2])
 			var r *pb.VerifyMacResponse

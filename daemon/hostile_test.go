@@ -701,6 +701,7 @@ func TestHostileRequests(t *testing.T) {
 		"SetMinDecryptVersion": "InvalidArgument INVALID_KEY_NAME",
 		"AdoptKey":             "InvalidArgument INVALID_KEY_NAME",
 		"SetRotationPolicy":    "InvalidArgument INVALID_KEY_NAME",
+		"SetDisableAfter":      "InvalidArgument INVALID_KEY_NAME",
 		// No fields to miss: answered for any caller.
 		"ListKeys":          "OK",
 		"Status":            "OK",

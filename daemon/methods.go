@@ -75,6 +75,7 @@ var methods = map[string]*method{
 	"SetMinDecryptVersion": {op: policy.OpKeySetMin, audit: "key.set-min-version", log: "key.set-min-version", kind: kindAdmin},
 	"AdoptKey":             {op: policy.OpKeyAdopt, audit: "key.adopt", log: "key.adopt", kind: kindAdmin},
 	"SetRotationPolicy":    {op: policy.OpKeySetRotation, audit: "key.set-rotation", log: "key.set-rotation", kind: kindAdmin},
+	"SetDisableAfter":      {op: policy.OpKeySetDisableAfter, audit: "key.set-disable-after", log: "key.set-disable-after", kind: kindAdmin},
 
 	"Status": {audit: "status", log: "status", kind: kindStatus, idempotent: true},
 

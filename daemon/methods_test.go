@@ -281,6 +281,10 @@ var clientCalls = map[string]func(context.Context, *client.Client) error{
 		_, err := c.SetRotationPolicy(ctx, "a/b", 90*24*time.Hour)
 		return err
 	},
+	"SetDisableAfter": func(ctx context.Context, c *client.Client) error {
+		_, err := c.SetDisableAfter(ctx, "a/b", 30*24*time.Hour)
+		return err
+	},
 	"Status": func(ctx context.Context, c *client.Client) error { _, err := c.Status(ctx); return err },
 	"PutCredential": func(ctx context.Context, c *client.Client) error {
 		_, err := c.PutCredential(ctx, "a.service", "x", "a/b", []byte("s"), false)

@@ -237,7 +237,8 @@ type Options struct {
 	// WATCHDOG=1 goes to Notifier every Watchdog/2 while the backend answers
 	// its health probe.
 	Watchdog time.Duration
-	// SchedulerClock, when set, is the scheduled rotation's clock (tests).
+	// SchedulerClock, when set, is the scheduler's clock (tests): scheduled
+	// rotation and the disabling of superseded versions.
 	SchedulerClock func() time.Time
 	// BreakglassClock, when set, is break-glass grants' clock: their
 	// requests' and grants' expiry (tests).
@@ -245,6 +246,9 @@ type Options struct {
 	// BreakglassHost, when set, replaces the machine id that ties
 	// break-glass grants to this host (tests: two hosts in one process).
 	BreakglassHost string
+	// BreakglassSweepEvery, when set, replaces how often expiries are
+	// recorded and old grants pruned (tests).
+	BreakglassSweepEvery time.Duration
 }
 
 // Run serves be under pol until ctx ends. The caller opens and closes the
@@ -322,7 +326,7 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 		return err
 	}
 	stopScheduler := startScheduler(ctx, &scheduler{be: be, log: log, audit: trail, every: cfg.RotationCheckInterval.Duration,
-		now: opts.SchedulerClock, metrics: newRotationMetrics(metrics.Registry())})
+		now: opts.SchedulerClock, metrics: newRotationMetrics(metrics.Registry()), disables: newDisableMetrics(metrics.Registry())})
 	defer stopScheduler()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()

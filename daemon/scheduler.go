@@ -28,14 +28,17 @@ const ResultNotDue = "NOT_DUE"
 
 // scheduler rotates keys whose record says they are due (keys.KeyInfo's
 // NextRotation), through the backend's RotateIfDue: of several daemons
-// sharing a device, one rotates and the others find the key not due.
+// sharing a device, one rotates and the others find the key not due. It
+// disables superseded versions the same way (NextDisable,
+// DisableVersionsIfDue).
 type scheduler struct {
-	be      keys.Backend
-	log     *slog.Logger
-	audit   auditLog // nil: audit off
-	every   time.Duration
-	now     func() time.Time
-	metrics *rotationMetrics
+	be       keys.Backend
+	log      *slog.Logger
+	audit    auditLog // nil: audit off
+	every    time.Duration
+	now      func() time.Time
+	metrics  *rotationMetrics
+	disables *disableMetrics
 }
 
 // run checks once soon after the start (within a fifth of every), then
@@ -56,7 +59,8 @@ func (sc *scheduler) run(ctx context.Context) {
 	}
 }
 
-// check rotates every due key and refreshes the rotation metrics.
+// check rotates every due key, disables the versions due to be disabled
+// (see disable) and refreshes the metrics.
 func (sc *scheduler) check(ctx context.Context) {
 	all, err := sc.be.ListKeys(ctx)
 	if err != nil {
@@ -67,21 +71,33 @@ func (sc *scheduler) check(ctx context.Context) {
 		return
 	}
 	now := sc.now()
-	state := map[string]time.Time{}
+	state, disables := map[string]time.Time{}, map[string]time.Time{}
 	for _, k := range all {
-		if _, ok := k.NextRotation(); !ok {
+		_, scheduled := k.NextRotation()
+		if _, ok := k.NextDisable(); !scheduled && !ok {
 			continue
 		}
 		if ctx.Err() != nil {
-			return // stopping: start no rotation
+			return // stopping: start no change
 		}
 		if k.DueAt(now) {
 			if info, err := sc.rotate(ctx, k, now); err == nil {
 				k = info
 			}
 		}
-		state[k.Name], _ = k.NextRotation()
+		if scheduled {
+			state[k.Name], _ = k.NextRotation()
+		}
+		if len(k.DisableDueAt(now)) > 0 {
+			if info, err := sc.disable(ctx, k, now); err == nil {
+				k = info
+			}
+		}
+		if next, ok := k.NextDisable(); ok {
+			disables[k.Name] = next
+		}
 	}
+	sc.disables.set(disables)
 	sc.metrics.set(state, now)
 }
 

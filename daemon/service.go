@@ -259,6 +259,10 @@ func keyInfo(k keys.KeyInfo) *pb.KeyInfo {
 	if next, ok := k.NextRotation(); ok {
 		out.RotationPeriodSeconds, out.NextRotation = uint64(k.RotationPeriod/time.Second), timestamppb.New(next)
 	}
+	out.DisableAfterSeconds = uint64(k.DisableAfter / time.Second)
+	if next, ok := k.NextDisable(); ok {
+		out.NextDisable = timestamppb.New(next)
+	}
 	for _, v := range k.Versions {
 		st := map[keys.State]pb.VersionState{keys.Enabled: pb.VersionState_ENABLED, keys.Disabled: pb.VersionState_DISABLED, keys.Destroyed: pb.VersionState_DESTROYED}[v.State]
 		out.Versions = append(out.Versions, &pb.KeyVersion{Version: v.Version, State: st, Created: timestamppb.New(v.Created)})
@@ -276,6 +280,7 @@ var (
 	mSetMin      = methodOf("SetMinDecryptVersion")
 	mAdoptKey    = methodOf("AdoptKey")
 	mSetRotation = methodOf("SetRotationPolicy")
+	mSetDisable  = methodOf("SetDisableAfter")
 )
 
 // admin runs one lifecycle operation after authorising it, and audits it;
@@ -334,6 +339,20 @@ func (s *Service) SetRotationPolicy(ctx context.Context, req *pb.SetRotationPoli
 				secs, keys.FormatPeriod(keys.MinRotationPeriod), keys.FormatPeriod(keys.MaxRotationPeriod))
 		}
 		return s.be.SetRotationPeriod(ctx, req.GetKey(), d)
+	})
+}
+
+// SetDisableAfter sets or stops the scheduled disabling of the key's
+// superseded versions.
+func (s *Service) SetDisableAfter(ctx context.Context, req *pb.SetDisableAfterRequest) (*pb.KeyInfo, error) {
+	return s.admin(ctx, mSetDisable.op, req.GetKey(), func() (keys.KeyInfo, error) {
+		secs := req.GetDisableAfterSeconds()
+		d := time.Duration(secs) * time.Second
+		if secs > uint64(keys.MaxDisableAfter/time.Second) || keys.CheckDisableAfter(d) != nil {
+			return keys.KeyInfo{}, invalid("disable-after of %d seconds: want 0 (never) or between %s and %s",
+				secs, keys.FormatPeriod(keys.MinDisableAfter), keys.FormatPeriod(keys.MaxDisableAfter))
+		}
+		return s.be.SetDisableAfter(ctx, req.GetKey(), d)
 	})
 }
 

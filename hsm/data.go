@@ -141,7 +141,7 @@ func (d *tokenDevice) Open(ctx context.Context, blob []byte, c keys.Context) (ke
 		}
 		// The plaintext is shorter than ct by the tag; SoftHSM2 asks for
 		// room for all of ct.
-		pt, err := s.decrypt(gcm(bytes.Clone(hdr.Nonce), aad), h, ct, len(ct))
+		pt, err := s.decrypt(gcm(hdr.Nonce, aad), h, ct, len(ct))
 		if err != nil {
 			if authFailure(err) {
 				return keys.ErrDecrypt

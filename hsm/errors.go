@@ -34,8 +34,8 @@ var errConcurrent = errors.New("key record changed concurrently")
 // run whose error hid that it took effect); update returns the record.
 var errApplied = errors.New("change already published")
 
-// errNotDue: RotateIfDue found, in the record read for the change, that
-// the key is not due: nothing is written.
+// errNotDue: RotateIfDue (or DisableVersionsIfDue) found, in the record
+// read for the change, that nothing is due: nothing is written.
 var errNotDue = errors.New("key not due for rotation")
 
 // errObjectMissing: no object matches a reference.

@@ -42,6 +42,9 @@ type metaRecord struct {
 	Vers    []metaVersion `json:"versions"`
 	// Period is the scheduled rotation's period in seconds (0: none).
 	Period int64 `json:"rotation_period_s,omitempty"`
+	// DisableAfter is the delay in seconds after which the scheduler
+	// disables a superseded version (0: never).
+	DisableAfter int64 `json:"disable_after_s,omitempty"`
 	// Pending is set only in a claim (see storeMeta): when its writer made
 	// it, and who: "BOOTID/PID" (the host's boot_id, unique per host and
 	// boot, and the process).
@@ -59,7 +62,7 @@ type metaVersion struct {
 
 func (r *metaRecord) info() keys.KeyInfo {
 	ki := keys.KeyInfo{Name: r.Name, Type: r.Type, Created: r.Created, MinDecryptVersion: r.Min, Adopted: r.Adopted,
-		RotationPeriod: time.Duration(r.Period) * time.Second}
+		RotationPeriod: time.Duration(r.Period) * time.Second, DisableAfter: time.Duration(r.DisableAfter) * time.Second}
 	ki.Versions = make([]keys.VersionInfo, len(r.Vers))
 	for i, v := range r.Vers {
 		ki.Versions[i] = keys.VersionInfo{Version: v.Version, State: v.State, Created: v.Created}
@@ -132,6 +135,9 @@ func (r *metaRecord) validate(name string) error {
 	}
 	if _, err := keys.PeriodFromSeconds(r.Period); err != nil {
 		return fmt.Errorf("record of %s: rotation period %ds out of range: %w", name, r.Period, keys.ErrIntegrity)
+	}
+	if _, err := keys.DisableAfterFromSeconds(r.DisableAfter); err != nil {
+		return fmt.Errorf("record of %s: disable-after %ds out of range: %w", name, r.DisableAfter, keys.ErrIntegrity)
 	}
 	for i, v := range r.Vers {
 		if v.Version != uint32(i+1) {

@@ -115,9 +115,9 @@ func (s *sess) encrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) 
 	if f.offload() {
 		return s.offloaded(&job{init: f.encryptInit, call: f.encrypt.fn, mech: m}, f, f.encrypt, h, in, size)
 	}
-	mech, done := m.binding()
-	defer done()
-	defer f.timed()()
+	mech, gp := m.binding()
+	defer m.release(gp)
+	defer f.since(time.Now())
 	if err := s.p.EncryptInit(s.sh, mech, h); err != nil {
 		return nil, initError{err}
 	}
@@ -132,9 +132,9 @@ func (s *sess) decrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) 
 	if f.offload() {
 		return s.offloaded(&job{init: f.decryptInit, call: f.decrypt.fn, mech: m}, f, f.decrypt, h, in, size)
 	}
-	mech, done := m.binding()
-	defer done()
-	defer f.timed()()
+	mech, gp := m.binding()
+	defer m.release(gp)
+	defer f.since(time.Now())
 	if err := s.p.DecryptInit(s.sh, mech, h); err != nil {
 		return nil, initError{err}
 	}
@@ -149,9 +149,9 @@ func (s *sess) sign(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) ([]
 	if f.offload() {
 		return s.offloaded(&job{init: f.signInit, call: f.sign.fn, mech: m}, f, f.sign, h, in, size)
 	}
-	mech, done := m.binding()
-	defer done()
-	defer f.timed()()
+	mech, gp := m.binding()
+	defer m.release(gp)
+	defer f.since(time.Now())
 	if err := s.p.SignInit(s.sh, mech, h); err != nil {
 		return nil, initError{err}
 	}
@@ -174,9 +174,9 @@ func (s *sess) verify(m mechanism, h pkcs11.ObjectHandle, in, sig []byte) error 
 		}
 		return nil
 	}
-	mech, done := m.binding()
-	defer done()
-	defer s.st.fns.timed()()
+	mech, gp := m.binding()
+	defer m.release(gp)
+	defer s.st.fns.since(time.Now())
 	if err := s.p.VerifyInit(s.sh, mech, h); err != nil {
 		return initError{err}
 	}
@@ -213,34 +213,38 @@ func (f *functions) offload() bool {
 	return f != nil && f.pace.slow.Load() && workers() != nil
 }
 
-// timed measures an operation made from Go for f's pace: call the result
-// when it is done. Without f (the binding's calls only) nothing is measured.
-func (f *functions) timed() func() {
-	if f == nil {
-		return func() {}
+// since adds the time since start, an operation made from Go, to f's
+// pace. Without f (the binding's calls only) nothing is measured.
+func (f *functions) since(start time.Time) {
+	if f != nil {
+		f.pace.observe(time.Since(start), false)
 	}
-	start := time.Now()
-	return func() { f.pace.observe(time.Since(start), false) }
 }
 
-// binding is m as the binding takes it. done frees the binding's copy of
-// the parameters; for GCM it first notes whether the module used another
-// IV than m's (gcmParams.moved).
-func (m mechanism) binding() (mech []*pkcs11.Mechanism, done func()) {
+// binding is m as the binding takes it, and the binding's GCM parameters
+// (nil for other mechanisms) for release.
+func (m mechanism) binding() ([]*pkcs11.Mechanism, *pkcs11.GCMParams) {
 	switch {
 	case m.gcm != nil:
 		p := pkcs11.NewGCMParams(m.gcm.iv, m.gcm.aad, m.gcm.tagBits)
-		return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.typ, p)}, func() {
-			if iv := p.IV(); iv != nil && !bytes.Equal(iv, m.gcm.iv) {
-				m.gcm.moved = true
-			}
-			p.Free()
-		}
+		return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.typ, p)}, p
 	case m.pssSalt != 0:
 		p := pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, uint(m.pssSalt))
-		return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.typ, p)}, func() {}
+		return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.typ, p)}, nil
 	}
-	return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.typ, nil)}, func() {}
+	return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.typ, nil)}, nil
+}
+
+// release frees the binding's copy of GCM parameters, first noting whether
+// the module used another IV than m's (gcmParams.moved).
+func (m mechanism) release(p *pkcs11.GCMParams) {
+	if p == nil {
+		return
+	}
+	if iv := p.IV(); iv != nil && !bytes.Equal(iv, m.gcm.iv) {
+		m.gcm.moved = true
+	}
+	p.Free()
 }
 
 // call runs the operation the session's Init started on in, into a buffer

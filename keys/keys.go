@@ -120,6 +120,10 @@ type KeyInfo struct {
 	// RotationPeriod is how often the daemon rotates the key by itself
 	// (0: never); see NextRotation.
 	RotationPeriod time.Duration `json:"rotation_period,omitempty"`
+	// DisableAfter is how long an enabled version stays enabled once the
+	// next newer version exists, before the daemon disables it (0: never);
+	// see NextDisable.
+	DisableAfter time.Duration `json:"disable_after,omitempty"`
 }
 
 // Latest returns the newest enabled version: the one encrypt, sign and mac use.
@@ -218,6 +222,17 @@ type Backend interface {
 	// the new version and find the key not due. rotated says whether this
 	// call added a version; info is the key as it stands.
 	RotateIfDue(ctx context.Context, name string, now time.Time) (info KeyInfo, rotated bool, err error)
+	// SetDisableAfter stores the key's disable-after delay in its record
+	// (0: never; otherwise CheckDisableAfter's bounds).
+	SetDisableAfter(ctx context.Context, name string, d time.Duration) (KeyInfo, error)
+	// DisableVersionsIfDue disables the versions that, in the record it
+	// reads for the change (under the device's change protocol, after any
+	// retry), are DisableDueAt now, in one record change. Of several
+	// processes sharing a device that call it at once, exactly one
+	// disables each version: the others read the change and find nothing
+	// due. disabled lists the versions this call disabled; info is the key
+	// as it stands.
+	DisableVersionsIfDue(ctx context.Context, name string, now time.Time) (info KeyInfo, disabled []uint32, err error)
 
 	// Data operations.
 	Wrap(ctx context.Context, name string, plaintext []byte, c Context) ([]byte, error)

@@ -40,6 +40,9 @@ const (
 	OpKeyAdopt   Operation = "key.adopt"
 	// OpKeySetRotation sets or stops a key's scheduled rotation.
 	OpKeySetRotation Operation = "key.set-rotation"
+	// OpKeySetDisableAfter sets or stops the scheduled disabling of a
+	// key's superseded versions.
+	OpKeySetDisableAfter Operation = "key.set-disable-after"
 )
 
 // Credential operations (systemd's LoadCredential=). OpCredential is a data
@@ -57,7 +60,7 @@ const (
 var (
 	DataOperations  = []Operation{OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey, OpKMSEncrypt, OpKMSDecrypt, OpCredential}
 	AdminOperations = []Operation{OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt,
-		OpKeySetRotation, OpCredentialPut}
+		OpKeySetRotation, OpKeySetDisableAfter, OpCredentialPut}
 )
 
 // allOps is the package's own order: an operation's index is its bit in an
@@ -65,13 +68,14 @@ var (
 var allOps = [...]Operation{
 	OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey,
 	OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt, OpKeySetRotation,
+	OpKeySetDisableAfter,
 	OpKMSEncrypt, OpKMSDecrypt,
 	OpCredential, OpCredentialPut,
 }
 
 const (
 	firstAdmin = 9  // index of OpKeyCreate in allOps
-	firstKMS   = 18 // index of OpKMSEncrypt: the key admin operations end before it
+	firstKMS   = 19 // index of OpKMSEncrypt: the key admin operations end before it
 )
 
 type opSet uint32

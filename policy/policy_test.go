@@ -33,7 +33,7 @@ var testResolver = fakeResolver{
 	groups: map[string]uint32{"keyward-ops": 990, "readers": 995},
 }
 
-var allAdmin = []string{"key.create", "key.rotate", "key.disable", "key.enable", "key.destroy", "key.read", "key.set-min-version", "key.adopt", "key.set-rotation", "credential.put"}
+var allAdmin = []string{"key.create", "key.rotate", "key.disable", "key.enable", "key.destroy", "key.read", "key.set-min-version", "key.adopt", "key.set-rotation", "key.set-disable-after", "credential.put"}
 
 func testRules() []Rule {
 	return []Rule{

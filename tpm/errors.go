@@ -44,6 +44,6 @@ var (
 // errNoIndex: the counter index is not defined on the TPM.
 var errNoIndex = errors.New("NV index not defined")
 
-// errUnchanged: a change function found nothing to change (RotateIfDue on
-// a key not due); the record is not written.
+// errUnchanged: a change function found nothing to change (RotateIfDue or
+// DisableVersionsIfDue on a key not due); the record is not written.
 var errUnchanged = errors.New("tpm: nothing to change")

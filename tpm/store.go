@@ -63,6 +63,10 @@ type record struct {
 	// Period is the scheduled rotation's period in seconds (0: none);
 	// omitted when 0, which keeps older records' MAC input unchanged.
 	Period int64 `json:"rotation_period_s,omitempty"`
+	// DisableAfter is the delay in seconds after which the scheduler
+	// disables a superseded version (0: never); omitted when 0, which
+	// keeps older records' MAC input unchanged.
+	DisableAfter int64 `json:"disable_after_s,omitempty"`
 	// Seq is the rollback counter's value at this record's change (see
 	// rollback.go); 0 in records written before the counter existed, which
 	// keeps their MAC input unchanged.
@@ -83,7 +87,8 @@ type recordVer struct {
 
 func (r *record) info() keys.KeyInfo {
 	ki := keys.KeyInfo{Name: r.Name, Type: r.Type, Created: r.Created, MinDecryptVersion: r.Min,
-		Versions: make([]keys.VersionInfo, len(r.Vers)), RotationPeriod: time.Duration(r.Period) * time.Second}
+		Versions: make([]keys.VersionInfo, len(r.Vers)), RotationPeriod: time.Duration(r.Period) * time.Second,
+		DisableAfter: time.Duration(r.DisableAfter) * time.Second}
 	for i, v := range r.Vers {
 		ki.Versions[i] = keys.VersionInfo{Version: v.Version, State: v.State, Created: v.Created}
 	}
@@ -139,6 +144,9 @@ func (r *record) check(file string) error {
 	}
 	if _, err := keys.PeriodFromSeconds(r.Period); err != nil {
 		return bad("rotation period %ds out of range", r.Period)
+	}
+	if _, err := keys.DisableAfterFromSeconds(r.DisableAfter); err != nil {
+		return bad("disable-after %ds out of range", r.DisableAfter)
 	}
 	if int(r.Min) > len(r.Vers) {
 		return bad("minimum decrypt version %d beyond %d versions", r.Min, len(r.Vers))

@@ -67,6 +67,7 @@ func bgCLIDaemon(t *testing.T, now func() time.Time) string {
 	}
 	cfg.Socket, cfg.SocketGroup = filepath.Join(dir, "k.sock"), fmt.Sprint(bgSocketGID)
 	cfg.AuditLog = filepath.Join(dir, "audit.log")
+	cfg.BreakglassState = filepath.Join(dir, "breakglass-seen.json")
 	pol, err := config.CompilePolicy(cfg, policy.SystemResolver())
 	if err != nil {
 		t.Fatal(err)

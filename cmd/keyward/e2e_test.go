@@ -524,6 +524,15 @@ func daemonFlow(t *testing.T, socket string) {
 		if out := ok(t, socket, nil, "key", "set", ecKey, "--rotation-period", "90d"); !strings.Contains(out, "(rotates every 90d, next ") {
 			t.Errorf("key set --rotation-period 90d: %q", out)
 		}
+		// aesKey: v1 destroyed, v2 enabled: nothing pending. macKey has
+		// two enabled versions: v1 is due 30d after v2's creation.
+		if out := ok(t, socket, nil, "key", "set", aesKey, "--disable-versions-after", "30d"); !strings.HasSuffix(out, "(disables versions 30d after the next one)\n") {
+			t.Errorf("key set --disable-versions-after 30d with nothing pending: %q", out)
+		}
+		if out := ok(t, socket, nil, "key", "set", macKey, "--disable-versions-after", "30d"); !strings.Contains(out, "(disables versions 30d after the next one, next ") {
+			t.Errorf("key set --disable-versions-after 30d: %q", out)
+		}
+		fails(t, socket, nil, exitUsage, []string{"between 1d and 3650d"}, "key", "set", macKey, "--disable-versions-after", "1h")
 	})
 
 	t.Run("list and show", func(t *testing.T) {
@@ -572,6 +581,24 @@ func daemonFlow(t *testing.T, socket string) {
 		}
 		if text := ok(t, socket, nil, "key", "list"); !strings.Contains(text, "(rotates every 90d, next ") {
 			t.Errorf("key list does not show the next rotation:\n%s", text)
+		}
+		out = ok(t, socket, nil, "key", "show", macKey, "--json")
+		if err := json.Unmarshal([]byte(out), &k); err != nil || k.DisableAfter != "30d" || k.NextDisable == nil ||
+			!k.NextDisable.Equal(k.Versions[1].Created.Add(30*24*time.Hour)) {
+			t.Errorf("key show --json of a key disabling versions after 30d: %v %s", err, out)
+		}
+		if text := ok(t, socket, nil, "key", "show", macKey); !strings.Contains(text, "versions 30d after the next one, by keywardd; next "+k.NextDisable.UTC().Format(time.RFC3339)) {
+			t.Errorf("key show of a key disabling versions after 30d:\n%s", text)
+		}
+		if text := ok(t, socket, nil, "key", "show", aesKey); !strings.Contains(text, "versions 30d after the next one, by keywardd; none pending") {
+			t.Errorf("key show of a key with nothing to disable:\n%s", text)
+		}
+		if text := ok(t, socket, nil, "key", "list"); !strings.Contains(text, "(disables versions 30d after the next one, next ") {
+			t.Errorf("key list does not show the next disable:\n%s", text)
+		}
+		ok(t, socket, nil, "key", "set", macKey, "--disable-versions-after", "0")
+		if out = ok(t, socket, nil, "key", "show", macKey, "--json"); strings.Contains(out, "disable") {
+			t.Errorf("disable-versions-after 0: still scheduled: %s", out)
 		}
 		ok(t, socket, nil, "key", "set", ecKey, "--rotation-period", "0")
 		if out = ok(t, socket, nil, "key", "show", ecKey, "--json"); strings.Contains(out, "next_rotation") {

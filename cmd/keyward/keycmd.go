@@ -87,7 +87,7 @@ func summary(ki *keywardv1.KeyInfo) string {
 	if n := ki.GetNextRotation(); n != nil {
 		s += fmt.Sprintf(" (rotates every %s, next %s)", keys.FormatPeriod(time.Duration(ki.GetRotationPeriodSeconds())*time.Second), n.AsTime().UTC().Format(time.RFC3339))
 	}
-	return s
+	return s + disableSummary(ki)
 }
 
 func stateName(s keywardv1.VersionState) string {
@@ -168,7 +168,9 @@ func (a *app) keyStateCmd(enable bool) *cobra.Command {
 until it is enabled again. Reversible, unlike destroy.`
 	if enable {
 		verb, done, short, long = "enable", "enabled", "enable a disabled version again",
-			`Enables a disabled version again.`
+			`Enables a disabled version again. If the key has a disable-after delay
+(key set --disable-versions-after) and the version is past it, keywardd
+disables it again at its next check: a note on stderr says so.`
 	}
 	c := a.adminCmd(&cobra.Command{
 		Use:     verb + " NAME --version N",
@@ -177,7 +179,11 @@ until it is enabled again. Reversible, unlike destroy.`
 		Example: "  keyward key " + verb + " payments/db-password --version 1",
 	}, done, func(c *cobra.Command, _ string) error { return checkVersion(c, version) },
 		func(ctx context.Context, kc *client.Client, name string) (*keywardv1.KeyInfo, error) {
-			return kc.SetVersionState(ctx, name, version, enable)
+			ki, err := kc.SetVersionState(ctx, name, version, enable)
+			if err == nil && enable {
+				a.noteDisableDue(ki, version)
+			}
+			return ki, err
 		})
 	versionFlag(c, &version, verb)
 	return c
@@ -212,13 +218,10 @@ refuses (exit 2).`,
 }
 
 func (a *app) keySetCmd() *cobra.Command {
-	var minVersion uint32
-	var periodText string
-	var period time.Duration
-	var setMin, setPeriod bool
+	var f keySetFlags
 	c := a.adminCmd(&cobra.Command{
-		Use:   "set NAME [--min-decrypt-version N] [--rotation-period PERIOD]",
-		Short: "set the oldest version that may still unwrap and verify, or the rotation period",
+		Use:   "set NAME [--min-decrypt-version N] [--rotation-period PERIOD] [--disable-versions-after DELAY]",
+		Short: "set the oldest version that may still unwrap and verify, the rotation period, or when superseded versions are disabled",
 		Long: `Sets the key's minimum decrypt version: versions below N can no longer unwrap
 or verify, whatever their state (0 lifts the floor). Use it after rewrapping
 every blob, to retire old versions in one step.
@@ -228,40 +231,29 @@ version is that old: a whole number and a unit, d (days), h or m, from 1h
 to 3650d; 0 stops scheduled rotation. The period is kept in the key's
 record in the device, so every daemon sharing it agrees, and one of them
 rotates. key show and key list print the next rotation. It needs the
-key.set-rotation operation.`,
+key.set-rotation operation.
+
+--disable-versions-after makes keywardd disable each enabled version once
+the next newer version is that old (callers had that long to rewrap their
+blobs), never the newest enabled version: written like a period, from 1d
+to 3650d; 0 stops it. It is kept in the key's record too; key show and key
+list print when the next version is due. A note on stderr names the
+versions already past it, which keywardd disables at its next check. It
+needs the key.set-disable-after operation.`,
 		Example: `  keyward key set payments/db-password --min-decrypt-version 2
   keyward key set payments/db-password --rotation-period 90d
+  keyward key set payments/db-password --rotation-period 90d --disable-versions-after 30d
   keyward key set payments/db-password --rotation-period 0`,
-	}, "set", func(c *cobra.Command, _ string) error {
-		setMin, setPeriod = c.Flags().Changed("min-decrypt-version"), c.Flags().Changed("rotation-period")
-		if !setMin && !setPeriod {
-			return usagef(cmdName(c), "nothing to set: give --min-decrypt-version N or --rotation-period PERIOD")
-		}
-		if setPeriod {
-			var err error
-			if period, err = keys.ParsePeriod(periodText); err == nil {
-				err = keys.CheckRotationPeriod(period)
-			}
-			if err != nil {
-				return usagef(cmdName(c), "--rotation-period %q: want 0 (none) or a whole number of d, h or m (90d, 36h, 90m) between 1h and 3650d", periodText)
-			}
-		}
-		return nil
-	}, func(ctx context.Context, kc *client.Client, name string) (*keywardv1.KeyInfo, error) {
-		var ki *keywardv1.KeyInfo
-		var err error
-		if setMin {
-			if ki, err = kc.SetMinDecryptVersion(ctx, name, minVersion); err != nil {
-				return nil, err
-			}
-		}
-		if setPeriod {
-			ki, err = kc.SetRotationPolicy(ctx, name, period)
+	}, "set", f.check, func(ctx context.Context, kc *client.Client, name string) (*keywardv1.KeyInfo, error) {
+		ki, err := f.apply(ctx, kc, name)
+		if err == nil && f.setAfter {
+			a.noteDisableSet(ki)
 		}
 		return ki, err
 	})
-	c.Flags().Uint32Var(&minVersion, "min-decrypt-version", 0, "the oldest version `N` that may unwrap and verify (0: no floor)")
-	c.Flags().StringVar(&periodText, "rotation-period", "", "rotate the key by itself every `PERIOD` (90d, 36h, 90m; 0: never)")
+	c.Flags().Uint32Var(&f.minVersion, "min-decrypt-version", 0, "the oldest version `N` that may unwrap and verify (0: no floor)")
+	c.Flags().StringVar(&f.periodText, "rotation-period", "", "rotate the key by itself every `PERIOD` (90d, 36h, 90m; 0: never)")
+	c.Flags().StringVar(&f.afterText, "disable-versions-after", "", "disable a version by itself once the next newer one is `DELAY` old (30d, 48h; 0: never)")
 	return c
 }
 
@@ -306,6 +298,10 @@ type keyJSON struct {
 	// with scheduled rotation.
 	RotationPeriod string     `json:"rotation_period,omitempty"`
 	NextRotation   *time.Time `json:"next_rotation,omitempty"`
+	// DisableAfter ("30d") is set only for a key whose superseded
+	// versions keywardd disables; NextDisable only while one is pending.
+	DisableAfter string     `json:"disable_versions_after,omitempty"`
+	NextDisable  *time.Time `json:"next_disable,omitempty"`
 }
 
 type versionJSON struct {
@@ -325,6 +321,7 @@ func toJSON(ki *keywardv1.KeyInfo) keyJSON {
 		t := n.AsTime()
 		k.RotationPeriod, k.NextRotation = keys.FormatPeriod(time.Duration(ki.GetRotationPeriodSeconds())*time.Second), &t
 	}
+	k.DisableAfter, k.NextDisable = disableJSON(ki)
 	for _, v := range ki.GetVersions() {
 		vj := versionJSON{Version: v.GetVersion(), State: stateName(v.GetState())}
 		if v.GetCreated() != nil {
@@ -344,7 +341,10 @@ func (a *app) keyListCmd() *cobra.Command {
 		Long: `Lists every key: name, type and the state of each version. With --json:
 {"keys": [{"key", "type", "created", "min_decrypt_version", "adopted",
 "versions": [{"version", "state", "created"}], "rotation_period",
-"next_rotation"}]} (the last two only for a key with scheduled rotation).`,
+"next_rotation", "disable_versions_after", "next_disable"}]}
+(rotation_period and next_rotation only for a key with scheduled rotation,
+disable_versions_after only for a key whose superseded versions keywardd
+disables, next_disable only while one is pending).`,
 		Example: `  keyward key list
   keyward key list --json | jq -r '.keys[].key'`,
 		Args: noArgs,
@@ -431,6 +431,7 @@ func printKey(w io.Writer, k keyJSON) error {
 	} else {
 		fmt.Fprintf(tw, "rotation:\tnot scheduled\n")
 	}
+	fmt.Fprintf(tw, "disable:\t%s\n", disableText(k))
 	for i, v := range k.Versions {
 		label := ""
 		if i == 0 {

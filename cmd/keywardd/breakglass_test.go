@@ -82,7 +82,8 @@ func newBGD(t *testing.T, backend string, now time.Time) *bgd {
 	os.Chmod(dir, 0o755)
 	d := &bgd{dir: dir, sock: filepath.Join(dir, "k.sock"), conf: filepath.Join(dir, "keyward.toml"), clock: filepath.Join(dir, "clock"),
 		audit: filepath.Join(dir, "audit.log")}
-	body := fmt.Sprintf("socket = %q\nsocket_group = \"%d\"\naudit_log = %q\n%s\n", d.sock, bgGID, d.audit, backend) +
+	body := fmt.Sprintf("socket = %q\nsocket_group = \"%d\"\naudit_log = %q\nbreakglass_state = %q\n%s\n", d.sock, bgGID, d.audit,
+		filepath.Join(dir, "breakglass-seen.json"), backend) +
 		fmt.Sprintf(bgTables, bgRequesterUID, bgRequesterUID, bgApproverUID)
 	if err := os.WriteFile(d.conf, []byte(body), 0o600); err != nil {
 		t.Fatal(err)

@@ -92,6 +92,7 @@ func RunWith(t *testing.T, newBackend NewBackend, h Hooks) {
 		{"Wrap", testWrap},
 		{"Rotation", testRotation},
 		{"Schedule", testSchedule},
+		{"DisableAfter", func(t *testing.T, be keys.Backend) { testDisableAfter(t, be, h) }},
 		{"WrongKeyType", testWrongKeyType},
 		{"MAC", testMAC},
 		{"Sign", testSign},

@@ -2083,8 +2083,13 @@ type KeyInfo struct {
 	Adopted               bool                   `protobuf:"varint,6,opt,name=adopted,proto3" json:"adopted,omitempty"`
 	RotationPeriodSeconds uint64                 `protobuf:"varint,7,opt,name=rotation_period_seconds,json=rotationPeriodSeconds,proto3" json:"rotation_period_seconds,omitempty"` // 0: no scheduled rotation
 	NextRotation          *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=next_rotation,json=nextRotation,proto3" json:"next_rotation,omitempty"`                               // unset without a period: newest version's creation + period
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	DisableAfterSeconds   uint64                 `protobuf:"varint,9,opt,name=disable_after_seconds,json=disableAfterSeconds,proto3" json:"disable_after_seconds,omitempty"`       // 0: the daemon disables no version by itself
+	// When the daemon next disables a superseded version: the earliest, over
+	// the enabled versions older than the newest enabled one, of the next
+	// newer version's creation + disable_after. Unset when none is pending.
+	NextDisable   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=next_disable,json=nextDisable,proto3" json:"next_disable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KeyInfo) Reset() {
@@ -2169,6 +2174,20 @@ func (x *KeyInfo) GetRotationPeriodSeconds() uint64 {
 func (x *KeyInfo) GetNextRotation() *timestamppb.Timestamp {
 	if x != nil {
 		return x.NextRotation
+	}
+	return nil
+}
+
+func (x *KeyInfo) GetDisableAfterSeconds() uint64 {
+	if x != nil {
+		return x.DisableAfterSeconds
+	}
+	return 0
+}
+
+func (x *KeyInfo) GetNextDisable() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextDisable
 	}
 	return nil
 }
@@ -2671,6 +2690,60 @@ func (x *SetRotationPolicyRequest) GetRotationPeriodSeconds() uint64 {
 	return 0
 }
 
+type SetDisableAfterRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// 0: the daemon disables no version by itself; otherwise whole seconds,
+	// at least one day and at most 3650 days.
+	DisableAfterSeconds uint64 `protobuf:"varint,2,opt,name=disable_after_seconds,json=disableAfterSeconds,proto3" json:"disable_after_seconds,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *SetDisableAfterRequest) Reset() {
+	*x = SetDisableAfterRequest{}
+	mi := &file_keyward_v1_keyward_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDisableAfterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDisableAfterRequest) ProtoMessage() {}
+
+func (x *SetDisableAfterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyward_v1_keyward_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDisableAfterRequest.ProtoReflect.Descriptor instead.
+func (*SetDisableAfterRequest) Descriptor() ([]byte, []int) {
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *SetDisableAfterRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *SetDisableAfterRequest) GetDisableAfterSeconds() uint64 {
+	if x != nil {
+		return x.DisableAfterSeconds
+	}
+	return 0
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2679,7 +2752,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[43]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2691,7 +2764,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[43]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2704,7 +2777,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{43}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{44}
 }
 
 type StatusResponse struct {
@@ -2726,7 +2799,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[44]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2738,7 +2811,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[44]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2751,7 +2824,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{44}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -2844,7 +2917,7 @@ type RateLimit struct {
 
 func (x *RateLimit) Reset() {
 	*x = RateLimit{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[45]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2856,7 +2929,7 @@ func (x *RateLimit) String() string {
 func (*RateLimit) ProtoMessage() {}
 
 func (x *RateLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[45]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2869,7 +2942,7 @@ func (x *RateLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RateLimit.ProtoReflect.Descriptor instead.
 func (*RateLimit) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{45}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RateLimit) GetLimit() string {
@@ -2906,7 +2979,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[46]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2918,7 +2991,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[46]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2931,7 +3004,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{46}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Peer) GetUid() uint32 {
@@ -2984,7 +3057,7 @@ type CredentialInfo struct {
 
 func (x *CredentialInfo) Reset() {
 	*x = CredentialInfo{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[47]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +3069,7 @@ func (x *CredentialInfo) String() string {
 func (*CredentialInfo) ProtoMessage() {}
 
 func (x *CredentialInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[47]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +3082,7 @@ func (x *CredentialInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CredentialInfo.ProtoReflect.Descriptor instead.
 func (*CredentialInfo) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{47}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CredentialInfo) GetUnit() string {
@@ -3060,7 +3133,7 @@ type PutCredentialRequest struct {
 
 func (x *PutCredentialRequest) Reset() {
 	*x = PutCredentialRequest{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[48]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3072,7 +3145,7 @@ func (x *PutCredentialRequest) String() string {
 func (*PutCredentialRequest) ProtoMessage() {}
 
 func (x *PutCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[48]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3085,7 +3158,7 @@ func (x *PutCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredentialRequest.ProtoReflect.Descriptor instead.
 func (*PutCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{48}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PutCredentialRequest) GetUnit() string {
@@ -3132,7 +3205,7 @@ type ListCredentialsRequest struct {
 
 func (x *ListCredentialsRequest) Reset() {
 	*x = ListCredentialsRequest{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[49]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3144,7 +3217,7 @@ func (x *ListCredentialsRequest) String() string {
 func (*ListCredentialsRequest) ProtoMessage() {}
 
 func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[49]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3157,7 +3230,7 @@ func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ListCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{49}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListCredentialsRequest) GetUnit() string {
@@ -3176,7 +3249,7 @@ type ListCredentialsResponse struct {
 
 func (x *ListCredentialsResponse) Reset() {
 	*x = ListCredentialsResponse{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[50]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3188,7 +3261,7 @@ func (x *ListCredentialsResponse) String() string {
 func (*ListCredentialsResponse) ProtoMessage() {}
 
 func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[50]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3201,7 +3274,7 @@ func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ListCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{50}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListCredentialsResponse) GetCredentials() []*CredentialInfo {
@@ -3221,7 +3294,7 @@ type RemoveCredentialRequest struct {
 
 func (x *RemoveCredentialRequest) Reset() {
 	*x = RemoveCredentialRequest{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[51]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3233,7 +3306,7 @@ func (x *RemoveCredentialRequest) String() string {
 func (*RemoveCredentialRequest) ProtoMessage() {}
 
 func (x *RemoveCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[51]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3246,7 +3319,7 @@ func (x *RemoveCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveCredentialRequest.ProtoReflect.Descriptor instead.
 func (*RemoveCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{51}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RemoveCredentialRequest) GetUnit() string {
@@ -3275,7 +3348,7 @@ type RewrapCredentialsRequest struct {
 
 func (x *RewrapCredentialsRequest) Reset() {
 	*x = RewrapCredentialsRequest{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[52]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3287,7 +3360,7 @@ func (x *RewrapCredentialsRequest) String() string {
 func (*RewrapCredentialsRequest) ProtoMessage() {}
 
 func (x *RewrapCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[52]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3300,7 +3373,7 @@ func (x *RewrapCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RewrapCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*RewrapCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{52}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RewrapCredentialsRequest) GetUnit() string {
@@ -3332,7 +3405,7 @@ type BreakglassRequestRequest struct {
 
 func (x *BreakglassRequestRequest) Reset() {
 	*x = BreakglassRequestRequest{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[53]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3344,7 +3417,7 @@ func (x *BreakglassRequestRequest) String() string {
 func (*BreakglassRequestRequest) ProtoMessage() {}
 
 func (x *BreakglassRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[53]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3357,7 +3430,7 @@ func (x *BreakglassRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakglassRequestRequest.ProtoReflect.Descriptor instead.
 func (*BreakglassRequestRequest) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{53}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *BreakglassRequestRequest) GetPolicy() string {
@@ -3411,7 +3484,7 @@ type BreakglassGrantRequest struct {
 
 func (x *BreakglassGrantRequest) Reset() {
 	*x = BreakglassGrantRequest{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[54]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3423,7 +3496,7 @@ func (x *BreakglassGrantRequest) String() string {
 func (*BreakglassGrantRequest) ProtoMessage() {}
 
 func (x *BreakglassGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[54]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3436,7 +3509,7 @@ func (x *BreakglassGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakglassGrantRequest.ProtoReflect.Descriptor instead.
 func (*BreakglassGrantRequest) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{54}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *BreakglassGrantRequest) GetId() string {
@@ -3454,7 +3527,7 @@ type BreakglassListRequest struct {
 
 func (x *BreakglassListRequest) Reset() {
 	*x = BreakglassListRequest{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[55]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3466,7 +3539,7 @@ func (x *BreakglassListRequest) String() string {
 func (*BreakglassListRequest) ProtoMessage() {}
 
 func (x *BreakglassListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[55]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3479,7 +3552,7 @@ func (x *BreakglassListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakglassListRequest.ProtoReflect.Descriptor instead.
 func (*BreakglassListRequest) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{55}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{56}
 }
 
 type BreakglassListResponse struct {
@@ -3491,7 +3564,7 @@ type BreakglassListResponse struct {
 
 func (x *BreakglassListResponse) Reset() {
 	*x = BreakglassListResponse{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[56]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3503,7 +3576,7 @@ func (x *BreakglassListResponse) String() string {
 func (*BreakglassListResponse) ProtoMessage() {}
 
 func (x *BreakglassListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[56]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3516,7 +3589,7 @@ func (x *BreakglassListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakglassListResponse.ProtoReflect.Descriptor instead.
 func (*BreakglassListResponse) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{56}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *BreakglassListResponse) GetGrants() []*BreakglassGrant {
@@ -3556,7 +3629,7 @@ type BreakglassGrant struct {
 
 func (x *BreakglassGrant) Reset() {
 	*x = BreakglassGrant{}
-	mi := &file_keyward_v1_keyward_proto_msgTypes[57]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3568,7 +3641,7 @@ func (x *BreakglassGrant) String() string {
 func (*BreakglassGrant) ProtoMessage() {}
 
 func (x *BreakglassGrant) ProtoReflect() protoreflect.Message {
-	mi := &file_keyward_v1_keyward_proto_msgTypes[57]
+	mi := &file_keyward_v1_keyward_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3581,7 +3654,7 @@ func (x *BreakglassGrant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BreakglassGrant.ProtoReflect.Descriptor instead.
 func (*BreakglassGrant) Descriptor() ([]byte, []int) {
-	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{57}
+	return file_keyward_v1_keyward_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *BreakglassGrant) GetId() string {
@@ -3844,7 +3917,7 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"KeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12.\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x18.keyward.v1.VersionStateR\x05state\x124\n" +
-	"\acreated\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"\xe3\x02\n" +
+	"\acreated\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"\xd6\x03\n" +
 	"\aKeyInfo\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x19\n" +
 	"\bkey_type\x18\x02 \x01(\tR\akeyType\x124\n" +
@@ -3853,7 +3926,10 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\bversions\x18\x05 \x03(\v2\x16.keyward.v1.KeyVersionR\bversions\x12\x18\n" +
 	"\aadopted\x18\x06 \x01(\bR\aadopted\x126\n" +
 	"\x17rotation_period_seconds\x18\a \x01(\x04R\x15rotationPeriodSeconds\x12?\n" +
-	"\rnext_rotation\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\fnextRotation\"?\n" +
+	"\rnext_rotation\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\fnextRotation\x122\n" +
+	"\x15disable_after_seconds\x18\t \x01(\x04R\x13disableAfterSeconds\x12=\n" +
+	"\fnext_disable\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\vnextDisable\"?\n" +
 	"\x10CreateKeyRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x19\n" +
 	"\bkey_type\x18\x02 \x01(\tR\akeyType\"$\n" +
@@ -3880,7 +3956,10 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x03uri\x18\x03 \x01(\tR\x03uri\"d\n" +
 	"\x18SetRotationPolicyRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
-	"\x17rotation_period_seconds\x18\x02 \x01(\x04R\x15rotationPeriodSeconds\"\x0f\n" +
+	"\x17rotation_period_seconds\x18\x02 \x01(\x04R\x15rotationPeriodSeconds\"^\n" +
+	"\x16SetDisableAfterRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
+	"\x15disable_after_seconds\x18\x02 \x01(\x04R\x13disableAfterSeconds\"\x0f\n" +
 	"\rStatusRequest\"\x96\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
@@ -3996,7 +4075,7 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aENABLED\x10\x01\x12\f\n" +
 	"\bDISABLED\x10\x02\x12\r\n" +
-	"\tDESTROYED\x10\x032\x82\x13\n" +
+	"\tDESTROYED\x10\x032\xce\x13\n" +
 	"\aKeyward\x129\n" +
 	"\x04Wrap\x12\x17.keyward.v1.WrapRequest\x1a\x18.keyward.v1.WrapResponse\x12?\n" +
 	"\x06Unwrap\x12\x19.keyward.v1.UnwrapRequest\x1a\x1a.keyward.v1.UnwrapResponse\x12?\n" +
@@ -4019,7 +4098,8 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x0eDestroyVersion\x12!.keyward.v1.DestroyVersionRequest\x1a\x13.keyward.v1.KeyInfo\x12T\n" +
 	"\x14SetMinDecryptVersion\x12'.keyward.v1.SetMinDecryptVersionRequest\x1a\x13.keyward.v1.KeyInfo\x12<\n" +
 	"\bAdoptKey\x12\x1b.keyward.v1.AdoptKeyRequest\x1a\x13.keyward.v1.KeyInfo\x12N\n" +
-	"\x11SetRotationPolicy\x12$.keyward.v1.SetRotationPolicyRequest\x1a\x13.keyward.v1.KeyInfo\x12?\n" +
+	"\x11SetRotationPolicy\x12$.keyward.v1.SetRotationPolicyRequest\x1a\x13.keyward.v1.KeyInfo\x12J\n" +
+	"\x0fSetDisableAfter\x12\".keyward.v1.SetDisableAfterRequest\x1a\x13.keyward.v1.KeyInfo\x12?\n" +
 	"\x06Status\x12\x19.keyward.v1.StatusRequest\x1a\x1a.keyward.v1.StatusResponse\x12M\n" +
 	"\rPutCredential\x12 .keyward.v1.PutCredentialRequest\x1a\x1a.keyward.v1.CredentialInfo\x12Z\n" +
 	"\x0fListCredentials\x12\".keyward.v1.ListCredentialsRequest\x1a#.keyward.v1.ListCredentialsResponse\x12S\n" +
@@ -4044,7 +4124,7 @@ func file_keyward_v1_keyward_proto_rawDescGZIP() []byte {
 }
 
 var file_keyward_v1_keyward_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keyward_v1_keyward_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
+var file_keyward_v1_keyward_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
 var file_keyward_v1_keyward_proto_goTypes = []any{
 	(ErrorReason)(0),                    // 0: keyward.v1.ErrorReason
 	(VersionState)(0),                   // 1: keyward.v1.VersionState
@@ -4091,34 +4171,35 @@ var file_keyward_v1_keyward_proto_goTypes = []any{
 	(*SetMinDecryptVersionRequest)(nil), // 42: keyward.v1.SetMinDecryptVersionRequest
 	(*AdoptKeyRequest)(nil),             // 43: keyward.v1.AdoptKeyRequest
 	(*SetRotationPolicyRequest)(nil),    // 44: keyward.v1.SetRotationPolicyRequest
-	(*StatusRequest)(nil),               // 45: keyward.v1.StatusRequest
-	(*StatusResponse)(nil),              // 46: keyward.v1.StatusResponse
-	(*RateLimit)(nil),                   // 47: keyward.v1.RateLimit
-	(*Peer)(nil),                        // 48: keyward.v1.Peer
-	(*CredentialInfo)(nil),              // 49: keyward.v1.CredentialInfo
-	(*PutCredentialRequest)(nil),        // 50: keyward.v1.PutCredentialRequest
-	(*ListCredentialsRequest)(nil),      // 51: keyward.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),     // 52: keyward.v1.ListCredentialsResponse
-	(*RemoveCredentialRequest)(nil),     // 53: keyward.v1.RemoveCredentialRequest
-	(*RewrapCredentialsRequest)(nil),    // 54: keyward.v1.RewrapCredentialsRequest
-	(*BreakglassRequestRequest)(nil),    // 55: keyward.v1.BreakglassRequestRequest
-	(*BreakglassGrantRequest)(nil),      // 56: keyward.v1.BreakglassGrantRequest
-	(*BreakglassListRequest)(nil),       // 57: keyward.v1.BreakglassListRequest
-	(*BreakglassListResponse)(nil),      // 58: keyward.v1.BreakglassListResponse
-	(*BreakglassGrant)(nil),             // 59: keyward.v1.BreakglassGrant
-	nil,                                 // 60: keyward.v1.WrapRequest.ContextEntry
-	nil,                                 // 61: keyward.v1.UnwrapRequest.ContextEntry
-	nil,                                 // 62: keyward.v1.RewrapRequest.ContextEntry
-	nil,                                 // 63: keyward.v1.GenerateDataKeyRequest.ContextEntry
-	nil,                                 // 64: keyward.v1.BreakglassRequestRequest.ContextEntry
-	nil,                                 // 65: keyward.v1.BreakglassGrant.ContextEntry
-	(*timestamppb.Timestamp)(nil),       // 66: google.protobuf.Timestamp
+	(*SetDisableAfterRequest)(nil),      // 45: keyward.v1.SetDisableAfterRequest
+	(*StatusRequest)(nil),               // 46: keyward.v1.StatusRequest
+	(*StatusResponse)(nil),              // 47: keyward.v1.StatusResponse
+	(*RateLimit)(nil),                   // 48: keyward.v1.RateLimit
+	(*Peer)(nil),                        // 49: keyward.v1.Peer
+	(*CredentialInfo)(nil),              // 50: keyward.v1.CredentialInfo
+	(*PutCredentialRequest)(nil),        // 51: keyward.v1.PutCredentialRequest
+	(*ListCredentialsRequest)(nil),      // 52: keyward.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),     // 53: keyward.v1.ListCredentialsResponse
+	(*RemoveCredentialRequest)(nil),     // 54: keyward.v1.RemoveCredentialRequest
+	(*RewrapCredentialsRequest)(nil),    // 55: keyward.v1.RewrapCredentialsRequest
+	(*BreakglassRequestRequest)(nil),    // 56: keyward.v1.BreakglassRequestRequest
+	(*BreakglassGrantRequest)(nil),      // 57: keyward.v1.BreakglassGrantRequest
+	(*BreakglassListRequest)(nil),       // 58: keyward.v1.BreakglassListRequest
+	(*BreakglassListResponse)(nil),      // 59: keyward.v1.BreakglassListResponse
+	(*BreakglassGrant)(nil),             // 60: keyward.v1.BreakglassGrant
+	nil,                                 // 61: keyward.v1.WrapRequest.ContextEntry
+	nil,                                 // 62: keyward.v1.UnwrapRequest.ContextEntry
+	nil,                                 // 63: keyward.v1.RewrapRequest.ContextEntry
+	nil,                                 // 64: keyward.v1.GenerateDataKeyRequest.ContextEntry
+	nil,                                 // 65: keyward.v1.BreakglassRequestRequest.ContextEntry
+	nil,                                 // 66: keyward.v1.BreakglassGrant.ContextEntry
+	(*timestamppb.Timestamp)(nil),       // 67: google.protobuf.Timestamp
 }
 var file_keyward_v1_keyward_proto_depIdxs = []int32{
-	60, // 0: keyward.v1.WrapRequest.context:type_name -> keyward.v1.WrapRequest.ContextEntry
-	61, // 1: keyward.v1.UnwrapRequest.context:type_name -> keyward.v1.UnwrapRequest.ContextEntry
-	62, // 2: keyward.v1.RewrapRequest.context:type_name -> keyward.v1.RewrapRequest.ContextEntry
-	63, // 3: keyward.v1.GenerateDataKeyRequest.context:type_name -> keyward.v1.GenerateDataKeyRequest.ContextEntry
+	61, // 0: keyward.v1.WrapRequest.context:type_name -> keyward.v1.WrapRequest.ContextEntry
+	62, // 1: keyward.v1.UnwrapRequest.context:type_name -> keyward.v1.UnwrapRequest.ContextEntry
+	63, // 2: keyward.v1.RewrapRequest.context:type_name -> keyward.v1.RewrapRequest.ContextEntry
+	64, // 3: keyward.v1.GenerateDataKeyRequest.context:type_name -> keyward.v1.GenerateDataKeyRequest.ContextEntry
 	0,  // 4: keyward.v1.ItemError.reason:type_name -> keyward.v1.ErrorReason
 	2,  // 5: keyward.v1.BatchWrapRequest.items:type_name -> keyward.v1.WrapRequest
 	23, // 6: keyward.v1.BatchWrapResponse.results:type_name -> keyward.v1.BatchWrapResult
@@ -4137,95 +4218,98 @@ var file_keyward_v1_keyward_proto_depIdxs = []int32{
 	17, // 19: keyward.v1.BatchVerifyMacResult.ok:type_name -> keyward.v1.VerifyMacResponse
 	20, // 20: keyward.v1.BatchVerifyMacResult.error:type_name -> keyward.v1.ItemError
 	1,  // 21: keyward.v1.KeyVersion.state:type_name -> keyward.v1.VersionState
-	66, // 22: keyward.v1.KeyVersion.created:type_name -> google.protobuf.Timestamp
-	66, // 23: keyward.v1.KeyInfo.created:type_name -> google.protobuf.Timestamp
+	67, // 22: keyward.v1.KeyVersion.created:type_name -> google.protobuf.Timestamp
+	67, // 23: keyward.v1.KeyInfo.created:type_name -> google.protobuf.Timestamp
 	33, // 24: keyward.v1.KeyInfo.versions:type_name -> keyward.v1.KeyVersion
-	66, // 25: keyward.v1.KeyInfo.next_rotation:type_name -> google.protobuf.Timestamp
-	34, // 26: keyward.v1.ListKeysResponse.keys:type_name -> keyward.v1.KeyInfo
-	1,  // 27: keyward.v1.SetVersionStateRequest.state:type_name -> keyward.v1.VersionState
-	66, // 28: keyward.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
-	48, // 29: keyward.v1.StatusResponse.you:type_name -> keyward.v1.Peer
-	47, // 30: keyward.v1.StatusResponse.rate_limited:type_name -> keyward.v1.RateLimit
-	66, // 31: keyward.v1.RateLimit.until:type_name -> google.protobuf.Timestamp
-	66, // 32: keyward.v1.CredentialInfo.modified:type_name -> google.protobuf.Timestamp
-	49, // 33: keyward.v1.ListCredentialsResponse.credentials:type_name -> keyward.v1.CredentialInfo
-	64, // 34: keyward.v1.BreakglassRequestRequest.context:type_name -> keyward.v1.BreakglassRequestRequest.ContextEntry
-	59, // 35: keyward.v1.BreakglassListResponse.grants:type_name -> keyward.v1.BreakglassGrant
-	65, // 36: keyward.v1.BreakglassGrant.context:type_name -> keyward.v1.BreakglassGrant.ContextEntry
-	66, // 37: keyward.v1.BreakglassGrant.requested:type_name -> google.protobuf.Timestamp
-	66, // 38: keyward.v1.BreakglassGrant.request_expires:type_name -> google.protobuf.Timestamp
-	66, // 39: keyward.v1.BreakglassGrant.activated:type_name -> google.protobuf.Timestamp
-	66, // 40: keyward.v1.BreakglassGrant.expires:type_name -> google.protobuf.Timestamp
-	66, // 41: keyward.v1.BreakglassGrant.ended:type_name -> google.protobuf.Timestamp
-	2,  // 42: keyward.v1.Keyward.Wrap:input_type -> keyward.v1.WrapRequest
-	4,  // 43: keyward.v1.Keyward.Unwrap:input_type -> keyward.v1.UnwrapRequest
-	6,  // 44: keyward.v1.Keyward.Rewrap:input_type -> keyward.v1.RewrapRequest
-	8,  // 45: keyward.v1.Keyward.GenerateDataKey:input_type -> keyward.v1.GenerateDataKeyRequest
-	10, // 46: keyward.v1.Keyward.Sign:input_type -> keyward.v1.SignRequest
-	12, // 47: keyward.v1.Keyward.Verify:input_type -> keyward.v1.VerifyRequest
-	14, // 48: keyward.v1.Keyward.Mac:input_type -> keyward.v1.MacRequest
-	16, // 49: keyward.v1.Keyward.VerifyMac:input_type -> keyward.v1.VerifyMacRequest
-	18, // 50: keyward.v1.Keyward.GetPublicKey:input_type -> keyward.v1.GetPublicKeyRequest
-	21, // 51: keyward.v1.Keyward.BatchWrap:input_type -> keyward.v1.BatchWrapRequest
-	24, // 52: keyward.v1.Keyward.BatchUnwrap:input_type -> keyward.v1.BatchUnwrapRequest
-	27, // 53: keyward.v1.Keyward.BatchMac:input_type -> keyward.v1.BatchMacRequest
-	30, // 54: keyward.v1.Keyward.BatchVerifyMac:input_type -> keyward.v1.BatchVerifyMacRequest
-	35, // 55: keyward.v1.Keyward.CreateKey:input_type -> keyward.v1.CreateKeyRequest
-	36, // 56: keyward.v1.Keyward.RotateKey:input_type -> keyward.v1.RotateKeyRequest
-	37, // 57: keyward.v1.Keyward.ListKeys:input_type -> keyward.v1.ListKeysRequest
-	39, // 58: keyward.v1.Keyward.DescribeKey:input_type -> keyward.v1.DescribeKeyRequest
-	40, // 59: keyward.v1.Keyward.SetVersionState:input_type -> keyward.v1.SetVersionStateRequest
-	41, // 60: keyward.v1.Keyward.DestroyVersion:input_type -> keyward.v1.DestroyVersionRequest
-	42, // 61: keyward.v1.Keyward.SetMinDecryptVersion:input_type -> keyward.v1.SetMinDecryptVersionRequest
-	43, // 62: keyward.v1.Keyward.AdoptKey:input_type -> keyward.v1.AdoptKeyRequest
-	44, // 63: keyward.v1.Keyward.SetRotationPolicy:input_type -> keyward.v1.SetRotationPolicyRequest
-	45, // 64: keyward.v1.Keyward.Status:input_type -> keyward.v1.StatusRequest
-	50, // 65: keyward.v1.Keyward.PutCredential:input_type -> keyward.v1.PutCredentialRequest
-	51, // 66: keyward.v1.Keyward.ListCredentials:input_type -> keyward.v1.ListCredentialsRequest
-	53, // 67: keyward.v1.Keyward.RemoveCredential:input_type -> keyward.v1.RemoveCredentialRequest
-	54, // 68: keyward.v1.Keyward.RewrapCredentials:input_type -> keyward.v1.RewrapCredentialsRequest
-	55, // 69: keyward.v1.Keyward.BreakglassRequest:input_type -> keyward.v1.BreakglassRequestRequest
-	56, // 70: keyward.v1.Keyward.BreakglassApprove:input_type -> keyward.v1.BreakglassGrantRequest
-	56, // 71: keyward.v1.Keyward.BreakglassDeny:input_type -> keyward.v1.BreakglassGrantRequest
-	56, // 72: keyward.v1.Keyward.BreakglassRevoke:input_type -> keyward.v1.BreakglassGrantRequest
-	57, // 73: keyward.v1.Keyward.BreakglassList:input_type -> keyward.v1.BreakglassListRequest
-	3,  // 74: keyward.v1.Keyward.Wrap:output_type -> keyward.v1.WrapResponse
-	5,  // 75: keyward.v1.Keyward.Unwrap:output_type -> keyward.v1.UnwrapResponse
-	7,  // 76: keyward.v1.Keyward.Rewrap:output_type -> keyward.v1.RewrapResponse
-	9,  // 77: keyward.v1.Keyward.GenerateDataKey:output_type -> keyward.v1.GenerateDataKeyResponse
-	11, // 78: keyward.v1.Keyward.Sign:output_type -> keyward.v1.SignResponse
-	13, // 79: keyward.v1.Keyward.Verify:output_type -> keyward.v1.VerifyResponse
-	15, // 80: keyward.v1.Keyward.Mac:output_type -> keyward.v1.MacResponse
-	17, // 81: keyward.v1.Keyward.VerifyMac:output_type -> keyward.v1.VerifyMacResponse
-	19, // 82: keyward.v1.Keyward.GetPublicKey:output_type -> keyward.v1.GetPublicKeyResponse
-	22, // 83: keyward.v1.Keyward.BatchWrap:output_type -> keyward.v1.BatchWrapResponse
-	25, // 84: keyward.v1.Keyward.BatchUnwrap:output_type -> keyward.v1.BatchUnwrapResponse
-	28, // 85: keyward.v1.Keyward.BatchMac:output_type -> keyward.v1.BatchMacResponse
-	31, // 86: keyward.v1.Keyward.BatchVerifyMac:output_type -> keyward.v1.BatchVerifyMacResponse
-	34, // 87: keyward.v1.Keyward.CreateKey:output_type -> keyward.v1.KeyInfo
-	34, // 88: keyward.v1.Keyward.RotateKey:output_type -> keyward.v1.KeyInfo
-	38, // 89: keyward.v1.Keyward.ListKeys:output_type -> keyward.v1.ListKeysResponse
-	34, // 90: keyward.v1.Keyward.DescribeKey:output_type -> keyward.v1.KeyInfo
-	34, // 91: keyward.v1.Keyward.SetVersionState:output_type -> keyward.v1.KeyInfo
-	34, // 92: keyward.v1.Keyward.DestroyVersion:output_type -> keyward.v1.KeyInfo
-	34, // 93: keyward.v1.Keyward.SetMinDecryptVersion:output_type -> keyward.v1.KeyInfo
-	34, // 94: keyward.v1.Keyward.AdoptKey:output_type -> keyward.v1.KeyInfo
-	34, // 95: keyward.v1.Keyward.SetRotationPolicy:output_type -> keyward.v1.KeyInfo
-	46, // 96: keyward.v1.Keyward.Status:output_type -> keyward.v1.StatusResponse
-	49, // 97: keyward.v1.Keyward.PutCredential:output_type -> keyward.v1.CredentialInfo
-	52, // 98: keyward.v1.Keyward.ListCredentials:output_type -> keyward.v1.ListCredentialsResponse
-	49, // 99: keyward.v1.Keyward.RemoveCredential:output_type -> keyward.v1.CredentialInfo
-	52, // 100: keyward.v1.Keyward.RewrapCredentials:output_type -> keyward.v1.ListCredentialsResponse
-	59, // 101: keyward.v1.Keyward.BreakglassRequest:output_type -> keyward.v1.BreakglassGrant
-	59, // 102: keyward.v1.Keyward.BreakglassApprove:output_type -> keyward.v1.BreakglassGrant
-	59, // 103: keyward.v1.Keyward.BreakglassDeny:output_type -> keyward.v1.BreakglassGrant
-	59, // 104: keyward.v1.Keyward.BreakglassRevoke:output_type -> keyward.v1.BreakglassGrant
-	58, // 105: keyward.v1.Keyward.BreakglassList:output_type -> keyward.v1.BreakglassListResponse
-	74, // [74:106] is the sub-list for method output_type
-	42, // [42:74] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	67, // 25: keyward.v1.KeyInfo.next_rotation:type_name -> google.protobuf.Timestamp
+	67, // 26: keyward.v1.KeyInfo.next_disable:type_name -> google.protobuf.Timestamp
+	34, // 27: keyward.v1.ListKeysResponse.keys:type_name -> keyward.v1.KeyInfo
+	1,  // 28: keyward.v1.SetVersionStateRequest.state:type_name -> keyward.v1.VersionState
+	67, // 29: keyward.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
+	49, // 30: keyward.v1.StatusResponse.you:type_name -> keyward.v1.Peer
+	48, // 31: keyward.v1.StatusResponse.rate_limited:type_name -> keyward.v1.RateLimit
+	67, // 32: keyward.v1.RateLimit.until:type_name -> google.protobuf.Timestamp
+	67, // 33: keyward.v1.CredentialInfo.modified:type_name -> google.protobuf.Timestamp
+	50, // 34: keyward.v1.ListCredentialsResponse.credentials:type_name -> keyward.v1.CredentialInfo
+	65, // 35: keyward.v1.BreakglassRequestRequest.context:type_name -> keyward.v1.BreakglassRequestRequest.ContextEntry
+	60, // 36: keyward.v1.BreakglassListResponse.grants:type_name -> keyward.v1.BreakglassGrant
+	66, // 37: keyward.v1.BreakglassGrant.context:type_name -> keyward.v1.BreakglassGrant.ContextEntry
+	67, // 38: keyward.v1.BreakglassGrant.requested:type_name -> google.protobuf.Timestamp
+	67, // 39: keyward.v1.BreakglassGrant.request_expires:type_name -> google.protobuf.Timestamp
+	67, // 40: keyward.v1.BreakglassGrant.activated:type_name -> google.protobuf.Timestamp
+	67, // 41: keyward.v1.BreakglassGrant.expires:type_name -> google.protobuf.Timestamp
+	67, // 42: keyward.v1.BreakglassGrant.ended:type_name -> google.protobuf.Timestamp
+	2,  // 43: keyward.v1.Keyward.Wrap:input_type -> keyward.v1.WrapRequest
+	4,  // 44: keyward.v1.Keyward.Unwrap:input_type -> keyward.v1.UnwrapRequest
+	6,  // 45: keyward.v1.Keyward.Rewrap:input_type -> keyward.v1.RewrapRequest
+	8,  // 46: keyward.v1.Keyward.GenerateDataKey:input_type -> keyward.v1.GenerateDataKeyRequest
+	10, // 47: keyward.v1.Keyward.Sign:input_type -> keyward.v1.SignRequest
+	12, // 48: keyward.v1.Keyward.Verify:input_type -> keyward.v1.VerifyRequest
+	14, // 49: keyward.v1.Keyward.Mac:input_type -> keyward.v1.MacRequest
+	16, // 50: keyward.v1.Keyward.VerifyMac:input_type -> keyward.v1.VerifyMacRequest
+	18, // 51: keyward.v1.Keyward.GetPublicKey:input_type -> keyward.v1.GetPublicKeyRequest
+	21, // 52: keyward.v1.Keyward.BatchWrap:input_type -> keyward.v1.BatchWrapRequest
+	24, // 53: keyward.v1.Keyward.BatchUnwrap:input_type -> keyward.v1.BatchUnwrapRequest
+	27, // 54: keyward.v1.Keyward.BatchMac:input_type -> keyward.v1.BatchMacRequest
+	30, // 55: keyward.v1.Keyward.BatchVerifyMac:input_type -> keyward.v1.BatchVerifyMacRequest
+	35, // 56: keyward.v1.Keyward.CreateKey:input_type -> keyward.v1.CreateKeyRequest
+	36, // 57: keyward.v1.Keyward.RotateKey:input_type -> keyward.v1.RotateKeyRequest
+	37, // 58: keyward.v1.Keyward.ListKeys:input_type -> keyward.v1.ListKeysRequest
+	39, // 59: keyward.v1.Keyward.DescribeKey:input_type -> keyward.v1.DescribeKeyRequest
+	40, // 60: keyward.v1.Keyward.SetVersionState:input_type -> keyward.v1.SetVersionStateRequest
+	41, // 61: keyward.v1.Keyward.DestroyVersion:input_type -> keyward.v1.DestroyVersionRequest
+	42, // 62: keyward.v1.Keyward.SetMinDecryptVersion:input_type -> keyward.v1.SetMinDecryptVersionRequest
+	43, // 63: keyward.v1.Keyward.AdoptKey:input_type -> keyward.v1.AdoptKeyRequest
+	44, // 64: keyward.v1.Keyward.SetRotationPolicy:input_type -> keyward.v1.SetRotationPolicyRequest
+	45, // 65: keyward.v1.Keyward.SetDisableAfter:input_type -> keyward.v1.SetDisableAfterRequest
+	46, // 66: keyward.v1.Keyward.Status:input_type -> keyward.v1.StatusRequest
+	51, // 67: keyward.v1.Keyward.PutCredential:input_type -> keyward.v1.PutCredentialRequest
+	52, // 68: keyward.v1.Keyward.ListCredentials:input_type -> keyward.v1.ListCredentialsRequest
+	54, // 69: keyward.v1.Keyward.RemoveCredential:input_type -> keyward.v1.RemoveCredentialRequest
+	55, // 70: keyward.v1.Keyward.RewrapCredentials:input_type -> keyward.v1.RewrapCredentialsRequest
+	56, // 71: keyward.v1.Keyward.BreakglassRequest:input_type -> keyward.v1.BreakglassRequestRequest
+	57, // 72: keyward.v1.Keyward.BreakglassApprove:input_type -> keyward.v1.BreakglassGrantRequest
+	57, // 73: keyward.v1.Keyward.BreakglassDeny:input_type -> keyward.v1.BreakglassGrantRequest
+	57, // 74: keyward.v1.Keyward.BreakglassRevoke:input_type -> keyward.v1.BreakglassGrantRequest
+	58, // 75: keyward.v1.Keyward.BreakglassList:input_type -> keyward.v1.BreakglassListRequest
+	3,  // 76: keyward.v1.Keyward.Wrap:output_type -> keyward.v1.WrapResponse
+	5,  // 77: keyward.v1.Keyward.Unwrap:output_type -> keyward.v1.UnwrapResponse
+	7,  // 78: keyward.v1.Keyward.Rewrap:output_type -> keyward.v1.RewrapResponse
+	9,  // 79: keyward.v1.Keyward.GenerateDataKey:output_type -> keyward.v1.GenerateDataKeyResponse
+	11, // 80: keyward.v1.Keyward.Sign:output_type -> keyward.v1.SignResponse
+	13, // 81: keyward.v1.Keyward.Verify:output_type -> keyward.v1.VerifyResponse
+	15, // 82: keyward.v1.Keyward.Mac:output_type -> keyward.v1.MacResponse
+	17, // 83: keyward.v1.Keyward.VerifyMac:output_type -> keyward.v1.VerifyMacResponse
+	19, // 84: keyward.v1.Keyward.GetPublicKey:output_type -> keyward.v1.GetPublicKeyResponse
+	22, // 85: keyward.v1.Keyward.BatchWrap:output_type -> keyward.v1.BatchWrapResponse
+	25, // 86: keyward.v1.Keyward.BatchUnwrap:output_type -> keyward.v1.BatchUnwrapResponse
+	28, // 87: keyward.v1.Keyward.BatchMac:output_type -> keyward.v1.BatchMacResponse
+	31, // 88: keyward.v1.Keyward.BatchVerifyMac:output_type -> keyward.v1.BatchVerifyMacResponse
+	34, // 89: keyward.v1.Keyward.CreateKey:output_type -> keyward.v1.KeyInfo
+	34, // 90: keyward.v1.Keyward.RotateKey:output_type -> keyward.v1.KeyInfo
+	38, // 91: keyward.v1.Keyward.ListKeys:output_type -> keyward.v1.ListKeysResponse
+	34, // 92: keyward.v1.Keyward.DescribeKey:output_type -> keyward.v1.KeyInfo
+	34, // 93: keyward.v1.Keyward.SetVersionState:output_type -> keyward.v1.KeyInfo
+	34, // 94: keyward.v1.Keyward.DestroyVersion:output_type -> keyward.v1.KeyInfo
+	34, // 95: keyward.v1.Keyward.SetMinDecryptVersion:output_type -> keyward.v1.KeyInfo
+	34, // 96: keyward.v1.Keyward.AdoptKey:output_type -> keyward.v1.KeyInfo
+	34, // 97: keyward.v1.Keyward.SetRotationPolicy:output_type -> keyward.v1.KeyInfo
+	34, // 98: keyward.v1.Keyward.SetDisableAfter:output_type -> keyward.v1.KeyInfo
+	47, // 99: keyward.v1.Keyward.Status:output_type -> keyward.v1.StatusResponse
+	50, // 100: keyward.v1.Keyward.PutCredential:output_type -> keyward.v1.CredentialInfo
+	53, // 101: keyward.v1.Keyward.ListCredentials:output_type -> keyward.v1.ListCredentialsResponse
+	50, // 102: keyward.v1.Keyward.RemoveCredential:output_type -> keyward.v1.CredentialInfo
+	53, // 103: keyward.v1.Keyward.RewrapCredentials:output_type -> keyward.v1.ListCredentialsResponse
+	60, // 104: keyward.v1.Keyward.BreakglassRequest:output_type -> keyward.v1.BreakglassGrant
+	60, // 105: keyward.v1.Keyward.BreakglassApprove:output_type -> keyward.v1.BreakglassGrant
+	60, // 106: keyward.v1.Keyward.BreakglassDeny:output_type -> keyward.v1.BreakglassGrant
+	60, // 107: keyward.v1.Keyward.BreakglassRevoke:output_type -> keyward.v1.BreakglassGrant
+	59, // 108: keyward.v1.Keyward.BreakglassList:output_type -> keyward.v1.BreakglassListResponse
+	76, // [76:109] is the sub-list for method output_type
+	43, // [43:76] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_keyward_v1_keyward_proto_init() }
@@ -4255,7 +4339,7 @@ func file_keyward_v1_keyward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyward_v1_keyward_proto_rawDesc), len(file_keyward_v1_keyward_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   64,
+			NumMessages:   65,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

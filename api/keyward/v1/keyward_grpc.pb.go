@@ -51,6 +51,7 @@ const (
 	Keyward_SetMinDecryptVersion_FullMethodName = "/keyward.v1.Keyward/SetMinDecryptVersion"
 	Keyward_AdoptKey_FullMethodName             = "/keyward.v1.Keyward/AdoptKey"
 	Keyward_SetRotationPolicy_FullMethodName    = "/keyward.v1.Keyward/SetRotationPolicy"
+	Keyward_SetDisableAfter_FullMethodName      = "/keyward.v1.Keyward/SetDisableAfter"
 	Keyward_Status_FullMethodName               = "/keyward.v1.Keyward/Status"
 	Keyward_PutCredential_FullMethodName        = "/keyward.v1.Keyward/PutCredential"
 	Keyward_ListCredentials_FullMethodName      = "/keyward.v1.Keyward/ListCredentials"
@@ -97,8 +98,13 @@ type KeywardClient interface {
 	AdoptKey(ctx context.Context, in *AdoptKeyRequest, opts ...grpc.CallOption) (*KeyInfo, error)
 	// SetRotationPolicy sets how often the daemon rotates the key by itself
 	// (kept in the key's record, so every daemon sharing the device agrees).
-	// Authorised as key.rotate; audited as key.set-rotation.
+	// Authorised and audited as key.set-rotation.
 	SetRotationPolicy(ctx context.Context, in *SetRotationPolicyRequest, opts ...grpc.CallOption) (*KeyInfo, error)
+	// SetDisableAfter sets how long a version stays enabled once a newer
+	// one exists before the daemon disables it (kept in the key's record,
+	// like the rotation period). Authorised and audited as
+	// key.set-disable-after.
+	SetDisableAfter(ctx context.Context, in *SetDisableAfterRequest, opts ...grpc.CallOption) (*KeyInfo, error)
 	// Status answers any caller: daemon health and who the daemon thinks the
 	// caller is.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
@@ -348,6 +354,16 @@ func (c *keywardClient) SetRotationPolicy(ctx context.Context, in *SetRotationPo
 	return out, nil
 }
 
+func (c *keywardClient) SetDisableAfter(ctx context.Context, in *SetDisableAfterRequest, opts ...grpc.CallOption) (*KeyInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KeyInfo)
+	err := c.cc.Invoke(ctx, Keyward_SetDisableAfter_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *keywardClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StatusResponse)
@@ -482,8 +498,13 @@ type KeywardServer interface {
 	AdoptKey(context.Context, *AdoptKeyRequest) (*KeyInfo, error)
 	// SetRotationPolicy sets how often the daemon rotates the key by itself
 	// (kept in the key's record, so every daemon sharing the device agrees).
-	// Authorised as key.rotate; audited as key.set-rotation.
+	// Authorised and audited as key.set-rotation.
 	SetRotationPolicy(context.Context, *SetRotationPolicyRequest) (*KeyInfo, error)
+	// SetDisableAfter sets how long a version stays enabled once a newer
+	// one exists before the daemon disables it (kept in the key's record,
+	// like the rotation period). Authorised and audited as
+	// key.set-disable-after.
+	SetDisableAfter(context.Context, *SetDisableAfterRequest) (*KeyInfo, error)
 	// Status answers any caller: daemon health and who the daemon thinks the
 	// caller is.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
@@ -578,6 +599,9 @@ func (UnimplementedKeywardServer) AdoptKey(context.Context, *AdoptKeyRequest) (*
 }
 func (UnimplementedKeywardServer) SetRotationPolicy(context.Context, *SetRotationPolicyRequest) (*KeyInfo, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetRotationPolicy not implemented")
+}
+func (UnimplementedKeywardServer) SetDisableAfter(context.Context, *SetDisableAfterRequest) (*KeyInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetDisableAfter not implemented")
 }
 func (UnimplementedKeywardServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
@@ -1026,6 +1050,24 @@ func _Keyward_SetRotationPolicy_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Keyward_SetDisableAfter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDisableAfterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeywardServer).SetDisableAfter(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyward_SetDisableAfter_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeywardServer).SetDisableAfter(ctx, req.(*SetDisableAfterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Keyward_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StatusRequest)
 	if err := dec(in); err != nil {
@@ -1300,6 +1342,10 @@ var Keyward_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetRotationPolicy",
 			Handler:    _Keyward_SetRotationPolicy_Handler,
+		},
+		{
+			MethodName: "SetDisableAfter",
+			Handler:    _Keyward_SetDisableAfter_Handler,
 		},
 		{
 			MethodName: "Status",

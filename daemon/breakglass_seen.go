@@ -1,0 +1,308 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keyward/keyward/internal/safepath"
+	"github.com/keyward/keyward/keys"
+)
+
+// The break-glass high-water mark: the newest generation of every grant
+// this daemon has seen, and the ids it knows, kept in memory and in a
+// root-only file (config breakglass_state), so that an older copy of the
+// device's grant records put back (a file-backed PKCS#11 token such as
+// SoftHSM2 restored from a copy: it has no rollback counter) is refused
+// like a record that fails its MAC: a revocation or denial is never
+// undone, while the daemon runs nor across its restarts. A grant's id
+// missing from a read is tampering too, unless this daemon removed it, it
+// had ended longer ago than the retention (another daemon on a shared
+// device pruned it), or it was never seen active (a request withdrawn
+// before approval is removed at once; its absence allows nothing).
+
+// grantPruneSkew is how much earlier than grantRetention another daemon
+// may prune an ended grant, by a clock ahead of ours.
+const grantPruneSkew = time.Hour
+
+// maxSeenFile bounds the high-water file read back (1024 grants and as
+// many removed ids take under 300 KiB).
+const maxSeenFile = 4 << 20
+
+// seenGrant is what the daemon last saw of one grant id.
+type seenGrant struct {
+	Gen uint64 `json:"gen"`
+	// End is the earliest the grant may have ended: its end when seen
+	// ended, else when it was last seen pending or active.
+	End time.Time `json:"end"`
+	// Pending: never seen active (no activation recorded), so its records
+	// may go at once when it is withdrawn (revoked or denied before
+	// approval).
+	Pending bool `json:"pending,omitempty"`
+}
+
+// seenFile is the high-water file's content (version 1).
+type seenFile struct {
+	V      int                  `json:"v"`
+	Grants map[string]seenGrant `json:"grants"`
+	// Gone: ids whose records this daemon removed or saw pruned, and when;
+	// forgotten after grantRetention (their records allow nothing then).
+	Gone map[string]time.Time `json:"gone"`
+}
+
+// highWater is the high-water mark of one daemon. path "" keeps it in
+// memory only.
+type highWater struct {
+	path string
+
+	mu      sync.Mutex
+	loaded  bool
+	seen    seenFile
+	unsaved bool // changed since the last successful save
+
+	saveMu sync.Mutex // one save at a time, so an older mark never lands last
+}
+
+func newHighWater(path string) *highWater {
+	return &highWater{path: path, seen: seenFile{V: 1, Grants: map[string]seenGrant{}, Gone: map[string]time.Time{}}}
+}
+
+// snapshot returns a copy of the mark to check a read against: a read
+// that starts after a change was stored sees at least that change. The
+// first call loads the file (a missing file is an empty mark).
+func (h *highWater) snapshot() (seenFile, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.loaded {
+		if err := h.load(); err != nil {
+			return seenFile{}, err
+		}
+		h.loaded = true
+	}
+	return seenFile{V: 1, Grants: maps.Clone(h.seen.Grants), Gone: maps.Clone(h.seen.Gone)}, nil
+}
+
+// check refuses a read (the newest records of all grants, decoded) that
+// shows an older generation than snap saw, an id snap saw removed, or a
+// known id missing that nobody may have pruned by now.
+func (snap seenFile) check(view []*grant, now time.Time) error {
+	in := make(map[string]bool, len(view))
+	for _, g := range view {
+		in[g.id] = true
+		if _, gone := snap.Gone[g.id]; gone {
+			return fmt.Errorf("grant %s is back after its records were removed (an older copy of the device's grant records restored?): %w", g.id, keys.ErrIntegrity)
+		}
+		if s, ok := snap.Grants[g.id]; ok && g.gen < s.Gen {
+			return fmt.Errorf("grant %s: generation %d read, but this daemon saw generation %d (an older copy of the device's grant records restored?): %w",
+				g.id, g.gen, s.Gen, keys.ErrIntegrity)
+		}
+	}
+	for id, s := range snap.Grants {
+		if !in[id] && !s.Pending && now.Sub(s.End) <= grantRetention-grantPruneSkew {
+			return fmt.Errorf("grant %s (generation %d) is missing, and was not ended long enough to be removed (its records deleted, or an older copy of the device's grant records restored?): %w",
+				id, s.Gen, keys.ErrIntegrity)
+		}
+	}
+	return nil
+}
+
+// observed takes a read that passed check against a snapshot: newer
+// generations are kept, ids missing from it are gone. It reports whether
+// the persistent part changed.
+func (h *highWater) observed(snap seenFile, view []*grant, now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	changed := false
+	in := make(map[string]bool, len(view))
+	for _, g := range view {
+		in[g.id] = true
+		if _, gone := h.seen.Gone[g.id]; gone {
+			continue // removed by this daemon while the read ran
+		}
+		changed = h.note(g, now) || changed
+	}
+	for id := range snap.Grants {
+		if cur, ok := h.seen.Grants[id]; ok && !in[id] && cur.Gen <= snap.Grants[id].Gen {
+			delete(h.seen.Grants, id)
+			h.seen.Gone[id] = now
+			changed = true
+		}
+	}
+	for id, at := range h.seen.Gone {
+		if now.Sub(at) > grantRetention {
+			delete(h.seen.Gone, id)
+			changed = true
+		}
+	}
+	return changed
+}
+
+// note records that g was seen at now. Caller holds mu. It reports whether
+// the generation or the ended state changed (a live grant's End moves on
+// every read and is saved with the next change).
+func (h *highWater) note(g *grant, now time.Time) bool {
+	s := seenGrant{Gen: g.gen, End: now, Pending: g.Activated.IsZero()}
+	if st := g.state(now); st != grantPending && st != grantActive {
+		s.End = g.endedAt()
+	}
+	cur, ok := h.seen.Grants[g.id]
+	if ok && cur.Gen > s.Gen {
+		return false
+	}
+	h.seen.Grants[g.id] = s
+	return !ok || cur.Gen != s.Gen || !cur.End.Equal(s.End) && s.End.Before(now)
+}
+
+// stored records this daemon's own change (g as stored); removed its own
+// deletion of id.
+func (h *highWater) stored(g *grant, now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.note(g, now)
+}
+
+func (h *highWater) removed(id string, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.seen.Grants, id)
+	h.seen.Gone[id] = now
+}
+
+// persist saves the mark when changed, or when an earlier save failed.
+func (h *highWater) persist(changed bool) error {
+	h.mu.Lock()
+	h.unsaved = h.unsaved || changed
+	need := h.unsaved
+	h.mu.Unlock()
+	if !need {
+		return nil
+	}
+	return h.save()
+}
+
+// load reads the file. Caller holds mu.
+func (h *highWater) load() error {
+	if h.path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(h.path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // first start: nothing seen yet
+	}
+	if err != nil {
+		return fmt.Errorf("break-glass high-water file: %w", err)
+	}
+	defer f.Close()
+	if err := checkSeenFile(f); err != nil {
+		return err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxSeenFile+1))
+	if err != nil {
+		return fmt.Errorf("break-glass high-water file %s: %w", h.path, err)
+	}
+	var s seenFile
+	if len(b) > maxSeenFile || json.Unmarshal(b, &s) != nil || s.V != 1 || s.Grants == nil || s.Gone == nil {
+		return fmt.Errorf("break-glass high-water file %s is not one keywardd wrote (remove it only if you trust the device's grant records): %w", h.path, keys.ErrIntegrity)
+	}
+	h.seen = s
+	return nil
+}
+
+// checkSeenFile refuses a high-water file that is not a regular file of
+// this process's user, or that others may write.
+func checkSeenFile(f *os.File) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("break-glass high-water file: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Uid != uint32(os.Geteuid()) || st.Mode&0o077 != 0 {
+		return fmt.Errorf("break-glass high-water file %s: not a regular file of uid %d with mode 0600 (mode %o, uid %d): %w",
+			f.Name(), os.Geteuid(), st.Mode&0o7777, st.Uid, safepath.ErrUnsafe)
+	}
+	return nil
+}
+
+// save writes the mark atomically and durably (0600, a fresh file renamed
+// over the old one, both fsynced), in a directory only keywardd's user
+// and root may write, created 0700 if missing.
+func (h *highWater) save() error {
+	if h.path == "" {
+		return nil
+	}
+	h.saveMu.Lock()
+	defer h.saveMu.Unlock()
+	h.mu.Lock()
+	b, err := json.Marshal(h.seen)
+	h.unsaved = false
+	h.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := h.write(b); err != nil {
+		h.mu.Lock()
+		h.unsaved = true
+		h.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// write puts b in the file.
+func (h *highWater) write(b []byte) error {
+	dir := filepath.Dir(h.path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("break-glass high-water file: %w", err)
+	}
+	if _, err := safepath.CheckDir(dir, uint32(os.Geteuid())); err != nil {
+		return fmt.Errorf("break-glass high-water file: %w", err)
+	}
+	return writeFileAtomic(h.path, b)
+}
+
+// writeFileAtomic replaces path with data: a 0600 temporary file beside
+// it, fsynced, renamed over it, and the directory fsynced.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*") // O_EXCL, mode 0600
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := tmp.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("write %s: fsync: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	ok = true
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
