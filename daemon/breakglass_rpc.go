@@ -432,7 +432,8 @@ func (s *Service) grantPB(g *grant) *pb.BreakglassGrant {
 	out := &pb.BreakglassGrant{Id: g.id, Policy: g.Policy, State: g.state(s.bg.now()), RequesterUid: g.Requester, Key: g.Key,
 		Operation: g.Op, Context: g.Context, DurationSeconds: uint64(g.DurationS), Reason: g.Reason,
 		Requested: ts(g.Requested), RequestExpires: ts(g.RequestExpires), Activated: ts(g.Activated), Expires: ts(g.Expires),
-		ApprovalsNeeded: uint32(g.Needed), EndedByUid: g.EndedBy, Ended: ts(g.Ended)}
+		ApprovalsNeeded: uint32(g.Needed), EndedByUid: g.EndedBy, Ended: ts(g.Ended),
+		RequesterName: g.RequesterName, Host: g.Host, OtherHost: s.bg.foreign(g)}
 	if out.State == grantExpired && out.Ended == nil {
 		out.Ended = ts(g.endedAt())
 	}

@@ -172,6 +172,9 @@ func checkList(t *testing.T, cred *syscall.Credential, sock, id, state string) {
 		gs[0].Operation != "unwrap" || gs[0].Reason != "INC-123 restore" || gs[0].Duration != "30m0s" {
 		t.Errorf("list --json: %+v", gs)
 	}
+	if mid, _ := os.ReadFile("/etc/machine-id"); len(gs) == 1 && (gs[0].Host != strings.TrimSpace(string(mid)) || gs[0].OtherHost) {
+		t.Errorf("list --json: host %q (another: %v), want this host's machine id", gs[0].Host, gs[0].OtherHost)
+	}
 	if r := kwAs(t, cred, sock, nil, "breakglass", "list"); !strings.Contains(r.stdout, id+"  "+state) || !strings.Contains(r.stdout, "INC-123 restore") {
 		t.Errorf("list:\n%s", r.stdout)
 	}
