@@ -64,6 +64,11 @@ var (
 	// ErrResourceExhausted: a per-caller rate limit or a connection or
 	// concurrency limit was hit (RATE_LIMITED, TOO_MANY_REQUESTS).
 	ErrResourceExhausted = errors.New("keyward limit reached")
+	// ErrQuotaExceeded: a stored quota is reached (QUOTA_EXCEEDED): a
+	// requester's break-glass records, or the grant store's room for new
+	// requests; the message says which. Not worth retrying until records
+	// end or are removed.
+	ErrQuotaExceeded = errors.New("keyward quota reached")
 	// ErrUntrustedDaemon: the process listening on the socket runs as a uid
 	// keywardd may not have (see WithDaemonUID), so nothing was sent to it.
 	// Someone may be impersonating the daemon; never retried, and the
@@ -96,6 +101,7 @@ var reasonErrs = map[keywardv1.ErrorReason]error{
 	keywardv1.ErrorReason_TOO_MANY_REQUESTS:    ErrResourceExhausted,
 	keywardv1.ErrorReason_SHUTTING_DOWN:        ErrUnavailable,
 	keywardv1.ErrorReason_AUDIT_UNAVAILABLE:    ErrUnavailable,
+	keywardv1.ErrorReason_QUOTA_EXCEEDED:       ErrQuotaExceeded,
 }
 
 // codeErr is the fallback when an error carries no keyward reason.

@@ -16,7 +16,7 @@ import (
 var sentinels = []error{
 	ErrInvalidArgument, ErrInvalidName, ErrMalformed, ErrDecrypt, ErrWrongKeyType, ErrNotFound,
 	ErrKeyExists, ErrVersionDisabled, ErrVersionDestroyed, ErrBelowMinVersion, ErrNoEnabledVersion,
-	ErrUnsupported, ErrWeakKey, ErrIntegrity, ErrPermissionDenied, ErrUnavailable, ErrResourceExhausted,
+	ErrUnsupported, ErrWeakKey, ErrIntegrity, ErrPermissionDenied, ErrUnavailable, ErrResourceExhausted, ErrQuotaExceeded,
 	ErrInternal,
 }
 
@@ -65,6 +65,7 @@ func TestErrorEveryReason(t *testing.T) {
 		keywardv1.ErrorReason_TOO_MANY_REQUESTS:    ErrResourceExhausted,
 		keywardv1.ErrorReason_SHUTTING_DOWN:        ErrUnavailable,
 		keywardv1.ErrorReason_AUDIT_UNAVAILABLE:    ErrUnavailable,
+		keywardv1.ErrorReason_QUOTA_EXCEEDED:       ErrQuotaExceeded,
 	}
 	// A reason added to the API without a sentinel fails here.
 	for v, name := range keywardv1.ErrorReason_name {

@@ -68,10 +68,16 @@ const auditBGStore = "breakglass.store"
 // is granted until it can.
 var errGrantStore = errors.New("break-glass grant store unavailable")
 
-// approval is one approver's consent.
+// approval is one approver's consent: who (as the approving daemon's host
+// saw them), where, and when. An approval counts only while its approver
+// still approves under the table that decides (approvalCounts).
 type approval struct {
-	UID uint32    `json:"uid"`
-	At  time.Time `json:"at"`
+	UID    uint32    `json:"uid"`
+	At     time.Time `json:"at"`
+	GID    uint32    `json:"gid,omitempty"`
+	Groups []uint32  `json:"groups,omitempty"`
+	Name   string    `json:"name,omitempty"` // the user name on Host, "" when it has none
+	Host   string    `json:"host,omitempty"` // the approving daemon's machine id
 }
 
 // grant is one stored grant record's body (JSON, version 1).
@@ -96,12 +102,23 @@ type grant struct {
 	Expires        time.Time         `json:"expires,omitzero"`
 	EndedBy        uint32            `json:"ended_by_uid,omitempty"`
 	Ended          time.Time         `json:"ended,omitzero"`
+	// Host is the requesting daemon's machine id: the grant is used only
+	// there, and decided elsewhere only under a table whose digest is
+	// PolicyDigest (the requesting daemon's at the request).
+	// RequesterName is the requester's user name there ("" for none): it
+	// never approves, on any host.
+	Host          string `json:"host,omitempty"`
+	RequesterName string `json:"requester_name,omitempty"`
+	PolicyDigest  string `json:"policy_digest,omitempty"`
 }
 
 func (g *grant) clone() *grant {
 	c := *g
 	c.Context = maps.Clone(g.Context)
 	c.Approvals = slices.Clone(g.Approvals)
+	for i := range c.Approvals {
+		c.Approvals[i].Groups = slices.Clone(g.Approvals[i].Groups)
+	}
 	return &c
 }
 

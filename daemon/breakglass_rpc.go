@@ -91,35 +91,32 @@ func (s *Service) bgRequest(ctx context.Context, req *pb.BreakglassRequestReques
 	if err != nil {
 		return nil, err
 	}
+	// An unknown name and a table the caller may not ask under get one
+	// answer: a caller who is no requester learns no policy's name.
 	bp, ok := c.pol.BreakglassNamed(req.GetPolicy())
-	if !ok {
-		return nil, invalid("no break-glass policy named %s", clipQuote(req.GetPolicy()))
-	}
-	if !bp.MayRequest(c.id) {
-		return nil, bgDenied(fmt.Sprintf("uid %d is not a requester of break-glass policy %s", c.id.UID, bp.Name()),
-			"you are not a requester of this break-glass policy")
+	if !ok || !bp.MayRequest(c.id) {
+		return nil, bgDenied(fmt.Sprintf("uid %d is not a requester of a break-glass policy named %s (known: %v)", c.id.UID, clipQuote(req.GetPolicy()), ok),
+			"you are not a requester of a break-glass policy of that name")
 	}
 	op, d, err := s.checkGrantRequest(bp, req)
 	if err != nil {
 		return nil, err
 	}
+	name := c.name()
+	c.b.requests.Lock()
+	defer c.b.requests.Unlock()
 	view, err := c.b.grants.current(ctx, true)
 	if err != nil {
 		return nil, err
 	}
 	now := c.b.now()
-	open := 0
-	for _, g := range view {
-		if g.Requester == c.id.UID && g.state(now) == grantPending {
-			open++
-		}
-	}
-	if open >= maxPendingPerRequester {
-		return nil, invalid("you have %d requests waiting for approval, at most %d: revoke one", open, maxPendingPerRequester)
+	if err := c.b.checkQuota(view, c.id.UID, now); err != nil {
+		return nil, err
 	}
 	g := &grant{id: newGrantID(), V: 1, Policy: bp.Name(), State: grantPending, Requester: c.id.UID, Key: req.GetKey(), Op: string(op),
 		Context: req.GetContext(), DurationS: int64(d / time.Second), Reason: req.GetReason(), Requested: now,
-		RequestExpires: now.Add(bp.RequestTTL()), Needed: bp.Approvals()}
+		RequestExpires: now.Add(bp.RequestTTL()), Needed: bp.Approvals(),
+		Host: c.b.host, RequesterName: name, PolicyDigest: bp.Digest()}
 	if err := checkGrantRecord(g); err != nil {
 		return nil, err
 	}
@@ -252,12 +249,21 @@ func (s *Service) bgChange(ctx context.Context, m *method, id string, t transiti
 	rec := opRecord{op: m.audit}
 	if g != nil {
 		rec.key, rec.grant, rec.reason = g.Key, g.id, "policy "+g.Policy+", now "+g.State
+	} else if validGrantIDForm(id) == nil {
+		rec.grant = id // a refusal names the id asked for, known or not
 	}
 	auditOpGrant(ctx, rec, start, err)
 	if err != nil {
 		return nil, s.fail(ctx, m.log, err)
 	}
 	s.logChange(g, c.id)
+	if withdrawn(g) {
+		peer := breakglassPeer()
+		if cl, ok := ctx.Value(callKey{}).(*call); ok {
+			peer = cl.peer
+		}
+		c.b.removeGrant(ctx, g, s.audit, peer, "withdrawn before it was active (policy "+g.Policy+", "+g.State+")")
+	}
 	return s.grantPB(g), nil
 }
 
@@ -284,8 +290,11 @@ func (s *Service) logChange(g *grant, id policy.Identity) {
 // approve: an approver of the grant's policy, not its requester, not
 // twice, on a pending request.
 func (s *Service) approve(c bgCaller, g *grant, now time.Time) error {
-	if g.Requester == c.id.UID {
-		return bgDenied(fmt.Sprintf("uid %d asked to approve its own request", c.id.UID),
+	a := approval{UID: c.id.UID, GID: c.id.GID, Groups: c.id.Groups, Name: c.name(), Host: c.b.host, At: now}
+	// The requester's uid on any host (it may be them there too) and
+	// their user name anywhere never approve.
+	if g.Requester == c.id.UID || a.Name != "" && a.Name == g.RequesterName {
+		return bgDenied(fmt.Sprintf("uid %d (user %q) asked to approve its own request", c.id.UID, a.Name),
 			"you requested this grant: a requester never approves their own request")
 	}
 	bp, ok := c.pol.BreakglassNamed(g.Policy)
@@ -296,15 +305,29 @@ func (s *Service) approve(c bgCaller, g *grant, now time.Time) error {
 		return bgDenied(fmt.Sprintf("uid %d is not an approver of break-glass policy %s", c.id.UID, g.Policy),
 			"you are not an approver of this grant's break-glass policy")
 	}
+	if err := c.b.decidesHere(bp, g, c.id.UID); err != nil {
+		return err
+	}
+	if c.id.UID == 0 && !bp.NamesApproverUID(0) {
+		return bgDenied(fmt.Sprintf("uid 0 approves for break-glass policy %s only through a group", g.Policy),
+			"root approves only when the policy's approvers name uid 0 itself (users or uids), never through a group")
+	}
 	if st := g.state(now); st != grantPending {
 		return invalid("the grant is %s, not pending", st)
 	}
-	if slices.ContainsFunc(g.Approvals, func(a approval) bool { return a.UID == c.id.UID }) {
+	if containsApprover(g, a) {
 		return invalid("you have approved this grant already; it needs %d approvals by different approvers", g.Needed)
 	}
-	g.Approvals = append(g.Approvals, approval{UID: c.id.UID, At: now})
-	if len(g.Approvals) >= g.Needed {
-		g.State, g.Activated, g.Expires = grantActive, now, now.Add(time.Duration(g.DurationS)*time.Second)
+	g.Approvals = append(g.Approvals, a)
+	g.Needed = max(g.Needed, bp.Approvals())
+	counted := 0
+	for _, x := range g.Approvals {
+		if c.b.approvalCounts(bp, g, x) {
+			counted++
+		}
+	}
+	if counted >= g.Needed {
+		g.State, g.Activated, g.Expires = grantActive, now, activeUntil(bp, g, now)
 	}
 	return nil
 }
@@ -318,6 +341,9 @@ func (s *Service) deny(c bgCaller, g *grant, now time.Time) error {
 		}
 		return bgDenied(fmt.Sprintf("uid %d is not an approver of break-glass policy %s", c.id.UID, g.Policy),
 			"you are not an approver of this grant's break-glass policy (its requester withdraws a request with revoke)")
+	}
+	if err := c.b.decidesHere(bp, g, c.id.UID); err != nil {
+		return err
 	}
 	if st := g.state(now); st != grantPending {
 		return invalid("the grant is %s, not pending", st)
@@ -351,11 +377,20 @@ func (s *Service) mayRead(c bgCaller, g *grant) error {
 // partyTo: the requester, an approver of the grant's policy, or an admin
 // of its key (a caller the rules allow key.disable on it: who can stop
 // every use of the key anyway).
+//
+// On another host than the grant's, uids name other people: its requester
+// is nobody there, and its approvers and admins are parties only under the
+// table it was asked for under (decidesHere).
 func (s *Service) partyTo(c bgCaller, g *grant) bool {
-	if g.Requester == c.id.UID {
+	bp, ok := c.pol.BreakglassNamed(g.Policy)
+	if c.b.foreign(g) {
+		if !ok || bp.Digest() != g.PolicyDigest {
+			return false
+		}
+	} else if g.Requester == c.id.UID {
 		return true
 	}
-	if bp, ok := c.pol.BreakglassNamed(g.Policy); ok && bp.MayApprove(c.id) {
+	if ok && bp.MayApprove(c.id) {
 		return true
 	}
 	return c.pol.Decide(c.id, policy.Request{Op: policy.OpKeyDisable, Key: g.Key}, s.reserved()).Allowed
@@ -397,7 +432,8 @@ func (s *Service) grantPB(g *grant) *pb.BreakglassGrant {
 	out := &pb.BreakglassGrant{Id: g.id, Policy: g.Policy, State: g.state(s.bg.now()), RequesterUid: g.Requester, Key: g.Key,
 		Operation: g.Op, Context: g.Context, DurationSeconds: uint64(g.DurationS), Reason: g.Reason,
 		Requested: ts(g.Requested), RequestExpires: ts(g.RequestExpires), Activated: ts(g.Activated), Expires: ts(g.Expires),
-		ApprovalsNeeded: uint32(g.Needed), EndedByUid: g.EndedBy, Ended: ts(g.Ended)}
+		ApprovalsNeeded: uint32(g.Needed), EndedByUid: g.EndedBy, Ended: ts(g.Ended),
+		RequesterName: g.RequesterName, Host: g.Host, OtherHost: s.bg.foreign(g)}
 	if out.State == grantExpired && out.Ended == nil {
 		out.Ended = ts(g.endedAt())
 	}

@@ -25,9 +25,10 @@ import (
 // SoftHSM2 restored from a copy: it has no rollback counter) is refused
 // like a record that fails its MAC: a revocation or denial is never
 // undone, while the daemon runs nor across its restarts. A grant's id
-// missing from a read is tampering too, unless this daemon removed it or
-// it had ended longer ago than the retention (another daemon on a shared
-// device pruned it).
+// missing from a read is tampering too, unless this daemon removed it, it
+// had ended longer ago than the retention (another daemon on a shared
+// device pruned it), or it was never seen active (a request withdrawn
+// before approval is removed at once; its absence allows nothing).
 
 // grantPruneSkew is how much earlier than grantRetention another daemon
 // may prune an ended grant, by a clock ahead of ours.
@@ -43,6 +44,10 @@ type seenGrant struct {
 	// End is the earliest the grant may have ended: its end when seen
 	// ended, else when it was last seen pending or active.
 	End time.Time `json:"end"`
+	// Pending: never seen active (no activation recorded), so its records
+	// may go at once when it is withdrawn (revoked or denied before
+	// approval).
+	Pending bool `json:"pending,omitempty"`
 }
 
 // seenFile is the high-water file's content (version 1).
@@ -102,7 +107,7 @@ func (snap seenFile) check(view []*grant, now time.Time) error {
 		}
 	}
 	for id, s := range snap.Grants {
-		if !in[id] && now.Sub(s.End) <= grantRetention-grantPruneSkew {
+		if !in[id] && !s.Pending && now.Sub(s.End) <= grantRetention-grantPruneSkew {
 			return fmt.Errorf("grant %s (generation %d) is missing, and was not ended long enough to be removed (its records deleted, or an older copy of the device's grant records restored?): %w",
 				id, s.Gen, keys.ErrIntegrity)
 		}
@@ -145,7 +150,7 @@ func (h *highWater) observed(snap seenFile, view []*grant, now time.Time) bool {
 // the generation or the ended state changed (a live grant's End moves on
 // every read and is saved with the next change).
 func (h *highWater) note(g *grant, now time.Time) bool {
-	s := seenGrant{Gen: g.gen, End: now}
+	s := seenGrant{Gen: g.gen, End: now, Pending: g.Activated.IsZero()}
 	if st := g.state(now); st != grantPending && st != grantActive {
 		s.End = g.endedAt()
 	}

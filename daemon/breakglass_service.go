@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/keyward/keyward/audit"
@@ -40,6 +41,7 @@ const (
 	auditBGRevoke  = "breakglass.revoke"
 	auditBGList    = "breakglass.list"
 	auditBGExpire  = "breakglass.expire"
+	auditBGRemove  = "breakglass.remove"
 )
 
 // ErrBreakglassStore: break-glass is configured but the backend keeps no
@@ -53,6 +55,13 @@ type breakglass struct {
 	now     func() time.Time
 	metrics *breakglassMetrics
 	log     *slog.Logger
+	// host is this daemon's machine id: grants asked for here record it,
+	// and only grants that record it are used here.
+	host string
+	// requests serialises a request's count and store, so that parallel
+	// requests cannot pass the quotas (checkQuota).
+	requests sync.Mutex
+	uses     grantUses
 }
 
 // newBreakglass returns the service's break-glass state on be, or nil when
@@ -101,18 +110,21 @@ func (s *Service) grantFor(ctx context.Context, pol *policy.Policy, id policy.Id
 		if !g.covers(id.UID, op, key, c, now) {
 			continue
 		}
-		if bp, ok := pol.BreakglassNamed(g.Policy); ok && bp.Covers(op, key) {
+		if bp, ok := pol.BreakglassNamed(g.Policy); ok && bp.Covers(op, key) && b.honours(bp, g, id, now) {
 			return g
 		}
 	}
 	return nil
 }
 
-// usedGrant logs and counts one call allowed by grant g.
+// usedGrant counts one call allowed by grant g, and logs its first use
+// here (later ones go into the sweep's summary line: grantUses).
 func (s *Service) usedGrant(g *grant, id policy.Identity, op policy.Operation) {
 	s.bg.metrics.used(g.Policy)
-	s.log.Warn("break-glass grant used", messageIDKey, msgBreakglassUsed, "grant", g.id, "policy", g.Policy, "op", string(op),
-		"key", g.Key, "uid", id.UID, "pid", id.PID, "unit", id.Unit, "until", g.Expires.UTC().Format(time.RFC3339))
+	if s.bg.uses.used(g, id.UID, op) {
+		s.log.Warn("break-glass grant used", messageIDKey, msgBreakglassUsed, "grant", g.id, "policy", g.Policy, "op", string(op),
+			"key", g.Key, "uid", id.UID, "pid", id.PID, "unit", id.Unit, "until", g.Expires.UTC().Format(time.RFC3339))
+	}
 }
 
 // sweep records the expiries that happened (one daemon wins each: the
@@ -130,22 +142,24 @@ func (b *breakglass) sweep(ctx context.Context, trail auditLog) {
 		case st == grantExpired && g.State != grantExpired:
 			b.expire(ctx, g, trail)
 		case now.Sub(g.endedAt()) > grantRetention:
-			if err := b.grants.remove(ctx, g.id); err != nil {
-				b.log.Warn("break-glass: could not remove an old grant record", "grant", g.id, "err", err.Error())
-			}
+			b.removeGrant(ctx, g, trail, breakglassPeer(), "ended more than 30 days ago (policy "+g.Policy+", "+g.State+")")
 		}
 	}
 }
 
 // expire records that g expired, unless another daemon did first.
 func (b *breakglass) expire(ctx context.Context, g *grant, trail auditLog) {
-	was := g.State
+	was, rid := g.State, newRequestID()
+	what := "break-glass grant expired"
+	if was == grantPending {
+		what = "break-glass request expired unapproved"
+	}
 	changed, err := b.grants.change(ctx, g.id, func(g *grant, now time.Time) error {
 		if g.State == grantExpired || g.state(now) != grantExpired {
 			return errNotChanged
 		}
 		g.State, g.Ended = grantExpired, g.endedAt()
-		return nil
+		return grantExpiryIntent(ctx, trail, g, rid, what+" (policy "+g.Policy+", was "+was+")")
 	})
 	if err != nil {
 		if !errors.Is(err, errNotChanged) {
@@ -154,15 +168,11 @@ func (b *breakglass) expire(ctx context.Context, g *grant, trail auditLog) {
 		return
 	}
 	b.metrics.event(grantExpired)
-	what := "break-glass grant expired"
-	if was == grantPending {
-		what = "break-glass request expired unapproved"
-	}
 	b.log.Warn(what, messageIDKey, msgBreakglassExpired, "grant", changed.id, "policy", changed.Policy, "key", changed.Key,
 		"op", changed.Op, "requester_uid", changed.Requester)
 	if trail != nil {
 		rec := audit.Record{Peer: breakglassPeer(), Op: auditBGExpire, Key: changed.Key, Result: "OK", Grant: changed.id,
-			RequestID: newRequestID(), Reason: what + " (policy " + changed.Policy + ", was " + was + ")"}
+			RequestID: rid, Reason: what + " (policy " + changed.Policy + ", was " + was + ")"}
 		if err := trail.Append(context.WithoutCancel(ctx), rec); err != nil {
 			b.log.Error("audit log write failed after a break-glass expiry", "grant", changed.id, "err", err.Error())
 		}
@@ -195,9 +205,13 @@ func startBreakglassSweeper(ctx context.Context, b *breakglass, trail auditLog, 
 		defer close(done)
 		t := time.NewTicker(cmp.Or(every, grantSweepEvery))
 		defer t.Stop()
+		last := time.Now()
 		for {
 			if configured() {
 				b.sweep(ctx, trail)
+				view, _ := b.grants.current(ctx, false)
+				b.uses.flush(b.log, view, time.Since(last).Round(time.Second))
+				last = time.Now()
 			}
 			select {
 			case <-ctx.Done():
@@ -216,6 +230,11 @@ func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *
 	if err != nil {
 		return func() {}, err
 	}
+	if b != nil {
+		if b.host, err = breakglassHost(opts, pol.HasBreakglass()); err != nil {
+			return func() {}, err
+		}
+	}
 	bm := newBreakglassMetrics(m.Registry(), b)
 	if b == nil {
 		return func() {}, nil
@@ -225,11 +244,32 @@ func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *
 	return startBreakglassSweeper(ctx, b, trail, opts.BreakglassSweepEvery, func() bool { return svc.pol.Load().HasBreakglass() }), nil
 }
 
+// breakglassHost is this daemon's machine id (Options.BreakglassHost in
+// tests). Without one, a daemon with [[breakglass]] does not start: its
+// grants could not be tied to this host. Without break-glass configured it
+// is read when a reload adds a table (breakglassFits).
+func breakglassHost(opts Options, configured bool) (string, error) {
+	if opts.BreakglassHost != "" {
+		return opts.BreakglassHost, nil
+	}
+	id, err := readMachineID(machineIDPath)
+	switch {
+	case err != nil && configured:
+		return "", fmt.Errorf("[[breakglass]] ties grants to this host's machine id: %w: %w: %w", err, ErrBreakglassStore, config.ErrConfig)
+	case err != nil:
+		return "", nil
+	}
+	return id, nil
+}
+
 // breakglassFits refuses a reloaded policy with [[breakglass]] tables when
 // the backend keeps no grants.
 func (s *Service) breakglassFits(pol *policy.Policy) error {
 	if s.bg == nil && pol.HasBreakglass() {
 		return fmt.Errorf("[[breakglass]] is configured, but the %s backend keeps no break-glass grants: %w", s.kind, ErrBreakglassStore)
+	}
+	if s.bg != nil && pol.HasBreakglass() && s.bg.host == "" {
+		return fmt.Errorf("[[breakglass]] ties grants to this host's machine id, and %s is not usable: %w: %w", machineIDPath, errMachineID, ErrBreakglassStore)
 	}
 	return nil
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/status"
+
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/config"
@@ -33,9 +35,14 @@ const (
 
 // breakglassChild runs one break-glass line of childClient:
 // "bg-request POLICY KEY OP SECONDS REASON [k=v,..]", "bg-approve ID",
-// "bg-deny ID", "bg-revoke ID", "bg-list" (id:state pairs).
+// "bg-deny ID", "bg-revoke ID", "bg-list" (id:state pairs); "bg-why" and
+// a request's words answers the refusal's message.
 func breakglassChild(ctx context.Context, c pb.KeywardClient, f []string) (string, error) {
 	switch f[0] {
+	case "bg-why":
+		_, err := breakglassChild(ctx, c, append([]string{"bg-request"}, f[1:]...))
+		st, _ := status.FromError(err)
+		return st.Message(), err
 	case "bg-request":
 		secs, _ := strconv.ParseUint(f[4], 10, 64)
 		req := &pb.BreakglassRequestRequest{Policy: f[1], Key: f[2], Operation: f[3], DurationSeconds: secs, Reason: f[5]}

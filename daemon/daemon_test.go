@@ -297,7 +297,7 @@ func childClient() int {
 				out += fmt.Sprintf("%q/%d/%d ", l.GetLimit(), l.GetPerMinute(), l.GetUntil().AsTime().Unix())
 			}
 			out = strings.TrimSpace(out)
-		case "bg-request", "bg-approve", "bg-deny", "bg-revoke", "bg-list", "sign":
+		case "bg-request", "bg-why", "bg-approve", "bg-deny", "bg-revoke", "bg-list", "sign":
 			out, err = breakglassChild(ctx, c, f)
 		case "status":
 			var r *pb.StatusResponse

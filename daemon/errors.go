@@ -31,6 +31,8 @@ func reasonOf(err error) pb.ErrorReason {
 		return pb.ErrorReason_RATE_LIMITED
 	case errors.Is(err, ErrAuditUnavailable):
 		return pb.ErrorReason_AUDIT_UNAVAILABLE
+	case errors.Is(err, ErrQuota):
+		return pb.ErrorReason_QUOTA_EXCEEDED
 	case errors.Is(err, ErrShuttingDown):
 		return pb.ErrorReason_SHUTTING_DOWN
 	case errors.Is(err, keys.ErrMalformed):
@@ -90,6 +92,7 @@ var messages = map[pb.ErrorReason]string{
 	pb.ErrorReason_TOO_MANY_REQUESTS:    "too many concurrent requests",
 	pb.ErrorReason_SHUTTING_DOWN:        "daemon is shutting down",
 	pb.ErrorReason_AUDIT_UNAVAILABLE:    "the audit log cannot be written: operations are refused until it can",
+	pb.ErrorReason_QUOTA_EXCEEDED:       "quota reached",
 }
 
 // statusFor converts err to the wire status; detail is a safe, caller-
@@ -141,6 +144,10 @@ var errProbeStuck = errors.New("the previous health probe has not returned")
 // ErrAuditUnavailable: the audit log cannot be written; keywardd refuses
 // operations rather than perform them unrecorded (fail closed).
 var ErrAuditUnavailable = errors.New("audit log unavailable")
+
+// ErrQuota: a stored quota is reached (a requester's break-glass records,
+// or the grant store's room for new requests); the detail says which.
+var ErrQuota = errors.New("quota reached")
 
 // ErrRateLimited: a caller went over an abuse limit.
 var ErrRateLimited = errors.New("rate limited")

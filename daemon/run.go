@@ -243,6 +243,9 @@ type Options struct {
 	// BreakglassClock, when set, is break-glass grants' clock: their
 	// requests' and grants' expiry (tests).
 	BreakglassClock func() time.Time
+	// BreakglassHost, when set, replaces the machine id that ties
+	// break-glass grants to this host (tests: two hosts in one process).
+	BreakglassHost string
 	// BreakglassSweepEvery, when set, replaces how often expiries are
 	// recorded and old grants pruned (tests).
 	BreakglassSweepEvery time.Duration

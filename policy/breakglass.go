@@ -1,6 +1,9 @@
 package policy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -67,6 +70,7 @@ type BreakglassPolicy struct {
 	maxDuration time.Duration
 	approvals   int
 	requestTTL  time.Duration
+	digest      string
 }
 
 // CompileBreakglass validates the tables and resolves their names; every
@@ -107,7 +111,8 @@ func compileBreakglass(i int, in *Breakglass, res Resolver) (*BreakglassPolicy, 
 	default:
 		label = "breakglass " + quote(in.Name)
 	}
-	bp := &BreakglassPolicy{name: in.Name, maxDuration: in.MaxDuration, approvals: max(in.Approvals, 1), requestTTL: in.RequestTTL}
+	bp := &BreakglassPolicy{name: in.Name, maxDuration: in.MaxDuration, approvals: max(in.Approvals, 1), requestTTL: in.RequestTTL,
+		digest: tableDigest(in)}
 	if bp.requestTTL == 0 {
 		bp.requestTTL = DefaultRequestTTL
 	}
@@ -197,6 +202,26 @@ func (bp *BreakglassPolicy) approversAreRequesters() bool {
 		}
 	}
 	return true
+}
+
+// tableDigest is a digest of the table as written (names, not the ids they
+// resolve to here): two hosts with the same table get the same digest
+// whatever their uid numbering.
+func tableDigest(in *Breakglass) string {
+	b, _ := json.Marshal(in) // plain strings, numbers and slices: never fails
+	sum := sha256.Sum256(append([]byte("keyward/v1/breakglass-table\x00"), b...))
+	return hex.EncodeToString(sum[:16])
+}
+
+// Digest identifies the table as written: a grant records its policy's
+// digest, and a daemon of another host decides on the grant only under a
+// table with the same digest.
+func (bp *BreakglassPolicy) Digest() string { return bp.digest }
+
+// NamesApproverUID reports whether the approvers name uid itself (in
+// users or uids), not merely through a group: uid 0 approves only so.
+func (bp *BreakglassPolicy) NamesApproverUID(uid uint32) bool {
+	return slices.ContainsFunc(bp.approvers.users, func(s subject) bool { return s.id == uid })
 }
 
 // Name is the policy's name.

@@ -122,3 +122,42 @@ func TestBreakglassMatching(t *testing.T) {
 		t.Error("an approver who may not request has a path")
 	}
 }
+
+// TestBreakglassDigestAndNamedUIDs: the digest is the table's as written
+// (the same for the same table, another for any change), and an approver
+// is named by uid only by users or uids, never through a group.
+func TestBreakglassDigestAndNamedUIDs(t *testing.T) {
+	compile := func(b Breakglass) *BreakglassPolicy {
+		t.Helper()
+		bps, err := CompileBreakglass([]Breakglass{b}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bps[0]
+	}
+	base := compile(validBreakglass())
+	if again := compile(validBreakglass()); again.Digest() != base.Digest() || len(base.Digest()) != 32 {
+		t.Errorf("digest %q then %q for one table", base.Digest(), again.Digest())
+	}
+	for name, change := range map[string]func(*Breakglass){
+		"max_duration": func(b *Breakglass) { b.MaxDuration = 2 * time.Hour },
+		"approvers":    func(b *Breakglass) { b.Approvers.UIDs = append(b.Approvers.UIDs, 1003) },
+		"keys":         func(b *Breakglass) { b.Keys = []string{"db/**"} },
+	} {
+		b := validBreakglass()
+		change(&b)
+		if compile(b).Digest() == base.Digest() {
+			t.Errorf("%s changed, digest did not", name)
+		}
+	}
+	b := validBreakglass()
+	b.Approvers.GIDs = []uint32{0}
+	bp := compile(b)
+	if bp.NamesApproverUID(0) || !bp.MayApprove(Identity{UID: 0, GID: 0}) || !bp.NamesApproverUID(1001) {
+		t.Errorf("gid 0 approver: NamesApproverUID(0) %v, MayApprove(root) %v", bp.NamesApproverUID(0), bp.MayApprove(Identity{}))
+	}
+	b.Approvers.UIDs = append(b.Approvers.UIDs, 0)
+	if !compile(b).NamesApproverUID(0) {
+		t.Error("uids = [0]: uid 0 not named")
+	}
+}

@@ -180,6 +180,9 @@ type bgJSON struct {
 	Approvals      uint32            `json:"approvals_needed"`
 	EndedByUID     uint32            `json:"ended_by_uid,omitempty"`
 	Ended          *time.Time        `json:"ended,omitempty"`
+	RequesterName  string            `json:"requester_name"`
+	Host           string            `json:"host"`
+	OtherHost      bool              `json:"other_host"`
 }
 
 func (a *app) bgListCmd() *cobra.Command {
@@ -189,9 +192,10 @@ func (a *app) bgListCmd() *cobra.Command {
 		Short: "list the grants you are party to: pending, active, and ended (denied, revoked, expired)",
 		Long: `Lists the break-glass grants you are party to (yours; every grant of a
 policy you approve for; every grant on a key you administer), newest first:
-id, state, policy, requester, operation and key, until when (a pending
-request's expiry, an active grant's end, or when it ended) and the reason.
-Ended grants stay listed for 30 days.`,
+id, state, policy, requester (uid and user name, and the host that asked
+when it is another host: a grant is used only there), operation and key,
+until when (a pending request's expiry, an active grant's end, or when it
+ended) and the reason. Ended grants stay listed for 30 days.`,
 		Example: "  keyward breakglass list\n  keyward breakglass list --json | jq -r '.[] | select(.state == \"active\") | .id'",
 		Args:    noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -226,7 +230,7 @@ func bgListJSON(gs []*keywardv1.BreakglassGrant) []bgJSON {
 			Reason: g.GetReason(), Requested: g.GetRequested().AsTime(), RequestExpires: g.GetRequestExpires().AsTime(),
 			Activated: opt(g.GetActivated(), g.GetActivated() != nil), Expires: opt(g.GetExpires(), g.GetExpires() != nil),
 			ApproverUIDs: g.GetApproverUids(), Approvals: g.GetApprovalsNeeded(), EndedByUID: g.GetEndedByUid(),
-			Ended: opt(g.GetEnded(), g.GetEnded() != nil)}
+			Ended: opt(g.GetEnded(), g.GetEnded() != nil), RequesterName: g.GetRequesterName(), Host: g.GetHost(), OtherHost: g.GetOtherHost()}
 		if j.Context == nil {
 			j.Context = map[string]string{}
 		}
@@ -261,8 +265,22 @@ func (a *app) printGrants(gs []*keywardv1.BreakglassGrant) error {
 		case "active":
 			until = g.GetExpires().AsTime()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\tuid %d\t%s\t%s\t%s\n", g.GetId(), g.GetState(), g.GetPolicy(), g.GetRequesterUid(), what,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.GetId(), g.GetState(), g.GetPolicy(), bgRequester(g), what,
 			bgTime(until), cell(g.GetReason()))
 	}
 	return tw.Flush()
+}
+
+// bgRequester names a grant's requester: "uid 1000 (alice)", and where
+// the grant was asked for on another host, "uid 1000 (alice) on host
+// 3d1219c7": the uid names someone on that host only.
+func bgRequester(g *keywardv1.BreakglassGrant) string {
+	s := fmt.Sprintf("uid %d", g.GetRequesterUid())
+	if n := g.GetRequesterName(); n != "" {
+		s += " (" + cell(n) + ")"
+	}
+	if g.GetOtherHost() {
+		s += " on host " + cell(g.GetHost()[:min(8, len(g.GetHost()))])
+	}
+	return s
 }

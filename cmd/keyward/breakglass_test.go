@@ -172,7 +172,36 @@ func checkList(t *testing.T, cred *syscall.Credential, sock, id, state string) {
 		gs[0].Operation != "unwrap" || gs[0].Reason != "INC-123 restore" || gs[0].Duration != "30m0s" {
 		t.Errorf("list --json: %+v", gs)
 	}
+	if mid, _ := os.ReadFile("/etc/machine-id"); len(gs) == 1 && (gs[0].Host != strings.TrimSpace(string(mid)) || gs[0].OtherHost) {
+		t.Errorf("list --json: host %q (another: %v), want this host's machine id", gs[0].Host, gs[0].OtherHost)
+	}
 	if r := kwAs(t, cred, sock, nil, "breakglass", "list"); !strings.Contains(r.stdout, id+"  "+state) || !strings.Contains(r.stdout, "INC-123 restore") {
 		t.Errorf("list:\n%s", r.stdout)
+	}
+}
+
+// TestBreakglassCLIQuota: a requester past their quota gets exit 1 and the
+// daemon's reason, not a bare "invalid request"; a policy name the caller
+// may not ask under is exit 3, whether it exists or not.
+func TestBreakglassCLIQuota(t *testing.T) {
+	sock := bgCLIDaemon(t, time.Now)
+	req := bgCred(bgRequesterUID)
+	request := func(cred *syscall.Credential, pol string) result {
+		return kwAs(t, cred, sock, nil, "breakglass", "request", "--policy", pol, "--key", "db/master", "--op", "unwrap",
+			"--for", "30m", "--reason", "INC-124")
+	}
+	for range 8 {
+		if r := request(req, "db-emergency"); r.code != exitOK {
+			t.Fatalf("request: %d %s", r.code, r.stderr)
+		}
+	}
+	r := request(req, "db-emergency")
+	if r.code != exitFailed || !strings.Contains(r.stderr, "quota reached: you have 8 break-glass requests waiting for approval") ||
+		!strings.Contains(r.stderr, "QUOTA_EXCEEDED") {
+		t.Errorf("9th pending request: exit %d, stderr %q", r.code, r.stderr)
+	}
+	known, unknown := request(bgCred(bgOtherUID), "db-emergency"), request(bgCred(bgOtherUID), "no-such-policy")
+	if known.code != exitPermission || known.code != unknown.code || known.stderr != unknown.stderr {
+		t.Errorf("a stranger tells policies apart: %d %q and %d %q", known.code, known.stderr, unknown.code, unknown.stderr)
 	}
 }

@@ -227,6 +227,7 @@ func TestExitCodeReasons(t *testing.T) {
 		keywardv1.ErrorReason_AUDIT_UNAVAILABLE:    {client.ErrUnavailable, exitUnavailable},
 		keywardv1.ErrorReason_RATE_LIMITED:         {client.ErrResourceExhausted, exitUnavailable},
 		keywardv1.ErrorReason_TOO_MANY_REQUESTS:    {client.ErrResourceExhausted, exitUnavailable},
+		keywardv1.ErrorReason_QUOTA_EXCEEDED:       {client.ErrQuotaExceeded, exitFailed},
 		keywardv1.ErrorReason_KEY_NOT_FOUND:        {client.ErrNotFound, exitNotFound},
 		keywardv1.ErrorReason_INVALID_REQUEST:      {client.ErrInvalidArgument, exitUsage},
 		keywardv1.ErrorReason_INVALID_KEY_NAME:     {client.ErrInvalidName, exitUsage},

@@ -57,6 +57,7 @@ const (
 	ErrorReason_TOO_MANY_REQUESTS        ErrorReason = 18 // RESOURCE_EXHAUSTED: connection or concurrency limit
 	ErrorReason_SHUTTING_DOWN            ErrorReason = 19 // UNAVAILABLE
 	ErrorReason_AUDIT_UNAVAILABLE        ErrorReason = 20 // UNAVAILABLE: the audit log cannot be written; operations are refused until it can
+	ErrorReason_QUOTA_EXCEEDED           ErrorReason = 21 // RESOURCE_EXHAUSTED: a stored quota is reached (break-glass: the requester's records, or the grant store)
 )
 
 // Enum value maps for ErrorReason.
@@ -83,6 +84,7 @@ var (
 		18: "TOO_MANY_REQUESTS",
 		19: "SHUTTING_DOWN",
 		20: "AUDIT_UNAVAILABLE",
+		21: "QUOTA_EXCEEDED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -106,6 +108,7 @@ var (
 		"TOO_MANY_REQUESTS":        18,
 		"SHUTTING_DOWN":            19,
 		"AUDIT_UNAVAILABLE":        20,
+		"QUOTA_EXCEEDED":           21,
 	}
 )
 
@@ -3620,8 +3623,15 @@ type BreakglassGrant struct {
 	ApprovalsNeeded uint32                 `protobuf:"varint,15,opt,name=approvals_needed,json=approvalsNeeded,proto3" json:"approvals_needed,omitempty"`
 	EndedByUid      uint32                 `protobuf:"varint,16,opt,name=ended_by_uid,json=endedByUid,proto3" json:"ended_by_uid,omitempty"` // who denied or revoked it
 	Ended           *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=ended,proto3" json:"ended,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The requester's user name on the host that asked ("" when none), that
+	// host's machine id, and whether it is another host than the answering
+	// daemon's (a grant is used only on its host; requester_uid names
+	// someone on that host only).
+	RequesterName string `protobuf:"bytes,18,opt,name=requester_name,json=requesterName,proto3" json:"requester_name,omitempty"`
+	Host          string `protobuf:"bytes,19,opt,name=host,proto3" json:"host,omitempty"`
+	OtherHost     bool   `protobuf:"varint,20,opt,name=other_host,json=otherHost,proto3" json:"other_host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BreakglassGrant) Reset() {
@@ -3771,6 +3781,27 @@ func (x *BreakglassGrant) GetEnded() *timestamppb.Timestamp {
 		return x.Ended
 	}
 	return nil
+}
+
+func (x *BreakglassGrant) GetRequesterName() string {
+	if x != nil {
+		return x.RequesterName
+	}
+	return ""
+}
+
+func (x *BreakglassGrant) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *BreakglassGrant) GetOtherHost() bool {
+	if x != nil {
+		return x.OtherHost
+	}
+	return false
 }
 
 var File_keyward_v1_keyward_proto protoreflect.FileDescriptor
@@ -4019,7 +4050,7 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x17\n" +
 	"\x15BreakglassListRequest\"M\n" +
 	"\x16BreakglassListResponse\x123\n" +
-	"\x06grants\x18\x01 \x03(\v2\x1b.keyward.v1.BreakglassGrantR\x06grants\"\xfa\x05\n" +
+	"\x06grants\x18\x01 \x03(\v2\x1b.keyward.v1.BreakglassGrantR\x06grants\"\xd4\x06\n" +
 	"\x0fBreakglassGrant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x14\n" +
@@ -4039,10 +4070,14 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\x10approvals_needed\x18\x0f \x01(\rR\x0fapprovalsNeeded\x12 \n" +
 	"\fended_by_uid\x18\x10 \x01(\rR\n" +
 	"endedByUid\x120\n" +
-	"\x05ended\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x1a:\n" +
+	"\x05ended\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x12%\n" +
+	"\x0erequester_name\x18\x12 \x01(\tR\rrequesterName\x12\x12\n" +
+	"\x04host\x18\x13 \x01(\tR\x04host\x12\x1d\n" +
+	"\n" +
+	"other_host\x18\x14 \x01(\bR\totherHost\x1a:\n" +
 	"\fContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xcb\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xdf\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fINVALID_REQUEST\x10\x01\x12\x14\n" +
@@ -4066,7 +4101,8 @@ const file_keyward_v1_keyward_proto_rawDesc = "" +
 	"\fRATE_LIMITED\x10\x11\x12\x15\n" +
 	"\x11TOO_MANY_REQUESTS\x10\x12\x12\x11\n" +
 	"\rSHUTTING_DOWN\x10\x13\x12\x15\n" +
-	"\x11AUDIT_UNAVAILABLE\x10\x14*W\n" +
+	"\x11AUDIT_UNAVAILABLE\x10\x14\x12\x12\n" +
+	"\x0eQUOTA_EXCEEDED\x10\x15*W\n" +
 	"\fVersionState\x12\x1d\n" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aENABLED\x10\x01\x12\f\n" +

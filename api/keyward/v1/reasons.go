@@ -18,7 +18,7 @@ func (r ErrorReason) Code() codes.Code {
 		return codes.PermissionDenied
 	case ErrorReason_BACKEND_UNAVAILABLE, ErrorReason_SHUTTING_DOWN, ErrorReason_AUDIT_UNAVAILABLE:
 		return codes.Unavailable
-	case ErrorReason_RATE_LIMITED, ErrorReason_TOO_MANY_REQUESTS:
+	case ErrorReason_RATE_LIMITED, ErrorReason_TOO_MANY_REQUESTS, ErrorReason_QUOTA_EXCEEDED:
 		return codes.ResourceExhausted
 	default:
 		return codes.FailedPrecondition
