@@ -7,6 +7,7 @@ package hsm
 import "C"
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -179,8 +180,9 @@ type mechanism struct {
 type gcmParams struct {
 	iv, aad []byte
 	tagBits int
-	// moved: the module pointed the parameters at another IV or changed
-	// its length (a module that chooses its own IV writes it into iv).
+	// moved: the module used another IV than iv (it pointed the
+	// parameters elsewhere, changed the length or wrote its own IV into
+	// the copy it was given), which would make the blob undecryptable.
 	moved bool
 }
 
@@ -190,8 +192,8 @@ func (m mechanism) readBack(c *C.struct_offload_job) {
 		return
 	}
 	g := (*C.struct_ck_gcm_params)(unsafe.Pointer(&c.params))
-	m.gcm.moved = int(g.iv_len) != len(m.gcm.iv) ||
-		len(m.gcm.iv) > 0 && unsafe.Pointer(g.iv) != unsafe.Pointer(&m.gcm.iv[0])
+	m.gcm.moved = int(g.iv_len) != len(m.gcm.iv) || unsafe.Pointer(g.iv) != unsafe.Pointer(&c.iv[0]) ||
+		!bytes.Equal(C.GoBytes(unsafe.Pointer(&c.iv[0]), C.int(len(m.gcm.iv))), m.gcm.iv)
 }
 
 // fill writes m into the job's C structures, pointing into pinned Go
@@ -200,8 +202,11 @@ func (m mechanism) fill(c *C.struct_offload_job, pin *runtime.Pinner) {
 	c.mech.mechanism = C.ck_ulong(m.typ)
 	switch {
 	case m.gcm != nil:
+		// The IV is copied into the job: a module that chooses its own
+		// writes it there (readBack), never into the caller's.
 		g := (*C.struct_ck_gcm_params)(unsafe.Pointer(&c.params))
-		g.iv, g.iv_len, g.iv_bits = pinned(pin, m.gcm.iv), C.ck_ulong(len(m.gcm.iv)), C.ck_ulong(8*len(m.gcm.iv))
+		n := copy(unsafe.Slice((*byte)(unsafe.Pointer(&c.iv[0])), len(c.iv)), m.gcm.iv)
+		g.iv, g.iv_len, g.iv_bits = &c.iv[0], C.ck_ulong(n), C.ck_ulong(8*n)
 		g.aad, g.aad_len = pinned(pin, m.gcm.aad), C.ck_ulong(len(m.gcm.aad))
 		g.tag_bits = C.ck_ulong(m.gcm.tagBits)
 		c.mech.parameter = unsafe.Pointer(g)

@@ -68,6 +68,7 @@ struct offload_job {
 		struct ck_gcm_params gcm;
 		struct ck_pss_params pss;
 	} params;
+	unsigned char iv[16]; // the GCM IV the parameters point at
 	unsigned char *in;
 	ck_ulong in_len;
 	unsigned char *out;
