@@ -320,13 +320,7 @@ func (s *Service) approve(c bgCaller, g *grant, now time.Time) error {
 	}
 	g.Approvals = append(g.Approvals, a)
 	g.Needed = max(g.Needed, bp.Approvals())
-	counted := 0
-	for _, x := range g.Approvals {
-		if c.b.approvalCounts(bp, g, x) {
-			counted++
-		}
-	}
-	if counted >= g.Needed {
+	if c.b.countedApprovals(bp, g) >= g.Needed {
 		g.State, g.Activated, g.Expires = grantActive, now, activeUntil(bp, g, now)
 	}
 	return nil

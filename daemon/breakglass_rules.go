@@ -82,11 +82,26 @@ func userName(uid uint32) string {
 // asked for it, to a requester the table still names, before the end the
 // table's current max_duration allows from its activation, and before the
 // latest end the table's bounds allow from its request (an approving
-// daemon's clock ahead of this one's cannot stretch a grant past it).
+// daemon's clock ahead of this one's cannot stretch a grant past it), and
+// with as many approvals that still count under bp (approvalCounts) as the
+// grant and bp need: an approving daemon on another host that still runs
+// an older, wider table cannot activate past a narrowing here.
 func (b *breakglass) honours(bp *policy.BreakglassPolicy, g *grant, id policy.Identity, now time.Time) bool {
 	return g.Host == b.host && bp.MayRequest(id) &&
 		now.Before(g.Activated.Add(bp.MaxDuration())) &&
-		now.Before(g.Requested.Add(bp.RequestTTL()+bp.MaxDuration()))
+		now.Before(g.Requested.Add(bp.RequestTTL()+bp.MaxDuration())) &&
+		b.countedApprovals(bp, g) >= max(g.Needed, bp.Approvals())
+}
+
+// countedApprovals is how many of g's approvals count under bp.
+func (b *breakglass) countedApprovals(bp *policy.BreakglassPolicy, g *grant) int {
+	n := 0
+	for _, a := range g.Approvals {
+		if b.approvalCounts(bp, g, a) {
+			n++
+		}
+	}
+	return n
 }
 
 // checkQuota refuses a new request by uid when it would pass the quotas:

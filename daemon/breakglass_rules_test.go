@@ -482,3 +482,26 @@ func summedUses(log string) int {
 	}
 	return n
 }
+
+// TestBreakglassNarrowingOtherHost: hosts A and B share a store and a
+// table needing one approval; after a request on A, A's table needs two
+// and drops apA, and apA approves through B, which still runs the old
+// table (the grant is active there): A does not honour it, since apA's
+// approval made under another table no longer counts here.
+func TestBreakglassNarrowingOtherHost(t *testing.T) {
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	be := keystest.NewMem()
+	signKey(t, be)
+	a, b := startRules(t, be, clock, hostA, rulesTable{}), startRules(t, be, clock, hostB, rulesTable{})
+	req := as(t, a.sock, rqUID)
+	id := requestGrant(t, req, "db db/sign sign 600 INC-42")
+	a.reload(t, rulesTable{approvals: 2, approvers: fmt.Sprintf("uids = [%d, %d]", apB, apC)})
+	expect(t, as(t, b.sock, apA), "bg-approve "+id, "OK active")
+	if g, _ := grantRecord(t, be, id); g.State != "active" {
+		t.Fatalf("grant %s is %s in the store, want active (approved on B)", id, g.State)
+	}
+	expect(t, req, "sign db/sign", "PermissionDenied PERMISSION_DENIED")
+	// Back to the table the grant was asked under: the approval counts again.
+	a.reload(t, rulesTable{})
+	expect(t, req, "sign db/sign", "OK signed(1)")
+}
