@@ -357,13 +357,15 @@ func (gs *grants) stored(g *grant) {
 	gs.saveSeen(gs.seen.stored(g, gs.now()))
 }
 
-// remove deletes every record of id (pruning): the high-water mark then
-// knows it gone, so that it coming back is an integrity failure.
-func (gs *grants) remove(ctx context.Context, id string) error {
+// remove deletes every record of g (pruning, or a withdrawn request): the
+// high-water mark then knows it gone, so that it coming back is an
+// integrity failure.
+func (gs *grants) remove(ctx context.Context, g *grant) error {
+	id := g.id
 	if err := gs.store.DeleteGrant(ctx, id); err != nil {
 		return err
 	}
-	gs.seen.removed(id, gs.now())
+	gs.seen.removed(g, gs.now())
 	gs.mu.Lock()
 	gs.view = slices.DeleteFunc(slices.Clone(gs.view), func(g *grant) bool { return g.id == id })
 	gs.mu.Unlock()

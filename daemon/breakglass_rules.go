@@ -29,10 +29,16 @@ import (
 // store holds storeRequestLimit records: the rest is headroom for the
 // requests of daemons on other hosts racing this one, whose counts this
 // daemon cannot serialise.
+//
+// Withdrawn requests take no record, but each is remembered in the
+// high-water file until its request expiry plus an hour: one requester has
+// at most maxWithdrawnPerRequester of those withdrawn here, so it cannot
+// grow the file without bound by asking and revoking.
 const (
-	maxRecordsPerRequester = 32
-	grantStoreHeadroom     = 64
-	storeRequestLimit      = keys.MaxGrants - grantStoreHeadroom
+	maxRecordsPerRequester   = 32
+	maxWithdrawnPerRequester = 32
+	grantStoreHeadroom       = 64
+	storeRequestLimit        = keys.MaxGrants - grantStoreHeadroom
 )
 
 // machineIDPath names the host of a grant (its requesting daemon's).
@@ -124,6 +130,9 @@ func (b *breakglass) checkQuota(view []*grant, uid uint32, now time.Time) error 
 	case mine >= maxRecordsPerRequester:
 		return quota("you have %d break-glass records (waiting, active, or ended less than 30 days ago), at most %d: ended ones are removed 30 days after they end", mine, maxRecordsPerRequester)
 	}
+	if n := b.grants.seen.withdrawnBy(uid, b.host); n >= maxWithdrawnPerRequester {
+		return quota("you have withdrawn %d break-glass requests whose request_ttl has not passed by an hour, at most %d: ask again once one has", n, maxWithdrawnPerRequester)
+	}
 	return nil
 }
 
@@ -183,7 +192,7 @@ func (b *breakglass) removeGrant(ctx context.Context, g *grant, trail auditLog, 
 			return
 		}
 	}
-	err := b.grants.remove(ctx, g.id)
+	err := b.grants.remove(ctx, g)
 	rec.Result = "OK"
 	if err != nil {
 		rec.Result = reasonOf(err).String()

@@ -1,0 +1,95 @@
+package daemon_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/keys/keystest"
+)
+
+// TestBreakglassWithdrawQuota: asking and withdrawing again and again is
+// throttled: 32 withdrawals of one requester whose request_ttl has not
+// passed by an hour, then QUOTA_EXCEEDED (another requester is not
+// affected); the ids of withdrawn requests leave the high-water file once
+// their request expiry is an hour past, and the requester may ask again.
+func TestBreakglassWithdrawQuota(t *testing.T) {
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	be := keystest.NewMem()
+	signKey(t, be)
+	dir := bgDir(t)
+	d := startRulesIn(t, dir, be, clock, hostA, rulesTable{}) // request_ttl 30m
+	req, req2, a := as(t, d.sock, rqUID), as(t, d.sock, rq2UID), as(t, d.sock, apA)
+	const args = "db db/sign sign 600 INC-50"
+	var ids []string
+	for i := range 32 {
+		id := requestGrant(t, req, args)
+		if i%4 == 3 {
+			expect(t, a, "bg-deny "+id, "OK denied")
+		} else {
+			expect(t, req, "bg-revoke "+id, "OK revoked")
+		}
+		ids = append(ids, id)
+	}
+	expect(t, req, "bg-request "+args, "ResourceExhausted QUOTA_EXCEEDED")
+	if got := req.do("bg-why " + args); !strings.Contains(got, "you have withdrawn 32 break-glass requests") {
+		t.Errorf("message: %q", got)
+	}
+	expect(t, req2, "bg-revoke "+requestGrant(t, req2, args), "OK revoked")
+	seenPath := filepath.Join(dir, "state", "breakglass-seen.json")
+	seen := func() string {
+		b, err := os.ReadFile(seenPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if body := seen(); !strings.Contains(body, ids[0]) || !strings.Contains(body, ids[31]) {
+		t.Fatalf("withdrawn ids not kept in the high-water file: %s", body)
+	}
+
+	clock.Add(29*time.Minute + time.Hour) // request expiry + 59m: still kept
+	expect(t, req, "bg-request "+args, "ResourceExhausted QUOTA_EXCEEDED")
+	clock.Add(2 * time.Minute)
+	expect(t, req, "bg-revoke "+requestGrant(t, req, args), "OK revoked")
+	body := seen()
+	for _, id := range ids {
+		if strings.Contains(body, id) {
+			t.Fatalf("withdrawn id %s still in the high-water file past its request expiry + 1h", id)
+		}
+	}
+	if n := strings.Count(body, `"until"`); n != 1 {
+		t.Errorf("%d withdrawn ids kept, want 1 (the latest): %s", n, body)
+	}
+}
+
+// TestBreakglassSeenFileTooBig: a high-water file larger than keywardd
+// reads does not stop it: it starts and serves every other call, while
+// break-glass is off (no request stored, no grant honoured) with an ERROR
+// line, until the file is removed.
+func TestBreakglassSeenFileTooBig(t *testing.T) {
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	be := keystest.NewMem()
+	signKey(t, be)
+	dir := bgDir(t)
+	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 16<<20+1)
+	for i := range big {
+		big[i] = ' '
+	}
+	if err := os.WriteFile(filepath.Join(dir, "state", "breakglass-seen.json"), big, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startRulesIn(t, dir, be, clock, hostA, rulesTable{})
+	expect(t, as(t, d.sock, 0), "create db/other aes-256-gcm", "OK")
+	if got := as(t, d.sock, rqUID).do("bg-request db db/sign sign 600 INC-51"); strings.HasPrefix(got, "OK") {
+		t.Errorf("request stored with break-glass off: %q", got)
+	}
+	if !strings.Contains(d.logs.String(), "break-glass is off: the high-water file is too large") {
+		t.Errorf("no ERROR line:\n%s", d.logs.String())
+	}
+}
