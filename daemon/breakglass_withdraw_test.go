@@ -1,12 +1,16 @@
 package daemon_test
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/config"
+	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/keys/keystest"
 )
 
@@ -92,4 +96,91 @@ func TestBreakglassSeenFileTooBig(t *testing.T) {
 	if !strings.Contains(d.logs.String(), "break-glass is off: the high-water file is too large") {
 		t.Errorf("no ERROR line:\n%s", d.logs.String())
 	}
+}
+
+// TestBreakglassSeenFileRefused: a high-water file keywardd may not trust
+// (readable by others, another user's, a symlink) is a configuration
+// error (exit 3, not restarted), naming the file; garbage in a file of
+// the right owner and mode is an integrity failure (exit 5).
+func TestBreakglassSeenFileRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, path string)
+		want  error
+	}{
+		{"readable by others", func(t *testing.T, path string) { writeSeen(t, path, "{}", 0o644, 0) }, config.ErrConfig},
+		{"another user's", func(t *testing.T, path string) { writeSeen(t, path, "{}", 0o600, rqUID) }, config.ErrConfig},
+		{"symlink", func(t *testing.T, path string) {
+			writeSeen(t, path+".real", "{}", 0o600, 0)
+			if err := os.Symlink(path+".real", path); err != nil {
+				t.Fatal(err)
+			}
+		}, config.ErrConfig},
+		{"not keywardd's", func(t *testing.T, path string) { writeSeen(t, path, "garbage", 0o600, 0) }, keys.ErrIntegrity},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := bgDir(t)
+			path := filepath.Join(dir, "state", "breakglass-seen.json")
+			tc.setup(t, path)
+			_, err := startBG(t, dir, keystest.NewMem(), &testClock{now: time.Now()}, 1)
+			if !errors.Is(err, tc.want) || !strings.Contains(fmt.Sprint(err), path) && tc.want == config.ErrConfig {
+				t.Fatalf("start: %v, want %v naming %s", err, tc.want, path)
+			}
+			if tc.want == config.ErrConfig && errors.Is(err, keys.ErrIntegrity) {
+				t.Errorf("start: %v is also an integrity failure", err)
+			}
+		})
+	}
+}
+
+func writeSeen(t *testing.T, path, body string, mode os.FileMode, uid int) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(body), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBreakglassWithdrawnElsewhere: a request another daemon withdrew,
+// seen pending here first, is remembered here until its request expiry
+// plus the longest max_duration and an hour (it may have been active in a
+// generation this daemon never saw), then forgotten.
+func TestBreakglassWithdrawnElsewhere(t *testing.T) {
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	be := keystest.NewMem()
+	signKey(t, be)
+	dirB := bgDir(t)
+	a, b := startRules(t, be, clock, hostA, rulesTable{}), startRulesIn(t, dirB, be, clock, hostB, rulesTable{})
+	req := as(t, a.sock, rqUID)
+	id := requestGrant(t, req, "db db/sign sign 600 INC-52")
+	expect(t, as(t, b.sock, apA), "bg-list", "OK "+id+":pending")
+	expect(t, req, "bg-revoke "+id, "OK revoked")
+	seenB := filepath.Join(dirB, "state", "breakglass-seen.json")
+	want := fmt.Sprintf(`%q:{"until":%q}`, id, clock.Now().Add(30*time.Minute+25*time.Hour).Format(time.RFC3339Nano))
+	waitSeen := func(what string, has bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			body, _ := os.ReadFile(seenB)
+			if strings.Contains(string(body), what) == has {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("high-water file of host B, want %q present=%v: %s", what, has, body)
+			}
+		}
+	}
+	waitSeen(want, true)
+	clock.Add(30*time.Minute + 25*time.Hour - time.Minute)
+	expect(t, as(t, b.sock, apA), "bg-list", "OK")
+	waitSeen(want, true)
+	clock.Add(2 * time.Minute)
+	waitSeen(id, false)
 }
