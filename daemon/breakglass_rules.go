@@ -169,6 +169,21 @@ func (b *breakglass) approvalCounts(bp *policy.BreakglassPolicy, g *grant, a app
 	return bp.MayApprove(policy.Identity{UID: a.UID, GID: a.GID, Groups: a.Groups}) && (a.UID != 0 || bp.NamesApproverUID(0))
 }
 
+// revokesForeign reports whether c may revoke g, asked for on another
+// host, whatever table it was asked under: as an approver of g's policy
+// or an admin of its key under this host's current table. A revocation
+// only narrows access, so a table edited on one host never leaves the
+// others unable to end that table's grants.
+func (s *Service) revokesForeign(c bgCaller, g *grant) bool {
+	if !c.b.foreign(g) {
+		return false
+	}
+	if bp, ok := c.pol.BreakglassNamed(g.Policy); ok && bp.MayApprove(c.id) {
+		return true
+	}
+	return c.pol.Decide(c.id, policy.Request{Op: policy.OpKeyDisable, Key: g.Key}, s.reserved()).Allowed
+}
+
 // sameApprover reports whether a is the approver (uid on host, or user
 // name anywhere) of b.
 func sameApprover(a, b approval) bool {
