@@ -272,6 +272,10 @@ func (gs *grants) run(ctx context.Context, f *grantsRead) {
 		}
 	}
 	gs.mu.Lock()
+	if err == nil && gs.seen.dirty() {
+		// this daemon's own change could not be saved meanwhile (saveSeen)
+		err = fmt.Errorf("%w: break-glass high-water file not saved", errGrantStore)
+	}
 	if err == nil {
 		view = mergeStored(view, gs.during)
 	} else {
@@ -374,11 +378,18 @@ func (gs *grants) remove(ctx context.Context, g *grant) error {
 }
 
 // saveSeen saves the high-water mark after this daemon's own change; a
-// failure is logged and the next read saves again (or fails closed).
+// failure is logged and drops the view, so that no grant is honoured until
+// a read saves the mark (the next call reads again, and fails closed until
+// the file is written).
 func (gs *grants) saveSeen(changed bool) {
-	if err := gs.seen.persist(changed); err != nil {
-		gs.log.Error("break-glass high-water file cannot be written (retried at the next read, which fails until it can)", messageIDKey, msgBreakglassStore, "err", err.Error())
+	err := gs.seen.persist(changed)
+	if err == nil {
+		return
 	}
+	gs.log.Error("break-glass high-water file cannot be written: no grant is honoured until it can (retried at the next read)", messageIDKey, msgBreakglassStore, "err", err.Error())
+	gs.mu.Lock()
+	gs.view, gs.readAt, gs.err = nil, time.Time{}, fmt.Errorf("%w: %w", errGrantStore, err)
+	gs.mu.Unlock()
 }
 
 // put stores g as its next generation.

@@ -105,6 +105,7 @@ type highWater struct {
 	loaded  bool
 	seen    seenFile
 	unsaved bool // changed since the last successful save
+	failed  bool // the last save failed
 
 	saveMu sync.Mutex // one save at a time, so an older mark never lands last
 }
@@ -272,6 +273,13 @@ func (h *highWater) persist(changed bool) error {
 	return h.save()
 }
 
+// dirty reports whether the last save failed (a change is not saved).
+func (h *highWater) dirty() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.failed
+}
+
 // load reads the file. Caller holds mu.
 func (h *highWater) load() error {
 	if h.path == "" {
@@ -339,13 +347,12 @@ func (h *highWater) save() error {
 	if err != nil {
 		return err
 	}
-	if err := h.write(b); err != nil {
-		h.mu.Lock()
-		h.unsaved = true
-		h.mu.Unlock()
-		return err
-	}
-	return nil
+	err = h.write(b)
+	h.mu.Lock()
+	h.unsaved = h.unsaved || err != nil
+	h.failed = err != nil
+	h.mu.Unlock()
+	return err
 }
 
 // write puts b in the file.

@@ -184,3 +184,31 @@ func TestBreakglassWithdrawnElsewhere(t *testing.T) {
 	clock.Add(2 * time.Minute)
 	waitSeen(id, false)
 }
+
+// TestBreakglassSeenSaveFails: when the high-water file cannot be saved
+// after this daemon's own change, no grant is honoured from the next call
+// on (not after the view ages), until a read saves it again.
+func TestBreakglassSeenSaveFails(t *testing.T) {
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	be := keystest.NewMem()
+	signKey(t, be)
+	dir := bgDir(t)
+	d := startRulesIn(t, dir, be, clock, hostA, rulesTable{})
+	req := as(t, d.sock, rqUID)
+	id := requestGrant(t, req, "db db/sign sign 600 INC-53")
+	expect(t, as(t, d.sock, apA), "bg-approve "+id, "OK active")
+	expect(t, req, "sign db/sign", "OK signed(1)")
+	state := filepath.Join(dir, "state")
+	if err := os.Chmod(state, 0o777); err != nil { // others may write: keywardd writes nothing there
+		t.Fatal(err)
+	}
+	requestGrant(t, as(t, d.sock, rq2UID), "db db/sign sign 600 INC-54") // stored; its mark is not saved
+	expect(t, req, "sign db/sign", "PermissionDenied PERMISSION_DENIED")
+	if !strings.Contains(d.logs.String(), "high-water file cannot be written: no grant is honoured") {
+		t.Errorf("no ERROR line:\n%s", d.logs.String())
+	}
+	if err := os.Chmod(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	waitAnswer(t, req, "sign db/sign", "OK signed(1)")
+}
