@@ -272,6 +272,10 @@ func (gs *grants) run(ctx context.Context, f *grantsRead) {
 		}
 	}
 	gs.mu.Lock()
+	if err == nil && gs.seen.dirty() {
+		// this daemon's own change could not be saved meanwhile (saveSeen)
+		err = fmt.Errorf("%w: break-glass high-water file not saved", errGrantStore)
+	}
 	if err == nil {
 		view = mergeStored(view, gs.during)
 	} else {
@@ -357,13 +361,15 @@ func (gs *grants) stored(g *grant) {
 	gs.saveSeen(gs.seen.stored(g, gs.now()))
 }
 
-// remove deletes every record of id (pruning): the high-water mark then
-// knows it gone, so that it coming back is an integrity failure.
-func (gs *grants) remove(ctx context.Context, id string) error {
+// remove deletes every record of g (pruning, or a withdrawn request): the
+// high-water mark then knows it gone, so that it coming back is an
+// integrity failure.
+func (gs *grants) remove(ctx context.Context, g *grant) error {
+	id := g.id
 	if err := gs.store.DeleteGrant(ctx, id); err != nil {
 		return err
 	}
-	gs.seen.removed(id, gs.now())
+	gs.seen.removed(g, gs.now())
 	gs.mu.Lock()
 	gs.view = slices.DeleteFunc(slices.Clone(gs.view), func(g *grant) bool { return g.id == id })
 	gs.mu.Unlock()
@@ -372,11 +378,18 @@ func (gs *grants) remove(ctx context.Context, id string) error {
 }
 
 // saveSeen saves the high-water mark after this daemon's own change; a
-// failure is logged and the next read saves again (or fails closed).
+// failure is logged and drops the view, so that no grant is honoured until
+// a read saves the mark (the next call reads again, and fails closed until
+// the file is written).
 func (gs *grants) saveSeen(changed bool) {
-	if err := gs.seen.persist(changed); err != nil {
-		gs.log.Error("break-glass high-water file cannot be written (retried at the next read, which fails until it can)", messageIDKey, msgBreakglassStore, "err", err.Error())
+	err := gs.seen.persist(changed)
+	if err == nil {
+		return
 	}
+	gs.log.Error("break-glass high-water file cannot be written: no grant is honoured until it can (retried at the next read)", messageIDKey, msgBreakglassStore, "err", err.Error())
+	gs.mu.Lock()
+	gs.view, gs.readAt, gs.err = nil, time.Time{}, fmt.Errorf("%w: %w", errGrantStore, err)
+	gs.mu.Unlock()
 }
 
 // put stores g as its next generation.

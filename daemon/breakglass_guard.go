@@ -70,15 +70,16 @@ var errNotParty = errors.New("no such grant, or not one you are party to")
 // not make it: the grant is in the view and the caller is no party to it
 // (who is party never changes: its requester, policy and key are fixed),
 // or it is not in the view and no break-glass policy names the caller as
-// requester or approver. nil: the change goes on to a fresh read.
-func (s *Service) refuseFromView(c bgCaller, id string) error {
+// requester or approver. revoking: the change is a revocation, which
+// revokesForeign also allows. nil: the change goes on to a fresh read.
+func (s *Service) refuseFromView(c bgCaller, id string, revoking bool) error {
 	view, _, err := c.b.grants.cached()
 	if err != nil {
 		return nil // the fresh read reports the store
 	}
 	for _, g := range view {
 		if g.id == id {
-			if s.partyTo(c, g) {
+			if s.partyTo(c, g) || revoking && s.revokesForeign(c, g) {
 				return nil
 			}
 			return bgDenied(fmt.Sprintf("uid %d is no party to grant %s", c.id.UID, id), errNotParty.Error())

@@ -230,7 +230,7 @@ func (s *Service) bgChange(ctx context.Context, m *method, id string, t transiti
 		err = validGrantIDForm(id)
 	}
 	if err == nil {
-		err = s.refuseFromView(c, id)
+		err = s.refuseFromView(c, id, m == mBGRevoke)
 	}
 	if err == nil {
 		g, err = c.b.grants.change(ctx, id, func(g *grant, now time.Time) error {
@@ -320,13 +320,7 @@ func (s *Service) approve(c bgCaller, g *grant, now time.Time) error {
 	}
 	g.Approvals = append(g.Approvals, a)
 	g.Needed = max(g.Needed, bp.Approvals())
-	counted := 0
-	for _, x := range g.Approvals {
-		if c.b.approvalCounts(bp, g, x) {
-			counted++
-		}
-	}
-	if counted >= g.Needed {
+	if c.b.countedApprovals(bp, g) >= g.Needed {
 		g.State, g.Activated, g.Expires = grantActive, now, activeUntil(bp, g, now)
 	}
 	return nil
@@ -353,10 +347,13 @@ func (s *Service) deny(c bgCaller, g *grant, now time.Time) error {
 }
 
 // revoke: the requester, an approver of the grant's policy or an admin of
-// its key, on a pending or active grant.
+// its key (on another host, under this host's table whatever the grant's:
+// revokesForeign), on a pending or active grant.
 func (s *Service) revoke(c bgCaller, g *grant, now time.Time) error {
-	if err := s.mayRead(c, g); err != nil {
-		return err
+	if !s.revokesForeign(c, g) {
+		if err := s.mayRead(c, g); err != nil {
+			return err
+		}
 	}
 	if st := g.state(now); st != grantPending && st != grantActive {
 		return invalid("the grant is %s already", st)

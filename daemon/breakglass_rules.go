@@ -29,10 +29,16 @@ import (
 // store holds storeRequestLimit records: the rest is headroom for the
 // requests of daemons on other hosts racing this one, whose counts this
 // daemon cannot serialise.
+//
+// Withdrawn requests take no record, but each is remembered in the
+// high-water file until its request expiry plus an hour: one requester has
+// at most maxWithdrawnPerRequester of those withdrawn here, so it cannot
+// grow the file without bound by asking and revoking.
 const (
-	maxRecordsPerRequester = 32
-	grantStoreHeadroom     = 64
-	storeRequestLimit      = keys.MaxGrants - grantStoreHeadroom
+	maxRecordsPerRequester   = 32
+	maxWithdrawnPerRequester = 32
+	grantStoreHeadroom       = 64
+	storeRequestLimit        = keys.MaxGrants - grantStoreHeadroom
 )
 
 // machineIDPath names the host of a grant (its requesting daemon's).
@@ -82,11 +88,26 @@ func userName(uid uint32) string {
 // asked for it, to a requester the table still names, before the end the
 // table's current max_duration allows from its activation, and before the
 // latest end the table's bounds allow from its request (an approving
-// daemon's clock ahead of this one's cannot stretch a grant past it).
+// daemon's clock ahead of this one's cannot stretch a grant past it), and
+// with as many approvals that still count under bp (approvalCounts) as the
+// grant and bp need: an approving daemon on another host that still runs
+// an older, wider table cannot activate past a narrowing here.
 func (b *breakglass) honours(bp *policy.BreakglassPolicy, g *grant, id policy.Identity, now time.Time) bool {
 	return g.Host == b.host && bp.MayRequest(id) &&
 		now.Before(g.Activated.Add(bp.MaxDuration())) &&
-		now.Before(g.Requested.Add(bp.RequestTTL()+bp.MaxDuration()))
+		now.Before(g.Requested.Add(bp.RequestTTL()+bp.MaxDuration())) &&
+		b.countedApprovals(bp, g) >= max(g.Needed, bp.Approvals())
+}
+
+// countedApprovals is how many of g's approvals count under bp.
+func (b *breakglass) countedApprovals(bp *policy.BreakglassPolicy, g *grant) int {
+	n := 0
+	for _, a := range g.Approvals {
+		if b.approvalCounts(bp, g, a) {
+			n++
+		}
+	}
+	return n
 }
 
 // checkQuota refuses a new request by uid when it would pass the quotas:
@@ -108,6 +129,9 @@ func (b *breakglass) checkQuota(view []*grant, uid uint32, now time.Time) error 
 		return quota("you have %d break-glass requests waiting for approval, at most %d: revoke one", open, maxPendingPerRequester)
 	case mine >= maxRecordsPerRequester:
 		return quota("you have %d break-glass records (waiting, active, or ended less than 30 days ago), at most %d: ended ones are removed 30 days after they end", mine, maxRecordsPerRequester)
+	}
+	if n := b.grants.seen.withdrawnBy(uid, b.host); n >= maxWithdrawnPerRequester {
+		return quota("you have withdrawn %d break-glass requests whose request_ttl has not passed by an hour, at most %d: ask again once one has", n, maxWithdrawnPerRequester)
 	}
 	return nil
 }
@@ -145,6 +169,21 @@ func (b *breakglass) approvalCounts(bp *policy.BreakglassPolicy, g *grant, a app
 	return bp.MayApprove(policy.Identity{UID: a.UID, GID: a.GID, Groups: a.Groups}) && (a.UID != 0 || bp.NamesApproverUID(0))
 }
 
+// revokesForeign reports whether c may revoke g, asked for on another
+// host, whatever table it was asked under: as an approver of g's policy
+// or an admin of its key under this host's current table. A revocation
+// only narrows access, so a table edited on one host never leaves the
+// others unable to end that table's grants.
+func (s *Service) revokesForeign(c bgCaller, g *grant) bool {
+	if !c.b.foreign(g) {
+		return false
+	}
+	if bp, ok := c.pol.BreakglassNamed(g.Policy); ok && bp.MayApprove(c.id) {
+		return true
+	}
+	return c.pol.Decide(c.id, policy.Request{Op: policy.OpKeyDisable, Key: g.Key}, s.reserved()).Allowed
+}
+
 // sameApprover reports whether a is the approver (uid on host, or user
 // name anywhere) of b.
 func sameApprover(a, b approval) bool {
@@ -168,7 +207,7 @@ func (b *breakglass) removeGrant(ctx context.Context, g *grant, trail auditLog, 
 			return
 		}
 	}
-	err := b.grants.remove(ctx, g.id)
+	err := b.grants.remove(ctx, g)
 	rec.Result = "OK"
 	if err != nil {
 		rec.Result = reasonOf(err).String()

@@ -70,7 +70,13 @@ type rulesDaemon struct {
 
 func startRules(t *testing.T, be keys.Backend, clock *testClock, host string, rt rulesTable) *rulesDaemon {
 	t.Helper()
-	dir := bgDir(t)
+	return startRulesIn(t, bgDir(t), be, clock, host, rt)
+}
+
+// startRulesIn is startRules in dir (its high-water file is
+// dir/state/breakglass-seen.json).
+func startRulesIn(t *testing.T, dir string, be keys.Backend, clock *testClock, host string, rt rulesTable) *rulesDaemon {
+	t.Helper()
 	d := &rulesDaemon{cfgPath: filepath.Join(dir, "keyward.toml")}
 	sock, auditLog := filepath.Join(dir, "run", "keyward.sock"), filepath.Join(dir, "audit", "audit.log")
 	d.head = fmt.Sprintf("socket = %q\nsocket_group = \"%d\"\naudit_log = %q\nbreakglass_state = %q\n[backend]\ntoken = \"unused: the test passes its own backend\"\n",
@@ -284,8 +290,16 @@ func TestBreakglassQuotas(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := req2.do("bg-why " + args); !strings.Contains(got, "new requests stop at 960") {
-		t.Errorf("full store: %q", got)
+	// A read the sweeper started while the store was filled may still be
+	// under way, and a request joins it: wait for one that saw it full.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		got := req2.do("bg-why " + args)
+		if strings.Contains(got, "new requests stop at 960") {
+			break
+		}
+		if time.Now().After(deadline) || !strings.Contains(got, "QUOTA_EXCEEDED") {
+			t.Fatalf("full store: %q", got)
+		}
 	}
 	if err := d.stop(); err != nil {
 		t.Fatal(err)
@@ -315,9 +329,10 @@ func readTrail(t *testing.T, path string) []audit.Record {
 
 // TestBreakglassHosts: daemons of two hosts on one store. A grant is used
 // only on the host that asked for it; another host with the same table
-// may approve it, one with another table may not approve, revoke or list
+// may approve it, one with another table may not approve or list
 // it; a requester's uid on another host is nobody there; and a user name
-// never approves its own request from another host (uid 2 is "bin" on both).
+// never approves its own request from another host (uid 2 is "bin" on both);
+// an approver under another table may still revoke it (that only narrows).
 func TestBreakglassHosts(t *testing.T) {
 	if userName := lookupName(2); userName == "" {
 		t.Skip("no user with uid 2 on this machine")
@@ -332,8 +347,8 @@ func TestBreakglassHosts(t *testing.T) {
 	c := startRules(t, be, clock, "cccccccccccccccccccccccccccccccc", other)
 
 	id := requestGrant(t, as(t, a.sock, rqUID), "db db/sign sign 600 INC-40")
-	expect(t, as(t, c.sock, apA), "bg-approve "+id, "PermissionDenied PERMISSION_DENIED") // another table
-	expect(t, as(t, c.sock, apA), "bg-revoke "+id, "PermissionDenied PERMISSION_DENIED")
+	expect(t, as(t, c.sock, apA), "bg-approve "+id, "PermissionDenied PERMISSION_DENIED")  // another table
+	expect(t, as(t, c.sock, rqUID), "bg-revoke "+id, "PermissionDenied PERMISSION_DENIED") // nobody there
 	expect(t, as(t, c.sock, apA), "bg-list", "OK")
 	expect(t, as(t, b.sock, apA), "bg-approve "+id, "OK active") // the same table
 	expect(t, as(t, b.sock, rqUID), "sign db/sign", "PermissionDenied PERMISSION_DENIED")
@@ -349,6 +364,27 @@ func TestBreakglassHosts(t *testing.T) {
 	expect(t, as(t, b.sock, apB), "bg-approve "+id2, "OK active")
 	if g, _ := grantRecord(t, be, id2); g.Host != hostA {
 		t.Errorf("grant recorded host %q, want %q", g.Host, hostA)
+	}
+	// Revoking only narrows access: an approver under another table may
+	// (host A sees it within grantMaxAge).
+	expect(t, as(t, c.sock, apA), "bg-revoke "+id, "OK revoked")
+	waitAnswer(t, req, "sign db/sign", "PermissionDenied PERMISSION_DENIED")
+	expect(t, as(t, a.sock, 2), "sign db/sign", "OK signed(1)") // id2 is still active
+	expect(t, as(t, c.sock, apB), "bg-revoke "+id2, "OK revoked")
+	waitAnswer(t, as(t, a.sock, 2), "sign db/sign", "PermissionDenied PERMISSION_DENIED")
+}
+
+// waitAnswer runs line as c until it answers want (bounded only to end a hang).
+func waitAnswer(t *testing.T, c *client, line, want string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		got := c.do(line)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: got %q, want %q", line, got, want)
+		}
 	}
 }
 
@@ -481,4 +517,27 @@ func summedUses(log string) int {
 		n += u
 	}
 	return n
+}
+
+// TestBreakglassNarrowingOtherHost: hosts A and B share a store and a
+// table needing one approval; after a request on A, A's table needs two
+// and drops apA, and apA approves through B, which still runs the old
+// table (the grant is active there): A does not honour it, since apA's
+// approval made under another table no longer counts here.
+func TestBreakglassNarrowingOtherHost(t *testing.T) {
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	be := keystest.NewMem()
+	signKey(t, be)
+	a, b := startRules(t, be, clock, hostA, rulesTable{}), startRules(t, be, clock, hostB, rulesTable{})
+	req := as(t, a.sock, rqUID)
+	id := requestGrant(t, req, "db db/sign sign 600 INC-42")
+	a.reload(t, rulesTable{approvals: 2, approvers: fmt.Sprintf("uids = [%d, %d]", apB, apC)})
+	expect(t, as(t, b.sock, apA), "bg-approve "+id, "OK active")
+	if g, _ := grantRecord(t, be, id); g.State != "active" {
+		t.Fatalf("grant %s is %s in the store, want active (approved on B)", id, g.State)
+	}
+	expect(t, req, "sign db/sign", "PermissionDenied PERMISSION_DENIED")
+	// Back to the table the grant was asked under: the approval counts again.
+	a.reload(t, rulesTable{})
+	expect(t, req, "sign db/sign", "OK signed(1)")
 }

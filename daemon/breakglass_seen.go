@@ -14,8 +14,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/internal/safepath"
 	"github.com/keyward/keyward/keys"
+	"github.com/keyward/keyward/policy"
 )
 
 // The break-glass high-water mark: the newest generation of every grant
@@ -29,14 +31,34 @@ import (
 // had ended longer ago than the retention (another daemon on a shared
 // device pruned it), or it was never seen active (a request withdrawn
 // before approval is removed at once; its absence allows nothing).
+//
+// A request this daemon withdrew (never active in any generation: its own
+// is the newest) is kept only until its request expiry plus
+// grantPruneSkew: a copy put back after that is an expired request, which
+// allows nothing and is pruned like any ended grant. One seen pending and
+// then missing (another daemon removed it) is kept until its request
+// expiry plus the longest max_duration and grantPruneSkew, past which no
+// table honours it whatever it says. Withdrawals count toward the
+// requester's quota while their ids are kept (maxWithdrawnPerRequester),
+// so that the file stays bounded.
 
 // grantPruneSkew is how much earlier than grantRetention another daemon
 // may prune an ended grant, by a clock ahead of ours.
 const grantPruneSkew = time.Hour
 
-// maxSeenFile bounds the high-water file read back (1024 grants and as
-// many removed ids take under 300 KiB).
-const maxSeenFile = 4 << 20
+// maxSeenFile bounds the high-water file read back: 1024 grants and as
+// many removed ids take under 300 KiB; the ids of one requester's
+// withdrawals kept by its own daemon (maxWithdrawnPerRequester) about
+// 4 KiB, and by another daemon that saw them pending (kept 25 hours
+// longer, so up to 26 windows' worth) under 64 KiB: 16 MiB holds those of
+// some 250 requesters in the worst case. A larger file is refused without being
+// read, and with it break-glass alone (errSeenTooBig), never the daemon.
+const maxSeenFile = 16 << 20
+
+// errSeenTooBig: the high-water file is larger than maxSeenFile; no grant
+// is honoured and no request stored until it is removed, while the rest
+// of keywardd serves.
+var errSeenTooBig = errors.New("break-glass high-water file too large")
 
 // seenGrant is what the daemon last saw of one grant id.
 type seenGrant struct {
@@ -48,6 +70,18 @@ type seenGrant struct {
 	// may go at once when it is withdrawn (revoked or denied before
 	// approval).
 	Pending bool `json:"pending,omitempty"`
+	// ReqExpires is a pending grant's request expiry: withdrawn, its id
+	// is kept until then (plus grantPruneSkew).
+	ReqExpires time.Time `json:"req_expires,omitzero"`
+}
+
+// withdrawnID is a request withdrawn before it was active: its id is kept
+// until Until, and counted toward its requester's quota (UID on Host)
+// when this daemon withdrew it.
+type withdrawnID struct {
+	Until time.Time `json:"until"`
+	UID   uint32    `json:"uid,omitempty"`
+	Host  string    `json:"host,omitempty"`
 }
 
 // seenFile is the high-water file's content (version 1).
@@ -57,6 +91,9 @@ type seenFile struct {
 	// Gone: ids whose records this daemon removed or saw pruned, and when;
 	// forgotten after grantRetention (their records allow nothing then).
 	Gone map[string]time.Time `json:"gone"`
+	// Withdrawn: ids of requests withdrawn before they were active, kept
+	// until their request expiry plus grantPruneSkew.
+	Withdrawn map[string]withdrawnID `json:"withdrawn,omitempty"`
 }
 
 // highWater is the high-water mark of one daemon. path "" keeps it in
@@ -68,12 +105,13 @@ type highWater struct {
 	loaded  bool
 	seen    seenFile
 	unsaved bool // changed since the last successful save
+	failed  bool // the last save failed
 
 	saveMu sync.Mutex // one save at a time, so an older mark never lands last
 }
 
 func newHighWater(path string) *highWater {
-	return &highWater{path: path, seen: seenFile{V: 1, Grants: map[string]seenGrant{}, Gone: map[string]time.Time{}}}
+	return &highWater{path: path, seen: seenFile{V: 1, Grants: map[string]seenGrant{}, Gone: map[string]time.Time{}, Withdrawn: map[string]withdrawnID{}}}
 }
 
 // snapshot returns a copy of the mark to check a read against: a read
@@ -88,7 +126,7 @@ func (h *highWater) snapshot() (seenFile, error) {
 		}
 		h.loaded = true
 	}
-	return seenFile{V: 1, Grants: maps.Clone(h.seen.Grants), Gone: maps.Clone(h.seen.Gone)}, nil
+	return seenFile{V: 1, Grants: maps.Clone(h.seen.Grants), Gone: maps.Clone(h.seen.Gone), Withdrawn: maps.Clone(h.seen.Withdrawn)}, nil
 }
 
 // check refuses a read (the newest records of all grants, decoded) that
@@ -98,7 +136,8 @@ func (snap seenFile) check(view []*grant, now time.Time) error {
 	in := make(map[string]bool, len(view))
 	for _, g := range view {
 		in[g.id] = true
-		if _, gone := snap.Gone[g.id]; gone {
+		_, gone := snap.Gone[g.id]
+		if _, w := snap.Withdrawn[g.id]; gone || w {
 			return fmt.Errorf("grant %s is back after its records were removed (an older copy of the device's grant records restored?): %w", g.id, keys.ErrIntegrity)
 		}
 		if s, ok := snap.Grants[g.id]; ok && g.gen < s.Gen {
@@ -125,25 +164,67 @@ func (h *highWater) observed(snap seenFile, view []*grant, now time.Time) bool {
 	in := make(map[string]bool, len(view))
 	for _, g := range view {
 		in[g.id] = true
-		if _, gone := h.seen.Gone[g.id]; gone {
+		_, gone := h.seen.Gone[g.id]
+		if _, w := h.seen.Withdrawn[g.id]; gone || w {
 			continue // removed by this daemon while the read ran
 		}
 		changed = h.note(g, now) || changed
 	}
 	for id := range snap.Grants {
 		if cur, ok := h.seen.Grants[id]; ok && !in[id] && cur.Gen <= snap.Grants[id].Gen {
-			delete(h.seen.Grants, id)
-			h.seen.Gone[id] = now
+			// Another daemon removed it: it may have been active in a
+			// generation this one never saw, so it is kept until no
+			// table could honour that (honours: request expiry plus
+			// max_duration).
+			h.forget(id, cur, withdrawnID{Until: cur.ReqExpires.Add(policy.MaxGrantDuration + grantPruneSkew)}, now)
 			changed = true
 		}
 	}
+	return h.expireGone(now) || changed
+}
+
+// forget moves id, last seen as s, from the grants known to the ids gone:
+// a request never seen active to the withdrawn ids, kept as w says. Caller
+// holds mu.
+func (h *highWater) forget(id string, s seenGrant, w withdrawnID, now time.Time) {
+	delete(h.seen.Grants, id)
+	if s.Pending && !s.ReqExpires.IsZero() {
+		h.seen.Withdrawn[id] = w
+		return
+	}
+	h.seen.Gone[id] = now
+}
+
+// expireGone forgets the removed ids kept long enough. Caller holds mu.
+func (h *highWater) expireGone(now time.Time) bool {
+	changed := false
 	for id, at := range h.seen.Gone {
 		if now.Sub(at) > grantRetention {
 			delete(h.seen.Gone, id)
 			changed = true
 		}
 	}
+	for id, w := range h.seen.Withdrawn {
+		if now.After(w.Until) {
+			delete(h.seen.Withdrawn, id)
+			changed = true
+		}
+	}
 	return changed
+}
+
+// withdrawnBy counts the requests of uid on host withdrawn through this
+// daemon whose ids are still kept.
+func (h *highWater) withdrawnBy(uid uint32, host string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, w := range h.seen.Withdrawn {
+		if w.UID == uid && w.Host == host {
+			n++
+		}
+	}
+	return n
 }
 
 // note records that g was seen at now. Caller holds mu. It reports whether
@@ -151,6 +232,9 @@ func (h *highWater) observed(snap seenFile, view []*grant, now time.Time) bool {
 // every read and is saved with the next change).
 func (h *highWater) note(g *grant, now time.Time) bool {
 	s := seenGrant{Gen: g.gen, End: now, Pending: g.Activated.IsZero()}
+	if s.Pending {
+		s.ReqExpires = g.RequestExpires
+	}
 	if st := g.state(now); st != grantPending && st != grantActive {
 		s.End = g.endedAt()
 	}
@@ -163,18 +247,18 @@ func (h *highWater) note(g *grant, now time.Time) bool {
 }
 
 // stored records this daemon's own change (g as stored); removed its own
-// deletion of id.
+// deletion of g's records.
 func (h *highWater) stored(g *grant, now time.Time) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.note(g, now)
 }
 
-func (h *highWater) removed(id string, now time.Time) {
+func (h *highWater) removed(g *grant, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.seen.Grants, id)
-	h.seen.Gone[id] = now
+	s := seenGrant{Pending: g.Activated.IsZero() && (g.State == grantRevoked || g.State == grantDenied), ReqExpires: g.RequestExpires}
+	h.forget(g.id, s, withdrawnID{Until: g.RequestExpires.Add(grantPruneSkew), UID: g.Requester, Host: g.Host}, now)
 }
 
 // persist saves the mark when changed, or when an earlier save failed.
@@ -189,6 +273,13 @@ func (h *highWater) persist(changed bool) error {
 	return h.save()
 }
 
+// dirty reports whether the last save failed (a change is not saved).
+func (h *highWater) dirty() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.failed
+}
+
 // load reads the file. Caller holds mu.
 func (h *highWater) load() error {
 	if h.path == "" {
@@ -199,11 +290,16 @@ func (h *highWater) load() error {
 		return nil // first start: nothing seen yet
 	}
 	if err != nil {
-		return fmt.Errorf("break-glass high-water file: %w", err)
+		return fmt.Errorf("break-glass high-water file (config breakglass_state): %w: %w", err, config.ErrConfig)
 	}
 	defer f.Close()
-	if err := checkSeenFile(f); err != nil {
+	size, err := checkSeenFile(f)
+	if err != nil {
 		return err
+	}
+	if size > maxSeenFile {
+		return fmt.Errorf("break-glass high-water file %s holds %d bytes, more than %d: no grant is honoured until it is removed (remove it only if you trust the device's grant records): %w",
+			h.path, size, maxSeenFile, errSeenTooBig)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxSeenFile+1))
 	if err != nil {
@@ -213,22 +309,26 @@ func (h *highWater) load() error {
 	if len(b) > maxSeenFile || json.Unmarshal(b, &s) != nil || s.V != 1 || s.Grants == nil || s.Gone == nil {
 		return fmt.Errorf("break-glass high-water file %s is not one keywardd wrote (remove it only if you trust the device's grant records): %w", h.path, keys.ErrIntegrity)
 	}
+	if s.Withdrawn == nil {
+		s.Withdrawn = map[string]withdrawnID{}
+	}
 	h.seen = s
 	return nil
 }
 
 // checkSeenFile refuses a high-water file that is not a regular file of
-// this process's user, or that others may write.
-func checkSeenFile(f *os.File) error {
+// this process's user, or that others may read or write, and returns its
+// size.
+func checkSeenFile(f *os.File) (int64, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return fmt.Errorf("break-glass high-water file: %w", err)
+		return 0, fmt.Errorf("break-glass high-water file: %w", err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Uid != uint32(os.Geteuid()) || st.Mode&0o077 != 0 {
-		return fmt.Errorf("break-glass high-water file %s: not a regular file of uid %d with mode 0600 (mode %o, uid %d): %w",
-			f.Name(), os.Geteuid(), st.Mode&0o7777, st.Uid, safepath.ErrUnsafe)
+		return 0, fmt.Errorf("break-glass high-water file %s (config breakglass_state): not a regular file of uid %d with mode 0600 (mode %o, uid %d): %w: %w",
+			f.Name(), os.Geteuid(), st.Mode&0o7777, st.Uid, safepath.ErrUnsafe, config.ErrConfig)
 	}
-	return nil
+	return st.Size, nil
 }
 
 // save writes the mark atomically and durably (0600, a fresh file renamed
@@ -247,13 +347,12 @@ func (h *highWater) save() error {
 	if err != nil {
 		return err
 	}
-	if err := h.write(b); err != nil {
-		h.mu.Lock()
-		h.unsaved = true
-		h.mu.Unlock()
-		return err
-	}
-	return nil
+	err = h.write(b)
+	h.mu.Lock()
+	h.unsaved = h.unsaved || err != nil
+	h.failed = err != nil
+	h.mu.Unlock()
+	return err
 }
 
 // write puts b in the file.

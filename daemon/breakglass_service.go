@@ -68,7 +68,10 @@ type breakglass struct {
 // be keeps no grants; it refuses (ErrBreakglassStore) a policy with
 // [[breakglass]] tables on such a backend, and a store that cannot be read
 // or fails its integrity check: a tampered store may hide a revocation or
-// hold a forged approval, so keywardd does not start on it.
+// hold a forged approval, so keywardd does not start on it. A high-water
+// file too large to read (errSeenTooBig) turns break-glass off instead (no
+// grant honoured, no request stored, ERROR logged and store_ok 0 until it
+// is removed): the rest of keywardd serves.
 func newBreakglass(ctx context.Context, be keys.Backend, kind, seenPath string, pol *policy.Policy, now func() time.Time, log *slog.Logger, trail auditLog) (*breakglass, error) {
 	gs, ok := be.(keys.GrantStore)
 	configured := pol.HasBreakglass()
@@ -84,7 +87,9 @@ func newBreakglass(ctx context.Context, be keys.Backend, kind, seenPath string, 
 	b := &breakglass{grants: newGrants(gs, log, now, seenPath), now: now, log: log}
 	b.grants.trail = trail
 	if configured {
-		if _, err := b.grants.current(ctx, true); err != nil {
+		if _, err := b.grants.current(ctx, true); errors.Is(err, errSeenTooBig) {
+			log.Error("break-glass is off: the high-water file is too large to read; keywardd serves everything else", messageIDKey, msgBreakglassStore, "err", err.Error())
+		} else if err != nil {
 			log.Error("break-glass grant store failed its check: not starting", messageIDKey, msgBreakglassStore, "err", err.Error())
 			return nil, fmt.Errorf("%w: %w", ErrBreakglassStore, err)
 		}
