@@ -536,8 +536,12 @@ func TestBreakglassNarrowingOtherHost(t *testing.T) {
 	if g, _ := grantRecord(t, be, id); g.State != "active" {
 		t.Fatalf("grant %s is %s in the store, want active (approved on B)", id, g.State)
 	}
+	// A sees the grant active (a requester's list reads the store afresh),
+	// and still refuses it: under A's table one approval is not enough.
+	expect(t, req, "bg-list", "OK "+id+":active")
 	expect(t, req, "sign db/sign", "PermissionDenied PERMISSION_DENIED")
 	// Back to the table the grant was asked under: the approval counts again.
 	a.reload(t, rulesTable{})
+	expect(t, req, "bg-list", "OK "+id+":active")
 	expect(t, req, "sign db/sign", "OK signed(1)")
 }
