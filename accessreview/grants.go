@@ -49,11 +49,10 @@ type grantSource interface {
 	attribute(u use) []int
 }
 
-// grantKinds are the kinds of grant a review lists, in this order. A new
-// kind (a time-boxed grant a second person approved, say) is one more
-// entry: its grants, read from Options.Config, and how an allowed record
-// is attributed to one (by the grant id its records carry, for instance).
-// An entry returns nil when its kind is not configured.
+// grantKinds are the kinds of grant a review lists, in this order: the
+// rules, then the break-glass tables. A new kind is one more entry: its
+// grants, read from Options, and how an allowed record is attributed to
+// one. An entry returns nil when its kind is not configured.
 var grantKinds = []func(Options) grantSource{
 	ruleGrants,
 	breakglassGrants,
@@ -64,7 +63,7 @@ type ruleSource struct {
 	pol   *policy.Policy
 	index map[string]int   // rule name -> index in list
 	list  []Grant          // one per rule, in config order
-	cache map[useKey][]int // attributions already made
+	cache map[useKey][]int // attributions already made, at most maxCached
 }
 
 // useKey is what a rule's attribution depends on.
@@ -107,6 +106,9 @@ func appendNew(list []string, s string) []string {
 	return append(list, s)
 }
 
+// maxCached bounds the rule attributions a review remembers.
+const maxCached = 100_000
+
 func (s *ruleSource) grants() []Grant { return s.list }
 
 func (s *ruleSource) attribute(u use) []int {
@@ -121,7 +123,9 @@ func (s *ruleSource) attribute(u use) []int {
 	for _, name := range s.pol.MayHaveAllowed(u.id, policy.Operation(u.rec.Op), u.rec.Key) {
 		idx = append(idx, s.index[name])
 	}
-	s.cache[k] = idx
+	if len(s.cache) < maxCached { // callers choose key names: bounded, as the rows are
+		s.cache[k] = idx
+	}
 	return idx
 }
 

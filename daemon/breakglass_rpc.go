@@ -247,9 +247,12 @@ func (s *Service) bgChange(ctx context.Context, m *method, id string, t transiti
 		s.countNotParty(c, g, err)
 	}
 	rec := opRecord{op: m.audit}
-	if g != nil {
+	switch {
+	case g != nil && err == nil:
 		rec.key, rec.grant, rec.reason = g.Key, g.id, "policy "+g.Policy+", now "+g.State
-	} else if validGrantIDForm(id) == nil {
+	case g != nil: // refused: g is the decision's copy, nothing of it was stored
+		rec.key, rec.grant, rec.reason = g.Key, g.id, "policy "+g.Policy
+	case validGrantIDForm(id) == nil:
 		rec.grant = id // a refusal names the id asked for, known or not
 	}
 	auditOpGrant(ctx, rec, start, err)

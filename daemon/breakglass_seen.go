@@ -355,16 +355,22 @@ func (h *highWater) save() error {
 	return err
 }
 
-// write puts b in the file.
+// write puts b in the file. A directory keywardd may not use, or a file
+// it may not write, is a configuration error (keywardd exits 3 if it is
+// so at start rather than being restarted into the same failure).
 func (h *highWater) write(b []byte) error {
 	dir := filepath.Dir(h.path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("break-glass high-water file: %w", err)
+		return fmt.Errorf("break-glass high-water file (breakglass_state): %w: %w", err, config.ErrConfig)
 	}
 	if _, err := safepath.CheckDir(dir, uint32(os.Geteuid())); err != nil {
-		return fmt.Errorf("break-glass high-water file: %w", err)
+		return fmt.Errorf("break-glass high-water file (breakglass_state): %w: %w", err, config.ErrConfig)
 	}
-	return writeFileAtomic(h.path, b)
+	err := writeFileAtomic(h.path, b)
+	if errors.Is(err, fs.ErrPermission) {
+		err = fmt.Errorf("%w: %w", err, config.ErrConfig)
+	}
+	return err
 }
 
 // writeFileAtomic replaces path with data: a 0600 temporary file beside

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
+	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/keys/keystest"
 	"github.com/keyward/keyward/policy"
@@ -211,4 +212,33 @@ func storedBody(t *testing.T, st *keystest.Mem, id string) []byte {
 		t.Fatal(recs, err)
 	}
 	return recs[0].Body
+}
+
+// TestHighWaterUnusableIsConfig: a state directory others may write, or a
+// path under a file, is a configuration error (keywardd exits 3 at start,
+// not restarted into the same failure every 5 s); a good one saves.
+func TestHighWaterUnusableIsConfig(t *testing.T) {
+	open := t.TempDir()
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, path string
+		config     bool
+	}{
+		{"directory open to others", filepath.Join(open, "seen.json"), true},
+		{"under a file", filepath.Join(notDir, "seen.json"), true},
+		{"a private directory", filepath.Join(t.TempDir(), "state", "seen.json"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := newHighWater(tc.path).save()
+			if got := errors.Is(err, config.ErrConfig); got != tc.config || !tc.config && err != nil {
+				t.Errorf("save: %v (a configuration error: %v), want one: %v", err, got, tc.config)
+			}
+		})
+	}
 }

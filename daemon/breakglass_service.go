@@ -251,8 +251,8 @@ func startBreakglass(ctx context.Context, svc *Service, cfg config.Config, pol *
 
 // breakglassHost is this daemon's machine id (Options.BreakglassHost in
 // tests). Without one, a daemon with [[breakglass]] does not start: its
-// grants could not be tied to this host. Without break-glass configured it
-// is read when a reload adds a table (breakglassFits).
+// grants could not be tied to this host. Without break-glass configured
+// at start, a reload that adds a table is refused (breakglassFits).
 func breakglassHost(opts Options, configured bool) (string, error) {
 	if opts.BreakglassHost != "" {
 		return opts.BreakglassHost, nil

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +53,22 @@ static struct offload_job *take(void) {
 	return j;
 }
 
+// announce tells the Go side job id is done. 8 bytes are written whole to
+// a pipe (PIPE_BUF), and the reader drains it, so it never fills with at
+// most the job count in it. Any other failure would leave a caller waiting
+// for ever: the process stops instead, as the Go side does when it cannot
+// read the pipe.
+static void announce(unsigned long long id) {
+	for (;;) {
+		ssize_t n = write(notify, &id, sizeof id);
+		if (n == (ssize_t)sizeof id)
+			return;
+		if (n < 0 && errno == EINTR)
+			continue;
+		abort();
+	}
+}
+
 static void *worker(void *arg) {
 	(void)arg;
 	// Started with every signal blocked (offload_submit): signals sent to
@@ -68,10 +85,7 @@ static void *worker(void *arg) {
 		struct offload_job *j = take();
 		run(j);
 		unsigned long long id = j->id;
-		// 8 bytes are written whole to a pipe (PIPE_BUF); the reader
-		// drains it, so it never fills with at most the job count in it.
-		while (write(notify, &id, sizeof id) < 0 && errno == EINTR)
-			;
+		announce(id);
 	}
 	return NULL;
 }
@@ -137,8 +151,6 @@ void offload_submit(struct offload_job *j) {
 		if (k == NULL)
 			break;
 		run(k);
-		unsigned long long id = k->id;
-		while (write(notify, &id, sizeof id) < 0 && errno == EINTR)
-			;
+		announce(k->id);
 	}
 }

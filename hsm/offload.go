@@ -54,17 +54,22 @@ type offloader struct {
 var (
 	offloadOnce sync.Once
 	offload     *offloader // nil: workers could not be set up; calls are made from Go
+	offloadErr  error      // why not
 )
 
-// workers returns the process's offloader, setting it up on first use.
+// workers returns the process's offloader, setting it up on first use;
+// nil if it cannot be (startWorkers has the error).
 func workers() *offloader {
-	offloadOnce.Do(func() {
-		o, err := newOffloader()
-		if err == nil {
-			offload = o
-		}
-	})
+	offloadOnce.Do(func() { offload, offloadErr = newOffloader() })
 	return offload
+}
+
+// startWorkers sets the offloader up if it is not yet, and returns why it
+// cannot be: without it a slow module's calls hold Go's scheduler slots
+// while they wait, as described above.
+func startWorkers() error {
+	workers()
+	return offloadErr
 }
 
 func newOffloader() (*offloader, error) {
@@ -77,7 +82,7 @@ func newOffloader() (*offloader, error) {
 	if err := unix.SetNonblock(p[0], true); err != nil {
 		unix.Close(p[0])
 		unix.Close(p[1])
-		return nil, err
+		return nil, fmt.Errorf("notification pipe: %w", err)
 	}
 	mem := C.calloc(maxJobs, C.size_t(unsafe.Sizeof(C.struct_offload_job{})))
 	if mem == nil {

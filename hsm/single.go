@@ -195,6 +195,7 @@ func (s *sess) offloaded(j *job, fns *functions, f singlePart, h pkcs11.ObjectHa
 	}
 	out, retry, err := singleResult(r.rv, r.n, j.out, size)
 	if retry {
+		clear(j.out) // a module may have written part of a plaintext first
 		return f.call(s.sh, in, r.n)
 	}
 	return out, err
@@ -260,6 +261,7 @@ func (f singlePart) call(sh pkcs11.SessionHandle, in []byte, size int) ([]byte, 
 		if !retry {
 			return res, err
 		}
+		clear(out) // a module may have written part of a plaintext first
 		size = int(n)
 	}
 	return nil, fmt.Errorf("module asked twice for a larger output buffer: %w", errOperationActive)

@@ -148,7 +148,7 @@ func (t *Token) Stats() Stats {
 		st.openMu.Unlock()
 		s.SessionsIdle = len(st.pool)
 		if st.fns != nil {
-			s.OnWorkers, s.Offloaded = st.fns.pace.slow.Load() && workers() != nil, st.fns.pace.handed.Load()
+			s.OnWorkers, s.Offloaded = st.fns.offload(), st.fns.pace.handed.Load()
 		}
 	}
 	return s
@@ -234,6 +234,11 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 			if t.cross, err = openCrossLock(ti.SerialNumber); err != nil {
 				log.Warn("key changes are not serialised with other processes using this SoftHSM2 token", "err", err.Error())
 			}
+		}
+	}
+	if st.fns != nil {
+		if err := startWorkers(); err != nil {
+			log.Warn("no worker threads for slow PKCS#11 calls: on a network HSM, calls waiting on it will delay every other call", "err", err.Error())
 		}
 	}
 	t.stopSweep = make(chan struct{})
