@@ -28,9 +28,11 @@ func testGrants(t *testing.T, be keys.Backend, h Hooks) {
 		t.Skip("backend keeps no grant records (no keys.GrantStore)")
 	}
 	gs := func() keys.GrantStore { return be.(keys.GrantStore) }
+	// A case gets the backend by reference: reopening replaces it for the
+	// cases after it, as for gs.
 	for _, c := range []struct {
 		name string
-		run  func(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hooks)
+		run  func(t *testing.T, be *keys.Backend, gs func() keys.GrantStore, h Hooks)
 	}{
 		{"round_trip", grantRoundTrip},
 		{"generation_conflict", grantGenerationConflict},
@@ -42,11 +44,11 @@ func testGrants(t *testing.T, be keys.Backend, h Hooks) {
 		{"read_only", grantReadOnly},
 		{"tampered", grantTampered},
 	} {
-		t.Run(c.name, func(t *testing.T) { c.run(t, be, gs, h) })
+		t.Run(c.name, func(t *testing.T) { c.run(t, &be, gs, h) })
 	}
 }
 
-func grantRoundTrip(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hooks) {
+func grantRoundTrip(t *testing.T, be *keys.Backend, gs func() keys.GrantStore, h Hooks) {
 	id := newGrantID(t, gs)
 	putGrant(t, gs(), id, 1, []byte(`{"state":"pending"}`))
 	wantGrant(t, gs(), id, 1, []byte(`{"state":"pending"}`))
@@ -60,7 +62,7 @@ func grantRoundTrip(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h 
 	wantGrant(t, gs(), empty, 1, []byte{})
 }
 
-func grantGenerationConflict(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hooks) {
+func grantGenerationConflict(t *testing.T, be *keys.Backend, gs func() keys.GrantStore, h Hooks) {
 	id := newGrantID(t, gs)
 	for _, gen := range []uint64{0, 2, 1 << 63} {
 		err := gs().PutGrant(t.Context(), id, gen, []byte("x"))
@@ -77,7 +79,7 @@ func grantGenerationConflict(t *testing.T, be keys.Backend, gs func() keys.Grant
 	wantGrant(t, gs(), id, 2, []byte("two"))
 }
 
-func grantOneOfConcurrentWins(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hooks) {
+func grantOneOfConcurrentWins(t *testing.T, be *keys.Backend, gs func() keys.GrantStore, h Hooks) {
 	id := newGrantID(t, gs)
 	const writers = 6
 	errs := make([]error, writers)
@@ -103,7 +105,7 @@ func grantOneOfConcurrentWins(t *testing.T, be keys.Backend, gs func() keys.Gran
 	wantGrant(t, gs(), id, 1, fmt.Appendf(nil, "writer %d", won))
 }
 
-func grantDelete(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hooks) {
+func grantDelete(t *testing.T, be *keys.Backend, gs func() keys.GrantStore, h Hooks) {
 	id, other := newGrantID(t, gs), newGrantID(t, gs)
 	putGrant(t, gs(), id, 1, []byte("one"))
 	putGrant(t, gs(), id, 2, []byte("two"))
@@ -119,7 +121,7 @@ func grantDelete(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hoo
 	wantGrant(t, gs(), id, 1, []byte("again"))
 }
 
-func grantInvalid(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hooks) {
+func grantInvalid(t *testing.T, be *keys.Backend, gs func() keys.GrantStore, h Hooks) {
 	for _, id := range []string{"", "A", "a_b", "a/b", "../x", "a.b", "a b", "é", strings.Repeat("a", keys.MaxGrantID+1)} {
 		err := gs().PutGrant(t.Context(), id, 1, []byte("x"))
 		wantErr(t, err, fmt.Sprintf("PutGrant(%q)", id), keys.ErrInvalidArgument)
@@ -136,14 +138,14 @@ func grantInvalid(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Ho
 	wantNoGrant(t, gs(), id)
 }
 
-func grantCountLimit(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hooks) {
+func grantCountLimit(t *testing.T, be *keys.Backend, gs func() keys.GrantStore, h Hooks) {
 	if h.LimitGrants == nil {
 		t.Skip("no LimitGrants hook")
 	}
 	stored, err := gs().Grants(t.Context())
 	must(t, err, "Grants")
 	a, b := newGrantID(t, gs), newGrantID(t, gs)
-	h.LimitGrants(t, be, len(stored)+1)
+	h.LimitGrants(t, *be, len(stored)+1)
 	putGrant(t, gs(), a, 1, []byte("a"))
 	err = gs().PutGrant(t.Context(), b, 1, []byte("b"))
 	wantErr(t, err, "PutGrant of a new id over the limit", keys.ErrInvalidArgument)
@@ -153,7 +155,7 @@ func grantCountLimit(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h
 	putGrant(t, gs(), b, 1, []byte("b"))
 }
 
-func grantReopen(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hooks) {
+func grantReopen(t *testing.T, be *keys.Backend, gs func() keys.GrantStore, h Hooks) {
 	if h.Reopen == nil {
 		t.Skip("no Reopen hook")
 	}
@@ -162,7 +164,7 @@ func grantReopen(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hoo
 	putGrant(t, gs(), id, 2, []byte("two"))
 	putGrant(t, gs(), gone, 1, []byte("deleted"))
 	must(t, gs().DeleteGrant(t.Context(), gone), "DeleteGrant(%s)", gone)
-	be = h.Reopen(t, be)
+	*be = h.Reopen(t, *be) // gs reads the reopened backend
 	wantGrant(t, gs(), id, 2, []byte("two"))
 	wantNoGrant(t, gs(), gone)
 	err := gs().PutGrant(t.Context(), id, 2, []byte("stale"))
@@ -171,13 +173,13 @@ func grantReopen(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hoo
 	wantGrant(t, gs(), id, 3, []byte("three"))
 }
 
-func grantReadOnly(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hooks) {
+func grantReadOnly(t *testing.T, be *keys.Backend, gs func() keys.GrantStore, h Hooks) {
 	if h.ReadOnly == nil {
 		t.Skip("no ReadOnly hook")
 	}
 	id := newGrantID(t, gs)
 	putGrant(t, gs(), id, 1, []byte("one"))
-	ro, ok := h.ReadOnly(t, be).(keys.GrantStore)
+	ro, ok := h.ReadOnly(t, *be).(keys.GrantStore)
 	if !ok {
 		t.Fatal("the read-only instance keeps no grants")
 	}
@@ -187,14 +189,14 @@ func grantReadOnly(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h H
 	wantGrant(t, gs(), id, 1, []byte("one"))
 }
 
-func grantTampered(t *testing.T, be keys.Backend, gs func() keys.GrantStore, h Hooks) {
+func grantTampered(t *testing.T, be *keys.Backend, gs func() keys.GrantStore, h Hooks) {
 	if h.TamperGrant == nil {
 		t.Skip("no TamperGrant hook")
 	}
 	id := newGrantID(t, gs)
 	putGrant(t, gs(), id, 1, []byte(`{"until":"2026-01-01T00:00:00Z"}`))
 	putGrant(t, gs(), id, 2, []byte(`{"revoked":true}`))
-	h.TamperGrant(t, be, id)
+	h.TamperGrant(t, *be, id)
 	_, err := gs().Grants(t.Context())
 	wantErr(t, err, "Grants with a tampered record", keys.ErrIntegrity)
 	// Deleting the damaged grant is how an operator clears it.
