@@ -130,8 +130,12 @@ func (b *breakglass) checkQuota(view []*grant, uid uint32, now time.Time) error 
 	case mine >= maxRecordsPerRequester:
 		return quota("you have %d break-glass records (waiting, active, or ended less than 30 days ago), at most %d: ended ones are removed 30 days after they end", mine, maxRecordsPerRequester)
 	}
-	if n := b.grants.seen.withdrawnBy(uid, b.host); n >= maxWithdrawnPerRequester {
-		return quota("you have withdrawn %d break-glass requests whose request_ttl has not passed by an hour, at most %d: ask again once one has", n, maxWithdrawnPerRequester)
+	n, kept := b.grants.seen.withdrawnBy(uid, b.host)
+	if n >= maxWithdrawnPerRequester {
+		return quota("you have withdrawn %d break-glass requests still remembered (until a day and an hour after their request_ttl), at most %d: ask again once one is forgotten", n, maxWithdrawnPerRequester)
+	}
+	if kept >= maxSeenEntries {
+		return quota("the break-glass high-water file remembers %d grant ids, at most %d before it could outgrow its bound: ask again once some are forgotten", kept, maxSeenEntries)
 	}
 	return nil
 }

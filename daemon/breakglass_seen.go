@@ -46,14 +46,17 @@ import (
 // may prune an ended grant, by a clock ahead of ours.
 const grantPruneSkew = time.Hour
 
-// maxSeenFile bounds the high-water file read back: 1024 grants and as
-// many removed ids take under 300 KiB; the ids of one requester's
-// withdrawals kept by its own daemon (maxWithdrawnPerRequester) about
-// 4 KiB, and by another daemon that saw them pending (kept 25 hours
-// longer, so up to 26 windows' worth) under 64 KiB: 16 MiB holds those of
-// some 250 requesters in the worst case. A larger file is refused without being
-// read, and with it break-glass alone (errSeenTooBig), never the daemon.
+// maxSeenFile bounds the high-water file read back. An entry takes under
+// 200 bytes, and new requests stop once maxSeenEntries are kept
+// (checkQuota), so the file stays well under it: a larger one is refused
+// without being read, and with it break-glass alone (errSeenTooBig), never
+// the daemon.
 const maxSeenFile = 16 << 20
+
+// maxSeenEntries is how many grant ids (known, removed, withdrawn) the
+// file may remember before new requests stop: 50,000 entries of under 200
+// bytes each fit maxSeenFile with room to spare.
+const maxSeenEntries = 50_000
 
 // errSeenTooBig: the high-water file is larger than maxSeenFile; no grant
 // is honoured and no request stored until it is removed, while the rest
@@ -71,8 +74,13 @@ type seenGrant struct {
 	// approval).
 	Pending bool `json:"pending,omitempty"`
 	// ReqExpires is a pending grant's request expiry: withdrawn, its id
-	// is kept until then (plus grantPruneSkew).
+	// is kept until no table could honour an approval of it (request
+	// expiry plus the longest max_duration, plus grantPruneSkew).
 	ReqExpires time.Time `json:"req_expires,omitzero"`
+	// UID and Host are a pending grant's requester: a withdrawal counts
+	// towards their quota whichever daemon removed the request.
+	UID  uint32 `json:"uid,omitempty"`
+	Host string `json:"host,omitempty"`
 }
 
 // withdrawnID is a request withdrawn before it was active: its id is kept
@@ -176,7 +184,7 @@ func (h *highWater) observed(snap seenFile, view []*grant, now time.Time) bool {
 			// generation this one never saw, so it is kept until no
 			// table could honour that (honours: request expiry plus
 			// max_duration).
-			h.forget(id, cur, withdrawnID{Until: cur.ReqExpires.Add(policy.MaxGrantDuration + grantPruneSkew)}, now)
+			h.forget(id, cur, withdrawnID{Until: cur.ReqExpires.Add(policy.MaxGrantDuration + grantPruneSkew), UID: cur.UID, Host: cur.Host}, now)
 			changed = true
 		}
 	}
@@ -213,18 +221,17 @@ func (h *highWater) expireGone(now time.Time) bool {
 	return changed
 }
 
-// withdrawnBy counts the requests of uid on host withdrawn through this
-// daemon whose ids are still kept.
-func (h *highWater) withdrawnBy(uid uint32, host string) int {
+// withdrawnBy counts the requests of uid on host withdrawn (by any daemon
+// this one saw them on) whose ids are still kept, and all ids kept.
+func (h *highWater) withdrawnBy(uid uint32, host string) (mine, all int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	n := 0
 	for _, w := range h.seen.Withdrawn {
 		if w.UID == uid && w.Host == host {
-			n++
+			mine++
 		}
 	}
-	return n
+	return mine, len(h.seen.Withdrawn) + len(h.seen.Gone) + len(h.seen.Grants)
 }
 
 // note records that g was seen at now. Caller holds mu. It reports whether
@@ -233,7 +240,7 @@ func (h *highWater) withdrawnBy(uid uint32, host string) int {
 func (h *highWater) note(g *grant, now time.Time) bool {
 	s := seenGrant{Gen: g.gen, End: now, Pending: g.Activated.IsZero()}
 	if s.Pending {
-		s.ReqExpires = g.RequestExpires
+		s.ReqExpires, s.UID, s.Host = g.RequestExpires, g.Requester, g.Host
 	}
 	if st := g.state(now); st != grantPending && st != grantActive {
 		s.End = g.endedAt()
@@ -258,7 +265,10 @@ func (h *highWater) removed(g *grant, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	s := seenGrant{Pending: g.Activated.IsZero() && (g.State == grantRevoked || g.State == grantDenied), ReqExpires: g.RequestExpires}
-	h.forget(g.id, s, withdrawnID{Until: g.RequestExpires.Add(grantPruneSkew), UID: g.Requester, Host: g.Host}, now)
+	// Kept as long as when another daemon removes it: a rollback could
+	// bring back a copy approved elsewhere before the request expired,
+	// which a table honours for up to max_duration after.
+	h.forget(g.id, s, withdrawnID{Until: g.RequestExpires.Add(policy.MaxGrantDuration + grantPruneSkew), UID: g.Requester, Host: g.Host}, now)
 }
 
 // persist saves the mark when changed, or when an earlier save failed.

@@ -15,10 +15,10 @@ import (
 )
 
 // TestBreakglassWithdrawQuota: asking and withdrawing again and again is
-// throttled: 32 withdrawals of one requester whose request_ttl has not
-// passed by an hour, then QUOTA_EXCEEDED (another requester is not
+// throttled: 32 withdrawals of one requester still remembered, then
+// QUOTA_EXCEEDED (another requester is not
 // affected); the ids of withdrawn requests leave the high-water file once
-// their request expiry is an hour past, and the requester may ask again.
+// their request expiry is 25 hours past, and the requester may ask again.
 func TestBreakglassWithdrawQuota(t *testing.T) {
 	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 	be := keystest.NewMem()
@@ -54,14 +54,16 @@ func TestBreakglassWithdrawQuota(t *testing.T) {
 		t.Fatalf("withdrawn ids not kept in the high-water file: %s", body)
 	}
 
-	clock.Add(29*time.Minute + time.Hour) // request expiry + 59m: still kept
+	// Kept until the request expiry plus the longest max_duration and an
+	// hour: a rollback could bring back a copy approved elsewhere.
+	clock.Add(29*time.Minute + 25*time.Hour) // request expiry + 24h59m: still kept
 	expect(t, req, "bg-request "+args, "ResourceExhausted QUOTA_EXCEEDED")
 	clock.Add(2 * time.Minute)
 	expect(t, req, "bg-revoke "+requestGrant(t, req, args), "OK revoked")
 	body := seen()
 	for _, id := range ids {
 		if strings.Contains(body, id) {
-			t.Fatalf("withdrawn id %s still in the high-water file past its request expiry + 1h", id)
+			t.Fatalf("withdrawn id %s still in the high-water file past its request expiry + 25h", id)
 		}
 	}
 	if n := strings.Count(body, `"until"`); n != 1 {
@@ -164,7 +166,8 @@ func TestBreakglassWithdrawnElsewhere(t *testing.T) {
 	expect(t, as(t, b.sock, apA), "bg-list", "OK "+id+":pending")
 	expect(t, req, "bg-revoke "+id, "OK revoked")
 	seenB := filepath.Join(dirB, "state", "breakglass-seen.json")
-	want := fmt.Sprintf(`%q:{"until":%q}`, id, clock.Now().Add(30*time.Minute+25*time.Hour).Format(time.RFC3339Nano))
+	// Kept with its requester, whose withdrawal quota it counts towards.
+	want := fmt.Sprintf(`%q:{"until":%q,"uid":%d,"host":%q}`, id, clock.Now().Add(30*time.Minute+25*time.Hour).Format(time.RFC3339Nano), rqUID, hostA)
 	waitSeen := func(what string, has bool) {
 		t.Helper()
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
@@ -211,4 +214,23 @@ func TestBreakglassSeenSaveFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitAnswer(t, req, "sign db/sign", "OK signed(1)")
+}
+
+// TestBreakglassWithdrawnElsewhereCounts: requests withdrawn on another
+// host count towards the requester's withdrawal quota here too, so asking
+// on one host and revoking on another cannot grow this host's high-water
+// file without bound.
+func TestBreakglassWithdrawnElsewhereCounts(t *testing.T) {
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	be := keystest.NewMem()
+	signKey(t, be)
+	a, b := startRules(t, be, clock, hostA, rulesTable{}), startRules(t, be, clock, hostB, rulesTable{})
+	req, revoker := as(t, a.sock, rqUID), as(t, b.sock, apA)
+	const args = "db db/sign sign 600 INC-53"
+	for range 32 {
+		id := requestGrant(t, req, args)
+		expect(t, revoker, "bg-revoke "+id, "OK revoked")
+		expect(t, req, "bg-list", "OK") // A reads the store afresh: the request is gone
+	}
+	expect(t, req, "bg-request "+args, "ResourceExhausted QUOTA_EXCEEDED")
 }
