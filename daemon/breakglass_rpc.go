@@ -267,6 +267,9 @@ func (s *Service) bgChange(ctx context.Context, m *method, id string, t transiti
 		}
 		c.b.removeGrant(ctx, g, s.audit, peer, "withdrawn before it was active (policy "+g.Policy+", "+g.State+")")
 	}
+	if !s.partyTo(c, g) { // a revoker from another host: the outcome, nothing of the grant
+		return &pb.BreakglassGrant{Id: g.id, State: g.State}, nil
+	}
 	return s.grantPB(g), nil
 }
 
@@ -353,12 +356,14 @@ func (s *Service) deny(c bgCaller, g *grant, now time.Time) error {
 // its key (on another host, under this host's table whatever the grant's:
 // revokesForeign), on a pending or active grant.
 func (s *Service) revoke(c bgCaller, g *grant, now time.Time) error {
-	if !s.revokesForeign(c, g) {
-		if err := s.mayRead(c, g); err != nil {
-			return err
-		}
+	party := s.partyTo(c, g)
+	if !party && !s.revokesForeign(c, g) {
+		return s.mayRead(c, g)
 	}
 	if st := g.state(now); st != grantPending && st != grantActive {
+		if !party { // a revoker from another host learns nothing of an ended grant
+			return s.mayRead(c, g)
+		}
 		return invalid("the grant is %s already", st)
 	}
 	g.State, g.EndedBy, g.Ended = grantRevoked, c.id.UID, now

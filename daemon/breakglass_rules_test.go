@@ -372,6 +372,10 @@ func TestBreakglassHosts(t *testing.T) {
 	expect(t, as(t, a.sock, 2), "sign db/sign", "OK signed(1)") // id2 is still active
 	expect(t, as(t, c.sock, apB), "bg-revoke "+id2, "OK revoked")
 	waitAnswer(t, as(t, a.sock, 2), "sign db/sign", "PermissionDenied PERMISSION_DENIED")
+	// An ended grant, to a revoker under another table, looks like one
+	// that does not exist: no state is told.
+	expect(t, as(t, c.sock, apA), "bg-revoke "+id, "PermissionDenied PERMISSION_DENIED")
+	expect(t, as(t, c.sock, apA), "bg-revoke "+strings.Repeat("9", 32), "PermissionDenied PERMISSION_DENIED")
 }
 
 // waitAnswer runs line as c until it answers want (bounded only to end a hang).
