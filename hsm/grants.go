@@ -274,29 +274,13 @@ func (s *sess) grantRoom() error {
 // one search. An object under the grant application whose label is not a
 // grant's is an integrity failure: nothing of keyward's makes one.
 func (s *sess) grantObjects() (map[string][]storedMeta, error) {
-	hs, err := s.find([]*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
-		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, grantApplication),
-	})
-	if err != nil {
-		return nil, err
-	}
-	byID := map[string][]storedMeta{}
-	for _, h := range hs {
-		a, err := s.attrs(h, pkcs11.CKA_LABEL, pkcs11.CKA_VALUE)
-		if err != nil {
-			if errors.Is(err, pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID)) {
-				continue // destroyed by a writer between find and read
-			}
-			return nil, err
-		}
-		id, ok := bytes.CutPrefix(a[pkcs11.CKA_LABEL], []byte(grantLabelPrefix))
+	return s.recordObjects(grantApplication, func(label []byte) (string, error) {
+		id, ok := bytes.CutPrefix(label, []byte(grantLabelPrefix))
 		if !ok || keys.ValidGrantID(string(id)) != nil {
-			return nil, fmt.Errorf("a grant record object labelled %q: %w", a[pkcs11.CKA_LABEL], keys.ErrIntegrity)
+			return "", fmt.Errorf("a grant record object labelled %q: %w", label, keys.ErrIntegrity)
 		}
-		byID[string(id)] = append(byID[string(id)], storedMeta{h: h, raw: a[pkcs11.CKA_VALUE]})
-	}
-	return byID, nil
+		return string(id), nil
+	})
 }
 
 // Grants implements keys.GrantStore: every grant's newest record, sorted

@@ -826,16 +826,29 @@ func (s *sess) loadAllMeta() ([]*metaRecord, error) {
 }
 
 // allStoredMeta returns every record object, unverified, by key name, from
-// one search.
+// one search. Objects whose label names no valid key are passed over.
 func (s *sess) allStoredMeta() (map[string][]storedMeta, error) {
+	return s.recordObjects(metaApplication, func(label []byte) (string, error) {
+		name, ok := bytes.CutPrefix(label, []byte(metaLabelPrefix))
+		if !ok || keys.ValidateName(string(name)) != nil {
+			return "", nil
+		}
+		return string(name), nil
+	})
+}
+
+// recordObjects returns the data objects of application app, unverified,
+// from one search, grouped by the key keyOf finds in each one's label ("":
+// passed over; an error ends the search).
+func (s *sess) recordObjects(app string, keyOf func(label []byte) (string, error)) (map[string][]storedMeta, error) {
 	hs, err := s.find([]*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
-		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, metaApplication),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, app),
 	})
 	if err != nil {
 		return nil, err
 	}
-	byName := map[string][]storedMeta{}
+	out := map[string][]storedMeta{}
 	for _, h := range hs {
 		a, err := s.attrs(h, pkcs11.CKA_LABEL, pkcs11.CKA_VALUE)
 		if err != nil {
@@ -844,13 +857,15 @@ func (s *sess) allStoredMeta() (map[string][]storedMeta, error) {
 			}
 			return nil, err
 		}
-		name, ok := bytes.CutPrefix(a[pkcs11.CKA_LABEL], []byte(metaLabelPrefix))
-		if !ok || keys.ValidateName(string(name)) != nil {
-			continue
+		k, err := keyOf(a[pkcs11.CKA_LABEL])
+		if err != nil {
+			return nil, err
 		}
-		byName[string(name)] = append(byName[string(name)], storedMeta{h: h, raw: a[pkcs11.CKA_VALUE]})
+		if k != "" {
+			out[k] = append(out[k], storedMeta{h: h, raw: a[pkcs11.CKA_VALUE]})
+		}
 	}
-	return byName, nil
+	return out, nil
 }
 
 func sortedNames(m map[string][]storedMeta) []string {
