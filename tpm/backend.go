@@ -472,30 +472,39 @@ func (b *TPM) storeRecord(d *device, r *record) error {
 // writeRecord stamps r with the next counter value (0 without a counter),
 // MACs it and writes its file.
 func (b *TPM) writeRecord(r *record) error {
-	r.Seq = 0
+	sum, err := b.writeSealed(filepath.Join(keysDir, fileName(r.Name)), &r.Seq, &r.MAC, r.macInput, r)
+	if err == nil {
+		r.sum = sum
+	}
+	return err
+}
+
+// writeSealed stamps a state file with the next counter value (*seq; 0
+// without a counter), MACs it by the keyring key (*mac, over macInput's
+// bytes), writes v as its JSON to path and returns the SHA-256 of what
+// was written.
+func (b *TPM) writeSealed(path string, seq *uint64, mac *[]byte, macInput func() ([]byte, error), v any) ([32]byte, error) {
+	*seq = 0
 	if b.ctr.index != 0 {
-		r.Seq = b.ctr.nv + 1
+		*seq = b.ctr.nv + 1
 	}
-	r.MAC = nil
-	in, err := r.macInput()
+	*mac = nil
+	in, err := macInput()
 	if err != nil {
-		return err
+		return [32]byte{}, err
 	}
-	mac, err := b.dev.hmac(b.ringKey, in)
-	if err != nil {
-		return err
+	if *mac, err = b.dev.hmac(b.ringKey, in); err != nil {
+		return [32]byte{}, err
 	}
-	r.MAC = mac
-	data, err := json.MarshalIndent(r, "", "  ")
+	data, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
-		return err
+		return [32]byte{}, err
 	}
 	data = append(data, '\n')
-	if err := b.st.write(filepath.Join(keysDir, fileName(r.Name)), data); err != nil {
-		return err
+	if err := b.st.write(path, data); err != nil {
+		return [32]byte{}, err
 	}
-	r.sum = sha256.Sum256(data)
-	return nil
+	return sha256.Sum256(data), nil
 }
 
 // supersede follows a failed write of name's record: the file may have

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -223,28 +222,11 @@ func (b *TPM) storeGrant(d *device, g *grantFile) error {
 // writeGrant stamps g with the next counter value (0 without a counter),
 // MACs it and writes its file.
 func (b *TPM) writeGrant(g *grantFile) error {
-	g.Seq = 0
-	if b.ctr.index != 0 {
-		g.Seq = b.ctr.nv + 1
+	sum, err := b.writeSealed(grantPath(g.ID), &g.Seq, &g.MAC, g.macInput, g)
+	if err == nil {
+		g.sum = sum
 	}
-	g.MAC = nil
-	in, err := g.macInput()
-	if err != nil {
-		return err
-	}
-	if g.MAC, err = b.dev.hmac(b.ringKey, in); err != nil {
-		return err
-	}
-	data, err := json.MarshalIndent(g, "", "  ")
-	if err != nil {
-		return err
-	}
-	data = append(data, '\n')
-	if err := b.st.write(grantPath(g.ID), data); err != nil {
-		return err
-	}
-	g.sum = sha256.Sum256(data)
-	return nil
+	return err
 }
 
 // supersedeGrant follows a failed write of id's file, which may have
