@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"math"
 	"net"
@@ -45,8 +46,11 @@ const netRTT = time.Millisecond
 // module, one session per goroutine, making the same calls (Init, then the
 // binding's single-part call, which asks for the output length first: 3
 // round trips), and the floor of 2 round trips per operation (Init and one
-// call), callers/(2 x netRTT). Rounds alternate keywardd and the raw loop;
-// the table has the medians. docs/performance.md has a run's table.
+// call), callers/(2 x netRTT). A third column is keyward's own device layer
+// (layerOps) on the same keys: what keywardd's device side does without the
+// socket in front of it. Rounds alternate the three; the table has the
+// medians, and the CPU each used per operation. docs/performance.md has a
+// run's table.
 func TestNetworkHSMBench(t *testing.T) {
 	d, err := time.ParseDuration(os.Getenv(envNetHSMBench))
 	if err != nil {
@@ -58,18 +62,20 @@ func TestNetworkHSMBench(t *testing.T) {
 		lat := softhsmtest.Latency{Target: tok.Module, RoundTrip: netRTT}
 		kw := startNetDaemon(t, "net-latency", so, lat.Env())
 		raw := newRawOps(t, so, lat.Env(), true)
+		layer := &layerOps{module: so, keys: kw}
 		t.Logf("keywardd through the latency module (%v round trip per PKCS#11 call), %v per measurement, medians of 3:\n%s",
-			netRTT, d, benchTable(t, d, kw, raw, []string{"wrap", "unwrap", "mac", "sign"}, []string{"wrap", "mac"}))
+			netRTT, d, benchTable(t, d, kw, raw, layer, []string{"wrap", "unwrap", "mac", "sign"}, []string{"wrap", "mac"}))
 	})
 	t.Run("p11-kit server", func(t *testing.T) {
 		client := p11kitStack(t)
 		kw := startNetDaemon(t, "net-p11kit", client.module, client.env)
 		raw := newRawOps(t, client.module, client.env, false)
+		layer := &layerOps{module: client.module, keys: kw}
 		if kw.noAES == nil {
 			t.Errorf("an aes-256-gcm key through p11-kit (its RPC does not carry CKM_AES_GCM's parameters): made, want UNSUPPORTED")
 		}
 		t.Logf("keywardd through p11-kit-client.so, p11-kit server and a proxy adding %v per round trip, %v per measurement, medians of 3:\n%s",
-			netRTT, d, benchTable(t, d, kw, raw, []string{"mac", "sign"}, []string{"mac"}))
+			netRTT, d, benchTable(t, d, kw, raw, layer, []string{"mac", "sign"}, []string{"mac"}))
 	})
 }
 
@@ -139,33 +145,36 @@ func measured(t *testing.T, n int, d time.Duration, pid int, f func(worker int) 
 	return rate, selfPerOp, daemonPerOp
 }
 
-// benchTable measures ops at 1, 8 and 64 callers through keywardd and the
-// raw loop in alternate rounds, the socket's floor, and batches of 100.
-func benchTable(t *testing.T, d time.Duration, kw *keywardOps, raw *rawOps, ops, batches []string) string {
-	rows := []string{"| op | callers | keywardd ops/s | raw loop ops/s | ratio | floor ops/s | ratio to floor | CPU per op: keywardd + client / raw loop |",
-		"|---|---|---|---|---|---|---|---|"}
+// benchTable measures ops at 1, 8 and 64 callers through keywardd, the
+// raw loop and keyward's device layer in alternate rounds, the socket's
+// floor, and batches of 100.
+func benchTable(t *testing.T, d time.Duration, kw *keywardOps, raw *rawOps, layer *layerOps, ops, batches []string) string {
+	rows := []string{"| op | callers | keywardd ops/s | raw loop ops/s | ratio | device layer ops/s | layer / raw | floor ops/s | keywardd / floor | CPU per op: keywardd / its client / raw loop / device layer |",
+		"|---|---|---|---|---|---|---|---|---|---|"}
 	for _, n := range []int{1, 8, 64} {
 		var st []float64
 		for range 3 {
 			st = append(st, closedLoop(n, d, kw.op("status")))
 		}
-		rows = append(rows, fmt.Sprintf("| status (the socket's floor) | %d | %.0f | | | | | |", n, median(st)))
+		rows = append(rows, fmt.Sprintf("| status (the socket's floor) | %d | %.0f | | | | | | | |", n, median(st)))
 	}
 	rawCPU := map[string]time.Duration{} // per op, at 64 callers
 	for _, op := range ops {
 		for _, n := range []int{1, 8, 64} {
-			var k, r, kcpu, rcpu []float64
+			var k, r, l samples
 			for range 3 {
 				rate, client, daemon := measured(t, n, d, kw.pid, kw.op(op))
-				k, kcpu = append(k, rate), append(kcpu, float64(client+daemon))
+				k.add(rate, daemon, client)
 				rate, loop, _ := measured(t, n, d, 0, raw.op(op))
-				r, rcpu = append(r, rate), append(rcpu, float64(loop))
+				r.add(rate, loop, 0)
+				rate, cpu := layer.measure(t, op, n, d)
+				l.add(rate, cpu, 0)
 			}
-			km, rm := median(k), median(r)
-			rawCPU[op] = time.Duration(median(rcpu))
+			rawCPU[op] = r.cpu()
 			floor := float64(n) / (2 * netRTT.Seconds())
-			rows = append(rows, fmt.Sprintf("| %s | %d | %.0f | %.0f | %.2f | %.0f | %.2f | %v / %v |", op, n, km, rm, km/rm, floor, km/floor,
-				time.Duration(median(kcpu)).Round(time.Microsecond), time.Duration(median(rcpu)).Round(time.Microsecond)))
+			rows = append(rows, fmt.Sprintf("| %s | %d | %.0f | %.0f | %.2f | %.0f | %.2f | %.0f | %.2f | %v / %v / %v / %v |",
+				op, n, k.rate(), r.rate(), k.rate()/r.rate(), l.rate(), l.rate()/r.rate(), floor, k.rate()/floor,
+				k.cpu(), k.cpu2(), r.cpu(), l.cpu()))
 		}
 	}
 	for _, op := range batches {
@@ -187,10 +196,92 @@ func benchTable(t *testing.T, d time.Duration, kw *keywardOps, raw *rawOps, ops,
 		// makes 3 per operation).
 		floor := math.Ceil(100.0/64) * 2 * float64(netRTT.Microseconds()) / 1000
 		cpuFloor := 100 * 2 * rawCPU[op].Seconds() / 3 * 1000 / float64(runtime.NumCPU())
-		rows = append(rows, fmt.Sprintf("| batch of 100 %s | 1 | %.1f ms per call | | | %.1f ms; device CPU %.1f ms | %.2f | |",
+		rows = append(rows, fmt.Sprintf("| batch of 100 %s | 1 | %.1f ms per call | | | | | %.1f ms; device CPU %.1f ms | %.2f | |",
 			op, median(per), floor, cpuFloor, median(per)/max(floor, cpuFloor)))
 	}
 	return strings.Join(rows, "\n")
+}
+
+// samples are one row's measurements: rates, and one or two CPU times per
+// operation, of the rounds.
+type samples struct{ rates, cpus, cpus2 []float64 }
+
+func (s *samples) add(rate float64, cpu, cpu2 time.Duration) {
+	s.rates, s.cpus, s.cpus2 = append(s.rates, rate), append(s.cpus, float64(cpu)), append(s.cpus2, float64(cpu2))
+}
+
+func (s *samples) rate() float64 { return median(s.rates) }
+
+func (s *samples) cpu() time.Duration {
+	return time.Duration(median(s.cpus)).Round(time.Microsecond)
+}
+
+func (s *samples) cpu2() time.Duration {
+	return time.Duration(median(s.cpus2)).Round(time.Microsecond)
+}
+
+// layerOps measures keyward's own device layer on the same module and
+// keys: `keywardd-admin bench-baseline` (the hsm package as keywardd runs it:
+// its session pool, one-call operations and worker threads; no socket, no
+// policy, no audit) in a process of its own.
+type layerOps struct {
+	module string
+	keys   *keywardOps // whose keys it uses
+	start  map[string]time.Duration
+	admin  string // keywardd-admin, which runs keywardd's device commands
+}
+
+// layerKeys are the keys' kinds per op, as keywardOps names them.
+var layerKeys = map[string]string{"wrap": "aes", "unwrap": "aes", "mac": "hmac", "sign": "ecdsa"}
+
+// measure runs op at n workers for d and returns the rate and the CPU per
+// operation, without the CPU that starting up and opening the token take
+// (that of a run making one call).
+func (l *layerOps) measure(t *testing.T, op string, n int, d time.Duration) (float64, time.Duration) {
+	t.Helper()
+	if l.start == nil {
+		l.start = map[string]time.Duration{}
+	}
+	if _, ok := l.start[op]; !ok {
+		_, l.start[op] = l.run(t, op, 0, 0)
+	}
+	out, cpu := l.run(t, op, n, d)
+	var m struct {
+		Ops    float64 `json:"ops"`
+		Rate   float64 `json:"ops_per_s"`
+		Errors int     `json:"errors"`
+	}
+	if err := json.Unmarshal(out, &m); err != nil || m.Errors != 0 || m.Ops == 0 {
+		t.Fatalf("keywardd-admin bench-baseline --op %s --concurrency %d: %v, %d errors:\n%s", op, n, err, m.Errors, out)
+	}
+	return m.Rate, (cpu - l.start[op]) / time.Duration(m.Ops)
+}
+
+// run runs bench-baseline (n 0: one check call) and returns its output
+// and the CPU time it used.
+func (l *layerOps) run(t *testing.T, op string, n int, d time.Duration) ([]byte, time.Duration) {
+	t.Helper()
+	if l.admin == "" {
+		// Not beside the test's keywardd: TestAdminMissing needs it absent.
+		l.admin = filepath.Join(t.TempDir(), "keywardd-admin")
+		if out, err := exec.Command("go", "build", "-o", l.admin, "../keywardd-admin").CombinedOutput(); err != nil {
+			t.Fatalf("build keywardd-admin: %v\n%s", err, out)
+		}
+	}
+	args := []string{"bench-baseline", "--op", op, "--key", l.keys.key(layerKeys[op]), "--token", tok.Label,
+		"--module", l.module, "--pin-file", tok.PINFile, "--payload", "32"}
+	if n > 0 {
+		args = append(args, "--concurrency", strconv.Itoa(n), "--duration", d.String())
+	}
+	cmd := exec.Command(l.admin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("keywardd-admin %s: %v\n%s", strings.Join(args, " "), err, stderr.Bytes())
+	}
+	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	return out, time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // closedLoop runs f on n goroutines for d and returns the calls per second.
@@ -299,7 +390,9 @@ func (k *keywardOps) batch(op string, n int) error {
 }
 
 // rawOps are the same operations made directly on the module, in this
-// process, one session per worker, on token keys of their own (as keywardd's are: SoftHSM2 reads a token object's file on every use).
+// process, one session per worker, on token keys of their own: private,
+// sensitive and not extractable, as keywardd's are (SoftHSM2 checks a
+// token object's file on every use, a session object's never).
 type rawOps struct {
 	p                *pkcs11.Ctx
 	sessions         []pkcs11.SessionHandle
@@ -345,7 +438,8 @@ func (r *rawOps) makeKeys(t *testing.T, withAES bool) {
 	sh := r.sessions[0]
 	secret := func(mech, kt uint, usage uint) pkcs11.ObjectHandle {
 		h, err := r.p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, kt),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, kt),
 			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32), pkcs11.NewAttribute(usage, true),
 			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, usage == pkcs11.CKA_ENCRYPT), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 		})
@@ -357,7 +451,8 @@ func (r *rawOps) makeKeys(t *testing.T, withAES bool) {
 	r.hmac = secret(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKK_GENERIC_SECRET, pkcs11.CKA_SIGN)
 	_, priv, err := r.p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
 		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07})},
-		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_SIGN, true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true)})
+		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false), pkcs11.NewAttribute(pkcs11.CKA_SIGN, true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true)})
 	if err != nil {
 		t.Fatal(err)
 	}
