@@ -65,6 +65,8 @@ func TestNetworkHSMBench(t *testing.T) {
 		layer := &layerOps{module: so, keys: kw}
 		t.Logf("keywardd through the latency module (%v round trip per PKCS#11 call), %v per measurement, medians of 3:\n%s",
 			netRTT, d, benchTable(t, d, kw, raw, layer, []string{"wrap", "unwrap", "mac", "sign"}, []string{"wrap", "mac"}))
+		off := startNetDaemon(t, "net-latency-off", so, lat.Env(), true)
+		t.Logf("the audit log's share at 64 callers, medians of 3:\n%s", auditShare(t, d, kw, off, raw))
 	})
 	t.Run("p11-kit server", func(t *testing.T) {
 		client := p11kitStack(t)
@@ -80,12 +82,26 @@ func TestNetworkHSMBench(t *testing.T) {
 }
 
 // startNetDaemon starts keywardd on module with env (and the top-level
-// settings of $KEYWARD_NETHSM_CONFIG) and makes the keys the bench uses.
-func startNetDaemon(t *testing.T, prefix, module string, env []string) *keywardOps {
+// settings of $KEYWARD_NETHSM_CONFIG) and makes the keys the bench uses;
+// noAudit: with audit_log = "off".
+func startNetDaemon(t *testing.T, prefix, module string, env []string, noAudit ...bool) *keywardOps {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "k.sock")
 	cfg := configFile(t, dir, sock, "")
 	rewriteModule(t, cfg, tok.Module, module)
+	if len(noAudit) > 0 && noAudit[0] {
+		b, err := os.ReadFile(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := "audit_log = " + strconv.Quote(filepath.Join(dir, "audit.log"))
+		if !bytes.Contains(b, []byte(old)) {
+			t.Fatalf("%s has no %s", cfg, old)
+		}
+		if err := os.WriteFile(cfg, bytes.Replace(b, []byte(old), []byte(`audit_log = "off"`), 1), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if top := os.Getenv(envNetHSMConfig); top != "" {
 		b, err := os.ReadFile(cfg)
 		if err != nil {
@@ -200,6 +216,29 @@ func benchTable(t *testing.T, d time.Duration, kw *keywardOps, raw *rawOps, laye
 			op, median(per), floor, cpuFloor, median(per)/max(floor, cpuFloor)))
 	}
 	return strings.Join(rows, "\n")
+}
+
+// auditShare measures mac at 64 callers through keywardd with its audit
+// log (kw, audit_sync as configured: fsync by default) and without one
+// (off), against the raw loop, in alternate rounds.
+func auditShare(t *testing.T, d time.Duration, kw, off *keywardOps, raw *rawOps) string {
+	var on, none, r samples
+	for range 3 {
+		rate, client, daemon := measured(t, 64, d, kw.pid, kw.op("mac"))
+		on.add(rate, daemon, client)
+		rate, client, daemon = measured(t, 64, d, off.pid, off.op("mac"))
+		none.add(rate, daemon, client)
+		rate, loop, _ := measured(t, 64, d, 0, raw.op("mac"))
+		r.add(rate, loop, 0)
+	}
+	rows := []string{"| keywardd mac, 64 callers | ops/s | / raw loop | CPU per op: keywardd / client |", "|---|---|---|---|"}
+	for _, x := range []struct {
+		name string
+		s    *samples
+	}{{"audit log (as configured)", &on}, {`audit_log = "off"`, &none}} {
+		rows = append(rows, fmt.Sprintf("| %s | %.0f | %.2f | %v / %v |", x.name, x.s.rate(), x.s.rate()/r.rate(), x.s.cpu(), x.s.cpu2()))
+	}
+	return strings.Join(append(rows, fmt.Sprintf("| raw loop | %.0f | 1 | %v (the loop's) |", r.rate(), r.cpu())), "\n")
 }
 
 // samples are one row's measurements: rates, and one or two CPU times per
