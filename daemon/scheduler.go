@@ -101,20 +101,29 @@ func (sc *scheduler) check(ctx context.Context) {
 	sc.metrics.set(state, now)
 }
 
+// begin writes a scheduled job's intent record (rec, ResultStarted); an
+// audit log that cannot be written stops the job, counted as failed.
+func (sc *scheduler) begin(ctx context.Context, rec audit.Record, job string, result func(string)) error {
+	if sc.audit == nil {
+		return nil
+	}
+	rec.Result = ResultStarted
+	if err := sc.audit.Append(ctx, rec); err != nil {
+		sc.log.Error("scheduled "+job+" not started: the audit log cannot be written", "key", rec.Key, "err", err.Error())
+		result("failed")
+		return err
+	}
+	return nil
+}
+
 // rotate rotates one due key, with an intent record before and an outcome
 // record after, as an admin's rotation has.
 func (sc *scheduler) rotate(ctx context.Context, k keys.KeyInfo, now time.Time) (keys.KeyInfo, error) {
 	rec := audit.Record{Peer: schedulerPeer(), Op: string(policy.OpKeyRotate), Key: k.Name, RequestID: newRequestID(),
 		Reason: "scheduled rotation, every " + keys.FormatPeriod(k.RotationPeriod)}
 	start := time.Now()
-	if sc.audit != nil {
-		intent := rec
-		intent.Result = ResultStarted
-		if err := sc.audit.Append(ctx, intent); err != nil {
-			sc.log.Error("scheduled rotation not started: the audit log cannot be written", "key", k.Name, "err", err.Error())
-			sc.metrics.result("failed")
-			return keys.KeyInfo{}, err
-		}
+	if err := sc.begin(ctx, rec, "rotation", sc.metrics.result); err != nil {
+		return keys.KeyInfo{}, err
 	}
 	info, rotated, err := sc.be.RotateIfDue(ctx, k.Name, now)
 	rec.Duration, rec.Version, rec.Result = time.Since(start), uint32(len(info.Versions)), resultFor(err)

@@ -26,14 +26,8 @@ func (sc *scheduler) disable(ctx context.Context, k keys.KeyInfo, now time.Time)
 	rec := audit.Record{Peer: schedulerPeer(), Op: string(policy.OpKeyDisable), Key: k.Name, RequestID: newRequestID(),
 		Reason: "scheduled disable of versions superseded more than " + after + " ago"}
 	start := time.Now()
-	if sc.audit != nil {
-		intent := rec
-		intent.Result = ResultStarted
-		if err := sc.audit.Append(ctx, intent); err != nil {
-			sc.log.Error("scheduled disable not started: the audit log cannot be written", "key", k.Name, "err", err.Error())
-			sc.disables.result("failed")
-			return keys.KeyInfo{}, err
-		}
+	if err := sc.begin(ctx, rec, "disable", sc.disables.result); err != nil {
+		return keys.KeyInfo{}, err
 	}
 	info, disabled, err := sc.be.DisableVersionsIfDue(ctx, k.Name, now)
 	rec.Duration, rec.Result = time.Since(start), resultFor(err)
