@@ -35,14 +35,15 @@ type Report struct {
 	Findings []Finding `json:"findings"`
 }
 
-// Weak reports whether any finding is a protection problem.
-func (r *Report) Weak() bool {
+// Weak is the number of findings that are protection problems.
+func (r *Report) Weak() int {
+	n := 0
 	for _, f := range r.Findings {
 		if f.Weak {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
 var className = map[uint]string{
@@ -58,7 +59,7 @@ var className = map[uint]string{
 // keyward-labelled key object no record references; and grant records
 // that fail their check, or that a crash left (older generations, claims).
 func (t *Token) Doctor(ctx context.Context) (Report, error) {
-	rep := Report{Token: t.tokenName()}
+	rep := Report{Token: t.tokenName(), Findings: []Finding{}}
 	err := t.withSession(ctx, func(s *sess) error {
 		rep.Findings, rep.Objects, rep.Keys = []Finding{}, 0, 0
 		d := &doctorRun{s: s, rep: &rep, refs: map[objKey]expected{}, seen: map[objKey]bool{}}

@@ -40,14 +40,15 @@ type Report struct {
 	Findings []Finding `json:"findings"`
 }
 
-// Weak reports whether any finding is a protection problem.
-func (r *Report) Weak() bool {
+// Weak is the number of findings that are protection problems.
+func (r *Report) Weak() int {
+	n := 0
 	for _, f := range r.Findings {
 		if f.Weak {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
 // Doctor loads every stored blob (the keyring key and each live version) into

@@ -307,7 +307,7 @@ func (d demoRun) check(ctx context.Context) error {
 	for _, ki := range list {
 		stepf(d.w, "list", "%s %s: %s", ki.Name, ki.Type, versionSummary(ki))
 	}
-	if rep.Weak() {
+	if rep.Weak() > 0 {
 		return fmt.Errorf("demo: token doctor: %w", errWeak)
 	}
 	return nil

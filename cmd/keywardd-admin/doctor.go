@@ -151,28 +151,23 @@ func tokenDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
 	if err != nil {
 		return fmt.Errorf("doctor: %w", err)
 	}
-	if o.JSON {
-		if rep.Findings == nil {
-			rep.Findings = []hsm.Finding{}
-		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			return err
-		}
-	} else if err := printReport(w, rep); err != nil {
+	if err := writeReport(w, o.JSON, rep, printReport); err != nil {
 		return err
 	}
-	if rep.Weak() {
-		n := 0
-		for _, f := range rep.Findings {
-			if f.Weak {
-				n++
-			}
-		}
+	if n := rep.Weak(); n > 0 {
 		return fmt.Errorf("doctor: %d weak finding(s) in token %s: %w", n, rep.Token, errWeak)
 	}
 	return nil
+}
+
+// writeReport writes rep as indented JSON, or as text does.
+func writeReport[R any](w io.Writer, asJSON bool, rep R, text func(io.Writer, R) error) error {
+	if !asJSON {
+		return text(w, rep)
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
 }
 
 // tpmDoctor opens the TPM backend read-only, runs Doctor and prints the
@@ -191,22 +186,10 @@ func tpmDoctor(ctx context.Context, w io.Writer, o doctorOptions) error {
 	if err != nil {
 		return fmt.Errorf("doctor: %w", err)
 	}
-	if o.JSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			return err
-		}
-	} else if err := printTPMReport(w, rep); err != nil {
+	if err := writeReport(w, o.JSON, rep, printTPMReport); err != nil {
 		return err
 	}
-	if rep.Weak() {
-		n := 0
-		for _, f := range rep.Findings {
-			if f.Weak {
-				n++
-			}
-		}
+	if n := rep.Weak(); n > 0 {
 		return fmt.Errorf("doctor: %d weak finding(s) in TPM state directory %s: %w", n, rep.StateDir, errWeak)
 	}
 	return nil
