@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"syscall"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
-	"github.com/keyward/keyward/audit"
 	softhsmtest "github.com/keyward/keyward/softhsm-test"
 	"github.com/keyward/keyward/tpm/swtpmtest"
 )
@@ -19,27 +17,11 @@ import (
 // records for key, and the versions its OK records name.
 func disableResults(t *testing.T, path, key string) (map[string]int, []uint32) {
 	t.Helper()
-	lines, err := audit.FileLines(path) // complete records: never the free space
-	if err != nil {
-		t.Fatal(err)
-	}
 	out, versions := map[string]int{}, []uint32(nil)
-	for _, line := range lines {
-		var r struct {
-			Peer    struct{ Unit string } `json:"peer"`
-			Op      string                `json:"op"`
-			Key     string                `json:"key"`
-			Version uint32                `json:"version"`
-			Result  string                `json:"result"`
-		}
-		if err := json.Unmarshal(line, &r); err != nil {
-			t.Fatal(err)
-		}
-		if r.Peer.Unit == "scheduler" && r.Key == key && r.Op == "key.disable" {
-			out[r.Result]++
-			if r.Result == "OK" {
-				versions = append(versions, r.Version)
-			}
+	for _, r := range schedulerRecords(t, path, key, "key.disable") {
+		out[r.Result]++
+		if r.Result == "OK" {
+			versions = append(versions, r.Version)
 		}
 	}
 	return out, versions

@@ -139,23 +139,38 @@ func (d *scheduledDaemon) waitChecks(t *testing.T, n float64) {
 // schedulerResults counts the results of the scheduler's outcome records.
 func schedulerResults(t *testing.T, path, key string) map[string]int {
 	t.Helper()
+	out := map[string]int{}
+	for _, r := range schedulerRecords(t, path, key, "key.rotate") {
+		out[r.Result]++
+	}
+	return out
+}
+
+// schedRecord is what the tests read of a scheduler's audit record.
+type schedRecord struct {
+	Peer    struct{ Unit string } `json:"peer"`
+	Op      string                `json:"op"`
+	Key     string                `json:"key"`
+	Version uint32                `json:"version"`
+	Result  string                `json:"result"`
+}
+
+// schedulerRecords are the scheduler's records of op on key in the audit
+// log at path.
+func schedulerRecords(t *testing.T, path, key, op string) []schedRecord {
+	t.Helper()
 	lines, err := audit.FileLines(path) // complete records: never the free space
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]int{}
+	var out []schedRecord
 	for _, line := range lines {
-		var r struct {
-			Peer   struct{ Unit string } `json:"peer"`
-			Op     string                `json:"op"`
-			Key    string                `json:"key"`
-			Result string                `json:"result"`
-		}
+		var r schedRecord
 		if err := json.Unmarshal(line, &r); err != nil {
 			t.Fatal(err)
 		}
-		if r.Peer.Unit == "scheduler" && r.Key == key && r.Op == "key.rotate" {
-			out[r.Result]++
+		if r.Peer.Unit == "scheduler" && r.Key == key && r.Op == op {
+			out = append(out, r)
 		}
 	}
 	return out
