@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"syscall"
+
+	"github.com/keyward/keyward/internal/safepath"
 )
 
 // maxDevFile bounds what LoadDevConfig reads: a policy is a few KiB.
@@ -12,12 +15,16 @@ const maxDevFile = 1 << 20
 
 // readDevFile reads --dev --config's file, which decides who may use the
 // dev daemon's keys: it must be a regular file owned by root or by the user
-// keywardd runs as, and not writable by group or others, so that no other
+// keywardd runs as, and not writable by group or others, in directories
+// only they own, and is not followed if it is a symlink, so that no other
 // user can change the policy (or swap the file) under them. The checks are
 // on the file actually opened.
 func readDevFile(path string) ([]byte, error) {
+	if _, err := safepath.CheckDir(filepath.Dir(path), uint32(os.Geteuid())); err != nil {
+		return nil, fmt.Errorf("config %s: %w: %w", path, err, ErrConfig)
+	}
 	// O_NONBLOCK: a FIFO put at the path must not hang the open.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
