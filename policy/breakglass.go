@@ -161,7 +161,7 @@ func (bp *BreakglassPolicy) compileGrants(in *Breakglass) []error {
 			errs = append(errs, fmt.Errorf("%w: %w", err, ErrInvalidPolicy))
 			continue
 		}
-		if !slices.Contains(BreakglassOperations, op) {
+		if !IsBreakglassOperation(op) {
 			errs = append(errs, policyErr("operation %s cannot be granted by break-glass (only %s)", op, joinOps(BreakglassOperations, ", ")))
 			continue
 		}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -64,7 +65,7 @@ var (
 )
 
 // allOps is the package's own order: an operation's index is its bit in an
-// opSet, and the order Report lists operations in.
+// opSet.
 var allOps = [...]Operation{
 	OpWrap, OpUnwrap, OpRewrap, OpDataKey, OpSign, OpVerify, OpMAC, OpVerifyMAC, OpPublicKey,
 	OpKeyCreate, OpKeyRotate, OpKeyDisable, OpKeyEnable, OpKeyDestroy, OpKeyRead, OpKeySetMin, OpKeyAdopt, OpKeySetRotation,
@@ -72,11 +73,6 @@ var allOps = [...]Operation{
 	OpKMSEncrypt, OpKMSDecrypt,
 	OpCredential, OpCredentialPut,
 }
-
-const (
-	firstAdmin = 9  // index of OpKeyCreate in allOps
-	firstKMS   = 19 // index of OpKMSEncrypt: the key admin operations end before it
-)
 
 type opSet uint32
 
@@ -114,10 +110,7 @@ func (o Operation) CarriesContext() bool {
 }
 
 // Admin reports whether o manages keys rather than uses them.
-func (o Operation) Admin() bool {
-	i, ok := opIndex(o)
-	return ok && (i >= firstAdmin && i < firstKMS || o == OpCredentialPut)
-}
+func (o Operation) Admin() bool { return slices.Contains(AdminOperations, o) }
 
 func (s opSet) has(i int) bool { return s&(1<<uint(i)) != 0 }
 
