@@ -3,6 +3,7 @@ package credstore
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 
@@ -81,8 +82,8 @@ func names(fd int, keep func(string) bool) ([]string, error) {
 	f := os.NewFile(uintptr(dup), "credstore")
 	defer f.Close()
 	all, err := f.Readdirnames(maxList + 1)
-	if err != nil && len(all) == 0 {
-		return nil, nil
+	if err != nil && !errors.Is(err, io.EOF) { // EOF: an empty directory
+		return nil, fmt.Errorf("credstore: list: %w", err)
 	}
 	var out []string
 	for _, n := range all {
