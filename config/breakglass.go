@@ -48,14 +48,19 @@ func CompilePolicy(cfg Config, r policy.Resolver) (*policy.Policy, error) {
 func joinErrs(errs ...error) error {
 	var flat []error
 	for _, err := range errs {
-		if err == nil {
-			continue
-		}
-		if j, ok := err.(interface{ Unwrap() []error }); ok {
-			flat = append(flat, j.Unwrap()...)
-		} else {
-			flat = append(flat, err)
-		}
+		flat = append(flat, flatten(err)...)
 	}
 	return errors.Join(flat...)
+}
+
+// flatten is err's joined errors (errors.Join's), err alone if it joins
+// none, nothing for nil.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }

@@ -58,15 +58,8 @@ func topKey(key string) string {
 // file: the rest of the file is refused above, and its defaults (the
 // backend's, say) are not used.
 func devProblems(err error) []error {
-	if err == nil {
-		return nil
-	}
-	all := []error{err}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		all = j.Unwrap()
-	}
 	var out []error
-	for _, e := range all {
+	for _, e := range flatten(err) {
 		var ce *ConfigError
 		if errors.As(e, &ce) && ce.Key != "" && !slices.Contains(DevKeys, topKey(ce.Key)) {
 			continue

@@ -287,13 +287,7 @@ func located(name string, d *configDoc, ps []problem, refused map[string]bool) [
 // inFile prefixes each of err's joined errors (Compile's, one per rule
 // problem) with the file's name, so that every line names it.
 func inFile(name string, err error) []error {
-	if err == nil {
-		return nil
-	}
-	list := []error{err}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		list = j.Unwrap()
-	}
+	list := flatten(err)
 	out := make([]error, len(list))
 	for i, e := range list {
 		out[i] = fmt.Errorf("%s: %w", name, e)
