@@ -85,7 +85,8 @@ type batchOp[Req, Resp, Res any] struct {
 }
 
 // serveBatch runs every item through runOp, up to limits.batch_parallelism
-// at once for the caller across its batch calls (batchSlots): each is authorised and recorded on its own (its audit record in
+// at once for the caller across all its batch calls, serial ones included
+// (batchSlots): each is authorised and recorded on its own (its audit record in
 // item order), and an item's error is its result, not the call's.
 func serveBatch[Req, Resp, Res any](s *Service, ctx context.Context, b *batchOp[Req, Resp, Res], items []Req) ([]Res, error) {
 	if err := s.checkBatch(len(items)); err != nil {
@@ -102,17 +103,17 @@ func serveBatch[Req, Resp, Res any](s *Service, ctx context.Context, b *batchOp[
 		out[i] = b.ok(r)
 	}
 	limit := s.lim.Load().BatchParallelism
+	id, _ := identityFrom(ctx)
+	who := callerOf(id)
+	slots := s.batchSlots.join(who, limit) // a serial batch's items count too
+	defer s.batchSlots.leave(who, slots)
 	par := min(limit, len(items)) // workers for this batch; the caller's slots are limit
 	if par <= 1 || b.oneAtATime {
 		for i := range items {
-			item(ctx, i)
+			slots.run(ctx, func() { item(ctx, i) })
 		}
 		return out, nil
 	}
-	id, _ := identityFrom(ctx)
-	who := callerOf(id)
-	slots := s.batchSlots.join(who, limit)
-	defer s.batchSlots.leave(who, slots)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range par {
