@@ -245,4 +245,25 @@ func TestGrantHalfDoneChange(t *testing.T) {
 	be.Close()
 	be = open(t, sw.Device(), dir)
 	wantGrants(t, be, map[string]string{"g1": "one again"})
+
+	// A deletion whose manifest could not be written keeps the file, and a
+	// second deletion of the same id does not remove it while the manifest
+	// on disk still lists the grant: the next start would find it missing.
+	be.FailCounterStep("manifest", fault)
+	if err := be.DeleteGrant(ctx, "g1"); err != nil {
+		t.Fatalf("DeleteGrant with the manifest failing: %v", err)
+	}
+	if err := be.DeleteGrant(ctx, "g1"); !errors.Is(err, fault) {
+		t.Fatalf("second DeleteGrant with the manifest still failing: %v, want the fault", err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "grants", "g1.json")); err != nil {
+		t.Fatalf("the file of a deletion the manifest still lists is gone: %v", err)
+	}
+	be.FailCounterStep("", nil)
+	be.Close()
+	// The start is not refused; the deletion never reached the manifest
+	// (its failure was logged, and nothing retried it before the close),
+	// so the grant is still there.
+	be = open(t, sw.Device(), dir)
+	wantGrants(t, be, map[string]string{"g1": "one again"})
 }

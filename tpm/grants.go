@@ -283,13 +283,15 @@ func (b *TPM) DeleteGrant(ctx context.Context, id string) error {
 		return err
 	}
 	return b.do(ctx, true, func(d *device) error {
+		// First: a file left by an earlier delete goes only once the
+		// manifest that still lists it has been written without it.
+		if err := b.settle(d); err != nil {
+			return fmt.Errorf("finishing the previous change (rollback counter): %w", err)
+		}
 		cur, ok := b.grants[id]
 		if !ok {
 			delete(b.grantLeft, id)
 			return b.st.remove(grantPath(id))
-		}
-		if err := b.settle(d); err != nil {
-			return fmt.Errorf("finishing the previous change (rollback counter): %w", err)
 		}
 		delete(b.grants, id)
 		b.grantLeft[id] = cur.sum
