@@ -271,13 +271,15 @@ func (f singlePart) call(sh pkcs11.SessionHandle, in []byte, size int) ([]byte, 
 // length n in out, a buffer of size bytes. retry: the module asked for n
 // bytes and keeps the operation active for a call with that much room.
 func singleResult(rv C.ck_ulong, n int, out []byte, size int) (res []byte, retry bool, err error) {
+	if rv != 0 {
+		clear(out) // a module may have written part of a plaintext before failing
+	}
 	switch {
 	case rv == C.ck_ulong(pkcs11.CKR_BUFFER_TOO_SMALL) && n > size && n <= maxOutput:
 		return nil, true, nil
 	case rv == C.ck_ulong(pkcs11.CKR_BUFFER_TOO_SMALL):
 		return nil, false, fmt.Errorf("module asked for a %d-byte output buffer: %w", n, errOperationActive)
 	case rv != 0:
-		clear(out) // a module may have written part of a plaintext before failing
 		return nil, false, pkcs11.Error(rv)
 	case n > len(out):
 		// Reported, not prevented: a module that wrote past the buffer
