@@ -180,6 +180,15 @@ func restartOnly(old, cur config.Config) []string {
 	if old.AuditRefusalInterval != cur.AuditRefusalInterval || old.AuditRefusalMaxRecords != cur.AuditRefusalMaxRecords {
 		out = append(out, "audit_refusal_interval, audit_refusal_max_records")
 	}
+	if old.MetricsSocket != cur.MetricsSocket || old.MetricsListen != cur.MetricsListen {
+		out = append(out, "metrics_socket, metrics_listen")
+	}
+	if old.RotationCheckInterval != cur.RotationCheckInterval {
+		out = append(out, "rotation_check_interval")
+	}
+	if old.BreakglassState != cur.BreakglassState {
+		out = append(out, "breakglass_state")
+	}
 	return out
 }
 
