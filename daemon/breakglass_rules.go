@@ -31,9 +31,10 @@ import (
 // daemon cannot serialise.
 //
 // Withdrawn requests take no record, but each is remembered in the
-// high-water file until its request expiry plus an hour: one requester has
-// at most maxWithdrawnPerRequester of those withdrawn here, so it cannot
-// grow the file without bound by asking and revoking.
+// high-water file until its request expiry plus the longest max_duration
+// (and grantPruneSkew): one requester has at most maxWithdrawnPerRequester
+// of those remembered, whoever withdrew them, so it cannot grow the file
+// without bound by asking and revoking.
 const (
 	maxRecordsPerRequester   = 32
 	maxWithdrawnPerRequester = 32
@@ -144,7 +145,7 @@ func quota(format string, a ...any) error {
 	return &detailError{detail: sprintf(format, a...), err: ErrQuota}
 }
 
-// callerName is the caller's user name on this host, "" when it has none.
+// name is the caller's user name on this host, "" when it has none.
 func (c bgCaller) name() string { return userName(c.id.UID) }
 
 // foreign reports whether g was asked for on another host.

@@ -32,13 +32,11 @@ import (
 // device pruned it), or it was never seen active (a request withdrawn
 // before approval is removed at once; its absence allows nothing).
 //
-// A request this daemon withdrew (never active in any generation: its own
-// is the newest) is kept only until its request expiry plus
-// grantPruneSkew: a copy put back after that is an expired request, which
-// allows nothing and is pruned like any ended grant. One seen pending and
-// then missing (another daemon removed it) is kept until its request
-// expiry plus the longest max_duration and grantPruneSkew, past which no
-// table honours it whatever it says. Withdrawals count toward the
+// A request withdrawn before it was active, whoever removed it (this
+// daemon, or another on a shared device), is kept until its request
+// expiry plus the longest max_duration and grantPruneSkew: a rollback
+// could bring back a copy approved elsewhere before the request expired,
+// and past that no table honours it whatever it says. Withdrawals count toward the
 // requester's quota while their ids are kept (maxWithdrawnPerRequester),
 // so that the file stays bounded.
 
@@ -84,8 +82,8 @@ type seenGrant struct {
 }
 
 // withdrawnID is a request withdrawn before it was active: its id is kept
-// until Until, and counted toward its requester's quota (UID on Host)
-// when this daemon withdrew it.
+// until Until, and counted toward its requester's quota (UID on Host),
+// whoever removed it.
 type withdrawnID struct {
 	Until time.Time `json:"until"`
 	UID   uint32    `json:"uid,omitempty"`
@@ -100,7 +98,8 @@ type seenFile struct {
 	// forgotten after grantRetention (their records allow nothing then).
 	Gone map[string]time.Time `json:"gone"`
 	// Withdrawn: ids of requests withdrawn before they were active, kept
-	// until their request expiry plus grantPruneSkew.
+	// until their request expiry plus the longest max_duration and
+	// grantPruneSkew.
 	Withdrawn map[string]withdrawnID `json:"withdrawn,omitempty"`
 }
 
