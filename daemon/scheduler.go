@@ -88,7 +88,7 @@ func (sc *scheduler) check(ctx context.Context) {
 		if scheduled {
 			state[k.Name], _ = k.NextRotation()
 		}
-		if len(k.DisableDueAt(now)) > 0 {
+		if len(k.DisableDueAt(now)) > 0 && ctx.Err() == nil { // not when stopping during the rotation
 			if info, err := sc.disable(ctx, k, now); err == nil {
 				k = info
 			}

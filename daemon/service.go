@@ -105,9 +105,12 @@ func (s *Service) authorizeGrant(ctx context.Context, op policy.Operation, key s
 	pol := s.pol.Load()
 	d := pol.Decide(id, policy.Request{Op: op, Key: key, Context: c}, s.reserved())
 	if !d.Allowed {
-		if g := s.grantFor(ctx, pol, id, op, key, c); g != nil && !s.reserved().Withholds(op, key) {
-			s.usedGrant(g, id, op)
-			return g.id, nil
+		// A reserved use no grant allows: the grant store is not read.
+		if !s.reserved().Withholds(op, key) {
+			if g := s.grantFor(ctx, pol, id, op, key, c); g != nil {
+				s.usedGrant(g, id, op)
+				return g.id, nil
+			}
 		}
 		s.log.Warn("denied", "op", string(op), "key", key, "uid", id.UID, "gid", id.GID, "pid", id.PID, "unit", id.Unit, "reason", d.Reason)
 		s.abuse.note(callerOf(id), abuseDenied, lim.MaxDeniedPerMinute)
