@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -218,11 +219,16 @@ func (t *tailer) intact() {
 	t.off, t.next, t.recent = from.start, from.seq, t.recent[:i]
 }
 
-// print writes one record. A line with a control byte is no record of
-// keywardd's (encoding/json escapes them all) and could drive the terminal:
-// it is named on stderr, never printed.
+// print writes one record. A line with a control character (C0, DEL or
+// C1) or that is not UTF-8 is no record of keywardd's (encoding/json
+// escapes C0 and writes only UTF-8, and keywardd refuses unprintable
+// text) and could drive the terminal: it is named on stderr, never printed.
 func (t *tailer) print(line []byte) error {
-	if i := bytes.IndexFunc(line, func(r rune) bool { return r < 0x20 || r == 0x7f }); i >= 0 {
+	if !utf8.Valid(line) {
+		fmt.Fprintf(t.stderr, "keyward: %s: a line that is not UTF-8 is not an audit record; not printed\n", t.path)
+		return nil
+	}
+	if i := bytes.IndexFunc(line, func(r rune) bool { return r < 0x20 || r >= 0x7f && r < 0xa0 }); i >= 0 {
 		fmt.Fprintf(t.stderr, "keyward: %s: a line with a control byte at offset %d is not an audit record; not printed\n", t.path, i)
 		return nil
 	}

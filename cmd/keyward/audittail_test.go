@@ -237,18 +237,27 @@ func TestAuditTailRollback(t *testing.T) {
 
 // TestAuditTailControlBytes: a line with control bytes (a crafted file:
 // keywardd's records escape them) is named on stderr, never written to
-// the terminal.
+// the terminal: C0 escapes, a C1 CSI (U+009B) and a lone 0x9b byte.
 func TestAuditTailControlBytes(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit.log")
-	body := "{\"seq\":1}\n\x1b]0;PWNED\x07\x1b[2J\n{\"seq\":2}\n"
-	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
+	tests := []struct{ name, line, named string }{
+		{"C0", "\x1b]0;PWNED\x07\x1b[2J", "control byte"},
+		{"C1", "{\"reason\":\"\u009b2J\"}", "control byte"},
+		{"not UTF-8", "{\"reason\":\"\x9b2J\"}", "not UTF-8"},
 	}
-	r := keyward(t, nil, "audit", "tail", path, "-n", "10")
-	if strings.ContainsAny(r.stdout, "\x1b\x07") || !strings.Contains(r.stdout, `{"seq":2}`) {
-		t.Errorf("stdout %q: want the records without the control bytes", r.stdout)
-	}
-	if !strings.Contains(r.stderr, "control byte") {
-		t.Errorf("stderr %q: want the line named", r.stderr)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.log")
+			body := "{\"seq\":1}\n" + tt.line + "\n{\"seq\":2}\n"
+			if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r := keyward(t, nil, "audit", "tail", path, "-n", "10")
+			if strings.ContainsAny(r.stdout, "\x1b\x07\u009b") || strings.Contains(r.stdout, "\x9b") || !strings.Contains(r.stdout, `{"seq":2}`) {
+				t.Errorf("stdout %q: want the records without the control bytes", r.stdout)
+			}
+			if !strings.Contains(r.stderr, tt.named) {
+				t.Errorf("stderr %q: want the line named (%q)", r.stderr, tt.named)
+			}
+		})
 	}
 }
