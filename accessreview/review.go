@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/audit"
-	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/policy"
 )
 
@@ -23,10 +22,6 @@ type Options struct {
 	// Policy, when set, is the daemon's policy: its rules are listed with
 	// the allowed calls each may have allowed.
 	Policy *policy.Policy
-	// Config, when set, is the daemon's configuration the policy was
-	// compiled from: a kind of grant other than rules (grantKinds) reads
-	// its own blocks from it.
-	Config *config.Config
 	// Users resolves uids on this host; nil: the system's user database.
 	Users Users
 	// AllowEmpty: a trail with no record is a new log, not a broken one.

@@ -115,16 +115,9 @@ func (a *app) auditVerify(cmd string, seqGiven bool, f auditVerifyFlags, args []
 	if err != nil {
 		return err
 	}
-	var opts audit.VerifyOptions
-	if opts.From, err = startFlags(cmd, seqGiven, f.fromSeq, f.fromHash); err != nil {
+	opts, err := verifyOptions(cmd, seqGiven, f)
+	if err != nil {
 		return err
-	}
-	for _, kf := range f.keyFiles {
-		pub, err := readPublicKeyPEM(kf)
-		if err != nil {
-			return usagef(cmd, "--checkpoint-key %s: %v", kf, err)
-		}
-		opts.CheckpointKeys = append(opts.CheckpointKeys, pub)
 	}
 	res, err := audit.VerifyWith(opts, files...)
 	var brk *audit.Break

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"path/filepath"
 	"strings"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/keyward/keyward/audit"
 	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/keys"
-	"github.com/keyward/keyward/policy"
 )
 
 const auditReportLong = `The access review from actual use: reads keywardd's audit log (its rotated
@@ -141,11 +139,11 @@ func reviewOptions(cmd string, seqGiven bool, f auditReportFlags, args []string)
 	o.AllowEmpty, o.MaxRows = f.verify.allowEmpty, f.rows
 	dir := f.verify.dir
 	if f.config != "" {
-		cfg, pol, err := loadReviewConfig(cmd, f.config)
+		cfg, pol, err := loadConfig(cmd, f.config)
 		if err != nil {
 			return o, nil, err
 		}
-		o.Config, o.Policy = &cfg, pol
+		o.Policy = pol
 		if dir == "" && len(args) == 0 {
 			if cfg.AuditLog == "off" {
 				return o, nil, usagef(cmd, "%s has audit_log = \"off\": give --dir DIR", f.config)
@@ -198,16 +196,3 @@ func parseSince(cmd, s string, now time.Time) (time.Time, error) {
 	return now.Add(-d), nil
 }
 
-// loadReviewConfig reads and compiles the config as loadPolicy does (the
-// same exit statuses), and returns the config too: its audit_log says
-// where the log is.
-func loadReviewConfig(cmd, path string) (config.Config, *policy.Policy, error) {
-	cfg, pol, err := config.CheckConfig(path)
-	switch {
-	case err == nil:
-		return cfg, pol, nil
-	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission):
-		return cfg, nil, fmt.Errorf("%s: %w", cmd, err)
-	}
-	return cfg, nil, &configError{cmd: cmd, err: err}
-}

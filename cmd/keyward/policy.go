@@ -51,14 +51,24 @@ func (e *configError) Unwrap() []error { return []error{e.err, errConfigFile} }
 // errConfigFile (2). So policy explain exits 1 for "denied" and nothing else.
 // The Reserved returned is what the daemon withholds under this config.
 func loadPolicy(cmd, path string) (*policy.Policy, policy.Reserved, error) {
+	cfg, pol, err := loadConfig(cmd, path)
+	if err != nil {
+		return nil, policy.Reserved{}, err
+	}
+	return pol, policy.Reserved{CheckpointKey: cfg.AuditCheckpointKey}, nil
+}
+
+// loadConfig is loadPolicy's reading, returning the config itself (audit
+// report takes the log's path from it).
+func loadConfig(cmd, path string) (config.Config, *policy.Policy, error) {
 	cfg, pol, err := config.CheckConfig(path)
 	switch {
 	case err == nil:
-		return pol, policy.Reserved{CheckpointKey: cfg.AuditCheckpointKey}, nil
+		return cfg, pol, nil
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission):
-		return nil, policy.Reserved{}, fmt.Errorf("%s: %w", cmd, err)
+		return cfg, nil, fmt.Errorf("%s: %w", cmd, err)
 	}
-	return nil, policy.Reserved{}, &configError{cmd: cmd, err: err}
+	return cfg, nil, &configError{cmd: cmd, err: err}
 }
 
 const policyGroupExample = `  keyward policy explain --config /etc/keyward/keyward.toml --uid 1000 --op unwrap --key payments/db-password --context app=billing
