@@ -16,7 +16,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/keyward/keyward/client"
-	"github.com/keyward/keyward/internal/secretfile"
 	"github.com/keyward/keyward/internal/version"
 	"github.com/keyward/keyward/keys"
 )
@@ -443,15 +442,14 @@ func exitCode(err error) int {
 		// The daemon refused the request as malformed: what the command
 		// line gave (a name, a type, a length, a context) is wrong.
 		return exitUsage
-	case errors.Is(err, secretfile.ErrTooOpen), errors.Is(err, secretfile.ErrOwner), errors.Is(err, fs.ErrPermission):
+	case errors.Is(err, fs.ErrPermission):
 		return exitPermission
 	case errors.Is(err, keys.ErrUnavailable):
 		return exitUnavailable
 	case errors.Is(err, keys.ErrKeyNotFound), errors.Is(err, fs.ErrNotExist):
 		return exitNotFound
-	case errors.Is(err, secretfile.ErrNoSource), errors.Is(err, keys.ErrInvalidName):
-		// A setting the command line got wrong (no PIN source, a key name
-		// outside the grammar).
+	case errors.Is(err, keys.ErrInvalidName):
+		// A key name outside the grammar, from the command line.
 		return exitUsage
 	}
 	var ce *childError
