@@ -1,10 +1,11 @@
 // Command keyward is the keyward command-line tool: data operations (wrap,
 // unwrap, rewrap, datakey, sign, verify, mac, verify-mac, pubkey) and key
 // administration (key create, rotate, list, show, disable, enable, destroy,
-// set, adopt) through the daemon's socket, its status and a load benchmark,
-// and, without the daemon, `policy explain` and `policy report`, which
-// answer from keywardd's config file what its policy allows, and `audit
-// verify`. It is a client only: it links no backend (no PKCS#11, no TPM) and
+// set, adopt), credentials and break-glass through the daemon's socket, its
+// status and a load benchmark, and, without the daemon, `policy explain`
+// and `policy report`, which answer from keywardd's config file what its
+// policy allows, and the audit commands (verify, tail, report,
+// context-digest). It is a client only: it links no backend (no PKCS#11, no TPM) and
 // builds with CGO_ENABLED=0; the commands that open a device directly are
 // keywardd's (keywardd doctor, define-counter, demo, bench-baseline).
 //

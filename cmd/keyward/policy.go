@@ -295,7 +295,7 @@ not listed is denied. Users by uid, then groups by gid, then units by name.
 
 The file is checked as "keywardd --check-config" checks it (names resolved
 on this host); no daemon, socket or device is used. With --json:
-{"rules": N, "grants": [{"subject", "operations", "keys", "context", "rule"}],
+{"rules": N, "grants": [{"subject", "operations", "never", "keys", "context", "rule"}],
 "breakglass": [{"policy", "requesters", "approvers", "operations", "keys",
 "max_duration", "approvals", "request_ttl"}]}.
 

@@ -50,7 +50,7 @@ const usage = `keywardd: the keyward key daemon
 Usage:
   keywardd [--config FILE]          serve (default config %s)
   keywardd --version                print the version and exit
-  keywardd --check-config [--dev] [--config FILE]
+  keywardd --check-config [--dev --config FILE | --config FILE]
                                     validate the config and its policy (with --dev: as
                                     --dev --config takes it), then exit
   keywardd ... --ready-file FILE    write FILE (0600) once serving, remove it on exit
