@@ -99,7 +99,7 @@ latency-module: deps
 	@mkdir -p bin
 	gcc -Wall -Werror -O2 -shared -fPIC -I/usr/include/p11-kit-1 -o bin/libkeyward-latency.so softhsm-test/latency/latency.c -ldl -lpthread
 
-# A SoftHSM2 token for `make run`, provisioned once and kept in .dev/ (gitignored).
+# A SoftHSM2 token for `make demo`, provisioned once and kept in .dev/ (gitignored).
 dev-token:
 	@if [ ! -f $(DEV_DIR)/pin ]; then \
 		softhsm-test/provision-token.sh --dir $(DEV_DIR) --label keyward >/dev/null; \
