@@ -252,20 +252,26 @@ func (s *sess) dropOlderGrants(id string, gen uint64) {
 	}
 }
 
-// grantRoom refuses a new grant id when the token holds the most grants
-// it keeps (keys.MaxGrants; a test may lower it). Two daemons adding at
-// once may each take the last place.
+// grantRoom refuses a new grant id when the token holds the most grant
+// record objects it keeps (keys.MaxGrants; a test may lower it): counted
+// from one search, with no object read (on a network HSM each read is a
+// round trip). A grant's older generation, until its next change removes
+// it, takes a place too. Two daemons adding at once may each take the
+// last place.
 func (s *sess) grantRoom() error {
 	limit := keys.MaxGrants
 	if s.t.test.grantLimit > 0 {
 		limit = s.t.test.grantLimit
 	}
-	ids, err := s.grantObjects()
+	hs, err := s.find([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, grantApplication),
+	})
 	if err != nil {
 		return err
 	}
-	if len(ids) >= limit {
-		return fmt.Errorf("the token holds %d grant records, at most %d: %w", len(ids), limit, keys.ErrInvalidArgument)
+	if len(hs) >= limit {
+		return fmt.Errorf("the token holds %d grant records, at most %d: %w", len(hs), limit, keys.ErrInvalidArgument)
 	}
 	return nil
 }
