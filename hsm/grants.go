@@ -129,19 +129,6 @@ func (s *sess) newestGrant(id string, stored []storedMeta) (*grantRecord, error)
 	return top, nil
 }
 
-// checkGrantPut checks PutGrant's arguments.
-func checkGrantPut(id string, gen uint64, body []byte) error {
-	if err := keys.ValidGrantID(id); err != nil {
-		return err
-	}
-	if len(body) > keys.MaxGrantBody {
-		return fmt.Errorf("grant record of %d bytes, at most %d: %w", len(body), keys.MaxGrantBody, keys.ErrInvalidArgument)
-	}
-	if gen == 0 {
-		return fmt.Errorf("grant %s generation 0 (the first is 1): %w", id, keys.ErrGrantConflict)
-	}
-	return nil
-}
 
 // PutGrant implements keys.GrantStore: it stores body as generation gen of
 // grant id if the newest stored generation is gen-1, through the same
@@ -149,7 +136,7 @@ func checkGrantPut(id string, gen uint64, body []byte) error {
 // the token cannot both store one generation. A change that backed off
 // because another writer's claim was there is retried from a fresh read.
 func (t *Token) PutGrant(ctx context.Context, id string, gen uint64, body []byte) error {
-	if err := checkGrantPut(id, gen, body); err != nil {
+	if err := keys.CheckGrantPut(id, gen, body); err != nil {
 		return err
 	}
 	if err := t.writable(); err != nil {

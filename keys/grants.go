@@ -47,6 +47,22 @@ const (
 // ErrGrantConflict: a grant changed by someone else since it was read.
 var ErrGrantConflict = errors.New("grant changed concurrently")
 
+// CheckGrantPut checks GrantStore.PutGrant's arguments, as every store
+// does before anything else: a valid id, a body of at most MaxGrantBody
+// bytes, a generation from 1 (0 is ErrGrantConflict).
+func CheckGrantPut(id string, gen uint64, body []byte) error {
+	if err := ValidGrantID(id); err != nil {
+		return err
+	}
+	if len(body) > MaxGrantBody {
+		return fmt.Errorf("grant record of %d bytes, at most %d: %w", len(body), MaxGrantBody, ErrInvalidArgument)
+	}
+	if gen == 0 {
+		return fmt.Errorf("grant %s generation 0 (the first is 1): %w", id, ErrGrantConflict)
+	}
+	return nil
+}
+
 // ValidGrantID checks an id: 1 to MaxGrantID bytes of [a-z0-9-].
 func ValidGrantID(id string) error {
 	if id == "" || len(id) > MaxGrantID {

@@ -162,14 +162,8 @@ func (b *TPM) grantLimit() int {
 // grant id if the newest stored generation is gen-1, as a key change is
 // stored (record, manifest, counter).
 func (b *TPM) PutGrant(ctx context.Context, id string, gen uint64, body []byte) error {
-	if err := keys.ValidGrantID(id); err != nil {
+	if err := keys.CheckGrantPut(id, gen, body); err != nil {
 		return err
-	}
-	if len(body) > keys.MaxGrantBody {
-		return fmt.Errorf("grant record of %d bytes, at most %d: %w", len(body), keys.MaxGrantBody, keys.ErrInvalidArgument)
-	}
-	if gen == 0 {
-		return fmt.Errorf("grant %s generation 0 (the first is 1): %w", id, keys.ErrGrantConflict)
 	}
 	if err := b.writable(); err != nil {
 		return err

@@ -17,11 +17,8 @@ type memGrant struct {
 
 // PutGrant implements keys.GrantStore.
 func (m *Mem) PutGrant(_ context.Context, id string, gen uint64, body []byte) error {
-	if err := keys.ValidGrantID(id); err != nil {
+	if err := keys.CheckGrantPut(id, gen, body); err != nil {
 		return err
-	}
-	if len(body) > keys.MaxGrantBody {
-		return fmt.Errorf("grant record of %d bytes, at most %d: %w", len(body), keys.MaxGrantBody, keys.ErrInvalidArgument)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
