@@ -1,7 +1,6 @@
 package keys
 
 import (
-	"fmt"
 	"time"
 )
 
@@ -19,29 +18,16 @@ const (
 // CheckDisableAfter accepts 0 (versions are never disabled by the
 // scheduler) or a whole number of seconds within [MinDisableAfter,
 // MaxDisableAfter].
-func CheckDisableAfter(d time.Duration) error {
-	switch {
-	case d == 0:
-		return nil
-	case d < MinDisableAfter || d > MaxDisableAfter:
-		return fmt.Errorf("disable-versions-after %s: want 0 (never) or between %s and %s: %w",
-			FormatPeriod(d), FormatPeriod(MinDisableAfter), FormatPeriod(MaxDisableAfter), ErrInvalidArgument)
-	case d%time.Second != 0:
-		return fmt.Errorf("disable-versions-after %s: whole seconds only: %w", d, ErrInvalidArgument)
-	}
-	return nil
-}
+func CheckDisableAfter(d time.Duration) error { return disableAfter.check(d) }
 
 // DisableAfterFromSeconds is a disable-after delay as key records keep it
 // (whole seconds) read back: an error unless CheckDisableAfter accepts it,
 // including a count of seconds a Duration cannot hold.
 func DisableAfterFromSeconds(s int64) (time.Duration, error) {
-	if s < 0 || s > int64(MaxDisableAfter/time.Second) {
-		return 0, fmt.Errorf("disable-versions-after %ds: %w", s, ErrInvalidArgument)
-	}
-	d := time.Duration(s) * time.Second
-	return d, CheckDisableAfter(d)
+	return disableAfter.fromSeconds(s)
 }
+
+var disableAfter = delay{"disable-versions-after", "never", MinDisableAfter, MaxDisableAfter}
 
 // disableCandidates calls fn for every enabled version older than the
 // newest enabled one, with when it becomes due to be disabled: the

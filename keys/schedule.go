@@ -21,26 +21,45 @@ const (
 // seconds) read back: an error unless CheckRotationPeriod accepts it,
 // including a count of seconds a Duration cannot hold.
 func PeriodFromSeconds(s int64) (time.Duration, error) {
-	if s < 0 || s > int64(MaxRotationPeriod/time.Second) {
-		return 0, fmt.Errorf("rotation period %ds: %w", s, ErrInvalidArgument)
-	}
-	d := time.Duration(s) * time.Second
-	return d, CheckRotationPeriod(d)
+	return rotationPeriod.fromSeconds(s)
 }
 
 // CheckRotationPeriod accepts 0 (no scheduled rotation) or a whole number
 // of seconds within [MinRotationPeriod, MaxRotationPeriod].
-func CheckRotationPeriod(d time.Duration) error {
+func CheckRotationPeriod(d time.Duration) error { return rotationPeriod.check(d) }
+
+var rotationPeriod = delay{"rotation period", "none", MinRotationPeriod, MaxRotationPeriod}
+
+// delay is a key's scheduled delay setting: its name in errors, what 0
+// means, and its bounds.
+type delay struct {
+	name, zero string
+	min, max   time.Duration
+}
+
+// check accepts 0 or a whole number of seconds within [min, max].
+func (dl delay) check(d time.Duration) error {
 	switch {
 	case d == 0:
 		return nil
-	case d < MinRotationPeriod || d > MaxRotationPeriod:
-		return fmt.Errorf("rotation period %s: want 0 (none) or between %s and %s: %w",
-			FormatPeriod(d), FormatPeriod(MinRotationPeriod), FormatPeriod(MaxRotationPeriod), ErrInvalidArgument)
+	case d < dl.min || d > dl.max:
+		return fmt.Errorf("%s %s: want 0 (%s) or between %s and %s: %w",
+			dl.name, FormatPeriod(d), dl.zero, FormatPeriod(dl.min), FormatPeriod(dl.max), ErrInvalidArgument)
 	case d%time.Second != 0:
-		return fmt.Errorf("rotation period %s: whole seconds only: %w", d, ErrInvalidArgument)
+		return fmt.Errorf("%s %s: whole seconds only: %w", dl.name, d, ErrInvalidArgument)
 	}
 	return nil
+}
+
+// fromSeconds is the delay as key records keep it (whole seconds) read
+// back: an error unless check accepts it, including a count of seconds a
+// Duration cannot hold.
+func (dl delay) fromSeconds(s int64) (time.Duration, error) {
+	if s < 0 || s > int64(dl.max/time.Second) {
+		return 0, fmt.Errorf("%s %ds: %w", dl.name, s, ErrInvalidArgument)
+	}
+	d := time.Duration(s) * time.Second
+	return d, dl.check(d)
 }
 
 // ParsePeriod reads a period written as a whole number and a unit, d
