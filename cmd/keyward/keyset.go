@@ -110,25 +110,18 @@ func disableText(k keyJSON) string {
 }
 
 // disableDue lists the versions of ki that keywardd's scheduler disables
-// at now (keys.KeyInfo.DisableDueAt's rule, on the wire's KeyInfo): with a
-// delay set, enabled versions older than the newest enabled one whose
-// successor was created at least the delay ago.
+// at now: keys.KeyInfo.DisableDueAt, the scheduler's own rule, on what the
+// wire's KeyInfo says of the versions and the delay.
 func disableDue(ki *keywardv1.KeyInfo, now time.Time) []uint32 {
-	after, vs := time.Duration(ki.GetDisableAfterSeconds())*time.Second, ki.GetVersions()
-	newest := 0
-	for i, x := range vs {
-		if x.GetState() == keywardv1.VersionState_ENABLED {
-			newest = i + 1
+	k := keys.KeyInfo{DisableAfter: time.Duration(ki.GetDisableAfterSeconds()) * time.Second}
+	for _, v := range ki.GetVersions() {
+		st := keys.Disabled // not enabled: never a candidate, never the newest enabled
+		if v.GetState() == keywardv1.VersionState_ENABLED {
+			st = keys.Enabled
 		}
+		k.Versions = append(k.Versions, keys.VersionInfo{Version: v.GetVersion(), State: st, Created: v.GetCreated().AsTime()})
 	}
-	var out []uint32
-	for i := 0; after > 0 && i+1 < newest; i++ {
-		if vs[i].GetState() == keywardv1.VersionState_ENABLED && vs[i+1].GetCreated() != nil &&
-			!vs[i+1].GetCreated().AsTime().Add(after).After(now) {
-			out = append(out, vs[i].GetVersion())
-		}
-	}
-	return out
+	return k.DisableDueAt(now)
 }
 
 // noteDisableDue tells an admin who enabled version v of a key that
