@@ -51,7 +51,6 @@ const (
 	// a requester cannot fill the device's store.
 	maxPendingPerRequester = 8
 	maxReason              = 256
-	grantIDBytes           = 16
 	// grantSweepEvery is how often the daemon records expiries and prunes
 	// old grants when nobody calls.
 	grantSweepEvery = 15 * time.Second
@@ -172,7 +171,7 @@ func decodeGrant(r keys.GrantRecord) (*grant, error) {
 }
 
 func newGrantID() string {
-	b := make([]byte, grantIDBytes)
+	b := make([]byte, keys.BreakglassIDBytes)
 	rand.Read(b) // never fails (crypto/rand)
 	return hex.EncodeToString(b)
 }

@@ -21,16 +21,11 @@ const (
 	maxGrantContextBytes = 256 // of each key and each value
 )
 
-// validGrantIDForm accepts only the form newGrantID makes: 32 lowercase
-// hex digits.
+// validGrantIDForm accepts only the form newGrantID makes
+// (keys.IsBreakglassID).
 func validGrantIDForm(id string) error {
-	if len(id) != 2*grantIDBytes {
-		return invalid("grant id: %d lowercase hex digits, as break-glass request prints", 2*grantIDBytes)
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return invalid("grant id: %d lowercase hex digits, as break-glass request prints", 2*grantIDBytes)
-		}
+	if !keys.IsBreakglassID(id) {
+		return invalid("grant id: %d lowercase hex digits, as break-glass request prints", 2*keys.BreakglassIDBytes)
 	}
 	return nil
 }

@@ -47,6 +47,25 @@ const (
 // ErrGrantConflict: a grant changed by someone else since it was read.
 var ErrGrantConflict = errors.New("grant changed concurrently")
 
+// BreakglassIDBytes is the random bytes in a break-glass grant's id, which
+// keywardd gives as lowercase hex.
+const BreakglassIDBytes = 16
+
+// IsBreakglassID reports whether id has the form of the ids keywardd gives
+// break-glass grants: 2*BreakglassIDBytes lowercase hex digits (keywardd
+// refuses any other; keyward checks before asking).
+func IsBreakglassID(id string) bool {
+	if len(id) != 2*BreakglassIDBytes {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // CheckGrantPut checks GrantStore.PutGrant's arguments, as every store
 // does before anything else: a valid id, a body of at most MaxGrantBody
 // bytes, a generation from 1 (0 is ErrGrantConflict).

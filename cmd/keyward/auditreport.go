@@ -195,4 +195,3 @@ func parseSince(cmd, s string, now time.Time) (time.Time, error) {
 	}
 	return now.Add(-d), nil
 }
-

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"regexp"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -14,6 +13,7 @@ import (
 
 	keywardv1 "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/client"
+	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
 )
 
@@ -21,10 +21,6 @@ const breakglassExample = `  id=$(keyward breakglass request --policy db-emergen
   keyward breakglass approve "$id"     # as an approver, never the requester
   keyward breakglass list
   keyward breakglass revoke "$id"`
-
-// grantIDForm is the form of the ids keywardd gives grants: 16 random
-// bytes in lowercase hex. keywardd refuses any other.
-var grantIDForm = regexp.MustCompile(`^[0-9a-f]{32}$`)
 
 func (a *app) breakglassCmd() *cobra.Command {
 	return groupCmd("breakglass", "ask for, approve and end time-boxed emergency access to a key (break-glass)", breakglassExample,
@@ -134,7 +130,7 @@ func (a *app) bgIDCmd(name, short string, call func(context.Context, *client.Cli
 			if len(args) != 1 {
 				return usagef(cmdName(c), "want exactly one grant ID (keyward breakglass list shows them)")
 			}
-			if !grantIDForm.MatchString(args[0]) {
+			if !keys.IsBreakglassID(args[0]) {
 				return usagef(cmdName(c), "%q is not a grant id: 32 lowercase hex digits (keyward breakglass list shows them)", args[0])
 			}
 			return nil
