@@ -129,7 +129,6 @@ func (s *sess) newestGrant(id string, stored []storedMeta) (*grantRecord, error)
 	return top, nil
 }
 
-
 // PutGrant implements keys.GrantStore: it stores body as generation gen of
 // grant id if the newest stored generation is gen-1, through the same
 // claim-and-check publication as key records, so that two daemons sharing
