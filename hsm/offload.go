@@ -198,7 +198,7 @@ func (m mechanism) readBack(c *C.struct_offload_job) {
 	}
 	g := (*C.struct_ck_gcm_params)(unsafe.Pointer(&c.params))
 	m.gcm.moved = int(g.iv_len) != len(m.gcm.iv) || unsafe.Pointer(g.iv) != unsafe.Pointer(&c.iv[0]) ||
-		!bytes.Equal(C.GoBytes(unsafe.Pointer(&c.iv[0]), C.int(len(m.gcm.iv))), m.gcm.iv)
+		!bytes.Equal(unsafe.Slice((*byte)(unsafe.Pointer(&c.iv[0])), len(m.gcm.iv)), m.gcm.iv) // the length is checked first
 }
 
 // fill writes m into the job's C structures, pointing into pinned Go

@@ -122,7 +122,7 @@ func (s *sess) encrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) 
 		return nil, initError{err}
 	}
 	if f != nil {
-		return f.encrypt.call(s.sh, in, size)
+		return f.encrypt.call(s.sh, in, size, 2)
 	}
 	return s.p.Encrypt(s.sh, in)
 }
@@ -139,7 +139,7 @@ func (s *sess) decrypt(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) 
 		return nil, initError{err}
 	}
 	if f != nil {
-		return f.decrypt.call(s.sh, in, size)
+		return f.decrypt.call(s.sh, in, size, 2)
 	}
 	return s.p.Decrypt(s.sh, in)
 }
@@ -156,7 +156,7 @@ func (s *sess) sign(m mechanism, h pkcs11.ObjectHandle, in []byte, size int) ([]
 		return nil, initError{err}
 	}
 	if f != nil {
-		return f.sign.call(s.sh, in, size)
+		return f.sign.call(s.sh, in, size, 2)
 	}
 	return s.p.Sign(s.sh, in)
 }
@@ -194,9 +194,8 @@ func (s *sess) offloaded(j *job, fns *functions, f singlePart, h pkcs11.ObjectHa
 		return nil, initError{pkcs11.Error(r.initRV)}
 	}
 	out, retry, err := singleResult(r.rv, r.n, j.out, size)
-	if retry {
-		clear(j.out) // a module may have written part of a plaintext first
-		return f.call(s.sh, in, r.n)
+	if retry { // the module's one more ask is the call made from here
+		return f.call(s.sh, in, r.n, 1)
 	}
 	return out, err
 }
@@ -249,19 +248,19 @@ func (m mechanism) release(p *pkcs11.GCMParams) {
 }
 
 // call runs the operation the session's Init started on in, into a buffer
-// of size bytes, and returns the output. A module that needs more room says
-// CKR_BUFFER_TOO_SMALL with the length it needs and keeps the operation
-// active (PKCS#11 5.2): the call is then made once more with that length.
-func (f singlePart) call(sh pkcs11.SessionHandle, in []byte, size int) ([]byte, error) {
-	for range 2 {
+// of size bytes, and returns the output, in at most tries calls. A module
+// that needs more room says CKR_BUFFER_TOO_SMALL with the length it needs
+// and keeps the operation active (PKCS#11 5.2): the call is then made once
+// more with that length, if tries allow (an operation makes at most 2).
+func (f singlePart) call(sh pkcs11.SessionHandle, in []byte, size, tries int) ([]byte, error) {
+	for range tries {
 		out := make([]byte, max(size, 1))
 		n := C.ck_ulong(size)
 		rv := C.call_single(f.fn, C.ck_ulong(sh), bytePtr(in), C.ck_ulong(len(in)), bytePtr(out), &n)
-		res, retry, err := singleResult(rv, int(n), out, size)
+		res, retry, err := singleResult(rv, int(n), out, size) // out cleared on failure
 		if !retry {
 			return res, err
 		}
-		clear(out) // a module may have written part of a plaintext first
 		size = int(n)
 	}
 	return nil, fmt.Errorf("module asked twice for a larger output buffer: %w", errOperationActive)
