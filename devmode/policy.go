@@ -16,6 +16,9 @@ type Callers struct {
 	// what the file allows. Any other key in it is refused
 	// (config.LoadDevConfig).
 	File string
+	// Loaded, when set, is File as config.LoadDevConfig read it already:
+	// Allow uses it rather than reading File again.
+	Loaded *config.Config
 	// UIDs and GIDs are allowed every operation on every key, as the
 	// invoking uid is without File.
 	UIDs, GIDs []uint32
@@ -30,13 +33,21 @@ func allOps() []string {
 	return ops
 }
 
+// load returns File's content: Loaded, or read now.
+func (c Callers) load() (config.Config, error) {
+	if c.Loaded != nil {
+		return *c.Loaded, nil
+	}
+	return config.LoadDevConfig(c.File)
+}
+
 // Allow applies c to the dev configuration and compiles the new policy.
 // Without File the invoking uid keeps its rule; the extra callers get one
 // rule each.
 func (d *Dev) Allow(c Callers) error {
 	cfg := d.Config
 	if c.File != "" {
-		fc, err := config.LoadDevConfig(c.File)
+		fc, err := c.load()
 		if err != nil {
 			return err
 		}

@@ -82,19 +82,20 @@ func devWho(c devmode.Callers) string {
 }
 
 // checkDevConfig reads --dev --config's file and compiles its policy, so
-// that a bad file fails before the dev device is made.
-func checkDevConfig(c devmode.Callers) error {
+// that a bad file fails before the dev device is made; it returns the
+// file's content (nil without a file), which devmode's Allow then uses.
+func checkDevConfig(c devmode.Callers) (*config.Config, error) {
 	if c.File == "" {
-		return nil
+		return nil, nil
 	}
 	cfg, err := config.LoadDevConfig(c.File)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := policy.Compile(cfg.Rules, policy.SystemResolver()); err != nil {
-		return fmt.Errorf("%s: %w", c.File, err)
+		return nil, fmt.Errorf("%s: %w", c.File, err)
 	}
-	return nil
+	return &cfg, nil
 }
 
 // checkDevConfigCmd is --check-config --dev --config FILE: FILE as --dev
@@ -104,7 +105,7 @@ func checkDevConfigCmd(c *devCallers, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "keywardd: --check-config --dev checks the --config FILE that --dev would take its policy from: give --config")
 		return exitUsage
 	}
-	if err := checkDevConfig(c.Callers); err != nil {
+	if _, err := checkDevConfig(c.Callers); err != nil {
 		printLines(stderr, "keywardd: ", err.Error())
 		return exitConfig
 	}

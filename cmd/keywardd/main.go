@@ -299,10 +299,12 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, callers de
 	if sock == "" {
 		sock = "./keyward-dev.sock"
 	}
-	if err := checkDevConfig(callers); err != nil { // before a device is made for nothing
+	loaded, err := checkDevConfig(callers) // before a device is made for nothing
+	if err != nil {
 		printLines(stderr, "keywardd: ", err.Error())
 		return exitConfig
 	}
+	callers.Loaded = loaded
 	d, err := devmode.New(dir, sock, orDefault(logLevel, "info"), backend)
 	if err != nil {
 		fmt.Fprintf(stderr, "keywardd: %v\n", err)
