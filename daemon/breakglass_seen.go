@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keyward/keyward/config"
+	"github.com/keyward/keyward/internal/atomicfile"
 	"github.com/keyward/keyward/internal/safepath"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
@@ -375,48 +376,9 @@ func (h *highWater) write(b []byte) error {
 	if _, err := safepath.CheckDir(dir, uint32(os.Geteuid())); err != nil {
 		return fmt.Errorf("break-glass high-water file (breakglass_state): %w: %w", err, config.ErrConfig)
 	}
-	err := writeFileAtomic(h.path, b)
+	err := atomicfile.Write(h.path, "."+filepath.Base(h.path)+".tmp-*", b)
 	if errors.Is(err, fs.ErrPermission) {
 		err = fmt.Errorf("%w: %w", err, config.ErrConfig)
 	}
 	return err
-}
-
-// writeFileAtomic replaces path with data: a 0600 temporary file beside
-// it, fsynced, renamed over it, and the directory fsynced.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*") // O_EXCL, mode 0600
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
 }

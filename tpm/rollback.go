@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/keyward/keyward/internal/atomicfile"
 	"github.com/keyward/keyward/keys"
 )
 
@@ -373,7 +374,7 @@ func (b *TPM) finishHalfDone(idx tpm2.TPMHandle, ahead []string) error {
 	// The newer records were renamed into place, but their directory's
 	// fsync may have failed: make them durable before a manifest names them.
 	for _, sub := range []string{keysDir, grantsDir} {
-		if err := syncDir(filepath.Join(b.st.dir, sub)); err != nil {
+		if err := atomicfile.SyncDir(filepath.Join(b.st.dir, sub)); err != nil {
 			return err
 		}
 	}

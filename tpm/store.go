@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keyward/keyward/internal/atomicfile"
 	"github.com/keyward/keyward/internal/safepath"
 	"github.com/keyward/keyward/keys"
 )
@@ -304,53 +305,13 @@ func (s *store) read(rel string) ([]byte, error) {
 	return b, nil
 }
 
-// write replaces rel atomically and durably.
+// write replaces rel atomically and durably, through a temporary file
+// named .tmp-* (which the listings skip).
 func (s *store) write(rel string, data []byte) error {
 	if s.lock == nil {
 		return fmt.Errorf("state directory: %w", keys.ErrReadOnly)
 	}
-	path := filepath.Join(s.dir, rel)
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", rel, err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(0o600); err != nil {
-		return fmt.Errorf("write %s: %w", rel, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", rel, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync: %w", rel, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", rel, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", rel, err)
-	}
-	ok = true
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.Write(filepath.Join(s.dir, rel), ".tmp-*", data)
 }
 
 // recordFiles lists the record files (sorted), ignoring temp files left by a crash.
@@ -384,7 +345,7 @@ func (s *store) remove(rel string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", rel, err)
 	}
-	return syncDir(filepath.Dir(path))
+	return atomicfile.SyncDir(filepath.Dir(path))
 }
 
 // decodeStrict decodes one JSON value of a state file into v: no unknown
