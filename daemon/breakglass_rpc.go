@@ -387,15 +387,20 @@ func (s *Service) mayRead(c bgCaller, g *grant) error {
 // is nobody there, and its approvers and admins are parties only under the
 // table it was asked for under (decidesHere).
 func (s *Service) partyTo(c bgCaller, g *grant) bool {
-	bp, ok := c.pol.BreakglassNamed(g.Policy)
 	if c.b.foreign(g) {
-		if !ok || bp.Digest() != g.PolicyDigest {
+		if bp, ok := c.pol.BreakglassNamed(g.Policy); !ok || bp.Digest() != g.PolicyDigest {
 			return false
 		}
 	} else if g.Requester == c.id.UID {
 		return true
 	}
-	if ok && bp.MayApprove(c.id) {
+	return s.approverOrAdmin(c, g)
+}
+
+// approverOrAdmin reports whether c is, under this host's current table,
+// an approver of g's policy or an admin of its key (key.disable on it).
+func (s *Service) approverOrAdmin(c bgCaller, g *grant) bool {
+	if bp, ok := c.pol.BreakglassNamed(g.Policy); ok && bp.MayApprove(c.id) {
 		return true
 	}
 	return c.pol.Decide(c.id, policy.Request{Op: policy.OpKeyDisable, Key: g.Key}, s.reserved()).Allowed
