@@ -9,9 +9,10 @@
 //	}
 //
 // The suite creates keys with unique names (derived from the test name plus a
-// random suffix), never deletes them and never closes the backend, so one
-// backend may serve several groups, or even several test binaries sharing a
-// token. Grant cases (a backend that is a keys.GrantStore) delete the
+// random suffix), never deletes them and never closes the backend itself
+// (only a backend's Hooks.Reopen, where given, closes and reopens it), so
+// one backend may serve several groups, or even several test binaries
+// sharing a token. Grant cases (a backend that is a keys.GrantStore) delete the
 // grants they store: their number is bounded. Cases that need a backend's
 // own abilities (restarting it, editing its storage) take them from the
 // Hooks given to RunWith, and skip without them. A key type whose
