@@ -23,6 +23,9 @@ DEB_PACKAGES += podman runc
 
 DEV_DIR := .dev/softhsm
 
+empty :=
+space := $(empty) $(empty)
+
 # The version the binaries report (--version, keyward status, the
 # keyward_build_info metric): git's description of the tree, stamped at link
 # time. Without git, the binaries fall back to what the Go toolchain recorded.
@@ -83,15 +86,16 @@ demo: deps build
 bench-audit: deps build
 	@scripts/bench-audit.sh
 
-# keywardd on a network HSM: softhsm-test's latency module (1 ms round trip
+# keywardd on a network HSM: softhsm-test's latency module (a round trip
 # per PKCS#11 call) in front of SoftHSM2, against a raw PKCS#11 loop on the
 # same module in the same run; then the same through p11-kit server and
 # p11-kit-client.so behind a proxy adding the round trip. DURATION per
-# measurement (1s); NETHSM_CONFIG:
+# measurement (1s); RTT, the round trip (1ms; 100us to 20ms); STACK, one of
+# "latency module" or "p11-kit server" (both when empty); NETHSM_CONFIG:
 # top-level config lines for keywardd (e.g. audit_sync = "write").
 bench-nethsm: deps
 	@scripts/ensure-packages.sh p11-kit p11-kit-modules
-	KEYWARD_NETHSM_BENCH=$(or $(DURATION),1s) KEYWARD_NETHSM_CONFIG='$(NETHSM_CONFIG)' $(GO) test -count=1 -timeout 30m -run TestNetworkHSMBench -v ./cmd/keywardd/
+	KEYWARD_NETHSM_BENCH=$(or $(DURATION),1s) KEYWARD_NETHSM_RTT='$(RTT)' KEYWARD_NETHSM_CONFIG='$(NETHSM_CONFIG)' $(GO) test -count=1 -timeout 30m -run 'TestNetworkHSMBench/$(subst $(space),_,$(STACK))' -v ./cmd/keywardd/
 
 # softhsm-test's latency module (a network HSM's round trips in front of
 # SoftHSM2; softhsm-test/README.md) as bin/libkeyward-latency.so.

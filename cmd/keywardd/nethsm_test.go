@@ -36,9 +36,27 @@ const envNetHSMBench = "KEYWARD_NETHSM_BENCH"
 // TestNetworkHSMBench, to compare settings (audit_sync = "write").
 const envNetHSMConfig = "KEYWARD_NETHSM_CONFIG"
 
-// netRTT is the round trip the latency module adds to every PKCS#11 call:
-// 0.5 ms each way, a network HSM in the same data centre.
-const netRTT = time.Millisecond
+// envNetHSMRTT: the round trip the bench adds to every PKCS#11 call (a
+// Go duration, 100us to 20ms; 1ms when unset).
+const envNetHSMRTT = "KEYWARD_NETHSM_RTT"
+
+// netRTT is the round trip the latency module (and the p11-kit proxy)
+// adds to every PKCS#11 call: by default 0.5 ms each way, a network HSM in
+// the same data centre; TestNetworkHSMBench sets it from $KEYWARD_NETHSM_RTT.
+var netRTT = time.Millisecond
+
+// benchRTT reads $KEYWARD_NETHSM_RTT.
+func benchRTT() (time.Duration, error) {
+	v := os.Getenv(envNetHSMRTT)
+	if v == "" {
+		return time.Millisecond, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 100*time.Microsecond || d > 20*time.Millisecond {
+		return 0, fmt.Errorf("%s=%q: want a duration from 100us to 20ms", envNetHSMRTT, v)
+	}
+	return d, nil
+}
 
 // TestNetworkHSMBench measures keywardd on a network HSM (the latency
 // module in front of SoftHSM2, netRTT per call) against the device's own
@@ -55,6 +73,9 @@ func TestNetworkHSMBench(t *testing.T) {
 	d, err := time.ParseDuration(os.Getenv(envNetHSMBench))
 	if err != nil {
 		t.Skipf("set %s to a duration per measurement (make bench-nethsm) to run it", envNetHSMBench)
+	}
+	if netRTT, err = benchRTT(); err != nil {
+		t.Fatal(err)
 	}
 	softhsmtest.Need(t, tok)
 	t.Run("latency module", func(t *testing.T) {
