@@ -2,8 +2,10 @@
 // A thread the Go runtime did not create holds no Go scheduler slot while a
 // network HSM answers, so a call waiting for the device never delays Go code.
 
+#define _GNU_SOURCE // SCHED_BATCH
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <time.h>
@@ -15,6 +17,7 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t more = PTHREAD_COND_INITIALIZER;
 static struct offload_job *head, *tail;
 static int notify = -1, threads, idle, queued, max_threads;
+static int batch_threads, other_threads; // started workers, by policy (batch_policy)
 
 static long long now_ns(void) {
 	struct timespec t;
@@ -69,8 +72,29 @@ static void announce(unsigned long long id) {
 	}
 }
 
+// batch_policy puts the calling worker under SCHED_BATCH, and counts
+// whether it could. A worker whose device call has answered then does not
+// preempt the thread running on its CPU, which on a busy machine is often
+// one of Go's, holding a scheduler slot that connections, handlers and the
+// audit writer wait for (on 2 cores shared with the device, 64 callers at a
+// 1 ms round trip: 3-10% more operations a second, 8-10% less CPU per
+// operation). The worker still gets its fair share of the CPU. Best effort:
+// keyward.service's seccomp filter refuses sched_setscheduler (with EPERM)
+// unless a drop-in allows it; the worker then runs as any other thread.
+static void batch_policy(void) {
+	struct sched_param sp = {0};
+	int ok = sched_setscheduler(0, SCHED_BATCH, &sp) == 0;
+	pthread_mutex_lock(&mu);
+	if (ok)
+		batch_threads++;
+	else
+		other_threads++;
+	pthread_mutex_unlock(&mu);
+}
+
 static void *worker(void *arg) {
 	(void)arg;
+	batch_policy();
 	// Started with every signal blocked (offload_submit): signals sent to
 	// the process are for the Go runtime's threads. A fault in the module
 	// is let through, for Go's crash report.
@@ -98,6 +122,14 @@ int offload_start(int notify_fd, int max) {
 	max_threads = max;
 	pthread_mutex_unlock(&mu);
 	return 0;
+}
+
+// offload_threads reports the workers started, by scheduling policy.
+void offload_threads(int *batch, int *other) {
+	pthread_mutex_lock(&mu);
+	*batch = batch_threads;
+	*other = other_threads;
+	pthread_mutex_unlock(&mu);
 }
 
 // offload_submit queues j and starts a worker if none is idle. If no

@@ -163,6 +163,15 @@ func (o *offloader) run(j *job) jobResult {
 	return jobResult{initRV: c.init_rv, rv: c.rv, n: int(c.out_len), took: time.Duration(c.ns)}
 }
 
+// workerThreads returns the worker threads started in this process, by
+// scheduling policy: SCHED_BATCH, or the default where the policy could not
+// be set (offload.c's batch_policy).
+func workerThreads() (batch, other int) {
+	var b, o C.int
+	C.offload_threads(&b, &o)
+	return int(b), int(o)
+}
+
 // pinned returns b's first byte for a worker, b pinned until pin is
 // released. An empty b gets a byte of its own (with length 0): SoftHSM2
 // refuses a NULL input even when its length is 0.

@@ -81,5 +81,6 @@ struct offload_job {
 
 int offload_start(int notify_fd, int max_threads);
 void offload_submit(struct offload_job *j);
+void offload_threads(int *batch, int *other);
 
 #endif

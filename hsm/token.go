@@ -137,11 +137,16 @@ type Stats struct {
 	// counts those operations since the module was last initialised.
 	OnWorkers bool
 	Offloaded uint64
+	// WorkersBatch and WorkersOther count the worker threads started (in
+	// this process, for any token) under SCHED_BATCH, and under the
+	// default policy because the system refused SCHED_BATCH (offload.c).
+	WorkersBatch, WorkersOther int
 }
 
 // Stats returns the current counters.
 func (t *Token) Stats() Stats {
 	s := Stats{Recoveries: t.recoveries.Load(), RecoveryFailures: t.recoveryFailures.Load()}
+	s.WorkersBatch, s.WorkersOther = workerThreads()
 	if st := t.state.Load(); st != nil {
 		st.openMu.Lock()
 		s.SessionsOpen, s.SessionsMax = st.open, st.size

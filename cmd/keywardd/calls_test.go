@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -73,8 +74,14 @@ func callsPerOperation(t *testing.T, so string, rtt time.Duration, short bool) {
 		if rtt > 0 {
 			want = 1
 		}
-		if got := (&scheduledDaemon{metrics: metrics}).metric(t, "keyward_backend_on_workers"); got != want {
+		d := &scheduledDaemon{metrics: metrics}
+		if got := d.metric(t, "keyward_backend_on_workers"); got != want {
 			t.Errorf("keyward_backend_on_workers %v with a round trip of %v, want %v", got, rtt, want)
+		}
+		// Not under a seccomp filter: every worker runs as SCHED_BATCH.
+		batch, normal := d.metric(t, `keyward_backend_worker_threads{policy="batch"}`), d.metric(t, `keyward_backend_worker_threads{policy="normal"}`)
+		if (batch > 0) != (want == 1) || normal != 0 {
+			t.Errorf("worker threads with a round trip of %v: %v batch, %v normal; want batch only, and only with a round trip", rtt, batch, normal)
 		}
 	}()
 	final := uint64(1)
@@ -279,5 +286,54 @@ func TestFailingInitIsNotTamper(t *testing.T) {
 				t.Errorf("unwrap with a failing C_DecryptInit: %v (%s), want BACKEND_UNAVAILABLE", err, got)
 			}
 		})
+	}
+}
+
+// TestWorkersUnderUnitFilter runs keywardd on a module whose calls wait
+// (the latency module, 300 us a round trip) under the seccomp rule of
+// keyward.service that refuses sched_setscheduler with EPERM: the worker
+// threads cannot run as SCHED_BATCH, say so in their metric, and carry the
+// operations all the same.
+func TestWorkersUnderUnitFilter(t *testing.T) {
+	softhsmtest.Need(t, tok)
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the filter is written for x86-64")
+	}
+	so := latencyModule(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	sock, metrics := filepath.Join(dir, "k.sock"), filepath.Join(dir, "m.sock")
+	lat := softhsmtest.Latency{Target: tok.Module, RoundTrip: 300 * time.Microsecond}
+	cfg := configFile(t, dir, sock, "")
+	rewriteModule(t, cfg, tok.Module, so)
+	prependConfig(t, cfg, fmt.Sprintf("metrics_socket = %q", metrics))
+	cmd := exec.Command(self, "--", bin, "--config", cfg)
+	cmd.Env = append(append(os.Environ(), lat.Env()...), envSeccompExec+"=resources")
+	p := startCmd(t, sock, cmd)
+	if status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid)); !strings.Contains(string(status), "Seccomp:\t2") {
+		t.Fatalf("keywardd is not under a seccomp filter:\n%s", status)
+	}
+	c := dial(t, sock)
+	ctx := context.Background()
+	if _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: "filtered/hmac", KeyType: "hmac-sha256"}); err != nil {
+		t.Fatal(err)
+	}
+	d := &scheduledDaemon{metrics: metrics}
+	// More than one window of the module's pace (hsm/offload.go), then
+	// until an operation ran on a worker.
+	for i := 0; i < 40 || d.metric(t, "keyward_backend_worker_operations_total") < 1; i++ {
+		if i == 400 {
+			t.Fatal("no operation ran on a worker thread in 400")
+		}
+		if _, err := c.Mac(ctx, &pb.MacRequest{Key: "filtered/hmac", Message: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batch, normal := d.metric(t, `keyward_backend_worker_threads{policy="batch"}`), d.metric(t, `keyward_backend_worker_threads{policy="normal"}`)
+	if batch != 0 || normal < 1 {
+		t.Errorf("worker threads under the filter: %v batch, %v normal; want normal only", batch, normal)
 	}
 }

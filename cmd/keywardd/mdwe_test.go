@@ -21,16 +21,28 @@ import (
 
 // The test binary re-executes itself in these modes, before any test runs.
 const (
-	envMDWEExec  = "KW_TEST_MDWE_EXEC"  // install the filter, then exec the arguments after "--"
-	envMDWEProbe = "KW_TEST_MDWE_PROBE" // install the filter, try a W+X mapping, report
+	envSeccompExec = "KW_TEST_SECCOMP_EXEC" // install the filter its value names (seccompFilters), then exec the arguments after "--"
+	envMDWEProbe   = "KW_TEST_MDWE_PROBE"   // install the mdwe filter, try a W+X mapping, report
 )
+
+// seccompFilters are the filters a re-executed test binary installs:
+// keyward.service's, one part each.
+var seccompFilters = map[string]func() error{
+	"mdwe":      denyWriteExecute,
+	"resources": denySetScheduler,
+}
 
 func init() {
 	switch {
-	case os.Getenv(envMDWEExec) != "":
+	case os.Getenv(envSeccompExec) != "":
 		runtime.LockOSThread() // the filter and the exec on one thread
-		if err := denyWriteExecute(); err != nil {
-			fmt.Fprintln(os.Stderr, "mdwe:", err)
+		install, ok := seccompFilters[os.Getenv(envSeccompExec)]
+		if !ok {
+			fmt.Fprintln(os.Stderr, "seccomp: no filter", os.Getenv(envSeccompExec))
+			os.Exit(125)
+		}
+		if err := install(); err != nil {
+			fmt.Fprintln(os.Stderr, "seccomp:", err)
 			os.Exit(125)
 		}
 		args := os.Args[len(os.Args)-2:]
@@ -42,12 +54,12 @@ func init() {
 		}
 		env := []string{}
 		for _, e := range os.Environ() {
-			if !strings.HasPrefix(e, envMDWEExec+"=") {
+			if !strings.HasPrefix(e, envSeccompExec+"=") {
 				env = append(env, e)
 			}
 		}
 		err := syscall.Exec(args[0], args, env)
-		fmt.Fprintln(os.Stderr, "mdwe: exec:", err)
+		fmt.Fprintln(os.Stderr, "seccomp: exec:", err)
 		os.Exit(126)
 	case os.Getenv(envMDWEProbe) != "":
 		runtime.LockOSThread()
@@ -98,7 +110,27 @@ func denyWriteExecute() error {
 			stmt(unix.BPF_RET|unix.BPF_K, deny),
 		)
 	}
-	f = append(f, stmt(unix.BPF_RET|unix.BPF_K, unix.SECCOMP_RET_ALLOW))
+	return installFilter(append(f, stmt(unix.BPF_RET|unix.BPF_K, unix.SECCOMP_RET_ALLOW)))
+}
+
+// denySetScheduler refuses sched_setscheduler with EPERM, as
+// keyward.service's SystemCallFilter=~@resources with
+// SystemCallErrorNumber=EPERM does. x86-64 only.
+func denySetScheduler() error {
+	f := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 4}, // arch
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: unix.AUDIT_ARCH_X86_64, Jt: 1},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0}, // nr
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: unix.SYS_SCHED_SETSCHEDULER, Jf: 1},
+		{Code: unix.BPF_RET | unix.BPF_K, K: uint32(unix.SECCOMP_RET_ERRNO) | uint32(unix.EPERM)},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
+	}
+	return installFilter(f)
+}
+
+// installFilter installs f on every thread of the process.
+func installFilter(f []unix.SockFilter) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)
 	}
@@ -134,7 +166,7 @@ func TestMemoryDenyWriteExecute(t *testing.T) {
 	sock := filepath.Join(dir, "mdwe.sock")
 	cmdArgs := []string{"--", bin, "--dev", "--socket", sock}
 	cmd := exec.Command(self, cmdArgs...)
-	cmd.Env = append(os.Environ(), envMDWEExec+"=1")
+	cmd.Env = append(os.Environ(), envSeccompExec+"=mdwe")
 	p := startCmd(t, sock, cmd)
 	go io.Copy(io.Discard, pipeRest(p))
 	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
