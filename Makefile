@@ -94,6 +94,7 @@ bench-audit: deps build
 # "latency module" or "p11-kit server" (both when empty); NETHSM_CONFIG:
 # top-level config lines for keywardd (e.g. audit_sync = "write").
 bench-nethsm: deps
+	@case '$(STACK)' in ''|'latency module'|'p11-kit server') ;; *) echo "STACK='$(STACK)': want \"latency module\" or \"p11-kit server\" (both when empty)" >&2; exit 2;; esac
 	@scripts/ensure-packages.sh p11-kit p11-kit-modules
 	KEYWARD_NETHSM_BENCH=$(or $(DURATION),1s) KEYWARD_NETHSM_RTT='$(RTT)' KEYWARD_NETHSM_CONFIG='$(NETHSM_CONFIG)' $(GO) test -count=1 -timeout 30m -run 'TestNetworkHSMBench/$(subst $(space),_,$(STACK))' -v ./cmd/keywardd/
 

@@ -8,7 +8,7 @@ var _ keys.MetricsReporter = (*Token)(nil)
 func (t *Token) Metrics() []keys.Metric {
 	s := t.Stats()
 	const sessions, sessionsHelp = "keyward_backend_sessions", "PKCS#11 sessions in the pool, by state."
-	const workers, workersHelp = "keyward_backend_worker_threads", "Worker threads started for device calls, by scheduling policy: batch, or normal where the system refused SCHED_BATCH."
+	const workers, workersHelp = "keyward_backend_worker_threads", "Worker threads started for device calls, by scheduling policy: batch, or normal where the system refused SCHED_BATCH (they keep the policy they started with)."
 	return []keys.Metric{
 		{Name: "keyward_backend_recoveries_total", Help: "Times the device was usable again after a re-initialisation.", Kind: keys.Counter, Value: float64(s.Recoveries)},
 		{Name: "keyward_backend_recovery_failures_total", Help: "Re-initialisation attempts that found the device unusable.", Kind: keys.Counter, Value: float64(s.RecoveryFailures)},

@@ -73,28 +73,41 @@ func init() {
 	}
 }
 
+// BPF for the filters below: a statement, a jump if the accumulator
+// equals k, and the loads of seccomp_data's fields.
+func stmt(code uint16, k uint32) unix.SockFilter { return unix.SockFilter{Code: code, K: k} }
+
+func jeq(k uint32, jt, jf uint8) unix.SockFilter {
+	return unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: k, Jt: jt, Jf: jf}
+}
+
+const (
+	ldw    = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
+	offNr  = 0
+	offArc = 4
+	offA2  = 16 + 2*8 // low half of args[2] (little endian): prot, or shmflg
+)
+
+// denied is the action of a refused call: EPERM, as systemd's
+// SystemCallErrorNumber=EPERM and MemoryDenyWriteExecute= do.
+const denied = uint32(unix.SECCOMP_RET_ERRNO) | uint32(unix.EPERM)
+
+// x86only lets every call of another architecture through.
+func x86only() []unix.SockFilter {
+	return []unix.SockFilter{
+		stmt(ldw, offArc),
+		jeq(unix.AUDIT_ARCH_X86_64, 1, 0),
+		stmt(unix.BPF_RET|unix.BPF_K, unix.SECCOMP_RET_ALLOW),
+	}
+}
+
 // denyWriteExecute installs the seccomp filter systemd 252 installs for
 // MemoryDenyWriteExecute=yes (seccomp_memory_deny_write_execute): EPERM for
 // mmap with PROT_WRITE|PROT_EXEC, mprotect and pkey_mprotect with PROT_EXEC,
 // and shmat with SHM_EXEC. x86-64 only; other architectures pass through.
 func denyWriteExecute() error {
 	const shmExec = 0o100000
-	deny := uint32(unix.SECCOMP_RET_ERRNO) | uint32(unix.EPERM)
-	stmt := func(code uint16, k uint32) unix.SockFilter { return unix.SockFilter{Code: code, K: k} }
-	jeq := func(k uint32, jt, jf uint8) unix.SockFilter {
-		return unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: k, Jt: jt, Jf: jf}
-	}
-	const (
-		ldw    = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
-		offNr  = 0
-		offArc = 4
-		offA2  = 16 + 2*8 // low half of args[2] (little endian): prot, or shmflg
-	)
-	f := []unix.SockFilter{
-		stmt(ldw, offArc),
-		jeq(unix.AUDIT_ARCH_X86_64, 1, 0),
-		stmt(unix.BPF_RET|unix.BPF_K, unix.SECCOMP_RET_ALLOW),
-	}
+	f := x86only()
 	for _, r := range []struct{ nr, mask uint32 }{
 		{unix.SYS_MMAP, unix.PROT_WRITE | unix.PROT_EXEC},
 		{unix.SYS_MPROTECT, unix.PROT_EXEC},
@@ -107,7 +120,7 @@ func denyWriteExecute() error {
 			stmt(ldw, offA2),
 			stmt(unix.BPF_ALU|unix.BPF_AND|unix.BPF_K, r.mask),
 			jeq(r.mask, 0, 1), // every masked bit set: refuse
-			stmt(unix.BPF_RET|unix.BPF_K, deny),
+			stmt(unix.BPF_RET|unix.BPF_K, denied),
 		)
 	}
 	return installFilter(append(f, stmt(unix.BPF_RET|unix.BPF_K, unix.SECCOMP_RET_ALLOW)))
@@ -117,16 +130,12 @@ func denyWriteExecute() error {
 // keyward.service's SystemCallFilter=~@resources with
 // SystemCallErrorNumber=EPERM does. x86-64 only.
 func denySetScheduler() error {
-	f := []unix.SockFilter{
-		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 4}, // arch
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: unix.AUDIT_ARCH_X86_64, Jt: 1},
-		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
-		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0}, // nr
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: unix.SYS_SCHED_SETSCHEDULER, Jf: 1},
-		{Code: unix.BPF_RET | unix.BPF_K, K: uint32(unix.SECCOMP_RET_ERRNO) | uint32(unix.EPERM)},
-		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
-	}
-	return installFilter(f)
+	return installFilter(append(x86only(),
+		stmt(ldw, offNr),
+		jeq(unix.SYS_SCHED_SETSCHEDULER, 0, 1),
+		stmt(unix.BPF_RET|unix.BPF_K, denied),
+		stmt(unix.BPF_RET|unix.BPF_K, unix.SECCOMP_RET_ALLOW),
+	))
 }
 
 // installFilter installs f on every thread of the process.

@@ -40,16 +40,19 @@ const envNetHSMConfig = "KEYWARD_NETHSM_CONFIG"
 // Go duration, 100us to 20ms; 1ms when unset).
 const envNetHSMRTT = "KEYWARD_NETHSM_RTT"
 
+// defaultRTT: 0.5 ms each way, a network HSM in the same data centre.
+const defaultRTT = time.Millisecond
+
 // netRTT is the round trip the latency module (and the p11-kit proxy)
-// adds to every PKCS#11 call: by default 0.5 ms each way, a network HSM in
-// the same data centre; TestNetworkHSMBench sets it from $KEYWARD_NETHSM_RTT.
-var netRTT = time.Millisecond
+// adds to every PKCS#11 call; TestNetworkHSMBench sets it from
+// $KEYWARD_NETHSM_RTT.
+var netRTT = defaultRTT
 
 // benchRTT reads $KEYWARD_NETHSM_RTT.
 func benchRTT() (time.Duration, error) {
 	v := os.Getenv(envNetHSMRTT)
 	if v == "" {
-		return time.Millisecond, nil
+		return defaultRTT, nil
 	}
 	d, err := time.ParseDuration(v)
 	if err != nil || d < 100*time.Microsecond || d > 20*time.Millisecond {
