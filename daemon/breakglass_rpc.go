@@ -32,6 +32,9 @@ type bgCaller struct {
 	b   *breakglass
 	pol *policy.Policy
 	id  policy.Identity
+	// approverName: for an approval, the caller's user name on this host
+	// (name), looked up once before the store's compare-and-swap loop.
+	approverName string
 }
 
 func (s *Service) bgCaller(ctx context.Context) (bgCaller, error) {
@@ -102,7 +105,10 @@ func (s *Service) bgRequest(ctx context.Context, req *pb.BreakglassRequestReques
 	if err != nil {
 		return nil, err
 	}
-	name := c.name()
+	name, err := c.name()
+	if err != nil {
+		return nil, err
+	}
 	c.b.requests.Lock()
 	defer c.b.requests.Unlock()
 	view, err := c.b.grants.current(ctx, true)
@@ -229,6 +235,9 @@ func (s *Service) bgChange(ctx context.Context, m *method, id string, t transiti
 	if err == nil {
 		err = validGrantIDForm(id)
 	}
+	if err == nil && m == mBGApprove {
+		c.approverName, err = c.name()
+	}
 	if err == nil {
 		err = s.refuseFromView(c, id, m == mBGRevoke)
 	}
@@ -296,7 +305,7 @@ func (s *Service) logChange(g *grant, id policy.Identity) {
 // approve: an approver of the grant's policy, not its requester, not
 // twice, on a pending request.
 func (s *Service) approve(c bgCaller, g *grant, now time.Time) error {
-	a := approval{UID: c.id.UID, GID: c.id.GID, Groups: c.id.Groups, Name: c.name(), Host: c.b.host, At: now}
+	a := approval{UID: c.id.UID, GID: c.id.GID, Groups: c.id.Groups, Name: c.approverName, Host: c.b.host, At: now}
 	// The requester's uid on any host (it may be them there too) and
 	// their user name anywhere never approve.
 	if g.Requester == c.id.UID || a.Name != "" && a.Name == g.RequesterName {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -75,13 +76,33 @@ func readMachineID(path string) (string, error) {
 	return id, nil
 }
 
-// userName is uid's user name on this host, "" when it has none.
-func userName(uid uint32) string {
-	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
-	if err != nil {
-		return ""
+// errNameLookup: the user database did not answer for a caller's uid
+// (sssd or LDAP down, for one). A request or an approval then waits:
+// without the name, the check against the same person under another uid
+// on another host would silently not apply.
+var errNameLookup = errors.New("user name lookup failed")
+
+// userName is uid's user name on this host, "" when the user database
+// has no such uid (no name links it to another host's uids then).
+func userName(uid uint32) (string, error) {
+	u, err := (*lookupUID.Load())(strconv.FormatUint(uint64(uid), 10))
+	var unknown user.UnknownUserIdError
+	switch {
+	case errors.As(err, &unknown):
+		return "", nil
+	case err != nil:
+		return "", &detailError{detail: fmt.Sprintf("break-glass: the user name of uid %d could not be looked up (%v); try again", uid, err),
+			err: fmt.Errorf("%w: %w", errNameLookup, keys.ErrUnavailable)}
 	}
-	return u.Username
+	return u.Username, nil
+}
+
+// lookupUID holds user.LookupId; tests replace it while a daemon runs.
+var lookupUID atomic.Pointer[func(string) (*user.User, error)]
+
+func init() {
+	f := user.LookupId
+	lookupUID.Store(&f)
 }
 
 // honours reports whether g, found covering a call by id, may allow it
@@ -146,7 +167,7 @@ func quota(format string, a ...any) error {
 }
 
 // name is the caller's user name on this host, "" when it has none.
-func (c bgCaller) name() string { return userName(c.id.UID) }
+func (c bgCaller) name() (string, error) { return userName(c.id.UID) }
 
 // foreign reports whether g was asked for on another host.
 func (b *breakglass) foreign(g *grant) bool { return g.Host != b.host }

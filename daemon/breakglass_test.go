@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -379,5 +381,59 @@ func TestBreakglassRefusedAtStart(t *testing.T) {
 				t.Fatalf("start: %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestBreakglassNameLookupFails: while the user database does not answer
+// for a caller's uid (sssd or LDAP down), a request or an approval is
+// refused as unavailable, and recorded so: without the name, the check
+// against the same person under another uid on another host would not
+// apply. Once it answers again, both go through.
+func TestBreakglassNameLookupFails(t *testing.T) {
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	be := keystest.NewMem()
+	if _, err := be.CreateKey(t.Context(), "db/sign", keys.ECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	d, err := startBG(t, bgDir(t), be, clock, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var down atomic.Bool
+	daemon.SetUserLookup(t, func(uid string) (*user.User, error) {
+		if down.Load() {
+			return nil, errors.New("connection to the user database refused")
+		}
+		return user.LookupId(uid)
+	})
+	req, appr := as(t, d.sock, bgRequesterUID), as(t, d.sock, bgApproverUID)
+	down.Store(true)
+	expect(t, req, "bg-request db-emergency db/sign sign 600 INC-6", "Unavailable BACKEND_UNAVAILABLE")
+	expect(t, req, "bg-list", "OK")
+	down.Store(false)
+	id := requestGrant(t, req, "db-emergency db/sign sign 600 INC-6")
+	down.Store(true)
+	expect(t, appr, "bg-approve "+id, "Unavailable BACKEND_UNAVAILABLE")
+	expect(t, req, "bg-list", "OK "+id+":pending")
+	down.Store(false)
+	expect(t, appr, "bg-approve "+id, "OK active")
+	if err := d.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(d.logs.String(), "could not be looked up") {
+		t.Errorf("no log line names the failed lookup:\n%s", d.logs.String())
+	}
+	recs, err := audit.ReadRecords(d.auditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := map[string]int{}
+	for _, r := range recs {
+		if r.Result == "BACKEND_UNAVAILABLE" {
+			refused[r.Op]++
+		}
+	}
+	if refused["breakglass.request"] != 1 || refused["breakglass.approve"] != 1 {
+		t.Errorf("refusals recorded: %v, want one request and one approval", refused)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os/user"
 	"strings"
 	"time"
 
@@ -38,4 +39,11 @@ func CheckBreakglassAtStart(ctx context.Context, be keys.Backend, seenPath strin
 		out = append(out, fmt.Sprintf("%s:%d:%s", g.id, g.gen, g.state(time.Now())))
 	}
 	return strings.Join(out, " "), nil
+}
+
+// SetUserLookup replaces the user database keywardd asks for a caller's
+// user name until the test ends.
+func SetUserLookup(t interface{ Cleanup(func()) }, f func(uid string) (*user.User, error)) {
+	old := lookupUID.Swap(&f)
+	t.Cleanup(func() { lookupUID.Store(old) })
 }
