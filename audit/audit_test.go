@@ -122,7 +122,7 @@ func TestFormat(t *testing.T) {
 // TestCanonicalIsMarshal: the writer's pieced-together line is exactly
 // encoding/json's encoding of the whole record, whatever the strings hold.
 func TestCanonicalIsMarshal(t *testing.T) {
-	for _, s := range []string{"", "plain", "quote\" back\\slash", "nl\n\tcr\r", "<>&", "\u2028\u2029", "bad utf8 \xff\xfe", "ünïcødé 🔑", "\x00\x1f"} {
+	for _, s := range []string{"", "plain", "quote\" back\\slash", "nl\n\tcr\r", "<>&", "\u2028\u2029", "bad utf8 \xff\xfe", "ünïcødé 🔑", "\x00\x1f", "del \x7f c1 \u0085\u009b"} {
 		r := rec(s)
 		r.Key, r.Reason, r.Peer.Unit, r.Op, r.CallerRef = s, s, s, "op"+s, s
 		p, err := prepare(r, time.Now())
@@ -145,6 +145,10 @@ func TestCanonicalIsMarshal(t *testing.T) {
 		m, _ := json.Marshal(w)
 		if !bytes.HasPrefix(line, m[:len(m)-1]) {
 			t.Fatalf("%q:\n%s\nis not\n%s", s, line, m)
+		}
+		// Nothing a terminal obeys: no DEL, no C1 (encoding/json escapes C0).
+		if i := bytes.IndexFunc(line[:len(line)-1], func(r rune) bool { return r < 0x20 || r >= 0x7f && r < 0xa0 }); i >= 0 {
+			t.Fatalf("%q: control character at %d in %q", s, i, line)
 		}
 	}
 }

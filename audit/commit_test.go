@@ -161,7 +161,14 @@ func waitFor(t *testing.T, cond func() bool) {
 // jsonBody is the body as encoding/json writes it: what appendBody must
 // match byte for byte (the verifier re-encodes with encoding/json).
 func jsonBody(t testing.TB, r Record) []byte {
-	valid := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+	valid := func(s string) string { // invalid UTF-8, DEL and C1 as U+FFFD
+		return strings.Map(func(r rune) rune {
+			if r >= 0x7f && r < 0xa0 {
+				return '\uFFFD'
+			}
+			return r
+		}, strings.ToValidUTF8(s, "\uFFFD"))
+	}
 	peer := r.Peer
 	peer.Unit = valid(peer.Unit)
 	digest := hex.EncodeToString(r.ContextDigest[:])
@@ -193,6 +200,7 @@ func TestAppendBodyIsJSON(t *testing.T) {
 		{name: "control characters", mod: func(r *Record) { r.Reason = "tab\there\nnl\r\b\f\x00\x1f\x7f" }},
 		{name: "line separators", mod: func(r *Record) { r.Peer.Unit = "a\u2028b\u2029c.service" }},
 		{name: "invalid utf-8", mod: func(r *Record) { r.Key, r.RequestID = "k\xff\xfe", "\xc3" }},
+		{name: "DEL and C1", mod: func(r *Record) { r.Key, r.Reason, r.Peer.Unit = "k\x7f", "a\u0085b\u009bc\u0080", "u\u009f.service" }},
 		{name: "non-ascii", mod: func(r *Record) { r.Reason = "clé refusée ✓ 🔑" }},
 		{name: "checkpoint signature", mod: func(r *Record) { r.Op, r.Sig = OpCheckpoint, []byte{0, 1, 2, 0xfb, 0xff} }},
 		{name: "empty signature", mod: func(r *Record) { r.Sig = []byte{} }},

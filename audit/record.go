@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 	"time"
 )
 
@@ -225,12 +226,12 @@ func appendBody(b []byte, r Record) []byte {
 
 // appendString appends s as encoding/json writes it. Printable ASCII that
 // json leaves alone (the common case: key names, ops, results, ids) is
-// copied; anything else goes through json.Marshal, so the output is
-// json's by construction.
+// copied; anything else goes through json.Marshal (after printable), so
+// the output is json's by construction.
 func appendString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(strings.ToValidUTF8(s, "\uFFFD")) // a string always encodes
+			q, _ := json.Marshal(printable(s)) // a string always encodes
 			return append(b, q...)
 		}
 	}
@@ -238,6 +239,25 @@ func appendString(b []byte, s string) []byte {
 	b = append(b, s...)
 	return append(b, '"')
 }
+
+// printable is s as a record holds it: invalid UTF-8, DEL and the C1
+// controls (U+0080-U+009F, which encoding/json leaves unescaped and some
+// terminals obey) become U+FFFD. C0 controls stay: encoding/json escapes
+// them.
+func printable(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if !strings.ContainsFunc(s, isDelOrC1) {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if isDelOrC1(r) {
+			return utf8.RuneError
+		}
+		return r
+	}, s)
+}
+
+func isDelOrC1(r rune) bool { return r >= 0x7f && r < 0xa0 }
 
 // appendLine appends p's line, with seq and prev, to dst and returns it with
 // the record's hash. The canonical record is built in place, hashed, then

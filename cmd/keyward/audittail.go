@@ -220,16 +220,17 @@ func (t *tailer) intact() {
 }
 
 // print writes one record. A line with a control character (C0, DEL or
-// C1) or that is not UTF-8 is no record of keywardd's (encoding/json
-// escapes C0 and writes only UTF-8, and keywardd refuses unprintable
-// text) and could drive the terminal: it is named on stderr, never printed.
+// C1) or that is not UTF-8 could drive the terminal: it is named on
+// stderr, never printed. keywardd writes neither (encoding/json escapes
+// C0 and writes only UTF-8; DEL and C1 in callers' text are recorded as
+// U+FFFD); older logs may hold DEL or C1, which `audit verify` checks.
 func (t *tailer) print(line []byte) error {
 	if !utf8.Valid(line) {
 		fmt.Fprintf(t.stderr, "keyward: %s: a line that is not UTF-8 is not an audit record; not printed\n", t.path)
 		return nil
 	}
 	if i := bytes.IndexFunc(line, func(r rune) bool { return r < 0x20 || r >= 0x7f && r < 0xa0 }); i >= 0 {
-		fmt.Fprintf(t.stderr, "keyward: %s: a line with a control byte at offset %d is not an audit record; not printed\n", t.path, i)
+		fmt.Fprintf(t.stderr, "keyward: %s: a line with a control character at offset %d (it could drive a terminal); not printed\n", t.path, i)
 		return nil
 	}
 	t.out.Write(line)

@@ -235,13 +235,13 @@ func TestAuditTailRollback(t *testing.T) {
 	}
 }
 
-// TestAuditTailControlBytes: a line with control bytes (a crafted file:
-// keywardd's records escape them) is named on stderr, never written to
+// TestAuditTailControlBytes: a line with control bytes (a crafted file or
+// an older log: keywardd's records hold none) is named on stderr, never written to
 // the terminal: C0 escapes, a C1 CSI (U+009B) and a lone 0x9b byte.
 func TestAuditTailControlBytes(t *testing.T) {
 	tests := []struct{ name, line, named string }{
-		{"C0", "\x1b]0;PWNED\x07\x1b[2J", "control byte"},
-		{"C1", "{\"reason\":\"\u009b2J\"}", "control byte"},
+		{"C0", "\x1b]0;PWNED\x07\x1b[2J", "control character"},
+		{"C1", "{\"reason\":\"\u009b2J\"}", "control character"},
 		{"not UTF-8", "{\"reason\":\"\x9b2J\"}", "not UTF-8"},
 	}
 	for _, tt := range tests {
