@@ -11,8 +11,8 @@ import (
 // are file names in the store and appear in logs and audit records.
 const MaxID = 128
 
-// maxUnit is systemd's UNIT_NAME_MAX.
-const maxUnit = 255
+// MaxUnit is systemd's UNIT_NAME_MAX.
+const MaxUnit = 255
 
 // Context is the wrapping context of a credential: a blob is bound to the
 // unit directory and id it is stored under, with keys of the namespace
@@ -48,7 +48,7 @@ func CheckUnit(u string) error {
 	default:
 		return fmt.Errorf("unit %q: not a .service or .socket unit: %w", clip(u), ErrName)
 	}
-	if len(u) > maxUnit || base == "" || base[0] == '.' || base[0] == '@' || strings.Count(base, "@") > 1 {
+	if len(u) > MaxUnit || base == "" || base[0] == '.' || base[0] == '@' || strings.Count(base, "@") > 1 {
 		return fmt.Errorf("unit %q: %w", clip(u), ErrName)
 	}
 	for i := 0; i < len(base); i++ {

@@ -200,9 +200,7 @@ func auditOpGrant(ctx context.Context, o opRecord, started time.Time, err error)
 	if !ok {
 		return
 	}
-	if len(key) > keys.MaxNameLen { // not a key name: never more of it than a name's length
-		key = key[:keys.MaxNameLen] + "..."
-	}
+	key = clipText(key, keys.MaxNameLen) // not a key name: never more of it than a name's length
 	r := audit.Record{Peer: cl.peer, Op: op, Key: key, Version: version, Result: result, Reason: o.reason,
 		CallerRef: clipCallerRef(ref), Grant: o.grant, Duration: time.Since(started), RequestID: cl.id}
 	if len(c) > 0 {
@@ -222,6 +220,13 @@ func auditOpGrant(ctx context.Context, o opRecord, started time.Time, err error)
 	if errors.As(err, &d) {
 		r.Reason = d.reason
 	}
+	cl.add(ctx, r)
+}
+
+// add queues r, one operation's record, with the call's: summarised with
+// the caller's other refusals once it is past its limit (overLimit), in
+// item order for a batch item.
+func (cl *call) add(ctx context.Context, r audit.Record) {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if cl.overLimit(r.Result) {
@@ -389,3 +394,12 @@ var (
 	resultInvalidName = pb.ErrorReason_INVALID_KEY_NAME.String()
 	resultMalformed   = pb.ErrorReason_MALFORMED_CIPHERTEXT.String()
 )
+
+// clipText cuts a caller's text that a check refused to max bytes and
+// "...", so that no caller makes a record too long to write.
+func clipText(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
+}

@@ -47,15 +47,13 @@ func auditCred(ctx context.Context, m *method, key string, version uint32, unit,
 	if !ok {
 		return
 	}
-	r := audit.Record{Peer: cl.peer, Op: m.audit, Key: key, Version: version, Result: resultFor(err),
-		Reason: m.log + " " + unit + "/" + id, Duration: time.Since(started), RequestID: cl.id}
+	r := audit.Record{Peer: cl.peer, Op: m.audit, Key: clipText(key, keys.MaxNameLen), Version: version, Result: resultFor(err),
+		Reason: m.log + " " + clipText(unit, credstore.MaxUnit) + "/" + clipText(id, credstore.MaxID), Duration: time.Since(started), RequestID: cl.id}
 	var d *deniedError
 	if errors.As(err, &d) {
 		r.Reason += ": " + d.reason
 	}
-	cl.mu.Lock()
-	cl.recs = append(cl.recs, r)
-	cl.mu.Unlock()
+	cl.add(ctx, r)
 }
 
 func credInfo(unit, id string, blob []byte, mod time.Time) *pb.CredentialInfo {
@@ -97,6 +95,10 @@ func (s *Service) putCredential(ctx context.Context, req *pb.PutCredentialReques
 	if err := s.authorize(ctx, policy.OpCredentialPut, key, nil); err != nil {
 		return nil, err
 	}
+	displaced, err := s.mayDisplace(ctx, unit, id, key, "")
+	if err != nil {
+		return nil, err
+	}
 	if err := s.auditIntent(ctx, mPutCred.audit, key); err != nil {
 		return nil, err
 	}
@@ -105,12 +107,45 @@ func (s *Service) putCredential(ctx context.Context, req *pb.PutCredentialReques
 		return nil, err
 	}
 	s.credMu.Lock()
-	err = s.creds.Write(unit, id, blob, req.GetReplace())
-	s.credMu.Unlock()
-	if err != nil {
+	defer s.credMu.Unlock()
+	// Another put may have changed the store since the check above.
+	if _, err := s.mayDisplace(ctx, unit, id, key, displaced); err != nil {
+		return nil, err
+	}
+	if err := s.creds.Write(unit, id, blob, req.GetReplace()); err != nil {
 		return nil, credStoreErr(err)
 	}
 	return credInfo(unit, id, blob, time.Now()), nil
+}
+
+// mayDisplace authorises a put of unit's credential id under key against
+// the credential it would take the place of: the unit's own (replaced), or
+// for an instance without one, its template's (which the instance would no
+// longer get). Either changes what the unit gets, so it needs
+// credential.put on that credential's key too, as removing it would. It
+// returns that key ("" for none); checked: a key already authorised.
+func (s *Service) mayDisplace(ctx context.Context, unit, id, key, checked string) (string, error) {
+	units := []string{unit}
+	if t, ok := credstore.Template(unit); ok {
+		units = append(units, t)
+	}
+	for _, u := range units {
+		e, err := s.storedCredential(u, id)
+		if errors.Is(err, credstore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		old := credInfo(u, id, e.Blob, e.Modified).GetKey()
+		if old != key && old != checked {
+			if err := s.authorize(ctx, policy.OpCredentialPut, old, nil); err != nil {
+				return "", err
+			}
+		}
+		return old, nil
+	}
+	return "", nil
 }
 
 // checkCredName refuses a unit or id the store would not take, and a

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -457,5 +458,91 @@ func TestCredentialConcurrencyBound(t *testing.T) {
 	}
 	if m := scrape(t, metricsSock); !strings.Contains(m, `keyward_credential_requests_total{result=`) {
 		t.Errorf("credential requests not counted:\n%s", m)
+	}
+}
+
+// TestCredentialPutDisplaces: a put that would take the place of a stored
+// credential (replacing the unit's own, or giving an instance its own in
+// place of its template's) needs credential.put on that credential's key
+// too, as removing it does; putting under one's own keys is unchanged.
+func TestCredentialPutDisplaces(t *testing.T) {
+	sfx := randHex(4)
+	pay, team := "pay"+sfx+"/db", "team"+sfx+"/db"
+	r := start(t, []policy.Rule{
+		{Name: "root", UIDs: []uint32{0}, Keys: []string{"**"}, Operations: []string{"key.create", "credential.put"}},
+		{Name: "team admin", UIDs: []uint32{opsUID}, Keys: []string{"team" + sfx + "/**"}, Operations: []string{"credential.put"}},
+	}, func(c *config.Config) {
+		c.CredentialsDir = filepath.Join(filepath.Dir(filepath.Dir(c.Socket)), "credstore")
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := kwclient.Dial(ctx, r.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, k := range []string{pay, team} {
+		if _, err := c.CreateKey(ctx, k, "aes-256-gcm"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range []string{"pay.service", "app@.service"} {
+		if _, err := c.PutCredential(ctx, u, "pw", pay, []byte("payments secret"), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ops := as(t, r.sock, opsUID)
+	for _, tt := range []struct{ line, want string }{
+		{"cred-put pay.service pw " + team + " replace", "PermissionDenied PERMISSION_DENIED"},
+		{"cred-put pay.service pw " + team, "PermissionDenied PERMISSION_DENIED"},
+		{"cred-put app@blue.service pw " + team, "PermissionDenied PERMISSION_DENIED"},
+		{"cred-rm pay.service pw", "PermissionDenied PERMISSION_DENIED"},
+		{"cred-put team.service pw " + team, "OK"},
+		{"cred-put team.service pw " + team + " replace", "OK"},
+		{"cred-put app@blue.service other " + team, "OK"},
+	} {
+		expect(t, ops, tt.line, tt.want)
+	}
+	list, err := c.ListCredentials(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, ci := range list {
+		got[ci.GetUnit()+"/"+ci.GetId()] = ci.GetKey()
+	}
+	want := map[string]string{"pay.service/pw": pay, "app@.service/pw": pay, "team.service/pw": team, "app@blue.service/other": team}
+	if !maps.Equal(got, want) {
+		t.Errorf("stored: %v, want %v", got, want)
+	}
+}
+
+// TestCredentialRefusalsBounded: a caller no rule names cannot write
+// records without bound through credential calls (they count toward
+// max_denied_per_minute like other refusals), and a name too long for any
+// unit is recorded cut, so the record is written and the caller told the
+// request was invalid, not that the audit log failed.
+func TestCredentialRefusalsBounded(t *testing.T) {
+	r := start(t, testRules(), func(c *config.Config) {
+		c.CredentialsDir = filepath.Join(filepath.Dir(filepath.Dir(c.Socket)), "credstore")
+		c.Limits.MaxDeniedPerMinute = 5
+	})
+	outsider := as(t, r.sock, outsideUID)
+	expect(t, outsider, "cred-put "+strings.Repeat("u", 70000)+".service pw app/x", "InvalidArgument INVALID_REQUEST")
+	for range 20 {
+		outsider.do("cred-put ../x pw app/x")
+	}
+	recs := readAudit(t, filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log"))
+	one := 0
+	for _, a := range recs {
+		if a.Op == "credential.put" && a.Peer.UID == outsideUID {
+			one++
+			if len(a.Reason) > 1024 {
+				t.Errorf("a record's reason holds %d bytes", len(a.Reason))
+			}
+		}
+	}
+	if one == 0 || one > 6 {
+		t.Errorf("%d credential.put records of a caller no rule names, want 1 to 6 (max_denied_per_minute 5, then summaries)", one)
 	}
 }

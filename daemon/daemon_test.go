@@ -299,6 +299,10 @@ func childClient() int {
 			out = strings.TrimSpace(out)
 		case "bg-request", "bg-why", "bg-approve", "bg-deny", "bg-revoke", "bg-list", "sign":
 			out, err = breakglassChild(ctx, c, f)
+		case "cred-put": // cred-put UNIT ID KEY [replace]
+			_, err = c.PutCredential(ctx, &pb.PutCredentialRequest{Unit: f[1], Id: f[2], Key: f[3], Secret: []byte("child credential"), Replace: len(f) > 4})
+		case "cred-rm": // cred-rm UNIT ID
+			_, err = c.RemoveCredential(ctx, &pb.RemoveCredentialRequest{Unit: f[1], Id: f[2]})
 		case "status":
 			var r *pb.StatusResponse
 			r, err = c.Status(ctx, &pb.StatusRequest{})

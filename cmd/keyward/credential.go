@@ -54,7 +54,9 @@ starts the unit with
 if a rule grants the unit the "credential" operation on the key. Storing
 needs "credential.put" on the key. A template (app@.service) serves every
 instance that has no credential of its own. An existing credential is kept
-unless --replace is given.`,
+unless --replace is given. Replacing one stored under another key, or
+giving an instance its own where its template has one, also needs
+"credential.put" on that credential's key.`,
 		Example: `  printf %s "$DB_PASSWORD" | keyward credential put --unit payments.service --id db-password --key payments/creds
   keyward credential put --unit app@.service --id api-token --key app/creds --replace < token.txt`,
 		Args: noArgs,
