@@ -192,6 +192,7 @@ type grants struct {
 	readAt time.Time   // by the monotonic clock; zero: never read
 	err    error       // the last read's error, nil when it succeeded
 	flight *grantsRead // the read in flight, nil when none
+	next   *grantsRead // a read to start when flight ends (fresh callers), nil when none
 	during []*grant    // grants this daemon stored while flight ran
 
 	// test hooks: reads counts store reads; maxAge replaces grantMaxAge
@@ -230,7 +231,10 @@ func (gs *grants) young() bool {
 
 // current returns the view, re-read when older than grantMaxAge (or when
 // fresh is set). A failed read leaves no view: nothing is granted. A read
-// already in flight is joined, not repeated.
+// already in flight is joined, not repeated; a fresh caller joins only a
+// read that starts after it arrived (the one in flight may have read the
+// store before a change that ended before this call, on another daemon),
+// which everyone arriving meanwhile shares.
 func (gs *grants) current(ctx context.Context, fresh bool) ([]*grant, error) {
 	gs.mu.Lock()
 	if !fresh && gs.young() {
@@ -238,10 +242,16 @@ func (gs *grants) current(ctx context.Context, fresh bool) ([]*grant, error) {
 		return gs.view, gs.err
 	}
 	f := gs.flight
-	if f == nil {
+	switch {
+	case f == nil:
 		f = &grantsRead{done: make(chan struct{})}
 		gs.flight, gs.during = f, nil
 		go gs.run(context.WithoutCancel(ctx), f)
+	case fresh:
+		if gs.next == nil {
+			gs.next = &grantsRead{done: make(chan struct{})}
+		}
+		f = gs.next // run starts it when the read in flight ends
 	}
 	gs.mu.Unlock()
 	select {
@@ -282,6 +292,10 @@ func (gs *grants) run(ctx context.Context, f *grantsRead) {
 	}
 	was := gs.err
 	gs.view, gs.err, gs.readAt, gs.flight, gs.during = view, err, time.Now(), nil, nil
+	if n := gs.next; n != nil {
+		gs.flight, gs.next = n, nil
+		go gs.run(ctx, n)
+	}
 	gs.mu.Unlock()
 	f.view, f.err = view, err
 	gs.report(ctx, was, err)
