@@ -134,6 +134,52 @@ func TestEmptyRequestCut(t *testing.T) {
 	}
 }
 
+// TestHalfHeaderBlockHoldsNoCall: connections whose request header block
+// never ends (HEADERS without END_HEADERS, then nothing) hold none of the
+// uid's max_concurrent_per_uid call slots: gRPC never sees such a call,
+// so receive_timeout could not cut it, and it must not block the uid's
+// real calls until the connection's idle_timeout.
+func TestHalfHeaderBlockHoldsNoCall(t *testing.T) {
+	t.Parallel()
+	r := start(t, testRules(), func(c *config.Config) {
+		c.Limits.MaxConcurrentPerUID = 2
+	})
+	var hb []byte
+	for _, kv := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/keyward.v1.Keyward/Status"}} {
+		hb = append(hb, 0x00, byte(len(kv[0])))
+		hb = append(hb, kv[0]...)
+		hb = append(hb, byte(len(kv[1])))
+		hb = append(hb, kv[1]...)
+	}
+	for range 2 {
+		c, err := net.Dial("unix", r.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write(cat([]byte(h2Preface), h2Settings(), h2Frame(h2Headers, 0, 1, hb))); err != nil {
+			t.Fatal(err)
+		}
+		// Its SETTINGS acknowledged: the daemon has handled the frame
+		// before the HEADERS, and reads that at once.
+		for acked := false; !acked; {
+			h := make([]byte, 9)
+			c.SetReadDeadline(time.Now().Add(30 * time.Second)) // ends a hang only
+			if _, err := io.ReadFull(c, h); err != nil {
+				t.Fatal(err)
+			}
+			io.ReadFull(c, make([]byte, int(h[0])<<16|int(h[1])<<8|int(h[2])))
+			acked = h[3] == 0x4 && h[4]&0x1 != 0
+		}
+	}
+	c := dial(t, r.sock)
+	for i := range 3 {
+		if _, err := c.Status(t.Context(), &pb.StatusRequest{}); err != nil {
+			t.Fatalf("Status %d with two half header blocks open: %v", i, err)
+		}
+	}
+}
+
 // TestRefusalSummaryBudget: a uid that no rule names sends 1000-item
 // BatchWraps, on a key it may not use or with an invalid 4000-byte key
 // name: past its denied-request limit every item, then every call, is

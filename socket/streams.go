@@ -10,10 +10,12 @@ import (
 
 // HTTP/2 frame types and flags the stream count reads (RFC 9113).
 const (
-	frameHeaders   = 0x1
-	frameRSTStream = 0x3
-	flagEndStream  = 0x1
-	clientPreface  = len("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+	frameHeaders      = 0x1
+	frameRSTStream    = 0x3
+	frameContinuation = 0x9
+	flagEndStream     = 0x1
+	flagEndHeaders    = 0x4
+	clientPreface     = len("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 )
 
 // frameScanner follows the frame boundaries of one direction of an HTTP/2
@@ -46,7 +48,9 @@ func (s *frameScanner) scan(b []byte, frame func(typ, flags byte, stream uint32)
 }
 
 // streamConn counts, on a server connection, the calls its client opened
-// (a HEADERS frame on a new stream) that the server has not finished (its
+// (a header block, HEADERS and any CONTINUATION, ended on a new stream:
+// only then does gRPC see the call, and start its receive_timeout) that
+// the server has not finished (its
 // trailers, HEADERS with END_STREAM, written, or a reset either way). A
 // call whose reply the client does not take (its flow-control window is
 // closed) stays counted, although gRPC ends a call's context once it has
@@ -66,6 +70,10 @@ type streamConn struct {
 
 	in  frameScanner // the reader's: Read runs in one goroutine
 	out frameScanner // the writer's: Write runs in one goroutine
+	// partial: the client stream whose header block has begun and not
+	// ended (RFC 9113 allows no other frame in between), 0 when none.
+	// The reader's alone.
+	partial uint32
 
 	mu       sync.Mutex // guards open and closed
 	open     map[uint32]struct{}
@@ -107,17 +115,25 @@ func (c *streamConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
-func (c *streamConn) fromClient(typ, _ byte, id uint32) {
+func (c *streamConn) fromClient(typ, flags byte, id uint32) {
 	switch {
-	case typ == frameHeaders && id%2 == 1:
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if _, ok := c.open[id]; !ok && !c.closed {
-			c.open[id] = struct{}{}
-			c.uid.Add(1)
-		}
+	case typ == frameHeaders && id%2 == 1 && flags&flagEndHeaders == 0:
+		c.partial = id // counted when its block ends
+	case typ == frameHeaders && id%2 == 1, typ == frameContinuation && id == c.partial && flags&flagEndHeaders != 0:
+		c.partial = 0
+		c.opened(id)
 	case typ == frameRSTStream:
 		c.finish(id)
+	}
+}
+
+// opened counts client stream id, once.
+func (c *streamConn) opened(id uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.open[id]; !ok && !c.closed {
+		c.open[id] = struct{}{}
+		c.uid.Add(1)
 	}
 }
 

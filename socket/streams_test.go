@@ -23,17 +23,19 @@ func cat(parts ...[]byte) []byte {
 	return b
 }
 
-// TestStreamCount: calls count from the client's HEADERS until the
-// server's trailers or a reset either way, whatever the read and write
-// boundaries, each once; Close ends them all.
+// TestStreamCount: calls count from the end of the client's header block
+// (HEADERS, or its last CONTINUATION) until the server's trailers or a
+// reset either way, whatever the read and write boundaries, each once; a
+// header block that never ends is no call; Close ends them all.
 func TestStreamCount(t *testing.T) {
 	preface := []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 	client := cat(preface, frame(0x4, 0, 0, 6), // SETTINGS
 		frame(frameHeaders, 0x4, 1, 40), frame(0x0, 0x1, 1, 5000), // call 1 and its message
-		frame(frameHeaders, 0x4, 3, 40), frame(0x9, 0x4, 3, 10), // call 3, a CONTINUATION
+		frame(frameHeaders, 0, 3, 40), frame(0x9, 0, 3, 10), frame(0x9, 0x4, 3, 10), // call 3, ended by its second CONTINUATION
 		frame(frameHeaders, 0x5, 5, 40),                                 // call 5, no message
 		frame(frameHeaders, 0x4, 7, 40), frame(frameRSTStream, 0, 7, 4), // call 7, reset by the client
-		frame(frameHeaders, 0x4, 9, 40))
+		frame(frameHeaders, 0x4, 9, 40),
+		frame(frameHeaders, 0, 11, 40), frame(0x9, 0, 11, 10)) // call 11's block never ends
 	server := cat(frame(0x4, 0, 0, 0),
 		frame(frameHeaders, 0x4, 1, 20), frame(0x0, 0, 1, 100), frame(frameHeaders, 0x5, 1, 30), // reply and trailers
 		frame(frameHeaders, 0x5, 5, 30), frame(frameRSTStream, 0, 5, 4), // trailers-only, then a reset
