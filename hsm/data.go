@@ -264,10 +264,43 @@ func (d *tokenDevice) Public(ctx context.Context, u keys.Use) (crypto.PublicKey,
 		if pub, err = s.readPublic(rec.Type, h); err != nil {
 			return err
 		}
+		if err := s.matchesPrivate(rec, v, pub); err != nil {
+			return err
+		}
 		t.pubs.Store(id, pub)
 		return nil
 	})
 	return pub, v, err
+}
+
+// matchesPrivate checks that pub is the public half of version v's
+// private key: the private key signs a random challenge, which pub must
+// verify. A public key object is public: anyone who can open a session
+// on the token may destroy it and create another with the same label and
+// id, without the PIN, and keyward would then hand out and verify with a
+// key whose private half someone else holds. Done once per object, before
+// its public key is kept.
+func (s *sess) matchesPrivate(rec *metaRecord, v uint32, pub crypto.PublicKey) error {
+	h, err := s.objectFor(rec, v, pkcs11.CKO_PRIVATE_KEY)
+	if err != nil {
+		return err
+	}
+	challenge := make([]byte, 32)
+	if _, err := rand.Read(challenge); err != nil {
+		return err
+	}
+	mech, input := signMechanism(rec.Type, challenge)
+	sig, err := s.sign(mech, h, input, signatureSize(rec.Type))
+	if err == nil && rec.Type == keys.ECDSAP256 {
+		sig, err = ecdsaDER(sig)
+	}
+	if err != nil {
+		return err
+	}
+	if !keys.VerifySignature(pub, challenge, sig) {
+		return fmt.Errorf("key %s v%d: the public key object does not match the private key (replaced on the token?): %w", rec.Name, v, keys.ErrIntegrity)
+	}
+	return nil
 }
 
 // readPublic parses a public key object into a Go public key.

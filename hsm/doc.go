@@ -5,7 +5,12 @@
 //   - Every key version is its own object generated in the token with
 //     CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE=false and
 //     CKA_MODIFIABLE=false, and only the usage attributes its type needs.
-//     Key material never crosses the PKCS#11 boundary.
+//     Key material never crosses the PKCS#11 boundary. A secret or private
+//     key object is used only with those protections and
+//     CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE (objRef.protected); a
+//     public key object only once its private key signed a challenge it
+//     verifies (matchesPrivate): both can be replaced on the token by
+//     someone who does not hold what they would need to forge them.
 //   - The token is the single source of truth: each key's metadata (type,
 //     versions, states, minimum decrypt version) is a private CKO_DATA object
 //     in the token, MAC'd by a non-extractable HMAC key in the same token, so

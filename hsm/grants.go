@@ -251,6 +251,7 @@ func (s *sess) grantRoom() error {
 	}
 	hs, err := s.find([]*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true), // keyward's records are (objRef.template)
 		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, grantApplication),
 	})
 	if err != nil {

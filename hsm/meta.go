@@ -188,7 +188,7 @@ func (s *sess) ensureMetaKey() (objRef, error) {
 	// Called while a state is made (at Open and after a re-initialisation),
 	// before any object lock is held; it may create the key.
 	defer t.mod.unlockObjects(true, t.mod.lockObjects(true))
-	tmpl := objRef{Class: pkcs11.CKO_SECRET_KEY, Label: metaKeyLabel}.template()
+	tmpl := objRef{Class: pkcs11.CKO_SECRET_KEY, Label: metaKeyLabel}.protected()
 	hs, err := s.find(tmpl)
 	if err != nil {
 		return objRef{}, fmt.Errorf("find metadata key: %w", err)
@@ -843,6 +843,7 @@ func (s *sess) allStoredMeta() (map[string][]storedMeta, error) {
 func (s *sess) recordObjects(app string, keyOf func(label []byte) (string, error)) (map[string][]storedMeta, error) {
 	hs, err := s.find([]*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true), // keyward's records are (objRef.template)
 		pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, app),
 	})
 	if err != nil {

@@ -47,13 +47,34 @@ type objKey struct {
 
 func (r objRef) key() objKey { return objKey{r.Class, r.Label, hex.EncodeToString(r.ID)} }
 
+// template is the search for r. keyward's data objects (records, grants,
+// claims) are all private: a public one with the same label, which anyone
+// who can open a session may create without the PIN, is never one of them.
 func (r objRef) template() []*pkcs11.Attribute {
 	a := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, r.Class), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}
+	if r.Class == pkcs11.CKO_DATA {
+		a = append(a, pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true))
+	}
 	if r.Label != "" {
 		a = append(a, pkcs11.NewAttribute(pkcs11.CKA_LABEL, r.Label))
 	}
 	if len(r.ID) > 0 {
 		a = append(a, pkcs11.NewAttribute(pkcs11.CKA_ID, r.ID))
+	}
+	return a
+}
+
+// protected is the search for r as a key keyward uses: a secret or private
+// key object must also be private, sensitive, not extractable, and never
+// have been otherwise (as keyward makes them, and as adopt requires). A
+// PIN holder who put a key of known value (imported: not always
+// sensitive) in a version's place is refused, not used.
+func (r objRef) protected() []*pkcs11.Attribute {
+	a := r.template()
+	if r.Class == pkcs11.CKO_SECRET_KEY || r.Class == pkcs11.CKO_PRIVATE_KEY {
+		a = append(a, pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false), pkcs11.NewAttribute(pkcs11.CKA_ALWAYS_SENSITIVE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_NEVER_EXTRACTABLE, true))
 	}
 	return a
 }
@@ -81,19 +102,23 @@ func (s *sess) find(tmpl []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
 	return all, nil
 }
 
-// handle returns the one object matching r, from the per-generation cache
-// or by a find that must match exactly one object.
+// handle returns the one object matching r (protected), from the
+// per-generation cache or by a find that must match exactly one object.
 func (s *sess) handle(r objRef) (pkcs11.ObjectHandle, error) {
 	k := r.key()
 	if h, ok := s.st.handles.Load(k); ok {
 		return h.(pkcs11.ObjectHandle), nil
 	}
-	hs, err := s.find(r.template())
+	hs, err := s.find(r.protected())
 	if err != nil {
 		return 0, err
 	}
 	switch len(hs) {
 	case 0:
+		if weak, err := s.find(r.template()); err == nil && len(weak) > 0 {
+			return 0, fmt.Errorf("%s: the token's object is not private, sensitive and never extractable, as keyward's keys are (replaced on the token?): %w",
+				r.Label, keys.ErrIntegrity)
+		}
 		return 0, fmt.Errorf("%s: %w", r.Label, errObjectMissing)
 	case 1:
 	default:

@@ -193,7 +193,7 @@ func (s *sess) offloaded(j *job, fns *functions, f singlePart, h pkcs11.ObjectHa
 	if r.initRV != 0 {
 		return nil, initError{pkcs11.Error(r.initRV)}
 	}
-	out, retry, err := singleResult(r.rv, r.n, j.out, size)
+	out, retry, err := singleResult(uint(r.rv), r.n, j.out, size)
 	if retry { // the module's one more ask is the call made from here
 		return f.call(s.sh, in, r.n, 1)
 	}
@@ -257,7 +257,7 @@ func (f singlePart) call(sh pkcs11.SessionHandle, in []byte, size, tries int) ([
 		out := make([]byte, max(size, 1))
 		n := C.ck_ulong(size)
 		rv := C.call_single(f.fn, C.ck_ulong(sh), bytePtr(in), C.ck_ulong(len(in)), bytePtr(out), &n)
-		res, retry, err := singleResult(rv, int(n), out, size) // out cleared on failure
+		res, retry, err := singleResult(uint(rv), int(n), out, size) // out cleared on failure
 		if !retry {
 			return res, err
 		}
@@ -269,18 +269,18 @@ func (f singlePart) call(sh pkcs11.SessionHandle, in []byte, size, tries int) ([
 // singleResult checks a single-part call's return value rv and output
 // length n in out, a buffer of size bytes. retry: the module asked for n
 // bytes and keeps the operation active for a call with that much room.
-func singleResult(rv C.ck_ulong, n int, out []byte, size int) (res []byte, retry bool, err error) {
+func singleResult(rv uint, n int, out []byte, size int) (res []byte, retry bool, err error) {
 	if rv != 0 {
 		clear(out) // a module may have written part of a plaintext before failing
 	}
 	switch {
-	case rv == C.ck_ulong(pkcs11.CKR_BUFFER_TOO_SMALL) && n > size && n <= maxOutput:
+	case rv == pkcs11.CKR_BUFFER_TOO_SMALL && n > size && n <= maxOutput:
 		return nil, true, nil
-	case rv == C.ck_ulong(pkcs11.CKR_BUFFER_TOO_SMALL):
+	case rv == pkcs11.CKR_BUFFER_TOO_SMALL:
 		return nil, false, fmt.Errorf("module asked for a %d-byte output buffer: %w", n, errOperationActive)
 	case rv != 0:
 		return nil, false, pkcs11.Error(rv)
-	case n > len(out):
+	case n < 0 || n > len(out): // n < 0: a length of 2^63 or more, made an int
 		// Reported, not prevented: a module that wrote past the buffer
 		// has already done so.
 		clear(out)
