@@ -145,6 +145,10 @@ func (s *sess) adoptable(obj objRef, sel URI, ref string, ty keys.Type) (objRef,
 			return objRef{}, err
 		}
 	}
+	// Last: the object is changed only once everything else passed.
+	if err := s.narrowUsage(hs[0], ty); err != nil {
+		return objRef{}, err
+	}
 	return exact, nil
 }
 
@@ -268,6 +272,34 @@ func (s *sess) checkAdoptable(h pkcs11.ObjectHandle, ty keys.Type) error {
 			return fmt.Errorf("object lacks the usage %s needs: %w", ty, keys.ErrInvalidArgument)
 		}
 	}
+	return nil
+}
+
+// narrowUsage turns off the usage attributes of an object to adopt as a
+// ty key beyond what ty needs (tools such as pkcs11-tool set wrap and
+// unwrap on AES keys, derive on EC keys), as keyward's own keys have them.
+// An object whose extra usages cannot be turned off (not modifiable, or
+// refused by the token) is refused. A modifiable object stays modifiable
+// (PKCS#11 cannot change that): the doctor reports it, and a PIN holder
+// could set its usages again, though never make it extractable.
+func (s *sess) narrowUsage(h pkcs11.ObjectHandle, ty keys.Type) error {
+	allowed := allowedUsage(ty, keyClass(ty))
+	var extra []*pkcs11.Attribute
+	var names []string
+	for _, u := range usageAttrs {
+		if v, err := s.attrs(h, u); err == nil && boolAttr(v[u]) && !allowed[u] {
+			extra = append(extra, pkcs11.NewAttribute(u, false))
+			names = append(names, attrName[u])
+		}
+	}
+	if len(extra) == 0 {
+		return nil
+	}
+	if err := s.p.SetAttributeValue(s.sh, h, extra); err != nil {
+		return fmt.Errorf("object has usages a %s key does not need (%s), which the token would not turn off (%v): %w",
+			ty, strings.Join(names, ", "), err, keys.ErrWeakKey)
+	}
+	s.t.log.Info("adopt: turned off usages the key type does not need", "usages", strings.Join(names, ","), "type", string(ty))
 	return nil
 }
 

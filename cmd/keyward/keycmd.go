@@ -264,10 +264,14 @@ func (a *app) keyAdoptCmd() *cobra.Command {
 		Short: "make an existing device object version 1 of a new key",
 		Long: `Adopts a key object that a security team generated in the device: it becomes
 version 1 of a new key. --uri is an RFC 7512 PKCS#11 URI or the object's
-label. Objects the device does not fully protect (extractable, not
-sensitive, not private, modifiable) are refused, and so is, whatever the URI
+label. Objects the device does not protect (extractable or ever so, not
+sensitive or ever not, not private) are refused, and so is, whatever the URI
 names it by, an object keyward uses itself (labelled "keyward:") or that
-another key already uses. The URI must not carry a PIN.`,
+another key already uses. Usages the key type does not need (wrap, unwrap,
+derive...) are turned off, or the object is refused when they cannot be. A
+modifiable object (as pkcs11-tool makes them) is adopted: PKCS#11 cannot
+make it unmodifiable; "keywardd doctor" reports it. The URI must not carry
+a PIN.`,
 		Example: `  keyward key adopt payments/legacy --type aes-256-gcm --uri 'pkcs11:object=legacy-master;type=secret-key'`,
 	}, "adopted", func(c *cobra.Command, _ string) error {
 		if err := checkType(c, typ); err != nil {
