@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -246,11 +245,13 @@ func Defaults() Config {
 }
 
 // LoadConfig reads path strictly: an unknown key, a wrong type or a bad
-// value is an error naming its line (see ParseConfig).
+// value is an error naming its line (see ParseConfig). The file must be a
+// regular file (a symlink to one is followed: configuration managers
+// install them) of at most maxConfigFile bytes.
 func LoadConfig(path string) (Config, error) {
-	b, err := os.ReadFile(path)
+	b, err := readConfigFile(path)
 	if err != nil {
-		return Config{}, fmt.Errorf("config: %w", err)
+		return Config{}, err
 	}
 	return ParseConfig(path, b)
 }

@@ -1,10 +1,14 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -321,5 +325,47 @@ func TestValidateOrder(t *testing.T) {
 		if err := c.Validate(); err.Error() != first.Error() {
 			t.Fatalf("Validate changed its output:\n%v\nthen:\n%v", first, err)
 		}
+	}
+}
+
+// TestLoadConfigFile: the configuration is read from a regular file (a
+// symlink to one is followed, as configuration managers install them); a
+// FIFO is refused at once, not waited on (a reload would hang for ever),
+// and so is a device or a file over 1 MiB, without reading it whole.
+func TestLoadConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "keyward.toml")
+	if err := os.WriteFile(good, []byte("socket = \"/run/k.sock\"\n[backend]\ntoken = \"t\"\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.toml")
+	if err := os.Symlink(good, link); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo.toml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.toml")
+	if err := os.WriteFile(big, bytes.Repeat([]byte("# padding\n"), 110_000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, path string
+		ok         bool
+	}{
+		{"regular file", good, true},
+		{"symlink to one", link, true},
+		{"fifo", fifo, false},
+		{"device", "/dev/zero", false},
+		{"over 1 MiB", big, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadConfig(tt.path)
+			if tt.ok != (err == nil) || !tt.ok && !errors.Is(err, ErrConfig) {
+				t.Fatalf("LoadConfig(%s): %v, want ok=%v (else ErrConfig)", tt.path, err, tt.ok)
+			}
+		})
 	}
 }

@@ -14,13 +14,13 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
 	pb "github.com/keyward/keyward/api/keyward/v1"
 	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/hsm"
+	"github.com/keyward/keyward/internal/harden"
 	"github.com/keyward/keyward/internal/version"
 	"github.com/keyward/keyward/keys"
 	"github.com/keyward/keyward/policy"
@@ -82,16 +82,8 @@ func (b *atomicBool) Load() bool   { b.mu.Lock(); defer b.mu.Unlock(); return b.
 func (b *atomicBool) Store(v bool) { b.mu.Lock(); b.v = v; b.mu.Unlock() }
 
 // HardenProcess refuses core dumps and ptrace by other processes of the
-// same uid: a dump would hold plaintexts and the PIN.
-func HardenProcess() error {
-	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
-		return fmt.Errorf("prctl(PR_SET_DUMPABLE): %w", err)
-	}
-	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}); err != nil {
-		return fmt.Errorf("setrlimit(RLIMIT_CORE): %w", err)
-	}
-	return nil
-}
+// same uid: a dump would hold plaintexts and the PIN (harden.Process).
+func HardenProcess() error { return harden.Process() }
 
 // OpenBackend opens the configured key device. Its errors wrap the
 // backend's sentinels (hsm.ErrCredential, tpm.ErrCredential, tpm.ErrConfig...), which

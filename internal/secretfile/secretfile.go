@@ -76,7 +76,9 @@ func read(path string) ([]byte, error) {
 	if _, err := safepath.CheckDir(filepath.Dir(path), uint32(os.Geteuid())); err != nil {
 		return nil, fmt.Errorf("secret file %s: %w", path, err)
 	}
-	f, err := os.OpenFile(path, os.O_RDONLY|ostNoFollow(), 0)
+	// O_NONBLOCK: a FIFO put at the path must not hang the reader (it is
+	// refused below as not a regular file); a regular file ignores it.
+	f, err := os.OpenFile(path, os.O_RDONLY|ostNoFollow()|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("secret file: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/keyward/keyward/internal/safepath"
@@ -24,6 +25,10 @@ func TestRead(t *testing.T) {
 	big := make([]byte, MaxSize+1)
 	for i := range big {
 		big[i] = 'x'
+	}
+	fifo := filepath.Join(dir, "fifo") // no writer: an open without O_NONBLOCK would hang
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
 	}
 	link := filepath.Join(dir, "link")
 	if err := os.Symlink(write("target", "1234", 0o600), link); err != nil {
@@ -47,6 +52,7 @@ func TestRead(t *testing.T) {
 		{name: "missing", path: filepath.Join(dir, "nope"), wantErr: os.ErrNotExist},
 		{name: "symlink refused", path: link, anyErr: true},
 		{name: "directory", path: dir, anyErr: true},
+		{name: "fifo", path: fifo, anyErr: true},
 	}
 	if os.Geteuid() == 0 {
 		// Root's and this process's files are accepted; another user's is
