@@ -35,7 +35,11 @@ Options:
   --owner USER         give DIR, the token directory and the user PIN file to
                        USER (the daemon's user: SoftHSM2 needs the token
                        directory owned by the user that runs it); the SO PIN
-                       file stays with the invoking user. Needs root.
+                       file stays with the invoking user. Needs root. To add
+                       a token to a DIR given to USER before, run this as
+                       USER (runuser -u USER -- $prog --dir DIR ...): DIR is
+                       refused when another user owns it, who could point
+                       root's writes anywhere.
   --module PATH        SoftHSM2 PKCS#11 module (default: \$KEYWARD_PKCS11_MODULE,
                        else the first existing libsofthsm2.so in the usual
                        Debian/Ubuntu places)
@@ -120,12 +124,24 @@ tokendir=$dir/tokens
 pin_file=${pin_file:-$dir/pin}
 so_pin_file=${so_pin_file:-$dir/so-pin}
 
+# Everything below writes in DIR, as the invoking user (root, with --owner):
+# a DIR another user owns (given away by an earlier --owner) lets that user
+# swap its entries, the configuration's token directory among them, for
+# links to anywhere, between any check here and root's write or chown.
+me=$(id -u)
+[[ $(stat -c %u -- "$dir") -eq $me ]] ||
+	die "$dir is owned by $(stat -c %U -- "$dir"), not by the invoking user: run this as that user (runuser -u $(stat -c %U -- "$dir") -- $prog ...)"
+for p in "$conf" "$tokendir"; do
+	[[ ! -L $p ]] || die "$p is a symbolic link: not written by $prog; remove it"
+done
+
 if [[ -e $conf ]]; then
 	# Reuse an existing configuration (another token in the same store), and
-	# its token directory.
-	tokendir=$(sed -n 's/^[[:space:]]*directories\.tokendir[[:space:]]*=[[:space:]]*//p' "$conf" | tail -n 1)
-	tokendir=${tokendir%"${tokendir##*[![:space:]]}"}
-	[[ -n $tokendir ]] || die "$conf has no directories.tokendir"
+	# its token directory, which must be the one this script writes.
+	[[ $(stat -c %u -- "$conf") -eq $me ]] || die "$conf is not owned by the invoking user: not written by $prog for it"
+	have=$(sed -n 's/^[[:space:]]*directories\.tokendir[[:space:]]*=[[:space:]]*//p' "$conf" | tail -n 1)
+	have=${have%"${have##*[![:space:]]}"}
+	[[ $have == "$tokendir" ]] || die "$conf sets directories.tokendir to ${have:-nothing}, not $tokendir: not written by $prog; refusing to use it"
 else
 	cat >"$conf" <<EOF
 # SoftHSM2 configuration for keyward, written by $prog.
@@ -206,8 +222,11 @@ write_secret "$so_pin_file" "$so_pin"
 unset user_pin so_pin
 
 if [[ -n $owner ]]; then
-	chown -- "$owner:" "$dir" "$conf" "$pin_file"
-	chown -R -- "$owner:" "$tokendir"
+	# DIR last: until then only the invoking user can change its entries.
+	# -h: a link is never followed, should one be there.
+	chown -R -h -- "$owner:" "$tokendir"
+	chown -h -- "$owner:" "$conf" "$pin_file"
+	chown -h -- "$owner:" "$dir"
 fi
 
 printf '%s: token %s ready in %s (user PIN in %s, SO PIN in %s)\n' \
