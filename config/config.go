@@ -1,6 +1,8 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -80,6 +82,10 @@ type Config struct {
 	Rules                  []policy.Rule `toml:"rule"`
 	// Breakglass are the break-glass policies (breakglass.go).
 	Breakglass []Breakglass `toml:"breakglass"`
+	// Digest is the hex SHA-256 of the file LoadConfig read ("" when the
+	// configuration did not come from a file): what a reload's audit
+	// record names.
+	Digest string `toml:"-"`
 	// BreakglassState is the file (absolute path) where keywardd keeps the
 	// newest generation of every break-glass grant it has seen, so that an
 	// older copy of the grant records is refused across restarts too.
@@ -253,7 +259,10 @@ func LoadConfig(path string) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	return ParseConfig(path, b)
+	cfg, err := ParseConfig(path, b)
+	sum := sha256.Sum256(b)
+	cfg.Digest = hex.EncodeToString(sum[:])
+	return cfg, err
 }
 
 // ParseConfig decodes b (named name in errors) over Defaults and validates

@@ -27,7 +27,8 @@ import (
 type auditLine struct {
 	Seq  uint64 `json:"seq"`
 	Peer struct {
-		UID uint32 `json:"uid"`
+		UID  uint32 `json:"uid"`
+		Unit string `json:"unit"`
 	} `json:"peer"`
 	Op            string `json:"op"`
 	Key           string `json:"key"`

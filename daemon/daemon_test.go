@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -507,6 +508,26 @@ func TestReload(t *testing.T) {
 	hup()
 	if got := outsider.do("wrap app/reload"); !strings.HasPrefix(got, "OK") {
 		t.Fatalf("after a good reload: %q", got)
+	}
+	// Both reloads are in the trail: the refused one with why, the applied
+	// one with the file's digest and the rule it added.
+	file, err := os.ReadFile(r.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(file)
+	var got []string
+	for _, a := range readAudit(t, filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")) {
+		if a.Op == "config.reload" {
+			if a.Peer.Unit != daemon.ReloadUnit || a.Peer.UID != uint32(os.Getuid()) {
+				t.Errorf("reload record's peer: %+v", a.Peer)
+			}
+			got = append(got, a.Result+" "+a.Reason)
+		}
+	}
+	want := "OK config sha256 " + hex.EncodeToString(sum[:]) + "; rules: added outsider now; break-glass tables: unchanged"
+	if len(got) != 2 || !strings.HasPrefix(got[0], "INVALID_REQUEST refused, the running configuration kept: ") || got[1] != want {
+		t.Errorf("reload records:\n%s\nwant a refusal, then %q", strings.Join(got, "\n"), want)
 	}
 }
 

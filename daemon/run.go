@@ -393,12 +393,13 @@ func reloadOnHUP(ctx context.Context, configPath string, cfg config.Config, svc 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
+		applied := cfg // the configuration the rules and limits came from
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				reload(ctx, configPath, cfg, svc, sm, log)
+				applied = reload(ctx, configPath, cfg, applied, svc, sm, log)
 			}
 		}
 	}()
@@ -406,29 +407,34 @@ func reloadOnHUP(ctx context.Context, configPath string, cfg config.Config, svc 
 }
 
 // reload is one SIGHUP: check the file, then apply what a running daemon
-// can change and say what it cannot.
-func reload(ctx context.Context, configPath string, cfg config.Config, svc *Service, sm *lifecycle, log *slog.Logger) {
+// can change and say what it cannot. cfg is the configuration keywardd
+// started with (what needs a restart is judged against it), applied the
+// one its rules and limits come from now; it returns the one they come
+// from after. Applied or refused, the audit trail records it.
+func reload(ctx context.Context, configPath string, cfg, applied config.Config, svc *Service, sm *lifecycle, log *slog.Logger) config.Config {
 	if configPath == "" {
 		log.Info("SIGHUP: no config file to reload")
-		return
+		return applied
 	}
 	sm.reloading()
 	defer sm.reloaded(ctx)
 	ncfg, npol, err := config.CheckConfig(configPath)
+	if err == nil {
+		err = svc.breakglassFits(npol)
+	}
 	if err != nil {
 		log.Error("reload failed; keeping the running policy and limits", "err", err)
-		return
-	}
-	if err := svc.breakglassFits(npol); err != nil {
-		log.Error("reload failed; keeping the running policy and limits", "err", err)
-		return
+		auditReload(ctx, svc.audit, applied, ncfg, fmt.Errorf("%w: %w", err, keys.ErrInvalidArgument), log)
+		return applied
 	}
 	svc.SetPolicy(npol)
 	svc.SetLimits(ncfg.Limits)
 	log.Info("reloaded the rules and limits.max_plaintext, max_batch, batch_parallelism, max_concurrent_per_uid, max_denied_per_minute, max_failed_verify_mac_per_minute, receive_timeout", "rules", npol.Rules())
+	auditReload(ctx, svc.audit, applied, ncfg, nil, log)
 	if changed := restartOnly(cfg, ncfg); len(changed) > 0 {
 		log.Warn("changed settings that apply only after a restart", "settings", strings.Join(changed, "; "))
 	}
+	return ncfg
 }
 
 // drain lets calls in flight finish for up to grace, then closes what
