@@ -361,3 +361,57 @@ func TestAuditPreallocate(t *testing.T) {
 		})
 	}
 }
+
+// TestAuditAdminVersion: a change that names a version (disable, enable,
+// destroy, the new minimum) is recorded with that version, in its intent
+// record and its outcome alike, so that the trail says which version an
+// admin changed (and, after a crash between the two, which one was being
+// changed); a create or rotation, with the version it made.
+func TestAuditAdminVersion(t *testing.T) {
+	r := start(t, testRules(), nil)
+	ctx := context.Background()
+	c := dial(t, r.sock)
+	key := "audit/versions-" + randHex(4)
+	steps := []struct {
+		name string
+		call func() error
+	}{
+		{"create", func() error { _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: key, KeyType: "aes-256-gcm"}); return err }},
+		{"rotate", func() error { _, err := c.RotateKey(ctx, &pb.RotateKeyRequest{Key: key}); return err }},
+		{"rotate", func() error { _, err := c.RotateKey(ctx, &pb.RotateKeyRequest{Key: key}); return err }},
+		{"disable v1", func() error {
+			_, err := c.SetVersionState(ctx, &pb.SetVersionStateRequest{Key: key, Version: 1, State: pb.VersionState_DISABLED})
+			return err
+		}},
+		{"min v2", func() error {
+			_, err := c.SetMinDecryptVersion(ctx, &pb.SetMinDecryptVersionRequest{Key: key, Version: 2})
+			return err
+		}},
+		{"destroy v1", func() error {
+			_, err := c.DestroyVersion(ctx, &pb.DestroyVersionRequest{Key: key, Version: 1})
+			return err
+		}},
+	}
+	for _, s := range steps {
+		if err := s.call(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+	}
+	var got []string
+	for _, a := range readAudit(t, filepath.Join(filepath.Dir(r.cfgPath), "audit", "audit.log")) {
+		if a.Key == key {
+			got = append(got, fmt.Sprintf("%s %s v%d", a.Op, a.Result, a.Version))
+		}
+	}
+	want := []string{
+		"key.create STARTED v0", "key.create OK v1",
+		"key.rotate STARTED v0", "key.rotate OK v2",
+		"key.rotate STARTED v0", "key.rotate OK v3",
+		"key.disable STARTED v1", "key.disable OK v1",
+		"key.set-min-version STARTED v2", "key.set-min-version OK v2",
+		"key.destroy STARTED v1", "key.destroy OK v1",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("records:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

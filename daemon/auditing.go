@@ -266,14 +266,15 @@ func (cl *call) overLimit(result string) bool {
 // change as started, without an outcome: check the key).
 const ResultStarted = "STARTED"
 
-// auditIntent appends an intent record for op on key and waits until it is
-// durable; an error means the change must not be attempted.
-func (s *Service) auditIntent(ctx context.Context, op, key string) error {
+// auditIntent appends an intent record for op on key (and the version the
+// change names, 0 when it names none) and waits until it is durable; an
+// error means the change must not be attempted.
+func (s *Service) auditIntent(ctx context.Context, op, key string, version uint32) error {
 	cl, ok := ctx.Value(callKey{}).(*call)
 	if !ok || s.audit == nil {
 		return nil
 	}
-	err := s.audit.Append(context.WithoutCancel(ctx), audit.Record{Peer: cl.peer, Op: op, Key: key, Result: ResultStarted,
+	err := s.audit.Append(context.WithoutCancel(ctx), audit.Record{Peer: cl.peer, Op: op, Key: key, Version: version, Result: ResultStarted,
 		Duration: time.Since(cl.start), RequestID: cl.id})
 	if err != nil {
 		s.log.Error("audit log write failed: refusing a key change before it starts", "op", op, "key", key, "err", err.Error())

@@ -99,7 +99,7 @@ func (s *Service) putCredential(ctx context.Context, req *pb.PutCredentialReques
 	if err != nil {
 		return nil, err
 	}
-	if err := s.auditIntent(ctx, mPutCred.audit, key); err != nil {
+	if err := s.auditIntent(ctx, mPutCred.audit, key, 0); err != nil {
 		return nil, err
 	}
 	blob, err := s.be.Wrap(ctx, key, req.GetSecret(), credstore.Context(unit, id))
@@ -223,7 +223,7 @@ func (s *Service) removeCredential(ctx context.Context, unit, id string) (*pb.Cr
 	if err := s.authorize(ctx, policy.OpCredentialPut, info.Key, nil); err != nil {
 		return info, err
 	}
-	if err := s.auditIntent(ctx, mRmCred.audit, info.Key); err != nil {
+	if err := s.auditIntent(ctx, mRmCred.audit, info.Key, info.Version); err != nil {
 		return info, err
 	}
 	s.credMu.Lock()

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -288,7 +289,10 @@ var (
 
 // admin runs one lifecycle operation after authorising it, and audits it;
 // a change (anything but key.read) is recorded as started before it runs.
-func (s *Service) admin(ctx context.Context, op policy.Operation, key string, fn func() (keys.KeyInfo, error)) (*pb.KeyInfo, error) {
+// Its records carry the version the change names (enable, disable,
+// destroy, the new minimum), or with 0, the key's newest after it (the one
+// a create, rotation or adoption made).
+func (s *Service) admin(ctx context.Context, op policy.Operation, key string, named uint32, fn func() (keys.KeyInfo, error)) (*pb.KeyInfo, error) {
 	start := time.Now()
 	info, err := func() (keys.KeyInfo, error) {
 		if err := s.checkKey(key); err != nil {
@@ -298,13 +302,13 @@ func (s *Service) admin(ctx context.Context, op policy.Operation, key string, fn
 			return keys.KeyInfo{}, err
 		}
 		if op != policy.OpKeyRead {
-			if err := s.auditIntent(ctx, string(op), key); err != nil {
+			if err := s.auditIntent(ctx, string(op), key, named); err != nil {
 				return keys.KeyInfo{}, err
 			}
 		}
 		return fn()
 	}()
-	auditOp(ctx, string(op), key, uint32(len(info.Versions)), nil, "", start, err)
+	auditOp(ctx, string(op), key, cmp.Or(named, uint32(len(info.Versions))), nil, "", start, err)
 	if err != nil {
 		return nil, s.fail(ctx, string(op), err)
 	}
@@ -319,7 +323,7 @@ func (s *Service) admin(ctx context.Context, op policy.Operation, key string, fn
 }
 
 func (s *Service) CreateKey(ctx context.Context, req *pb.CreateKeyRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, mCreateKey.op, req.GetKey(), func() (keys.KeyInfo, error) {
+	return s.admin(ctx, mCreateKey.op, req.GetKey(), 0, func() (keys.KeyInfo, error) {
 		t, err := keys.ParseType(req.GetKeyType())
 		if err != nil {
 			return keys.KeyInfo{}, err
@@ -329,12 +333,12 @@ func (s *Service) CreateKey(ctx context.Context, req *pb.CreateKeyRequest) (*pb.
 }
 
 func (s *Service) RotateKey(ctx context.Context, req *pb.RotateKeyRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, mRotateKey.op, req.GetKey(), func() (keys.KeyInfo, error) { return s.be.RotateKey(ctx, req.GetKey()) })
+	return s.admin(ctx, mRotateKey.op, req.GetKey(), 0, func() (keys.KeyInfo, error) { return s.be.RotateKey(ctx, req.GetKey()) })
 }
 
 // SetRotationPolicy sets or stops the key's scheduled rotation.
 func (s *Service) SetRotationPolicy(ctx context.Context, req *pb.SetRotationPolicyRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, mSetRotation.op, req.GetKey(), func() (keys.KeyInfo, error) {
+	return s.admin(ctx, mSetRotation.op, req.GetKey(), 0, func() (keys.KeyInfo, error) {
 		secs := req.GetRotationPeriodSeconds()
 		d := time.Duration(secs) * time.Second
 		if secs > uint64(keys.MaxRotationPeriod/time.Second) || keys.CheckRotationPeriod(d) != nil {
@@ -348,7 +352,7 @@ func (s *Service) SetRotationPolicy(ctx context.Context, req *pb.SetRotationPoli
 // SetDisableAfter sets or stops the scheduled disabling of the key's
 // superseded versions.
 func (s *Service) SetDisableAfter(ctx context.Context, req *pb.SetDisableAfterRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, mSetDisable.op, req.GetKey(), func() (keys.KeyInfo, error) {
+	return s.admin(ctx, mSetDisable.op, req.GetKey(), 0, func() (keys.KeyInfo, error) {
 		secs := req.GetDisableAfterSeconds()
 		d := time.Duration(secs) * time.Second
 		if secs > uint64(keys.MaxDisableAfter/time.Second) || keys.CheckDisableAfter(d) != nil {
@@ -360,7 +364,7 @@ func (s *Service) SetDisableAfter(ctx context.Context, req *pb.SetDisableAfterRe
 }
 
 func (s *Service) DescribeKey(ctx context.Context, req *pb.DescribeKeyRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, mDescribeKey.op, req.GetKey(), func() (keys.KeyInfo, error) { return s.be.DescribeKey(ctx, req.GetKey()) })
+	return s.admin(ctx, mDescribeKey.op, req.GetKey(), 0, func() (keys.KeyInfo, error) { return s.be.DescribeKey(ctx, req.GetKey()) })
 }
 
 // ListKeys returns the keys the caller may read (key.read); others are
@@ -389,25 +393,25 @@ func (s *Service) SetVersionState(ctx context.Context, req *pb.SetVersionStateRe
 	if !ok {
 		return nil, statusFor(invalid("state must be ENABLED or DISABLED (DestroyVersion destroys)"))
 	}
-	return s.admin(ctx, so.op, req.GetKey(), func() (keys.KeyInfo, error) {
+	return s.admin(ctx, so.op, req.GetKey(), req.GetVersion(), func() (keys.KeyInfo, error) {
 		return s.be.SetVersionState(ctx, req.GetKey(), req.GetVersion(), so.state)
 	})
 }
 
 func (s *Service) DestroyVersion(ctx context.Context, req *pb.DestroyVersionRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, mDestroy.op, req.GetKey(), func() (keys.KeyInfo, error) {
+	return s.admin(ctx, mDestroy.op, req.GetKey(), req.GetVersion(), func() (keys.KeyInfo, error) {
 		return s.be.DestroyVersion(ctx, req.GetKey(), req.GetVersion())
 	})
 }
 
 func (s *Service) SetMinDecryptVersion(ctx context.Context, req *pb.SetMinDecryptVersionRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, mSetMin.op, req.GetKey(), func() (keys.KeyInfo, error) {
+	return s.admin(ctx, mSetMin.op, req.GetKey(), req.GetVersion(), func() (keys.KeyInfo, error) {
 		return s.be.SetMinDecryptVersion(ctx, req.GetKey(), req.GetVersion())
 	})
 }
 
 func (s *Service) AdoptKey(ctx context.Context, req *pb.AdoptKeyRequest) (*pb.KeyInfo, error) {
-	return s.admin(ctx, mAdoptKey.op, req.GetKey(), func() (keys.KeyInfo, error) {
+	return s.admin(ctx, mAdoptKey.op, req.GetKey(), 0, func() (keys.KeyInfo, error) {
 		a, ok := s.be.(keys.Adopter)
 		if !ok {
 			return keys.KeyInfo{}, fmt.Errorf("adopt: %w", keys.ErrUnsupported)
