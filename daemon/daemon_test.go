@@ -531,6 +531,17 @@ func TestReload(t *testing.T) {
 	}
 }
 
+// TestHangupBeforeServing: a SIGHUP caught before the daemon serves (its
+// caller catches them from its start: Options.Hangups) is a reload once
+// it serves, not lost and not fatal.
+func TestHangupBeforeServing(t *testing.T) {
+	var logs testutil.SyncBuffer
+	hup := make(chan os.Signal, 1)
+	hup <- syscall.SIGHUP
+	startOpts(t, testRules(), nil, &logs, func(o *daemon.Options) { o.Hangups = hup })
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "reloaded the rules") }, "the reload asked for before serving")
+}
+
 // TestLimits: every limit answers with its own clear error while the
 // daemon keeps serving.
 func TestLimits(t *testing.T) {

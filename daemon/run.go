@@ -250,6 +250,12 @@ type Options struct {
 	// BreakglassSweepEvery, when set, replaces how often expiries are
 	// recorded and old grants pruned (tests).
 	BreakglassSweepEvery time.Duration
+	// Hangups, when set, delivers the SIGHUPs the caller catches from its
+	// start (keywardd's main does, before opening anything: the default
+	// action of one sent during start-up would end the process); one
+	// caught before Run serves is a reload once it does. nil: Run catches
+	// SIGHUP itself once it serves.
+	Hangups <-chan os.Signal
 }
 
 // Run serves be under pol until ctx ends. The caller opens and closes the
@@ -319,7 +325,7 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 		l.Close()
 		return err
 	}
-	stopReload := reloadOnHUP(ctx, opts.ConfigPath, cfg, svc, sm, log)
+	stopReload := reloadOnHUP(ctx, opts.ConfigPath, opts.Hangups, cfg, svc, sm, log)
 	defer stopReload()
 	if err := sm.start(ctx); err != nil {
 		l.Close()
@@ -389,9 +395,13 @@ func startRefusalFlusher(cfg config.Config, refused *refusals, trail auditLog, l
 // reloadOnHUP re-reads configPath on every SIGHUP until ctx ends or the
 // returned stop is called: a good file swaps the policy and the per-call
 // limits, a bad one keeps the running ones.
-func reloadOnHUP(ctx context.Context, configPath string, cfg config.Config, svc *Service, sm *lifecycle, log *slog.Logger) (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
+func reloadOnHUP(ctx context.Context, configPath string, hangups <-chan os.Signal, cfg config.Config, svc *Service, sm *lifecycle, log *slog.Logger) (stop func()) {
+	hup, stop := hangups, func() {}
+	if hup == nil {
+		own := make(chan os.Signal, 1)
+		signal.Notify(own, syscall.SIGHUP)
+		hup, stop = own, func() { signal.Stop(own) }
+	}
 	go func() {
 		applied := cfg // the configuration the rules and limits came from
 		for {
@@ -403,7 +413,7 @@ func reloadOnHUP(ctx context.Context, configPath string, cfg config.Config, svc 
 			}
 		}
 	}()
-	return func() { signal.Stop(hup) }
+	return stop
 }
 
 // reload is one SIGHUP: check the file, then apply what a running daemon

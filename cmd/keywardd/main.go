@@ -99,7 +99,15 @@ backend.pin_file is not set; logs to the journal when stderr is the journal.
 Documentation: README.md and docs/ (installed in /usr/share/doc/keyward/).
 `
 
+// hangups holds the SIGHUPs caught since main started (nil when run
+// without main, in tests): a reload asked for while keywardd starts (a
+// slow token's login can take seconds) is made once it serves, rather
+// than the signal's default action ending the process.
+var hangups chan os.Signal
+
 func main() {
+	hangups = make(chan os.Signal, 1)
+	signal.Notify(hangups, syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -252,7 +260,7 @@ func serve(ctx context.Context, path, logLevel string, ready *readiness, stderr 
 		return openFailure(err)
 	}
 	defer be.Close()
-	opts := daemon.Options{ConfigPath: path, Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: ready.hook(nil)}
+	opts := daemon.Options{ConfigPath: path, Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: ready.hook(nil), Hangups: hangups}
 	opts.SchedulerClock = schedulerClock()
 	opts.BreakglassClock = breakglassClock()
 	if err := daemon.Run(ctx, cfg, pol, be, opts); err != nil {
@@ -330,7 +338,7 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, callers de
 		return exitFail
 	}
 	defer be.Close()
-	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: ready.hook(func(path string) {
+	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Notifier: notifier, Watchdog: watchdog, Hangups: hangups, Ready: ready.hook(func(path string) {
 		kept := "removed on exit"
 		if dir != "" {
 			kept = "kept for the next start"
