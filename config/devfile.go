@@ -61,7 +61,11 @@ func openConfigFile(path string, flags int) (*os.File, os.FileInfo, error) {
 		return nil, nil, fmt.Errorf("config: %w", err)
 	}
 	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
+	switch {
+	case err != nil:
+	case fi.IsDir():
+		err = fmt.Errorf("config %s: is a directory: %w", path, ErrConfig)
+	case !fi.Mode().IsRegular():
 		err = fmt.Errorf("config %s: not a regular file: %w", path, ErrConfig)
 	}
 	if err != nil {
