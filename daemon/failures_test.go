@@ -92,6 +92,23 @@ func TestBackendOutageLoggedOnce(t *testing.T) {
 	}
 }
 
+// TestBusyKeyIsNoOutage: a key change refused because another writer holds
+// the key (keys.ErrBusy: the device answered) is a WARN that names the
+// claim and the doctor, not an outage of the backend; the caller gets
+// BACKEND_UNAVAILABLE (retry later) all the same.
+func TestBusyKeyIsNoOutage(t *testing.T) {
+	var logs testutil.SyncBuffer
+	s := &Service{log: slog.New(slog.NewTextHandler(&logs, nil))}
+	err := s.fail(context.Background(), "key.rotate", fmt.Errorf("rotate k: claimed by another writer: %w", keys.ErrBusy))
+	if st, _ := status.FromError(err); st.Code() != codes.Unavailable {
+		t.Errorf("status %v, want Unavailable", err)
+	}
+	l := logs.String()
+	if strings.Contains(l, "level=ERROR") || s.health.down.Load() || !strings.Contains(l, "level=WARN") || !strings.Contains(l, "doctor lists claims") {
+		t.Errorf("log:\n%s(backend down: %v)", l, s.health.down.Load())
+	}
+}
+
 // TestRefusalSummaries: refusals are counted per caller and result; take
 // writes one record each, the most refused first, folds callers beyond the
 // budget into one MIXED record, and starts afresh.

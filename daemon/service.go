@@ -139,12 +139,16 @@ func (s *Service) fail(ctx context.Context, op string, err error) error {
 		return statusFor(context.Canceled)
 	}
 	r := reasonOf(err)
-	switch r {
-	case pb.ErrorReason_BACKEND_UNAVAILABLE:
+	switch {
+	case errors.Is(err, keys.ErrBusy):
+		// The device answered: another writer holds the key (keywardd
+		// doctor lists claims). Not a failure of the backend.
+		s.log.Warn("key change refused for now: another writer is changing the key, or left a claim on it (keywardd doctor lists claims); the caller may retry", "op", op, "err", err.Error())
+	case r == pb.ErrorReason_BACKEND_UNAVAILABLE:
 		if s.health.failed() {
 			s.log.Error("key backend unavailable; further failures are counted, not logged, until a call succeeds", "op", op, "err", err.Error())
 		}
-	case pb.ErrorReason_INTEGRITY:
+	case r == pb.ErrorReason_INTEGRITY:
 		s.log.Error("operation failed", "op", op, "err", err.Error())
 	default:
 		s.log.Debug("operation refused", "op", op, "reason", r.String())

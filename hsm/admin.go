@@ -159,7 +159,7 @@ func (t *Token) update(ctx context.Context, op, name string, change func(s *sess
 		time.Sleep(time.Duration(1+mrand.IntN(10*(attempt+1))) * time.Millisecond)
 	}
 	if errors.Is(err, errConcurrent) {
-		return keys.KeyInfo{}, fmt.Errorf("%s %s: %w: %w", op, name, err, keys.ErrUnavailable)
+		return keys.KeyInfo{}, fmt.Errorf("%s %s: %w: %w", op, name, err, keys.ErrBusy)
 	}
 	if err != nil {
 		return keys.KeyInfo{}, fmt.Errorf("%s %s: %w", op, name, err)

@@ -40,6 +40,10 @@ var (
 	// ErrUnavailable: the device cannot be reached now (token removed, TPM
 	// restarting); the call may succeed later.
 	ErrUnavailable = errors.New("key backend unavailable")
+	// ErrBusy: another writer is changing the key, or left a claim on it
+	// that is not yet known to be abandoned. It wraps ErrUnavailable (the
+	// caller retries later), but the device itself answers.
+	ErrBusy = fmt.Errorf("key being changed by another writer: %w", ErrUnavailable)
 	// ErrIntegrity: stored keyring metadata failed its integrity check, or a
 	// device object is weaker than keyward requires. Never retried.
 	ErrIntegrity = errors.New("keyring integrity check failed")
