@@ -376,7 +376,10 @@ func TestAuditAdminVersion(t *testing.T) {
 		name string
 		call func() error
 	}{
-		{"create", func() error { _, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: key, KeyType: "aes-256-gcm"}); return err }},
+		{"create", func() error {
+			_, err := c.CreateKey(ctx, &pb.CreateKeyRequest{Key: key, KeyType: "aes-256-gcm"})
+			return err
+		}},
 		{"rotate", func() error { _, err := c.RotateKey(ctx, &pb.RotateKeyRequest{Key: key}); return err }},
 		{"rotate", func() error { _, err := c.RotateKey(ctx, &pb.RotateKeyRequest{Key: key}); return err }},
 		{"disable v1", func() error {

@@ -28,6 +28,8 @@ import (
 	"github.com/keyward/keyward/config"
 	"github.com/keyward/keyward/daemon"
 	"github.com/keyward/keyward/internal/testutil"
+	"github.com/keyward/keyward/keys"
+	"github.com/keyward/keyward/keys/keystest"
 	"github.com/keyward/keyward/policy"
 	softhsmtest "github.com/keyward/keyward/softhsm-test"
 )
@@ -793,5 +795,62 @@ func TestAbuseLimits(t *testing.T) {
 	codes = append(codes, checker(m.Mac))
 	if strings.Join(codes, " ") != "invalid invalid invalid invalid RATE_LIMITED RATE_LIMITED RATE_LIMITED" {
 		t.Errorf("verify-mac guesses then the right mac: %v", codes)
+	}
+}
+
+// heldCreate is a backend whose CreateKey waits until released: a key
+// change still under way when keywardd stops.
+type heldCreate struct {
+	keys.Backend
+	entered, release chan struct{}
+}
+
+func (h *heldCreate) CreateKey(ctx context.Context, name string, t keys.Type) (keys.KeyInfo, error) {
+	close(h.entered)
+	<-h.release
+	return h.Backend.CreateKey(context.WithoutCancel(ctx), name, t)
+}
+
+// TestStopRecordsChangeInFlight: a key change still running when the
+// shutdown grace ends (its connection closed, its context cancelled)
+// finishes on the device, as a device call cannot be taken back; its
+// outcome is recorded before the audit log closes, not lost.
+func TestStopRecordsChangeInFlight(t *testing.T) {
+	dir := t.TempDir()
+	cfg := config.Defaults()
+	cfg.Socket = filepath.Join(dir, "k.sock")
+	cfg.AuditLog = filepath.Join(dir, "audit", "audit.log")
+	cfg.Limits.ShutdownGrace = config.Duration{Duration: time.Millisecond}
+	cfg.Rules = testRules()
+	pol, err := policy.Compile(cfg.Rules, policy.SystemResolver())
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &heldCreate{Backend: keystest.NewMem(), entered: make(chan struct{}), release: make(chan struct{})}
+	var logs testutil.SyncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready, done := make(chan struct{}), make(chan error, 1)
+	go func() {
+		done <- daemon.Run(ctx, cfg, pol, be, daemon.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)), Ready: func(string) { close(ready) }})
+	}()
+	<-ready
+	c := dial(t, cfg.Socket)
+	go c.CreateKey(context.Background(), &pb.CreateKeyRequest{Key: "stop/inflight", KeyType: "aes-256-gcm"})
+	<-be.entered
+	cancel() // SIGTERM
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "grace period over") }, "the grace period to end")
+	close(be.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range readAudit(t, cfg.AuditLog) {
+		if a.Key == "stop/inflight" {
+			got = append(got, a.Op+" "+a.Result)
+		}
+	}
+	if len(got) != 2 || got[0] != "key.create STARTED" || got[1] == "key.create STARTED" {
+		t.Fatalf("records of the change in flight: %v, want STARTED and its outcome", got)
 	}
 }

@@ -209,6 +209,9 @@ func serverOptions(lim config.Limits, g *gate, metrics *Metrics, svc *Service, a
 		// Reuse handler goroutines instead of one new goroutine (and its
 		// stack growth) per call: 3.5-5% of the daemon's CPU in profiles.
 		grpc.NumStreamWorkers(64),
+		// Stop waits for the handlers (drain): a call cut at shutdown still
+		// writes its audit record before the log closes.
+		grpc.WaitForHandlers(true),
 		grpc.ForceServerCodecV2(newCodec()),
 		grpc.UnknownServiceHandler(unknownMethod),
 		grpc.ChainUnaryInterceptor(g.received, metrics.interceptor(), svc.interceptor(g.stopping), svc.auditInterceptor(al, g.refused), checkDecoded),
@@ -449,6 +452,12 @@ func reload(ctx context.Context, configPath string, cfg, applied config.Config, 
 
 // drain lets calls in flight finish for up to grace, then closes what
 // remains, and returns Serve's error unless it only says the server stopped.
+//
+// Stop ends the connections and cancels the calls' contexts, and (the
+// server waits for handlers: grpc.WaitForHandlers) returns once their
+// handlers have: a key change under way when grace ends still reaches the
+// device, and its outcome must be recorded before the audit log closes.
+// A handler stuck in a device call is waited for one more grace at most.
 func drain(srv *grpc.Server, errc <-chan error, grace time.Duration, log *slog.Logger) error {
 	done := make(chan struct{})
 	go func() { srv.GracefulStop(); close(done) }()
@@ -456,7 +465,13 @@ func drain(srv *grpc.Server, errc <-chan error, grace time.Duration, log *slog.L
 	case <-done:
 	case <-time.After(grace):
 		log.Warn("grace period over: closing remaining connections")
-		srv.Stop()
+		stopped := make(chan struct{})
+		go func() { srv.Stop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(grace):
+			log.Error("calls still running a grace period after their connections closed (a device call that does not return): stopping without them; a change they make is in the audit log as started, not as done")
+		}
 	}
 	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return err
