@@ -131,6 +131,14 @@ so_pin_file=${so_pin_file:-$dir/so-pin}
 me=$(id -u)
 [[ $(stat -c %u -- "$dir") -eq $me ]] ||
 	die "$dir is owned by $(stat -c %U -- "$dir"), not by the invoking user: run this as that user (runuser -u $(stat -c %U -- "$dir") -- $prog ...)"
+# So is a parent that another user may write (not sticky): that user can
+# rename DIR and put a link in its place.
+parent=$(dirname -- "$dir")
+pmode=$(stat -c %a -- "$parent")
+puid=$(stat -c %u -- "$parent")
+if [[ $puid -ne 0 && $puid -ne $me ]] || { ((8#$pmode & 8#022)) && ! ((8#$pmode & 8#1000)); }; then
+	die "$parent (mode $pmode, owner $(stat -c %U -- "$parent")) lets another user replace $dir: run this as that user (runuser -u $(stat -c %U -- "$parent") -- $prog ...), or use a DIR elsewhere"
+fi
 for p in "$conf" "$tokendir"; do
 	[[ ! -L $p ]] || die "$p is a symbolic link: not written by $prog; remove it"
 done

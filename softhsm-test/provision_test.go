@@ -82,4 +82,18 @@ func TestProvisionOwnedDir(t *testing.T) {
 	if out, err := run(true, "--label", "second", "--pin-file", filepath.Join(dir, "pin2"), "--so-pin-file", filepath.Join(dir, "so2")); err != nil {
 		t.Fatalf("adding a token as the owner: %v\n%s", err, out)
 	}
+	// Root in a directory of its own whose parent another user owns (a
+	// state directory): refused, as that user can swap it.
+	theirs := filepath.Join(base, "theirs")
+	if err := os.Mkdir(theirs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(theirs, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", script, "--dir", filepath.Join(theirs, "softhsm"), "--owner", "nobody")
+	cmd.Env = append(os.Environ(), "KEYWARD_PKCS11_MODULE="+tok.Module)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "lets another user replace") {
+		t.Fatalf("root under a directory nobody owns: %v\n%s", err, out)
+	}
 }

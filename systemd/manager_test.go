@@ -130,6 +130,7 @@ func bootKeyward(t *testing.T, load, app string) *systemdtest.Guest {
 		"keyward-credentials.socket": "/etc/systemd/system/keyward-credentials.socket",
 		"sysusers.d/keyward.conf":    "/etc/sysusers.d/keyward.conf", "tmpfiles.d/keyward.conf": "/etc/tmpfiles.d/keyward.conf",
 		keywardd: "/usr/local/bin/keywardd", keywardCLI(t): "/usr/local/bin/keyward",
+		"../softhsm-test/provision-token.sh": "/usr/local/sbin/keyward-provision-softhsm2-token",
 	} {
 		b, err := os.ReadFile(src)
 		if err != nil {
@@ -138,12 +139,12 @@ func bootKeyward(t *testing.T, load, app string) *systemdtest.Guest {
 		files[dst] = systemdtest.File{Data: b, Mode: map[bool]os.FileMode{true: 0o755, false: 0o644}[strings.HasPrefix(dst, "/usr/")]}
 	}
 	g := systemdtest.Boot(t, systemdtest.Options{Files: files, Mask: systemdtest.HostServices()})
-	repo, _ := filepath.Abs("..")
-	// The host's files show through the overlay: start from nothing.
+	// The host's files show through the overlay: start from nothing. The
+	// token is provisioned as the daemon's user, in its state directory.
 	g.Sh(t, `rm -rf /var/lib/keyward /var/log/keyward /etc/keyward/credstore
 systemd-sysusers /etc/sysusers.d/keyward.conf
 systemd-tmpfiles --create /etc/tmpfiles.d/keyward.conf
-`+repo+`/softhsm-test/provision-token.sh --dir /var/lib/keyward/softhsm --label keyward --owner keywardd >/dev/null
+runuser -u keywardd -- /usr/local/sbin/keyward-provision-softhsm2-token --dir /var/lib/keyward/softhsm --label keyward >/dev/null
 systemctl daemon-reload
 systemctl start keyward.socket keyward-credentials.socket`)
 	return g
