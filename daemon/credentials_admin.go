@@ -228,6 +228,17 @@ func (s *Service) removeCredential(ctx context.Context, unit, id string) (*pb.Cr
 	}
 	s.credMu.Lock()
 	defer s.credMu.Unlock()
+	// A put may have replaced it since, under a key the caller may not
+	// manage: authorised again for what is removed.
+	if e, err = s.storedCredential(unit, id); err != nil {
+		return info, err
+	}
+	if now := credInfo(unit, id, e.Blob, e.Modified); now.Key != info.Key {
+		if err := s.authorize(ctx, policy.OpCredentialPut, now.Key, nil); err != nil {
+			return now, err
+		}
+		info = now
+	}
 	return info, credStoreErr(s.creds.Remove(unit, id))
 }
 

@@ -814,8 +814,30 @@ func (h *heldCreate) CreateKey(ctx context.Context, name string, t keys.Type) (k
 // TestStopRecordsChangeInFlight: a key change still running when the
 // shutdown grace ends (its connection closed, its context cancelled)
 // finishes on the device, as a device call cannot be taken back; its
-// outcome is recorded before the audit log closes, not lost.
+// outcome is recorded before the audit log closes, not lost. One that
+// never returns does not hold the daemon past a second grace.
 func TestStopRecordsChangeInFlight(t *testing.T) {
+	t.Run("returns within the second grace", func(t *testing.T) {
+		// A wait far longer than the test takes to release the call.
+		got, logs := stopWithChangeInFlight(t, time.Minute, true)
+		if len(got) != 2 || got[0] != "key.create STARTED" || got[1] == "key.create STARTED" {
+			t.Fatalf("records of the change in flight: %v, want STARTED and its outcome\n%s", got, logs)
+		}
+	})
+	t.Run("never returns", func(t *testing.T) {
+		got, logs := stopWithChangeInFlight(t, 20*time.Millisecond, false)
+		if len(got) != 1 || !strings.Contains(logs, "calls still running a grace period after") {
+			t.Fatalf("records %v; log:\n%s", got, logs)
+		}
+	})
+}
+
+// stopWithChangeInFlight stops a daemon while a key create runs, with a
+// shutdown grace of 1 ms and then wait for the handlers; release: the
+// create returns once the grace has ended (else only after the daemon
+// stopped). It returns the create's records (op and result) and the
+// daemon's log.
+func stopWithChangeInFlight(t *testing.T, wait time.Duration, release bool) ([]string, string) {
 	dir := t.TempDir()
 	cfg := config.Defaults()
 	cfg.Socket = filepath.Join(dir, "k.sock")
@@ -832,7 +854,7 @@ func TestStopRecordsChangeInFlight(t *testing.T) {
 	defer cancel()
 	ready, done := make(chan struct{}), make(chan error, 1)
 	go func() {
-		done <- daemon.Run(ctx, cfg, pol, be, daemon.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)), Ready: func(string) { close(ready) }})
+		done <- daemon.Run(ctx, cfg, pol, be, daemon.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)), ShutdownWait: wait, Ready: func(string) { close(ready) }})
 	}()
 	<-ready
 	c := dial(t, cfg.Socket)
@@ -840,7 +862,11 @@ func TestStopRecordsChangeInFlight(t *testing.T) {
 	<-be.entered
 	cancel() // SIGTERM
 	waitFor(t, func() bool { return strings.Contains(logs.String(), "grace period over") }, "the grace period to end")
-	close(be.release)
+	if release {
+		close(be.release)
+	} else {
+		defer close(be.release) // after the daemon stopped without it
+	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -850,7 +876,5 @@ func TestStopRecordsChangeInFlight(t *testing.T) {
 			got = append(got, a.Op+" "+a.Result)
 		}
 	}
-	if len(got) != 2 || got[0] != "key.create STARTED" || got[1] == "key.create STARTED" {
-		t.Fatalf("records of the change in flight: %v, want STARTED and its outcome", got)
-	}
+	return got, logs.String()
 }

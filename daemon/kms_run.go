@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"time"
 
 	"google.golang.org/grpc"
 	kmsapi "k8s.io/kms/apis/v2"
@@ -107,7 +106,7 @@ func (e *kmsEndpoint) failed() <-chan error {
 
 // drainAsync starts draining like the main server's; the channel closes
 // when done (at once when off).
-func (e *kmsEndpoint) drainAsync(grace time.Duration) <-chan struct{} {
+func (e *kmsEndpoint) drainAsync(grace shutdown) <-chan struct{} {
 	done := make(chan struct{})
 	if e == nil {
 		close(done)

@@ -58,13 +58,14 @@ func reloadChange(prev, cur config.Config) string {
 }
 
 // diffNamed lists the names of the elements added, removed and changed
-// from a to b ("unchanged" when none). An unnamed rule is named by its
-// place, "#N", as the policy names it.
+// from a to b ("unchanged" when none). An unnamed one is named by its
+// place, "rule #N", as the policy names unnamed rules: inserting one before
+// it shows it as changed.
 func diffNamed[T any](a, b []T, name func(T) string) string {
 	index := func(s []T) map[string]T {
 		m := make(map[string]T, len(s))
 		for i, v := range s {
-			m[cmp.Or(name(v), fmt.Sprintf("#%d", i+1))] = v
+			m[cmp.Or(name(v), fmt.Sprintf("rule #%d", i+1))] = v
 		}
 		return m
 	}

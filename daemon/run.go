@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -253,6 +254,9 @@ type Options struct {
 	// BreakglassSweepEvery, when set, replaces how often expiries are
 	// recorded and old grants pruned (tests).
 	BreakglassSweepEvery time.Duration
+	// ShutdownWait, when set, replaces how long handlers still running when
+	// the shutdown grace ends are waited for (tests); 0: the grace again.
+	ShutdownWait time.Duration
 	// Hangups, when set, delivers the SIGHUPs the caller catches from its
 	// start (keywardd's main does, before opening anything: the default
 	// action of one sent during start-up would end the process); one
@@ -345,7 +349,8 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 	if opts.Ready != nil {
 		opts.Ready(path)
 	}
-	return serveUntilDone(ctx, srv, errc, kms, cfg.Limits.ShutdownGrace.Duration, func() {
+	grace := shutdown{grace: cfg.Limits.ShutdownGrace.Duration, wait: cmp.Or(opts.ShutdownWait, cfg.Limits.ShutdownGrace.Duration)}
+	return serveUntilDone(ctx, srv, errc, kms, grace, func() {
 		sm.stopping()
 		stopping.Store(true)
 	}, log)
@@ -353,7 +358,7 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 
 // serveUntilDone waits until ctx ends or a server fails; then stop marks
 // the daemon stopping and both servers drain their calls for up to grace.
-func serveUntilDone(ctx context.Context, srv *grpc.Server, errc chan error, kms *kmsEndpoint, grace time.Duration, stop func(), log *slog.Logger) error {
+func serveUntilDone(ctx context.Context, srv *grpc.Server, errc chan error, kms *kmsEndpoint, grace shutdown, stop func(), log *slog.Logger) error {
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -362,7 +367,7 @@ func serveUntilDone(ctx context.Context, srv *grpc.Server, errc chan error, kms 
 	case <-ctx.Done():
 	}
 	stop()
-	log.Info("shutting down: draining in-flight calls", "grace", grace)
+	log.Info("shutting down: draining in-flight calls", "grace", grace.grace)
 	kmsDone := kms.drainAsync(grace)
 	err := drain(srv, errc, grace, log)
 	<-kmsDone
@@ -450,6 +455,11 @@ func reload(ctx context.Context, configPath string, cfg, applied config.Config, 
 	return ncfg
 }
 
+// shutdown is how long calls in flight may run on at a stop (grace), and
+// how long their handlers are waited for once their connections closed
+// (wait: the grace again, unless a test sets it).
+type shutdown struct{ grace, wait time.Duration }
+
 // drain lets calls in flight finish for up to grace, then closes what
 // remains, and returns Serve's error unless it only says the server stopped.
 //
@@ -457,20 +467,23 @@ func reload(ctx context.Context, configPath string, cfg, applied config.Config, 
 // server waits for handlers: grpc.WaitForHandlers) returns once their
 // handlers have: a key change under way when grace ends still reaches the
 // device, and its outcome must be recorded before the audit log closes.
-// A handler stuck in a device call is waited for one more grace at most.
-func drain(srv *grpc.Server, errc <-chan error, grace time.Duration, log *slog.Logger) error {
+// A handler stuck in a device call is waited for up to wait.
+func drain(srv *grpc.Server, errc <-chan error, grace shutdown, log *slog.Logger) error {
 	done := make(chan struct{})
 	go func() { srv.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(grace):
+	case <-time.After(grace.grace):
 		log.Warn("grace period over: closing remaining connections")
 		stopped := make(chan struct{})
 		go func() { srv.Stop(); close(stopped) }()
 		select {
 		case <-stopped:
-		case <-time.After(grace):
+		case <-time.After(grace.wait):
+			// Serve returns only once Stop has, which waits for the
+			// handlers: do not wait for it either.
 			log.Error("calls still running a grace period after their connections closed (a device call that does not return): stopping without them; a change they make is in the audit log as started, not as done")
+			return nil
 		}
 	}
 	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {

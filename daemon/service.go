@@ -144,6 +144,9 @@ func (s *Service) fail(ctx context.Context, op string, err error) error {
 		// The device answered: another writer holds the key (keywardd
 		// doctor lists claims). Not a failure of the backend.
 		s.log.Warn("key change refused for now: another writer is changing the key, or left a claim on it (keywardd doctor lists claims); the caller may retry", "op", op, "err", err.Error())
+	case errors.Is(err, errNameLookup):
+		// The user database, not the device, did not answer.
+		s.log.Warn("break-glass call refused for now: the caller's user name could not be looked up", "op", op, "err", err.Error())
 	case r == pb.ErrorReason_BACKEND_UNAVAILABLE:
 		if s.health.failed() {
 			s.log.Error("key backend unavailable; further failures are counted, not logged, until a call succeeds", "op", op, "err", err.Error())

@@ -145,7 +145,9 @@ func (s *sess) adoptable(obj objRef, sel URI, ref string, ty keys.Type) (objRef,
 			return objRef{}, err
 		}
 	}
-	// Last: the object is changed only once everything else passed.
+	// Last: the object is changed only once every check passed (a record
+	// store that then fails leaves it narrowed, not adopted: adopting it
+	// again finds nothing to narrow).
 	if err := s.narrowUsage(hs[0], ty); err != nil {
 		return objRef{}, err
 	}

@@ -188,10 +188,19 @@ func (s *sess) ensureMetaKey() (objRef, error) {
 	// Called while a state is made (at Open and after a re-initialisation),
 	// before any object lock is held; it may create the key.
 	defer t.mod.unlockObjects(true, t.mod.lockObjects(true))
-	tmpl := objRef{Class: pkcs11.CKO_SECRET_KEY, Label: metaKeyLabel}.protected()
+	ref := objRef{Class: pkcs11.CKO_SECRET_KEY, Label: metaKeyLabel}
+	tmpl := ref.protected()
 	hs, err := s.find(tmpl)
 	if err != nil {
 		return objRef{}, fmt.Errorf("find metadata key: %w", err)
+	}
+	if len(hs) == 0 {
+		// One without keyward's protections is never replaced by a new
+		// key (every record would then fail its MAC for good): refused.
+		if weak, err := s.find(ref.template()); err == nil && len(weak) > 0 {
+			return objRef{}, fmt.Errorf("the token's %s is not private, sensitive and never extractable, as keyward makes it (replaced on the token?): %w",
+				metaKeyLabel, keys.ErrIntegrity)
+		}
 	}
 	if len(hs) == 0 && t.cfg.ReadOnly {
 		return objRef{}, nil // a token keyward has not used yet; records cannot exist
@@ -801,7 +810,7 @@ func (s *sess) published(name string, mv metaVersion) bool {
 // find the key made, or not).
 func concurrentErr(name string, err error) error {
 	if errors.Is(err, errConcurrent) {
-		return fmt.Errorf("another process is changing key %s at this moment; retry: %w: %w", name, err, keys.ErrUnavailable)
+		return fmt.Errorf("another process is changing key %s at this moment; retry: %w: %w", name, err, keys.ErrBusy)
 	}
 	return err
 }

@@ -338,7 +338,11 @@ func runDev(ctx context.Context, dir, sock, logLevel, backend string, callers de
 		return exitFail
 	}
 	defer be.Close()
-	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Notifier: notifier, Watchdog: watchdog, Hangups: hangups, Ready: ready.hook(func(path string) {
+	if hangups != nil {
+		// No file to reload: a hang-up ends a dev daemon, as a terminal's does.
+		signal.Stop(hangups)
+	}
+	err = daemon.Run(ctx, d.Config, d.Policy, be, daemon.Options{Logger: log, Notifier: notifier, Watchdog: watchdog, Ready: ready.hook(func(path string) {
 		kept := "removed on exit"
 		if dir != "" {
 			kept = "kept for the next start"
