@@ -257,31 +257,40 @@ func credRecords(t *testing.T, path string) []credLine {
 	return out
 }
 
-// TestCredentialAdmin: put, list, rewrap after a rotation (only what is
-// behind the newest version) and rm; refusals with their reasons; the
-// store's files are private and never hold the plaintext.
-func TestCredentialAdmin(t *testing.T) {
+// credAdmin starts a daemon with a credential store under rules and
+// returns it, the store's directory, a client of root's (closed at the
+// end) and its context, with an aes-256-gcm key of each name made.
+func credAdmin(t *testing.T, rules []policy.Rule, keyNames ...string) (*running, string, *kwclient.Client, context.Context) {
+	t.Helper()
 	var credDir string
-	sfx := randHex(4)
-	kc, ko := "creds"+sfx+"/db", "ops"+sfx+"/db"
-	r := start(t, []policy.Rule{
-		{Name: "root", UIDs: []uint32{0}, Keys: []string{"**"}, Operations: []string{"key.create", "key.rotate", "key.disable", "credential.put"}},
-	}, func(c *config.Config) {
+	r := start(t, rules, func(c *config.Config) {
 		credDir = filepath.Join(filepath.Dir(filepath.Dir(c.Socket)), "credstore")
 		c.CredentialsDir = credDir
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	c, err := kwclient.Dial(ctx, r.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	for _, k := range []string{kc, ko} {
+	t.Cleanup(func() { c.Close() })
+	for _, k := range keyNames {
 		if _, err := c.CreateKey(ctx, k, "aes-256-gcm"); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return r, credDir, c, ctx
+}
+
+// TestCredentialAdmin: put, list, rewrap after a rotation (only what is
+// behind the newest version) and rm; refusals with their reasons; the
+// store's files are private and never hold the plaintext.
+func TestCredentialAdmin(t *testing.T) {
+	sfx := randHex(4)
+	kc, ko := "creds"+sfx+"/db", "ops"+sfx+"/db"
+	_, credDir, c, ctx := credAdmin(t, []policy.Rule{
+		{Name: "root", UIDs: []uint32{0}, Keys: []string{"**"}, Operations: []string{"key.create", "key.rotate", "key.disable", "credential.put"}},
+	}, kc, ko)
 	secret := []byte("admin-secret-" + randHex(4))
 	if _, err := c.PutCredential(ctx, "a.service", "pw", kc, append([]byte(nil), secret...), false); err != nil {
 		t.Fatal(err)
@@ -468,24 +477,10 @@ func TestCredentialConcurrencyBound(t *testing.T) {
 func TestCredentialPutDisplaces(t *testing.T) {
 	sfx := randHex(4)
 	pay, team := "pay"+sfx+"/db", "team"+sfx+"/db"
-	r := start(t, []policy.Rule{
+	r, _, c, ctx := credAdmin(t, []policy.Rule{
 		{Name: "root", UIDs: []uint32{0}, Keys: []string{"**"}, Operations: []string{"key.create", "credential.put"}},
 		{Name: "team admin", UIDs: []uint32{opsUID}, Keys: []string{"team" + sfx + "/**"}, Operations: []string{"credential.put"}},
-	}, func(c *config.Config) {
-		c.CredentialsDir = filepath.Join(filepath.Dir(filepath.Dir(c.Socket)), "credstore")
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := kwclient.Dial(ctx, r.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	for _, k := range []string{pay, team} {
-		if _, err := c.CreateKey(ctx, k, "aes-256-gcm"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	}, pay, team)
 	for _, u := range []string{"pay.service", "app@.service"} {
 		if _, err := c.PutCredential(ctx, u, "pw", pay, []byte("payments secret"), false); err != nil {
 			t.Fatal(err)
