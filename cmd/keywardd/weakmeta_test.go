@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	softhsmtest "github.com/keyward/keyward/softhsm-test"
 )
@@ -48,10 +49,28 @@ func TestWeakMetadataKeyRefused(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	var out strings.Builder
 	cmd := exec.Command(bin, "--config", cfg)
-	cmd.Env = env
-	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "keyward:meta-mac-key is not private, sensitive and never extractable") {
-		t.Fatalf("keywardd on a token with a weak record MAC key: %v\n%s", err, out)
+	cmd.Env, cmd.Stdout, cmd.Stderr = env, &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	sock := filepath.Join(dir, "k.sock")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		select {
+		case err := <-exited:
+			if err == nil || !strings.Contains(out.String(), "keyward:meta-mac-key is not private, sensitive and never extractable") {
+				t.Fatalf("keywardd on a token with a weak record MAC key: %v\n%s", err, out.String())
+			}
+			return
+		default:
+		}
+		if _, err := os.Stat(sock); err == nil || time.Now().After(deadline) {
+			cmd.Process.Kill()
+			<-exited
+			t.Fatalf("keywardd serves (or runs on) with a weak record MAC key:\n%s", out.String())
+		}
 	}
 }
