@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/keyward/keyward/audit"
@@ -44,6 +45,15 @@ var kmsProbeContext = keys.Context{kmsPurpose: "kubernetes-kms-v2-health-probe"}
 // kmsPurpose is the reserved context key naming what a blob of keywardd's
 // own is for.
 const kmsPurpose = keys.ReservedContextPrefix + "purpose"
+
+// kmsMessageLimits replace max_message on the KMS socket (later options
+// win): a KMS request is a few KiB at most (a 32-byte seed or a 1 KiB
+// ciphertext, a uid, annotations of at most 32 KiB), so a caller cannot
+// make keywardd hold max_message per call there.
+var kmsMessageLimits = []grpc.ServerOption{grpc.MaxRecvMsgSize(kmsMaxMessage), grpc.MaxSendMsgSize(kmsMaxMessage)}
+
+// kmsMaxMessage bounds a KMS request or reply.
+const kmsMaxMessage = 64 << 10
 
 // Limits of the KMS v2 contract and of this endpoint.
 const (

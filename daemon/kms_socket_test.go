@@ -137,3 +137,25 @@ func TestKMSOversizedUIDAudited(t *testing.T) {
 		t.Errorf("records of the refused calls with the uid clipped: %v; want both", found)
 	}
 }
+
+// TestKMSMessageBound: a KMS request is bounded to 64 KiB, not
+// max_message: the KMS socket counts its calls apart from the API socket's
+// (a flood on one does not shut the apiserver out of the other), so what a
+// uid can make keywardd hold there must stay small.
+func TestKMSMessageBound(t *testing.T) {
+	rules := append(testRules(), policy.Rule{Name: "kube-apiserver", UIDs: []uint32{0}, Keys: []string{"bound/kms"}, Operations: []string{"kms.encrypt", "kms.decrypt"}})
+	var kmsSock string
+	start(t, rules, func(c *config.Config) {
+		kmsSock = filepath.Join(filepath.Dir(c.Socket), "kms.sock")
+		c.KMSSocket, c.KMSKey = kmsSock, "bound/kms"
+	})
+	conn, err := grpc.NewClient("unix://"+kmsSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	kc := kmsapi.NewKeyManagementServiceClient(conn)
+	if _, err := kc.Encrypt(context.Background(), &kmsapi.EncryptRequest{Plaintext: make([]byte, 70<<10), Uid: "big"}); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("a 70 KiB KMS request: %v, want ResourceExhausted (over 64 KiB)", err)
+	}
+}
