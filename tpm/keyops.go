@@ -32,6 +32,12 @@ func (b *TPM) CreateKey(ctx context.Context, name string, ty keys.Type) (keys.Ke
 	if err := keys.ValidateName(name); err != nil {
 		return keys.KeyInfo{}, err
 	}
+	// Each '/' is %2F in the record's file name (fileName), which the file
+	// system bounds: refused here, before the TPM makes anything.
+	if n := len(fileName(name)); n > maxFileName {
+		return keys.KeyInfo{}, fmt.Errorf("create %s: the TPM backend stores it as a %d-byte file name, at most %d (fewer '/' or a shorter name): %w",
+			name, n, maxFileName, keys.ErrInvalidName)
+	}
 	if !ty.Valid() {
 		return keys.KeyInfo{}, fmt.Errorf("create %s: key type %q: %w", name, ty, keys.ErrInvalidArgument)
 	}

@@ -176,6 +176,9 @@ func (r *record) check(file string) error {
 // turns only '/' into %2F and the mapping is one to one.
 func fileName(name string) string { return url.PathEscape(name) + ".json" }
 
+// maxFileName is NAME_MAX: a key whose fileName is longer cannot be stored.
+const maxFileName = 255
+
 // store is the state directory.
 type store struct {
 	dir  string
@@ -288,13 +291,21 @@ func (s *store) close() error {
 	return err
 }
 
-// read reads a state file, bounded; a missing file is fs.ErrNotExist.
+// read reads a state file, bounded; a missing file is fs.ErrNotExist. A
+// FIFO or a device in its place is refused without blocking (O_NONBLOCK):
+// an open that waits for a writer would hang the start for ever, holding
+// the state directory's lock and the TPM's only connection.
 func (s *store) read(rel string) ([]byte, error) {
-	f, err := os.OpenFile(filepath.Join(s.dir, rel), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	f, err := os.OpenFile(filepath.Join(s.dir, rel), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file: %w", rel, keys.ErrIntegrity)
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxStateFile+1))
 	if err != nil {
 		return nil, err
