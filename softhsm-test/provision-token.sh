@@ -194,14 +194,15 @@ user_pin=$(random_pin)
 so_pin=$(random_pin)
 [[ ${#user_pin} -eq 32 && ${#so_pin} -eq 32 ]] || die "could not read /dev/urandom"
 
-# Create the PIN files empty and private first, then write: the PIN is never
-# in a file that someone else could open.
+# Create each PIN file anew, private from its first byte (umask 077), and
+# write through the descriptor that created it: noclobber makes the
+# creation O_EXCL, which refuses a file or a link (dangling included) put
+# at the path meanwhile, so the PIN never lands anywhere else.
 write_secret() {
 	local file=$1 value=$2
 	rm -f -- "$file"
-	: >"$file"
-	chmod 0600 -- "$file"
-	printf '%s' "$value" >"$file"
+	(umask 077 && set -C && printf '%s' "$value" >"$file") 2>/dev/null ||
+		die "could not create $file (something was put at that path meanwhile?)"
 }
 
 # softhsm2-util reads PINs only from a terminal (without --pin/--so-pin, which

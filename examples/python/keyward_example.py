@@ -49,8 +49,13 @@ def keyward_reason(err):
 
 def channel(socket_path):
     # "unix:" plus an absolute path; grpc sends no credentials: the daemon
-    # reads the caller's identity from the socket (SO_PEERCRED).
-    return grpc.insecure_channel("unix:" + os.path.abspath(socket_path))
+    # reads the caller's identity from the socket (SO_PEERCRED). The target
+    # is a URI: a path with '?', '#' or '%' would name another socket
+    # ("/run/k.sock#x" connects to /run/k.sock), so such a path is refused.
+    path = os.path.abspath(socket_path)
+    if any(c in path for c in "?#%"):
+        raise ValueError("socket path %r holds '?', '#' or '%%': gRPC would read it as part of a URI" % path)
+    return grpc.insecure_channel("unix:" + path)
 
 
 def ensure_key(api, name):
