@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -86,6 +87,8 @@ type openHooks struct {
 	// noCounter opens without a rollback counter, as keyward did before it
 	// had one.
 	noCounter bool
+	// closeWait replaces closeWait when set.
+	closeWait time.Duration
 }
 
 // TPM is a keys.Backend on a TPM 2.0. Master keys are TPM objects
@@ -100,6 +103,11 @@ type TPM struct {
 	// turns between callers (fair.go). Waiting for it ends with the
 	// caller's ctx (see lock).
 	slot *fairLock
+	// closeOnce releases the state directory once (Close, or Close cut
+	// short by a hung command); stErr is its result.
+	closeOnce sync.Once
+	stErr     error
+	closeWait time.Duration // how long Close waits for a command in flight
 	// recMu guards the recs map for readers that do not hold the slot (key
 	// listing, descriptions, public keys, verification: in memory, so they
 	// never wait for the TPM). The map is written only while holding the
@@ -170,6 +178,7 @@ func Open(ctx context.Context, cfg Config) (*TPM, error) {
 		return nil, err
 	}
 	b := &TPM{slot: newFairLock(), device: redactDevice(cfg.Device), st: st, log: log, readOnly: cfg.ReadOnly, recs: map[string]*record{},
+		closeWait:  cmp.Or(cfg.test.closeWait, closeWait),
 		noCounter:  cfg.Device == "sim" || strings.HasPrefix(cfg.Device, "sim:") || cfg.test.noCounter || cfg.NoRollbackCounter,
 		counterOff: cfg.NoRollbackCounter, trustState: cfg.TrustCurrentState, ownerAuth: bytes.Clone(cfg.OwnerAuth)}
 	b.Frontend = keys.NewFrontend((*tpmDevice)(b))
@@ -659,8 +668,19 @@ func (b *TPM) Health(ctx context.Context) error {
 
 // Close flushes loaded objects and sessions, closes the connection and
 // releases the state directory.
+//
+// A command that holds the TPM for closeWait (a hung TPM, or swtpm
+// stopped) is not waited for: its connection is cut, nothing is flushed,
+// and the state directory is released, so that a stop never hangs on it.
 func (b *TPM) Close() error {
-	b.lock(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), b.closeWait)
+	defer cancel()
+	if err := b.lock(ctx); err != nil {
+		b.log.Error("tpm: a command has held the TPM for too long: closing without it (nothing flushed)", "waited", b.closeWait.String())
+		b.dev.abort()
+		b.closeOnce.Do(func() { b.stErr = b.st.close() })
+		return fmt.Errorf("tpm: closed while a command held the TPM: %w", keys.ErrUnavailable)
+	}
 	defer b.unlock()
 	if b.closed {
 		return nil
@@ -668,11 +688,15 @@ func (b *TPM) Close() error {
 	b.closed = true
 	err := b.dev.close()
 	clear(b.dev.auth)
-	if cerr := b.st.close(); err == nil {
-		err = cerr
+	b.closeOnce.Do(func() { b.stErr = b.st.close() })
+	if err == nil {
+		err = b.stErr
 	}
 	return err
 }
+
+// closeWait bounds how long Close waits for a command in flight.
+const closeWait = 10 * time.Second
 
 // Resets reports how often the connection was re-established after the
 // first start (tests and metrics).

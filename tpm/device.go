@@ -57,6 +57,8 @@ type device struct {
 	ready     bool
 	lastReset time.Time
 	resets    uint64
+	// current is conn, for abort: the one field read without the TPM slot.
+	current atomic.Pointer[Conn]
 
 	// Counters for Stats (read without the backend's mutex).
 	recoveries, recoveryFailures, loads atomic.Uint64
@@ -92,6 +94,7 @@ func (d *device) reset() error {
 		return err
 	}
 	d.conn = conn
+	d.current.Store(&conn)
 	if _, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(conn); err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
 		return fmt.Errorf("TPM2_Startup: %w", err)
 	}
@@ -371,6 +374,15 @@ func needsReset(err error) bool {
 }
 
 // close flushes what keyward loaded and closes the connection.
+// abort closes the connection under a command that does not return (a
+// hung TPM): its read fails, and nothing is flushed. Called without the
+// TPM slot, at a stop only.
+func (d *device) abort() {
+	if c := d.current.Load(); c != nil {
+		(*c).Close()
+	}
+}
+
 func (d *device) close() error {
 	if d.conn == nil {
 		return nil

@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Templates for tests outside the package (raw baselines, outside checks).
@@ -94,4 +98,40 @@ func (b *TPM) SetGrantLimit(tb testing.TB, n int) {
 	}
 	set(n)
 	tb.Cleanup(func() { set(0) })
+}
+
+// HoldWire makes every command sent once *armed is set wait, after
+// signalling entered, until its connection is closed (a hung TPM), and
+// Close wait at most closeWait for a command in flight.
+func HoldWire(cfg Config, armed *atomic.Bool, entered chan<- struct{}, closeWait time.Duration) Config {
+	cfg.test.closeWait = closeWait
+	cfg.test.wireTap = func(c Conn) Conn {
+		return &holdConn{Conn: c, armed: armed, entered: entered, closed: make(chan struct{})}
+	}
+	return cfg
+}
+
+type holdConn struct {
+	Conn
+	armed   *atomic.Bool
+	entered chan<- struct{}
+	closed  chan struct{}
+	once    sync.Once
+}
+
+func (h *holdConn) Send(cmd []byte) ([]byte, error) {
+	if h.armed.Load() {
+		select {
+		case h.entered <- struct{}{}:
+		default:
+		}
+		<-h.closed
+		return nil, errors.New("connection closed")
+	}
+	return h.Conn.Send(cmd)
+}
+
+func (h *holdConn) Close() error {
+	h.once.Do(func() { close(h.closed) })
+	return h.Conn.Close()
 }

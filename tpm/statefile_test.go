@@ -1,10 +1,12 @@
 package tpm_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -60,4 +62,41 @@ func TestLongKeyName(t *testing.T) {
 		t.Fatalf("create a 127-byte name of 64 segments: %v, want ErrInvalidName", err)
 	}
 	mustCreate(t, be, strings.Repeat("a/", 61)+"a", keys.HMACSHA256) // 250-byte file name: fits
+}
+
+// TestCloseWithHungCommand: Close does not wait for a command the TPM never
+// answers (a hung TPM, swtpm stopped) past its bound: it cuts that
+// connection, flushes nothing, releases the state directory and reports
+// it, and the command fails rather than hangs.
+func TestCloseWithHungCommand(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	var armed atomic.Bool
+	entered := make(chan struct{}, 1)
+	be, err := tpm.Open(t.Context(), tpm.HoldWire(tpm.Config{Device: sw.Device(), StateDir: t.TempDir(), Auth: testAuth}, &armed, entered, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, be, "hung/mac", keys.HMACSHA256)
+	armed.Store(true)
+	macErr := make(chan error, 1)
+	go func() { _, err := be.MAC(context.Background(), "hung/mac", []byte("m")); macErr <- err }()
+	<-entered // the command is on the wire, and will get no answer
+	closed := make(chan error, 1)
+	go func() { closed <- be.Close() }()
+	select {
+	case err := <-closed:
+		if !errors.Is(err, keys.ErrUnavailable) {
+			t.Errorf("Close with a hung command: %v, want it said", err)
+		}
+	case <-time.After(30 * time.Second): // ends a hang only
+		t.Fatal("Close waits for a command the TPM never answers")
+	}
+	select {
+	case err := <-macErr:
+		if err == nil {
+			t.Error("the hung command succeeded")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the hung command still hangs after Close")
+	}
 }
