@@ -305,6 +305,13 @@ func (d *device) sign(bp *blobPair, digest []byte) (*tpm2.TPMTSignature, error) 
 // create generates a new child of the parent inside the TPM.
 func (d *device) create(tmpl tpm2.TPMTPublic) (*blobPair, error) {
 	d.dropOwnerSession()
+	// TPM2_Create needs a free object slot for the object it makes: with
+	// the parent and maxLoaded keys loaded, a TPM without a resource
+	// manager (swtpm: 3 slots) answers TPM_RC_OBJECT_MEMORY, which cost a
+	// reconnect on every key create or rotation.
+	for len(d.loaded) > 0 && len(d.loaded) >= d.maxLoaded {
+		d.evictOldest()
+	}
 	rsp, err := (tpm2.Create{
 		ParentHandle: tpm2.AuthHandle{Handle: d.parent, Name: d.parentName,
 			Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Salted(d.parent, d.parentPub), tpm2.AESEncryption(128, tpm2.EncryptIn))},

@@ -100,3 +100,28 @@ func TestCloseWithHungCommand(t *testing.T) {
 		t.Fatal("the hung command still hangs after Close")
 	}
 }
+
+// TestCreateWithKeysLoaded: with the most key objects loaded that keyward
+// keeps (swtpm has 3 object slots: the parent and 2 keys), a key create or
+// rotation makes room for TPM2_Create's own object first, rather than
+// failing with TPM_RC_OBJECT_MEMORY and reconnecting to the TPM.
+func TestCreateWithKeysLoaded(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	be := open(t, sw.Device(), t.TempDir())
+	mustCreate(t, be, "slots/a", keys.AES256GCM)
+	mustCreate(t, be, "slots/m", keys.HMACSHA256)
+	for range 3 {
+		if _, err := be.Wrap(t.Context(), "slots/a", []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := be.MAC(t.Context(), "slots/m", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := be.RotateKey(t.Context(), "slots/m"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := be.Resets(); n != 0 {
+		t.Errorf("%d reconnects to the TPM for 3 rotations with 2 keys loaded, want 0", n)
+	}
+}
