@@ -173,6 +173,13 @@ func (d *device) loadParent() error {
 			PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
 			InPublic:      tpm2.New2B(tpm2.ECCSRKTemplate),
 		}).Execute(d.conn)
+		if errors.Is(err, tpm2.TPMRCBadAuth) {
+			// Another TPM user set an owner password: keyward cannot make
+			// its parent under the owner hierarchy, and a restart will not
+			// help. A configuration matter, not a device failure.
+			return fmt.Errorf("creating the storage primary key: the owner hierarchy has an authorisation value (set by another user of this TPM): "+
+				"have its owner create a persistent storage key and name it with parent_handle (docs/tpm.md, the pinned parent): %v: %w", err, ErrConfig)
+		}
 		if err != nil {
 			return fmt.Errorf("creating the storage primary key: %w", err)
 		}

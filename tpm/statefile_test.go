@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -123,5 +124,28 @@ func TestCreateWithKeysLoaded(t *testing.T) {
 	}
 	if n := be.Resets(); n != 0 {
 		t.Errorf("%d reconnects to the TPM for 3 rotations with 2 keys loaded, want 0", n)
+	}
+}
+
+// TestOwnerAuthSet: a TPM whose owner hierarchy another user gave a
+// password cannot hold keyward's parent under it: Open says so as a
+// configuration error naming parent_handle, not as a device failure.
+func TestOwnerAuthSet(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	tool, err := exec.LookPath("tpm2_changeauth")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("tpm2_changeauth not found: make test installs tpm2-tools")
+		}
+		t.Skip("tpm2-tools not installed")
+	}
+	cmd := exec.Command(tool, "-c", "o", "owner-password-of-someone-else")
+	cmd.Env = append(os.Environ(), sw.ToolsEnv()...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tpm2_changeauth: %v\n%s", err, out)
+	}
+	_, err = tpm.Open(t.Context(), tpm.Config{Device: sw.Device(), StateDir: t.TempDir(), Auth: testAuth})
+	if !errors.Is(err, tpm.ErrConfig) || !strings.Contains(err.Error(), "parent_handle") {
+		t.Fatalf("open with an owner password set: %v, want a configuration error naming parent_handle", err)
 	}
 }
