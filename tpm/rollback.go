@@ -481,6 +481,12 @@ func (b *TPM) settle(d *device) error {
 		c.mf = c.nv + 1
 	}
 	nv, err := d.nvRead(c.index)
+	if errors.Is(err, errNoIndex) {
+		// Removed while keywardd runs (the owner hierarchy cleared, or the
+		// index undefined): retrying cannot help, as at start.
+		return fmt.Errorf("the rollback counter (NV index %s) that %s relies on is gone from the TPM: the owner hierarchy was cleared or the index removed: %w",
+			hexHandle(c.index), manifestFile, ErrHistoryLost)
+	}
 	if err != nil {
 		return err
 	}

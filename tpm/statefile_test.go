@@ -149,3 +149,25 @@ func TestOwnerAuthSet(t *testing.T) {
 		t.Fatalf("open with an owner password set: %v, want a configuration error naming parent_handle", err)
 	}
 }
+
+// TestCounterGoneWhileRunning: the rollback counter removed while keywardd
+// runs (swtpm restarted meanwhile, the index undefined) makes the next key
+// change that needs it an integrity failure naming the counter, as at
+// start, not "unavailable, retry later" for good.
+func TestCounterGoneWhileRunning(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	be := open(t, sw.Device(), t.TempDir())
+	mustCreate(t, be, "gone/k", keys.HMACSHA256)
+	index, _, _, _ := be.CounterStatus()
+	sw.Restart(t) // the backend reconnects at its next command
+	undefine(t, sw.Device(), index)
+	var err error
+	for range 3 { // the first may still be recorded before the counter step
+		if _, err = be.RotateKey(t.Context(), "gone/k"); errors.Is(err, keys.ErrIntegrity) {
+			break
+		}
+	}
+	if !errors.Is(err, tpm.ErrHistoryLost) || !strings.Contains(err.Error(), "gone from the TPM") {
+		t.Fatalf("rotations with the counter gone: %v, want ErrHistoryLost naming it", err)
+	}
+}
