@@ -189,12 +189,9 @@ func restartOnly(old, cur config.Config) []string {
 // serverOptions are the gRPC server's settings: what bounds a connection
 // and a call before any handler runs (the gate, header and stream limits,
 // fixed flow-control windows) and the interceptor chain.
-//
-// creds (limitedCreds) counts each uid's connections and open calls on
-// the sockets of the servers it is given to.
-func serverOptions(lim config.Limits, creds credentials.TransportCredentials, g *gate, metrics *Metrics, svc *Service, al auditLog) []grpc.ServerOption {
+func serverOptions(lim config.Limits, g *gate, metrics *Metrics, svc *Service, al auditLog) []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.Creds(creds),
+		grpc.Creds(limitedCreds(lim, g)),
 		grpc.InTapHandle(g.tap),
 		// Unbuffered: the connection (socket.LimitedCredentials) buffers, and
 		// counts each frame as it hands it to gRPC.
@@ -222,8 +219,8 @@ func serverOptions(lim config.Limits, creds credentials.TransportCredentials, g 
 	}
 }
 
-// limitedCreds bounds connections (in all, per uid, those kept for root)
-// and counts each uid's open calls for the gate.
+// limitedCreds bounds a socket's connections (in all, per uid, those kept
+// for root) and counts each uid's open calls on it for the gate.
 func limitedCreds(lim config.Limits, g *gate) credentials.TransportCredentials {
 	return socket.LimitedCredentials(socket.ConnLimits{Max: lim.MaxConnections, PerUID: min(lim.MaxConnectionsPerUID, lim.MaxConnections),
 		Reserved: reservedRootConns(lim.MaxConnections), Refused: g.connRefused})
@@ -335,13 +332,13 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 	sweepCtx, stopSweep := context.WithCancel(context.Background()) // on through the drain
 	defer stopSweep()
 	go g.sweep(sweepCtx)
-	srv := grpc.NewServer(serverOptions(cfg.Limits, limitedCreds(cfg.Limits, g), g, metrics, svc, trail)...)
+	srv := grpc.NewServer(serverOptions(cfg.Limits, g, metrics, svc, trail)...)
 	pb.RegisterKeywardServer(srv, svc)
 	// The KMS socket counts its connections and calls apart (a flood on one
 	// socket does not shut the apiserver out of the other), with requests
 	// bounded to kmsMaxMessage, so what a uid can make keywardd hold there
 	// is small beside max_message on the API socket.
-	kms, err := openKMS(ctx, cfg, svc, append(serverOptions(cfg.Limits, limitedCreds(cfg.Limits, g), g, metrics, svc, trail), kmsMessageLimits...), log)
+	kms, err := openKMS(ctx, cfg, svc, append(serverOptions(cfg.Limits, g, metrics, svc, trail), kmsMessageLimits...), log)
 	if err != nil {
 		l.Close()
 		return err

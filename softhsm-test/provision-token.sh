@@ -195,14 +195,15 @@ so_pin=$(random_pin)
 [[ ${#user_pin} -eq 32 && ${#so_pin} -eq 32 ]] || die "could not read /dev/urandom"
 
 # Create each PIN file anew, private from its first byte (umask 077), and
-# write through the descriptor that created it: noclobber makes the
-# creation O_EXCL, which refuses a file or a link (dangling included) put
-# at the path meanwhile, so the PIN never lands anywhere else.
+# write through the descriptor that opened it, only once that descriptor
+# is shown to be a regular file: noclobber refuses an existing regular file
+# and a dangling link (O_EXCL), but opens anything else put at the path
+# meanwhile (a link to a FIFO someone reads), which the check then refuses.
 write_secret() {
 	local file=$1 value=$2
 	rm -f -- "$file"
-	(umask 077 && set -C && printf '%s' "$value" >"$file") 2>/dev/null ||
-		die "could not create $file (something was put at that path meanwhile?)"
+	(umask 077 && set -C && exec 3>"$file" && [[ -f /proc/self/fd/3 && ! -L $file ]] && printf '%s' "$value" >&3) 2>/dev/null ||
+		die "could not create $file as a new regular file (something was put at that path meanwhile?)"
 }
 
 # softhsm2-util reads PINs only from a terminal (without --pin/--so-pin, which

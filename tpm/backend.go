@@ -557,7 +557,7 @@ func (b *TPM) do(ctx context.Context, idempotent bool, fn func(d *device) error)
 		return err
 	}
 	defer b.unlock()
-	if b.closed {
+	if b.closed || b.dev.aborted.Load() {
 		return fmt.Errorf("backend closed: %w", keys.ErrUnavailable)
 	}
 	d := b.dev

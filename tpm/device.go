@@ -59,6 +59,9 @@ type device struct {
 	resets    uint64
 	// current is conn, for abort: the one field read without the TPM slot.
 	current atomic.Pointer[Conn]
+	// aborted: Close gave up waiting for a command (abort); no connection
+	// is made again.
+	aborted atomic.Bool
 
 	// Counters for Stats (read without the backend's mutex).
 	recoveries, recoveryFailures, loads atomic.Uint64
@@ -95,6 +98,10 @@ func (d *device) reset() error {
 	}
 	d.conn = conn
 	d.current.Store(&conn)
+	if d.aborted.Load() { // abort ran while this dialled: it missed conn
+		conn.Close()
+		return errClosed
+	}
 	if _, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(conn); err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
 		return fmt.Errorf("TPM2_Startup: %w", err)
 	}
@@ -392,6 +399,7 @@ func needsReset(err error) bool {
 // hung TPM): its read fails, and nothing is flushed. Called without the
 // TPM slot, at a stop only.
 func (d *device) abort() {
+	d.aborted.Store(true) // before the load: a reconnect then sees one or the other
 	if c := d.current.Load(); c != nil {
 		(*c).Close()
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -126,7 +125,7 @@ func (h *holdConn) Send(cmd []byte) ([]byte, error) {
 		default:
 		}
 		<-h.closed
-		return nil, errors.New("connection closed")
+		return nil, errClosed // a transport error, as a real connection's: the backend would reconnect
 	}
 	return h.Conn.Send(cmd)
 }
