@@ -10,8 +10,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 	"time"
+	"unicode/utf8"
 )
 
 // MaxLine bounds one record's line, newline included. Append refuses a

@@ -60,7 +60,11 @@ func openKMS(ctx context.Context, cfg config.Config, svc *Service, opts []grpc.S
 	}
 	k := newKMSServer(svc, cfg.KMSKey)
 	svc.kms = k
-	srv := grpc.NewServer(opts...)
+	// Its own count of connections and calls (a flood on one socket does not
+	// shut the apiserver out of the other), with messages bounded to
+	// kmsMaxMessage: what a uid can make keywardd hold here stays small
+	// beside max_message on the API socket (later options win).
+	srv := grpc.NewServer(append(opts, kmsMessageLimits...)...)
 	kmsapi.RegisterKeyManagementServiceServer(srv, k)
 	return &kmsEndpoint{srv: srv, l: socket.LimitListener(l, cfg.Limits.MaxConnections), path: path, errc: make(chan error, 1), log: log}, nil
 }

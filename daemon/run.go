@@ -334,11 +334,7 @@ func Run(ctx context.Context, cfg config.Config, pol *policy.Policy, be keys.Bac
 	go g.sweep(sweepCtx)
 	srv := grpc.NewServer(serverOptions(cfg.Limits, g, metrics, svc, trail)...)
 	pb.RegisterKeywardServer(srv, svc)
-	// The KMS socket counts its connections and calls apart (a flood on one
-	// socket does not shut the apiserver out of the other), with requests
-	// bounded to kmsMaxMessage, so what a uid can make keywardd hold there
-	// is small beside max_message on the API socket.
-	kms, err := openKMS(ctx, cfg, svc, append(serverOptions(cfg.Limits, g, metrics, svc, trail), kmsMessageLimits...), log)
+	kms, err := openKMS(ctx, cfg, svc, serverOptions(cfg.Limits, g, metrics, svc, trail), log)
 	if err != nil {
 		l.Close()
 		return err
