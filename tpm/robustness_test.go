@@ -1,5 +1,9 @@
 package tpm_test
 
+// Found by running the backend against a live swtpm as an attacker would:
+// a hostile state directory, names at the limits, a TPM that hangs or is
+// changed under keywardd, and swtpm's few object slots.
+
 import (
 	"context"
 	"errors"
